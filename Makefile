@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - virtual env, install, build the default models, run the main job
+#   make test   - same set-up (with the dev extra), then lint + the whole test suite
+# Built models are cached under the pmatch home ($PMATCH_HOME, default ~/.local/share/pmatch).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint models venv bench clean
+
+$(VENV)/.build-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[build]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.build-installed
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.dev-installed
+
+models: $(VENV)/.build-installed
+	$(BIN)/pmatch models build
+
+demo: models
+	$(BIN)/pmatch demo
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+test: $(VENV)/.dev-installed models lint
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev-installed models
+	$(BIN)/python benchmarks/bench_encoders.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

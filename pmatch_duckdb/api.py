@@ -1,0 +1,66 @@
+"""Python entry points over the engine: index a table, match two tables, cluster accepted pairs."""
+
+from __future__ import annotations
+
+import duckdb
+
+from .clusters import assign_entities
+from .context import PmatchContext
+from .errors import PmatchError
+from .fusion import FusionConfig
+from .offers import read_offers
+from .sqlident import check_index_name, index_name_for, quote_qualified
+from .store import OfferIndex, RefreshStats
+
+_contexts: dict[int, PmatchContext] = {}
+
+
+def register_context(ctx: PmatchContext) -> None:
+    """Remember the context of an installed connection."""
+    _contexts[id(ctx.con)] = ctx
+
+
+def context_of(con: duckdb.DuckDBPyConnection) -> PmatchContext:
+    """The context ``install`` made for ``con``."""
+    ctx = _contexts.get(id(con))
+    if ctx is None or ctx.con is not con:
+        raise PmatchError("this connection has no pmatch functions; use pmatch_duckdb.connect() or install(con)")
+    return ctx
+
+
+def index_table(ctx: PmatchContext, table: str, index_name: str | None = None, rebuild: bool = False,
+                progress: bool = True, fusion: FusionConfig | None = None) -> RefreshStats:
+    """Build or incrementally refresh the LanceDB index of an offer table (reads it through a cursor)."""
+    name = check_index_name(index_name or index_name_for(table))
+    cur = ctx.con.cursor()
+    try:
+        offers = read_offers(cur, table)
+    finally:
+        cur.close()
+    return OfferIndex(ctx.index_root, name).refresh(offers, ctx.settings, cfg=fusion, source_table=table,
+                                                     rebuild=rebuild, progress=progress)
+
+
+def index(con: duckdb.DuckDBPyConnection, table: str, name: str | None = None, rebuild: bool = False,
+          progress: bool = True) -> RefreshStats:
+    """Build/refresh the index of ``table`` (default index name: the table's name). See :class:`RefreshStats`."""
+    return index_table(context_of(con), table, name, rebuild=rebuild, progress=progress)
+
+
+def match(con: duckdb.DuckDBPyConnection, source: str, target: str, k: int = 10) -> duckdb.DuckDBPyRelation:
+    """``SELECT * FROM match_products(source, target, k := k)`` as a relation."""
+    if not isinstance(k, int) or k <= 0:
+        raise PmatchError(f"k must be a positive integer, got {k!r}")
+    quote_qualified(source)
+    quote_qualified(target)
+    return con.sql("SELECT * FROM match_products(?, ?, k := ?)", params=[source, target, k])
+
+
+def clusters(con: duckdb.DuckDBPyConnection, pairs: str, registry: str = "entities") -> duckdb.DuckDBPyRelation:
+    """``SELECT * FROM product_clusters(pairs)``: a stable ``entity_id`` per offer from accepted pairs."""
+    quote_qualified(pairs)
+    check_index_name(registry)
+    return con.sql("SELECT * FROM product_clusters(?, registry := ?)", params=[pairs, registry])
+
+
+__all__ = ["assign_entities", "clusters", "context_of", "index", "index_table", "match", "register_context"]

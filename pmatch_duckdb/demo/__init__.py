@@ -1,0 +1,1 @@
+"""Demo helpers for pmatch-duckdb: a generated product catalog and supplier feed."""

@@ -1,0 +1,63 @@
+"""Zero-shot fusion and scoring: how per-modality similarities become one vector and one score.
+
+Until a trained projection exists, the offer vector is the L2-normalised concatenation of the
+weighted text and (mean-pooled) image embeddings, and a candidate pair's ``score`` is a weighted
+mean of the available similarities (lexical, text, image) plus a bonus for a shared product
+identifier. Defaults were chosen on ../shared/data (Abt-Buy: see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Weights of the zero-shot fusion and the decision thresholds stored with an index."""
+
+    text_weight: float = 0.4
+    image_weight: float = 0.4
+    lexical_weight: float = 0.6
+    identifier_bonus: float = 0.2
+    accept_threshold: float = 0.80
+    review_threshold: float = 0.55
+
+    def to_dict(self) -> dict:
+        """JSON-able form (stored in the index metadata)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FusionConfig:
+        """Inverse of :meth:`to_dict`, ignoring unknown keys."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def fuse(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image_ok: np.ndarray,
+         cfg: FusionConfig) -> np.ndarray:
+    """Offer vectors: normalise(concat(w_t·text, w_i·image)); a missing modality contributes zeros."""
+    t = text * (cfg.text_weight * text_ok)[:, None]
+    i = image * (cfg.image_weight * image_ok)[:, None]
+    v = np.concatenate([t, i], axis=1).astype(np.float32)
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    np.divide(v, n, out=v, where=n > 0)
+    return v
+
+
+def pair_score(lexical: np.ndarray, text: np.ndarray, image: np.ndarray, id_match: np.ndarray,
+               cfg: FusionConfig) -> np.ndarray:
+    """Zero-shot match score in [0, 1]; ``text``/``image`` are NaN where a side lacks that modality."""
+    num = cfg.lexical_weight * np.clip(lexical, 0, 1)
+    den = np.full(len(lexical), cfg.lexical_weight, dtype=np.float64)
+    for sim, w in ((text, cfg.text_weight), (image, cfg.image_weight)):
+        ok = ~np.isnan(sim)
+        num = num + np.where(ok, w * np.clip(np.nan_to_num(sim), 0, 1), 0.0)
+        den = den + np.where(ok, w, 0.0)
+    return np.clip(num / den + cfg.identifier_bonus * id_match, 0.0, 1.0)
+
+
+def decide(score: np.ndarray, cfg: FusionConfig) -> list[str]:
+    """``accept`` / ``review`` / ``reject`` from the thresholds."""
+    return ["accept" if s >= cfg.accept_threshold else "review" if s >= cfg.review_threshold else "reject"
+            for s in score]

@@ -1,0 +1,222 @@
+"""Candidate generation and scoring: where a match decision is made.
+
+For each source offer, candidates come from three channels, merged:
+1. vectors: nearest neighbours of the fused offer vector (exact below ``ANN_MIN_ROWS`` rows,
+   LanceDB IVF-RQ index with refinement above);
+2. lexical: char n-gram TF-IDF over brand + title;
+3. identifiers: exact shared model/part numbers or GTINs.
+Each candidate pair gets per-modality similarities, a fused ``score`` and a ``decision``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .features.lexical import CharTfidf, IdentifierIndex
+from .fusion import FusionConfig, decide, pair_score
+from .offers import Offer
+from .settings import Settings
+from .store import ANN_MIN_ROWS, OfferIndex, embed_offers, encoder_identity
+
+_MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")
+
+
+def _matrix(col: pa.ChunkedArray, dim_hint: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-size-list column → (float32 matrix with zeros for NULL, validity)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    dim = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else dim_hint
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if len(arr) == 0:
+        return np.zeros((0, dim), np.float32), valid
+    filled = arr.fill_null(pa.scalar([0.0] * dim, arr.type)) if arr.null_count else arr
+    flat = filled.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(arr), dim), valid
+
+
+@dataclass
+class OfferVectors:
+    """Index rows of a set of offers, as numpy arrays (the source side, or a small target)."""
+
+    ids: list[str]
+    hashes: list[str]
+    text: np.ndarray
+    text_ok: np.ndarray
+    image: np.ndarray
+    image_ok: np.ndarray
+    fused: np.ndarray
+    lexical: list[str]
+    idents: list[list[str]]
+    price: np.ndarray  # NaN where missing
+
+    @classmethod
+    def from_arrow(cls, t: pa.Table) -> OfferVectors:
+        """From index rows (LanceDB table or freshly embedded rows)."""
+        text, tok = _matrix(t["text_vec"])
+        image, iok = _matrix(t["image_vec"])
+        fused, _ = _matrix(t["vector"])
+        price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
+        return cls(ids=t["id"].to_pylist(), hashes=t["content_hash"].to_pylist(), text=text, text_ok=tok,
+                   image=image, image_ok=iok, fused=fused, lexical=t["lexical_text"].to_pylist(),
+                   idents=[x or [] for x in t["identifiers"].to_pylist()], price=price)
+
+
+class TargetView:
+    """Everything matching needs from one version of an index, loaded once and cached."""
+
+    def __init__(self, index: OfferIndex) -> None:
+        tbl = index.table()
+        self.version = tbl.version
+        self.index = index
+        self.table = tbl
+        self.fusion = index.fusion()
+        data = tbl.to_arrow()
+        self.data = data
+        self.n = len(data)
+        self.rows = OfferVectors.from_arrow(data)
+        self.pos = {i: p for p, i in enumerate(self.rows.ids)}
+        self.tfidf = CharTfidf(self.rows.lexical)
+        self.ident = IdentifierIndex(self.rows.idents)
+        self.use_ann = any("vector" in (ix.columns or []) for ix in tbl.list_indices()) and self.n >= ANN_MIN_ROWS
+
+    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 50, refine: int = 10
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``."""
+        n = len(queries)
+        kk = min(k, self.n)
+        idx = np.full((n, k), -1, dtype=np.int64)
+        sim = np.zeros((n, k), dtype=np.float32)
+        if kk == 0 or n == 0:
+            return idx, sim
+        if not self.use_ann:
+            for s in range(0, n, 1024):
+                d = queries[s:s + 1024] @ self.rows.fused.T
+                part = np.argpartition(-d, kk - 1, axis=1)[:, :kk]
+                sc = np.take_along_axis(d, part, axis=1)
+                order = np.argsort(-sc, axis=1, kind="stable")
+                idx[s:s + 1024, :kk] = np.take_along_axis(part, order, axis=1)
+                sim[s:s + 1024, :kk] = np.take_along_axis(sc, order, axis=1)
+            return idx, sim
+        res = (self.table.search(queries, vector_column_name="vector").distance_type("cosine")
+               .nprobes(nprobes).refine_factor(refine).limit(kk).select(["id"]).to_arrow())
+        qi = res["query_index"].to_numpy()
+        ids = res["id"].to_pylist()
+        dist = res["_distance"].to_numpy()
+        fill = np.zeros(n, dtype=np.int64)
+        for q, i, d in zip(qi, ids, dist, strict=True):
+            if fill[q] < k:
+                idx[q, fill[q]] = self.pos[i]
+                sim[q, fill[q]] = 1.0 - d
+                fill[q] += 1
+        return idx, sim
+
+
+_views: OrderedDict[tuple[str, int], TargetView] = OrderedDict()
+_views_lock = threading.Lock()
+
+
+def target_view(index: OfferIndex, max_cached: int = 4) -> TargetView:
+    """Cached :class:`TargetView` for the index's current version."""
+    tbl = index.table()
+    key = (str(index.root / index.name), int(tbl.version))
+    with _views_lock:
+        if key in _views:
+            _views.move_to_end(key)
+            return _views[key]
+    view = TargetView(index)
+    with _views_lock:
+        _views[key] = view
+        while len(_views) > max_cached:
+            _views.popitem(last=False)
+    return view
+
+
+def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
+                   reuse: TargetView | None = None) -> OfferVectors:
+    """Index rows for source offers: taken from an index where id and content hash match, else embedded."""
+    salt = json.dumps(encoder_identity(settings), sort_keys=True)
+    hashes = [o.content_hash(salt) for o in offers]
+    reused: dict[int, int] = {}  # source position -> row in reuse
+    if reuse is not None:
+        for i, (o, h) in enumerate(zip(offers, hashes, strict=True)):
+            p = reuse.pos.get(o.id)
+            if p is not None and reuse.rows.hashes[p] == h:
+                reused[i] = p
+    todo = [i for i in range(len(offers)) if i not in reused]
+    parts = []
+    if todo:
+        parts.append(embed_offers([offers[i] for i in todo], settings, cfg, [hashes[i] for i in todo],
+                                  progress=False))
+    if reused:
+        parts.append(reuse.data.take(list(reused.values())).select(parts[0].column_names if parts else
+                                                                   reuse.data.column_names))
+    table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
+    # rows are [todo..., reused...]; put them back in source order
+    order = np.argsort(np.array(todo + list(reused), dtype=np.int64), kind="stable")
+    return OfferVectors.from_arrow(table.take(order))
+
+
+@dataclass
+class Candidates:
+    """Scored candidate pairs for a batch of sources (flat arrays, one entry per pair)."""
+
+    source: np.ndarray  # position in the source batch
+    target: np.ndarray  # position in the target view
+    rank: np.ndarray
+    score: np.ndarray
+    text_score: np.ndarray
+    image_score: np.ndarray
+    lexical_score: np.ndarray
+    id_match: np.ndarray
+    price_ratio: np.ndarray
+    decision: list[str]
+
+
+def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
+          vector_k: int | None = None, lexical_k: int | None = None) -> Candidates:
+    """Candidates from the three channels, scored and cut to the best ``k`` per source."""
+    cfg = view.fusion
+    n = len(src.ids)
+    vk = vector_k or max(3 * k, 30)
+    lk = lexical_k or max(2 * k, 20)
+    extra = 1 if exclude_self else 0
+    vidx, _ = view.vector_candidates(src.fused, vk + extra)
+    lidx, _ = view.tfidf.top_k(src.lexical, lk + extra)
+    pairs_s: list[int] = []
+    pairs_t: list[int] = []
+    for i in range(n):
+        cand = set(vidx[i][vidx[i] >= 0].tolist()) | set(lidx[i][lidx[i] >= 0].tolist())
+        cand.update(view.ident.lookup(src.idents[i]))
+        if exclude_self:
+            cand.discard(view.pos.get(src.ids[i], -1))
+        pairs_s.extend([i] * len(cand))
+        pairs_t.extend(cand)
+    s = np.asarray(pairs_s, dtype=np.int64)
+    t = np.asarray(pairs_t, dtype=np.int64)
+    tr = view.rows
+    lex = view.tfidf.pair_scores([src.lexical[i] for i in s], t) if len(s) else np.zeros(0, np.float32)
+    text = np.where(src.text_ok[s] & tr.text_ok[t], np.einsum("ij,ij->i", src.text[s], tr.text[t]), np.nan)
+    image = np.where(src.image_ok[s] & tr.image_ok[t], np.einsum("ij,ij->i", src.image[s], tr.image[t]), np.nan)
+    idm = np.array([bool(set(src.idents[a]) & set(tr.idents[b])) for a, b in zip(s, t, strict=True)], dtype=bool)
+    ps, pt = src.price[s], tr.price[t]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where((ps > 0) & (pt > 0), np.minimum(ps, pt) / np.maximum(ps, pt), np.nan)
+    score = pair_score(lex, text, image, idm.astype(np.float64), cfg)
+    # keep the best k per source, ranked by score
+    order = np.lexsort((-score, s))
+    s, t, score = s[order], t[order], score[order]
+    lex, text, image, idm, ratio = lex[order], text[order], image[order], idm[order], ratio[order]
+    rank = np.zeros(len(s), dtype=np.int64)
+    if len(s):
+        starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+        counts = np.diff(np.r_[starts, len(s)])
+        rank = np.arange(len(s)) - np.repeat(starts, counts) + 1
+    keep = rank <= k
+    return Candidates(source=s[keep], target=t[keep], rank=rank[keep], score=score[keep],
+                      text_score=text[keep], image_score=image[keep], lexical_score=lex[keep],
+                      id_match=idm[keep], price_ratio=ratio[keep], decision=decide(score[keep], cfg))

@@ -1,0 +1,32 @@
+-- pmatch-duckdb: embedding functions.
+--
+-- Python UDFs cannot be overloaded by argument type in DuckDB, so the user-facing names below are
+-- TEMP macros that dispatch on the argument's type to differently named UDFs. `typeof()` is constant
+-- for a column, so DuckDB folds each CASE to a single branch at plan time (no per-row cost).
+-- TEMP macros belong to one connection: call pmatch_duckdb.install(cursor) on extra cursors.
+
+-- pm_embed_image(VARCHAR path | BLOB encoded bytes) -> FLOAT[1280], NULL when the image is unusable
+-- (ask pm_image_error for the reason).
+CREATE OR REPLACE TEMP MACRO pm_embed_image(img) AS
+    CASE
+        WHEN typeof(img) = 'BLOB' THEN _pm_embed_image_blob(img::BLOB)
+        WHEN typeof(img) IN ('VARCHAR', '"NULL"') THEN _pm_embed_image_path(img::VARCHAR)
+        ELSE error('pm_embed_image expects VARCHAR (a file path) or BLOB (encoded image bytes), got '
+                   || typeof(img))
+    END;
+
+-- pm_image_error(VARCHAR path | BLOB bytes) -> VARCHAR: NULL when the image is usable, otherwise a
+-- short reason: 'missing file', 'outside allowed roots', 'not an image', 'truncated', 'corrupt',
+-- 'too large', 'empty path', 'empty data', 'not a file', 'unreadable', 'url fetching disabled'.
+-- For a VARCHAR[] of images use pm_image_errors(list) -> VARCHAR[] (one reason or NULL per image).
+CREATE OR REPLACE TEMP MACRO pm_image_error(img) AS
+    CASE
+        WHEN typeof(img) = 'BLOB' THEN _pm_image_error_blob(img::BLOB)
+        WHEN typeof(img) IN ('VARCHAR', '"NULL"') THEN _pm_image_error_path(img::VARCHAR)
+        ELSE error('pm_image_error expects VARCHAR (a file path) or BLOB (encoded image bytes), got '
+                   || typeof(img))
+    END;
+
+-- pm_models(): installed model bundles and whether their file hashes verify.
+CREATE OR REPLACE TEMP MACRO pm_models() AS TABLE
+    SELECT unnest(_pm_models_list(), recursive := true);

@@ -1,0 +1,44 @@
+-- pmatch-duckdb: indexing, matching and clustering as SQL.
+-- Each macro is a thin wrapper over one Python UDF (udfs/matching.py); table and index names are
+-- passed as strings, validated and quoted by the UDF (a malicious name fails with a clear error).
+
+-- pm_index(table [, index_name := NULL, rebuild := false]): build or incrementally refresh the
+-- LanceDB index of an offer table (id, title, description, brand, images, price, currency).
+-- Unchanged rows are not re-embedded; changed rows replaced; deleted rows removed; no change -> no write.
+-- Returns one row: index, inserted, updated, deleted, unchanged, total, version, ann_index, seconds.
+-- (r.* over a subquery: `unnest(struct)` would call the UDF once per struct field)
+CREATE OR REPLACE TEMP MACRO pm_index(tbl, index_name := NULL, rebuild := false) AS TABLE
+    SELECT r.* FROM (SELECT _pm_index(tbl, index_name, rebuild) AS r);
+
+-- match_products(source, target [, k := 10]): candidate matches as rows.
+-- * target: a table or view with an index (built on first use if missing; refresh it with pm_index).
+-- * source: a table, view or CTE; embedded on the fly, or reused from its own index where unchanged.
+-- * match_products('t', 't') is dedup mode: no self-pairs, each unordered pair once.
+-- Columns: source_table, source_id, target_table, target_id (original types), rank, score (fused, 0..1),
+-- text_score, image_score, lexical_score, identifier_match, price_ratio, decision (accept/review/reject).
+CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
+    WITH hits AS (
+        SELECT s.id AS source_id, _pm_match(src, tgt, k, to_json(s)) AS h
+        FROM query_table(src) AS s
+    ),
+    flat AS (
+        SELECT source_id, unnest(h, recursive := true) FROM hits
+    )
+    SELECT src AS source_table, f.source_id, tgt AS target_table, t.id AS target_id,
+           f.rank, f.score, f.text_score, f.image_score, f.lexical_score, f.identifier_match,
+           f.price_ratio, f.decision
+    FROM flat AS f
+    JOIN query_table(tgt) AS t ON CAST(t.id AS VARCHAR) = f.target_key
+    -- dedup mode: keep one direction of each unordered pair (the better-scored one)
+    QUALIFY src <> tgt OR row_number() OVER (
+        PARTITION BY least(CAST(f.source_id AS VARCHAR), f.target_key),
+                     greatest(CAST(f.source_id AS VARCHAR), f.target_key)
+        ORDER BY f.score DESC, f.rank) = 1
+    ORDER BY f.source_id, f.rank;
+
+-- product_clusters(pairs_table [, registry := 'entities']): connected components over the
+-- accepted pairs of a saved match_products result -> (table_name, offer_id, entity_id).
+-- Entity ids are persisted in the index folder and stay stable across runs: clusters that persist
+-- keep their id, new offers join existing entities, merged clusters keep the oldest id.
+CREATE OR REPLACE TEMP MACRO product_clusters(pairs, registry := 'entities') AS TABLE
+    SELECT unnest(_pm_clusters(pairs, registry), recursive := true);

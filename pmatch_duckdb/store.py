@@ -1,0 +1,229 @@
+"""The offer index: a LanceDB table per indexed offer table. Where vectors are stored.
+
+Per offer it holds: id, content hash, per-modality embeddings (text, pooled image), numeric
+features, the fused offer vector, and the fields lexical matching needs. The table's schema
+metadata records which encoder bundles (name + sha256) and fusion settings built it; an index is
+never mixed with vectors of other encoders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from .bundles import find_bundle
+from .embedding import embed_image_lists, embed_texts
+from .errors import PmatchError
+from .features.lexical import identifiers
+from .fusion import FusionConfig, fuse
+from .offers import Offer
+from .settings import Settings
+from .sqlident import check_index_name
+
+FORMAT = 1
+META_KEY = b"pmatch"
+ANN_MIN_ROWS = 100_000  # below this, exact search beats an ANN index (measured: benchmarks/README.md)
+EMBED_CHUNK = 512
+
+
+class OfferIndexError(PmatchError):
+    """The index is missing, incompatible with the current encoders, or otherwise unusable."""
+
+
+@dataclass
+class RefreshStats:
+    """What a refresh did."""
+
+    index: str
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+    total: int
+    version: int
+    ann_index: bool
+    seconds: float
+
+    def as_row(self) -> dict[str, Any]:
+        """As a dict (one SQL row)."""
+        return dict(self.__dict__)
+
+
+def encoder_identity(settings: Settings) -> dict[str, str]:
+    """Names and ONNX hashes of the encoders a connection uses (recorded in, and checked against, indexes)."""
+    out = {}
+    for key, name in (("text", settings.text_model), ("image", settings.image_model)):
+        b = find_bundle(name, settings.home)
+        out[f"{key}_model"] = name
+        out[f"{key}_model_sha256"] = b.manifest["files"].get("model.onnx", "")
+        out[f"{key}_dim"] = str(b.dim)
+    return out
+
+
+def _fsl(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    mask = None if valid is None else pa.array(~valid)
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(mat, np.float32).ravel()),
+                                             mat.shape[1], mask=mask)
+
+
+def text_input(o: Offer) -> str | None:
+    """What the text encoder sees: the title, prefixed by the brand when the title lacks it."""
+    title = (o.title or "").strip()
+    brand = (o.brand or "").strip()
+    if brand and brand.lower() not in title.lower():
+        title = f"{brand} {title}".strip()
+    return title or None
+
+
+def lexical_input(o: Offer) -> str:
+    """What the lexical channel sees: brand and title."""
+    return " ".join(x for x in ((o.brand or "").strip(), (o.title or "").strip()) if x)
+
+
+def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, hashes: list[str],
+                 progress: bool = True, desc: str = "embedding offers") -> pa.Table:
+    """Embed offers into index rows (chunked, with a progress bar)."""
+    parts = []
+    bar = tqdm(total=len(offers), desc=desc, unit="offer", disable=not progress or len(offers) < EMBED_CHUNK)
+    for s in range(0, len(offers), EMBED_CHUNK):
+        chunk = offers[s:s + EMBED_CHUNK]
+        tv, tok = embed_texts([text_input(o) for o in chunk], settings)
+        iv, iok, reasons = embed_image_lists([o.images for o in chunk], settings)
+        fused = fuse(tv, tok, iv, iok, cfg)
+        prices = [o.price for o in chunk]
+        parts.append(pa.table({
+            "id": pa.array([o.id for o in chunk], pa.string()),
+            "content_hash": pa.array(hashes[s:s + EMBED_CHUNK], pa.string()),
+            "title": pa.array([o.title for o in chunk], pa.string()),
+            "brand": pa.array([o.brand for o in chunk], pa.string()),
+            "lexical_text": pa.array([lexical_input(o) for o in chunk], pa.string()),
+            "identifiers": pa.array([identifiers(lexical_input(o)) for o in chunk], pa.list_(pa.string())),
+            "price": pa.array(prices, pa.float64()),
+            "currency": pa.array([o.currency for o in chunk], pa.string()),
+            "log_price": pa.array([math.log1p(p) if p is not None else 0.0 for p in prices], pa.float32()),
+            "price_missing": pa.array([p is None for p in prices], pa.bool_()),
+            "n_images": pa.array([len(o.images or []) for o in chunk], pa.int32()),
+            "n_images_ok": pa.array([sum(r is None for r in rr) for rr in reasons], pa.int32()),
+            "image_errors": pa.array([[r for r in rr if r is not None] for rr in reasons], pa.list_(pa.string())),
+            "text_vec": _fsl(tv, tok),
+            "image_vec": _fsl(iv, iok),
+            "vector": _fsl(fused),
+        }))
+        bar.update(len(chunk))
+    bar.close()
+    return pa.concat_tables(parts) if parts else None
+
+
+class OfferIndex:
+    """A named LanceDB offer table under an index root (``shop.duckdb`` → ``shop.pmatch/``)."""
+
+    _locks: dict[str, threading.Lock] = {}
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = Path(root)
+        self.name = check_index_name(name)
+        self.db = lancedb.connect(str(self.root / "lancedb"))
+        lock_key = str(self.root / name)
+        self.lock = OfferIndex._locks.setdefault(lock_key, threading.Lock())
+
+    def exists(self) -> bool:
+        """Whether the LanceDB table exists."""
+        return self.name in self.db.list_tables().tables
+
+    def table(self) -> lancedb.table.Table:
+        """The LanceDB table (clear error when missing)."""
+        if not self.exists():
+            raise OfferIndexError(f"no index named {self.name!r} under {self.root}; build it with "
+                              f"SELECT * FROM pm_index('<table>') or: pmatch index <db> <table>")
+        return self.db.open_table(self.name)
+
+    def metadata(self) -> dict[str, Any]:
+        """The pmatch metadata stored in the table schema."""
+        raw = (self.table().schema.metadata or {}).get(META_KEY)
+        return json.loads(raw) if raw else {}
+
+    def fusion(self) -> FusionConfig:
+        """The fusion/decision settings recorded with the index."""
+        return FusionConfig.from_dict(self.metadata().get("fusion", {}))
+
+    def check_encoders(self, settings: Settings) -> None:
+        """Refuse to use an index built with other encoder bundles than the connection's."""
+        have = {k: v for k, v in self.metadata().get("encoders", {}).items()}
+        want = encoder_identity(settings)
+        if have != want:
+            diff = [k for k in want if have.get(k) != want[k]]
+            raise OfferIndexError(
+                f"index {self.name!r} was built with other encoders ({', '.join(diff)} differ); "
+                f"vectors of different encoders cannot be mixed. Rebuild it: pmatch index <db> <table> --rebuild"
+            )
+
+    def refresh(self, offers: list[Offer], settings: Settings, cfg: FusionConfig | None = None,
+                source_table: str = "", rebuild: bool = False, progress: bool = True,
+                ann_min_rows: int = ANN_MIN_ROWS) -> RefreshStats:
+        """Make the index mirror ``offers``: embed new/changed rows, delete removed ones.
+
+        Incremental: rows with an unchanged content hash are not re-embedded; a run with no changes
+        writes nothing (the LanceDB version stays the same).
+        """
+        t0 = time.perf_counter()
+        with self.lock:
+            enc = encoder_identity(settings)
+            salt = json.dumps(enc, sort_keys=True)
+            hashes = {o.id: o.content_hash(salt) for o in offers}
+            exists = self.exists() and not rebuild
+            if exists:
+                self.check_encoders(settings)
+                cfg = cfg or self.fusion()
+                tbl = self.table()
+                old = tbl.to_arrow().select(["id", "content_hash"]) if tbl.count_rows() else None
+                old_map = dict(zip(old["id"].to_pylist(), old["content_hash"].to_pylist(), strict=True)) if old else {}
+            else:
+                cfg = cfg or FusionConfig()
+                old_map = {}
+            todo = [o for o in offers if old_map.get(o.id) != hashes[o.id]]
+            updated = sum(o.id in old_map for o in todo)
+            deleted = [i for i in old_map if i not in hashes]
+            rows = embed_offers(todo, settings, cfg, [hashes[o.id] for o in todo], progress=progress)
+            meta = {"format": FORMAT, "encoders": enc, "fusion": cfg.to_dict(), "source_table": source_table}
+            if not exists:
+                if rows is None:
+                    rows = embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False)
+                    rows = rows.slice(0, 0)
+                rows = rows.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+                tbl = self.db.create_table(self.name, rows, mode="overwrite")
+            else:
+                if rows is not None and len(rows):
+                    rows = rows.cast(tbl.schema)
+                    (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+                     .execute(rows))
+                if deleted:
+                    for s in range(0, len(deleted), 1000):
+                        ids = ", ".join("'" + i.replace("'", "''") + "'" for i in deleted[s:s + 1000])
+                        tbl.delete(f"id IN ({ids})")
+            total = tbl.count_rows()
+            ann = self._ensure_ann(tbl, total, ann_min_rows, changed=len(todo) + len(deleted))
+            return RefreshStats(index=self.name, inserted=len(todo) - updated, updated=updated,
+                                deleted=len(deleted), unchanged=len(offers) - len(todo), total=total,
+                                version=int(tbl.version), ann_index=ann, seconds=round(time.perf_counter() - t0, 3))
+
+    @staticmethod
+    def _ensure_ann(tbl: Any, total: int, ann_min_rows: int, changed: int) -> bool:
+        has = any("vector" in (ix.columns or []) for ix in tbl.list_indices())
+        if total >= ann_min_rows and not has:
+            from lancedb.index import IvfRq
+
+            tbl.create_index("vector", config=IvfRq(distance_type="cosine"))
+            return True
+        if has and changed:
+            tbl.optimize()  # folds new rows into the ANN index
+        return has

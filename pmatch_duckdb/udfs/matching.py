@@ -1,0 +1,145 @@
+"""UDFs behind ``pm_index``, ``match_products`` and ``product_clusters`` (see sql/match.sql)."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from duckdb import sqltypes as T
+
+from ..api import index_table
+from ..clusters import assign_entities
+from ..context import PmatchContext
+from ..errors import PmatchError
+from ..matching import match, source_vectors, target_view
+from ..offers import offer_from_mapping
+from ..sqlident import check_index_name, index_name_for, quote_ident, quote_qualified, split_qualified
+from ..store import OfferIndex
+from .arrow_util import as_pylist, replace_function
+
+_INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "deleted": T.BIGINT,
+              "unchanged": T.BIGINT, "total": T.BIGINT, "version": T.BIGINT, "ann_index": T.BOOLEAN,
+              "seconds": T.DOUBLE}
+_HIT = pa.struct([("target_key", pa.string()), ("rank", pa.int32()), ("score", pa.float64()),
+                  ("text_score", pa.float64()), ("image_score", pa.float64()), ("lexical_score", pa.float64()),
+                  ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()), ("decision", pa.string())])
+_HIT_SQL = duckdb.struct_type({"target_key": T.VARCHAR, "rank": T.INTEGER, "score": T.DOUBLE,
+                               "text_score": T.DOUBLE, "image_score": T.DOUBLE, "lexical_score": T.DOUBLE,
+                               "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR})
+
+
+def _same_table(a: str, b: str) -> bool:
+    return [p.lower() for p in split_qualified(a)][-1:] == [p.lower() for p in split_qualified(b)][-1:] and \
+        len(split_qualified(a)) == len(split_qualified(b))
+
+
+def _nan_none(x: float) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+def register_matching_udfs(con: duckdb.DuckDBPyConnection, ctx: PmatchContext) -> None:
+    """Register ``_pm_index``, ``_pm_match`` and ``_pm_clusters`` bound to ``ctx``."""
+
+    def pm_index(tables: pa.ChunkedArray, names: pa.ChunkedArray, rebuild: pa.ChunkedArray) -> pa.Array:
+        out = []
+        for tbl, name, rb in zip(as_pylist(tables), as_pylist(names), as_pylist(rebuild), strict=True):
+            if tbl is None:
+                raise PmatchError("pm_index: the table name is NULL")
+            stats = index_table(ctx, tbl, name, rebuild=bool(rb), progress=True)
+            out.append(stats.as_row())
+        return pa.array(out, type=pa.struct([(k, _arrow(v)) for k, v in _INDEX_ROW.items()]))
+
+    def pm_match(src: pa.ChunkedArray, tgt: pa.ChunkedArray, k: pa.ChunkedArray, rows: pa.ChunkedArray) -> pa.Array:
+        srcs, tgts, ks, js = as_pylist(src), as_pylist(tgt), as_pylist(k), as_pylist(rows)
+        if not js:
+            return pa.array([], type=pa.list_(_HIT))
+        source, target, kk = srcs[0], tgts[0], ks[0]
+        if not isinstance(kk, int) or kk <= 0:
+            raise PmatchError(f"match_products: k must be a positive integer, got {kk!r}")
+        if target is None or source is None:
+            raise PmatchError("match_products: source and target table names must not be NULL")
+        index = OfferIndex(ctx.index_root, check_index_name(index_name_for(target)))
+        if not index.exists():
+            index_table(ctx, target, progress=False)
+        index.check_encoders(ctx.settings)
+        view = target_view(index)
+        dedup = _same_table(source, target)
+        reuse = view if dedup else _source_view(ctx, source)
+        offers = []
+        for j in js:
+            row = {key.lower(): v for key, v in json.loads(j).items()}
+            offers.append(offer_from_mapping(row))
+        src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse)
+        cand = match(src_vecs, view, kk, exclude_self=dedup)
+        per_row: list[list[dict]] = [[] for _ in offers]
+        ids = view.rows.ids
+        for i in range(len(cand.source)):
+            per_row[int(cand.source[i])].append({
+                "target_key": ids[int(cand.target[i])], "rank": int(cand.rank[i]), "score": float(cand.score[i]),
+                "text_score": _nan_none(cand.text_score[i]), "image_score": _nan_none(cand.image_score[i]),
+                "lexical_score": float(cand.lexical_score[i]), "identifier_match": bool(cand.id_match[i]),
+                "price_ratio": _nan_none(cand.price_ratio[i]), "decision": cand.decision[i]})
+        return pa.array(per_row, type=pa.list_(_HIT))
+
+    def pm_clusters(pairs: pa.ChunkedArray, registry: pa.ChunkedArray) -> pa.Array:
+        out = []
+        for ptable, reg in zip(as_pylist(pairs), as_pylist(registry), strict=True):
+            out.append(_clusters(ctx, ptable, reg or "entities"))
+        return pa.array(out, type=pa.list_(pa.struct([("table_name", pa.string()), ("offer_id", pa.string()),
+                                                       ("entity_id", pa.string())])))
+
+    replace_function(con, "_pm_index", pm_index, [T.VARCHAR, T.VARCHAR, T.BOOLEAN],
+                     duckdb.struct_type(_INDEX_ROW), side_effects=True, null_handling="special")
+    replace_function(con, "_pm_match", pm_match, [T.VARCHAR, T.VARCHAR, T.BIGINT, T.VARCHAR],
+                     duckdb.list_type(_HIT_SQL), side_effects=True, null_handling="special")
+    replace_function(con, "_pm_clusters", pm_clusters, [T.VARCHAR, T.VARCHAR],
+                     duckdb.list_type(duckdb.struct_type({"table_name": T.VARCHAR, "offer_id": T.VARCHAR,
+                                                          "entity_id": T.VARCHAR})),
+                     side_effects=True, null_handling="special")
+
+
+def _arrow(t: duckdb.sqltype) -> pa.DataType:
+    return {str(T.VARCHAR): pa.string(), str(T.BIGINT): pa.int64(), str(T.BOOLEAN): pa.bool_(),
+            str(T.DOUBLE): pa.float64()}[str(t)]
+
+
+def _source_view(ctx: PmatchContext, source: str):
+    """The source's own index (to reuse its vectors), if one exists and fits the encoders."""
+    try:
+        idx = OfferIndex(ctx.index_root, index_name_for(source))
+        if idx.exists():
+            idx.check_encoders(ctx.settings)
+            return target_view(idx)
+    except PmatchError:
+        return None
+    return None
+
+
+def _clusters(ctx: PmatchContext, pairs_table: str, registry: str) -> list[dict]:
+    """Read accepted pairs (and all offers seen) from a match_products result table; assign entities."""
+    check_index_name(registry)
+    cur = ctx.con.cursor()
+    try:
+        q = quote_qualified(pairs_table)
+        cols = {d[0].lower() for d in cur.execute(f"SELECT * FROM {q} LIMIT 0").description}
+        cur.fetchall()
+        need = {"source_table", "source_id", "target_table", "target_id", "decision"}
+        if not need <= cols:
+            raise PmatchError(f"product_clusters: {pairs_table!r} needs columns {sorted(need)} "
+                              "(a match_products result); it has {sorted(cols)}")
+        rows = cur.execute(
+            f"SELECT {quote_ident('source_table')}, CAST(source_id AS VARCHAR), {quote_ident('target_table')}, "
+            f"CAST(target_id AS VARCHAR), decision FROM {q}").fetchall()
+    finally:
+        cur.close()
+    members, pairs = [], []
+    for st, sid, tt, tid, dec in rows:
+        a, b = f"{st}:{sid}", f"{tt}:{tid}"
+        members += [a, b]
+        if dec == "accept":
+            pairs.append((a, b))
+    ent = assign_entities(ctx.index_root, registry, list(dict.fromkeys(members)), pairs)
+    return [{"table_name": key.split(":", 1)[0], "offer_id": key.split(":", 1)[1], "entity_id": e}
+            for key, e in sorted(ent.items())]

@@ -1,0 +1,40 @@
+"""``pm_models()``: the installed model bundles as a table (backed by ``_pm_models_list()``)."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+from duckdb import sqltypes as T
+
+from ..bundles import list_bundles
+from ..settings import Settings
+from .arrow_util import replace_function
+
+_ROW = pa.struct([("name", pa.string()), ("modality", pa.string()), ("dim", pa.int32()),
+                  ("verified", pa.bool_()), ("problem", pa.string()), ("source", pa.string()),
+                  ("path", pa.string())])
+
+
+def model_rows(settings: Settings) -> list[dict]:
+    """One dict per bundle directory under the pmatch home, with its verification status."""
+    rows = []
+    for b in list_bundles(settings.home):
+        problems = b.problems()
+        src = b.manifest.get("source", {})
+        rows.append({"name": b.name, "modality": b.modality, "dim": b.dim, "verified": not problems,
+                     "problem": "; ".join(problems) or None,
+                     "source": f"{src.get('package', '?')}=={src.get('version', '?')}" if src else None,
+                     "path": str(b.path)})
+    return rows
+
+
+def register_model_udfs(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Register ``_pm_models_list()`` (the table macro ``pm_models()`` unnests it)."""
+
+    def models_list() -> pa.Array:
+        return pa.array([model_rows(settings)], type=pa.list_(_ROW))
+
+    struct = duckdb.struct_type({"name": T.VARCHAR, "modality": T.VARCHAR, "dim": T.INTEGER,
+                                 "verified": T.BOOLEAN, "problem": T.VARCHAR, "source": T.VARCHAR,
+                                 "path": T.VARCHAR})
+    replace_function(con, "_pm_models_list", models_list, [], duckdb.list_type(struct), side_effects=True)
