@@ -63,6 +63,62 @@ def models_list(home: str | None) -> None:
         sys.exit(1)
 
 
+def _open(db: str, home: str | None, image_roots: tuple[str, ...]):
+    from .connection import connect
+
+    return connect(db, home=home, image_roots=list(image_roots) or None)
+
+
+@main.command("index")
+@click.argument("database", type=click.Path(dir_okay=False))
+@click.argument("table")
+@click.option("--name", default=None, help="Index name (default: the table's name).")
+@click.option("--rebuild", is_flag=True, help="Re-embed everything (e.g. after changing encoders).")
+@click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable; default: cwd).")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_roots: tuple[str, ...],
+              home: str | None) -> None:
+    """Build or incrementally refresh the LanceDB index of an offer TABLE in DATABASE."""
+    from .api import index
+
+    try:
+        con = _open(database, home, image_roots)
+        stats = index(con, table, name=name, rebuild=rebuild)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(" ".join(f"{k}={v}" for k, v in stats.as_row().items()))
+
+
+@main.command("match")
+@click.argument("database", type=click.Path(dir_okay=False))
+@click.argument("source")
+@click.argument("target")
+@click.option("-k", "k", default=10, show_default=True, help="Candidates per source offer.")
+@click.option("--into", default=None, help="Save the result as this table instead of printing it.")
+@click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable; default: cwd).")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def match_cmd(database: str, source: str, target: str, k: int, into: str | None, image_roots: tuple[str, ...],
+              home: str | None) -> None:
+    """Match SOURCE offers against the TARGET index (match_products)."""
+    import duckdb
+
+    from .api import match
+    from .sqlident import quote_qualified
+
+    try:
+        con = _open(database, home, image_roots)
+        if into:
+            con.execute(
+                f"CREATE OR REPLACE TABLE {quote_qualified(into)} AS SELECT * FROM match_products(?, ?, k := ?)",
+                [source, target, k])
+            n = con.execute(f"SELECT count(*) FROM {quote_qualified(into)}").fetchall()[0][0]
+            click.echo(f"{n} candidate pairs saved in {into}")
+        else:
+            click.echo(str(match(con, source, target, k=k)))
+    except (PmatchError, duckdb.Error) as e:
+        raise click.ClickException(str(e)) from None
+
+
 @main.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="demo_out", show_default=True,
               help="Folder for the generated catalog, images and DuckDB file.")

@@ -55,11 +55,16 @@ def assign_entities(root: Path, registry: str, members: list[str], pairs: list[t
         comps.setdefault(ds.find(x), []).append(x)
     next_id = 1 + max((_entity_number(e) for e in known.values()), default=0)
     result: dict[str, str] = {}
-    for root_key in sorted(comps):
+    taken: set[str] = set()
+    # components with more previously known members claim their old ids first (a split cluster:
+    # the bigger part keeps the id, the other part gets another of its old ids or a fresh one)
+    order = sorted(comps, key=lambda r: (-sum(k in known for k in comps[r]), r))
+    for root_key in order:
         keys = comps[root_key]
-        old = sorted({known[k] for k in keys if k in known}, key=_entity_number)
+        old = [e for e in sorted({known[k] for k in keys if k in known}, key=_entity_number) if e not in taken]
         if old:
             eid = old[0]
+            taken.add(eid)
         else:
             eid = f"E{next_id:06d}"
             next_id += 1

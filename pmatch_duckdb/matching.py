@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .features.lexical import CharTfidf, IdentifierIndex
+from .features.lexical import CharTfidf, IdentifierIndex, normalize
 from .fusion import FusionConfig, decide, pair_score
 from .offers import Offer
 from .settings import Settings
@@ -189,7 +189,11 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     lidx, _ = view.tfidf.top_k(src.lexical, lk + extra)
     pairs_s: list[int] = []
     pairs_t: list[int] = []
+    # an offer with no text, no usable image and no lexical content has nothing to match on
+    has_signal = src.text_ok | src.image_ok | np.array([bool(normalize(x)) for x in src.lexical], dtype=bool)
     for i in range(n):
+        if not has_signal[i]:
+            continue
         cand = set(vidx[i][vidx[i] >= 0].tolist()) | set(lidx[i][lidx[i] >= 0].tolist())
         cand.update(view.ident.lookup(src.idents[i]))
         if exclude_self:

@@ -200,12 +200,12 @@ class OfferIndex:
                     rows = embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False)
                     rows = rows.slice(0, 0)
                 rows = rows.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-                tbl = self.db.create_table(self.name, rows, mode="overwrite")
+                tbl = self.db.create_table(self.name, rows, mode="overwrite", on_bad_vectors="null")
             else:
                 if rows is not None and len(rows):
                     rows = rows.cast(tbl.schema)
                     (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-                     .execute(rows))
+                     .execute(rows, on_bad_vectors="null"))
                 if deleted:
                     for s in range(0, len(deleted), 1000):
                         ids = ", ".join("'" + i.replace("'", "''") + "'" for i in deleted[s:s + 1000])

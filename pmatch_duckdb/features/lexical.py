@@ -129,7 +129,8 @@ class CharTfidf:
     def pair_scores(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
         """Cosine between each text and one given corpus row (``rows[i]``)."""
         q = self.transform(texts)
-        return np.asarray(q.multiply(self.matrix[rows]).sum(axis=1)).ravel().astype(np.float32)
+        sims = np.asarray(q.multiply(self.matrix[rows]).sum(axis=1)).ravel().astype(np.float32)
+        return np.clip(sims, 0.0, 1.0)  # float32 rounding can exceed 1
 
 
 class IdentifierIndex:

@@ -13,7 +13,8 @@ CREATE OR REPLACE TEMP MACRO pm_index(tbl, index_name := NULL, rebuild := false)
 -- match_products(source, target [, k := 10]): candidate matches as rows.
 -- * target: a table or view with an index (built on first use if missing; refresh it with pm_index).
 -- * source: a table, view or CTE; embedded on the fly, or reused from its own index where unchanged.
--- * match_products('t', 't') is dedup mode: no self-pairs, each unordered pair once.
+-- * match_products('t', 't') (same name, case-insensitive) is dedup mode: no self-pairs, each
+--   unordered pair once.
 -- Columns: source_table, source_id, target_table, target_id (original types), rank, score (fused, 0..1),
 -- text_score, image_score, lexical_score, identifier_match, price_ratio, decision (accept/review/reject).
 CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
@@ -30,7 +31,7 @@ CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
     FROM flat AS f
     JOIN query_table(tgt) AS t ON CAST(t.id AS VARCHAR) = f.target_key
     -- dedup mode: keep one direction of each unordered pair (the better-scored one)
-    QUALIFY src <> tgt OR row_number() OVER (
+    QUALIFY lower(src) <> lower(tgt) OR row_number() OVER (
         PARTITION BY least(CAST(f.source_id AS VARCHAR), f.target_key),
                      greatest(CAST(f.source_id AS VARCHAR), f.target_key)
         ORDER BY f.score DESC, f.rank) = 1

@@ -14,8 +14,8 @@ from ..clusters import assign_entities
 from ..context import PmatchContext
 from ..errors import PmatchError
 from ..matching import match, source_vectors, target_view
-from ..offers import offer_from_mapping
-from ..sqlident import check_index_name, index_name_for, quote_ident, quote_qualified, split_qualified
+from ..offers import REQUIRED, OfferTableError, offer_from_mapping
+from ..sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
 from ..store import OfferIndex
 from .arrow_util import as_pylist, replace_function
 
@@ -31,8 +31,8 @@ _HIT_SQL = duckdb.struct_type({"target_key": T.VARCHAR, "rank": T.INTEGER, "scor
 
 
 def _same_table(a: str, b: str) -> bool:
-    return [p.lower() for p in split_qualified(a)][-1:] == [p.lower() for p in split_qualified(b)][-1:] and \
-        len(split_qualified(a)) == len(split_qualified(b))
+    """Dedup mode: source and target are the same name (compared as SQL does it in match.sql)."""
+    return a.lower() == b.lower()
 
 
 def _nan_none(x: float) -> float | None:
@@ -67,10 +67,19 @@ def register_matching_udfs(con: duckdb.DuckDBPyConnection, ctx: PmatchContext) -
         view = target_view(index)
         dedup = _same_table(source, target)
         reuse = view if dedup else _source_view(ctx, source)
-        offers = []
-        for j in js:
-            row = {key.lower(): v for key, v in json.loads(j).items()}
-            offers.append(offer_from_mapping(row))
+        rows = [{key.lower(): v for key, v in json.loads(j).items()} for j in js]
+        missing = [c for c in REQUIRED if c not in rows[0]]
+        if missing:
+            raise OfferTableError(
+                f"match_products: source {source!r} lacks required column(s) {', '.join(missing)}; it has "
+                f"{', '.join(rows[0])}. Map your columns with a view (... name AS title ...)")
+        offers = [offer_from_mapping(row) for row in rows]
+        seen: set[str] = set()
+        for o in offers:
+            if o.id in seen:
+                raise OfferTableError(f"match_products: source {source!r} has duplicate id {o.id!r}; "
+                                      "ids must be unique")
+            seen.add(o.id)
         src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse)
         cand = match(src_vecs, view, kk, exclude_self=dedup)
         per_row: list[list[dict]] = [[] for _ in offers]
@@ -128,7 +137,7 @@ def _clusters(ctx: PmatchContext, pairs_table: str, registry: str) -> list[dict]
         need = {"source_table", "source_id", "target_table", "target_id", "decision"}
         if not need <= cols:
             raise PmatchError(f"product_clusters: {pairs_table!r} needs columns {sorted(need)} "
-                              "(a match_products result); it has {sorted(cols)}")
+                              f"(a match_products result); it has {sorted(cols)}")
         rows = cur.execute(
             f"SELECT {quote_ident('source_table')}, CAST(source_id AS VARCHAR), {quote_ident('target_table')}, "
             f"CAST(target_id AS VARCHAR), decision FROM {q}").fetchall()

@@ -1,0 +1,135 @@
+"""Lexical channel: identifier tokens, char n-gram TF-IDF and the identifier inverted index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pmatch_duckdb.features.lexical import CharTfidf, IdentifierIndex, identifiers, normalize
+
+CORPUS = [
+    "Sony Bravia KDL-40V4100 40in LCD TV",
+    "Apple iPhone 13 128GB blue",
+    "Samsung Galaxy S21 smartphone 256GB",
+    "Logitech MX Master 3 wireless mouse",
+    "Bose QuietComfort 35 II noise cancelling headphones",
+    "Canon EOS 250D digital SLR camera",
+    "Dyson V11 cordless vacuum cleaner",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# identifiers()
+# ----------------------------------------------------------------------------------------------
+
+
+def test_identifiers_model_number_without_separators() -> None:
+    assert identifiers("Sony KDL-40V4100 40in") == ["kdl40v4100"]
+
+
+@pytest.mark.parametrize("size", ["40in", "256GB", "18V", "1080p", "55 inch", "12mp"])
+def test_identifiers_sizes_and_units_are_not_identifiers(size: str) -> None:
+    assert identifiers(size) == []
+
+
+@pytest.mark.parametrize("text", ["", None, "plain words only", "pack of 12", "set 2024"])
+def test_identifiers_plain_words_and_short_numbers(text: str | None) -> None:
+    assert identifiers(text) == []
+
+
+@pytest.mark.parametrize("gtin", ["0027242755", "4006381333931", "00012345678905"])
+def test_identifiers_gtin_digits_kept_with_leading_zeros(gtin: str) -> None:
+    assert identifiers(f"EAN {gtin} cable") == [gtin]
+
+
+def test_identifiers_separator_variants_agree() -> None:
+    want = ["xj9000b"]
+    assert identifiers("Acme widget XJ-9000B black") == want
+    assert identifiers("totally different words xj9000b") == want
+    assert identifiers("xj/9000b") == want
+    assert identifiers("XJ.9000B") == want
+
+
+def test_identifiers_deduplicated_in_order() -> None:
+    assert identifiers("KDL-40V4100 and kdl40v4100, also ZT-1200") == ["kdl40v4100", "zt1200"]
+
+
+def test_normalize_strips_accents_and_punctuation() -> None:
+    assert normalize("Crème Brûlée — SET/6!") == "creme brulee set 6"
+    assert normalize(None) == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# CharTfidf
+# ----------------------------------------------------------------------------------------------
+
+
+def test_tfidf_exact_duplicate_first_with_cosine_one() -> None:
+    tf = CharTfidf(CORPUS)
+    idx, val = tf.top_k([CORPUS[3], CORPUS[5]], k=3)
+    assert idx.shape == (2, 3) and val.shape == (2, 3)
+    assert idx[:, 0].tolist() == [3, 5]
+    assert val[:, 0] == pytest.approx([1.0, 1.0], abs=1e-5)
+    # scores sorted descending, the duplicate clearly ahead of the next row
+    assert np.all(np.diff(val, axis=1) <= 1e-7)
+    assert np.all(val[:, 1] < 0.6)
+
+
+def test_tfidf_near_duplicate_first() -> None:
+    tf = CharTfidf(CORPUS)
+    queries = ["sony kdl40v4100 lcd televison", "Logitec MX-Master3 mouse wireless", "dyson v-11 vacum"]
+    idx, _ = tf.top_k(queries, k=2)
+    assert idx[:, 0].tolist() == [0, 3, 6]
+
+
+def test_tfidf_k_larger_than_corpus_pads_with_minus_one() -> None:
+    tf = CharTfidf(CORPUS[:2])
+    idx, val = tf.top_k(["apple iphone"], k=5)
+    assert idx[0, 0] == 1
+    assert sorted(idx[0, :2].tolist()) == [0, 1]
+    assert idx[0, 2:].tolist() == [-1, -1, -1]
+    assert val[0, 2:].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_tfidf_pair_scores_agree_with_top_k() -> None:
+    tf = CharTfidf(CORPUS)
+    q = ["samsung galaxy s21 256gb", "bose qc35 headphones"]
+    idx, val = tf.top_k(q, k=2)
+    rows = idx[:, 0]
+    assert tf.pair_scores(q, rows) == pytest.approx(val[:, 0], abs=1e-5)
+
+
+def test_tfidf_empty_text_scores_zero() -> None:
+    tf = CharTfidf(CORPUS)
+    _, val = tf.top_k(["", "!!!"], k=3)
+    assert np.all(val == 0.0)
+
+
+def test_tfidf_deterministic_across_instances() -> None:
+    # crc32 hashing, not Python's salted hash(): two fits give identical scores
+    a = CharTfidf(CORPUS).top_k(["canon eos camera"], k=4)
+    b = CharTfidf(list(CORPUS)).top_k(["canon eos camera"], k=4)
+    assert a[0].tolist() == b[0].tolist()
+    assert np.array_equal(a[1], b[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# IdentifierIndex
+# ----------------------------------------------------------------------------------------------
+
+
+def test_identifier_index_lookup() -> None:
+    tokens = [identifiers(t) for t in ["Acme XJ-9000B black", "Acme XJ-7000C", "xj9000b refurbished", "no id"]]
+    ix = IdentifierIndex(tokens)
+    assert ix.lookup(["xj9000b"]) == [0, 2]
+    assert ix.lookup(["xj7000c", "xj9000b"]) == [1, 0, 2]
+    assert ix.lookup(["xj9000b", "xj9000b"]) == [0, 2]  # no duplicates
+    assert ix.lookup(["zz9999"]) == []
+    assert ix.lookup([]) == []
+
+
+def test_identifier_index_ignores_too_common_tokens() -> None:
+    tokens = [["abc123"]] * 4 + [["rare42x"]]
+    ix = IdentifierIndex(tokens, max_df=3)
+    assert ix.lookup(["abc123"]) == []
+    assert ix.lookup(["rare42x"]) == [4]
