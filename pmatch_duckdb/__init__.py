@@ -13,11 +13,11 @@ SQL functions registered: ``pm_embed_text``, ``pm_embed_image``, ``pm_embed_imag
 from __future__ import annotations
 
 from .api import clusters, index, match
-from .connection import connect, install
+from .connection import connect, install, install_macros
 from .errors import ConfigError, ModelIntegrityError, ModelNotFoundError, PmatchError
 from .settings import Settings
 
 __version__ = "0.1.0"
 
 __all__ = ["ConfigError", "ModelIntegrityError", "ModelNotFoundError", "PmatchError", "Settings",
-           "__version__", "clusters", "connect", "index", "install", "match"]
+           "__version__", "clusters", "connect", "index", "install", "install_macros", "match"]

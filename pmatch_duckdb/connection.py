@@ -30,9 +30,18 @@ def install(con: duckdb.DuckDBPyConnection, settings: Settings | None = None, *,
     ctx = PmatchContext(con=con, settings=settings, index_root=index_root_for(con, settings), duckdb_threads=threads)
     register_matching_udfs(con, ctx)
     register_context(ctx)
+    install_macros(con)
+    return settings
+
+
+def install_macros(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the SQL macros (``sql/*.sql``) on ``con``: enough for a cursor of an installed connection.
+
+    The UDFs behind the macros are registered database-wide by :func:`install` and visible from
+    cursors; the macros are TEMP and belong to one connection (or cursor).
+    """
     for name in SQL_FILES:
         con.execute(read_sql(name))
-    return settings
 
 
 def connect(database: str | os.PathLike[str] = ":memory:", *, read_only: bool = False,

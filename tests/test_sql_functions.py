@@ -60,18 +60,26 @@ def test_connect_file_database_and_reopen(home, tmp_path):
 
 
 def test_second_connection_to_an_open_file_database(home, tmp_path):
-    """Two pmatch connections to one database file in the same process (e.g. a notebook and a dbt run):
-    DuckDB shares Python UDFs between connections of one database, so the second install must not fail
-    with 'already exists'."""
+    """Two pmatch connections to one database file in the same process (e.g. a notebook and a dbt run).
+
+    DuckDB shares Python UDFs between all connections of one database, so the second install must neither
+    fail with 'already exists' nor silently reuse the first connection's settings (its image roots)."""
     db = tmp_path / "shared.duckdb"
-    first = pm.connect(db, home=home, image_roots=[tmp_path])
+    roots_a, roots_b = tmp_path / "a", tmp_path / "b"
+    roots_a.mkdir()
+    roots_b.mkdir()
+    small_png(roots_b / "p.png")
+    first = pm.connect(db, home=home, image_roots=[roots_a])
     try:
-        second = pm.connect(db, home=home, image_roots=[tmp_path])
+        second = pm.connect(db, home=home, image_roots=[roots_b])
         try:
-            works(second)
+            works(second, "p.png")
             works(first)
+            assert second.execute("SELECT pm_image_error('p.png')").fetchall() == [(None,)]
+            assert first.execute("SELECT pm_image_error('p.png')").fetchall() == [("missing file",)]
         finally:
             second.close()
+        works(first)
     finally:
         first.close()
 
@@ -97,6 +105,7 @@ def test_install_twice_on_one_connection(home, tmp_path):
 
 
 def test_install_on_cursor(home, tmp_path):
+    """install()'s documented contract: 'Call it on each con.cursor() you use too'."""
     small_png(tmp_path / "p.png")
     con = pm.connect(home=home, image_roots=[tmp_path])
     try:
@@ -108,6 +117,23 @@ def test_install_on_cursor(home, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
         cur.close()
         works(con, "p.png")
+    finally:
+        con.close()
+
+
+def test_cursor_needs_macros_and_install_macros_adds_them(home, tmp_path):
+    small_png(tmp_path / "p.png")
+    con = pm.connect(home=home, image_roots=[tmp_path])
+    try:
+        cur = con.cursor()
+        with pytest.raises(duckdb.CatalogException, match="pm_embed_image"):
+            cur.execute("SELECT pm_embed_image('p.png')").fetchall()  # TEMP macros are per connection
+        install_macros = getattr(pm, "install_macros", None)
+        if install_macros is None:
+            pytest.skip("pmatch_duckdb.install_macros not available")
+        install_macros(cur)
+        works(cur, "p.png")
+        cur.close()
     finally:
         con.close()
 
