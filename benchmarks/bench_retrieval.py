@@ -456,7 +456,7 @@ def run(a: argparse.Namespace) -> int:
         tbl = db.open_table(TABLE)
         raw_search(tbl, q[:64], 20, None, K, a.search_batch)  # warm-up
         for npb in a.nprobes:
-            for rf in ([None] + list(a.refine[:1])) if kind != "ivf_flat" else [None]:
+            for rf in [None, PM_REFINE]:
                 log(f"sweep {kind} nprobes={npb} refine={rf}")
                 ids, s = raw_search(tbl, q[:nsw or 1000], npb, rf, K, a.search_batch)
                 sweep.append((kind, Row(f"sweep {kind.upper()} nprobes={npb} refine={rf or '-'}", len(ids), s,

@@ -86,14 +86,17 @@ class Bundle:
         return self
 
 
-_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_cache: dict[tuple[str, int, int, int, int], str] = {}
 _hash_lock = threading.Lock()
 
 
 def _cached_sha256(path: Path) -> str:
-    """sha256 cached by (path, size, mtime) so listing/verifying repeatedly stays cheap."""
+    """sha256 cached by file identity so listing/verifying repeatedly stays cheap.
+
+    The key includes ctime and inode: a rewrite that restores size and mtime still changes ctime.
+    """
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     with _hash_lock:
         if key in _hash_cache:
             return _hash_cache[key]

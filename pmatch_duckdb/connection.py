@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from typing import Any
 
 import duckdb
 
-from .api import register_context
+from .api import context_of, register_context
 from .context import PmatchContext, index_root_for
 from .settings import Settings
 from .sql import SQL_FILES, read_sql
 from .udfs import register_embedding_udfs, register_matching_udfs, register_model_udfs
+from .udfs.arrow_util import Registrar
+
+_install_counter = itertools.count(1)
+_registrars: dict[int, Registrar] = {}
 
 
 def install(con: duckdb.DuckDBPyConnection, settings: Settings | None = None, *,
@@ -19,29 +25,43 @@ def install(con: duckdb.DuckDBPyConnection, settings: Settings | None = None, *,
             image_roots: list[str | os.PathLike[str]] | str | None = None, **options: Any) -> Settings:
     """Register pmatch's UDFs and SQL macros on ``con`` and return the settings they use.
 
-    Safe to call again (functions are replaced). Call it on each ``con.cursor()`` you use too:
-    the macros are TEMP and so per connection.
+    Safe to call again (this connection's functions are replaced). Python UDFs are shared by every
+    connection to the same database, so each install registers its own, suffixed, UDFs and binds the
+    public names (TEMP macros) to them: two connections with different image roots do not interfere.
+    For a ``con.cursor()``, call :func:`install_macros(cur, con) <install_macros>`.
     """
     if settings is None:
         settings = Settings.create(home=home, image_roots=image_roots, **options)
+    old = _registrars.pop(id(con), None)
+    if old is not None and old.con is con:
+        old.remove_all()
+    reg = Registrar(con, f"_{next(_install_counter)}")
     threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
-    register_embedding_udfs(con, settings, threads)
-    register_model_udfs(con, settings)
-    ctx = PmatchContext(con=con, settings=settings, index_root=index_root_for(con, settings), duckdb_threads=threads)
-    register_matching_udfs(con, ctx)
+    ctx = PmatchContext(con=con, settings=settings, index_root=index_root_for(con, settings),
+                        duckdb_threads=threads, suffix=reg.suffix)
+    register_embedding_udfs(reg, settings, threads)
+    register_model_udfs(reg, settings)
+    register_matching_udfs(reg, ctx)
+    _registrars[id(con)] = reg
     register_context(ctx)
-    install_macros(con)
+    install_macros(con, suffix=reg.suffix)
     return settings
 
 
-def install_macros(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the SQL macros (``sql/*.sql``) on ``con``: enough for a cursor of an installed connection.
+_UDF_NAME = re.compile(r"\b(_pm_[a-z_]+)\(")
 
-    The UDFs behind the macros are registered database-wide by :func:`install` and visible from
-    cursors; the macros are TEMP and belong to one connection (or cursor).
+
+def install_macros(con: duckdb.DuckDBPyConnection, parent: duckdb.DuckDBPyConnection | None = None, *,
+                   suffix: str | None = None) -> None:
+    """Create the SQL macros (``sql/*.sql``) on ``con``, bound to the UDFs of an installed connection.
+
+    Use it on a cursor: ``pm.install_macros(cur, con)`` (the macros are TEMP, so per connection or
+    cursor; the UDFs they call were registered by ``install(con)`` and are visible to its cursors).
     """
+    if suffix is None:
+        suffix = context_of(parent if parent is not None else con).suffix
     for name in SQL_FILES:
-        con.execute(read_sql(name))
+        con.execute(_UDF_NAME.sub(lambda m: f"{m.group(1)}{suffix}(", read_sql(name)))
 
 
 def connect(database: str | os.PathLike[str] = ":memory:", *, read_only: bool = False,

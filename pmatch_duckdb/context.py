@@ -45,3 +45,4 @@ class PmatchContext:
     settings: Settings
     index_root: Path
     duckdb_threads: int
+    suffix: str = ""  # appended to every UDF name this install registered (see udfs.arrow_util.Registrar)

@@ -34,6 +34,7 @@ class Plugin(BasePlugin):
         cfg = dict(self.config)
         self.settings = Settings.create(home=cfg.pop("home", None), image_roots=cfg.pop("image_roots", None), **cfg)
         install(conn, self.settings)
+        self.parent = conn
 
     def configure_cursor(self, cursor: Any) -> None:
-        install_macros(cursor)
+        install_macros(cursor, self.parent)

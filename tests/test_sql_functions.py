@@ -128,10 +128,9 @@ def test_cursor_needs_macros_and_install_macros_adds_them(home, tmp_path):
         cur = con.cursor()
         with pytest.raises(duckdb.CatalogException, match="pm_embed_image"):
             cur.execute("SELECT pm_embed_image('p.png')").fetchall()  # TEMP macros are per connection
-        install_macros = getattr(pm, "install_macros", None)
-        if install_macros is None:
-            pytest.skip("pmatch_duckdb.install_macros not available")
-        install_macros(cur)
+        with pytest.raises(pm.PmatchError, match="install"):
+            pm.install_macros(cur)  # a bare cursor has no UDFs of its own: the parent must be named
+        pm.install_macros(cur, con)
         works(cur, "p.png")
         cur.close()
     finally:

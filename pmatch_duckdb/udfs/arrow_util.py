@@ -22,9 +22,29 @@ def as_pylist(arr: pa.ChunkedArray | pa.Array) -> list:
     return arr.to_pylist()
 
 
-def replace_function(con: duckdb.DuckDBPyConnection, name: str, fn: Callable, params: list,
-                     returns: duckdb.sqltype, **kwargs: object) -> None:
-    """Register an Arrow UDF, replacing an earlier registration of the same name (re-install is safe)."""
-    with contextlib.suppress(duckdb.Error):  # "function not found": nothing to replace
-        con.remove_function(name)
-    con.create_function(name, fn, params, returns, type="arrow", **kwargs)
+class Registrar:
+    """Registers Arrow UDFs under install-unique names (``<name><suffix>``) and remembers them.
+
+    DuckDB keeps Python UDFs in the catalog of the whole database, shared by every connection and
+    cursor of it, while each connection may have its own settings (image roots, models). So each
+    ``install`` registers its own suffixed UDFs, and the public names are per-connection TEMP
+    macros (sql/*.sql) bound to that suffix.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, suffix: str) -> None:
+        self.con = con
+        self.suffix = suffix
+        self.names: list[str] = []
+
+    def add(self, name: str, fn: Callable, params: list, returns: duckdb.sqltype, **kwargs: object) -> None:
+        """Register ``fn`` as ``name + suffix`` (an Arrow UDF)."""
+        full = name + self.suffix
+        self.con.create_function(full, fn, params, returns, type="arrow", **kwargs)
+        self.names.append(full)
+
+    def remove_all(self) -> None:
+        """Unregister everything this registrar added (on re-install)."""
+        for full in self.names:
+            with contextlib.suppress(duckdb.Error):
+                self.con.remove_function(full)
+        self.names.clear()

@@ -11,7 +11,7 @@ from ..embedding import embed_image_lists, embed_texts, policy_of
 from ..encoders.image_io import image_errors
 from ..errors import ModelNotFoundError
 from ..settings import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, Settings
-from .arrow_util import as_pylist, replace_function, vectors_to_arrow
+from .arrow_util import Registrar, as_pylist, vectors_to_arrow
 
 _KNOWN_DIMS = {DEFAULT_TEXT_MODEL: 384, DEFAULT_IMAGE_MODEL: 1280}
 
@@ -30,8 +30,8 @@ def model_dim(name: str, settings: Settings) -> int:
         raise
 
 
-def register_embedding_udfs(con: duckdb.DuckDBPyConnection, settings: Settings, duckdb_threads: int | None) -> None:
-    """Register the embedding UDFs (bound to ``settings``) on ``con``."""
+def register_embedding_udfs(reg: Registrar, settings: Settings, duckdb_threads: int | None) -> None:
+    """Register the embedding UDFs (bound to ``settings``)."""
     text_dim = model_dim(settings.text_model, settings)
     image_dim = model_dim(settings.image_model, settings)
     policy = policy_of(settings)
@@ -64,12 +64,12 @@ def register_embedding_udfs(con: duckdb.DuckDBPyConnection, settings: Settings, 
     vec_text = duckdb.array_type(T.FLOAT, text_dim)
     vec_image = duckdb.array_type(T.FLOAT, image_dim)
     special = {"null_handling": "special"}
-    replace_function(con, "pm_embed_text", pm_embed_text, [T.VARCHAR], vec_text, **special)
-    replace_function(con, "_pm_embed_image_path", embed_single_images, [T.VARCHAR], vec_image, **special)
-    replace_function(con, "_pm_embed_image_blob", embed_single_images, [T.BLOB], vec_image, **special)
-    replace_function(con, "pm_embed_images", pm_embed_images, [duckdb.list_type(T.VARCHAR)], vec_image, **special)
+    reg.add("_pm_embed_text", pm_embed_text, [T.VARCHAR], vec_text, **special)
+    reg.add("_pm_embed_image_path", embed_single_images, [T.VARCHAR], vec_image, **special)
+    reg.add("_pm_embed_image_blob", embed_single_images, [T.BLOB], vec_image, **special)
+    reg.add("_pm_embed_images", pm_embed_images, [duckdb.list_type(T.VARCHAR)], vec_image, **special)
     # image checks read the file system, whose state can change between calls
-    replace_function(con, "_pm_image_error_path", image_error, [T.VARCHAR], T.VARCHAR, side_effects=True, **special)
-    replace_function(con, "_pm_image_error_blob", image_error, [T.BLOB], T.VARCHAR, **special)
-    replace_function(con, "pm_image_errors", pm_image_errors, [duckdb.list_type(T.VARCHAR)],
+    reg.add("_pm_image_error_path", image_error, [T.VARCHAR], T.VARCHAR, side_effects=True, **special)
+    reg.add("_pm_image_error_blob", image_error, [T.BLOB], T.VARCHAR, **special)
+    reg.add("_pm_image_errors", pm_image_errors, [duckdb.list_type(T.VARCHAR)],
                      duckdb.list_type(T.VARCHAR), side_effects=True, **special)

@@ -17,7 +17,7 @@ from ..matching import match, source_vectors, target_view
 from ..offers import REQUIRED, OfferTableError, offer_from_mapping
 from ..sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
 from ..store import OfferIndex
-from .arrow_util import as_pylist, replace_function
+from .arrow_util import Registrar, as_pylist
 
 _INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "deleted": T.BIGINT,
               "unchanged": T.BIGINT, "total": T.BIGINT, "version": T.BIGINT, "ann_index": T.BOOLEAN,
@@ -39,7 +39,7 @@ def _nan_none(x: float) -> float | None:
     return None if x is None or np.isnan(x) else float(x)
 
 
-def register_matching_udfs(con: duckdb.DuckDBPyConnection, ctx: PmatchContext) -> None:
+def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
     """Register ``_pm_index``, ``_pm_match`` and ``_pm_clusters`` bound to ``ctx``."""
 
     def pm_index(tables: pa.ChunkedArray, names: pa.ChunkedArray, rebuild: pa.ChunkedArray) -> pa.Array:
@@ -99,11 +99,11 @@ def register_matching_udfs(con: duckdb.DuckDBPyConnection, ctx: PmatchContext) -
         return pa.array(out, type=pa.list_(pa.struct([("table_name", pa.string()), ("offer_id", pa.string()),
                                                        ("entity_id", pa.string())])))
 
-    replace_function(con, "_pm_index", pm_index, [T.VARCHAR, T.VARCHAR, T.BOOLEAN],
+    reg.add("_pm_index", pm_index, [T.VARCHAR, T.VARCHAR, T.BOOLEAN],
                      duckdb.struct_type(_INDEX_ROW), side_effects=True, null_handling="special")
-    replace_function(con, "_pm_match", pm_match, [T.VARCHAR, T.VARCHAR, T.BIGINT, T.VARCHAR],
+    reg.add("_pm_match", pm_match, [T.VARCHAR, T.VARCHAR, T.BIGINT, T.VARCHAR],
                      duckdb.list_type(_HIT_SQL), side_effects=True, null_handling="special")
-    replace_function(con, "_pm_clusters", pm_clusters, [T.VARCHAR, T.VARCHAR],
+    reg.add("_pm_clusters", pm_clusters, [T.VARCHAR, T.VARCHAR],
                      duckdb.list_type(duckdb.struct_type({"table_name": T.VARCHAR, "offer_id": T.VARCHAR,
                                                           "entity_id": T.VARCHAR})),
                      side_effects=True, null_handling="special")

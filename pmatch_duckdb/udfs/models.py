@@ -8,7 +8,7 @@ from duckdb import sqltypes as T
 
 from ..bundles import list_bundles
 from ..settings import Settings
-from .arrow_util import replace_function
+from .arrow_util import Registrar
 
 _ROW = pa.struct([("name", pa.string()), ("modality", pa.string()), ("dim", pa.int32()),
                   ("verified", pa.bool_()), ("problem", pa.string()), ("source", pa.string()),
@@ -28,7 +28,7 @@ def model_rows(settings: Settings) -> list[dict]:
     return rows
 
 
-def register_model_udfs(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+def register_model_udfs(reg: Registrar, settings: Settings) -> None:
     """Register ``_pm_models_list()`` (the table macro ``pm_models()`` unnests it)."""
 
     def models_list() -> pa.Array:
@@ -37,4 +37,4 @@ def register_model_udfs(con: duckdb.DuckDBPyConnection, settings: Settings) -> N
     struct = duckdb.struct_type({"name": T.VARCHAR, "modality": T.VARCHAR, "dim": T.INTEGER,
                                  "verified": T.BOOLEAN, "problem": T.VARCHAR, "source": T.VARCHAR,
                                  "path": T.VARCHAR})
-    replace_function(con, "_pm_models_list", models_list, [], duckdb.list_type(struct), side_effects=True)
+    reg.add("_pm_models_list", models_list, [], duckdb.list_type(struct), side_effects=True)
