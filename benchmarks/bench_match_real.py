@@ -12,10 +12,10 @@ Methods, all on the same offers and the same text (brand + title):
   ``CREATE TABLE ... AS SELECT * FROM match_products('<source>', '<target>', k := 10)``; time = the
   wall time of both statements (the ONNX session is warmed up first, never timed).
 * **char TF-IDF** (baseline 1): scikit-learn ``TfidfVectorizer(analyzer='char_wb', sublinear_tf=True)``
-  with n-grams (2, 5) and (3, 5), fitted on source + target texts, exact cosine top-10 (falls back to
-  ``pmatch_duckdb.features.lexical.CharTfidf`` without scikit-learn). The text is pmatch's lexical
-  input (``store.lexical_input``: brand + title). A row for pmatch's own ``CharTfidf`` (fitted on the
-  target only, as inside pmatch) is always added.
+  with n-grams (2, 5) and (3, 5), fitted on source + target texts, exact cosine top-10 (rows skipped
+  without scikit-learn), and pmatch's own ``pmatch_duckdb.features.lexical.CharTfidf`` (fitted on the
+  target only, as inside pmatch; always run). The text is pmatch's lexical input
+  (``store.lexical_input``: brand + title).
 * **zero-shot text** (baseline 2): cosine of ``pm_embed_text`` vectors computed in SQL over pmatch's
   text input (``store.text_input``: title, prefixed by the brand when the title lacks it), exact top-10.
 
@@ -24,12 +24,13 @@ has several): recall@1 and recall@10 of the true match. ``best F1``: the candida
 source) scored by the method's score, thresholds swept, F1 against ALL ground-truth pairs (true pairs
 never retrieved are false negatives). ``R@P>=0.99``: the highest recall at a threshold with precision
 ≥ 0.99. For pmatch a second table gives precision/recall/F1 of the built-in decision (``accept``, and
-``accept`` + ``review``) and R@P>=0.95.
+``accept`` + ``review``) and R@P>=0.95. A details table adds, for every method, best F1 and
+R@P>=0.99 after a 1:1 mutual-best filter (see :func:`mutual_best`) and process CPU seconds.
 
-``--ablation`` (on by default) re-scores with other :class:`FusionConfig` weights through the Python
-API (the same ``matching.match`` the UDF calls, the index rows reused: there are no images, so the
-fused vectors only depend on whether ``text_weight`` is 0); the default config is checked to
-reproduce the SQL result exactly.
+The ablation (skip with ``--no-ablation``) re-scores with other ``FusionConfig`` weights through the
+Python API (the same ``matching.match`` the UDF calls, the index rows reused: there are no images, so
+the fused vectors only depend on whether ``text_weight`` is 0; the default config is checked to give
+the SQL result's rank-1 candidates), and re-ranks the SQL result by ``score + w * ln(price_ratio)``.
 
 Usage (from the repository root)::
 

@@ -8,6 +8,7 @@ from .clusters import assign_entities
 from .context import PmatchContext
 from .errors import PmatchError
 from .fusion import FusionConfig
+from .matchers import active_matcher
 from .offers import read_offers
 from .sqlident import check_index_name, index_name_for, quote_qualified
 from .store import OfferIndex, RefreshStats
@@ -38,7 +39,8 @@ def index_table(ctx: PmatchContext, table: str, index_name: str | None = None, r
     finally:
         cur.close()
     return OfferIndex(ctx.index_root, name).refresh(offers, ctx.settings, cfg=fusion, source_table=table,
-                                                     rebuild=rebuild, progress=progress)
+                                                     rebuild=rebuild, progress=progress,
+                                                     matcher=active_matcher(ctx.settings.matcher, ctx.settings.home))
 
 
 def index(con: duckdb.DuckDBPyConnection, table: str, name: str | None = None, rebuild: bool = False,

@@ -14,15 +14,18 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from .features.lexical import CharTfidf, IdentifierIndex, normalize
 from .fusion import FusionConfig, decide, pair_score
+from .matchers import Matcher, load_matcher
 from .offers import Offer
+from .pair_features import pair_feature_matrix
 from .settings import Settings
-from .store import ANN_MIN_ROWS, OfferIndex, embed_offers, encoder_identity
+from .store import ANN_MIN_ROWS, OfferIndex, embed_offers, encoder_identity, fuse_vectors
 
 _MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")
 
@@ -53,6 +56,8 @@ class OfferVectors:
     lexical: list[str]
     idents: list[list[str]]
     price: np.ndarray  # NaN where missing
+    titles: list[str | None]
+    brands: list[str | None]
 
     @classmethod
     def from_arrow(cls, t: pa.Table) -> OfferVectors:
@@ -63,18 +68,21 @@ class OfferVectors:
         price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
         return cls(ids=t["id"].to_pylist(), hashes=t["content_hash"].to_pylist(), text=text, text_ok=tok,
                    image=image, image_ok=iok, fused=fused, lexical=t["lexical_text"].to_pylist(),
-                   idents=[x or [] for x in t["identifiers"].to_pylist()], price=price)
+                   idents=[x or [] for x in t["identifiers"].to_pylist()], price=price,
+                   titles=t["title"].to_pylist(), brands=t["brand"].to_pylist())
 
 
 class TargetView:
     """Everything matching needs from one version of an index, loaded once and cached."""
 
-    def __init__(self, index: OfferIndex) -> None:
+    def __init__(self, index: OfferIndex, home: Path | None = None) -> None:
         tbl = index.table()
         self.version = tbl.version
         self.index = index
         self.table = tbl
         self.fusion = index.fusion()
+        ident = index.matcher_identity()
+        self.matcher: Matcher | None = load_matcher(ident["name"], ident["version"], home) if ident else None
         data = tbl.to_arrow()
         self.data = data
         self.n = len(data)
@@ -120,15 +128,15 @@ _views: OrderedDict[tuple[str, int], TargetView] = OrderedDict()
 _views_lock = threading.Lock()
 
 
-def target_view(index: OfferIndex, max_cached: int = 4) -> TargetView:
+def target_view(index: OfferIndex, home: Path | None = None, max_cached: int = 4) -> TargetView:
     """Cached :class:`TargetView` for the index's current version."""
     tbl = index.table()
-    key = (str(index.root / index.name), int(tbl.version))
+    key = (str(index.root / index.name), int(tbl.version), str(home))
     with _views_lock:
         if key in _views:
             _views.move_to_end(key)
             return _views[key]
-    view = TargetView(index)
+    view = TargetView(index, home)
     with _views_lock:
         _views[key] = view
         while len(_views) > max_cached:
@@ -137,8 +145,12 @@ def target_view(index: OfferIndex, max_cached: int = 4) -> TargetView:
 
 
 def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
-                   reuse: TargetView | None = None) -> OfferVectors:
-    """Index rows for source offers: taken from an index where id and content hash match, else embedded."""
+                   reuse: TargetView | None = None, matcher: Matcher | None = None) -> OfferVectors:
+    """Index rows for source offers: taken from an index where id and content hash match, else embedded.
+
+    Offer vectors are recomputed with ``matcher`` (or the zero-shot fusion) from the per-modality
+    vectors, so a reused index made with another matcher is still correct.
+    """
     salt = json.dumps(encoder_identity(settings), sort_keys=True)
     hashes = [o.content_hash(salt) for o in offers]
     reused: dict[int, int] = {}  # source position -> row in reuse
@@ -151,14 +163,17 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
     parts = []
     if todo:
         parts.append(embed_offers([offers[i] for i in todo], settings, cfg, [hashes[i] for i in todo],
-                                  progress=False))
+                                  progress=False, matcher=matcher))
     if reused:
         parts.append(reuse.data.take(list(reused.values())).select(parts[0].column_names if parts else
                                                                    reuse.data.column_names))
     table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     # rows are [todo..., reused...]; put them back in source order
     order = np.argsort(np.array(todo + list(reused), dtype=np.int64), kind="stable")
-    return OfferVectors.from_arrow(table.take(order))
+    v = OfferVectors.from_arrow(table.take(order))
+    if reused:
+        v.fused = fuse_vectors(v.text, v.text_ok, v.image, v.image_ok, v.price, v.lexical, cfg, matcher)
+    return v
 
 
 @dataclass
@@ -210,7 +225,16 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     ps, pt = src.price[s], tr.price[t]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where((ps > 0) & (pt > 0), np.minimum(ps, pt) / np.maximum(ps, pt), np.nan)
-    score = pair_score(lex, text, image, idm.astype(np.float64), cfg)
+    fused = np.einsum("ij,ij->i", src.fused[s], tr.fused[t]) if len(s) else np.zeros(0, np.float32)
+    if view.matcher is not None:
+        rank_f, gap = _rank_and_gap(s, fused)
+        feats = pair_feature_matrix(
+            fused, text, image, lex, [src.idents[i] for i in s], [tr.idents[j] for j in t],
+            [src.titles[i] for i in s], [tr.titles[j] for j in t], [src.brands[i] for i in s],
+            [tr.brands[j] for j in t], ps, pt, rank_f, gap)
+        score = view.matcher.decision.score(feats)
+    else:
+        score = pair_score(lex, text, image, idm.astype(np.float64), cfg)
     # keep the best k per source, ranked by score
     order = np.lexsort((-score, s))
     s, t, score = s[order], t[order], score[order]
@@ -223,4 +247,22 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     keep = rank <= k
     return Candidates(source=s[keep], target=t[keep], rank=rank[keep], score=score[keep],
                       text_score=text[keep], image_score=image[keep], lexical_score=lex[keep],
-                      id_match=idm[keep], price_ratio=ratio[keep], decision=decide(score[keep], cfg))
+                      id_match=idm[keep], price_ratio=ratio[keep],
+                      decision=(view.matcher.decision.decide(score[keep]) if view.matcher is not None
+                                else decide(score[keep], cfg)))
+
+
+def _rank_and_gap(src_pos: np.ndarray, fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: rank of the target among its source's candidates by fused cosine, and the gap to the best."""
+    rank = np.ones(len(src_pos), dtype=np.float64)
+    gap = np.zeros(len(src_pos), dtype=np.float32)
+    if not len(src_pos):
+        return rank, gap
+    order = np.lexsort((-fused, src_pos))
+    s_sorted = src_pos[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
+    counts = np.diff(np.r_[starts, len(s_sorted)])
+    rank[order] = np.arange(len(order)) - np.repeat(starts, counts) + 1
+    best = np.repeat(fused[order][starts], counts)
+    gap[order] = best - fused[order]
+    return rank, gap

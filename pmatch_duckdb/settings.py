@@ -27,6 +27,7 @@ class Settings:
     image_roots: tuple[Path, ...]
     text_model: str = DEFAULT_TEXT_MODEL
     image_model: str = DEFAULT_IMAGE_MODEL
+    matcher: str = "default"  # trained matcher name; its active version is used, else zero-shot
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     index_dir: Path | None = None  # where LanceDB indexes live; default: beside the database file

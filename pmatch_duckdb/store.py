@@ -26,6 +26,7 @@ from .embedding import embed_image_lists, embed_texts
 from .errors import PmatchError
 from .features.lexical import identifiers
 from .fusion import FusionConfig, fuse
+from .matchers import Matcher
 from .offers import Offer
 from .settings import Settings
 from .sqlident import check_index_name
@@ -53,6 +54,7 @@ class RefreshStats:
     version: int
     ann_index: bool
     seconds: float
+    reprojected: int = 0
 
     def as_row(self) -> dict[str, Any]:
         """As a dict (one SQL row)."""
@@ -90,8 +92,16 @@ def lexical_input(o: Offer) -> str:
     return " ".join(x for x in ((o.brand or "").strip(), (o.title or "").strip()) if x)
 
 
+def fuse_vectors(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image_ok: np.ndarray,
+                 price: np.ndarray, lexical: list[str], cfg: FusionConfig, matcher: Matcher | None) -> np.ndarray:
+    """Offer vectors: the trained projection when a matcher is active, else the zero-shot fusion."""
+    if matcher is not None:
+        return matcher.embed(text, text_ok, image, image_ok, price, lexical)
+    return fuse(text, text_ok, image, image_ok, cfg)
+
+
 def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, hashes: list[str],
-                 progress: bool = True, desc: str = "embedding offers") -> pa.Table:
+                 progress: bool = True, desc: str = "embedding offers", matcher: Matcher | None = None) -> pa.Table:
     """Embed offers into index rows (chunked, with a progress bar)."""
     parts = []
     bar = tqdm(total=len(offers), desc=desc, unit="offer", disable=not progress or len(offers) < EMBED_CHUNK)
@@ -99,8 +109,9 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
         chunk = offers[s:s + EMBED_CHUNK]
         tv, tok = embed_texts([text_input(o) for o in chunk], settings)
         iv, iok, reasons = embed_image_lists([o.images for o in chunk], settings)
-        fused = fuse(tv, tok, iv, iok, cfg)
         prices = [o.price for o in chunk]
+        price_arr = np.array([np.nan if p is None else p for p in prices], dtype=np.float64)
+        fused = fuse_vectors(tv, tok, iv, iok, price_arr, [lexical_input(o) for o in chunk], cfg, matcher)
         parts.append(pa.table({
             "id": pa.array([o.id for o in chunk], pa.string()),
             "content_hash": pa.array(hashes[s:s + EMBED_CHUNK], pa.string()),
@@ -167,17 +178,32 @@ class OfferIndex:
                 f"vectors of different encoders cannot be mixed. Rebuild it: pmatch index <db> <table> --rebuild"
             )
 
+    def matcher_identity(self) -> dict | None:
+        """The trained matcher whose projection made the ``vector`` column (None: zero-shot)."""
+        return self.metadata().get("matcher")
+
     def refresh(self, offers: list[Offer], settings: Settings, cfg: FusionConfig | None = None,
                 source_table: str = "", rebuild: bool = False, progress: bool = True,
-                ann_min_rows: int = ANN_MIN_ROWS) -> RefreshStats:
+                ann_min_rows: int = ANN_MIN_ROWS, matcher: Matcher | None = None) -> RefreshStats:
         """Make the index mirror ``offers``: embed new/changed rows, delete removed ones.
 
         Incremental: rows with an unchanged content hash are not re-embedded; a run with no changes
-        writes nothing (the LanceDB version stays the same).
+        writes nothing (the LanceDB version stays the same). When the active matcher differs from the
+        one that made the index's offer vectors, every vector is re-projected from the cached
+        per-modality vectors (the encoders are not run again).
         """
         t0 = time.perf_counter()
         with self.lock:
             enc = encoder_identity(settings)
+            if matcher is not None and matcher.bundle.manifest.get("encoders") != enc:
+                raise OfferIndexError(
+                    f"matcher {matcher.identity['name']} {matcher.identity['version']} was trained on other encoders "
+                    f"than this connection uses; retrain it or deactivate it (pmatch models rollback)")
+            reprojected = 0
+            want = matcher.identity if matcher is not None else None
+            if self.exists() and not rebuild and self.matcher_identity() != want:
+                self.check_encoders(settings)
+                reprojected = self._reproject(cfg or self.fusion(), matcher)
             salt = json.dumps(enc, sort_keys=True)
             hashes = {o.id: o.content_hash(salt) for o in offers}
             exists = self.exists() and not rebuild
@@ -193,11 +219,13 @@ class OfferIndex:
             todo = [o for o in offers if old_map.get(o.id) != hashes[o.id]]
             updated = sum(o.id in old_map for o in todo)
             deleted = [i for i in old_map if i not in hashes]
-            rows = embed_offers(todo, settings, cfg, [hashes[o.id] for o in todo], progress=progress)
-            meta = {"format": FORMAT, "encoders": enc, "fusion": cfg.to_dict(), "source_table": source_table}
+            rows = embed_offers(todo, settings, cfg, [hashes[o.id] for o in todo], progress=progress, matcher=matcher)
+            meta = {"format": FORMAT, "encoders": enc, "fusion": cfg.to_dict(), "source_table": source_table,
+                    "matcher": want}
             if not exists:
                 if rows is None:
-                    rows = embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False)
+                    rows = embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False,
+                                        matcher=matcher)
                     rows = rows.slice(0, 0)
                 rows = rows.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
                 tbl = self.db.create_table(self.name, rows, mode="overwrite", on_bad_vectors="null")
@@ -214,7 +242,22 @@ class OfferIndex:
             ann = self._ensure_ann(tbl, total, ann_min_rows, changed=len(todo) + len(deleted))
             return RefreshStats(index=self.name, inserted=len(todo) - updated, updated=updated,
                                 deleted=len(deleted), unchanged=len(offers) - len(todo), total=total,
-                                version=int(tbl.version), ann_index=ann, seconds=round(time.perf_counter() - t0, 3))
+                                version=int(tbl.version), ann_index=ann, seconds=round(time.perf_counter() - t0, 3),
+                                reprojected=reprojected)
+
+    def _reproject(self, cfg: FusionConfig, matcher: Matcher | None) -> int:
+        """Recompute every offer vector from the cached per-modality vectors; one atomic overwrite."""
+        from .matching import OfferVectors
+
+        data = self.table().to_arrow()
+        meta = {**self.metadata(), "matcher": matcher.identity if matcher is not None else None}
+        if len(data):
+            v = OfferVectors.from_arrow(data)
+            fused = fuse_vectors(v.text, v.text_ok, v.image, v.image_ok, v.price, v.lexical, cfg, matcher)
+            data = data.set_column(data.schema.get_field_index("vector"), "vector", _fsl(fused))
+        data = data.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+        self.db.create_table(self.name, data, mode="overwrite", on_bad_vectors="null")
+        return len(data)
 
     @staticmethod
     def _ensure_ann(tbl: Any, total: int, ann_min_rows: int, changed: int) -> bool:

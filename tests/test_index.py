@@ -26,7 +26,8 @@ CATALOG = [
     (8, "Dyson V11 cordless vacuum cleaner", "Dyson", None),
 ]
 N = len(CATALOG)
-STATS_COLUMNS = ["index", "inserted", "updated", "deleted", "unchanged", "total", "version", "ann_index", "seconds"]
+STATS_COLUMNS = ["index", "inserted", "updated", "deleted", "unchanged", "total", "version", "ann_index", "seconds",
+                 "reprojected"]
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from pmatch_duckdb.demo.synthetic import generate, render_product
 from pmatch_duckdb.store import OfferIndex
 
 COLUMNS = ["source_table", "source_id", "target_table", "target_id", "rank", "score", "text_score",
-           "image_score", "lexical_score", "identifier_match", "price_ratio", "decision"]
+           "image_score", "lexical_score", "identifier_match", "price_ratio", "decision", "mutual_best"]
 DECISIONS = {"accept", "review", "reject"}
 
 CATALOG = [
@@ -408,3 +408,19 @@ def test_end_to_end_synthetic_with_images(tmp_path: Path, home: Path) -> None:
     assert recall >= 0.8, f"recall@1 {recall:.2f}"
     assert accepted, "no pair accepted"
     assert correct == len(accepted), f"accept precision {correct}/{len(accepted)}"
+
+
+def test_mutual_best_is_one_to_one(home: Path, tmp_path: Path) -> None:
+    """mutual_best marks at most one source per target and one target per source."""
+    con = pm.connect(tmp_path / "mb.duckdb", home=home, image_roots=[tmp_path])
+    con.execute("CREATE TABLE cat AS SELECT * FROM (VALUES (1, 'Sony Bravia KDL-40V4100 LCD TV'), "
+                "(2, 'Canon PowerShot SD1100 camera'), (3, 'Bose QuietComfort 35 headphones')) t(id, title)")
+    con.execute("CREATE TABLE feed AS SELECT * FROM (VALUES ('a', 'sony kdl40v4100 40 inch tv'), "
+                "('b', 'Sony Bravia 40in LCD television KDL-40V4100'), ('c', 'canon sd1100 is digital elph')) t(id, title)")
+    rows = con.execute("SELECT source_id, target_id, rank, mutual_best FROM match_products('feed', 'cat', k := 3)").fetchall()
+    best = [(s, t) for s, t, _, m in rows if m]
+    assert len({t for _, t in best}) == len(best) and len({s for s, _ in best}) == len(best)
+    assert ("c", 2) in best
+    assert len([1 for s, t in best if t == 1]) == 1  # two sources want target 1: only one is mutual
+    assert all(r == 1 for s, t, r, m in rows if m)
+    con.close()

@@ -51,11 +51,13 @@ def identifiers(text: str | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-_MEASURE = re.compile(r"^\d+(?:in|inch|mm|cm|gb|tb|mb|mhz|ghz|hz|w|v|mp|x|k|lb|lbs|oz|ft|m|g|kg|ml|l|p)$")
+_MEASURE = re.compile(r"^\d+(?:in|inch|mm|cm|gb|tb|mb|mhz|ghz|hz|w|v|mp|x|k|lb|lbs|oz|ft|m|g|kg|ml|l|p|"
+                      r"st|nd|rd|th|user|users|pk|pack|pc|pcs|yr|yrs|year|years|bit|cd|dvd)$")
+_NOT_IDENTIFIER = re.compile(r"^(?:win|windows|x|r|v|ver|version)\d{1,2}$|^\d+(?:st|nd|rd|th)\d+(?:st|nd|rd|th)$")
 
 
 def _is_measure(t: str) -> bool:
-    return bool(_MEASURE.match(t))
+    return bool(_MEASURE.match(t) or _NOT_IDENTIFIER.match(t))
 
 
 def _grams(text: str) -> list[int]:
@@ -127,8 +129,10 @@ class CharTfidf:
         return idx, val
 
     def pair_scores(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
-        """Cosine between each text and one given corpus row (``rows[i]``)."""
-        q = self.transform(texts)
+        """Cosine between each text and one given corpus row (``rows[i]``); each distinct text is tokenised once."""
+        uniq = list(dict.fromkeys(texts))
+        pos = {t: i for i, t in enumerate(uniq)}
+        q = self.transform(uniq)[[pos[t] for t in texts]]
         sims = np.asarray(q.multiply(self.matrix[rows]).sum(axis=1)).ravel().astype(np.float32)
         return np.clip(sims, 0.0, 1.0)  # float32 rounding can exceed 1
 

@@ -13,6 +13,7 @@ from ..api import index_table
 from ..clusters import assign_entities
 from ..context import PmatchContext
 from ..errors import PmatchError
+from ..matchers import active_matcher
 from ..matching import match, source_vectors, target_view
 from ..offers import REQUIRED, OfferTableError, offer_from_mapping
 from ..sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
@@ -21,7 +22,7 @@ from .arrow_util import Registrar, as_pylist
 
 _INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "deleted": T.BIGINT,
               "unchanged": T.BIGINT, "total": T.BIGINT, "version": T.BIGINT, "ann_index": T.BOOLEAN,
-              "seconds": T.DOUBLE}
+              "seconds": T.DOUBLE, "reprojected": T.BIGINT}
 _HIT = pa.struct([("target_key", pa.string()), ("rank", pa.int32()), ("score", pa.float64()),
                   ("text_score", pa.float64()), ("image_score", pa.float64()), ("lexical_score", pa.float64()),
                   ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()), ("decision", pa.string())])
@@ -61,10 +62,12 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         if target is None or source is None:
             raise PmatchError("match_products: source and target table names must not be NULL")
         index = OfferIndex(ctx.index_root, check_index_name(index_name_for(target)))
-        if not index.exists():
-            index_table(ctx, target, progress=False)
+        matcher = active_matcher(ctx.settings.matcher, ctx.settings.home)
+        want = matcher.identity if matcher is not None else None
+        if not index.exists() or index.matcher_identity() != want:
+            index_table(ctx, target, progress=False)  # build, or re-project for the active matcher
         index.check_encoders(ctx.settings)
-        view = target_view(index)
+        view = target_view(index, ctx.settings.home)
         dedup = _same_table(source, target)
         reuse = view if dedup else _source_view(ctx, source)
         rows = [{key.lower(): v for key, v in json.loads(j).items()} for j in js]
@@ -80,7 +83,7 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
                 raise OfferTableError(f"match_products: source {source!r} has duplicate id {o.id!r}; "
                                       "ids must be unique")
             seen.add(o.id)
-        src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse)
+        src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse, matcher=view.matcher)
         cand = match(src_vecs, view, kk, exclude_self=dedup)
         per_row: list[list[dict]] = [[] for _ in offers]
         ids = view.rows.ids
@@ -120,7 +123,7 @@ def _source_view(ctx: PmatchContext, source: str):
         idx = OfferIndex(ctx.index_root, index_name_for(source))
         if idx.exists():
             idx.check_encoders(ctx.settings)
-            return target_view(idx)
+            return target_view(idx, ctx.settings.home)
     except PmatchError:
         return None
     return None

@@ -1,0 +1,156 @@
+"""Trained matchers: versioned bundles of (projection ONNX, decision model JSON, manifest).
+
+Layout: ``<home>/matchers/<name>/v<N>/`` with ``projection.onnx``, ``decision.json`` and
+``manifest.json`` (training data hash, metrics, date, parent encoders, feature spec, sha256 of every
+file); ``<home>/matchers/<name>/ACTIVE`` names the active version and ``history.json`` lists past
+activations, so switching and rolling back are one command each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bundles import Bundle, read_bundle
+from .decision import DecisionModel
+from .encoders.sessions import get_session
+from .errors import ModelNotFoundError
+from .features.offer_features import offer_features
+from .home import pmatch_home
+
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+def matchers_dir(home: str | os.PathLike[str] | None = None) -> Path:
+    """``<home>/matchers``."""
+    return pmatch_home(home) / "matchers"
+
+
+def versions(name: str, home: str | os.PathLike[str] | None = None) -> list[str]:
+    """Saved versions of a matcher, oldest first."""
+    d = matchers_dir(home) / name
+    if not d.is_dir():
+        return []
+    found = [p.name for p in d.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+    return sorted(found, key=lambda v: int(v[1:]))
+
+
+def active_version(name: str, home: str | os.PathLike[str] | None = None) -> str | None:
+    """The active version of a matcher, or None (then matching is zero-shot)."""
+    f = matchers_dir(home) / name / "ACTIVE"
+    if not f.is_file():
+        return None
+    v = f.read_text().strip()
+    return v if _VERSION.match(v) and (matchers_dir(home) / name / v).is_dir() else None
+
+
+def _history(name: str, home) -> list[str]:
+    f = matchers_dir(home) / name / "history.json"
+    return json.loads(f.read_text()) if f.is_file() else []
+
+
+def activate(name: str, version: str, home: str | os.PathLike[str] | None = None) -> None:
+    """Make ``version`` (e.g. ``v3``) the active one (verified first); recorded for rollback."""
+    if version not in versions(name, home):
+        raise ModelNotFoundError(f"matcher {name!r} has no version {version!r}; have: {versions(name, home) or 'none'}")
+    read_bundle(matchers_dir(home) / name / version).verify()
+    d = matchers_dir(home) / name
+    hist = _history(name, home)
+    if not hist or hist[-1] != version:
+        hist.append(version)
+    (d / "history.json.tmp").write_text(json.dumps(hist))
+    os.replace(d / "history.json.tmp", d / "history.json")
+    (d / "ACTIVE.tmp").write_text(version)
+    os.replace(d / "ACTIVE.tmp", d / "ACTIVE")
+
+
+def rollback(name: str, home: str | os.PathLike[str] | None = None) -> str | None:
+    """Re-activate the previously active version; with none before, deactivate (zero-shot). Returns it."""
+    d = matchers_dir(home) / name
+    hist = _history(name, home)
+    if not hist:
+        raise ModelNotFoundError(f"matcher {name!r} has no activation history")
+    hist.pop()
+    if hist:
+        (d / "history.json").write_text(json.dumps(hist[:-1]))
+        activate(name, hist[-1], home)
+        return hist[-1]
+    (d / "history.json").write_text("[]")
+    (d / "ACTIVE").unlink(missing_ok=True)
+    return None
+
+
+def deactivate(name: str, home: str | os.PathLike[str] | None = None) -> None:
+    """Back to zero-shot matching (versions are kept)."""
+    (matchers_dir(home) / name / "ACTIVE").unlink(missing_ok=True)
+
+
+@dataclass
+class Matcher:
+    """A loaded, verified matcher version."""
+
+    bundle: Bundle
+    decision: DecisionModel
+
+    @property
+    def identity(self) -> dict:
+        """What an index records about the matcher that made its vectors."""
+        m = self.bundle.manifest
+        return {"name": m["name"], "version": m["version"], "sha256": m["files"]["projection.onnx"]}
+
+    @property
+    def spec(self) -> dict:
+        return self.bundle.manifest["feature_spec"]
+
+    @property
+    def dim(self) -> int:
+        return self.bundle.dim
+
+    def project(self, feats: np.ndarray) -> np.ndarray:
+        """Projection of feature rows (batched ONNX runs)."""
+        sess = get_session(self.bundle.file("projection.onnx"), self.bundle.manifest["files"]["projection.onnx"], 1)
+        out = np.zeros((len(feats), self.dim), dtype=np.float32)
+        for s in range(0, len(feats), 4096):
+            out[s:s + 4096] = sess.run(["embedding"], {"features": feats[s:s + 4096]})[0]
+        return out
+
+    def embed(self, text, text_ok, image, image_ok, price, lexical) -> np.ndarray:
+        """Offer vectors from cached per-modality vectors."""
+        return self.project(offer_features(text, text_ok, image, image_ok, price, lexical, self.spec))
+
+
+_cache: dict[tuple[str, str], Matcher] = {}
+_lock = threading.Lock()
+
+
+def load_matcher(name: str, version: str, home: str | os.PathLike[str] | None = None) -> Matcher:
+    """Load (and verify, once per process) a matcher version."""
+    path = matchers_dir(home) / name / version
+    key = (str(path), (path / "manifest.json").read_text() if (path / "manifest.json").is_file() else "")
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+    bundle = read_bundle(path).verify()
+    decision = DecisionModel.from_dict(json.loads(bundle.file("decision.json").read_text()))
+    m = Matcher(bundle, decision)
+    with _lock:
+        _cache[key] = m
+    return m
+
+
+def active_matcher(name: str, home: str | os.PathLike[str] | None = None) -> Matcher | None:
+    """The active version of ``name``, loaded; None when no trained version is active."""
+    v = active_version(name, home)
+    return load_matcher(name, v, home) if v else None
+
+
+def next_version(name: str, home: str | os.PathLike[str] | None = None) -> str:
+    """The version string a new training run gets."""
+    have = versions(name, home)
+    return f"v{int(have[-1][1:]) + 1 if have else 1}"
