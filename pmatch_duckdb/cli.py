@@ -40,6 +40,44 @@ def models_build(home: str | None, force: bool, only: tuple[str, ...]) -> None:
         raise click.ClickException(str(e)) from None
 
 
+@models.command("export-openclip")
+@click.option("--arch", default=None,
+              help="open_clip architecture, e.g. ViT-B-32, RN50 (optional when --weights is a folder with "
+                   "open_clip_config.json).")
+@click.option("--weights", required=True, type=click.Path(),
+              help="Local checkpoint: .safetensors, or a .bin/.pt/.pth state dict (or a folder holding one).")
+@click.option("--name", required=True, help="Bundle name; SQL selects it with pm_embed_text(t, NAME).")
+@click.option("--pretrained-tag", default=None,
+              help="open_clip tag whose metadata (mean/std, interpolation, QuickGELU) describes these weights, "
+                   "e.g. openai or laion2b_s34b_b79k. Nothing is downloaded.")
+@click.option("--mean", nargs=3, type=float, default=None, help="Override the image mean (R G B).")
+@click.option("--std", nargs=3, type=float, default=None, help="Override the image std (R G B).")
+@click.option("--interpolation", type=click.Choice(["bicubic", "bilinear"]), default=None,
+              help="Override the resize interpolation.")
+@click.option("--resize-mode", type=click.Choice(["shortest", "longest", "squash"]), default=None,
+              help="Override the resize mode.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle of that name.")
+@click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
+def models_export_openclip(arch: str | None, weights: str, name: str, pretrained_tag: str | None,
+                           mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                           interpolation: str | None, resize_mode: str | None, force: bool,
+                           home: str | None) -> None:
+    """Export OpenCLIP weights on disk to one CLIP bundle (text + image towers). Needs the clip extra."""
+    try:
+        from .build.openclip import export_openclip
+    except ImportError as e:
+        raise click.ClickException(
+            f"exporting CLIP models needs the clip extra ({e}); install it with: pip install 'pmatch-duckdb[clip]'"
+        ) from None
+    pre = {"mean": list(mean) if mean else None, "std": list(std) if std else None,
+           "interpolation": interpolation, "resize_mode": resize_mode}
+    try:
+        export_openclip(arch, weights, name, home=home, force=force, pretrained_tag=pretrained_tag,
+                        preprocess=pre, log=click.echo)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @models.command("list")
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 def models_list(home: str | None) -> None:

@@ -92,6 +92,18 @@ class TargetView:
         self.ident = IdentifierIndex(self.rows.idents)
         self.use_ann = any("vector" in (ix.columns or []) for ix in tbl.list_indices()) and self.n >= ANN_MIN_ROWS
 
+    @classmethod
+    def from_vectors(cls, rows: OfferVectors, fusion: FusionConfig, matcher: Matcher | None = None) -> TargetView:
+        """A view over offers held in memory (training and evaluation; exact search)."""
+        view = cls.__new__(cls)
+        view.version, view.index, view.table, view.data = -1, None, None, None
+        view.fusion, view.matcher, view.rows, view.n = fusion, matcher, rows, len(rows.ids)
+        view.pos = {i: p for p, i in enumerate(rows.ids)}
+        view.tfidf = CharTfidf(rows.lexical)
+        view.ident = IdentifierIndex(rows.idents)
+        view.use_ann = False
+        return view
+
     def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 50, refine: int = 10
                           ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``."""
@@ -192,10 +204,9 @@ class Candidates:
     decision: list[str]
 
 
-def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
-          vector_k: int | None = None, lexical_k: int | None = None) -> Candidates:
-    """Candidates from the three channels, scored and cut to the best ``k`` per source."""
-    cfg = view.fusion
+def candidate_pairs(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
+                    vector_k: int | None = None, lexical_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Union of the three channels' candidates: (source positions, target positions)."""
     n = len(src.ids)
     vk = vector_k or max(3 * k, 30)
     lk = lexical_k or max(2 * k, 20)
@@ -214,9 +225,26 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
         if exclude_self:
             cand.discard(view.pos.get(src.ids[i], -1))
         pairs_s.extend([i] * len(cand))
-        pairs_t.extend(cand)
-    s = np.asarray(pairs_s, dtype=np.int64)
-    t = np.asarray(pairs_t, dtype=np.int64)
+        pairs_t.extend(sorted(cand))
+    return np.asarray(pairs_s, dtype=np.int64), np.asarray(pairs_t, dtype=np.int64)
+
+
+@dataclass
+class PairSignals:
+    """Per-pair similarities shared by the zero-shot score, the decision features and the output columns."""
+
+    fused: np.ndarray
+    text: np.ndarray  # NaN where a side lacks text
+    image: np.ndarray  # NaN where a side lacks images
+    lexical: np.ndarray
+    id_match: np.ndarray
+    price_ratio: np.ndarray
+    src_price: np.ndarray
+    tgt_price: np.ndarray
+
+
+def pair_signals(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray) -> PairSignals:
+    """Similarities of the given (source, target) position pairs."""
     tr = view.rows
     lex = view.tfidf.pair_scores([src.lexical[i] for i in s], t) if len(s) else np.zeros(0, np.float32)
     text = np.where(src.text_ok[s] & tr.text_ok[t], np.einsum("ij,ij->i", src.text[s], tr.text[t]), np.nan)
@@ -226,19 +254,35 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where((ps > 0) & (pt > 0), np.minimum(ps, pt) / np.maximum(ps, pt), np.nan)
     fused = np.einsum("ij,ij->i", src.fused[s], tr.fused[t]) if len(s) else np.zeros(0, np.float32)
+    return PairSignals(fused, text, image, lex, idm, ratio, ps, pt)
+
+
+def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray,
+                      sig: PairSignals) -> np.ndarray:
+    """The decision model's input for the pairs (rank/gap are relative to each source's pairs)."""
+    tr = view.rows
+    rank_f, gap = _rank_and_gap(s, sig.fused)
+    return pair_feature_matrix(
+        sig.fused, sig.text, sig.image, sig.lexical, [src.idents[i] for i in s], [tr.idents[j] for j in t],
+        [src.titles[i] for i in s], [tr.titles[j] for j in t], [src.brands[i] for i in s],
+        [tr.brands[j] for j in t], sig.src_price, sig.tgt_price, rank_f, gap)
+
+
+def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
+          vector_k: int | None = None, lexical_k: int | None = None) -> Candidates:
+    """Candidates from the three channels, scored and cut to the best ``k`` per source."""
+    cfg = view.fusion
+    s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k)
+    sig = pair_signals(src, view, s, t)
     if view.matcher is not None:
-        rank_f, gap = _rank_and_gap(s, fused)
-        feats = pair_feature_matrix(
-            fused, text, image, lex, [src.idents[i] for i in s], [tr.idents[j] for j in t],
-            [src.titles[i] for i in s], [tr.titles[j] for j in t], [src.brands[i] for i in s],
-            [tr.brands[j] for j in t], ps, pt, rank_f, gap)
-        score = view.matcher.decision.score(feats)
+        score = view.matcher.decision.score(decision_features(src, view, s, t, sig))
     else:
-        score = pair_score(lex, text, image, idm.astype(np.float64), cfg)
+        score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg)
     # keep the best k per source, ranked by score
     order = np.lexsort((-score, s))
     s, t, score = s[order], t[order], score[order]
-    lex, text, image, idm, ratio = lex[order], text[order], image[order], idm[order], ratio[order]
+    lex, text, image = sig.lexical[order], sig.text[order], sig.image[order]
+    idm, ratio = sig.id_match[order], sig.price_ratio[order]
     rank = np.zeros(len(s), dtype=np.int64)
     if len(s):
         starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]

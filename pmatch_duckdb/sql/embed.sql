@@ -8,23 +8,40 @@
 -- Every `_pm_*(` UDF name below gets the installing connection's suffix (e.g. `_pm_embed_text_3(`)
 -- when the file is loaded: UDFs are database-wide, these macros are per connection.
 
+-- Each embedding function also has a named form taking the model as last argument, e.g.
+-- pm_embed_text(txt, 'my-clip'): any installed bundle of the right kind (a text or clip model for text,
+-- an image or clip model for images). Named forms return FLOAT[] (the length is the model's dimension;
+-- cast to FLOAT[n] where a fixed size is needed); an unknown model name is an error, a NULL one gives NULL.
+-- The text and image vectors of one clip model share a space: compare them for text -> image search.
+
 -- pm_embed_text(VARCHAR) -> FLOAT[384]; NULL, empty or whitespace-only text -> NULL.
--- Text longer than the model's limit (256 word pieces for MiniLM) is truncated.
-CREATE OR REPLACE TEMP MACRO pm_embed_text(txt) AS _pm_embed_text(txt);
+-- Text longer than the model's limit (256 word pieces for MiniLM, 77 BPE tokens for CLIP) is truncated.
+-- pm_embed_text(VARCHAR, model VARCHAR) -> FLOAT[].
+CREATE OR REPLACE TEMP MACRO pm_embed_text(txt) AS _pm_embed_text(txt),
+    (txt, model) AS _pm_embed_text_named(txt, model::VARCHAR);
 
 -- pm_embed_images(VARCHAR[]) -> FLOAT[1280]: an offer's images embedded and mean-pooled
 -- (re-normalised); failing images are skipped; NULL only if none can be used.
-CREATE OR REPLACE TEMP MACRO pm_embed_images(imgs) AS _pm_embed_images(imgs);
+-- pm_embed_images(VARCHAR[], model VARCHAR) -> FLOAT[].
+CREATE OR REPLACE TEMP MACRO pm_embed_images(imgs) AS _pm_embed_images(imgs),
+    (imgs, model) AS _pm_embed_images_named(imgs, model::VARCHAR);
 
 -- pm_image_errors(VARCHAR[]) -> VARCHAR[]: per image, NULL if usable, else the reason.
 CREATE OR REPLACE TEMP MACRO pm_image_errors(imgs) AS _pm_image_errors(imgs);
 
 -- pm_embed_image(VARCHAR path | BLOB encoded bytes) -> FLOAT[1280], NULL when the image is unusable
--- (ask pm_image_error for the reason).
+-- (ask pm_image_error for the reason). pm_embed_image(img, model VARCHAR) -> FLOAT[].
 CREATE OR REPLACE TEMP MACRO pm_embed_image(img) AS
     CASE
         WHEN typeof(img) = 'BLOB' THEN _pm_embed_image_blob(img::BLOB)
         WHEN typeof(img) IN ('VARCHAR', '"NULL"') THEN _pm_embed_image_path(img::VARCHAR)
+        ELSE error('pm_embed_image expects VARCHAR (a file path) or BLOB (encoded image bytes), got '
+                   || typeof(img))
+    END,
+    (img, model) AS
+    CASE
+        WHEN typeof(img) = 'BLOB' THEN _pm_embed_image_blob_named(img::BLOB, model::VARCHAR)
+        WHEN typeof(img) IN ('VARCHAR', '"NULL"') THEN _pm_embed_image_path_named(img::VARCHAR, model::VARCHAR)
         ELSE error('pm_embed_image expects VARCHAR (a file path) or BLOB (encoded image bytes), got '
                    || typeof(img))
     END;

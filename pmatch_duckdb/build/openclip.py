@@ -1,0 +1,394 @@
+"""Bring your own CLIP: export an OpenCLIP checkpoint on disk to one ``clip`` bundle (needs the ``clip`` extra).
+
+``export_openclip("ViT-B-32", "/path/to/open_clip_pytorch_model.bin", "my-clip")`` (or
+``pmatch models export-openclip --arch ViT-B-32 --weights ... --name my-clip``) writes
+``<home>/models/my-clip/`` with
+
+- ``text.onnx``: token ids ``int64[batch, context_length]`` -> ``embedding float32[batch, dim]``
+  (``model.encode_text(ids, normalize=True)``);
+- ``image.onnx``: pixels ``float32[batch, 3, H, W]`` -> ``embedding float32[batch, dim]``
+  (``model.encode_image(pixels, normalize=True)``);
+- ``bpe_simple_vocab_16e6.txt.gz``: open_clip's BPE vocabulary, read at run time by
+  :mod:`pmatch_duckdb.encoders.clip_tokenizer` (no torch, no open_clip);
+- ``manifest.json``: modality ``clip``, the shared dimension, per tower the file, input, output and the
+  tokenizer / image preprocessing (size, resize mode, interpolation, mean/std from the model's own
+  ``preprocess_cfg``), the architecture config, the weights file and its sha256, and the sha256 of every
+  bundle file.
+
+Why one bundle, not two: both towers come from one checkpoint and are only meaningful together (one
+shared space), and the SQL functions select a model by one name for text and image alike.
+
+Nothing is downloaded, ever: the architecture must be one of open_clip's built-in configs (or a local
+``open_clip_config.json`` folder), the weights a local file (``.safetensors`` read with safetensors;
+``.bin``/``.pt``/``.pth`` with ``torch.load(weights_only=True)`` only - no pickled code), and
+``pretrained_text``/``pretrained_image`` tower downloads are disabled. Architectures whose text tower or
+tokenizer comes from Hugging Face (SigLIP, XLM-R, mT5, NLLB, RoBERTa, ...) are refused with a clear error.
+After export, both ONNX graphs are checked against the torch model and the ported tokenizer against
+open_clip's own; a mismatch fails the export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..bundles import find_bundle, sha256_file
+from ..errors import ConfigError, ModelIntegrityError, ModelNotFoundError, PmatchError
+from ..home import models_dir
+from .common import finish_bundle, package_version, staging_dir
+
+RECIPE = 1  # bump whenever the export changes
+MODALITY = "clip"
+OPSET = 17
+CHECK_TOL = 1e-4  # max |onnx - torch| allowed on the normalised embeddings
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# preferred checkpoint names when --weights is a folder (a local Hugging Face snapshot), as open_clip
+PREFERRED_CHECKPOINTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                         "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+                         "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode", "fill_color")
+RESERVED_NAMES = ("minilm-l6-v2", "efficientnet-lite0")
+TOKENIZER_CHECK_TEXTS = (
+    "a photo of a red dress", "Crème brûlée – 6 ramekins", "無印良品 マグ 350ml", "party 🎉 x50",
+    "Tom &amp; Jerry", "don't STOP", " ".join(["very long text"] * 40),
+)
+
+INSTALL_HINT = "pip install 'pmatch-duckdb[clip]'"
+
+
+class ExportError(PmatchError):
+    """An OpenCLIP checkpoint could not be exported (unsupported architecture, weights that do not fit, ...)."""
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+def resolve_weights(weights: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """The checkpoint file to read, and the folder's ``open_clip_config.json`` when ``weights`` is a folder.
+
+    A missing path is a :class:`ModelNotFoundError` naming it (nothing is ever downloaded instead).
+    """
+    p = Path(weights).expanduser()
+    if not p.exists():
+        raise ModelNotFoundError(f"weights path {str(p)!r} does not exist (export-openclip reads a local "
+                                 f"checkpoint file or folder and never downloads weights)")
+    config = None
+    if p.is_dir():
+        cfg = p / "open_clip_config.json"
+        config = cfg if cfg.is_file() else None
+        found = [p / n for n in PREFERRED_CHECKPOINTS if (p / n).is_file()]
+        if not found:
+            found = sorted(c for c in p.iterdir() if c.is_file() and c.suffix in WEIGHT_SUFFIXES)
+        if not found:
+            raise ModelNotFoundError(f"no checkpoint ({', '.join(WEIGHT_SUFFIXES)}) in folder {str(p)!r}")
+        p = found[0]
+    if p.suffix not in WEIGHT_SUFFIXES:
+        raise ConfigError(f"weights file {str(p)!r}: expected one of {', '.join(WEIGHT_SUFFIXES)} "
+                          f"(safetensors, or a torch state dict loadable with weights_only=True)")
+    return p.resolve(), config
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely: safetensors, or ``torch.load(weights_only=True)`` (never unpickles code)."""
+    import pickle
+
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd: Any = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise ExportError(f"cannot read safetensors file {str(path)!r}: {e}") from None
+    else:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(
+                f"cannot read {str(path)!r} with torch.load(weights_only=True): {first}. Only plain state "
+                f"dicts (tensors) are read - no pickled objects, no TorchScript archives; convert the "
+                f"checkpoint to a state dict or .safetensors") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ExportError(f"{str(path)!r} does not hold a state dict of tensors")
+    if next(iter(sd)).startswith("module."):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _load_into(model: Any, sd: dict[str, Any], arch: str, path: Path) -> None:
+    """open_clip's checkpoint conversions (as ``open_clip.load_checkpoint``), then a strict load."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    sd = convert_state_dict(model, sd)
+    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    for key in ("logit_scale", "logit_bias"):
+        param = getattr(model, key, None)
+        if key in sd and param is not None and param.ndim != sd[key].ndim:
+            sd[key] = sd[key].reshape(param.shape)
+    if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None:
+        import torch
+
+        sd["logit_bias"] = torch.zeros_like(model.logit_bias)
+    resize_pos_embed(sd, model)
+    resize_text_pos_embed(sd, model)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ExportError(f"the weights in {str(path)!r} do not fit architecture {arch!r}: "
+                          f"{str(e).splitlines()[0]} ... (is --arch right? OpenAI checkpoints need the "
+                          f"'-quickgelu' variant or --pretrained-tag openai)") from None
+
+
+def _check_text_cfg(arch: str, cfg: dict[str, Any], builtin: bool) -> dict[str, Any]:
+    """The text config, if its tokenizer is open_clip's SimpleTokenizer; else a clear error."""
+    text_cfg = cfg.get("text_cfg", {})
+    hf = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
+    if hf or (builtin and "siglip" in arch.lower()):
+        raise ExportError(
+            f"architecture {arch!r} uses a Hugging Face text tower or tokenizer ({hf or 'SigLIP'}); "
+            f"export-openclip supports architectures with open_clip's own BPE tokenizer (OpenAI/LAION "
+            f"ViT-*, RN*, convnext_*, ...) only, for now")
+    extra = set(text_cfg.get("tokenizer_kwargs", {})) - {"clean"}
+    if extra:
+        raise ExportError(f"architecture {arch!r}: unsupported tokenizer options {sorted(extra)}")
+    return text_cfg
+
+
+# --------------------------------------------------------------------------------------------- model
+
+def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_tag: str | None = None,
+               preprocess: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Build the open_clip model for ``arch``, load ``weights`` into it; return ``(model, info)``.
+
+    ``info`` holds ``arch``, ``model_cfg``, ``preprocess`` (final preprocessing), ``clean`` (tokenizer
+    clean mode), ``weights`` (the file read) and ``config_file`` (a folder's ``open_clip_config.json``).
+    ``pretrained_tag`` names one of open_clip's pretrained tags for ``arch`` whose *metadata* (mean/std,
+    interpolation, resize mode, QuickGELU) describes the checkpoint; nothing is downloaded.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: open_clip must never reach a hub here
+    path, config_file = resolve_weights(weights)
+    try:
+        import open_clip
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ExportError(f"exporting OpenCLIP weights needs the clip extra ({e}); install it with: "
+                          f"{INSTALL_HINT}") from None
+
+    force_pp: dict[str, Any] = {}
+    quick_gelu = False
+    if arch is None:
+        if config_file is None:
+            raise ConfigError("give --arch (an open_clip architecture such as ViT-B-32), or a weights folder "
+                              "with an open_clip_config.json")
+        file_cfg = json.loads(config_file.read_text())
+        model_cfg = file_cfg.get("model_cfg", file_cfg)
+        arch_id = f"local-dir:{config_file.parent}"
+        label = config_file.parent.name
+    else:
+        if ":" in arch:
+            raise ConfigError(f"--arch {arch!r}: schemas such as hf-hub: are not supported (nothing is "
+                              f"downloaded); pass a built-in architecture name and --weights")
+        model_cfg = open_clip.get_model_config(arch)
+        if model_cfg is None:
+            raise ConfigError(f"unknown open_clip architecture {arch!r}; known: "
+                              f"{', '.join(open_clip.list_models())}")
+        arch_id = label = arch
+        if pretrained_tag:
+            tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained_tag)
+            if not tag_cfg:
+                tags = ", ".join(t for a, t in open_clip.list_pretrained() if a == arch) or "none"
+                raise ConfigError(f"open_clip knows no pretrained tag {pretrained_tag!r} for {arch!r} "
+                                  f"(known: {tags})")
+            force_pp.update({k: tag_cfg[k] for k in PREPROCESS_KEYS if k in tag_cfg})
+            quick_gelu = bool(tag_cfg.get("quick_gelu", False)) and not model_cfg.get("quick_gelu", False)
+    text_cfg = _check_text_cfg(label, model_cfg, builtin=arch is not None)
+    force_pp.update({k: v for k, v in (preprocess or {}).items() if v is not None})
+    unknown = set(force_pp) - set(PREPROCESS_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown preprocessing options {sorted(unknown)}; known: {', '.join(PREPROCESS_KEYS)}")
+
+    model = open_clip.create_model(arch_id, pretrained=None, load_weights=False, pretrained_image=False,
+                                   pretrained_text=False, force_quick_gelu=quick_gelu,
+                                   force_preprocess_cfg=force_pp or None, device="cpu")
+    _load_into(model, load_state_dict(path), label, path)
+    model.eval()
+    pp = dict(open_clip.get_model_preprocess_cfg(model))
+    size = pp.get("size", model.visual.image_size)
+    size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
+    info = {
+        "arch": arch or f"local-dir:{config_file.parent}",  # type: ignore[union-attr]
+        "model_cfg": model_cfg,
+        "quick_gelu": bool(model_cfg.get("quick_gelu", False) or quick_gelu),
+        "preprocess": {"color": "RGB", "size": size, "resize_mode": pp.get("resize_mode", "shortest"),
+                       "interpolation": pp.get("interpolation", "bicubic"), "fill_color": int(pp.get("fill_color", 0)),
+                       "scale": 1.0 / 255.0, "mean": [float(x) for x in pp["mean"]],
+                       "std": [float(x) for x in pp["std"]], "layout": "NCHW"},
+        "clean": text_cfg.get("tokenizer_kwargs", {}).get("clean", "lower"),
+        "context_length": int(text_cfg.get("context_length", 77)),
+        "weights": path,
+        "config_file": config_file,
+        "pretrained_tag": pretrained_tag,
+    }
+    if info["preprocess"]["interpolation"] not in ("bicubic", "bilinear"):
+        info["preprocess"]["interpolation"] = "bicubic"  # open_clip uses bicubic for anything else at inference
+    return model, info
+
+
+def tower_modules(model: Any) -> tuple[Any, Any]:
+    """``(text, image)`` torch modules with the exported signatures (normalised embeddings)."""
+    import torch
+
+    class TextTower(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids):  # noqa: ANN001
+            return self.m.encode_text(input_ids, normalize=True)
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixels):  # noqa: ANN001
+            return self.m.encode_image(pixels, normalize=True)
+
+    return TextTower(model).eval(), ImageTower(model).eval()
+
+
+def _export(module: Any, args: tuple, path: Path, input_name: str) -> None:
+    import onnx
+    import torch
+
+    # nn.MultiheadAttention's inference fast path (aten::_native_multi_head_attention) has no ONNX export
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, args, str(path), input_names=[input_name], output_names=["embedding"],
+                              dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    onnx.checker.check_model(str(path))
+
+
+def _check(bundle_dir: Path, text: Any, image: Any, ids: Any, pixels: Any) -> dict[str, float]:
+    """Max |onnx - torch| of both towers (raises past :data:`CHECK_TOL`)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    out = {}
+    for key, module, arg, name in (("text", text, ids, "input_ids"), ("image", image, pixels, "pixels")):
+        sess = ort.InferenceSession(str(bundle_dir / f"{key}.onnx"), providers=["CPUExecutionProvider"])
+        got = sess.run(["embedding"], {name: arg.numpy()})[0]
+        with torch.no_grad():
+            want = module(arg).numpy()
+        diff = float(np.abs(got - want).max())
+        if not diff <= CHECK_TOL:
+            raise ExportError(f"{key} tower: ONNX and torch disagree by {diff:.2e} (> {CHECK_TOL})")
+        out[f"{key}_max_abs_diff"] = diff
+    return out
+
+
+def build(bundle_dir: Path, name: str, model: Any, info: dict[str, Any], log: Callable[[str], None] = print
+          ) -> dict[str, Any]:
+    """Write both ONNX towers, the vocabulary and the manifest of an exported CLIP into ``bundle_dir``."""
+    import numpy as np
+    import open_clip
+    import torch
+    from open_clip.tokenizer import default_bpe
+
+    from ..encoders.clip_tokenizer import VOCAB_FILE, ClipTokenizer
+
+    ctx = info["context_length"]
+    shutil.copyfile(default_bpe(), bundle_dir / VOCAB_FILE)
+    ours = ClipTokenizer(bundle_dir / VOCAB_FILE, context_length=ctx, clean=info["clean"])
+    ref = open_clip.tokenizer.SimpleTokenizer(context_length=ctx, clean=info["clean"])
+    texts = list(TOKENIZER_CHECK_TEXTS)
+    if not np.array_equal(ours(texts), ref(texts).numpy()):
+        raise ExportError("the runtime CLIP tokenizer disagrees with open_clip's SimpleTokenizer")
+    vocab = int(info["model_cfg"].get("text_cfg", {}).get("vocab_size", ours.vocab_size))
+    if vocab != ours.vocab_size:
+        raise ExportError(f"text vocabulary size {vocab} != open_clip BPE vocabulary {ours.vocab_size}")
+
+    text, image = tower_modules(model)
+    h, w = info["preprocess"]["size"]
+    ids = torch.from_numpy(ours(texts[:3]))
+    pixels = torch.randn(3, 3, h, w, generator=torch.Generator().manual_seed(0))
+    log(f"{name}: exporting the text tower ...")
+    _export(text, (ids[:2],), bundle_dir / "text.onnx", "input_ids")
+    log(f"{name}: exporting the image tower ...")
+    _export(image, (pixels[:2],), bundle_dir / "image.onnx", "pixels")
+    check = _check(bundle_dir, text, image, ids, pixels)
+    with torch.no_grad():
+        dim = int(text(ids[:1]).shape[-1])
+
+    weights: Path = info["weights"]
+    log(f"{name}: hashing {weights} ...")
+    return finish_bundle(bundle_dir, {
+        "name": name,
+        "recipe": RECIPE,
+        "modality": MODALITY,
+        "dim": dim,
+        "kind": "onnx-clip",
+        "normalized": True,
+        "towers": {
+            "text": {"file": "text.onnx", "inputs": {"input_ids": f"int64[batch,{ctx}]"}, "output": "embedding",
+                     "tokenizer": {"type": "openclip-simple-bpe", "vocab": VOCAB_FILE, "context_length": ctx,
+                                   "clean": info["clean"], "sot_id": ours.sot_id, "eot_id": ours.eot_id,
+                                   "pad_id": 0, "truncation": "keep first context_length-1, then end token"}},
+            "image": {"file": "image.onnx", "inputs": {"pixels": f"float32[batch,3,{h},{w}]"},
+                      "output": "embedding", "preprocessing": info["preprocess"]},
+        },
+        "source": {"package": "open_clip_torch", "version": package_version("open_clip_torch"),
+                   "arch": info["arch"], "pretrained_tag": info["pretrained_tag"],
+                   "quick_gelu": info["quick_gelu"], "model_cfg": info["model_cfg"],
+                   "weights": str(weights), "weights_sha256": sha256_file(weights)},
+        "exporter": {"torch": package_version("torch"), "onnx": package_version("onnx"), "opset": OPSET,
+                     "check": check},
+    })
+
+
+def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str,
+                    home: str | os.PathLike[str] | None = None, *, force: bool = False,
+                    pretrained_tag: str | None = None, preprocess: dict[str, Any] | None = None,
+                    log: Callable[[str], None] = print) -> Path:
+    """Export an OpenCLIP checkpoint on disk to the CLIP bundle ``<home>/models/<name>``; return its path.
+
+    ``arch``: an open_clip architecture (``ViT-B-32``, ``RN50``, ...), or None when ``weights`` is a folder
+    with ``open_clip_config.json``. ``weights``: a ``.safetensors``/``.bin``/``.pt``/``.pth`` state dict,
+    or a folder holding one. ``pretrained_tag``: take mean/std, interpolation, resize mode and QuickGELU
+    from this open_clip tag's metadata (e.g. ``openai``, ``laion2b_s34b_b79k``; nothing is downloaded).
+    ``preprocess``: explicit overrides (``size``, ``mean``, ``std``, ``interpolation``, ``resize_mode``,
+    ``fill_color``). An existing bundle of that name is replaced only with ``force``.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name.strip() != name:
+        raise ConfigError(f"invalid model name {name!r}")
+    if name in RESERVED_NAMES:
+        raise ConfigError(f"{name!r} is the name of a default model; choose another name")
+    final = models_dir(home) / name
+    if final.exists() and not force:
+        raise ConfigError(f"a model bundle named {name!r} already exists in {final.parent}; "
+                          f"pass force=True (--force) to replace it")
+    model, info = load_model(arch, weights, pretrained_tag=pretrained_tag, preprocess=preprocess)
+    with staging_dir(final) as tmp:
+        build(tmp, name, model, info, log=log)
+    bundle = find_bundle(name, home)
+    try:
+        bundle.verify()
+    except ModelIntegrityError as e:  # pragma: no cover - the bundle was just written
+        raise ExportError(str(e)) from None
+    log(f"{name}: CLIP bundle (dim {bundle.dim}) written to {bundle.path}")
+    return bundle.path

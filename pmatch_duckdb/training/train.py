@@ -1,0 +1,292 @@
+"""``pmatch train``: learn the projection and the decision model from labels in DuckDB tables.
+
+Labels: a pairs table (``left_id``, ``right_id`` and optionally ``label`` 0/1), or a group column in
+the offer tables (all offers of a group match). Inputs are the frozen per-modality vectors cached in
+the offer indexes — the encoders never run per epoch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ..api import context_of, index_table
+from ..bundles import write_manifest
+from ..decision import train_decision
+from ..errors import PmatchError
+from ..evaluation import recall_at_k, summarize
+from ..features.offer_features import DEFAULT_SPEC, offer_features
+from ..fusion import FusionConfig
+from ..matchers import activate as activate_version
+from ..matchers import load_matcher, matchers_dir, next_version
+from ..matching import OfferVectors, TargetView, candidate_pairs, decision_features, pair_signals
+from ..sqlident import index_name_for, quote_ident, quote_qualified
+from ..store import OfferIndex, encoder_identity
+from .projection import export_projection_onnx, train_projection
+
+
+class TrainingError(PmatchError):
+    """Labels or offers that cannot be trained on."""
+
+
+@dataclass
+class TrainResult:
+    """Where the new matcher version lives and how it scored on validation data."""
+
+    name: str
+    version: str
+    path: Path
+    metrics: dict
+    activated: bool
+    seconds: float
+    history: list[float] = field(default_factory=list)
+
+
+def _load_offers(con, ctx, tables: list[str], progress: bool) -> tuple[OfferVectors, list[int]]:
+    parts, side = [], []
+    for k, table in enumerate(tables):
+        index_table(ctx, table, progress=progress)
+        data = OfferIndex(ctx.index_root, index_name_for(table)).table().to_arrow()
+        parts.append(data)
+        side += [k] * len(data)
+    data = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+    ids = data["id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise TrainingError(f"offer id {dup!r} occurs in more than one offer table; ids must be unique across "
+                            "the tables you train on (prefix them in a view, e.g. 'abt-' || id AS id)")
+    return OfferVectors.from_arrow(data), side
+
+
+def _read_pairs(con, table: str) -> list[tuple[str, str, int]]:
+    cur = con.cursor()
+    try:
+        cols = {d[0].lower() for d in cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0").description}
+        cur.fetchall()
+        for c in ("left_id", "right_id"):
+            if c not in cols:
+                raise TrainingError(f"pairs table {table!r} needs columns left_id, right_id (and optionally label); "
+                                    f"it has {sorted(cols)}")
+        label = "CAST(label AS INTEGER)" if "label" in cols else "1"
+        rows = cur.execute(f"SELECT CAST(left_id AS VARCHAR), CAST(right_id AS VARCHAR), {label} "
+                           f"FROM {quote_qualified(table)}").fetchall()
+    finally:
+        cur.close()
+    return [(a, b, int(y)) for a, b, y in rows if a is not None and b is not None and y is not None]
+
+
+def _group_pairs(con, tables: list[str], column: str) -> list[tuple[str, str, int]]:
+    members: dict[str, list[str]] = {}
+    cur = con.cursor()
+    try:
+        for t in tables:
+            for oid, g in cur.execute(f"SELECT CAST(id AS VARCHAR), CAST({quote_ident(column)} AS VARCHAR) "
+                                      f"FROM {quote_qualified(t)}").fetchall():
+                if g is not None:
+                    members.setdefault(g, []).append(oid)
+    except duckdb.BinderException:
+        raise TrainingError(f"group column {column!r} not found in {tables}") from None
+    finally:
+        cur.close()
+    pairs = []
+    for ms in members.values():
+        for i in range(len(ms)):
+            for j in range(i + 1, min(len(ms), i + 11)):  # at most 10 partners per offer
+                pairs.append((ms[i], ms[j], 1))
+    return pairs
+
+
+def _components(n: int, pos: np.ndarray) -> np.ndarray:
+    parent = np.arange(n)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pos:
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(i) for i in range(n)])
+
+
+def _index_pairs(pairs, pos_of) -> tuple[np.ndarray, np.ndarray]:
+    p, ng = [], []
+    for a, b, y in pairs:
+        if a in pos_of and b in pos_of and a != b:
+            (p if y else ng).append((pos_of[a], pos_of[b]))
+    return np.array(p, dtype=np.int64).reshape(-1, 2), np.array(ng, dtype=np.int64).reshape(-1, 2)
+
+
+def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs: str | None = None,
+                  group_column: str | None = None, valid_pairs: str | None = None, name: str | None = None,
+                  dim: int = 256, epochs: int | None = None, batch_size: int = 1024, seed: int = 0,
+                  valid_fraction: float = 0.2, target_precision: float = 0.99, max_recall_loss: float = 0.02,
+                  spec: dict | None = None, activate: bool = True, progress: bool = True,
+                  log: Callable[[str], None] = print) -> TrainResult:
+    """Train a matcher version (projection + decision model) and, by default, activate it.
+
+    ``offers``: one table (dedup) or two (source, target) — ids unique across them. Labels from
+    ``pairs`` or ``group_column``. Validation: ``valid_pairs`` if given, else ``valid_fraction`` of the
+    label groups (never a pair across the split). Deterministic for a seed.
+    """
+    t0 = time.perf_counter()
+    ctx = context_of(con)
+    tables = [offers] if isinstance(offers, str) else list(offers)
+    if not 1 <= len(tables) <= 2:
+        raise TrainingError("train on one offer table (dedup) or two (source, target)")
+    if (pairs is None) == (group_column is None):
+        raise TrainingError("give exactly one of pairs=<table> or group_column=<column>")
+    name = name or ctx.settings.matcher
+    spec = {**DEFAULT_SPEC, **(spec or {})}
+    rows, side = _load_offers(con, ctx, tables, progress)
+    pos_of = {oid: i for i, oid in enumerate(rows.ids)}
+    labels = _read_pairs(con, pairs) if pairs else _group_pairs(con, tables, group_column)
+    pos, neg = _index_pairs(labels, pos_of)
+    if len(pos) < 10:
+        raise TrainingError(f"only {len(pos)} positive pairs refer to offers in {tables}; need at least 10")
+    comp = _components(len(rows.ids), pos)
+    if valid_pairs:
+        vpos, vneg = _index_pairs(_read_pairs(con, valid_pairs), pos_of)
+        tpos, tneg = pos, neg
+        valid_comp = set(_components(len(rows.ids), vpos)[vpos[:, 0]].tolist()) if len(vpos) else set()
+    else:
+        in_valid = np.array([zlib.crc32(f"{seed}:{rows.ids[c]}".encode()) % 1000 < valid_fraction * 1000
+                             for c in comp])
+        tpos, vpos = pos[~in_valid[pos[:, 0]]], pos[in_valid[pos[:, 0]]]
+        tneg = neg[~(in_valid[neg[:, 0]] | in_valid[neg[:, 1]])] if len(neg) else neg
+        vneg = neg[in_valid[neg[:, 0]] | in_valid[neg[:, 1]]] if len(neg) else neg
+        valid_comp = set(comp[in_valid].tolist())
+    open_world = len(neg) > 0  # labelled negatives: judge only labelled pairs
+    log(f"{len(rows.ids)} offers; train {len(tpos)} positive / {len(tneg)} negative pairs, "
+        f"valid {len(vpos)} / {len(vneg)}; {'labelled pairs only' if open_world else 'closed world'}")
+
+    x = offer_features(rows.text, rows.text_ok, rows.image, rows.image_ok, rows.price, rows.lexical, spec)
+    steps_per_epoch = max(1, len(tpos) // batch_size)
+    n_epochs = epochs or int(np.clip(300 // steps_per_epoch, 5, 200))  # about 300 optimiser steps
+    w, temperature, history = train_projection(
+        x, tpos, comp, dim=dim, epochs=n_epochs, batch_size=batch_size, seed=seed,
+        hard_negatives=tneg if len(tneg) else None, threads=ctx.duckdb_threads,
+        progress=(lambda e, loss: log(f"epoch {e + 1}/{n_epochs} loss {loss:.4f}")
+                  if progress and (e + 1) % max(1, n_epochs // 10) == 0 else None))
+    projected = x @ w.T
+    projected /= np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+
+    # decision model data: candidate pairs (closed world) or the labelled pairs (open world)
+    trained = OfferVectors(**{**rows.__dict__, "fused": projected.astype(np.float32)})
+    zero_shot = rows
+    src_side = 0
+    tgt_mask = np.array([sd == (1 if len(tables) == 2 else 0) for sd in side])
+    tgt_pos = np.flatnonzero(tgt_mask)
+    target_rows = _subset(trained, tgt_pos)
+    view = TargetView.from_vectors(target_rows, FusionConfig())
+    truth_pairs = {(int(a), int(b)) for a, b in pos} | {(int(b), int(a)) for a, b in pos}
+
+    def pair_data(split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
+        if open_world:
+            lab = np.vstack([split_pos, split_neg]) if len(split_neg) else split_pos
+            y = np.r_[np.ones(len(split_pos)), np.zeros(len(split_neg))]
+            # orient pairs source → target
+            src_idx = np.where(tgt_mask[lab[:, 0]] & ~tgt_mask[lab[:, 1]], lab[:, 1], lab[:, 0])
+            tgt_idx = np.where(tgt_mask[lab[:, 0]] & ~tgt_mask[lab[:, 1]], lab[:, 0], lab[:, 1])
+            t_local = np.array([view.pos[rows.ids[i]] for i in tgt_idx], dtype=np.int64)
+            s_local = np.arange(len(src_idx))
+            src = _subset(trained, src_idx)
+        else:
+            srcs = [i for i in range(len(rows.ids)) if side[i] == src_side and comp[i] in split_comps] \
+                if split_comps is not None else [i for i in range(len(rows.ids)) if side[i] == src_side]
+            src = _subset(trained, np.array(srcs, dtype=np.int64))
+            s_local, t_local = candidate_pairs(src, view, 10, exclude_self=len(tables) == 1)
+            y = np.array([(srcs[a], int(tgt_pos[b])) in truth_pairs for a, b in zip(s_local, t_local, strict=True)],
+                         dtype=np.float64)
+        sig = pair_signals(src, view, s_local, t_local)
+        return decision_features(src, view, s_local, t_local, sig), y
+
+    train_comps = None if open_world else set(comp.tolist()) - valid_comp
+    x_tr, y_tr = pair_data(tpos, tneg, train_comps)
+    x_va, y_va = pair_data(vpos, vneg, None if open_world else valid_comp)
+    if y_tr.sum() == 0 or y_va.sum() == 0:
+        raise TrainingError("no positive pair among the decision model's training or validation candidates")
+    decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss)
+    log(f"decision model: accept ≥ {decision.accept_threshold:.4f}, review ≥ {decision.review_threshold:.4f}")
+
+    metrics = {"valid": summarize(decision.score(x_va), y_va, int(y_va.sum()), decision.decide(decision.score(x_va)))}
+    if not open_world:
+        metrics["valid"].update(_retrieval(trained, zero_shot, side, comp, valid_comp, tgt_pos, truth_pairs, len(tables)))
+    metrics["epochs"] = n_epochs
+    metrics["final_loss"] = history[-1] if history else None
+
+    version = next_version(name, ctx.settings.home)
+    final = matchers_dir(ctx.settings.home) / name / version
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
+    try:
+        export_projection_onnx(w, tmp / "projection.onnx")
+        (tmp / "decision.json").write_text(json.dumps(decision.to_dict(), indent=1))
+        write_manifest(tmp, {
+            "name": name, "version": version, "modality": "matcher", "dim": dim, "kind": "pmatch-matcher",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "encoders": encoder_identity(ctx.settings), "feature_spec": spec, "feature_dim": int(x.shape[1]),
+            "temperature": temperature,
+            "training": {"offers": tables, "pairs": pairs, "group_column": group_column, "valid_pairs": valid_pairs,
+                         "data_sha256": _data_hash(rows, labels), "positive_pairs": int(len(tpos)),
+                         "negative_pairs": int(len(tneg)), "seed": seed, "batch_size": batch_size,
+                         "open_world": open_world},
+            "thresholds": {"accept": decision.to_dict()["accept_threshold"], "review": decision.review_threshold},
+            "metrics": metrics, "loss_history": history,
+        })
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_matcher(name, version, ctx.settings.home)  # verifies the written bundle
+    if activate:
+        activate_version(name, version, ctx.settings.home)
+    log(f"matcher {name} {version} saved in {final}{' and activated' if activate else ''}")
+    return TrainResult(name, version, final, metrics, activate, round(time.perf_counter() - t0, 2), history)
+
+
+def _subset(v: OfferVectors, idx: np.ndarray) -> OfferVectors:
+    out = {}
+    for k, val in v.__dict__.items():
+        out[k] = val[idx] if isinstance(val, np.ndarray) else [val[i] for i in idx]
+    return OfferVectors(**out)
+
+
+def _retrieval(trained, zero_shot, side, comp, valid_comp, tgt_pos, truth_pairs, n_tables) -> dict:
+    """recall@k on validation sources, trained projection vs zero-shot fused vector (vector channel only)."""
+    srcs = [i for i in range(len(side)) if side[i] == 0 and comp[i] in valid_comp]
+    out = {}
+    for label, v in (("trained", trained), ("zero_shot", zero_shot)):
+        sims = v.fused[srcs] @ v.fused[tgt_pos].T
+        if n_tables == 1:
+            for r, i in enumerate(srcs):
+                sims[r, np.flatnonzero(tgt_pos == i)] = -np.inf
+        top = np.argsort(-sims, axis=1)[:, :10]
+        ranked = {str(i): [str(int(tgt_pos[j])) for j in row] for i, row in zip(srcs, top, strict=True)}
+        truth = {str(i): {str(int(t)) for t in tgt_pos if (i, int(t)) in truth_pairs} for i in srcs}
+        for key, val in recall_at_k(ranked, truth).items():
+            out[f"vector_{key}_{label}"] = val
+    return out
+
+
+def _data_hash(rows: OfferVectors, labels) -> str:
+    h = hashlib.sha256()
+    for oid, ch in sorted(zip(rows.ids, rows.hashes, strict=True)):
+        h.update(f"{oid}\t{ch}\n".encode())
+    for a, b, y in sorted(labels):
+        h.update(f"{a}\t{b}\t{y}\n".encode())
+    return h.hexdigest()
