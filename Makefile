@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint models venv bench clean
+.PHONY: demo test test-clip lint models venv bench clean
 
 $(VENV)/.build-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,21 @@ demo: models
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 
-test: $(VENV)/.dev-installed models lint
+test: $(VENV)/.dev-installed models lint test-clip
 	$(BIN)/python -m pytest -q
+
+# OpenCLIP export (pmatch models export-openclip) is tested in its own venv: open_clip needs torchvision,
+# which does not import beside the torch 2.13.0 of the build extra (the clip extra pins torch 2.14.1).
+CLIP_VENV ?= .venv-clip
+
+$(CLIP_VENV)/.clip-installed: pyproject.toml
+	test -x $(CLIP_VENV)/bin/python || $(PYTHON) -m venv $(CLIP_VENV)
+	$(CLIP_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CLIP_VENV)/bin/python -m pip install -q -e '.[clip]' pytest
+	touch $@
+
+test-clip: $(CLIP_VENV)/.clip-installed
+	$(CLIP_VENV)/bin/python -m pytest tests/test_openclip.py -q
 
 bench: $(VENV)/.dev-installed models
 	$(BIN)/python benchmarks/bench_encoders.py

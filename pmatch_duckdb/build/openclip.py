@@ -50,7 +50,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 PREFERRED_CHECKPOINTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
                          "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
                          "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
-PREPROCESS_KEYS = ("size", "mean", "std", "interpolation", "resize_mode", "fill_color")
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")  # the size is the model's
 RESERVED_NAMES = ("minilm-l6-v2", "efficientnet-lite0")
 TOKENIZER_CHECK_TEXTS = (
     "a photo of a red dress", "Crème brûlée – 6 ramekins", "無印良品 マグ 350ml", "party 🎉 x50",
@@ -127,25 +127,26 @@ def _load_into(model: Any, sd: dict[str, Any], arch: str, path: Path) -> None:
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
-    sd = convert_state_dict(model, sd)
-    if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
-        sd = convert_to_custom_text_state_dict(sd)
-    for key in ("logit_scale", "logit_bias"):
-        param = getattr(model, key, None)
-        if key in sd and param is not None and param.ndim != sd[key].ndim:
-            sd[key] = sd[key].reshape(param.shape)
-    if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None:
-        import torch
-
-        sd["logit_bias"] = torch.zeros_like(model.logit_bias)
-    resize_pos_embed(sd, model)
-    resize_text_pos_embed(sd, model)
     try:
+        sd = convert_state_dict(model, sd)
+        if "positional_embedding" in sd and not hasattr(model, "positional_embedding"):
+            sd = convert_to_custom_text_state_dict(sd)
+        for key in ("logit_scale", "logit_bias"):
+            param = getattr(model, key, None)
+            if key in sd and param is not None and param.ndim != sd[key].ndim:
+                sd[key] = sd[key].reshape(param.shape)
+        if "logit_bias" not in sd and getattr(model, "logit_bias", None) is not None:
+            import torch
+
+            sd["logit_bias"] = torch.zeros_like(model.logit_bias)
+        resize_pos_embed(sd, model)
+        resize_text_pos_embed(sd, model)
         model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise ExportError(f"the weights in {str(path)!r} do not fit architecture {arch!r}: "
-                          f"{str(e).splitlines()[0]} ... (is --arch right? OpenAI checkpoints need the "
-                          f"'-quickgelu' variant or --pretrained-tag openai)") from None
+    except (RuntimeError, AssertionError, KeyError, ValueError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"the weights in {str(path)!r} do not fit architecture {arch!r}: {detail} "
+                          f"(is --arch right? OpenAI checkpoints need the '-quickgelu' variant or "
+                          f"--pretrained-tag openai)") from None
 
 
 def _check_text_cfg(arch: str, cfg: dict[str, Any], builtin: bool) -> dict[str, Any]:
@@ -267,6 +268,8 @@ def tower_modules(model: Any) -> tuple[Any, Any]:
 
 
 def _export(module: Any, args: tuple, path: Path, input_name: str) -> None:
+    import warnings
+
     import onnx
     import torch
 
@@ -274,7 +277,11 @@ def _export(module: Any, args: tuple, path: Path, input_name: str) -> None:
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript exporter's deprecation notice and tracer warnings about shape checks in
+            # open_clip/torch code: the graphs are checked against torch right after export
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(module, args, str(path), input_names=[input_name], output_names=["embedding"],
                               dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
                               opset_version=OPSET, dynamo=False)
@@ -371,8 +378,8 @@ def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str
     with ``open_clip_config.json``. ``weights``: a ``.safetensors``/``.bin``/``.pt``/``.pth`` state dict,
     or a folder holding one. ``pretrained_tag``: take mean/std, interpolation, resize mode and QuickGELU
     from this open_clip tag's metadata (e.g. ``openai``, ``laion2b_s34b_b79k``; nothing is downloaded).
-    ``preprocess``: explicit overrides (``size``, ``mean``, ``std``, ``interpolation``, ``resize_mode``,
-    ``fill_color``). An existing bundle of that name is replaced only with ``force``.
+    ``preprocess``: explicit overrides (``mean``, ``std``, ``interpolation``, ``resize_mode``,
+    ``fill_color``; the input size is the architecture's). An existing bundle of that name is replaced only with ``force``.
     """
     if not name or "/" in name or "\\" in name or name.startswith(".") or name.strip() != name:
         raise ConfigError(f"invalid model name {name!r}")

@@ -66,7 +66,9 @@ def _by_model(models: list, kind: str, settings: Settings) -> dict[str, np.ndarr
     for name in groups:
         try:
             bundle = find_bundle(name, settings.home)
-        except ModelNotFoundError:
+        except ModelNotFoundError as e:
+            if str(e).startswith("invalid model name"):
+                raise
             usable = [b.name for b in list_bundles(settings.home) if b.modality in (kind, "clip")]
             raise ModelNotFoundError(
                 f"pm_embed_{kind}: unknown model {name!r} (installed {kind} models: {', '.join(usable) or 'none'}; "

@@ -1,0 +1,571 @@
+"""Bring your own CLIP: export OpenCLIP weights to a ``clip`` bundle and use it from SQL by name.
+
+A tiny randomly initialised OpenCLIP model (custom config registered with open_clip) is saved as a
+checkpoint (.bin state dict and .safetensors), exported, and checked against open_clip itself: both ONNX
+towers vs torch, the torch-free tokenizer vs open_clip's tokenizer, image preprocessing vs open_clip's
+``preprocess``, and text-image dot products vs ``encode_text`` / ``encode_image``. Never downloads anything.
+
+Needs the ``clip`` extra (torch 2.14.1 + torchvision + open_clip_torch): ``make test-clip``. Elsewhere
+(the main dev venv has torch 2.13 and no open_clip) the whole module is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from PIL import Image
+
+open_clip = pytest.importorskip("open_clip")
+torch = pytest.importorskip("torch")
+from open_clip.transform import PreprocessCfg, image_transform_v2  # noqa: E402
+
+import pmatch_duckdb as pm  # noqa: E402
+from pmatch_duckdb.bundles import find_bundle, sha256_file  # noqa: E402
+from pmatch_duckdb.errors import ConfigError, ModelNotFoundError, PmatchError  # noqa: E402
+
+TOL = 1e-4
+ARCH = "pm-test-tiny-clip"
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+LONG_TEXT = " ".join(f"Section {i}: stainless steel kettle KX-{i:03d}, 1.7 l, swivel base." for i in range(20))
+TRICKY = [
+    "a red dress",
+    "A RED Dress!!!",
+    "Crème brûlée ramekins – set of 6, porcelain, spülmaschinenfest",
+    "Ключ гаечный комбинированный 13 мм",
+    "無印良品 ステンレス 保温保冷マグ 350ml",
+    "ΠΟΔΗΛΑΤΟ ΒΟΥΝΟΥ 29\" αλουμινίου",
+    "Party pack 🎉🎈 balloons x50 🥳 + LED string lights ✨",
+    "Tom &amp; Jerry &lt;3 &amp;amp; &#8364;5 &eacute;t&eacute;",
+    "schÃ¶ne GrÃ¼ÃŸe â€” mojibake",
+    "ﬁne ＦＵＬＬＷＩＤＴＨ ｔｅｘｔ, ligatures and\u200bzero width",
+    "don't WON'T it's we'll they're I'm you'd",
+    "a_b-c.d,e!f?g(h)i[j]k{l}m/n\\o",
+    "tabs\tand\nnewlines\r\n   and   spaces",
+    "<start_of_text> literal special tokens <end_of_text>",
+    "x",
+    "12345678901234567890 3.14159 1,000,000",
+    LONG_TEXT,
+]
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A randomly initialised tiny OpenCLIP model (registered under ``ARCH``)."""
+    cfg_dir = tmp_path_factory.mktemp("openclip_cfg")
+    (cfg_dir / f"{ARCH}.json").write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(cfg_dir / f"{ARCH}.json")
+    torch.manual_seed(1234)
+    model = open_clip.create_model(ARCH, pretrained=None).eval()
+    # random init leaves some tensors at exact zeros/ones; perturb every parameter so both towers are non-trivial
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("ckpt")
+    sd = tiny_model.state_dict()
+    torch.save(sd, d / "tiny.bin")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "tiny.safetensors"))
+    return {"bin": d / "tiny.bin", "safetensors": d / "tiny.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def clip_home(checkpoints, tmp_path_factory) -> Path:
+    """A pmatch home with the tiny model exported twice: from the .bin and from the .safetensors."""
+    from pmatch_duckdb.build.openclip import export_openclip
+
+    home = tmp_path_factory.mktemp("clip_home")
+    export_openclip(ARCH, checkpoints["bin"], "tiny-clip", home=home, log=lambda _: None)
+    export_openclip(ARCH, checkpoints["safetensors"], "tiny-clip-st", home=home, log=lambda _: None)
+    return home
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """PNG photos-ish of several sizes and aspect ratios (smaller and larger than the 64 px input)."""
+    d = tmp_path_factory.mktemp("clip_images")
+    rng = np.random.default_rng(3)
+    for name, (w, h) in {"wide.png": (150, 90), "tall.png": (45, 131), "square.png": (64, 64),
+                         "small.png": (20, 33), "odd.png": (101, 77)}.items():
+        base = rng.integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
+        img = Image.fromarray(base).resize((w, h), Image.Resampling.BICUBIC)
+        noise = rng.integers(-20, 21, size=(h, w, 3))
+        arr = np.clip(np.asarray(img, dtype=np.int64) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(d / name)
+    Image.new("RGB", (80, 60), (220, 20, 30)).save(d / "red.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def ccon(clip_home, images):
+    c = pm.connect(home=clip_home, image_roots=[images])
+    yield c
+    c.close()
+
+
+def ref_tokens(texts, clean: str = "lower"):
+    return open_clip.tokenizer.SimpleTokenizer(clean=clean)(texts)
+
+
+def torch_text(model, texts) -> np.ndarray:
+    with torch.no_grad():
+        return model.encode_text(ref_tokens(texts), normalize=True).numpy()
+
+
+def torch_image(model, paths) -> np.ndarray:
+    """open_clip's own inference preprocessing + encode_image."""
+    pp = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    batch = torch.stack([pp(Image.open(p)) for p in paths])
+    with torch.no_grad():
+        return model.encode_image(batch, normalize=True).numpy()
+
+
+def sql_vectors(con, sql: str, params=None) -> list[np.ndarray | None]:
+    rows = con.execute(sql, params or []).fetchall()
+    return [None if r[0] is None else np.asarray(r[0], dtype=np.float32) for r in rows]
+
+
+# --------------------------------------------------------------------------------------------- bundle
+
+def test_bundle_layout_and_manifest(clip_home, checkpoints, tiny_model):
+    b = find_bundle("tiny-clip", clip_home).verify()
+    m = b.manifest
+    assert (m["modality"], m["dim"], m["kind"], m["normalized"]) == ("clip", 32, "onnx-clip", True)
+    assert set(m["files"]) == {"text.onnx", "image.onnx", "bpe_simple_vocab_16e6.txt.gz"}
+    for rel, digest in m["files"].items():
+        assert sha256_file(b.path / rel) == digest
+    text, image = m["towers"]["text"], m["towers"]["image"]
+    assert text["inputs"] == {"input_ids": "int64[batch,77]"}
+    assert text["tokenizer"]["context_length"] == 77 and text["tokenizer"]["clean"] == "lower"
+    assert image["inputs"] == {"pixels": "float32[batch,3,64,64]"}
+    pre = image["preprocessing"]
+    cfg = tiny_model.visual.preprocess_cfg
+    assert pre["size"] == [64, 64] and pre["resize_mode"] == cfg["resize_mode"] == "shortest"
+    assert pre["interpolation"] == cfg["interpolation"] == "bicubic"
+    np.testing.assert_allclose(pre["mean"], cfg["mean"])
+    np.testing.assert_allclose(pre["std"], cfg["std"])
+    src = m["source"]
+    assert src["arch"] == ARCH and src["model_cfg"] == TINY_CFG
+    assert src["weights"] == str(checkpoints["bin"].resolve())
+    assert src["weights_sha256"] == sha256_file(checkpoints["bin"])
+    assert m["exporter"]["check"]["text_max_abs_diff"] <= TOL
+    assert m["exporter"]["check"]["image_max_abs_diff"] <= TOL
+    # listed with the other bundles
+    con = pm.connect(home=clip_home, image_roots=[clip_home])
+    try:
+        rows = con.execute("SELECT name, modality, dim, verified FROM pm_models() ORDER BY name").fetchall()
+    finally:
+        con.close()
+    assert rows == [("tiny-clip", "clip", 32, True), ("tiny-clip-st", "clip", 32, True)]
+
+
+def test_tampered_bundle_is_refused(clip_home, tmp_path, images):
+    import shutil
+
+    from pmatch_duckdb.build.openclip import export_openclip  # noqa: F401  (the clip extra is there)
+
+    home = tmp_path / "home"
+    shutil.copytree(clip_home / "models" / "tiny-clip", home / "models" / "tiny-clip")
+    with open(home / "models" / "tiny-clip" / "image.onnx", "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    con = pm.connect(home=home, image_roots=[images])
+    try:
+        with pytest.raises(duckdb.Error, match="sha256 mismatch"):
+            con.execute("SELECT pm_embed_image('red.png', 'tiny-clip')").fetchall()
+    finally:
+        con.close()
+
+
+# --------------------------------------------------------------------------------------------- towers
+
+def test_text_tower_matches_torch(clip_home, tiny_model):
+    import onnxruntime as ort
+
+    ids = ref_tokens(TRICKY)
+    sess = ort.InferenceSession(str(clip_home / "models" / "tiny-clip" / "text.onnx"),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(["embedding"], {"input_ids": ids.numpy()})[0]
+    with torch.no_grad():
+        want = tiny_model.encode_text(ids, normalize=True).numpy()
+    assert got.shape == (len(TRICKY), 32)
+    assert np.abs(got - want).max() <= TOL
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # the texts really give different vectors (the model is not degenerate)
+    assert len(np.unique(got.round(4), axis=0)) == len(set(TRICKY))
+
+
+def test_image_tower_matches_torch_any_batch(clip_home, tiny_model):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(clip_home / "models" / "tiny-clip" / "image.onnx"),
+                                providers=["CPUExecutionProvider"])
+    for n in (1, 3, 7):
+        px = torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(n))
+        got = sess.run(["embedding"], {"pixels": px.numpy()})[0]
+        with torch.no_grad():
+            want = tiny_model.encode_image(px, normalize=True).numpy()
+        assert got.shape == (n, 32)
+        assert np.abs(got - want).max() <= TOL
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_bin_and_safetensors_exports_agree(ccon):
+    a = sql_vectors(ccon, "SELECT pm_embed_text(t, 'tiny-clip') FROM unnest(?) AS u(t)", [TRICKY])
+    b = sql_vectors(ccon, "SELECT pm_embed_text(t, 'tiny-clip-st') FROM unnest(?) AS u(t)", [TRICKY])
+    np.testing.assert_allclose(np.stack(a), np.stack(b), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+@pytest.mark.parametrize("clean", ["lower", "whitespace", "canonicalize"])
+def test_tokenizer_parity_with_open_clip(clean):
+    from pmatch_duckdb.encoders.clip_tokenizer import ClipTokenizer
+
+    ours = ClipTokenizer(open_clip.tokenizer.default_bpe(), context_length=77, clean=clean)
+    want = ref_tokens(TRICKY, clean).numpy()
+    got = ours(TRICKY)
+    assert got.dtype == np.int64 and got.shape == want.shape == (len(TRICKY), 77)
+    for text, g, w in zip(TRICKY, got, want, strict=True):
+        assert g.tolist() == w.tolist(), text
+    # the long text really is truncated: full context, ending with <end_of_text>
+    long_row = got[TRICKY.index(LONG_TEXT)]
+    assert len(ours.encode(LONG_TEXT)) > 100
+    assert (long_row != 0).all() and long_row[-1] == ours.eot_id and long_row[0] == ours.sot_id
+
+
+def test_tokenizer_parity_other_context_length():
+    from pmatch_duckdb.encoders.clip_tokenizer import ClipTokenizer
+
+    ours = ClipTokenizer(open_clip.tokenizer.default_bpe(), context_length=16)
+    want = open_clip.tokenizer.SimpleTokenizer(context_length=16)(TRICKY).numpy()
+    assert np.array_equal(ours(TRICKY), want)
+
+
+def test_long_text_truncation_in_sql(ccon):
+    """Beyond 77 tokens nothing changes the embedding (open_clip truncates the same way)."""
+    a, b = sql_vectors(ccon, "SELECT pm_embed_text(t, 'tiny-clip') FROM unnest(?) WITH ORDINALITY AS u(t, i) "
+                             "ORDER BY i", [[LONG_TEXT, LONG_TEXT + " and then some volcanoes"]])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- SQL
+
+def test_named_text_form_matches_open_clip(ccon, tiny_model):
+    assert ccon.execute("SELECT typeof(pm_embed_text('a red dress', 'tiny-clip'))").fetchall() == [("FLOAT[]",)]
+    got = sql_vectors(ccon, "SELECT pm_embed_text(t, 'tiny-clip') FROM unnest(?) WITH ORDINALITY AS u(t, i) "
+                            "ORDER BY i", [TRICKY])
+    got = np.stack(got)
+    assert got.shape == (len(TRICKY), 32)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert np.abs(got - torch_text(tiny_model, TRICKY)).max() <= TOL
+    # cast to a fixed size where one is needed
+    (v,), = ccon.execute("SELECT pm_embed_text('a red dress', 'tiny-clip')::FLOAT[32]").fetchall()
+    assert len(v) == 32
+
+
+def test_named_image_form_matches_open_clip_preprocess(ccon, tiny_model, images):
+    names = ["wide.png", "tall.png", "square.png", "small.png", "odd.png", "red.png"]
+    got = sql_vectors(ccon, "SELECT pm_embed_image(p, 'tiny-clip') FROM unnest(?) WITH ORDINALITY AS u(p, i) "
+                            "ORDER BY i", [names])
+    want = torch_image(tiny_model, [images / n for n in names])
+    got = np.stack(got)
+    assert got.shape == (len(names), 32)
+    assert np.abs(got - want).max() <= TOL
+    # bytes in, same vector out
+    blob = (images / "odd.png").read_bytes()
+    (v,), = ccon.execute("SELECT pm_embed_image(?::BLOB, 'tiny-clip')", [blob]).fetchall()
+    np.testing.assert_allclose(np.asarray(v), got[names.index("odd.png")], atol=1e-6)
+    assert ccon.execute("SELECT typeof(pm_embed_image('red.png', 'tiny-clip'))").fetchall() == [("FLOAT[]",)]
+
+
+def test_preprocessing_pixels_match_open_clip(clip_home, tiny_model, images):
+    """Pixel-level: our Pillow preprocessing gives open_clip's tensors, for every resize mode."""
+    from pmatch_duckdb.bundles import Bundle
+    from pmatch_duckdb.encoders.clip import ClipImageEncoder
+
+    base = find_bundle("tiny-clip", clip_home)
+    for mode, size in (("shortest", 64), ("longest", 64), ("squash", 64), ("shortest", (48, 64)),
+                       ("longest", (64, 40))):
+        manifest = json.loads(json.dumps(base.manifest))
+        pre = manifest["towers"]["image"]["preprocessing"]
+        pre.update(resize_mode=mode, size=list(size) if isinstance(size, tuple) else [size, size], fill_color=7)
+        enc = ClipImageEncoder(Bundle(base.path, manifest))
+        cfg = PreprocessCfg(size=size, resize_mode=mode, fill_color=7, mean=tuple(pre["mean"]),
+                                      std=tuple(pre["std"]), interpolation="bicubic")
+        ref = image_transform_v2(cfg, is_train=False)
+        for p in sorted(images.iterdir()):
+            img = Image.open(p).convert("RGB")
+            want = ref(img).numpy()
+            got = enc.preprocess(img)
+            assert got.shape == want.shape, (mode, size, p.name)
+            assert np.abs(got - want).max() <= 1e-5, (mode, size, p.name)
+
+
+def test_text_image_scores_consistent_with_open_clip(ccon, tiny_model, images):
+    """Text -> image search: SQL dot products of the named forms equal open_clip's encode_text @ encode_image.T."""
+    texts = ["a red dress", "a blue shirt", "stainless steel kettle", "🎉 party"]
+    names = ["red.png", "wide.png", "tall.png", "square.png"]
+    ccon.execute("CREATE OR REPLACE TEMP TABLE imgs AS SELECT p, pm_embed_image(p, 'tiny-clip') AS v "
+                 "FROM unnest(?) AS u(p)", [names])
+    rows = ccon.execute(
+        "SELECT t, p, list_dot_product(pm_embed_text(t, 'tiny-clip'), v) FROM unnest(?) AS q(t), imgs",
+        [texts]).fetchall()
+    got = {(t, p): s for t, p, s in rows}
+    want = torch_text(tiny_model, texts) @ torch_image(tiny_model, [images / n for n in names]).T
+    for i, t in enumerate(texts):
+        for j, p in enumerate(names):
+            assert abs(got[(t, p)] - want[i, j]) <= TOL
+    # the best image per text is the same as open_clip's
+    best = ccon.execute(
+        "SELECT t, arg_max(p, list_cosine_similarity(pm_embed_text(t, 'tiny-clip'), v)) "
+        "FROM unnest(?) AS q(t), imgs GROUP BY t", [texts]).fetchall()
+    assert dict(best) == {t: names[int(np.argmax(want[i]))] for i, t in enumerate(texts)}
+
+
+def test_named_images_pooling_and_nulls(ccon, tiny_model, images):
+    (v,), = ccon.execute("SELECT pm_embed_images(['red.png', 'nope.png', 'wide.png'], 'tiny-clip')").fetchall()
+    each = torch_image(tiny_model, [images / "red.png", images / "wide.png"])
+    pooled = each.sum(0) / np.linalg.norm(each.sum(0))
+    np.testing.assert_allclose(np.asarray(v), pooled, atol=TOL)
+    row = ccon.execute("SELECT pm_embed_text(NULL, 'tiny-clip') IS NULL, pm_embed_text('  ', 'tiny-clip') IS NULL, "
+                       "pm_embed_text('x', NULL) IS NULL, pm_embed_image('nope.png', 'tiny-clip') IS NULL, "
+                       "pm_embed_images(['nope.png'], 'tiny-clip') IS NULL").fetchall()
+    assert row == [(True, True, True, True, True)]
+
+
+def test_model_column_mixes_models(ccon):
+    """The model may vary per row: each row is embedded by its own model."""
+    rows = ccon.execute("SELECT m, pm_embed_text('a red dress', m) FROM (VALUES ('tiny-clip'), ('tiny-clip-st'), "
+                        "(NULL)) AS v(m) ORDER BY m NULLS LAST").fetchall()
+    assert rows[2][1] is None
+    np.testing.assert_allclose(rows[0][1], rows[1][1], atol=1e-6)
+
+
+def test_unknown_model_name_is_a_clear_error(ccon):
+    with pytest.raises(duckdb.Error, match=r"unknown model 'no-such-clip'.*tiny-clip.*export-openclip"):
+        ccon.execute("SELECT pm_embed_text('a red dress', 'no-such-clip')").fetchall()
+    with pytest.raises(duckdb.Error, match="unknown model 'no-such-clip'"):
+        ccon.execute("SELECT pm_embed_image('red.png', 'no-such-clip')").fetchall()
+    with pytest.raises(duckdb.Error, match="invalid model name"):
+        ccon.execute("SELECT pm_embed_text('a red dress', '../etc')").fetchall()
+    with pytest.raises(duckdb.Error, match="expects VARCHAR"):
+        ccon.execute("SELECT pm_embed_image(42, 'tiny-clip')").fetchall()
+    # the connection is still usable afterwards
+    assert ccon.execute("SELECT pm_embed_text('ok', 'tiny-clip') IS NOT NULL").fetchall() == [(True,)]
+
+
+def test_clip_as_default_models(clip_home, images, ccon):
+    """With a CLIP bundle as the connection's defaults, the one-argument forms use it, typed FLOAT[dim]."""
+    con = pm.connect(home=clip_home, image_roots=[images], text_model="tiny-clip", image_model="tiny-clip")
+    try:
+        row = con.execute("SELECT typeof(pm_embed_text('a red dress')), typeof(pm_embed_image('red.png')), "
+                          "typeof(pm_embed_images(['red.png']))").fetchall()
+        assert row == [("FLOAT[32]", "FLOAT[32]", "FLOAT[32]")]
+        (a, b), = con.execute("SELECT pm_embed_text('a red dress'), pm_embed_image('red.png')").fetchall()
+    finally:
+        con.close()
+    (c, d), = ccon.execute("SELECT pm_embed_text('a red dress', 'tiny-clip'), "
+                           "pm_embed_image('red.png', 'tiny-clip')").fetchall()
+    np.testing.assert_allclose(a, c, atol=1e-6)
+    np.testing.assert_allclose(b, d, atol=1e-6)
+    # an index records the CLIP bundle as its text and image encoder
+    from pmatch_duckdb.settings import Settings
+    from pmatch_duckdb.store import encoder_identity
+
+    ident = encoder_identity(Settings.create(home=clip_home, image_roots=[images], text_model="tiny-clip",
+                                             image_model="tiny-clip"))
+    assert ident["text_model"] == ident["image_model"] == "tiny-clip"
+    assert ident["text_dim"] == ident["image_dim"] == "32"
+
+
+def test_runtime_needs_neither_torch_nor_open_clip(clip_home, images, tiny_model):
+    """Query time only reads ONNX + JSON + the BPE vocabulary: embed with torch and open_clip unimportable."""
+    script = textwrap.dedent(f"""
+        import sys
+        for mod in ("torch", "open_clip", "torchvision", "transformers"):
+            sys.modules[mod] = None   # any import of these now fails
+        import json
+        import pmatch_duckdb as pm
+        con = pm.connect(home={str(clip_home)!r}, image_roots=[{str(images)!r}])
+        (t, i), = con.execute("SELECT pm_embed_text('a red dress', 'tiny-clip'), "
+                              "pm_embed_image('red.png', 'tiny-clip')").fetchall()
+        print(json.dumps([t, i]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    t, i = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(t, torch_text(tiny_model, ["a red dress"])[0], atol=TOL)
+    np.testing.assert_allclose(i, torch_image(tiny_model, [images / "red.png"])[0], atol=TOL)
+
+
+# --------------------------------------------------------------------------------------------- export errors
+
+def test_missing_weights_path_is_a_clear_error(tmp_path):
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.build.openclip import export_openclip
+    from pmatch_duckdb.cli import main
+
+    missing = tmp_path / "nowhere" / "open_clip_pytorch_model.bin"
+    with pytest.raises(ModelNotFoundError, match=str(missing)):
+        export_openclip("ViT-B-32", missing, "my-clip", home=tmp_path / "home")
+    res = CliRunner().invoke(main, ["models", "export-openclip", "--arch", "ViT-B-32", "--weights", str(missing),
+                                    "--name", "my-clip", "--home", str(tmp_path / "home")])
+    assert res.exit_code != 0
+    assert str(missing) in res.output and "never downloads" in res.output
+    assert not (tmp_path / "home" / "models" / "my-clip").exists()
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, checkpoints, tiny_model):
+    from pmatch_duckdb.build.openclip import ExportError, export_openclip
+
+    home = tmp_path / "home"
+    with pytest.raises(ConfigError, match="unknown open_clip architecture 'ViT-Nope'"):
+        export_openclip("ViT-Nope", checkpoints["bin"], "x", home=home)
+    with pytest.raises(ConfigError, match="hf-hub"):
+        export_openclip("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", checkpoints["bin"], "x", home=home)
+    with pytest.raises(ExportError, match="Hugging Face"):
+        export_openclip("ViT-B-16-SigLIP", checkpoints["bin"], "x", home=home)
+    with pytest.raises(ConfigError, match="no pretrained tag"):
+        export_openclip(ARCH, checkpoints["bin"], "x", home=home, pretrained_tag="laion9000")
+    with pytest.raises(ConfigError, match="invalid model name"):
+        export_openclip(ARCH, checkpoints["bin"], "../x", home=home)
+    with pytest.raises(ConfigError, match="default model"):
+        export_openclip(ARCH, checkpoints["bin"], "minilm-l6-v2", home=home)
+    txt = tmp_path / "weights.txt"
+    txt.write_text("nope")
+    with pytest.raises(ConfigError, match="expected one of"):
+        export_openclip(ARCH, txt, "x", home=home)
+    # weights of another architecture
+    with pytest.raises(ExportError, match="do not fit architecture 'ViT-S-32'"):
+        export_openclip("ViT-S-32", checkpoints["bin"], "x", home=home)
+    assert not (home / "models" / "x").exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickled_objects_are_never_loaded(tmp_path):
+    from pmatch_duckdb.build.openclip import ExportError, export_openclip
+
+    bad = tmp_path / "evil.pt"
+    with open(bad, "wb") as f:
+        pickle.dump({"w": _Evil()}, f)
+    with pytest.raises(ExportError, match="weights_only=True"):
+        export_openclip(ARCH, bad, "x", home=tmp_path / "home")
+    not_sd = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], not_sd)
+    with pytest.raises(ExportError, match="state dict"):
+        export_openclip(ARCH, not_sd, "x", home=tmp_path / "home")
+
+
+def test_existing_bundle_needs_force_and_folder_weights(tmp_path, checkpoints, tiny_model):
+    """--force replaces a bundle; --weights may be a folder (a local snapshot) with open_clip_config.json."""
+    from pmatch_duckdb.build.openclip import export_openclip
+
+    home = tmp_path / "home"
+    export_openclip(ARCH, checkpoints["safetensors"], "c", home=home, log=lambda _: None)
+    with pytest.raises(ConfigError, match="already exists"):
+        export_openclip(ARCH, checkpoints["bin"], "c", home=home)
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    (snap / "open_clip_pytorch_model.bin").write_bytes(checkpoints["bin"].read_bytes())
+    (snap / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                                                   "interpolation": "bilinear"}}))
+    export_openclip(None, snap, "c", home=home, force=True, log=lambda _: None)
+    m = find_bundle("c", home).verify().manifest
+    assert m["source"]["weights"] == str((snap / "open_clip_pytorch_model.bin").resolve())
+    pre = m["towers"]["image"]["preprocessing"]
+    assert (pre["mean"], pre["std"], pre["interpolation"]) == ([0.5] * 3, [0.5] * 3, "bilinear")
+
+
+def test_cli_export_and_list(tmp_path, checkpoints):
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main
+
+    home = tmp_path / "home"
+    res = CliRunner().invoke(main, ["models", "export-openclip", "--arch", ARCH, "--weights",
+                                    str(checkpoints["bin"]), "--name", "cli-clip", "--home", str(home),
+                                    "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25",
+                                    "--resize-mode", "squash"])
+    assert res.exit_code == 0, res.output
+    pre = find_bundle("cli-clip", home).manifest["towers"]["image"]["preprocessing"]
+    assert (pre["mean"], pre["std"], pre["resize_mode"]) == ([0.5] * 3, [0.25] * 3, "squash")
+    res = CliRunner().invoke(main, ["models", "list", "--home", str(home)])
+    assert res.exit_code == 0 and "cli-clip" in res.output and "clip" in res.output
+    res = CliRunner().invoke(main, ["models", "export-openclip", "--arch", ARCH, "--weights",
+                                    str(checkpoints["bin"]), "--name", "cli-clip", "--home", str(home)])
+    assert res.exit_code != 0 and "already exists" in res.output
+
+
+def test_wrong_kind_of_model_for_the_function(tmp_path, images):
+    """A text-only bundle cannot embed images (and the reverse): a clear error, not garbage."""
+    from pmatch_duckdb.errors import ConfigError as CE
+
+    assert issubclass(CE, PmatchError)
+    con = pm.connect(home=tmp_path / "empty", image_roots=[images])
+    try:
+        with pytest.raises(duckdb.Error, match="unknown model 'tiny-clip'.*none"):
+            con.execute("SELECT pm_embed_text('x', 'tiny-clip')").fetchall()
+    finally:
+        con.close()
+
+
+# --------------------------------------------------------------------------------------------- real architectures
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["ViT-B-32"])
+def test_real_architecture_exports_and_agrees(arch, tmp_path, images):
+    """A real open_clip architecture (random weights: nothing is downloaded) exports and agrees with torch."""
+    from pmatch_duckdb.build.openclip import export_openclip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(arch, pretrained=None).eval()
+    ckpt = tmp_path / f"{arch}.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    home = tmp_path / "home"
+    export_openclip(arch, ckpt, "real", home=home, log=lambda _: None)
+    m = find_bundle("real", home).verify().manifest
+    assert m["dim"] == 512
+    ckpt.unlink()
+    con = pm.connect(home=home, image_roots=[images])
+    try:
+        texts = ["a red dress", "Crème brûlée 🎉", LONG_TEXT]
+        t = np.stack(sql_vectors(con, "SELECT pm_embed_text(t, 'real') FROM unnest(?) WITH ORDINALITY AS u(t, i) "
+                                      "ORDER BY i", [texts]))
+        names = ["red.png", "wide.png", "tall.png"]
+        i = np.stack(sql_vectors(con, "SELECT pm_embed_image(p, 'real') FROM unnest(?) WITH ORDINALITY AS u(p, i) "
+                                      "ORDER BY i", [names]))
+    finally:
+        con.close()
+    assert np.abs(t - torch_text(model, texts)).max() <= TOL
+    assert np.abs(i - torch_image(model, [images / n for n in names])).max() <= TOL
