@@ -81,7 +81,7 @@ def models_export_openclip(arch: str | None, weights: str, name: str, pretrained
 @models.command("list")
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 def models_list(home: str | None) -> None:
-    """Show installed bundles and whether their hashes verify."""
+    """Show installed bundles (then trained matchers) and whether their hashes verify."""
     bundles = list_bundles(home)
     if not bundles:
         click.echo(f"no model bundles in {models_dir(home)}; build them with: pmatch models build")
@@ -96,15 +96,132 @@ def models_list(home: str | None) -> None:
                    f"{src.get('package', '')} {src.get('version', '')}")
         for p in problems:
             click.echo(f"    problem: {p}")
+    _list_matchers(home)
     if bad:
         click.echo("rebuild corrupt bundles with: pmatch models build --force", err=True)
         sys.exit(1)
 
 
-def _open(db: str, home: str | None, image_roots: tuple[str, ...]):
+def _list_matchers(home: str | None) -> None:
+    from .matchers import active_version, matchers_dir, versions
+
+    root = matchers_dir(home)
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for name in names:
+        active = active_version(name, home)
+        for v in versions(name, home):
+            try:
+                from .bundles import read_bundle
+
+                b = read_bundle(root / name / v)
+                ok = not b.problems()
+                th = b.manifest.get("thresholds", {})
+                met = b.manifest.get("metrics", {}).get("valid", {})
+                acc = th.get("accept")
+                click.echo(f"matcher {name} {v}{' (active)' if v == active else ''}: dim {b.dim}, "
+                           f"accept ≥ {acc if acc is not None else 'none (target precision not certifiable)'}, "
+                           f"review ≥ {th.get('review', 0):.4f}, valid best F1 {met.get('best_f1', float('nan')):.3f}, "
+                           f"verified {'yes' if ok else 'NO'}, created {b.manifest.get('created', '?')}")
+            except PmatchError as e:
+                click.echo(f"matcher {name} {v}: unreadable ({e})")
+
+
+@models.command("activate")
+@click.argument("name")
+@click.argument("version")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def models_activate(name: str, version: str, home: str | None) -> None:
+    """Make VERSION (e.g. v2) of matcher NAME the active one (indexes re-project on their next use)."""
+    from .matchers import activate
+
+    try:
+        activate(name, version, home)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"matcher {name}: {version} active")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def models_rollback(name: str, home: str | None) -> None:
+    """Re-activate the previously active version of matcher NAME (or zero-shot if there was none)."""
+    from .matchers import rollback
+
+    try:
+        v = rollback(name, home)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"matcher {name}: {v or 'zero-shot (no trained version active)'}")
+
+
+@main.command("train")
+@click.argument("database", type=click.Path(dir_okay=False))
+@click.option("--offers", multiple=True, required=True, help="Offer table; give two for source and target.")
+@click.option("--pairs", default=None, help="Labels table: left_id, right_id[, label].")
+@click.option("--group-column", default=None, help="Or: a column of the offer tables naming each offer's product.")
+@click.option("--valid-pairs", default=None, help="Validation labels (default: 20% of label groups).")
+@click.option("--name", default="default", show_default=True, help="Matcher name.")
+@click.option("--dim", default=256, show_default=True, help="Output dimension of the projection.")
+@click.option("--epochs", default=None, type=int, help="Default: about 300 optimiser steps.")
+@click.option("--batch-size", default=1024, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--target-precision", default=0.99, show_default=True, help="For the accept threshold.")
+@click.option("--no-activate", is_flag=True, help="Save the new version without activating it.")
+@click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
+              valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
+              target_precision: float, no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
+    """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
+    import json
+
+    try:
+        from .training import train_matcher
+    except ImportError as e:
+        raise click.ClickException(f"training needs the train extra ({e}): pip install 'pmatch-duckdb[train]'") from None
+    try:
+        con = _open(database, home, image_roots, name)
+        r = train_matcher(con, list(offers), pairs=pairs, group_column=group_column, valid_pairs=valid_pairs,
+                          name=name, dim=dim, epochs=epochs, batch_size=batch_size, seed=seed,
+                          target_precision=target_precision, activate=not no_activate, log=click.echo)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(r.metrics, indent=1, default=float))
+
+
+@main.command("evaluate")
+@click.argument("database", type=click.Path(dir_okay=False))
+@click.option("--source", required=True, help="Source offer table.")
+@click.option("--target", required=True, help="Target offer table.")
+@click.option("--pairs", required=True, help="Labels: left_id (source), right_id (target)[, label].")
+@click.option("-k", "k", default=10, show_default=True)
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Write metrics.json, plots, report.html here.")
+@click.option("--matcher", default=None, help="Trained matcher name (its active version; default 'default').")
+@click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def evaluate_cmd(database: str, source: str, target: str, pairs: str, k: int, out: str | None, matcher: str | None,
+                 image_roots: tuple[str, ...], home: str | None) -> None:
+    """Recall@k, precision/recall/F1 at the thresholds, best F1, recall at precision 0.99/0.95, review band."""
+    import json
+
+    import duckdb
+
+    from .evaluation import evaluate
+
+    try:
+        con = _open(database, home, image_roots, matcher)
+        m = evaluate(con, source, target, pairs, k=k, out_dir=out)
+    except (PmatchError, duckdb.Error, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(m, indent=1, default=float))
+
+
+def _open(db: str, home: str | None, image_roots: tuple[str, ...], matcher: str | None = None):
     from .connection import connect
 
-    return connect(db, home=home, image_roots=list(image_roots) or None)
+    extra = {"matcher": matcher} if matcher else {}
+    return connect(db, home=home, image_roots=list(image_roots) or None, **extra)
 
 
 @main.command("index")
@@ -133,10 +250,11 @@ def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_
 @click.argument("target")
 @click.option("-k", "k", default=10, show_default=True, help="Candidates per source offer.")
 @click.option("--into", default=None, help="Save the result as this table instead of printing it.")
+@click.option("--matcher", default=None, help="Trained matcher name (its active version; default 'default').")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable; default: cwd).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
-def match_cmd(database: str, source: str, target: str, k: int, into: str | None, image_roots: tuple[str, ...],
-              home: str | None) -> None:
+def match_cmd(database: str, source: str, target: str, k: int, into: str | None, matcher: str | None,
+              image_roots: tuple[str, ...], home: str | None) -> None:
     """Match SOURCE offers against the TARGET index (match_products)."""
     import duckdb
 
@@ -144,7 +262,7 @@ def match_cmd(database: str, source: str, target: str, k: int, into: str | None,
     from .sqlident import quote_qualified
 
     try:
-        con = _open(database, home, image_roots)
+        con = _open(database, home, image_roots, matcher)
         if into:
             con.execute(
                 f"CREATE OR REPLACE TABLE {quote_qualified(into)} AS SELECT * FROM match_products(?, ?, k := ?)",

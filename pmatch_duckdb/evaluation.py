@@ -102,3 +102,57 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, n_true: int, out_dir: Pa
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def evaluate(con, source: str, target: str, pairs: str, k: int = 10, out_dir: str | Path | None = None) -> dict:
+    """Match ``source`` against ``target`` and score the result against a labels table.
+
+    ``pairs`` has ``left_id`` (source id), ``right_id`` (target id) and optionally ``label`` (rows with
+    label 0 are ignored: every listed positive pair counts as a true match). Returns the metrics; with
+    ``out_dir``, also writes ``metrics.json``, ``pr_curve.png``, ``thresholds.png`` and ``report.html``.
+    """
+    import json
+
+    from .sqlident import quote_qualified
+
+    quote_qualified(source)
+    quote_qualified(target)
+    q = quote_qualified(pairs)
+    cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
+    con.fetchall()
+    cond = "WHERE CAST(label AS INTEGER) = 1" if "label" in cols else ""
+    truth_rows = con.execute(f"SELECT DISTINCT CAST(left_id AS VARCHAR), CAST(right_id AS VARCHAR) FROM {q} {cond}").fetchall()
+    truth: dict[str, set[str]] = {}
+    for a, b in truth_rows:
+        truth.setdefault(a, set()).add(b)
+    rows = con.execute("SELECT CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR), rank, score, decision, mutual_best "
+                       "FROM match_products(?, ?, k := ?) ORDER BY 1, rank", [source, target, k]).fetchall()
+    ranked: dict[str, list[str]] = {}
+    for s, t, *_ in rows:
+        ranked.setdefault(s, []).append(t)
+    scores = np.array([r[3] for r in rows], dtype=np.float64)
+    labels = np.array([r[1] in truth.get(r[0], ()) for r in rows], dtype=np.float64)
+    n_true = len(truth_rows)
+    out = {"source": source, "target": target, "k": k, **recall_at_k(ranked, truth, (1, 5, 10)),
+           **summarize(scores, labels, n_true, [r[4] for r in rows])}
+    mutual = np.array([bool(r[5]) for r in rows])
+    if mutual.any():
+        out["mutual_best"] = summarize(scores[mutual], labels[mutual], n_true)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        accept = review = None
+        if rows:
+            acc = [r[3] for r in rows if r[4] == "accept"]
+            rev = [r[3] for r in rows if r[4] == "review"]
+            accept = min(acc) if acc else None
+            review = min(rev) if rev else None
+        plots = plot_curves(scores, labels, n_true, out_dir, accept, review, f"{source} → {target}")
+        (out_dir / "metrics.json").write_text(json.dumps(out, indent=1, default=float))
+        table = "".join(f"<tr><td>{key}</td><td>{val:.4f}</td></tr>" if isinstance(val, float) else
+                        f"<tr><td>{key}</td><td>{val}</td></tr>" for key, val in out.items() if not isinstance(val, dict))
+        imgs = "".join(f'<img src="{p.name}" style="max-width:48%">' for p in plots)
+        (out_dir / "report.html").write_text(
+            f"<html><head><meta charset='utf-8'><title>pmatch evaluation</title></head><body>"
+            f"<h1>{source} → {target}</h1>{imgs}<table>{table}</table></body></html>")
+    return out

@@ -67,7 +67,8 @@ def encoder_identity(settings: Settings) -> dict[str, str]:
     for key, name in (("text", settings.text_model), ("image", settings.image_model)):
         b = find_bundle(name, settings.home)
         out[f"{key}_model"] = name
-        out[f"{key}_model_sha256"] = b.manifest["files"].get("model.onnx", "")
+        graph = b.manifest.get("towers", {}).get(key, {}).get("file", "model.onnx")  # CLIP bundles: two graphs
+        out[f"{key}_model_sha256"] = b.manifest["files"].get(graph, "")
         out[f"{key}_dim"] = str(b.dim)
     return out
 

@@ -40,6 +40,12 @@ CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
         ORDER BY f.score DESC, f.rank) = 1
     ORDER BY f.source_id, f.rank;
 
+-- pm_embed_offer(title [, images := NULL, price := NULL, brand := NULL]) -> FLOAT[]: the offer vector
+-- match_products searches with: the active trained projection of [text, pooled images, price,
+-- lexical] features, or the zero-shot fusion when no matcher is trained. NULL without text or image.
+CREATE OR REPLACE TEMP MACRO pm_embed_offer(title, images := NULL, price := NULL, brand := NULL) AS
+    _pm_embed_offer(CAST(title AS VARCHAR), CAST(brand AS VARCHAR), CAST(images AS VARCHAR[]), CAST(price AS DOUBLE));
+
 -- product_clusters(pairs_table [, registry := 'entities']): connected components over the
 -- accepted pairs of a saved match_products result -> (table_name, offer_id, entity_id).
 -- Entity ids are persisted in the index folder and stay stable across runs: clusters that persist

@@ -180,7 +180,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     n_epochs = epochs or int(np.clip(300 // steps_per_epoch, 5, 200))  # about 300 optimiser steps
     w, temperature, history = train_projection(
         x, tpos, comp, dim=dim, epochs=n_epochs, batch_size=batch_size, seed=seed,
-        hard_negatives=tneg if len(tneg) else None, threads=ctx.duckdb_threads,
+        hard_negatives=tneg if len(tneg) else None, threads=1,
         progress=(lambda e, loss: log(f"epoch {e + 1}/{n_epochs} loss {loss:.4f}")
                   if progress and (e + 1) % max(1, n_epochs // 10) == 0 else None))
     projected = x @ w.T

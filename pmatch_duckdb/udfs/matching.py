@@ -13,11 +13,12 @@ from ..api import index_table
 from ..clusters import assign_entities
 from ..context import PmatchContext
 from ..errors import PmatchError
+from ..fusion import FusionConfig
 from ..matchers import active_matcher
-from ..matching import match, source_vectors, target_view
-from ..offers import REQUIRED, OfferTableError, offer_from_mapping
+from ..matching import OfferVectors, match, source_vectors, target_view
+from ..offers import REQUIRED, Offer, OfferTableError, offer_from_mapping
 from ..sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
-from ..store import OfferIndex
+from ..store import OfferIndex, embed_offers
 from .arrow_util import Registrar, as_pylist
 
 _INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "deleted": T.BIGINT,
@@ -102,6 +103,19 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         return pa.array(out, type=pa.list_(pa.struct([("table_name", pa.string()), ("offer_id", pa.string()),
                                                        ("entity_id", pa.string())])))
 
+    def pm_embed_offer(titles: pa.ChunkedArray, brands: pa.ChunkedArray, images: pa.ChunkedArray,
+                       prices: pa.ChunkedArray) -> pa.Array:
+        offers = [Offer(id=str(i), title=t, brand=b, images=im, price=p) for i, (t, b, im, p) in
+                  enumerate(zip(as_pylist(titles), as_pylist(brands), as_pylist(images), as_pylist(prices), strict=True))]
+        matcher = active_matcher(ctx.settings.matcher, ctx.settings.home)
+        rows = embed_offers(offers, ctx.settings, FusionConfig(), [""] * len(offers), progress=False, matcher=matcher)
+        v = OfferVectors.from_arrow(rows)
+        has = v.text_ok | v.image_ok
+        return pa.array([vec.tolist() if ok else None for vec, ok in zip(v.fused, has, strict=True)],
+                        type=pa.list_(pa.float32()))
+
+    reg.add("_pm_embed_offer", pm_embed_offer, [T.VARCHAR, T.VARCHAR, duckdb.list_type(T.VARCHAR), T.DOUBLE],
+            duckdb.list_type(T.FLOAT), null_handling="special")
     reg.add("_pm_index", pm_index, [T.VARCHAR, T.VARCHAR, T.BOOLEAN],
                      duckdb.struct_type(_INDEX_ROW), side_effects=True, null_handling="special")
     reg.add("_pm_match", pm_match, [T.VARCHAR, T.VARCHAR, T.BIGINT, T.VARCHAR],
