@@ -31,10 +31,9 @@ STATS_COLUMNS = ["index", "inserted", "updated", "deleted", "unchanged", "total"
 
 
 @pytest.fixture()
-def images(tmp_path: Path) -> Path:
-    d = tmp_path / "images"
-    d.mkdir()
-    return d
+def images(image_dir: Path) -> Path:
+    """The allowed image root (conftest's ``image_dir``)."""
+    return image_dir
 
 
 @pytest.fixture()

@@ -45,10 +45,9 @@ def _create(con: duckdb.DuckDBPyConnection, name: str, rows: list[tuple]) -> Non
 
 
 @pytest.fixture()
-def images(tmp_path: Path) -> Path:
-    d = tmp_path / "images"
-    d.mkdir()
-    return d
+def images(image_dir: Path) -> Path:
+    """The allowed image root (conftest's ``image_dir``)."""
+    return image_dir
 
 
 @pytest.fixture()
