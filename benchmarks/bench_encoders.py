@@ -9,9 +9,10 @@ For text (real Abt product titles) and images (real Grocery Store photos) this m
 (b) **onnxruntime** through our encoder classes: ``TextEncoder.encode`` / ``ImageEncoder.encode``
     (tokenization / decoding included), plus the pure ``session.run`` on the same pre-made tensors.
 (c) **the DuckDB UDF** over a table: ``CREATE OR REPLACE TABLE emb AS SELECT pm_embed_text(title) ...``
-    (result materialised), once per DuckDB ``threads`` setting (1 and 2 by default). The runtime picks
-    ORT intra-op threads = cores // DuckDB threads when ``install()`` runs, so each setting is applied
-    with ``SET threads`` followed by ``install()``.
+    (result materialised), once per DuckDB ``threads`` setting (1 and 2 by default), each applied with
+    ``SET threads`` followed by ``install()``. Each row records the ORT intra-op threads it ran with
+    (the runtime now gives every session all cores and serialises its runs; ``PMATCH_ORT_THREADS``
+    overrides).
 
 Each path gets a full warm-up pass (session creation and model loading are never timed), then
 ``--rounds`` interleaved rounds (the order rotates every round); the table reports the median items/s
@@ -49,13 +50,13 @@ import pyarrow as pa
 
 import pmatch_duckdb
 from pmatch_duckdb.bundles import find_bundle
+from pmatch_duckdb.embedding import policy_of
 from pmatch_duckdb.encoders.image import ImageEncoder
 from pmatch_duckdb.encoders.image_io import ImagePolicy, load_image
 from pmatch_duckdb.encoders.registry import get_image_encoder, get_text_encoder
 from pmatch_duckdb.encoders.sessions import cpu_count
 from pmatch_duckdb.encoders.text import TextEncoder
-from pmatch_duckdb.settings import Settings
-from pmatch_duckdb.udfs.embed import policy_of
+from pmatch_duckdb.settings import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -78,6 +79,7 @@ class Bench:
     run: Callable[[], np.ndarray | None]
     n_items: int
     con: duckdb.DuckDBPyConnection | None = None
+    ort_threads: int | None = None  # ORT intra-op threads this path runs with (onnxruntime and UDF rows)
     times: list[float] = field(default_factory=list)
 
     def rates(self) -> list[float]:
@@ -197,6 +199,9 @@ def build_paths(args: argparse.Namespace, settings: Settings, titles: list[str],
     # (b) the encoders the UDF uses when DuckDB runs with 1 thread (ORT gets all cores)
     tenc = get_text_encoder(settings, duckdb_threads=1)
     ienc = get_image_encoder(settings, duckdb_threads=1)
+    if not isinstance(tenc, TextEncoder) or type(ienc) is not ImageEncoder:
+        raise SystemExit("this benchmark measures the default encoders (MiniLM text, EfficientNet-Lite0 image); "
+                         f"got {type(tenc).__name__} / {type(ienc).__name__}")
     # the same model with 1 intra-op thread: what each UDF call gets under DuckDB threads = cores
     tenc1 = TextEncoder(text_bundle, threads=1, batch_size=settings.text_batch_size)
     ienc1 = ImageEncoder(image_bundle, threads=1, batch_size=settings.image_batch_size)
@@ -226,12 +231,16 @@ def build_paths(args: argparse.Namespace, settings: Settings, titles: list[str],
     paths: list[Bench] = []
     nt, ni = len(titles), len(photos)
 
-    torch, ttm, itm, why = load_torch()
+    if (settings.text_model, settings.image_model) != (DEFAULT_TEXT_MODEL, DEFAULT_IMAGE_MODEL):
+        torch, ttm, itm, why = None, None, None, "torch eager skipped: the torch modules are the default models'"
+    else:
+        torch, ttm, itm, why = load_torch()
     if why:
         info["notes"].append(why)
     else:
         torch.set_num_threads(cores)
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_version"] = torch.__version__
         tt_batches = [(idx, {k: torch.from_numpy(v) for k, v in feeds.items()}) for idx, feeds in tb]
         it_batches = [torch.from_numpy(b) for b in ib]
 
@@ -259,18 +268,20 @@ def build_paths(args: argparse.Namespace, settings: Settings, titles: list[str],
 
     paths += [
         Bench("text", f"onnxruntime TextEncoder.encode ({ort_threads(tenc)} thr)", E2E, "ort",
-              lambda: tenc.encode(titles), nt),
+              lambda: tenc.encode(titles), nt, ort_threads=ort_threads(tenc)),
         Bench("text", f"onnxruntime session.run (tensors, {ort_threads(tenc)} thr)", MODEL, "ort",
-              ort_text_run, nt),
+              ort_text_run, nt, ort_threads=ort_threads(tenc)),
         Bench("image", f"onnxruntime ImageEncoder.encode ({ort_threads(ienc)} thr)", E2E, "ort",
-              image_encode(ienc), ni),
+              image_encode(ienc), ni, ort_threads=ort_threads(ienc)),
         Bench("image", f"onnxruntime session.run (tensors, {ort_threads(ienc)} thr)", MODEL, "ort",
-              ort_image_run, ni),
+              ort_image_run, ni, ort_threads=ort_threads(ienc)),
     ]
     if cores > 1:
         paths += [
-            Bench("text", "onnxruntime TextEncoder.encode (1 thr)", E2E, "ort1", lambda: tenc1.encode(titles), nt),
-            Bench("image", "onnxruntime ImageEncoder.encode (1 thr)", E2E, "ort1", image_encode(ienc1), ni),
+            Bench("text", "onnxruntime TextEncoder.encode (1 thr)", E2E, "ort1", lambda: tenc1.encode(titles), nt,
+                  ort_threads=1),
+            Bench("image", "onnxruntime ImageEncoder.encode (1 thr)", E2E, "ort1", image_encode(ienc1), ni,
+                  ort_threads=1),
         ]
 
     # (c) DuckDB UDF, one connection per threads setting; inputs loaded from the same Python lists
@@ -294,10 +305,10 @@ def build_paths(args: argparse.Namespace, settings: Settings, titles: list[str],
         paths += [
             Bench("text", f"DuckDB UDF, threads={got} (ORT {used['text']} thr)", E2E, "udf",
                   udf_path(con, "CREATE OR REPLACE TABLE emb AS SELECT i, pm_embed_text(title) AS e FROM titles"),
-                  nt, con=con),
+                  nt, con=con, ort_threads=used["text"]),
             Bench("image", f"DuckDB UDF, threads={got} (ORT {used['image']} thr)", E2E, "udf",
                   udf_path(con, "CREATE OR REPLACE TABLE emb AS SELECT i, pm_embed_image(path) AS e FROM photos"),
-                  ni, con=con),
+                  ni, con=con, ort_threads=used["image"]),
         ]
     return paths, info
 
@@ -367,8 +378,12 @@ def report(paths: list[Bench], info: dict[str, Any], args: argparse.Namespace) -
         for p in paths:
             if p.modality == modality and p.kind == "udf" and ort_e2e:
                 r = p.median() / ort_e2e
+                same = next((q for q in paths if q.modality == modality and q.level == E2E
+                             and q.kind in ("ort", "ort1") and q.ort_threads == p.ort_threads), None)
+                extra = (f"; {p.median() / same.median():.2f}x the encoder with the same {p.ort_threads} ORT thread(s)"
+                         if same else "")
                 print(f"  {modality:5s} {p.name}: {r:.2f}x raw onnxruntime encode (target >= 0.90x) "
-                      f"{'PASS' if r >= 0.9 else 'FAIL'}")
+                      f"{'PASS' if r >= 0.9 else 'FAIL'}{extra}")
     for level, what in ((E2E, "ImageEncoder.encode vs torch decode+forward"),
                         (MODEL, "session.run vs torch forward")):
         o, t = baseline(paths, "image", level, "ort"), baseline(paths, "image", level, "torch")
@@ -380,8 +395,10 @@ def report(paths: list[Bench], info: dict[str, Any], args: argparse.Namespace) -
     print("Configuration:")
     print(f"  date: {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"  machine: {platform.machine()}, {cpu_count()} usable cores, {platform.platform()}")
+    print(f"  load average (1/5/15 min) at start: {info['load_start']}, at end: {load_average()} "
+          "(other processes compete for the cores when it exceeds the core count)")
     print(f"  python {platform.python_version()}, duckdb {duckdb.__version__}, onnxruntime {ort.__version__}"
-          + (f", torch {sys.modules['torch'].__version__}" if "torch" in sys.modules else ""))
+          + (f", torch {info['torch_version']}" if "torch_version" in info else ""))
     print(f"  inputs: {args.n_texts} Abt titles, {args.n_images} Grocery photos; rounds: {args.rounds}; "
           f"batch sizes: text {info['text_batch']}, image {info['image_batch']}")
     print(f"  DuckDB default threads (duckdb.connect()): {info['default_threads']}")
@@ -394,6 +411,14 @@ def report(paths: list[Bench], info: dict[str, Any], args: argparse.Namespace) -
         print(f"  PMATCH_ORT_THREADS={os.environ['PMATCH_ORT_THREADS']} overrides the ORT thread choice")
     for note in info["notes"]:
         print(f"  NOTE: {note}")
+
+
+def load_average() -> str:
+    """``os.getloadavg()`` formatted, or ``n/a`` where unsupported."""
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except (AttributeError, OSError):
+        return "n/a"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -419,7 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.create(home=args.home, image_roots=[grocery])
 
     print(f"building sessions and models (untimed); data: {data}", file=sys.stderr, flush=True)
+    load_start = load_average()
     paths, info = build_paths(args, settings, titles, photos, args.duckdb_threads)
+    info["load_start"] = load_start
     info["text_batch"], info["image_batch"] = settings.text_batch_size, settings.image_batch_size
     info["default_threads"] = int(duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0])
 

@@ -1,8 +1,11 @@
 """One ONNX Runtime session per model file per process, created lazily and reused.
 
-Thread settings: DuckDB runs a UDF on several threads at once and ``InferenceSession.run`` releases
-the GIL, so each session gets ``intra_op_num_threads = max(1, cores // duckdb_threads)`` to avoid
-oversubscribing the machine (measured: 1.4x faster than ORT's default on 2 cores).
+Thread settings: DuckDB scans a table with one thread until it spans more than one row group
+(122,880 rows), so most product tables reach a UDF from a single DuckDB thread; an ONNX session
+limited to ``cores // duckdb_threads`` threads then leaves cores idle. Each session therefore uses all
+cores (``PMATCH_ORT_THREADS`` overrides; 1 is better on an overloaded shared host), and ``run`` is
+serialised per session: parallel UDF calls on big tables queue for the model instead of
+oversubscribing the machine, while their tokenising/decoding still overlaps (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -13,7 +16,23 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-_sessions: dict[tuple[str, str, int], ort.InferenceSession] = {}
+
+class SerializedSession:
+    """An ``InferenceSession`` whose ``run`` holds a per-session lock (other attributes delegate)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+        self._run_lock = threading.Lock()
+
+    def run(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - same signature as InferenceSession.run
+        with self._run_lock:
+            return self._session.run(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._session, name)
+
+
+_sessions: dict[tuple[str, str, int], SerializedSession] = {}
 _lock = threading.Lock()
 
 
@@ -26,14 +45,17 @@ def cpu_count() -> int:
 
 
 def intra_op_threads(duckdb_threads: int | None = None) -> int:
-    """ORT intra-op threads that, together with DuckDB's threads, fill but do not oversubscribe the cores."""
+    """ORT intra-op threads: all cores (runs are serialised per session), or ``$PMATCH_ORT_THREADS``.
+
+    ``duckdb_threads`` is accepted for API stability; see the module docstring for why it is not used.
+    """
     env = os.environ.get("PMATCH_ORT_THREADS")
     if env:
         return max(1, int(env))
-    return max(1, cpu_count() // max(1, duckdb_threads or 1))
+    return cpu_count()
 
 
-def get_session(model_path: Path, sha256: str, threads: int) -> ort.InferenceSession:
+def get_session(model_path: Path, sha256: str, threads: int) -> SerializedSession:
     """Shared session for ``model_path`` (keyed by its verified hash, so a rebuilt file gets a new one)."""
     key = (str(model_path), sha256, threads)
     sess = _sessions.get(key)
@@ -48,6 +70,7 @@ def get_session(model_path: Path, sha256: str, threads: int) -> ort.InferenceSes
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.log_severity_level = 3
-            sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            sess = SerializedSession(
+                ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]))
             _sessions[key] = sess
     return sess
