@@ -104,7 +104,7 @@ class TargetView:
         view.use_ann = False
         return view
 
-    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 50, refine: int = 10
+    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 20, refine: int = 10
                           ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``."""
         n = len(queries)
@@ -123,7 +123,7 @@ class TargetView:
                 sim[s:s + 1024, :kk] = np.take_along_axis(sc, order, axis=1)
             return idx, sim
         res = (self.table.search(queries, vector_column_name="vector").distance_type("cosine")
-               .nprobes(nprobes).refine_factor(refine).limit(kk).select(["id"]).to_arrow())
+               .nprobes(nprobes).refine_factor(refine).limit(kk).select(["id", "_distance"]).to_arrow())
         qi = res["query_index"].to_numpy()
         ids = res["id"].to_pylist()
         dist = res["_distance"].to_numpy()
