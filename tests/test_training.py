@@ -173,3 +173,13 @@ def test_version_switch_rollback_and_reprojection(text_catalog):
     res = runner.invoke(cli, ["models", "activate", "sw", "v99", "--home", str(thome)])
     assert res.exit_code != 0 and "no version" in res.output
     c2.close()
+
+
+def test_closed_world_with_explicit_validation_pairs(text_catalog):
+    con, _, truth = text_catalog
+    con.execute("CREATE OR REPLACE TABLE labels_train AS SELECT * FROM labels WHERE right_id < 'C0200'")
+    con.execute("CREATE OR REPLACE TABLE labels_valid AS SELECT * FROM labels WHERE right_id >= 'C0200'")
+    r = train_matcher(con, ["feed", "catalog"], pairs="labels_train", valid_pairs="labels_valid", name="vp",
+                      epochs=30, activate=False, progress=False, log=lambda _: None)
+    v = r.metrics["valid"]
+    assert v["true_pairs"] > 50 and v["vector_recall@1_trained"] > v["vector_recall@1_zero_shot"]

@@ -160,10 +160,13 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     if len(pos) < 10:
         raise TrainingError(f"only {len(pos)} positive pairs refer to offers in {tables}; need at least 10")
     comp = _components(len(rows.ids), pos)
+    vpos_given = np.zeros((0, 2), dtype=np.int64)
     if valid_pairs:
         vpos, vneg = _index_pairs(_read_pairs(con, valid_pairs), pos_of)
         tpos, tneg = pos, neg
-        valid_comp = set(_components(len(rows.ids), vpos)[vpos[:, 0]].tolist()) if len(vpos) else set()
+        vpos_given = vpos
+        comp = _components(len(rows.ids), np.vstack([pos, vpos]))  # one labelling for both splits
+        valid_comp = set(comp[vpos[:, 0]].tolist()) if len(vpos) else set()
     else:
         in_valid = np.array([zlib.crc32(f"{seed}:{rows.ids[c]}".encode()) % 1000 < valid_fraction * 1000
                              for c in comp])
@@ -178,11 +181,14 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     x = offer_features(rows.text, rows.text_ok, rows.image, rows.image_ok, rows.price, rows.lexical, spec)
     steps_per_epoch = max(1, len(tpos) // batch_size)
     n_epochs = epochs or int(np.clip(300 // steps_per_epoch, 5, 200))  # about 300 optimiser steps
-    w, temperature, history = train_projection(
-        x, tpos, comp, dim=dim, epochs=n_epochs, batch_size=batch_size, seed=seed,
+    live = np.flatnonzero(np.abs(x).max(axis=0) > 0)  # e.g. the image block of text-only data
+    w_live, temperature, history = train_projection(
+        x[:, live], tpos, comp, dim=dim, epochs=n_epochs, batch_size=batch_size, seed=seed,
         hard_negatives=tneg if len(tneg) else None, threads=1,
         progress=(lambda e, loss: log(f"epoch {e + 1}/{n_epochs} loss {loss:.4f}")
                   if progress and (e + 1) % max(1, n_epochs // 10) == 0 else None))
+    w = np.zeros((dim, x.shape[1]), dtype=np.float32)
+    w[:, live] = w_live  # all-zero input columns get zero weights
     projected = x @ w.T
     projected /= np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
 
@@ -194,7 +200,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     tgt_pos = np.flatnonzero(tgt_mask)
     target_rows = _subset(trained, tgt_pos)
     view = TargetView.from_vectors(target_rows, FusionConfig())
-    truth_pairs = {(int(a), int(b)) for a, b in pos} | {(int(b), int(a)) for a, b in pos}
+    all_pos = np.vstack([pos, vpos_given]) if len(vpos_given) else pos
+    truth_pairs = {(int(a), int(b)) for a, b in all_pos} | {(int(b), int(a)) for a, b in all_pos}
 
     def pair_data(split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
         if open_world:
@@ -223,6 +230,10 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         raise TrainingError("no positive pair among the decision model's training or validation candidates")
     decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss)
     log(f"decision model: accept ≥ {decision.accept_threshold:.4f}, review ≥ {decision.review_threshold:.4f}")
+    if not np.isfinite(decision.accept_threshold):
+        log(f"no score threshold certifies precision ≥ {target_precision} (95% Wilson lower bound) on "
+            f"{int(y_va.sum())} validation matches (needs ≥ ~{int(np.ceil(2.7 * target_precision / (1 - target_precision)))} "
+            "all-correct ones): nothing is auto-accepted; add validation labels or lower --target-precision")
 
     metrics = {"valid": summarize(decision.score(x_va), y_va, int(y_va.sum()), decision.decide(decision.score(x_va)))}
     if not open_world:
