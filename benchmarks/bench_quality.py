@@ -89,6 +89,7 @@ import pyarrow as pa
 
 import pmatch_duckdb as pm
 from pmatch_duckdb.api import context_of
+from pmatch_duckdb.clusters import DisjointSet
 from pmatch_duckdb.evaluation import plot_curves, recall_at_k, summarize
 from pmatch_duckdb.features.offer_features import DEFAULT_SPEC
 from pmatch_duckdb.fusion import FusionConfig, pair_score
@@ -601,22 +602,13 @@ def part_wdc(ctx: Ctx, part: str) -> list[Row]:
 
 
 def components(nodes: list[str], edges: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Node → smallest node id of its connected component."""
-    parent = {n: n for n in nodes}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    """Node → smallest node id of its connected component (pmatch's own union-find)."""
+    ds = DisjointSet()
+    for n in nodes:
+        ds.find(n)
     for a, b in edges:
-        parent.setdefault(a, a)
-        parent.setdefault(b, b)
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {n: find(n) for n in parent}
+        ds.union(a, b)
+    return {n: ds.find(n) for n in list(ds.parent)}
 
 
 def full_split(src_ids: list[str], gt: set[tuple[str, str]], seed: int) -> tuple[set[str], set[tuple[str, str]]]:

@@ -14,11 +14,13 @@ import lancedb
 import pyarrow as pa
 
 
-class _DisjointSet:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
+class DisjointSet:
+    """Union-find over hashable keys; each component is represented by its smallest key."""
 
-    def find(self, x: str) -> str:
+    def __init__(self) -> None:
+        self.parent: dict = {}
+
+    def find(self, x):  # noqa: ANN001, ANN201 - any hashable, orderable key
         self.parent.setdefault(x, x)
         root = x
         while self.parent[root] != root:
@@ -27,7 +29,7 @@ class _DisjointSet:
             self.parent[x], x = root, self.parent[x]
         return root
 
-    def union(self, a: str, b: str) -> None:
+    def union(self, a, b) -> None:  # noqa: ANN001
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
@@ -45,7 +47,7 @@ def assign_entities(root: Path, registry: str, members: list[str], pairs: list[t
     if tname in db.list_tables().tables:
         t = db.open_table(tname).to_arrow()
         known = dict(zip(t["offer_key"].to_pylist(), t["entity_id"].to_pylist(), strict=True))
-    ds = _DisjointSet()
+    ds = DisjointSet()
     for m in members:
         ds.find(m)
     for a, b in pairs:

@@ -35,6 +35,12 @@ def image_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
+def images(image_dir: Path) -> Path:
+    """Alias of ``image_dir`` used by the index/match tests."""
+    return image_dir
+
+
+@pytest.fixture()
 def con(home: Path, image_dir: Path):
     """An in-memory connection with pmatch installed, images confined to ``image_dir``."""
     c = pm.connect(home=home, image_roots=[image_dir])

@@ -31,12 +31,6 @@ STATS_COLUMNS = ["index", "inserted", "updated", "deleted", "unchanged", "total"
 
 
 @pytest.fixture()
-def images(image_dir: Path) -> Path:
-    """The allowed image root (conftest's ``image_dir``)."""
-    return image_dir
-
-
-@pytest.fixture()
 def shop(tmp_path: Path, home: Path, images: Path):
     """A file database with a text-only ``catalog`` (INTEGER ids); its index lives in shop.pmatch/."""
     con = pm.connect(tmp_path / "shop.duckdb", home=home, image_roots=[images])

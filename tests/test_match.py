@@ -45,12 +45,6 @@ def _create(con: duckdb.DuckDBPyConnection, name: str, rows: list[tuple]) -> Non
 
 
 @pytest.fixture()
-def images(image_dir: Path) -> Path:
-    """The allowed image root (conftest's ``image_dir``)."""
-    return image_dir
-
-
-@pytest.fixture()
 def shop(tmp_path: Path, home: Path, images: Path):
     """A file database with text-only ``catalog`` and ``feed`` tables (INTEGER ids)."""
     con = pm.connect(tmp_path / "shop.duckdb", home=home, image_roots=[images])

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from ..api import context_of, index_table
 from ..bundles import write_manifest
+from ..clusters import DisjointSet
 from ..decision import train_decision
 from ..errors import PmatchError
 from ..evaluation import recall_at_k, summarize
@@ -109,19 +110,11 @@ def _group_pairs(con, tables: list[str], column: str) -> list[tuple[str, str, in
 
 
 def _components(n: int, pos: np.ndarray) -> np.ndarray:
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    """Component label (smallest member) of each of ``n`` offers under the positive pairs."""
+    ds = DisjointSet()
     for a, b in pos:
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(n)])
+        ds.union(int(a), int(b))
+    return np.array([ds.find(i) for i in range(n)])
 
 
 def _index_pairs(pairs, pos_of) -> tuple[np.ndarray, np.ndarray]:
