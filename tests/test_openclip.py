@@ -3,9 +3,11 @@
 A tiny randomly initialised OpenCLIP model (custom config registered with open_clip) is saved as a
 checkpoint (.bin state dict and .safetensors), exported, and checked against open_clip itself: both ONNX
 towers vs torch, the torch-free tokenizer vs open_clip's tokenizer, image preprocessing vs open_clip's
-``preprocess``, and text-image dot products vs ``encode_text`` / ``encode_image``. Never downloads anything.
+``preprocess``, and text-image dot products vs ``encode_text`` / ``encode_image``. The same for a tiny
+SigLIP-style model whose tokenizer is a Hugging Face tokenizer (made here with the ``tokenizers`` library),
+exported from a snapshot folder and with ``tokenizer=PATH``. Never downloads anything.
 
-Needs the ``clip`` extra (torch 2.14.1 + torchvision + open_clip_torch): ``make test-clip``. Elsewhere
+Needs the ``clip`` extra (torch 2.14.1 + torchvision + open_clip_torch + transformers): ``make test-clip``. Elsewhere
 (the main dev venv has torch 2.13 and no open_clip) the whole module is skipped.
 """
 
@@ -447,7 +449,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, checkpoints, tiny_model):
         export_openclip("ViT-Nope", checkpoints["bin"], "x", home=home)
     with pytest.raises(ConfigError, match="hf-hub"):
         export_openclip("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", checkpoints["bin"], "x", home=home)
-    with pytest.raises(ExportError, match="Hugging Face"):
+    with pytest.raises(ModelNotFoundError, match="Hugging Face tokenizer 'timm/ViT-B-16-SigLIP'"):
         export_openclip("ViT-B-16-SigLIP", checkpoints["bin"], "x", home=home)
     with pytest.raises(ConfigError, match="no pretrained tag"):
         export_openclip(ARCH, checkpoints["bin"], "x", home=home, pretrained_tag="laion9000")
@@ -536,6 +538,392 @@ def test_wrong_kind_of_model_for_the_function(tmp_path, images):
             con.execute("SELECT pm_embed_text('x', 'tiny-clip')").fetchall()
     finally:
         con.close()
+
+
+# --------------------------------------------------------------------------------------------- HF tokenizers (SigLIP)
+# SigLIP-style models: open_clip's own text transformer (no causal mask, last-token pooling, projection bias)
+# with a Hugging Face tokenizer (text_cfg.hf_tokenizer_name). The tokenizers are made here, tiny, with the
+# tokenizers library and saved with transformers: a T5 one as SigLIP's (sentencepiece Unigram, <pad>=0,
+# </s>=1 appended) and a BERT WordPiece one as CLIPA's ([CLS] ... [SEP], strip_sep_token).
+
+SIG_ARCH = "pm-test-tiny-siglip"  # hf_tokenizer_name: the local tokenizer folder
+SIG_HUB_ARCH = "pm-test-tiny-siglip-hub"  # hf_tokenizer_name: a hub id (nothing is downloaded)
+SIG_HUB_NAME = "timm/pm-test-tiny-siglip"
+SIG_TIMM_ARCH = "pm-test-tiny-siglip-timm"
+SIG_CTX = 16
+SIG_CORPUS = [
+    "a photo of a red dress", "stainless steel kettle with swivel base 1.7 l", "crème brûlée ramekins set of six",
+    "party balloons and led string lights", "無印良品 ステンレス 保温保冷マグ", "ключ гаечный комбинированный",
+    "mountain bike aluminium 29 inch", "porcelain dishwasher safe", "a blue shirt", "tom and jerry",
+] * 5
+SIG_PP = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "squash"}
+
+
+def sig_cfg(hf_tokenizer_name: str, timm: bool = False) -> dict:
+    """ViT-B-16-SigLIP's config, shrunk (vision: open_clip's ViT, or a tiny timm ViT with MAP pooling)."""
+    vision = ({"image_size": 160, "timm_model_name": "test_vit", "timm_model_pretrained": False,
+               "timm_pool": "map", "timm_proj": "none"} if timm else
+              {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16})
+    return {
+        "embed_dim": 64 if timm else 32,  # a timm tower without projection: its own width
+        "init_logit_bias": -10,
+        "custom_text": True,
+        "vision_cfg": vision,
+        "text_cfg": {"context_length": SIG_CTX, "vocab_size": 128, "hf_tokenizer_name": hf_tokenizer_name,
+                     "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 64, "heads": 2, "layers": 2,
+                     "no_causal_mask": True, "proj_bias": True, "pool_type": "last", "norm_kwargs": {"eps": 1e-6}},
+    }
+
+
+def make_t5_tokenizer(dest: Path, added: int = 0) -> Path:
+    """SigLIP's kind of tokenizer (T5: Unigram, <pad>=0 </s>=1 <unk>=2, </s> appended), trained on SIG_CORPUS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import T5Tokenizer
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(SIG_CORPUS, trainers.UnigramTrainer(
+        vocab_size=100, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    vocab = [(piece, score) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    t5 = T5Tokenizer(vocab=vocab, extra_ids=0)
+    if added:
+        t5.add_tokens([f"added{i}" for i in range(added)])
+    t5.save_pretrained(dest)
+    return dest
+
+
+def make_bert_tokenizer(dest: Path) -> Path:
+    """CLIPA's kind of tokenizer (BERT WordPiece, lower-cased, [CLS] ... [SEP]), wrapped as a fast tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(SIG_CORPUS, trainers.WordPieceTrainer(vocab_size=120, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]").save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizers(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("hf_tokenizers")
+    return {"t5": make_t5_tokenizer(d / "t5"), "bert": make_bert_tokenizer(d / "bert")}
+
+
+@pytest.fixture(scope="module")
+def sig_model(hf_tokenizers, tmp_path_factory):
+    """A tiny SigLIP-style model, its architecture registered twice (local tokenizer folder / hub id)."""
+    cfg_dir = tmp_path_factory.mktemp("siglip_cfg")
+    for arch, name in ((SIG_ARCH, str(hf_tokenizers["t5"])), (SIG_HUB_ARCH, SIG_HUB_NAME)):
+        (cfg_dir / f"{arch}.json").write_text(json.dumps(sig_cfg(name)))
+        open_clip.add_model_config(cfg_dir / f"{arch}.json")
+    torch.manual_seed(4321)
+    model = open_clip.create_model(SIG_ARCH, pretrained=None).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def sig_ckpt(sig_model, tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("siglip_ckpt") / "tiny-siglip.bin"
+    torch.save(sig_model.state_dict(), p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def sig_snapshot(sig_model, hf_tokenizers, tmp_path_factory) -> Path:
+    """A local Hugging Face snapshot as timm/ViT-B-16-SigLIP's: config, weights and tokenizer files in one folder."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    snap = tmp_path_factory.mktemp("siglip_snapshot")
+    save_file({k: v.contiguous() for k, v in sig_model.state_dict().items()}, str(snap / "open_clip_model.safetensors"))
+    (snap / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": sig_cfg(SIG_HUB_NAME), "preprocess_cfg": SIG_PP}))
+    for f in hf_tokenizers["t5"].iterdir():
+        shutil.copy(f, snap / f.name)
+    return snap
+
+
+@pytest.fixture(scope="module")
+def sig_home(sig_snapshot, sig_ckpt, hf_tokenizers, tmp_path_factory) -> Path:
+    """The tiny SigLIP exported from the snapshot folder, and from a checkpoint file with tokenizer=PATH."""
+    from pmatch_duckdb.build.openclip import export_openclip
+
+    home = tmp_path_factory.mktemp("siglip_home")
+    export_openclip(None, sig_snapshot, "sig-snap", home=home, log=lambda _: None)
+    export_openclip(SIG_HUB_ARCH, sig_ckpt, "sig-tok", home=home, tokenizer=hf_tokenizers["t5"],
+                    preprocess=SIG_PP, log=lambda _: None)
+    return home
+
+
+@pytest.fixture(scope="module")
+def scon(sig_home, images):
+    c = pm.connect(home=sig_home, image_roots=[images])
+    yield c
+    c.close()
+
+
+def sig_ref_tokens(texts, snapshot: Path):
+    """open_clip's own tokenizer for the snapshot (get_tokenizer('local-dir:...') -> HFTokenizer)."""
+    return open_clip.get_tokenizer(f"local-dir:{snapshot}")(texts)
+
+
+def sig_torch_image(model, paths) -> np.ndarray:
+    pp = image_transform_v2(PreprocessCfg(size=model.visual.image_size, **SIG_PP), is_train=False)
+    batch = torch.stack([pp(Image.open(p)) for p in paths])
+    with torch.no_grad():
+        return model.encode_image(batch, normalize=True).numpy()
+
+
+def test_siglip_bundle_manifest(sig_home, sig_snapshot, hf_tokenizers):
+    b = find_bundle("sig-snap", sig_home).verify()
+    m = b.manifest
+    assert (m["modality"], m["dim"], m["kind"], m["normalized"]) == ("clip", 32, "onnx-clip", True)
+    assert set(m["files"]) == {"text.onnx", "image.onnx", "tokenizer.json"}
+    for rel, digest in m["files"].items():
+        assert sha256_file(b.path / rel) == digest
+    text = m["towers"]["text"]
+    assert text["inputs"] == {"input_ids": f"int64[batch,{SIG_CTX}]"}
+    tok = text["tokenizer"]
+    assert tok["type"] == "hf-tokenizers-json" and tok["file"] == "tokenizer.json"
+    assert (tok["context_length"], tok["clean"], tok["strip_sep_token"], tok["sep_id"]) == (SIG_CTX, "canonicalize",
+                                                                                             False, None)
+    assert (tok["pad_id"], tok["eos_id"], tok["padding_side"], tok["truncation_side"]) == (0, 1, "right", "right")
+    assert tok["class"] == "T5Tokenizer" and tok["hf_tokenizer_name"] == SIG_HUB_NAME
+    assert tok["source"] == str(sig_snapshot.resolve())
+    # the JSON itself truncates and pads to the context length
+    js = json.loads((b.path / "tokenizer.json").read_text())
+    assert js["truncation"]["max_length"] == SIG_CTX and js["padding"]["strategy"] == {"Fixed": SIG_CTX}
+    pre = m["towers"]["image"]["preprocessing"]
+    assert (pre["size"], pre["mean"], pre["std"], pre["resize_mode"]) == ([64, 64], [0.5] * 3, [0.5] * 3, "squash")
+    assert m["source"]["weights"] == str((sig_snapshot / "open_clip_model.safetensors").resolve())
+    assert m["exporter"]["check"]["text_max_abs_diff"] <= TOL
+    assert m["exporter"]["check"]["image_max_abs_diff"] <= TOL
+    tok2 = find_bundle("sig-tok", sig_home).verify().manifest["towers"]["text"]["tokenizer"]
+    assert tok2["source"] == str(hf_tokenizers["t5"].resolve())
+
+
+def test_siglip_tokenizer_parity_with_open_clip(sig_home, sig_snapshot, sig_model):
+    """The bundle's torch-free tokenizer gives open_clip's ids (from the snapshot, and from the registered arch)."""
+    from pmatch_duckdb.encoders.clip import ClipTextEncoder
+
+    enc = ClipTextEncoder(find_bundle("sig-snap", sig_home).verify())
+    got = enc.tokenize(TRICKY)
+    want = sig_ref_tokens(TRICKY, sig_snapshot).numpy()
+    assert got.dtype == np.int64 and got.shape == want.shape == (len(TRICKY), SIG_CTX)
+    for text, g, w in zip(TRICKY, got, want, strict=True):
+        assert g.tolist() == w.tolist(), text
+    assert np.array_equal(got, open_clip.get_tokenizer(SIG_ARCH)(TRICKY).numpy())
+    # short text: ids, </s>, then <pad>; long text: truncated to the context, </s> kept last
+    short = got[TRICKY.index("x")]
+    assert short.tolist()[short.tolist().index(1) + 1:] == [0] * (SIG_CTX - short.tolist().index(1) - 1)
+    long_row = got[TRICKY.index(LONG_TEXT)]
+    assert (long_row != 0).all() and long_row[-1] == 1
+    # canonicalize: case and punctuation do not matter
+    a, b = enc.tokenize(["a red dress", "A RED Dress!!!"])
+    assert a.tolist() == b.tolist()
+
+
+def test_siglip_towers_match_torch(sig_home, sig_model, sig_snapshot):
+    import onnxruntime as ort
+
+    ids = sig_ref_tokens(TRICKY, sig_snapshot)
+    path = sig_home / "models" / "sig-snap"
+    sess = ort.InferenceSession(str(path / "text.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["embedding"], {"input_ids": ids.numpy()})[0]
+    with torch.no_grad():
+        want = sig_model.encode_text(ids, normalize=True).numpy()
+    assert got.shape == (len(TRICKY), 32) and np.abs(got - want).max() <= TOL
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert len(np.unique(got.round(4), axis=0)) == len(np.unique(ids.numpy(), axis=0))
+    sess = ort.InferenceSession(str(path / "image.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 4):
+        px = torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(n))
+        got = sess.run(["embedding"], {"pixels": px.numpy()})[0]
+        with torch.no_grad():
+            want = sig_model.encode_image(px, normalize=True).numpy()
+        assert got.shape == (n, 32) and np.abs(got - want).max() <= TOL
+
+
+def test_siglip_in_sql_matches_open_clip(scon, sig_model, sig_snapshot, images):
+    got = np.stack(sql_vectors(scon, "SELECT pm_embed_text(t, 'sig-snap') FROM unnest(?) WITH ORDINALITY AS u(t, i) "
+                                     "ORDER BY i", [TRICKY]))
+    with torch.no_grad():
+        want = sig_model.encode_text(sig_ref_tokens(TRICKY, sig_snapshot), normalize=True).numpy()
+    assert got.shape == (len(TRICKY), 32) and np.abs(got - want).max() <= TOL
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # the same weights and tokenizer exported from a checkpoint file with tokenizer=PATH: the same vectors
+    other = np.stack(sql_vectors(scon, "SELECT pm_embed_text(t, 'sig-tok') FROM unnest(?) WITH ORDINALITY "
+                                       "AS u(t, i) ORDER BY i", [TRICKY]))
+    np.testing.assert_allclose(other, got, atol=1e-6)
+    names = ["wide.png", "tall.png", "square.png", "small.png", "red.png"]
+    img = np.stack(sql_vectors(scon, "SELECT pm_embed_image(p, 'sig-snap') FROM unnest(?) WITH ORDINALITY "
+                                     "AS u(p, i) ORDER BY i", [names]))
+    assert img.shape == (len(names), 32)
+    assert np.abs(img - sig_torch_image(sig_model, [images / n for n in names])).max() <= TOL
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
+    # text -> image scores as open_clip's
+    (s,), = scon.execute("SELECT list_dot_product(pm_embed_text('a red dress', 'sig-snap'), "
+                         "pm_embed_image('red.png', 'sig-snap'))").fetchall()
+    assert abs(s - float(want[TRICKY.index("a red dress")] @ img[names.index("red.png")])) <= TOL
+
+
+def test_siglip_runtime_needs_neither_torch_nor_transformers(sig_home, sig_model, sig_snapshot, images):
+    script = textwrap.dedent(f"""
+        import sys
+        for mod in ("torch", "open_clip", "torchvision", "transformers", "timm"):
+            sys.modules[mod] = None
+        import json
+        import pmatch_duckdb as pm
+        con = pm.connect(home={str(sig_home)!r}, image_roots=[{str(images)!r}])
+        (t,), = con.execute("SELECT pm_embed_text('Crème brûlée 🎉 ramekins', 'sig-snap')").fetchall()
+        print(json.dumps(t))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    t = json.loads(out.stdout.strip().splitlines()[-1])
+    with torch.no_grad():
+        want = sig_model.encode_text(sig_ref_tokens(["Crème brûlée 🎉 ramekins"], sig_snapshot), normalize=True)
+    np.testing.assert_allclose(t, want[0].numpy(), atol=TOL)
+
+
+@pytest.mark.parametrize("flavour,ctx,options", [
+    ("t5", 16, {"clean": "canonicalize"}),  # SigLIP
+    ("t5", 64, {"clean": "canonicalize"}),
+    ("t5", 8, {"clean": "lower", "padding_side": "left", "truncation_side": "left"}),  # AutoTokenizer kwargs
+    ("bert", 12, {"strip_sep_token": True}),  # CLIPA: HFTokenizer's default clean ('whitespace'), [SEP] -> 0
+    ("bert", 32, {"clean": "whitespace"}),
+])
+def test_hf_tokenizer_parity_with_open_clip(flavour, ctx, options, hf_tokenizers, tmp_path):
+    """The exported tokenizers JSON vs open_clip's HFTokenizer, for several tokenizers and options."""
+    from pmatch_duckdb.build.openclip import HF_TOKENIZER_OPTIONS, export_hf_tokenizer, load_hf_tokenizer
+    from pmatch_duckdb.encoders.clip_hf_tokenizer import HFJsonTokenizer
+
+    path = hf_tokenizers[flavour]
+    clean, strip = options.get("clean", "whitespace"), options.get("strip_sep_token", False)
+    loaded = load_hf_tokenizer(path, ctx, clean, strip, {k: v for k, v in options.items()
+                                                         if k not in HF_TOKENIZER_OPTIONS})
+    spec = export_hf_tokenizer(loaded, tmp_path / "tokenizer.json", clean)
+    ours = HFJsonTokenizer.from_spec(tmp_path / "tokenizer.json", spec)
+    ref = open_clip.tokenizer.HFTokenizer(str(path), context_length=ctx, **options)  # as open_clip builds it
+    texts = [*TRICKY, "", "[SEP] [CLS] </s> <pad> literal specials", "ALL CAPS Ünïcödé"]
+    got, want = ours(texts), ref(texts).numpy()
+    assert got.dtype == np.int64 and got.shape == want.shape == (len(texts), ctx)
+    for text, g, w in zip(texts, got, want, strict=True):
+        assert g.tolist() == w.tolist(), text
+    assert spec["padding_side"] == options.get("padding_side", "right")
+    long_row = got[texts.index(LONG_TEXT)]
+    if strip:  # the [SEP] the tokenizer appends (also to the truncated text) becomes 0
+        sep = ref.tokenizer.sep_token_id
+        assert spec["sep_id"] == sep and not (got == sep).any()
+        assert ref.tokenizer(["x"]).input_ids[0][-1] == sep
+        assert (long_row[:-1] != spec["pad_id"]).all() and long_row[-1] == 0
+    else:
+        assert (long_row != spec["pad_id"]).all()  # truncated: no padding left
+
+
+def test_siglip_with_timm_vision_tower(hf_tokenizers, tmp_path, images):
+    """SigLIP's image tower is a timm ViT (MAP pooling, no projection): a tiny one exports and agrees."""
+    pytest.importorskip("timm")
+    from pmatch_duckdb.build.openclip import export_openclip
+
+    (tmp_path / f"{SIG_TIMM_ARCH}.json").write_text(json.dumps(sig_cfg(str(hf_tokenizers["t5"]), timm=True)))
+    open_clip.add_model_config(tmp_path / f"{SIG_TIMM_ARCH}.json")
+    torch.manual_seed(7)
+    model = open_clip.create_model(SIG_TIMM_ARCH, pretrained=None).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ckpt = tmp_path / "timm.bin"
+    torch.save(model.state_dict(), ckpt)
+    home = tmp_path / "home"
+    export_openclip(SIG_TIMM_ARCH, ckpt, "sig-timm", home=home, preprocess=SIG_PP, log=lambda _: None)
+    m = find_bundle("sig-timm", home).verify().manifest
+    assert m["dim"] == 64 and m["towers"]["image"]["inputs"] == {"pixels": "float32[batch,3,160,160]"}
+    con = pm.connect(home=home, image_roots=[images])
+    try:
+        names = ["wide.png", "tall.png", "red.png"]
+        img = np.stack(sql_vectors(con, "SELECT pm_embed_image(p, 'sig-timm') FROM unnest(?) WITH ORDINALITY "
+                                        "AS u(p, i) ORDER BY i", [names]))
+        txt = np.stack(sql_vectors(con, "SELECT pm_embed_text(t, 'sig-timm') FROM unnest(?) WITH ORDINALITY "
+                                        "AS u(t, i) ORDER BY i", [TRICKY]))
+    finally:
+        con.close()
+    assert np.abs(img - sig_torch_image(model, [images / n for n in names])).max() <= TOL
+    with torch.no_grad():
+        want = model.encode_text(open_clip.get_tokenizer(SIG_TIMM_ARCH)(TRICKY), normalize=True).numpy()
+    assert np.abs(txt - want).max() <= TOL
+
+
+def test_siglip_export_errors(tmp_path, sig_model, sig_ckpt, hf_tokenizers, checkpoints):
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.build.openclip import ExportError, export_openclip
+    from pmatch_duckdb.cli import main
+
+    home = tmp_path / "home"
+    # a hub tokenizer name, a checkpoint file and no tokenizer folder: what to pass, nothing downloaded
+    with pytest.raises(ModelNotFoundError, match=rf"Hugging Face tokenizer '{SIG_HUB_NAME}'.*--tokenizer"):
+        export_openclip(SIG_HUB_ARCH, sig_ckpt, "x", home=home)
+    with pytest.raises(ModelNotFoundError, match="Hugging Face tokenizer 'timm/ViT-B-16-SigLIP'.*--tokenizer"):
+        export_openclip("ViT-B-16-SigLIP", sig_ckpt, "x", home=home)
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        export_openclip(SIG_HUB_ARCH, sig_ckpt, "x", home=home, tokenizer=tmp_path / "no-such-tokenizer")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="holds no Hugging Face tokenizer files"):
+        export_openclip(SIG_HUB_ARCH, sig_ckpt, "x", home=home, tokenizer=tmp_path / "empty")
+    # --tokenizer for a model with open_clip's BPE tokenizer
+    with pytest.raises(ConfigError, match="--tokenizer applies to architectures with a Hugging Face tokenizer"):
+        export_openclip(ARCH, checkpoints["bin"], "x", home=home, tokenizer=hf_tokenizers["t5"])
+    # a slow-only (Python) tokenizer
+    (tmp_path / "byt5").mkdir()
+    (tmp_path / "byt5" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ByT5Tokenizer"}))
+    with pytest.raises(ExportError, match="slow"):
+        export_openclip(SIG_HUB_ARCH, sig_ckpt, "x", home=home, tokenizer=tmp_path / "byt5")
+    # a tokenizer that is not this model's: ids past the text tower's vocabulary
+    big = make_t5_tokenizer(tmp_path / "big", added=100)
+    with pytest.raises(ExportError, match="past the text tower's vocabulary"):
+        export_openclip(SIG_HUB_ARCH, sig_ckpt, "x", home=home, tokenizer=big)
+    # a folder transformers cannot read as a tokenizer
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ExportError, match="cannot load a Hugging Face tokenizer"):
+        export_openclip(SIG_HUB_ARCH, sig_ckpt, "x", home=home, tokenizer=tmp_path / "broken")
+    # Hugging Face transformer text towers are still refused
+    with pytest.raises(ExportError, match="Hugging Face transformer text tower.*google/mt5-base"):
+        export_openclip("mt5-base-ViT-B-32", sig_ckpt, "x", home=home)
+    assert not (home / "models" / "x").exists()
+    # the CLI says the same
+    res = CliRunner().invoke(main, ["models", "export-openclip", "--arch", SIG_HUB_ARCH, "--weights", str(sig_ckpt),
+                                    "--name", "x", "--home", str(home)])
+    assert res.exit_code != 0 and "--tokenizer" in res.output and SIG_HUB_NAME in res.output
+
+
+def test_siglip_cli_export_with_tokenizer(tmp_path, sig_ckpt, hf_tokenizers, sig_home):
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main
+
+    home = tmp_path / "home"
+    res = CliRunner().invoke(main, ["models", "export-openclip", "--arch", SIG_HUB_ARCH, "--weights", str(sig_ckpt),
+                                    "--tokenizer", str(hf_tokenizers["t5"]), "--name", "cli-sig", "--home", str(home),
+                                    "--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5",
+                                    "--resize-mode", "squash"])
+    assert res.exit_code == 0, res.output
+    a = find_bundle("cli-sig", home).verify().manifest
+    b = find_bundle("sig-tok", sig_home).manifest
+    assert a["towers"] == b["towers"]
+    assert a["files"]["tokenizer.json"] == b["files"]["tokenizer.json"]
 
 
 # --------------------------------------------------------------------------------------------- real architectures

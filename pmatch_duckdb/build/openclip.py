@@ -8,12 +8,15 @@
   (``model.encode_text(ids, normalize=True)``);
 - ``image.onnx``: pixels ``float32[batch, 3, H, W]`` -> ``embedding float32[batch, dim]``
   (``model.encode_image(pixels, normalize=True)``);
-- ``bpe_simple_vocab_16e6.txt.gz``: open_clip's BPE vocabulary, read at run time by
-  :mod:`pmatch_duckdb.encoders.clip_tokenizer` (no torch, no open_clip);
+- the text tokenizer, read at run time without torch or open_clip: ``bpe_simple_vocab_16e6.txt.gz``
+  (open_clip's BPE vocabulary, :mod:`pmatch_duckdb.encoders.clip_tokenizer`) for OpenAI/LAION-style
+  models, or ``tokenizer.json`` (a ``tokenizers`` JSON, :mod:`pmatch_duckdb.encoders.clip_hf_tokenizer`)
+  for architectures with a Hugging Face tokenizer (``text_cfg.hf_tokenizer_name``: SigLIP, SigLIP2,
+  CLIPA, ...);
 - ``manifest.json``: modality ``clip``, the shared dimension, per tower the file, input, output and the
-  tokenizer / image preprocessing (size, resize mode, interpolation, mean/std from the model's own
-  ``preprocess_cfg``), the architecture config, the weights file and its sha256, and the sha256 of every
-  bundle file.
+  tokenizer (type, context length, clean mode, pad/end ids, ...) / image preprocessing (size, resize
+  mode, interpolation, mean/std from the model's own ``preprocess_cfg``), the architecture config, the
+  weights file and its sha256, and the sha256 of every bundle file.
 
 Why one bundle, not two: both towers come from one checkpoint and are only meaningful together (one
 shared space), and the SQL functions select a model by one name for text and image alike.
@@ -21,10 +24,20 @@ shared space), and the SQL functions select a model by one name for text and ima
 Nothing is downloaded, ever: the architecture must be one of open_clip's built-in configs (or a local
 ``open_clip_config.json`` folder), the weights a local file (``.safetensors`` read with safetensors;
 ``.bin``/``.pt``/``.pth`` with ``torch.load(weights_only=True)`` only - no pickled code), and
-``pretrained_text``/``pretrained_image`` tower downloads are disabled. Architectures whose text tower or
-tokenizer comes from Hugging Face (SigLIP, XLM-R, mT5, NLLB, RoBERTa, ...) are refused with a clear error.
-After export, both ONNX graphs are checked against the torch model and the ported tokenizer against
-open_clip's own; a mismatch fails the export.
+``pretrained_text``/``pretrained_image`` tower downloads are disabled (``HF_HUB_OFFLINE=1``).
+
+A Hugging Face tokenizer is read from a local folder only (:func:`resolve_tokenizer`: ``tokenizer=`` /
+``--tokenizer``, else the snapshot folder holding ``open_clip_config.json`` and the tokenizer files, else
+``hf_tokenizer_name`` when it is a local folder; otherwise a clear error saying what to pass), loaded as
+open_clip loads it (``open_clip.tokenizer.HFTokenizer``: transformers' ``AutoTokenizer``, with the
+config's ``tokenizer_kwargs``), and written as its fast tokenizer's backend with open_clip's truncation
+and padding to ``context_length``; slow-only tokenizers are refused. Architectures whose *text tower*
+is a Hugging Face transformer (``text_cfg.hf_model_name``: XLM-R, mT5, NLLB, RoBERTa, ...) are refused.
+Image towers may be open_clip's own or timm's (SigLIP's), created without pretrained weights.
+
+After export, both ONNX graphs are checked against the torch model and the runtime tokenizer against
+open_clip's own (``SimpleTokenizer`` or ``HFTokenizer``) on :data:`TOKENIZER_CHECK_TEXTS`; a mismatch
+fails the export.
 """
 
 from __future__ import annotations
@@ -37,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from ..bundles import find_bundle, sha256_file
+from ..encoders.clip_hf_tokenizer import FILE as HF_JSON_FILE
+from ..encoders.clip_hf_tokenizer import TYPE as HF_JSON
 from ..errors import ConfigError, ModelIntegrityError, ModelNotFoundError, PmatchError
 from ..home import models_dir
 from .common import finish_bundle, package_version, staging_dir
@@ -54,10 +69,16 @@ PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color") 
 RESERVED_NAMES = ("minilm-l6-v2", "efficientnet-lite0")
 TOKENIZER_CHECK_TEXTS = (
     "a photo of a red dress", "Crème brûlée – 6 ramekins", "無印良品 マグ 350ml", "party 🎉 x50",
-    "Tom &amp; Jerry", "don't STOP", " ".join(["very long text"] * 40),
+    "Tom &amp; Jerry", "don't STOP", "Ключ гаечный 13 мм", "tabs\tand\nnewlines  and_under_scores",
+    "literal </s> <pad> [SEP] [CLS] <unk> <start_of_text>", "!!!", " ".join(["very long text"] * 40),
 )
+# files that make a folder a Hugging Face tokenizer folder (AutoTokenizer.from_pretrained reads it)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model",
+                   "sentencepiece.bpe.model", "vocab.txt", "vocab.json")
+HF_TOKENIZER_OPTIONS = ("clean", "strip_sep_token")  # HFTokenizer's own options; the rest go to AutoTokenizer
 
 INSTALL_HINT = "pip install 'pmatch-duckdb[clip]'"
+SIMPLE_BPE = "openclip-simple-bpe"
 
 
 class ExportError(PmatchError):
@@ -150,30 +171,106 @@ def _load_into(model: Any, sd: dict[str, Any], arch: str, path: Path) -> None:
 
 
 def _check_text_cfg(arch: str, cfg: dict[str, Any], builtin: bool) -> dict[str, Any]:
-    """The text config, if its tokenizer is open_clip's SimpleTokenizer; else a clear error."""
+    """The text config, if its text tower is open_clip's own and its tokenizer one we export; else a clear error.
+
+    Tokenizers: open_clip's SimpleTokenizer (BPE), or - with ``text_cfg.hf_tokenizer_name`` - a Hugging
+    Face tokenizer (open_clip's ``HFTokenizer``: SigLIP, SigLIP2, CLIPA, ...).
+    """
     text_cfg = cfg.get("text_cfg", {})
-    hf = text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name")
-    if hf or (builtin and "siglip" in arch.lower()):
+    kwargs = text_cfg.get("tokenizer_kwargs", {})
+    if text_cfg.get("hf_model_name"):
         raise ExportError(
-            f"architecture {arch!r} uses a Hugging Face text tower or tokenizer ({hf or 'SigLIP'}); "
-            f"export-openclip supports architectures with open_clip's own BPE tokenizer (OpenAI/LAION "
-            f"ViT-*, RN*, convnext_*, ...) only, for now")
-    extra = set(text_cfg.get("tokenizer_kwargs", {})) - {"clean"}
+            f"architecture {arch!r} has a Hugging Face transformer text tower ({text_cfg['hf_model_name']}); "
+            f"export-openclip supports open_clip's own text transformer only (OpenAI/LAION ViT-*, RN*, "
+            f"convnext_*, SigLIP, SigLIP2, CLIPA, ...), not HF text encoders (XLM-R, mT5, NLLB, RoBERTa, ...)")
+    if text_cfg.get("tokenizer_mode"):
+        raise ExportError(f"architecture {arch!r}: tokenizer_mode {text_cfg['tokenizer_mode']!r} is not supported")
+    if text_cfg.get("hf_tokenizer_name"):  # open_clip's get_tokenizer: a non-empty name -> HFTokenizer
+        if "language" in kwargs:
+            raise ExportError(f"architecture {arch!r}: tokenizer option 'language' is not supported")
+        return text_cfg
+    if builtin and "siglip" in arch.lower():
+        # open_clip would build its SigLipTokenizer from a vocabulary it downloads
+        raise ExportError(f"architecture {arch!r} has no hf_tokenizer_name: its SigLIP tokenizer would be "
+                          f"downloaded; use a config (open_clip_config.json) that names a local tokenizer")
+    extra = set(kwargs) - {"clean"}
     if extra:
         raise ExportError(f"architecture {arch!r}: unsupported tokenizer options {sorted(extra)}")
     return text_cfg
 
 
+def _has_tokenizer_files(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / n).is_file() for n in TOKENIZER_FILES)
+
+
+def resolve_tokenizer(label: str, hf_name: str, weights: str | os.PathLike[str], config_file: Path | None,
+                      tokenizer: str | os.PathLike[str] | None) -> Path:
+    """The local folder to load the Hugging Face tokenizer ``hf_name`` from (nothing is downloaded).
+
+    In order: ``tokenizer`` (``--tokenizer``); the folder of a local ``open_clip_config.json`` when it holds
+    tokenizer files (open_clip's ``local-dir:`` rule); ``hf_name`` when it is a local folder; the weights
+    folder when it holds tokenizer files. Else a :class:`ModelNotFoundError` saying what to pass.
+    """
+    files = ", ".join(TOKENIZER_FILES[:3])
+    if tokenizer is not None:
+        p = Path(tokenizer).expanduser()
+        if not p.is_dir():
+            raise ModelNotFoundError(f"tokenizer folder {str(p)!r} does not exist (--tokenizer takes a local "
+                                     f"folder with the Hugging Face tokenizer files: {files}, ...)")
+        if not _has_tokenizer_files(p):
+            raise ModelNotFoundError(f"tokenizer folder {str(p)!r} holds no Hugging Face tokenizer files "
+                                     f"({', '.join(TOKENIZER_FILES)})")
+        return p.resolve()
+    if config_file is not None and _has_tokenizer_files(config_file.parent):
+        return config_file.parent.resolve()
+    local = Path(hf_name).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    folder = Path(weights).expanduser()
+    if _has_tokenizer_files(folder):
+        return folder.resolve()
+    raise ModelNotFoundError(
+        f"architecture {label!r} tokenizes text with the Hugging Face tokenizer {hf_name!r} "
+        f"(text_cfg.hf_tokenizer_name), which is not a local folder, and nothing is downloaded: pass "
+        f"--tokenizer PATH (tokenizer=PATH in Python), a local folder with its files ({files}, ...; e.g. a "
+        f"snapshot of the Hugging Face repo {hf_name}), or give --weights as a snapshot folder that holds them")
+
+
 # --------------------------------------------------------------------------------------------- model
 
+def load_hf_tokenizer(path: Path, context_length: int, clean: str, strip_sep_token: bool,
+                      kwargs: dict[str, Any] | None = None) -> Any:
+    """open_clip's own ``HFTokenizer`` for the local tokenizer folder ``path`` (``local_files_only``).
+
+    It is what ``open_clip.get_tokenizer`` builds for ``text_cfg.hf_tokenizer_name`` (with the config's
+    ``tokenizer_kwargs``: ``clean``, ``strip_sep_token``, the rest passed to ``AutoTokenizer``), only read
+    from ``path`` instead of the hub; the export writes its fast tokenizer and checks parity against it.
+    """
+    try:
+        import transformers  # noqa: F401  (HFTokenizer imports it; a clear error when it is missing)
+        from open_clip.tokenizer import HFTokenizer
+    except ImportError as e:
+        raise ExportError(f"Hugging Face tokenizers need transformers ({e}); install the clip extra: "
+                          f"{INSTALL_HINT}") from None
+    try:
+        return HFTokenizer(str(path), context_length=context_length, clean=clean, strip_sep_token=strip_sep_token,
+                           local_files_only=True, **(kwargs or {}))
+    except Exception as e:  # transformers raises OSError, ValueError, ... for unreadable folders
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"cannot load a Hugging Face tokenizer from {str(path)!r}: {detail}") from None
+
+
 def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_tag: str | None = None,
-               preprocess: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+               preprocess: dict[str, Any] | None = None, tokenizer: str | os.PathLike[str] | None = None
+               ) -> tuple[Any, dict[str, Any]]:
     """Build the open_clip model for ``arch``, load ``weights`` into it; return ``(model, info)``.
 
     ``info`` holds ``arch``, ``model_cfg``, ``preprocess`` (final preprocessing), ``clean`` (tokenizer
-    clean mode), ``weights`` (the file read) and ``config_file`` (a folder's ``open_clip_config.json``).
-    ``pretrained_tag`` names one of open_clip's pretrained tags for ``arch`` whose *metadata* (mean/std,
-    interpolation, resize mode, QuickGELU) describes the checkpoint; nothing is downloaded.
+    clean mode), ``tokenizer`` (its type, and for a Hugging Face tokenizer the folder read and open_clip's
+    ``HFTokenizer`` loaded from it), ``weights`` (the file read) and ``config_file`` (a folder's
+    ``open_clip_config.json``). ``pretrained_tag`` names one of open_clip's pretrained tags for ``arch``
+    whose *metadata* (mean/std, interpolation, resize mode, QuickGELU) describes the checkpoint;
+    ``tokenizer`` a local Hugging Face tokenizer folder (see :func:`resolve_tokenizer`). Nothing is downloaded.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: open_clip must never reach a hub here
     path, config_file = resolve_weights(weights)
@@ -212,6 +309,24 @@ def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_
             force_pp.update({k: tag_cfg[k] for k in PREPROCESS_KEYS if k in tag_cfg})
             quick_gelu = bool(tag_cfg.get("quick_gelu", False)) and not model_cfg.get("quick_gelu", False)
     text_cfg = _check_text_cfg(label, model_cfg, builtin=arch is not None)
+    context_length = int(text_cfg.get("context_length", 77))
+    tok_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
+    hf_name = text_cfg.get("hf_tokenizer_name")
+    if hf_name:  # as open_clip.get_tokenizer: HFTokenizer, whose default clean mode is 'whitespace'
+        tok_path = resolve_tokenizer(label, hf_name, weights, config_file, tokenizer)
+        clean = tok_kwargs.get("clean", "whitespace")
+        strip_sep = bool(tok_kwargs.get("strip_sep_token", False))
+        tok_info: dict[str, Any] = {
+            "type": HF_JSON, "hf_tokenizer_name": hf_name, "path": tok_path, "strip_sep_token": strip_sep,
+            "reference": load_hf_tokenizer(tok_path, context_length, clean, strip_sep,
+                                           {k: v for k, v in tok_kwargs.items() if k not in HF_TOKENIZER_OPTIONS})}
+    else:
+        if tokenizer is not None:
+            raise ConfigError(f"--tokenizer applies to architectures with a Hugging Face tokenizer "
+                              f"(text_cfg.hf_tokenizer_name, e.g. SigLIP); {label!r} uses open_clip's own BPE "
+                              f"tokenizer, which ships with open_clip")
+        clean = tok_kwargs.get("clean", "lower")
+        tok_info = {"type": SIMPLE_BPE}
     force_pp.update({k: v for k, v in (preprocess or {}).items() if v is not None})
     unknown = set(force_pp) - set(PREPROCESS_KEYS)
     if unknown:
@@ -233,8 +348,9 @@ def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_
                        "interpolation": pp.get("interpolation", "bicubic"), "fill_color": int(pp.get("fill_color", 0)),
                        "scale": 1.0 / 255.0, "mean": [float(x) for x in pp["mean"]],
                        "std": [float(x) for x in pp["std"]], "layout": "NCHW"},
-        "clean": text_cfg.get("tokenizer_kwargs", {}).get("clean", "lower"),
-        "context_length": int(text_cfg.get("context_length", 77)),
+        "clean": clean,
+        "context_length": context_length,
+        "tokenizer": tok_info,
         "weights": path,
         "config_file": config_file,
         "pretrained_tag": pretrained_tag,
@@ -309,30 +425,85 @@ def _check(bundle_dir: Path, text: Any, image: Any, ids: Any, pixels: Any) -> di
     return out
 
 
+def export_hf_tokenizer(ref: Any, dest: Path, clean: str) -> dict[str, Any]:
+    """Write the fast tokenizer of open_clip's ``HFTokenizer`` ``ref`` as a ``tokenizers`` JSON to ``dest``.
+
+    The JSON gets the truncation and padding ``ref`` asks transformers for on every call
+    (``max_length=context_length, padding="max_length", truncation=True``: longest-first truncation on
+    the tokenizer's truncation side, padding with its pad token on its padding side). Returns the
+    manifest's tokenizer section. A slow-only (Python) tokenizer, or one without a pad token, is an error.
+    """
+    from tokenizers import Tokenizer
+
+    hf = ref.tokenizer
+    kind = type(hf).__name__
+    if not getattr(hf, "is_fast", False) or getattr(hf, "backend_tokenizer", None) is None:
+        raise ExportError(f"the Hugging Face tokenizer {kind} is a slow (Python) tokenizer with no fast "
+                          f"version; export-openclip needs a fast tokenizer (a folder with tokenizer.json, or "
+                          f"a tokenizer class transformers can convert to one)")
+    if hf.pad_token is None or hf.pad_token_id is None:
+        raise ExportError(f"the Hugging Face tokenizer {kind} has no pad token: open_clip pads every text to "
+                          f"context_length with it")
+    ctx = int(ref.context_length)
+    backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    backend.enable_truncation(max_length=ctx, stride=0, strategy="longest_first", direction=hf.truncation_side)
+    backend.enable_padding(length=ctx, direction=hf.padding_side, pad_id=int(hf.pad_token_id),
+                           pad_token=str(hf.pad_token), pad_type_id=int(hf.pad_token_type_id))
+    backend.save(str(dest))
+    sep = hf.sep_token_id if ref.strip_sep_token else None
+    return {"type": HF_JSON, "file": dest.name, "context_length": ctx, "clean": clean,
+            "add_special_tokens": True, "split_special_tokens": bool(getattr(hf, "split_special_tokens", False)),
+            "pad_id": int(hf.pad_token_id), "pad_token": str(hf.pad_token), "padding_side": hf.padding_side,
+            "truncation": "longest_first", "truncation_side": hf.truncation_side,
+            "strip_sep_token": bool(ref.strip_sep_token), "sep_id": None if sep is None else int(sep),
+            "eos_id": hf.eos_token_id, "bos_id": hf.bos_token_id,
+            "vocab_size": backend.get_vocab_size(with_added_tokens=True), "class": kind}
+
+
 def build(bundle_dir: Path, name: str, model: Any, info: dict[str, Any], log: Callable[[str], None] = print
           ) -> dict[str, Any]:
-    """Write both ONNX towers, the vocabulary and the manifest of an exported CLIP into ``bundle_dir``."""
-    import numpy as np
+    """Write both ONNX towers, the tokenizer files and the manifest of an exported CLIP into ``bundle_dir``."""
     import open_clip
     import torch
     from open_clip.tokenizer import default_bpe
 
+    from ..encoders.clip_hf_tokenizer import HFJsonTokenizer
     from ..encoders.clip_tokenizer import VOCAB_FILE, ClipTokenizer
 
     ctx = info["context_length"]
-    shutil.copyfile(default_bpe(), bundle_dir / VOCAB_FILE)
-    ours = ClipTokenizer(bundle_dir / VOCAB_FILE, context_length=ctx, clean=info["clean"])
-    ref = open_clip.tokenizer.SimpleTokenizer(context_length=ctx, clean=info["clean"])
+    vocab = int(info["model_cfg"].get("text_cfg", {}).get("vocab_size", 49408))
+    ours: ClipTokenizer | HFJsonTokenizer
+    if info["tokenizer"]["type"] == HF_JSON:
+        ref = info["tokenizer"]["reference"]
+        tok_spec = export_hf_tokenizer(ref, bundle_dir / HF_JSON_FILE, info["clean"])
+        tok_spec.update(hf_tokenizer_name=info["tokenizer"]["hf_tokenizer_name"],
+                        source=str(info["tokenizer"]["path"]))
+        ours = HFJsonTokenizer.from_spec(bundle_dir / HF_JSON_FILE, tok_spec)
+        max_id = max(ours.tokenizer.get_vocab(with_added_tokens=True).values())
+        if max_id >= vocab:
+            raise ExportError(f"the tokenizer in {str(info['tokenizer']['path'])!r} has token ids up to {max_id}, "
+                              f"past the text tower's vocabulary ({vocab}): is it the tokenizer of these weights?")
+        ref_name = "open_clip's HFTokenizer"
+    else:
+        shutil.copyfile(default_bpe(), bundle_dir / VOCAB_FILE)
+        ours = ClipTokenizer(bundle_dir / VOCAB_FILE, context_length=ctx, clean=info["clean"])
+        ref = open_clip.tokenizer.SimpleTokenizer(context_length=ctx, clean=info["clean"])
+        if vocab != ours.vocab_size:
+            raise ExportError(f"text vocabulary size {vocab} != open_clip BPE vocabulary {ours.vocab_size}")
+        tok_spec = {"type": SIMPLE_BPE, "vocab": VOCAB_FILE, "context_length": ctx, "clean": info["clean"],
+                    "sot_id": ours.sot_id, "eot_id": ours.eot_id, "pad_id": 0,
+                    "truncation": "keep first context_length-1, then end token"}
+        ref_name = "open_clip's SimpleTokenizer"
     texts = list(TOKENIZER_CHECK_TEXTS)
-    if not np.array_equal(ours(texts), ref(texts).numpy()):
-        raise ExportError("the runtime CLIP tokenizer disagrees with open_clip's SimpleTokenizer")
-    vocab = int(info["model_cfg"].get("text_cfg", {}).get("vocab_size", ours.vocab_size))
-    if vocab != ours.vocab_size:
-        raise ExportError(f"text vocabulary size {vocab} != open_clip BPE vocabulary {ours.vocab_size}")
+    got, want = ours(texts), ref(texts).numpy()
+    for text, g, w in zip(texts, got, want, strict=True):
+        if g.tolist() != w.tolist():
+            raise ExportError(f"the runtime CLIP tokenizer disagrees with {ref_name} on {text[:60]!r}: "
+                              f"{g.tolist()} != {w.tolist()}")
 
     text, image = tower_modules(model)
     h, w = info["preprocess"]["size"]
-    ids = torch.from_numpy(ours(texts[:3]))
+    ids = torch.from_numpy(got)  # every check text: the ONNX check sees short, padded and truncated rows
     pixels = torch.randn(3, 3, h, w, generator=torch.Generator().manual_seed(0))
     log(f"{name}: exporting the text tower ...")
     _export(text, (ids[:2],), bundle_dir / "text.onnx", "input_ids")
@@ -353,9 +524,7 @@ def build(bundle_dir: Path, name: str, model: Any, info: dict[str, Any], log: Ca
         "normalized": True,
         "towers": {
             "text": {"file": "text.onnx", "inputs": {"input_ids": f"int64[batch,{ctx}]"}, "output": "embedding",
-                     "tokenizer": {"type": "openclip-simple-bpe", "vocab": VOCAB_FILE, "context_length": ctx,
-                                   "clean": info["clean"], "sot_id": ours.sot_id, "eot_id": ours.eot_id,
-                                   "pad_id": 0, "truncation": "keep first context_length-1, then end token"}},
+                     "tokenizer": tok_spec},
             "image": {"file": "image.onnx", "inputs": {"pixels": f"float32[batch,3,{h},{w}]"},
                       "output": "embedding", "preprocessing": info["preprocess"]},
         },
@@ -371,7 +540,7 @@ def build(bundle_dir: Path, name: str, model: Any, info: dict[str, Any], log: Ca
 def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str,
                     home: str | os.PathLike[str] | None = None, *, force: bool = False,
                     pretrained_tag: str | None = None, preprocess: dict[str, Any] | None = None,
-                    log: Callable[[str], None] = print) -> Path:
+                    tokenizer: str | os.PathLike[str] | None = None, log: Callable[[str], None] = print) -> Path:
     """Export an OpenCLIP checkpoint on disk to the CLIP bundle ``<home>/models/<name>``; return its path.
 
     ``arch``: an open_clip architecture (``ViT-B-32``, ``RN50``, ...), or None when ``weights`` is a folder
@@ -379,7 +548,10 @@ def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str
     or a folder holding one. ``pretrained_tag``: take mean/std, interpolation, resize mode and QuickGELU
     from this open_clip tag's metadata (e.g. ``openai``, ``laion2b_s34b_b79k``; nothing is downloaded).
     ``preprocess``: explicit overrides (``mean``, ``std``, ``interpolation``, ``resize_mode``,
-    ``fill_color``; the input size is the architecture's). An existing bundle of that name is replaced only with ``force``.
+    ``fill_color``; the input size is the architecture's). ``tokenizer``: a local folder with the Hugging
+    Face tokenizer of an architecture that names one (``text_cfg.hf_tokenizer_name``: SigLIP, SigLIP2, ...),
+    needed unless that name is itself a local folder or ``weights`` is a snapshot folder holding the
+    tokenizer files. An existing bundle of that name is replaced only with ``force``.
     """
     if not name or "/" in name or "\\" in name or name.startswith(".") or name.strip() != name:
         raise ConfigError(f"invalid model name {name!r}")
@@ -389,7 +561,8 @@ def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str
     if final.exists() and not force:
         raise ConfigError(f"a model bundle named {name!r} already exists in {final.parent}; "
                           f"pass force=True (--force) to replace it")
-    model, info = load_model(arch, weights, pretrained_tag=pretrained_tag, preprocess=preprocess)
+    model, info = load_model(arch, weights, pretrained_tag=pretrained_tag, preprocess=preprocess,
+                             tokenizer=tokenizer)
     with staging_dir(final) as tmp:
         build(tmp, name, model, info, log=log)
     bundle = find_bundle(name, home)

@@ -1,7 +1,8 @@
 """CLIP encoders: the text and image towers of one ``clip`` bundle (exported by ``pmatch models export-openclip``).
 
-A CLIP bundle is one directory with both towers (``text.onnx``, ``image.onnx``), the BPE vocabulary
-and a manifest whose ``towers`` section describes each tower (file, input, output, tokenizer or image
+A CLIP bundle is one directory with both towers (``text.onnx``, ``image.onnx``), the text tokenizer
+(open_clip's BPE vocabulary, or a ``tokenizers`` JSON for models with a Hugging Face tokenizer such as
+SigLIP) and a manifest whose ``towers`` section describes each tower (file, input, output, tokenizer or image
 preprocessing). Both towers output L2-normalised vectors in one shared space, so a text vector and an
 image vector of the same bundle are comparable (text -> image search). No torch here.
 """
@@ -16,6 +17,8 @@ from PIL import Image
 
 from ..bundles import Bundle
 from ..errors import ModelIntegrityError
+from .clip_hf_tokenizer import TYPE as HF_JSON
+from .clip_hf_tokenizer import HFJsonTokenizer
 from .clip_tokenizer import ClipTokenizer
 from .image import _INTERP, ImageEncoder
 from .sessions import get_session
@@ -38,22 +41,28 @@ def _session(bundle: Bundle, spec: dict[str, Any], threads: int):
 
 
 class ClipTextEncoder:
-    """CLIP text tower: open_clip's BPE tokenizer (ported, no torch) + ONNX Runtime.
+    """CLIP text tower: the bundle's tokenizer (no torch) + ONNX Runtime.
 
-    Every text is tokenized to exactly ``context_length`` ids (77 for OpenAI/LAION models); longer text
-    is truncated as open_clip truncates it (the last kept token becomes ``<end_of_text>``).
+    Tokenizers: ``openclip-simple-bpe`` (open_clip's BPE, ported: OpenAI/LAION models) or
+    ``hf-tokenizers-json`` (a Hugging Face fast tokenizer serialised for the ``tokenizers`` package:
+    SigLIP, SigLIP2, CLIPA, ...). Every text is tokenized to exactly ``context_length`` ids (77 for
+    OpenAI/LAION models, 64 for SigLIP); longer text is truncated as open_clip truncates it.
     """
 
     def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 64) -> None:
         spec = tower_spec(bundle, "text")
         tok = spec["tokenizer"]
-        if tok.get("type") != "openclip-simple-bpe":
-            raise ModelIntegrityError(f"bundle {bundle.name!r}: unsupported CLIP tokenizer {tok.get('type')!r}")
         self.bundle = bundle
         self.dim = bundle.dim
         self.batch_size = batch_size
-        self.tokenizer = ClipTokenizer(bundle.file(tok["vocab"]), context_length=int(tok["context_length"]),
-                                       clean=tok.get("clean", "lower"))
+        self.tokenizer: ClipTokenizer | HFJsonTokenizer
+        if tok.get("type") == "openclip-simple-bpe":
+            self.tokenizer = ClipTokenizer(bundle.file(tok["vocab"]), context_length=int(tok["context_length"]),
+                                           clean=tok.get("clean", "lower"))
+        elif tok.get("type") == HF_JSON:
+            self.tokenizer = HFJsonTokenizer.from_spec(bundle.file(tok["file"]), tok)
+        else:
+            raise ModelIntegrityError(f"bundle {bundle.name!r}: unsupported CLIP tokenizer {tok.get('type')!r}")
         self.session = _session(bundle, spec, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.output = spec.get("output", "embedding")
