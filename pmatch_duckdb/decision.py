@@ -1,10 +1,17 @@
 """The decision model: calibrated match probability from pair features, and the thresholds.
 
-Logistic regression (standardised features, L2, Newton steps) → isotonic calibration on validation
-data, so ``score`` reads as a probability. The ``accept`` threshold is the lowest score whose
-validation precision has a one-sided Wilson lower bound ≥ the target precision (default 0.99);
-the ``reject`` threshold loses at most the target share of validation matches. Pure numpy:
-trained and run without torch, stored as JSON in the matcher bundle.
+Two model kinds, both run in pure numpy from JSON stored in the matcher bundle (no torch, no
+scikit-learn at match time):
+
+- ``logistic``: logistic regression (standardised features, L2, Newton steps; numpy only);
+- ``gbdt``: gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier`` at training
+  time, the train extra), exported as node arrays and evaluated by :func:`_tree_values`.
+
+Raw scores are isotonic-calibrated so ``score`` reads as a probability. The ``accept`` threshold is the
+lowest score whose precision has a one-sided Wilson lower bound ≥ the target precision (default 0.99);
+the ``reject`` threshold loses at most the target share of matches. Calibration and thresholds use
+held-out scores only: the validation pairs, plus (``train_decision(..., folds=...)``) out-of-fold
+scores of the training pairs, as scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` does.
 """
 
 from __future__ import annotations
@@ -113,14 +120,53 @@ def choose_thresholds(score: np.ndarray, y: np.ndarray, target_precision: float 
     return accept, reject, info
 
 
+GBDT_PARAMS = {"learning_rate": 0.05, "max_iter": 300, "max_leaf_nodes": 15, "min_samples_leaf": 20,
+               "l2_regularization": 1.0}
+_TREE_FIELDS = ("feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf", "value")
+
+
+def fit_gbdt(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, list[dict[str, np.ndarray]]]:
+    """Gradient-boosted trees (scikit-learn, train extra) → (baseline log-odds, trees as node arrays)."""
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+    except ImportError as e:  # pragma: no cover - the train extra installs it
+        raise ImportError("the gbdt decision model needs scikit-learn: pip install 'pmatch-duckdb[train]'") from e
+    clf = HistGradientBoostingClassifier(**GBDT_PARAMS, early_stopping=False, random_state=seed)
+    clf.fit(x, y.astype(np.int64))
+    trees = []
+    for (pred,) in clf._predictors:  # binary: one tree per iteration
+        nodes = pred.nodes
+        if nodes["is_categorical"].any():  # pragma: no cover - no categorical features are declared
+            raise ValueError("categorical splits are not supported")
+        trees.append({f: np.asarray(nodes[f]).copy() for f in _TREE_FIELDS})
+    return float(np.ravel(clf._baseline_prediction)[0]), trees
+
+
+def _tree_values(tree: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Leaf value of each row (vectorised descent; NaN follows the node's missing-value branch)."""
+    idx = np.zeros(len(x), dtype=np.int64)
+    rows = np.arange(len(x))
+    leaf_of = tree["is_leaf"].astype(bool)
+    for _ in range(len(leaf_of)):
+        leaf = leaf_of[idx]
+        if leaf.all():
+            break
+        v = x[rows, tree["feature_idx"][idx]]
+        left = np.where(np.isnan(v), tree["missing_go_to_left"][idx].astype(bool), v <= tree["num_threshold"][idx])
+        idx = np.where(leaf, idx, np.where(left, tree["left"][idx], tree["right"][idx]).astype(np.int64))
+    return tree["value"][idx]
+
+
 @dataclass
 class DecisionModel:
-    """Logistic regression + isotonic calibration + thresholds (JSON-serialisable)."""
+    """Logistic regression or boosted trees + isotonic calibration + thresholds (JSON-serialisable)."""
 
-    coef: np.ndarray
-    intercept: float
-    mean: np.ndarray
-    scale: np.ndarray
+    coef: np.ndarray | None = None
+    intercept: float = 0.0
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    kind: str = "logistic"
+    trees: list[dict[str, np.ndarray]] | None = None
     calib_x: np.ndarray | None = None
     calib_y: np.ndarray | None = None
     accept_threshold: float = 0.9
@@ -130,11 +176,20 @@ class DecisionModel:
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """Uncalibrated probability."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.kind == "gbdt":
+            z = np.full(len(x), self.intercept)
+            for tree in self.trees or []:
+                z += _tree_values(tree, x)
+            return _sigmoid(z)
         return _sigmoid(((x - self.mean) / self.scale) @ self.coef + self.intercept)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Calibrated match probability in [0, 1]."""
-        raw = self.raw(x)
+        return self.calibrate(self.raw(x))
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """Raw probability → calibrated probability."""
         p = raw
         if self.calib_x is not None and len(self.calib_x) >= 2:
             # isotonic steps tie many pairs at one value; a tiny share of the raw probability keeps their
@@ -151,8 +206,12 @@ class DecisionModel:
         """JSON form."""
         def f(a):
             return None if a is None else [float(v) for v in np.asarray(a).ravel()]
-        return {"type": "logistic+isotonic", "features": list(self.features), "coef": f(self.coef),
-                "intercept": self.intercept, "mean": f(self.mean), "scale": f(self.scale),
+        trees = None if self.trees is None else [
+            {k: (v.astype(int).tolist() if k not in ("num_threshold", "value") else [float(a) for a in v])
+             for k, v in t.items()} for t in self.trees]
+        return {"type": f"{self.kind}+isotonic", "kind": self.kind, "features": list(self.features),
+                "coef": f(self.coef), "intercept": self.intercept, "mean": f(self.mean), "scale": f(self.scale),
+                "trees": trees,
                 "calib_x": f(self.calib_x), "calib_y": f(self.calib_y),
                 "accept_threshold": _finite(self.accept_threshold), "review_threshold": self.review_threshold,
                 "info": self.info}
@@ -163,7 +222,14 @@ class DecisionModel:
         def a(k):
             return None if d.get(k) is None else np.asarray(d[k], dtype=np.float64)
         acc = d.get("accept_threshold")
+        kind = d.get("kind", "logistic")
+        if kind not in ("logistic", "gbdt"):
+            raise ValueError(f"unknown decision model kind {kind!r}")
+        trees = None if d.get("trees") is None else [
+            {k: np.asarray(v, dtype=np.float64 if k in ("num_threshold", "value") else np.int64)
+             for k, v in t.items()} for t in d["trees"]]
         return cls(coef=a("coef"), intercept=float(d["intercept"]), mean=a("mean"), scale=a("scale"),
+                   kind=kind, trees=trees,
                    calib_x=a("calib_x"), calib_y=a("calib_y"), accept_threshold=math.inf if acc is None else acc,
                    review_threshold=float(d["review_threshold"]), features=tuple(d["features"]),
                    info=d.get("info", {}))
@@ -173,15 +239,71 @@ def _finite(x: float) -> float | None:
     return None if math.isinf(x) else float(x)
 
 
+def _fit(kind: str, x: np.ndarray, y: np.ndarray, l2: float, seed: int) -> DecisionModel:
+    if kind == "gbdt":
+        base, trees = fit_gbdt(x, y, seed)
+        return DecisionModel(kind="gbdt", intercept=base, trees=trees)
+    if kind != "logistic":
+        raise ValueError(f"unknown decision model kind {kind!r} (logistic, gbdt or auto)")
+    coef, b, mean, scale = fit_logistic(x, y.astype(np.float64), l2=l2)
+    return DecisionModel(coef=coef, intercept=b, mean=mean, scale=scale)
+
+
+def average_precision(score: np.ndarray, y: np.ndarray) -> float:
+    """Area under the precision-recall curve (step-wise, as scikit-learn's ``average_precision_score``)."""
+    order = np.argsort(-score, kind="stable")
+    t = y[order].astype(np.float64)
+    if not t.sum():
+        return 0.0
+    tp = np.cumsum(t)
+    return float((tp / np.arange(1, len(t) + 1))[t > 0].sum() / t.sum())
+
+
+def out_of_fold_raw(kind: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, l2: float = 1.0,
+                    seed: int = 0) -> np.ndarray:
+    """Raw score of each training row from a model fitted on the other folds (NaN where none could be)."""
+    out = np.full(len(y), np.nan)
+    for f in np.unique(folds):
+        test = folds == f
+        train = ~test
+        if y[train].sum() < 5 or (1 - y[train]).sum() < 5:
+            continue
+        out[test] = _fit(kind, x[train], y[train], l2, seed).raw(x[test])
+    return out
+
+
 def train_decision(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
-                   target_precision: float = 0.99, max_recall_loss: float = 0.02, l2: float = 1.0) -> DecisionModel:
-    """Fit on train, calibrate and choose thresholds on validation."""
-    coef, b, mean, scale = fit_logistic(x_train, y_train.astype(np.float64), l2=l2)
-    model = DecisionModel(coef=coef, intercept=b, mean=mean, scale=scale)
+                   target_precision: float = 0.99, max_recall_loss: float = 0.02, l2: float = 1.0,
+                   kind: str = "logistic", folds: np.ndarray | None = None, seed: int = 0,
+                   features: tuple[str, ...] = PAIR_FEATURES, confidence: float = 0.95) -> DecisionModel:
+    """Fit on train; calibrate and choose thresholds on held-out scores.
+
+    ``kind``: ``logistic``, ``gbdt`` or ``auto`` (the one with the higher out-of-fold average precision
+    on the training rows; needs ``folds``). ``folds``: a fold label per training row; when given, each
+    training row also gets an out-of-fold score (a model fitted on the other folds) and those join the
+    validation scores for calibration and thresholds, so they rest on more labelled matches.
+    """
+    y_train = y_train.astype(np.float64)
+    oof: dict[str, np.ndarray] = {}
+    kinds = ("logistic", "gbdt") if kind == "auto" else (kind,)
+    if folds is not None:
+        for k in kinds:
+            oof[k] = out_of_fold_raw(k, x_train, y_train, folds, l2, seed)
+    ap = {k: average_precision(np.nan_to_num(v, nan=-1.0), y_train) for k, v in oof.items()}
+    if kind == "auto":
+        kind = max(ap, key=ap.get) if ap else "logistic"
+    model = _fit(kind, x_train, y_train, l2, seed)
+    model.features = tuple(features)
     raw_valid = model.raw(x_valid)
-    if y_valid.sum() >= 20 and (1 - y_valid).sum() >= 20:
-        model.calib_x, model.calib_y = isotonic(raw_valid, y_valid)
-    s_valid = model.score(x_valid)
+    held_raw, held_y = raw_valid, y_valid.astype(np.float64)
+    if kind in oof:
+        ok = ~np.isnan(oof[kind])
+        held_raw, held_y = np.r_[raw_valid, oof[kind][ok]], np.r_[held_y, y_train[ok]]
+    if held_y.sum() >= 20 and (1 - held_y).sum() >= 20:
+        model.calib_x, model.calib_y = isotonic(held_raw, held_y)
     model.accept_threshold, model.review_threshold, model.info = choose_thresholds(
-        s_valid, y_valid, target_precision, max_recall_loss)
+        model.calibrate(held_raw), held_y, target_precision, max_recall_loss, confidence)
+    model.info.update({"kind": kind, "out_of_fold_average_precision": ap,
+                       "threshold_pairs": {"validation": int(len(y_valid)), "out_of_fold": int(len(held_y) - len(y_valid))}})
     return model
+

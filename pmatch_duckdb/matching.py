@@ -23,9 +23,16 @@ from .features.lexical import CharTfidf, IdentifierIndex, normalize
 from .fusion import FusionConfig, decide, pair_score
 from .matchers import Matcher, load_matcher
 from .offers import Offer
-from .pair_features import pair_feature_matrix
+from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, pair_feature_matrix
 from .settings import Settings
-from .store import ANN_MIN_ROWS, OfferIndex, embed_offers, encoder_identity, fuse_vectors
+from .store import (
+    ANN_MIN_ROWS,
+    OfferIndex,
+    embed_offers,
+    encoder_identity,
+    fuse_vectors,
+    with_description_columns,
+)
 
 _MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")
 
@@ -58,6 +65,8 @@ class OfferVectors:
     price: np.ndarray  # NaN where missing
     titles: list[str | None]
     brands: list[str | None]
+    descriptions: list[str | None]  # first DESC_CHARS characters (None: none, or a format-1 index)
+    desc_idents: list[list[str]]  # identifiers of the description not already in brand + title
 
     @classmethod
     def from_arrow(cls, t: pa.Table) -> OfferVectors:
@@ -66,10 +75,13 @@ class OfferVectors:
         image, iok = _matrix(t["image_vec"])
         fused, _ = _matrix(t["vector"])
         price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
+        t = with_description_columns(t)
         return cls(ids=t["id"].to_pylist(), hashes=t["content_hash"].to_pylist(), text=text, text_ok=tok,
                    image=image, image_ok=iok, fused=fused, lexical=t["lexical_text"].to_pylist(),
                    idents=[x or [] for x in t["identifiers"].to_pylist()], price=price,
-                   titles=t["title"].to_pylist(), brands=t["brand"].to_pylist())
+                   titles=t["title"].to_pylist(), brands=t["brand"].to_pylist(),
+                   descriptions=t["description"].to_pylist(),
+                   desc_idents=[x or [] for x in t["desc_identifiers"].to_pylist()])
 
 
 class TargetView:
@@ -177,8 +189,8 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
         parts.append(embed_offers([offers[i] for i in todo], settings, cfg, [hashes[i] for i in todo],
                                   progress=False, matcher=matcher))
     if reused:
-        parts.append(reuse.data.take(list(reused.values())).select(parts[0].column_names if parts else
-                                                                   reuse.data.column_names))
+        old = with_description_columns(reuse.data.take(list(reused.values())))
+        parts.append(old.select(parts[0].column_names if parts else old.column_names))
     table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     # rows are [todo..., reused...]; put them back in source order
     order = np.argsort(np.array(todo + list(reused), dtype=np.int64), kind="stable")
@@ -258,14 +270,46 @@ def pair_signals(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarr
 
 
 def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray,
-                      sig: PairSignals) -> np.ndarray:
-    """The decision model's input for the pairs (rank/gap are relative to each source's pairs)."""
+                      sig: PairSignals, features: tuple[str, ...] | None = None) -> np.ndarray:
+    """The decision model's input for the pairs (rank/gap are relative to each source's pairs).
+
+    ``features``: the columns to return, in that order (a decision model's own list; default all of
+    :data:`PAIR_FEATURES`). The title + description cosine is only computed when asked for.
+    """
     tr = view.rows
+    want = PAIR_FEATURES if features is None else tuple(features)
+    unknown = [f for f in want if f not in PAIR_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown pair features {unknown}; known: {', '.join(PAIR_FEATURES)}")
     rank_f, gap = _rank_and_gap(s, sig.fused)
-    return pair_feature_matrix(
+    full = _full_text_scores(src, view, s, t) if "full_text" in want else None
+    desc_missing = np.array([not src.descriptions[i] or not tr.descriptions[j] for i, j in zip(s, t, strict=True)],
+                            dtype=bool)
+    x = pair_feature_matrix(
         sig.fused, sig.text, sig.image, sig.lexical, [src.idents[i] for i in s], [tr.idents[j] for j in t],
         [src.titles[i] for i in s], [tr.titles[j] for j in t], [src.brands[i] for i in s],
-        [tr.brands[j] for j in t], sig.src_price, sig.tgt_price, rank_f, gap)
+        [tr.brands[j] for j in t], sig.src_price, sig.tgt_price, rank_f, gap,
+        src_desc_idents=[src.desc_idents[i] for i in s], tgt_desc_idents=[tr.desc_idents[j] for j in t],
+        full_text=full, desc_missing=desc_missing)
+    if features is None:
+        return x
+    return x[:, [PAIR_FEATURES.index(f) for f in want]]
+
+
+def full_text_input(title: str | None, description: str | None) -> str:
+    """Brand-less title + the start of the description: what the ``full_text`` cosine compares."""
+    return f"{title or ''} {(description or '')[:FULL_TEXT_CHARS]}".strip()
+
+
+def _full_text_scores(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Char TF-IDF cosine (idf of the target's lexical corpus) of title + description, per pair."""
+    if not len(s):
+        return np.zeros(0, np.float32)
+    us, ut = np.unique(s, return_inverse=True), np.unique(t, return_inverse=True)
+    qs = view.tfidf.transform([full_text_input(src.titles[i], src.descriptions[i]) for i in us[0]])
+    qt = view.tfidf.transform([full_text_input(view.rows.titles[j], view.rows.descriptions[j]) for j in ut[0]])
+    sims = np.asarray(qs[us[1]].multiply(qt[ut[1]]).sum(axis=1)).ravel().astype(np.float32)
+    return np.clip(sims, 0.0, 1.0)
 
 
 def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
@@ -275,7 +319,8 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k)
     sig = pair_signals(src, view, s, t)
     if view.matcher is not None:
-        score = view.matcher.decision.score(decision_features(src, view, s, t, sig))
+        dm = view.matcher.decision
+        score = dm.score(decision_features(src, view, s, t, sig, dm.features))
     else:
         score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg)
     # keep the best k per source, ranked by score

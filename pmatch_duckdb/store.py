@@ -31,7 +31,9 @@ from .offers import Offer
 from .settings import Settings
 from .sqlident import check_index_name
 
-FORMAT = 1
+FORMAT = 2  # 2: + description (first DESC_CHARS characters) and desc_identifiers, for the decision model
+DESC_CHARS = 1000
+DESC_COLUMNS = ("description", "desc_identifiers")
 META_KEY = b"pmatch"
 ANN_MIN_ROWS = 100_000  # below this, exact search beats an ANN index (measured: benchmarks/README.md)
 EMBED_CHUNK = 512
@@ -93,6 +95,40 @@ def lexical_input(o: Offer) -> str:
     return " ".join(x for x in ((o.brand or "").strip(), (o.title or "").strip()) if x)
 
 
+def description_input(o: Offer) -> str | None:
+    """The start of the description, kept in the index for the decision model's pair features."""
+    d = (o.description or "").strip()
+    return d[:DESC_CHARS] or None
+
+
+def description_columns(offers: list[Offer]) -> dict[str, pa.Array]:
+    """``description`` and ``desc_identifiers`` (identifiers of the description not in brand + title)."""
+    descs = [description_input(o) for o in offers]
+    idents = []
+    for o, d in zip(offers, descs, strict=True):
+        seen = set(identifiers(lexical_input(o)))
+        idents.append([t for t in identifiers(d) if t not in seen])
+    return {"description": pa.array(descs, pa.string()),
+            "desc_identifiers": pa.array(idents, pa.list_(pa.string()))}
+
+
+def with_description_columns(data: pa.Table) -> pa.Table:
+    """Index rows of a format-1 index (no description columns) with NULL ones, so old and new rows concatenate."""
+    if "description" in data.column_names:
+        return data
+    return _insert_description_columns(data, {"description": pa.nulls(len(data), pa.string()),
+                                              "desc_identifiers": pa.nulls(len(data), pa.list_(pa.string()))})
+
+
+def _insert_description_columns(data: pa.Table, cols: dict[str, pa.Array]) -> pa.Table:
+    """Put the description columns right after ``identifiers``, where freshly embedded rows have them."""
+    data = data.drop_columns([c for c in DESC_COLUMNS if c in data.column_names])
+    at = data.schema.get_field_index("identifiers") + 1
+    for k, name in enumerate(DESC_COLUMNS):
+        data = data.add_column(at + k, name, cols[name])
+    return data
+
+
 def fuse_vectors(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image_ok: np.ndarray,
                  price: np.ndarray, lexical: list[str], cfg: FusionConfig, matcher: Matcher | None) -> np.ndarray:
     """Offer vectors: the trained projection when a matcher is active, else the zero-shot fusion."""
@@ -120,6 +156,7 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
             "brand": pa.array([o.brand for o in chunk], pa.string()),
             "lexical_text": pa.array([lexical_input(o) for o in chunk], pa.string()),
             "identifiers": pa.array([identifiers(lexical_input(o)) for o in chunk], pa.list_(pa.string())),
+            **description_columns(chunk),
             "price": pa.array(prices, pa.float64()),
             "currency": pa.array([o.currency for o in chunk], pa.string()),
             "log_price": pa.array([math.log1p(p) if p is not None else 0.0 for p in prices], pa.float32()),
@@ -202,6 +239,9 @@ class OfferIndex:
                     f"than this connection uses; retrain it or deactivate it (pmatch models rollback)")
             reprojected = 0
             want = matcher.identity if matcher is not None else None
+            if self.exists() and not rebuild and self.metadata().get("format", 1) < FORMAT:
+                self.check_encoders(settings)
+                self._migrate(offers)
             if self.exists() and not rebuild and self.matcher_identity() != want:
                 self.check_encoders(settings)
                 reprojected = self._reproject(cfg or self.fusion(), matcher)
@@ -232,7 +272,7 @@ class OfferIndex:
                 tbl = self.db.create_table(self.name, rows, mode="overwrite", on_bad_vectors="null")
             else:
                 if rows is not None and len(rows):
-                    rows = rows.cast(tbl.schema)
+                    rows = rows.select(tbl.schema.names).cast(tbl.schema)
                     (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
                      .execute(rows, on_bad_vectors="null"))
                 if deleted:
@@ -245,6 +285,19 @@ class OfferIndex:
                                 deleted=len(deleted), unchanged=len(offers) - len(todo), total=total,
                                 version=int(tbl.version), ann_index=ann, seconds=round(time.perf_counter() - t0, 3),
                                 reprojected=reprojected)
+
+    def _migrate(self, offers: list[Offer]) -> None:
+        """Format 1 → 2: add the description columns from ``offers`` (no embedding); one atomic overwrite.
+
+        Rows whose id is not among ``offers`` get NULLs (they are deleted by the refresh that follows).
+        """
+        data = self.table().to_arrow()
+        by_id = {o.id: o for o in offers}
+        present = [by_id.get(i) or Offer(id=i, title=None) for i in data["id"].to_pylist()]
+        data = _insert_description_columns(data, description_columns(present))
+        meta = {**self.metadata(), "format": FORMAT}
+        data = data.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+        self.db.create_table(self.name, data, mode="overwrite", on_bad_vectors="null")
 
     def _reproject(self, cfg: FusionConfig, matcher: Matcher | None) -> int:
         """Recompute every offer vector from the cached per-modality vectors; one atomic overwrite."""

@@ -3,6 +3,7 @@ encoder bookkeeping and argument validation."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -346,3 +347,35 @@ def test_null_id(shop) -> None:
     shop.execute("INSERT INTO catalog VALUES (NULL, 'Nameless gadget', 'Acme', 5.0)")
     with pytest.raises(duckdb.Error, match="NULL id"):
         shop.execute("SELECT * FROM pm_index('catalog')").fetchall()
+
+
+def test_description_columns_and_format1_migration(shop, tmp_path: Path, embedded: list[str]) -> None:
+    shop.execute("ALTER TABLE catalog ADD COLUMN description VARCHAR")
+    shop.execute("UPDATE catalog SET description = 'Replacement part AB-12345 for the KDL-40V4100; ' || repeat('x', 3000) "
+                 "WHERE id = 2")
+    pm.index(shop, "catalog")
+    rows = _rows(tmp_path)
+    assert rows["2"]["desc_identifiers"] == ["ab12345"]  # kdl40v4100 is already a title identifier
+    assert len(rows["2"]["description"]) == store.DESC_CHARS
+    assert rows["1"]["description"] is None and rows["1"]["desc_identifiers"] == []
+    # an index written before the description columns existed (format 1): the next refresh adds them
+    # from the offers without embedding anything, and keeps every vector
+    idx = _index(tmp_path)
+    data = idx.table().to_arrow().drop_columns(list(store.DESC_COLUMNS))
+    meta = {**idx.metadata(), "format": 1}
+    idx.db.create_table(idx.name, data.replace_schema_metadata({store.META_KEY: json.dumps(meta).encode()}),
+                        mode="overwrite", on_bad_vectors="null")
+    before = _rows(tmp_path)
+    embedded.clear()
+    st = pm.index(shop, "catalog")
+    assert (st.inserted, st.updated, st.deleted, st.unchanged) == (0, 0, 0, N)
+    assert embedded == []
+    assert idx.metadata()["format"] == store.FORMAT
+    after = _rows(tmp_path)
+    assert after["2"]["desc_identifiers"] == ["ab12345"]
+    for i, r in before.items():
+        assert np.array_equal(after[i]["vector"], r["vector"])
+    # a changed offer merges into the migrated table (same column order as fresh rows)
+    shop.execute("UPDATE catalog SET title = 'Acme widget XJ-9000C red' WHERE id = 1")
+    assert pm.index(shop, "catalog").updated == 1
+    assert _rows(tmp_path)["1"]["identifiers"] == ["xj9000c"]

@@ -183,3 +183,72 @@ def test_closed_world_with_explicit_validation_pairs(text_catalog):
                       epochs=30, activate=False, progress=False, log=lambda _: None)
     v = r.metrics["valid"]
     assert v["true_pairs"] > 50 and v["vector_recall@1_trained"] > v["vector_recall@1_zero_shot"]
+
+
+def _nan_sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    y = (rng.random(n) < 0.3).astype(np.float64)
+    x = np.c_[np.where(y > 0, rng.normal(2.0, 1.0, n), rng.normal(-1.0, 1.0, n)), rng.normal(size=(n, 2)),
+              (rng.random(n) < 0.5) & (y > 0)]
+    x[rng.random(n) < 0.1, 1] = np.nan  # missing values follow each node's learnt branch
+    return x, y
+
+
+def test_gbdt_runs_in_numpy_like_sklearn_and_survives_json():
+    pytest.importorskip("sklearn")
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from pmatch_duckdb.decision import GBDT_PARAMS, DecisionModel, fit_gbdt
+
+    rng = np.random.default_rng(0)
+    x, y = _nan_sample(rng, 3000)
+    base, trees = fit_gbdt(x, y, seed=0)
+    model = DecisionModel(kind="gbdt", intercept=base, trees=trees)
+    ref = HistGradientBoostingClassifier(**GBDT_PARAMS, early_stopping=False, random_state=0).fit(x, y.astype(int))
+    xt, _ = _nan_sample(rng, 1000)
+    np.testing.assert_allclose(model.raw(xt), ref.predict_proba(xt)[:, 1], rtol=1e-9, atol=1e-12)
+    again = DecisionModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again.kind == "gbdt" and len(again.trees) == len(trees)
+    np.testing.assert_allclose(again.raw(xt), model.raw(xt), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "gbdt", "auto"])
+def test_out_of_fold_scores_join_the_threshold_data(kind):
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(2)
+    xtr, ytr = _nan_sample(rng, 6000)
+    xva, yva = _nan_sample(rng, 600)  # alone: ~180 matches, too few to certify 0.99 at 95 % confidence
+    folds = rng.integers(0, 2, len(ytr))
+    alone = train_decision(np.nan_to_num(xtr), ytr, np.nan_to_num(xva), yva, kind="logistic")
+    assert alone.info["threshold_pairs"] == {"validation": 600, "out_of_fold": 0}
+    def data(x):  # NaN only for the trees (pair features never hold NaN; the trees must handle it anyway)
+        return x if kind == "gbdt" else np.nan_to_num(x)
+
+    model = train_decision(data(xtr), ytr, data(xva), yva, kind=kind, folds=folds)
+    assert model.info["threshold_pairs"] == {"validation": 600, "out_of_fold": 6000}
+    assert model.kind in ("logistic", "gbdt") and (kind == "auto" or model.kind == kind)
+    if kind == "auto":
+        ap = model.info["out_of_fold_average_precision"]
+        assert set(ap) == {"logistic", "gbdt"} and model.kind == max(ap, key=ap.get)
+    assert np.isfinite(model.accept_threshold)
+    xte, yte = _nan_sample(rng, 20000)
+    s = model.score(data(xte))
+    acc = s >= model.accept_threshold
+    assert acc.sum() > 500 and yte[acc].mean() >= 0.985
+
+
+def test_train_matcher_cross_fits_and_records_the_decision_model(text_catalog):
+    pytest.importorskip("sklearn")
+    con, thome, _ = text_catalog
+    for kind in ("gbdt", "logistic"):
+        r = train_matcher(con, ["feed", "catalog"], pairs="labels", name=f"cf-{kind}", seed=2, epochs=20,
+                          decision_model=kind, activate=False, progress=False, log=lambda _: None)
+        man = json.loads((r.path / "manifest.json").read_text())
+        assert man["training"]["cross_fit"] is True and man["training"]["decision_model"] == kind
+        dec = json.loads((r.path / "decision.json").read_text())
+        assert dec["kind"] == kind and dec["info"]["threshold_pairs"]["out_of_fold"] > 0
+        assert r.metrics["valid"]["best_f1"] > 0.8, r.metrics["valid"]
+    r = train_matcher(con, ["feed", "catalog"], pairs="labels", name="no-cf", seed=2, epochs=20, cross_fit=False,
+                      decision_model="logistic", activate=False, progress=False, log=lambda _: None)
+    man = json.loads((r.path / "manifest.json").read_text())
+    assert man["training"]["cross_fit"] is False
+    assert json.loads((r.path / "decision.json").read_text())["info"]["threshold_pairs"]["out_of_fold"] == 0

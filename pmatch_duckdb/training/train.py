@@ -130,12 +130,18 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                   dim: int = 256, epochs: int | None = None, batch_size: int = 1024, seed: int = 0,
                   valid_fraction: float = 0.2, target_precision: float = 0.99, max_recall_loss: float = 0.02,
                   spec: dict | None = None, activate: bool = True, progress: bool = True,
+                  decision_model: str = "logistic", cross_fit: bool = True,
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train a matcher version (projection + decision model) and, by default, activate it.
 
     ``offers``: one table (dedup) or two (source, target) — ids unique across them. Labels from
     ``pairs`` or ``group_column``. Validation: ``valid_pairs`` if given, else ``valid_fraction`` of the
     label groups (never a pair across the split). Deterministic for a seed.
+
+    ``decision_model``: ``logistic``, ``gbdt`` (boosted trees; needs scikit-learn, the train extra) or
+    ``auto`` (the better of the two by out-of-fold average precision). ``cross_fit``: train the decision
+    model on pair features from fold projections that did not see those pairs (3 projection fits instead
+    of 1; see the comment in the code).
     """
     t0 = time.perf_counter()
     ctx = context_of(con)
@@ -175,28 +181,36 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     steps_per_epoch = max(1, len(tpos) // batch_size)
     n_epochs = epochs or int(np.clip(300 // steps_per_epoch, 5, 200))  # about 300 optimiser steps
     live = np.flatnonzero(np.abs(x).max(axis=0) > 0)  # e.g. the image block of text-only data
-    w_live, temperature, history = train_projection(
-        x[:, live], tpos, comp, dim=dim, epochs=n_epochs, batch_size=batch_size, seed=seed,
-        hard_negatives=tneg if len(tneg) else None, threads=1,
-        progress=(lambda e, loss: log(f"epoch {e + 1}/{n_epochs} loss {loss:.4f}")
-                  if progress and (e + 1) % max(1, n_epochs // 10) == 0 else None))
-    w = np.zeros((dim, x.shape[1]), dtype=np.float32)
-    w[:, live] = w_live  # all-zero input columns get zero weights
-    projected = x @ w.T
-    projected /= np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+
+    def fit_projection(p: np.ndarray, ng: np.ndarray, label: str) -> tuple[np.ndarray, float, list[float]]:
+        n_ep = n_epochs  # a fold has half the pairs: the same epochs are half the steps
+        w_live, temp, hist = train_projection(
+            x[:, live], p, comp, dim=dim, epochs=n_ep, batch_size=batch_size, seed=seed,
+            hard_negatives=ng if len(ng) else None, threads=1,
+            progress=(lambda e, loss: log(f"{label}: epoch {e + 1}/{n_ep} loss {loss:.4f}")
+                      if progress and (e + 1) % max(1, n_ep // 5) == 0 else None))
+        w_full = np.zeros((dim, x.shape[1]), dtype=np.float32)
+        w_full[:, live] = w_live  # all-zero input columns get zero weights
+        return w_full, temp, hist
+
+    def project(w_: np.ndarray) -> OfferVectors:
+        proj = x @ w_.T
+        proj /= np.maximum(np.linalg.norm(proj, axis=1, keepdims=True), 1e-12)
+        return OfferVectors(**{**rows.__dict__, "fused": proj.astype(np.float32)})
+
+    w, temperature, history = fit_projection(tpos, tneg, "projection")
+    trained = project(w)
 
     # decision model data: candidate pairs (closed world) or the labelled pairs (open world)
-    trained = OfferVectors(**{**rows.__dict__, "fused": projected.astype(np.float32)})
     zero_shot = rows
     src_side = 0
     tgt_mask = np.array([sd == (1 if len(tables) == 2 else 0) for sd in side])
     tgt_pos = np.flatnonzero(tgt_mask)
-    target_rows = _subset(trained, tgt_pos)
-    view = TargetView.from_vectors(target_rows, FusionConfig())
     all_pos = np.vstack([pos, vpos_given]) if len(vpos_given) else pos
     truth_pairs = {(int(a), int(b)) for a, b in all_pos} | {(int(b), int(a)) for a, b in all_pos}
 
-    def pair_data(split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
+    def pair_data(vectors: OfferVectors, split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
+        view = TargetView.from_vectors(_subset(vectors, tgt_pos), FusionConfig())
         if open_world:
             lab = np.vstack([split_pos, split_neg]) if len(split_neg) else split_pos
             y = np.r_[np.ones(len(split_pos)), np.zeros(len(split_neg))]
@@ -205,28 +219,53 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             tgt_idx = np.where(tgt_mask[lab[:, 0]] & ~tgt_mask[lab[:, 1]], lab[:, 0], lab[:, 1])
             t_local = np.array([view.pos[rows.ids[i]] for i in tgt_idx], dtype=np.int64)
             s_local = np.arange(len(src_idx))
-            src = _subset(trained, src_idx)
+            src = _subset(vectors, src_idx)
         else:
             srcs = [i for i in range(len(rows.ids)) if side[i] == src_side and comp[i] in split_comps] \
                 if split_comps is not None else [i for i in range(len(rows.ids)) if side[i] == src_side]
-            src = _subset(trained, np.array(srcs, dtype=np.int64))
+            src = _subset(vectors, np.array(srcs, dtype=np.int64))
             s_local, t_local = candidate_pairs(src, view, 10, exclude_self=len(tables) == 1)
             y = np.array([(srcs[a], int(tgt_pos[b])) in truth_pairs for a, b in zip(s_local, t_local, strict=True)],
                          dtype=np.float64)
         sig = pair_signals(src, view, s_local, t_local)
         return decision_features(src, view, s_local, t_local, sig), y
 
-    train_comps = None if open_world else set(comp.tolist()) - valid_comp
-    x_tr, y_tr = pair_data(tpos, tneg, train_comps)
-    x_va, y_va = pair_data(vpos, vneg, None if open_world else valid_comp)
+    train_comps = set(comp.tolist()) - valid_comp
+    # Cross-fitting: the decision model must learn from pair features of offers the projection has NOT
+    # been trained on (as at match time); in-sample fused cosines of training pairs are near-perfect and
+    # taught it to trust the projection too much. Two folds by label component, a projection per fold
+    # trained on the other fold; the final projection (all training pairs) serves validation and matching.
+    fold = np.array([zlib.crc32(f"{seed}:fold:{rows.ids[c]}".encode()) % 2 for c in comp])
+    use_folds = cross_fit and all((fold[tpos[:, 0]] == f).sum() >= 10 for f in (0, 1))
+    if use_folds:
+        parts_x, parts_y, parts_f = [], [], []
+        for f in (0, 1):
+            keep_pos = tpos[fold[tpos[:, 0]] != f]
+            keep_neg = tneg[(fold[tneg[:, 0]] != f) & (fold[tneg[:, 1]] != f)] if len(tneg) else tneg
+            w_f, _, _ = fit_projection(keep_pos, keep_neg, f"cross-fit projection {f + 1}/2")
+            held_pos = tpos[fold[tpos[:, 0]] == f]
+            held_neg = tneg[(fold[tneg[:, 0]] == f) | (fold[tneg[:, 1]] == f)] if len(tneg) else tneg
+            xf, yf = pair_data(project(w_f), held_pos, held_neg,
+                               None if open_world else {c for c in train_comps if fold[c] == f})
+            parts_x.append(xf)
+            parts_y.append(yf)
+            parts_f.append(np.full(len(yf), f))
+        x_tr, y_tr, f_tr = np.vstack(parts_x), np.concatenate(parts_y), np.concatenate(parts_f)
+    else:
+        x_tr, y_tr = pair_data(trained, tpos, tneg, None if open_world else train_comps)
+        f_tr = None
+    x_va, y_va = pair_data(trained, vpos, vneg, None if open_world else valid_comp)
     if y_tr.sum() == 0 or y_va.sum() == 0:
         raise TrainingError("no positive pair among the decision model's training or validation candidates")
-    decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss)
-    log(f"decision model: accept ≥ {decision.accept_threshold:.4f}, review ≥ {decision.review_threshold:.4f}")
+    decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss, kind=decision_model,
+                              folds=f_tr, seed=seed)
+    log(f"decision model ({decision.kind}{', cross-fitted' if use_folds else ''}): "
+        f"accept ≥ {decision.accept_threshold:.4f}, review ≥ {decision.review_threshold:.4f}")
+    n_matches = decision.info.get("validation_matches", int(y_va.sum()))
     if not np.isfinite(decision.accept_threshold):
         log(f"no score threshold certifies precision ≥ {target_precision} (95% Wilson lower bound) on "
-            f"{int(y_va.sum())} validation matches (needs ≥ ~{int(np.ceil(2.7 * target_precision / (1 - target_precision)))} "
-            "all-correct ones): nothing is auto-accepted; add validation labels or lower --target-precision")
+            f"{n_matches} held-out matches (needs ≥ ~{int(np.ceil(2.7 * target_precision / (1 - target_precision)))} "
+            "all-correct ones): nothing is auto-accepted; add labels or lower --target-precision")
 
     metrics = {"valid": summarize(decision.score(x_va), y_va, int(y_va.sum()), decision.decide(decision.score(x_va)))}
     if not open_world:
@@ -249,7 +288,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             "training": {"offers": tables, "pairs": pairs, "group_column": group_column, "valid_pairs": valid_pairs,
                          "data_sha256": _data_hash(rows, labels), "positive_pairs": int(len(tpos)),
                          "negative_pairs": int(len(tneg)), "seed": seed, "batch_size": batch_size,
-                         "open_world": open_world},
+                         "open_world": open_world, "cross_fit": bool(use_folds),
+                         "decision_model": decision.kind},
             "thresholds": {"accept": decision.to_dict()["accept_threshold"], "review": decision.review_threshold},
             "metrics": metrics, "loss_history": history,
         })
