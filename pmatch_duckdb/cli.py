@@ -173,12 +173,14 @@ def models_rollback(name: str, home: str | None) -> None:
 @click.option("--decision-model", type=click.Choice(["logistic", "gbdt", "auto"]), default="logistic",
               show_default=True, help="Logistic regression, boosted trees, or the better by out-of-fold AP.")
 @click.option("--no-cross-fit", is_flag=True, help="Train the decision model on in-sample projection features.")
+@click.option("--mine-negatives", default=0, show_default=True,
+              help="Per training offer, this many best zero-shot non-matches as hard negatives for the projection.")
 @click.option("--no-activate", is_flag=True, help="Save the new version without activating it.")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
-              target_precision: float, decision_model: str, no_cross_fit: bool, no_activate: bool,
+              target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int, no_activate: bool,
               image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
     import json
@@ -192,7 +194,8 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
         r = train_matcher(con, list(offers), pairs=pairs, group_column=group_column, valid_pairs=valid_pairs,
                           name=name, dim=dim, epochs=epochs, batch_size=batch_size, seed=seed,
                           target_precision=target_precision, decision_model=decision_model,
-                          cross_fit=not no_cross_fit, activate=not no_activate, log=click.echo)
+                          cross_fit=not no_cross_fit, mine_negatives=mine_negatives, activate=not no_activate,
+                          log=click.echo)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(r.metrics, indent=1, default=float))

@@ -252,3 +252,34 @@ def test_train_matcher_cross_fits_and_records_the_decision_model(text_catalog):
     man = json.loads((r.path / "manifest.json").read_text())
     assert man["training"]["cross_fit"] is False
     assert json.loads((r.path / "decision.json").read_text())["info"]["threshold_pairs"]["out_of_fold"] == 0
+
+
+def test_mined_hard_negatives(text_catalog):
+    from pmatch_duckdb.training.train import _mine_negatives
+
+    con, thome, truth = text_catalog
+    r = train_matcher(con, ["feed", "catalog"], pairs="labels", name="mined", seed=2, epochs=20, mine_negatives=3,
+                      activate=False, progress=False, log=lambda _: None)
+    man = json.loads((r.path / "manifest.json").read_text())
+    assert 0 < man["training"]["mined_negatives"] <= 3 * len(truth)
+    assert r.metrics["valid"]["best_f1"] > 0.8, r.metrics["valid"]
+    # the miner never returns a pair of one label component, and at most k per anchor
+    from pmatch_duckdb.matching import OfferVectors
+
+    rng = np.random.default_rng(0)
+    n = 40
+    vec = rng.normal(size=(n, 8)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    rows = OfferVectors(ids=[f"o{i}" for i in range(n)], hashes=[""] * n, text=vec, text_ok=np.ones(n, bool),
+                        image=np.zeros((n, 4), np.float32), image_ok=np.zeros(n, bool), fused=vec,
+                        lexical=[f"item {i % 7}" for i in range(n)], idents=[[] for _ in range(n)],
+                        price=np.full(n, np.nan), titles=[f"item {i % 7}" for i in range(n)], brands=[None] * n,
+                        descriptions=[None] * n, desc_idents=[[] for _ in range(n)])
+    side = [0] * 20 + [1] * 20
+    tpos = np.array([(i, 20 + i) for i in range(15)])
+    comp = np.arange(n)
+    comp[20:35] = np.arange(15)
+    mined = _mine_negatives(rows, ["a", "b"], side, comp, {35}, tpos, 2)
+    assert len(mined) and all(comp[a] != comp[b] and comp[b] != 35 for a, b in mined)
+    assert set(mined[:, 0]) <= set(range(15)) and set(mined[:, 1]) <= set(range(20, 40))
+    assert np.bincount(mined[:, 0]).max() <= 2

@@ -29,7 +29,7 @@ from ..decision import train_decision
 from ..errors import PmatchError
 from ..evaluation import recall_at_k, summarize
 from ..features.offer_features import DEFAULT_SPEC, offer_features
-from ..fusion import FusionConfig
+from ..fusion import FusionConfig, pair_score
 from ..matchers import activate as activate_version
 from ..matchers import load_matcher, matchers_dir, next_version
 from ..matching import OfferVectors, TargetView, candidate_pairs, decision_features, pair_signals
@@ -130,7 +130,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                   dim: int = 256, epochs: int | None = None, batch_size: int = 1024, seed: int = 0,
                   valid_fraction: float = 0.2, target_precision: float = 0.99, max_recall_loss: float = 0.02,
                   spec: dict | None = None, activate: bool = True, progress: bool = True,
-                  decision_model: str = "logistic", cross_fit: bool = True,
+                  decision_model: str = "logistic", cross_fit: bool = True, mine_negatives: int = 0,
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train a matcher version (projection + decision model) and, by default, activate it.
 
@@ -141,7 +141,9 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     ``decision_model``: ``logistic``, ``gbdt`` (boosted trees; needs scikit-learn, the train extra) or
     ``auto`` (the better of the two by out-of-fold average precision). ``cross_fit``: train the decision
     model on pair features from fold projections that did not see those pairs (3 projection fits instead
-    of 1; see the comment in the code).
+    of 1; see the comment in the code). ``mine_negatives``: per training anchor, this many of its best
+    zero-shot candidates (vector, lexical and identifier channels) outside its label component join the
+    projection's hard negatives (closed-world labels; the decision model still sees only its own pairs).
     """
     t0 = time.perf_counter()
     ctx = context_of(con)
@@ -198,7 +200,14 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         proj /= np.maximum(np.linalg.norm(proj, axis=1, keepdims=True), 1e-12)
         return OfferVectors(**{**rows.__dict__, "fused": proj.astype(np.float32)})
 
-    w, temperature, history = fit_projection(tpos, tneg, "projection")
+    # hard negatives for the projection: labelled non-matches, plus (mine_negatives > 0) the best-scoring
+    # zero-shot candidates of each training anchor that are not in its label component
+    pneg = tneg
+    if mine_negatives > 0:
+        mined = _mine_negatives(rows, tables, side, comp, valid_comp, tpos, mine_negatives)
+        pneg = np.vstack([tneg, mined]) if len(tneg) else mined
+        log(f"mined {len(mined)} hard negatives from the zero-shot candidates ({mine_negatives} per anchor)")
+    w, temperature, history = fit_projection(tpos, pneg, "projection")
     trained = project(w)
 
     # decision model data: candidate pairs (closed world) or the labelled pairs (open world)
@@ -241,7 +250,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         parts_x, parts_y, parts_f = [], [], []
         for f in (0, 1):
             keep_pos = tpos[fold[tpos[:, 0]] != f]
-            keep_neg = tneg[(fold[tneg[:, 0]] != f) & (fold[tneg[:, 1]] != f)] if len(tneg) else tneg
+            keep_neg = pneg[(fold[pneg[:, 0]] != f) & (fold[pneg[:, 1]] != f)] if len(pneg) else pneg
             w_f, _, _ = fit_projection(keep_pos, keep_neg, f"cross-fit projection {f + 1}/2")
             held_pos = tpos[fold[tpos[:, 0]] == f]
             held_neg = tneg[(fold[tneg[:, 0]] == f) | (fold[tneg[:, 1]] == f)] if len(tneg) else tneg
@@ -287,7 +296,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             "temperature": temperature,
             "training": {"offers": tables, "pairs": pairs, "group_column": group_column, "valid_pairs": valid_pairs,
                          "data_sha256": _data_hash(rows, labels), "positive_pairs": int(len(tpos)),
-                         "negative_pairs": int(len(tneg)), "seed": seed, "batch_size": batch_size,
+                         "negative_pairs": int(len(tneg)), "mined_negatives": int(len(pneg) - len(tneg)),
+                         "seed": seed, "batch_size": batch_size,
                          "open_world": open_world, "cross_fit": bool(use_folds),
                          "decision_model": decision.kind},
             "thresholds": {"accept": decision.to_dict()["accept_threshold"], "review": decision.review_threshold},
@@ -301,6 +311,32 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         activate_version(name, version, ctx.settings.home)
     log(f"matcher {name} {version} saved in {final}{' and activated' if activate else ''}")
     return TrainResult(name, version, final, metrics, activate, round(time.perf_counter() - t0, 2), history)
+
+
+def _mine_negatives(rows: OfferVectors, tables: list[str], side: list[int], comp: np.ndarray, valid_comp: set[int],
+                    tpos: np.ndarray, k: int) -> np.ndarray:
+    """int[m, 2] (anchor, target) pairs: each training anchor's ``k`` best zero-shot candidates that are not
+    in its label component (nor in a validation component)."""
+    tgt_mask = np.array([sd == (1 if len(tables) == 2 else 0) for sd in side])
+    tgt_pos = np.flatnonzero(tgt_mask)
+    anchors = np.unique(np.where(tgt_mask[tpos[:, 0]] & ~tgt_mask[tpos[:, 1]], tpos[:, 1], tpos[:, 0]))
+    cfg = FusionConfig()
+    view = TargetView.from_vectors(_subset(rows, tgt_pos), cfg)
+    src = _subset(rows, anchors)
+    s, t = candidate_pairs(src, view, k, exclude_self=len(tables) == 1)
+    if not len(s):
+        return np.zeros((0, 2), dtype=np.int64)
+    sig = pair_signals(src, view, s, t)
+    score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg)
+    a, b = anchors[s], tgt_pos[t]
+    ok = (comp[a] != comp[b]) & ~np.isin(comp[b], list(valid_comp))
+    a, b, score = a[ok], b[ok], score[ok]
+    order = np.lexsort((-score, a))
+    a, b = a[order], b[order]
+    first = np.r_[True, a[1:] != a[:-1]]
+    rank = np.arange(len(a)) - np.maximum.accumulate(np.where(first, np.arange(len(a)), 0))
+    keep = rank < k
+    return np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
 
 
 def _subset(v: OfferVectors, idx: np.ndarray) -> OfferVectors:
