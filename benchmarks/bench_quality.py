@@ -40,7 +40,10 @@ Parts (``--only`` takes a comma-separated subset; all run by default):
 Ablation (skipped with ``--quick``): the zero-shot fusion, zero-shot text-only and image-only (cosine of
 one modality), the trained matcher with the projection restricted to the text block / image block, the
 trained matcher without the lexical block, and the full trained fusion. ``spec`` only changes the
-projection's input; the decision model always sees every pair feature. Where the data has no images,
+projection's input; the decision model always sees every pair feature. Decision-model ablation: the full
+fusion trained without cross-fitting (``cross_fit=False``: decision features of the training pairs from
+the projection trained on them), and with the ``gbdt`` decision model instead of logistic regression.
+``--variants cross-fit,gbdt`` runs only the variants whose label contains one of the strings. Where the data has no images,
 image rows are left out; where the source has no text (grocery photos), text rows are.
 
 Peer: Splink 5 (optional: rows are skipped when ``import splink`` fails) on the full-table split:
@@ -121,6 +124,9 @@ VARIANTS: list[tuple[str, FusionConfig | None, dict | None, str]] = [
     ("trained, projection: image block", None, {**OFF, "image": True}, "image"),
     ("trained, projection: no lexical block", None, {**DEFAULT_SPEC, "lexical": False}, ""),
     ("trained fusion (all blocks)", None, dict(DEFAULT_SPEC), ""),
+    # decision-model ablation ("_train" holds train_matcher options, not projection blocks)
+    ("trained, no cross-fit", None, {**DEFAULT_SPEC, "_train": {"cross_fit": False}}, ""),
+    ("trained, decision: gbdt", None, {**DEFAULT_SPEC, "_train": {"decision_model": "gbdt"}}, ""),
 ]
 MAIN = "trained fusion (all blocks)"
 
@@ -403,6 +409,7 @@ class Ctx:
     quick: bool
     grocery_per_class: int
     epochs: int | None
+    variants: list[str] = dataclasses.field(default_factory=list)
 
 
 def open_db(ctx: Ctx, part: str, matcher: str, image_roots: list[Path] | None = None) -> duckdb.DuckDBPyConnection:
@@ -428,6 +435,8 @@ def variants(ctx: Ctx, has: set[str]) -> list[tuple[str, FusionConfig | None, di
             continue
         if ctx.quick and label not in ("zero-shot fusion", MAIN):
             continue
+        if ctx.variants and not any(v in label for v in ctx.variants):
+            continue
         out.append((label, cfg, spec))
     return out
 
@@ -439,6 +448,8 @@ def train(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, label: str, offer
 
     name = matcher_name(part, label)
     lines: list[str] = []
+    spec = dict(spec)
+    kw = {**kw, **spec.pop("_train", {})}
     with Timer() as t:
         res = train_matcher(con, offers, name=name, spec=spec, seed=ctx.seed, epochs=ctx.epochs, progress=True,
                             log=lines.append, **kw)
@@ -923,6 +934,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="train_matcher epochs (default: its own)")
     ap.add_argument("--grocery-per-class", type=int, default=10, help="train photos per class (evenly spaced)")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows and details as JSON here")
+    ap.add_argument("--variants", default="", help="comma-separated substrings: run only variants whose label "
+                    "contains one (e.g. 'cross-fit,gbdt'); Splink rows are not filtered")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
@@ -933,11 +946,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(data=args.data.resolve(), workdir=workdir, plots=Path(args.plots) if str(args.plots) else None,
               home=args.home, seed=args.seed, quick=args.quick, grocery_per_class=args.grocery_per_class,
-              epochs=args.epochs)
+              epochs=args.epochs, variants=[v.strip() for v in args.variants.split(",") if v.strip()])
     threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]
     head = (f"# {_dt.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}  duckdb "
             f"{duckdb.__version__}  threads={threads}  cpus={len(os.sched_getaffinity(0))}  load avg "
-            f"{os.getloadavg()[0]:.1f}  parts={','.join(parts)}{'  --quick' if args.quick else ''}")
+            f"{os.getloadavg()[0]:.1f}  parts={','.join(parts)}{'  --quick' if args.quick else ''}"
+            f"{'  --variants ' + args.variants if args.variants else ''}")
     print(head, flush=True)
     rows: list[Row] = []
     timings: dict[str, float] = {}

@@ -121,8 +121,10 @@ def _list_matchers(home: str | None) -> None:
                 th = b.manifest.get("thresholds", {})
                 met = b.manifest.get("metrics", {}).get("valid", {})
                 acc = th.get("accept")
-                click.echo(f"matcher {name} {v}{' (active)' if v == active else ''}: dim {b.dim}, "
-                           f"accept ≥ {acc if acc is not None else 'none (target precision not certifiable)'}, "
+                tr = b.manifest.get("training", {})
+                kind = tr.get("decision_model", "logistic") + (", cross-fitted" if tr.get("cross_fit") else "")
+                click.echo(f"matcher {name} {v}{' (active)' if v == active else ''}: dim {b.dim}, decision {kind}, "
+                           f"accept ≥ {f'{acc:.4f}' if acc is not None else 'none (target precision not certifiable)'}, "
                            f"review ≥ {th.get('review', 0):.4f}, valid best F1 {met.get('best_f1', float('nan')):.3f}, "
                            f"verified {'yes' if ok else 'NO'}, created {b.manifest.get('created', '?')}")
             except PmatchError as e:
