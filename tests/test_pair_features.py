@@ -1,0 +1,68 @@
+"""Decision-model pair features: identifier similarity, description-aware features, column selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pmatch_duckdb.decision import DecisionModel
+from pmatch_duckdb.fusion import FusionConfig
+from pmatch_duckdb.matching import OfferVectors, TargetView, decision_features, pair_signals
+from pmatch_duckdb.pair_features import PAIR_FEATURES, best_id_pair, id_similarity
+
+OLD_FEATURES = PAIR_FEATURES[:17]  # what matchers trained before the description features list
+
+
+def _offers(titles: list[str], descs: list[str | None], desc_ids: list[list[str]], idents: list[list[str]]
+            ) -> OfferVectors:
+    n = len(titles)
+    rng = np.random.default_rng(len(titles))
+    v = rng.normal(size=(n, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return OfferVectors(ids=[f"{titles[0][:3]}{i}" for i in range(n)], hashes=[""] * n, text=v,
+                        text_ok=np.ones(n, bool), image=np.zeros((n, 4), np.float32), image_ok=np.zeros(n, bool),
+                        fused=v, lexical=titles, idents=idents, price=np.full(n, np.nan), titles=titles,
+                        brands=[None] * n, descriptions=descs, desc_idents=desc_ids)
+
+
+def test_id_similarity_and_digits():
+    assert id_similarity("du1100ss", "du1100xtps") == pytest.approx(0.7)
+    assert id_similarity("abc123", "abc123") == 1.0
+    assert id_similarity("", "x") == 0.0
+    best, agree, differ = best_id_pair({"msmt1g"}, {"msmt2g"})
+    assert best > 0.8 and not agree and differ  # a different capacity, not a colour variant
+    best, agree, differ = best_id_pair({"mmv4205bt"}, {"mmv4205baq", "zz99"})
+    assert best == pytest.approx(8 / 10) and agree and not differ  # common prefix mmv4205b
+    assert best_id_pair(set(), {"a1b2"}) == (0.0, False, False)
+
+
+def test_description_identifiers_and_full_text():
+    src = _offers(["Sony camera silver", "LG range"], ["Model DSC-W120, 7.2 MP", None], [["dscw120"], []],
+                  [[], ["lre30757ss"]])
+    tgt = _offers(["Sony Cyber-shot DSC-W120 pink", "LG electric range"], ["pink", "5.6 cu ft"], [[], []],
+                  [["dscw120"], []])
+    view = TargetView.from_vectors(tgt, FusionConfig())
+    s, t = np.array([0, 0, 1]), np.array([0, 1, 1])
+    x = decision_features(src, view, s, t, pair_signals(src, view, s, t))
+    col = {f: x[:, i] for i, f in enumerate(PAIR_FEATURES)}
+    assert col["id_shared"].tolist() == [0, 0, 0]  # title identifiers alone never meet
+    assert col["full_id_shared"].tolist() == [1, 0, 0]  # the source's description names the target's id
+    assert col["full_id_strong"].tolist() == [1, 0, 0]
+    assert col["description_missing"].tolist() == [0, 0, 1]
+    assert col["full_text"][0] > col["full_text"][1] and 0 <= col["full_text"].min() <= col["full_text"].max() <= 1
+    # a decision model names its columns: an older model gets exactly its 17, in its order
+    old = decision_features(src, view, s, t, pair_signals(src, view, s, t), OLD_FEATURES[::-1])
+    np.testing.assert_array_equal(old, x[:, :17][:, ::-1])
+    with pytest.raises(ValueError, match="unknown pair features"):
+        decision_features(src, view, s, t, pair_signals(src, view, s, t), ("fused", "nope"))
+
+
+def test_decision_json_from_before_the_gbdt_kind_loads():
+    old = {"type": "logistic+isotonic", "features": list(OLD_FEATURES), "coef": [0.5] * 17, "intercept": -1.0,
+           "mean": [0.0] * 17, "scale": [1.0] * 17, "calib_x": None, "calib_y": None, "accept_threshold": None,
+           "review_threshold": 0.3, "info": {}}
+    m = DecisionModel.from_dict(old)
+    assert m.kind == "logistic" and m.features == OLD_FEATURES and np.isinf(m.accept_threshold)
+    assert m.score(np.ones((2, 17))).shape == (2,)
+    with pytest.raises(ValueError, match="unknown decision model kind"):
+        DecisionModel.from_dict({**old, "kind": "forest"})
