@@ -173,7 +173,7 @@ def models_rollback(name: str, home: str | None) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--target-precision", default=0.99, show_default=True, help="For the accept threshold.")
 @click.option("--decision-model", type=click.Choice(["logistic", "gbdt", "auto"]), default="logistic",
-              show_default=True, help="Logistic regression, boosted trees, or the better by out-of-fold AP.")
+              show_default=True, help="Logistic regression, boosted trees, or the better by held-out AP.")
 @click.option("--no-cross-fit", is_flag=True, help="Train the decision model on in-sample projection features.")
 @click.option("--mine-negatives", default=0, show_default=True,
               help="Per training offer, this many best zero-shot non-matches as hard negatives for the projection.")

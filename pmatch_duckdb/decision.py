@@ -278,32 +278,39 @@ def train_decision(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray
                    features: tuple[str, ...] = PAIR_FEATURES, confidence: float = 0.95) -> DecisionModel:
     """Fit on train; calibrate and choose thresholds on held-out scores.
 
-    ``kind``: ``logistic``, ``gbdt`` or ``auto`` (the one with the higher out-of-fold average precision
-    on the training rows; needs ``folds``). ``folds``: a fold label per training row; when given, each
-    training row also gets an out-of-fold score (a model fitted on the other folds) and those join the
-    validation scores for calibration and thresholds, so they rest on more labelled matches.
+    ``kind``: ``logistic``, ``gbdt`` or ``auto`` (the one with the higher average precision on the
+    held-out scores). ``folds``: a fold label per training row; when given, each training row also gets
+    an out-of-fold score (a model fitted on the other folds), and those join the validation scores as
+    held-out scores for model choice, calibration and thresholds, so they rest on more labelled matches.
     """
     y_train = y_train.astype(np.float64)
+    y_valid = y_valid.astype(np.float64)
     oof: dict[str, np.ndarray] = {}
+    fitted: dict[str, DecisionModel] = {}
     kinds = ("logistic", "gbdt") if kind == "auto" else (kind,)
-    if folds is not None:
-        for k in kinds:
+    for k in kinds:
+        fitted[k] = _fit(k, x_train, y_train, l2, seed)
+        if folds is not None:
             oof[k] = out_of_fold_raw(k, x_train, y_train, folds, l2, seed)
-    ap = {k: average_precision(np.nan_to_num(v, nan=-1.0), y_train) for k, v in oof.items()}
+
+    def held_out(k: str) -> tuple[np.ndarray, np.ndarray]:
+        raw, y = fitted[k].raw(x_valid), y_valid
+        if k in oof:
+            ok = ~np.isnan(oof[k])
+            raw, y = np.r_[raw, oof[k][ok]], np.r_[y, y_train[ok]]
+        return raw, y
+
+    ap = {k: average_precision(*held_out(k)) for k in kinds}
     if kind == "auto":
-        kind = max(ap, key=ap.get) if ap else "logistic"
-    model = _fit(kind, x_train, y_train, l2, seed)
+        kind = max(ap, key=ap.get)
+    model = fitted[kind]
     model.features = tuple(features)
-    raw_valid = model.raw(x_valid)
-    held_raw, held_y = raw_valid, y_valid.astype(np.float64)
-    if kind in oof:
-        ok = ~np.isnan(oof[kind])
-        held_raw, held_y = np.r_[raw_valid, oof[kind][ok]], np.r_[held_y, y_train[ok]]
+    held_raw, held_y = held_out(kind)
     if held_y.sum() >= 20 and (1 - held_y).sum() >= 20:
         model.calib_x, model.calib_y = isotonic(held_raw, held_y)
     model.accept_threshold, model.review_threshold, model.info = choose_thresholds(
         model.calibrate(held_raw), held_y, target_precision, max_recall_loss, confidence)
-    model.info.update({"kind": kind, "out_of_fold_average_precision": ap,
+    model.info.update({"kind": kind, "held_out_average_precision": ap,
                        "threshold_pairs": {"validation": int(len(y_valid)), "out_of_fold": int(len(held_y) - len(y_valid))}})
     return model
 

@@ -227,7 +227,7 @@ def test_out_of_fold_scores_join_the_threshold_data(kind):
     assert model.info["threshold_pairs"] == {"validation": 600, "out_of_fold": 6000}
     assert model.kind in ("logistic", "gbdt") and (kind == "auto" or model.kind == kind)
     if kind == "auto":
-        ap = model.info["out_of_fold_average_precision"]
+        ap = model.info["held_out_average_precision"]
         assert set(ap) == {"logistic", "gbdt"} and model.kind == max(ap, key=ap.get)
     assert np.isfinite(model.accept_threshold)
     xte, yte = _nan_sample(rng, 20000)

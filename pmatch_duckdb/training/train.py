@@ -139,7 +139,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     label groups (never a pair across the split). Deterministic for a seed.
 
     ``decision_model``: ``logistic``, ``gbdt`` (boosted trees; needs scikit-learn, the train extra) or
-    ``auto`` (the better of the two by out-of-fold average precision). ``cross_fit``: train the decision
+    ``auto`` (the better of the two by held-out average precision). ``cross_fit``: train the decision
     model on pair features from fold projections that did not see those pairs (3 projection fits instead
     of 1; see the comment in the code). ``mine_negatives``: per training anchor, this many of its best
     zero-shot candidates (vector, lexical and identifier channels) outside its label component join the
