@@ -42,7 +42,8 @@ one modality), the trained matcher with the projection restricted to the text bl
 trained matcher without the lexical block, and the full trained fusion. ``spec`` only changes the
 projection's input; the decision model always sees every pair feature. Decision-model ablation: the full
 fusion trained without cross-fitting (``cross_fit=False``: decision features of the training pairs from
-the projection trained on them), with the ``gbdt`` decision model instead of logistic regression, and
+the projection trained on them), with the ``gbdt`` decision model instead of logistic regression, with
+``auto`` (the better of the two by held-out average precision), and
 with 5 mined hard negatives per training offer for the projection (``mine_negatives=5``).
 ``--variants cross-fit,gbdt`` runs only the variants whose label contains one of the strings. Where the data has no images,
 image rows are left out; where the source has no text (grocery photos), text rows are.
@@ -128,6 +129,7 @@ VARIANTS: list[tuple[str, FusionConfig | None, dict | None, str]] = [
     # decision-model ablation ("_train" holds train_matcher options, not projection blocks)
     ("trained, no cross-fit", None, {**DEFAULT_SPEC, "_train": {"cross_fit": False}}, ""),
     ("trained, decision: gbdt", None, {**DEFAULT_SPEC, "_train": {"decision_model": "gbdt"}}, ""),
+    ("trained, decision: auto", None, {**DEFAULT_SPEC, "_train": {"decision_model": "auto"}}, ""),
     ("trained, + 5 mined negatives", None, {**DEFAULT_SPEC, "_train": {"mine_negatives": 5}}, ""),
 ]
 MAIN = "trained fusion (all blocks)"
