@@ -71,9 +71,14 @@ def tiny_model(tmp_path_factory):
     cfg_dir = tmp_path_factory.mktemp("openclip_cfg")
     (cfg_dir / f"{ARCH}.json").write_text(json.dumps(TINY_CFG))
     open_clip.add_model_config(cfg_dir / f"{ARCH}.json")
-    torch.manual_seed(1234)
-    model = open_clip.create_model(ARCH, pretrained=None).eval()
-    # random init leaves some tensors at exact zeros/ones; perturb every parameter so both towers are non-trivial
+    return random_model(ARCH, seed=1234)
+
+
+def random_model(arch: str, seed: int):
+    """A randomly initialised registered architecture, every parameter perturbed: random init leaves some
+    tensors at exact zeros/ones, and both towers must be non-trivial."""
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch, pretrained=None).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -623,12 +628,7 @@ def sig_model(hf_tokenizers, tmp_path_factory):
     for arch, name in ((SIG_ARCH, str(hf_tokenizers["t5"])), (SIG_HUB_ARCH, SIG_HUB_NAME)):
         (cfg_dir / f"{arch}.json").write_text(json.dumps(sig_cfg(name)))
         open_clip.add_model_config(cfg_dir / f"{arch}.json")
-    torch.manual_seed(4321)
-    model = open_clip.create_model(SIG_ARCH, pretrained=None).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return model
+    return random_model(SIG_ARCH, seed=4321)
 
 
 @pytest.fixture(scope="module")
