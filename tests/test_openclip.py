@@ -352,6 +352,67 @@ def test_text_image_scores_consistent_with_open_clip(ccon, tiny_model, images):
     assert dict(best) == {t: names[int(np.argmax(want[i]))] for i, t in enumerate(texts)}
 
 
+COLOURS = {"red": (215, 35, 35), "blue": (35, 70, 215), "green": (35, 165, 65), "yellow": (235, 210, 40),
+           "black": (25, 25, 25)}
+
+
+def _garment_photo(rgb: tuple[int, int, int], rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A garment-coloured blob on a light background, with noise (a stand-in for a product photo)."""
+    w, h = size
+    arr = np.full((h, w, 3), 235, dtype=np.int64)
+    x0, y0 = int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4))
+    arr[y0:y0 + 3 * h // 4, x0:x0 + 3 * w // 4] = rgb
+    arr += rng.integers(-25, 26, size=arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def test_text_to_image_search_with_trained_weights(tiny_model, tmp_path):
+    """'a red dress' finds the red dress photo: a tiny CLIP trained in the test, exported, searched in SQL."""
+    from pmatch_duckdb.build.openclip import export_openclip
+
+    model = random_model(ARCH, seed=7).train()
+    pp = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    rng = np.random.default_rng(0)
+    names = list(COLOURS)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    tokens = ref_tokens([f"a {c} dress" for c in names] + [f"{c} dress, product photo" for c in names])
+    for step in range(150):  # contrastive steps on fresh photos (about 30 s on 2 cores)
+        batch = torch.stack([pp(_garment_photo(COLOURS[c], rng, (int(rng.integers(48, 120)), int(rng.integers(48, 120)))))
+                             for c in names])
+        txt = tokens[(step % 2) * len(names):(step % 2 + 1) * len(names)]
+        img_f = model.encode_image(batch, normalize=True)
+        txt_f = model.encode_text(txt, normalize=True)
+        logits = model.logit_scale.exp() * img_f @ txt_f.T
+        target = torch.arange(len(names))
+        loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    ckpt = tmp_path / "colour-clip.bin"
+    torch.save(model.state_dict(), ckpt)
+    home = tmp_path / "home"
+    export_openclip(ARCH, ckpt, "colour-clip", home=home, log=lambda _: None)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    test_rng = np.random.default_rng(99)  # photos never seen in training, in shuffled order
+    order = [names[i] for i in test_rng.permutation(len(names))]
+    for c in order:
+        _garment_photo(COLOURS[c], test_rng, (int(test_rng.integers(50, 200)), int(test_rng.integers(50, 200)))
+                       ).save(photos / f"{c}-dress.png")
+    con = pm.connect(home=home, image_roots=[photos])
+    try:
+        con.execute("CREATE TABLE catalog AS SELECT 'photos/' || c || '-dress.png' AS sku, ? || '/' || c || '-dress.png' "
+                    "AS photo FROM unnest(?) AS u(c)", [str(photos), order])
+        con.execute("CREATE TABLE vecs AS SELECT sku, pm_embed_image(photo, 'colour-clip') AS v FROM catalog")
+        got = dict(con.execute(
+            "SELECT q, arg_max(sku, list_cosine_similarity(pm_embed_text(q, 'colour-clip'), v)) "
+            "FROM unnest(?) AS t(q), vecs GROUP BY q", [[f"a {c} dress" for c in names]]).fetchall())
+    finally:
+        con.close()
+    assert got == {f"a {c} dress": f"photos/{c}-dress.png" for c in names}, got
+
+
 def test_named_images_pooling_and_nulls(ccon, tiny_model, images):
     (v,), = ccon.execute("SELECT pm_embed_images(['red.png', 'nope.png', 'wide.png'], 'tiny-clip')").fetchall()
     each = torch_image(tiny_model, [images / "red.png", images / "wide.png"])
