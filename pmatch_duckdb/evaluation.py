@@ -5,6 +5,7 @@ Pair metrics count every true pair: a true pair that was never retrieved is a fa
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, n_true: int, out_dir: Pa
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.axhline(0.99, color="grey", ls=":", lw=1)
-    ax.set_title(f"Precision–recall {title}".strip())
+    ax.set_title(textwrap.fill(f"Precision–recall {title}".strip(), 48), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     paths.append(out_dir / "pr_curve.png")
@@ -95,7 +96,7 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, n_true: int, out_dir: Pa
     ax.set_xlabel("score threshold t")
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower left", fontsize=8)
-    ax.set_title(f"Thresholds {title}".strip())
+    ax.set_title(textwrap.fill(f"Thresholds {title}".strip(), 48), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     paths.append(out_dir / "thresholds.png")

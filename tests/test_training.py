@@ -283,3 +283,37 @@ def test_mined_hard_negatives(text_catalog):
     assert len(mined) and all(comp[a] != comp[b] and comp[b] != 35 for a, b in mined)
     assert set(mined[:, 0]) <= set(range(15)) and set(mined[:, 1]) <= set(range(20, 40))
     assert np.bincount(mined[:, 0]).max() <= 2
+
+
+def test_summarize_by_hand():
+    from pmatch_duckdb.evaluation import summarize
+
+    s = np.array([0.9, 0.8, 0.7, 0.6])
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    m = summarize(s, y, 3, ["accept", "review", "review", "reject"])
+    # cut at 0.7: 2 of 3 pairs right, 2 of 3 matches found → F1 2/3
+    assert m["best_f1"] == pytest.approx(2 / 3) and m["best_f1_threshold"] == pytest.approx(0.7)
+    assert m["recall_at_precision_0.99"] == pytest.approx(1 / 3) == m["recall_at_precision_0.95"]
+    assert (m["accept_precision"], m["accept_recall"]) == (1.0, pytest.approx(1 / 3))
+    assert m["accept_or_review_precision"] == pytest.approx(2 / 3) and m["review_band"] == 2
+
+
+def test_evaluate_reports_metrics_and_writes_plots(text_catalog, tmp_path: Path):
+    from pmatch_duckdb.evaluation import evaluate
+
+    con, thome, truth = text_catalog
+    out = evaluate(con, "feed", "catalog", "labels", k=5, out_dir=tmp_path / "report")
+    for key in ("recall@1", "recall@5", "best_f1", "recall_at_precision_0.99", "recall_at_precision_0.95",
+                "accept_precision", "accept_recall", "review_band", "mutual_best"):
+        assert key in out, key
+    # recall@1 recomputed from match_products itself
+    top = dict(con.execute("SELECT source_id, target_id FROM match_products('feed', 'catalog', k := 5) "
+                           "WHERE rank = 1").fetchall())
+    assert out["recall@1"] == pytest.approx(np.mean([top.get(a) == b for a, b in truth]))
+    assert 0.0 <= out["recall@1"] <= out["recall@5"] <= 1.0
+    files = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"pr_curve.png", "thresholds.png", "metrics.json", "report.html"} <= files
+    for png in ("pr_curve.png", "thresholds.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["recall@1"] == pytest.approx(out["recall@1"])
+    assert '<img src="pr_curve.png"' in (tmp_path / "report" / "report.html").read_text()
