@@ -408,7 +408,8 @@ def _top1(pairs: dict[str, list[tuple[str, float]]]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ output
 
 
-def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
+def fmt_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table, columns padded to their widest cell."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -504,22 +505,22 @@ def main(argv: list[str] | None = None) -> int:
         con.close()
         print()
         print(f"Direction: source = left table -> target = right table (abt -> buy, amazon -> google); k = {K}.")
-        print(_fmt_table(["dataset", "method", "recall@1", "recall@10", "best F1", "R@P>=0.99", "time (s)"],
+        print(fmt_table(["dataset", "method", "recall@1", "recall@10", "best F1", "R@P>=0.99", "time (s)"],
                          main_rows))
         print()
         print("Details: best F1 at its threshold; R@P>=0.95; the same after a 1:1 mutual-best filter (a pair is kept "
               "when it is its source's rank 1 and its target's best-scored source); process CPU seconds.")
-        print(_fmt_table(["dataset", "method", "best F1 @ threshold (P, R)", "R@P>=0.95", "1:1 best F1",
+        print(fmt_table(["dataset", "method", "best F1 @ threshold (P, R)", "R@P>=0.95", "1:1 best F1",
                           "1:1 R@P>=0.99", "cpu (s)"], extra_rows))
         print()
         print("pmatch built-in decision, precision / recall / F1 (pairs) against all ground-truth pairs:")
-        print(_fmt_table(["dataset", "accept", "accept+review", "best F1 @ threshold", "R@P>=0.95",
+        print(fmt_table(["dataset", "accept", "accept+review", "best F1 @ threshold", "R@P>=0.95",
                           "R@P>=0.99"], decision_rows))
         if ablation_rows:
             print()
             print("pmatch FusionConfig ablation (Python matching.match on the same index; time = match only) "
                   "and post-hoc price re-rank of the SQL result:")
-            print(_fmt_table(["dataset", "fusion", "recall@1", "recall@10", "best F1", "R@P>=0.99", "1:1 best F1",
+            print(fmt_table(["dataset", "fusion", "recall@1", "recall@10", "best F1", "R@P>=0.99", "1:1 best F1",
                               "time (s)"], ablation_rows))
     finally:
         if tmp:

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"test F1 @valid t {lm['f1_valid']:.3f}, {secs:.1f}s")
         finally:
             con.close()
-    print(bq._fmt_table(["part", "dim", "valid best F1", "vector R@1 valid", "test F1 @valid t", "train (s)"],
+    print(bq.fmt_table(["part", "dim", "valid best F1", "vector R@1 valid", "test F1 @valid t", "train (s)"],
                         rows))
     return 0
 

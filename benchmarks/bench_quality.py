@@ -85,7 +85,6 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import duckdb
@@ -103,6 +102,10 @@ from pmatch_duckdb.matching import OfferVectors, TargetView, decision_features, 
 from pmatch_duckdb.offers import read_offers
 from pmatch_duckdb.sqlident import index_name_for
 from pmatch_duckdb.store import OfferIndex, fuse_vectors
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_match_real: its loaders, Timer, fmt_table
+import bench_match_real  # noqa: E402
+from bench_match_real import Timer, fmt_table  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -133,16 +136,6 @@ VARIANTS: list[tuple[str, FusionConfig | None, dict | None, str]] = [
     ("trained, + 5 mined negatives", None, {**DEFAULT_SPEC, "_train": {"mine_negatives": 5}}, ""),
 ]
 MAIN = "trained fusion (all blocks)"
-
-
-def _real() -> ModuleType:
-    """``bench_match_real`` (its loaders and helpers), imported from this folder."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import bench_match_real
-
-    return bench_match_real
 
 
 # ------------------------------------------------------------------------------------------- rows
@@ -177,18 +170,6 @@ def _f(x: float | None, fmt: str = "{:.3f}") -> str:
 def _cells(r: Row) -> list[str]:
     return [r.part, r.method, _f(r.r1), _f(r.r10), _f(r.f1_accept), _f(r.f1_valid), _f(r.best_f1), _f(r.r_p99),
             _f(r.r_p99_1to1), _f(r.train_s, "{:.1f}"), r.reference]
-
-
-class Timer:
-    """Wall and process-CPU seconds of a block."""
-
-    def __enter__(self) -> Timer:
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.wall0
-        self.cpu = time.process_time() - self.cpu0
 
 
 def log(msg: str) -> None:
@@ -270,14 +251,6 @@ def load_rows(con: duckdb.DuckDBPyConnection, table: str) -> OfferVectors:
     return OfferVectors.from_arrow(OfferIndex(ctx.index_root, index_name_for(table)).table().to_arrow())
 
 
-def subset(v: OfferVectors, idx: np.ndarray) -> OfferVectors:
-    """Rows ``idx`` of a set of offer vectors."""
-    out = {}
-    for k, val in v.__dict__.items():
-        out[k] = val[idx] if isinstance(val, np.ndarray) else [val[i] for i in idx]
-    return OfferVectors(**out)
-
-
 def with_fused(v: OfferVectors, cfg: FusionConfig, matcher: Matcher | None) -> OfferVectors:
     """Offer vectors recomputed from the cached per-modality vectors (trained projection or zero-shot fusion)."""
     return dataclasses.replace(v, fused=fuse_vectors(v.text, v.text_ok, v.image, v.image_ok, v.price, v.lexical,
@@ -297,7 +270,7 @@ def score_pairs(src_rows: OfferVectors, tgt_rows: OfferVectors, pairs: list[tupl
     s_idx = np.array([spos[a] for a, _, _ in pairs], dtype=np.int64)
     t_idx = np.array([view.pos[b] for _, b, _ in pairs], dtype=np.int64)
     y = np.array([lab for _, _, lab in pairs], dtype=np.float64)
-    one = subset(src, s_idx)
+    one = src.take(s_idx)
     s_local = np.arange(len(pairs), dtype=np.int64)
     sig = pair_signals(one, view, s_local, t_idx)
     if matcher is not None:
@@ -636,7 +609,7 @@ def full_split(src_ids: list[str], gt: set[tuple[str, str]], seed: int) -> tuple
 
 def part_full(ctx: Ctx, part: str) -> list[Row]:
     """Abt-Buy / Amazon-Google full tables: train split → test sources against the full target table."""
-    real = _real()
+    real = bench_match_real
     spec = real.DATASETS[part.removesuffix("-full")]
     main = matcher_name(part, MAIN)
     con = open_db(ctx, part, main)
@@ -915,14 +888,6 @@ RUNNERS: dict[str, Callable[[Ctx, str], list[Row]]] = {
     "amazon-google-full": part_full, "wdc-products": part_wdc, "grocery": part_grocery, "laptops-10": part_laptops}
 
 
-def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    return "\n".join([line, sep, *body])
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the requested parts and print one table."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
@@ -969,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if rows:
             print()
-            print(_fmt_table(HEADER, [_cells(r) for r in rows]))
+            print(fmt_table(HEADER, [_cells(r) for r in rows]))
             idx = {r.part.split(" ")[0]: r.extra.get("index_seconds") for r in rows}
             print()
             print("Indexing (embedding) wall seconds per part: " + ", ".join(

@@ -80,12 +80,7 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, n_true: int, out_dir: Pa
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.axhline(0.99, color="grey", ls=":", lw=1)
-    ax.set_title(textwrap.fill(f"Precision–recall {title}".strip(), 48), fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths.append(out_dir / "pr_curve.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_finish(plt, fig, ax, f"Precision–recall {title}", out_dir / "pr_curve.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(thr, p, label="precision (score ≥ t)")
     ax.plot(thr, r, label="recall (score ≥ t)")
@@ -96,13 +91,18 @@ def plot_curves(scores: np.ndarray, labels: np.ndarray, n_true: int, out_dir: Pa
     ax.set_xlabel("score threshold t")
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower left", fontsize=8)
-    ax.set_title(textwrap.fill(f"Thresholds {title}".strip(), 48), fontsize=10)
+    paths.append(_finish(plt, fig, ax, f"Thresholds {title}", out_dir / "thresholds.png"))
+    return paths
+
+
+def _finish(plt, fig, ax, title: str, path: Path) -> Path:  # noqa: ANN001 - matplotlib objects
+    """Title (wrapped: part names are long), grid, layout, save, close."""
+    ax.set_title(textwrap.fill(title.strip(), 48), fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    paths.append(out_dir / "thresholds.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
+    return path
 
 
 def evaluate(con, source: str, target: str, pairs: str, k: int = 10, out_dir: str | Path | None = None) -> dict:

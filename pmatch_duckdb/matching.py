@@ -10,6 +10,8 @@ Each candidate pair gets per-modality similarities, a fused ``score`` and a ``de
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import threading
 from collections import OrderedDict
@@ -83,6 +85,11 @@ class OfferVectors:
                    descriptions=t["description"].to_pylist(),
                    desc_idents=[x or [] for x in t["desc_identifiers"].to_pylist()])
 
+    def take(self, idx: np.ndarray) -> OfferVectors:
+        """Rows ``idx`` (positions), every field subset alike."""
+        return OfferVectors(**{k: v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]
+                               for k, v in self.__dict__.items()})
+
 
 class TargetView:
     """Everything matching needs from one version of an index, loaded once and cached."""
@@ -114,6 +121,13 @@ class TargetView:
         view.tfidf = CharTfidf(rows.lexical)
         view.ident = IdentifierIndex(rows.idents)
         view.use_ann = False
+        return view
+
+    def with_fused(self, fused: np.ndarray) -> TargetView:
+        """The same view with other offer vectors (another projection); the lexical and identifier
+        indexes, which do not depend on the vectors, are shared rather than rebuilt."""
+        view = copy.copy(self)
+        view.rows = dataclasses.replace(self.rows, fused=fused)
         return view
 
     def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 20, refine: int = 10

@@ -101,12 +101,13 @@ def description_input(o: Offer) -> str | None:
     return d[:DESC_CHARS] or None
 
 
-def description_columns(offers: list[Offer]) -> dict[str, pa.Array]:
-    """``description`` and ``desc_identifiers`` (identifiers of the description not in brand + title)."""
+def description_columns(offers: list[Offer], title_idents: list[list[str]]) -> dict[str, pa.Array]:
+    """``description`` and ``desc_identifiers`` (identifiers of the description not in ``title_idents``,
+    each offer's identifiers of brand + title)."""
     descs = [description_input(o) for o in offers]
     idents = []
-    for o, d in zip(offers, descs, strict=True):
-        seen = set(identifiers(lexical_input(o)))
+    for d, title in zip(descs, title_idents, strict=True):
+        seen = set(title)
         idents.append([t for t in identifiers(d) if t not in seen])
     return {"description": pa.array(descs, pa.string()),
             "desc_identifiers": pa.array(idents, pa.list_(pa.string()))}
@@ -148,15 +149,17 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
         iv, iok, reasons = embed_image_lists([o.images for o in chunk], settings)
         prices = [o.price for o in chunk]
         price_arr = np.array([np.nan if p is None else p for p in prices], dtype=np.float64)
-        fused = fuse_vectors(tv, tok, iv, iok, price_arr, [lexical_input(o) for o in chunk], cfg, matcher)
+        lexical = [lexical_input(o) for o in chunk]
+        title_idents = [identifiers(t) for t in lexical]
+        fused = fuse_vectors(tv, tok, iv, iok, price_arr, lexical, cfg, matcher)
         parts.append(pa.table({
             "id": pa.array([o.id for o in chunk], pa.string()),
             "content_hash": pa.array(hashes[s:s + EMBED_CHUNK], pa.string()),
             "title": pa.array([o.title for o in chunk], pa.string()),
             "brand": pa.array([o.brand for o in chunk], pa.string()),
-            "lexical_text": pa.array([lexical_input(o) for o in chunk], pa.string()),
-            "identifiers": pa.array([identifiers(lexical_input(o)) for o in chunk], pa.list_(pa.string())),
-            **description_columns(chunk),
+            "lexical_text": pa.array(lexical, pa.string()),
+            "identifiers": pa.array(title_idents, pa.list_(pa.string())),
+            **description_columns(chunk, title_idents),
             "price": pa.array(prices, pa.float64()),
             "currency": pa.array([o.currency for o in chunk], pa.string()),
             "log_price": pa.array([math.log1p(p) if p is not None else 0.0 for p in prices], pa.float32()),
@@ -294,7 +297,8 @@ class OfferIndex:
         data = self.table().to_arrow()
         by_id = {o.id: o for o in offers}
         present = [by_id.get(i) or Offer(id=i, title=None) for i in data["id"].to_pylist()]
-        data = _insert_description_columns(data, description_columns(present))
+        title_idents = [x or [] for x in data["identifiers"].to_pylist()]
+        data = _insert_description_columns(data, description_columns(present, title_idents))
         meta = {**self.metadata(), "format": FORMAT}
         data = data.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
         self.db.create_table(self.name, data, mode="overwrite", on_bad_vectors="null")

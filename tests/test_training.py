@@ -255,6 +255,8 @@ def test_train_matcher_cross_fits_and_records_the_decision_model(text_catalog):
 
 
 def test_mined_hard_negatives(text_catalog):
+    from pmatch_duckdb.fusion import FusionConfig
+    from pmatch_duckdb.matching import TargetView
     from pmatch_duckdb.training.train import _mine_negatives
 
     con, thome, truth = text_catalog
@@ -279,7 +281,9 @@ def test_mined_hard_negatives(text_catalog):
     tpos = np.array([(i, 20 + i) for i in range(15)])
     comp = np.arange(n)
     comp[20:35] = np.arange(15)
-    mined = _mine_negatives(rows, ["a", "b"], side, comp, {35}, tpos, 2)
+    tgt_mask = np.array(side) == 1
+    view = TargetView.from_vectors(rows.take(np.flatnonzero(tgt_mask)), FusionConfig())
+    mined = _mine_negatives(rows, view, tgt_mask, comp, {35}, tpos, 2)
     assert len(mined) and all(comp[a] != comp[b] and comp[b] != 35 for a, b in mined)
     assert set(mined[:, 0]) <= set(range(15)) and set(mined[:, 1]) <= set(range(20, 40))
     assert np.bincount(mined[:, 0]).max() <= 2

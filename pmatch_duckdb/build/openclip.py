@@ -364,23 +364,18 @@ def tower_modules(model: Any) -> tuple[Any, Any]:
     """``(text, image)`` torch modules with the exported signatures (normalised embeddings)."""
     import torch
 
-    class TextTower(torch.nn.Module):
-        def __init__(self, m: torch.nn.Module) -> None:
+    class Tower(torch.nn.Module):
+        """One tower of ``m``: ``m.<encode>(x, normalize=True)``."""
+
+        def __init__(self, m: torch.nn.Module, encode: str) -> None:
             super().__init__()
             self.m = m
+            self.encode = encode
 
-        def forward(self, input_ids):  # noqa: ANN001
-            return self.m.encode_text(input_ids, normalize=True)
+        def forward(self, x):  # noqa: ANN001
+            return getattr(self.m, self.encode)(x, normalize=True)
 
-    class ImageTower(torch.nn.Module):
-        def __init__(self, m: torch.nn.Module) -> None:
-            super().__init__()
-            self.m = m
-
-        def forward(self, pixels):  # noqa: ANN001
-            return self.m.encode_image(pixels, normalize=True)
-
-    return TextTower(model).eval(), ImageTower(model).eval()
+    return Tower(model, "encode_text").eval(), Tower(model, "encode_image").eval()
 
 
 def _export(module: Any, args: tuple, path: Path, input_name: str) -> None:

@@ -7,6 +7,7 @@ the offer indexes — the encoders never run per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -198,13 +199,20 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     def project(w_: np.ndarray) -> OfferVectors:
         proj = x @ w_.T
         proj /= np.maximum(np.linalg.norm(proj, axis=1, keepdims=True), 1e-12)
-        return OfferVectors(**{**rows.__dict__, "fused": proj.astype(np.float32)})
+        return dataclasses.replace(rows, fused=proj.astype(np.float32))
+
+    tgt_mask = np.array([sd == (1 if len(tables) == 2 else 0) for sd in side])
+    tgt_pos = np.flatnonzero(tgt_mask)
+    # the target offers with their zero-shot vectors; lexical and identifier indexes built once, shared by
+    # every projection's view (TargetView.with_fused)
+    target_view = TargetView.from_vectors(rows.take(tgt_pos), FusionConfig())
 
     # hard negatives for the projection: labelled non-matches, plus (mine_negatives > 0) the best-scoring
     # zero-shot candidates of each training anchor that are not in its label component
     pneg = tneg
     if mine_negatives > 0:
-        mined = _mine_negatives(rows, tables, side, comp, valid_comp, tpos, mine_negatives)
+        mined = _mine_negatives(rows, target_view, tgt_mask, comp, valid_comp, tpos, mine_negatives,
+                                exclude_self=len(tables) == 1)
         pneg = np.vstack([tneg, mined]) if len(tneg) else mined
         log(f"mined {len(mined)} hard negatives from the zero-shot candidates ({mine_negatives} per anchor)")
     w, temperature, history = fit_projection(tpos, pneg, "projection")
@@ -213,13 +221,11 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     # decision model data: candidate pairs (closed world) or the labelled pairs (open world)
     zero_shot = rows
     src_side = 0
-    tgt_mask = np.array([sd == (1 if len(tables) == 2 else 0) for sd in side])
-    tgt_pos = np.flatnonzero(tgt_mask)
     all_pos = np.vstack([pos, vpos_given]) if len(vpos_given) else pos
     truth_pairs = {(int(a), int(b)) for a, b in all_pos} | {(int(b), int(a)) for a, b in all_pos}
 
     def pair_data(vectors: OfferVectors, split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
-        view = TargetView.from_vectors(_subset(vectors, tgt_pos), FusionConfig())
+        view = target_view.with_fused(vectors.fused[tgt_pos])
         if open_world:
             lab = np.vstack([split_pos, split_neg]) if len(split_neg) else split_pos
             y = np.r_[np.ones(len(split_pos)), np.zeros(len(split_neg))]
@@ -228,11 +234,11 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             tgt_idx = np.where(tgt_mask[lab[:, 0]] & ~tgt_mask[lab[:, 1]], lab[:, 0], lab[:, 1])
             t_local = np.array([view.pos[rows.ids[i]] for i in tgt_idx], dtype=np.int64)
             s_local = np.arange(len(src_idx))
-            src = _subset(vectors, src_idx)
+            src = vectors.take(src_idx)
         else:
             srcs = [i for i in range(len(rows.ids)) if side[i] == src_side and comp[i] in split_comps] \
                 if split_comps is not None else [i for i in range(len(rows.ids)) if side[i] == src_side]
-            src = _subset(vectors, np.array(srcs, dtype=np.int64))
+            src = vectors.take(np.array(srcs, dtype=np.int64))
             s_local, t_local = candidate_pairs(src, view, 10, exclude_self=len(tables) == 1)
             y = np.array([(srcs[a], int(tgt_pos[b])) in truth_pairs for a, b in zip(s_local, t_local, strict=True)],
                          dtype=np.float64)
@@ -313,17 +319,16 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     return TrainResult(name, version, final, metrics, activate, round(time.perf_counter() - t0, 2), history)
 
 
-def _mine_negatives(rows: OfferVectors, tables: list[str], side: list[int], comp: np.ndarray, valid_comp: set[int],
-                    tpos: np.ndarray, k: int) -> np.ndarray:
+def _mine_negatives(rows: OfferVectors, view: TargetView, tgt_mask: np.ndarray, comp: np.ndarray,
+                    valid_comp: set[int], tpos: np.ndarray, k: int, exclude_self: bool = False) -> np.ndarray:
     """int[m, 2] (anchor, target) pairs: each training anchor's ``k`` best zero-shot candidates that are not
-    in its label component (nor in a validation component)."""
-    tgt_mask = np.array([sd == (1 if len(tables) == 2 else 0) for sd in side])
+    in its label component (nor in a validation component). ``view``: the target offers (rows where
+    ``tgt_mask``) with their zero-shot vectors."""
     tgt_pos = np.flatnonzero(tgt_mask)
     anchors = np.unique(np.where(tgt_mask[tpos[:, 0]] & ~tgt_mask[tpos[:, 1]], tpos[:, 1], tpos[:, 0]))
     cfg = FusionConfig()
-    view = TargetView.from_vectors(_subset(rows, tgt_pos), cfg)
-    src = _subset(rows, anchors)
-    s, t = candidate_pairs(src, view, k, exclude_self=len(tables) == 1)
+    src = rows.take(anchors)
+    s, t = candidate_pairs(src, view, k, exclude_self=exclude_self)
     if not len(s):
         return np.zeros((0, 2), dtype=np.int64)
     sig = pair_signals(src, view, s, t)
@@ -337,13 +342,6 @@ def _mine_negatives(rows: OfferVectors, tables: list[str], side: list[int], comp
     rank = np.arange(len(a)) - np.maximum.accumulate(np.where(first, np.arange(len(a)), 0))
     keep = rank < k
     return np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
-
-
-def _subset(v: OfferVectors, idx: np.ndarray) -> OfferVectors:
-    out = {}
-    for k, val in v.__dict__.items():
-        out[k] = val[idx] if isinstance(val, np.ndarray) else [val[i] for i in idx]
-    return OfferVectors(**out)
 
 
 def _retrieval(trained, zero_shot, side, comp, valid_comp, tgt_pos, truth_pairs, n_tables) -> dict:
