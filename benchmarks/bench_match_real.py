@@ -15,9 +15,9 @@ Methods, all on the same offers and the same text (brand + title):
   with n-grams (2, 5) and (3, 5), fitted on source + target texts, exact cosine top-10 (rows skipped
   without scikit-learn), and pmatch's own ``pmatch_duckdb.features.lexical.CharTfidf`` (fitted on the
   target only, as inside pmatch; always run). The text is pmatch's lexical input
-  (``store.lexical_input``: brand + title).
+  (``offer_vectors.lexical_input``: brand + title).
 * **zero-shot text** (baseline 2): cosine of ``pm_embed_text`` vectors computed in SQL over pmatch's
-  text input (``store.text_input``: title, prefixed by the brand when the title lacks it), exact top-10.
+  text input (``offer_vectors.text_input``: title, prefixed by the brand when the title lacks it), exact top-10.
 
 Metrics, over source offers that have at least one true match (any true match counts when a source
 has several): recall@1 and recall@10 of the true match. ``best F1``: the candidate pairs (top-10 per
@@ -63,9 +63,10 @@ from pmatch_duckdb.api import context_of
 from pmatch_duckdb.features.lexical import CharTfidf
 from pmatch_duckdb.fusion import fuse
 from pmatch_duckdb.matching import match, source_vectors, target_view
+from pmatch_duckdb.offer_vectors import lexical_input, text_input
 from pmatch_duckdb.offers import Offer, read_offers
 from pmatch_duckdb.sqlident import index_name_for
-from pmatch_duckdb.store import OfferIndex, lexical_input, text_input
+from pmatch_duckdb.store import OfferIndex
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"

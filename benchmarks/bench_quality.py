@@ -99,9 +99,10 @@ from pmatch_duckdb.features.offer_features import DEFAULT_SPEC
 from pmatch_duckdb.fusion import FusionConfig, pair_score
 from pmatch_duckdb.matchers import Matcher, deactivate, load_matcher
 from pmatch_duckdb.matching import OfferVectors, TargetView, decision_features, match, pair_signals
+from pmatch_duckdb.offer_vectors import fuse_vectors
 from pmatch_duckdb.offers import read_offers
 from pmatch_duckdb.sqlident import index_name_for
-from pmatch_duckdb.store import OfferIndex, fuse_vectors
+from pmatch_duckdb.store import OfferIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_match_real: its loaders, Timer, fmt_table
 import bench_match_real  # noqa: E402
@@ -706,7 +707,7 @@ def run_splink(ctx: Ctx, part: str, con: duckdb.DuckDBPyConnection, spec: Any, s
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
     from pmatch_duckdb.features.lexical import identifiers, normalize
-    from pmatch_duckdb.store import lexical_input
+    from pmatch_duckdb.offer_vectors import lexical_input
 
     with Timer() as t:
         sdb = duckdb.connect()

@@ -24,71 +24,17 @@ import pyarrow as pa
 from .features.lexical import CharTfidf, IdentifierIndex, normalize
 from .fusion import FusionConfig, decide, pair_score
 from .matchers import Matcher, load_matcher
-from .offers import Offer
-from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, pair_feature_matrix
-from .settings import Settings
-from .store import (
-    ANN_MIN_ROWS,
-    OfferIndex,
+from .offer_vectors import (
+    OfferVectors,
     embed_offers,
     encoder_identity,
     fuse_vectors,
     with_description_columns,
 )
-
-_MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")
-
-
-def _matrix(col: pa.ChunkedArray, dim_hint: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-size-list column → (float32 matrix with zeros for NULL, validity)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    dim = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else dim_hint
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    if len(arr) == 0:
-        return np.zeros((0, dim), np.float32), valid
-    filled = arr.fill_null(pa.scalar([0.0] * dim, arr.type)) if arr.null_count else arr
-    flat = filled.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(len(arr), dim), valid
-
-
-@dataclass
-class OfferVectors:
-    """Index rows of a set of offers, as numpy arrays (the source side, or a small target)."""
-
-    ids: list[str]
-    hashes: list[str]
-    text: np.ndarray
-    text_ok: np.ndarray
-    image: np.ndarray
-    image_ok: np.ndarray
-    fused: np.ndarray
-    lexical: list[str]
-    idents: list[list[str]]
-    price: np.ndarray  # NaN where missing
-    titles: list[str | None]
-    brands: list[str | None]
-    descriptions: list[str | None]  # first DESC_CHARS characters (None: none, or a format-1 index)
-    desc_idents: list[list[str]]  # identifiers of the description not already in brand + title
-
-    @classmethod
-    def from_arrow(cls, t: pa.Table) -> OfferVectors:
-        """From index rows (LanceDB table or freshly embedded rows)."""
-        text, tok = _matrix(t["text_vec"])
-        image, iok = _matrix(t["image_vec"])
-        fused, _ = _matrix(t["vector"])
-        price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
-        t = with_description_columns(t)
-        return cls(ids=t["id"].to_pylist(), hashes=t["content_hash"].to_pylist(), text=text, text_ok=tok,
-                   image=image, image_ok=iok, fused=fused, lexical=t["lexical_text"].to_pylist(),
-                   idents=[x or [] for x in t["identifiers"].to_pylist()], price=price,
-                   titles=t["title"].to_pylist(), brands=t["brand"].to_pylist(),
-                   descriptions=t["description"].to_pylist(),
-                   desc_idents=[x or [] for x in t["desc_identifiers"].to_pylist()])
-
-    def take(self, idx: np.ndarray) -> OfferVectors:
-        """Rows ``idx`` (positions), every field subset alike."""
-        return OfferVectors(**{k: v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]
-                               for k, v in self.__dict__.items()})
+from .offers import Offer
+from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, pair_feature_matrix
+from .settings import Settings
+from .store import ANN_MIN_ROWS, OfferIndex
 
 
 class TargetView:

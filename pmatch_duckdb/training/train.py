@@ -34,8 +34,9 @@ from ..fusion import FusionConfig, pair_score
 from ..matchers import activate as activate_version
 from ..matchers import load_matcher, matchers_dir, next_version
 from ..matching import OfferVectors, TargetView, candidate_pairs, decision_features, pair_signals
+from ..offer_vectors import encoder_identity
 from ..sqlident import index_name_for, quote_ident, quote_qualified
-from ..store import OfferIndex, encoder_identity
+from ..store import OfferIndex
 from .projection import export_projection_onnx, train_projection
 
 

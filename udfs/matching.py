@@ -9,16 +9,18 @@ import numpy as np
 import pyarrow as pa
 from duckdb import sqltypes as T
 
-from ..api import index_table
-from ..clusters import assign_entities
-from ..context import PmatchContext
-from ..errors import PmatchError
-from ..fusion import FusionConfig
-from ..matchers import active_matcher
-from ..matching import OfferVectors, match, source_vectors, target_view
-from ..offers import REQUIRED, Offer, OfferTableError, offer_from_mapping
-from ..sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
-from ..store import OfferIndex, embed_offers
+from pmatch_duckdb.api import index_table
+from pmatch_duckdb.clusters import assign_entities
+from pmatch_duckdb.context import PmatchContext
+from pmatch_duckdb.errors import PmatchError
+from pmatch_duckdb.fusion import FusionConfig
+from pmatch_duckdb.matchers import active_matcher
+from pmatch_duckdb.matching import OfferVectors, match, source_vectors, target_view
+from pmatch_duckdb.offer_vectors import embed_offers
+from pmatch_duckdb.offers import REQUIRED, Offer, OfferTableError, offer_from_mapping
+from pmatch_duckdb.sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
+from pmatch_duckdb.store import OfferIndex
+
 from .arrow_util import Registrar, as_pylist
 
 _INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "deleted": T.BIGINT,

@@ -6,8 +6,9 @@ import duckdb
 import pyarrow as pa
 from duckdb import sqltypes as T
 
-from ..bundles import list_bundles
-from ..settings import Settings
+from pmatch_duckdb.bundles import list_bundles
+from pmatch_duckdb.settings import Settings
+
 from .arrow_util import Registrar
 
 _ROW = pa.struct([("name", pa.string()), ("modality", pa.string()), ("dim", pa.int32()),

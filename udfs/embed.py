@@ -15,11 +15,12 @@ import numpy as np
 import pyarrow as pa
 from duckdb import sqltypes as T
 
-from ..bundles import find_bundle, list_bundles
-from ..embedding import embed_image_lists, embed_texts, policy_of
-from ..encoders.image_io import image_errors
-from ..errors import ConfigError, ModelNotFoundError
-from ..settings import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, Settings
+from pmatch_duckdb.bundles import find_bundle, list_bundles
+from pmatch_duckdb.embedding import embed_image_lists, embed_texts, policy_of
+from pmatch_duckdb.encoders.image_io import image_errors
+from pmatch_duckdb.errors import ConfigError, ModelNotFoundError
+from pmatch_duckdb.settings import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, Settings
+
 from .arrow_util import Registrar, as_pylist, vectors_to_arrow
 
 _KNOWN_DIMS = {DEFAULT_TEXT_MODEL: 384, DEFAULT_IMAGE_MODEL: 1280}

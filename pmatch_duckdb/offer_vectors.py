@@ -1,0 +1,196 @@
+"""Turning offers into vectors: everything an offer becomes before it is stored or matched.
+
+Per offer: the text and pooled image embeddings, the price, the lexical and identifier fields, the start
+of the description, and the fused offer vector (zero-shot fusion, or the active matcher's projection).
+Used by indexing (``store``), by matching's source side, by training and by the Ray path; the LanceDB
+table itself is read and written only by ``store``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from .bundles import find_bundle
+from .embedding import embed_image_lists, embed_texts
+from .features.lexical import identifiers
+from .fusion import FusionConfig, fuse
+from .matchers import Matcher
+from .offers import Offer
+from .settings import Settings
+
+DESC_CHARS = 1000
+DESC_COLUMNS = ("description", "desc_identifiers")
+EMBED_CHUNK = 512
+
+
+def encoder_identity(settings: Settings) -> dict[str, str]:
+    """Names and ONNX hashes of the encoders a connection uses (recorded in, and checked against, indexes)."""
+    out = {}
+    for key, name in (("text", settings.text_model), ("image", settings.image_model)):
+        b = find_bundle(name, settings.home)
+        out[f"{key}_model"] = name
+        graph = b.manifest.get("towers", {}).get(key, {}).get("file", "model.onnx")  # CLIP bundles: two graphs
+        out[f"{key}_model_sha256"] = b.manifest["files"].get(graph, "")
+        out[f"{key}_dim"] = str(b.dim)
+    return out
+
+
+def _fsl(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    mask = None if valid is None else pa.array(~valid)
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(mat, np.float32).ravel()),
+                                             mat.shape[1], mask=mask)
+
+
+def text_input(o: Offer) -> str | None:
+    """What the text encoder sees: the title, prefixed by the brand when the title lacks it."""
+    title = (o.title or "").strip()
+    brand = (o.brand or "").strip()
+    if brand and brand.lower() not in title.lower():
+        title = f"{brand} {title}".strip()
+    return title or None
+
+
+def lexical_input(o: Offer) -> str:
+    """What the lexical channel sees: brand and title."""
+    return " ".join(x for x in ((o.brand or "").strip(), (o.title or "").strip()) if x)
+
+
+def description_input(o: Offer) -> str | None:
+    """The start of the description, kept in the index for the decision model's pair features."""
+    d = (o.description or "").strip()
+    return d[:DESC_CHARS] or None
+
+
+def description_columns(offers: list[Offer], title_idents: list[list[str]]) -> dict[str, pa.Array]:
+    """``description`` and ``desc_identifiers`` (identifiers of the description not in ``title_idents``,
+    each offer's identifiers of brand + title)."""
+    descs = [description_input(o) for o in offers]
+    idents = []
+    for d, title in zip(descs, title_idents, strict=True):
+        seen = set(title)
+        idents.append([t for t in identifiers(d) if t not in seen])
+    return {"description": pa.array(descs, pa.string()),
+            "desc_identifiers": pa.array(idents, pa.list_(pa.string()))}
+
+
+def with_description_columns(data: pa.Table) -> pa.Table:
+    """Index rows of a format-1 index (no description columns) with NULL ones, so old and new rows concatenate."""
+    if "description" in data.column_names:
+        return data
+    return _insert_description_columns(data, {"description": pa.nulls(len(data), pa.string()),
+                                              "desc_identifiers": pa.nulls(len(data), pa.list_(pa.string()))})
+
+
+def _insert_description_columns(data: pa.Table, cols: dict[str, pa.Array]) -> pa.Table:
+    """Put the description columns right after ``identifiers``, where freshly embedded rows have them."""
+    data = data.drop_columns([c for c in DESC_COLUMNS if c in data.column_names])
+    at = data.schema.get_field_index("identifiers") + 1
+    for k, name in enumerate(DESC_COLUMNS):
+        data = data.add_column(at + k, name, cols[name])
+    return data
+
+
+def fuse_vectors(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image_ok: np.ndarray,
+                 price: np.ndarray, lexical: list[str], cfg: FusionConfig, matcher: Matcher | None) -> np.ndarray:
+    """Offer vectors: the trained projection when a matcher is active, else the zero-shot fusion."""
+    if matcher is not None:
+        return matcher.embed(text, text_ok, image, image_ok, price, lexical)
+    return fuse(text, text_ok, image, image_ok, cfg)
+
+
+def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, hashes: list[str],
+                 progress: bool = True, desc: str = "embedding offers", matcher: Matcher | None = None) -> pa.Table:
+    """Embed offers into index rows (chunked, with a progress bar)."""
+    parts = []
+    bar = tqdm(total=len(offers), desc=desc, unit="offer", disable=not progress or len(offers) < EMBED_CHUNK)
+    for s in range(0, len(offers), EMBED_CHUNK):
+        chunk = offers[s:s + EMBED_CHUNK]
+        tv, tok = embed_texts([text_input(o) for o in chunk], settings)
+        iv, iok, reasons = embed_image_lists([o.images for o in chunk], settings)
+        prices = [o.price for o in chunk]
+        price_arr = np.array([np.nan if p is None else p for p in prices], dtype=np.float64)
+        lexical = [lexical_input(o) for o in chunk]
+        title_idents = [identifiers(t) for t in lexical]
+        fused = fuse_vectors(tv, tok, iv, iok, price_arr, lexical, cfg, matcher)
+        parts.append(pa.table({
+            "id": pa.array([o.id for o in chunk], pa.string()),
+            "content_hash": pa.array(hashes[s:s + EMBED_CHUNK], pa.string()),
+            "title": pa.array([o.title for o in chunk], pa.string()),
+            "brand": pa.array([o.brand for o in chunk], pa.string()),
+            "lexical_text": pa.array(lexical, pa.string()),
+            "identifiers": pa.array(title_idents, pa.list_(pa.string())),
+            **description_columns(chunk, title_idents),
+            "price": pa.array(prices, pa.float64()),
+            "currency": pa.array([o.currency for o in chunk], pa.string()),
+            "log_price": pa.array([math.log1p(p) if p is not None else 0.0 for p in prices], pa.float32()),
+            "price_missing": pa.array([p is None for p in prices], pa.bool_()),
+            "n_images": pa.array([len(o.images or []) for o in chunk], pa.int32()),
+            "n_images_ok": pa.array([sum(r is None for r in rr) for rr in reasons], pa.int32()),
+            "image_errors": pa.array([[r for r in rr if r is not None] for rr in reasons], pa.list_(pa.string())),
+            "text_vec": _fsl(tv, tok),
+            "image_vec": _fsl(iv, iok),
+            "vector": _fsl(fused),
+        }))
+        bar.update(len(chunk))
+    bar.close()
+    return pa.concat_tables(parts) if parts else None
+
+
+_MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")
+
+
+def _matrix(col: pa.ChunkedArray, dim_hint: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-size-list column → (float32 matrix with zeros for NULL, validity)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    dim = arr.type.list_size if pa.types.is_fixed_size_list(arr.type) else dim_hint
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if len(arr) == 0:
+        return np.zeros((0, dim), np.float32), valid
+    filled = arr.fill_null(pa.scalar([0.0] * dim, arr.type)) if arr.null_count else arr
+    flat = filled.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(arr), dim), valid
+
+
+@dataclass
+class OfferVectors:
+    """Index rows of a set of offers, as numpy arrays (the source side, or a small target)."""
+
+    ids: list[str]
+    hashes: list[str]
+    text: np.ndarray
+    text_ok: np.ndarray
+    image: np.ndarray
+    image_ok: np.ndarray
+    fused: np.ndarray
+    lexical: list[str]
+    idents: list[list[str]]
+    price: np.ndarray  # NaN where missing
+    titles: list[str | None]
+    brands: list[str | None]
+    descriptions: list[str | None]  # first DESC_CHARS characters (None: none, or a format-1 index)
+    desc_idents: list[list[str]]  # identifiers of the description not already in brand + title
+
+    @classmethod
+    def from_arrow(cls, t: pa.Table) -> OfferVectors:
+        """From index rows (LanceDB table or freshly embedded rows)."""
+        text, tok = _matrix(t["text_vec"])
+        image, iok = _matrix(t["image_vec"])
+        fused, _ = _matrix(t["vector"])
+        price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
+        t = with_description_columns(t)
+        return cls(ids=t["id"].to_pylist(), hashes=t["content_hash"].to_pylist(), text=text, text_ok=tok,
+                   image=image, image_ok=iok, fused=fused, lexical=t["lexical_text"].to_pylist(),
+                   idents=[x or [] for x in t["identifiers"].to_pylist()], price=price,
+                   titles=t["title"].to_pylist(), brands=t["brand"].to_pylist(),
+                   descriptions=t["description"].to_pylist(),
+                   desc_idents=[x or [] for x in t["desc_identifiers"].to_pylist()])
+
+    def take(self, idx: np.ndarray) -> OfferVectors:
+        """Rows ``idx`` (positions), every field subset alike."""
+        return OfferVectors(**{k: v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx]
+                               for k, v in self.__dict__.items()})
