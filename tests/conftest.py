@@ -46,3 +46,16 @@ def con(home: Path, image_dir: Path):
     c = pm.connect(home=home, image_roots=[image_dir])
     yield c
     c.close()
+
+
+# --------------------------------------------------------------------------------------------- reliability evidence
+# tests/reliability_log.py: the `record` fixture and the JSON log behind docs/reliability.md
+from reliability_log import note_report, record, write_log  # noqa: E402,F401
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    note_report(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    write_log(session)
