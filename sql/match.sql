@@ -22,7 +22,8 @@ CREATE OR REPLACE TEMP MACRO pm_index(tbl, index_name := NULL, rebuild := false)
 --   unordered pair once.
 -- Columns: source_table, source_id, target_table, target_id (original types), rank, score (fused, 0..1),
 -- text_score, image_score, lexical_score, identifier_match, price_ratio, decision (accept/review/reject),
--- mutual_best (rank 1 for the source and best-scored source for the target: the 1:1 assignment).
+-- mutual_best (rank 1 for the source and best-scored source for the target: the 1:1 assignment),
+-- human_verdict (the pair's verdict in pm_labels, which overrides decision: match -> accept, no_match -> reject).
 CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
     WITH hits AS (
         SELECT s.id AS source_id, _pm_match(src, tgt, TRY_CAST(k AS BIGINT), to_json(s)) AS h
@@ -36,7 +37,8 @@ CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
            f.rank, f.score, f.text_score, f.image_score, f.lexical_score, f.identifier_match,
            f.price_ratio, f.decision,
            -- 1:1 view: the pair is its source's best candidate and no other source scores higher on this target
-           (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY f.target_key)) AS mutual_best
+           (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY f.target_key)) AS mutual_best,
+           f.human_verdict
     FROM flat AS f
     JOIN query_table(tgt) AS t ON CAST(t.id AS VARCHAR) = f.target_key
     -- dedup mode: keep one direction of each unordered pair (the better-scored one)
