@@ -37,7 +37,7 @@ def matcher_dir(name: str, home: str | os.PathLike[str] | None = None) -> Path:
     """``<home>/matchers/<name>``; the name is a folder name, so path separators, ``..`` etc. are refused."""
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise ModelNotFoundError(f"invalid matcher name {name!r}: use letters, digits, '_', '-', '.'")
-    return matcher_dir(name, home)
+    return matchers_dir(home) / name
 
 
 def versions(name: str, home: str | os.PathLike[str] | None = None) -> list[str]:

@@ -78,8 +78,11 @@ def test_hostile_names_into_every_macro(hcon, tmp_path, record, name):
             hcon.execute(sql, [name]).fetchall()
         except duckdb.Error as e:
             msg = first_line(e)
-            # query_table() refuses an unknown name itself (DuckDB's catalog error names it)
-            assert fn in msg or "Catalog Error" in msg or "Parser Error" in msg, (fn, msg)
+            # match_products binds its tables with DuckDB's query_table(), which refuses an unknown name itself
+            # (a catalog, parser or binder error naming it) before any pmatch code runs
+            duckdb_own = fn == "match_products" and any(k in msg for k in ("Catalog Error", "Parser Error",
+                                                                           "Binder Error", "IO Error"))
+            assert fn in msg or duckdb_own, (fn, msg)
             outcomes.append(fn)
         else:
             pytest.fail(f"{fn} accepted the name {name!r}")
@@ -154,7 +157,7 @@ def test_bundle_whose_hash_does_not_verify(home, tmp_path, record):
     con = pm.connect(home=h, image_roots=[tmp_path])
     with pytest.raises(duckdb.Error) as ei:
         con.execute("SELECT pm_embed_text('usb', 'evil-text')").fetchall()
-    msg = first_line(ei.value)
+    msg = first_line(ei.value, 1000)
     assert "pm_embed_text" in msg and "failed verification" in msg and "sha256 mismatch" in msg, msg
     rows = dict(con.execute("SELECT name, verified FROM pm_models()").fetchall())
     assert rows["evil-text"] is False and rows["minilm-l6-v2"] is True
@@ -177,7 +180,7 @@ def test_manifest_pointing_outside_its_folder(home, tmp_path, record, rel):
     con = pm.connect(home=h, image_roots=[tmp_path])
     with pytest.raises(duckdb.Error) as ei:
         con.execute("SELECT pm_embed_text('usb')").fetchall()
-    msg = first_line(ei.value)
+    msg = first_line(ei.value, 1000)
     assert "pm_embed_text" in msg and "outside its bundle folder" in msg, msg
     (prob,), = con.execute("SELECT problem FROM pm_models() WHERE name = 'minilm-l6-v2'").fetchall()
     assert "outside its bundle folder" in prob
@@ -210,7 +213,7 @@ def test_tampered_decision_json_refused(home, tmp_path, record):
                 "SELECT pm_embed_offer('usb cable')"]:
         with pytest.raises(duckdb.Error) as ei:
             con.execute(sql).fetchall()
-        msg = first_line(ei.value)
+        msg = first_line(ei.value, 1000)
         assert "failed verification" in msg and "decision.json: sha256 mismatch" in msg, msg
         msgs.append(msg.split(":")[0])
     con.close()
