@@ -303,5 +303,9 @@ def demo(out: str, products: int, seed: int) -> None:
         raise click.ClickException(str(e)) from None
 
 
+from .review.commands import review_cmd  # noqa: E402 - the human-review commands live with the review package
+
+main.add_command(review_cmd)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
