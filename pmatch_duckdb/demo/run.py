@@ -104,9 +104,10 @@ def run_demo(out: str | os.PathLike[str], n_products: int = 60, seed: int = 0,
 def _rel(p: Path) -> str:
     """``p`` relative to the working directory where that is shorter (what the user would type)."""
     try:
-        return os.path.relpath(p)
+        rel = os.path.relpath(p)
     except ValueError:
         return str(p)
+    return str(p) if rel.startswith("..") else rel
 
 
 def _cli() -> str:

@@ -13,7 +13,6 @@ from ..features.lexical import identifiers
 from ..offers import OPTIONAL, offer_from_mapping, table_columns
 from ..sqlident import quote_ident, quote_qualified
 
-_ID_TOKEN = re.compile(r"[A-Za-z0-9]+(?:[-/.][A-Za-z0-9]+)*")
 DESCRIPTION_CHARS = 320
 
 
@@ -61,23 +60,28 @@ def read_offer(con: duckdb.DuckDBPyConnection, table: str, oid: str) -> dict | N
     return dict(zip(names, rows[0], strict=True)) if rows else None
 
 
-def _segments(text: str | None, mine: set[str], theirs: set[str]) -> list[Segment]:
-    """``text`` split so identifier tokens carry ``agree`` (both offers) or ``differ`` (only here while the
-    other offer has identifiers of its own)."""
+def _fuzzy(ident: str) -> re.Pattern[str]:
+    """``pm5988`` matches ``PM-5988``, ``pm 5988``, ``PM/59.88`` (separators between the characters)."""
+    return re.compile(r"(?<![A-Za-z0-9])" + r"[\s\-/._]?".join(re.escape(c) for c in ident) + r"(?![A-Za-z0-9])",
+                      re.IGNORECASE)
+
+
+def _segments(text: str | None, marks: dict[str, str]) -> list[Segment]:
+    """``text`` split so each occurrence of an identifier in ``marks`` (identifier -> agree / differ)
+    carries its mark; spelling variants (separators, case) count as occurrences."""
     if not text:
         return []
+    spans: list[tuple[int, int, str]] = []
+    for ident, mark in sorted(marks.items(), key=lambda kv: -len(kv[0])):
+        for m in _fuzzy(ident).finditer(text):
+            if all(m.end() <= a or m.start() >= b for a, b, _ in spans):
+                spans.append((m.start(), m.end(), mark))
     out, pos = [], 0
-    for m in _ID_TOKEN.finditer(text):
-        key = re.sub(r"[-/.]", "", m.group(0)).lower()
-        if key not in mine:
-            continue
-        mark = "agree" if key in theirs else ("differ" if theirs else None)
-        if mark is None:
-            continue
-        if m.start() > pos:
-            out.append(Segment(text[pos:m.start()]))
-        out.append(Segment(m.group(0), mark))
-        pos = m.end()
+    for a, b, mark in sorted(spans):
+        if a > pos:
+            out.append(Segment(text[pos:a]))
+        out.append(Segment(text[a:b], mark))
+        pos = b
     if pos < len(text):
         out.append(Segment(text[pos:]))
     return out
@@ -87,30 +91,52 @@ def _ids(offer) -> set[str]:  # noqa: ANN001 - an Offer
     return set(identifiers(" ".join(x for x in (offer.title, (offer.description or "")[:DESCRIPTION_CHARS]) if x)))
 
 
+def _text_of(offer) -> str:  # noqa: ANN001 - an Offer
+    return " ".join(x for x in (offer.title, (offer.description or "")[:DESCRIPTION_CHARS]) if x)
+
+
+def identifier_marks(a, b) -> tuple[dict[str, str], dict[str, str]]:  # noqa: ANN001 - two Offers
+    """Per side: identifier -> ``agree`` (the other offer has it too, possibly spelled with other
+    separators: ``PM 5988`` / ``PM-5988``), ``differ`` (the other offer has identifiers, not this one) or
+    ``only`` (the other offer has none)."""
+    ids = [_ids(a), _ids(b)]
+    texts = [_text_of(a), _text_of(b)]
+    out: list[dict[str, str]] = [{}, {}]
+    for side in (0, 1):
+        other = 1 - side
+        for i in ids[side]:
+            shared = i in ids[other] or bool(_fuzzy(i).search(texts[other]))
+            out[side][i] = "agree" if shared else ("differ" if ids[other] else "only")
+            if shared and i not in ids[other]:
+                out[other][i] = "agree"  # spelled without the usual form there ("PM 5988")
+    return out[0], out[1]
+
+
 def pair_view(con: duckdb.DuckDBPyConnection, entry: dict, policy: ImagePolicy) -> tuple[OfferView, OfferView]:
     """Both sides of a queue entry, ready for the template."""
     rows = [read_offer(con, entry["source_ref"], entry["source_id"]),
             read_offer(con, entry["target_ref"], entry["target_id"])]
     offers = [offer_from_mapping(r) if r else None for r in rows]
-    ids = [_ids(o) if o else set() for o in offers]
+    marks = list(identifier_marks(*offers)) if all(offers) else [
+        {i: "only" for i in _ids(o)} if o else {} for o in offers]
     views = []
     for side, (o, ref, oid) in enumerate(zip(offers, (entry["source_table"], entry["target_table"]),
                                              (entry["source_id"], entry["target_id"]), strict=True)):
         if o is None:
             views.append(OfferView(ref, oid, found=False))
             continue
-        mine, theirs = ids[side], ids[1 - side]
+        mk = marks[side]
+        shown = {i: m for i, m in mk.items() if m != "only"}
         desc = o.description or None
         imgs = []
         for i, p in enumerate(o.images or []):
             _, reason = policy.resolve(p)
             imgs.append(ImageRef(i, p.rsplit("/", 1)[-1], reason))
         views.append(OfferView(
-            table=ref, id=oid, found=True, title=_segments(o.title, mine, theirs), brand=o.brand, price=o.price,
-            currency=o.currency, description=_segments(desc[:DESCRIPTION_CHARS], mine, theirs) if desc else None,
+            table=ref, id=oid, found=True, title=_segments(o.title, shown), brand=o.brand, price=o.price,
+            currency=o.currency, description=_segments(desc[:DESCRIPTION_CHARS], shown) if desc else None,
             description_more=bool(desc and len(desc) > DESCRIPTION_CHARS), images=imgs,
-            identifiers=sorted(((i, "agree" if i in theirs else "differ" if theirs else "only") for i in mine),
-                               key=lambda t: (t[1] != "agree", t[0]))))
+            identifiers=sorted(mk.items(), key=lambda t: (t[1] != "agree", t[0]))))
     return views[0], views[1]
 
 
