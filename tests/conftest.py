@@ -84,3 +84,16 @@ def review_demo(_review_demo_master: Path, tmp_path: Path) -> ReviewDemo:
     shutil.copy(_review_demo_master / "shop.duckdb", dst / "shop.duckdb")
     shutil.copytree(_review_demo_master / "shop.pmatch", dst / "shop.pmatch")
     return ReviewDemo(dst / "shop.duckdb", _review_demo_master / "data")
+
+
+# --------------------------------------------------------------------------------------------- reliability evidence
+# tests/reliability_log.py: the `record` fixture and the JSON log behind docs/reliability.md
+from reliability_log import note_report, record, write_log  # noqa: E402,F401
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    note_report(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    write_log(session)

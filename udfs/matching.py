@@ -24,6 +24,7 @@ from pmatch_duckdb.sqlident import check_index_name, index_name_for, quote_ident
 from pmatch_duckdb.store import OfferIndex
 
 from .arrow_util import Registrar, as_pylist
+from .checks import register_check_udfs
 
 _INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "deleted": T.BIGINT,
               "unchanged": T.BIGINT, "total": T.BIGINT, "version": T.BIGINT, "ann_index": T.BOOLEAN,
@@ -49,6 +50,7 @@ def _nan_none(x: float) -> float | None:
 
 def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
     """Register ``_pm_index``, ``_pm_match`` and ``_pm_clusters`` bound to ``ctx``."""
+    register_check_udfs(reg)
 
     def pm_index(tables: pa.ChunkedArray, names: pa.ChunkedArray, rebuild: pa.ChunkedArray) -> pa.Array:
         out = []
