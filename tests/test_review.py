@@ -273,3 +273,26 @@ def test_review_page_server_side(review_demo) -> None:
     assert con.execute("SELECT verdict, reviewer, note FROM pm_labels ORDER BY label_id").fetchall() == [
         ("match", "ann", "same <b>item</b>"), ("retracted", "ann", "undo of match")]
     con.close()
+
+
+def test_review_page_when_another_process_holds_the_database(review_demo) -> None:
+    import subprocess
+    import sys
+
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = _connect(review_demo)
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    con.close()
+    c = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+         "time.sleep(120)", str(review_demo.db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        busy = c.get("/")
+        assert busy.status_code == 503 and "The database is busy" in busy.text
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert c.get("/").status_code == 200  # and the page works again once the other process is gone

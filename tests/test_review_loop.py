@@ -73,4 +73,27 @@ def test_review_retrain_shrinks_the_review_band(tmp_path: Path, home: Path) -> N
     assert after["review"] < 0.6 * before["review"]
     assert after["precision"] >= before["precision"]
     assert after["recall"] >= 0.9 * before["recall"]
+
+    # a second round on the retrained model's scores (the half not trained on), then thresholds from those
+    # reviews: a new matcher version carrying them (the trained one stays, for rollback)
+    from pmatch_duckdb.matchers import active_matcher, active_version
+    from pmatch_duckdb.review.calibrate import calibrate
+
+    st = con.execute("SELECT * FROM pm_queue_review('matches_after', queue := 'round2', accept_sample := 1.0)"
+                     ).fetchall()[0]
+    assert st[1] > 0
+    for s_t, si, tt, ti, score, dec, reason, matcher in con.execute(
+            "SELECT source_table, source_id, target_table, target_id, score, decision, reason, matcher "
+            "FROM pm_review_queue WHERE queue = 'round2'").fetchall():
+        assert matcher == "default/v1"
+        if _reviewed_half(si):  # rechecks of pairs trained on: their new scores are in-sample, leave them
+            continue
+        record_verdict(con, PairKey(s_t, si, tt, ti), "match" if (si, ti) in truth else "no_match", score=score,
+                       decision=dec, reason=reason, matcher=matcher, queue="round2", reviewer="simulated")
+    cal = calibrate(con, "catalog", target_precision=0.75)
+    assert cal.matcher == "default/v1" and cal.accept is not None and cal.accept_lower_bound >= 0.75
+    assert active_version("default", mhome) == "v2" and "copy of v1" in cal.applied
+    m = active_matcher("default", mhome)
+    assert (m.decision.accept_threshold, m.decision.review_threshold) == pytest.approx((cal.accept, cal.review))
+    assert m.bundle.manifest["parent"] == "v1" and m.bundle.manifest["calibration"]["kind"] == "pm_labels"
     con.close()

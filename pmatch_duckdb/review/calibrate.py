@@ -87,10 +87,10 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
     ctx = ctx or context_of(con)
     state = model_state(ctx, target)
     s, y, ignored = reviewed_scores(con, target, state.matcher)
-    if int(y.sum()) < min_matches or len(y) - int(y.sum()) < 1:
+    if int(y.sum()) < min_matches:
         raise CalibrationError(
             f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
-            f"{target!r}; need at least {min_matches} matches and one non-match. Review more pairs: pmatch review "
+            f"{target!r}; need at least {min_matches} matches. Review more pairs: pmatch review "
             f"<db>{f' ({ignored} verdicts were given on another model' + chr(39) + 's scores)' if ignored else ''}")
     accept, review, _ = choose_thresholds(s, y, target_precision, max_recall_loss)
     above = s >= accept
