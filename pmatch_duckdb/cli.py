@@ -359,5 +359,12 @@ def demo(out: str, products: int, seed: int) -> None:
         raise click.ClickException(str(e)) from None
 
 
+from .review.commands import calibrate_cmd, review_cmd  # noqa: E402 - the human-review commands live with review/
+
+review_cmd.epilog = EX("pmatch review shop.duckdb --matches feed_matches")
+calibrate_cmd.epilog = EX("pmatch calibrate shop.duckdb --target catalog --dry-run")
+main.add_command(review_cmd)
+main.add_command(calibrate_cmd)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
