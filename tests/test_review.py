@@ -316,3 +316,17 @@ def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkey
     con.close()
     res = CliRunner().invoke(main, ["review", str(review_demo.db), "--host", "0.0.0.0"])
     assert "warning: binding 0.0.0.0" in res.output
+
+
+def test_review_page_offer_gone(review_demo) -> None:
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = _connect(review_demo)
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    sid = con.execute("SELECT source_id FROM pm_review_queue WHERE position = 1").fetchall()[0][0]
+    con.execute("DELETE FROM supplier_feed WHERE id = ?", [sid])
+    con.close()
+    c = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client()
+    page = c.get("/pair/1")
+    assert page.status_code == 200 and f"Offer {sid} cannot be read from supplier_feed" in page.text
+    assert c.get("/img/1/s/0").status_code == 404
