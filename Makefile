@@ -63,7 +63,7 @@ reliability-report: $(VENV)/.dev-installed models
 	PMATCH_RELIABILITY_LOG=build/reliability.json $(BIN)/python -m pytest -q tests/test_input_types.py \
 		tests/test_reliability_corpus.py tests/test_reliability_properties.py tests/test_reliability_hostile.py \
 		tests/test_reliability_crash.py tests/test_reliability_resources.py || true
-	$(BIN)/python tests/render_reliability.py build/reliability.json docs/reliability.md
+	$(BIN)/python tests/render_reliability.py docs/reliability.md build/reliability.json
 
 bench: $(VENV)/.dev-installed models
 	$(BIN)/python benchmarks/bench_encoders.py

@@ -2,7 +2,7 @@
 
     make reliability-report
     # = PMATCH_RELIABILITY_LOG=build/reliability.json pytest tests/test_input_types.py tests/test_reliability_*.py
-    #   python tests/render_reliability.py build/reliability.json docs/reliability.md
+    #   python tests/render_reliability.py docs/reliability.md build/reliability.json [more logs ...]
 
 Nothing in the page is typed by hand: each row is a case a test recorded, with what the product did as the
 test observed it, and the test's node id.
@@ -69,9 +69,15 @@ def render(log: dict) -> str:
 
 
 def main() -> None:
-    src, dst = sys.argv[1], sys.argv[2]
-    with open(src, encoding="utf-8") as f:
-        log = json.load(f)
+    """``render_reliability.py OUT.md LOG.json [LOG2.json ...]`` (several logs: test runs split in parts)."""
+    dst, srcs = sys.argv[1], sys.argv[2:]
+    log: dict = {"records": [], "failed_tests": [], "tests_run": 0}
+    for src in srcs:
+        with open(src, encoding="utf-8") as f:
+            part = json.load(f)
+        log["records"] += part["records"]
+        log["failed_tests"] += part.get("failed_tests", [])
+        log["tests_run"] += part.get("tests_run", 0)
     with open(dst, "w", encoding="utf-8") as f:
         f.write(render(log))
     print(f"{dst}: {len(log['records'])} records")

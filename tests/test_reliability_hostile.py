@@ -66,6 +66,7 @@ MACRO_CALLS = [
     ("pm_embed_text", "SELECT pm_embed_text('usb', ?)"),
     ("pm_embed_image", "SELECT pm_embed_image('x.jpg', ?)"),
     ("pm_embed_images", "SELECT pm_embed_images(['x.jpg'], ?)"),
+    ("pm_queue_review", "SELECT * FROM pm_queue_review(?)"),
 ]
 
 
