@@ -255,6 +255,7 @@ def test_review_page_server_side(review_demo) -> None:
     page = c.get("/")
     assert page.status_code == 200 and "pair 1 of" in page.text
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert c.get("/", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
     token = page.text.split('name="token" value="', 1)[1].split('"', 1)[0]
     assert c.post("/label", data={"verdict": "match", "position": "1", "token": "forged"}).status_code == 403
     assert c.post("/label", data={"verdict": "maybe", "position": "1", "token": token}).status_code == 400
