@@ -72,11 +72,12 @@ def main() -> None:
     """``render_reliability.py OUT.md LOG.json [LOG2.json ...]`` (several logs: test runs split in parts)."""
     dst, srcs = sys.argv[1], sys.argv[2:]
     log: dict = {"records": [], "failed_tests": [], "tests_run": 0}
-    for src in srcs:
+    for src in srcs:  # a later log (a re-run of some tests) replaces what earlier logs said about those tests
         with open(src, encoding="utf-8") as f:
             part = json.load(f)
-        log["records"] += part["records"]
-        log["failed_tests"] += part.get("failed_tests", [])
+        rerun = {r["test"] for r in part["records"]} | set(part.get("failed_tests", []))
+        log["records"] = [r for r in log["records"] if r["test"] not in rerun] + part["records"]
+        log["failed_tests"] = [t for t in log["failed_tests"] if t not in rerun] + part.get("failed_tests", [])
         log["tests_run"] += part.get("tests_run", 0)
     with open(dst, "w", encoding="utf-8") as f:
         f.write(render(log))
