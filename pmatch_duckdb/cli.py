@@ -81,6 +81,53 @@ def models_export_openclip(arch: str | None, weights: str, name: str, pretrained
         raise click.ClickException(str(e)) from None
 
 
+@models.command("export-text")
+@click.option("--path", "path", required=True, type=click.Path(),
+              help="Local model folder: a sentence-transformers folder (modules.json, 1_Pooling/, ...) or a plain "
+                   "Hugging Face one (config.json, weights, tokenizer files). Nothing is downloaded.")
+@click.option("--name", required=True, help="Bundle name; SQL selects it with pm_embed_text(t, NAME).")
+@click.option("--pooling", default=None,
+              help="Override the pooling: mean, cls, lasttoken, max, mean_sqrt_len_tokens, weightedmean "
+                   "(default: the folder's 1_Pooling config, else mean).")
+@click.option("--prefix", default=None,
+              help="Text put in front of every text the model embeds, e.g. 'query: ' for E5 models "
+                   "(default: the model's default prompt, else none).")
+@click.option("--prompt", "prompts", multiple=True, metavar="NAME=TEXT",
+              help="A named prompt recorded in the manifest beside the model's own (repeatable), e.g. "
+                   "passage='passage: '.")
+@click.option("--max-length", type=int, default=None,
+              help="Truncate at this many tokens (default: the model's max length).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle of that name.")
+@click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
+def models_export_text(path: str, name: str, pooling: str | None, prefix: str | None, prompts: tuple[str, ...],
+                       max_length: int | None, force: bool, home: str | None) -> None:
+    """Export a local sentence-transformers / Hugging Face text model (BERT, XLM-R, MPNet, ...) to a text bundle.
+
+    \b
+    Example (a multilingual E5 you have on disk; matching is symmetric, so E5 wants 'query: '):
+      pmatch models export-text --path ~/models/multilingual-e5-small --name my-e5 --prefix 'query: '
+      then in SQL: pm_embed_text(title, 'my-e5'), or pm.connect(..., text_model='my-e5')
+    Needs the build extra (torch, transformers); the bundle itself runs on onnxruntime + tokenizers.
+    """
+    try:
+        from .build.text_hf import export_text
+    except ImportError as e:
+        raise click.ClickException(
+            f"exporting text models needs the build extra ({e}); install it with: pip install 'pmatch-duckdb[build]'"
+        ) from None
+    named = {}
+    for p in prompts:
+        key, sep, text = p.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{p!r}: expected NAME=TEXT", param_hint="--prompt")
+        named[key] = text
+    try:
+        export_text(path, name, home=home, pooling=pooling, prefix=prefix, prompts=named or None,
+                    max_length=max_length, force=force, log=click.echo)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @models.command("list")
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 def models_list(home: str | None) -> None:
@@ -96,7 +143,7 @@ def models_list(home: str | None) -> None:
         bad += bool(problems)
         src = b.manifest.get("source", {})
         click.echo(f"{b.name:<24} {b.modality:<8} {b.dim:>5}  {'yes' if not problems else 'NO':<8}  "
-                   f"{src.get('package', '')} {src.get('version', '')}")
+                   f"{src.get('package') or ''} {src.get('version') or src.get('folder') or ''}")
         for p in problems:
             click.echo(f"    problem: {p}")
     _list_matchers(home)
