@@ -210,7 +210,23 @@ def models_rollback(name: str, home: str | None) -> None:
     click.echo(f"matcher {name}: {v or 'zero-shot (no trained version active)'}")
 
 
+_TEXT_MODEL_KEY = "pmatch.text_model"
+
+
+def _remember_text_model(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_TEXT_MODEL_KEY] = value
+
+
+# --text-model NAME on the commands that open a connection (read by _open): the text encoder bundle for
+# indexing, matching and training instead of minilm-l6-v2 (an index records its encoders and refuses others)
+text_model_option = click.option(
+    "--text-model", default=None, expose_value=False, callback=_remember_text_model,
+    help="Text encoder bundle (default minilm-l6-v2), e.g. one made by `pmatch models export-text`.")
+
+
 @main.command("train", epilog=EX("pmatch train shop.duckdb --offers feed --offers catalog --pairs labels"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.option("--offers", multiple=True, required=True, help="Offer table; give two for source and target.")
 @click.option("--pairs", default=None, help="Labels table: left_id, right_id[, label].")
@@ -254,6 +270,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
 
 
 @main.command("evaluate", epilog=EX("pmatch evaluate shop.duckdb --source feed --target catalog --pairs test_labels --out report/"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.option("--source", required=True, help="Source offer table.")
 @click.option("--target", required=True, help="Target offer table.")
@@ -284,10 +301,15 @@ def _open(db: str, home: str | None, image_roots: tuple[str, ...], matcher: str 
     from .connection import connect
 
     extra = {"matcher": matcher} if matcher else {}
+    ctx = click.get_current_context(silent=True)
+    text_model = ctx.meta.get(_TEXT_MODEL_KEY) if ctx is not None else None
+    if text_model:  # --text-model: e.g. a multilingual model exported with `pmatch models export-text`
+        extra["text_model"] = text_model
     return connect(db, home=home, image_roots=list(image_roots) or None, **extra)
 
 
 @main.command("index", epilog=EX("pmatch index shop.duckdb catalog --image-root ./images"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("table")
 @click.option("--name", default=None, help="Index name (default: the table's name).")
@@ -308,6 +330,7 @@ def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_
 
 
 @main.command("match", epilog=EX("pmatch match shop.duckdb feed catalog -k 5 --into matches"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("source")
 @click.argument("target")
@@ -339,6 +362,7 @@ def match_cmd(database: str, source: str, target: str, k: int, into: str | None,
 
 
 @main.command("sql", epilog=EX("pmatch sql shop.duckdb -c \"SELECT * FROM match_products('feed', 'catalog', k := 3)\" --format csv"))
+@text_model_option
 @click.argument("database", required=False, default=":memory:")
 @click.option("-c", "--command", "commands", multiple=True,
               help="Run these statements (repeatable; ';'-separated), print the results and exit.")

@@ -81,6 +81,17 @@ def make_tokenizer(kind: str, max_len: int = MAX_POS, corpus: list[str] = CORPUS
     if kind == "mpnet":
         return transformers.MPNetTokenizer(vocab=wordpiece_vocab(["<s>", "<pad>", "</s>", "[UNK]", "<mask>"], corpus),
                                            model_max_length=max_len)
+    if kind == "distilbert":
+        return transformers.DistilBertTokenizer(
+            vocab=wordpiece_vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], corpus), model_max_length=max_len)
+    if kind == "roberta":  # byte-level BPE
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(corpus, vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                  for m in json.loads(bpe._tokenizer.to_str())["model"]["merges"]]
+        return transformers.RobertaTokenizer(vocab=bpe.get_vocab(), merges=merges, model_max_length=max_len)
     raise ValueError(kind)
 
 
@@ -95,6 +106,15 @@ def make_model(kind: str, vocab_size: int, seed: int = 0, **overrides):
         config = transformers.XLMRobertaConfig(vocab_size=vocab_size, max_position_embeddings=MAX_POS + 2,
                                                pad_token_id=1, **cfg)
         cls = transformers.XLMRobertaModel
+    elif kind == "roberta":
+        config = transformers.RobertaConfig(vocab_size=vocab_size, max_position_embeddings=MAX_POS + 2, pad_token_id=1,
+                                            **cfg)
+        cls = transformers.RobertaModel
+    elif kind == "distilbert":
+        config = transformers.DistilBertConfig(vocab_size=vocab_size, max_position_embeddings=MAX_POS, dim=32,
+                                               n_layers=2, n_heads=2, hidden_dim=64,
+                                               initializer_range=cfg["initializer_range"])
+        cls = transformers.DistilBertModel
     else:
         config = transformers.MPNetConfig(vocab_size=vocab_size, max_position_embeddings=MAX_POS + 2, pad_token_id=1,
                                           **cfg)
@@ -254,6 +274,25 @@ def test_sql_matches_sentence_transformers(tcon, folders, bundle, folder, kw):
     # and the vectors are not degenerate: different texts, different embeddings
     sims = got @ got.T
     assert sims[np.triu_indices(len(TRICKY), 1)].max() < 0.999
+
+
+@pytest.mark.parametrize("kind", ["roberta", "distilbert"])
+def test_other_supported_architectures(kind, tmp_path):
+    """RoBERTa (byte-level BPE) and DistilBERT (distiluse-style: mean + Dense) export and match
+    sentence-transformers too."""
+    from pmatch_duckdb.build.text_hf import export_text
+
+    hf = save_hf(tmp_path / f"{kind}-hf", kind, seed=7)
+    folder = save_st(tmp_path / kind, hf, "mean", dense=24 if kind == "distilbert" else None)
+    export_text(folder, kind, home=tmp_path / "home", **QUIET)
+    m = find_bundle(kind, tmp_path / "home").verify().manifest
+    assert m["source"]["model_type"] == kind and m["dim"] == (24 if kind == "distilbert" else 32)
+    assert set(m["inputs"]) == {"input_ids", "attention_mask"}
+    con = pm.connect(home=tmp_path / "home", image_roots=[tmp_path])
+    try:
+        np.testing.assert_allclose(sql_vectors(con, TRICKY, kind), st_encode(folder, TRICKY), atol=TOL)
+    finally:
+        con.close()
 
 
 def test_plain_folder_matches_torch_mean_pooling(tcon, folders):
@@ -519,6 +558,17 @@ def test_exported_model_as_connection_default(text_home, tmp_path):
             other.execute("SELECT * FROM pm_index('catalog')").fetchall()
     finally:
         other.close()
+    # the command line: --text-model selects the bundle; without it the index refuses MiniLM vectors
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main
+
+    base = ["--home", str(text_home), "--image-root", str(tmp_path)]
+    r = CliRunner().invoke(main, ["match", db, "feed", "catalog", "-k", "1", "--into", "m", "--text-model", "xlmr-e5",
+                                  *base])
+    assert r.exit_code == 0 and "2 candidate pairs saved in m" in r.output, r.output
+    r = CliRunner().invoke(main, ["index", db, "catalog", *base])
+    assert r.exit_code != 0 and "built with other encoders" in r.output
 
 
 # --------------------------------------------------------------------------------------------- cross-lingual matching

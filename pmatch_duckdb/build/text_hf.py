@@ -306,8 +306,10 @@ def load_transformer(spec: ModelSpec) -> Any:
     if not _weight_files(spec.transformer):
         raise ExportError(f"no weights ({', '.join(WEIGHT_FILES)}) in {str(spec.transformer)!r}")
     try:
+        # the pooler (BERT's tanh head over [CLS]) is never part of the exported graph: not built
+        extra = {} if spec.model_type == "distilbert" else {"add_pooling_layer": False}
         model = cls.from_pretrained(str(spec.transformer), local_files_only=True, trust_remote_code=False,
-                                    attn_implementation="eager")
+                                    attn_implementation="eager", **extra)
     except Exception as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportError(f"cannot load {cls_name} from {str(spec.transformer)!r}: {detail}") from None
