@@ -489,8 +489,11 @@ def _batches(tokenizer_path: Path, pre: dict[str, Any], texts: list[str]) -> lis
             types[r, :len(e.ids)] = e.type_ids
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
-    short = [e for e in encs if len(e.ids) <= 24]
-    return [feed(encs[:8]), feed(encs[8:]), feed(short[:1]), feed(short[1:4])]
+    short = [e for e in encs if len(e.ids) < pre["max_tokens"]]
+    long = [e for e in encs if len(e.ids) >= pre["max_tokens"]]
+    # short texts padded to each other; one truncated text beside a short one (padding up to the max
+    # length); a single text; several: four shapes, the max length used once (base-size models are slow)
+    return [feed(short[:8]), feed(long[:1] + short[8:9]), feed(short[8:9]), feed(short[9:])]
 
 
 def build(bundle_dir: Path, name: str, spec: ModelSpec, *, pooling: list[str] | None = None,
