@@ -621,7 +621,9 @@ def export_text(path: str | os.PathLike[str], name: str, home: str | os.PathLike
     except ImportError as e:
         raise ExportError(f"exporting a text model needs torch and transformers ({e}); install them with: "
                           f"{INSTALL_HINT}") from None
-    with staging_dir(final) as tmp:
+    from ..console import quiet_export
+
+    with staging_dir(final) as tmp, quiet_export():  # transformers' load reports and bars, tracer warnings
         build(tmp, name, spec, pooling=pooling, prefix=prefix, prompts=prompts, max_length=max_length, log=log)
     bundle = find_bundle(name, home)
     try:
