@@ -294,7 +294,7 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     if view.matcher is not None:
         dm = view.matcher.decision
         score = dm.score(decision_features(src, view, s, t, sig, dm.features))
-        if gtin_rule:  # the zero-shot GTIN rule on the trained model's scale (its thresholds may be near 1)
+        if gtin_rule and sig.gtin is not None:  # the zero-shot GTIN rule on the trained model's scale (its thresholds may be near 1)
             floor = dm.accept_threshold if np.isfinite(dm.accept_threshold) else dm.review_threshold
             score = apply_gtin_evidence(score, sig.gtin, max(cfg.gtin_match_score, floor),
                                         min(cfg.gtin_conflict_score, np.nextafter(dm.review_threshold, 0.0)))
