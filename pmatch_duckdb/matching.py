@@ -270,7 +270,10 @@ def _full_text_scores(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
     us, ut = np.unique(s, return_inverse=True), np.unique(t, return_inverse=True)
     qs = view.tfidf.transform([full_text_input(src.titles[i], src.descriptions[i]) for i in us[0]])
     qt = view.tfidf.transform([full_text_input(view.rows.titles[j], view.rows.descriptions[j]) for j in ut[0]])
-    sims = np.asarray(qs[us[1]].multiply(qt[ut[1]]).sum(axis=1)).ravel().astype(np.float32)
+    sims = np.zeros(len(s), dtype=np.float32)
+    for c in range(0, len(s), 16384):  # bounded memory: the row-gathered sparse copies are made per chunk
+        part = slice(c, c + 16384)
+        sims[part] = np.asarray(qs[us[1][part]].multiply(qt[ut[1][part]]).sum(axis=1)).ravel()
     return np.clip(sims, 0.0, 1.0)
 
 

@@ -94,7 +94,7 @@ def test_training_on_20k_offers_is_linear_in_operations_and_memory(home: Path, t
     pm.index(con, "offers")
     tracemalloc.start()
     try:
-        r = train.train_matcher(con, "offers", group_column="group_id", name="scale", dim=64, epochs=2,
+        r = train.train_matcher(con, "offers", group_column="group_id", name="scale", dim=32, epochs=1, cross_fit=False,
                                 progress=False, log=lambda m: None)
         _, peak = tracemalloc.get_traced_memory()
     finally:
