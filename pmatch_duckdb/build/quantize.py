@@ -2,7 +2,7 @@
 
 - text (``minilm-l6-v2-int8``): ONNX Runtime *dynamic* quantization — int8 weights, activations
   quantized per batch at run time (MatMul/Gather); no calibration data needed.
-- image (``efficientnet-lite0-int8``): *static* QDQ quantization — int8 weights (per channel) and
+- image (``efficientnet-lite0-int8``): *static* quantization (QOperator format) — int8 weights (per channel) and
   activation ranges calibrated on product photos rendered by :mod:`pmatch_duckdb.demo.synthetic`
   (generated at build time: the build never reads third-party data).
 
@@ -15,7 +15,9 @@ out of date (``pmatch models build --int8`` then rebuilds it).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ import numpy as np
 from ..bundles import Bundle, find_bundle
 from .common import finish_bundle, package_version
 
-RECIPE = 1  # bump whenever the quantization recipe changes
+RECIPE = 2  # bump whenever the quantization recipe changes (2: images in QOperator format)
 SUFFIX = "-int8"
 CALIBRATION_IMAGES = 96
 CALIBRATION_SEED = 7
@@ -46,6 +48,18 @@ def _manifest_from(src: Bundle, method: dict[str, Any]) -> dict[str, Any]:
                              "onnxruntime": package_version("onnxruntime")}}
 
 
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    """ONNX Runtime's quantizer saves a temporary external-data file (``<uuid>.data``, the size of the
+    model) in the current directory: run it inside the build's scratch directory instead."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
 def _preprocessed(src: Path, work: Path) -> Path:
     """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation) before quantizing."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -62,7 +76,8 @@ def quantize_text(src: Bundle, bundle_dir: Path) -> dict[str, Any]:
     """Dynamic int8 quantization of a text bundle's ``model.onnx`` (tokenizer and manifest fields copied)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as work:
+    bundle_dir = Path(bundle_dir).resolve()
+    with tempfile.TemporaryDirectory() as work, _cwd(Path(work)):
         pre = _preprocessed(src.file("model.onnx"), Path(work))
         quantize_dynamic(str(pre), str(bundle_dir / "model.onnx"), weight_type=QuantType.QInt8,
                          per_channel=False, op_types_to_quantize=["MatMul", "Gemm"])
@@ -97,24 +112,25 @@ class _PhotoReader:
 
 
 def quantize_image(src: Bundle, bundle_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Static int8 (QDQ, per-channel weights) quantization of an image bundle, calibrated on rendered photos."""
+    """Static int8 (QOperator format, per-channel weights) quantization of an image bundle, calibrated on rendered photos."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from PIL import Image
 
     from ..encoders.image import ImageEncoder
 
+    bundle_dir = Path(bundle_dir).resolve()
     enc = ImageEncoder(src, threads=1)
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, _cwd(Path(work)):
         photos = calibration_photos(Path(work) / "calibration")
         log(f"{int8_name(src.name)}: calibrating on {len(photos)} generated product photos")
         pixels = np.stack([enc.preprocess(Image.open(p).convert("RGB")) for p in photos]).astype(np.float32)
         pre = _preprocessed(src.file("model.onnx"), Path(work))
         quantize_static(str(pre), str(bundle_dir / "model.onnx"), _PhotoReader(pixels, enc.input_name),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
     return finish_bundle(bundle_dir, _manifest_from(src, {
-        "method": "static", "format": "QDQ", "weights": "int8 (per channel)", "activations": "uint8",
+        "method": "static", "format": "QOperator", "weights": "int8 (per channel)", "activations": "uint8",
         "ops": ["Conv", "MatMul", "Gemm"],
         "calibration": {"images": len(photos), "source": "pmatch_duckdb.demo.synthetic rendered product photos",
                         "seed": CALIBRATION_SEED, "method": "MinMax"}}))
