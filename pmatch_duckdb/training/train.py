@@ -114,6 +114,10 @@ def _read_pairs(con, table: str) -> list[tuple[OfferRef, OfferRef, int]]:
     try:
         cols = {d[0].lower() for d in cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0").description}
         cur.fetchall()
+        if {"verdict", "source_id", "target_id"} <= cols:  # a pm_labels table: human verdicts (unsure ignored)
+            from ..review.labels import labels_as_pairs
+
+            return labels_as_pairs(cur, table)
         for c in ("left_id", "right_id"):
             if c not in cols:
                 raise TrainingError(f"pairs table {table!r} needs columns left_id, right_id (and optionally label, "
@@ -384,7 +388,7 @@ def _mine_negatives(rows: OfferVectors, view: TargetView, tgt_mask: np.ndarray, 
     if not len(s):
         return np.zeros((0, 2), dtype=np.int64)
     sig = pair_signals(src, view, s, t)
-    score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg)
+    score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin)
     a, b = anchors[s], tgt_pos[t]
     ok = (comp[a] != comp[b]) & ~np.isin(comp[b], list(valid_comp))
     a, b, score = a[ok], b[ok], score[ok]
