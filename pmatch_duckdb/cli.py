@@ -18,8 +18,14 @@ def EX(example: str) -> str:  # noqa: N802 - reads as a constant in the decorato
 
 @click.group(epilog=EX("pmatch sql shop.duckdb -c \"SELECT * FROM match_products('feed', 'catalog')\""))
 @click.version_option(package_name="pmatch-duckdb")
-def main() -> None:
+@click.option("--verbose", is_flag=True,
+              help="Also show third-party logs and warnings (LanceDB, torch, transformers); = PMATCH_LOG=verbose.")
+def main(verbose: bool) -> None:
     """pmatch: multimodal product matching inside DuckDB."""
+    if verbose:
+        import os
+
+        os.environ.setdefault("PMATCH_LOG", "verbose")
 
 
 @main.group(epilog=EX("pmatch models build && pmatch models list"))
