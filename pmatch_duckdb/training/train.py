@@ -32,7 +32,7 @@ from ..evaluation import recall_at_k, summarize
 from ..features.offer_features import DEFAULT_SPEC, offer_features
 from ..fusion import FusionConfig, pair_score
 from ..matchers import activate as activate_version
-from ..matchers import load_matcher, matchers_dir, next_version
+from ..matchers import load_matcher, matcher_dir, next_version
 from ..matching import OfferVectors, TargetView, candidate_pairs, decision_features, pair_signals
 from ..offer_vectors import encoder_identity
 from ..sqlident import index_name_for, quote_ident, quote_qualified
@@ -345,7 +345,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     metrics["final_loss"] = history[-1] if history else None
 
     version = next_version(name, ctx.settings.home)
-    final = matchers_dir(ctx.settings.home) / name / version
+    final = matcher_dir(name, ctx.settings.home) / version
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     try:
