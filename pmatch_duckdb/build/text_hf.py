@@ -48,7 +48,7 @@ RECIPE = 1  # bump whenever the export changes
 OPSET = 17
 CHECK_TOL = 1e-4  # max |onnx - torch| allowed on the normalised embeddings
 INSTALL_HINT = "pip install 'pmatch-duckdb[build]'"
-RESERVED_NAMES = ("minilm-l6-v2", "efficientnet-lite0")
+RESERVED_NAMES = ("minilm-l6-v2", "efficientnet-lite0", "minilm-l6-v2-int8", "efficientnet-lite0-int8")
 
 # config.json model_type -> (transformers model class, whether it takes token_type_ids, position-id offset:
 # RoBERTa-style models number positions from padding_idx + 1, so max_position_embeddings - (pad + 1) fit)
