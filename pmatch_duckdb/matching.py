@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from .fusion import FusionConfig, decide, pair_score
 from .matchers import Matcher, load_matcher
 from .offer_vectors import (
     OfferVectors,
+    content_salt,
     embed_offers,
-    encoder_identity,
     fuse_vectors,
     with_description_columns,
 )
@@ -135,7 +134,7 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
     Offer vectors are recomputed with ``matcher`` (or the zero-shot fusion) from the per-modality
     vectors, so a reused index made with another matcher is still correct.
     """
-    salt = json.dumps(encoder_identity(settings), sort_keys=True)
+    salt = content_salt(settings)
     hashes = [o.content_hash(salt) for o in offers]
     reused: dict[int, int] = {}  # source position -> row in reuse
     if reuse is not None:
@@ -299,6 +298,14 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
                       id_match=idm[keep], price_ratio=ratio[keep],
                       decision=(view.matcher.decision.decide(score[keep]) if view.matcher is not None
                                 else decide(score[keep], cfg)))
+
+
+def match_offers(offers: list[Offer], view: TargetView, settings: Settings, k: int, exclude_self: bool = False,
+                 reuse: TargetView | None = None) -> Candidates:
+    """Source offers → scored candidates against ``view``: the one matching code path, called by
+    ``match_products`` (per DuckDB chunk) and by the Ray path (per source partition)."""
+    src = source_vectors(offers, settings, view.fusion, reuse=reuse, matcher=view.matcher)
+    return match(src, view, k, exclude_self=exclude_self)
 
 
 def _rank_and_gap(src_pos: np.ndarray, fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

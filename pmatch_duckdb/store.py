@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lancedb
+import pyarrow as pa
 
 from .errors import PmatchError
 from .fusion import FusionConfig
@@ -28,6 +30,7 @@ from .offer_vectors import (  # DESC_CHARS: re-exported (the description cut is 
     OfferVectors,
     _fsl,
     _insert_description_columns,
+    content_salt,
     description_columns,
     embed_offers,
     encoder_identity,
@@ -40,6 +43,19 @@ from .sqlident import check_index_name
 FORMAT = 2  # 2: + description (first DESC_CHARS characters) and desc_identifiers, for the decision model
 META_KEY = b"pmatch"
 ANN_MIN_ROWS = 100_000  # below this, exact search beats an ANN index (measured: benchmarks/README.md)
+
+
+Embedder = Callable[[list[str], FusionConfig], "pa.Table | pa.RecordBatchReader | None"]
+
+
+def _conform(rows: pa.Table | pa.RecordBatchReader | None, schema: pa.Schema) -> pa.Table | pa.RecordBatchReader:
+    """Index rows cast to the table's schema (column order and types); a reader stays streamed."""
+    if rows is None:
+        return schema.empty_table()
+    if isinstance(rows, pa.Table):
+        return rows.select(schema.names).cast(schema)
+    batches = (pa.Table.from_batches([b]).select(schema.names).cast(schema).to_batches() for b in rows)
+    return pa.RecordBatchReader.from_batches(schema, (b for bs in batches for b in bs))
 
 
 class OfferIndexError(PmatchError):
@@ -123,6 +139,28 @@ class OfferIndex:
         one that made the index's offer vectors, every vector is re-projected from the cached
         per-modality vectors (the encoders are not run again).
         """
+        salt = content_salt(settings)
+        by_id = {o.id: o for o in offers}
+        hashes = {o.id: o.content_hash(salt) for o in offers}
+
+        def embed(ids: list[str], cfg: FusionConfig) -> pa.Table | None:
+            return embed_offers([by_id[i] for i in ids], settings, cfg, [hashes[i] for i in ids],
+                                progress=progress, matcher=matcher)
+
+        return self.refresh_hashes(hashes, embed, settings, cfg=cfg, source_table=source_table, rebuild=rebuild,
+                                   ann_min_rows=ann_min_rows, matcher=matcher, migrate_offers=offers)
+
+    def refresh_hashes(self, hashes: dict[str, str], embed: Embedder, settings: Settings,
+                       cfg: FusionConfig | None = None, source_table: str = "", rebuild: bool = False,
+                       ann_min_rows: int = ANN_MIN_ROWS, matcher: Matcher | None = None,
+                       migrate_offers: list[Offer] | None = None) -> RefreshStats:
+        """The refresh itself, given every offer's content hash (see :func:`content_salt`) and an embedder.
+
+        ``embed(ids, cfg)`` returns the index rows of the offers ``ids`` (new or changed), as an Arrow
+        table or a ``RecordBatchReader`` (streamed into one write, e.g. from a Ray dataset), or None when
+        ``ids`` is empty. Both ``refresh`` (in process) and the Ray path (``pmatch_duckdb.distributed``)
+        write through here: one index format, one incremental logic, one commit per refresh.
+        """
         t0 = time.perf_counter()
         with self.lock:
             enc = encoder_identity(settings)
@@ -134,40 +172,37 @@ class OfferIndex:
             want = matcher.identity if matcher is not None else None
             if self.exists() and not rebuild and self.metadata().get("format", 1) < FORMAT:
                 self.check_encoders(settings)
-                self._migrate(offers)
+                if migrate_offers is None:
+                    raise OfferIndexError(f"index {self.name!r} has an older format; refresh it once with "
+                                          f"pm_index (or pmatch index without --ray), or rebuild it")
+                self._migrate(migrate_offers)
             if self.exists() and not rebuild and self.matcher_identity() != want:
                 self.check_encoders(settings)
                 reprojected = self._reproject(cfg or self.fusion(), matcher)
-            salt = json.dumps(enc, sort_keys=True)
-            hashes = {o.id: o.content_hash(salt) for o in offers}
             exists = self.exists() and not rebuild
             if exists:
                 self.check_encoders(settings)
                 cfg = cfg or self.fusion()
                 tbl = self.table()
-                old = tbl.to_arrow().select(["id", "content_hash"]) if tbl.count_rows() else None
+                old = tbl.to_lance().to_table(columns=["id", "content_hash"]) if tbl.count_rows() else None
                 old_map = dict(zip(old["id"].to_pylist(), old["content_hash"].to_pylist(), strict=True)) if old else {}
             else:
                 cfg = cfg or FusionConfig()
                 old_map = {}
-            todo = [o for o in offers if old_map.get(o.id) != hashes[o.id]]
-            updated = sum(o.id in old_map for o in todo)
+            todo = [i for i, h in hashes.items() if old_map.get(i) != h]
+            updated = sum(i in old_map for i in todo)
             deleted = [i for i in old_map if i not in hashes]
-            rows = embed_offers(todo, settings, cfg, [hashes[o.id] for o in todo], progress=progress, matcher=matcher)
+            rows = embed(todo, cfg) if todo else None
             meta = {"format": FORMAT, "encoders": enc, "fusion": cfg.to_dict(), "source_table": source_table,
                     "matcher": want}
             if not exists:
-                if rows is None:
-                    rows = embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False,
-                                        matcher=matcher)
-                    rows = rows.slice(0, 0)
-                rows = rows.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-                tbl = self.db.create_table(self.name, rows, mode="overwrite", on_bad_vectors="null")
+                schema = rows.schema if rows is not None else self._row_schema(settings, cfg, matcher)
+                schema = schema.with_metadata({META_KEY: json.dumps(meta).encode()})
+                tbl = self.db.create_table(self.name, _conform(rows, schema), mode="overwrite", on_bad_vectors="null")
             else:
-                if rows is not None and len(rows):
-                    rows = rows.select(tbl.schema.names).cast(tbl.schema)
+                if rows is not None:
                     (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-                     .execute(rows, on_bad_vectors="null"))
+                     .execute(_conform(rows, tbl.schema), on_bad_vectors="null"))
                 if deleted:
                     for s in range(0, len(deleted), 1000):
                         ids = ", ".join("'" + i.replace("'", "''") + "'" for i in deleted[s:s + 1000])
@@ -175,9 +210,15 @@ class OfferIndex:
             total = tbl.count_rows()
             ann = self._ensure_ann(tbl, total, ann_min_rows, changed=len(todo) + len(deleted))
             return RefreshStats(index=self.name, inserted=len(todo) - updated, updated=updated,
-                                deleted=len(deleted), unchanged=len(offers) - len(todo), total=total,
+                                deleted=len(deleted), unchanged=len(hashes) - len(todo), total=total,
                                 version=int(tbl.version), ann_index=ann, seconds=round(time.perf_counter() - t0, 3),
                                 reprojected=reprojected)
+
+    @staticmethod
+    def _row_schema(settings: Settings, cfg: FusionConfig, matcher: Matcher | None) -> pa.Schema:
+        """The Arrow schema of index rows for these encoders (embedding one placeholder offer)."""
+        return embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False,
+                            matcher=matcher).schema
 
     def _migrate(self, offers: list[Offer]) -> None:
         """Format 1 → 2: add the description columns from ``offers`` (no embedding); one atomic overwrite.
