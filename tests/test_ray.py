@@ -5,6 +5,7 @@ match_products' candidates, scores and decisions."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -236,8 +237,7 @@ def test_two_node_cluster_on_localhost(shop, tmp_path: Path) -> None:
         nodes = _embedder_nodes(temp)
         assert len(nodes) == 2, nodes
     finally:
-        subprocess.run([str(RAY_BIN), "stop", "--force"], env={**env, "RAY_TMPDIR": str(temp)},
-                       capture_output=True, timeout=120)
+        _stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
     assert_same_index(_rows(shop["root"] / "shop.pmatch"), _rows(shop["root"] / "shop.pmatch", "catalog_2node"))
     _assert_same_matches(_match_rows(shop["con"], "SELECT * FROM match_products('feed', 'catalog', k := 5)"),
@@ -256,3 +256,29 @@ def _embedder_nodes(temp: Path) -> set[str]:
             if m:
                 nodes.add(m.group(1))
     return nodes
+
+
+def _stop_cluster(temp: Path) -> None:
+    """Stop exactly the processes of the cluster this test started (found by its private temp dir, plus their
+    descendants), by pid: ``ray stop`` would stop every Ray instance on the machine."""
+    procs: dict[int, tuple[int, str]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+        except (OSError, IndexError, ValueError):
+            continue
+        procs[int(d.name)] = (ppid, cmd)
+    ours = {pid for pid, (_, cmd) in procs.items() if str(temp) in cmd}
+    grew = True
+    while grew:
+        kids = {pid for pid, (ppid, _) in procs.items() if ppid in ours} - ours
+        grew = bool(kids)
+        ours |= kids
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(2)
