@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 
 from ..api import context_of
+from ..review.labels import current_verdicts, table_key
 from ..sqlident import check_index_name, index_name_for, quote_qualified
 from ..store import RefreshStats
 from .index import index_dataset
@@ -32,8 +33,14 @@ def match_on_ray(con: duckdb.DuckDBPyConnection, source: str, target: str, k: in
     name = check_index_name(index_name_for(target))
     dedup = source.lower() == target.lower()
     out_path = Path(out) if out else Path(f"{index_name_for(source)}_matches.parquet")
+    cur = con.cursor()
+    try:
+        verdicts = current_verdicts(cur, {table_key(source), table_key(target)})
+    finally:
+        cur.close()
     res = match_dataset(duckdb_dataset(_ensure_started(address, con), source), ctx.index_root, name, out_path, k=k,
-                        settings=ctx.settings, address=address, workers=workers, dedup=dedup, source_table=source)
+                        settings=ctx.settings, address=address, workers=workers, dedup=dedup, source_table=source,
+                        verdicts=verdicts)
     if into:
         con.execute(f"CREATE OR REPLACE TABLE {quote_qualified(into)} AS FROM read_parquet(?)", [str(res.path)])
     return res

@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 from ..errors import PmatchError
 from ..matchers import active_matcher
 from ..matching import match_offers, target_view
+from ..review.labels import PairKey
+from ..review.overrides import override_decisions
 from ..settings import Settings
 from ..sqlident import check_index_name
 from ..store import OfferIndex, OfferIndexError
@@ -33,7 +35,7 @@ CANDIDATE_SCHEMA = [  # the columns of match_products, in its order (mutual_best
     ("source_table", pa.string()), ("target_table", pa.string()), ("target_id", pa.string()),
     ("rank", pa.int32()), ("score", pa.float64()), ("text_score", pa.float64()), ("image_score", pa.float64()),
     ("lexical_score", pa.float64()), ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()),
-    ("decision", pa.string()),
+    ("decision", pa.string()), ("human_verdict", pa.string()),
 ]
 
 
@@ -55,11 +57,12 @@ class OfferScorer:
     """Ray Data actor: holds one target view (loaded once) and the encoders; scores source partitions."""
 
     def __init__(self, index_root: str, name: str, settings: Settings, k: int, exclude_self: bool, threads: int,
-                 source_table: str) -> None:
+                 source_table: str, verdicts: dict | None = None) -> None:
         os.environ["PMATCH_ORT_THREADS"] = str(threads)
         self.view = target_view(OfferIndex(Path(index_root), name), settings.home)
         self.settings, self.k, self.exclude_self = settings, k, exclude_self
         self.source_table, self.target_table = source_table, name
+        self.verdicts = verdicts or {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         id_col = next(c for c in batch.column_names if c.lower() == "id")
@@ -67,6 +70,10 @@ class OfferScorer:
         cand = match_offers(offers, self.view, self.settings, self.k, exclude_self=self.exclude_self)
         n = len(cand.source)
         ids = self.view.rows.ids
+        # human verdicts (pm_labels) override the model's decision, as in match_products
+        keys = [PairKey.of(self.source_table, offers[int(cand.source[i])].id, self.target_table,
+                           ids[int(cand.target[i])]) for i in range(n)]
+        decisions, human = override_decisions(keys, cand.decision, self.verdicts)
 
         def f64(x: np.ndarray) -> pa.Array:
             x = np.asarray(x, dtype=np.float64)
@@ -80,7 +87,8 @@ class OfferScorer:
             "rank": pa.array(cand.rank, pa.int32()), "score": f64(cand.score),
             "text_score": f64(cand.text_score), "image_score": f64(cand.image_score),
             "lexical_score": f64(cand.lexical_score), "identifier_match": pa.array(cand.id_match, pa.bool_()),
-            "price_ratio": f64(cand.price_ratio), "decision": pa.array(cand.decision, pa.string()),
+            "price_ratio": f64(cand.price_ratio), "decision": pa.array(decisions, pa.string()),
+            "human_verdict": pa.array(human, pa.string()),
         }
         return pa.table(cols)
 
@@ -89,13 +97,16 @@ def match_dataset(source: OfferSource, index_root: str | os.PathLike, target: st
                   k: int = 10, settings: Settings | None = None, home: str | None = None,
                   image_roots: list | None = None, address: str | None = None, workers: int | None = None,
                   threads_per_worker: int = 1, batch_size: int = MATCH_BATCH, dedup: bool = False,
-                  source_table: str | None = None, progress: bool = True) -> MatchOutput:
+                  source_table: str | None = None, verdicts: dict | None = None,
+                  progress: bool = True) -> MatchOutput:
     """Match an offer dataset against the index ``target`` under ``index_root`` on Ray; write Parquet to ``out``.
 
     The result has ``match_products``' columns (``target_id`` as stored in the index, i.e. VARCHAR) and is
     loaded with ``CREATE TABLE m AS FROM 'out.parquet'``. ``dedup=True`` is ``match_products('t', 't')``
     (``source`` the offers of the indexed table): no self-pairs, one direction of each pair. The index must
-    be current for the active matcher (``pmatch index ... [--ray]``).
+    be current for the active matcher (``pmatch index ... [--ray]``). ``verdicts``: human verdicts that override
+    decisions, as ``pmatch_duckdb.review.labels.current_verdicts(con)`` returns them from ``pm_labels`` (the CLI
+    passes the database's own).
     """
     if not isinstance(k, int) or k <= 0:
         raise PmatchError(f"k must be a positive integer, got {k!r}")
@@ -119,7 +130,8 @@ def match_dataset(source: OfferSource, index_root: str | os.PathLike, target: st
         OfferScorer, batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=threads_per_worker,
         fn_constructor_kwargs={"index_root": str(Path(index_root)), "name": target, "settings": settings, "k": k,
-                               "exclude_self": dedup, "threads": threads_per_worker, "source_table": src_name})
+                               "exclude_self": dedup, "threads": threads_per_worker, "source_table": src_name,
+                               "verdicts": verdicts})
     writer = None
     try:
         for t in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -150,15 +162,17 @@ def _finish(parts: Path | None, out: Path, dedup: bool) -> tuple[int, int]:
         con.execute("SET preserve_insertion_order = false")
         if parts is None:  # no source offers: an empty result with the right columns
             cols = ", ".join(f"CAST(NULL AS {_sql_type(t)}) AS {c}" for c, t in
-                             [("source_table", pa.string()), ("source_id", pa.string())] + CANDIDATE_SCHEMA[1:])
-            con.execute(f"COPY (SELECT {cols}, NULL::BOOLEAN AS mutual_best LIMIT 0) TO ? (FORMAT parquet)",
+                             [("source_table", pa.string()), ("source_id", pa.string())] + CANDIDATE_SCHEMA[1:-1])
+            cols += ", NULL::BOOLEAN AS mutual_best, NULL::VARCHAR AS human_verdict"
+            con.execute(f"COPY (SELECT {cols} LIMIT 0) TO ? (FORMAT parquet)",
                         [str(out)])
             return 0, 0
         con.execute(f"""
             COPY (
               SELECT source_table, source_id, target_table, target_id, rank, score, text_score, image_score,
                      lexical_score, identifier_match, price_ratio, decision,
-                     (rank = 1 AND score = max(score) OVER (PARTITION BY target_id)) AS mutual_best
+                     (rank = 1 AND score = max(score) OVER (PARTITION BY target_id)) AS mutual_best,
+                     human_verdict
               FROM read_parquet(?)
               QUALIFY {'false' if dedup else 'true'} = true OR row_number() OVER (
                   PARTITION BY least(CAST(source_id AS VARCHAR), target_id),
