@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -217,14 +218,16 @@ def test_two_node_cluster_on_localhost(shop, tmp_path: Path) -> None:
     head = [str(RAY_BIN), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
             "--include-dashboard=false", f"--temp-dir={temp}", *common]
     try:
-        subprocess.run(head, check=True, env=env, capture_output=True, timeout=240)
-        subprocess.run([str(RAY_BIN), "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                        *common], check=True, env=env, capture_output=True, timeout=240)
-        db = shop["root"] / "shop.duckdb"
-        shop["con"].execute("CHECKPOINT")
+        _ray_start(head, env)
+        _ray_start([str(RAY_BIN), "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", *common],
+                   env)
+        db = tmp_path / "cluster.duckdb"  # its own file: the module's connection holds shop.duckdb's lock
+        with duckdb.connect(str(db)) as c:
+            c.execute("CREATE TABLE catalog AS FROM read_parquet(?)", [str(shop["catalog"])])
+            c.execute("CREATE TABLE feed AS FROM read_parquet(?)", [str(shop["feed"])])
         base = [sys.executable, "-m", "pmatch_duckdb.cli"]
         roots = ["--image-root", str(shop["images"])]
-        r = subprocess.run([*base, "index", str(db), "catalog", "--name", "catalog_2node", "--ray",
+        r = subprocess.run([*base, "index", str(db), "catalog", "--ray",
                             f"127.0.0.1:{port}", "--workers", "2", *roots],
                            env=env, capture_output=True, text=True, timeout=400)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -239,9 +242,14 @@ def test_two_node_cluster_on_localhost(shop, tmp_path: Path) -> None:
     finally:
         _stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
-    assert_same_index(_rows(shop["root"] / "shop.pmatch"), _rows(shop["root"] / "shop.pmatch", "catalog_2node"))
+    assert_same_index(_rows(shop["root"] / "shop.pmatch"), _rows(tmp_path / "cluster.pmatch"))
     _assert_same_matches(_match_rows(shop["con"], "SELECT * FROM match_products('feed', 'catalog', k := 5)"),
                          _match_rows(shop["con"], "SELECT * FROM read_parquet(?)", [str(out)]))
+
+
+def _ray_start(cmd: list[str], env: dict) -> None:
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
 
 
 def _embedder_nodes(temp: Path) -> set[str]:
