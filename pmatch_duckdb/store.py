@@ -20,6 +20,7 @@ from typing import Any
 
 import lancedb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import PmatchError
 from .fusion import FusionConfig
@@ -30,6 +31,7 @@ from .offer_vectors import (  # DESC_CHARS: re-exported (the description cut is 
     OfferVectors,
     _fsl,
     _insert_description_columns,
+    code_columns,
     content_salt,
     description_columns,
     embed_offers,
@@ -40,7 +42,9 @@ from .offers import Offer
 from .settings import Settings
 from .sqlident import check_index_name
 
-FORMAT = 2  # 2: + description (first DESC_CHARS characters) and desc_identifiers, for the decision model
+# 2: + description (first DESC_CHARS characters) and desc_identifiers, for the decision model
+# 3: + gtin (14-digit form) and mpn, the offer table's catalog identifier columns
+FORMAT = 3
 META_KEY = b"pmatch"
 ANN_MIN_ROWS = 100_000  # below this, exact search beats an ANN index (measured: benchmarks/README.md)
 
@@ -48,14 +52,21 @@ ANN_MIN_ROWS = 100_000  # below this, exact search beats an ANN index (measured:
 Embedder = Callable[[list[str], FusionConfig], "pa.Table | pa.RecordBatchReader | None"]
 
 
-def _conform(rows: pa.Table | pa.RecordBatchReader | None, schema: pa.Schema) -> pa.Table | pa.RecordBatchReader:
-    """Index rows cast to the table's schema (column order and types); a reader stays streamed."""
+def _conform(rows: pa.Table | pa.RecordBatchReader | list | None, schema: pa.Schema
+             ) -> pa.Table | pa.RecordBatchReader:
+    """Index rows (a table, a reader, or a list of them) cast to the table's schema; a reader stays streamed."""
     if rows is None:
         return schema.empty_table()
     if isinstance(rows, pa.Table):
         return rows.select(schema.names).cast(schema)
-    batches = (pa.Table.from_batches([b]).select(schema.names).cast(schema).to_batches() for b in rows)
-    return pa.RecordBatchReader.from_batches(schema, (b for bs in batches for b in bs))
+    parts = rows if isinstance(rows, list) else [rows]
+
+    def batches():
+        for part in parts:
+            for b in (part.to_batches() if isinstance(part, pa.Table) else part):
+                yield from pa.Table.from_batches([b]).select(schema.names).cast(schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 class OfferIndexError(PmatchError):
@@ -148,17 +159,20 @@ class OfferIndex:
                                 progress=progress, matcher=matcher)
 
         return self.refresh_hashes(hashes, embed, settings, cfg=cfg, source_table=source_table, rebuild=rebuild,
-                                   ann_min_rows=ann_min_rows, matcher=matcher, migrate_offers=offers)
+                                   ann_min_rows=ann_min_rows, matcher=matcher, migrate_offers=offers,
+                                   codes={o.id: (o.gtin, o.mpn) for o in offers})
 
     def refresh_hashes(self, hashes: dict[str, str], embed: Embedder, settings: Settings,
                        cfg: FusionConfig | None = None, source_table: str = "", rebuild: bool = False,
                        ann_min_rows: int = ANN_MIN_ROWS, matcher: Matcher | None = None,
+                       codes: dict[str, tuple[str | None, str | None]] | None = None,
                        migrate_offers: list[Offer] | None = None) -> RefreshStats:
         """The refresh itself, given every offer's content hash (see :func:`content_salt`) and an embedder.
 
         ``embed(ids, cfg)`` returns the index rows of the offers ``ids`` (new or changed), as an Arrow
         table or a ``RecordBatchReader`` (streamed into one write, e.g. from a Ray dataset), or None when
-        ``ids`` is empty. Both ``refresh`` (in process) and the Ray path (``pmatch_duckdb.distributed``)
+        ``ids`` is empty. ``codes``: id → (gtin, mpn) of every offer (they feed no embedding: a row whose only
+        change is its codes is rewritten without embedding). Both ``refresh`` (in process) and the Ray path (``pmatch_duckdb.distributed``)
         write through here: one index format, one incremental logic, one commit per refresh.
         """
         t0 = time.perf_counter()
@@ -184,13 +198,20 @@ class OfferIndex:
                 self.check_encoders(settings)
                 cfg = cfg or self.fusion()
                 tbl = self.table()
-                old = tbl.to_lance().to_table(columns=["id", "content_hash"]) if tbl.count_rows() else None
+                old = (tbl.to_lance().to_table(columns=["id", "content_hash", "gtin", "mpn"]) if tbl.count_rows()
+                       else None)
                 old_map = dict(zip(old["id"].to_pylist(), old["content_hash"].to_pylist(), strict=True)) if old else {}
+                old_codes = dict(zip(old["id"].to_pylist(), zip(old["gtin"].to_pylist(), old["mpn"].to_pylist(),
+                                                                 strict=True), strict=True)) if old else {}
             else:
                 cfg = cfg or FusionConfig()
-                old_map = {}
+                old_map, old_codes = {}, {}
             todo = [i for i, h in hashes.items() if old_map.get(i) != h]
-            updated = sum(i in old_map for i in todo)
+            # GTIN/MPN feed no embedding: a row whose only change is its codes is rewritten, not re-embedded
+            codes = codes or {}
+            recoded = [i for i, h in hashes.items() if i in old_map and old_map[i] == h
+                       and old_codes[i] != codes.get(i, (None, None))]
+            updated = sum(i in old_map for i in todo) + len(recoded)
             deleted = [i for i in old_map if i not in hashes]
             rows = embed(todo, cfg) if todo else None
             meta = {"format": FORMAT, "encoders": enc, "fusion": cfg.to_dict(), "source_table": source_table,
@@ -200,6 +221,10 @@ class OfferIndex:
                 schema = schema.with_metadata({META_KEY: json.dumps(meta).encode()})
                 tbl = self.db.create_table(self.name, _conform(rows, schema), mode="overwrite", on_bad_vectors="null")
             else:
+                if recoded:
+                    recoded_rows = self._recode_rows(
+                        tbl, [Offer(id=i, title=None, gtin=codes[i][0], mpn=codes[i][1]) for i in recoded], None)
+                    rows = recoded_rows if rows is None else [rows, recoded_rows]
                 if rows is not None:
                     (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
                      .execute(_conform(rows, tbl.schema), on_bad_vectors="null"))
@@ -209,8 +234,8 @@ class OfferIndex:
                         tbl.delete(f"id IN ({ids})")
             total = tbl.count_rows()
             ann = self._ensure_ann(tbl, total, ann_min_rows, changed=len(todo) + len(deleted))
-            return RefreshStats(index=self.name, inserted=len(todo) - updated, updated=updated,
-                                deleted=len(deleted), unchanged=len(hashes) - len(todo), total=total,
+            return RefreshStats(index=self.name, inserted=len(todo) + len(recoded) - updated, updated=updated,
+                                deleted=len(deleted), unchanged=len(hashes) - len(todo) - len(recoded), total=total,
                                 version=int(tbl.version), ann_index=ann, seconds=round(time.perf_counter() - t0, 3),
                                 reprojected=reprojected)
 
@@ -220,16 +245,34 @@ class OfferIndex:
         return embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False,
                             matcher=matcher).schema
 
+    @staticmethod
+    def _recode_rows(tbl: Any, offers: list[Offer], rows: Any) -> Any:
+        """The stored rows of ``offers`` with their new gtin/mpn (no embedding), appended to ``rows``."""
+        data = tbl.to_arrow()
+        data = data.filter(pc.is_in(data["id"], pa.array([o.id for o in offers], pa.string())))
+        by_id = {o.id: o for o in offers}
+        codes = code_columns([by_id[i] for i in data["id"].to_pylist()])
+        for c, arr in codes.items():
+            data = data.set_column(data.schema.get_field_index(c), c, arr)
+        if rows is None or not len(rows):
+            return data
+        return pa.concat_tables([rows.select(data.column_names).cast(data.schema), data])
+
     def _migrate(self, offers: list[Offer]) -> None:
-        """Format 1 → 2: add the description columns from ``offers`` (no embedding); one atomic overwrite.
+        """To the current format from ``offers``, without embedding; one atomic overwrite. Format 1 → 2: the
+        description columns; 2 → 3: the gtin/mpn columns.
 
         Rows whose id is not among ``offers`` get NULLs (they are deleted by the refresh that follows).
         """
         data = self.table().to_arrow()
         by_id = {o.id: o for o in offers}
         present = [by_id.get(i) or Offer(id=i, title=None) for i in data["id"].to_pylist()]
-        title_idents = [x or [] for x in data["identifiers"].to_pylist()]
-        data = _insert_description_columns(data, description_columns(present, title_idents))
+        if "description" not in data.column_names:
+            title_idents = [x or [] for x in data["identifiers"].to_pylist()]
+            data = _insert_description_columns(data, description_columns(present, title_idents))
+        for c, arr in code_columns(present).items():
+            if c not in data.column_names:
+                data = data.append_column(c, arr)
         meta = {**self.metadata(), "format": FORMAT}
         data = data.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
         self.db.create_table(self.name, data, mode="overwrite", on_bad_vectors="null")

@@ -296,3 +296,37 @@ def test_review_page_when_another_process_holds_the_database(review_demo) -> Non
         holder.kill()
         holder.wait(30)
     assert c.get("/").status_code == 200  # and the page works again once the other process is gone
+
+
+def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import pmatch_duckdb.review.app as app_mod
+    from pmatch_duckdb.cli import main
+
+    served = {}
+    monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: served.update(args=a, **kw))
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--queue", "q1",
+                                    "--image-root", str(review_demo.images), "--port", "8999"])
+    assert res.exit_code == 0, res.output
+    assert "queued" in res.output and "http://127.0.0.1:8999/" in res.output
+    assert served["host"] == "127.0.0.1" and served["port"] == 8999 and served["queue"] == "q1"
+    con = duckdb.connect(str(review_demo.db), read_only=True)
+    assert con.execute("SELECT count(*) FROM pm_review_queue WHERE queue = 'q1'").fetchall()[0][0] > 0
+    con.close()
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--host", "0.0.0.0"])
+    assert "warning: binding 0.0.0.0" in res.output
+
+
+def test_review_page_offer_gone(review_demo) -> None:
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = _connect(review_demo)
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    sid = con.execute("SELECT source_id FROM pm_review_queue WHERE position = 1").fetchall()[0][0]
+    con.execute("DELETE FROM supplier_feed WHERE id = ?", [sid])
+    con.close()
+    c = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client()
+    page = c.get("/pair/1")
+    assert page.status_code == 200 and f"Offer {sid} cannot be read from supplier_feed" in page.text
+    assert c.get("/img/1/s/0").status_code == 404

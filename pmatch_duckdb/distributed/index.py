@@ -97,7 +97,7 @@ def index_dataset(source: OfferSource, index_root: str | os.PathLike, name: str,
     offers = offers.repartition(target_num_rows_per_block=batch_size).materialize()
     n_workers = workers or max(1, cluster_cpus() // max(1, threads_per_worker))
     try:
-        hashes = _collect_hashes(offers)
+        hashes, codes = _collect_hashes(offers)
 
         def embed(ids: list[str], cfg: FusionConfig) -> pa.RecordBatchReader | None:
             todo = None if len(ids) == len(hashes) else [ray.put(pa.array(ids, pa.string()))]
@@ -112,7 +112,7 @@ def index_dataset(source: OfferSource, index_root: str | os.PathLike, name: str,
 
         streams: list[_Stream] = []
         stats = index.refresh_hashes(hashes, embed, settings, cfg=fusion, source_table=source_table,
-                                     rebuild=rebuild, ann_min_rows=ann_min_rows, matcher=matcher)
+                                     rebuild=rebuild, ann_min_rows=ann_min_rows, matcher=matcher, codes=codes)
         for s in streams:
             s.close()
         return stats
@@ -123,19 +123,23 @@ def index_dataset(source: OfferSource, index_root: str | os.PathLike, name: str,
         raise
 
 
-def _collect_hashes(offers) -> dict[str, str]:
-    """Pass 1: id → content hash of every offer (only these two columns reach the driver); ids must be unique."""
+def _collect_hashes(offers) -> tuple[dict[str, str], dict[str, tuple[str | None, str | None]]]:
+    """Pass 1: id → content hash and id → (gtin, mpn) of every offer (only these columns reach the driver);
+    ids must be unique."""
+    cols = ["id", "content_hash", "gtin", "mpn"]
     parts = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in
-             offers.select_columns(["id", "content_hash"]).iter_batches(batch_format="pyarrow", batch_size=None)]
+             offers.select_columns(cols).iter_batches(batch_format="pyarrow", batch_size=None)]
     parts = [p for p in parts if p.num_rows]
     if not parts:
-        return {}
+        return {}, {}
     t = pa.concat_tables(parts)
     if pc.count_distinct(t["id"]).as_py() != t.num_rows:
         counts = pc.value_counts(t["id"])
         dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
         raise OfferTableError(f"offer dataset has duplicate id {dup!r}; ids must be unique")
-    return dict(zip(t["id"].to_pylist(), t["content_hash"].to_pylist(), strict=True))
+    ids = t["id"].to_pylist()
+    return (dict(zip(ids, t["content_hash"].to_pylist(), strict=True)),
+            dict(zip(ids, zip(t["gtin"].to_pylist(), t["mpn"].to_pylist(), strict=True), strict=True)))
 
 
 class _Stream:

@@ -19,7 +19,7 @@ OfferSource = str | os.PathLike | list | Any  # path(s), or a ray.data.Dataset
 OFFER_SCHEMA = pa.schema([
     ("id", pa.string()), ("title", pa.string()), ("description", pa.string()), ("brand", pa.string()),
     ("images", pa.list_(pa.string())), ("price", pa.float64()), ("currency", pa.string()),
-    ("content_hash", pa.string()),
+    ("gtin", pa.string()), ("mpn", pa.string()), ("content_hash", pa.string()),
 ])
 ROWS_PER_BLOCK = 2048
 
@@ -109,7 +109,8 @@ def normalize_offers(batch: pa.Table, salt: str) -> pa.Table:
         "id": [o.id for o in offers], "title": [o.title for o in offers],
         "description": [o.description for o in offers], "brand": [o.brand for o in offers],
         "images": [o.images for o in offers], "price": [o.price for o in offers],
-        "currency": [o.currency for o in offers], "content_hash": [o.content_hash(salt) for o in offers],
+        "currency": [o.currency for o in offers], "gtin": [o.gtin for o in offers], "mpn": [o.mpn for o in offers],
+        "content_hash": [o.content_hash(salt) for o in offers],
     }, schema=OFFER_SCHEMA)
 
 
@@ -117,5 +118,6 @@ def offers_of(batch: pa.Table) -> list:
     """Normalised offer rows (:data:`OFFER_SCHEMA`) back into ``Offer`` objects."""
     from ..offers import Offer
 
-    cols = {c: batch[c].to_pylist() for c in ("id", "title", "description", "brand", "images", "price", "currency")}
+    cols = {c: batch[c].to_pylist() for c in ("id", "title", "description", "brand", "images", "price", "currency",
+                                               "gtin", "mpn")}
     return [Offer(**{c: cols[c][i] for c in cols}) for i in range(batch.num_rows)]
