@@ -213,7 +213,7 @@ class OfferIndex:
                        and old_codes[i] != codes.get(i, (None, None))]
             updated = sum(i in old_map for i in todo) + len(recoded)
             deleted = [i for i in old_map if i not in hashes]
-            rows = embed(todo, cfg) if todo else None
+            rows = embed(todo, cfg)  # None when nothing is to be embedded
             meta = {"format": FORMAT, "encoders": enc, "fusion": cfg.to_dict(), "source_table": source_table,
                     "matcher": want}
             if not exists:

@@ -100,6 +100,8 @@ def index_dataset(source: OfferSource, index_root: str | os.PathLike, name: str,
         hashes, codes = _collect_hashes(offers)
 
         def embed(ids: list[str], cfg: FusionConfig) -> pa.RecordBatchReader | None:
+            if not ids:
+                return None
             todo = None if len(ids) == len(hashes) else [ray.put(pa.array(ids, pa.string()))]
             rows = offers.map_batches(
                 OfferEmbedder, batch_size=batch_size, batch_format="pyarrow",
