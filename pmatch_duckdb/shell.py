@@ -100,6 +100,8 @@ DOCS = {
     "match_products": "candidate matches of source offers in a target table, as rows (table)",
     "pm_embed_offer": "the offer vector of the active matcher (or zero-shot fusion)",
     "product_clusters": "entity ids over the accepted pairs of a saved match result (table)",
+    "pm_gtin": "the 14-digit form of a valid GTIN-8/12/13/14 (EAN, UPC), NULL when invalid",
+    "pm_gtin_error": "why a code is not a valid GTIN (NULL when valid)",
 }
 
 

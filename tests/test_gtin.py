@@ -209,3 +209,20 @@ def test_trained_matcher_without_gtin_training_data_applies_the_gtin_rule(shop):
     assert r.activated and r.metrics["valid"]["best_f1"] > 0.5
     best = _best(con)  # the catalog index is re-projected with the new matcher
     assert best["f1"][1][1] == "accept" and best["f2"][2][1] == "reject"
+
+
+def test_sql_functions_check_codes_like_the_index(con):
+    rows = con.execute("""
+        SELECT pm_gtin(code), pm_gtin_error(code) FROM (VALUES ('4006381333931'), ('0036000291452'),
+            ('4006381333932'), ('12345'), ('ABC'), (NULL), ('')) t(code)""").fetchall()
+    assert rows == [("04006381333931", None), ("00036000291452", None), (None, "bad check digit"),
+                    (None, "wrong length (a GTIN has 8, 12, 13 or 14 digits)"), (None, "not digits"),
+                    (None, None), (None, None)]
+    # numeric columns lost the UPC's leading zero: restored, as pm_index does
+    assert con.execute("SELECT pm_gtin(36000291452::BIGINT), pm_gtin(36000291452::DECIMAL(14, 0)), "
+                       "pm_gtin(4006381333931::DOUBLE)").fetchall() == [
+        ("00036000291452", "00036000291452", "04006381333931")]
+    # the analyst's question: which catalog codes are no evidence, and why
+    con.execute("CREATE TABLE cat AS SELECT * FROM (VALUES (1, '4006381333931'), (2, '4006381333932')) t(id, gtin)")
+    assert con.execute("SELECT id, pm_gtin_error(gtin) FROM cat WHERE pm_gtin_error(gtin) IS NOT NULL"
+                       ).fetchall() == [(2, "bad check digit")]

@@ -255,6 +255,7 @@ def test_review_page_server_side(review_demo) -> None:
     page = c.get("/")
     assert page.status_code == 200 and "pair 1 of" in page.text
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert c.get("/", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
     token = page.text.split('name="token" value="', 1)[1].split('"', 1)[0]
     assert c.post("/label", data={"verdict": "match", "position": "1", "token": "forged"}).status_code == 403
     assert c.post("/label", data={"verdict": "maybe", "position": "1", "token": token}).status_code == 400
@@ -330,3 +331,19 @@ def test_review_page_offer_gone(review_demo) -> None:
     page = c.get("/pair/1")
     assert page.status_code == 200 and f"Offer {sid} cannot be read from supplier_feed" in page.text
     assert c.get("/img/1/s/0").status_code == 404
+
+
+def test_dedup_queue_entries_are_answered_by_their_labels() -> None:
+    from pmatch_duckdb.review.queue import next_entry, progress, queue_review
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES ('feed', 'b', 'FEED', 'a', 0.7, 'review'), "
+                "('feed', 'c', 'feed', 'd', 0.6, 'review')) t(source_table, source_id, target_table, target_id, "
+                "score, decision)")
+    st = queue_review(con, "m", state=ModelState("zero-shot", 0.55, 0.8))
+    assert st.queued == 2
+    e = next_entry(con, "default")
+    assert (e["source_id"], e["target_id"]) == ("a", "b")  # stored as pm_labels stores the pair
+    record_verdict(con, PairKey(e["source_table"], e["source_id"], e["target_table"], e["target_id"]), "match")
+    record_verdict(con, PairKey.of("feed", "d", "feed", "c"), "no_match")  # given the other way round
+    assert progress(con, "default") == (2, 2) and next_entry(con, "default") is None

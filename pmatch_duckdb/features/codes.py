@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from decimal import Decimal
 from typing import Any
 
 from .lexical import identifiers
@@ -33,8 +34,8 @@ def _digits_of(value: Any) -> tuple[str | None, str | None]:
         return None, None
     if isinstance(value, bool):
         return None, "not a number"
-    if isinstance(value, float):
-        if not math.isfinite(value) or not value.is_integer():
+    if isinstance(value, float | Decimal):
+        if not (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)) or value != int(value):
             return None, "not a whole number"
         value = int(value)
     if isinstance(value, int):
