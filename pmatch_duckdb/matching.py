@@ -33,6 +33,7 @@ from .offer_vectors import (
 )
 from .offers import Offer
 from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, pair_feature_matrix
+from .pair_scorer import stacked_features, top_m_mask
 from .settings import Settings
 from .store import ANN_MIN_ROWS, OfferIndex
 
@@ -273,19 +274,16 @@ def _full_text_scores(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
 
 
 def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
-          vector_k: int | None = None, lexical_k: int | None = None) -> Candidates:
-    """Candidates from the three channels, scored and cut to the best ``k`` per source."""
-    cfg = view.fusion
+          vector_k: int | None = None, lexical_k: int | None = None, pair_top_m: int | None = None) -> Candidates:
+    """Candidates from the three channels, scored and cut to the best ``k`` per source.
+
+    ``pair_top_m``: pairs per source the matcher's pair scorer re-scores (None: the bundle's default)."""
     s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k)
     sig = pair_signals(src, view, s, t)
-    if view.matcher is not None:
-        dm = view.matcher.decision
-        score = dm.score(decision_features(src, view, s, t, sig, dm.features))
-    else:
-        score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg)
+    score, second = score_pairs_of(src, view, s, t, sig, pair_top_m)
     # keep the best k per source, ranked by score
     order = np.lexsort((-score, s))
-    s, t, score = s[order], t[order], score[order]
+    s, t, score, second = s[order], t[order], score[order], second[order]
     lex, text, image = sig.lexical[order], sig.text[order], sig.image[order]
     idm, ratio = sig.id_match[order], sig.price_ratio[order]
     rank = np.zeros(len(s), dtype=np.int64)
@@ -297,8 +295,82 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     return Candidates(source=s[keep], target=t[keep], rank=rank[keep], score=score[keep],
                       text_score=text[keep], image_score=image[keep], lexical_score=lex[keep],
                       id_match=idm[keep], price_ratio=ratio[keep],
-                      decision=(view.matcher.decision.decide(score[keep]) if view.matcher is not None
-                                else decide(score[keep], cfg)))
+                      decision=_decide(view, score[keep], second[keep]))
+
+
+def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, sig: PairSignals,
+                   pair_top_m: int | None = None, rescore: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``(score, second_stage)`` of (source, target) position pairs: the one scoring path of
+    ``match_products`` and ``score_pairs``.
+
+    Zero-shot: the fusion score. Trained: the matcher's calibrated decision model; with a pair scorer in
+    the bundle, each source's ``pair_top_m`` best pairs (bundle default when None; 0 = off) plus the pairs
+    marked in ``rescore`` are re-scored by the cross-encoder + stacked decision model (``second_stage``
+    marks them). Rank/gap features are relative to the pairs of the same source passed in together.
+    """
+    second = np.zeros(len(s), dtype=bool)
+    m = view.matcher
+    if m is None:
+        return pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), view.fusion), second
+    raw = m.decision.raw(decision_features(src, view, s, t, sig, m.decision.features))
+    score = m.decision.calibrate(raw)
+    if m.pair is None or m.pair_decision is None:
+        return score, second
+    second = top_m_mask(s, score, m.pair.top_m if pair_top_m is None else pair_top_m)
+    if rescore is not None:
+        second |= rescore
+    if second.any():
+        logits = m.pair.pair_logits(src, view.rows, s[second], t[second])
+        score = score.copy()
+        score[second] = m.pair_decision.score(stacked_features(raw[second], logits))
+    return score, second
+
+
+def _decide(view: TargetView, score: np.ndarray, second: np.ndarray | None = None) -> list[str]:
+    """accept/review/reject, each pair by the thresholds of the model that scored it."""
+    m = view.matcher
+    if m is None:
+        return decide(score, view.fusion)
+    out = m.decision.decide(score)
+    if second is not None and second.any() and m.pair_decision is not None:
+        for i, d in zip(np.flatnonzero(second), m.pair_decision.decide(score[second]), strict=True):
+            out[i] = d
+    return out
+
+
+def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, k: int = 10,
+                exclude_self: bool = False, pair_top_m: int | None = None) -> Candidates:
+    """Score exactly the given (source position, target position) pairs, as :func:`match` would.
+
+    Each source's pair features (rank, gap to best) are computed over its ``match`` candidates plus
+    its given pairs, so a given pair that ``match`` returns gets the same score. ``rank``: the pair's
+    place among those by score. Output: one entry per given pair, in the given order. With a pair
+    scorer, every given pair is re-scored by it (``match`` re-scores only each source's top ``m``).
+    """
+    s = np.asarray(s, dtype=np.int64)
+    t = np.asarray(t, dtype=np.int64)
+    n_src = len(src.ids)
+    cs, ct = candidate_pairs(src, view, k, exclude_self) if n_src else (np.zeros(0, np.int64),) * 2
+    key_all = np.r_[s * view.n + t, cs * view.n + ct]
+    uniq = np.unique(key_all)
+    us, ut = uniq // max(view.n, 1), uniq % max(view.n, 1)
+    sig = pair_signals(src, view, us, ut)
+    given = np.zeros(len(uniq), dtype=bool)
+    at = np.searchsorted(uniq, s * view.n + t)
+    given[at] = True
+    score, second = score_pairs_of(src, view, us, ut, sig, pair_top_m, rescore=given)
+    score = np.asarray(score, dtype=np.float64)
+    order = np.lexsort((-score, us))
+    rank = np.zeros(len(us), dtype=np.int64)
+    if len(us):
+        so = us[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(so)) + 1]
+        counts = np.diff(np.r_[starts, len(so)])
+        rank[order] = np.arange(len(so)) - np.repeat(starts, counts) + 1
+    return Candidates(source=s, target=t, rank=rank[at], score=score[at], text_score=sig.text[at],
+                      image_score=sig.image[at], lexical_score=sig.lexical[at], id_match=sig.id_match[at],
+                      price_ratio=sig.price_ratio[at], decision=_decide(view, score[at], second[at]))
 
 
 def _rank_and_gap(src_pos: np.ndarray, fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
