@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 
 from .errors import PmatchError
+from .offer_schema import check_offer_types
 from .sqlident import quote_ident, quote_qualified
 
 REQUIRED = ("id", "title")
@@ -99,10 +100,16 @@ def read_offers(con: duckdb.DuckDBPyConnection, table: str) -> list[Offer]:
             f"table {table!r} lacks required column(s) {', '.join(missing)}; it has {', '.join(cols)}. "
             "Map your columns with a view, e.g. CREATE VIEW offers AS SELECT sku AS id, name AS title, ... FROM t"
         )
-    select = [quote_ident(c) for c in REQUIRED + OPTIONAL if c in cols]
+    check_offer_types(cols, table)
+    # ids as DuckDB writes them (match_products joins on CAST(id AS VARCHAR))
+    select = [f"CAST({quote_ident(c)} AS VARCHAR)" if c == "id" else quote_ident(c)
+              for c in REQUIRED + OPTIONAL if c in cols]
     rows = con.execute(f"SELECT {', '.join(select)} FROM {quote_qualified(table)}").fetchall()
     names = [c for c in REQUIRED + OPTIONAL if c in cols]
-    offers = [offer_from_mapping(dict(zip(names, r, strict=True))) for r in rows]
+    try:
+        offers = [offer_from_mapping(dict(zip(names, r, strict=True))) for r in rows]
+    except OfferTableError as e:
+        raise OfferTableError(f"table {table!r}: {e}") from None
     seen: set[str] = set()
     for o in offers:
         if o.id in seen:

@@ -17,17 +17,45 @@
 -- pm_embed_text(VARCHAR) -> FLOAT[384]; NULL, empty or whitespace-only text -> NULL.
 -- Text longer than the model's limit (256 word pieces for MiniLM, 77 BPE tokens for CLIP) is truncated.
 -- pm_embed_text(VARCHAR, model VARCHAR) -> FLOAT[].
-CREATE OR REPLACE TEMP MACRO pm_embed_text(txt) AS _pm_embed_text(txt),
-    (txt, model) AS _pm_embed_text_named(txt, model::VARCHAR);
+-- Any other argument type is an error naming pm_embed_text, the type and the cast that fixes it.
+CREATE OR REPLACE TEMP MACRO pm_embed_text(txt) AS
+    CASE
+        WHEN typeof(txt) IN ('VARCHAR', '"NULL"') OR typeof(txt) LIKE 'ENUM(%' THEN _pm_embed_text(txt::VARCHAR)
+        ELSE error('pm_embed_text expects VARCHAR text, got ' || typeof(txt) || ' (cast it: pm_embed_text(x::VARCHAR))')
+    END,
+    (txt, model) AS
+    CASE
+        WHEN typeof(txt) IN ('VARCHAR', '"NULL"') OR typeof(txt) LIKE 'ENUM(%'
+            THEN _pm_embed_text_named(txt::VARCHAR, model::VARCHAR)
+        ELSE error('pm_embed_text expects VARCHAR text, got ' || typeof(txt) || ' (cast it: pm_embed_text(x::VARCHAR, model))')
+    END;
 
 -- pm_embed_images(VARCHAR[]) -> FLOAT[1280]: an offer's images embedded and mean-pooled
 -- (re-normalised); failing images are skipped; NULL only if none can be used.
 -- pm_embed_images(VARCHAR[], model VARCHAR) -> FLOAT[].
-CREATE OR REPLACE TEMP MACRO pm_embed_images(imgs) AS _pm_embed_images(imgs),
-    (imgs, model) AS _pm_embed_images_named(imgs, model::VARCHAR);
+CREATE OR REPLACE TEMP MACRO pm_embed_images(imgs) AS
+    CASE
+        WHEN typeof(imgs) IN ('VARCHAR[]', '"NULL"') OR typeof(imgs) SIMILAR TO 'VARCHAR\[[0-9]+\]'
+            THEN _pm_embed_images(imgs::VARCHAR[])
+        ELSE error('pm_embed_images expects VARCHAR[] (a list of image paths), got ' || typeof(imgs)
+                   || ' (one path: pm_embed_image(path) or pm_embed_images([path]))')
+    END,
+    (imgs, model) AS
+    CASE
+        WHEN typeof(imgs) IN ('VARCHAR[]', '"NULL"') OR typeof(imgs) SIMILAR TO 'VARCHAR\[[0-9]+\]'
+            THEN _pm_embed_images_named(imgs::VARCHAR[], model::VARCHAR)
+        ELSE error('pm_embed_images expects VARCHAR[] (a list of image paths), got ' || typeof(imgs)
+                   || ' (one path: pm_embed_image(path, model) or pm_embed_images([path], model))')
+    END;
 
 -- pm_image_errors(VARCHAR[]) -> VARCHAR[]: per image, NULL if usable, else the reason.
-CREATE OR REPLACE TEMP MACRO pm_image_errors(imgs) AS _pm_image_errors(imgs);
+CREATE OR REPLACE TEMP MACRO pm_image_errors(imgs) AS
+    CASE
+        WHEN typeof(imgs) IN ('VARCHAR[]', '"NULL"') OR typeof(imgs) SIMILAR TO 'VARCHAR\[[0-9]+\]'
+            THEN _pm_image_errors(imgs::VARCHAR[])
+        ELSE error('pm_image_errors expects VARCHAR[] (a list of image paths), got ' || typeof(imgs)
+                   || ' (one image: pm_image_error(path))')
+    END;
 
 -- pm_embed_image(VARCHAR path | BLOB encoded bytes) -> FLOAT[1280], NULL when the image is unusable
 -- (ask pm_image_error for the reason). pm_embed_image(img, model VARCHAR) -> FLOAT[].

@@ -8,7 +8,12 @@
 -- Returns one row: index, inserted, updated, deleted, unchanged, total, version, ann_index, seconds.
 -- (r.* over a subquery: `unnest(struct)` would call the UDF once per struct field)
 CREATE OR REPLACE TEMP MACRO pm_index(tbl, index_name := NULL, rebuild := false) AS TABLE
-    SELECT r.* FROM (SELECT _pm_index(tbl, index_name, rebuild) AS r);
+    SELECT r.* FROM (SELECT CASE
+        WHEN typeof(tbl) <> 'VARCHAR' THEN error('pm_index expects the table name as VARCHAR, got ' || typeof(tbl))
+        WHEN typeof(index_name) NOT IN ('VARCHAR', '"NULL"')
+            THEN error('pm_index: index_name must be VARCHAR, got ' || typeof(index_name))
+        WHEN typeof(rebuild) <> 'BOOLEAN' THEN error('pm_index: rebuild must be BOOLEAN, got ' || typeof(rebuild))
+        ELSE _pm_index(tbl::VARCHAR, index_name::VARCHAR, rebuild::BOOLEAN) END AS r);
 
 -- match_products(source, target [, k := 10]): candidate matches as rows.
 -- * target: a table or view with an index (built on first use if missing; refresh it with pm_index).
@@ -17,11 +22,13 @@ CREATE OR REPLACE TEMP MACRO pm_index(tbl, index_name := NULL, rebuild := false)
 --   unordered pair once.
 -- Columns: source_table, source_id, target_table, target_id (original types), rank, score (fused, 0..1),
 -- text_score, image_score, lexical_score, identifier_match, price_ratio, decision (accept/review/reject),
--- mutual_best (rank 1 for the source and best-scored source for the target: the 1:1 assignment).
+-- mutual_best (rank 1 for the source and best-scored source for the target: the 1:1 assignment),
+-- human_verdict (the pair's verdict in pm_labels, which overrides decision: match -> accept, no_match -> reject).
 CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
     WITH hits AS (
-        SELECT s.id AS source_id, _pm_match(src, tgt, k, to_json(s)) AS h
+        SELECT s.id AS source_id, _pm_match(src, tgt, TRY_CAST(k AS BIGINT), to_json(s)) AS h
         FROM query_table(src) AS s
+        WHERE _pm_check_offers(src, typeof(s), typeof(k))  -- column types: one clear error, before any row
     ),
     flat AS (
         SELECT source_id, unnest(h, recursive := true) FROM hits
@@ -30,7 +37,8 @@ CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
            f.rank, f.score, f.text_score, f.image_score, f.lexical_score, f.identifier_match,
            f.price_ratio, f.decision,
            -- 1:1 view: the pair is its source's best candidate and no other source scores higher on this target
-           (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY f.target_key)) AS mutual_best
+           (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY f.target_key)) AS mutual_best,
+           f.human_verdict
     FROM flat AS f
     JOIN query_table(tgt) AS t ON CAST(t.id AS VARCHAR) = f.target_key
     -- dedup mode: keep one direction of each unordered pair (the better-scored one)
@@ -43,15 +51,36 @@ CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
 -- pm_embed_offer(title [, images := NULL, price := NULL, brand := NULL]) -> FLOAT[]: the offer vector
 -- match_products searches with: the active trained projection of [text, pooled images, price,
 -- lexical] features, or the zero-shot fusion when no matcher is trained. NULL without text or image.
+-- Wrong argument types are errors naming pm_embed_offer, the argument and the expected type.
 CREATE OR REPLACE TEMP MACRO pm_embed_offer(title, images := NULL, price := NULL, brand := NULL) AS
-    _pm_embed_offer(CAST(title AS VARCHAR), CAST(brand AS VARCHAR), CAST(images AS VARCHAR[]), CAST(price AS DOUBLE));
+    CASE
+        WHEN typeof(title) NOT IN ('VARCHAR', '"NULL"')
+            THEN error('pm_embed_offer: title must be VARCHAR, got ' || typeof(title) || ' (cast it: title::VARCHAR)')
+        WHEN typeof(images) NOT IN ('VARCHAR[]', '"NULL"')
+            THEN error('pm_embed_offer: images must be VARCHAR[] (image paths), got ' || typeof(images)
+                       || ' (one path: images := [path])')
+        WHEN NOT (typeof(price) IN ('"NULL"', 'TINYINT', 'SMALLINT', 'INTEGER', 'BIGINT', 'HUGEINT', 'UTINYINT',
+                                    'USMALLINT', 'UINTEGER', 'UBIGINT', 'UHUGEINT', 'FLOAT', 'DOUBLE')
+                  OR typeof(price) LIKE 'DECIMAL(%')
+            THEN error('pm_embed_offer: price must be a number (DOUBLE), got ' || typeof(price)
+                       || ' (cast it: price := TRY_CAST(p AS DOUBLE))')
+        WHEN typeof(brand) NOT IN ('VARCHAR', '"NULL"')
+            THEN error('pm_embed_offer: brand must be VARCHAR, got ' || typeof(brand) || ' (cast it: brand::VARCHAR)')
+        ELSE _pm_embed_offer(CAST(title AS VARCHAR), CAST(brand AS VARCHAR), CAST(images AS VARCHAR[]),
+                             CAST(price AS DOUBLE))
+    END;
 
 -- product_clusters(pairs_table [, registry := 'entities']): connected components over the
 -- accepted pairs of a saved match_products result -> (table_name, offer_id, entity_id).
 -- Entity ids are persisted in the index folder and stay stable across runs: clusters that persist
 -- keep their id, new offers join existing entities, merged clusters keep the oldest id.
 CREATE OR REPLACE TEMP MACRO product_clusters(pairs, registry := 'entities') AS TABLE
-    SELECT unnest(_pm_clusters(pairs, registry), recursive := true);
+    SELECT unnest(CASE
+        WHEN typeof(pairs) <> 'VARCHAR' THEN error('product_clusters expects the pairs table name as VARCHAR, got '
+                                                    || typeof(pairs))
+        WHEN typeof(registry) NOT IN ('VARCHAR', '"NULL"')
+            THEN error('product_clusters: registry must be VARCHAR, got ' || typeof(registry))
+        ELSE _pm_clusters(pairs::VARCHAR, registry::VARCHAR) END, recursive := true);
 
 -- score_pairs(source, target, pairs): score GIVEN pairs instead of searching (last year's matches, a
 -- supplier's claimed links, a labelled sample). `pairs`: a table/view/CTE with columns source_id and
@@ -86,6 +115,6 @@ CREATE OR REPLACE TEMP MACRO score_pairs(src, tgt, pairs) AS TABLE
            f.rank, f.score, f.text_score, f.image_score, f.lexical_score, f.identifier_match,
            f.price_ratio, f.decision,
            (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY CAST(p.target_id AS VARCHAR))) AS mutual_best,
-           f.note
+           f.human_verdict, f.note
     FROM _pm_sp_pairs AS p JOIN _pm_sp_flat AS f ON f.pair_no = p.pair_no
     ORDER BY p.pair_no;

@@ -3,11 +3,54 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+
+from pmatch_duckdb.errors import PmatchError
+
+# UDF name -> the public SQL name users call (errors name the public function, not `_pm_match_3`)
+PUBLIC_NAMES = {"_pm_match": "match_products", "_pm_clusters": "product_clusters", "_pm_models_list": "pm_models",
+                "_pm_check_offers": "match_products"}
+
+
+def public_name(udf: str) -> str:
+    """``_pm_embed_image_path_named`` -> ``pm_embed_image``: the SQL macro a user called."""
+    if udf in PUBLIC_NAMES:
+        return PUBLIC_NAMES[udf]
+    name = udf[1:] if udf.startswith("_") else udf
+    for tail in ("_named", "_path", "_blob", "_list"):
+        name = name.removesuffix(tail)
+    return name
+
+
+def with_public_errors(fn: Callable, public: str) -> Callable:
+    """Errors leave a UDF prefixed with the public function name; a Python bug becomes a clear error."""
+
+    @functools.wraps(fn)
+    def udf(*args: object) -> object:
+        try:
+            return fn(*args)
+        except PmatchError as e:
+            msg = str(e)
+            if msg.startswith(public + ":") or msg.startswith(public + " "):
+                raise
+            try:
+                err = type(e)(f"{public}: {msg}")
+            except TypeError:  # an error class with another constructor
+                raise e from None
+            raise err from None
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except duckdb.Error as e:  # e.g. a table that does not exist: DuckDB's message is clear, name the function
+            raise PmatchError(f"{public}: {str(e).splitlines()[0]}") from None
+        except Exception as e:  # a bug: still say which public function failed and on what
+            raise PmatchError(f"{public}: internal error ({type(e).__name__}: {e}); please report it") from e
+
+    return udf
 
 
 def vectors_to_arrow(vectors: np.ndarray, valid: np.ndarray) -> pa.FixedSizeListArray:
@@ -39,7 +82,8 @@ class Registrar:
     def add(self, name: str, fn: Callable, params: list, returns: duckdb.sqltype, **kwargs: object) -> None:
         """Register ``fn`` as ``name + suffix`` (an Arrow UDF)."""
         full = name + self.suffix
-        self.con.create_function(full, fn, params, returns, type="arrow", **kwargs)
+        self.con.create_function(full, with_public_errors(fn, public_name(name)), params, returns, type="arrow",
+                                 **kwargs)
         self.names.append(full)
 
     def remove_all(self) -> None:

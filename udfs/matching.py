@@ -18,20 +18,25 @@ from pmatch_duckdb.matchers import active_matcher
 from pmatch_duckdb.matching import OfferVectors, match, score_given, source_vectors, target_view
 from pmatch_duckdb.offer_vectors import embed_offers
 from pmatch_duckdb.offers import REQUIRED, Offer, OfferTableError, offer_from_mapping
+from pmatch_duckdb.review.labels import PairKey, current_verdicts, table_key
+from pmatch_duckdb.review.overrides import constrained_edges, override_decisions
 from pmatch_duckdb.sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
 from pmatch_duckdb.store import OfferIndex
 
 from .arrow_util import Registrar, as_pylist
+from .checks import register_check_udfs
 
 _INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "deleted": T.BIGINT,
               "unchanged": T.BIGINT, "total": T.BIGINT, "version": T.BIGINT, "ann_index": T.BOOLEAN,
               "seconds": T.DOUBLE, "reprojected": T.BIGINT}
 _HIT = pa.struct([("target_key", pa.string()), ("rank", pa.int32()), ("score", pa.float64()),
                   ("text_score", pa.float64()), ("image_score", pa.float64()), ("lexical_score", pa.float64()),
-                  ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()), ("decision", pa.string())])
+                  ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()), ("decision", pa.string()),
+                  ("human_verdict", pa.string())])
 _HIT_SQL = duckdb.struct_type({"target_key": T.VARCHAR, "rank": T.INTEGER, "score": T.DOUBLE,
                                "text_score": T.DOUBLE, "image_score": T.DOUBLE, "lexical_score": T.DOUBLE,
-                               "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR})
+                               "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR,
+                               "human_verdict": T.VARCHAR})
 
 
 _PAIR_IN_SQL = duckdb.struct_type({"pair_no": T.BIGINT, "source_key": T.VARCHAR, "target_key": T.VARCHAR,
@@ -39,11 +44,11 @@ _PAIR_IN_SQL = duckdb.struct_type({"pair_no": T.BIGINT, "source_key": T.VARCHAR,
 _SCORED = pa.struct([("pair_no", pa.int64()), ("rank", pa.int32()), ("score", pa.float64()),
                      ("text_score", pa.float64()), ("image_score", pa.float64()), ("lexical_score", pa.float64()),
                      ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()), ("decision", pa.string()),
-                     ("note", pa.string())])
+                     ("human_verdict", pa.string()), ("note", pa.string())])
 _SCORED_SQL = duckdb.struct_type({"pair_no": T.BIGINT, "rank": T.INTEGER, "score": T.DOUBLE,
                                   "text_score": T.DOUBLE, "image_score": T.DOUBLE, "lexical_score": T.DOUBLE,
                                   "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR,
-                                  "note": T.VARCHAR})
+                                  "human_verdict": T.VARCHAR, "note": T.VARCHAR})
 
 
 def _same_table(a: str, b: str) -> bool:
@@ -57,6 +62,7 @@ def _nan_none(x: float) -> float | None:
 
 def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
     """Register ``_pm_index``, ``_pm_match`` and ``_pm_clusters`` bound to ``ctx``."""
+    register_check_udfs(reg)
 
     def pm_index(tables: pa.ChunkedArray, names: pa.ChunkedArray, rebuild: pa.ChunkedArray) -> pa.Array:
         out = []
@@ -102,12 +108,17 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         cand = match(src_vecs, view, kk, exclude_self=dedup, pair_top_m=ctx.settings.pair_top_m)
         per_row: list[list[dict]] = [[] for _ in offers]
         ids = view.rows.ids
+        # human verdicts (pm_labels) override the model's decision
+        keys = [PairKey.of(source, offers[int(cand.source[i])].id, target, ids[int(cand.target[i])])
+                for i in range(len(cand.source))]
+        decisions, human = override_decisions(keys, cand.decision, _verdicts(ctx, source, target))
         for i in range(len(cand.source)):
             per_row[int(cand.source[i])].append({
                 "target_key": ids[int(cand.target[i])], "rank": int(cand.rank[i]), "score": float(cand.score[i]),
                 "text_score": _nan_none(cand.text_score[i]), "image_score": _nan_none(cand.image_score[i]),
                 "lexical_score": float(cand.lexical_score[i]), "identifier_match": bool(cand.id_match[i]),
-                "price_ratio": _nan_none(cand.price_ratio[i]), "decision": cand.decision[i]})
+                "price_ratio": _nan_none(cand.price_ratio[i]), "decision": decisions[i],
+                "human_verdict": human[i]})
         return pa.array(per_row, type=pa.list_(_HIT))
 
     def pm_clusters(pairs: pa.ChunkedArray, registry: pa.ChunkedArray) -> pa.Array:
@@ -164,6 +175,15 @@ def _source_view(ctx: PmatchContext, source: str):
     return None
 
 
+def _verdicts(ctx: PmatchContext, source: str, target: str) -> dict:
+    """Current human verdicts between the two tables (empty without pm_labels)."""
+    cur = ctx.con.cursor()
+    try:
+        return current_verdicts(cur, {table_key(source), table_key(target)})
+    finally:
+        cur.close()
+
+
 def _clusters(ctx: PmatchContext, pairs_table: str, registry: str) -> list[dict]:
     """Read accepted pairs (and all offers seen) from a match_products result table; assign entities."""
     check_index_name(registry)
@@ -176,17 +196,31 @@ def _clusters(ctx: PmatchContext, pairs_table: str, registry: str) -> list[dict]
         if not need <= cols:
             raise PmatchError(f"product_clusters: {pairs_table!r} needs columns {sorted(need)} "
                               f"(a match_products result); it has {sorted(cols)}")
+        score = "CAST(score AS DOUBLE)" if "score" in cols else "1.0"
         rows = cur.execute(
             f"SELECT {quote_ident('source_table')}, CAST(source_id AS VARCHAR), {quote_ident('target_table')}, "
-            f"CAST(target_id AS VARCHAR), decision FROM {q}").fetchall()
+            f"CAST(target_id AS VARCHAR), decision, {score} FROM {q}").fetchall()
+        names = {table_key(n): n for r in rows for n in (r[0], r[2])}
+        verdicts = current_verdicts(cur, set(names))
     finally:
         cur.close()
-    members, pairs = [], []
-    for st, sid, tt, tid, dec in rows:
+    members, accepted = [], []
+    for st, sid, tt, tid, dec, sc in rows:
         a, b = f"{st}:{sid}", f"{tt}:{tid}"
         members += [a, b]
         if dec == "accept":
-            pairs.append((a, b))
+            accepted.append((a, b, sc if sc is not None else 0.0))
+    # human verdicts: a `match` links its offers whatever the model scored; a `no_match` pair never ends
+    # up in one entity (not even through a chain of accepted pairs)
+    must, cannot = [], []
+    for key, (verdict, _, _) in verdicts.items():
+        a, b = f"{names[key.source_table]}:{key.source_id}", f"{names[key.target_table]}:{key.target_id}"
+        if verdict == "match":
+            must.append((a, b))
+            members += [a, b]
+        elif verdict == "no_match":
+            cannot.append((a, b))
+    pairs = constrained_edges(accepted, must, cannot)
     ent = assign_entities(ctx.index_root, registry, list(dict.fromkeys(members)), pairs)
     return [{"table_name": key.split(":", 1)[0], "offer_id": key.split(":", 1)[1], "entity_id": e}
             for key, e in sorted(ent.items())]
@@ -239,7 +273,7 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
         if note:
             out[i] = {"pair_no": it["pair_no"], "rank": None, "score": None, "text_score": None,
                       "image_score": None, "lexical_score": None, "identifier_match": None, "price_ratio": None,
-                      "decision": None, "note": note}
+                      "decision": None, "human_verdict": None, "note": note}
         else:
             todo.append(i)
     if todo:
@@ -261,9 +295,13 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
         s = np.array([src_pos[items[i]["source_key"]] for i in todo], dtype=np.int64)
         t = np.array([view.pos[items[i]["target_key"]] for i in todo], dtype=np.int64)
         cand = score_given(src_vecs, view, s, t, exclude_self=dedup, pair_top_m=ctx.settings.pair_top_m)
+        # human verdicts (pm_labels) override the model's decision, as in match_products
+        keys = [PairKey.of(source, items[i]["source_key"], target, items[i]["target_key"]) for i in todo]
+        decisions, human = override_decisions(keys, cand.decision, _verdicts(ctx, source, target))
         for j, i in enumerate(todo):
             out[i] = {"pair_no": items[i]["pair_no"], "rank": int(cand.rank[j]), "score": _nan_none(cand.score[j]),
                       "text_score": _nan_none(cand.text_score[j]), "image_score": _nan_none(cand.image_score[j]),
                       "lexical_score": float(cand.lexical_score[j]), "identifier_match": bool(cand.id_match[j]),
-                      "price_ratio": _nan_none(cand.price_ratio[j]), "decision": cand.decision[j], "note": None}
+                      "price_ratio": _nan_none(cand.price_ratio[j]), "decision": decisions[j],
+                      "human_verdict": human[j], "note": None}
     return out

@@ -59,6 +59,8 @@ class TrainResult:
 
 
 def _load_offers(con, ctx, tables: list[str], progress: bool) -> tuple[OfferVectors, list[int]]:
+    """The offers of all ``tables`` (index rows, concatenated) and the table number of each row. Ids need
+    only be unique within a table: inside training an offer is (table number, id)."""
     parts, side = [], []
     for k, table in enumerate(tables):
         index_table(ctx, table, progress=progress)
@@ -66,40 +68,79 @@ def _load_offers(con, ctx, tables: list[str], progress: bool) -> tuple[OfferVect
         parts.append(data)
         side += [k] * len(data)
     data = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
-    ids = data["id"].to_pylist()
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise TrainingError(f"offer id {dup!r} occurs in more than one offer table; ids must be unique across "
-                            "the tables you train on (prefix them in a view, e.g. 'abt-' || id AS id)")
     return OfferVectors.from_arrow(data), side
 
 
-def _read_pairs(con, table: str) -> list[tuple[str, str, int]]:
+# A label names an offer by its id (a str), or by (table, id) when it says which table the id is in.
+OfferRef = str | tuple[str, str]
+
+
+class _OfferKeys:
+    """Resolves the offers that labels name to row positions, offers being identified by (table, id).
+
+    An id found in one table only is that table's offer. An id found in both tables (two tables both
+    numbered 1..n) is the first table's offer on the left of a pair and the second table's on the right
+    (``--offers feed --offers catalog``: ``left_id`` is a feed id, ``right_id`` a catalog id), unless the
+    label names the table (``left_table`` / ``right_table`` columns)."""
+
+    def __init__(self, ids: list[str], side: list[int], tables: list[str]) -> None:
+        self.pos = {(sd, i): p for p, (sd, i) in enumerate(zip(side, ids, strict=True))}
+        self.sides: dict[str, list[int]] = {}
+        for sd, i in self.pos:
+            self.sides.setdefault(i, []).append(sd)
+        self.names = {}
+        for k, t in enumerate(tables):  # a label may name a table as given or by its unqualified name
+            self.names.setdefault(t.lower(), k)
+            self.names.setdefault(index_name_for(t), k)
+
+    def resolve(self, ref: OfferRef, preferred_side: int) -> int | None:
+        """Row position of the offer ``ref`` names (None: not among the offers trained on)."""
+        if isinstance(ref, tuple):
+            table, oid = ref
+            sd = self.names.get(str(table).lower())
+            if sd is None:
+                try:
+                    sd = self.names.get(index_name_for(str(table)))
+                except PmatchError:
+                    sd = None
+            return None if sd is None else self.pos.get((sd, oid))
+        sides = self.sides.get(ref)
+        if not sides:
+            return None
+        return self.pos[(sides[0] if len(sides) == 1 else preferred_side, ref)]
+
+
+def _read_pairs(con, table: str) -> list[tuple[OfferRef, OfferRef, int]]:
     cur = con.cursor()
     try:
         cols = {d[0].lower() for d in cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0").description}
         cur.fetchall()
         for c in ("left_id", "right_id"):
             if c not in cols:
-                raise TrainingError(f"pairs table {table!r} needs columns left_id, right_id (and optionally label); "
-                                    f"it has {sorted(cols)}")
+                raise TrainingError(f"pairs table {table!r} needs columns left_id, right_id (and optionally label, "
+                                    f"left_table, right_table); it has {sorted(cols)}")
         label = "CAST(label AS INTEGER)" if "label" in cols else "1"
-        rows = cur.execute(f"SELECT CAST(left_id AS VARCHAR), CAST(right_id AS VARCHAR), {label} "
+        named = "left_table" in cols and "right_table" in cols
+        tabs = ", CAST(left_table AS VARCHAR), CAST(right_table AS VARCHAR)" if named else ""
+        rows = cur.execute(f"SELECT CAST(left_id AS VARCHAR), CAST(right_id AS VARCHAR), {label}{tabs} "
                            f"FROM {quote_qualified(table)}").fetchall()
     finally:
         cur.close()
+    if named:  # a NULL table name: the id alone names the offer
+        return [((ta, a) if ta is not None else a, (tb, b) if tb is not None else b, int(y))
+                for a, b, y, ta, tb in rows if a is not None and b is not None and y is not None]
     return [(a, b, int(y)) for a, b, y in rows if a is not None and b is not None and y is not None]
 
 
-def _group_pairs(con, tables: list[str], column: str) -> list[tuple[str, str, int]]:
-    members: dict[str, list[str]] = {}
+def _group_pairs(con, tables: list[str], column: str) -> list[tuple[OfferRef, OfferRef, int]]:
+    members: dict[str, list[OfferRef]] = {}
     cur = con.cursor()
     try:
         for t in tables:
             for oid, g in cur.execute(f"SELECT CAST(id AS VARCHAR), CAST({quote_ident(column)} AS VARCHAR) "
                                       f"FROM {quote_qualified(t)}").fetchall():
                 if g is not None:
-                    members.setdefault(g, []).append(oid)
+                    members.setdefault(g, []).append((t, oid) if len(tables) > 1 else oid)
     except duckdb.BinderException:
         raise TrainingError(f"group column {column!r} not found in {tables}") from None
     finally:
@@ -120,11 +161,12 @@ def _components(n: int, pos: np.ndarray) -> np.ndarray:
     return np.array([ds.find(i) for i in range(n)])
 
 
-def _index_pairs(pairs, pos_of) -> tuple[np.ndarray, np.ndarray]:
+def _index_pairs(pairs, keys: _OfferKeys, n_tables: int) -> tuple[np.ndarray, np.ndarray]:
     p, ng = [], []
     for a, b, y in pairs:
-        if a in pos_of and b in pos_of and a != b:
-            (p if y else ng).append((pos_of[a], pos_of[b]))
+        i, j = keys.resolve(a, 0), keys.resolve(b, n_tables - 1)
+        if i is not None and j is not None and i != j:
+            (p if y else ng).append((i, j))
     return np.array(p, dtype=np.int64).reshape(-1, 2), np.array(ng, dtype=np.int64).reshape(-1, 2)
 
 
@@ -138,8 +180,10 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train a matcher version (projection + decision model) and, by default, activate it.
 
-    ``offers``: one table (dedup) or two (source, target) — ids unique across them. Labels from
-    ``pairs`` or ``group_column``. Validation: ``valid_pairs`` if given, else ``valid_fraction`` of the
+    ``offers``: one table (dedup) or two (source, target); ids need only be unique within a table (both
+    may number their rows 1..n). Labels from ``pairs`` (``left_id`` from the first table, ``right_id``
+    from the second, unless ``left_table`` / ``right_table`` columns say otherwise; an id found in one
+    table only is that table's) or ``group_column``. Validation: ``valid_pairs`` if given, else ``valid_fraction`` of the
     label groups (never a pair across the split). Deterministic for a seed.
 
     ``decision_model``: ``logistic``, ``gbdt`` (boosted trees; needs scikit-learn, the train extra) or
@@ -162,15 +206,15 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     name = name or ctx.settings.matcher
     spec = {**DEFAULT_SPEC, **(spec or {})}
     rows, side = _load_offers(con, ctx, tables, progress)
-    pos_of = {oid: i for i, oid in enumerate(rows.ids)}
+    keys = _OfferKeys(rows.ids, side, tables)
     labels = _read_pairs(con, pairs) if pairs else _group_pairs(con, tables, group_column)
-    pos, neg = _index_pairs(labels, pos_of)
+    pos, neg = _index_pairs(labels, keys, len(tables))
     if len(pos) < 10:
         raise TrainingError(f"only {len(pos)} positive pairs refer to offers in {tables}; need at least 10")
     comp = _components(len(rows.ids), pos)
     vpos_given = np.zeros((0, 2), dtype=np.int64)
     if valid_pairs:
-        vpos, vneg = _index_pairs(_read_pairs(con, valid_pairs), pos_of)
+        vpos, vneg = _index_pairs(_read_pairs(con, valid_pairs), keys, len(tables))
         tpos, tneg = pos, neg
         vpos_given = vpos
         comp = _components(len(rows.ids), np.vstack([pos, vpos]))  # one labelling for both splits
@@ -390,6 +434,6 @@ def _data_hash(rows: OfferVectors, labels) -> str:
     h = hashlib.sha256()
     for oid, ch in sorted(zip(rows.ids, rows.hashes, strict=True)):
         h.update(f"{oid}\t{ch}\n".encode())
-    for a, b, y in sorted(labels):
+    for a, b, y in sorted(labels, key=lambda r: (str(r[0]), str(r[1]), r[2])):
         h.update(f"{a}\t{b}\t{y}\n".encode())
     return h.hexdigest()

@@ -1,0 +1,301 @@
+"""The review queue: which candidate pairs a person should look at next, most informative first.
+
+``queue_review(con, 'matches')`` reads a saved ``match_products`` result and writes its queue into
+the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that queue):
+
+* ``boundary``: pairs the model sent to review, nearest the decision boundary first (the middle of
+  the review band; 0.5 for a calibrated matcher that certifies no accept threshold), spread across
+  sources — each further candidate of the same source offer is pushed back by a quarter of the
+  half-band, so one offer's 30 candidates never come in a row;
+* ``accept_sample``: a deterministic random sample (``accept_sample``, default 5%, at least one) of
+  the auto-accepted pairs, spread evenly through the queue — the measured precision of auto-accept;
+* ``recheck``: pairs already labelled whose score moved by at least ``recheck_delta`` since the verdict
+  was given (the model changed its mind strongly); first in the queue. Other labelled pairs are not
+  asked again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from ..errors import PmatchError
+from ..sqlident import quote_qualified
+from .labels import PairKey, current_verdicts, ensure_labels, max_label_id, table_key
+
+QUEUE_DDL = """
+CREATE TABLE IF NOT EXISTS pm_review_queue (
+    queue            VARCHAR NOT NULL,
+    position         INTEGER NOT NULL,
+    source_ref       VARCHAR NOT NULL,  -- the source table as the match result names it (to read the offer)
+    source_table     VARCHAR NOT NULL,  -- as pm_labels names it
+    source_id        VARCHAR NOT NULL,
+    target_ref       VARCHAR NOT NULL,
+    target_table     VARCHAR NOT NULL,
+    target_id        VARCHAR NOT NULL,
+    score            DOUBLE,
+    text_score       DOUBLE,
+    image_score      DOUBLE,
+    lexical_score    DOUBLE,
+    identifier_match BOOLEAN,
+    price_ratio      DOUBLE,
+    decision         VARCHAR,
+    reason           VARCHAR,  -- boundary / accept_sample / recheck
+    matcher          VARCHAR,
+    accept_threshold DOUBLE,
+    review_threshold DOUBLE,
+    labels_before    BIGINT,   -- verdicts with a larger label_id answer this queue entry
+    queued_at        TIMESTAMPTZ DEFAULT current_timestamp,
+    PRIMARY KEY (queue, position)
+)
+"""
+
+_OPTIONAL = ("text_score", "image_score", "lexical_score", "identifier_match", "price_ratio")
+SPREAD_PENALTY = 0.25  # in half-band units per earlier candidate of the same source offer
+
+
+@dataclass
+class ModelState:
+    """What the queue needs to know about the model that produced the scores."""
+
+    matcher: str  # "default/v3" or "zero-shot"
+    review_threshold: float
+    accept_threshold: float  # inf: nothing is auto-accepted
+
+    @property
+    def boundary(self) -> float:
+        if math.isfinite(self.accept_threshold):
+            return (self.review_threshold + self.accept_threshold) / 2
+        return max(self.review_threshold, 0.5)
+
+    @property
+    def half_band(self) -> float:
+        hi = self.accept_threshold if math.isfinite(self.accept_threshold) else 1.0
+        return max((hi - self.review_threshold) / 2, 1e-3)
+
+
+@dataclass
+class QueueStats:
+    """What ``queue_review`` wrote."""
+
+    queue: str
+    queued: int
+    boundary: int
+    accept_samples: int
+    rechecks: int
+    skipped_labelled: int
+
+    def as_row(self) -> dict:
+        return dict(self.__dict__)
+
+
+def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchContext
+    """Thresholds and name of the model in force for matching against ``target``."""
+    from ..matchers import active_matcher
+    from ..sqlident import index_name_for
+    from ..store import OfferIndex
+
+    m = active_matcher(ctx.settings.matcher, ctx.settings.home)
+    if m is not None:
+        ident = m.identity
+        return ModelState(f"{ident['name']}/{ident['version']}", float(m.decision.review_threshold),
+                          float(m.decision.accept_threshold))
+    idx = OfferIndex(ctx.index_root, index_name_for(target))
+    from ..fusion import FusionConfig
+
+    cfg = idx.fusion() if idx.exists() else FusionConfig()
+    return ModelState("zero-shot", cfg.review_threshold, cfg.accept_threshold)
+
+
+def _read_matches(con: duckdb.DuckDBPyConnection, matches: str) -> pa.Table:
+    q = quote_qualified(matches)
+    try:
+        cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
+    except duckdb.CatalogException:
+        raise PmatchError(f"pm_queue_review: no table or view {matches!r} (save a match_products result first, "
+                          "e.g. CREATE TABLE matches AS SELECT * FROM match_products(...))") from None
+    need = {"source_table", "source_id", "target_table", "target_id", "score", "decision"}
+    if not need <= cols:
+        raise PmatchError(f"pm_queue_review: {matches!r} needs the columns of a match_products result "
+                          f"({', '.join(sorted(need))}); it has {', '.join(sorted(cols))}")
+    opt = ", ".join(o if o in cols else f"NULL AS {o}" for o in _OPTIONAL)
+    return con.sql(
+        f"SELECT source_table, CAST(source_id AS VARCHAR) AS source_id, target_table, "
+        f"CAST(target_id AS VARCHAR) AS target_id, CAST(score AS DOUBLE) AS score, decision, {opt} FROM {q} "
+        "WHERE score IS NOT NULL").to_arrow_table()
+
+
+def _stable_unit(seed: int, key: PairKey) -> float:
+    h = hashlib.sha256(f"{seed}\t{key.source_table}\t{key.source_id}\t{key.target_table}\t{key.target_id}".encode())
+    return int.from_bytes(h.digest()[:8], "big") / 2**64
+
+
+def order_boundary(items: list[dict], state: ModelState) -> list[dict]:
+    """Nearest the boundary first, spread across source offers (see the module docstring)."""
+    for it in items:
+        it["_u"] = abs(it["score"] - state.boundary) / state.half_band
+    items.sort(key=lambda it: (it["_u"], it["source_id"], it["target_id"]))
+    seen: dict[tuple[str, str], int] = {}
+    for it in items:
+        src = (it["source_table"], it["source_id"])
+        it["_p"] = it["_u"] + SPREAD_PENALTY * seen.get(src, 0)
+        seen[src] = seen.get(src, 0) + 1
+    items.sort(key=lambda it: it["_p"])
+    # never the same source offer twice in a row when another one is waiting close behind
+    for i in range(1, len(items)):
+        if items[i]["source_id"] == items[i - 1]["source_id"]:
+            for j in range(i + 1, min(i + 8, len(items))):
+                if items[j]["source_id"] != items[i - 1]["source_id"]:
+                    items.insert(i, items.pop(j))
+                    break
+    return items
+
+
+def interleave(main: list[dict], extra: list[dict]) -> list[dict]:
+    """``extra`` spread evenly through ``main`` (the first one after the first ``main`` item)."""
+    if not extra:
+        return list(main)
+    if not main:
+        return list(extra)
+    out: list[dict] = []
+    step = len(main) / len(extra)
+    e = 0
+    for i, it in enumerate(main):
+        out.append(it)
+        while e < len(extra) and i + 1 >= math.floor(e * step) + 1:
+            out.append(extra[e])
+            e += 1
+    out.extend(extra[e:])
+    return out
+
+
+def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
+                recheck_delta: float = 0.3, seed: int = 0) -> tuple[list[dict], dict]:
+    """The ordered queue entries for the rows of a match result (pure: no database)."""
+    boundary, accepts, recheck, skipped = [], [], [], 0
+    seen: set[PairKey] = set()
+    for r in rows:
+        key = PairKey.of(r["source_table"], r["source_id"], r["target_table"], r["target_id"])
+        if key in seen:
+            continue
+        seen.add(key)
+        it = {**r, "key": key}
+        v = verdicts.get(key)
+        if v is not None:
+            shown = v[1]
+            if shown is not None and abs(r["score"] - shown) >= recheck_delta:
+                recheck.append({**it, "reason": "recheck"})
+            else:
+                skipped += 1
+            continue
+        if r["decision"] == "review":
+            boundary.append({**it, "reason": "boundary"})
+        elif r["decision"] == "accept":
+            accepts.append({**it, "reason": "accept_sample"})
+    n_sample = 0 if accept_sample <= 0 or not accepts else max(1, math.ceil(accept_sample * len(accepts)))
+    accepts.sort(key=lambda it: _stable_unit(seed, it["key"]))
+    sample = accepts[:n_sample]
+    recheck.sort(key=lambda it: -abs(it["score"] - verdicts[it["key"]][1]))
+    ordered = recheck + interleave(order_boundary(boundary, state), sample)
+    return ordered, {"boundary": len(boundary), "accept_samples": len(sample), "rechecks": len(recheck),
+                     "skipped_labelled": skipped}
+
+
+def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "default", *,
+                 state: ModelState | None = None, accept_sample: float = 0.05, recheck_delta: float = 0.3,
+                 seed: int = 0, ctx=None) -> QueueStats:  # noqa: ANN001 - ctx: a PmatchContext
+    """Write the review queue ``queue`` for the saved match result ``matches`` into ``pm_review_queue``.
+
+    ``state``: thresholds and name of the model that scored ``matches`` (default: read from the
+    pmatch installation ``ctx`` or that of ``con``: the active matcher, else the target index's
+    zero-shot thresholds).
+    """
+    if not queue or not isinstance(queue, str):
+        raise PmatchError("pm_queue_review: the queue name must be a non-empty string")
+    if not 0 <= accept_sample <= 1:
+        raise PmatchError(f"pm_queue_review: accept_sample must be in [0, 1], got {accept_sample}")
+    data = _read_matches(con, matches).to_pylist()
+    if state is None:
+        from ..api import context_of
+
+        state = model_state(ctx or context_of(con), data[0]["target_table"] if data else matches)
+    tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
+    ensure_labels(con)
+    verdicts = current_verdicts(con, tables)
+    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed)
+    before = max_label_id(con)
+    acc = state.accept_threshold if math.isfinite(state.accept_threshold) else None
+    out = pa.table({
+        "queue": [queue] * len(ordered),
+        "position": list(range(1, len(ordered) + 1)),
+        "source_ref": [it["source_table"] for it in ordered],
+        "source_table": [it["key"].source_table for it in ordered],
+        "source_id": [it["source_id"] for it in ordered],
+        "target_ref": [it["target_table"] for it in ordered],
+        "target_table": [it["key"].target_table for it in ordered],
+        "target_id": [it["target_id"] for it in ordered],
+        **{c: [it[c] for it in ordered] for c in ("score", *_OPTIONAL, "decision", "reason")},
+        "matcher": [state.matcher] * len(ordered),
+        "accept_threshold": pa.array([acc] * len(ordered), type=pa.float64()),
+        "review_threshold": [state.review_threshold] * len(ordered),
+        "labels_before": [before] * len(ordered),
+    }).cast(pa.schema([
+        ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),
+        ("source_id", pa.string()), ("target_ref", pa.string()), ("target_table", pa.string()),
+        ("target_id", pa.string()), ("score", pa.float64()), ("text_score", pa.float64()),
+        ("image_score", pa.float64()), ("lexical_score", pa.float64()), ("identifier_match", pa.bool_()),
+        ("price_ratio", pa.float64()), ("decision", pa.string()), ("reason", pa.string()), ("matcher", pa.string()),
+        ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64())]))
+    con.execute(QUEUE_DDL)
+    con.register("_pm_new_queue", out)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM pm_review_queue WHERE queue = ?", [queue])
+            con.execute("INSERT INTO pm_review_queue BY NAME SELECT * FROM _pm_new_queue")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.unregister("_pm_new_queue")
+    return QueueStats(queue, len(ordered), **counts)
+
+
+_ANSWERED = """EXISTS (SELECT 1 FROM pm_labels_current l WHERE l.source_table = q.source_table
+    AND l.source_id = q.source_id AND l.target_table = q.target_table AND l.target_id = q.target_id
+    AND l.label_id > q.labels_before)"""
+
+
+def next_entry(con: duckdb.DuckDBPyConnection, queue: str) -> dict | None:
+    """The first unanswered entry of ``queue`` (None when the queue is done)."""
+    rel = con.execute(f"SELECT * FROM pm_review_queue q WHERE queue = ? AND NOT {_ANSWERED} "
+                      "ORDER BY position LIMIT 1", [queue])
+    cols = [d[0] for d in rel.description]
+    row = rel.fetchall()
+    return dict(zip(cols, row[0], strict=True)) if row else None
+
+
+def entry_at(con: duckdb.DuckDBPyConnection, queue: str, position: int) -> dict | None:
+    """The queue entry at ``position``."""
+    rel = con.execute("SELECT * FROM pm_review_queue WHERE queue = ? AND position = ?", [queue, position])
+    cols = [d[0] for d in rel.description]
+    row = rel.fetchall()
+    return dict(zip(cols, row[0], strict=True)) if row else None
+
+
+def progress(con: duckdb.DuckDBPyConnection, queue: str) -> tuple[int, int]:
+    """(answered, total) entries of ``queue``."""
+    done, total = con.execute(f"SELECT count(*) FILTER (WHERE {_ANSWERED}), count(*) FROM pm_review_queue q "
+                              "WHERE queue = ?", [queue]).fetchall()[0]
+    return int(done), int(total)
+
+
+def has_queue_table(con: duckdb.DuckDBPyConnection) -> bool:
+    """Does the database hold ``pm_review_queue``?"""
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'pm_review_queue' "
+                            "AND database_name = current_database()").fetchall()[0][0])

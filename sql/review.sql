@@ -1,0 +1,14 @@
+-- pmatch-duckdb: human review as SQL. Verdicts live in the plain table pm_labels (history; the latest
+-- verdict per pair wins; view pm_labels_current) and the queue in pm_review_queue: both are ordinary
+-- tables of your database, readable by plain SQL and dbt without pmatch installed.
+
+-- pm_queue_review(matches [, queue := 'default', accept_sample := 0.05, recheck_delta := 0.3, seed := 0]):
+-- queue the pairs of a saved match_products result for review (replaces the queue of that name).
+-- Order: pairs nearest the decision boundary first, spread across source offers; a random
+-- `accept_sample` share of the auto-accepted pairs interleaved (to measure auto-accept precision);
+-- pairs already labelled are skipped unless their score moved by >= recheck_delta (then first).
+-- Returns one row: queue, queued, boundary, accept_samples, rechecks, skipped_labelled.
+CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept_sample := 0.05,
+                                             recheck_delta := 0.3, seed := 0) AS TABLE
+    SELECT r.* FROM (SELECT _pm_queue_review(matches, queue, CAST(accept_sample AS DOUBLE),
+                                             CAST(recheck_delta AS DOUBLE), CAST(seed AS BIGINT)) AS r);

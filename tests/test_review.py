@@ -1,0 +1,190 @@
+"""Human review: pm_labels history, the review queue, human overrides in match_products and clusters."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import pmatch_duckdb as pm
+from pmatch_duckdb.errors import PmatchError
+from pmatch_duckdb.review import PairKey, current_verdicts, labels_as_pairs, record_verdict, wilson_interval
+from pmatch_duckdb.review.overrides import constrained_edges
+from pmatch_duckdb.review.queue import ModelState, build_queue, interleave
+
+# ----------------------------------------------------------------------------------------------
+# pm_labels
+# ----------------------------------------------------------------------------------------------
+
+
+def test_labels_history_latest_wins_and_plain_sql(tmp_path: Path) -> None:
+    db = tmp_path / "l.duckdb"
+    con = duckdb.connect(str(db))  # no pmatch needed to write or read labels
+    p = PairKey.of('"main"."Supplier_Feed"', 7, "catalog", "C1")
+    assert p == PairKey("supplier_feed", "7", "catalog", "C1")
+    record_verdict(con, p, "match", reviewer="ann", score=0.7, decision="review")
+    record_verdict(con, p, "no_match", reviewer="bob", score=0.7, decision="review", note="other colour")
+    q = PairKey.of("supplier_feed", 8, "catalog", "C2")
+    record_verdict(con, q, "unsure", reviewer="ann")
+    record_verdict(con, q, "retracted", reviewer="ann")  # an undo
+    with pytest.raises(PmatchError, match="verdict must be one of"):
+        record_verdict(con, q, "maybe")
+    assert {k: v[0] for k, v in current_verdicts(con).items()} == {p: "no_match"}
+    con.close()
+    plain = duckdb.connect(str(db), read_only=True)
+    assert plain.execute("SELECT count(*) FROM pm_labels").fetchall()[0][0] == 4  # history kept
+    assert plain.execute("SELECT verdict, reviewer, note FROM pm_labels_current").fetchall() == [
+        ("no_match", "bob", "other colour")]
+    # the CHECK constraint holds for anyone writing by hand
+    with pytest.raises(duckdb.Error):
+        plain.execute("INSERT INTO pm_labels (source_table, source_id, target_table, target_id, verdict) "
+                      "VALUES ('a', '1', 'b', '2', 'yes')")
+    plain.close()
+
+
+def test_dedup_pairs_are_unordered(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    assert PairKey.of("feed", "b", "FEED", "a") == PairKey.of("feed", "a", "feed", "b")
+    record_verdict(con, PairKey.of("feed", "b", "feed", "a"), "match")
+    record_verdict(con, PairKey.of("feed", "x", "feed", "y"), "no_match")
+    record_verdict(con, PairKey.of("feed", "x", "feed", "z"), "unsure")
+    assert sorted(labels_as_pairs(con)) == [("a", "b", 1), ("x", "y", 0)]  # unsure left out
+
+
+def test_a_failed_insert_leaves_no_label(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    record_verdict(con, PairKey.of("f", 1, "c", 2), "match")
+    with pytest.raises(duckdb.Error):
+        record_verdict(con, PairKey("f", None, "c", "2"), "match")  # NOT NULL violated inside the transaction
+    assert con.execute("SELECT count(*) FROM pm_labels").fetchall()[0][0] == 1
+    record_verdict(con, PairKey.of("f", 3, "c", 4), "match")  # the connection is usable afterwards
+    assert con.execute("SELECT count(*) FROM pm_labels").fetchall()[0][0] == 2
+
+
+def test_wilson_interval() -> None:
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    lo, hi = wilson_interval(20, 20)
+    assert hi == 1.0 and lo == pytest.approx(0.8389, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# queue ordering (pure)
+# ----------------------------------------------------------------------------------------------
+
+
+def _row(s: str, t: str, score: float, decision: str) -> dict:
+    return {"source_table": "feed", "source_id": s, "target_table": "cat", "target_id": t, "score": score,
+            "decision": decision}
+
+
+def test_queue_order_boundary_spread_samples_and_rechecks() -> None:
+    state = ModelState("zero-shot", 0.55, 0.80)  # boundary 0.675, half band 0.125
+    rows = [_row("A", f"t{i}", 0.675 + 0.001 * i, "review") for i in range(10)]  # one offer, all near the boundary
+    rows += [_row(f"S{i}", "x", 0.56 + 0.02 * i, "review") for i in range(6)]
+    rows += [_row(f"P{i}", "y", 0.9, "accept") for i in range(40)]
+    rows += [_row("L1", "z", 0.70, "review"), _row("L2", "z", 0.95, "accept"), _row("L3", "z", 0.2, "reject")]
+    verdicts = {PairKey.of("feed", "L1", "cat", "z"): ("match", 0.69, 1),      # unchanged: not asked again
+                PairKey.of("feed", "L2", "cat", "z"): ("no_match", 0.60, 2),   # score moved 0.35: recheck
+                PairKey.of("feed", "L3", "cat", "z"): ("match", 0.75, 3)}      # moved 0.55: recheck first
+    ordered, counts = build_queue(rows, verdicts, state, accept_sample=0.05, seed=1)
+    assert counts == {"boundary": 16, "accept_samples": 2, "rechecks": 2, "skipped_labelled": 1}
+    assert [it["source_id"] for it in ordered[:2]] == ["L3", "L2"]
+    body = [it for it in ordered if it["reason"] == "boundary"]
+    # nearest the boundary first, but offer A's ten candidates do not come in a row
+    assert body[0]["source_id"] == "A"
+    srcs = [it["source_id"] for it in ordered][:14]  # (after that only offer A's candidates are left)
+    assert all(a != b for a, b in zip(srcs, srcs[1:], strict=False)), srcs
+    assert max(i for i, it in enumerate(body) if it["source_id"].startswith("S")) < 12
+    # accept samples spread through the queue, deterministic per seed
+    pos = [i for i, it in enumerate(ordered) if it["reason"] == "accept_sample"]
+    assert len(pos) == 2 and pos[1] - pos[0] >= 6
+    again, _ = build_queue(rows, verdicts, state, accept_sample=0.05, seed=1)
+    assert [it["key"] for it in again] == [it["key"] for it in ordered]
+    other, _ = build_queue(rows, verdicts, state, accept_sample=0.05, seed=2)
+    assert {it["key"] for it in other if it["reason"] == "accept_sample"} != \
+        {it["key"] for it in ordered if it["reason"] == "accept_sample"}
+
+
+def test_interleave() -> None:
+    assert interleave([1, 2, 3, 4], ["a", "b"]) == [1, "a", 2, 3, "b", 4]
+    assert interleave([], ["a"]) == ["a"]
+    assert interleave([1], []) == [1]
+
+
+def test_boundary_without_accept_threshold() -> None:
+    s = ModelState("default/v1", 0.2, math.inf)
+    assert s.boundary == 0.5 and s.half_band == pytest.approx(0.4)
+
+
+# ----------------------------------------------------------------------------------------------
+# constrained clustering (pure)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_no_match_never_joins_through_a_chain() -> None:
+    accepted = [("a", "b", 0.99), ("b", "c", 0.95), ("c", "d", 0.9)]
+    kept = constrained_edges(accepted, must_link=[("x", "y")], cannot_link=[("a", "d")])
+    assert ("x", "y") in kept and ("a", "b") in kept and ("b", "c") in kept
+    assert ("c", "d") not in kept  # would put a and d into one entity
+    assert constrained_edges([("a", "b", 0.9)], [], [("b", "a")]) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# in SQL, on the generated shop
+# ----------------------------------------------------------------------------------------------
+
+
+def _connect(demo):  # noqa: ANN001, ANN202
+    return pm.connect(demo.db, image_roots=[demo.images])
+
+
+def test_pm_queue_review_sql(review_demo) -> None:
+    con = _connect(review_demo)
+    n_review, n_accept = con.execute("SELECT count(*) FILTER (WHERE decision = 'review'), "
+                                     "count(*) FILTER (WHERE decision = 'accept') FROM matches").fetchall()[0]
+    assert n_review > 5 and n_accept > 0
+    row = con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()[0]
+    assert row == ("default", n_review + math.ceil(0.05 * n_accept), n_review, math.ceil(0.05 * n_accept), 0, 0)
+    q = con.execute("SELECT position, decision, reason, matcher, score FROM pm_review_queue "
+                    "WHERE queue = 'default' ORDER BY position").fetchall()
+    assert [r[0] for r in q] == list(range(1, len(q) + 1))
+    assert {r[2] for r in q} == {"boundary", "accept_sample"} and {r[3] for r in q} == {"zero-shot"}
+    # label the first three; a second queue of the same result skips them
+    for pos, verdict in ((1, "match"), (2, "no_match"), (3, "unsure")):
+        st, si, tt, ti = con.execute("SELECT source_table, source_id, target_table, target_id FROM pm_review_queue "
+                                     "WHERE position = ?", [pos]).fetchall()[0]
+        record_verdict(con, PairKey(st, si, tt, ti), verdict, score=q[pos - 1][4])
+    row = con.execute("SELECT queued, skipped_labelled FROM pm_queue_review('matches', queue := 'again', "
+                      "accept_sample := 0)").fetchall()[0]
+    assert row == (n_review - sum(r[2] == "boundary" for r in q[:3]), 3)
+    with pytest.raises(duckdb.Error, match="needs the columns of a match_products result"):
+        con.execute("SELECT * FROM pm_queue_review('catalog')")
+    with pytest.raises(duckdb.Error, match="invalid table name"):
+        con.execute("SELECT * FROM pm_queue_review('matches; DROP TABLE catalog')")
+    con.close()
+
+
+def test_human_verdicts_override_decisions_and_clusters(review_demo) -> None:
+    con = _connect(review_demo)
+    # an accepted pair that a person says is not a match, and a low-scored one they say is
+    acc = con.execute("SELECT source_id, target_id FROM matches WHERE decision = 'accept' ORDER BY score DESC "
+                      "LIMIT 1").fetchall()[0]
+    low = con.execute("SELECT source_id, target_id FROM matches WHERE decision = 'reject' AND rank = 1 "
+                      "ORDER BY score LIMIT 1").fetchall()[0]
+    record_verdict(con, PairKey.of("supplier_feed", acc[0], "catalog", acc[1]), "no_match")
+    record_verdict(con, PairKey.of("supplier_feed", low[0], "catalog", low[1]), "match")
+    rows = {(r[0], r[1]): (r[2], r[3]) for r in con.execute(
+        "SELECT source_id, target_id, decision, human_verdict FROM match_products('supplier_feed', 'catalog', k := 5)"
+    ).fetchall()}
+    assert rows[acc] == ("reject", "no_match")
+    assert rows[low] == ("accept", "match")
+    assert sum(v[1] is not None for v in rows.values()) == 2
+    # clusters over the OLD saved result (made before the labels) still honour the verdicts
+    ent = dict(((t, o), e) for t, o, e in con.execute("SELECT * FROM product_clusters('matches')").fetchall())
+    assert ent[("supplier_feed", acc[0])] != ent[("catalog", acc[1])]
+    assert ent[("supplier_feed", low[0])] == ent[("catalog", low[1])]
+    con.close()
