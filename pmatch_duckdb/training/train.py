@@ -354,7 +354,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             from .pair_model import pair_stage
 
             pair_entry = pair_stage(
-                tmp, pair_options or PairOptions(), rows=rows, decision=decision, open_world=open_world,
+                tmp, pair_options or PairOptions(), rows=trained, decision=decision, open_world=open_world,
                 view=target_view.with_fused(trained.fused[tgt_pos]), tgt_pos=tgt_pos, comp=comp,
                 truth_pairs=truth_pairs, exclude_self=len(tables) == 1,
                 train_split=pair_data(trained, tpos, tneg, None if open_world else train_comps) + (dict(last_pairs),),
