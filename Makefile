@@ -7,12 +7,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-clip lint models venv bench clean
+.PHONY: demo test test-clip lint models venv bench clean browser review-demo
 
 $(VENV)/.build-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[build]'
+	$(BIN)/python -m pip install -q -e '.[build,review]'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.build-installed
@@ -27,11 +27,22 @@ models: $(VENV)/.build-installed
 demo: models
 	$(BIN)/pmatch demo
 
+# The review page on the demo's review band (after make demo).
+review-demo: $(VENV)/.build-installed
+	$(BIN)/pmatch review demo_out/shop.duckdb --image-root demo_out/data
+
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 
-test: $(VENV)/.dev-installed models lint test-clip
+test: $(VENV)/.dev-installed models lint test-clip browser
 	$(BIN)/python -m pytest -q
+
+# The review page's browser test (tests/test_review_browser.py) drives Debian's chromium with Selenium.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; \
+	fi
 
 # OpenCLIP export (pmatch models export-openclip) is tested in its own venv: open_clip needs torchvision,
 # which does not import beside the torch 2.13.0 of the build extra (the clip extra pins torch 2.14.1).

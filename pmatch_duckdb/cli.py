@@ -317,5 +317,10 @@ def demo(out: str, products: int, seed: int) -> None:
         raise click.ClickException(str(e)) from None
 
 
+from .review.commands import calibrate_cmd, review_cmd  # noqa: E402 - the human-review commands live with review/
+
+main.add_command(review_cmd)
+main.add_command(calibrate_cmd)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -50,7 +50,8 @@ def test_dedup_pairs_are_unordered(tmp_path: Path) -> None:
     record_verdict(con, PairKey.of("feed", "b", "feed", "a"), "match")
     record_verdict(con, PairKey.of("feed", "x", "feed", "y"), "no_match")
     record_verdict(con, PairKey.of("feed", "x", "feed", "z"), "unsure")
-    assert sorted(labels_as_pairs(con)) == [("a", "b", 1), ("x", "y", 0)]  # unsure left out
+    assert sorted(labels_as_pairs(con)) == [(("feed", "a"), ("feed", "b"), 1),
+                                            (("feed", "x"), ("feed", "y"), 0)]  # unsure left out
 
 
 def test_a_failed_insert_leaves_no_label(tmp_path: Path) -> None:
@@ -188,3 +189,110 @@ def test_human_verdicts_override_decisions_and_clusters(review_demo) -> None:
     assert ent[("supplier_feed", acc[0])] != ent[("catalog", acc[1])]
     assert ent[("supplier_feed", low[0])] == ent[("catalog", low[1])]
     con.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# calibrate, the review CLI and the page's server side (Flask test client)
+# ----------------------------------------------------------------------------------------------
+
+
+def _simulate_reviewer(con, queue: str = "default") -> int:  # noqa: ANN001
+    """Answer every entry of ``queue`` from the generator's ground truth (table truth)."""
+    rows = con.execute(
+        "SELECT q.source_table, q.source_id, q.target_table, q.target_id, q.score, q.decision, q.reason, q.matcher, "
+        "EXISTS (SELECT 1 FROM truth t WHERE t.feed_id = q.source_id AND t.catalog_id = q.target_id) "
+        "FROM pm_review_queue q WHERE q.queue = ?", [queue]).fetchall()
+    for st, si, tt, ti, s, d, r, m, ok in rows:
+        record_verdict(con, PairKey(st, si, tt, ti), "match" if ok else "no_match", score=s, decision=d, reason=r,
+                       matcher=m, queue=queue, reviewer="simulated")
+    return len(rows)
+
+
+def test_calibrate_from_reviews_zero_shot(review_demo) -> None:
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main
+    from pmatch_duckdb.review.calibrate import CalibrationError, calibrate
+
+    con = _connect(review_demo)
+    with pytest.raises(CalibrationError, match="need at least 5 matches"):
+        calibrate(con, "catalog")
+    con.execute("SELECT * FROM pm_queue_review('matches', accept_sample := 1.0)").fetchall()
+    _simulate_reviewer(con)
+    dry = calibrate(con, "catalog", target_precision=0.99, apply=False)
+    assert dry.accept is None and dry.applied is None  # 0.99 cannot be certified on a few dozen reviews
+    cal = calibrate(con, "catalog", target_precision=0.8, apply=False)
+    assert cal.accept is not None and cal.accept_lower_bound >= 0.8 and cal.accept_precision >= cal.accept_lower_bound
+    assert cal.review <= cal.accept
+    con.close()
+    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--matches", "matches",
+                                    "--target-precision", "0.8", "--image-root", str(review_demo.images)])
+    assert res.exit_code == 0, res.output
+    assert "written to index catalog" in res.output and "95% lower bound" in res.output
+    con = _connect(review_demo)
+    from pmatch_duckdb.sqlident import index_name_for
+    from pmatch_duckdb.store import OfferIndex
+
+    root = review_demo.db.with_suffix(".pmatch")
+    f = OfferIndex(root, index_name_for("catalog")).fusion()
+    assert (f.accept_threshold, f.review_threshold) == pytest.approx((cal.accept, cal.review))
+    # match_products decides with the new thresholds (on pairs without a human verdict)
+    rows = con.execute("SELECT score, decision FROM match_products('supplier_feed', 'catalog', k := 5) "
+                       "WHERE human_verdict IS NULL").fetchall()
+    assert rows and all(d == ("accept" if s >= cal.accept else "review" if s >= cal.review else "reject")
+                        for s, d in rows)
+    con.close()
+
+
+def test_review_page_server_side(review_demo) -> None:
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = _connect(review_demo)
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    con.close()
+    app = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann"))
+    c = app.test_client()
+    page = c.get("/")
+    assert page.status_code == 200 and "pair 1 of" in page.text
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    token = page.text.split('name="token" value="', 1)[1].split('"', 1)[0]
+    assert c.post("/label", data={"verdict": "match", "position": "1", "token": "forged"}).status_code == 403
+    assert c.post("/label", data={"verdict": "maybe", "position": "1", "token": token}).status_code == 400
+    r = c.post("/label", data={"verdict": "match", "position": "1", "token": token, "note": "same <b>item</b>"})
+    assert r.status_code == 302
+    assert "pair 2 of" in c.get(r.headers["Location"]).text
+    r = c.post("/undo", data={"token": token})
+    assert r.status_code == 302 and r.headers["Location"].endswith("/pair/1?undone=1")
+    assert c.get("/img/1/s/0").status_code == 200 and c.get("/img/1/s/0").mimetype == "image/jpeg"
+    assert c.get("/img/1/s/99").status_code == 404 and c.get("/img/1/x/0").status_code == 404
+    summary = c.get("/summary")
+    assert summary.status_code == 200 and "Labels so far" in summary.text
+    missing = create_app(ReviewConfig(review_demo.db, "nope", (review_demo.images,), "ann")).test_client().get("/")
+    assert missing.status_code == 400 and "pm_queue_review" in missing.text
+    con = duckdb.connect(str(review_demo.db))
+    assert con.execute("SELECT verdict, reviewer, note FROM pm_labels ORDER BY label_id").fetchall() == [
+        ("match", "ann", "same <b>item</b>"), ("retracted", "ann", "undo of match")]
+    con.close()
+
+
+def test_review_page_when_another_process_holds_the_database(review_demo) -> None:
+    import subprocess
+    import sys
+
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = _connect(review_demo)
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    con.close()
+    c = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+         "time.sleep(120)", str(review_demo.db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        busy = c.get("/")
+        assert busy.status_code == 503 and "The database is busy" in busy.text
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert c.get("/").status_code == 200  # and the page works again once the other process is gone

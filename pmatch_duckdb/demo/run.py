@@ -87,10 +87,35 @@ def run_demo(out: str | os.PathLike[str], n_products: int = 60, seed: int = 0,
     echo(f"review band: {review} pairs; accept+review recall {acc_rev_true / n_true:.3f}")
     report = write_report(con, out / "matches.html")
     echo(f"\npairs with images: {report}")
+
+    echo("\n== human review ==")
+    queued = con.execute("SELECT queued, boundary, accept_samples FROM pm_queue_review('matches')").fetchall()[0]
+    echo(f"queued {queued[0]} pairs for review: the {queued[1]} of the review band, nearest the decision boundary "
+         f"first, and {queued[2]} randomly sampled auto-accepts (to measure auto-accept precision)")
+    echo("open the review page (one pair per screen; keys M match, N no match, U unsure, Z undo):")
+    echo(f"  {_cli()} review {_rel(db)} --image-root {_rel(out / 'data')}    # or: make review-demo")
+    echo("  then browse http://127.0.0.1:8765/ ; verdicts land in the pm_labels table of the database")
     echo(f"done in {time.perf_counter() - t0:.1f} s (DuckDB file {db}, LanceDB index {db.with_suffix('.pmatch')})")
     con.close()
     return {"recall_at_1": r1, "recall_at_5": r5, "accept_precision": precision,
             "accept_recall": acc_true / n_true, "review": review}
+
+
+def _rel(p: Path) -> str:
+    """``p`` relative to the working directory where that is shorter (what the user would type)."""
+    try:
+        rel = os.path.relpath(p)
+    except ValueError:
+        return str(p)
+    return str(p) if rel.startswith("..") else rel
+
+
+def _cli() -> str:
+    """How to call pmatch from here: the venv's script when the demo runs from one."""
+    import sys
+
+    exe = Path(sys.executable).with_name("pmatch")
+    return _rel(exe) if exe.exists() else "pmatch"
 
 
 def write_report(con, path: Path) -> Path:

@@ -115,6 +115,10 @@ def _read_pairs(con, table: str) -> list[tuple[OfferRef, OfferRef, int]]:
     try:
         cols = {d[0].lower() for d in cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0").description}
         cur.fetchall()
+        if {"verdict", "source_id", "target_id"} <= cols:  # a pm_labels table: human verdicts (unsure ignored)
+            from ..review.labels import labels_as_pairs
+
+            return labels_as_pairs(cur, table)
         for c in ("left_id", "right_id"):
             if c not in cols:
                 raise TrainingError(f"pairs table {table!r} needs columns left_id, right_id (and optionally label, "

@@ -1,0 +1,225 @@
+"""``pmatch review``: a local web page to label queued pairs, one pair per screen, keyboard first.
+
+Flask with Jinja templates (autoescaping on: a title holding ``<script>`` shows as text), bound to
+127.0.0.1 by default. Every request opens the DuckDB file, does its work and closes it, so ``dbt
+build`` or another process can use the database between requests (a request that finds the file
+locked gets a "busy, retrying" page). Images are served only by queue position and image number,
+never by a path from the browser, and only from inside the configured image roots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hmac
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+from flask import Flask, Response, abort, redirect, render_template, request, send_file, url_for
+from PIL import Image
+
+from ..encoders.image_io import ImagePolicy
+from ..errors import PmatchError
+from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from .labels import PairKey, ensure_labels, record_verdict
+from .pairview import image_path, pair_view
+from .queue import entry_at, has_queue_table, next_entry, progress
+from .stats import accept_precision, label_summary
+
+KEYS = {"match": "M", "no_match": "N", "unsure": "U"}
+LABEL = {"match": "Match", "no_match": "No match", "unsure": "Unsure"}
+_CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'")
+
+
+class DatabaseBusy(Exception):
+    """Another process holds the DuckDB file's write lock right now."""
+
+
+@dataclass
+class ReviewConfig:
+    """What the page works on."""
+
+    database: Path
+    queue: str
+    image_roots: tuple[Path, ...]
+    reviewer: str
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    @property
+    def policy(self) -> ImagePolicy:
+        return ImagePolicy(tuple(Path(r).resolve() for r in self.image_roots), self.max_image_pixels,
+                           self.max_image_bytes)
+
+
+@contextlib.contextmanager
+def _db(cfg: ReviewConfig) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the database for one request and close it again (no lock held between requests)."""
+    try:
+        con = duckdb.connect(str(cfg.database))
+    except duckdb.IOException as e:
+        raise DatabaseBusy(str(e)) from None
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def create_app(cfg: ReviewConfig) -> Flask:
+    """The review web app for ``cfg`` (use ``app.run`` or a WSGI server; tests use it directly)."""
+    app = Flask(__name__)
+    app.config["PMATCH_REVIEW"] = cfg
+    token = secrets.token_urlsafe(24)  # a form token: other sites cannot post verdicts into this page
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers["Content-Security-Policy"] = _CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        if resp.mimetype == "text/html":
+            resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.errorhandler(DatabaseBusy)
+    def _busy(e: DatabaseBusy):  # noqa: ANN202
+        return render_template("busy.html", cfg=cfg, error=str(e)), 503
+
+    @app.errorhandler(PmatchError)
+    def _pmatch_error(e: PmatchError):  # noqa: ANN202
+        return render_template("error.html", cfg=cfg, error=str(e)), 400
+
+    def _common(con: duckdb.DuckDBPyConnection) -> dict:
+        done, total = progress(con, cfg.queue)
+        return {"cfg": cfg, "done": done, "total": total, "token": token,
+                "pct": (100.0 * done / total) if total else 100.0}
+
+    def _check_queue(con: duckdb.DuckDBPyConnection) -> None:
+        if not has_queue_table(con) or not con.execute(
+                "SELECT count(*) FROM pm_review_queue WHERE queue = ?", [cfg.queue]).fetchall()[0][0]:
+            raise PmatchError(f"there is no review queue {cfg.queue!r} in {cfg.database}. Queue a saved match result "
+                              f"first: SELECT * FROM pm_queue_review('matches', queue := '{cfg.queue}'), or "
+                              f"pmatch review {cfg.database} --matches matches")
+        ensure_labels(con)
+
+    def _render_pair(con: duckdb.DuckDBPyConnection, entry: dict, undone: bool = False) -> str:
+        left, right = pair_view(con, entry, cfg.policy)
+        ratio = entry.get("price_ratio")
+        return render_template("pair.html", entry=entry, left=left, right=right, keys=KEYS, labels=LABEL,
+                               ratio=ratio, undone=undone, last=request.args.get("saved"), **_common(con))
+
+    @app.get("/")
+    def index():  # noqa: ANN202
+        with _db(cfg) as con:
+            _check_queue(con)
+            entry = next_entry(con, cfg.queue)
+            if entry is None:
+                return redirect(url_for("summary", finished=1, saved=request.args.get("saved")))
+            return _render_pair(con, entry)
+
+    @app.get("/pair/<int:position>")
+    def pair(position: int):  # noqa: ANN202
+        with _db(cfg) as con:
+            _check_queue(con)
+            entry = entry_at(con, cfg.queue, position)
+            if entry is None:
+                abort(404)
+            return _render_pair(con, entry, undone=request.args.get("undone") == "1")
+
+    def _check_token() -> None:
+        if not hmac.compare_digest(request.form.get("token", ""), token):
+            abort(403, "stale or foreign form: reload the page")
+
+    @app.post("/label")
+    def label():  # noqa: ANN202
+        _check_token()
+        verdict = request.form.get("verdict", "")
+        if verdict not in KEYS:
+            abort(400, f"unknown verdict {verdict!r}")
+        try:
+            position = int(request.form.get("position", ""))
+        except ValueError:
+            abort(400, "position must be a number")
+        note = (request.form.get("note") or "").strip() or None
+        with _db(cfg) as con:
+            entry = entry_at(con, cfg.queue, position)
+            if entry is None:
+                abort(404)
+            key = PairKey(entry["source_table"], entry["source_id"], entry["target_table"], entry["target_id"])
+            record_verdict(con, key, verdict, reviewer=cfg.reviewer, matcher=entry["matcher"], score=entry["score"],
+                           decision=entry["decision"], queue=cfg.queue, reason=entry["reason"], note=note)
+        return redirect(url_for("index", saved=f"{LABEL[verdict]}: {entry['source_id']} ↔ {entry['target_id']}"))
+
+    @app.post("/undo")
+    def undo():  # noqa: ANN202
+        _check_token()
+        with _db(cfg) as con:
+            _check_queue(con)
+            last = con.execute(
+                "SELECT l.source_table, l.source_id, l.target_table, l.target_id, q.position, l.verdict "
+                "FROM pm_labels_current l JOIN pm_review_queue q ON q.queue = l.queue AND "
+                "q.source_table = l.source_table AND q.source_id = l.source_id AND q.target_table = l.target_table "
+                "AND q.target_id = l.target_id AND l.label_id > q.labels_before "
+                "WHERE l.queue = ? AND l.reviewer IS NOT DISTINCT FROM ? ORDER BY l.label_id DESC LIMIT 1",
+                [cfg.queue, cfg.reviewer]).fetchall()
+            if not last:
+                return redirect(url_for("index", saved="Nothing to undo"))
+            st, si, tt, ti, position, verdict = last[0]
+            entry = entry_at(con, cfg.queue, position)
+            record_verdict(con, PairKey(st, si, tt, ti), "retracted", reviewer=cfg.reviewer, matcher=entry["matcher"],
+                           score=entry["score"], decision=entry["decision"], queue=cfg.queue, reason=entry["reason"],
+                           note=f"undo of {verdict}")
+        return redirect(url_for("pair", position=position, undone=1))
+
+    @app.get("/summary")
+    def summary():  # noqa: ANN202
+        with _db(cfg) as con:
+            _check_queue(con)
+            prec = accept_precision(con)
+            rows = label_summary(con)
+            recent = con.execute(
+                "SELECT label_id, source_table, source_id, target_table, target_id, verdict, reviewer, "
+                "strftime(labelled_at, '%Y-%m-%d %H:%M:%S'), round(score, 3), decision, reason, note FROM pm_labels "
+                "ORDER BY label_id DESC LIMIT 15").fetchall()
+            return render_template("summary.html", prec=prec, rows=rows, recent=recent,
+                                   finished=request.args.get("finished") == "1", last=request.args.get("saved"),
+                                   **_common(con))
+
+    @app.get("/img/<int:position>/<side>/<int:n>")
+    def image(position: int, side: str, n: int):  # noqa: ANN202
+        if side not in ("s", "t"):
+            abort(404)
+        with _db(cfg) as con:
+            entry = entry_at(con, cfg.queue, position)
+            path = image_path(con, entry, side, n) if entry else None
+        if path is None:
+            abort(404)
+        real, reason = cfg.policy.resolve(path)
+        if real is None:
+            abort(403 if reason == "outside allowed roots" or reason == "url fetching disabled" else 404, reason)
+        if real.stat().st_size > cfg.max_image_bytes:
+            abort(413)
+        try:
+            with Image.open(real) as im:
+                mime = Image.MIME.get(im.format or "")
+        except (OSError, ValueError):
+            mime = None
+        if not mime or not mime.startswith("image/"):
+            abort(415, "not an image")
+        return send_file(real, mimetype=mime, max_age=3600)
+
+    return app
+
+
+def serve(database: str | Path, queue: str = "default", image_roots: list[str | Path] | None = None,
+          host: str = "127.0.0.1", port: int = 8765, reviewer: str | None = None) -> None:
+    """Run the review page until interrupted."""
+    import os
+
+    roots = tuple(Path(r).resolve() for r in (image_roots or [os.getcwd()]))
+    cfg = ReviewConfig(Path(database).resolve(), queue, roots, reviewer or getpass.getuser())
+    app = create_app(cfg)
+    app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)

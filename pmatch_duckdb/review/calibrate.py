@@ -1,0 +1,156 @@
+"""``pmatch calibrate``: re-pick the accept / review thresholds from reviewed pairs.
+
+Reviewed pairs are exactly the held-out data thresholds need: people answered them, the model never
+trained on their verdicts. The accept threshold is the lowest score whose reviewed pairs above it have
+a one-sided 95% Wilson lower bound on precision ≥ the target (the rule training uses, decision.py); the
+review threshold keeps all but ``max_recall_loss`` of the reviewed matches above it.
+
+Only verdicts given on scores of the model in force count (``pm_labels.matcher``): another model's
+scores are on another scale. Caveat: the queue asks about the whole review band but only a sample of
+the auto-accepted pairs, so reviewed pairs under-represent the high scores; as those are mostly
+matches, the precision estimate is on the cautious side.
+
+Where the new thresholds go: the active trained matcher gets a new version (a copy whose decision.json
+and manifest carry the new thresholds and where they came from; ``pmatch models rollback`` undoes it);
+without a trained matcher they are written into the target index's metadata (the zero-shot thresholds).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..decision import choose_thresholds, wilson_lower
+from ..errors import PmatchError
+from .labels import has_labels, table_key
+from .queue import ModelState, model_state
+
+
+class CalibrationError(PmatchError):
+    """Not enough reviewed pairs to pick thresholds from."""
+
+
+@dataclass
+class Calibration:
+    """The outcome of one calibration (what ``pmatch calibrate`` prints)."""
+
+    matcher: str
+    target: str
+    reviewed: int
+    matches: int
+    ignored_other_model: int
+    old_accept: float | None
+    old_review: float
+    accept: float | None  # None: no threshold certifies the target precision
+    review: float
+    target_precision: float
+    accept_precision: float | None  # on the reviewed pairs scoring >= accept
+    accept_lower_bound: float | None  # one-sided 95% Wilson lower bound of that precision
+    accept_reviewed: int
+    applied: str | None = None  # where the thresholds were written (None: dry run / nothing certified)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def reviewed_scores(con, target: str, matcher: str) -> tuple[np.ndarray, np.ndarray, int]:  # noqa: ANN001
+    """(scores shown, 1 = match / 0 = no_match, verdicts ignored because another model scored them)."""
+    if not has_labels(con):
+        return np.zeros(0), np.zeros(0), 0
+    rows = con.execute(
+        "SELECT score, verdict, matcher FROM pm_labels_current WHERE verdict IN ('match', 'no_match') "
+        "AND score IS NOT NULL AND (target_table = ? OR source_table = ?)", [table_key(target), table_key(target)]
+    ).fetchall()
+    keep = [(s, v == "match") for s, v, m in rows if m == matcher]
+    s = np.array([k[0] for k in keep], dtype=np.float64)
+    y = np.array([k[1] for k in keep], dtype=np.float64)
+    return s, y, len(rows) - len(keep)
+
+
+def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss: float = 0.02,  # noqa: ANN001
+              apply: bool = True, min_matches: int = 5, ctx=None) -> Calibration:  # noqa: ANN001
+    """Pick thresholds for matching against ``target`` from the reviewed pairs; write them unless ``apply``
+    is False or no accept threshold reaches ``target_precision`` (then nothing changes)."""
+    from ..api import context_of
+
+    ctx = ctx or context_of(con)
+    state = model_state(ctx, target)
+    s, y, ignored = reviewed_scores(con, target, state.matcher)
+    if int(y.sum()) < min_matches:
+        raise CalibrationError(
+            f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
+            f"{target!r}; need at least {min_matches} matches. Review more pairs: pmatch review "
+            f"<db>{f' ({ignored} verdicts were given on another model' + chr(39) + 's scores)' if ignored else ''}")
+    accept, review, _ = choose_thresholds(s, y, target_precision, max_recall_loss)
+    above = s >= accept
+    n_above, m_above = int(above.sum()), int(y[above].sum())
+    lb = float(wilson_lower(np.array([m_above]), np.array([n_above]))[0]) if n_above else None
+    cal = Calibration(
+        matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
+        old_accept=_finite(state.accept_threshold), old_review=state.review_threshold, accept=_finite(accept),
+        review=float(review), target_precision=target_precision,
+        accept_precision=(m_above / n_above) if n_above else None, accept_lower_bound=lb, accept_reviewed=n_above)
+    if apply and cal.accept is not None:
+        cal.applied = _apply(ctx, target, state, cal)
+    return cal
+
+
+def _apply(ctx, target: str, state: ModelState, cal: Calibration) -> str:  # noqa: ANN001
+    source = {"kind": "pm_labels", "reviewed_pairs": cal.reviewed, "matches": cal.matches,
+              "target_precision": cal.target_precision, "accept_lower_bound": cal.accept_lower_bound,
+              "previous": {"accept": cal.old_accept, "review": cal.old_review},
+              "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if state.matcher == "zero-shot":
+        from ..sqlident import index_name_for
+        from ..store import META_KEY, OfferIndex
+
+        idx = OfferIndex(ctx.index_root, index_name_for(target))
+        meta = idx.metadata()
+        meta["fusion"] = {**meta.get("fusion", {}), "accept_threshold": cal.accept, "review_threshold": cal.review}
+        meta["calibration"] = source
+        idx.table().to_lance().update_schema_metadata({META_KEY.decode(): json.dumps(meta)})
+        return f"index {idx.name} (zero-shot thresholds)"
+    return _new_matcher_version(ctx, state, cal, source)
+
+
+def _new_matcher_version(ctx, state: ModelState, cal: Calibration, source: dict) -> str:  # noqa: ANN001
+    from ..bundles import write_manifest
+    from ..matchers import activate, load_matcher, matchers_dir, next_version
+
+    name, version = state.matcher.split("/", 1)
+    home = ctx.settings.home
+    old = matchers_dir(home) / name / version
+    new_version = next_version(name, home)
+    final = old.parent / new_version
+    tmp = Path(tempfile.mkdtemp(prefix=f".{new_version}.", dir=old.parent))
+    try:
+        for p in old.iterdir():
+            if p.is_file() and p.name != "manifest.json":
+                shutil.copy2(p, tmp / p.name)
+        decision = json.loads((old / "decision.json").read_text())
+        decision["accept_threshold"], decision["review_threshold"] = cal.accept, cal.review
+        decision.setdefault("info", {})["calibration"] = source
+        (tmp / "decision.json").write_text(json.dumps(decision, indent=1))
+        manifest = json.loads((old / "manifest.json").read_text())
+        manifest.pop("files", None)
+        manifest.update(version=new_version, parent=version,
+                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        thresholds={"accept": cal.accept, "review": cal.review}, calibration=source)
+        write_manifest(tmp, manifest)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    load_matcher(name, new_version, home)  # verifies what was written
+    activate(name, new_version, home)
+    return f"matcher {name} {new_version} (copy of {version} with the new thresholds; activated)"

@@ -1,0 +1,129 @@
+"""The ``pmatch review`` and ``pmatch calibrate`` commands (added to the CLI group in cli.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import click
+
+from ..errors import PmatchError
+
+
+def _open(db: str, home: str | None, image_roots: tuple[str, ...]):  # noqa: ANN202
+    from ..connection import connect
+
+    return connect(db, home=home, image_roots=list(image_roots) or None)
+
+
+@click.command("review")
+@click.argument("database", type=click.Path(dir_okay=False, exists=True))
+@click.option("--queue", default="default", show_default=True, help="Review queue to work through.")
+@click.option("--matches", default=None,
+              help="First (re)queue this saved match_products result (= SELECT * FROM pm_queue_review(...)).")
+@click.option("--accept-sample", default=0.05, show_default=True,
+              help="With --matches: share of auto-accepted pairs mixed in to measure auto-accept precision.")
+@click.option("--port", default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; anything but loopback exposes the page (and your data) to the network.")
+@click.option("--reviewer", default=None, help="Name recorded with each verdict (default: your login name).")
+@click.option("--image-root", "image_roots", multiple=True,
+              help="Folder the offers' images lie under (repeatable; default: cwd). Nothing outside is served.")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def review_cmd(database: str, queue: str, matches: str | None, accept_sample: float, port: int, host: str,
+               reviewer: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
+    """Label queued candidate pairs in the browser: one pair per screen, keys M / N / U, Z to undo.
+
+    \b
+    Example:
+      pmatch review shop.duckdb --matches matches --image-root data/
+      # then open http://127.0.0.1:8765/ ; verdicts land in the pm_labels table
+    """
+    try:
+        from .app import serve
+    except ImportError as e:
+        raise click.ClickException(f"the review page needs the review extra ({e}): "
+                                   "pip install 'pmatch-duckdb[review]'") from None
+    if matches:
+        from .queue import queue_review
+
+        try:
+            con = _open(database, home, image_roots)
+            try:
+                st = queue_review(con, matches, queue, accept_sample=accept_sample)
+            finally:
+                con.close()
+        except PmatchError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"queued {st.queued} pairs in queue {queue!r}: {st.boundary} near the decision boundary, "
+                   f"{st.accept_samples} sampled auto-accepts, {st.rechecks} rechecks "
+                   f"({st.skipped_labelled} already labelled, not asked again)")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        click.echo(f"warning: binding {host}: anyone who can reach this machine can see and label your offers",
+                   err=True)
+    click.echo(f"review page: http://{host}:{port}/  (Ctrl+C to stop; the database is not held open between pages)")
+    serve(database, queue=queue, image_roots=list(image_roots) or None, host=host, port=port, reviewer=reviewer)
+
+
+@click.command("calibrate")
+@click.argument("database", type=click.Path(dir_okay=False, exists=True))
+@click.option("--target", default="catalog", show_default=True, help="The target offer table matches are made against.")
+@click.option("--target-precision", default=0.99, show_default=True,
+              help="Auto-accept only above the lowest score whose reviewed precision has a 95% lower bound >= this.")
+@click.option("--max-recall-loss", default=0.02, show_default=True,
+              help="Share of the reviewed matches allowed below the review threshold (auto-rejected).")
+@click.option("--matches", default=None, help="A saved match_products result: report its review band before/after.")
+@click.option("--dry-run", is_flag=True, help="Report the thresholds without writing them.")
+@click.option("--matcher", default=None, help="Trained matcher name (its active version; default 'default').")
+@click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def calibrate_cmd(database: str, target: str, target_precision: float, max_recall_loss: float, matches: str | None,
+                  dry_run: bool, matcher: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
+    """Re-pick the accept / review thresholds from the pairs people reviewed (pm_labels).
+
+    \b
+    Example:
+      pmatch calibrate shop.duckdb --target catalog --matches matches --target-precision 0.98
+    """
+    import json
+
+    import duckdb
+
+    from ..connection import connect
+    from ..sqlident import quote_qualified
+    from .calibrate import calibrate
+
+    try:
+        extra = {"matcher": matcher} if matcher else {}
+        con = connect(database, home=home, image_roots=list(image_roots) or None, **extra)
+        cal = calibrate(con, target, target_precision, max_recall_loss, apply=not dry_run)
+        band = None
+        if matches:
+            q = quote_qualified(matches)
+            new_acc = cal.accept if cal.accept is not None else float("inf")
+            band = con.execute(
+                f"SELECT count(*) FILTER (WHERE score >= ? AND score < ?), "
+                f"count(*) FILTER (WHERE score >= ? AND score < ?) FROM {q}",
+                [cal.old_review, cal.old_accept if cal.old_accept is not None else float("inf"), cal.review,
+                 new_acc]).fetchall()[0]
+        con.close()
+    except (PmatchError, duckdb.Error) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{cal.reviewed} reviewed pairs ({cal.matches} matches) scored by {cal.matcher}"
+               + (f"; {cal.ignored_other_model} verdicts on another model's scores left out" if cal.ignored_other_model
+                  else ""))
+    old_acc = f"{cal.old_accept:.4f}" if cal.old_accept is not None else "none"
+    if cal.accept is None:
+        click.echo(f"no threshold certifies precision >= {target_precision} (95% Wilson lower bound) on these reviews: "
+                   "thresholds unchanged. Review more pairs or lower --target-precision.")
+    else:
+        click.echo(f"accept >= {cal.accept:.4f} (was {old_acc}): precision {cal.accept_precision:.3f} on "
+                   f"{cal.accept_reviewed} reviewed pairs above it, 95% lower bound {cal.accept_lower_bound:.3f}")
+        click.echo(f"review >= {cal.review:.4f} (was {cal.old_review:.4f})")
+    if band is not None:
+        click.echo(f"review band of {matches}: {band[0]} pairs before, {band[1]} with the new thresholds")
+    click.echo(f"written to {cal.applied}" if cal.applied else "nothing written" + (" (dry run)" if dry_run else ""))
+    click.echo(json.dumps(cal.as_dict(), default=float))

@@ -1,0 +1,150 @@
+"""What the review page shows for one queued pair: both offers, identifiers that agree or differ,
+prices and their ratio, the model's scores. Pure data — the templates escape every string."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import duckdb
+
+from ..encoders.image_io import ImagePolicy
+from ..features.lexical import identifiers
+from ..offers import OPTIONAL, offer_from_mapping, table_columns
+from ..sqlident import quote_ident, quote_qualified
+
+DESCRIPTION_CHARS = 320
+
+
+@dataclass
+class Segment:
+    """A run of text, optionally marked ``agree`` / ``differ`` (an identifier)."""
+
+    text: str
+    mark: str | None = None
+
+
+@dataclass
+class ImageRef:
+    """One image of an offer: shown (``ok``) or refused with the reason."""
+
+    index: int
+    name: str
+    reason: str | None = None
+
+
+@dataclass
+class OfferView:
+    """One side of the pair."""
+
+    table: str
+    id: str
+    found: bool
+    title: list[Segment] = field(default_factory=list)
+    brand: str | None = None
+    price: float | None = None
+    currency: str | None = None
+    description: str | None = None
+    description_more: bool = False
+    images: list[ImageRef] = field(default_factory=list)
+    identifiers: list[tuple[str, str]] = field(default_factory=list)  # (identifier, agree|differ|only)
+
+
+def read_offer(con: duckdb.DuckDBPyConnection, table: str, oid: str) -> dict | None:
+    """The offer row (convention columns) with this id, or None."""
+    cols = table_columns(con, table)
+    names = ["id", "title", *[c for c in OPTIONAL if c in cols]]
+    names = [n for n in names if n in cols]
+    rows = con.execute(f"SELECT {', '.join(quote_ident(n) for n in names)} FROM {quote_qualified(table)} "
+                       "WHERE CAST(id AS VARCHAR) = ? LIMIT 1", [oid]).fetchall()
+    return dict(zip(names, rows[0], strict=True)) if rows else None
+
+
+def _fuzzy(ident: str) -> re.Pattern[str]:
+    """``pm5988`` matches ``PM-5988``, ``pm 5988``, ``PM/59.88`` (separators between the characters)."""
+    return re.compile(r"(?<![A-Za-z0-9])" + r"[\s\-/._]?".join(re.escape(c) for c in ident) + r"(?![A-Za-z0-9])",
+                      re.IGNORECASE)
+
+
+def _segments(text: str | None, marks: dict[str, str]) -> list[Segment]:
+    """``text`` split so each occurrence of an identifier in ``marks`` (identifier -> agree / differ)
+    carries its mark; spelling variants (separators, case) count as occurrences."""
+    if not text:
+        return []
+    spans: list[tuple[int, int, str]] = []
+    for ident, mark in sorted(marks.items(), key=lambda kv: -len(kv[0])):
+        for m in _fuzzy(ident).finditer(text):
+            if all(m.end() <= a or m.start() >= b for a, b, _ in spans):
+                spans.append((m.start(), m.end(), mark))
+    out, pos = [], 0
+    for a, b, mark in sorted(spans):
+        if a > pos:
+            out.append(Segment(text[pos:a]))
+        out.append(Segment(text[a:b], mark))
+        pos = b
+    if pos < len(text):
+        out.append(Segment(text[pos:]))
+    return out
+
+
+def _ids(offer) -> set[str]:  # noqa: ANN001 - an Offer
+    return set(identifiers(" ".join(x for x in (offer.title, (offer.description or "")[:DESCRIPTION_CHARS]) if x)))
+
+
+def _text_of(offer) -> str:  # noqa: ANN001 - an Offer
+    return " ".join(x for x in (offer.title, (offer.description or "")[:DESCRIPTION_CHARS]) if x)
+
+
+def identifier_marks(a, b) -> tuple[dict[str, str], dict[str, str]]:  # noqa: ANN001 - two Offers
+    """Per side: identifier -> ``agree`` (the other offer has it too, possibly spelled with other
+    separators: ``PM 5988`` / ``PM-5988``), ``differ`` (the other offer has identifiers, not this one) or
+    ``only`` (the other offer has none)."""
+    ids = [_ids(a), _ids(b)]
+    texts = [_text_of(a), _text_of(b)]
+    out: list[dict[str, str]] = [{}, {}]
+    for side in (0, 1):
+        other = 1 - side
+        for i in ids[side]:
+            shared = i in ids[other] or bool(_fuzzy(i).search(texts[other]))
+            out[side][i] = "agree" if shared else ("differ" if ids[other] else "only")
+            if shared and i not in ids[other]:
+                out[other][i] = "agree"  # spelled without the usual form there ("PM 5988")
+    return out[0], out[1]
+
+
+def pair_view(con: duckdb.DuckDBPyConnection, entry: dict, policy: ImagePolicy) -> tuple[OfferView, OfferView]:
+    """Both sides of a queue entry, ready for the template."""
+    rows = [read_offer(con, entry["source_ref"], entry["source_id"]),
+            read_offer(con, entry["target_ref"], entry["target_id"])]
+    offers = [offer_from_mapping(r) if r else None for r in rows]
+    marks = list(identifier_marks(*offers)) if all(offers) else [
+        {i: "only" for i in _ids(o)} if o else {} for o in offers]
+    views = []
+    for side, (o, ref, oid) in enumerate(zip(offers, (entry["source_table"], entry["target_table"]),
+                                             (entry["source_id"], entry["target_id"]), strict=True)):
+        if o is None:
+            views.append(OfferView(ref, oid, found=False))
+            continue
+        mk = marks[side]
+        shown = {i: m for i, m in mk.items() if m != "only"}
+        desc = o.description or None
+        imgs = []
+        for i, p in enumerate(o.images or []):
+            _, reason = policy.resolve(p)
+            imgs.append(ImageRef(i, p.rsplit("/", 1)[-1], reason))
+        views.append(OfferView(
+            table=ref, id=oid, found=True, title=_segments(o.title, shown), brand=o.brand, price=o.price,
+            currency=o.currency, description=_segments(desc[:DESCRIPTION_CHARS], shown) if desc else None,
+            description_more=bool(desc and len(desc) > DESCRIPTION_CHARS), images=imgs,
+            identifiers=sorted(mk.items(), key=lambda t: (t[1] != "agree", t[0]))))
+    return views[0], views[1]
+
+
+def image_path(con: duckdb.DuckDBPyConnection, entry: dict, side: str, n: int) -> str | None:
+    """The n-th image path of one side's offer (None if there is none)."""
+    ref, oid = (entry["source_ref"], entry["source_id"]) if side == "s" else (entry["target_ref"], entry["target_id"])
+    row = read_offer(con, ref, oid)
+    if row is None:
+        return None
+    imgs = offer_from_mapping(row).images or []
+    return imgs[n] if 0 <= n < len(imgs) else None

@@ -1,0 +1,153 @@
+"""The review page in a real browser: Debian's chromium driven by Selenium (keyboard only).
+
+Needs ``chromium`` and ``chromium-driver`` (``make test`` installs them with apt). The test fails, rather
+than skips, when they are missing — set PMATCH_SKIP_BROWSER_TESTS=1 to skip it on a machine without them.
+The screenshot is written to test-artifacts/review-browser.png (not committed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import pmatch_duckdb as pm
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+HOSTILE = '<script>window.__pwned = 1</script><b>Evil</b> & "quotes" FG-3415'
+
+pytestmark = pytest.mark.slow
+
+
+def _browser_paths() -> tuple[str, str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+    if not chromium or not driver:
+        if os.environ.get("PMATCH_SKIP_BROWSER_TESTS") == "1":
+            pytest.skip("chromium / chromium-driver not installed (PMATCH_SKIP_BROWSER_TESTS=1)")
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver: "
+                    "apt-get update && apt-get install -y chromium chromium-driver (make test does this)")
+    return chromium, driver
+
+
+def _driver(chromium: str, driver: str, profile: Path):  # noqa: ANN202
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1366,768"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(options=opts, service=Service(driver))
+
+
+@pytest.fixture()
+def hostile_shop(review_demo):  # noqa: ANN001, ANN201
+    """The demo shop plus a supplier offer with an HTML title and an image path outside the roots, queued first."""
+    con = pm.connect(review_demo.db, image_roots=[review_demo.images])
+    good = con.execute("SELECT images[1] FROM catalog WHERE id = 'C0001'").fetchall()[0][0]
+    con.execute("INSERT INTO supplier_feed (id, title, brand, images, price, currency) VALUES "
+                "('S-HOSTILE', ?, 'Evil <i>Brand</i>', ['/etc/passwd', ?], 10.0, 'EUR')", [HOSTILE, good])
+    boundary = (0.55 + 0.80) / 2
+    con.execute("INSERT INTO matches BY NAME SELECT 'supplier_feed' AS source_table, 'S-HOSTILE' AS source_id, "
+                "'catalog' AS target_table, 'C0001' AS target_id, 1 AS rank, ? AS score, 'review' AS decision",
+                [boundary])
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    first = con.execute("SELECT source_id FROM pm_review_queue WHERE position = 1").fetchall()[0][0]
+    assert first == "S-HOSTILE"
+    con.close()
+    return review_demo
+
+
+@pytest.fixture()
+def server(hostile_shop):  # noqa: ANN001, ANN201
+    from werkzeug.serving import make_server
+
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    cfg = ReviewConfig(hostile_shop.db, "default", (hostile_shop.images,), "tester")
+    srv = make_server("127.0.0.1", 0, create_app(cfg), threaded=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_port}", hostile_shop
+    srv.shutdown()
+    t.join(5)
+
+
+def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, shop = server
+    chromium, driver_path = _browser_paths()
+    drv = _driver(chromium, driver_path, tmp_path / "profile")
+    try:
+        drv.get(base + "/")
+        wait = WebDriverWait(drv, 30)
+
+        def position() -> str:
+            return drv.find_element(By.CSS_SELECTOR, ".pos").text
+
+        def press(key: str, expect_change: bool = True) -> None:
+            before = drv.current_url + position()
+            drv.find_element(By.TAG_NAME, "body").send_keys(key)
+            if expect_change:
+                wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".pos") and d.current_url + position() != before)
+
+        # the hostile title is text, not markup; no script ran; the image outside the roots is refused
+        assert position() == "pair 1 of " + position().rsplit(" ", 1)[-1]
+        title = drv.find_element(By.CSS_SELECTOR, ".offer.s .title")
+        assert title.text.startswith('<script>window.__pwned = 1</script><b>Evil</b> & "quotes"')
+        assert drv.execute_script("return window.__pwned === undefined")
+        assert not drv.find_elements(By.CSS_SELECTOR, ".offer.s .title b")
+        assert "image refused: outside allowed roots" in drv.find_element(By.CSS_SELECTOR, ".offer.s .gallery").text
+        assert drv.find_element(By.CSS_SELECTOR, ".offer.s .shot img").get_property("naturalWidth") > 0
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + "/img/1/s/0")  # /etc/passwd, by position
+        assert err.value.code == 403
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        drv.save_screenshot(str(ARTIFACTS / "review-browser.png"))
+
+        press("n")  # pair 1: no match
+        assert "pair 2 of" in position()
+        assert "No match" in drv.find_element(By.CSS_SELECTOR, ".flash").text
+        press("m")  # pair 2: match
+        press("u")  # pair 3: unsure
+        assert "pair 4 of" in position()
+        press("z")  # undo the unsure: back on pair 3
+        assert "pair 3 of" in position()
+        assert drv.find_element(By.CSS_SELECTOR, ".undone").is_displayed()
+        press("m")  # pair 3: match this time
+        assert "pair 4 of" in position()
+        assert drv.find_element(By.CSS_SELECTOR, "progress.bar").get_attribute("value") == "3"
+        drv.find_element(By.TAG_NAME, "body").send_keys("s")
+        wait.until(lambda d: "Labels so far" in d.page_source)
+        drv.save_screenshot(str(ARTIFACTS / "review-summary.png"))
+    finally:
+        drv.quit()
+
+    # the database is not held open by the page: another process can write to it now
+    subprocess.run([sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+                    "c.execute('CREATE TABLE touched AS SELECT 1 AS x'); c.close()", str(shop.db)], check=True,
+                   timeout=60)
+    con = duckdb.connect(str(shop.db), read_only=True)
+    q = dict(((r[0]), r[1:]) for r in con.execute(
+        "SELECT position, source_id, target_id FROM pm_review_queue WHERE queue = 'default'").fetchall())
+    rows = con.execute("SELECT source_id, target_id, verdict, reviewer, queue FROM pm_labels ORDER BY label_id").fetchall()
+    assert rows == [(*q[1], "no_match", "tester", "default"), (*q[2], "match", "tester", "default"),
+                    (*q[3], "unsure", "tester", "default"), (*q[3], "retracted", "tester", "default"),
+                    (*q[3], "match", "tester", "default")]
+    assert sorted(con.execute("SELECT source_id, verdict FROM pm_labels_current").fetchall()) == sorted(
+        [(q[1][0], "no_match"), (q[2][0], "match"), (q[3][0], "match")])
+    con.close()
