@@ -179,9 +179,10 @@ def models_rollback(name: str, home: str | None) -> None:
               help="Per training offer, this many best zero-shot non-matches as hard negatives for the projection.")
 @click.option("--no-pair-model", is_flag=True,
               help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
-@click.option("--pair-max-len", default=128, show_default=True, help="Pair scorer: word pieces per pair.")
-@click.option("--pair-epochs", default=2, show_default=True, help="Pair scorer: fine-tuning epochs.")
-@click.option("--pair-freeze-layers", default=0, show_default=True, help="Pair scorer: frozen lower layers.")
+@click.option("--pair-max-len", default=64, show_default=True, help="Pair scorer: word pieces per pair.")
+@click.option("--pair-epochs", default=1, show_default=True, help="Pair scorer: fine-tuning epochs.")
+@click.option("--pair-freeze-layers", default=4, show_default=True,
+              help="Pair scorer: frozen lower layers (of 6) and embeddings.")
 @click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")
 @click.option("--pair-min-matches", default=400, show_default=True,
               help="Labelled matches needed before a pair scorer is trained.")

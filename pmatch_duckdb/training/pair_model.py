@@ -33,13 +33,13 @@ class PairTrainConfig:
     probability 0.5; ``max_seconds``: stop after the step that crosses this wall time (None: no limit).
     """
 
-    max_len: int = 128
-    epochs: int = 2
+    max_len: int = 64
+    epochs: int = 1
     batch_size: int = 16
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup: float = 0.1
-    freeze_layers: int = 0
+    freeze_layers: int = 4
     augment: bool = False
     seed: int = 0
     threads: int | None = None
@@ -346,6 +346,10 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
             return ps
         return ps.take(top_m_mask(ps.src, decision.calibrate(raw), top))
 
+    n_labelled = int(np.sum(train_split[1]))
+    if n_labelled < opts.min_positives:
+        log(f"pair model skipped: {n_labelled} labelled training matches (needs ≥ {opts.min_positives})")
+        return None
     if open_world:
         train, valid = as_set(train_split, None), as_set(valid_split, None)
         hard = candidate_set(rows, view, tgt_pos, decision, np.unique(train.src), exclude_self, truth_pairs,

@@ -354,11 +354,15 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     try:
         export_projection_onnx(w, tmp / "projection.onnx")
         pair_entry = None
-        if pair_model:
+        popts = pair_options or PairOptions()
+        if pair_model and len(tpos) < popts.min_positives:
+            log(f"pair model skipped: {len(tpos)} labelled training matches (needs ≥ {popts.min_positives}; "
+                "pair_options.min_positives / --pair-min-matches)")
+        elif pair_model:
             from .pair_model import pair_stage
 
             pair_entry = pair_stage(
-                tmp, pair_options or PairOptions(), rows=trained, decision=decision, open_world=open_world,
+                tmp, popts, rows=trained, decision=decision, open_world=open_world,
                 view=target_view.with_fused(trained.fused[tgt_pos]), tgt_pos=tgt_pos, comp=comp,
                 truth_pairs=truth_pairs, exclude_self=len(tables) == 1,
                 train_split=pair_data(trained, tpos, tneg, None if open_world else train_comps) + (dict(last_pairs),),
