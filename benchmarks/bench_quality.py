@@ -998,6 +998,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair-epochs", type=int, default=None, help="pair scorer: fine-tuning epochs")
     ap.add_argument("--pair-freeze-layers", type=int, default=None, help="pair scorer: frozen lower layers")
     ap.add_argument("--pair-threads", type=int, default=None, help="pair scorer: torch threads while training")
+    ap.add_argument("--pair-max-seconds", type=float, default=None,
+                    help="pair scorer: stop fine-tuning after this many seconds (cost-only runs: the scorer's "
+                         "speed does not depend on its weights)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
@@ -1010,7 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
               home=args.home, seed=args.seed, quick=args.quick, grocery_per_class=args.grocery_per_class,
               epochs=args.epochs, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
               pair={k: v for k, v in (("max_len", args.pair_max_len), ("epochs", args.pair_epochs),
-                                      ("freeze_layers", args.pair_freeze_layers), ("threads", args.pair_threads))
+                                      ("freeze_layers", args.pair_freeze_layers), ("threads", args.pair_threads),
+                                      ("max_seconds", args.pair_max_seconds))
                     if v is not None})
     threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]
     head = (f"# {_dt.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}  duckdb "

@@ -124,7 +124,7 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = CrossEncoder.build(bert_dir, tiny_config, cfg.seed)
+    model = CrossEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed)
     frozen = [model.bert.embeddings] + list(model.bert.encoder.layer[:cfg.freeze_layers])
     for mod in frozen if cfg.freeze_layers > 0 else []:
         for p in mod.parameters():
