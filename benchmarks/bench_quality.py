@@ -283,7 +283,7 @@ def score_pairs(src_rows: OfferVectors, tgt_rows: OfferVectors, pairs: list[tupl
     if matcher is not None:
         score = matcher.decision.score(decision_features(one, view, s_local, t_idx, sig, matcher.decision.features))
     else:
-        score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg)
+        score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin)
     return np.nan_to_num(np.asarray(score, dtype=np.float64), nan=0.0), y
 
 

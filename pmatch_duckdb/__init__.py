@@ -12,10 +12,14 @@ SQL functions registered: ``pm_embed_text``, ``pm_embed_image``, ``pm_embed_imag
 
 from __future__ import annotations
 
-from .api import clusters, index, match
-from .connection import connect, install, install_macros
-from .errors import ConfigError, ModelIntegrityError, ModelNotFoundError, PmatchError
-from .settings import Settings
+from .console import quiet_native_logs
+
+quiet_native_logs()  # before anything imports lancedb: its Rust log level is read once, at load
+
+from .api import clusters, index, match  # noqa: E402
+from .connection import connect, install, install_macros  # noqa: E402
+from .errors import ConfigError, ModelIntegrityError, ModelNotFoundError, PmatchError  # noqa: E402
+from .settings import Settings  # noqa: E402
 
 __version__ = "0.1.0"
 

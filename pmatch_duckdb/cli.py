@@ -11,18 +11,29 @@ from .errors import PmatchError
 from .home import models_dir
 
 
-@click.group()
+def EX(example: str) -> str:  # noqa: N802 - reads as a constant in the decorators below
+    """A help text's closing one-line example (``\\b``: click prints it unwrapped)."""
+    return f"\b\nExample: {example}"
+
+
+@click.group(epilog=EX("pmatch sql shop.duckdb -c \"SELECT * FROM match_products('feed', 'catalog')\""))
 @click.version_option(package_name="pmatch-duckdb")
-def main() -> None:
+@click.option("--verbose", is_flag=True,
+              help="Also show third-party logs and warnings (LanceDB, torch, transformers); = PMATCH_LOG=verbose.")
+def main(verbose: bool) -> None:
     """pmatch: multimodal product matching inside DuckDB."""
+    if verbose:
+        import os
+
+        os.environ.setdefault("PMATCH_LOG", "verbose")
 
 
-@main.group()
+@main.group(epilog=EX("pmatch models build && pmatch models list"))
 def models() -> None:
     """Build and inspect encoder bundles (ONNX + manifest) under the pmatch home."""
 
 
-@models.command("build")
+@models.command("build", epilog=EX("pmatch models build --only minilm-l6-v2"))
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 @click.option("--force", is_flag=True, help="Rebuild even if an intact bundle exists (repairs a corrupt one).")
 @click.option("--only", multiple=True, help="Build only this bundle (repeatable).")
@@ -40,7 +51,7 @@ def models_build(home: str | None, force: bool, only: tuple[str, ...]) -> None:
         raise click.ClickException(str(e)) from None
 
 
-@models.command("export-openclip")
+@models.command("export-openclip", epilog=EX("pmatch models export-openclip --arch ViT-B-32 --weights ./open_clip_pytorch_model.bin --name my-clip --pretrained-tag laion2b_s34b_b79k"))
 @click.option("--arch", default=None,
               help="open_clip architecture, e.g. ViT-B-32, RN50 (optional when --weights is a folder with "
                    "open_clip_config.json).")
@@ -81,7 +92,7 @@ def models_export_openclip(arch: str | None, weights: str, name: str, pretrained
         raise click.ClickException(str(e)) from None
 
 
-@models.command("list")
+@models.command("list", epilog=EX("pmatch models list"))
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 def models_list(home: str | None) -> None:
     """Show installed bundles (then trained matchers) and whether their hashes verify."""
@@ -131,7 +142,7 @@ def _list_matchers(home: str | None) -> None:
                 click.echo(f"matcher {name} {v}: unreadable ({e})")
 
 
-@models.command("activate")
+@models.command("activate", epilog=EX("pmatch models activate default v1"))
 @click.argument("name")
 @click.argument("version")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
@@ -146,7 +157,7 @@ def models_activate(name: str, version: str, home: str | None) -> None:
     click.echo(f"matcher {name}: {version} active")
 
 
-@models.command("rollback")
+@models.command("rollback", epilog=EX("pmatch models rollback default"))
 @click.argument("name")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
 def models_rollback(name: str, home: str | None) -> None:
@@ -160,7 +171,7 @@ def models_rollback(name: str, home: str | None) -> None:
     click.echo(f"matcher {name}: {v or 'zero-shot (no trained version active)'}")
 
 
-@main.command("train")
+@main.command("train", epilog=EX("pmatch train shop.duckdb --offers feed --offers catalog --pairs labels"))
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.option("--offers", multiple=True, required=True, help="Offer table; give two for source and target.")
 @click.option("--pairs", default=None, help="Labels table: left_id, right_id[, label].")
@@ -218,7 +229,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
     click.echo(json.dumps(r.metrics, indent=1, default=float))
 
 
-@main.command("evaluate")
+@main.command("evaluate", epilog=EX("pmatch evaluate shop.duckdb --source feed --target catalog --pairs test_labels --out report/"))
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.option("--source", required=True, help="Source offer table.")
 @click.option("--target", required=True, help="Target offer table.")
@@ -252,7 +263,7 @@ def _open(db: str, home: str | None, image_roots: tuple[str, ...], matcher: str 
     return connect(db, home=home, image_roots=list(image_roots) or None, **extra)
 
 
-@main.command("index")
+@main.command("index", epilog=EX("pmatch index shop.duckdb catalog --image-root ./images"))
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("table")
 @click.option("--name", default=None, help="Index name (default: the table's name).")
@@ -272,7 +283,7 @@ def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_
     click.echo(" ".join(f"{k}={v}" for k, v in stats.as_row().items()))
 
 
-@main.command("match")
+@main.command("match", epilog=EX("pmatch match shop.duckdb feed catalog -k 5 --into matches"))
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("source")
 @click.argument("target")
@@ -303,7 +314,58 @@ def match_cmd(database: str, source: str, target: str, k: int, into: str | None,
         raise click.ClickException(str(e)) from None
 
 
-@main.command("demo")
+@main.command("sql", epilog=EX("pmatch sql shop.duckdb -c \"SELECT * FROM match_products('feed', 'catalog', k := 3)\" --format csv"))
+@click.argument("database", required=False, default=":memory:")
+@click.option("-c", "--command", "commands", multiple=True,
+              help="Run these statements (repeatable; ';'-separated), print the results and exit.")
+@click.option("-f", "--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Run a SQL file (repeatable) and exit.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "jsonl"]), default="table",
+              show_default=True, help="Output format (interactively: .mode FORMAT).")
+@click.option("--history", type=click.Path(dir_okay=False), default=None,
+              help="History file of the prompt (default: sql_history in the pmatch home).")
+@click.option("--matcher", default=None, help="Trained matcher name (its active version; default 'default').")
+@click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable; default: cwd).")
+@click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+def sql_cmd(database: str, commands: tuple[str, ...], files: tuple[str, ...], fmt: str, history: str | None,
+            matcher: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
+    """SQL on DATABASE with every pmatch function registered: a prompt (history, multi-line statements
+    ending in ';', .help lists the pmatch functions), or -c / -f / piped statements for scripts and cron jobs.
+    Scripts stop at the first failing statement with exit status 1.
+    """
+    from pathlib import Path
+
+    import duckdb
+
+    from .home import pmatch_home
+    from .shell import Shell, ShellError, interactive, run_script
+
+    try:
+        con = _open(database, home, image_roots, matcher)
+    except (PmatchError, duckdb.Error) as e:
+        raise click.ClickException(str(e)) from None
+    scripted = bool(commands or files) or not sys.stdin.isatty()
+    shell = Shell(con, fmt=fmt, width=None if sys.stdout.isatty() else 100_000)
+    try:
+        if not scripted:
+            hist = Path(history) if history else pmatch_home(home) / "sql_history"
+            interactive(shell, hist, banner=f"pmatch sql on {database}: statements end with ';', "
+                                            ".help lists the pmatch functions, .quit leaves")
+            return
+        for c in commands:
+            run_script(shell, c)
+        for f in files:
+            run_script(shell, Path(f).read_text())
+        if not commands and not files:
+            run_script(shell, sys.stdin.read())
+    except ShellError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+    finally:
+        con.close()
+
+
+@main.command("demo", epilog=EX("pmatch demo --out demo_out --products 60"))
 @click.option("--out", type=click.Path(file_okay=False), default="demo_out", show_default=True,
               help="Folder for the generated catalog, images and DuckDB file.")
 @click.option("--products", default=60, show_default=True, help="Number of generated catalog products.")
@@ -320,6 +382,8 @@ def demo(out: str, products: int, seed: int) -> None:
 
 from .review.commands import calibrate_cmd, review_cmd  # noqa: E402 - the human-review commands live with review/
 
+review_cmd.epilog = EX("pmatch review shop.duckdb --matches feed_matches")
+calibrate_cmd.epilog = EX("pmatch calibrate shop.duckdb --target catalog --dry-run")
 main.add_command(review_cmd)
 main.add_command(calibrate_cmd)
 

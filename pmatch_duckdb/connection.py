@@ -13,7 +13,13 @@ from .api import context_of, register_context
 from .context import PmatchContext, index_root_for
 from .settings import Settings
 from .sql import SQL_FILES, read_sql
-from .udfs import register_embedding_udfs, register_matching_udfs, register_model_udfs, register_review_udfs
+from .udfs import (
+    register_code_udfs,
+    register_embedding_udfs,
+    register_matching_udfs,
+    register_model_udfs,
+    register_review_udfs,
+)
 from .udfs.arrow_util import Registrar
 
 _install_counter = itertools.count(1)
@@ -43,6 +49,7 @@ def install(con: duckdb.DuckDBPyConnection, settings: Settings | None = None, *,
     register_model_udfs(reg, settings)
     register_matching_udfs(reg, ctx)
     register_review_udfs(reg, ctx)
+    register_code_udfs(reg)
     _registrars[id(con)] = reg
     register_context(ctx)
     install_macros(con, suffix=reg.suffix)

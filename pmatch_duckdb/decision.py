@@ -23,6 +23,8 @@ import numpy as np
 
 from .pair_features import PAIR_FEATURES
 
+GTIN_MIN_PAIRS = 50  # training pairs with a GTIN on both sides needed to trust the learnt GTIN weights
+
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
@@ -197,6 +199,12 @@ class DecisionModel:
             p = (1 - 1e-6) * np.interp(raw, self.calib_x, self.calib_y) + 1e-6 * raw
         return np.clip(p, 0.0, 1.0)
 
+    def gtin_learnt(self, min_pairs: int = GTIN_MIN_PAIRS) -> bool:
+        """Whether the model learnt what GTIN agreement means from its training pairs. If not (no GTIN
+        columns in the training data, or a matcher older than them), matching applies the GTIN rule of
+        the zero-shot score on top of its score."""
+        return "gtin_equal" in self.features and self.info.get("gtin_pairs", 0) >= min_pairs
+
     def decide(self, score: np.ndarray) -> list[str]:
         """accept / review / reject."""
         return ["accept" if s >= self.accept_threshold else "review" if s >= self.review_threshold else "reject"
@@ -310,6 +318,9 @@ def train_decision(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray
         model.calib_x, model.calib_y = isotonic(held_raw, held_y)
     model.accept_threshold, model.review_threshold, model.info = choose_thresholds(
         model.calibrate(held_raw), held_y, target_precision, max_recall_loss, confidence)
+    if "gtin_equal" in features and x_train.shape[1] == len(features):  # pairs with GTINs on both sides
+        gcols = [list(features).index(f) for f in ("gtin_equal", "gtin_conflict")]
+        model.info["gtin_pairs"] = int((x_train[:, gcols] != 0).any(axis=1).sum())
     model.info.update({"kind": kind, "held_out_average_precision": ap,
                        "threshold_pairs": {"validation": int(len(y_valid)), "out_of_fold": int(len(held_y) - len(y_valid))}})
     return model

@@ -3,7 +3,8 @@
 Until a trained projection exists, the offer vector is the L2-normalised concatenation of the
 weighted text and (mean-pooled) image embeddings, and a candidate pair's ``score`` is a weighted
 mean of the available similarities (lexical, text, image) plus a bonus for a shared product
-identifier. Defaults were chosen on ../shared/data (Abt-Buy: see benchmarks/README.md).
+identifier; equal valid GTINs (the offer tables' ``gtin`` columns) lift it to at least
+``gtin_match_score``, different valid GTINs cap it at ``gtin_conflict_score``. Defaults were chosen on ../shared/data (Abt-Buy: see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class FusionConfig:
     image_weight: float = 0.4
     lexical_weight: float = 0.6
     identifier_bonus: float = 0.2
+    gtin_match_score: float = 0.97  # equal valid GTINs: near-certain match (above accept)
+    gtin_conflict_score: float = 0.05  # different valid GTINs: near-certain non-match (below review)
     accept_threshold: float = 0.80
     review_threshold: float = 0.55
 
@@ -46,15 +49,24 @@ def fuse(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image_ok: np.
 
 
 def pair_score(lexical: np.ndarray, text: np.ndarray, image: np.ndarray, id_match: np.ndarray,
-               cfg: FusionConfig) -> np.ndarray:
-    """Zero-shot match score in [0, 1]; ``text``/``image`` are NaN where a side lacks that modality."""
+               cfg: FusionConfig, gtin: np.ndarray | None = None) -> np.ndarray:
+    """Zero-shot match score in [0, 1]; ``text``/``image`` are NaN where a side lacks that modality;
+    ``gtin``: 1 equal valid GTINs, -1 different ones, 0 unknown (see :func:`apply_gtin_evidence`)."""
     num = cfg.lexical_weight * np.clip(lexical, 0, 1)
     den = np.full(len(lexical), cfg.lexical_weight, dtype=np.float64)
     for sim, w in ((text, cfg.text_weight), (image, cfg.image_weight)):
         ok = ~np.isnan(sim)
         num = num + np.where(ok, w * np.clip(np.nan_to_num(sim), 0, 1), 0.0)
         den = den + np.where(ok, w, 0.0)
-    return np.clip(num / den + cfg.identifier_bonus * id_match, 0.0, 1.0)
+    score = np.clip(num / den + cfg.identifier_bonus * id_match, 0.0, 1.0)
+    return score if gtin is None else apply_gtin_evidence(score, gtin, cfg.gtin_match_score, cfg.gtin_conflict_score)
+
+
+def apply_gtin_evidence(score: np.ndarray, gtin: np.ndarray, match_floor: float, conflict_cap: float) -> np.ndarray:
+    """Equal valid GTINs (``gtin`` 1) lift the score to at least ``match_floor``; different ones (-1) cap it
+    at ``conflict_cap``. A GTIN identifies one trade item (GS1), so this overrides what the similarities say."""
+    score = np.where(gtin > 0, np.maximum(score, match_floor), score)
+    return np.where(gtin < 0, np.minimum(score, conflict_cap), score)
 
 
 def decide(score: np.ndarray, cfg: FusionConfig) -> list[str]:

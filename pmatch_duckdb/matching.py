@@ -4,7 +4,7 @@ For each source offer, candidates come from three channels, merged:
 1. vectors: nearest neighbours of the fused offer vector (exact below ``ANN_MIN_ROWS`` rows,
    LanceDB IVF-RQ index with refinement above);
 2. lexical: char n-gram TF-IDF over brand + title;
-3. identifiers: exact shared model/part numbers or GTINs.
+3. identifiers: exact shared model/part numbers (titles, ``mpn`` columns) or GTINs (titles, ``gtin`` columns).
 Each candidate pair gets per-modality similarities, a fused ``score`` and a ``decision``.
 """
 
@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .features.codes import gtin_evidence
 from .features.lexical import CharTfidf, IdentifierIndex, normalize
-from .fusion import FusionConfig, decide, pair_score
+from .fusion import FusionConfig, apply_gtin_evidence, decide, pair_score
 from .matchers import Matcher, load_matcher
 from .offer_vectors import (
     OfferVectors,
+    code_columns,
     embed_offers,
     encoder_identity,
     fuse_vectors,
@@ -56,6 +58,7 @@ class TargetView:
         self.pos = {i: p for p, i in enumerate(self.rows.ids)}
         self.tfidf = CharTfidf(self.rows.lexical)
         self.ident = IdentifierIndex(self.rows.idents)
+        self.gtin = IdentifierIndex([[g] if g else [] for g in self.rows.gtins])
         self.use_ann = any("vector" in (ix.columns or []) for ix in tbl.list_indices()) and self.n >= ANN_MIN_ROWS
 
     @classmethod
@@ -67,6 +70,7 @@ class TargetView:
         view.pos = {i: p for p, i in enumerate(rows.ids)}
         view.tfidf = CharTfidf(rows.lexical)
         view.ident = IdentifierIndex(rows.idents)
+        view.gtin = IdentifierIndex([[g] if g else [] for g in rows.gtins])
         view.use_ann = False
         return view
 
@@ -155,7 +159,10 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
     table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     # rows are [todo..., reused...]; put them back in source order
     order = np.argsort(np.array(todo + list(reused), dtype=np.int64), kind="stable")
-    v = OfferVectors.from_arrow(table.take(order))
+    table = table.take(order)
+    for c, arr in code_columns(offers).items():  # the codes as they are now (a reused row may predate them)
+        table = table.set_column(table.schema.get_field_index(c), c, arr)
+    v = OfferVectors.from_arrow(table)
     if reused:
         v.fused = fuse_vectors(v.text, v.text_ok, v.image, v.image_ok, v.price, v.lexical, cfg, matcher)
     return v
@@ -195,6 +202,8 @@ def candidate_pairs(src: OfferVectors, view: TargetView, k: int, exclude_self: b
             continue
         cand = set(vidx[i][vidx[i] >= 0].tolist()) | set(lidx[i][lidx[i] >= 0].tolist())
         cand.update(view.ident.lookup(src.idents[i]))
+        if src.gtins[i]:
+            cand.update(view.gtin.lookup([src.gtins[i]]))
         if exclude_self:
             cand.discard(view.pos.get(src.ids[i], -1))
         pairs_s.extend([i] * len(cand))
@@ -214,6 +223,7 @@ class PairSignals:
     price_ratio: np.ndarray
     src_price: np.ndarray
     tgt_price: np.ndarray
+    gtin: np.ndarray | None = None  # 1 equal valid GTINs, -1 different, 0 a side has none
 
 
 def pair_signals(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray) -> PairSignals:
@@ -222,12 +232,14 @@ def pair_signals(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarr
     lex = view.tfidf.pair_scores([src.lexical[i] for i in s], t) if len(s) else np.zeros(0, np.float32)
     text = np.where(src.text_ok[s] & tr.text_ok[t], np.einsum("ij,ij->i", src.text[s], tr.text[t]), np.nan)
     image = np.where(src.image_ok[s] & tr.image_ok[t], np.einsum("ij,ij->i", src.image[s], tr.image[t]), np.nan)
+    gtin = np.array(gtin_evidence([src.gtins[a] for a in s], [tr.gtins[b] for b in t]), dtype=np.int8)
     idm = np.array([bool(set(src.idents[a]) & set(tr.idents[b])) for a, b in zip(s, t, strict=True)], dtype=bool)
+    idm |= gtin > 0
     ps, pt = src.price[s], tr.price[t]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where((ps > 0) & (pt > 0), np.minimum(ps, pt) / np.maximum(ps, pt), np.nan)
     fused = np.einsum("ij,ij->i", src.fused[s], tr.fused[t]) if len(s) else np.zeros(0, np.float32)
-    return PairSignals(fused, text, image, lex, idm, ratio, ps, pt)
+    return PairSignals(fused, text, image, lex, idm, ratio, ps, pt, gtin)
 
 
 def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray,
@@ -251,7 +263,7 @@ def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
         [src.titles[i] for i in s], [tr.titles[j] for j in t], [src.brands[i] for i in s],
         [tr.brands[j] for j in t], sig.src_price, sig.tgt_price, rank_f, gap,
         src_desc_idents=[src.desc_idents[i] for i in s], tgt_desc_idents=[tr.desc_idents[j] for j in t],
-        full_text=full, desc_missing=desc_missing)
+        full_text=full, desc_missing=desc_missing, gtin=sig.gtin)
     if features is None:
         return x
     return x[:, [PAIR_FEATURES.index(f) for f in want]]
@@ -292,10 +304,11 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
         counts = np.diff(np.r_[starts, len(s)])
         rank = np.arange(len(s)) - np.repeat(starts, counts) + 1
     keep = rank <= k
+    gtin = sig.gtin[order][keep] if sig.gtin is not None else None
     return Candidates(source=s[keep], target=t[keep], rank=rank[keep], score=score[keep],
                       text_score=text[keep], image_score=image[keep], lexical_score=lex[keep],
                       id_match=idm[keep], price_ratio=ratio[keep],
-                      decision=_decide(view, score[keep], second[keep]))
+                      decision=_decide(view, score[keep], second[keep], gtin))
 
 
 def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, sig: PairSignals,
@@ -310,32 +323,41 @@ def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.nda
     marks them). Rank/gap features are relative to the pairs of the same source passed in together.
     """
     second = np.zeros(len(s), dtype=bool)
-    m = view.matcher
+    m, cfg = view.matcher, view.fusion
     if m is None:
-        return pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), view.fusion), second
-    raw = m.decision.raw(decision_features(src, view, s, t, sig, m.decision.features))
-    score = m.decision.calibrate(raw)
-    if m.pair is None or m.pair_decision is None:
-        return score, second
-    second = top_m_mask(s, score, m.pair.top_m if pair_top_m is None else pair_top_m)
-    if rescore is not None:
-        second |= rescore
-    if second.any():
-        logits = m.pair.pair_logits(src, view.rows, s[second], t[second])
-        score = score.copy()
-        score[second] = m.pair_decision.score(stacked_features(raw[second], logits))
+        return pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin), second
+    dm = m.decision
+    raw = dm.raw(decision_features(src, view, s, t, sig, dm.features))
+    score = dm.calibrate(raw)
+    if m.pair is not None and m.pair_decision is not None:
+        second = top_m_mask(s, score, m.pair.top_m if pair_top_m is None else pair_top_m)
+        if rescore is not None:
+            second |= rescore
+        if second.any():
+            logits = m.pair.pair_logits(src, view.rows, s[second], t[second])
+            score = score.copy()
+            score[second] = m.pair_decision.score(stacked_features(raw[second], logits))
+    if not dm.gtin_learnt():  # the zero-shot GTIN rule on the trained model's scale (its thresholds may be near 1)
+        floor = dm.accept_threshold if np.isfinite(dm.accept_threshold) else dm.review_threshold
+        score = apply_gtin_evidence(score, sig.gtin, max(cfg.gtin_match_score, floor),
+                                    min(cfg.gtin_conflict_score, np.nextafter(dm.review_threshold, 0.0)))
     return score, second
 
 
-def _decide(view: TargetView, score: np.ndarray, second: np.ndarray | None = None) -> list[str]:
-    """accept/review/reject, each pair by the thresholds of the model that scored it."""
+def _decide(view: TargetView, score: np.ndarray, second: np.ndarray | None = None,
+            gtin: np.ndarray | None = None) -> list[str]:
+    """accept/review/reject, each pair by the thresholds of the model that scored it; unless the matcher
+    learnt GTIN evidence, equal valid GTINs accept and different ones reject."""
     m = view.matcher
     if m is None:
-        return decide(score, view.fusion)
-    out = m.decision.decide(score)
-    if second is not None and second.any() and m.pair_decision is not None:
-        for i, d in zip(np.flatnonzero(second), m.pair_decision.decide(score[second]), strict=True):
-            out[i] = d
+        out = decide(score, view.fusion)
+    else:
+        out = m.decision.decide(score)
+        if second is not None and second.any() and m.pair_decision is not None:
+            for i, d in zip(np.flatnonzero(second), m.pair_decision.decide(score[second]), strict=True):
+                out[i] = d
+    if (m is None or not m.decision.gtin_learnt()) and gtin is not None:
+        out = [("accept" if g > 0 else "reject") if g else d for d, g in zip(out, gtin.tolist(), strict=True)]
     return out
 
 
@@ -370,7 +392,8 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
         rank[order] = np.arange(len(so)) - np.repeat(starts, counts) + 1
     return Candidates(source=s, target=t, rank=rank[at], score=score[at], text_score=sig.text[at],
                       image_score=sig.image[at], lexical_score=sig.lexical[at], id_match=sig.id_match[at],
-                      price_ratio=sig.price_ratio[at], decision=_decide(view, score[at], second[at]))
+                      price_ratio=sig.price_ratio[at],
+                      decision=_decide(view, score[at], second[at], sig.gtin[at] if sig.gtin is not None else None))
 
 
 def _rank_and_gap(src_pos: np.ndarray, fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

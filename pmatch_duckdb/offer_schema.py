@@ -30,6 +30,8 @@ RULES: dict[str, tuple[set[str], str, str]] = {
     "images": (_TEXT | {"list", "array"}, "VARCHAR[] (image paths) or VARCHAR (one path)",
                "[CAST(image AS VARCHAR)] AS images"),
     "price": (_NUMBERS, "a number (DOUBLE, DECIMAL or an integer type)", "TRY_CAST(price AS DOUBLE) AS price"),
+    "gtin": (_TEXT | _NUMBERS, "VARCHAR or an integer type (GTIN-8/12/13/14)", "CAST(gtin AS VARCHAR) AS gtin"),
+    "mpn": (_TEXT | _INTEGERS, "VARCHAR", "CAST(mpn AS VARCHAR) AS mpn"),
 }
 
 

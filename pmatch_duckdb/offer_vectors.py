@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .bundles import find_bundle
 from .embedding import embed_image_lists, embed_texts
+from .features.codes import mpn_identifiers
 from .features.lexical import identifiers
 from .fusion import FusionConfig, fuse
 from .matchers import Matcher
@@ -25,6 +26,7 @@ from .settings import Settings
 
 DESC_CHARS = 1000
 DESC_COLUMNS = ("description", "desc_identifiers")
+CODE_COLUMNS = ("gtin", "mpn")  # index format 3: the GTIN (14-digit form) and MPN columns of the offer table
 EMBED_CHUNK = 512
 
 
@@ -79,11 +81,21 @@ def description_columns(offers: list[Offer], title_idents: list[list[str]]) -> d
 
 
 def with_description_columns(data: pa.Table) -> pa.Table:
-    """Index rows of a format-1 index (no description columns) with NULL ones, so old and new rows concatenate."""
-    if "description" in data.column_names:
-        return data
-    return _insert_description_columns(data, {"description": pa.nulls(len(data), pa.string()),
-                                              "desc_identifiers": pa.nulls(len(data), pa.list_(pa.string()))})
+    """Index rows of an older format (no description columns, format 1; no GTIN/MPN columns, format 2)
+    with NULL ones, so old and new rows concatenate."""
+    if "description" not in data.column_names:
+        data = _insert_description_columns(data, {"description": pa.nulls(len(data), pa.string()),
+                                                  "desc_identifiers": pa.nulls(len(data), pa.list_(pa.string()))})
+    for c in CODE_COLUMNS:
+        if c not in data.column_names:
+            data = data.append_column(c, pa.nulls(len(data), pa.string()))
+    return data
+
+
+def code_columns(offers: list[Offer]) -> dict[str, pa.Array]:
+    """``gtin`` (normalised, NULL when missing or invalid) and ``mpn`` of each offer."""
+    return {"gtin": pa.array([o.gtin for o in offers], pa.string()),
+            "mpn": pa.array([o.mpn for o in offers], pa.string())}
 
 
 def _insert_description_columns(data: pa.Table, cols: dict[str, pa.Array]) -> pa.Table:
@@ -135,6 +147,7 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
             "text_vec": _fsl(tv, tok),
             "image_vec": _fsl(iv, iok),
             "vector": _fsl(fused),
+            **code_columns(chunk),
         }))
         bar.update(len(chunk))
     bar.close()
@@ -174,6 +187,16 @@ class OfferVectors:
     brands: list[str | None]
     descriptions: list[str | None]  # first DESC_CHARS characters (None: none, or a format-1 index)
     desc_idents: list[list[str]]  # identifiers of the description not already in brand + title
+    # the offer table's gtin (14-digit form) and mpn columns (None: none, or an index of format < 3); the
+    # MPN's identifier tokens are also in ``idents``
+    gtins: list[str | None] | None = None
+    mpns: list[str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.gtins is None:
+            self.gtins = [None] * len(self.ids)
+        if self.mpns is None:
+            self.mpns = [None] * len(self.ids)
 
     @classmethod
     def from_arrow(cls, t: pa.Table) -> OfferVectors:
@@ -183,9 +206,12 @@ class OfferVectors:
         fused, _ = _matrix(t["vector"])
         price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
         t = with_description_columns(t)
+        mpns = t["mpn"].to_pylist()
+        idents = [list(dict.fromkeys((x or []) + mpn_identifiers(m)))
+                  for x, m in zip(t["identifiers"].to_pylist(), mpns, strict=True)]
         return cls(ids=t["id"].to_pylist(), hashes=t["content_hash"].to_pylist(), text=text, text_ok=tok,
                    image=image, image_ok=iok, fused=fused, lexical=t["lexical_text"].to_pylist(),
-                   idents=[x or [] for x in t["identifiers"].to_pylist()], price=price,
+                   idents=idents, price=price, gtins=t["gtin"].to_pylist(), mpns=mpns,
                    titles=t["title"].to_pylist(), brands=t["brand"].to_pylist(),
                    descriptions=t["description"].to_pylist(),
                    desc_idents=[x or [] for x in t["desc_identifiers"].to_pylist()])

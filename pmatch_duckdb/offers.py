@@ -1,8 +1,9 @@
 """The offer-table convention and reading offers out of DuckDB.
 
 An offer table (or view) has ``id`` (any type, unique), ``title`` VARCHAR and optionally
-``description``, ``brand``, ``images`` (VARCHAR[] of paths, or one VARCHAR), ``price`` DOUBLE and
-``currency``. Tables with other column names are mapped with a view.
+``description``, ``brand``, ``images`` (VARCHAR[] of paths, or one VARCHAR), ``price`` DOUBLE,
+``currency``, ``gtin`` (GTIN-8/12/13/14, EAN or UPC; VARCHAR, or an integer type) and ``mpn`` (the
+manufacturer part number). Tables with other column names are mapped with a view.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 import duckdb
 
 from .errors import PmatchError
+from .features.codes import normalize_gtin, normalize_mpn
 from .offer_schema import check_offer_types
 from .sqlident import quote_ident, quote_qualified
 
 REQUIRED = ("id", "title")
-OPTIONAL = ("description", "brand", "images", "price", "currency")
+OPTIONAL = ("description", "brand", "images", "price", "currency", "gtin", "mpn")
 
 
 class OfferTableError(PmatchError):
@@ -29,7 +31,8 @@ class OfferTableError(PmatchError):
 
 @dataclass
 class Offer:
-    """One offer, normalised: id as text, images as a list, price as float or None."""
+    """One offer, normalised: id as text, images as a list, price as float or None, GTIN in its 14-digit
+    form (None when missing or invalid), MPN trimmed."""
 
     id: str
     title: str | None
@@ -38,9 +41,12 @@ class Offer:
     images: list[str] | None = None
     price: float | None = None
     currency: str | None = None
+    gtin: str | None = None
+    mpn: str | None = None
 
     def content_hash(self, salt: str = "") -> str:
-        """Stable hash of everything that feeds the embeddings (unchanged hash → not re-embedded)."""
+        """Stable hash of everything that feeds the embeddings (unchanged hash → not re-embedded). GTIN and
+        MPN feed none, so they are not in it: a changed code rewrites the row without re-embedding."""
         payload = json.dumps([self.title, self.description, self.brand, self.images, self.price,
                               self.currency, salt], ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
@@ -76,7 +82,8 @@ def offer_from_mapping(row: dict[str, Any]) -> Offer:
         raise OfferTableError("an offer has a NULL id; every offer needs a unique, non-NULL id")
     return Offer(id=_text(row["id"]), title=_text(row.get("title")), description=_text(row.get("description")),
                  brand=_text(row.get("brand")), images=_images(row.get("images")), price=_price(row.get("price")),
-                 currency=_text(row.get("currency")))
+                 currency=_text(row.get("currency")), gtin=normalize_gtin(row.get("gtin")),
+                 mpn=normalize_mpn(row.get("mpn")))
 
 
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:

@@ -15,7 +15,9 @@ PAIR_FEATURES = ("fused", "text", "text_missing", "image", "image_missing", "lex
                  # TF-IDF cosine of title + start of description
                  "full_id_shared", "full_id_strong", "full_id_conflict", "full_text", "description_missing",
                  # near-identical identifiers (variant suffixes, typos): prefix+suffix similarity, digits
-                 "id_similarity", "id_digits_agree", "id_digits_differ")
+                 "id_similarity", "id_digits_agree", "id_digits_differ",
+                 # the offer tables' gtin columns (index format 3): equal / different valid GTINs
+                 "gtin_equal", "gtin_conflict")
 FULL_TEXT_CHARS = 300  # description characters in the ``full_text`` cosine
 _NUM = re.compile(r"\d+(?:\.\d+)?")
 
@@ -66,11 +68,12 @@ def pair_feature_matrix(fused: np.ndarray, text: np.ndarray, image: np.ndarray, 
                         tgt_brand: list[str | None], src_price: np.ndarray, tgt_price: np.ndarray,
                         rank: np.ndarray, gap: np.ndarray, src_desc_idents: list[list[str]] | None = None,
                         tgt_desc_idents: list[list[str]] | None = None, full_text: np.ndarray | None = None,
-                        desc_missing: np.ndarray | None = None) -> np.ndarray:
+                        desc_missing: np.ndarray | None = None, gtin: np.ndarray | None = None) -> np.ndarray:
     """float32[n_pairs, len(PAIR_FEATURES)]; ``text``/``image`` are NaN where a side lacks the modality.
 
     ``*_desc_idents``: identifiers found only in the description; ``full_text``: cosine of title +
-    description; ``desc_missing``: a side has no description (the description features are 0 then).
+    description; ``desc_missing``: a side has no description (the description features are 0 then);
+    ``gtin``: 1 equal valid GTINs, -1 different ones, 0 a side has none.
     """
     n = len(fused)
     out = np.zeros((n, len(PAIR_FEATURES)), dtype=np.float32)
@@ -115,4 +118,7 @@ def pair_feature_matrix(fused: np.ndarray, text: np.ndarray, image: np.ndarray, 
         out[:, 20] = full_text
     if desc_missing is not None:
         out[:, 21] = desc_missing
+    if gtin is not None:
+        out[:, 25] = gtin > 0
+        out[:, 26] = gtin < 0
     return out

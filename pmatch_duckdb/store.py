@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import PmatchError
 from .fusion import FusionConfig
@@ -28,6 +30,7 @@ from .offer_vectors import (  # DESC_CHARS: re-exported (the description cut is 
     OfferVectors,
     _fsl,
     _insert_description_columns,
+    code_columns,
     description_columns,
     embed_offers,
     encoder_identity,
@@ -37,7 +40,9 @@ from .offers import Offer
 from .settings import Settings
 from .sqlident import check_index_name
 
-FORMAT = 2  # 2: + description (first DESC_CHARS characters) and desc_identifiers, for the decision model
+# 2: + description (first DESC_CHARS characters) and desc_identifiers, for the decision model
+# 3: + gtin (14-digit form) and mpn, the offer table's catalog identifier columns
+FORMAT = 3
 META_KEY = b"pmatch"
 ANN_MIN_ROWS = 100_000  # below this, exact search beats an ANN index (measured: benchmarks/README.md)
 
@@ -145,13 +150,18 @@ class OfferIndex:
                 self.check_encoders(settings)
                 cfg = cfg or self.fusion()
                 tbl = self.table()
-                old = tbl.to_arrow().select(["id", "content_hash"]) if tbl.count_rows() else None
+                old = tbl.to_arrow().select(["id", "content_hash", "gtin", "mpn"]) if tbl.count_rows() else None
                 old_map = dict(zip(old["id"].to_pylist(), old["content_hash"].to_pylist(), strict=True)) if old else {}
+                old_codes = dict(zip(old["id"].to_pylist(), zip(old["gtin"].to_pylist(), old["mpn"].to_pylist(),
+                                                                 strict=True), strict=True)) if old else {}
             else:
                 cfg = cfg or FusionConfig()
-                old_map = {}
+                old_map, old_codes = {}, {}
             todo = [o for o in offers if old_map.get(o.id) != hashes[o.id]]
-            updated = sum(o.id in old_map for o in todo)
+            # GTIN/MPN feed no embedding: a row whose only change is its codes is rewritten, not re-embedded
+            recoded = [o for o in offers if o.id in old_map and old_map[o.id] == hashes[o.id]
+                       and old_codes[o.id] != (o.gtin, o.mpn)]
+            updated = sum(o.id in old_map for o in todo) + len(recoded)
             deleted = [i for i in old_map if i not in hashes]
             rows = embed_offers(todo, settings, cfg, [hashes[o.id] for o in todo], progress=progress, matcher=matcher)
             meta = {"format": FORMAT, "encoders": enc, "fusion": cfg.to_dict(), "source_table": source_table,
@@ -164,6 +174,8 @@ class OfferIndex:
                 rows = rows.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
                 tbl = self.db.create_table(self.name, rows, mode="overwrite", on_bad_vectors="null")
             else:
+                if recoded:
+                    rows = self._recode_rows(tbl, recoded, rows)
                 if rows is not None and len(rows):
                     rows = rows.select(tbl.schema.names).cast(tbl.schema)
                     (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
@@ -174,21 +186,39 @@ class OfferIndex:
                         tbl.delete(f"id IN ({ids})")
             total = tbl.count_rows()
             ann = self._ensure_ann(tbl, total, ann_min_rows, changed=len(todo) + len(deleted))
-            return RefreshStats(index=self.name, inserted=len(todo) - updated, updated=updated,
-                                deleted=len(deleted), unchanged=len(offers) - len(todo), total=total,
+            return RefreshStats(index=self.name, inserted=len(todo) + len(recoded) - updated, updated=updated,
+                                deleted=len(deleted), unchanged=len(offers) - len(todo) - len(recoded), total=total,
                                 version=int(tbl.version), ann_index=ann, seconds=round(time.perf_counter() - t0, 3),
                                 reprojected=reprojected)
 
+    @staticmethod
+    def _recode_rows(tbl: Any, offers: list[Offer], rows: Any) -> Any:
+        """The stored rows of ``offers`` with their new gtin/mpn (no embedding), appended to ``rows``."""
+        data = tbl.to_arrow()
+        data = data.filter(pc.is_in(data["id"], pa.array([o.id for o in offers], pa.string())))
+        by_id = {o.id: o for o in offers}
+        codes = code_columns([by_id[i] for i in data["id"].to_pylist()])
+        for c, arr in codes.items():
+            data = data.set_column(data.schema.get_field_index(c), c, arr)
+        if rows is None or not len(rows):
+            return data
+        return pa.concat_tables([rows.select(data.column_names).cast(data.schema), data])
+
     def _migrate(self, offers: list[Offer]) -> None:
-        """Format 1 → 2: add the description columns from ``offers`` (no embedding); one atomic overwrite.
+        """To the current format from ``offers``, without embedding; one atomic overwrite. Format 1 → 2: the
+        description columns; 2 → 3: the gtin/mpn columns.
 
         Rows whose id is not among ``offers`` get NULLs (they are deleted by the refresh that follows).
         """
         data = self.table().to_arrow()
         by_id = {o.id: o for o in offers}
         present = [by_id.get(i) or Offer(id=i, title=None) for i in data["id"].to_pylist()]
-        title_idents = [x or [] for x in data["identifiers"].to_pylist()]
-        data = _insert_description_columns(data, description_columns(present, title_idents))
+        if "description" not in data.column_names:
+            title_idents = [x or [] for x in data["identifiers"].to_pylist()]
+            data = _insert_description_columns(data, description_columns(present, title_idents))
+        for c, arr in code_columns(present).items():
+            if c not in data.column_names:
+                data = data.append_column(c, arr)
         meta = {**self.metadata(), "format": FORMAT}
         data = data.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
         self.db.create_table(self.name, data, mode="overwrite", on_bad_vectors="null")

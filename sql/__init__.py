@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-SQL_FILES = ("embed.sql", "match.sql", "review.sql")
+SQL_FILES = ("embed.sql", "match.sql", "review.sql", "codes.sql")
 
 
 def read_sql(name: str) -> str:

@@ -255,6 +255,7 @@ def test_review_page_server_side(review_demo) -> None:
     page = c.get("/")
     assert page.status_code == 200 and "pair 1 of" in page.text
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert c.get("/", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
     token = page.text.split('name="token" value="', 1)[1].split('"', 1)[0]
     assert c.post("/label", data={"verdict": "match", "position": "1", "token": "forged"}).status_code == 403
     assert c.post("/label", data={"verdict": "maybe", "position": "1", "token": token}).status_code == 400
@@ -296,3 +297,53 @@ def test_review_page_when_another_process_holds_the_database(review_demo) -> Non
         holder.kill()
         holder.wait(30)
     assert c.get("/").status_code == 200  # and the page works again once the other process is gone
+
+
+def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import pmatch_duckdb.review.app as app_mod
+    from pmatch_duckdb.cli import main
+
+    served = {}
+    monkeypatch.setattr(app_mod, "serve", lambda *a, **kw: served.update(args=a, **kw))
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--queue", "q1",
+                                    "--image-root", str(review_demo.images), "--port", "8999"])
+    assert res.exit_code == 0, res.output
+    assert "queued" in res.output and "http://127.0.0.1:8999/" in res.output
+    assert served["host"] == "127.0.0.1" and served["port"] == 8999 and served["queue"] == "q1"
+    con = duckdb.connect(str(review_demo.db), read_only=True)
+    assert con.execute("SELECT count(*) FROM pm_review_queue WHERE queue = 'q1'").fetchall()[0][0] > 0
+    con.close()
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--host", "0.0.0.0"])
+    assert "warning: binding 0.0.0.0" in res.output
+
+
+def test_review_page_offer_gone(review_demo) -> None:
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = _connect(review_demo)
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    sid = con.execute("SELECT source_id FROM pm_review_queue WHERE position = 1").fetchall()[0][0]
+    con.execute("DELETE FROM supplier_feed WHERE id = ?", [sid])
+    con.close()
+    c = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client()
+    page = c.get("/pair/1")
+    assert page.status_code == 200 and f"Offer {sid} cannot be read from supplier_feed" in page.text
+    assert c.get("/img/1/s/0").status_code == 404
+
+
+def test_dedup_queue_entries_are_answered_by_their_labels() -> None:
+    from pmatch_duckdb.review.queue import next_entry, progress, queue_review
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES ('feed', 'b', 'FEED', 'a', 0.7, 'review'), "
+                "('feed', 'c', 'feed', 'd', 0.6, 'review')) t(source_table, source_id, target_table, target_id, "
+                "score, decision)")
+    st = queue_review(con, "m", state=ModelState("zero-shot", 0.55, 0.8))
+    assert st.queued == 2
+    e = next_entry(con, "default")
+    assert (e["source_id"], e["target_id"]) == ("a", "b")  # stored as pm_labels stores the pair
+    record_verdict(con, PairKey(e["source_table"], e["source_id"], e["target_table"], e["target_id"]), "match")
+    record_verdict(con, PairKey.of("feed", "d", "feed", "c"), "no_match")  # given the other way round
+    assert progress(con, "default") == (2, 2) and next_entry(con, "default") is None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundles import find_bundle
+from ..console import quiet_export
 from ..errors import ModelIntegrityError, ModelNotFoundError
 from ..home import models_dir
 from . import image_efficientnet, text_minilm
@@ -48,7 +49,7 @@ def build_defaults(home: str | os.PathLike[str] | None = None, force: bool = Fal
             except ModelIntegrityError:
                 raise
         log(f"{name}: exporting to ONNX ...")
-        with staging_dir(models_dir(home) / name) as tmp:
+        with staging_dir(models_dir(home) / name) as tmp, quiet_export():
             builder(tmp)
         find_bundle(name, home).verify()
         result[name] = "built"

@@ -69,10 +69,17 @@ def _db(cfg: ReviewConfig) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-def create_app(cfg: ReviewConfig) -> Flask:
-    """The review web app for ``cfg`` (use ``app.run`` or a WSGI server; tests use it directly)."""
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
+
+
+def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOSTS) -> Flask:
+    """The review web app for ``cfg`` (use ``app.run`` or a WSGI server; tests use it directly).
+
+    ``trusted_hosts``: Host header names the page answers to (default loopback only: a web page whose
+    DNS name is rebound to 127.0.0.1 gets a 400, not your offers); None answers any name."""
     app = Flask(__name__)
     app.config["PMATCH_REVIEW"] = cfg
+    app.config["TRUSTED_HOSTS"] = trusted_hosts
     token = secrets.token_urlsafe(24)  # a form token: other sites cannot post verdicts into this page
 
     @app.after_request
@@ -221,5 +228,11 @@ def serve(database: str | Path, queue: str = "default", image_roots: list[str | 
 
     roots = tuple(Path(r).resolve() for r in (image_roots or [os.getcwd()]))
     cfg = ReviewConfig(Path(database).resolve(), queue, roots, reviewer or getpass.getuser())
-    app = create_app(cfg)
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    app = create_app(cfg, trusted_hosts=LOOPBACK_HOSTS if loopback else None)
     app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)

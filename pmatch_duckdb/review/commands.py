@@ -32,12 +32,7 @@ def _open(db: str, home: str | None, image_roots: tuple[str, ...]):  # noqa: ANN
 def review_cmd(database: str, queue: str, matches: str | None, accept_sample: float, port: int, host: str,
                reviewer: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
     """Label queued candidate pairs in the browser: one pair per screen, keys M / N / U, Z to undo.
-
-    \b
-    Example:
-      pmatch review shop.duckdb --matches matches --image-root data/
-      # then open http://127.0.0.1:8765/ ; verdicts land in the pm_labels table
-    """
+    Verdicts land in the pm_labels table of DATABASE; the page binds 127.0.0.1:8765 by default."""
     try:
         from .app import serve
     except ImportError as e:
@@ -82,12 +77,7 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
 def calibrate_cmd(database: str, target: str, target_precision: float, max_recall_loss: float, matches: str | None,
                   dry_run: bool, matcher: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
-    """Re-pick the accept / review thresholds from the pairs people reviewed (pm_labels).
-
-    \b
-    Example:
-      pmatch calibrate shop.duckdb --target catalog --matches matches --target-precision 0.98
-    """
+    """Re-pick the accept / review thresholds from the pairs people reviewed (pm_labels)."""
     import json
 
     import duckdb

@@ -13,6 +13,7 @@ smaller id first, so (a, b) and (b, a) are one pair.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import duckdb
@@ -50,6 +51,7 @@ QUALIFY row_number() OVER (PARTITION BY source_table, source_id, target_table, t
 """
 
 
+@functools.lru_cache(maxsize=1024)
 def table_key(name: str) -> str:
     """How pm_labels names a table: unqualified and lower-cased."""
     return index_name_for(name)

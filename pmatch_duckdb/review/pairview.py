@@ -10,7 +10,7 @@ import duckdb
 
 from ..encoders.image_io import ImagePolicy
 from ..features.lexical import identifiers
-from ..offers import OPTIONAL, offer_from_mapping, table_columns
+from ..offers import OPTIONAL, OfferTableError, offer_from_mapping, table_columns
 from ..sqlident import quote_ident, quote_qualified
 
 DESCRIPTION_CHARS = 320
@@ -51,8 +51,12 @@ class OfferView:
 
 
 def read_offer(con: duckdb.DuckDBPyConnection, table: str, oid: str) -> dict | None:
-    """The offer row (convention columns) with this id, or None."""
-    cols = table_columns(con, table)
+    """The offer row (convention columns) with this id, or None (no such offer, or no such table: a match
+    result made from a CTE or a since-dropped table)."""
+    try:
+        cols = table_columns(con, table)
+    except OfferTableError:
+        return None
     names = ["id", "title", *[c for c in OPTIONAL if c in cols]]
     names = [n for n in names if n in cols]
     rows = con.execute(f"SELECT {', '.join(quote_ident(n) for n in names)} FROM {quote_qualified(table)} "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import duckdb
@@ -25,7 +26,7 @@ import pyarrow as pa
 
 from ..errors import PmatchError
 from ..sqlident import quote_qualified
-from .labels import PairKey, current_verdicts, ensure_labels, max_label_id, table_key
+from .labels import PairKey, current_verdicts, ensure_labels, has_labels, max_label_id, table_key
 
 QUEUE_DDL = """
 CREATE TABLE IF NOT EXISTS pm_review_queue (
@@ -123,10 +124,15 @@ def _read_matches(con: duckdb.DuckDBPyConnection, matches: str) -> pa.Table:
         raise PmatchError(f"pm_queue_review: {matches!r} needs the columns of a match_products result "
                           f"({', '.join(sorted(need))}); it has {', '.join(sorted(cols))}")
     opt = ", ".join(o if o in cols else f"NULL AS {o}" for o in _OPTIONAL)
+    # only what can be queued leaves DuckDB: review / accept pairs, and pairs whose ids carry a verdict
+    # (rechecks; table names and dedup order are checked exactly afterwards)
+    labelled = ("OR (CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR)) IN (SELECT source_id, target_id FROM "
+                "pm_labels_current UNION ALL SELECT target_id, source_id FROM pm_labels_current)"
+                if has_labels(con) else "")
     return con.sql(
         f"SELECT source_table, CAST(source_id AS VARCHAR) AS source_id, target_table, "
         f"CAST(target_id AS VARCHAR) AS target_id, CAST(score AS DOUBLE) AS score, decision, {opt} FROM {q} "
-        "WHERE score IS NOT NULL").to_arrow_table()
+        f"WHERE score IS NOT NULL AND (decision IN ('review', 'accept') {labelled})").to_arrow_table()
 
 
 def _stable_unit(seed: int, key: PairKey) -> float:
@@ -145,14 +151,24 @@ def order_boundary(items: list[dict], state: ModelState) -> list[dict]:
         it["_p"] = it["_u"] + SPREAD_PENALTY * seen.get(src, 0)
         seen[src] = seen.get(src, 0) + 1
     items.sort(key=lambda it: it["_p"])
-    # never the same source offer twice in a row when another one is waiting close behind
-    for i in range(1, len(items)):
-        if items[i]["source_id"] == items[i - 1]["source_id"]:
-            for j in range(i + 1, min(i + 8, len(items))):
-                if items[j]["source_id"] != items[i - 1]["source_id"]:
-                    items.insert(i, items.pop(j))
-                    break
-    return items
+    # never the same source offer twice in a row when another one is waiting close behind (a look-ahead of
+    # at most 8 entries, so the order stays nearest-first up to that)
+    out: list[dict] = []
+    held: deque[dict] = deque()
+
+    def last() -> str | None:
+        return out[-1]["source_id"] if out else None
+
+    for it in items:
+        while held and held[0]["source_id"] != last():
+            out.append(held.popleft())
+        if it["source_id"] == last() and len(held) < 8:
+            held.append(it)
+        else:
+            out.append(it)
+    while held:
+        out.append(held.popleft())
+    return out
 
 
 def interleave(main: list[dict], extra: list[dict]) -> list[dict]:
@@ -179,23 +195,28 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
     boundary, accepts, recheck, skipped = [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
+        if not verdicts and r["decision"] not in ("review", "accept"):
+            continue
         key = PairKey.of(r["source_table"], r["source_id"], r["target_table"], r["target_id"])
         if key in seen:
             continue
         seen.add(key)
-        it = {**r, "key": key}
+        r["key"] = key
         v = verdicts.get(key)
         if v is not None:
             shown = v[1]
             if shown is not None and abs(r["score"] - shown) >= recheck_delta:
-                recheck.append({**it, "reason": "recheck"})
+                r["reason"] = "recheck"
+                recheck.append(r)
             else:
                 skipped += 1
             continue
         if r["decision"] == "review":
-            boundary.append({**it, "reason": "boundary"})
+            r["reason"] = "boundary"
+            boundary.append(r)
         elif r["decision"] == "accept":
-            accepts.append({**it, "reason": "accept_sample"})
+            r["reason"] = "accept_sample"
+            accepts.append(r)
     n_sample = 0 if accept_sample <= 0 or not accepts else max(1, math.ceil(accept_sample * len(accepts)))
     accepts.sort(key=lambda it: _stable_unit(seed, it["key"]))
     sample = accepts[:n_sample]
@@ -234,10 +255,10 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         "position": list(range(1, len(ordered) + 1)),
         "source_ref": [it["source_table"] for it in ordered],
         "source_table": [it["key"].source_table for it in ordered],
-        "source_id": [it["source_id"] for it in ordered],
+        "source_id": [it["key"].source_id for it in ordered],  # as pm_labels has it (dedup: smaller id first)
         "target_ref": [it["target_table"] for it in ordered],
         "target_table": [it["key"].target_table for it in ordered],
-        "target_id": [it["target_id"] for it in ordered],
+        "target_id": [it["key"].target_id for it in ordered],
         **{c: [it[c] for it in ordered] for c in ("score", *_OPTIONAL, "decision", "reason")},
         "matcher": [state.matcher] * len(ordered),
         "accept_threshold": pa.array([acc] * len(ordered), type=pa.float64()),

@@ -409,7 +409,7 @@ def _mine_negatives(rows: OfferVectors, view: TargetView, tgt_mask: np.ndarray, 
     if not len(s):
         return np.zeros((0, 2), dtype=np.int64)
     sig = pair_signals(src, view, s, t)
-    score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg)
+    score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin)
     a, b = anchors[s], tgt_pos[t]
     ok = (comp[a] != comp[b]) & ~np.isin(comp[b], list(valid_comp))
     a, b, score = a[ok], b[ok], score[ok]
