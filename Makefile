@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-clip lint models venv bench clean browser review-demo
+.PHONY: demo test test-clip lint models venv bench clean browser review-demo reliability-report
 
 $(VENV)/.build-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,14 @@ $(CLIP_VENV)/.clip-installed: pyproject.toml
 
 test-clip: $(CLIP_VENV)/.clip-installed
 	$(CLIP_VENV)/bin/python -m pytest tests/test_openclip.py -q
+
+# docs/reliability.md: the bad-input / crash / concurrency / hostile-argument tests, recorded and rendered
+reliability-report: $(VENV)/.dev-installed models
+	mkdir -p build
+	PMATCH_RELIABILITY_LOG=build/reliability.json $(BIN)/python -m pytest -q tests/test_input_types.py \
+		tests/test_reliability_corpus.py tests/test_reliability_properties.py tests/test_reliability_hostile.py \
+		tests/test_reliability_crash.py tests/test_reliability_resources.py || true
+	$(BIN)/python tests/render_reliability.py docs/reliability.md build/reliability.json
 
 bench: $(VENV)/.dev-installed models
 	$(BIN)/python benchmarks/bench_encoders.py

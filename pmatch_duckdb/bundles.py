@@ -133,6 +133,14 @@ def read_bundle(path: Path) -> Bundle:
     for key in ("name", "modality", "dim", "files"):
         if key not in manifest:
             raise ModelIntegrityError(f"{mf} lacks {key!r}; rebuild it with: {BUILD_HINT} --force")
+    if not isinstance(manifest["files"], dict):
+        raise ModelIntegrityError(f"{mf}: 'files' must map file names to sha256 hashes")
+    inside = path.resolve()
+    for rel in manifest["files"]:  # a manifest names files of its own folder only: nothing else is read
+        p = Path(rel)
+        if not isinstance(rel, str) or p.is_absolute() or ".." in p.parts or not (inside / p).resolve().is_relative_to(
+                inside):
+            raise ModelIntegrityError(f"{mf} lists {rel!r}, a file outside its bundle folder; refused")
     return Bundle(path=path, manifest=manifest)
 
 

@@ -37,7 +37,11 @@ def models() -> None:
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 @click.option("--force", is_flag=True, help="Rebuild even if an intact bundle exists (repairs a corrupt one).")
 @click.option("--only", multiple=True, help="Build only this bundle (repeatable).")
-def models_build(home: str | None, force: bool, only: tuple[str, ...]) -> None:
+@click.option("--int8", is_flag=True,
+              help="Also build int8 variants (minilm-l6-v2-int8: dynamic; efficientnet-lite0-int8: static, "
+                   "calibrated on generated product photos). Use them with pm.connect(text_model=..., "
+                   "image_model=...); the fp32 bundles stay the default.")
+def models_build(home: str | None, force: bool, only: tuple[str, ...], int8: bool) -> None:
     """Export the default encoders (MiniLM text, EfficientNet-Lite0 image) to ONNX. Needs the build extra."""
     try:
         from .build import build_defaults
@@ -46,7 +50,7 @@ def models_build(home: str | None, force: bool, only: tuple[str, ...]) -> None:
             f"building models needs the build extra ({e}); install it with: pip install 'pmatch-duckdb[build]'"
         ) from None
     try:
-        build_defaults(home=home, force=force, names=list(only) or None, log=click.echo)
+        build_defaults(home=home, force=force, names=list(only) or None, log=click.echo, int8=int8)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None
 

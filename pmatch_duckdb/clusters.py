@@ -13,6 +13,8 @@ from pathlib import Path
 import lancedb
 import pyarrow as pa
 
+from .locks import write_lock
+
 
 class DisjointSet:
     """Union-find over hashable keys; each component is represented by its smallest key."""
@@ -41,6 +43,11 @@ def _entity_number(eid: str) -> int:
 
 def assign_entities(root: Path, registry: str, members: list[str], pairs: list[tuple[str, str]]) -> dict[str, str]:
     """Entity id (``E000001`` …) for every offer key in ``members`` and in ``pairs``; persisted."""
+    with write_lock(Path(root), f"_entities_{registry}", what="entity registry"):  # read-assign-write, one at a time
+        return _assign(root, registry, members, pairs)
+
+
+def _assign(root: Path, registry: str, members: list[str], pairs: list[tuple[str, str]]) -> dict[str, str]:
     db = lancedb.connect(str(Path(root) / "lancedb"))
     tname = f"_entities_{registry}"
     known: dict[str, str] = {}

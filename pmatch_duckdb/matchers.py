@@ -26,6 +26,7 @@ from .home import pmatch_home
 from .pair_scorer import PairScorer, Summarizer
 
 _VERSION = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 def matchers_dir(home: str | os.PathLike[str] | None = None) -> Path:
@@ -33,9 +34,16 @@ def matchers_dir(home: str | os.PathLike[str] | None = None) -> Path:
     return pmatch_home(home) / "matchers"
 
 
+def matcher_dir(name: str, home: str | os.PathLike[str] | None = None) -> Path:
+    """``<home>/matchers/<name>``; the name is a folder name, so path separators, ``..`` etc. are refused."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ModelNotFoundError(f"invalid matcher name {name!r}: use letters, digits, '_', '-', '.'")
+    return matchers_dir(home) / name
+
+
 def versions(name: str, home: str | os.PathLike[str] | None = None) -> list[str]:
     """Saved versions of a matcher, oldest first."""
-    d = matchers_dir(home) / name
+    d = matcher_dir(name, home)
     if not d.is_dir():
         return []
     found = [p.name for p in d.iterdir() if p.is_dir() and _VERSION.match(p.name)]
@@ -44,15 +52,15 @@ def versions(name: str, home: str | os.PathLike[str] | None = None) -> list[str]
 
 def active_version(name: str, home: str | os.PathLike[str] | None = None) -> str | None:
     """The active version of a matcher, or None (then matching is zero-shot)."""
-    f = matchers_dir(home) / name / "ACTIVE"
+    f = matcher_dir(name, home) / "ACTIVE"
     if not f.is_file():
         return None
     v = f.read_text().strip()
-    return v if _VERSION.match(v) and (matchers_dir(home) / name / v).is_dir() else None
+    return v if _VERSION.match(v) and (matcher_dir(name, home) / v).is_dir() else None
 
 
 def _history(name: str, home) -> list[str]:
-    f = matchers_dir(home) / name / "history.json"
+    f = matcher_dir(name, home) / "history.json"
     return json.loads(f.read_text()) if f.is_file() else []
 
 
@@ -60,8 +68,8 @@ def activate(name: str, version: str, home: str | os.PathLike[str] | None = None
     """Make ``version`` (e.g. ``v3``) the active one (verified first); recorded for rollback."""
     if version not in versions(name, home):
         raise ModelNotFoundError(f"matcher {name!r} has no version {version!r}; have: {versions(name, home) or 'none'}")
-    read_bundle(matchers_dir(home) / name / version).verify()
-    d = matchers_dir(home) / name
+    read_bundle(matcher_dir(name, home) / version).verify()
+    d = matcher_dir(name, home)
     hist = _history(name, home)
     if not hist or hist[-1] != version:
         hist.append(version)
@@ -73,7 +81,7 @@ def activate(name: str, version: str, home: str | os.PathLike[str] | None = None
 
 def rollback(name: str, home: str | os.PathLike[str] | None = None) -> str | None:
     """Re-activate the previously active version; with none before, deactivate (zero-shot). Returns it."""
-    d = matchers_dir(home) / name
+    d = matcher_dir(name, home)
     hist = _history(name, home)
     if not hist:
         raise ModelNotFoundError(f"matcher {name!r} has no activation history")
@@ -89,7 +97,7 @@ def rollback(name: str, home: str | os.PathLike[str] | None = None) -> str | Non
 
 def deactivate(name: str, home: str | os.PathLike[str] | None = None) -> None:
     """Back to zero-shot matching (versions are kept)."""
-    (matchers_dir(home) / name / "ACTIVE").unlink(missing_ok=True)
+    (matcher_dir(name, home) / "ACTIVE").unlink(missing_ok=True)
 
 
 @dataclass
@@ -136,7 +144,7 @@ _lock = threading.Lock()
 
 def load_matcher(name: str, version: str, home: str | os.PathLike[str] | None = None) -> Matcher:
     """Load (and verify, once per process) a matcher version."""
-    path = matchers_dir(home) / name / version
+    path = matcher_dir(name, home) / version
     key = (str(path), (path / "manifest.json").read_text() if (path / "manifest.json").is_file() else "")
     with _lock:
         if key in _cache:

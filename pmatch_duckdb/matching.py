@@ -91,13 +91,15 @@ class TargetView:
         if kk == 0 or n == 0:
             return idx, sim
         if not self.use_ann:
-            for s in range(0, n, 1024):
-                d = queries[s:s + 1024] @ self.rows.fused.T
+            # query chunks of ~4M scores (~64 MB with argpartition's temporaries), whatever the target size
+            step = int(np.clip((1 << 22) // max(self.n, 1), 64, 1024))
+            for s in range(0, n, step):
+                d = queries[s:s + step] @ self.rows.fused.T
                 part = np.argpartition(-d, kk - 1, axis=1)[:, :kk]
                 sc = np.take_along_axis(d, part, axis=1)
                 order = np.argsort(-sc, axis=1, kind="stable")
-                idx[s:s + 1024, :kk] = np.take_along_axis(part, order, axis=1)
-                sim[s:s + 1024, :kk] = np.take_along_axis(sc, order, axis=1)
+                idx[s:s + step, :kk] = np.take_along_axis(part, order, axis=1)
+                sim[s:s + step, :kk] = np.take_along_axis(sc, order, axis=1)
             return idx, sim
         res = (self.table.search(queries, vector_column_name="vector").distance_type("cosine")
                .nprobes(nprobes).refine_factor(refine).limit(kk).select(["id", "_distance"]).to_arrow())
@@ -281,7 +283,10 @@ def _full_text_scores(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
     us, ut = np.unique(s, return_inverse=True), np.unique(t, return_inverse=True)
     qs = view.tfidf.transform([full_text_input(src.titles[i], src.descriptions[i]) for i in us[0]])
     qt = view.tfidf.transform([full_text_input(view.rows.titles[j], view.rows.descriptions[j]) for j in ut[0]])
-    sims = np.asarray(qs[us[1]].multiply(qt[ut[1]]).sum(axis=1)).ravel().astype(np.float32)
+    sims = np.zeros(len(s), dtype=np.float32)
+    for c in range(0, len(s), 16384):  # bounded memory: the row-gathered sparse copies are made per chunk
+        part = slice(c, c + 16384)
+        sims[part] = np.asarray(qs[us[1][part]].multiply(qt[ut[1][part]]).sum(axis=1)).ravel()
     return np.clip(sims, 0.0, 1.0)
 
 

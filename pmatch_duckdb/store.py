@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from .errors import PmatchError
 from .fusion import FusionConfig
+from .locks import write_lock
 from .matchers import Matcher
 from .offer_vectors import (  # DESC_CHARS: re-exported (the description cut is part of the index format)
     DESC_CHARS,  # noqa: F401
@@ -129,7 +130,7 @@ class OfferIndex:
         per-modality vectors (the encoders are not run again).
         """
         t0 = time.perf_counter()
-        with self.lock:
+        with self.lock, write_lock(self.root, self.name):  # one writer per index, across processes too
             enc = encoder_identity(settings)
             if matcher is not None and matcher.bundle.manifest.get("encoders") != enc:
                 raise OfferIndexError(

@@ -10,5 +10,12 @@
 -- Returns one row: queue, queued, boundary, accept_samples, rechecks, skipped_labelled.
 CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept_sample := 0.05,
                                              recheck_delta := 0.3, seed := 0) AS TABLE
-    SELECT r.* FROM (SELECT _pm_queue_review(matches, queue, CAST(accept_sample AS DOUBLE),
-                                             CAST(recheck_delta AS DOUBLE), CAST(seed AS BIGINT)) AS r);
+    SELECT r.* FROM (SELECT CASE
+        WHEN typeof(matches) <> 'VARCHAR'
+            THEN error('pm_queue_review expects the matches table name as VARCHAR, got ' || typeof(matches))
+        WHEN typeof(queue) <> 'VARCHAR' THEN error('pm_queue_review: queue must be VARCHAR, got ' || typeof(queue))
+        WHEN TRY_CAST(accept_sample AS DOUBLE) IS NULL OR TRY_CAST(recheck_delta AS DOUBLE) IS NULL
+            OR TRY_CAST(seed AS BIGINT) IS NULL
+            THEN error('pm_queue_review: accept_sample and recheck_delta must be numbers and seed an integer')
+        ELSE _pm_queue_review(matches::VARCHAR, queue::VARCHAR, TRY_CAST(accept_sample AS DOUBLE),
+                              TRY_CAST(recheck_delta AS DOUBLE), TRY_CAST(seed AS BIGINT)) END AS r);

@@ -155,6 +155,11 @@ TABLE_BAD = [
     ("product_clusters('no_such_table')", "product_clusters"),
     ("product_clusters('good')", "product_clusters"),
     ("product_clusters('good', registry := 5)", "product_clusters"),
+    ("pm_queue_review(42)", "pm_queue_review"),
+    ("pm_queue_review('good', queue := 7)", "pm_queue_review"),
+    ("pm_queue_review('good', accept_sample := 'a')", "pm_queue_review"),
+    ("pm_queue_review('no_such_table')", "pm_queue_review"),
+    ("pm_queue_review('good')", "pm_queue_review"),
 ]
 
 

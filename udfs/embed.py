@@ -18,7 +18,7 @@ from duckdb import sqltypes as T
 from pmatch_duckdb.bundles import find_bundle, list_bundles
 from pmatch_duckdb.embedding import embed_image_lists, embed_texts, policy_of
 from pmatch_duckdb.encoders.image_io import image_errors
-from pmatch_duckdb.errors import ConfigError, ModelNotFoundError
+from pmatch_duckdb.errors import ConfigError, ModelIntegrityError, ModelNotFoundError
 from pmatch_duckdb.settings import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, Settings
 
 from .arrow_util import Registrar, as_pylist, vectors_to_arrow
@@ -34,7 +34,7 @@ def model_dim(name: str, settings: Settings) -> int:
     """
     try:
         return find_bundle(name, settings.home).dim
-    except ModelNotFoundError:
+    except (ModelNotFoundError, ModelIntegrityError):  # a broken default bundle: fail when used, with its problem
         if name in _KNOWN_DIMS:
             return _KNOWN_DIMS[name]
         raise

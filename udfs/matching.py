@@ -17,7 +17,7 @@ from pmatch_duckdb.fusion import FusionConfig
 from pmatch_duckdb.matchers import active_matcher
 from pmatch_duckdb.matching import OfferVectors, match, score_given, source_vectors, target_view
 from pmatch_duckdb.offer_vectors import embed_offers
-from pmatch_duckdb.offers import REQUIRED, Offer, OfferTableError, offer_from_mapping
+from pmatch_duckdb.offers import REQUIRED, OfferTableError, offer_from_mapping
 from pmatch_duckdb.review.labels import PairKey, current_verdicts, table_key
 from pmatch_duckdb.review.overrides import constrained_edges, override_decisions
 from pmatch_duckdb.sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
@@ -130,7 +130,9 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
 
     def pm_embed_offer(titles: pa.ChunkedArray, brands: pa.ChunkedArray, images: pa.ChunkedArray,
                        prices: pa.ChunkedArray) -> pa.Array:
-        offers = [Offer(id=str(i), title=t, brand=b, images=im, price=p) for i, (t, b, im, p) in
+        # normalised as an offer-table row is (NaN, infinite or negative price -> no price; empty paths dropped)
+        offers = [offer_from_mapping({"id": str(i), "title": t, "brand": b, "images": im, "price": p})
+                  for i, (t, b, im, p) in
                   enumerate(zip(as_pylist(titles), as_pylist(brands), as_pylist(images), as_pylist(prices), strict=True))]
         matcher = active_matcher(ctx.settings.matcher, ctx.settings.home)
         rows = embed_offers(offers, ctx.settings, FusionConfig(), [""] * len(offers), progress=False, matcher=matcher)

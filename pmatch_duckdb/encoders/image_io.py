@@ -1,13 +1,15 @@
 """Reading images safely: path confinement, size limits, decoding, orientation and colour modes.
 
 Every failure becomes a short *reason* string instead of an exception, so one bad image never
-aborts a query. Reasons (stable, documented): ``empty path``, ``url fetching disabled``,
+aborts a query. Reasons (stable, documented): ``empty path``, ``invalid path`` (a NUL byte, a name too
+long for the file system), ``url fetching disabled``,
 ``outside allowed roots``, ``missing file``, ``not a file``, ``unreadable``, ``too large``,
 ``not an image``, ``truncated``, ``corrupt``, ``empty data``.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -39,18 +41,26 @@ class ImagePolicy:
             return None, "empty path"
         if _URL.match(path.strip()):
             return None, "url fetching disabled"
-        p = Path(path.strip()).expanduser()
+        if "\x00" in path:  # no file name holds a NUL byte (and os functions raise on one)
+            return None, "invalid path"
+        try:
+            p = Path(path.strip()).expanduser()
+        except RuntimeError:  # '~user' of an unknown user
+            return None, "outside allowed roots"
         candidates = [p] if p.is_absolute() else [root / p for root in self.roots]
         outside = False
         for cand in candidates:
-            real = Path(os.path.realpath(cand))  # resolves symlinks and '..'
-            if not any(real == r or real.is_relative_to(r) for r in self.roots):
-                outside = True
-                continue
-            if real.exists():
-                if not real.is_file():
-                    return None, "not a file"
-                return real, None
+            try:
+                real = Path(os.path.realpath(cand))  # resolves symlinks and '..'
+                if not any(real == r or real.is_relative_to(r) for r in self.roots):
+                    outside = True
+                    continue
+                if real.exists():
+                    if not real.is_file():
+                        return None, "not a file"
+                    return real, None
+            except OSError as e:  # ENAMETOOLONG, ELOOP, EACCES on a parent folder, ...
+                return None, "invalid path" if e.errno == errno.ENAMETOOLONG else "unreadable"
         return None, ("outside allowed roots" if outside else "missing file")
 
 

@@ -32,7 +32,7 @@ from ..evaluation import recall_at_k, summarize
 from ..features.offer_features import DEFAULT_SPEC, offer_features
 from ..fusion import FusionConfig, pair_score
 from ..matchers import activate as activate_version
-from ..matchers import load_matcher, matchers_dir, next_version
+from ..matchers import load_matcher, matcher_dir, next_version
 from ..matching import OfferVectors, TargetView, candidate_pairs, decision_features, pair_signals
 from ..offer_vectors import encoder_identity
 from ..sqlident import index_name_for, quote_ident, quote_qualified
@@ -237,21 +237,27 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     x = offer_features(rows.text, rows.text_ok, rows.image, rows.image_ok, rows.price, rows.lexical, spec)
     steps_per_epoch = max(1, len(tpos) // batch_size)
     n_epochs = epochs or int(np.clip(300 // steps_per_epoch, 5, 200))  # about 300 optimiser steps
-    live = np.flatnonzero(np.abs(x).max(axis=0) > 0)  # e.g. the image block of text-only data
+    # only the columns that are ever non-zero are trained (e.g. not the image block of text-only data);
+    # keep just those (one copy, made once; chunked so no second full-size temporary is made)
+    feature_dim = int(x.shape[1])
+    live = np.flatnonzero(np.logical_or.reduce([(x[s:s + 8192] != 0).any(axis=0) for s in range(0, len(x), 8192)]
+                                               + [np.zeros(feature_dim, bool)]))
+    if len(live) < feature_dim:
+        x = np.ascontiguousarray(x[:, live])
 
     def fit_projection(p: np.ndarray, ng: np.ndarray, label: str) -> tuple[np.ndarray, float, list[float]]:
         n_ep = n_epochs  # a fold has half the pairs: the same epochs are half the steps
         w_live, temp, hist = train_projection(
-            x[:, live], p, comp, dim=dim, epochs=n_ep, batch_size=batch_size, seed=seed,
+            x, p, comp, dim=dim, epochs=n_ep, batch_size=batch_size, seed=seed,
             hard_negatives=ng if len(ng) else None, threads=1,
             progress=(lambda e, loss: log(f"{label}: epoch {e + 1}/{n_ep} loss {loss:.4f}")
                       if progress and (e + 1) % max(1, n_ep // 5) == 0 else None))
-        w_full = np.zeros((dim, x.shape[1]), dtype=np.float32)
+        w_full = np.zeros((dim, feature_dim), dtype=np.float32)
         w_full[:, live] = w_live  # all-zero input columns get zero weights
         return w_full, temp, hist
 
     def project(w_: np.ndarray) -> OfferVectors:
-        proj = x @ w_.T
+        proj = x @ w_[:, live].T
         proj /= np.maximum(np.linalg.norm(proj, axis=1, keepdims=True), 1e-12)
         return dataclasses.replace(rows, fused=proj.astype(np.float32))
 
@@ -343,12 +349,13 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
 
     metrics = {"valid": summarize(decision.score(x_va), y_va, int(y_va.sum()), decision.decide(decision.score(x_va)))}
     if not open_world:
-        metrics["valid"].update(_retrieval(trained, zero_shot, side, comp, valid_comp, tgt_pos, truth_pairs, len(tables)))
+        metrics["valid"].update(_retrieval(trained, zero_shot, target_view, side, comp, valid_comp, tgt_pos,
+                                               all_pos, len(tables)))
     metrics["epochs"] = n_epochs
     metrics["final_loss"] = history[-1] if history else None
 
     version = next_version(name, ctx.settings.home)
-    final = matchers_dir(ctx.settings.home) / name / version
+    final = matcher_dir(name, ctx.settings.home) / version
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     try:
@@ -374,7 +381,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         write_manifest(tmp, {
             "name": name, "version": version, "modality": "matcher", "dim": dim, "kind": "pmatch-matcher",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "encoders": encoder_identity(ctx.settings), "feature_spec": spec, "feature_dim": int(x.shape[1]),
+            "encoders": encoder_identity(ctx.settings), "feature_spec": spec, "feature_dim": feature_dim,
             "temperature": temperature,
             "training": {"offers": tables, "pairs": pairs, "group_column": group_column, "valid_pairs": valid_pairs,
                          "data_sha256": _data_hash(rows, labels), "positive_pairs": int(len(tpos)),
@@ -421,18 +428,31 @@ def _mine_negatives(rows: OfferVectors, view: TargetView, tgt_mask: np.ndarray, 
     return np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
 
 
-def _retrieval(trained, zero_shot, side, comp, valid_comp, tgt_pos, truth_pairs, n_tables) -> dict:
-    """recall@k on validation sources, trained projection vs zero-shot fused vector (vector channel only)."""
-    srcs = [i for i in range(len(side)) if side[i] == 0 and comp[i] in valid_comp]
+def _retrieval(trained: OfferVectors, zero_shot: OfferVectors, view: TargetView, side: list[int],
+               comp: np.ndarray, valid_comp: set[int], tgt_pos: np.ndarray, labelled: np.ndarray,
+               n_tables: int, k: int = 10) -> dict:
+    """recall@k on validation sources, trained projection vs zero-shot fused vector (vector channel only).
+
+    Linear in the sources and the labels: each source's top-k comes from the chunked exact search of
+    ``view`` (the target offers; no sources × targets matrix is kept), and its true targets from the
+    labelled pairs ``labelled`` (int[m, 2] offer positions; never a loop over all targets).
+    """
+    srcs = np.flatnonzero((np.asarray(side) == 0) & np.isin(comp, np.fromiter(valid_comp, np.int64)))
+    is_target = np.zeros(len(side), dtype=bool)
+    is_target[tgt_pos] = True
+    truth: dict[str, set[str]] = {str(i): set() for i in srcs}
+    for a, b in labelled.tolist():
+        for s, t in ((a, b), (b, a)):
+            if is_target[t] and str(s) in truth:
+                truth[str(s)].add(str(t))
+    extra = 1 if n_tables == 1 else 0  # dedup: the source itself is among the targets
     out = {}
     for label, v in (("trained", trained), ("zero_shot", zero_shot)):
-        sims = v.fused[srcs] @ v.fused[tgt_pos].T
-        if n_tables == 1:
-            for r, i in enumerate(srcs):
-                sims[r, np.flatnonzero(tgt_pos == i)] = -np.inf
-        top = np.argsort(-sims, axis=1)[:, :10]
-        ranked = {str(i): [str(int(tgt_pos[j])) for j in row] for i, row in zip(srcs, top, strict=True)}
-        truth = {str(i): {str(int(t)) for t in tgt_pos if (i, int(t)) in truth_pairs} for i in srcs}
+        top, _ = view.with_fused(v.fused[tgt_pos]).vector_candidates(v.fused[srcs], k + extra)
+        ranked = {}
+        for i, row in zip(srcs.tolist(), top.tolist(), strict=True):
+            hits = [int(tgt_pos[j]) for j in row if j >= 0]
+            ranked[str(i)] = [str(t) for t in hits if t != i][:k]
         for key, val in recall_at_k(ranked, truth).items():
             out[f"vector_{key}_{label}"] = val
     return out
