@@ -349,6 +349,9 @@ def sql_cmd(database: str, commands: tuple[str, ...], files: tuple[str, ...], fm
     except (PmatchError, duckdb.Error) as e:
         raise click.ClickException(str(e)) from None
     scripted = bool(commands or files) or not sys.stdin.isatty()
+    if scripted or not sys.stdout.isatty():
+        # DuckDB draws its progress bar on stdout after 2 s: it would corrupt csv/json output of scripts
+        con.execute("SET enable_progress_bar = false")
     shell = Shell(con, fmt=fmt, width=None if sys.stdout.isatty() else 100_000)
     try:
         if not scripted:

@@ -342,7 +342,7 @@ def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.nda
             logits = m.pair.pair_logits(src, view.rows, s[second], t[second])
             score = score.copy()
             score[second] = m.pair_decision.score(stacked_features(raw[second], logits))
-    if not dm.gtin_learnt():  # the zero-shot GTIN rule on the trained model's scale (its thresholds may be near 1)
+    if not dm.gtin_learnt() and sig.gtin is not None:  # the zero-shot GTIN rule on the trained model's scale (its thresholds may be near 1)
         floor = dm.accept_threshold if np.isfinite(dm.accept_threshold) else dm.review_threshold
         score = apply_gtin_evidence(score, sig.gtin, max(cfg.gtin_match_score, floor),
                                     min(cfg.gtin_conflict_score, np.nextafter(dm.review_threshold, 0.0)))
