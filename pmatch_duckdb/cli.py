@@ -267,6 +267,14 @@ def _open(db: str, home: str | None, image_roots: tuple[str, ...], matcher: str 
     return connect(db, home=home, image_roots=list(image_roots) or None, **extra)
 
 
+RAY_OPTION = click.option(
+    "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+    help="Run on Ray: a cluster ADDRESS (HOST:PORT or ray://HOST:10001), or a local Ray instance when omitted. "
+         "Needs the ray extra.")
+RAY_WORKERS_OPTION = click.option("--workers", type=int, default=None,
+                                  help="With --ray: encoder/scoring actors (default: one per cluster CPU).")
+
+
 @main.command("index", epilog=EX("pmatch index shop.duckdb catalog --image-root ./images"))
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("table")
@@ -274,14 +282,23 @@ def _open(db: str, home: str | None, image_roots: tuple[str, ...], matcher: str 
 @click.option("--rebuild", is_flag=True, help="Re-embed everything (e.g. after changing encoders).")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable; default: cwd).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+@RAY_OPTION
+@RAY_WORKERS_OPTION
 def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_roots: tuple[str, ...],
-              home: str | None) -> None:
-    """Build or incrementally refresh the LanceDB index of an offer TABLE in DATABASE."""
+              home: str | None, ray_address: str | None, workers: int | None) -> None:
+    """Build or incrementally refresh the LanceDB index of an offer TABLE in DATABASE.
+
+    With --ray the offers are embedded on a Ray cluster (the same index is written)."""
     from .api import index
 
     try:
         con = _open(database, home, image_roots)
-        stats = index(con, table, name=name, rebuild=rebuild)
+        if ray_address is not None:
+            from .distributed.cli import index_on_ray
+
+            stats = index_on_ray(con, table, name=name, rebuild=rebuild, address=ray_address, workers=workers)
+        else:
+            stats = index(con, table, name=name, rebuild=rebuild)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None
     click.echo(" ".join(f"{k}={v}" for k, v in stats.as_row().items()))
@@ -296,9 +313,16 @@ def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_
 @click.option("--matcher", default=None, help="Trained matcher name (its active version; default 'default').")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable; default: cwd).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+@RAY_OPTION
+@RAY_WORKERS_OPTION
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
+              help="With --ray: write the candidates to this Parquet file (default: SOURCE_matches.parquet).")
 def match_cmd(database: str, source: str, target: str, k: int, into: str | None, matcher: str | None,
-              image_roots: tuple[str, ...], home: str | None) -> None:
-    """Match SOURCE offers against the TARGET index (match_products)."""
+              image_roots: tuple[str, ...], home: str | None, ray_address: str | None, workers: int | None,
+              out_path: str | None) -> None:
+    """Match SOURCE offers against the TARGET index (match_products).
+
+    With --ray the source is scored on a Ray cluster; the candidates go to a Parquet file (and to --into)."""
     import duckdb
 
     from .api import match
@@ -306,7 +330,14 @@ def match_cmd(database: str, source: str, target: str, k: int, into: str | None,
 
     try:
         con = _open(database, home, image_roots, matcher)
-        if into:
+        if ray_address is not None:
+            from .distributed.cli import match_on_ray
+
+            res = match_on_ray(con, source, target, k=k, out=out_path, into=into, address=ray_address,
+                               workers=workers)
+            click.echo(f"{res.rows} candidate pairs written to {res.path}"
+                       + (f" and saved in {into}" if into else f"; load them with: {res.load_sql()}"))
+        elif into:
             con.execute(
                 f"CREATE OR REPLACE TABLE {quote_qualified(into)} AS SELECT * FROM match_products(?, ?, k := ?)",
                 [source, target, k])

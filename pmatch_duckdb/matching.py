@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from .matchers import Matcher, load_matcher
 from .offer_vectors import (
     OfferVectors,
     code_columns,
+    content_salt,
     embed_offers,
-    encoder_identity,
     fuse_vectors,
     with_description_columns,
 )
@@ -142,7 +141,7 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
     Offer vectors are recomputed with ``matcher`` (or the zero-shot fusion) from the per-modality
     vectors, so a reused index made with another matcher is still correct.
     """
-    salt = json.dumps(encoder_identity(settings), sort_keys=True)
+    salt = content_salt(settings)
     hashes = [o.content_hash(salt) for o in offers]
     reused: dict[int, int] = {}  # source position -> row in reuse
     if reuse is not None:
@@ -399,6 +398,14 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
                       image_score=sig.image[at], lexical_score=sig.lexical[at], id_match=sig.id_match[at],
                       price_ratio=sig.price_ratio[at],
                       decision=_decide(view, score[at], second[at], sig.gtin[at] if sig.gtin is not None else None))
+
+
+def match_offers(offers: list[Offer], view: TargetView, settings: Settings, k: int, exclude_self: bool = False,
+                 reuse: TargetView | None = None) -> Candidates:
+    """Source offers → scored candidates against ``view``: the one matching code path, called by
+    ``match_products`` (per DuckDB chunk) and by the Ray path (per source partition)."""
+    src = source_vectors(offers, settings, view.fusion, reuse=reuse, matcher=view.matcher)
+    return match(src, view, k, exclude_self=exclude_self, pair_top_m=settings.pair_top_m)
 
 
 def _rank_and_gap(src_pos: np.ndarray, fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

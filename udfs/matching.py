@@ -15,7 +15,7 @@ from pmatch_duckdb.context import PmatchContext
 from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.fusion import FusionConfig
 from pmatch_duckdb.matchers import active_matcher
-from pmatch_duckdb.matching import OfferVectors, match, score_given, source_vectors, target_view
+from pmatch_duckdb.matching import OfferVectors, match_offers, score_given, source_vectors, target_view
 from pmatch_duckdb.offer_vectors import embed_offers
 from pmatch_duckdb.offers import REQUIRED, OfferTableError, offer_from_mapping
 from pmatch_duckdb.review.labels import PairKey, current_verdicts, table_key
@@ -104,8 +104,7 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
                 raise OfferTableError(f"match_products: source {source!r} has duplicate id {o.id!r}; "
                                       "ids must be unique")
             seen.add(o.id)
-        src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse, matcher=view.matcher)
-        cand = match(src_vecs, view, kk, exclude_self=dedup, pair_top_m=ctx.settings.pair_top_m)
+        cand = match_offers(offers, view, ctx.settings, kk, exclude_self=dedup, reuse=reuse)
         per_row: list[list[dict]] = [[] for _ in offers]
         ids = view.rows.ids
         # human verdicts (pm_labels) override the model's decision
