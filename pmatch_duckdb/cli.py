@@ -253,18 +253,29 @@ text_model_option = click.option(
 @click.option("--no-cross-fit", is_flag=True, help="Train the decision model on in-sample projection features.")
 @click.option("--mine-negatives", default=0, show_default=True,
               help="Per training offer, this many best zero-shot non-matches as hard negatives for the projection.")
+@click.option("--no-pair-model", is_flag=True,
+              help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
+@click.option("--pair-max-len", default=64, show_default=True, help="Pair scorer: word pieces per pair.")
+@click.option("--pair-epochs", default=1, show_default=True, help="Pair scorer: fine-tuning epochs.")
+@click.option("--pair-freeze-layers", default=4, show_default=True,
+              help="Pair scorer: frozen lower layers (of 6) and embeddings.")
+@click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")
+@click.option("--pair-min-matches", default=400, show_default=True,
+              help="Labelled matches needed before a pair scorer is trained.")
 @click.option("--no-activate", is_flag=True, help="Save the new version without activating it.")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
-              target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int, no_activate: bool,
-              image_roots: tuple[str, ...], home: str | None) -> None:
+              target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
+              no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
+              pair_min_matches: int, no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
     import json
 
     try:
         from .training import train_matcher
+        from .training.pair_model import PairOptions, PairTrainConfig
     except ImportError as e:
         raise click.ClickException(f"training needs the train extra ({e}): pip install 'pmatch-duckdb[train]'") from None
     try:
@@ -273,6 +284,10 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                           name=name, dim=dim, epochs=epochs, batch_size=batch_size, seed=seed,
                           target_precision=target_precision, decision_model=decision_model,
                           cross_fit=not no_cross_fit, mine_negatives=mine_negatives, activate=not no_activate,
+                          pair_model=not no_pair_model,
+                          pair_options=PairOptions(PairTrainConfig(max_len=pair_max_len, epochs=pair_epochs,
+                                                                   freeze_layers=pair_freeze_layers, seed=seed),
+                                                   top_m=pair_top_m, min_positives=pair_min_matches),
                           log=click.echo)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None
