@@ -113,11 +113,12 @@ def test_manifest_describes_the_onnx_graph(home, name):
 
 
 def test_list_bundles_and_cli_list(home):
-    assert [b.name for b in list_bundles(home)] == [IMAGE, TEXT]
+    # the home may also hold other bundles (e.g. the int8 variants after `pmatch models build --int8`)
+    assert [b.name for b in list_bundles(home) if b.name in (IMAGE, TEXT)] == [IMAGE, TEXT]
     res = CliRunner().invoke(main, ["models", "list", "--home", str(home)])
     assert res.exit_code == 0, res.output
     lines = {ln.split()[0]: ln for ln in res.stdout.splitlines()[1:] if ln.strip() and not ln.startswith("matcher ")}
-    assert set(lines) == {IMAGE, TEXT}
+    assert {IMAGE, TEXT} <= set(lines)
     for name, exp in EXPECTED.items():
         cols = lines[name].split()
         assert cols[1:4] == [exp["modality"], str(exp["dim"]), "yes"]

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 N_FEATURES = 1 << 20
+PAIR_CHUNK = 16384  # pairs per sparse row-gather in pair scoring
 NGRAMS = (2, 3, 4, 5)
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _ID_TOKEN = re.compile(r"[A-Za-z0-9]+(?:[-/.][A-Za-z0-9]+)*")
@@ -132,8 +133,12 @@ class CharTfidf:
         """Cosine between each text and one given corpus row (``rows[i]``); each distinct text is tokenised once."""
         uniq = list(dict.fromkeys(texts))
         pos = {t: i for i, t in enumerate(uniq)}
-        q = self.transform(uniq)[[pos[t] for t in texts]]
-        sims = np.asarray(q.multiply(self.matrix[rows]).sum(axis=1)).ravel().astype(np.float32)
+        q_uniq = self.transform(uniq)
+        which = np.array([pos[t] for t in texts], dtype=np.int64)
+        sims = np.zeros(len(texts), dtype=np.float32)
+        for s in range(0, len(texts), PAIR_CHUNK):  # bounded memory: row-gathered sparse copies per chunk
+            q = q_uniq[which[s:s + PAIR_CHUNK]]
+            sims[s:s + PAIR_CHUNK] = np.asarray(q.multiply(self.matrix[rows[s:s + PAIR_CHUNK]]).sum(axis=1)).ravel()
         return np.clip(sims, 0.0, 1.0)  # float32 rounding can exceed 1
 
 

@@ -37,6 +37,7 @@ from ..matching import OfferVectors, TargetView, candidate_pairs, decision_featu
 from ..offer_vectors import encoder_identity
 from ..sqlident import index_name_for, quote_ident, quote_qualified
 from ..store import OfferIndex
+from .pair_model import PairOptions
 from .projection import export_projection_onnx, train_projection
 
 
@@ -179,6 +180,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                   valid_fraction: float = 0.2, target_precision: float = 0.99, max_recall_loss: float = 0.02,
                   spec: dict | None = None, activate: bool = True, progress: bool = True,
                   decision_model: str = "logistic", cross_fit: bool = True, mine_negatives: int = 0,
+                  pair_model: bool = True, pair_options: PairOptions | None = None,
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train a matcher version (projection + decision model) and, by default, activate it.
 
@@ -194,6 +196,9 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     of 1; see the comment in the code). ``mine_negatives``: per training anchor, this many of its best
     zero-shot candidates (vector, lexical and identifier channels) outside its label component join the
     projection's hard negatives (closed-world labels; the decision model still sees only its own pairs).
+    ``pair_model``: also train the pair scorer (a cross-encoder re-reading each source's top candidates,
+    stacked onto the decision model; ``training/pair_model.py``) where there are enough labelled matches
+    (``pair_options.min_positives``); ``pair_options`` holds its knobs.
     """
     t0 = time.perf_counter()
     ctx = context_of(con)
@@ -232,21 +237,27 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     x = offer_features(rows.text, rows.text_ok, rows.image, rows.image_ok, rows.price, rows.lexical, spec)
     steps_per_epoch = max(1, len(tpos) // batch_size)
     n_epochs = epochs or int(np.clip(300 // steps_per_epoch, 5, 200))  # about 300 optimiser steps
-    live = np.flatnonzero(np.abs(x).max(axis=0) > 0)  # e.g. the image block of text-only data
+    # only the columns that are ever non-zero are trained (e.g. not the image block of text-only data);
+    # keep just those (one copy, made once; chunked so no second full-size temporary is made)
+    feature_dim = int(x.shape[1])
+    live = np.flatnonzero(np.logical_or.reduce([(x[s:s + 8192] != 0).any(axis=0) for s in range(0, len(x), 8192)]
+                                               + [np.zeros(feature_dim, bool)]))
+    if len(live) < feature_dim:
+        x = np.ascontiguousarray(x[:, live])
 
     def fit_projection(p: np.ndarray, ng: np.ndarray, label: str) -> tuple[np.ndarray, float, list[float]]:
         n_ep = n_epochs  # a fold has half the pairs: the same epochs are half the steps
         w_live, temp, hist = train_projection(
-            x[:, live], p, comp, dim=dim, epochs=n_ep, batch_size=batch_size, seed=seed,
+            x, p, comp, dim=dim, epochs=n_ep, batch_size=batch_size, seed=seed,
             hard_negatives=ng if len(ng) else None, threads=1,
             progress=(lambda e, loss: log(f"{label}: epoch {e + 1}/{n_ep} loss {loss:.4f}")
                       if progress and (e + 1) % max(1, n_ep // 5) == 0 else None))
-        w_full = np.zeros((dim, x.shape[1]), dtype=np.float32)
+        w_full = np.zeros((dim, feature_dim), dtype=np.float32)
         w_full[:, live] = w_live  # all-zero input columns get zero weights
         return w_full, temp, hist
 
     def project(w_: np.ndarray) -> OfferVectors:
-        proj = x @ w_.T
+        proj = x @ w_[:, live].T
         proj /= np.maximum(np.linalg.norm(proj, axis=1, keepdims=True), 1e-12)
         return dataclasses.replace(rows, fused=proj.astype(np.float32))
 
@@ -273,6 +284,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     all_pos = np.vstack([pos, vpos_given]) if len(vpos_given) else pos
     truth_pairs = {(int(a), int(b)) for a, b in all_pos} | {(int(b), int(a)) for a, b in all_pos}
 
+    last_pairs: dict[str, np.ndarray] = {}  # the (source, target) global positions of pair_data's last call
+
     def pair_data(vectors: OfferVectors, split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
         view = target_view.with_fused(vectors.fused[tgt_pos])
         if open_world:
@@ -284,6 +297,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             t_local = np.array([view.pos[rows.ids[i]] for i in tgt_idx], dtype=np.int64)
             s_local = np.arange(len(src_idx))
             src = vectors.take(src_idx)
+            last_pairs.update(src=src_idx, tgt=tgt_idx)
         else:
             srcs = [i for i in range(len(rows.ids)) if side[i] == src_side and comp[i] in split_comps] \
                 if split_comps is not None else [i for i in range(len(rows.ids)) if side[i] == src_side]
@@ -291,6 +305,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             s_local, t_local = candidate_pairs(src, view, 10, exclude_self=len(tables) == 1)
             y = np.array([(srcs[a], int(tgt_pos[b])) in truth_pairs for a, b in zip(s_local, t_local, strict=True)],
                          dtype=np.float64)
+            last_pairs.update(src=np.asarray(srcs, dtype=np.int64)[s_local], tgt=tgt_pos[t_local])
         sig = pair_signals(src, view, s_local, t_local)
         return decision_features(src, view, s_local, t_local, sig), y
 
@@ -319,6 +334,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         x_tr, y_tr = pair_data(trained, tpos, tneg, None if open_world else train_comps)
         f_tr = None
     x_va, y_va = pair_data(trained, vpos, vneg, None if open_world else valid_comp)
+    valid_pairs_pos = dict(last_pairs)
     if y_tr.sum() == 0 or y_va.sum() == 0:
         raise TrainingError("no positive pair among the decision model's training or validation candidates")
     decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss, kind=decision_model,
@@ -333,7 +349,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
 
     metrics = {"valid": summarize(decision.score(x_va), y_va, int(y_va.sum()), decision.decide(decision.score(x_va)))}
     if not open_world:
-        metrics["valid"].update(_retrieval(trained, zero_shot, side, comp, valid_comp, tgt_pos, truth_pairs, len(tables)))
+        metrics["valid"].update(_retrieval(trained, zero_shot, target_view, side, comp, valid_comp, tgt_pos,
+                                               all_pos, len(tables)))
     metrics["epochs"] = n_epochs
     metrics["final_loss"] = history[-1] if history else None
 
@@ -343,11 +360,28 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     try:
         export_projection_onnx(w, tmp / "projection.onnx")
+        pair_entry = None
+        popts = pair_options or PairOptions()
+        if pair_model and len(tpos) < popts.min_positives:
+            log(f"pair model skipped: {len(tpos)} labelled training matches (needs ≥ {popts.min_positives}; "
+                "pair_options.min_positives / --pair-min-matches)")
+        elif pair_model:
+            from .pair_model import pair_stage
+
+            pair_entry = pair_stage(
+                tmp, popts, rows=trained, decision=decision, open_world=open_world,
+                view=target_view.with_fused(trained.fused[tgt_pos]), tgt_pos=tgt_pos, comp=comp,
+                truth_pairs=truth_pairs, exclude_self=len(tables) == 1,
+                train_split=pair_data(trained, tpos, tneg, None if open_world else train_comps) + (dict(last_pairs),),
+                valid_split=(x_va, y_va, valid_pairs_pos), target_precision=target_precision,
+                max_recall_loss=max_recall_loss, log=log)
+            if pair_entry is not None:
+                metrics["valid_pair_model"] = pair_entry["valid"]
         (tmp / "decision.json").write_text(json.dumps(decision.to_dict(), indent=1))
         write_manifest(tmp, {
             "name": name, "version": version, "modality": "matcher", "dim": dim, "kind": "pmatch-matcher",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "encoders": encoder_identity(ctx.settings), "feature_spec": spec, "feature_dim": int(x.shape[1]),
+            "encoders": encoder_identity(ctx.settings), "feature_spec": spec, "feature_dim": feature_dim,
             "temperature": temperature,
             "training": {"offers": tables, "pairs": pairs, "group_column": group_column, "valid_pairs": valid_pairs,
                          "data_sha256": _data_hash(rows, labels), "positive_pairs": int(len(tpos)),
@@ -357,6 +391,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                          "decision_model": decision.kind},
             "thresholds": {"accept": decision.to_dict()["accept_threshold"], "review": decision.review_threshold},
             "metrics": metrics, "loss_history": history,
+            **({"pair_model": pair_entry} if pair_entry else {}),
         })
         tmp.rename(final)
     finally:
@@ -393,18 +428,31 @@ def _mine_negatives(rows: OfferVectors, view: TargetView, tgt_mask: np.ndarray, 
     return np.stack([a[keep], b[keep]], axis=1).astype(np.int64)
 
 
-def _retrieval(trained, zero_shot, side, comp, valid_comp, tgt_pos, truth_pairs, n_tables) -> dict:
-    """recall@k on validation sources, trained projection vs zero-shot fused vector (vector channel only)."""
-    srcs = [i for i in range(len(side)) if side[i] == 0 and comp[i] in valid_comp]
+def _retrieval(trained: OfferVectors, zero_shot: OfferVectors, view: TargetView, side: list[int],
+               comp: np.ndarray, valid_comp: set[int], tgt_pos: np.ndarray, labelled: np.ndarray,
+               n_tables: int, k: int = 10) -> dict:
+    """recall@k on validation sources, trained projection vs zero-shot fused vector (vector channel only).
+
+    Linear in the sources and the labels: each source's top-k comes from the chunked exact search of
+    ``view`` (the target offers; no sources × targets matrix is kept), and its true targets from the
+    labelled pairs ``labelled`` (int[m, 2] offer positions; never a loop over all targets).
+    """
+    srcs = np.flatnonzero((np.asarray(side) == 0) & np.isin(comp, np.fromiter(valid_comp, np.int64)))
+    is_target = np.zeros(len(side), dtype=bool)
+    is_target[tgt_pos] = True
+    truth: dict[str, set[str]] = {str(i): set() for i in srcs}
+    for a, b in labelled.tolist():
+        for s, t in ((a, b), (b, a)):
+            if is_target[t] and str(s) in truth:
+                truth[str(s)].add(str(t))
+    extra = 1 if n_tables == 1 else 0  # dedup: the source itself is among the targets
     out = {}
     for label, v in (("trained", trained), ("zero_shot", zero_shot)):
-        sims = v.fused[srcs] @ v.fused[tgt_pos].T
-        if n_tables == 1:
-            for r, i in enumerate(srcs):
-                sims[r, np.flatnonzero(tgt_pos == i)] = -np.inf
-        top = np.argsort(-sims, axis=1)[:, :10]
-        ranked = {str(i): [str(int(tgt_pos[j])) for j in row] for i, row in zip(srcs, top, strict=True)}
-        truth = {str(i): {str(int(t)) for t in tgt_pos if (i, int(t)) in truth_pairs} for i in srcs}
+        top, _ = view.with_fused(v.fused[tgt_pos]).vector_candidates(v.fused[srcs], k + extra)
+        ranked = {}
+        for i, row in zip(srcs.tolist(), top.tolist(), strict=True):
+            hits = [int(tgt_pos[j]) for j in row if j >= 0]
+            ranked[str(i)] = [str(t) for t in hits if t != i][:k]
         for key, val in recall_at_k(ranked, truth).items():
             out[f"vector_{key}_{label}"] = val
     return out

@@ -1,0 +1,161 @@
+"""int8 variants of the default encoder bundles (``pmatch models build --int8``).
+
+- text (``minilm-l6-v2-int8``): ONNX Runtime *dynamic* quantization — int8 weights, activations
+  quantized per batch at run time (MatMul/Gather); no calibration data needed.
+- image (``efficientnet-lite0-int8``): *static* quantization (QOperator format) — int8 weights (per channel) and
+  activation ranges calibrated on product photos rendered by :mod:`pmatch_duckdb.demo.synthetic`
+  (generated at build time: the build never reads third-party data).
+
+Each is its own bundle (own name, manifest and file hashes, like every other bundle); the fp32
+bundles stay the default and a connection opts in with ``pm.connect(text_model="minilm-l6-v2-int8",
+image_model="efficientnet-lite0-int8")`` or ``pm_embed_text(t, 'minilm-l6-v2-int8')``. The
+manifest records the fp32 graph it was made from; rebuilding the fp32 bundle makes the int8 one
+out of date (``pmatch models build --int8`` then rebuilds it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundles import Bundle, find_bundle
+from .common import finish_bundle, package_version
+
+RECIPE = 2  # bump whenever the quantization recipe changes (2: images in QOperator format)
+SUFFIX = "-int8"
+CALIBRATION_IMAGES = 96
+CALIBRATION_SEED = 7
+
+
+def int8_name(fp32_name: str) -> str:
+    """Bundle name of the int8 variant of ``fp32_name``."""
+    return f"{fp32_name}{SUFFIX}"
+
+
+def _manifest_from(src: Bundle, method: dict[str, Any]) -> dict[str, Any]:
+    keep = {k: v for k, v in src.manifest.items() if k not in ("files", "created", "name", "recipe")}
+    return {**keep, "name": int8_name(src.name), "recipe": RECIPE,
+            "quantization": {**method, "source_bundle": src.name,
+                             "source_sha256": src.manifest["files"]["model.onnx"],
+                             "onnxruntime": package_version("onnxruntime")}}
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    """ONNX Runtime's quantizer saves a temporary external-data file (``<uuid>.data``, the size of the
+    model) in the current directory: run it inside the build's scratch directory instead."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _preprocessed(src: Path, work: Path) -> Path:
+    """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation) before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / "pre.onnx"
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; plain inference then
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def quantize_text(src: Bundle, bundle_dir: Path) -> dict[str, Any]:
+    """Dynamic int8 quantization of a text bundle's ``model.onnx`` (tokenizer and manifest fields copied)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    bundle_dir = Path(bundle_dir).resolve()
+    with tempfile.TemporaryDirectory() as work, _cwd(Path(work)):
+        pre = _preprocessed(src.file("model.onnx"), Path(work))
+        quantize_dynamic(str(pre), str(bundle_dir / "model.onnx"), weight_type=QuantType.QInt8,
+                         per_channel=False, op_types_to_quantize=["MatMul", "Gemm"])
+    tok = src.manifest["preprocessing"].get("tokenizer", "tokenizer.json")
+    shutil.copyfile(src.file(tok), bundle_dir / tok)
+    return finish_bundle(bundle_dir, _manifest_from(src, {
+        "method": "dynamic", "weights": "int8 (per tensor)", "activations": "uint8 per batch (run time)",
+        "ops": ["MatMul", "Gemm"]}))
+
+
+def calibration_photos(out_dir: Path, n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> list[Path]:
+    """``n`` product photos (studio catalog shots and noisy supplier-feed shots) rendered into ``out_dir``."""
+    from ..demo.synthetic import generate
+
+    data = generate(out_dir, n_products=max(1, n // 3), seed=seed, shots_per_offer=2)
+    paths = [Path(p) for o in list(data.catalog) + list(data.feed) for p in o["images"]]
+    return paths[:n]
+
+
+class _PhotoReader:
+    """ONNX Runtime calibration data reader: preprocessed photos in batches."""
+
+    def __init__(self, pixels: np.ndarray, input_name: str, batch: int = 8) -> None:
+        self._it: Iterator[dict[str, np.ndarray]] = iter(
+            [{input_name: pixels[s:s + batch]} for s in range(0, len(pixels), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - not used by MinMax calibration
+        pass
+
+
+def quantize_image(src: Bundle, bundle_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Static int8 (QOperator format, per-channel weights) quantization of an image bundle, calibrated on rendered photos."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from PIL import Image
+
+    from ..encoders.image import ImageEncoder
+
+    bundle_dir = Path(bundle_dir).resolve()
+    enc = ImageEncoder(src, threads=1)
+    with tempfile.TemporaryDirectory() as work, _cwd(Path(work)):
+        photos = calibration_photos(Path(work) / "calibration")
+        log(f"{int8_name(src.name)}: calibrating on {len(photos)} generated product photos")
+        pixels = np.stack([enc.preprocess(Image.open(p).convert("RGB")) for p in photos]).astype(np.float32)
+        pre = _preprocessed(src.file("model.onnx"), Path(work))
+        quantize_static(str(pre), str(bundle_dir / "model.onnx"), _PhotoReader(pixels, enc.input_name),
+                        quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    return finish_bundle(bundle_dir, _manifest_from(src, {
+        "method": "static", "format": "QOperator", "weights": "int8 (per channel)", "activations": "uint8",
+        "ops": ["Conv", "MatMul", "Gemm"],
+        "calibration": {"images": len(photos), "source": "pmatch_duckdb.demo.synthetic rendered product photos",
+                        "seed": CALIBRATION_SEED, "method": "MinMax"}}))
+
+
+def quantize_bundle(src: Bundle, bundle_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The int8 variant of a text or image bundle (dynamic for text, static for images)."""
+    if src.modality == "text":
+        return quantize_text(src, bundle_dir)
+    if src.modality == "image":
+        return quantize_image(src, bundle_dir, log)
+    raise ValueError(f"bundle {src.name!r} is a {src.modality} model; int8 variants exist for text and image bundles")
+
+
+def int8_outdated(manifest: dict[str, Any], home: Path | None) -> str | None:
+    """Why an intact int8 bundle must be rebuilt (other recipe, or its fp32 source changed), or None."""
+    q = manifest.get("quantization", {})
+    if manifest.get("recipe") != RECIPE:
+        return f"quantization recipe {manifest.get('recipe')!r} != {RECIPE}"
+    src = find_bundle(q.get("source_bundle", ""), home)
+    if src.manifest["files"].get("model.onnx") != q.get("source_sha256"):
+        return f"made from another build of {src.name}"
+    return None
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """One line about a bundle's quantization (for logs)."""
+    return json.dumps(manifest.get("quantization", {}), sort_keys=True)
