@@ -135,6 +135,12 @@ VARIANTS: list[tuple[str, FusionConfig | None, dict | None, str]] = [
     ("trained, decision: gbdt", None, {**DEFAULT_SPEC, "_train": {"decision_model": "gbdt"}}, ""),
     ("trained, decision: auto", None, {**DEFAULT_SPEC, "_train": {"decision_model": "auto"}}, ""),
     ("trained, + 5 mined negatives", None, {**DEFAULT_SPEC, "_train": {"mine_negatives": 5}}, ""),
+    # pair scorer (issue 11): the main row trains it where there are enough labels; these switch it off or
+    # change one Ditto lever ("_pair" holds SerializeOptions / PairTrainConfig fields)
+    ("trained, no pair model", None, {**DEFAULT_SPEC, "_train": {"pair_model": False}}, ""),
+    ("trained, pair model: no id/number marking", None, {**DEFAULT_SPEC, "_pair": {"mark_ids": False}}, ""),
+    ("trained, pair model: TF-IDF description summary", None, {**DEFAULT_SPEC, "_pair": {"summarize": True}}, ""),
+    ("trained, pair model: augmentation", None, {**DEFAULT_SPEC, "_pair": {"augment": True}}, ""),
 ]
 MAIN = "trained fusion (all blocks)"
 
@@ -281,6 +287,25 @@ def score_pairs(src_rows: OfferVectors, tgt_rows: OfferVectors, pairs: list[tupl
     return np.nan_to_num(np.asarray(score, dtype=np.float64), nan=0.0), y
 
 
+def sql_score_pairs(con: duckdb.DuckDBPyConnection, source: str, target: str, pairs_table: str,
+                    pairs: list[tuple[str, str, int]], matcher: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels of labelled pairs through the public path: ``score_pairs`` in SQL, with the
+    connection re-installed for matcher ``matcher`` (None: zero-shot, every bench matcher deactivated)."""
+    settings = context_of(con).settings
+    pm.install(con, dataclasses.replace(settings, matcher=matcher or "bq-zero-shot"))
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _bq_pairs AS SELECT left_id AS source_id, right_id AS target_id "
+                    f"FROM {pairs_table}").fetchall()
+        rows = con.execute(f"SELECT CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR), score "
+                           f"FROM score_pairs('{source}', '{target}', '_bq_pairs')").fetchall()
+    finally:
+        pm.install(con, settings)
+    if [(a, b) for a, b, _ in rows] != [(a, b) for a, b, _ in pairs]:
+        raise RuntimeError(f"score_pairs did not return the pairs of {pairs_table} in input order")
+    score = np.array([np.nan if sc is None else sc for _, _, sc in rows], dtype=np.float64)
+    return np.nan_to_num(score, nan=0.0), np.array([lab for _, _, lab in pairs], dtype=np.float64)
+
+
 Ranked = dict[str, list[tuple[str, float, str]]]  # source id -> [(target id, score, decision)] best first
 
 
@@ -388,6 +413,7 @@ class Ctx:
     grocery_per_class: int
     epochs: int | None
     variants: list[str] = dataclasses.field(default_factory=list)
+    pair: dict = dataclasses.field(default_factory=dict)  # PairTrainConfig fields from the command line
 
 
 def open_db(ctx: Ctx, part: str, matcher: str, image_roots: list[Path] | None = None) -> duckdb.DuckDBPyConnection:
@@ -426,13 +452,23 @@ def train(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, label: str, offer
 
     name = matcher_name(part, label)
     lines: list[str] = []
+    from pmatch_duckdb.pair_scorer import SerializeOptions
+    from pmatch_duckdb.training.pair_model import PairOptions, PairTrainConfig
+
     spec = dict(spec)
     kw = {**kw, **spec.pop("_train", {})}
+    lever = spec.pop("_pair", {})
+    ser = {k: v for k, v in lever.items() if k in SerializeOptions.__dataclass_fields__}
+    tcfg = {**ctx.pair, **{k: v for k, v in lever.items() if k in PairTrainConfig.__dataclass_fields__}}
+    kw.setdefault("pair_options", PairOptions(PairTrainConfig(**{"seed": ctx.seed, **tcfg}), SerializeOptions(**ser)))
     with Timer() as t:
         res = train_matcher(con, offers, name=name, spec=spec, seed=ctx.seed, epochs=ctx.epochs, progress=True,
                             log=lines.append, **kw)
     log(f"  trained {name} {res.version} in {t.wall:.1f}s wall / {t.cpu:.1f}s CPU "
         f"({res.metrics.get('epochs')} epochs): {lines[0] if lines else ''}; {lines[-2] if len(lines) > 1 else ''}")
+    for line in lines:
+        if line.startswith("pair model"):
+            log(f"    {line}")
     return load_matcher(name, res.version, context_of(con).settings.home), t.wall, t.cpu
 
 
@@ -497,9 +533,21 @@ def run_pair_part(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: l
             matcher, train_s, _ = train(con, ctx, part, label, offers if len(offers) > 1 else offers[0], spec,
                                         pairs=f"{_pt(part)}_train", valid_pairs=f"{_pt(part)}_valid")
             use_cfg, accept, review = FusionConfig(), matcher.decision.accept_threshold, matcher.decision.review_threshold
-        valid = score_pairs(src_rows, tgt_rows, splits["valid"], use_cfg, matcher)
+            if matcher.pair_decision is not None:  # the stacked model decides the pairs score_pairs is given
+                accept, review = matcher.pair_decision.accept_threshold, matcher.pair_decision.review_threshold
+
+        def scored(key: str, matcher: Matcher | None = matcher, use_cfg: FusionConfig = use_cfg
+                   ) -> tuple[np.ndarray, np.ndarray]:
+            # the public path (score_pairs in SQL) wherever it applies: trained matchers and the default
+            # zero-shot fusion; other fusion weights (ablation) only exist in Python
+            if matcher is not None or use_cfg == ZERO_SHOT:
+                return sql_score_pairs(con, offers[0], offers[-1], f"{_pt(part)}_{key}", splits[key],
+                                       matcher.bundle.manifest["name"] if matcher is not None else None)
+            return score_pairs(src_rows, tgt_rows, splits[key], use_cfg, matcher)
+
+        valid = scored("valid")
         for test_label, key in tests:
-            test = score_pairs(src_rows, tgt_rows, splits[key], use_cfg, matcher)
+            test = scored(key)
             m = labelled_metrics(valid, test, accept)
             sub = f"{part}{test_label}"
             note = "; ".join(x for x in (reference if label == MAIN else "",
@@ -648,6 +696,8 @@ def part_full(ctx: Ctx, part: str) -> list[Row]:
                 matcher, train_s, _ = train(con, ctx, part, label, [src_tr, tgt], spec_, pairs="gt_train")
                 ranked = retrieve(te_rows, tgt_rows, FusionConfig(), matcher)
                 m = retrieval_metrics(ranked, truth)
+                if label == MAIN and matcher.pair is not None:
+                    rows += pair_cost(con, part, src_te, tgt, matcher, te_rows, tgt_rows, truth, train_s)
                 if label == MAIN:
                     sql_ranked, secs = sql_match(con, src_te, tgt)
                     diff = sum(sql_ranked.get(s, [("",)])[0][0] != lst[0][0] for s, lst in ranked.items())
@@ -676,6 +726,44 @@ def _log_retrieval(part: str, label: str, m: dict) -> None:
         f"R@P.99 {m['recall_at_precision_0.99']:.3f} | 1:1 best F1 {mu.get('best_f1', 0):.3f} "
         f"R@P.99 {mu.get('recall_at_precision_0.99', 0):.3f} | accept P/R/F1 {m.get('accept_precision', 0):.3f}/"
         f"{m.get('accept_recall', 0):.3f}/{m.get('accept_f1', 0):.3f}, review band {m.get('review_band')}")
+
+
+def pair_cost(con: duckdb.DuckDBPyConnection, part: str, src: str, tgt: str, matcher: Matcher,
+              src_rows: OfferVectors, tgt_rows: OfferVectors, truth: dict[str, set[str]],
+              train_s: float | None) -> list[Row]:
+    """The pair scorer's cost: items/s of the cross-encoder alone, and match_products wall time with the
+    scorer off (``pair_top_m=0``) and on, measured side by side (off, on, off; the first run warms caches)."""
+    settings = context_of(con).settings
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    out: list[Row] = []
+    try:
+        for mode in ("off", "on", "off", "on"):
+            pm.install(con, dataclasses.replace(settings, pair_top_m=0 if mode == "off" else None))
+            ranked, secs = sql_match(con, src, tgt)
+            times[mode].append(secs)
+            if mode == "off" and len(times["off"]) == 1:
+                m = retrieval_metrics(ranked, truth)
+                out.append(retrieval_row(part, "trained fusion, pair scorer off at match time (m=0)", m, train_s,
+                                         reference="match_products (SQL)"))
+                _log_retrieval(part, out[-1].method, m)
+    finally:
+        pm.install(con, settings)
+    off, on = min(times["off"][1:] or times["off"]), min(times["on"])
+    # cross-encoder alone: each test source with its 3 best candidates (what m = 3 re-reads)
+    sv = with_fused(src_rows, FusionConfig(), matcher)
+    view = TargetView.from_vectors(with_fused(tgt_rows, FusionConfig(), matcher), FusionConfig(), matcher)
+    cand = match(sv, view, 3, pair_top_m=0)
+    with Timer() as t:
+        matcher.pair.pair_logits(sv, view.rows, cand.source, cand.target)
+    rate = len(cand.source) / max(t.wall, 1e-9)
+    log(f"  pair scorer: {rate:.1f} pairs/s ({len(cand.source)} pairs in {t.wall:.1f}s wall, {t.cpu:.1f}s CPU); "
+        f"match_products {len(src_rows.ids)} sources: scorer on {on:.1f}s vs off {off:.1f}s -> ratio {on / off:.2f} "
+        f"(runs: off {times['off']}, on {times['on']})")
+    for r in out:
+        r.extra.update({"pair_items_per_s": rate, "match_s_on": on, "match_s_off": off, "match_ratio": on / off})
+        r.reference += f"; match_products {on:.0f}s with / {off:.0f}s without pair scorer (x{on / off:.2f}); " \
+                       f"scorer {rate:.0f} pairs/s"
+    return out
 
 
 def sql_match(con: duckdb.DuckDBPyConnection, source: str, target: str) -> tuple[Ranked, float]:
@@ -906,6 +994,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write all rows and details as JSON here")
     ap.add_argument("--variants", default="", help="comma-separated substrings: run only variants whose label "
                     "contains one (e.g. 'cross-fit,gbdt'); Splink rows are not filtered")
+    ap.add_argument("--pair-max-len", type=int, default=None, help="pair scorer: word pieces per pair")
+    ap.add_argument("--pair-epochs", type=int, default=None, help="pair scorer: fine-tuning epochs")
+    ap.add_argument("--pair-freeze-layers", type=int, default=None, help="pair scorer: frozen lower layers")
+    ap.add_argument("--pair-threads", type=int, default=None, help="pair scorer: torch threads while training")
+    ap.add_argument("--pair-max-seconds", type=float, default=None,
+                    help="pair scorer: stop fine-tuning after this many seconds (cost-only runs: the scorer's "
+                         "speed does not depend on its weights)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
@@ -916,7 +1011,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(data=args.data.resolve(), workdir=workdir, plots=Path(args.plots) if str(args.plots) else None,
               home=args.home, seed=args.seed, quick=args.quick, grocery_per_class=args.grocery_per_class,
-              epochs=args.epochs, variants=[v.strip() for v in args.variants.split(",") if v.strip()])
+              epochs=args.epochs, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+              pair={k: v for k, v in (("max_len", args.pair_max_len), ("epochs", args.pair_epochs),
+                                      ("freeze_layers", args.pair_freeze_layers), ("threads", args.pair_threads),
+                                      ("max_seconds", args.pair_max_seconds))
+                    if v is not None})
     threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]
     head = (f"# {_dt.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}  duckdb "
             f"{duckdb.__version__}  threads={threads}  cpus={len(os.sched_getaffinity(0))}  load avg "

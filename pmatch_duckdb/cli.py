@@ -96,6 +96,51 @@ def models_export_openclip(arch: str | None, weights: str, name: str, pretrained
         raise click.ClickException(str(e)) from None
 
 
+@models.command("export-text", epilog=EX("pmatch models export-text --path ~/models/multilingual-e5-small --name my-e5 --prefix 'query: '"))
+@click.option("--path", "path", required=True, type=click.Path(),
+              help="Local model folder: a sentence-transformers folder (modules.json, 1_Pooling/, ...) or a plain "
+                   "Hugging Face one (config.json, weights, tokenizer files). Nothing is downloaded.")
+@click.option("--name", required=True, help="Bundle name; SQL selects it with pm_embed_text(t, NAME).")
+@click.option("--pooling", default=None,
+              help="Override the pooling: mean, cls, lasttoken, max, mean_sqrt_len_tokens, weightedmean "
+                   "(default: the folder's 1_Pooling config, else mean).")
+@click.option("--prefix", default=None,
+              help="Text put in front of every text the model embeds, e.g. 'query: ' for E5 models "
+                   "(default: the model's default prompt, else none).")
+@click.option("--prompt", "prompts", multiple=True, metavar="NAME=TEXT",
+              help="A named prompt recorded in the manifest beside the model's own (repeatable), e.g. "
+                   "passage='passage: '.")
+@click.option("--max-length", type=int, default=None,
+              help="Truncate at this many tokens (default: the model's max length).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle of that name.")
+@click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
+def models_export_text(path: str, name: str, pooling: str | None, prefix: str | None, prompts: tuple[str, ...],
+                       max_length: int | None, force: bool, home: str | None) -> None:
+    """Export a local sentence-transformers / Hugging Face text model (BERT, XLM-R, MPNet, ...) to a text bundle.
+
+    Then pm_embed_text(title, NAME) in SQL, or pm.connect(..., text_model=NAME) for indexing and matching.
+    Matching is symmetric, so E5 models want --prefix 'query: '. Needs the build extra (torch,
+    transformers); the bundle runs on onnxruntime + tokenizers only.
+    """
+    try:
+        from .build.text_hf import export_text
+    except ImportError as e:
+        raise click.ClickException(
+            f"exporting text models needs the build extra ({e}); install it with: pip install 'pmatch-duckdb[build]'"
+        ) from None
+    named = {}
+    for p in prompts:
+        key, sep, text = p.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{p!r}: expected NAME=TEXT", param_hint="--prompt")
+        named[key] = text
+    try:
+        export_text(path, name, home=home, pooling=pooling, prefix=prefix, prompts=named or None,
+                    max_length=max_length, force=force, log=click.echo)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @models.command("list", epilog=EX("pmatch models list"))
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 def models_list(home: str | None) -> None:
@@ -111,7 +156,7 @@ def models_list(home: str | None) -> None:
         bad += bool(problems)
         src = b.manifest.get("source", {})
         click.echo(f"{b.name:<24} {b.modality:<8} {b.dim:>5}  {'yes' if not problems else 'NO':<8}  "
-                   f"{src.get('package', '')} {src.get('version', '')}")
+                   f"{src.get('package') or ''} {src.get('version') or src.get('folder') or ''}")
         for p in problems:
             click.echo(f"    problem: {p}")
     _list_matchers(home)
@@ -175,7 +220,23 @@ def models_rollback(name: str, home: str | None) -> None:
     click.echo(f"matcher {name}: {v or 'zero-shot (no trained version active)'}")
 
 
+_TEXT_MODEL_KEY = "pmatch.text_model"
+
+
+def _remember_text_model(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_TEXT_MODEL_KEY] = value
+
+
+# --text-model NAME on the commands that open a connection (read by _open): the text encoder bundle for
+# indexing, matching and training instead of minilm-l6-v2 (an index records its encoders and refuses others)
+text_model_option = click.option(
+    "--text-model", default=None, expose_value=False, callback=_remember_text_model,
+    help="Text encoder bundle (default minilm-l6-v2), e.g. one made by `pmatch models export-text`.")
+
+
 @main.command("train", epilog=EX("pmatch train shop.duckdb --offers feed --offers catalog --pairs labels"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.option("--offers", multiple=True, required=True, help="Offer table; give two for source and target.")
 @click.option("--pairs", default=None, help="Labels table: left_id, right_id[, label].")
@@ -192,18 +253,29 @@ def models_rollback(name: str, home: str | None) -> None:
 @click.option("--no-cross-fit", is_flag=True, help="Train the decision model on in-sample projection features.")
 @click.option("--mine-negatives", default=0, show_default=True,
               help="Per training offer, this many best zero-shot non-matches as hard negatives for the projection.")
+@click.option("--no-pair-model", is_flag=True,
+              help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
+@click.option("--pair-max-len", default=64, show_default=True, help="Pair scorer: word pieces per pair.")
+@click.option("--pair-epochs", default=1, show_default=True, help="Pair scorer: fine-tuning epochs.")
+@click.option("--pair-freeze-layers", default=4, show_default=True,
+              help="Pair scorer: frozen lower layers (of 6) and embeddings.")
+@click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")
+@click.option("--pair-min-matches", default=400, show_default=True,
+              help="Labelled matches needed before a pair scorer is trained.")
 @click.option("--no-activate", is_flag=True, help="Save the new version without activating it.")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
-              target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int, no_activate: bool,
-              image_roots: tuple[str, ...], home: str | None) -> None:
+              target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
+              no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
+              pair_min_matches: int, no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
     import json
 
     try:
         from .training import train_matcher
+        from .training.pair_model import PairOptions, PairTrainConfig
     except ImportError as e:
         raise click.ClickException(f"training needs the train extra ({e}): pip install 'pmatch-duckdb[train]'") from None
     try:
@@ -212,6 +284,10 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                           name=name, dim=dim, epochs=epochs, batch_size=batch_size, seed=seed,
                           target_precision=target_precision, decision_model=decision_model,
                           cross_fit=not no_cross_fit, mine_negatives=mine_negatives, activate=not no_activate,
+                          pair_model=not no_pair_model,
+                          pair_options=PairOptions(PairTrainConfig(max_len=pair_max_len, epochs=pair_epochs,
+                                                                   freeze_layers=pair_freeze_layers, seed=seed),
+                                                   top_m=pair_top_m, min_positives=pair_min_matches),
                           log=click.echo)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None
@@ -219,6 +295,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
 
 
 @main.command("evaluate", epilog=EX("pmatch evaluate shop.duckdb --source feed --target catalog --pairs test_labels --out report/"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.option("--source", required=True, help="Source offer table.")
 @click.option("--target", required=True, help="Target offer table.")
@@ -249,30 +326,53 @@ def _open(db: str, home: str | None, image_roots: tuple[str, ...], matcher: str 
     from .connection import connect
 
     extra = {"matcher": matcher} if matcher else {}
+    ctx = click.get_current_context(silent=True)
+    text_model = ctx.meta.get(_TEXT_MODEL_KEY) if ctx is not None else None
+    if text_model:  # --text-model: e.g. a multilingual model exported with `pmatch models export-text`
+        extra["text_model"] = text_model
     return connect(db, home=home, image_roots=list(image_roots) or None, **extra)
 
 
+RAY_OPTION = click.option(
+    "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+    help="Run on Ray: a cluster ADDRESS (HOST:PORT or ray://HOST:10001), or a local Ray instance when omitted. "
+         "Needs the ray extra.")
+RAY_WORKERS_OPTION = click.option("--workers", type=int, default=None,
+                                  help="With --ray: encoder/scoring actors (default: one per cluster CPU).")
+
+
 @main.command("index", epilog=EX("pmatch index shop.duckdb catalog --image-root ./images"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("table")
 @click.option("--name", default=None, help="Index name (default: the table's name).")
 @click.option("--rebuild", is_flag=True, help="Re-embed everything (e.g. after changing encoders).")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable; default: cwd).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+@RAY_OPTION
+@RAY_WORKERS_OPTION
 def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_roots: tuple[str, ...],
-              home: str | None) -> None:
-    """Build or incrementally refresh the LanceDB index of an offer TABLE in DATABASE."""
+              home: str | None, ray_address: str | None, workers: int | None) -> None:
+    """Build or incrementally refresh the LanceDB index of an offer TABLE in DATABASE.
+
+    With --ray the offers are embedded on a Ray cluster (the same index is written)."""
     from .api import index
 
     try:
         con = _open(database, home, image_roots)
-        stats = index(con, table, name=name, rebuild=rebuild)
+        if ray_address is not None:
+            from .distributed.cli import index_on_ray
+
+            stats = index_on_ray(con, table, name=name, rebuild=rebuild, address=ray_address, workers=workers)
+        else:
+            stats = index(con, table, name=name, rebuild=rebuild)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None
     click.echo(" ".join(f"{k}={v}" for k, v in stats.as_row().items()))
 
 
 @main.command("match", epilog=EX("pmatch match shop.duckdb feed catalog -k 5 --into matches"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("source")
 @click.argument("target")
@@ -281,9 +381,16 @@ def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_
 @click.option("--matcher", default=None, help="Trained matcher name (its active version; default 'default').")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable; default: cwd).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
+@RAY_OPTION
+@RAY_WORKERS_OPTION
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
+              help="With --ray: write the candidates to this Parquet file (default: SOURCE_matches.parquet).")
 def match_cmd(database: str, source: str, target: str, k: int, into: str | None, matcher: str | None,
-              image_roots: tuple[str, ...], home: str | None) -> None:
-    """Match SOURCE offers against the TARGET index (match_products)."""
+              image_roots: tuple[str, ...], home: str | None, ray_address: str | None, workers: int | None,
+              out_path: str | None) -> None:
+    """Match SOURCE offers against the TARGET index (match_products).
+
+    With --ray the source is scored on a Ray cluster; the candidates go to a Parquet file (and to --into)."""
     import duckdb
 
     from .api import match
@@ -291,7 +398,14 @@ def match_cmd(database: str, source: str, target: str, k: int, into: str | None,
 
     try:
         con = _open(database, home, image_roots, matcher)
-        if into:
+        if ray_address is not None:
+            from .distributed.cli import match_on_ray
+
+            res = match_on_ray(con, source, target, k=k, out=out_path, into=into, address=ray_address,
+                               workers=workers)
+            click.echo(f"{res.rows} candidate pairs written to {res.path}"
+                       + (f" and saved in {into}" if into else f"; load them with: {res.load_sql()}"))
+        elif into:
             con.execute(
                 f"CREATE OR REPLACE TABLE {quote_qualified(into)} AS SELECT * FROM match_products(?, ?, k := ?)",
                 [source, target, k])
@@ -304,6 +418,7 @@ def match_cmd(database: str, source: str, target: str, k: int, into: str | None,
 
 
 @main.command("sql", epilog=EX("pmatch sql shop.duckdb -c \"SELECT * FROM match_products('feed', 'catalog', k := 3)\" --format csv"))
+@text_model_option
 @click.argument("database", required=False, default=":memory:")
 @click.option("-c", "--command", "commands", multiple=True,
               help="Run these statements (repeatable; ';'-separated), print the results and exit.")
@@ -334,6 +449,9 @@ def sql_cmd(database: str, commands: tuple[str, ...], files: tuple[str, ...], fm
     except (PmatchError, duckdb.Error) as e:
         raise click.ClickException(str(e)) from None
     scripted = bool(commands or files) or not sys.stdin.isatty()
+    if scripted or not sys.stdout.isatty():
+        # DuckDB draws its progress bar on stdout after 2 s: it would corrupt csv/json output of scripts
+        con.execute("SET enable_progress_bar = false")
     shell = Shell(con, fmt=fmt, width=None if sys.stdout.isatty() else 100_000)
     try:
         if not scripted:

@@ -23,6 +23,7 @@ from .encoders.sessions import get_session
 from .errors import ModelNotFoundError
 from .features.offer_features import offer_features
 from .home import pmatch_home
+from .pair_scorer import PairScorer, Summarizer
 
 _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -105,6 +106,10 @@ class Matcher:
 
     bundle: Bundle
     decision: DecisionModel
+    # optional second stage (a bundle without it loads as before): the cross-encoder and the stacked
+    # decision model over [stage-1 logit, cross-encoder logit] (pair_scorer.py)
+    pair: PairScorer | None = None
+    pair_decision: DecisionModel | None = None
 
     @property
     def identity(self) -> dict:
@@ -146,10 +151,26 @@ def load_matcher(name: str, version: str, home: str | os.PathLike[str] | None = 
             return _cache[key]
     bundle = read_bundle(path).verify()
     decision = DecisionModel.from_dict(json.loads(bundle.file("decision.json").read_text()))
-    m = Matcher(bundle, decision)
+    m = Matcher(bundle, decision, *_load_pair_stage(bundle))
     with _lock:
         _cache[key] = m
     return m
+
+
+def _load_pair_stage(bundle: Bundle) -> tuple[PairScorer | None, DecisionModel | None]:
+    """The cross-encoder stage of a (verified) bundle, or (None, None) when it has none."""
+    files = bundle.manifest["files"]
+    if "pair_model.onnx" not in files:
+        return None, None
+    cfg = bundle.manifest.get("pair_model", {})
+    summarizer = None
+    if "pair_summarizer.json" in files:
+        d = json.loads(bundle.file("pair_summarizer.json").read_text())
+        summarizer = Summarizer(d["idf"], float(d["default_idf"]))
+    scorer = PairScorer(bundle.file("pair_model.onnx"), files["pair_model.onnx"],
+                        bundle.file("pair_tokenizer.json"), cfg, summarizer)
+    stacked = DecisionModel.from_dict(json.loads(bundle.file("pair_decision.json").read_text()))
+    return scorer, stacked
 
 
 def active_matcher(name: str, home: str | os.PathLike[str] | None = None) -> Matcher | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,13 +27,14 @@ from .matchers import Matcher, load_matcher
 from .offer_vectors import (
     OfferVectors,
     code_columns,
+    content_salt,
     embed_offers,
-    encoder_identity,
     fuse_vectors,
     with_description_columns,
 )
 from .offers import Offer
 from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, pair_feature_matrix
+from .pair_scorer import stacked_features, top_m_mask
 from .settings import Settings
 from .store import ANN_MIN_ROWS, OfferIndex
 
@@ -141,7 +141,7 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
     Offer vectors are recomputed with ``matcher`` (or the zero-shot fusion) from the per-modality
     vectors, so a reused index made with another matcher is still correct.
     """
-    salt = json.dumps(encoder_identity(settings), sort_keys=True)
+    salt = content_salt(settings)
     hashes = [o.content_hash(salt) for o in offers]
     reused: dict[int, int] = {}  # source position -> row in reuse
     if reuse is not None:
@@ -290,24 +290,16 @@ def _full_text_scores(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
 
 
 def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
-          vector_k: int | None = None, lexical_k: int | None = None) -> Candidates:
-    """Candidates from the three channels, scored and cut to the best ``k`` per source."""
-    cfg = view.fusion
+          vector_k: int | None = None, lexical_k: int | None = None, pair_top_m: int | None = None) -> Candidates:
+    """Candidates from the three channels, scored and cut to the best ``k`` per source.
+
+    ``pair_top_m``: pairs per source the matcher's pair scorer re-scores (None: the bundle's default)."""
     s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k)
     sig = pair_signals(src, view, s, t)
-    gtin_rule = view.matcher is None or not view.matcher.decision.gtin_learnt()
-    if view.matcher is not None:
-        dm = view.matcher.decision
-        score = dm.score(decision_features(src, view, s, t, sig, dm.features))
-        if gtin_rule:  # the zero-shot GTIN rule on the trained model's scale (its thresholds may be near 1)
-            floor = dm.accept_threshold if np.isfinite(dm.accept_threshold) else dm.review_threshold
-            score = apply_gtin_evidence(score, sig.gtin, max(cfg.gtin_match_score, floor),
-                                        min(cfg.gtin_conflict_score, np.nextafter(dm.review_threshold, 0.0)))
-    else:
-        score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin)
+    score, second = score_pairs_of(src, view, s, t, sig, pair_top_m)
     # keep the best k per source, ranked by score
     order = np.lexsort((-score, s))
-    s, t, score = s[order], t[order], score[order]
+    s, t, score, second = s[order], t[order], score[order], second[order]
     lex, text, image = sig.lexical[order], sig.text[order], sig.image[order]
     idm, ratio = sig.id_match[order], sig.price_ratio[order]
     rank = np.zeros(len(s), dtype=np.int64)
@@ -316,14 +308,104 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
         counts = np.diff(np.r_[starts, len(s)])
         rank = np.arange(len(s)) - np.repeat(starts, counts) + 1
     keep = rank <= k
-    decision = (view.matcher.decision.decide(score[keep]) if view.matcher is not None
-                else decide(score[keep], cfg))
-    if gtin_rule and sig.gtin is not None:  # equal valid GTINs: accept, different ones: reject
-        decision = [("accept" if g > 0 else "reject") if g else d
-                    for d, g in zip(decision, sig.gtin[order][keep].tolist(), strict=True)]
+    gtin = sig.gtin[order][keep] if sig.gtin is not None else None
     return Candidates(source=s[keep], target=t[keep], rank=rank[keep], score=score[keep],
                       text_score=text[keep], image_score=image[keep], lexical_score=lex[keep],
-                      id_match=idm[keep], price_ratio=ratio[keep], decision=decision)
+                      id_match=idm[keep], price_ratio=ratio[keep],
+                      decision=_decide(view, score[keep], second[keep], gtin))
+
+
+def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, sig: PairSignals,
+                   pair_top_m: int | None = None, rescore: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``(score, second_stage)`` of (source, target) position pairs: the one scoring path of
+    ``match_products`` and ``score_pairs``.
+
+    Zero-shot: the fusion score. Trained: the matcher's calibrated decision model; with a pair scorer in
+    the bundle, each source's ``pair_top_m`` best pairs (bundle default when None; 0 = off) plus the pairs
+    marked in ``rescore`` are re-scored by the cross-encoder + stacked decision model (``second_stage``
+    marks them). Rank/gap features are relative to the pairs of the same source passed in together.
+    """
+    second = np.zeros(len(s), dtype=bool)
+    m, cfg = view.matcher, view.fusion
+    if m is None:
+        return pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin), second
+    dm = m.decision
+    raw = dm.raw(decision_features(src, view, s, t, sig, dm.features))
+    score = dm.calibrate(raw)
+    if m.pair is not None and m.pair_decision is not None:
+        second = top_m_mask(s, score, m.pair.top_m if pair_top_m is None else pair_top_m)
+        if rescore is not None:
+            second |= rescore
+        if second.any():
+            logits = m.pair.pair_logits(src, view.rows, s[second], t[second])
+            score = score.copy()
+            score[second] = m.pair_decision.score(stacked_features(raw[second], logits))
+    if not dm.gtin_learnt() and sig.gtin is not None:  # the zero-shot GTIN rule on the trained model's scale (its thresholds may be near 1)
+        floor = dm.accept_threshold if np.isfinite(dm.accept_threshold) else dm.review_threshold
+        score = apply_gtin_evidence(score, sig.gtin, max(cfg.gtin_match_score, floor),
+                                    min(cfg.gtin_conflict_score, np.nextafter(dm.review_threshold, 0.0)))
+    return score, second
+
+
+def _decide(view: TargetView, score: np.ndarray, second: np.ndarray | None = None,
+            gtin: np.ndarray | None = None) -> list[str]:
+    """accept/review/reject, each pair by the thresholds of the model that scored it; unless the matcher
+    learnt GTIN evidence, equal valid GTINs accept and different ones reject."""
+    m = view.matcher
+    if m is None:
+        out = decide(score, view.fusion)
+    else:
+        out = m.decision.decide(score)
+        if second is not None and second.any() and m.pair_decision is not None:
+            for i, d in zip(np.flatnonzero(second), m.pair_decision.decide(score[second]), strict=True):
+                out[i] = d
+    if (m is None or not m.decision.gtin_learnt()) and gtin is not None:
+        out = [("accept" if g > 0 else "reject") if g else d for d, g in zip(out, gtin.tolist(), strict=True)]
+    return out
+
+
+def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, k: int = 10,
+                exclude_self: bool = False, pair_top_m: int | None = None) -> Candidates:
+    """Score exactly the given (source position, target position) pairs, as :func:`match` would.
+
+    Each source's pair features (rank, gap to best) are computed over its ``match`` candidates plus
+    its given pairs, so a given pair that ``match`` returns gets the same score. ``rank``: the pair's
+    place among those by score. Output: one entry per given pair, in the given order. With a pair
+    scorer, every given pair is re-scored by it (``match`` re-scores only each source's top ``m``).
+    """
+    s = np.asarray(s, dtype=np.int64)
+    t = np.asarray(t, dtype=np.int64)
+    n_src = len(src.ids)
+    cs, ct = candidate_pairs(src, view, k, exclude_self) if n_src else (np.zeros(0, np.int64),) * 2
+    key_all = np.r_[s * view.n + t, cs * view.n + ct]
+    uniq = np.unique(key_all)
+    us, ut = uniq // max(view.n, 1), uniq % max(view.n, 1)
+    sig = pair_signals(src, view, us, ut)
+    given = np.zeros(len(uniq), dtype=bool)
+    at = np.searchsorted(uniq, s * view.n + t)
+    given[at] = True
+    score, second = score_pairs_of(src, view, us, ut, sig, pair_top_m, rescore=given)
+    score = np.asarray(score, dtype=np.float64)
+    order = np.lexsort((-score, us))
+    rank = np.zeros(len(us), dtype=np.int64)
+    if len(us):
+        so = us[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(so)) + 1]
+        counts = np.diff(np.r_[starts, len(so)])
+        rank[order] = np.arange(len(so)) - np.repeat(starts, counts) + 1
+    return Candidates(source=s, target=t, rank=rank[at], score=score[at], text_score=sig.text[at],
+                      image_score=sig.image[at], lexical_score=sig.lexical[at], id_match=sig.id_match[at],
+                      price_ratio=sig.price_ratio[at],
+                      decision=_decide(view, score[at], second[at], sig.gtin[at] if sig.gtin is not None else None))
+
+
+def match_offers(offers: list[Offer], view: TargetView, settings: Settings, k: int, exclude_self: bool = False,
+                 reuse: TargetView | None = None) -> Candidates:
+    """Source offers → scored candidates against ``view``: the one matching code path, called by
+    ``match_products`` (per DuckDB chunk) and by the Ray path (per source partition)."""
+    src = source_vectors(offers, settings, view.fusion, reuse=reuse, matcher=view.matcher)
+    return match(src, view, k, exclude_self=exclude_self, pair_top_m=settings.pair_top_m)
 
 
 def _rank_and_gap(src_pos: np.ndarray, fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ table itself is read and written only by ``store``.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -40,6 +41,11 @@ def encoder_identity(settings: Settings) -> dict[str, str]:
         out[f"{key}_model_sha256"] = b.manifest["files"].get(graph, "")
         out[f"{key}_dim"] = str(b.dim)
     return out
+
+
+def content_salt(settings: Settings) -> str:
+    """What every content hash is salted with: the encoders' identity (other encoders → other hashes)."""
+    return json.dumps(encoder_identity(settings), sort_keys=True)
 
 
 def _fsl(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:

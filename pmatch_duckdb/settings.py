@@ -32,6 +32,7 @@ class Settings:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     index_dir: Path | None = None  # where LanceDB indexes live; default: beside the database file
     text_batch_size: int = 64
+    pair_top_m: int | None = None  # candidates per source a trained pair scorer re-reads (None: the bundle's)
     image_batch_size: int = 32
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -51,6 +52,9 @@ class Settings:
         for key in ("max_image_pixels", "max_image_bytes", "text_batch_size", "image_batch_size"):
             if key in kwargs and (not isinstance(kwargs[key], int) or kwargs[key] <= 0):
                 raise ConfigError(f"{key} must be a positive integer, got {kwargs[key]!r}")
+        if kwargs.get("pair_top_m") is not None and (not isinstance(kwargs["pair_top_m"], int)
+                                                     or kwargs["pair_top_m"] < 0):
+            raise ConfigError(f"pair_top_m must be a non-negative integer, got {kwargs['pair_top_m']!r}")
         if kwargs.get("index_dir") is not None:
             kwargs["index_dir"] = Path(kwargs["index_dir"]).expanduser().resolve()  # type: ignore[arg-type]
         return cls(home=pmatch_home(home), image_roots=tuple(roots), **kwargs)  # type: ignore[arg-type]

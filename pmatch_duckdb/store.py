@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from .offer_vectors import (  # DESC_CHARS: re-exported (the description cut is 
     _fsl,
     _insert_description_columns,
     code_columns,
+    content_salt,
     description_columns,
     embed_offers,
     encoder_identity,
@@ -46,6 +48,26 @@ from .sqlident import check_index_name
 FORMAT = 3
 META_KEY = b"pmatch"
 ANN_MIN_ROWS = 100_000  # below this, exact search beats an ANN index (measured: benchmarks/README.md)
+
+
+Embedder = Callable[[list[str], FusionConfig], "pa.Table | pa.RecordBatchReader | None"]
+
+
+def _conform(rows: pa.Table | pa.RecordBatchReader | list | None, schema: pa.Schema
+             ) -> pa.Table | pa.RecordBatchReader:
+    """Index rows (a table, a reader, or a list of them) cast to the table's schema; a reader stays streamed."""
+    if rows is None:
+        return schema.empty_table()
+    if isinstance(rows, pa.Table):
+        return rows.select(schema.names).cast(schema)
+    parts = rows if isinstance(rows, list) else [rows]
+
+    def batches():
+        for part in parts:
+            for b in (part.to_batches() if isinstance(part, pa.Table) else part):
+                yield from pa.Table.from_batches([b]).select(schema.names).cast(schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 class OfferIndexError(PmatchError):
@@ -85,8 +107,14 @@ class OfferIndex:
         self.lock = OfferIndex._locks.setdefault(lock_key, threading.Lock())
 
     def exists(self) -> bool:
-        """Whether the LanceDB table exists."""
-        return self.name in self.db.list_tables().tables
+        """Whether the LanceDB table exists (with a committed version)."""
+        if self.name not in self.db.list_tables().tables:
+            return False
+        try:  # a process killed during the first build can leave the folder without any committed version
+            self.db.open_table(self.name)
+        except (ValueError, OSError, RuntimeError):
+            return False
+        return True
 
     def table(self) -> lancedb.table.Table:
         """The LanceDB table (clear error when missing)."""
@@ -129,6 +157,31 @@ class OfferIndex:
         one that made the index's offer vectors, every vector is re-projected from the cached
         per-modality vectors (the encoders are not run again).
         """
+        salt = content_salt(settings)
+        by_id = {o.id: o for o in offers}
+        hashes = {o.id: o.content_hash(salt) for o in offers}
+
+        def embed(ids: list[str], cfg: FusionConfig) -> pa.Table | None:
+            return embed_offers([by_id[i] for i in ids], settings, cfg, [hashes[i] for i in ids],
+                                progress=progress, matcher=matcher)
+
+        return self.refresh_hashes(hashes, embed, settings, cfg=cfg, source_table=source_table, rebuild=rebuild,
+                                   ann_min_rows=ann_min_rows, matcher=matcher, migrate_offers=offers,
+                                   codes={o.id: (o.gtin, o.mpn) for o in offers})
+
+    def refresh_hashes(self, hashes: dict[str, str], embed: Embedder, settings: Settings,
+                       cfg: FusionConfig | None = None, source_table: str = "", rebuild: bool = False,
+                       ann_min_rows: int = ANN_MIN_ROWS, matcher: Matcher | None = None,
+                       codes: dict[str, tuple[str | None, str | None]] | None = None,
+                       migrate_offers: list[Offer] | None = None) -> RefreshStats:
+        """The refresh itself, given every offer's content hash (see :func:`content_salt`) and an embedder.
+
+        ``embed(ids, cfg)`` returns the index rows of the offers ``ids`` (new or changed), as an Arrow
+        table or a ``RecordBatchReader`` (streamed into one write, e.g. from a Ray dataset), or None when
+        ``ids`` is empty. ``codes``: id → (gtin, mpn) of every offer (they feed no embedding: a row whose only
+        change is its codes is rewritten without embedding). Both ``refresh`` (in process) and the Ray path (``pmatch_duckdb.distributed``)
+        write through here: one index format, one incremental logic, one commit per refresh.
+        """
         t0 = time.perf_counter()
         with self.lock, write_lock(self.root, self.name):  # one writer per index, across processes too
             enc = encoder_identity(settings)
@@ -140,47 +193,48 @@ class OfferIndex:
             want = matcher.identity if matcher is not None else None
             if self.exists() and not rebuild and self.metadata().get("format", 1) < FORMAT:
                 self.check_encoders(settings)
-                self._migrate(offers)
+                if migrate_offers is None:
+                    raise OfferIndexError(f"index {self.name!r} has an older format; refresh it once with "
+                                          f"pm_index (or pmatch index without --ray), or rebuild it")
+                self._migrate(migrate_offers)
             if self.exists() and not rebuild and self.matcher_identity() != want:
                 self.check_encoders(settings)
                 reprojected = self._reproject(cfg or self.fusion(), matcher)
-            salt = json.dumps(enc, sort_keys=True)
-            hashes = {o.id: o.content_hash(salt) for o in offers}
             exists = self.exists() and not rebuild
             if exists:
                 self.check_encoders(settings)
                 cfg = cfg or self.fusion()
                 tbl = self.table()
-                old = tbl.to_arrow().select(["id", "content_hash", "gtin", "mpn"]) if tbl.count_rows() else None
+                old = (tbl.to_lance().to_table(columns=["id", "content_hash", "gtin", "mpn"]) if tbl.count_rows()
+                       else None)
                 old_map = dict(zip(old["id"].to_pylist(), old["content_hash"].to_pylist(), strict=True)) if old else {}
                 old_codes = dict(zip(old["id"].to_pylist(), zip(old["gtin"].to_pylist(), old["mpn"].to_pylist(),
                                                                  strict=True), strict=True)) if old else {}
             else:
                 cfg = cfg or FusionConfig()
                 old_map, old_codes = {}, {}
-            todo = [o for o in offers if old_map.get(o.id) != hashes[o.id]]
+            todo = [i for i, h in hashes.items() if old_map.get(i) != h]
             # GTIN/MPN feed no embedding: a row whose only change is its codes is rewritten, not re-embedded
-            recoded = [o for o in offers if o.id in old_map and old_map[o.id] == hashes[o.id]
-                       and old_codes[o.id] != (o.gtin, o.mpn)]
-            updated = sum(o.id in old_map for o in todo) + len(recoded)
+            codes = codes or {}
+            recoded = [i for i, h in hashes.items() if i in old_map and old_map[i] == h
+                       and old_codes[i] != codes.get(i, (None, None))]
+            updated = sum(i in old_map for i in todo) + len(recoded)
             deleted = [i for i in old_map if i not in hashes]
-            rows = embed_offers(todo, settings, cfg, [hashes[o.id] for o in todo], progress=progress, matcher=matcher)
+            rows = embed(todo, cfg)  # None when nothing is to be embedded
             meta = {"format": FORMAT, "encoders": enc, "fusion": cfg.to_dict(), "source_table": source_table,
                     "matcher": want}
             if not exists:
-                if rows is None:
-                    rows = embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False,
-                                        matcher=matcher)
-                    rows = rows.slice(0, 0)
-                rows = rows.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-                tbl = self.db.create_table(self.name, rows, mode="overwrite", on_bad_vectors="null")
+                schema = rows.schema if rows is not None else self._row_schema(settings, cfg, matcher)
+                schema = schema.with_metadata({META_KEY: json.dumps(meta).encode()})
+                tbl = self.db.create_table(self.name, _conform(rows, schema), mode="overwrite", on_bad_vectors="null")
             else:
                 if recoded:
-                    rows = self._recode_rows(tbl, recoded, rows)
-                if rows is not None and len(rows):
-                    rows = rows.select(tbl.schema.names).cast(tbl.schema)
+                    recoded_rows = self._recode_rows(
+                        tbl, [Offer(id=i, title=None, gtin=codes[i][0], mpn=codes[i][1]) for i in recoded], None)
+                    rows = recoded_rows if rows is None else [rows, recoded_rows]
+                if rows is not None:
                     (tbl.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-                     .execute(rows, on_bad_vectors="null"))
+                     .execute(_conform(rows, tbl.schema), on_bad_vectors="null"))
                 if deleted:
                     for s in range(0, len(deleted), 1000):
                         ids = ", ".join("'" + i.replace("'", "''") + "'" for i in deleted[s:s + 1000])
@@ -188,9 +242,15 @@ class OfferIndex:
             total = tbl.count_rows()
             ann = self._ensure_ann(tbl, total, ann_min_rows, changed=len(todo) + len(deleted))
             return RefreshStats(index=self.name, inserted=len(todo) + len(recoded) - updated, updated=updated,
-                                deleted=len(deleted), unchanged=len(offers) - len(todo) - len(recoded), total=total,
+                                deleted=len(deleted), unchanged=len(hashes) - len(todo) - len(recoded), total=total,
                                 version=int(tbl.version), ann_index=ann, seconds=round(time.perf_counter() - t0, 3),
                                 reprojected=reprojected)
+
+    @staticmethod
+    def _row_schema(settings: Settings, cfg: FusionConfig, matcher: Matcher | None) -> pa.Schema:
+        """The Arrow schema of index rows for these encoders (embedding one placeholder offer)."""
+        return embed_offers([Offer(id="__schema__", title="x")], settings, cfg, ["x"], progress=False,
+                            matcher=matcher).schema
 
     @staticmethod
     def _recode_rows(tbl: Any, offers: list[Offer], rows: Any) -> Any:

@@ -81,3 +81,40 @@ CREATE OR REPLACE TEMP MACRO product_clusters(pairs, registry := 'entities') AS 
         WHEN typeof(registry) NOT IN ('VARCHAR', '"NULL"')
             THEN error('product_clusters: registry must be VARCHAR, got ' || typeof(registry))
         ELSE _pm_clusters(pairs::VARCHAR, registry::VARCHAR) END, recursive := true);
+
+-- score_pairs(source, target, pairs): score GIVEN pairs instead of searching (last year's matches, a
+-- supplier's claimed links, a labelled sample). `pairs`: a table/view/CTE with columns source_id and
+-- target_id (ids of `source` and `target`). One row per input pair, in input order, with the columns of
+-- match_products (scored by the same code: matching.score_given), plus `note`: why a row has no score
+-- (a NULL id; a self pair in dedup mode, source = target). rank: the pair's place among its source's
+-- match_products candidates plus its given pairs; mutual_best over the given pairs.
+-- An id that is not in its table is an error naming it.
+CREATE OR REPLACE TEMP MACRO score_pairs(src, tgt, pairs) AS TABLE
+    WITH _pm_sp_pairs AS MATERIALIZED (
+        SELECT row_number() OVER () AS pair_no, q.source_id, q.target_id FROM query_table(pairs) AS q
+    ),
+    _pm_sp_src AS (
+        SELECT CAST(o.id AS VARCHAR) AS source_key, CAST(to_json(o) AS VARCHAR) AS source_row,
+               count(*) OVER (PARTITION BY CAST(o.id AS VARCHAR)) AS copies
+        FROM query_table(src) AS o
+    ),
+    _pm_sp_items AS (
+        SELECT list({'pair_no': p.pair_no, 'source_key': CAST(p.source_id AS VARCHAR),
+                     'target_key': CAST(p.target_id AS VARCHAR), 'source_row': s.source_row,
+                     'copies': s.copies} ORDER BY p.pair_no) AS l
+        FROM _pm_sp_pairs AS p LEFT JOIN (SELECT DISTINCT ON (source_key) * FROM _pm_sp_src) AS s
+            ON s.source_key = CAST(p.source_id AS VARCHAR)
+    ),
+    _pm_sp_scored AS (
+        SELECT _pm_score_pairs(src, tgt, l) AS r FROM _pm_sp_items
+    ),
+    _pm_sp_flat AS (
+        SELECT unnest(r, recursive := true) FROM _pm_sp_scored
+    )
+    SELECT src AS source_table, p.source_id, tgt AS target_table, p.target_id,
+           f.rank, f.score, f.text_score, f.image_score, f.lexical_score, f.identifier_match,
+           f.price_ratio, f.decision,
+           (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY CAST(p.target_id AS VARCHAR))) AS mutual_best,
+           f.human_verdict, f.note
+    FROM _pm_sp_pairs AS p JOIN _pm_sp_flat AS f ON f.pair_no = p.pair_no
+    ORDER BY p.pair_no;

@@ -32,6 +32,7 @@ import json, sys
 import pmatch_duckdb as pm
 assert pm.__file__.startswith(sys.prefix), pm.__file__  # the wheel, not the repository
 con = pm.connect("shop.duckdb")
+con.execute("SET enable_progress_bar = false")  # a slow machine would draw DuckDB's bar on stdout
 con.execute("CREATE TABLE catalog AS SELECT * FROM (VALUES (1, 'Sony KDL-40V4100 40in LCD TV', '4006381333931'), "
             "(2, 'Apple iPod nano 8GB silver', NULL), (3, 'Canon PowerShot SD1100 IS camera', NULL), "
             "(4, 'Sony Bravia KDL-40V4100 LCD television', NULL)) t(id, title, gtin)")

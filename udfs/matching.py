@@ -15,7 +15,7 @@ from pmatch_duckdb.context import PmatchContext
 from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.fusion import FusionConfig
 from pmatch_duckdb.matchers import active_matcher
-from pmatch_duckdb.matching import OfferVectors, match, source_vectors, target_view
+from pmatch_duckdb.matching import OfferVectors, match_offers, score_given, source_vectors, target_view
 from pmatch_duckdb.offer_vectors import embed_offers
 from pmatch_duckdb.offers import REQUIRED, OfferTableError, offer_from_mapping
 from pmatch_duckdb.review.labels import PairKey, current_verdicts, table_key
@@ -37,6 +37,18 @@ _HIT_SQL = duckdb.struct_type({"target_key": T.VARCHAR, "rank": T.INTEGER, "scor
                                "text_score": T.DOUBLE, "image_score": T.DOUBLE, "lexical_score": T.DOUBLE,
                                "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR,
                                "human_verdict": T.VARCHAR})
+
+
+_PAIR_IN_SQL = duckdb.struct_type({"pair_no": T.BIGINT, "source_key": T.VARCHAR, "target_key": T.VARCHAR,
+                                   "source_row": T.VARCHAR, "copies": T.BIGINT})
+_SCORED = pa.struct([("pair_no", pa.int64()), ("rank", pa.int32()), ("score", pa.float64()),
+                     ("text_score", pa.float64()), ("image_score", pa.float64()), ("lexical_score", pa.float64()),
+                     ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()), ("decision", pa.string()),
+                     ("human_verdict", pa.string()), ("note", pa.string())])
+_SCORED_SQL = duckdb.struct_type({"pair_no": T.BIGINT, "rank": T.INTEGER, "score": T.DOUBLE,
+                                  "text_score": T.DOUBLE, "image_score": T.DOUBLE, "lexical_score": T.DOUBLE,
+                                  "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR,
+                                  "human_verdict": T.VARCHAR, "note": T.VARCHAR})
 
 
 def _same_table(a: str, b: str) -> bool:
@@ -92,8 +104,7 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
                 raise OfferTableError(f"match_products: source {source!r} has duplicate id {o.id!r}; "
                                       "ids must be unique")
             seen.add(o.id)
-        src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse, matcher=view.matcher)
-        cand = match(src_vecs, view, kk, exclude_self=dedup)
+        cand = match_offers(offers, view, ctx.settings, kk, exclude_self=dedup, reuse=reuse)
         per_row: list[list[dict]] = [[] for _ in offers]
         ids = view.rows.ids
         # human verdicts (pm_labels) override the model's decision
@@ -129,6 +140,13 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         return pa.array([vec.tolist() if ok else None for vec, ok in zip(v.fused, has, strict=True)],
                         type=pa.list_(pa.float32()))
 
+    def pm_score_pairs(src: pa.ChunkedArray, tgt: pa.ChunkedArray, items: pa.ChunkedArray) -> pa.Array:
+        out = [None if it is None else _score_pairs(ctx, s_, t_, it)
+               for s_, t_, it in zip(as_pylist(src), as_pylist(tgt), as_pylist(items), strict=True)]
+        return pa.array([[] if o is None else o for o in out], type=pa.list_(_SCORED))
+
+    reg.add("_pm_score_pairs", pm_score_pairs, [T.VARCHAR, T.VARCHAR, duckdb.list_type(_PAIR_IN_SQL)],
+            duckdb.list_type(_SCORED_SQL), side_effects=True, null_handling="special")
     reg.add("_pm_embed_offer", pm_embed_offer, [T.VARCHAR, T.VARCHAR, duckdb.list_type(T.VARCHAR), T.DOUBLE],
             duckdb.list_type(T.FLOAT), null_handling="special")
     reg.add("_pm_index", pm_index, [T.VARCHAR, T.VARCHAR, T.BOOLEAN],
@@ -207,3 +225,84 @@ def _clusters(ctx: PmatchContext, pairs_table: str, registry: str) -> list[dict]
     ent = assign_entities(ctx.index_root, registry, list(dict.fromkeys(members)), pairs)
     return [{"table_name": key.split(":", 1)[0], "offer_id": key.split(":", 1)[1], "entity_id": e}
             for key, e in sorted(ent.items())]
+
+
+def _name_some(ids: list[str], n: int = 10) -> str:
+    head = ", ".join(repr(i) for i in ids[:n])
+    return head + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _target_view_for(ctx: PmatchContext, target: str):
+    """The target's index view, built (or re-projected for the active matcher) when needed."""
+    index = OfferIndex(ctx.index_root, check_index_name(index_name_for(target)))
+    matcher = active_matcher(ctx.settings.matcher, ctx.settings.home)
+    want = matcher.identity if matcher is not None else None
+    if not index.exists() or index.matcher_identity() != want:
+        index_table(ctx, target, progress=False)
+    index.check_encoders(ctx.settings)
+    return target_view(index, ctx.settings.home)
+
+
+def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, items: list[dict]) -> list[dict]:
+    """``score_pairs``: score the given pairs (one dict per item, in order) with match_products' scoring."""
+    if source is None or target is None:
+        raise PmatchError("score_pairs: source and target table names must not be NULL")
+    if not items:
+        return []
+    view = _target_view_for(ctx, target)
+    dedup = _same_table(source, target)
+    dup = sorted({it["source_key"] for it in items if (it["copies"] or 0) > 1})
+    if dup:
+        raise OfferTableError(f"score_pairs: source {source!r} has duplicate id(s) {_name_some(dup)}; "
+                              "ids must be unique")
+    unknown_s = list(dict.fromkeys(it["source_key"] for it in items
+                                   if it["source_key"] is not None and it["source_row"] is None))
+    unknown_t = list(dict.fromkeys(it["target_key"] for it in items
+                                   if it["target_key"] is not None and it["target_key"] not in view.pos))
+    if unknown_s or unknown_t:
+        parts = []
+        if unknown_s:
+            parts.append(f"{len(unknown_s)} source_id(s) not in {source!r}: {_name_some(unknown_s)}")
+        if unknown_t:
+            parts.append(f"{len(unknown_t)} target_id(s) not in {target!r}: {_name_some(unknown_t)}")
+        raise PmatchError(f"score_pairs: unknown ids in the pairs: {'; '.join(parts)}")
+    out: list[dict | None] = [None] * len(items)
+    todo = []
+    for i, it in enumerate(items):
+        note = ("source_id is NULL" if it["source_key"] is None else "target_id is NULL" if it["target_key"] is None
+                else "self pair (dedup mode)" if dedup and it["source_key"] == it["target_key"] else None)
+        if note:
+            out[i] = {"pair_no": it["pair_no"], "rank": None, "score": None, "text_score": None,
+                      "image_score": None, "lexical_score": None, "identifier_match": None, "price_ratio": None,
+                      "decision": None, "human_verdict": None, "note": note}
+        else:
+            todo.append(i)
+    if todo:
+        src_pos: dict[str, int] = {}
+        rows = []
+        for i in todo:
+            key = items[i]["source_key"]
+            if key not in src_pos:
+                src_pos[key] = len(rows)
+                rows.append({k.lower(): v for k, v in json.loads(items[i]["source_row"]).items()})
+        missing = [c for c in REQUIRED if c not in rows[0]]
+        if missing:
+            raise OfferTableError(
+                f"score_pairs: source {source!r} lacks required column(s) {', '.join(missing)}; it has "
+                f"{', '.join(rows[0])}. Map your columns with a view (... name AS title ...)")
+        offers = [offer_from_mapping(r) for r in rows]
+        reuse = view if dedup else _source_view(ctx, source)
+        src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse, matcher=view.matcher)
+        s = np.array([src_pos[items[i]["source_key"]] for i in todo], dtype=np.int64)
+        t = np.array([view.pos[items[i]["target_key"]] for i in todo], dtype=np.int64)
+        cand = score_given(src_vecs, view, s, t, exclude_self=dedup, pair_top_m=ctx.settings.pair_top_m)
+        # human verdicts (pm_labels) override the model's decision, as in match_products
+        keys = [PairKey.of(source, items[i]["source_key"], target, items[i]["target_key"]) for i in todo]
+        decisions, human = override_decisions(keys, cand.decision, _verdicts(ctx, source, target))
+        for j, i in enumerate(todo):
+            out[i] = {"pair_no": items[i]["pair_no"], "rank": int(cand.rank[j]), "score": _nan_none(cand.score[j]),
+                      "text_score": _nan_none(cand.text_score[j]), "image_score": _nan_none(cand.image_score[j]),
+                      "lexical_score": float(cand.lexical_score[j]), "identifier_match": bool(cand.id_match[j]),
+                      "price_ratio": _nan_none(cand.price_ratio[j]), "decision": decisions[j],
+                      "human_verdict": human[j], "note": None}
+    return out

@@ -37,6 +37,7 @@ from ..matching import OfferVectors, TargetView, candidate_pairs, decision_featu
 from ..offer_vectors import encoder_identity
 from ..sqlident import index_name_for, quote_ident, quote_qualified
 from ..store import OfferIndex
+from .pair_model import PairOptions
 from .projection import export_projection_onnx, train_projection
 
 
@@ -179,6 +180,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                   valid_fraction: float = 0.2, target_precision: float = 0.99, max_recall_loss: float = 0.02,
                   spec: dict | None = None, activate: bool = True, progress: bool = True,
                   decision_model: str = "logistic", cross_fit: bool = True, mine_negatives: int = 0,
+                  pair_model: bool = True, pair_options: PairOptions | None = None,
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train a matcher version (projection + decision model) and, by default, activate it.
 
@@ -194,6 +196,9 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     of 1; see the comment in the code). ``mine_negatives``: per training anchor, this many of its best
     zero-shot candidates (vector, lexical and identifier channels) outside its label component join the
     projection's hard negatives (closed-world labels; the decision model still sees only its own pairs).
+    ``pair_model``: also train the pair scorer (a cross-encoder re-reading each source's top candidates,
+    stacked onto the decision model; ``training/pair_model.py``) where there are enough labelled matches
+    (``pair_options.min_positives``); ``pair_options`` holds its knobs.
     """
     t0 = time.perf_counter()
     ctx = context_of(con)
@@ -279,6 +284,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     all_pos = np.vstack([pos, vpos_given]) if len(vpos_given) else pos
     truth_pairs = {(int(a), int(b)) for a, b in all_pos} | {(int(b), int(a)) for a, b in all_pos}
 
+    last_pairs: dict[str, np.ndarray] = {}  # the (source, target) global positions of pair_data's last call
+
     def pair_data(vectors: OfferVectors, split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
         view = target_view.with_fused(vectors.fused[tgt_pos])
         if open_world:
@@ -290,6 +297,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             t_local = np.array([view.pos[rows.ids[i]] for i in tgt_idx], dtype=np.int64)
             s_local = np.arange(len(src_idx))
             src = vectors.take(src_idx)
+            last_pairs.update(src=src_idx, tgt=tgt_idx)
         else:
             srcs = [i for i in range(len(rows.ids)) if side[i] == src_side and comp[i] in split_comps] \
                 if split_comps is not None else [i for i in range(len(rows.ids)) if side[i] == src_side]
@@ -297,6 +305,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             s_local, t_local = candidate_pairs(src, view, 10, exclude_self=len(tables) == 1)
             y = np.array([(srcs[a], int(tgt_pos[b])) in truth_pairs for a, b in zip(s_local, t_local, strict=True)],
                          dtype=np.float64)
+            last_pairs.update(src=np.asarray(srcs, dtype=np.int64)[s_local], tgt=tgt_pos[t_local])
         sig = pair_signals(src, view, s_local, t_local)
         return decision_features(src, view, s_local, t_local, sig), y
 
@@ -325,6 +334,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         x_tr, y_tr = pair_data(trained, tpos, tneg, None if open_world else train_comps)
         f_tr = None
     x_va, y_va = pair_data(trained, vpos, vneg, None if open_world else valid_comp)
+    valid_pairs_pos = dict(last_pairs)
     if y_tr.sum() == 0 or y_va.sum() == 0:
         raise TrainingError("no positive pair among the decision model's training or validation candidates")
     decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss, kind=decision_model,
@@ -350,6 +360,23 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
     try:
         export_projection_onnx(w, tmp / "projection.onnx")
+        pair_entry = None
+        popts = pair_options or PairOptions()
+        if pair_model and len(tpos) < popts.min_positives:
+            log(f"pair model skipped: {len(tpos)} labelled training matches (needs ≥ {popts.min_positives}; "
+                "pair_options.min_positives / --pair-min-matches)")
+        elif pair_model:
+            from .pair_model import pair_stage
+
+            pair_entry = pair_stage(
+                tmp, popts, rows=trained, decision=decision, open_world=open_world,
+                view=target_view.with_fused(trained.fused[tgt_pos]), tgt_pos=tgt_pos, comp=comp,
+                truth_pairs=truth_pairs, exclude_self=len(tables) == 1,
+                train_split=pair_data(trained, tpos, tneg, None if open_world else train_comps) + (dict(last_pairs),),
+                valid_split=(x_va, y_va, valid_pairs_pos), target_precision=target_precision,
+                max_recall_loss=max_recall_loss, log=log)
+            if pair_entry is not None:
+                metrics["valid_pair_model"] = pair_entry["valid"]
         (tmp / "decision.json").write_text(json.dumps(decision.to_dict(), indent=1))
         write_manifest(tmp, {
             "name": name, "version": version, "modality": "matcher", "dim": dim, "kind": "pmatch-matcher",
@@ -364,6 +391,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                          "decision_model": decision.kind},
             "thresholds": {"accept": decision.to_dict()["accept_threshold"], "review": decision.review_threshold},
             "metrics": metrics, "loss_history": history,
+            **({"pair_model": pair_entry} if pair_entry else {}),
         })
         tmp.rename(final)
     finally:

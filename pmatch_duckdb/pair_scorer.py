@@ -1,0 +1,220 @@
+"""The pair scorer at match time: a cross-encoder (ONNX, onnxruntime only) reading both offers at once.
+
+A matcher bundle may hold ``pair_model.onnx`` + ``pair_tokenizer.json`` + ``pair_decision.json``
+(trained by :mod:`pmatch_duckdb.training.pair_model`). Matching then runs in two stages:
+
+1. the decision model (``decision.json``) scores every candidate pair from the cheap pair features;
+2. the ``m`` best of each source by that score (``pair_top_m``, default :data:`DEFAULT_TOP_M`) are
+   re-read by the cross-encoder, and the stacked decision model (``pair_decision.json``: logistic
+   regression over the stage-1 logit and the cross-encoder logit, isotonic-calibrated, thresholds from
+   held-out scores like stage 1) gives their final ``score`` and ``decision``.
+
+Pairs outside the top ``m`` keep their stage-1 score. Offers are serialised Ditto-style
+(:func:`serialize_offer`): ``COL title VAL ... COL brand VAL ... COL price VAL ... COL id VAL ...
+COL description VAL ...``; the pair is tokenised as a BERT sentence pair (``[CLS] a [SEP] b [SEP]``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TOP_M = 3
+_NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(?![\w.])")
+_WORD = re.compile(r"[a-z0-9][a-z0-9\-./]*")
+_STOP = frozenset(["a", "an", "and", "the", "of", "for", "with", "to", "in", "on", "by", "is", "are", "this", "that", "from", "your", "you", "it", "its", "or", "as", "at", "be"])
+
+
+@dataclass(frozen=True)
+class SerializeOptions:
+    """How an offer becomes text (the Ditto levers; recorded in the bundle manifest).
+
+    ``mark_ids``: product identifiers and numbers are marked (``COL id VAL`` attribute, and numbers in the
+    title wrapped in ``#``), Ditto's domain-knowledge injection. ``summarize``: the description is cut to
+    its ``desc_tokens`` highest-TF-IDF words (idf from the corpus given to :meth:`Summarizer.fit`) in their
+    original order, instead of its first ``desc_tokens`` words.
+    """
+
+    mark_ids: bool = True
+    summarize: bool = False
+    desc_tokens: int = 24
+
+    def to_dict(self) -> dict:
+        return {"mark_ids": self.mark_ids, "summarize": self.summarize, "desc_tokens": self.desc_tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SerializeOptions:
+        return cls(bool(d.get("mark_ids", True)), bool(d.get("summarize", False)), int(d.get("desc_tokens", 24)))
+
+
+@dataclass
+class Summarizer:
+    """Description → its highest-TF-IDF words (Ditto's summarisation), idf stored as JSON in the bundle."""
+
+    idf: dict[str, float] = field(default_factory=dict)
+    default_idf: float = 0.0
+
+    @classmethod
+    def fit(cls, texts: Sequence[str | None]) -> Summarizer:
+        df: Counter[str] = Counter()
+        n = 0
+        for t in texts:
+            if t:
+                n += 1
+                df.update(set(_WORD.findall(t.lower())))
+        idf = {w: math.log((1 + n) / (1 + c)) + 1.0 for w, c in df.items() if c > 1}
+        return cls(idf, math.log(1 + n) + 1.0)
+
+    def summarize(self, text: str, n: int) -> str:
+        words = text.split()
+        if len(words) <= n:
+            return text
+        tf = Counter(w.lower() for w in words)
+        def weight(w: str) -> float:
+            k = w.lower()
+            if k in _STOP or not _WORD.fullmatch(k.strip(",;:()")):
+                return 0.0
+            return tf[k] * self.idf.get(k.strip(",;:()"), self.default_idf)
+        best = sorted(range(len(words)), key=lambda i: (-weight(words[i]), i))[:n]
+        return " ".join(words[i] for i in sorted(best))
+
+
+def _fmt_price(p: float | None) -> str | None:
+    if p is None or not np.isfinite(p) or p <= 0:
+        return None
+    return f"{p:.2f}"
+
+
+def serialize_offer(title: str | None, brand: str | None, price: float | None, idents: Sequence[str],
+                    description: str | None, opts: SerializeOptions, summarizer: Summarizer | None = None) -> str:
+    """One offer as Ditto-style text (attributes that are missing are left out)."""
+    parts: list[str] = []
+    t = (title or "").strip()
+    if opts.mark_ids:
+        t = _NUMBER.sub(r"# \1 #", t)
+    parts.append(f"COL title VAL {t}")
+    if brand:
+        parts.append(f"COL brand VAL {brand.strip()}")
+    pr = _fmt_price(price)
+    if pr:
+        parts.append(f"COL price VAL {pr}")
+    if opts.mark_ids and idents:
+        parts.append("COL id VAL " + " ".join(list(dict.fromkeys(idents))[:4]))
+    d = (description or "").strip()
+    if d and opts.desc_tokens > 0:
+        if opts.summarize and summarizer is not None:
+            d = summarizer.summarize(d, opts.desc_tokens)
+        else:
+            d = " ".join(d.split()[:opts.desc_tokens])
+        parts.append(f"COL description VAL {d}")
+    return " ".join(parts)
+
+
+def serialize_rows(rows, positions: Sequence[int], opts: SerializeOptions,
+                   summarizer: Summarizer | None = None) -> list[str]:
+    """Serialised text of ``rows`` (an :class:`~pmatch_duckdb.offer_vectors.OfferVectors`) at ``positions``."""
+    out = []
+    for i in positions:
+        i = int(i)
+        ids = list(rows.idents[i]) + [x for x in rows.desc_idents[i] if x not in rows.idents[i]]
+        out.append(serialize_offer(rows.titles[i], rows.brands[i], float(rows.price[i]), ids,
+                                   rows.descriptions[i], opts, summarizer))
+    return out
+
+
+class PairTokenizer:
+    """Sentence-pair WordPiece tokenisation with longest-first truncation to ``max_len`` (``tokenizers``)."""
+
+    def __init__(self, tokenizer_json: Path | str, max_len: int) -> None:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tokenizer_json))
+        tok.no_padding()
+        tok.enable_truncation(max_len, strategy="longest_first")
+        self.tok = tok
+        self.max_len = max_len
+
+    def __call__(self, a: Sequence[str], b: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask, token_type_ids) int64[n, width], padded with 0."""
+        encs = self.tok.encode_batch(list(zip(a, b, strict=True)), add_special_tokens=True)
+        width = max((len(e.ids) for e in encs), default=1)
+        ids = np.zeros((len(encs), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for r, e in enumerate(encs):
+            n = len(e.ids)
+            ids[r, :n], mask[r, :n], types[r, :n] = e.ids, 1, e.type_ids
+        return ids, mask, types
+
+
+class PairScorer:
+    """The cross-encoder of a matcher bundle, run with onnxruntime: logit that two offers match."""
+
+    def __init__(self, onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
+                 summarizer: Summarizer | None = None, threads: int | None = None, batch_size: int = 32) -> None:
+        from .encoders.sessions import get_session, intra_op_threads
+
+        self.config = config
+        self.opts = SerializeOptions.from_dict(config.get("serialize", {}))
+        self.summarizer = summarizer
+        self.max_len = int(config["max_len"])
+        self.top_m = int(config.get("top_m", DEFAULT_TOP_M))
+        self.tokenize = PairTokenizer(tokenizer_json, self.max_len)
+        self.session = get_session(onnx_path, sha256, threads or intra_op_threads())
+        self.batch_size = batch_size
+
+    def logits(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """float32[n] logits for the text pairs (batched; sorted by length to keep padding small)."""
+        n = len(a)
+        out = np.zeros(n, dtype=np.float32)
+        if not n:
+            return out
+        order = np.argsort([len(x) + len(y) for x, y in zip(a, b, strict=True)], kind="stable")
+        for s in range(0, n, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            ids, mask, types = self.tokenize([a[i] for i in idx], [b[i] for i in idx])
+            out[idx] = self.session.run(["logit"], {"input_ids": ids, "attention_mask": mask,
+                                                     "token_type_ids": types})[0].reshape(-1)
+        return out
+
+    def pair_logits(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Logits of (source position, target position) pairs of two :class:`OfferVectors`."""
+        us, inv_s = np.unique(s, return_inverse=True)
+        ut, inv_t = np.unique(t, return_inverse=True)
+        ta = serialize_rows(src, us, self.opts, self.summarizer)
+        tb = serialize_rows(tgt, ut, self.opts, self.summarizer)
+        return self.logits([ta[i] for i in inv_s], [tb[j] for j in inv_t])
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), clipped away from 0 and 1."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def stacked_features(stage1_raw: np.ndarray, pair_logit: np.ndarray) -> np.ndarray:
+    """The stacked decision model's input: [stage-1 logit, cross-encoder logit]."""
+    return np.stack([logit(stage1_raw), np.asarray(pair_logit, dtype=np.float64)], axis=1)
+
+
+STACKED_FEATURES = ("stage1_logit", "pair_model_logit")
+
+
+def top_m_mask(s: np.ndarray, score: np.ndarray, m: int) -> np.ndarray:
+    """True for each source's ``m`` best pairs by ``score``."""
+    mask = np.zeros(len(s), dtype=bool)
+    if not len(s) or m <= 0:
+        return mask
+    order = np.lexsort((-score, s))
+    so = s[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(so)) + 1]
+    counts = np.diff(np.r_[starts, len(so)])
+    rank = np.arange(len(so)) - np.repeat(starts, counts)
+    mask[order[rank < m]] = True
+    return mask

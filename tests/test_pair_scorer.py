@@ -1,0 +1,72 @@
+"""The pair scorer (cross-encoder stage of a matcher): serialisation, augmentation, fine-tuning, ONNX =
+torch, top-m selection. End to end (training inside train_matcher, bundle): test_pair_scorer_e2e.py."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pmatch_duckdb.pair_scorer import PairScorer, SerializeOptions, Summarizer, serialize_offer, top_m_mask
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+from pmatch_duckdb.training.pair_model import (  # noqa: E402
+    PairTrainConfig,
+    augment_pair,
+    export_cross_encoder,
+    minilm_dir,
+    torch_logits,
+    train_cross_encoder,
+)
+
+TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 128}
+
+
+def test_serialization_marks_ids_and_summarizes():
+    opts = SerializeOptions(mark_ids=True, desc_tokens=4)
+    s = serialize_offer("Sony KDL-40V4100 40 inch TV", "Sony", 499.0, ["kdl40v4100"], "a b c d e f", opts)
+    assert s == ("COL title VAL Sony KDL-40V4100 # 40 # inch TV COL brand VAL Sony COL price VAL 499.00 "
+                 "COL id VAL kdl40v4100 COL description VAL a b c d")
+    plain = serialize_offer("Sony TV 40", None, float("nan"), ["x1"], None, SerializeOptions(mark_ids=False))
+    assert plain == "COL title VAL Sony TV 40"
+    summ = Summarizer.fit(["the camera body is black", "the camera lens is black", "the great zoom lens x100"] * 2)
+    out = serialize_offer("t", None, None, [], "the great camera is the zoom lens x100 black",
+                          SerializeOptions(summarize=True, desc_tokens=3), summ)
+    assert out.endswith("COL description VAL great zoom x100")  # rare words kept, in their order
+
+
+def test_augmentation_keeps_the_content_words():
+    rng = random.Random(0)
+    a, b = "COL title VAL one two three four five six COL brand VAL x", "COL title VAL other"
+    for _ in range(20):
+        x, y = augment_pair(a, b, rng)
+        assert {x, y} == {a, b} or (len((x + y).split()) <= len((a + b).split()))
+
+
+def test_onnx_export_equals_torch(tmp_path: Path):
+    tok = minilm_dir() / "tokenizer.json"
+    a = ["COL title VAL acme widget pro", "COL title VAL b", "COL title VAL sony tv 40 inch black"] * 4
+    b = ["COL title VAL acme widget lite", "COL title VAL b c", "COL title VAL sony television"] * 4
+    y = np.array([0, 1, 1] * 4, dtype=np.float32)
+    model, info = train_cross_encoder(a, b, y, tok, PairTrainConfig(max_len=24, epochs=2, batch_size=4, threads=1,
+                                                                    freeze_layers=0, tiny_bert=TINY))
+    assert info["steps"] == 6 and len(info["loss_history"]) == 2
+    diff = export_cross_encoder(model, tmp_path, tok, 24, a, b)
+    assert diff <= 1e-4
+    cfg = {"max_len": 24, "serialize": SerializeOptions().to_dict()}
+    from pmatch_duckdb.bundles import sha256_file
+
+    scorer = PairScorer(tmp_path / "pair_model.onnx", sha256_file(tmp_path / "pair_model.onnx"),
+                        tmp_path / "pair_tokenizer.json", cfg, batch_size=5)  # batches of uneven length
+    np.testing.assert_allclose(scorer.logits(a, b), torch_logits(model, tok, 24, a, b), atol=1e-4)
+
+
+def test_top_m_mask():
+    s = np.array([0, 0, 0, 1, 1, 2])
+    sc = np.array([0.1, 0.9, 0.5, 0.2, 0.3, 0.0])
+    assert top_m_mask(s, sc, 2).tolist() == [False, True, True, True, True, True]
+    assert not top_m_mask(s, sc, 0).any()
