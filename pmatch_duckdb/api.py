@@ -32,7 +32,7 @@ def context_of(con: duckdb.DuckDBPyConnection) -> PmatchContext:
 def index_table(ctx: PmatchContext, table: str, index_name: str | None = None, rebuild: bool = False,
                 progress: bool = True, fusion: FusionConfig | None = None) -> RefreshStats:
     """Build or incrementally refresh the LanceDB index of an offer table (reads it through a cursor)."""
-    name = check_index_name(index_name or index_name_for(table))
+    name = check_index_name(index_name if index_name is not None else index_name_for(table))  # '' is no name
     cur = ctx.con.cursor()
     try:
         offers = read_offers(cur, table)

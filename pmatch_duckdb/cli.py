@@ -96,6 +96,51 @@ def models_export_openclip(arch: str | None, weights: str, name: str, pretrained
         raise click.ClickException(str(e)) from None
 
 
+@models.command("export-text", epilog=EX("pmatch models export-text --path ~/models/multilingual-e5-small --name my-e5 --prefix 'query: '"))
+@click.option("--path", "path", required=True, type=click.Path(),
+              help="Local model folder: a sentence-transformers folder (modules.json, 1_Pooling/, ...) or a plain "
+                   "Hugging Face one (config.json, weights, tokenizer files). Nothing is downloaded.")
+@click.option("--name", required=True, help="Bundle name; SQL selects it with pm_embed_text(t, NAME).")
+@click.option("--pooling", default=None,
+              help="Override the pooling: mean, cls, lasttoken, max, mean_sqrt_len_tokens, weightedmean "
+                   "(default: the folder's 1_Pooling config, else mean).")
+@click.option("--prefix", default=None,
+              help="Text put in front of every text the model embeds, e.g. 'query: ' for E5 models "
+                   "(default: the model's default prompt, else none).")
+@click.option("--prompt", "prompts", multiple=True, metavar="NAME=TEXT",
+              help="A named prompt recorded in the manifest beside the model's own (repeatable), e.g. "
+                   "passage='passage: '.")
+@click.option("--max-length", type=int, default=None,
+              help="Truncate at this many tokens (default: the model's max length).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle of that name.")
+@click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
+def models_export_text(path: str, name: str, pooling: str | None, prefix: str | None, prompts: tuple[str, ...],
+                       max_length: int | None, force: bool, home: str | None) -> None:
+    """Export a local sentence-transformers / Hugging Face text model (BERT, XLM-R, MPNet, ...) to a text bundle.
+
+    Then pm_embed_text(title, NAME) in SQL, or pm.connect(..., text_model=NAME) for indexing and matching.
+    Matching is symmetric, so E5 models want --prefix 'query: '. Needs the build extra (torch,
+    transformers); the bundle runs on onnxruntime + tokenizers only.
+    """
+    try:
+        from .build.text_hf import export_text
+    except ImportError as e:
+        raise click.ClickException(
+            f"exporting text models needs the build extra ({e}); install it with: pip install 'pmatch-duckdb[build]'"
+        ) from None
+    named = {}
+    for p in prompts:
+        key, sep, text = p.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{p!r}: expected NAME=TEXT", param_hint="--prompt")
+        named[key] = text
+    try:
+        export_text(path, name, home=home, pooling=pooling, prefix=prefix, prompts=named or None,
+                    max_length=max_length, force=force, log=click.echo)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @models.command("list", epilog=EX("pmatch models list"))
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 def models_list(home: str | None) -> None:
@@ -111,7 +156,7 @@ def models_list(home: str | None) -> None:
         bad += bool(problems)
         src = b.manifest.get("source", {})
         click.echo(f"{b.name:<24} {b.modality:<8} {b.dim:>5}  {'yes' if not problems else 'NO':<8}  "
-                   f"{src.get('package', '')} {src.get('version', '')}")
+                   f"{src.get('package') or ''} {src.get('version') or src.get('folder') or ''}")
         for p in problems:
             click.echo(f"    problem: {p}")
     _list_matchers(home)
@@ -175,7 +220,23 @@ def models_rollback(name: str, home: str | None) -> None:
     click.echo(f"matcher {name}: {v or 'zero-shot (no trained version active)'}")
 
 
+_TEXT_MODEL_KEY = "pmatch.text_model"
+
+
+def _remember_text_model(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_TEXT_MODEL_KEY] = value
+
+
+# --text-model NAME on the commands that open a connection (read by _open): the text encoder bundle for
+# indexing, matching and training instead of minilm-l6-v2 (an index records its encoders and refuses others)
+text_model_option = click.option(
+    "--text-model", default=None, expose_value=False, callback=_remember_text_model,
+    help="Text encoder bundle (default minilm-l6-v2), e.g. one made by `pmatch models export-text`.")
+
+
 @main.command("train", epilog=EX("pmatch train shop.duckdb --offers feed --offers catalog --pairs labels"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.option("--offers", multiple=True, required=True, help="Offer table; give two for source and target.")
 @click.option("--pairs", default=None, help="Labels table: left_id, right_id[, label].")
@@ -234,6 +295,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
 
 
 @main.command("evaluate", epilog=EX("pmatch evaluate shop.duckdb --source feed --target catalog --pairs test_labels --out report/"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.option("--source", required=True, help="Source offer table.")
 @click.option("--target", required=True, help="Target offer table.")
@@ -264,6 +326,10 @@ def _open(db: str, home: str | None, image_roots: tuple[str, ...], matcher: str 
     from .connection import connect
 
     extra = {"matcher": matcher} if matcher else {}
+    ctx = click.get_current_context(silent=True)
+    text_model = ctx.meta.get(_TEXT_MODEL_KEY) if ctx is not None else None
+    if text_model:  # --text-model: e.g. a multilingual model exported with `pmatch models export-text`
+        extra["text_model"] = text_model
     return connect(db, home=home, image_roots=list(image_roots) or None, **extra)
 
 
@@ -276,6 +342,7 @@ RAY_WORKERS_OPTION = click.option("--workers", type=int, default=None,
 
 
 @main.command("index", epilog=EX("pmatch index shop.duckdb catalog --image-root ./images"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("table")
 @click.option("--name", default=None, help="Index name (default: the table's name).")
@@ -305,6 +372,7 @@ def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_
 
 
 @main.command("match", epilog=EX("pmatch match shop.duckdb feed catalog -k 5 --into matches"))
+@text_model_option
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("source")
 @click.argument("target")
@@ -350,6 +418,7 @@ def match_cmd(database: str, source: str, target: str, k: int, into: str | None,
 
 
 @main.command("sql", epilog=EX("pmatch sql shop.duckdb -c \"SELECT * FROM match_products('feed', 'catalog', k := 3)\" --format csv"))
+@text_model_option
 @click.argument("database", required=False, default=":memory:")
 @click.option("-c", "--command", "commands", multiple=True,
               help="Run these statements (repeatable; ';'-separated), print the results and exit.")

@@ -107,8 +107,14 @@ class OfferIndex:
         self.lock = OfferIndex._locks.setdefault(lock_key, threading.Lock())
 
     def exists(self) -> bool:
-        """Whether the LanceDB table exists."""
-        return self.name in self.db.list_tables().tables
+        """Whether the LanceDB table exists (with a committed version)."""
+        if self.name not in self.db.list_tables().tables:
+            return False
+        try:  # a process killed during the first build can leave the folder without any committed version
+            self.db.open_table(self.name)
+        except (ValueError, OSError, RuntimeError):
+            return False
+        return True
 
     def table(self) -> lancedb.table.Table:
         """The LanceDB table (clear error when missing)."""

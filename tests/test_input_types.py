@@ -169,3 +169,13 @@ def test_table_macros_name_themselves(con, record, expr, fn):
     msg = fails(con, f"SELECT * FROM {expr}")
     assert fn in msg, msg
     record("types", f"`{expr}`", "error: " + msg[msg.index(fn):][:100])
+
+
+def test_score_pairs_names_itself(con, record):
+    good_target(con)
+    con.execute("CREATE TABLE bad AS SELECT 1 AS id, 'x' AS title, 42 AS images")
+    con.execute("CREATE TABLE p AS SELECT 1 AS source_id, 1 AS target_id")
+    msg = fails(con, "SELECT * FROM score_pairs('good', 'bad', 'p')")
+    assert "score_pairs: column 'images'" in msg and "pm_score_pairs" not in msg, msg
+    record("types", "score_pairs over a target whose images column is INTEGER",
+           "error: " + msg[msg.index("score_pairs"):][:100])

@@ -256,3 +256,23 @@ def test_pm_models_and_empty_inputs(rcon, record):
         assert out in ([], [([],)], [(None,)]), (sql, out)
     record("table shapes", "empty lists and zero-row inputs to scalar functions",
            "zero rows → zero rows; [] → NULL vector / [] reasons; [NULL] → NULL vector")
+
+
+# --------------------------------------------------------------------------------------------- identifier codes
+
+def test_code_functions_over_the_text_corpus(rcon, record):
+    """pm_gtin / pm_gtin_error over every text kind, plus numbers of odd types: one row per row, NULL with reason."""
+    cases = text_cases()
+    register(rcon, "codes", {"i": pa.array(range(len(cases)), pa.int32()),
+                             "t": pa.array([c[1] for c in cases], pa.string())})
+    rows = rcon.execute("SELECT i, t IS NULL, pm_gtin(t), pm_gtin_error(t) FROM codes ORDER BY i").fetchall()
+    assert [r[0] for r in rows] == list(range(len(cases)))
+    for (kind, text, _), (_, is_null, gtin, err) in zip(cases, rows, strict=True):
+        assert gtin is None, kind  # none of these texts is a GTIN
+        assert is_null or not text.strip() or err, kind  # a non-blank input that is no GTIN always says why
+    for expr in ["'nan'::DOUBLE", "'inf'::DOUBLE", "-1", "1e308", "4006381333931::HUGEINT", "4006381333931.0",
+                 "[1, 2]::VARCHAR", "'\\x00'"]:
+        (g, e), = rcon.execute(f"SELECT pm_gtin({expr}), pm_gtin_error({expr})").fetchall()
+        assert (g is None) != (e is None), (expr, g, e)
+    record("text", f"all {len(cases)} text kinds and odd numbers (NaN, ±inf, -1, 1e308) into pm_gtin / "
+                   "pm_gtin_error", "one row per row; pm_gtin NULL; a reason from pm_gtin_error for every non-blank input (blank = no code)")

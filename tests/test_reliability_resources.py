@@ -33,7 +33,7 @@ def files_under(d: Path) -> int:
 
 def one_run(home: Path, work: Path, i: int, memory: bool) -> None:
     """What a scheduled job does: connect, index, match, cluster, look at images, close."""
-    db = ":memory:" if memory else work / f"run{i}.duckdb"
+    db = ":memory:" if memory else work / "shop.duckdb"  # a scheduled job: the same database every run
     con = pm.connect(db, home=home, image_roots=[work], index_dir=work / "index" if memory else None)
     con.execute("CREATE OR REPLACE TABLE t AS SELECT i AS id, 'usb cable model ' || i AS title, "
                 "['img.png', 'missing.jpg'] AS images, i * 1.5 AS price FROM range(40) r(i)")

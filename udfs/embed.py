@@ -73,7 +73,8 @@ def _by_model(models: list, kind: str, settings: Settings) -> dict[str, np.ndarr
             usable = [b.name for b in list_bundles(settings.home) if b.modality in (kind, "clip")]
             raise ModelNotFoundError(
                 f"pm_embed_{kind}: unknown model {name!r} (installed {kind} models: {', '.join(usable) or 'none'}; "
-                f"export a CLIP checkpoint with: pmatch models export-openclip)") from None
+                f"export a local text model with: pmatch models export-text, a CLIP checkpoint with: "
+                f"pmatch models export-openclip)") from None
         if bundle.modality not in (kind, "clip"):
             raise ConfigError(f"pm_embed_{kind}: model {name!r} has modality {bundle.modality!r}; "
                               f"pm_embed_{kind} needs a {kind} or clip model")

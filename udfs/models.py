@@ -24,9 +24,18 @@ def model_rows(settings: Settings) -> list[dict]:
         src = b.manifest.get("source", {})
         rows.append({"name": b.name, "modality": b.modality, "dim": b.dim, "verified": not problems,
                      "problem": "; ".join(problems) or None,
-                     "source": f"{src.get('package', '?')}=={src.get('version', '?')}" if src else None,
+                     "source": _source(src),
                      "path": str(b.path)})
     return rows
+
+
+def _source(src: dict) -> str | None:
+    """``package==version`` for packaged weights, the folder for a model exported from a local folder."""
+    if not src:
+        return None
+    if src.get("package") is None and src.get("folder"):
+        return str(src["folder"])
+    return f"{src.get('package', '?')}=={src.get('version', '?')}"
 
 
 def register_model_udfs(reg: Registrar, settings: Settings) -> None:

@@ -1,20 +1,40 @@
-"""Text encoder: ``tokenizers`` + ONNX Runtime. Texts in, L2-normalised float32 vectors out."""
+"""Text encoder: ``tokenizers`` + ONNX Runtime. Texts in, L2-normalised float32 vectors out.
+
+Serves the default MiniLM bundle and every bundle made by ``pmatch models export-text`` (any local
+sentence-transformers / Hugging Face encoder): the manifest's ``preprocessing`` says how to tokenise
+(``tokenizer.json``, max length, truncation side, pad id) and which ``prefix`` to put in front of every text
+(e.g. E5's ``"query: "``), so SQL users never type it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from ..bundles import Bundle
+from ..errors import ConfigError
 from .sessions import get_session
+
+
+def runtime_tokenizer(path: str | Path, pre: dict[str, Any]) -> Tokenizer:
+    """The bundle's ``tokenizers`` tokenizer set up as the encoder uses it: no padding, truncation at
+    ``max_tokens`` (longest first, on the manifest's ``truncation_side``)."""
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.enable_truncation(int(pre.get("max_tokens", 256)), strategy="longest_first",
+                          direction=pre.get("truncation_side", "right"))
+    return tok
 
 
 class TextEncoder:
     """Batched text embedding with one shared ONNX session.
 
-    Text longer than the bundle's ``max_tokens`` (256 word pieces for MiniLM) is truncated.
+    Text longer than the bundle's ``max_tokens`` (256 word pieces for MiniLM) is truncated, after the
+    bundle's ``prefix`` (if any) is put in front of it.
     """
 
     def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 64) -> None:
@@ -26,23 +46,30 @@ class TextEncoder:
         pre = bundle.manifest["preprocessing"]
         self.max_tokens = int(pre.get("max_tokens", 256))
         self.pad_id = int(pre.get("pad_id", 0))
-        tok = Tokenizer.from_file(str(bundle.file(pre.get("tokenizer", "tokenizer.json"))))
-        tok.no_padding()
-        tok.enable_truncation(self.max_tokens)
-        self.tokenizer = tok
+        self.prefix = str(pre.get("prefix") or "")
+        self.prompts = {str(k): str(v) for k, v in (pre.get("prompts") or {}).items()}
+        self.tokenizer = runtime_tokenizer(bundle.file(pre.get("tokenizer", "tokenizer.json")), pre)
         self.session = get_session(bundle.file("model.onnx"), bundle.manifest["files"]["model.onnx"], threads)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output = bundle.manifest.get("output", "embedding")
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], prompt: str | None = None) -> np.ndarray:
         """Embed ``texts`` (non-empty strings) → ``float32[len(texts), dim]``.
 
-        Texts are sorted by token length and batched so padding stays small.
+        Each text gets the bundle's prefix, or with ``prompt`` the bundle's prompt of that name (e.g.
+        ``"passage"``). Texts are sorted by token length and batched so padding stays small.
         """
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        prefix = self.prefix
+        if prompt is not None:
+            if prompt not in self.prompts:
+                raise ConfigError(f"model {self.bundle.name!r} has no prompt {prompt!r} "
+                                  f"(prompts: {', '.join(self.prompts) or 'none'})")
+            prefix = self.prompts[prompt]
+        texts = [prefix + t for t in texts] if prefix else list(texts)
+        encs = self.tokenizer.encode_batch(texts, add_special_tokens=True)
         order = np.argsort([len(e.ids) for e in encs], kind="stable")
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
