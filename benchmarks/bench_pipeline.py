@@ -1,0 +1,521 @@
+"""Pipeline speed on one machine (issue 16): int8 vs fp32 encoders, training scaling, matching throughput.
+
+Parts (``--parts``, default all), each printing ratios measured side by side in this one run:
+
+* ``encoders``: items/s of the fp32 and int8 bundles through our encoder classes (tokenization / image
+  decoding included) and of ``pm_index`` over a table of the same titles with each text model, in
+  ``--rounds`` interleaved rounds (order rotating); median and min–max. Real data: Abt, Buy, Amazon and
+  Google titles; Grocery Store photos.
+* ``quality``: what int8 costs. Zero-shot text-cosine R@1 and the zero-shot ``match_products`` R@1 on the
+  Abt-Buy and Amazon-Google full tables; Grocery store photo → catalog image accuracy@1.
+* ``training``: ``train_matcher`` wall time and peak RSS (a child process per size) on generated offers
+  with group labels (:func:`pmatch_duckdb.demo.grouped.grouped_offers`; their text vectors come from a
+  hashed stand-in encoder so that training itself is timed — embedding is the encoder's cost, see
+  ``encoders``), plus Abt-Buy (real text encoder, labelled pairs). And the old dense ``_retrieval`` vs the
+  new one on the same inputs (``--retrieval-n`` offers).
+* ``match``: source offers/s of the matching path ``match_products`` runs (source vectors reused from the
+  index, vector + lexical + identifier channels, zero-shot score) against generated indexes of
+  ``--match-sizes`` offers (built once under ``--workdir`` and reused), with the share of each stage and
+  the peak RSS (child process per size).
+
+Usage (repository root)::
+
+    PMATCH_HOME=... python benchmarks/bench_pipeline.py [--parts encoders,quality,training,match]
+        [--data ../shared/data] [--rounds 3] [--n-texts 1024] [--n-images 96]
+        [--train-sizes 5000,20000,50000,100000] [--match-sizes 100000] [--workdir .bench]
+
+Needs the int8 bundles: ``pmatch models build --int8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import pmatch_duckdb as pm
+from pmatch_duckdb.bundles import find_bundle
+from pmatch_duckdb.encoders.image import ImageEncoder
+from pmatch_duckdb.encoders.image_io import ImagePolicy
+from pmatch_duckdb.encoders.text import TextEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+TEXT = ("minilm-l6-v2", "minilm-l6-v2-int8")
+IMAGE = ("efficientnet-lite0", "efficientnet-lite0-int8")
+
+
+def log(msg: str) -> None:
+    print(f"# [{_dt.datetime.now(_dt.timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kB
+
+
+def fmt_table(header: list[str], rows: list[list[str]]) -> str:
+    w = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(line, rows)])
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def read_titles(data: Path) -> list[str]:
+    out = []
+    for folder, fname, sep, col in (("abt-buy", "abt.csv", "|", "name"), ("abt-buy", "buy.csv", "|", "name"),
+                                    ("amazon-google", "amazon.csv", "#", "title"),
+                                    ("amazon-google", "gp.csv", "#", "title")):
+        with open(data / folder / fname, newline="", encoding="utf-8", errors="replace") as f:
+            out += [r[col] for r in csv.DictReader(f, delimiter=sep, quoting=csv.QUOTE_NONE) if (r.get(col) or "").strip()]
+    return out
+
+
+def grocery_photos(data: Path, list_file: str) -> list[tuple[str, int]]:
+    rows = []
+    for line in (data / "grocery" / list_file).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            path, cls, _ = (x.strip() for x in line.split(","))
+            rows.append((path.lstrip("/"), int(cls)))
+    return rows
+
+
+# -------------------------------------------------------------------------------------- encoders
+
+
+def part_encoders(args: argparse.Namespace) -> None:
+    titles = read_titles(args.data)
+    titles = [titles[(i * 7919) % len(titles)] for i in range(args.n_texts)]  # spread over the four tables
+    photos = grocery_photos(args.data, "val.txt")
+    photos = [photos[(i * 101) % len(photos)][0] for i in range(args.n_images)]
+    policy = ImagePolicy(roots=((args.data / "grocery").resolve(),), max_pixels=40_000_000, max_bytes=50 << 20)
+    text_enc = {n: TextEncoder(find_bundle(n), threads=os.cpu_count() or 1) for n in TEXT}
+    img_enc = {n: ImageEncoder(find_bundle(n), threads=os.cpu_count() or 1) for n in IMAGE}
+    work = Path(tempfile.mkdtemp(prefix="bench_pipeline_enc_"))
+    cons = {}
+    for n in TEXT:
+        con = pm.connect(home=args.home, image_roots=[work], text_model=n, index_dir=work / n)
+        con.execute("CREATE TABLE t (id VARCHAR, title VARCHAR)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", [(f"t{i}", t) for i, t in enumerate(titles)])
+        cons[n] = con
+    paths: dict[str, tuple[str, int, Callable[[], None]]] = {}
+    for n in TEXT:
+        paths[f"text encoder {n}"] = ("text", len(titles), lambda e=text_enc[n]: e.encode(titles))
+        paths[f"pm_index {n}"] = ("text", len(titles), lambda c=cons[n]: c.execute(
+            "SELECT * FROM pm_index('t', rebuild := true)").fetchall())
+    for n in IMAGE:
+        paths[f"image encoder {n}"] = ("image", len(photos), lambda e=img_enc[n]: e.encode(photos, policy))
+    log("encoders: warm-up")
+    for _name, (_, _, fn) in paths.items():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    names = list(paths)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            paths[name][2]()
+            times[name].append(paths[name][1] / (time.perf_counter() - t))
+        log(f"encoders: round {r + 1}/{args.rounds}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = [[k, paths[k][0], str(paths[k][1]), f"{med[k]:.1f}", f"{min(v):.1f}–{max(v):.1f}"] for k, v in times.items()]
+    print(f"\n## encoders: {args.n_texts} real titles, {args.n_images} real photos, {args.rounds} interleaved rounds, "
+          f"ORT threads {os.cpu_count()}\n")
+    print(fmt_table(["path", "modality", "items", "median items/s", "min–max"], rows))
+    print()
+    t32, t8 = med[f"text encoder {TEXT[0]}"], med[f"text encoder {TEXT[1]}"]
+    i32, i8 = med[f"image encoder {IMAGE[0]}"], med[f"image encoder {IMAGE[1]}"]
+    print(f"RATIO text int8 / fp32 encoder: {t8 / t32:.2f}x (target >= 2x)")
+    print(f"RATIO image int8 / fp32 encoder: {i8 / i32:.2f}x (target >= 2x)")
+    for n in TEXT:
+        print(f"RATIO pm_index / encoder ({n}): {med[f'pm_index {n}'] / med[f'text encoder {n}']:.2f}x (target >= 0.8x)")
+    for c in cons.values():
+        c.close()
+
+
+# --------------------------------------------------------------------------------------- quality
+
+
+def _r_at_1(src_ids: list[str], tgt_ids: list[str], sim: np.ndarray, truth: dict[str, set[str]]) -> float:
+    best = np.argmax(sim, axis=1)
+    hits = [tgt_ids[best[i]] in truth[s] for i, s in enumerate(src_ids) if s in truth]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def part_quality(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_match_real import DATASETS, evaluate, load_dataset, run_pmatch
+
+    from pmatch_duckdb.offer_vectors import text_input
+    from pmatch_duckdb.offers import read_offers
+
+    rows = []
+    for ds in ("abt-buy", "amazon-google"):
+        spec = DATASETS[ds]
+        res = {}
+        for n in TEXT:
+            work = Path(tempfile.mkdtemp(prefix=f"bench_pipeline_q_{ds}_"))
+            con = pm.connect(work / "q.duckdb", home=args.home, image_roots=[work], text_model=n)
+            gt = load_dataset(con, args.data, spec)
+            truth: dict[str, set[str]] = {}
+            for a, b in gt:
+                truth.setdefault(a, set()).add(b)
+            src, tgt = read_offers(con, spec.source), read_offers(con, spec.target)
+            enc = TextEncoder(find_bundle(n), threads=os.cpu_count() or 1)
+            a = enc.encode([text_input(o) or " " for o in src])
+            b = enc.encode([text_input(o) or " " for o in tgt])
+            r_text = _r_at_1([str(o.id) for o in src], [str(o.id) for o in tgt], a @ b.T, truth)
+            if args.match_quality:
+                ranked, _, _ = run_pmatch(con, spec)
+                m = evaluate(ranked, gt)
+                res[n] = (r_text, m.recall1, m.best_f1)
+            else:
+                res[n] = (r_text, float("nan"), float("nan"))
+            con.close()
+            log(f"quality {ds} {n}: text R@1 {r_text:.4f}, match_products R@1 {res[n][1]:.4f}")
+        for k, label in ((0, "zero-shot text cosine R@1"), (1, "zero-shot match_products R@1"),
+                         (2, "zero-shot match_products best F1")):
+            f, q = res[TEXT[0]][k], res[TEXT[1]][k]
+            rows.append([ds, label, f"{f:.4f}", f"{q:.4f}", f"{q - f:+.4f}"])
+    # grocery: store photo -> catalog iconic image, image cosine
+    folder = args.data / "grocery"
+    classes = []
+    with open(folder / "classes.csv", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            classes.append((int(r["Class ID (int)"]), r["Iconic Image Path (str)"].lstrip("/")))
+    test = grocery_photos(args.data, "test.txt" if (folder / "test.txt").exists() else "val.txt")
+    test = test[::max(1, len(test) // args.grocery_photos)] if args.grocery_photos else test
+    policy = ImagePolicy(roots=(folder.resolve(),), max_pixels=40_000_000, max_bytes=50 << 20)
+    acc = {}
+    for n in IMAGE:
+        enc = ImageEncoder(find_bundle(n), threads=os.cpu_count() or 1)
+        cat, _ = enc.encode([p for _, p in classes], policy)
+        q, _ = enc.encode([p for p, _ in test], policy)
+        best = np.argmax(q @ cat.T, axis=1)
+        acc[n] = float(np.mean([classes[j][0] == c for j, (_, c) in zip(best, test, strict=True)]))
+        log(f"quality grocery {n}: acc@1 {acc[n]:.4f}")
+    rows.append(["grocery", f"zero-shot photo→catalog image acc@1 ({len(test)} photos)", f"{acc[IMAGE[0]]:.4f}",
+                 f"{acc[IMAGE[1]]:.4f}", f"{acc[IMAGE[1]] - acc[IMAGE[0]]:+.4f}"])
+    print("\n## quality: fp32 vs int8 (adopt int8 as default only if R@1 drops <= 0.005)\n")
+    print(fmt_table(["data", "metric", "fp32", "int8", "int8 - fp32"], rows))
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def _child(args_list: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args_list], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fake_text_encoder() -> None:
+    import pmatch_duckdb.offer_vectors as ov
+    from pmatch_duckdb.demo.grouped import hashed_text_vectors
+
+    ov.embed_texts = lambda values, settings, threads=None: hashed_text_vectors(values)
+
+
+def _home_copy(home: Path, root: Path) -> Path:
+    """A pmatch home linking the encoders (matchers trained by the benchmark stay out of the user's home)."""
+    h = root / "home"
+    (h / "models").mkdir(parents=True, exist_ok=True)
+    for b in (*TEXT, *IMAGE):
+        if (home / "models" / b).exists() and not (h / "models" / b).exists():
+            (h / "models" / b).symlink_to(home / "models" / b)
+    return h
+
+
+def child_train(n: int, home: Path) -> dict:
+    from pmatch_duckdb.demo.grouped import grouped_offers
+    from pmatch_duckdb.training import train_matcher
+
+    _fake_text_encoder()
+    root = Path(tempfile.mkdtemp(prefix=f"bench_train_{n}_"))
+    con = pm.connect(home=_home_copy(home, root), image_roots=[root], index_dir=root / "idx")
+    con.register("g", grouped_offers(n, seed=0))
+    con.execute("CREATE TABLE offers AS SELECT * FROM g")
+    t, c = time.perf_counter(), time.process_time()
+    pm.index(con, "offers")
+    t_index, c_index = time.perf_counter() - t, time.process_time() - c
+    rss_index = peak_rss_gb()
+    t, c = time.perf_counter(), time.process_time()
+    r = train_matcher(con, "offers", group_column="group_id", name="bench", progress=False, log=lambda m: None)
+    return {"n": n, "index_s": t_index, "index_cpu_s": c_index, "train_s": time.perf_counter() - t,
+            "train_cpu_s": time.process_time() - c, "peak_rss_gb": peak_rss_gb(), "rss_after_index_gb": rss_index, "r10": r.metrics["valid"].get("vector_recall@10_trained"),
+            "best_f1": r.metrics["valid"].get("best_f1"), "pairs": r.metrics["valid"].get("pairs")}
+
+
+def child_train_real(data: Path, home: Path) -> dict:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_match_real import DATASETS, load_dataset
+
+    from pmatch_duckdb.training import train_matcher
+
+    root = Path(tempfile.mkdtemp(prefix="bench_train_real_"))
+    con = pm.connect(root / "db.duckdb", home=_home_copy(home, root), image_roots=[root])
+    spec = DATASETS["abt-buy"]
+    load_dataset(con, data, spec)
+    con.execute("CREATE VIEW src AS SELECT 'a' || id AS id, title, description, brand, price FROM abt")
+    con.execute("CREATE VIEW tgt AS SELECT 'b' || id AS id, title, description, brand, price FROM buy")
+    con.execute("CREATE TABLE labels AS SELECT 'a' || source_id AS left_id, 'b' || target_id AS right_id "
+                "FROM abt_buy_gt")
+    t, c = time.perf_counter(), time.process_time()
+    pm.index(con, "src")
+    pm.index(con, "tgt")
+    t_index, c_index = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
+    r = train_matcher(con, ["src", "tgt"], pairs="labels", name="bench", progress=False, log=lambda m: None)
+    return {"n": 2152, "index_s": t_index, "index_cpu_s": c_index, "train_s": time.perf_counter() - t,
+            "train_cpu_s": time.process_time() - c, "peak_rss_gb": peak_rss_gb(),
+            "r10": r.metrics["valid"].get("vector_recall@10_trained"), "best_f1": r.metrics["valid"].get("best_f1"),
+            "pairs": r.metrics["valid"].get("pairs")}
+
+
+def _old_retrieval(trained, zero_shot, side, comp, valid_comp, tgt_pos, truth_pairs, n_tables) -> dict:  # noqa: ANN001
+    """The dense ``_retrieval`` that issue 16 replaced (kept here, verbatim, for the side-by-side ratio)."""
+    from pmatch_duckdb.evaluation import recall_at_k
+
+    srcs = [i for i in range(len(side)) if side[i] == 0 and comp[i] in valid_comp]
+    out = {}
+    for label, v in (("trained", trained), ("zero_shot", zero_shot)):
+        sims = v.fused[srcs] @ v.fused[tgt_pos].T
+        if n_tables == 1:
+            for r, i in enumerate(srcs):
+                sims[r, np.flatnonzero(tgt_pos == i)] = -np.inf
+        top = np.argsort(-sims, axis=1)[:, :10]
+        ranked = {str(i): [str(int(tgt_pos[j])) for j in row] for i, row in zip(srcs, top, strict=True)}
+        truth = {str(i): {str(int(t)) for t in tgt_pos if (i, int(t)) in truth_pairs} for i in srcs}
+        for key, val in recall_at_k(ranked, truth).items():
+            out[f"vector_{key}_{label}"] = val
+    return out
+
+
+def child_retrieval(n: int) -> dict:
+    """Old vs new validation-retrieval metric on the same ``n`` generated offers (20% validation sources)."""
+    from pmatch_duckdb.demo.grouped import grouped_offers, hashed_text_vectors
+    from pmatch_duckdb.fusion import FusionConfig
+    from pmatch_duckdb.matching import TargetView
+    from pmatch_duckdb.offer_vectors import OfferVectors
+    from pmatch_duckdb.training.train import _retrieval
+
+    t = grouped_offers(n, seed=0)
+    vec, ok = hashed_text_vectors(t["title"].to_pylist())
+    groups = np.unique(np.array(t["group_id"].to_pylist()), return_inverse=True)[1]
+    rows = OfferVectors(ids=t["id"].to_pylist(), hashes=[""] * n, text=vec, text_ok=ok,
+                        image=np.zeros((n, 1), np.float32), image_ok=np.zeros(n, bool), fused=vec,
+                        lexical=t["title"].to_pylist(), idents=[[] for _ in range(n)], price=np.full(n, np.nan),
+                        titles=t["title"].to_pylist(), brands=[None] * n, descriptions=[None] * n,
+                        desc_idents=[[] for _ in range(n)])
+    pos = np.array([(i, j) for i in range(n) for j in range(i + 1, min(n, i + 7)) if groups[i] == groups[j]])
+    valid_comp = {int(g) for g in np.unique(groups) if g % 5 == 0}
+    view = TargetView.from_vectors(rows, FusionConfig())
+    truth_pairs = {(int(a), int(b)) for a, b in pos} | {(int(b), int(a)) for a, b in pos}
+    t0 = time.process_time()
+    new = _retrieval(rows, rows, view, [0] * n, groups, valid_comp, np.arange(n), pos, 1)
+    t_new = time.process_time() - t0
+    t0 = time.process_time()
+    old = _old_retrieval(rows, rows, [0] * n, groups, valid_comp, np.arange(n), truth_pairs, 1)
+    t_old = time.process_time() - t0
+    return {"n": n, "new_s": t_new, "old_s": t_old, "new_r1": new["vector_recall@1_trained"],
+            "old_r1": old["vector_recall@1_trained"], "sources": int(np.isin(groups, list(valid_comp)).sum())}
+
+
+def part_training(args: argparse.Namespace) -> None:
+    rows = []
+    for n in args.train_sizes:
+        log(f"training: {n} generated offers (child process)")
+        r = _child(["_train", str(n), "--home", str(args.home)])
+        log(f"training {n}: {r}")
+        rows.append(r)
+    log("training: Abt-Buy (real text encoder)")
+    real = _child(["_train_real", "--home", str(args.home), "--data", str(args.data)])
+    log(f"training abt-buy: {real}")
+    print("\n## training: train_matcher (defaults: cross-fitted logistic decision model), child process per row\n")
+    table = []
+    for r in [*rows, {**real, "label": "Abt-Buy (real, 1,081 + 1,092 offers, labelled pairs)"}]:
+        if "error" in r:
+            table.append([str(r.get("label", "?")), "error", r["error"], "", "", ""])
+            continue
+        table.append([r.get("label", f"{r['n']:,} generated offers, group labels"),
+                      f"{r['index_s']:.1f} ({r['index_cpu_s']:.1f})",
+                      f"{r['train_s']:.1f} ({r['train_cpu_s']:.1f})", f"{r['peak_rss_gb']:.2f}", f"{r['r10']:.3f}" if r.get("r10") else "",
+                      f"{r['best_f1']:.3f}" if r.get("best_f1") else ""])
+    print(fmt_table(["data", "index wall s (CPU s); stand-in encoder for generated", "train wall s (CPU s)", "peak RSS GB",
+                     "valid vector R@10", "valid best F1"], table))
+    ok = [r for r in rows if "error" not in r]
+    for a, b in zip(ok, ok[1:], strict=False):
+        print(f"GROWTH {a['n']:,} -> {b['n']:,} offers ({b['n'] / a['n']:.1f}x): train CPU time "
+              f"{b['train_cpu_s'] / a['train_cpu_s']:.2f}x, wall {b['train_s'] / a['train_s']:.2f}x, peak RSS {b['peak_rss_gb'] / a['peak_rss_gb']:.2f}x")
+    at50 = [r for r in ok if r["n"] == 50_000]
+    if at50:
+        r = at50[0]
+        print(f"TARGET 50k offers: {r['train_s']:.0f} s (<= 300 s), peak RSS {r['peak_rss_gb']:.2f} GB (<= 4 GB): "
+              f"{'MET' if r['train_s'] <= 300 and r['peak_rss_gb'] <= 4 else 'NOT MET'}")
+    if args.retrieval_n:
+        log(f"training: old vs new _retrieval on {args.retrieval_n} offers")
+        r = _child(["_retrieval", str(args.retrieval_n)])
+        if "error" in r:
+            print(f"retrieval comparison failed: {r['error']}")
+        else:
+            print(f"RATIO validation retrieval metric, {r['n']:,} offers, {r['sources']:,} validation sources: "
+                  f"old dense {r['old_s']:.1f} CPU s, new {r['new_s']:.2f} CPU s = {r['old_s'] / r['new_s']:.0f}x less CPU "
+                  f"(R@1 old {r['old_r1']:.4f}, new {r['new_r1']:.4f})")
+
+
+# ----------------------------------------------------------------------------------------- match
+
+
+def child_match(n: int, n_src: int, workdir: Path, home: Path) -> dict:
+    """Offers/s of the match_products path against an ``n``-offer index; per-stage seconds."""
+    import pmatch_duckdb.matching as M
+    from pmatch_duckdb.api import context_of
+    from pmatch_duckdb.demo.grouped import grouped_offers
+    from pmatch_duckdb.offers import read_offers
+    from pmatch_duckdb.sqlident import index_name_for
+    from pmatch_duckdb.store import OfferIndex
+
+    _fake_text_encoder()
+    root = workdir / f"match_{n}"
+    root.mkdir(parents=True, exist_ok=True)
+    con = pm.connect(root / "db.duckdb", home=_home_copy(home, root), image_roots=[root], index_dir=root / "idx")
+    if "offers" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
+        con.register("g", grouped_offers(n, seed=0))
+        con.execute("CREATE TABLE offers AS SELECT id, title, brand, description, price FROM g")
+    t = time.perf_counter()
+    pm.index(con, "offers")  # no-op when already built
+    t_index = time.perf_counter() - t
+    ctx = context_of(con)
+    index = OfferIndex(ctx.index_root, index_name_for("offers"))
+    t = time.perf_counter()
+    view = M.target_view(index, ctx.settings.home)
+    t_view = time.perf_counter() - t
+    rss_view = peak_rss_gb()
+    con.execute(f"CREATE OR REPLACE TABLE src AS SELECT * FROM offers USING SAMPLE {n_src} ROWS (reservoir, 1)")
+    offers = read_offers(con, "src")
+    stages: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable) -> Callable:
+        def wrapper(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                stages[name] = stages.get(name, 0.0) + time.perf_counter() - t0
+                cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
+        return wrapper
+
+    M.TargetView.vector_candidates = timed("vector search", M.TargetView.vector_candidates)
+    view.tfidf.top_k = timed("lexical candidates", view.tfidf.top_k)
+    M.pair_signals = timed("pair features", M.pair_signals)
+    M.pair_score = timed("decision (score)", M.pair_score)
+    M.decide = timed("decision (score)", M.decide)
+    t, c = time.perf_counter(), time.process_time()
+    src = timed("source vectors (reused from the index)", M.source_vectors)(offers, ctx.settings, view.fusion,
+                                                                             reuse=view, matcher=view.matcher)
+    cand = timed("match() total", M.match)(src, view, 10, exclude_self=True)
+    total, total_cpu = time.perf_counter() - t, time.process_time() - c
+    for d in (stages, cpu):
+        d["candidate union + identifiers (rest of match)"] = (
+            d["match() total"] - d.get("vector search", 0) - d.get("lexical candidates", 0)
+            - d.get("pair features", 0) - d.get("decision (score)", 0))
+    con.close()
+    return {"n": n, "sources": len(offers), "seconds": total, "offers_per_s": len(offers) / total,
+            "cpu_seconds": total_cpu, "offers_per_cpu_s": len(offers) / total_cpu, "stages": stages, "cpu": cpu, "pairs": int(len(cand.source)), "index_s": t_index, "view_s": t_view,
+            "ann": bool(view.use_ann), "rss_view_gb": rss_view, "peak_rss_gb": peak_rss_gb()}
+
+
+def part_match(args: argparse.Namespace) -> None:
+    print(f"\n## match_products path: {args.match_sources} source offers already in the index (dedup), k=10\n")
+    for n in args.match_sizes:
+        log(f"match: {n}-offer index (child process)")
+        r = _child(["_match", str(n), "--home", str(args.home), "--workdir", str(args.workdir),
+                    "--match-sources", str(args.match_sources)])
+        log(f"match {n}: {r}")
+        if "error" in r:
+            print(f"{n:,}-offer index: failed: {r['error']}")
+            continue
+        print(f"{n:,}-offer index ({'ANN' if r['ann'] else 'exact'} vector search): {r['offers_per_s']:.1f} source "
+              f"offers/s wall, {r['offers_per_cpu_s']:.1f} per process-CPU second ({r['sources']} in "
+              f"{r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU; {r['pairs']:,} pairs); loading the target view "
+              f"{r['view_s']:.1f} s (once per index version); peak RSS {r['peak_rss_gb']:.2f} GB "
+              f"({r['rss_view_gb']:.2f} GB after loading the view)")
+        rows = [[k, f"{v:.2f}", f"{100 * v / r['seconds']:.0f}%", f"{r['cpu'][k]:.2f}",
+                 f"{100 * r['cpu'][k] / r['cpu_seconds']:.0f}%"] for k, v in r["stages"].items() if k != "match() total"]
+        print(fmt_table(["stage", "wall s", "wall share", "CPU s", "CPU share"], rows))
+        print(f"TARGET >= 500 source offers/s vs {n:,}: {r['offers_per_s']:.0f}/s "
+              f"{'MET' if r['offers_per_s'] >= 500 else 'NOT MET'}\n")
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("mode", nargs="?", default="run", help=argparse.SUPPRESS)
+    ap.add_argument("n", nargs="?", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--parts", default="encoders,quality,training,match")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--home", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--n-texts", type=int, default=1024)
+    ap.add_argument("--n-images", type=int, default=96)
+    ap.add_argument("--match-quality", action="store_true",
+                    help="quality: also the zero-shot match_products R@1 (pm_index + match_products per model)")
+    ap.add_argument("--grocery-photos", type=int, default=0, help="quality: evenly spaced test photos (0: all)")
+    ap.add_argument("--train-sizes", default="5000,20000,50000,100000")
+    ap.add_argument("--retrieval-n", type=int, default=20000, help="old vs new _retrieval size (0: skip)")
+    ap.add_argument("--match-sizes", default="100000")
+    ap.add_argument("--match-sources", type=int, default=2000)
+    ap.add_argument("--workdir", type=Path, default=REPO / ".bench")
+    args = ap.parse_args(argv)
+    from pmatch_duckdb.home import pmatch_home
+
+    args.home = pmatch_home(args.home)
+    args.train_sizes = [int(x) for x in str(args.train_sizes).split(",") if x]
+    args.match_sizes = [int(x) for x in str(args.match_sizes).split(",") if x]
+    if args.mode == "_train":
+        print(json.dumps(child_train(args.n, args.home)))
+        return 0
+    if args.mode == "_train_real":
+        print(json.dumps(child_train_real(args.data, args.home)))
+        return 0
+    if args.mode == "_retrieval":
+        print(json.dumps(child_retrieval(args.n)))
+        return 0
+    if args.mode == "_match":
+        print(json.dumps(child_match(args.n, args.match_sources, args.workdir, args.home)))
+        return 0
+    load = os.getloadavg()
+    print(f"# bench_pipeline {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}  {platform.platform()}  "
+          f"cpus={os.cpu_count()}  load avg {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}  parts={args.parts}")
+    print(f"# command: python benchmarks/bench_pipeline.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    parts = {p.strip() for p in args.parts.split(",")}
+    for name, fn in (("encoders", part_encoders), ("quality", part_quality), ("training", part_training),
+                     ("match", part_match)):
+        if name in parts:
+            fn(args)
+            sys.stdout.flush()
+    load = os.getloadavg()
+    print(f"\n# done {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}  "
+          f"load avg {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores shared with other developers)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
