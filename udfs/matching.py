@@ -17,7 +17,7 @@ from pmatch_duckdb.fusion import FusionConfig
 from pmatch_duckdb.matchers import active_matcher
 from pmatch_duckdb.matching import OfferVectors, match_offers, score_given, source_vectors, target_view
 from pmatch_duckdb.offer_vectors import embed_offers
-from pmatch_duckdb.offers import REQUIRED, OfferTableError, offer_from_mapping
+from pmatch_duckdb.offers import REQUIRED, Offer, OfferTableError, offer_from_mapping
 from pmatch_duckdb.review.labels import PairKey, current_verdicts, table_key
 from pmatch_duckdb.review.overrides import constrained_edges, override_decisions
 from pmatch_duckdb.sqlident import check_index_name, index_name_for, quote_ident, quote_qualified
@@ -49,6 +49,16 @@ _SCORED_SQL = duckdb.struct_type({"pair_no": T.BIGINT, "rank": T.INTEGER, "score
                                   "text_score": T.DOUBLE, "image_score": T.DOUBLE, "lexical_score": T.DOUBLE,
                                   "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR,
                                   "human_verdict": T.VARCHAR, "note": T.VARCHAR})
+
+
+def _source_offers(rows: list[dict], function: str, source: str) -> list[Offer]:
+    """Source rows (lower-cased column names) as offers; a clear error when a required column is missing."""
+    missing = [c for c in REQUIRED if c not in rows[0]]
+    if missing:
+        raise OfferTableError(
+            f"{function}: source {source!r} lacks required column(s) {', '.join(missing)}; it has "
+            f"{', '.join(rows[0])}. Map your columns with a view (... name AS title ...)")
+    return [offer_from_mapping(row) for row in rows]
 
 
 def _same_table(a: str, b: str) -> bool:
@@ -92,12 +102,7 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         dedup = _same_table(source, target)
         reuse = view if dedup else _source_view(ctx, source)
         rows = [{key.lower(): v for key, v in json.loads(j).items()} for j in js]
-        missing = [c for c in REQUIRED if c not in rows[0]]
-        if missing:
-            raise OfferTableError(
-                f"match_products: source {source!r} lacks required column(s) {', '.join(missing)}; it has "
-                f"{', '.join(rows[0])}. Map your columns with a view (... name AS title ...)")
-        offers = [offer_from_mapping(row) for row in rows]
+        offers = _source_offers(rows, "match_products", source)
         seen: set[str] = set()
         for o in offers:
             if o.id in seen:
@@ -285,12 +290,7 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
             if key not in src_pos:
                 src_pos[key] = len(rows)
                 rows.append({k.lower(): v for k, v in json.loads(items[i]["source_row"]).items()})
-        missing = [c for c in REQUIRED if c not in rows[0]]
-        if missing:
-            raise OfferTableError(
-                f"score_pairs: source {source!r} lacks required column(s) {', '.join(missing)}; it has "
-                f"{', '.join(rows[0])}. Map your columns with a view (... name AS title ...)")
-        offers = [offer_from_mapping(r) for r in rows]
+        offers = _source_offers(rows, "score_pairs", source)
         reuse = view if dedup else _source_view(ctx, source)
         src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse, matcher=view.matcher)
         s = np.array([src_pos[items[i]["source_key"]] for i in todo], dtype=np.int64)
