@@ -30,19 +30,23 @@ CREATE OR REPLACE TEMP MACRO pm_embed_text(txt) AS
         ELSE error('pm_embed_text expects VARCHAR text, got ' || typeof(txt) || ' (cast it: pm_embed_text(x::VARCHAR, model))')
     END;
 
+-- _pm_is_path_list(type name) -> BOOLEAN: whether an argument of that type is a list of image paths
+-- (VARCHAR[], a fixed-size VARCHAR[n], or a NULL literal).
+CREATE OR REPLACE TEMP MACRO _pm_is_path_list(t) AS t IN ('VARCHAR[]', '"NULL"') OR t SIMILAR TO 'VARCHAR\[[0-9]+\]';
+
 -- pm_embed_images(VARCHAR[]) -> FLOAT[1280]: an offer's images embedded and mean-pooled
 -- (re-normalised); failing images are skipped; NULL only if none can be used.
 -- pm_embed_images(VARCHAR[], model VARCHAR) -> FLOAT[].
 CREATE OR REPLACE TEMP MACRO pm_embed_images(imgs) AS
     CASE
-        WHEN typeof(imgs) IN ('VARCHAR[]', '"NULL"') OR typeof(imgs) SIMILAR TO 'VARCHAR\[[0-9]+\]'
+        WHEN _pm_is_path_list(typeof(imgs))
             THEN _pm_embed_images(imgs::VARCHAR[])
         ELSE error('pm_embed_images expects VARCHAR[] (a list of image paths), got ' || typeof(imgs)
                    || ' (one path: pm_embed_image(path) or pm_embed_images([path]))')
     END,
     (imgs, model) AS
     CASE
-        WHEN typeof(imgs) IN ('VARCHAR[]', '"NULL"') OR typeof(imgs) SIMILAR TO 'VARCHAR\[[0-9]+\]'
+        WHEN _pm_is_path_list(typeof(imgs))
             THEN _pm_embed_images_named(imgs::VARCHAR[], model::VARCHAR)
         ELSE error('pm_embed_images expects VARCHAR[] (a list of image paths), got ' || typeof(imgs)
                    || ' (one path: pm_embed_image(path, model) or pm_embed_images([path], model))')
@@ -51,7 +55,7 @@ CREATE OR REPLACE TEMP MACRO pm_embed_images(imgs) AS
 -- pm_image_errors(VARCHAR[]) -> VARCHAR[]: per image, NULL if usable, else the reason.
 CREATE OR REPLACE TEMP MACRO pm_image_errors(imgs) AS
     CASE
-        WHEN typeof(imgs) IN ('VARCHAR[]', '"NULL"') OR typeof(imgs) SIMILAR TO 'VARCHAR\[[0-9]+\]'
+        WHEN _pm_is_path_list(typeof(imgs))
             THEN _pm_image_errors(imgs::VARCHAR[])
         ELSE error('pm_image_errors expects VARCHAR[] (a list of image paths), got ' || typeof(imgs)
                    || ' (one image: pm_image_error(path))')
