@@ -147,7 +147,11 @@ class TargetView:
             return self, t
         uniq, inv = np.unique(t, return_inverse=True)
         view = copy.copy(self)
-        view.rows = OfferVectors.from_arrow(self.row_table(uniq, list(SCORING_COLUMNS)))
+        if self.matcher is None:  # zero-shot: the offer vector is not read (pair_signals derives its cosine)
+            rows = OfferVectors.from_arrow(self.row_table(uniq, [c for c in SCORING_COLUMNS if c != "vector"]))
+        else:
+            rows = OfferVectors.from_arrow(self.row_table(uniq, list(SCORING_COLUMNS)))
+        view.rows = rows
         view.tfidf = _RowSubsetTfidf(self.tfidf, uniq)
         return view, inv.astype(np.int64)
 
@@ -157,9 +161,15 @@ class TargetView:
             return np.searchsorted(self.row_ids, rowids)
         return self._rowid_order[np.searchsorted(self.row_ids[self._rowid_order], rowids)]
 
-    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 20, refine: int = 10
+    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 20, refine: int | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``."""
+        """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``.
+
+        With an ANN index the sims are its estimates unless ``refine`` (LanceDB's refine_factor: re-rank
+        ``refine × k`` rows by their stored vectors). Off by default: matching computes the exact cosine of
+        every candidate from the fetched rows, and on a 100k index (1,664-d) the unrefined top-31 held all of
+        the refined top-10 at ~1/10 of the CPU (benchmarks/README.md, Pipeline speed).
+        """
         n = len(queries)
         kk = min(k, self.n)
         idx = np.full((n, k), -1, dtype=np.int64)
@@ -182,7 +192,9 @@ class TargetView:
         q = self.table.search(np.ascontiguousarray(queries, dtype=np.float32), vector_column_name="vector"
                               ).distance_type("cosine")
         if self.use_ann:
-            q = q.nprobes(nprobes).refine_factor(refine)
+            q = q.nprobes(nprobes)
+            if refine:
+                q = q.refine_factor(refine)
         res = q.limit(kk).with_row_id(True).select(["_distance"]).to_arrow()
         qi = res["query_index"].to_numpy() if "query_index" in res.column_names else np.zeros(len(res), np.int64)
         dist = res["_distance"].to_numpy()
@@ -342,13 +354,57 @@ def pair_signals(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarr
     text = np.where(src.text_ok[s] & tr.text_ok[t], np.einsum("ij,ij->i", src.text[s], tr.text[t]), np.nan)
     image = np.where(src.image_ok[s] & tr.image_ok[t], np.einsum("ij,ij->i", src.image[s], tr.image[t]), np.nan)
     gtin = np.array(gtin_evidence([src.gtins[a] for a in s], [tr.gtins[b] for b in t]), dtype=np.int8)
-    idm = np.array([bool(set(src.idents[a]) & set(tr.idents[b])) for a, b in zip(s, t, strict=True)], dtype=bool)
-    idm |= gtin > 0
+    idm = _shared_token(src.idents, tr.idents, s, t) | (gtin > 0)
     ps, pt = src.price[s], tr.price[t]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where((ps > 0) & (pt > 0), np.minimum(ps, pt) / np.maximum(ps, pt), np.nan)
-    fused = np.einsum("ij,ij->i", src.fused[s], tr.fused[t]) if len(s) else np.zeros(0, np.float32)
+    if not len(s):
+        fused = np.zeros(0, np.float32)
+    elif tr.fused.shape[1] == 0:  # zero-shot rows read without their offer vector (TargetView.candidates)
+        fused = _zero_shot_fused_cosine(src, tr, s, t, text, image, view.fusion)
+    else:
+        fused = np.einsum("ij,ij->i", src.fused[s], tr.fused[t])
     return PairSignals(fused, text, image, lex, idm, ratio, ps, pt, gtin)
+
+
+def _shared_token(a: list[list[str]], b: list[list[str]], s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per pair: whether ``a[s[i]]`` and ``b[t[i]]`` share a token (numpy over token codes, no per-pair sets)."""
+    if not len(s):
+        return np.zeros(0, dtype=bool)
+    vocab: dict[str, int] = {}
+    codes_a = [[vocab.setdefault(x, len(vocab)) for x in dict.fromkeys(toks)] for toks in a]
+    codes_b = [[vocab.setdefault(x, len(vocab)) for x in dict.fromkeys(toks)] for toks in b]
+
+    def flat(codes: list[list[int]], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lens = np.array([len(c) for c in codes], dtype=np.int64)
+        starts = np.r_[0, np.cumsum(lens)[:-1]]
+        allc = np.array([x for c in codes for x in c], dtype=np.int64)
+        n = lens[rows]
+        pair = np.repeat(np.arange(len(rows)), n)
+        at = np.repeat(starts[rows], n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        return pair, allc[at] if len(at) else np.zeros(0, np.int64)
+
+    pa_, ca = flat(codes_a, s)
+    pb, cb = flat(codes_b, t)
+    width = max(len(vocab), 1)
+    hit = np.isin(pa_ * width + ca, pb * width + cb)
+    out = np.zeros(len(s), dtype=bool)
+    out[pa_[hit]] = True
+    return out
+
+
+def _zero_shot_fused_cosine(src: OfferVectors, tr: OfferVectors, s: np.ndarray, t: np.ndarray, text: np.ndarray,
+                            image: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+    """Cosine of the zero-shot offer vectors (``fuse``: normalised [w_t·text, w_i·image]) from the text and
+    image cosines and the vectors' norms — what ``einsum`` of the fused rows gives, without building them."""
+    def norm2(v: OfferVectors, rows: np.ndarray) -> np.ndarray:
+        ut, ui = np.einsum("ij,ij->i", v.text, v.text) * v.text_ok, np.einsum("ij,ij->i", v.image, v.image) * v.image_ok
+        return (cfg.text_weight ** 2 * ut + cfg.image_weight ** 2 * ui)[rows]
+
+    num = (cfg.text_weight ** 2 * np.nan_to_num(text, nan=0.0) + cfg.image_weight ** 2 * np.nan_to_num(image, nan=0.0))
+    den = np.sqrt(norm2(src, s) * norm2(tr, t))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, 0.0).astype(np.float32)
 
 
 def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray,

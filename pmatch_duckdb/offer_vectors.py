@@ -170,6 +170,8 @@ def _matrix(col: pa.ChunkedArray, dim_hint: int = 0) -> tuple[np.ndarray, np.nda
     valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if len(arr) == 0:
         return np.zeros((0, dim), np.float32), valid
+    if not valid.any():  # e.g. image_vec of offers without photos
+        return np.zeros((len(arr), dim), np.float32), valid
     # the child values of every slot, NULL rows included (cheaper than fill_null with a list scalar)
     values = arr.values.slice(arr.offset * dim, len(arr) * dim)
     if pa.types.is_float32(values.type):
@@ -219,7 +221,8 @@ class OfferVectors:
         """From index rows (LanceDB table or freshly embedded rows)."""
         text, tok = _matrix(t["text_vec"])
         image, iok = _matrix(t["image_vec"])
-        fused, _ = _matrix(t["vector"])
+        # without a ``vector`` column (a zero-shot caller fuses text and image itself): an empty matrix
+        fused = _matrix(t["vector"])[0] if "vector" in t.column_names else np.zeros((len(t), 0), np.float32)
         price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
         t = with_description_columns(t)
         mpns = t["mpn"].to_pylist()

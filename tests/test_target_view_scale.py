@@ -118,6 +118,13 @@ def test_on_disk_view_scores_as_the_in_memory_view(shop, monkeypatch):
     for key, (d, sc) in rows_a.items():
         assert rows_b[key][0] == d
         assert abs(rows_b[key][1] - sc) < 1e-5
+    # the pair signals themselves (the zero-shot fused cosine is derived, not read, on disk)
+    ps, pt = M.candidate_pairs(src_m, mem, 5, exclude_self=True)
+    cview, pt_local = disk.candidates(pt)
+    sig_m, sig_d = M.pair_signals(src_m, mem, ps, pt), M.pair_signals(src_d, cview, ps, pt_local)
+    for field in ("fused", "text", "image", "lexical", "id_match", "price_ratio", "gtin"):
+        np.testing.assert_allclose(getattr(sig_m, field), getattr(sig_d, field), atol=1e-5, err_msg=field)
+    assert sig_m.id_match.any() and not sig_m.id_match.all()
     # score_pairs' path (score_given) on the same pairs
     s = np.arange(len(src_d.ids))
     t = disk.positions([offers[(i + 1) % len(offers)].id for i in s])
