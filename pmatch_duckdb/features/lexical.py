@@ -93,7 +93,7 @@ FIT_CHUNK = 50_000  # corpus rows tokenised at a time (the Python gram lists of 
 # best POOL rows by the remaining n-grams are re-scored exactly, the top k of those returned. Measured against the
 # exact channel in benchmarks/README.md (Pipeline speed); the char 2-grams otherwise touch most of the corpus.
 APPROX_TOPK_MIN_ROWS = 100_000
-PRUNE_DF = 2_000
+PRUNE_DF = 5_000
 PRUNE_KEEP = 4
 POOL = 100
 DENSE_TOPK_CELLS = 1 << 24  # dense top_k: at most this many scores per query chunk (64 MB)
@@ -121,11 +121,19 @@ class CharTfidf:
         np.cumsum(df, out=indptr[1:])
         indices = np.empty(nnz, dtype=np.int32)
         data = np.empty(nnz, dtype=np.float32)
+        if keep_rows:  # the row-major copy, filled chunk by chunk too (no vstack of the chunks)
+            r_indptr = np.zeros(len(corpus) + 1, dtype=idx_t)
+            r_indices = np.empty(nnz, dtype=np.int32)
+            r_data = np.empty(nnz, dtype=np.float32)
         fill = indptr[:-1].astype(np.int64)
-        row0 = 0
+        row0, at = 0, 0
         for j, c in enumerate(parts):
             w = self._weigh(c)
-            parts[j] = w if keep_rows else None
+            parts[j] = None  # the counts of a chunk are dropped once weighed
+            if keep_rows:
+                r_indices[at:at + w.nnz], r_data[at:at + w.nnz] = w.indices, w.data
+                r_indptr[row0 + 1:row0 + w.shape[0] + 1] = w.indptr[1:] + at
+                at += w.nnz
             order = np.argsort(w.indices, kind="stable")  # by feature; rows stay ascending within one
             f = w.indices[order]
             rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
@@ -136,8 +144,8 @@ class CharTfidf:
             fill += np.bincount(w.indices, minlength=N_FEATURES)
             row0 += w.shape[0]
         self.matrix_t = sp.csr_matrix((data, indices, indptr), shape=(N_FEATURES, len(corpus)))
-        self.matrix = (sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, N_FEATURES), dtype=np.float32)
-                       ) if keep_rows else None
+        self.matrix = (sp.csr_matrix((r_data, r_indices, r_indptr), shape=(len(corpus), N_FEATURES))
+                       if keep_rows else None)
         self.n = len(corpus)
 
     def _weigh(self, counts: sp.csr_matrix) -> sp.csr_matrix:
