@@ -514,7 +514,7 @@ def part_match(args: argparse.Namespace) -> None:
         res = {}
         for label, tree in runs:
             log(f"match: {n}-offer index, {label} (child process)")
-            extra = ([] if label != "new" else ["--lexical-check", str(args.lexical_check if n <= 200_000 else 0)])
+            extra = ([] if label != "new" else ["--lexical-check", str(args.lexical_check if n <= 200_000 else 100)])
             r = _child(["_match", str(n), "--home", str(args.home), "--workdir", str(args.workdir),
                         "--match-sources", str(args.match_sources), *extra], tree=tree)
             log(f"match {n} {label}: {r}")
