@@ -87,6 +87,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "t
 HF_TOKENIZER_OPTIONS = ("clean", "strip_sep_token")  # HFTokenizer's own options; the rest go to AutoTokenizer
 # Hugging Face text towers exported (config.json's model_type; encoder-only ones open_clip knows)
 HF_TEXT_TYPES = ("xlm-roberta", "roberta", "bert")
+HF_POSITION_IDS = "text.transformer.embeddings.position_ids"
 
 INSTALL_HINT = "pip install 'pmatch-duckdb[clip]'"
 SIMPLE_BPE = "openclip-simple-bpe"
@@ -171,6 +172,9 @@ def _load_into(model: Any, sd: dict[str, Any], arch: str, path: Path) -> None:
             import torch
 
             sd["logit_bias"] = torch.zeros_like(model.logit_bias)
+        # Hugging Face text towers saved with transformers < 4.31 (the LAION XLM-R CLIPs) carry this buffer,
+        # which transformers no longer keeps in the state dict; open_clip's load_checkpoint drops it too
+        sd.pop(HF_POSITION_IDS, None)
         resize_pos_embed(sd, model)
         resize_text_pos_embed(sd, model)
         model.load_state_dict(sd, strict=True)
