@@ -80,6 +80,8 @@ TOKENIZER_CHECK_TEXTS = (
     "a photo of a red dress", "Crème brûlée – 6 ramekins", "無印良品 マグ 350ml", "party 🎉 x50",
     "Tom &amp; Jerry", "don't STOP", "Ключ гаечный 13 мм", "tabs\tand\nnewlines  and_under_scores",
     "literal </s> <pad> [SEP] [CLS] <unk> <start_of_text>", "!!!", " ".join(["very long text"] * 40),
+    "ชุดเดรสสีแดง ผ้าฝ้าย 100%", "فستان أحمر، قطن ١٠٠٪", "e\u0301te\u0301 cafe\u0301 n\u0303 Z\u0351\u0361a\u0310",
+    "गाय का दूध 1 लीटर", "빨간 드레스 👨\u200d👩\u200d👧\u200d👦 🇵🇱 1️⃣", "红色连衣裙，棉质（M码）",
 )
 # files that make a folder a Hugging Face tokenizer folder (AutoTokenizer.from_pretrained reads it)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model",
