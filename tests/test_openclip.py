@@ -1191,12 +1191,17 @@ def test_xlmr_hf_text_dir_option_and_cli(xlmr_home, xlmr, tmp_path):
     import shutil
 
     from click.testing import CliRunner
+    from safetensors.torch import save_file
 
     from pmatch_duckdb.cli import main
 
     lone = tmp_path / "weights-only"
     lone.mkdir()
-    shutil.copy(xlmr["weights"], lone / "open_clip_model.safetensors")
+    # as the LAION XLM-R checkpoints, saved with transformers < 4.31: the tower's position_ids buffer included
+    old_style = {k: v.contiguous() for k, v in xlmr["model"].state_dict().items()}
+    assert "text.transformer.embeddings.position_ids" not in old_style
+    old_style["text.transformer.embeddings.position_ids"] = torch.arange(80)[None]
+    save_file(old_style, str(lone / "open_clip_model.safetensors"))
     other = shutil.copytree(xlmr["folder"], tmp_path / "my-xlmr")
     home = tmp_path / "home"
     res = CliRunner().invoke(main, ["models", "export-openclip", "--arch", XLMR_ARCH, "--weights", str(lone),

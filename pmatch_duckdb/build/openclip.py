@@ -80,6 +80,8 @@ TOKENIZER_CHECK_TEXTS = (
     "a photo of a red dress", "Crème brûlée – 6 ramekins", "無印良品 マグ 350ml", "party 🎉 x50",
     "Tom &amp; Jerry", "don't STOP", "Ключ гаечный 13 мм", "tabs\tand\nnewlines  and_under_scores",
     "literal </s> <pad> [SEP] [CLS] <unk> <start_of_text>", "!!!", " ".join(["very long text"] * 40),
+    "ชุดเดรสสีแดง ผ้าฝ้าย 100%", "فستان أحمر، قطن ١٠٠٪", "e\u0301te\u0301 cafe\u0301 n\u0303 Z\u0351\u0361a\u0310",
+    "गाय का दूध 1 लीटर", "빨간 드레스 👨\u200d👩\u200d👧\u200d👦 🇵🇱 1️⃣", "红色连衣裙，棉质（M码）",
 )
 # files that make a folder a Hugging Face tokenizer folder (AutoTokenizer.from_pretrained reads it)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model",
@@ -87,6 +89,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "t
 HF_TOKENIZER_OPTIONS = ("clean", "strip_sep_token")  # HFTokenizer's own options; the rest go to AutoTokenizer
 # Hugging Face text towers exported (config.json's model_type; encoder-only ones open_clip knows)
 HF_TEXT_TYPES = ("xlm-roberta", "roberta", "bert")
+HF_POSITION_IDS = "text.transformer.embeddings.position_ids"
 
 INSTALL_HINT = "pip install 'pmatch-duckdb[clip]'"
 SIMPLE_BPE = "openclip-simple-bpe"
@@ -171,6 +174,9 @@ def _load_into(model: Any, sd: dict[str, Any], arch: str, path: Path) -> None:
             import torch
 
             sd["logit_bias"] = torch.zeros_like(model.logit_bias)
+        # Hugging Face text towers saved with transformers < 4.31 (the LAION XLM-R CLIPs) carry this buffer,
+        # which transformers no longer keeps in the state dict; open_clip's load_checkpoint drops it too
+        sd.pop(HF_POSITION_IDS, None)
         resize_pos_embed(sd, model)
         resize_text_pos_embed(sd, model)
         model.load_state_dict(sd, strict=True)
