@@ -260,7 +260,7 @@ text_model_option = click.option(
 @click.option("--no-pair-model", is_flag=True,
               help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
 @click.option("--pair-max-len", default=64, show_default=True, help="Pair scorer: word pieces per pair.")
-@click.option("--pair-epochs", default=1, show_default=True, help="Pair scorer: fine-tuning epochs.")
+@click.option("--pair-epochs", default=3, show_default=True, help="Pair scorer: fine-tuning epochs.")
 @click.option("--pair-freeze-layers", default=4, show_default=True,
               help="Pair scorer: frozen lower layers (of 6) and embeddings.")
 @click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")

@@ -552,7 +552,9 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
     Each source's pair features (rank, gap to best) are computed over its ``match`` candidates plus
     its given pairs, so a given pair that ``match`` returns gets the same score. ``rank``: the pair's
     place among those by score. Output: one entry per given pair, in the given order. With a pair
-    scorer, every given pair is re-scored by it (``match`` re-scores only each source's top ``m``).
+    scorer, every given pair is re-scored by it (``match`` re-scores only each source's top ``m``) and
+    ONLY the given pairs (their scores are what is returned; re-reading each source's other top-``m``
+    candidates would only move ``rank`` and cost as much again). ``pair_top_m=0`` switches it off.
     """
     s = np.asarray(s, dtype=np.int64)
     t = np.asarray(t, dtype=np.int64)
@@ -566,7 +568,8 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
     given = np.zeros(len(uniq), dtype=bool)
     at = np.searchsorted(uniq, s * view.n + t)
     given[at] = True
-    score, second = score_pairs_of(src, cview, us, utc, sig, pair_top_m, rescore=given)
+    off = pair_top_m == 0
+    score, second = score_pairs_of(src, cview, us, utc, sig, 0, rescore=None if off else given)
     score = np.asarray(score, dtype=np.float64)
     order = np.lexsort((-score, us))
     rank = np.zeros(len(us), dtype=np.int64)
