@@ -8,9 +8,16 @@ CPU seconds of one process with ``torch.set_num_threads(threads)`` ≈ wall seco
 cores. Also measured: the cross-encoder's inference rate through onnxruntime (pairs/s; the speed does
 not depend on the weights, so the freshly initialised model is exported).
 
+``--fit SETTINGS`` instead trains each setting to the end on the train split (the labelled pairs only,
+no mined hard negatives) and reports the training's CPU and wall seconds and the cross-encoder's
+STANDALONE quality: average precision on valid, and test F1 at the threshold with the best F1 on valid
+(the comparable protocol of bench_quality.py). It is the quick loop for the fine-tuning knobs.
+
 Usage::
 
     python benchmarks/bench_pair_train.py [--data ../shared/data] [--steps 6] [--threads 2]
+    python benchmarks/bench_pair_train.py --fit 64:4:3:3:2e-4,64:4:1:3:5e-5 [--dataset abt-buy]
+        # max_len:frozen_layers:epochs:neg_ratio:lr (neg_ratio 0 = all non-matches)[:p] (p: no precompute)
 """
 
 from __future__ import annotations
@@ -56,16 +63,89 @@ def load_pairs(folder: Path, split: str, opts: SerializeOptions) -> tuple[list[s
     return a, b, np.array(y, dtype=np.float32)
 
 
+def f1_valid_threshold(va: np.ndarray, yva: np.ndarray, te: np.ndarray, yte: np.ndarray) -> tuple[float, float]:
+    """(best F1 on valid, test F1 at the threshold that gave it)."""
+    best, thr = -1.0, 0.0
+    for c in np.unique(va):
+        pred = va >= c
+        tp = float(np.sum(pred & (yva > 0.5)))
+        f = 2 * tp / max(1.0, float(pred.sum()) + float(yva.sum()))
+        if f > best:
+            best, thr = f, float(c)
+    pred = te >= thr
+    tp = float(np.sum(pred & (yte > 0.5)))
+    return best, 2 * tp / max(1.0, float(pred.sum()) + float(yte.sum()))
+
+
+def fit_rows(args: argparse.Namespace) -> int:
+    """Train each ``--fit`` setting to the end; standalone valid AP / test F1 and the training's cost."""
+    import torch
+
+    from pmatch_duckdb.decision import average_precision
+    from pmatch_duckdb.pair_scorer import PairTokenizer
+    from pmatch_duckdb.training.pair_model import CrossEncoder, frozen_states, upper_logits
+
+    cache: dict = {}
+
+    def eval_logits(model, max_len: int, frozen: int, texts: tuple) -> np.ndarray:
+        """Logits of the trained model; the frozen layers' outputs (unchanged by training) are computed once
+        per (max_len, frozen layers, split) with the untouched initial weights and reused by every setting."""
+        key = (max_len, frozen, id(texts))
+        if key not in cache:
+            base = CrossEncoder.build()
+            base.eval()
+            tk, out = PairTokenizer(tok, max_len), []
+            for s in range(0, len(texts[0]), 128):
+                ids, mask, types = (torch.from_numpy(v) for v in tk(texts[0][s:s + 128], texts[1][s:s + 128]))
+                out.append((frozen_states(base, ids, mask, types, frozen), mask))
+            cache[key] = out
+        with torch.no_grad():
+            return np.concatenate([upper_logits(model, h, m, frozen).numpy() for h, m in cache[key]])
+
+    folder = args.data / args.dataset / "magellan"
+    opts = SerializeOptions(mark_ids=not args.no_mark_ids, summarize=False)
+    tr, va, te = (load_pairs(folder, s, opts) for s in ("train", "valid", "test"))
+    tok = minilm_dir() / "tokenizer.json"
+    print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} load avg {os.getloadavg()[0]:.1f} torch threads {args.threads}; "
+          f"{args.dataset} Magellan train {len(tr[2])} pairs ({int(tr[2].sum())} matches), valid {len(va[2])}, "
+          f"test {len(te[2])}; mark_ids {opts.mark_ids}")
+    print("| max_len | frozen | epochs | neg ratio | lr | precompute | pairs trained | train CPU s | train wall s | "
+          "valid AP | valid best F1 | test F1 (valid thr) | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for setting in args.fit.split(","):
+        f = setting.split(":")
+        max_len, frozen, epochs, ratio, lr = int(f[0]), int(f[1]), int(f[2]), float(f[3]), float(f[4])
+        if frozen < 1:
+            raise SystemExit("--fit needs frozen layers >= 1 (the evaluation reuses their outputs)")
+        cfg = PairTrainConfig(max_len=max_len, epochs=epochs, freeze_layers=frozen, threads=args.threads,
+                              neg_ratio=ratio or None, precompute=not (len(f) > 5 and f[5] == "p"), lr=lr)
+        c0, w0 = time.process_time(), time.perf_counter()
+        model, info = train_cross_encoder(tr[0], tr[1], tr[2], tok, cfg,
+                                          log=lambda m: print("#", m, file=sys.stderr, flush=True))
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        lv, lt = eval_logits(model, max_len, frozen, va), eval_logits(model, max_len, frozen, te)
+        bf, tf = f1_valid_threshold(lv, va[2], lt, te[2])
+        print(f"| {max_len} | {frozen} | {epochs} | {ratio or 'all'} | {lr:g} | {cfg.precompute and frozen > 0} | "
+              f"{info['pairs']} | {cpu:.0f} | {wall:.0f} | {average_precision(lv.astype(float), va[2]):.3f} | "
+              f"{bf:.3f} | {tf:.3f} | {os.getloadavg()[0]:.1f} |", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--steps", type=int, default=6, help="optimiser steps timed per setting")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--settings", default="64:4,64:0,96:4,128:4", help="max_len:frozen_layers,...")
+    ap.add_argument("--fit", default=None, help="max_len:frozen:epochs:neg_ratio[:p],... trained to the end")
+    ap.add_argument("--dataset", default="abt-buy", help="--fit: abt-buy or amazon-google")
+    ap.add_argument("--no-mark-ids", action="store_true", help="--fit: serialise without id/number marking")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.fit:
+        return fit_rows(args)
     folder = args.data / "abt-buy" / "magellan"
     opts = SerializeOptions()
     a, b, y = load_pairs(folder, "train", opts)

@@ -15,14 +15,19 @@ Parts (``--parts``, default all), each printing ratios measured side by side in 
   new one on the same inputs (``--retrieval-n`` offers).
 * ``match``: source offers/s of the matching path ``match_products`` runs (source vectors reused from the
   index, vector + lexical + identifier channels, zero-shot score) against generated indexes of
-  ``--match-sizes`` offers (built once under ``--workdir`` and reused), with the share of each stage and
-  the peak RSS (child process per size).
+  ``--match-sizes`` offers (built once under ``--workdir`` by a streamed build, ``_build N``, and reused), with
+  the share of each stage (source vectors, vector search, lexical candidates, fetching the candidate rows,
+  pair features, decision), the peak RSS and the view's arrays (child process per size); with
+  ``--baseline TREE`` the same child of another source tree (e.g. the previous commit unpacked with
+  ``git archive``) on the same index and sources, and the ratios; the approximate lexical channel's
+  agreement with the exact one (``--lexical-check``).
 
 Usage (repository root)::
 
     PMATCH_HOME=... python benchmarks/bench_pipeline.py [--parts encoders,quality,training,match]
         [--data ../shared/data] [--rounds 3] [--n-texts 1024] [--n-images 96]
-        [--train-sizes 5000,20000,50000,100000] [--match-sizes 100000] [--workdir .bench]
+        [--train-sizes 5000,20000,50000,100000] [--match-sizes 100000,1000000] [--workdir .bench]
+        [--baseline DIR]
 
 Needs the int8 bundles: ``pmatch models build --int8``.
 """
@@ -45,6 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 import pmatch_duckdb as pm
 from pmatch_duckdb.bundles import find_bundle
@@ -216,8 +222,11 @@ def part_quality(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------------- training
 
 
-def _child(args_list: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args_list], capture_output=True, text=True, check=False)
+def _child(args_list: list[str], tree: Path | None = None) -> dict:
+    """This script (or the same script of another source ``tree``, imported from there) in a child process."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+    script = __file__ if tree is None else str(Path(tree) / "benchmarks" / "bench_pipeline.py")
+    out = subprocess.run([sys.executable, script, *args_list], capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -380,30 +389,77 @@ def part_training(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------- match
 
 
-def child_match(n: int, n_src: int, workdir: Path, home: Path) -> dict:
-    """Offers/s of the match_products path against an ``n``-offer index; per-stage seconds."""
-    import pmatch_duckdb.matching as M
+def build_match_index(n: int, root: Path, home: Path, chunk: int = 20_000):
+    """The ``n``-offer generated table and its index under ``root`` (built once, reused when complete).
+
+    Streamed: offers are read from DuckDB and embedded (stand-in text encoder, no images) in chunks of
+    ``chunk`` and written by ``OfferIndex.refresh_hashes`` in one commit, so a 1M-offer build never holds the
+    index rows in memory (``pm_index`` collects them first). Returns (connection, index, build seconds).
+    """
     from pmatch_duckdb.api import context_of
     from pmatch_duckdb.demo.grouped import grouped_offers
-    from pmatch_duckdb.offers import read_offers
+    from pmatch_duckdb.fusion import FusionConfig
+    from pmatch_duckdb.offer_vectors import content_salt, embed_offers
+    from pmatch_duckdb.offers import offer_from_mapping
     from pmatch_duckdb.sqlident import index_name_for
     from pmatch_duckdb.store import OfferIndex
 
-    _fake_text_encoder()
-    root = workdir / f"match_{n}"
     root.mkdir(parents=True, exist_ok=True)
     con = pm.connect(root / "db.duckdb", home=_home_copy(home, root), image_roots=[root], index_dir=root / "idx")
     if "offers" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}:
         con.register("g", grouped_offers(n, seed=0))
         con.execute("CREATE TABLE offers AS SELECT id, title, brand, description, price FROM g")
-    t = time.perf_counter()
-    pm.index(con, "offers")  # no-op when already built
-    t_index = time.perf_counter() - t
+        con.unregister("g")
     ctx = context_of(con)
     index = OfferIndex(ctx.index_root, index_name_for("offers"))
     t = time.perf_counter()
+    if index.exists() and index.table().count_rows() == n:
+        return con, index, 0.0
+    salt = content_salt(ctx.settings)
+
+    def chunks():
+        cur = con.cursor()
+        reader = cur.execute("SELECT id, title, brand, description, price FROM offers ORDER BY id").to_arrow_reader(chunk)
+        for b in reader:
+            yield [offer_from_mapping(r) for r in b.to_pylist()]
+        cur.close()
+
+    hashes = {o.id: o.content_hash(salt) for part in chunks() for o in part}
+
+    def embed(ids: list[str], cfg: FusionConfig):
+        first = embed_offers([offer_from_mapping({"id": "x", "title": "x"})], ctx.settings, cfg, ["x"], progress=False)
+
+        def batches():
+            done = 0
+            for part in chunks():
+                rows = embed_offers(part, ctx.settings, cfg, [hashes[o.id] for o in part], progress=False)
+                done += len(part)
+                log(f"build {n}: {done:,} offers embedded")
+                yield from rows.cast(first.schema).to_batches()
+        return pa.RecordBatchReader.from_batches(first.schema, batches())
+
+    index.refresh_hashes(hashes, embed, ctx.settings, source_table="offers", rebuild=True)
+    return con, index, time.perf_counter() - t
+
+
+def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: int = 0) -> dict:
+    """Offers/s of the match_products path against an ``n``-offer index; per-stage seconds; peak RSS.
+
+    ``lexical_check``: that many sources' lexical top-20 also taken exactly (dense, the channel below
+    ``APPROX_TOPK_MIN_ROWS``) to report how many of the approximate channel's rows agree.
+    """
+    import pmatch_duckdb.features.lexical as L
+    import pmatch_duckdb.matching as M
+    from pmatch_duckdb.api import context_of
+    from pmatch_duckdb.offers import read_offers
+
+    _fake_text_encoder()
+    root = workdir / f"match_{n}"
+    con, index, t_index = build_match_index(n, root, home)
+    ctx = context_of(con)
+    t, c = time.perf_counter(), time.process_time()
     view = M.target_view(index, ctx.settings.home)
-    t_view = time.perf_counter() - t
+    t_view, c_view = time.perf_counter() - t, time.process_time() - c
     rss_view = peak_rss_gb()
     con.execute(f"CREATE OR REPLACE TABLE src AS SELECT * FROM offers USING SAMPLE {n_src} ROWS (reservoir, 1)")
     offers = read_offers(con, "src")
@@ -420,8 +476,10 @@ def child_match(n: int, n_src: int, workdir: Path, home: Path) -> dict:
                 cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
         return wrapper
 
+    real_top_k = L.CharTfidf.top_k
     M.TargetView.vector_candidates = timed("vector search", M.TargetView.vector_candidates)
-    view.tfidf.top_k = timed("lexical candidates", view.tfidf.top_k)
+    L.CharTfidf.top_k = timed("lexical candidates", L.CharTfidf.top_k)
+    M.TargetView.candidates = timed("fetch candidate rows (Lance take)", M.TargetView.candidates)
     M.pair_signals = timed("pair features", M.pair_signals)
     M.pair_score = timed("decision (score)", M.pair_score)
     M.decide = timed("decision (score)", M.decide)
@@ -431,35 +489,69 @@ def child_match(n: int, n_src: int, workdir: Path, home: Path) -> dict:
     cand = timed("match() total", M.match)(src, view, 10, exclude_self=True)
     total, total_cpu = time.perf_counter() - t, time.process_time() - c
     for d in (stages, cpu):
-        d["candidate union + identifiers (rest of match)"] = (
-            d["match() total"] - d.get("vector search", 0) - d.get("lexical candidates", 0)
-            - d.get("pair features", 0) - d.get("decision (score)", 0))
+        d["candidate union + identifiers (rest of match)"] = d["match() total"] - sum(
+            d.get(k, 0) for k in ("vector search", "lexical candidates", "fetch candidate rows (Lance take)",
+                                  "pair features", "decision (score)"))
+    out = {"n": n, "sources": len(offers), "seconds": total, "offers_per_s": len(offers) / total,
+           "cpu_seconds": total_cpu, "offers_per_cpu_s": len(offers) / total_cpu, "stages": stages, "cpu": cpu,
+           "pairs": int(len(cand.source)), "index_s": t_index, "view_s": t_view, "view_cpu_s": c_view,
+           "ann": bool(view.use_ann), "on_disk": bool(view.on_disk), "view_bytes": view.nbytes(),
+           "rss_view_gb": rss_view, "peak_rss_gb": peak_rss_gb()}
+    if lexical_check:
+        q = src.lexical[:lexical_check]
+        approx, _ = real_top_k(view.tfidf, q, 20)
+        L.APPROX_TOPK_MIN_ROWS = 1 << 62
+        exact, ev = real_top_k(view.tfidf, q, 20)
+        both = [len(set(a[a >= 0]) & set(e[(e >= 0) & (v > 0)])) / max(1, int(((e >= 0) & (v > 0)).sum()))
+                for a, e, v in zip(approx, exact, ev, strict=True)]
+        top1 = [a[0] == e[0] for a, e in zip(approx, exact, strict=True)]
+        out["lexical_agreement"] = {"sources": len(q), "top20_overlap": float(np.mean(both)),
+                                    "top1_same": float(np.mean(top1))}
     con.close()
-    return {"n": n, "sources": len(offers), "seconds": total, "offers_per_s": len(offers) / total,
-            "cpu_seconds": total_cpu, "offers_per_cpu_s": len(offers) / total_cpu, "stages": stages, "cpu": cpu, "pairs": int(len(cand.source)), "index_s": t_index, "view_s": t_view,
-            "ann": bool(view.use_ann), "rss_view_gb": rss_view, "peak_rss_gb": peak_rss_gb()}
+    return out
 
 
 def part_match(args: argparse.Namespace) -> None:
     print(f"\n## match_products path: {args.match_sources} source offers already in the index (dedup), k=10\n")
+    print("# new = this tree; before = --baseline tree (its own bench_pipeline.py child, same index, same sources)")
     for n in args.match_sizes:
-        log(f"match: {n}-offer index (child process)")
-        r = _child(["_match", str(n), "--home", str(args.home), "--workdir", str(args.workdir),
-                    "--match-sources", str(args.match_sources)])
-        log(f"match {n}: {r}")
-        if "error" in r:
-            print(f"{n:,}-offer index: failed: {r['error']}")
-            continue
-        print(f"{n:,}-offer index ({'ANN' if r['ann'] else 'exact'} vector search): {r['offers_per_s']:.1f} source "
-              f"offers/s wall, {r['offers_per_cpu_s']:.1f} per process-CPU second ({r['sources']} in "
-              f"{r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU; {r['pairs']:,} pairs); loading the target view "
-              f"{r['view_s']:.1f} s (once per index version); peak RSS {r['peak_rss_gb']:.2f} GB "
-              f"({r['rss_view_gb']:.2f} GB after loading the view)")
-        rows = [[k, f"{v:.2f}", f"{100 * v / r['seconds']:.0f}%", f"{r['cpu'][k]:.2f}",
-                 f"{100 * r['cpu'][k] / r['cpu_seconds']:.0f}%"] for k, v in r["stages"].items() if k != "match() total"]
-        print(fmt_table(["stage", "wall s", "wall share", "CPU s", "CPU share"], rows))
-        print(f"TARGET >= 500 source offers/s vs {n:,}: {r['offers_per_s']:.0f}/s "
-              f"{'MET' if r['offers_per_s'] >= 500 else 'NOT MET'}\n")
+        runs = [("new", None)] + ([("before", args.baseline)] if args.baseline and n <= args.baseline_max else [])
+        res = {}
+        for label, tree in runs:
+            log(f"match: {n}-offer index, {label} (child process)")
+            extra = ([] if label != "new" else ["--lexical-check", str(args.lexical_check if n <= 200_000 else 100)])
+            r = _child(["_match", str(n), "--home", str(args.home), "--workdir", str(args.workdir),
+                        "--match-sources", str(args.match_sources), *extra], tree=tree)
+            log(f"match {n} {label}: {r}")
+            res[label] = r
+            if "error" in r:
+                print(f"{n:,}-offer index, {label}: failed: {r['error']}")
+                continue
+            print(f"{n:,}-offer index, {label} ({'ANN' if r['ann'] else 'exact'} vector search"
+                  f"{', vectors on disk' if r.get('on_disk') else ''}): {r['offers_per_s']:.1f} source offers/s wall, "
+                  f"{r['offers_per_cpu_s']:.1f} per process-CPU second ({r['sources']} in {r['seconds']:.1f} s wall, "
+                  f"{r['cpu_seconds']:.1f} s CPU; {r['pairs']:,} pairs); loading the target view {r['view_s']:.1f} s "
+                  f"wall (once per index version); peak RSS {r['peak_rss_gb']:.2f} GB ({r['rss_view_gb']:.2f} GB after "
+                  f"loading the view)")
+            if r.get("view_bytes"):
+                print("view arrays held: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in r["view_bytes"].items()))
+            rows = [[k, f"{v:.2f}", f"{100 * v / r['seconds']:.0f}%", f"{r['cpu'][k]:.2f}",
+                     f"{100 * r['cpu'][k] / r['cpu_seconds']:.0f}%"] for k, v in r["stages"].items()
+                    if k != "match() total"]
+            print(fmt_table(["stage", "wall s", "wall share", "CPU s", "CPU share"], rows))
+            if r.get("lexical_agreement"):
+                a = r["lexical_agreement"]
+                print(f"lexical channel (approximate from 100,000 rows) vs exact, "
+                      f"{a['sources']} sources: top-20 overlap {a['top20_overlap']:.3f}, same top-1 {a['top1_same']:.3f}")
+            print(f"TARGET >= 500 source offers/s vs {n:,}: {r['offers_per_s']:.0f}/s wall, "
+                  f"{r['offers_per_cpu_s']:.0f}/CPU-s x {os.cpu_count()} cores = {r['offers_per_cpu_s'] * (os.cpu_count() or 1):.0f}/s "
+                  f"if both cores were ours: {'MET' if r['offers_per_s'] >= 500 else 'NOT MET'}\n")
+        if "before" in res and "error" not in res["before"] and "error" not in res["new"]:
+            b, a = res["before"], res["new"]
+            print(f"RATIO {n:,}: new/before source offers per CPU-s {a['offers_per_cpu_s'] / b['offers_per_cpu_s']:.1f}x, "
+                  f"wall {a['offers_per_s'] / b['offers_per_s']:.1f}x; peak RSS {a['peak_rss_gb']:.2f} vs "
+                  f"{b['peak_rss_gb']:.2f} GB ({a['peak_rss_gb'] / b['peak_rss_gb']:.2f}x); view load CPU "
+                  f"{a.get('view_cpu_s', float('nan')):.1f} s vs wall {b['view_s']:.1f} s before\n")
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -483,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--match-sizes", default="100000")
     ap.add_argument("--match-sources", type=int, default=2000)
     ap.add_argument("--workdir", type=Path, default=REPO / ".bench")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="match: also time the code of this source tree (e.g. `git archive <commit>` unpacked)")
+    ap.add_argument("--baseline-max", type=int, default=100_000, help="match: largest size the baseline runs at")
+    ap.add_argument("--lexical-check", type=int, default=300,
+                    help="match: sources whose approximate lexical top-20 is compared with the exact one")
     args = ap.parse_args(argv)
     from pmatch_duckdb.home import pmatch_home
 
@@ -498,8 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "_retrieval":
         print(json.dumps(child_retrieval(args.n)))
         return 0
+    if args.mode == "_build":  # build (or check) the generated match index only
+        _fake_text_encoder()
+        _, index, secs = build_match_index(args.n, args.workdir / f"match_{args.n}", args.home)
+        print(json.dumps({"n": args.n, "build_s": secs, "rows": index.table().count_rows(), "peak_rss_gb": peak_rss_gb()}))
+        return 0
     if args.mode == "_match":
-        print(json.dumps(child_match(args.n, args.match_sources, args.workdir, args.home)))
+        print(json.dumps(child_match(args.n, args.match_sources, args.workdir, args.home, args.lexical_check)))
         return 0
     load = os.getloadavg()
     print(f"# bench_pipeline {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}  {platform.platform()}  "

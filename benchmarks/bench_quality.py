@@ -525,7 +525,22 @@ def run_pair_part(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: l
     src_rows = load_rows(con, offers[0])
     tgt_rows = load_rows(con, offers[-1])
     rows: list[Row] = []
-    for label, cfg, spec in variants(ctx, has):
+    todo = [(label, cfg, spec, False) for label, cfg, spec in variants(ctx, has)]
+    matcher: Matcher | None = None
+    train_s: float | None = None
+    while todo:
+        label, cfg, spec, scorer_off = todo.pop(0)
+        if scorer_off:  # the same matcher with its pair scorer switched off (pair_top_m=0): stage 1 alone
+            settings = context_of(con).settings
+            pm.install(con, dataclasses.replace(settings, pair_top_m=0))
+            try:
+                assert matcher is not None
+                rows += _pair_rows(con, ctx, part, offers, splits, tests, label, matcher, FusionConfig(),
+                                   matcher.decision.accept_threshold, matcher.decision.review_threshold, train_s,
+                                   src_rows, tgt_rows, "")
+            finally:
+                pm.install(con, settings)
+            continue
         train_s = None
         if spec is None:
             matcher, use_cfg, accept, review = None, cfg, cfg.accept_threshold, cfg.review_threshold
@@ -535,31 +550,43 @@ def run_pair_part(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: l
             use_cfg, accept, review = FusionConfig(), matcher.decision.accept_threshold, matcher.decision.review_threshold
             if matcher.pair_decision is not None:  # the stacked model decides the pairs score_pairs is given
                 accept, review = matcher.pair_decision.accept_threshold, matcher.pair_decision.review_threshold
+                if label == MAIN:
+                    todo.insert(0, ("trained fusion, pair scorer off (m=0, same matcher)", None, None, True))
+        rows += _pair_rows(con, ctx, part, offers, splits, tests, label, matcher, use_cfg, accept, review, train_s,
+                           src_rows, tgt_rows, reference)
+    return rows
 
-        def scored(key: str, matcher: Matcher | None = matcher, use_cfg: FusionConfig = use_cfg
-                   ) -> tuple[np.ndarray, np.ndarray]:
-            # the public path (score_pairs in SQL) wherever it applies: trained matchers and the default
-            # zero-shot fusion; other fusion weights (ablation) only exist in Python
-            if matcher is not None or use_cfg == ZERO_SHOT:
-                return sql_score_pairs(con, offers[0], offers[-1], f"{_pt(part)}_{key}", splits[key],
-                                       matcher.bundle.manifest["name"] if matcher is not None else None)
-            return score_pairs(src_rows, tgt_rows, splits[key], use_cfg, matcher)
 
-        valid = scored("valid")
-        for test_label, key in tests:
-            test = scored(key)
-            m = labelled_metrics(valid, test, accept)
-            sub = f"{part}{test_label}"
-            note = "; ".join(x for x in (reference if label == MAIN else "",
-                                          "accept = inf" if np.isinf(accept) else "") if x)
-            rows.append(Row(sub, label, f1_accept=m["f1_accept"], f1_valid=m["f1_valid"], best_f1=m["best_f1"],
-                            r_p99=m["r_p99"], train_s=train_s, reference=note, extra=m))
-            log(f"  {sub} | {label}: F1@accept({accept:.3f}) {m['f1_accept']:.3f}, "
-                f"F1@valid-best({m['valid_threshold']:.3f}) {m['f1_valid']:.3f}, best test F1 {m['best_f1']:.3f}, "
-                f"R@P.99 {m['r_p99']:.3f}")
-            if label == MAIN:
-                save_plots(ctx.plots, part if len(tests) == 1 else f"{part}-{key}", test[0], test[1],
-                           int(test[1].sum()), accept, review, f"{sub} test (trained)")
+def _pair_rows(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: list[str],
+               splits: dict[str, list[tuple[str, str, int]]], tests: list[tuple[str, str]], label: str,
+               matcher: Matcher | None, use_cfg: FusionConfig, accept: float, review: float, train_s: float | None,
+               src_rows: OfferVectors, tgt_rows: OfferVectors, reference: str) -> list[Row]:
+    """Score ``valid`` and each test split with one matcher (or fusion); one row per test split."""
+    rows: list[Row] = []
+    def scored(key: str, matcher: Matcher | None = matcher, use_cfg: FusionConfig = use_cfg
+               ) -> tuple[np.ndarray, np.ndarray]:
+        # the public path (score_pairs in SQL) wherever it applies: trained matchers and the default
+        # zero-shot fusion; other fusion weights (ablation) only exist in Python
+        if matcher is not None or use_cfg == ZERO_SHOT:
+            return sql_score_pairs(con, offers[0], offers[-1], f"{_pt(part)}_{key}", splits[key],
+                                   matcher.bundle.manifest["name"] if matcher is not None else None)
+        return score_pairs(src_rows, tgt_rows, splits[key], use_cfg, matcher)
+
+    valid = scored("valid")
+    for test_label, key in tests:
+        test = scored(key)
+        m = labelled_metrics(valid, test, accept)
+        sub = f"{part}{test_label}"
+        note = "; ".join(x for x in (reference if label == MAIN else "",
+                                      "accept = inf" if np.isinf(accept) else "") if x)
+        rows.append(Row(sub, label, f1_accept=m["f1_accept"], f1_valid=m["f1_valid"], best_f1=m["best_f1"],
+                        r_p99=m["r_p99"], train_s=train_s, reference=note, extra=m))
+        log(f"  {sub} | {label}: F1@accept({accept:.3f}) {m['f1_accept']:.3f}, "
+            f"F1@valid-best({m['valid_threshold']:.3f}) {m['f1_valid']:.3f}, best test F1 {m['best_f1']:.3f}, "
+            f"R@P.99 {m['r_p99']:.3f}")
+        if label == MAIN:
+            save_plots(ctx.plots, part if len(tests) == 1 else f"{part}-{key}", test[0], test[1],
+                       int(test[1].sum()), accept, review, f"{sub} test (trained)")
     return rows
 
 

@@ -278,16 +278,19 @@ def raw_search(tbl: Any, q: np.ndarray, nprobes: int, refine: int | None, limit:
 def pmatch_view(tbl: Any, n: int) -> Any:
     """A ``TargetView`` over the benchmark table, without loading offer columns it does not have.
 
-    ``vector_candidates`` only reads ``table``, ``n``, ``pos`` and ``use_ann``; everything else a real
-    view holds (fused/text/image matrices, TF-IDF) serves the other channels and is not built here.
+    ``vector_candidates`` on an on-disk view only reads ``table``, ``n``, ``on_disk``, ``use_ann`` and the Lance
+    row ids (mapped to positions with numpy); everything else a real view holds (TF-IDF, identifier
+    indexes) serves the other channels and is not built here.
     """
     from pmatch_duckdb.matching import TargetView
 
     view = TargetView.__new__(TargetView)
     view.table = tbl
     view.n = n
-    view.pos = {str(i): i for i in range(n)}
+    view.on_disk = True
     view.use_ann = True
+    view.row_ids = tbl.to_lance().to_table(columns=[], with_row_id=True)["_rowid"].to_numpy().astype(np.int64)
+    view._rowid_order = None if np.all(np.diff(view.row_ids) > 0) else np.argsort(view.row_ids)
     return view
 
 

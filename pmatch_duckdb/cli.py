@@ -74,12 +74,16 @@ def models_build(home: str | None, force: bool, only: tuple[str, ...], int8: boo
 @click.option("--tokenizer", default=None, type=click.Path(),
               help="Local folder with the Hugging Face tokenizer (tokenizer.json, ...) of models that use one "
                    "(SigLIP, SigLIP2, ...), when --weights is not a snapshot folder holding it.")
+@click.option("--hf-text-dir", default=None, type=click.Path(),
+              help="Local Hugging Face folder (config.json + tokenizer files) of a Hugging Face text tower "
+                   "(xlm-roberta-base-ViT-B-32, ...; default: the folder named like the tower, e.g. "
+                   "xlm-roberta-base, inside the checkpoint's folder).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle of that name.")
 @click.option("--home", type=click.Path(file_okay=False), default=None, help="pmatch home (default $PMATCH_HOME).")
 def models_export_openclip(arch: str | None, weights: str, name: str, pretrained_tag: str | None,
                            mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
                            interpolation: str | None, resize_mode: str | None, tokenizer: str | None,
-                           force: bool, home: str | None) -> None:
+                           hf_text_dir: str | None, force: bool, home: str | None) -> None:
     """Export OpenCLIP weights on disk to one CLIP bundle (text + image towers). Needs the clip extra."""
     try:
         from .build.openclip import export_openclip
@@ -91,7 +95,7 @@ def models_export_openclip(arch: str | None, weights: str, name: str, pretrained
            "interpolation": interpolation, "resize_mode": resize_mode}
     try:
         export_openclip(arch, weights, name, home=home, force=force, pretrained_tag=pretrained_tag,
-                        preprocess=pre, tokenizer=tokenizer, log=click.echo)
+                        preprocess=pre, tokenizer=tokenizer, hf_text_dir=hf_text_dir, log=click.echo)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None
 
@@ -256,7 +260,7 @@ text_model_option = click.option(
 @click.option("--no-pair-model", is_flag=True,
               help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
 @click.option("--pair-max-len", default=64, show_default=True, help="Pair scorer: word pieces per pair.")
-@click.option("--pair-epochs", default=1, show_default=True, help="Pair scorer: fine-tuning epochs.")
+@click.option("--pair-epochs", default=3, show_default=True, help="Pair scorer: fine-tuning epochs.")
 @click.option("--pair-freeze-layers", default=4, show_default=True,
               help="Pair scorer: frozen lower layers (of 6) and embeddings.")
 @click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from .features.codes import gtin_evidence
+from .features.codes import gtin_evidence, mpn_identifiers
 from .features.lexical import CharTfidf, IdentifierIndex, normalize
 from .fusion import FusionConfig, apply_gtin_evidence, decide, pair_score
 from .matchers import Matcher, load_matcher
@@ -38,11 +39,24 @@ from .pair_scorer import stacked_features, top_m_mask
 from .settings import Settings
 from .store import ANN_MIN_ROWS, OfferIndex
 
+ON_DISK_MIN_ROWS = ANN_MIN_ROWS  # from this many target rows the vectors stay on disk (fetched per candidate)
+SCORE_BATCH = 512  # source offers scored together against an on-disk target (bounds the fetched candidate rows)
+# what scoring reads of a candidate row (OfferVectors.from_arrow); the other index columns are never fetched
+SCORING_COLUMNS = ("id", "content_hash", "title", "brand", "lexical_text", "identifiers", "description",
+                   "desc_identifiers", "price", "text_vec", "image_vec", "vector", "gtin", "mpn")
+_LOOKUP_COLUMNS = ("id", "lexical_text", "identifiers", "gtin", "mpn")  # what the candidate indexes are built from
+
 
 class TargetView:
-    """Everything matching needs from one version of an index, loaded once and cached."""
+    """Everything matching needs from one version of an index, loaded once and cached.
 
-    def __init__(self, index: OfferIndex, home: Path | None = None) -> None:
+    Below ``ON_DISK_MIN_ROWS`` rows the whole table is held in memory (``rows``, exact numpy search). From
+    there on only what candidate generation needs is held — the ids, the Lance row ids, the char TF-IDF and
+    the identifier/GTIN indexes; vector search runs in LanceDB (its ANN index) and returns Lance row ids,
+    and the columns scoring reads are fetched for the candidate rows only (:meth:`candidates`).
+    """
+
+    def __init__(self, index: OfferIndex, home: Path | None = None, on_disk: bool | None = None) -> None:
         tbl = index.table()
         self.version = tbl.version
         self.index = index
@@ -50,21 +64,39 @@ class TargetView:
         self.fusion = index.fusion()
         ident = index.matcher_identity()
         self.matcher: Matcher | None = load_matcher(ident["name"], ident["version"], home) if ident else None
-        data = tbl.to_arrow()
-        self.data = data
-        self.n = len(data)
-        self.rows = OfferVectors.from_arrow(data)
-        self.pos = {i: p for p, i in enumerate(self.rows.ids)}
-        self.tfidf = CharTfidf(self.rows.lexical)
-        self.ident = IdentifierIndex(self.rows.idents)
-        self.gtin = IdentifierIndex([[g] if g else [] for g in self.rows.gtins])
-        self.use_ann = any("vector" in (ix.columns or []) for ix in tbl.list_indices()) and self.n >= ANN_MIN_ROWS
+        self.n = tbl.count_rows()
+        self.on_disk = self.n >= ON_DISK_MIN_ROWS if on_disk is None else on_disk
+        has_ann = any("vector" in (ix.columns or []) for ix in tbl.list_indices())
+        self.use_ann = has_ann and self.on_disk
+        if not self.on_disk:
+            self.dataset, self.row_ids = None, None
+            self.data = tbl.to_arrow()
+            self.rows: OfferVectors | None = OfferVectors.from_arrow(self.data)
+            self.pos: dict[str, int] | None = {i: p for p, i in enumerate(self.rows.ids)}
+            lexical, idents, gtins = self.rows.lexical, self.rows.idents, self.rows.gtins
+        else:
+            self.dataset = tbl.to_lance()
+            have = set(self.dataset.schema.names)
+            meta = with_description_columns(self.dataset.to_table(
+                columns=[c for c in _LOOKUP_COLUMNS if c in have], with_row_id=True))
+            self.data, self.rows, self.pos = None, None, None
+            self._ids = meta["id"].combine_chunks()
+            self.row_ids = meta["_rowid"].to_numpy().astype(np.int64)
+            self._rowid_order = None if np.all(np.diff(self.row_ids) > 0) else np.argsort(self.row_ids)
+            lexical = meta["lexical_text"].to_pylist()
+            idents = lookup_identifiers(meta)
+            gtins = meta["gtin"].to_pylist()
+            del meta
+        self.tfidf = CharTfidf(lexical)
+        self.ident = IdentifierIndex(idents)
+        self.gtin = IdentifierIndex([[g] if g else [] for g in gtins])
 
     @classmethod
     def from_vectors(cls, rows: OfferVectors, fusion: FusionConfig, matcher: Matcher | None = None) -> TargetView:
         """A view over offers held in memory (training and evaluation; exact search)."""
         view = cls.__new__(cls)
         view.version, view.index, view.table, view.data = -1, None, None, None
+        view.dataset, view.row_ids, view.on_disk = None, None, False
         view.fusion, view.matcher, view.rows, view.n = fusion, matcher, rows, len(rows.ids)
         view.pos = {i: p for p, i in enumerate(rows.ids)}
         view.tfidf = CharTfidf(rows.lexical)
@@ -80,16 +112,71 @@ class TargetView:
         view.rows = dataclasses.replace(self.rows, fused=fused)
         return view
 
-    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 20, refine: int = 10
+    def target_ids(self, positions: np.ndarray) -> list[str]:
+        """The ids of target rows (positions)."""
+        if self.rows is not None:
+            return [self.rows.ids[int(p)] for p in positions]
+        return self._ids.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
+
+    def positions(self, ids: list[str]) -> np.ndarray:
+        """Positions of target ids (int64; -1 where an id is not in the index)."""
+        if self.pos is not None:
+            return np.array([self.pos.get(i, -1) for i in ids], dtype=np.int64)
+        at = pc.index_in(pa.array(ids, pa.string()), value_set=self._ids)
+        return np.asarray(at.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def row_table(self, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Index rows at ``positions`` (in that order); on disk, read with Lance ``take`` (those rows only)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        if self.data is not None:
+            t = self.data.take(pa.array(pos))
+            return t if columns is None else t.select(columns)
+        uniq, inv = np.unique(pos, return_inverse=True)
+        cols = None if columns is None else [c for c in columns if c in self.dataset.schema.names]
+        t = self.dataset.take(pa.array(uniq), columns=cols) if len(uniq) else self.dataset.schema.empty_table()
+        t = t if cols is None else t.select(cols)
+        return t if len(uniq) == len(pos) and np.array_equal(uniq, pos) else t.take(pa.array(inv))
+
+    def candidates(self, t: np.ndarray) -> tuple[TargetView, np.ndarray]:
+        """A view to score pairs with target positions ``t``: ``(view, positions in it)``.
+
+        In memory: this view and ``t``. On disk: a view whose ``rows`` are the distinct targets of ``t``, read
+        from the index now (the scoring columns only), and ``t`` as positions among them.
+        """
+        if self.rows is not None:
+            return self, t
+        uniq, inv = np.unique(t, return_inverse=True)
+        view = copy.copy(self)
+        if self.matcher is None:  # zero-shot: the offer vector is not read (pair_signals derives its cosine)
+            rows = OfferVectors.from_arrow(self.row_table(uniq, [c for c in SCORING_COLUMNS if c != "vector"]))
+        else:
+            rows = OfferVectors.from_arrow(self.row_table(uniq, list(SCORING_COLUMNS)))
+        view.rows = rows
+        view.tfidf = _RowSubsetTfidf(self.tfidf, uniq)
+        return view, inv.astype(np.int64)
+
+    def _rowid_positions(self, rowids: np.ndarray) -> np.ndarray:
+        """Lance row ids (as vector search returns them) → positions (numpy, no per-result Python)."""
+        if self._rowid_order is None:
+            return np.searchsorted(self.row_ids, rowids)
+        return self._rowid_order[np.searchsorted(self.row_ids[self._rowid_order], rowids)]
+
+    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 20, refine: int | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``."""
+        """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``.
+
+        With an ANN index the sims are its estimates unless ``refine`` (LanceDB's refine_factor: re-rank
+        ``refine × k`` rows by their stored vectors). Off by default: matching computes the exact cosine of
+        every candidate from the fetched rows, and on a 100k index (1,664-d) the unrefined top-31 held all of
+        the refined top-10 at ~1/10 of the CPU (benchmarks/README.md, Pipeline speed).
+        """
         n = len(queries)
         kk = min(k, self.n)
         idx = np.full((n, k), -1, dtype=np.int64)
         sim = np.zeros((n, k), dtype=np.float32)
         if kk == 0 or n == 0:
             return idx, sim
-        if not self.use_ann:
+        if not self.on_disk:
             # query chunks of ~4M scores (~64 MB with argpartition's temporaries), whatever the target size
             step = int(np.clip((1 << 22) // max(self.n, 1), 64, 1024))
             for s in range(0, n, step):
@@ -100,18 +187,54 @@ class TargetView:
                 idx[s:s + step, :kk] = np.take_along_axis(part, order, axis=1)
                 sim[s:s + step, :kk] = np.take_along_axis(sc, order, axis=1)
             return idx, sim
-        res = (self.table.search(queries, vector_column_name="vector").distance_type("cosine")
-               .nprobes(nprobes).refine_factor(refine).limit(kk).select(["id", "_distance"]).to_arrow())
-        qi = res["query_index"].to_numpy()
-        ids = res["id"].to_pylist()
+        # one batched LanceDB query (its ANN index when there is one, else a flat scan read from disk);
+        # results carry Lance row ids, mapped to positions with numpy
+        q = self.table.search(np.ascontiguousarray(queries, dtype=np.float32), vector_column_name="vector"
+                              ).distance_type("cosine")
+        if self.use_ann:
+            q = q.nprobes(nprobes)
+            if refine:
+                q = q.refine_factor(refine)
+        res = q.limit(kk).with_row_id(True).select(["_distance"]).to_arrow()
+        qi = res["query_index"].to_numpy() if "query_index" in res.column_names else np.zeros(len(res), np.int64)
         dist = res["_distance"].to_numpy()
-        fill = np.zeros(n, dtype=np.int64)
-        for q, i, d in zip(qi, ids, dist, strict=True):
-            if fill[q] < k:
-                idx[q, fill[q]] = self.pos[i]
-                sim[q, fill[q]] = 1.0 - d
-                fill[q] += 1
+        pos = self._rowid_positions(res["_rowid"].to_numpy().astype(np.int64))
+        order = np.lexsort((pos, dist, qi))
+        qi, dist, pos = qi[order], dist[order], pos[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(qi)) + 1]
+        rank = np.arange(len(qi)) - np.repeat(starts, np.diff(np.r_[starts, len(qi)]))
+        keep = rank < k
+        idx[qi[keep], rank[keep]] = pos[keep]
+        sim[qi[keep], rank[keep]] = 1.0 - dist[keep]
         return idx, sim
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held by the view's arrays, per part (the regression test and the benchmark read this)."""
+        out = {"tfidf": self.tfidf.nbytes(), "identifiers": self.ident.nbytes() + self.gtin.nbytes()}
+        if self.rows is not None:
+            out["rows"] = sum(v.nbytes for v in self.rows.__dict__.values() if isinstance(v, np.ndarray))
+        else:
+            out["ids"] = self._ids.nbytes + self.row_ids.nbytes
+        return out
+
+
+class _RowSubsetTfidf:
+    """The target TF-IDF seen from a candidate view: its row ``j`` is the target's row ``rows[j]``."""
+
+    def __init__(self, tfidf: CharTfidf, rows: np.ndarray) -> None:
+        self.tfidf, self.rows = tfidf, rows
+
+    def transform(self, texts: list[str]):  # noqa: ANN201 (scipy sparse)
+        return self.tfidf.transform(texts)
+
+    def pair_scores(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
+        return self.tfidf.pair_scores(texts, self.rows[rows])
+
+
+def lookup_identifiers(t: pa.Table) -> list[list[str]]:
+    """Identifier tokens per index row: those of brand + title, then the MPN's (as ``OfferVectors.idents``)."""
+    return [list(dict.fromkeys((x or []) + mpn_identifiers(m)))
+            for x, m in zip(t["identifiers"].to_pylist(), t["mpn"].to_pylist(), strict=True)]
 
 
 _views: OrderedDict[tuple[str, int, str], TargetView] = OrderedDict()
@@ -168,18 +291,18 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
     salt = content_salt(settings)
     hashes = [o.content_hash(salt) for o in offers]
     reused: dict[int, int] = {}  # source position -> row in reuse
-    if reuse is not None:
-        for i, (o, h) in enumerate(zip(offers, hashes, strict=True)):
-            p = reuse.pos.get(o.id)
-            if p is not None and reuse.rows.hashes[p] == h:
-                reused[i] = p
+    if reuse is not None and offers:
+        pos = reuse.positions([o.id for o in offers])
+        found = np.flatnonzero(pos >= 0)
+        old_hashes = (reuse.row_table(pos[found], ["content_hash"])["content_hash"].to_pylist() if len(found) else [])
+        reused = {int(i): int(pos[i]) for i, h in zip(found, old_hashes, strict=True) if h == hashes[i]}
     todo = [i for i in range(len(offers)) if i not in reused]
     parts = []
     if todo:
         parts.append(embed_offers([offers[i] for i in todo], settings, cfg, [hashes[i] for i in todo],
                                   progress=False, matcher=matcher))
     if reused:
-        old = with_description_columns(reuse.data.take(list(reused.values())))
+        old = with_description_columns(reuse.row_table(np.array(list(reused.values()), dtype=np.int64)))
         parts.append(old.select(parts[0].column_names if parts else old.column_names))
     table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     # rows are [todo..., reused...]; put them back in source order
@@ -211,29 +334,26 @@ class Candidates:
 
 def candidate_pairs(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
                     vector_k: int | None = None, lexical_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Union of the three channels' candidates: (source positions, target positions)."""
+    """Union of the three channels' candidates: (source positions, target positions), sorted, no duplicates."""
     n = len(src.ids)
     vk = vector_k or max(3 * k, 30)
     lk = lexical_k or max(2 * k, 20)
     extra = 1 if exclude_self else 0
     vidx, _ = view.vector_candidates(src.fused, vk + extra)
     lidx, _ = view.tfidf.top_k(src.lexical, lk + extra)
-    pairs_s: list[int] = []
-    pairs_t: list[int] = []
+    i_s, i_t = view.ident.lookup_many(src.idents)
+    g_s, g_t = view.gtin.lookup_many([[g] if g else [] for g in src.gtins])
+    s = np.concatenate([np.repeat(np.arange(n, dtype=np.int64), vidx.shape[1]),
+                        np.repeat(np.arange(n, dtype=np.int64), lidx.shape[1]), i_s, g_s])
+    t = np.concatenate([vidx.ravel(), lidx.ravel(), i_t, g_t])
     # an offer with no text, no usable image and no lexical content has nothing to match on
     has_signal = src.text_ok | src.image_ok | np.array([bool(normalize(x)) for x in src.lexical], dtype=bool)
-    for i in range(n):
-        if not has_signal[i]:
-            continue
-        cand = set(vidx[i][vidx[i] >= 0].tolist()) | set(lidx[i][lidx[i] >= 0].tolist())
-        cand.update(view.ident.lookup(src.idents[i]))
-        if src.gtins[i]:
-            cand.update(view.gtin.lookup([src.gtins[i]]))
-        if exclude_self:
-            cand.discard(view.pos.get(src.ids[i], -1))
-        pairs_s.extend([i] * len(cand))
-        pairs_t.extend(sorted(cand))
-    return np.asarray(pairs_s, dtype=np.int64), np.asarray(pairs_t, dtype=np.int64)
+    keep = (t >= 0) & has_signal[s] if n else np.zeros(0, dtype=bool)
+    if exclude_self:
+        keep &= t != view.positions(src.ids)[s]
+    width = max(view.n, 1)
+    key = np.unique(s[keep] * width + t[keep])
+    return key // width, key % width
 
 
 @dataclass
@@ -258,13 +378,57 @@ def pair_signals(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarr
     text = np.where(src.text_ok[s] & tr.text_ok[t], np.einsum("ij,ij->i", src.text[s], tr.text[t]), np.nan)
     image = np.where(src.image_ok[s] & tr.image_ok[t], np.einsum("ij,ij->i", src.image[s], tr.image[t]), np.nan)
     gtin = np.array(gtin_evidence([src.gtins[a] for a in s], [tr.gtins[b] for b in t]), dtype=np.int8)
-    idm = np.array([bool(set(src.idents[a]) & set(tr.idents[b])) for a, b in zip(s, t, strict=True)], dtype=bool)
-    idm |= gtin > 0
+    idm = _shared_token(src.idents, tr.idents, s, t) | (gtin > 0)
     ps, pt = src.price[s], tr.price[t]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = np.where((ps > 0) & (pt > 0), np.minimum(ps, pt) / np.maximum(ps, pt), np.nan)
-    fused = np.einsum("ij,ij->i", src.fused[s], tr.fused[t]) if len(s) else np.zeros(0, np.float32)
+    if not len(s):
+        fused = np.zeros(0, np.float32)
+    elif tr.fused.shape[1] == 0:  # zero-shot rows read without their offer vector (TargetView.candidates)
+        fused = _zero_shot_fused_cosine(src, tr, s, t, text, image, view.fusion)
+    else:
+        fused = np.einsum("ij,ij->i", src.fused[s], tr.fused[t])
     return PairSignals(fused, text, image, lex, idm, ratio, ps, pt, gtin)
+
+
+def _shared_token(a: list[list[str]], b: list[list[str]], s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per pair: whether ``a[s[i]]`` and ``b[t[i]]`` share a token (numpy over token codes, no per-pair sets)."""
+    if not len(s):
+        return np.zeros(0, dtype=bool)
+    vocab: dict[str, int] = {}
+    codes_a = [[vocab.setdefault(x, len(vocab)) for x in dict.fromkeys(toks)] for toks in a]
+    codes_b = [[vocab.setdefault(x, len(vocab)) for x in dict.fromkeys(toks)] for toks in b]
+
+    def flat(codes: list[list[int]], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lens = np.array([len(c) for c in codes], dtype=np.int64)
+        starts = np.r_[0, np.cumsum(lens)[:-1]]
+        allc = np.array([x for c in codes for x in c], dtype=np.int64)
+        n = lens[rows]
+        pair = np.repeat(np.arange(len(rows)), n)
+        at = np.repeat(starts[rows], n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        return pair, allc[at] if len(at) else np.zeros(0, np.int64)
+
+    pa_, ca = flat(codes_a, s)
+    pb, cb = flat(codes_b, t)
+    width = max(len(vocab), 1)
+    hit = np.isin(pa_ * width + ca, pb * width + cb)
+    out = np.zeros(len(s), dtype=bool)
+    out[pa_[hit]] = True
+    return out
+
+
+def _zero_shot_fused_cosine(src: OfferVectors, tr: OfferVectors, s: np.ndarray, t: np.ndarray, text: np.ndarray,
+                            image: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+    """Cosine of the zero-shot offer vectors (``fuse``: normalised [w_t·text, w_i·image]) from the text and
+    image cosines and the vectors' norms — what ``einsum`` of the fused rows gives, without building them."""
+    def norm2(v: OfferVectors, rows: np.ndarray) -> np.ndarray:
+        ut, ui = np.einsum("ij,ij->i", v.text, v.text) * v.text_ok, np.einsum("ij,ij->i", v.image, v.image) * v.image_ok
+        return (cfg.text_weight ** 2 * ut + cfg.image_weight ** 2 * ui)[rows]
+
+    num = (cfg.text_weight ** 2 * np.nan_to_num(text, nan=0.0) + cfg.image_weight ** 2 * np.nan_to_num(image, nan=0.0))
+    den = np.sqrt(norm2(src, s) * norm2(tr, t))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, 0.0).astype(np.float32)
 
 
 def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray,
@@ -318,9 +482,14 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     """Candidates from the three channels, scored and cut to the best ``k`` per source.
 
     ``pair_top_m``: pairs per source the matcher's pair scorer re-scores (None: the bundle's default)."""
+    if view.on_disk and len(src.ids) > SCORE_BATCH:  # bounded memory: the candidates of one batch at a time
+        parts = [match(src.take(np.arange(a, min(a + SCORE_BATCH, len(src.ids)))), view, k, exclude_self,
+                       vector_k, lexical_k, pair_top_m) for a in range(0, len(src.ids), SCORE_BATCH)]
+        return _concat_candidates(parts, SCORE_BATCH)
     s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k)
-    sig = pair_signals(src, view, s, t)
-    score, second = score_pairs_of(src, view, s, t, sig, pair_top_m)
+    cview, tc = view.candidates(t)
+    sig = pair_signals(src, cview, s, tc)
+    score, second = score_pairs_of(src, cview, s, tc, sig, pair_top_m)
     # keep the best k per source, ranked by score
     order = np.lexsort((-score, s))
     s, t, score, second = s[order], t[order], score[order], second[order]
@@ -337,6 +506,17 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
                       text_score=text[keep], image_score=image[keep], lexical_score=lex[keep],
                       id_match=idm[keep], price_ratio=ratio[keep],
                       decision=_decide(view, score[keep], second[keep], gtin))
+
+
+def _concat_candidates(parts: list[Candidates], batch: int) -> Candidates:
+    """Candidates of consecutive source batches of ``batch`` offers, as one (source positions offset)."""
+    out = {}
+    for f in dataclasses.fields(Candidates):
+        vals = [getattr(c, f.name) for c in parts]
+        if f.name == "source":
+            vals = [v + i * batch for i, v in enumerate(vals)]
+        out[f.name] = sum(vals, []) if f.name == "decision" else np.concatenate(vals)
+    return Candidates(**out)
 
 
 def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, sig: PairSignals,
@@ -396,7 +576,9 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
     Each source's pair features (rank, gap to best) are computed over its ``match`` candidates plus
     its given pairs, so a given pair that ``match`` returns gets the same score. ``rank``: the pair's
     place among those by score. Output: one entry per given pair, in the given order. With a pair
-    scorer, every given pair is re-scored by it (``match`` re-scores only each source's top ``m``).
+    scorer, every given pair is re-scored by it (``match`` re-scores only each source's top ``m``) and
+    ONLY the given pairs (their scores are what is returned; re-reading each source's other top-``m``
+    candidates would only move ``rank`` and cost as much again). ``pair_top_m=0`` switches it off.
     """
     s = np.asarray(s, dtype=np.int64)
     t = np.asarray(t, dtype=np.int64)
@@ -405,11 +587,13 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
     key_all = np.r_[s * view.n + t, cs * view.n + ct]
     uniq = np.unique(key_all)
     us, ut = uniq // max(view.n, 1), uniq % max(view.n, 1)
-    sig = pair_signals(src, view, us, ut)
+    cview, utc = view.candidates(ut)
+    sig = pair_signals(src, cview, us, utc)
     given = np.zeros(len(uniq), dtype=bool)
     at = np.searchsorted(uniq, s * view.n + t)
     given[at] = True
-    score, second = score_pairs_of(src, view, us, ut, sig, pair_top_m, rescore=given)
+    off = pair_top_m == 0
+    score, second = score_pairs_of(src, cview, us, utc, sig, 0, rescore=None if off else given)
     score = np.asarray(score, dtype=np.float64)
     order = np.lexsort((-score, us))
     rank = np.zeros(len(us), dtype=np.int64)

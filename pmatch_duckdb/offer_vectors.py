@@ -170,9 +170,21 @@ def _matrix(col: pa.ChunkedArray, dim_hint: int = 0) -> tuple[np.ndarray, np.nda
     valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if len(arr) == 0:
         return np.zeros((0, dim), np.float32), valid
-    filled = arr.fill_null(pa.scalar([0.0] * dim, arr.type)) if arr.null_count else arr
-    flat = filled.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(len(arr), dim), valid
+    if not valid.any():  # e.g. image_vec of offers without photos
+        return np.zeros((len(arr), dim), np.float32), valid
+    # the child values of every slot, NULL rows included (cheaper than fill_null with a list scalar)
+    values = arr.values.slice(arr.offset * dim, len(arr) * dim)
+    if pa.types.is_float32(values.type):
+        flat = np.frombuffer(values.buffers()[1], dtype=np.float32, count=len(values), offset=values.offset * 4)
+        if values.null_count:  # NULL elements read as NaN, as to_numpy gives them (NULL rows are zeroed below)
+            flat = np.where(values.is_null().to_numpy(zero_copy_only=False), np.float32(np.nan), flat)
+    else:
+        flat = values.to_numpy(zero_copy_only=False)
+    mat = flat.astype(np.float32, copy=False).reshape(len(arr), dim)
+    if not valid.all():
+        mat = mat.copy()
+        mat[~valid] = 0.0
+    return mat, valid
 
 
 @dataclass
@@ -209,7 +221,8 @@ class OfferVectors:
         """From index rows (LanceDB table or freshly embedded rows)."""
         text, tok = _matrix(t["text_vec"])
         image, iok = _matrix(t["image_vec"])
-        fused, _ = _matrix(t["vector"])
+        # without a ``vector`` column (a zero-shot caller fuses text and image itself): an empty matrix
+        fused = _matrix(t["vector"])[0] if "vector" in t.column_names else np.zeros((len(t), 0), np.float32)
         price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
         t = with_description_columns(t)
         mpns = t["mpn"].to_pylist()

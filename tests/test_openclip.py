@@ -960,8 +960,8 @@ def test_siglip_export_errors(tmp_path, sig_model, sig_ckpt, hf_tokenizers, chec
     (tmp_path / "broken" / "tokenizer.json").write_text("{not json")
     with pytest.raises(ExportError, match="cannot load a Hugging Face tokenizer"):
         export_openclip(SIG_HUB_ARCH, sig_ckpt, "x", home=home, tokenizer=tmp_path / "broken")
-    # Hugging Face transformer text towers are still refused
-    with pytest.raises(ExportError, match="Hugging Face transformer text tower.*google/mt5-base"):
+    # a Hugging Face text tower named by its hub id only: its local folder is asked for, nothing downloaded
+    with pytest.raises(ModelNotFoundError, match="Hugging Face text tower 'google/mt5-base'.*--hf-text-dir"):
         export_openclip("mt5-base-ViT-B-32", sig_ckpt, "x", home=home)
     assert not (home / "models" / "x").exists()
     # the CLI says the same
@@ -1018,3 +1018,251 @@ def test_real_architecture_exports_and_agrees(arch, tmp_path, images):
         con.close()
     assert np.abs(t - torch_text(model, texts)).max() <= TOL
     assert np.abs(i - torch_image(model, [images / n for n in names])).max() <= TOL
+
+
+# --------------------------------------------------------------------------------------------- Hugging Face text tower
+# The multilingual XLM-R CLIPs (xlm-roberta-base-ViT-B-32, ...): open_clip's HFTextEncoder (a transformers
+# XLM-R + mean pooler + MLP projection) built from a local Hugging Face folder. The architecture below
+# keeps xlm-roberta-base-ViT-B-32's text_cfg as it is (hub names and all) and shrinks the image tower;
+# the folder named xlm-roberta-base holds a tiny XLM-R config and a sentencepiece Unigram tokenizer
+# trained here, wrapped as transformers' XLMRobertaTokenizer (<s>=0, <pad>=1, </s>=2, <unk>=3).
+
+XLMR_ARCH = "pm-test-tiny-xlmr-clip"
+XLMR_HUB = "xlm-roberta-base"
+XLMR_CORPUS = [
+    "a photo of a red dress", "stainless steel kettle with swivel base", "crème brûlée ramekins set of six",
+    "rotes Kleid aus Baumwolle", "Edelstahl Wasserkocher", "sukienka czerwona bawełniana", "czajnik elektryczny",
+    "無印良品 ステンレス 保温保冷マグ", "红色连衣裙 棉", "ключ гаечный комбинированный", "красное платье",
+    "ชุดเดรสสีแดง ผ้าฝ้าย", "فستان أحمر قطن", "गाय का दूध", "빨간 드레스", "gaun merah katun", "Ελληνικά προϊόντα",
+] * 4
+XLMR_TRICKY = [
+    *TRICKY, "", "ชุดเดรสสีแดง ผ้าฝ้าย 100% ไซส์ M", "فستان أحمر، قطن ١٠٠٪ مقاس M", "e\u0301te\u0301 cafe\u0301 n\u0303",
+    "Z\u0351\u0361a\u0310\u0304l\u0315g\u0346o text", "गाय का दूध 1 लीटर", "빨간 드레스 🧥👗 세트", "红色连衣裙，棉质（M码）",
+    "<s> literal </s> <pad> <unk> <mask>", "Ünïcödé ÅÄÖ ÆØ ß ẞ ﬀ", "emoji 👨‍👩‍👧‍👦 🇵🇱 🏳️‍🌈 1️⃣",
+    " ".join(["Ключ гаечный 13 мм, ชุดเดรส, 無印良品"] * 30),
+]
+
+
+def make_xlmr_folder(dest: Path, layers: int = 2) -> Path:
+    """A tiny XLM-R Hugging Face folder: config.json and the fast tokenizer's files (no weights)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import XLMRobertaConfig, XLMRobertaTokenizer
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(XLMR_CORPUS, trainers.UnigramTrainer(
+        vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    vocab = [(piece, score) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    xt = XLMRobertaTokenizer(vocab=vocab, model_max_length=512)
+    xt.save_pretrained(dest)
+    XLMRobertaConfig(vocab_size=len(xt), hidden_size=48, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=96, max_position_embeddings=80, pad_token_id=1,
+                     initializer_range=0.2).save_pretrained(dest)
+    return dest
+
+
+def xlmr_model(folder: Path, seed: int = 99):
+    """The tiny XLM-R CLIP as open_clip builds it for a user, the text tower's config read from ``folder``."""
+    text_cfg = {**open_clip.get_model_config(XLMR_ARCH)["text_cfg"], "hf_model_name": str(folder),
+                "hf_model_pretrained": False}
+    torch.manual_seed(seed)
+    model = open_clip.create_model(XLMR_ARCH, pretrained=None, pretrained_text=False, text_cfg=text_cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def xlmr(tmp_path_factory) -> dict:
+    """A checkpoint folder as a user has it: ``tiny-xlmr.safetensors`` beside ``xlm-roberta-base/``."""
+    from safetensors.torch import save_file
+
+    real = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
+    assert real["text_cfg"]["hf_model_name"] == XLMR_HUB
+    cfg_dir = tmp_path_factory.mktemp("xlmr_cfg")
+    (cfg_dir / f"{XLMR_ARCH}.json").write_text(json.dumps(
+        {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32,
+                                         "patch_size": 16}, "text_cfg": real["text_cfg"]}))
+    open_clip.add_model_config(cfg_dir / f"{XLMR_ARCH}.json")
+    ckpt = tmp_path_factory.mktemp("xlmr_ckpt")
+    folder = make_xlmr_folder(ckpt / XLMR_HUB)
+    model = xlmr_model(folder)
+    assert type(model.text.transformer).__name__ == "XLMRobertaModel" and model.text.proj is not None
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "tiny-xlmr.safetensors"))
+    return {"model": model, "folder": folder, "weights": ckpt / "tiny-xlmr.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def xlmr_home(xlmr, tmp_path_factory) -> Path:
+    """Exported with the default resolution: the tower's folder found inside the checkpoint's folder."""
+    from pmatch_duckdb.build.openclip import export_openclip
+
+    home = tmp_path_factory.mktemp("xlmr_home")
+    export_openclip(XLMR_ARCH, xlmr["weights"], "xlmr-clip", home=home, log=lambda _: None)
+    return home
+
+
+def xlmr_ref_tokens(texts, folder: Path):
+    """open_clip's tokenizer for this architecture: HFTokenizer(hf_tokenizer_name, context_length=77)."""
+    return open_clip.tokenizer.HFTokenizer(str(folder), context_length=77)(texts)
+
+
+def test_xlmr_bundle_manifest(xlmr_home, xlmr):
+    b = find_bundle("xlmr-clip", xlmr_home).verify()
+    m = b.manifest
+    assert (m["modality"], m["dim"], m["kind"]) == ("clip", 32, "onnx-clip")
+    assert set(m["files"]) == {"text.onnx", "image.onnx", "tokenizer.json"}
+    tok = m["towers"]["text"]["tokenizer"]
+    assert (tok["type"], tok["context_length"], tok["clean"], tok["pad_id"], tok["bos_id"], tok["eos_id"]) == (
+        "hf-tokenizers-json", 77, "whitespace", 1, 0, 2)
+    assert tok["class"].startswith("XLMRobertaTokenizer") and tok["source"] == str(xlmr["folder"].resolve())
+    hf = m["source"]["hf_text"]
+    assert (hf["hf_model_name"], hf["model_type"], hf["pooler"], hf["proj"]) == (XLMR_HUB, "xlm-roberta",
+                                                                                  "mean_pooler", "mlp")
+    assert hf["path"] == str(xlmr["folder"].resolve())
+    assert hf["config_sha256"] == sha256_file(xlmr["folder"] / "config.json")
+    assert m["source"]["model_cfg"]["text_cfg"]["hf_model_name"] == XLMR_HUB  # the architecture as the user named it
+    assert m["exporter"]["check"]["text_max_abs_diff"] <= TOL
+    assert m["exporter"]["check"]["image_max_abs_diff"] <= TOL
+
+
+def test_xlmr_tokenizer_parity_with_open_clip(xlmr_home, xlmr):
+    """The torch-free tokenizer vs open_clip's HFTokenizer: scripts, emoji sequences, combining marks, long text."""
+    from pmatch_duckdb.encoders.clip import ClipTextEncoder
+
+    got = ClipTextEncoder(find_bundle("xlmr-clip", xlmr_home).verify()).tokenize(XLMR_TRICKY)
+    want = xlmr_ref_tokens(XLMR_TRICKY, xlmr["folder"]).numpy()
+    assert got.dtype == np.int64 and got.shape == want.shape == (len(XLMR_TRICKY), 77)
+    for text, g, w in zip(XLMR_TRICKY, got, want, strict=True):
+        assert g.tolist() == w.tolist(), text
+    short = got[XLMR_TRICKY.index("x")].tolist()
+    assert short[0] == 0 and short[short.index(2) + 1:] == [1] * (76 - short.index(2))  # <s> x </s> <pad>...
+    long_row = got[-1]
+    assert long_row[0] == 0 and long_row[-1] == 2 and (long_row != 1).all()  # truncated, </s> kept
+    assert (got == 3).sum() < (got > 3).sum()  # mostly real pieces, not <unk>
+
+
+def test_xlmr_in_sql_matches_open_clip(xlmr_home, xlmr, images):
+    model, texts = xlmr["model"], [t for t in XLMR_TRICKY if t]  # '' embeds to NULL (with a reason)
+    con = pm.connect(home=xlmr_home, image_roots=[images])
+    try:
+        got = np.stack(sql_vectors(con, "SELECT pm_embed_text(t, 'xlmr-clip') FROM unnest(?) WITH ORDINALITY "
+                                        "AS u(t, i) ORDER BY i", [texts]))
+        names = ["wide.png", "tall.png", "red.png"]
+        img = np.stack(sql_vectors(con, "SELECT pm_embed_image(p, 'xlmr-clip') FROM unnest(?) WITH ORDINALITY "
+                                        "AS u(p, i) ORDER BY i", [names]))
+    finally:
+        con.close()
+    ids = xlmr_ref_tokens(texts, xlmr["folder"])
+    with torch.no_grad():
+        want = model.encode_text(ids, normalize=True).numpy()
+    assert got.shape == (len(texts), 32) and np.abs(got - want).max() <= TOL
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # different token ids, different vectors (the tower is not degenerate)
+    assert len(np.unique(got.round(4), axis=0)) == len(np.unique(ids.numpy(), axis=0))
+    assert np.abs(img - torch_image(model, [images / n for n in names])).max() <= TOL
+
+
+def test_xlmr_runtime_needs_neither_torch_nor_transformers(xlmr_home, xlmr, images):
+    text = "ชุดเดรสสีแดง فستان أحمر 红色连衣裙 🎉"
+    script = textwrap.dedent(f"""
+        import sys
+        for mod in ("torch", "open_clip", "torchvision", "transformers", "timm", "sentencepiece"):
+            sys.modules[mod] = None
+        import json
+        import pmatch_duckdb as pm
+        con = pm.connect(home={str(xlmr_home)!r}, image_roots=[{str(images)!r}])
+        (t, i), = con.execute("SELECT pm_embed_text(?, 'xlmr-clip'), pm_embed_image('red.png', 'xlmr-clip')",
+                              [{text!r}]).fetchall()
+        print(json.dumps([t, i]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    t, i = json.loads(out.stdout.strip().splitlines()[-1])
+    with torch.no_grad():
+        want = xlmr["model"].encode_text(xlmr_ref_tokens([text], xlmr["folder"]), normalize=True)[0].numpy()
+    np.testing.assert_allclose(t, want, atol=TOL)
+    np.testing.assert_allclose(i, torch_image(xlmr["model"], [images / "red.png"])[0], atol=TOL)
+
+
+def test_xlmr_hf_text_dir_option_and_cli(xlmr_home, xlmr, tmp_path):
+    """--hf-text-dir: the tower's folder anywhere the user says; the same bundle as the default resolution."""
+    import shutil
+
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from pmatch_duckdb.cli import main
+
+    lone = tmp_path / "weights-only"
+    lone.mkdir()
+    # as the LAION XLM-R checkpoints, saved with transformers < 4.31: the tower's position_ids buffer included
+    old_style = {k: v.contiguous() for k, v in xlmr["model"].state_dict().items()}
+    assert "text.transformer.embeddings.position_ids" not in old_style
+    old_style["text.transformer.embeddings.position_ids"] = torch.arange(80)[None]
+    save_file(old_style, str(lone / "open_clip_model.safetensors"))
+    other = shutil.copytree(xlmr["folder"], tmp_path / "my-xlmr")
+    home = tmp_path / "home"
+    res = CliRunner().invoke(main, ["models", "export-openclip", "--arch", XLMR_ARCH, "--weights", str(lone),
+                                    "--hf-text-dir", str(other), "--name", "cli-xlmr", "--home", str(home)])
+    assert res.exit_code == 0, res.output
+    a = find_bundle("cli-xlmr", home).verify().manifest
+    b = find_bundle("xlmr-clip", xlmr_home).manifest
+    assert a["source"]["hf_text"]["path"] == str(other.resolve())
+    assert a["source"]["hf_text"]["config_sha256"] == b["source"]["hf_text"]["config_sha256"]
+    assert a["files"]["tokenizer.json"] == b["files"]["tokenizer.json"]
+    assert a["exporter"]["check"]["text_max_abs_diff"] <= TOL
+
+
+def test_xlmr_export_errors(xlmr, tmp_path, checkpoints, hf_tokenizers):
+    """Nothing downloaded, nothing resolved outside what the user passed, unsupported towers named."""
+    import shutil
+
+    from pmatch_duckdb.build.openclip import ExportError, export_openclip
+
+    home = tmp_path / "home"
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    weights = Path(shutil.copy(xlmr["weights"], lone / "w.safetensors"))
+    # no folder beside the checkpoint, no --hf-text-dir: what to pass
+    with pytest.raises(ModelNotFoundError, match=rf"text tower '{XLMR_HUB}'.*--hf-text-dir"):
+        export_openclip(XLMR_ARCH, weights, "x", home=home)
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        export_openclip(XLMR_ARCH, weights, "x", home=home, hf_text_dir=tmp_path / "nowhere")
+    # a link named like the tower that leads out of the checkpoint's folder is not followed
+    (lone / XLMR_HUB).symlink_to(xlmr["folder"], target_is_directory=True)
+    with pytest.raises(ModelNotFoundError, match="resolves outside"):
+        export_openclip(XLMR_ARCH, weights, "x", home=home)
+    # nor is a tower name that climbs out of it (an open_clip_config.json saying '../xlm-roberta-base')
+    snap = tmp_path / "snap" / "inner"
+    snap.mkdir(parents=True)
+    shutil.copytree(xlmr["folder"], tmp_path / "snap" / XLMR_HUB)
+    shutil.copy(xlmr["weights"], snap / "open_clip_model.safetensors")
+    cfg = open_clip.get_model_config(XLMR_ARCH)
+    cfg["text_cfg"] = {**cfg["text_cfg"], "hf_model_name": f"../{XLMR_HUB}"}
+    (snap / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    with pytest.raises(ModelNotFoundError, match="resolves outside"):
+        export_openclip(None, snap, "x", home=home)
+    # an encoder-decoder tower (mT5) is named and refused; so is a config asking for custom code
+    mt5 = shutil.copytree(xlmr["folder"], tmp_path / "mt5")
+    (mt5 / "config.json").write_text(json.dumps({**json.loads((mt5 / "config.json").read_text()),
+                                                 "model_type": "mt5"}))
+    with pytest.raises(ExportError, match="'mt5'.*supports xlm-roberta"):
+        export_openclip(XLMR_ARCH, weights, "x", home=home, hf_text_dir=mt5)
+    remote = shutil.copytree(xlmr["folder"], tmp_path / "remote")
+    (remote / "config.json").write_text(json.dumps({**json.loads((remote / "config.json").read_text()),
+                                                    "auto_map": {"AutoModel": "evil.Model"}}))
+    with pytest.raises(ExportError, match="custom code"):
+        export_openclip(XLMR_ARCH, weights, "x", home=home, hf_text_dir=remote)
+    # a tower config that does not fit the weights
+    bigger = make_xlmr_folder(tmp_path / "bigger", layers=3)
+    with pytest.raises(ExportError, match="do not fit"):
+        export_openclip(XLMR_ARCH, weights, "x", home=home, hf_text_dir=bigger)
+    # a tokenizer that pads with another id than the one the tower masks (T5's <pad>=0, XLM-R's 1)
+    with pytest.raises(ExportError, match="pads with id 0.*masks pad_token_id 1"):
+        export_openclip(XLMR_ARCH, weights, "x", home=home, hf_text_dir=xlmr["folder"], tokenizer=hf_tokenizers["t5"])
+    # --hf-text-dir for an architecture with open_clip's own text tower
+    with pytest.raises(ConfigError, match="--hf-text-dir applies to architectures with a Hugging Face text tower"):
+        export_openclip(ARCH, checkpoints["bin"], "x", home=home, hf_text_dir=xlmr["folder"])
+    assert not (home / "models" / "x").exists()

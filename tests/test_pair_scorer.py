@@ -14,12 +14,16 @@ from pmatch_duckdb.pair_scorer import PairScorer, SerializeOptions, Summarizer, 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from pmatch_duckdb.training.pair_model import (  # noqa: E402
+    CrossEncoder,
     PairTrainConfig,
     augment_pair,
     export_cross_encoder,
+    frozen_states,
     minilm_dir,
+    subsample_negatives,
     torch_logits,
     train_cross_encoder,
+    upper_logits,
 )
 
 TINY = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -63,6 +67,47 @@ def test_onnx_export_equals_torch(tmp_path: Path):
     scorer = PairScorer(tmp_path / "pair_model.onnx", sha256_file(tmp_path / "pair_model.onnx"),
                         tmp_path / "pair_tokenizer.json", cfg, batch_size=5)  # batches of uneven length
     np.testing.assert_allclose(scorer.logits(a, b), torch_logits(model, tok, 24, a, b), atol=1e-4)
+
+
+def test_precomputed_frozen_layers_give_the_full_models_logits():
+    """Training on stored outputs of the frozen layers is training the same model: in eval mode the upper
+    layers on those outputs (unpadded, re-padded to another width) give the full forward pass's logits."""
+    tiny = {**TINY, "num_hidden_layers": 3}
+    model = CrossEncoder.build(tiny_config=tiny, seed=3)
+    model.eval()
+    from pmatch_duckdb.pair_scorer import PairTokenizer
+
+    tok = PairTokenizer(minilm_dir() / "tokenizer.json", 32)
+    a, b = ["COL title VAL sony tv 40 inch black", "COL title VAL x"], ["COL title VAL sony", "COL title VAL x y z"]
+    ids, mask, types = (torch.from_numpy(v) for v in tok(a, b))
+    with torch.no_grad():
+        want = model(ids, mask, types)
+        h = frozen_states(model, ids, mask, types, 2)
+        # each pair's states cut to its own length and padded to a wider batch, as training stores them
+        wide = torch.zeros((2, h.shape[1] + 5, h.shape[2]))
+        m2 = torch.zeros((2, h.shape[1] + 5), dtype=torch.int64)
+        for r in range(2):
+            n = int(mask[r].sum())
+            wide[r, :n], m2[r, :n] = h[r, :n], 1
+        got = upper_logits(model, wide, m2, 2)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+def test_precomputed_training_learns_and_subsamples_negatives():
+    y = np.array([1] * 10 + [0] * 100, dtype=np.float32)
+    keep = subsample_negatives(y, 3.0, seed=0)
+    assert len(keep) == 40 and y[keep].sum() == 10 and len(set(keep)) == 40
+    assert len(subsample_negatives(y, None, 0)) == 110 and len(subsample_negatives(y, 20.0, 0)) == 110
+    tok = minilm_dir() / "tokenizer.json"
+    a = ["COL title VAL acme widget pro", "COL title VAL sony tv black"] * 8
+    b = ["COL title VAL acme widget pro", "COL title VAL zenko drone red"] * 8
+    lab = np.array([1, 0] * 8, dtype=np.float32)
+    cfg = PairTrainConfig(max_len=16, epochs=30, batch_size=8, lr=3e-3, threads=1, freeze_layers=1,
+                          neg_ratio=None, tiny_bert={**TINY, "num_hidden_layers": 2})
+    model, info = train_cross_encoder(a, b, lab, tok, cfg)
+    assert info["precomputed_frozen_layers"] and info["loss_history"][-1] < 0.5 * info["loss_history"][0]
+    out = torch_logits(model, tok, 16, a[:2], b[:2])
+    assert out[0] > out[1]
 
 
 def test_top_m_mask():

@@ -109,14 +109,14 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         check_unique("match_products", source, sorted(i for i, c in counts.items() if c > 1))
         cand = match_offers(offers, view, ctx.settings, kk, exclude_self=dedup, reuse=reuse)
         per_row: list[list[dict]] = [[] for _ in offers]
-        ids = view.rows.ids
+        ids = view.target_ids(cand.target)  # one per candidate
         # human verdicts (pm_labels) override the model's decision
-        keys = [PairKey.of(source, offers[int(cand.source[i])].id, target, ids[int(cand.target[i])])
+        keys = [PairKey.of(source, offers[int(cand.source[i])].id, target, ids[i])
                 for i in range(len(cand.source))]
         decisions, human = override_decisions(keys, cand.decision, _verdicts(ctx, source, target))
         for i in range(len(cand.source)):
             per_row[int(cand.source[i])].append({
-                "target_key": ids[int(cand.target[i])], "rank": int(cand.rank[i]), "score": float(cand.score[i]),
+                "target_key": ids[i], "rank": int(cand.rank[i]), "score": float(cand.score[i]),
                 "text_score": _nan_none(cand.text_score[i]), "image_score": _nan_none(cand.image_score[i]),
                 "lexical_score": float(cand.lexical_score[i]), "identifier_match": bool(cand.id_match[i]),
                 "price_ratio": _nan_none(cand.price_ratio[i]), "decision": decisions[i],
@@ -260,8 +260,9 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
                               "ids must be unique")
     unknown_s = list(dict.fromkeys(it["source_key"] for it in items
                                    if it["source_key"] is not None and it["source_row"] is None))
-    unknown_t = list(dict.fromkeys(it["target_key"] for it in items
-                                   if it["target_key"] is not None and it["target_key"] not in view.pos))
+    tkeys = list(dict.fromkeys(it["target_key"] for it in items if it["target_key"] is not None))
+    tpos = dict(zip(tkeys, view.positions(tkeys).tolist(), strict=True))
+    unknown_t = [key for key in tkeys if tpos[key] < 0]
     if unknown_s or unknown_t:
         parts = []
         if unknown_s:
@@ -292,7 +293,7 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
         reuse = view if dedup else _source_view(ctx, source)
         src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse, matcher=view.matcher)
         s = np.array([src_pos[items[i]["source_key"]] for i in todo], dtype=np.int64)
-        t = np.array([view.pos[items[i]["target_key"]] for i in todo], dtype=np.int64)
+        t = np.array([tpos[items[i]["target_key"]] for i in todo], dtype=np.int64)
         cand = score_given(src_vecs, view, s, t, exclude_self=dedup, pair_top_m=ctx.settings.pair_top_m)
         # human verdicts (pm_labels) override the model's decision, as in match_products
         keys = [PairKey.of(source, items[i]["source_key"], target, items[i]["target_key"]) for i in todo]

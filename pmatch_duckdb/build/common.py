@@ -6,12 +6,12 @@ import contextlib
 import datetime as _dt
 import importlib.metadata
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..bundles import write_manifest
+from ..staging import new_staging_dir
 
 
 def package_version(dist: str) -> str:
@@ -29,7 +29,7 @@ def staging_dir(final: Path) -> Iterator[Path]:
     A crash or exception mid-export leaves the old bundle (or nothing) in place, never a half-written one.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = new_staging_dir(final.parent, f".{final.name}.")  # mode per the umask (not 0700)
     try:
         yield tmp
         old = None

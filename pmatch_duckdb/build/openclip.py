@@ -31,9 +31,18 @@ A Hugging Face tokenizer is read from a local folder only (:func:`resolve_tokeni
 ``hf_tokenizer_name`` when it is a local folder; otherwise a clear error saying what to pass), loaded as
 open_clip loads it (``open_clip.tokenizer.HFTokenizer``: transformers' ``AutoTokenizer``, with the
 config's ``tokenizer_kwargs``), and written as its fast tokenizer's backend with open_clip's truncation
-and padding to ``context_length``; slow-only tokenizers are refused. Architectures whose *text tower*
-is a Hugging Face transformer (``text_cfg.hf_model_name``: XLM-R, mT5, NLLB, RoBERTa, ...) are refused.
-Image towers may be open_clip's own or timm's (SigLIP's), created without pretrained weights.
+and padding to ``context_length``; slow-only tokenizers are refused.
+
+A *text tower* that is a Hugging Face transformer (``text_cfg.hf_model_name``: the multilingual
+``xlm-roberta-base-ViT-B-32`` / ``xlm-roberta-large-ViT-H-14`` family; RoBERTa and BERT towers too) is
+built by open_clip's ``HFTextEncoder`` from a local folder (:func:`resolve_hf_text_dir`: ``hf_text_dir=``
+/ ``--hf-text-dir``, else the folder named ``hf_model_name`` inside the checkpoint's folder): its
+``config.json`` only (random init, then the checkpoint's weights), passed to ``open_clip.create_model``
+as ``text_cfg.hf_model_name``. ``text.onnx`` then holds the transformer, open_clip's pooler
+(``hf_pooler_type``) and projection (``hf_proj_type``) and the L2 normalisation; the folder's tokenizer
+(XLM-R's sentencepiece Unigram, as a fast tokenizer) goes the Hugging Face tokenizer way above.
+Encoder-decoder towers (mT5, NLLB) are refused. Image towers may be open_clip's own or timm's (SigLIP's),
+created without pretrained weights.
 
 After export, both ONNX graphs are checked against the torch model and the runtime tokenizer against
 open_clip's own (``SimpleTokenizer`` or ``HFTokenizer``) on :data:`TOKENIZER_CHECK_TEXTS`; a mismatch
@@ -71,11 +80,16 @@ TOKENIZER_CHECK_TEXTS = (
     "a photo of a red dress", "Crème brûlée – 6 ramekins", "無印良品 マグ 350ml", "party 🎉 x50",
     "Tom &amp; Jerry", "don't STOP", "Ключ гаечный 13 мм", "tabs\tand\nnewlines  and_under_scores",
     "literal </s> <pad> [SEP] [CLS] <unk> <start_of_text>", "!!!", " ".join(["very long text"] * 40),
+    "ชุดเดรสสีแดง ผ้าฝ้าย 100%", "فستان أحمر، قطن ١٠٠٪", "e\u0301te\u0301 cafe\u0301 n\u0303 Z\u0351\u0361a\u0310",
+    "गाय का दूध 1 लीटर", "빨간 드레스 👨\u200d👩\u200d👧\u200d👦 🇵🇱 1️⃣", "红色连衣裙，棉质（M码）",
 )
 # files that make a folder a Hugging Face tokenizer folder (AutoTokenizer.from_pretrained reads it)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model",
                    "sentencepiece.bpe.model", "vocab.txt", "vocab.json")
 HF_TOKENIZER_OPTIONS = ("clean", "strip_sep_token")  # HFTokenizer's own options; the rest go to AutoTokenizer
+# Hugging Face text towers exported (config.json's model_type; encoder-only ones open_clip knows)
+HF_TEXT_TYPES = ("xlm-roberta", "roberta", "bert")
+HF_POSITION_IDS = "text.transformer.embeddings.position_ids"
 
 INSTALL_HINT = "pip install 'pmatch-duckdb[clip]'"
 SIMPLE_BPE = "openclip-simple-bpe"
@@ -160,6 +174,9 @@ def _load_into(model: Any, sd: dict[str, Any], arch: str, path: Path) -> None:
             import torch
 
             sd["logit_bias"] = torch.zeros_like(model.logit_bias)
+        # Hugging Face text towers saved with transformers < 4.31 (the LAION XLM-R CLIPs) carry this buffer,
+        # which transformers no longer keeps in the state dict; open_clip's load_checkpoint drops it too
+        sd.pop(HF_POSITION_IDS, None)
         resize_pos_embed(sd, model)
         resize_text_pos_embed(sd, model)
         model.load_state_dict(sd, strict=True)
@@ -171,18 +188,20 @@ def _load_into(model: Any, sd: dict[str, Any], arch: str, path: Path) -> None:
 
 
 def _check_text_cfg(arch: str, cfg: dict[str, Any], builtin: bool) -> dict[str, Any]:
-    """The text config, if its text tower is open_clip's own and its tokenizer one we export; else a clear error.
+    """The text config, if its text tower and tokenizer are ones we export; else a clear error.
 
-    Tokenizers: open_clip's SimpleTokenizer (BPE), or - with ``text_cfg.hf_tokenizer_name`` - a Hugging
-    Face tokenizer (open_clip's ``HFTokenizer``: SigLIP, SigLIP2, CLIPA, ...).
+    Text towers: open_clip's own transformer, or - with ``text_cfg.hf_model_name`` - a Hugging Face
+    encoder (XLM-R, RoBERTa, BERT; its type is checked in :func:`read_hf_text_config`). Tokenizers:
+    open_clip's SimpleTokenizer (BPE), or - with ``text_cfg.hf_tokenizer_name`` - a Hugging Face tokenizer
+    (open_clip's ``HFTokenizer``: SigLIP, SigLIP2, CLIPA, the XLM-R CLIPs, ...).
     """
     text_cfg = cfg.get("text_cfg", {})
     kwargs = text_cfg.get("tokenizer_kwargs", {})
-    if text_cfg.get("hf_model_name"):
-        raise ExportError(
-            f"architecture {arch!r} has a Hugging Face transformer text tower ({text_cfg['hf_model_name']}); "
-            f"export-openclip supports open_clip's own text transformer only (OpenAI/LAION ViT-*, RN*, "
-            f"convnext_*, SigLIP, SigLIP2, CLIPA, ...), not HF text encoders (XLM-R, mT5, NLLB, RoBERTa, ...)")
+    if text_cfg.get("hf_model_name") and not text_cfg.get("hf_tokenizer_name"):
+        raise ExportError(f"architecture {arch!r} has a Hugging Face text tower ({text_cfg['hf_model_name']}) "
+                          f"but no hf_tokenizer_name: open_clip would tokenize it with its CLIP BPE tokenizer")
+    if text_cfg.get("output_tokens"):
+        raise ExportError(f"architecture {arch!r}: text_cfg.output_tokens is not supported (one embedding per text)")
     if text_cfg.get("tokenizer_mode"):
         raise ExportError(f"architecture {arch!r}: tokenizer_mode {text_cfg['tokenizer_mode']!r} is not supported")
     if text_cfg.get("hf_tokenizer_name"):  # open_clip's get_tokenizer: a non-empty name -> HFTokenizer
@@ -199,17 +218,73 @@ def _check_text_cfg(arch: str, cfg: dict[str, Any], builtin: bool) -> dict[str, 
     return text_cfg
 
 
+def resolve_hf_text_dir(label: str, hf_model_name: str, weights: str | os.PathLike[str], checkpoint: Path,
+                        hf_text_dir: str | os.PathLike[str] | None) -> Path:
+    """The local Hugging Face folder (``config.json`` + tokenizer files) of the text tower ``hf_model_name``.
+
+    ``hf_text_dir`` (``--hf-text-dir``) when given; else the folder named ``hf_model_name`` inside the
+    checkpoint's folder (``--weights`` when it is a folder, else the checkpoint file's folder), e.g.
+    ``weights/xlm-roberta-base/``. That default must stay inside the checkpoint's folder once resolved
+    (no ``..``, absolute names or symbolic links leading elsewhere); ``hf_model_name`` is never looked up
+    anywhere else (not a hub, not the current folder). Else a :class:`ModelNotFoundError` saying what to pass.
+    """
+    if hf_text_dir is not None:
+        p = Path(hf_text_dir).expanduser()
+        if not (p / "config.json").is_file():
+            raise ModelNotFoundError(f"--hf-text-dir {str(p)!r} is not a Hugging Face model folder (no config.json "
+                                     f"in it): pass the local folder of {hf_model_name!r} (config.json and "
+                                     f"tokenizer files)")
+        return p.resolve()
+    base = Path(weights).expanduser()
+    base = (base if base.is_dir() else checkpoint.parent).resolve()
+    candidate = base / hf_model_name
+    found = candidate.resolve() if candidate.is_dir() else None
+    if found is not None and found.is_relative_to(base) and found != base and (found / "config.json").is_file():
+        return found
+    where = (f"; {str(candidate)!r} resolves outside {str(base)!r}, which is not followed"
+             if found is not None and not found.is_relative_to(base) else "")
+    raise ModelNotFoundError(
+        f"architecture {label!r} has a Hugging Face text tower {hf_model_name!r} (text_cfg.hf_model_name), and "
+        f"nothing is downloaded: pass --hf-text-dir DIR (hf_text_dir=DIR in Python), a local folder with its "
+        f"config.json and tokenizer files (e.g. a snapshot of the Hugging Face repo {hf_model_name}), or put "
+        f"that folder inside the checkpoint's folder as {str(candidate)!r}{where}")
+
+
+def read_hf_text_config(label: str, folder: Path) -> dict[str, Any]:
+    """``folder/config.json`` of a Hugging Face text tower, refused unless its ``model_type`` is exported.
+
+    Read as JSON before transformers sees it: a config asking for remote code (``auto_map``) is refused
+    (transformers would refuse it too, without ``trust_remote_code``).
+    """
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read {str(folder / 'config.json')!r}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{str(folder / 'config.json')!r} is not a JSON object")
+    model_type = cfg.get("model_type")
+    if model_type not in HF_TEXT_TYPES:
+        raise ExportError(f"architecture {label!r}: the Hugging Face text tower in {str(folder)!r} is "
+                          f"{model_type!r}; export-openclip supports {', '.join(HF_TEXT_TYPES)} text towers "
+                          f"(encoder-decoder towers such as mT5 or NLLB are not supported)")
+    if cfg.get("auto_map"):
+        raise ExportError(f"{str(folder / 'config.json')!r} asks for custom code (auto_map); it is never run")
+    return cfg
+
+
 def _has_tokenizer_files(folder: Path) -> bool:
     return folder.is_dir() and any((folder / n).is_file() for n in TOKENIZER_FILES)
 
 
 def resolve_tokenizer(label: str, hf_name: str, weights: str | os.PathLike[str], config_file: Path | None,
-                      tokenizer: str | os.PathLike[str] | None) -> Path:
+                      tokenizer: str | os.PathLike[str] | None, hf_text: tuple[str, Path] | None = None) -> Path:
     """The local folder to load the Hugging Face tokenizer ``hf_name`` from (nothing is downloaded).
 
-    In order: ``tokenizer`` (``--tokenizer``); the folder of a local ``open_clip_config.json`` when it holds
-    tokenizer files (open_clip's ``local-dir:`` rule); ``hf_name`` when it is a local folder; the weights
-    folder when it holds tokenizer files. Else a :class:`ModelNotFoundError` saying what to pass.
+    In order: ``tokenizer`` (``--tokenizer``); the Hugging Face text tower's folder ``hf_text`` =
+    ``(hf_model_name, folder)`` when the tokenizer has the tower's name and the folder holds tokenizer
+    files (the XLM-R CLIPs); the folder of a local ``open_clip_config.json`` when it holds tokenizer files
+    (open_clip's ``local-dir:`` rule); ``hf_name`` when it is a local folder; the weights folder when it
+    holds tokenizer files. Else a :class:`ModelNotFoundError` saying what to pass.
     """
     files = ", ".join(TOKENIZER_FILES[:3])
     if tokenizer is not None:
@@ -221,6 +296,8 @@ def resolve_tokenizer(label: str, hf_name: str, weights: str | os.PathLike[str],
             raise ModelNotFoundError(f"tokenizer folder {str(p)!r} holds no Hugging Face tokenizer files "
                                      f"({', '.join(TOKENIZER_FILES)})")
         return p.resolve()
+    if hf_text is not None and hf_text[0] == hf_name and _has_tokenizer_files(hf_text[1]):
+        return hf_text[1]
     if config_file is not None and _has_tokenizer_files(config_file.parent):
         return config_file.parent.resolve()
     local = Path(hf_name).expanduser()
@@ -261,8 +338,8 @@ def load_hf_tokenizer(path: Path, context_length: int, clean: str, strip_sep_tok
 
 
 def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_tag: str | None = None,
-               preprocess: dict[str, Any] | None = None, tokenizer: str | os.PathLike[str] | None = None
-               ) -> tuple[Any, dict[str, Any]]:
+               preprocess: dict[str, Any] | None = None, tokenizer: str | os.PathLike[str] | None = None,
+               hf_text_dir: str | os.PathLike[str] | None = None) -> tuple[Any, dict[str, Any]]:
     """Build the open_clip model for ``arch``, load ``weights`` into it; return ``(model, info)``.
 
     ``info`` holds ``arch``, ``model_cfg``, ``preprocess`` (final preprocessing), ``clean`` (tokenizer
@@ -270,7 +347,10 @@ def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_
     ``HFTokenizer`` loaded from it), ``weights`` (the file read) and ``config_file`` (a folder's
     ``open_clip_config.json``). ``pretrained_tag`` names one of open_clip's pretrained tags for ``arch``
     whose *metadata* (mean/std, interpolation, resize mode, QuickGELU) describes the checkpoint;
-    ``tokenizer`` a local Hugging Face tokenizer folder (see :func:`resolve_tokenizer`). Nothing is downloaded.
+    ``tokenizer`` a local Hugging Face tokenizer folder (see :func:`resolve_tokenizer`); ``hf_text_dir`` the
+    local folder of a Hugging Face text tower (``text_cfg.hf_model_name``, see :func:`resolve_hf_text_dir`),
+    from whose ``config.json`` open_clip builds the tower (randomly initialised, then the checkpoint is
+    loaded; the folder's own weights are never read). ``info["hf_text"]`` describes it. Nothing is downloaded.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: open_clip must never reach a hub here
     path, config_file = resolve_weights(weights)
@@ -311,9 +391,21 @@ def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_
     text_cfg = _check_text_cfg(label, model_cfg, builtin=arch is not None)
     context_length = int(text_cfg.get("context_length", 77))
     tok_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
+    hf_model = text_cfg.get("hf_model_name")
+    hf_text: dict[str, Any] | None = None
+    if hf_model:
+        hf_dir = resolve_hf_text_dir(label, hf_model, weights, path, hf_text_dir)
+        hf_cfg = read_hf_text_config(label, hf_dir)
+        hf_text = {"hf_model_name": hf_model, "path": hf_dir, "model_type": hf_cfg["model_type"],
+                   "pooler": text_cfg.get("hf_pooler_type", "mean_pooler"), "proj": text_cfg.get("hf_proj_type", "mlp"),
+                   "config_sha256": sha256_file(hf_dir / "config.json")}
+    elif hf_text_dir is not None:
+        raise ConfigError(f"--hf-text-dir applies to architectures with a Hugging Face text tower "
+                          f"(text_cfg.hf_model_name, e.g. xlm-roberta-base-ViT-B-32); {label!r} has open_clip's own")
     hf_name = text_cfg.get("hf_tokenizer_name")
     if hf_name:  # as open_clip.get_tokenizer: HFTokenizer, whose default clean mode is 'whitespace'
-        tok_path = resolve_tokenizer(label, hf_name, weights, config_file, tokenizer)
+        tok_path = resolve_tokenizer(label, hf_name, weights, config_file, tokenizer,
+                                     None if hf_text is None else (hf_model, hf_text["path"]))
         clean = tok_kwargs.get("clean", "whitespace")
         strip_sep = bool(tok_kwargs.get("strip_sep_token", False))
         tok_info: dict[str, Any] = {
@@ -332,9 +424,21 @@ def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_
     if unknown:
         raise ConfigError(f"unknown preprocessing options {sorted(unknown)}; known: {', '.join(PREPROCESS_KEYS)}")
 
-    model = open_clip.create_model(arch_id, pretrained=None, load_weights=False, pretrained_image=False,
-                                   pretrained_text=False, force_quick_gelu=quick_gelu,
-                                   force_preprocess_cfg=force_pp or None, device="cpu")
+    overrides: dict[str, Any] = {}
+    if hf_text is not None:
+        # open_clip's HFTextEncoder calls AutoConfig.from_pretrained(hf_model_name): give it the local folder
+        # (create_model's keyword overrides replace model_cfg keys), random init - the checkpoint follows
+        overrides["text_cfg"] = {**model_cfg["text_cfg"], "hf_model_name": str(hf_text["path"]),
+                                 "hf_model_pretrained": False}
+    try:
+        model = open_clip.create_model(arch_id, pretrained=None, load_weights=False, pretrained_image=False,
+                                       pretrained_text=False, force_quick_gelu=quick_gelu,
+                                       force_preprocess_cfg=force_pp or None, device="cpu", **overrides)
+    except (OSError, ValueError, KeyError) as e:  # transformers' errors for a config it cannot build
+        if hf_text is None:
+            raise
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"cannot build the Hugging Face text tower from {str(hf_text['path'])!r}: {detail}") from None
     _load_into(model, load_state_dict(path), label, path)
     model.eval()
     pp = dict(open_clip.get_model_preprocess_cfg(model))
@@ -351,6 +455,7 @@ def load_model(arch: str | None, weights: str | os.PathLike[str], *, pretrained_
         "clean": clean,
         "context_length": context_length,
         "tokenizer": tok_info,
+        "hf_text": hf_text,
         "weights": path,
         "config_file": config_file,
         "pretrained_tag": pretrained_tag,
@@ -466,7 +571,11 @@ def build(bundle_dir: Path, name: str, model: Any, info: dict[str, Any], log: Ca
     from ..encoders.clip_tokenizer import VOCAB_FILE, ClipTokenizer
 
     ctx = info["context_length"]
-    vocab = int(info["model_cfg"].get("text_cfg", {}).get("vocab_size", 49408))
+    hf_text = info.get("hf_text")
+    if hf_text is not None:  # open_clip's HFTextEncoder: its transformers config's vocabulary
+        vocab = int(model.text.config.vocab_size)
+    else:
+        vocab = int(info["model_cfg"].get("text_cfg", {}).get("vocab_size", 49408))
     ours: ClipTokenizer | HFJsonTokenizer
     if info["tokenizer"]["type"] == HF_JSON:
         ref = info["tokenizer"]["reference"]
@@ -479,6 +588,11 @@ def build(bundle_dir: Path, name: str, model: Any, info: dict[str, Any], log: Ca
             raise ExportError(f"the tokenizer in {str(info['tokenizer']['path'])!r} has token ids up to {max_id}, "
                               f"past the text tower's vocabulary ({vocab}): is it the tokenizer of these weights?")
         ref_name = "open_clip's HFTokenizer"
+        if hf_text is not None and int(model.text.config.pad_token_id) != tok_spec["pad_id"]:
+            # HFTextEncoder masks attention with ids != config.pad_token_id: they must be the same token
+            raise ExportError(f"the tokenizer in {str(info['tokenizer']['path'])!r} pads with id {tok_spec['pad_id']}, "
+                              f"the text tower in {str(hf_text['path'])!r} masks pad_token_id "
+                              f"{model.text.config.pad_token_id}: is it the tokenizer of this text tower?")
     else:
         shutil.copyfile(default_bpe(), bundle_dir / VOCAB_FILE)
         ours = ClipTokenizer(bundle_dir / VOCAB_FILE, context_length=ctx, clean=info["clean"])
@@ -526,7 +640,8 @@ def build(bundle_dir: Path, name: str, model: Any, info: dict[str, Any], log: Ca
         "source": {"package": "open_clip_torch", "version": package_version("open_clip_torch"),
                    "arch": info["arch"], "pretrained_tag": info["pretrained_tag"],
                    "quick_gelu": info["quick_gelu"], "model_cfg": info["model_cfg"],
-                   "weights": str(weights), "weights_sha256": sha256_file(weights)},
+                   "weights": str(weights), "weights_sha256": sha256_file(weights),
+                   **({} if hf_text is None else {"hf_text": {**hf_text, "path": str(hf_text["path"])}})},
         "exporter": {"torch": package_version("torch"), "onnx": package_version("onnx"), "opset": OPSET,
                      "check": check},
     })
@@ -535,7 +650,8 @@ def build(bundle_dir: Path, name: str, model: Any, info: dict[str, Any], log: Ca
 def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str,
                     home: str | os.PathLike[str] | None = None, *, force: bool = False,
                     pretrained_tag: str | None = None, preprocess: dict[str, Any] | None = None,
-                    tokenizer: str | os.PathLike[str] | None = None, log: Callable[[str], None] = print) -> Path:
+                    tokenizer: str | os.PathLike[str] | None = None,
+                    hf_text_dir: str | os.PathLike[str] | None = None, log: Callable[[str], None] = print) -> Path:
     """Export an OpenCLIP checkpoint on disk to the CLIP bundle ``<home>/models/<name>``; return its path.
 
     ``arch``: an open_clip architecture (``ViT-B-32``, ``RN50``, ...), or None when ``weights`` is a folder
@@ -546,7 +662,10 @@ def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str
     ``fill_color``; the input size is the architecture's). ``tokenizer``: a local folder with the Hugging
     Face tokenizer of an architecture that names one (``text_cfg.hf_tokenizer_name``: SigLIP, SigLIP2, ...),
     needed unless that name is itself a local folder or ``weights`` is a snapshot folder holding the
-    tokenizer files. An existing bundle of that name is replaced only with ``force``.
+    tokenizer files. ``hf_text_dir``: the local Hugging Face folder (``config.json`` + tokenizer files) of
+    an architecture whose text tower is a Hugging Face model (``text_cfg.hf_model_name``, e.g. the XLM-R
+    CLIPs), needed unless that folder sits inside the checkpoint's folder under the tower's name (e.g.
+    ``<weights folder>/xlm-roberta-base``). An existing bundle of that name is replaced only with ``force``.
     """
     if not name or "/" in name or "\\" in name or name.startswith(".") or name.strip() != name:
         raise ConfigError(f"invalid model name {name!r}")
@@ -557,7 +676,7 @@ def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str
         raise ConfigError(f"a model bundle named {name!r} already exists in {final.parent}; "
                           f"pass force=True (--force) to replace it")
     model, info = load_model(arch, weights, pretrained_tag=pretrained_tag, preprocess=preprocess,
-                             tokenizer=tokenizer)
+                             tokenizer=tokenizer, hf_text_dir=hf_text_dir)
     with staging_dir(final) as tmp:
         build(tmp, name, model, info, log=log)
     bundle = find_bundle(name, home)

@@ -69,10 +69,10 @@ class OfferScorer:
         offers = offers_of(normalize_offers(batch, salt=""))
         cand = match_offers(offers, self.view, self.settings, self.k, exclude_self=self.exclude_self)
         n = len(cand.source)
-        ids = self.view.rows.ids
+        ids = self.view.target_ids(cand.target)  # one per candidate
         # human verdicts (pm_labels) override the model's decision, as in match_products
-        keys = [PairKey.of(self.source_table, offers[int(cand.source[i])].id, self.target_table,
-                           ids[int(cand.target[i])]) for i in range(n)]
+        keys = [PairKey.of(self.source_table, offers[int(cand.source[i])].id, self.target_table, ids[i])
+                for i in range(n)]
         decisions, human = override_decisions(keys, cand.decision, self.verdicts)
 
         def f64(x: np.ndarray) -> pa.Array:
@@ -83,7 +83,7 @@ class OfferScorer:
             "source_table": pa.array([self.source_table] * n, pa.string()),
             "source_id": batch[id_col].take(pa.array(cand.source, pa.int64())),
             "target_table": pa.array([self.target_table] * n, pa.string()),
-            "target_id": pa.array([ids[int(t)] for t in cand.target], pa.string()),
+            "target_id": pa.array(ids, pa.string()),
             "rank": pa.array(cand.rank, pa.int32()), "score": f64(cand.score),
             "text_score": f64(cand.text_score), "image_score": f64(cand.image_score),
             "lexical_score": f64(cand.lexical_score), "identifier_match": pa.array(cand.id_match, pa.bool_()),

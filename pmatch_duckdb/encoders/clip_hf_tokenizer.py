@@ -4,7 +4,8 @@ CLIP models whose text tokenizer is a Hugging Face tokenizer (``text_cfg.hf_toke
 open_clip config: SigLIP, SigLIP2, CLIPA, ...) are exported with the fast tokenizer's backend serialised
 as a ``tokenizers`` JSON (``tokenizer.json``), read here with the ``tokenizers`` package (a Rust wheel).
 It gives exactly the ids ``open_clip.tokenizer.HFTokenizer`` gives (the exporter checks this on accents,
-emoji, CJK and text longer than the context, and tests/test_openclip.py on more):
+Thai, Arabic, Hindi, combining marks, emoji, CJK and text longer than the context, and
+tests/test_openclip.py on more):
 
 - cleaning: open_clip's clean function by name (``whitespace`` - HFTokenizer's default - ``lower`` or
   ``canonicalize``, the SigLIP models' choice), :func:`~.clip_tokenizer.clean_text`;

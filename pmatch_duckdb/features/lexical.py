@@ -7,10 +7,10 @@ sentence embedding. Hashing uses crc32 (Python's ``hash()`` is salted per proces
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 import zlib
-from collections import defaultdict
 
 import numpy as np
 import scipy.sparse as sp
@@ -74,35 +74,89 @@ def _grams(text: str) -> list[int]:
 
 
 def _counts(texts: list[str]) -> sp.csr_matrix:
+    """Hashed n-gram counts (float32 data, int32 indices: 8 bytes per non-zero)."""
     indptr = [0]
     indices: list[int] = []
     for t in texts:
         indices.extend(_grams(t))
         indptr.append(len(indices))
     data = np.ones(len(indices), dtype=np.float32)
-    m = sp.csr_matrix((data, np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+    m = sp.csr_matrix((data, np.asarray(indices, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
                       shape=(len(texts), N_FEATURES))
     m.sum_duplicates()
     return m
 
 
-class CharTfidf:
-    """Hashed char n-gram TF-IDF (sublinear tf, smoothed idf, L2 rows) fitted on the target corpus."""
+FIT_CHUNK = 50_000  # corpus rows tokenised at a time (the Python gram lists of one chunk only)
+# From this many corpus rows top_k is approximate, as the vector channel is (ANN) from the same size: the n-grams
+# of a text found in more than PRUNE_DF rows (plus all but its PRUNE_KEEP rarest) do not select candidates, the
+# best POOL rows by the remaining n-grams are re-scored exactly, the top k of those returned. Measured against the
+# exact channel in benchmarks/README.md (Pipeline speed); the char 2-grams otherwise touch most of the corpus.
+APPROX_TOPK_MIN_ROWS = 100_000
+PRUNE_DF = 5_000
+PRUNE_KEEP = 4
+POOL = 100
+DENSE_TOPK_CELLS = 1 << 24  # dense top_k: at most this many scores per query chunk (64 MB)
 
-    def __init__(self, corpus: list[str]) -> None:
-        counts = _counts(corpus)
-        df = np.bincount(counts.indices, minlength=N_FEATURES).astype(np.float32)
-        n = max(1, counts.shape[0])
+
+class CharTfidf:
+    """Hashed char n-gram TF-IDF (sublinear tf, smoothed idf, L2 rows) fitted on the target corpus.
+
+    Held: ``matrix_t`` (features × rows, the inverted index ``top_k`` searches) and, with ``keep_rows``,
+    ``matrix`` (rows × features, what ``pair_scores`` gathers); float32 values and int32 indices, built chunk
+    by chunk (the inverted index is filled in place from the per-chunk rows, never transposed as a whole).
+    """
+
+    def __init__(self, corpus: list[str], keep_rows: bool = True) -> None:
+        parts = [_counts(corpus[s:s + FIT_CHUNK]) for s in range(0, len(corpus), FIT_CHUNK)]
+        df = np.zeros(N_FEATURES, dtype=np.int64)
+        for c in parts:
+            df += np.bincount(c.indices, minlength=N_FEATURES)
+        n = max(1, len(corpus))
         self.idf = np.log((1.0 + n) / (1.0 + df)).astype(np.float32) + 1.0
-        self.matrix = self._weigh(counts)
-        self.matrix_t = self.matrix.T.tocsr()
+        self.df = df.astype(np.int32)
+        nnz = int(df.sum())
+        idx_t = np.int32 if nnz < 2**31 else np.int64
+        indptr = np.zeros(N_FEATURES + 1, dtype=idx_t)
+        np.cumsum(df, out=indptr[1:])
+        indices = np.empty(nnz, dtype=np.int32)
+        data = np.empty(nnz, dtype=np.float32)
+        if keep_rows:  # the row-major copy, filled chunk by chunk too (no vstack of the chunks)
+            r_indptr = np.zeros(len(corpus) + 1, dtype=idx_t)
+            r_indices = np.empty(nnz, dtype=np.int32)
+            r_data = np.empty(nnz, dtype=np.float32)
+        fill = indptr[:-1].astype(np.int64)
+        row0, at = 0, 0
+        for j, c in enumerate(parts):
+            w = self._weigh(c)
+            parts[j] = None  # the counts of a chunk are dropped once weighed
+            if keep_rows:
+                r_indices[at:at + w.nnz], r_data[at:at + w.nnz] = w.indices, w.data
+                r_indptr[row0 + 1:row0 + w.shape[0] + 1] = w.indptr[1:] + at
+                at += w.nnz
+            order = np.argsort(w.indices, kind="stable")  # by feature; rows stay ascending within one
+            f = w.indices[order]
+            rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
+            dest = fill[f] + rank
+            rows = np.repeat(np.arange(row0, row0 + w.shape[0], dtype=np.int32), np.diff(w.indptr))
+            indices[dest] = rows[order]
+            data[dest] = w.data[order]
+            fill += np.bincount(w.indices, minlength=N_FEATURES)
+            row0 += w.shape[0]
+        self.matrix_t = sp.csr_matrix((data, indices, indptr), shape=(N_FEATURES, len(corpus)))
+        self.matrix = (sp.csr_matrix((r_data, r_indices, r_indptr), shape=(len(corpus), N_FEATURES))
+                       if keep_rows else None)
+        self.n = len(corpus)
 
     def _weigh(self, counts: sp.csr_matrix) -> sp.csr_matrix:
         m = counts.copy()
-        m.data = (1.0 + np.log(m.data)) * self.idf[m.indices]
-        norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+        m.data = ((1.0 + np.log(m.data)) * self.idf[m.indices]).astype(np.float32)
+        per_row = np.diff(m.indptr)
+        norms = np.sqrt(np.bincount(np.repeat(np.arange(m.shape[0]), per_row), weights=m.data.astype(np.float64) ** 2,
+                                    minlength=m.shape[0]))
         norms[norms == 0] = 1.0
-        return sp.csr_matrix(sp.diags(1.0 / norms) @ m)
+        m.data /= np.repeat(norms.astype(np.float32), per_row)
+        return m
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
         """TF-IDF rows of new texts, with the corpus idf."""
@@ -111,22 +165,63 @@ class CharTfidf:
     def top_k(self, texts: list[str], k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """For each text, the ``k`` most similar corpus rows: ``(indices int64[n,k], scores float32[n,k])``.
 
-        Missing slots (corpus smaller than k) have index -1 and score 0.
+        Missing slots (corpus smaller than k) have index -1 and score 0. Below ``APPROX_TOPK_MIN_ROWS`` corpus
+        rows: exact (the scores of a query chunk made dense; zero-score rows can fill a short list); from there
+        approximate (see ``APPROX_TOPK_MIN_ROWS``; only rows sharing a selective n-gram, a list may be short).
         """
         q = self.transform(texts)
-        n, size = q.shape[0], self.matrix.shape[0]
+        n, size = q.shape[0], self.matrix_t.shape[1]
         kk = min(k, size)
         idx = np.full((n, k), -1, dtype=np.int64)
         val = np.zeros((n, k), dtype=np.float32)
-        for s in range(0, n, chunk):
-            dense = (q[s:s + chunk] @ self.matrix_t).toarray()
-            if kk == 0:
-                continue
+        if kk == 0:
+            return idx, val
+        if size >= APPROX_TOPK_MIN_ROWS and self.matrix is not None:
+            return self._top_k_pruned(q, kk, idx, val)
+        step = max(1, min(chunk, DENSE_TOPK_CELLS // max(size, 1)))
+        for s in range(0, n, step):
+            dense = (q[s:s + step] @ self.matrix_t).toarray()
             part = np.argpartition(-dense, kk - 1, axis=1)[:, :kk]
             scores = np.take_along_axis(dense, part, axis=1)
             order = np.argsort(-scores, axis=1, kind="stable")
-            idx[s:s + chunk, :kk] = np.take_along_axis(part, order, axis=1)
-            val[s:s + chunk, :kk] = np.take_along_axis(scores, order, axis=1)
+            idx[s:s + step, :kk] = np.take_along_axis(part, order, axis=1)
+            val[s:s + step, :kk] = np.take_along_axis(scores, order, axis=1)
+        return idx, val
+
+    def _top_k_pruned(self, q: sp.csr_matrix, kk: int, idx: np.ndarray, val: np.ndarray, chunk: int = 256
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top_k for large corpora (see ``APPROX_TOPK_MIN_ROWS``); scores are exact cosines."""
+        per_row = np.diff(q.indptr)
+        owner = np.repeat(np.arange(q.shape[0]), per_row)
+        df = self.df[q.indices]
+        order = np.lexsort((df, owner))  # each row's n-grams, rarest first
+        rarity = np.empty(len(order), dtype=np.int64)
+        rarity[order] = np.arange(len(order)) - np.repeat(q.indptr[:-1], per_row)
+        sel = q.copy()
+        sel.data = np.where((df <= PRUNE_DF) | (rarity < PRUNE_KEEP), sel.data, 0).astype(np.float32)
+        sel.eliminate_zeros()
+        pool = max(POOL, 4 * kk)
+        for s in range(0, q.shape[0], chunk):
+            r = sel[s:s + chunk] @ self.matrix_t
+            qs, ts = [], []
+            for i in range(r.shape[0]):
+                a, b = r.indptr[i], r.indptr[i + 1]
+                if b - a > pool:
+                    ts.append(r.indices[a:b][np.argpartition(-r.data[a:b], pool - 1)[:pool]])
+                else:
+                    ts.append(r.indices[a:b])
+                qs.append(np.full(len(ts[-1]), s + i, dtype=np.int64))
+            if not qs:
+                continue
+            qa, ta = np.concatenate(qs), np.concatenate(ts).astype(np.int64)
+            exact = np.asarray(q[qa].multiply(self.matrix[ta]).sum(axis=1)).ravel().astype(np.float32)
+            o = np.lexsort((ta, -exact, qa))
+            qa, ta, exact = qa[o], ta[o], exact[o]
+            starts = np.r_[0, np.flatnonzero(np.diff(qa)) + 1]
+            rank = np.arange(len(qa)) - np.repeat(starts, np.diff(np.r_[starts, len(qa)]))
+            keep = rank < kk
+            idx[qa[keep], rank[keep]] = ta[keep]
+            val[qa[keep], rank[keep]] = exact[keep]
         return idx, val
 
     def pair_scores(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
@@ -141,20 +236,55 @@ class CharTfidf:
             sims[s:s + PAIR_CHUNK] = np.asarray(q.multiply(self.matrix[rows[s:s + PAIR_CHUNK]]).sum(axis=1)).ravel()
         return np.clip(sims, 0.0, 1.0)  # float32 rounding can exceed 1
 
+    def nbytes(self) -> int:
+        """Bytes of the arrays held (the inverted index, the rows if kept, idf and df)."""
+        ms = [m for m in (self.matrix_t, self.matrix) if m is not None]
+        return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in ms) + self.idf.nbytes + self.df.nbytes
+
+
+def _token_hashes(tokens: list[str]) -> np.ndarray:
+    """Stable 64-bit hashes of tokens (blake2b; Python's ``hash()`` is salted per process)."""
+    return np.array([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little", signed=True)
+                     for t in tokens], dtype=np.int64)
+
 
 class IdentifierIndex:
-    """Inverted index identifier token → corpus rows (tokens shared by too many rows are ignored)."""
+    """Inverted index identifier token → corpus rows (tokens shared by too many rows are ignored).
+
+    Held as two sorted numpy arrays (64-bit token hash, int32 row): 12 bytes per posting, no Python objects.
+    """
 
     def __init__(self, token_lists: list[list[str]], max_df: int = 50) -> None:
-        post: dict[str, list[int]] = defaultdict(list)
-        for row, toks in enumerate(token_lists):
-            for t in toks:
-                post[t].append(row)
-        self.postings = {t: rows for t, rows in post.items() if len(rows) <= max_df}
+        toks = [t for ts in token_lists for t in ts]
+        rows = np.repeat(np.arange(len(token_lists), dtype=np.int32),
+                         np.fromiter((len(ts) for ts in token_lists), dtype=np.int64, count=len(token_lists)))
+        h = _token_hashes(toks)
+        order = np.lexsort((rows, h))
+        h, rows = h[order], rows[order]
+        _, first, counts = np.unique(h, return_index=True, return_counts=True)
+        keep = np.repeat(counts <= max_df, counts)
+        self.keys, self.rows = h[keep], rows[keep]
 
     def lookup(self, tokens: list[str]) -> list[int]:
         """Corpus rows sharing at least one identifier token."""
-        rows: list[int] = []
-        for t in tokens:
-            rows.extend(self.postings.get(t, ()))
-        return list(dict.fromkeys(rows))
+        out: list[int] = []
+        for h in _token_hashes(tokens):
+            a, b = np.searchsorted(self.keys, h, "left"), np.searchsorted(self.keys, h, "right")
+            out.extend(self.rows[a:b].tolist())
+        return list(dict.fromkeys(out))
+
+    def lookup_many(self, token_lists: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Every (list number, corpus row) sharing a token, vectorised; a pair may repeat."""
+        toks = [t for ts in token_lists for t in ts]
+        owner = np.repeat(np.arange(len(token_lists), dtype=np.int64),
+                          np.fromiter((len(ts) for ts in token_lists), dtype=np.int64, count=len(token_lists)))
+        h = _token_hashes(toks)
+        a, b = np.searchsorted(self.keys, h, "left"), np.searchsorted(self.keys, h, "right")
+        counts = b - a
+        total = int(counts.sum())
+        starts = np.repeat(a - (np.cumsum(counts) - counts), counts)
+        return np.repeat(owner, counts), self.rows[starts + np.arange(total)].astype(np.int64)
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays held."""
+        return self.keys.nbytes + self.rows.nbytes

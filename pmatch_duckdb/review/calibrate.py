@@ -21,14 +21,13 @@ import datetime as _dt
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..decision import choose_thresholds, wilson_lower
 from ..errors import PmatchError
+from ..staging import new_staging_dir
 from .labels import has_labels, table_key
 from .queue import ModelState, model_state
 
@@ -133,7 +132,7 @@ def _new_matcher_version(ctx, state: ModelState, cal: Calibration, source: dict)
     old = matchers_dir(home) / name / version
     new_version = next_version(name, home)
     final = old.parent / new_version
-    tmp = Path(tempfile.mkdtemp(prefix=f".{new_version}.", dir=old.parent))
+    tmp = new_staging_dir(old.parent, f".{new_version}.")
     try:
         for p in old.iterdir():
             if p.is_file() and p.name != "manifest.json":

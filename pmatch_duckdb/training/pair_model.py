@@ -28,19 +28,25 @@ class PairTrainConfig:
     """Knobs of the cross-encoder fine-tuning (the defaults are what ``pmatch train`` uses).
 
     ``max_len``: word pieces of the pair (longest-first truncation); ``freeze_layers``: the embeddings
-    and this many lower transformer layers are not trained (cheaper backward pass); ``augment``: Ditto's
-    augmentation (left/right swap, span deletion, attribute shuffle) on each training pair with
-    probability 0.5; ``max_seconds``: stop after the step that crosses this wall time (None: no limit).
+    and this many lower transformer layers are not trained (cheaper backward pass); ``precompute``: with
+    frozen layers and no augmentation, run the frozen layers ONCE per pair (eval mode) and train only the
+    upper layers on their stored outputs — the same model, a fraction of the forward cost per epoch;
+    ``neg_ratio``: keep every match and at most this many non-matches per match (seeded random sample;
+    None: all); ``augment``: Ditto's augmentation (left/right swap, span deletion, attribute shuffle) on
+    each training pair with probability 0.5; ``max_seconds``: stop after the step that crosses this wall
+    time (None: no limit).
     """
 
     max_len: int = 64
-    epochs: int = 1
+    epochs: int = 3  # cheap with precompute: an epoch only runs the upper layers (bench_pair_train.py --fit)
     batch_size: int = 16
-    lr: float = 5e-5
+    lr: float = 2e-4  # only the upper 2 layers + head learn: 5e-5 left them under-trained in 1 epoch
     weight_decay: float = 0.01
     warmup: float = 0.1
     freeze_layers: int = 4
     augment: bool = False
+    precompute: bool = True
+    neg_ratio: float | None = 3.0
     seed: int = 0
     threads: int | None = None
     max_seconds: float | None = None
@@ -113,6 +119,42 @@ def augment_pair(a: str, b: str, rng: random.Random) -> tuple[str, str]:
     return (f(a), b) if rng.random() < 0.5 else (a, f(b))
 
 
+def _attention_mask(model, hidden, mask):  # noqa: ANN001, ANN202
+    """The encoder's attention mask in the form its layers take (the one BertModel.forward builds)."""
+    return model.bert._create_attention_masks(mask, None, hidden, None, None)[0]
+
+
+def frozen_states(model, ids, mask, types, n_frozen: int):  # noqa: ANN001, ANN201
+    """Output of the embeddings and the lower ``n_frozen`` layers (no gradients: they are not trained)."""
+    import torch
+
+    with torch.no_grad():
+        h = model.bert.embeddings(input_ids=ids, token_type_ids=types)
+        am = _attention_mask(model, h, mask)
+        for layer in model.bert.encoder.layer[:n_frozen]:
+            h = layer(h, am)
+    return h
+
+
+def upper_logits(model, hidden, mask, n_frozen: int):  # noqa: ANN001, ANN201
+    """Logits from the stored output of the frozen layers: the upper layers, dropout, head on [CLS]."""
+    am = _attention_mask(model, hidden, mask)
+    h = hidden
+    for layer in model.bert.encoder.layer[n_frozen:]:
+        h = layer(h, am)
+    return model.head(model.dropout(h[:, 0])).squeeze(-1)
+
+
+def subsample_negatives(y: np.ndarray, ratio: float | None, seed: int) -> np.ndarray:
+    """Positions to train on: every match and at most ``ratio`` non-matches per match (seeded)."""
+    y = np.asarray(y)
+    pos, neg = np.flatnonzero(y > 0.5), np.flatnonzero(y <= 0.5)
+    if ratio is None or len(neg) <= ratio * max(1, len(pos)):
+        return np.arange(len(y))
+    keep = np.random.default_rng(seed).choice(neg, size=int(round(ratio * max(1, len(pos)))), replace=False)
+    return np.sort(np.r_[pos, keep])
+
+
 def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, tokenizer_json: Path,
                         cfg: PairTrainConfig, bert_dir: Path | None = None, tiny_config: dict | None = None,
                         log: Callable[[str], None] | None = None):
@@ -125,14 +167,19 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = CrossEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed)
-    frozen = [model.bert.embeddings] + list(model.bert.encoder.layer[:cfg.freeze_layers])
-    for mod in frozen if cfg.freeze_layers > 0 else []:
+    n_layers = len(model.bert.encoder.layer)
+    n_frozen = min(max(0, cfg.freeze_layers), n_layers)
+    frozen = [model.bert.embeddings] + list(model.bert.encoder.layer[:n_frozen])
+    for mod in frozen if n_frozen > 0 else []:
         for p in mod.parameters():
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     tok = PairTokenizer(tokenizer_json, cfg.max_len)
-    n = len(y)
+    keep = subsample_negatives(y, cfg.neg_ratio, cfg.seed)
+    a, b = [a[i] for i in keep], [b[i] for i in keep]
+    yt = np.asarray(y, dtype=np.float32)[keep]
+    n = len(yt)
     steps_per_epoch = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warm = max(1, int(cfg.warmup * total))
@@ -140,8 +187,24 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     rng = random.Random(cfg.seed)
     nrng = np.random.default_rng(cfg.seed)
-    yt = np.asarray(y, dtype=np.float32)
     t0 = time.perf_counter()
+    # precomputed frozen layers: each pair's states stored unpadded (pads do not change the real tokens'
+    # states under the attention mask), re-padded per batch
+    pre = cfg.precompute and n_frozen > 0 and not cfg.augment
+    states: list = []
+    if pre:
+        model.eval()
+        order = np.argsort([len(x) + len(z) for x, z in zip(a, b, strict=True)], kind="stable")
+        states = [None] * n
+        for s in range(0, n, 64):
+            idx = order[s:s + 64]
+            ids, mask, types = (torch.from_numpy(v) for v in tok([a[i] for i in idx], [b[i] for i in idx]))
+            h = frozen_states(model, ids, mask, types, n_frozen)
+            lens = mask.sum(1).tolist()
+            for j, i in enumerate(idx):
+                states[i] = h[j, :lens[j]].clone()
+        if log:
+            log(f"pair model: frozen layers run once for {n} pairs ({time.perf_counter() - t0:.0f}s)")
     step, losses, stopped = 0, [], False
     model.train()
     for epoch in range(cfg.epochs):
@@ -149,13 +212,22 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
         run = 0.0
         for s in range(0, n, cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
-            pa_, pb_ = [a[i] for i in idx], [b[i] for i in idx]
-            if cfg.augment:
-                for j in range(len(idx)):
-                    if rng.random() < 0.5:
-                        pa_[j], pb_[j] = augment_pair(pa_[j], pb_[j], rng)
-            ids, mask, types = (torch.from_numpy(v) for v in tok(pa_, pb_))
-            logits = model(ids, mask, types)
+            if pre:
+                width = max(len(states[i]) for i in idx)
+                hid = torch.zeros((len(idx), width, states[idx[0]].shape[1]))
+                mask = torch.zeros((len(idx), width), dtype=torch.int64)
+                for j, i in enumerate(idx):
+                    hid[j, :len(states[i])] = states[i]
+                    mask[j, :len(states[i])] = 1
+                logits = upper_logits(model, hid, mask, n_frozen)
+            else:
+                pa_, pb_ = [a[i] for i in idx], [b[i] for i in idx]
+                if cfg.augment:
+                    for j in range(len(idx)):
+                        if rng.random() < 0.5:
+                            pa_[j], pb_[j] = augment_pair(pa_[j], pb_[j], rng)
+                ids, mask, types = (torch.from_numpy(v) for v in tok(pa_, pb_))
+                logits = model(ids, mask, types)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(yt[idx]))
             opt.zero_grad()
             loss.backward()
@@ -175,7 +247,8 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
             break
     model.eval()
     return model, {"steps": step, "loss_history": losses, "seconds": round(time.perf_counter() - t0, 1),
-                   "stopped_early": stopped, "pairs": int(n), "positives": int(np.sum(y))}
+                   "stopped_early": stopped, "pairs": int(n), "positives": int(np.sum(yt)),
+                   "precomputed_frozen_layers": bool(pre)}
 
 
 def torch_logits(model, tokenizer_json: Path, max_len: int, a: Sequence[str], b: Sequence[str]) -> np.ndarray:

@@ -12,7 +12,6 @@ import datetime as _dt
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from ..matchers import load_matcher, matcher_dir, next_version
 from ..matching import OfferVectors, TargetView, candidate_pairs, decision_features, pair_signals
 from ..offer_vectors import encoder_identity
 from ..sqlident import index_name_for, quote_ident, quote_qualified
+from ..staging import new_staging_dir
 from ..store import OfferIndex
 from .pair_model import PairOptions
 from .projection import export_projection_onnx, train_projection
@@ -357,7 +357,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     version = next_version(name, ctx.settings.home)
     final = matcher_dir(name, ctx.settings.home) / version
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
+    tmp = new_staging_dir(final.parent, f".{version}.")
     try:
         export_projection_onnx(w, tmp / "projection.onnx")
         pair_entry = None
