@@ -15,14 +15,19 @@ Parts (``--parts``, default all), each printing ratios measured side by side in 
   new one on the same inputs (``--retrieval-n`` offers).
 * ``match``: source offers/s of the matching path ``match_products`` runs (source vectors reused from the
   index, vector + lexical + identifier channels, zero-shot score) against generated indexes of
-  ``--match-sizes`` offers (built once under ``--workdir`` and reused), with the share of each stage and
-  the peak RSS (child process per size).
+  ``--match-sizes`` offers (built once under ``--workdir`` by a streamed build, ``_build N``, and reused), with
+  the share of each stage (source vectors, vector search, lexical candidates, fetching the candidate rows,
+  pair features, decision), the peak RSS and the view's arrays (child process per size); with
+  ``--baseline TREE`` the same child of another source tree (e.g. the previous commit unpacked with
+  ``git archive``) on the same index and sources, and the ratios; the approximate lexical channel's
+  agreement with the exact one (``--lexical-check``).
 
 Usage (repository root)::
 
     PMATCH_HOME=... python benchmarks/bench_pipeline.py [--parts encoders,quality,training,match]
         [--data ../shared/data] [--rounds 3] [--n-texts 1024] [--n-images 96]
-        [--train-sizes 5000,20000,50000,100000] [--match-sizes 100000] [--workdir .bench]
+        [--train-sizes 5000,20000,50000,100000] [--match-sizes 100000,1000000] [--workdir .bench]
+        [--baseline DIR]
 
 Needs the int8 bundles: ``pmatch models build --int8``.
 """
