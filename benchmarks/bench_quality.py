@@ -1013,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="databases and indexes (default: a temporary folder, removed after)")
-    ap.add_argument("--plots", type=Path, default=DEFAULT_PLOTS, help="where PNG plots go ('' = none)")
+    ap.add_argument("--plots", type=str, default=str(DEFAULT_PLOTS), help="where PNG plots go ('' = none)")
     ap.add_argument("--home", default=None, help="pmatch home (default $PMATCH_HOME)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="train_matcher epochs (default: its own)")
@@ -1036,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="pmatch-bench-quality-")) if tmp else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = Ctx(data=args.data.resolve(), workdir=workdir, plots=Path(args.plots) if str(args.plots) else None,
+    ctx = Ctx(data=args.data.resolve(), workdir=workdir, plots=Path(args.plots) if args.plots else None,  # Path("") is "."
               home=args.home, seed=args.seed, quick=args.quick, grocery_per_class=args.grocery_per_class,
               epochs=args.epochs, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
               pair={k: v for k, v in (("max_len", args.pair_max_len), ("epochs", args.pair_epochs),

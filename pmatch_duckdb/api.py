@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import duckdb
 
 from .clusters import assign_entities
@@ -9,22 +11,39 @@ from .context import PmatchContext
 from .errors import PmatchError
 from .fusion import FusionConfig
 from .matchers import active_matcher
+from .matching import forget_views
 from .offers import read_offers
 from .sqlident import check_index_name, index_name_for, quote_qualified
 from .store import OfferIndex, RefreshStats
 
-_contexts: dict[int, PmatchContext] = {}
+# Weak: the UDFs registered on a connection hold its context, so it lives exactly as long as they do
+# (until the connection is closed or collected); a strong map kept every context and connection forever.
+_contexts: weakref.WeakValueDictionary[int, PmatchContext] = weakref.WeakValueDictionary()
 
 
 def register_context(ctx: PmatchContext) -> None:
-    """Remember the context of an installed connection."""
+    """Remember the context of an installed connection; when it goes, its cached index views go too."""
     _contexts[id(ctx.con)] = ctx
+    weakref.finalize(ctx, forget_index_root, str(ctx.index_root))
+
+
+def forget_index_root(root: str) -> None:
+    """Drop cached index views under ``root`` unless another live connection still uses that root."""
+    if any(str(c.index_root) == root for c in list(_contexts.values())):
+        return
+    forget_views(root)
+
+
+def installed_context(con: duckdb.DuckDBPyConnection) -> PmatchContext | None:
+    """The context of ``con`` if pmatch is installed on it, else None."""
+    ctx = _contexts.get(id(con))
+    return ctx if ctx is not None and ctx.con_ref() is con else None
 
 
 def context_of(con: duckdb.DuckDBPyConnection) -> PmatchContext:
     """The context ``install`` made for ``con``."""
-    ctx = _contexts.get(id(con))
-    if ctx is None or ctx.con is not con:
+    ctx = installed_context(con)
+    if ctx is None:
         raise PmatchError("this connection has no pmatch functions; use pmatch_duckdb.connect() or install(con)")
     return ctx
 

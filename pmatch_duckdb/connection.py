@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -9,7 +10,7 @@ from typing import Any
 
 import duckdb
 
-from .api import context_of, register_context
+from .api import context_of, installed_context, register_context
 from .context import PmatchContext, index_root_for
 from .settings import Settings
 from .sql import SQL_FILES, read_sql
@@ -23,7 +24,6 @@ from .udfs import (
 from .udfs.arrow_util import Registrar
 
 _install_counter = itertools.count(1)
-_registrars: dict[int, Registrar] = {}
 
 
 def install(con: duckdb.DuckDBPyConnection, settings: Settings | None = None, *,
@@ -38,20 +38,23 @@ def install(con: duckdb.DuckDBPyConnection, settings: Settings | None = None, *,
     """
     if settings is None:
         settings = Settings.create(home=home, image_roots=image_roots, **options)
-    old = _registrars.pop(id(con), None)
-    if old is not None and old.con is con:
-        old.remove_all()
+    old = installed_context(con)
+    if old is not None:  # re-install: replace this connection's functions, keep its temporary index folder
+        for name in old.udf_names:
+            with contextlib.suppress(duckdb.Error):
+                con.remove_function(name)
     reg = Registrar(con, f"_{next(_install_counter)}")
     threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
-    ctx = PmatchContext(con=con, settings=settings, index_root=index_root_for(con, settings),
-                        duckdb_threads=threads, suffix=reg.suffix)
+    root, temp_root = index_root_for(con, settings, reuse=old.temp_root if old is not None else None)
+    ctx = PmatchContext.for_connection(con, settings=settings, index_root=root, duckdb_threads=threads,
+                                       suffix=reg.suffix, temp_root=temp_root)
     register_embedding_udfs(reg, settings, threads)
     register_model_udfs(reg, settings)
     register_matching_udfs(reg, ctx)
     register_review_udfs(reg, ctx)
     register_code_udfs(reg)
-    _registrars[id(con)] = reg
-    register_context(ctx)
+    ctx.udf_names = list(reg.names)
+    register_context(ctx)  # held weakly: the UDFs just registered keep ctx alive as long as the connection
     install_macros(con, suffix=reg.suffix)
     return settings
 

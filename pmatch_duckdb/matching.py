@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,8 +237,31 @@ def lookup_identifiers(t: pa.Table) -> list[list[str]]:
             for x, m in zip(t["identifiers"].to_pylist(), t["mpn"].to_pylist(), strict=True)]
 
 
-_views: OrderedDict[tuple[str, int], TargetView] = OrderedDict()
+_views: OrderedDict[tuple[str, int, str], TargetView] = OrderedDict()
 _views_lock = threading.Lock()
+_forgotten: deque[str] = deque()  # index roots whose views are to be dropped (see forget_views)
+
+
+def forget_views(root: str) -> None:
+    """Drop the cached views of every index under ``root`` (its connection is gone).
+
+    Called from finalizers, which may run inside ``target_view`` on the same thread: so it only queues the
+    root and drops what it can without waiting for the lock; the rest goes at the next ``target_view``.
+    """
+    _forgotten.append(root)
+    if _views_lock.acquire(blocking=False):
+        try:
+            _drop_forgotten()
+        finally:
+            _views_lock.release()
+
+
+def _drop_forgotten() -> None:
+    """(with ``_views_lock`` held) remove the views under the queued roots."""
+    while _forgotten:
+        root = _forgotten.popleft()
+        for key in [k for k in _views if k[0] == root or k[0].startswith(root.rstrip("/") + "/")]:
+            del _views[key]
 
 
 def target_view(index: OfferIndex, home: Path | None = None, max_cached: int = 4) -> TargetView:
@@ -246,6 +269,7 @@ def target_view(index: OfferIndex, home: Path | None = None, max_cached: int = 4
     tbl = index.table()
     key = (str(index.root / index.name), int(tbl.version), str(home))
     with _views_lock:
+        _drop_forgotten()
         if key in _views:
             _views.move_to_end(key)
             return _views[key]

@@ -25,10 +25,23 @@ CREATE OR REPLACE TEMP MACRO pm_index(tbl, index_name := NULL, rebuild := false)
 -- mutual_best (rank 1 for the source and best-scored source for the target: the 1:1 assignment),
 -- human_verdict (the pair's verdict in pm_labels, which overrides decision: match -> accept, no_match -> reject).
 CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
-    WITH hits AS (
+    WITH
+    -- `id` always binds (a NULL column where the table has none): _pm_check_offers then names the missing
+    -- column, the table and match_products instead of a binder error
+    _pm_mp_src AS (FROM query_table(src) UNION ALL BY NAME SELECT NULL AS id WHERE false),
+    _pm_mp_tgt AS (FROM query_table(tgt) UNION ALL BY NAME SELECT NULL AS id WHERE false),
+    hits AS MATERIALIZED (
         SELECT s.id AS source_id, _pm_match(src, tgt, TRY_CAST(k AS BIGINT), to_json(s)) AS h
-        FROM query_table(src) AS s
-        WHERE _pm_check_offers(src, typeof(s), typeof(k))  -- column types: one clear error, before any row
+        FROM _pm_mp_src AS s
+        -- one clear error before any row: column names and types of both tables (their row types, also
+        -- when empty), k, and the duplicated ids of the whole source (not only of one 2,048-row chunk)
+        WHERE _pm_check_offers(src,
+            (SELECT typeof(o) FROM (SELECT 1) AS _pm_one LEFT JOIN query_table(src) AS o ON true LIMIT 1),
+            typeof(k), tgt,
+            (SELECT typeof(o) FROM (SELECT 1) AS _pm_one LEFT JOIN query_table(tgt) AS o ON true LIMIT 1),
+            (SELECT list(d.key ORDER BY d.key) FROM (
+                SELECT CAST(id AS VARCHAR) AS key FROM _pm_mp_src WHERE id IS NOT NULL
+                GROUP BY ALL HAVING count(*) > 1 ORDER BY key LIMIT 11) AS d))
     ),
     flat AS (
         SELECT source_id, unnest(h, recursive := true) FROM hits
@@ -40,7 +53,7 @@ CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
            (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY f.target_key)) AS mutual_best,
            f.human_verdict
     FROM flat AS f
-    JOIN query_table(tgt) AS t ON CAST(t.id AS VARCHAR) = f.target_key
+    JOIN _pm_mp_tgt AS t ON CAST(t.id AS VARCHAR) = f.target_key
     -- dedup mode: keep one direction of each unordered pair (the better-scored one)
     QUALIFY lower(src) <> lower(tgt) OR row_number() OVER (
         PARTITION BY least(CAST(f.source_id AS VARCHAR), f.target_key),
@@ -90,13 +103,14 @@ CREATE OR REPLACE TEMP MACRO product_clusters(pairs, registry := 'entities') AS 
 -- match_products candidates plus its given pairs; mutual_best over the given pairs.
 -- An id that is not in its table is an error naming it.
 CREATE OR REPLACE TEMP MACRO score_pairs(src, tgt, pairs) AS TABLE
-    WITH _pm_sp_pairs AS MATERIALIZED (
-        SELECT row_number() OVER () AS pair_no, q.source_id, q.target_id FROM query_table(pairs) AS q
+    WITH _pm_sp_pairs AS MATERIALIZED (  -- (missing columns bind as NULL; _pm_check_pairs names them)
+        SELECT row_number() OVER () AS pair_no, q.source_id, q.target_id
+        FROM (FROM query_table(pairs) UNION ALL BY NAME SELECT NULL AS source_id, NULL AS target_id WHERE false) AS q
     ),
     _pm_sp_src AS (
         SELECT CAST(o.id AS VARCHAR) AS source_key, CAST(to_json(o) AS VARCHAR) AS source_row,
                count(*) OVER (PARTITION BY CAST(o.id AS VARCHAR)) AS copies
-        FROM query_table(src) AS o
+        FROM (FROM query_table(src) UNION ALL BY NAME SELECT NULL AS id WHERE false) AS o
     ),
     _pm_sp_items AS (
         SELECT list({'pair_no': p.pair_no, 'source_key': CAST(p.source_id AS VARCHAR),
@@ -107,6 +121,10 @@ CREATE OR REPLACE TEMP MACRO score_pairs(src, tgt, pairs) AS TABLE
     ),
     _pm_sp_scored AS (
         SELECT _pm_score_pairs(src, tgt, l) AS r FROM _pm_sp_items
+        WHERE _pm_check_pairs(src,
+            (SELECT typeof(o) FROM (SELECT 1) AS _pm_one LEFT JOIN query_table(src) AS o ON true LIMIT 1), tgt,
+            (SELECT typeof(o) FROM (SELECT 1) AS _pm_one LEFT JOIN query_table(tgt) AS o ON true LIMIT 1), pairs,
+            (SELECT typeof(o) FROM (SELECT 1) AS _pm_one LEFT JOIN query_table(pairs) AS o ON true LIMIT 1))
     ),
     _pm_sp_flat AS (
         SELECT unnest(r, recursive := true) FROM _pm_sp_scored

@@ -14,7 +14,8 @@ from pmatch_duckdb.errors import PmatchError
 
 # UDF name -> the public SQL name users call (errors name the public function, not `_pm_match_3`)
 PUBLIC_NAMES = {"_pm_match": "match_products", "_pm_clusters": "product_clusters", "_pm_models_list": "pm_models",
-                "_pm_check_offers": "match_products", "_pm_score_pairs": "score_pairs"}
+                "_pm_check_offers": "match_products", "_pm_score_pairs": "score_pairs",
+                "_pm_check_pairs": "score_pairs"}
 
 
 def public_name(udf: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import duckdb
 import numpy as np
@@ -24,7 +25,7 @@ from pmatch_duckdb.sqlident import check_index_name, index_name_for, quote_ident
 from pmatch_duckdb.store import OfferIndex
 
 from .arrow_util import Registrar, as_pylist
-from .checks import register_check_udfs
+from .checks import check_unique, register_check_udfs
 
 _INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "deleted": T.BIGINT,
               "unchanged": T.BIGINT, "total": T.BIGINT, "version": T.BIGINT, "ann_index": T.BOOLEAN,
@@ -103,12 +104,9 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         reuse = view if dedup else _source_view(ctx, source)
         rows = [{key.lower(): v for key, v in json.loads(j).items()} for j in js]
         offers = _source_offers(rows, "match_products", source)
-        seen: set[str] = set()
-        for o in offers:
-            if o.id in seen:
-                raise OfferTableError(f"match_products: source {source!r} has duplicate id {o.id!r}; "
-                                      "ids must be unique")
-            seen.add(o.id)
+        # (the macro checks the whole source before any row; this guards the rows of one call)
+        counts = Counter(o.id for o in offers)
+        check_unique("match_products", source, sorted(i for i, c in counts.items() if c > 1))
         cand = match_offers(offers, view, ctx.settings, kk, exclude_self=dedup, reuse=reuse)
         per_row: list[list[dict]] = [[] for _ in offers]
         ids = view.target_ids(cand.target)  # one per candidate
