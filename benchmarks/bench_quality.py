@@ -460,7 +460,9 @@ def train(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, label: str, offer
     lever = spec.pop("_pair", {})
     ser = {k: v for k, v in lever.items() if k in SerializeOptions.__dataclass_fields__}
     tcfg = {**ctx.pair, **{k: v for k, v in lever.items() if k in PairTrainConfig.__dataclass_fields__}}
-    kw.setdefault("pair_options", PairOptions(PairTrainConfig(**{"seed": ctx.seed, **tcfg}), SerializeOptions(**ser)))
+    # min_gain=None: the benchmark measures the scorer even where training would drop it for no held-out gain
+    kw.setdefault("pair_options", PairOptions(PairTrainConfig(**{"seed": ctx.seed, **tcfg}), SerializeOptions(**ser),
+                                              min_gain=None))
     with Timer() as t:
         res = train_matcher(con, offers, name=name, spec=spec, seed=ctx.seed, epochs=ctx.epochs, progress=True,
                             log=lines.append, **kw)

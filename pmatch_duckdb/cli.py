@@ -266,6 +266,8 @@ text_model_option = click.option(
 @click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")
 @click.option("--pair-min-matches", default=400, show_default=True,
               help="Labelled matches needed before a pair scorer is trained.")
+@click.option("--pair-min-gain", default=0.005, show_default=True,
+              help="Keep the pair scorer only if it raises held-out average precision by this much (-1: always).")
 @click.option("--no-activate", is_flag=True, help="Save the new version without activating it.")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
@@ -273,7 +275,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
               no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
-              pair_min_matches: int, no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
+              pair_min_matches: int, pair_min_gain: float, no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
     import json
 
@@ -291,7 +293,8 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                           pair_model=not no_pair_model,
                           pair_options=PairOptions(PairTrainConfig(max_len=pair_max_len, epochs=pair_epochs,
                                                                    freeze_layers=pair_freeze_layers, seed=seed),
-                                                   top_m=pair_top_m, min_positives=pair_min_matches),
+                                                   top_m=pair_top_m, min_positives=pair_min_matches,
+                                                   min_gain=pair_min_gain),
                           log=click.echo)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None

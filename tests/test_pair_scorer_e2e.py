@@ -4,6 +4,7 @@ the bundle round trip; a matcher without a pair scorer still loads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -71,12 +72,12 @@ def editions(tmp_path_factory, home):
     # a small BERT (random init) keeps the test in seconds; pmatch train fine-tunes MiniLM-L6's weights
     opts = PairOptions(PairTrainConfig(max_len=24, epochs=20, batch_size=16, lr=1e-3, freeze_layers=0, threads=1,
                                        warmup=0.05, tiny_bert=TINY),
-                       top_m=2, hard_negatives=0, min_positives=50)
+                       top_m=2, hard_negatives=0, min_positives=50, min_gain=None)
     with_pair = train_matcher(con, ["feed", "catalog"], pairs="labels", name="pairs", pair_options=opts,
                               activate=False, progress=False, log=lambda m: None)
     without = train_matcher(con, ["feed", "catalog"], pairs="labels", name="nopair", pair_model=False,
                             activate=False, progress=False, log=lambda m: None)
-    yield con, thome, with_pair, without, truth_te
+    yield con, thome, with_pair, without, truth_te, opts
     con.close()
 
 
@@ -100,7 +101,7 @@ def _edition_accuracy(con, thome, name: str) -> tuple[float, float]:
 
 
 def test_pair_scorer_tells_editions_apart_where_cosine_cannot(editions):
-    con, thome, with_pair, without, _ = editions
+    con, thome, with_pair, without, _, _ = editions
     assert "valid_pair_model" in with_pair.metrics and "valid_pair_model" not in without.metrics
     acc_with, cosine = _edition_accuracy(con, thome, "pairs")
     acc_without, _ = _edition_accuracy(con, thome, "nopair")
@@ -111,7 +112,7 @@ def test_pair_scorer_tells_editions_apart_where_cosine_cannot(editions):
 
 
 def test_bundle_round_trip_and_a_matcher_without_pair_scorer_loads(editions):
-    _, thome, with_pair, without, _ = editions
+    _, thome, with_pair, without, _, _ = editions
     m = load_matcher("pairs", "v1", thome)
     assert m.pair is not None and m.pair_decision is not None and m.pair.top_m == 2
     man = m.bundle.manifest
@@ -126,3 +127,22 @@ def test_bundle_round_trip_and_a_matcher_without_pair_scorer_loads(editions):
     (with_pair.path / "pair_model.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelIntegrityError, match="pair_model.onnx"):
         read_bundle(with_pair.path).verify()
+
+
+def test_a_pair_scorer_that_does_not_beat_stage_one_on_held_out_pairs_is_dropped(editions):
+    """The scorer costs ~25x match CPU: a bundle keeps it only if the stacked model's held-out average
+    precision beats stage 1's by ``min_gain`` (here an unreachable gain, so it must be dropped)."""
+    con, thome, with_pair, _, _, opts = editions
+    from pmatch_duckdb.training import train_matcher
+
+    log: list[str] = []
+    gated = train_matcher(con, ["feed", "catalog"], pairs="labels", name="gated",
+                          pair_options=dataclasses.replace(opts, min_gain=1.5), activate=False, progress=False,
+                          log=log.append)
+    assert any(m.startswith("pair model dropped") for m in log), log
+    assert "valid_pair_model" not in gated.metrics and "valid_pair_model" in with_pair.metrics
+    m = load_matcher("gated", "v1", thome)
+    assert m.pair is None and m.pair_decision is None
+    assert "pair_model" not in m.bundle.manifest
+    assert not any((gated.path / f).exists() for f in ("pair_model.onnx", "pair_tokenizer.json",
+                                                         "pair_decision.json", "pair_summarizer.json"))

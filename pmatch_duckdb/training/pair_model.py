@@ -289,6 +289,10 @@ def export_cross_encoder(model, out_dir: Path, tokenizer_json: Path, max_len: in
 # ------------------------------------------------------------------ the second stage of train_matcher
 
 
+#: what the pair stage writes into a matcher bundle
+PAIR_FILES = ("pair_model.onnx", "pair_tokenizer.json", "pair_decision.json", "pair_summarizer.json")
+
+
 @dataclass
 class PairSet:
     """Labelled pairs for the pair stage: global offer positions, labels, stage-1 raw probabilities."""
@@ -331,10 +335,12 @@ def candidate_set(rows, view, tgt_pos: np.ndarray, decision, sources: np.ndarray
 
 def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np.ndarray, out_dir: Path,
                    cfg: PairTrainConfig, opts, top_m: int, target_precision: float, max_recall_loss: float,
-                   min_positives: int = 50, log: Callable[[str], None] = print) -> dict | None:
+                   min_positives: int = 50, min_gain: float | None = None,
+                   log: Callable[[str], None] = print) -> dict | None:
     """Train the cross-encoder on ``train`` + ``hard`` (hard negatives), export it into ``out_dir`` and fit the
     stacked decision model on ``valid`` (out-of-fold by label component). Returns the manifest's
-    ``pair_model`` entry, or None (nothing written) when there are too few labels."""
+    ``pair_model`` entry, or None (nothing written) when there are too few labels or, with ``min_gain``, when the
+    stacked model's held-out average precision does not beat stage 1's by ``min_gain``."""
     from ..decision import average_precision, train_decision
     from ..pair_scorer import STACKED_FEATURES, PairScorer, Summarizer, serialize_rows, stacked_features
 
@@ -377,9 +383,18 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     (out_dir / "pair_decision.json").write_text(json.dumps(stacked.to_dict(), indent=1))
     ap_stage1 = average_precision(valid.raw, valid.y)
     ap_pair = average_precision(logits.astype(np.float64), valid.y)
+    ap_stacked = stacked.info["held_out_average_precision"]["logistic"]
     log(f"pair model: validation average precision stage 1 {ap_stage1:.3f}, cross-encoder alone {ap_pair:.3f}, "
-        f"stacked (out-of-fold) {stacked.info['held_out_average_precision']['logistic']:.3f}; "
+        f"stacked (out-of-fold) {ap_stacked:.3f}; "
         f"accept ≥ {stacked.accept_threshold:.4f}; {time.perf_counter() - t0:.0f}s")
+    if min_gain is not None and ap_stacked - ap_stage1 < min_gain:
+        # The scorer multiplies match_products' cost (~25x CPU at m = 3 on Abt-Buy); a bundle only carries it
+        # where it earns that on held-out pairs.
+        for f in PAIR_FILES:
+            (out_dir / f).unlink(missing_ok=True)
+        log(f"pair model dropped: stacked held-out average precision {ap_stacked:.3f} is not ≥ stage 1's "
+            f"{ap_stage1:.3f} + {min_gain} (pair_options.min_gain / --pair-min-gain); the matcher keeps stage 1 only")
+        return None
     return {**config, "train": {**cfg.to_dict(), **info}, "onnx_max_abs_diff": diff,
             "valid": {"pairs": int(len(valid)), "matches": v_pos, "average_precision_stage1": ap_stage1,
                       "average_precision_pair_model": ap_pair,
@@ -399,6 +414,9 @@ class PairOptions:
     top_m: int = DEFAULT_TOP_M
     hard_negatives: int = 2
     min_positives: int = 400
+    #: keep the scorer only if the stacked model's out-of-fold validation average precision beats stage 1's by
+    #: this much (None: always keep it)
+    min_gain: float | None = 0.005
 
 
 def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: bool, view, tgt_pos: np.ndarray,
@@ -439,4 +457,5 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
         hard = train.take(np.zeros(len(train), dtype=bool))
     return fit_pair_stage(rows, train, hard=hard, valid=valid, comp=comp, out_dir=out_dir, cfg=opts.train,
                           opts=opts.serialize, top_m=opts.top_m, target_precision=target_precision,
-                          max_recall_loss=max_recall_loss, min_positives=opts.min_positives, log=log)
+                          max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
+                          min_gain=opts.min_gain, log=log)
