@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelIntegrityError, ModelNotFoundError
+from .errors import ConfigError, ModelIntegrityError, ModelNotFoundError
 from .home import models_dir
 
 MANIFEST = "manifest.json"
@@ -144,9 +145,20 @@ def read_bundle(path: Path) -> Bundle:
     return Bundle(path=path, manifest=manifest)
 
 
+_NEW_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_new_bundle_name(name: str) -> str:
+    """A name for a new bundle: letters, digits, ``_ . -`` (no quotes, spaces, separators, ``..`` or NUL)."""
+    if not isinstance(name, str) or not _NEW_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"invalid model name {name!r}: use letters, digits, '_', '.' and '-' "
+                          "(at most 128, not starting with '.' or '-')")
+    return name
+
+
 def find_bundle(name: str, home: str | os.PathLike[str] | None = None) -> Bundle:
     """Locate an installed bundle by name; a clear error naming the build command if absent."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
         raise ModelNotFoundError(f"invalid model name {name!r}")
     d = models_dir(home) / name
     if not (d / MANIFEST).is_file():

@@ -105,6 +105,21 @@ CLI_CALLS = [
     ["models", "rollback", "{name}", "--home", "{home}"],
     ["evaluate", "{db}", "--source", "{name}", "--target", "good", "--pairs", "good"],
     ["train", "{db}", "--offers", "good", "--group-column", "title", "--name", "{name}", "--home", "{home}"],
+    ["train", "{db}", "--offers", "good", "--pairs", "{name}", "--home", "{home}"],
+    ["train", "{db}", "--offers", "good", "--group-column", "{name}", "--home", "{home}"],
+    ["evaluate", "{db}", "--source", "good", "--target", "good", "--pairs", "{name}"],
+    ["review", "{db}", "--matches", "{name}"],
+    ["review", "{db}", "--queue", "{name}"],
+    ["calibrate", "{db}", "--target", "{name}"],
+    ["calibrate", "{db}", "--target", "good", "--matches", "{name}"],
+    ["calibrate", "{db}", "--target", "good", "--matcher", "{name}"],
+    ["sql", "{db}", "--matcher", "{name}", "-c", "SELECT 1"],
+    ["sql", "{db}", "--text-model", "{name}", "-c", "SELECT 1"],
+    ["sql", "{db}", "-c", "SELECT * FROM match_products('{name}', 'good')"],
+    ["models", "export-text", "--path", "{home}", "--name", "{name}", "--home", "{home}"],
+    ["models", "export-text", "--path", "{name}", "--name", "ok-name", "--home", "{home}"],
+    ["models", "export-openclip", "--weights", "{home}", "--name", "{name}", "--home", "{home}"],
+    ["models", "build", "--only", "{name}", "--home", "{home}"],
 ]
 
 

@@ -58,7 +58,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..bundles import find_bundle, sha256_file
+from ..bundles import check_new_bundle_name, find_bundle, sha256_file
 from ..encoders.clip_hf_tokenizer import FILE as HF_JSON_FILE
 from ..encoders.clip_hf_tokenizer import TYPE as HF_JSON
 from ..errors import ConfigError, ModelIntegrityError, ModelNotFoundError, PmatchError
@@ -667,8 +667,7 @@ def export_openclip(arch: str | None, weights: str | os.PathLike[str], name: str
     CLIPs), needed unless that folder sits inside the checkpoint's folder under the tower's name (e.g.
     ``<weights folder>/xlm-roberta-base``). An existing bundle of that name is replaced only with ``force``.
     """
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name.strip() != name:
-        raise ConfigError(f"invalid model name {name!r}")
+    check_new_bundle_name(name)
     if name in RESERVED_NAMES:
         raise ConfigError(f"{name!r} is the name of a default model; choose another name")
     final = models_dir(home) / name

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bundles import find_bundle, sha256_file
+from ..bundles import check_new_bundle_name, find_bundle, sha256_file
 from ..errors import ConfigError, ModelIntegrityError, ModelNotFoundError, PmatchError
 from ..home import models_dir
 from .common import finish_bundle, package_version, staging_dir
@@ -600,8 +600,7 @@ def export_text(path: str | os.PathLike[str], name: str, home: str | os.PathLike
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: nothing here may reach a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name.strip() != name:
-        raise ConfigError(f"invalid model name {name!r}")
+    check_new_bundle_name(name)
     if name in RESERVED_NAMES:
         raise ConfigError(f"{name!r} is the name of a default model; choose another name")
     if pooling is not None:

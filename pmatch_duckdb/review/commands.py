@@ -15,6 +15,27 @@ def _open(db: str, home: str | None, image_roots: tuple[str, ...]):  # noqa: ANN
     return connect(db, home=home, image_roots=list(image_roots) or None)
 
 
+def _check_queue_exists(database: str, queue: str) -> None:
+    """Refuse to serve a queue that is not there (a typo or a hostile name) with a clear error."""
+    import duckdb
+
+    from .queue import has_queue_table
+
+    try:
+        con = duckdb.connect(database, read_only=True)
+    except duckdb.Error:  # held by a writer right now: the page itself reports a missing queue
+        return
+    try:
+        found = has_queue_table(con) and con.execute(
+            "SELECT count(*) FROM pm_review_queue WHERE queue = ?", [queue]).fetchall()[0][0] > 0
+    finally:
+        con.close()
+    if not found:
+        raise click.ClickException(
+            f"there is no review queue {queue!r} in {database}; queue a saved match result first: "
+            f"pmatch review {database} --matches MATCHES --queue NAME")
+
+
 @click.command("review")
 @click.argument("database", type=click.Path(dir_okay=False, exists=True))
 @click.option("--queue", default="default", show_default=True, help="Review queue to work through.")
@@ -52,6 +73,7 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
         click.echo(f"queued {st.queued} pairs in queue {queue!r}: {st.boundary} near the decision boundary, "
                    f"{st.accept_samples} sampled auto-accepts, {st.rechecks} rechecks "
                    f"({st.skipped_labelled} already labelled, not asked again)")
+    _check_queue_exists(database, queue)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -83,9 +105,16 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
     import duckdb
 
     from ..connection import connect
-    from ..sqlident import quote_qualified
+    from ..sqlident import check_index_name, index_name_for, quote_qualified
     from .calibrate import calibrate
 
+    try:  # names first: a hostile table name is refused before the database is opened
+        quote_qualified(target)
+        check_index_name(index_name_for(target))
+        if matches:
+            quote_qualified(matches)
+    except PmatchError as e:
+        raise click.ClickException(str(e)) from None
     try:
         extra = {"matcher": matcher} if matcher else {}
         con = connect(database, home=home, image_roots=list(image_roots) or None, **extra)
