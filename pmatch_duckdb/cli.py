@@ -331,7 +331,10 @@ def evaluate_cmd(database: str, source: str, target: str, pairs: str, k: int, ou
 
 def _open(db: str, home: str | None, image_roots: tuple[str, ...], matcher: str | None = None):
     from .connection import connect
+    from .matchers import matcher_dir
 
+    if matcher:
+        matcher_dir(matcher, home)  # a name that cannot be a matcher folder is refused here, by name
     extra = {"matcher": matcher} if matcher else {}
     ctx = click.get_current_context(silent=True)
     text_model = ctx.meta.get(_TEXT_MODEL_KEY) if ctx is not None else None

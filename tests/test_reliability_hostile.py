@@ -149,7 +149,8 @@ def test_hostile_names_into_every_cli_command(home, tmp_path, record, name):
     assert sorted(p.name for p in (thome / "matchers").iterdir()) == [] if (thome / "matchers").exists() else True
     record("hostile names", f"name {name!r} into every CLI command",
            f"all {len(CLI_CALLS)} commands (index, match, --into, --matcher, models activate/rollback, evaluate, "
-           "train --name) exit non-zero with an error line; nothing executed or written outside")
+           "train --name/--pairs/--group-column, review, calibrate, sql, models export-text/export-openclip/build) "
+           "exit non-zero with an error line; nothing executed or written outside")
 
 
 # --------------------------------------------------------------------------------------------- bundles and matchers

@@ -23,8 +23,11 @@ def _check_queue_exists(database: str, queue: str) -> None:
 
     try:
         con = duckdb.connect(database, read_only=True)
-    except duckdb.Error:  # held by a writer right now: the page itself reports a missing queue
-        return
+    except duckdb.Error:
+        try:  # this process already holds it read-write (DuckDB refuses a second configuration)
+            con = duckdb.connect(database)
+        except duckdb.Error:  # held by another process right now: the page itself reports a missing queue
+            return
     try:
         found = has_queue_table(con) and con.execute(
             "SELECT count(*) FROM pm_review_queue WHERE queue = ?", [queue]).fetchall()[0][0] > 0
@@ -73,7 +76,6 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
         click.echo(f"queued {st.queued} pairs in queue {queue!r}: {st.boundary} near the decision boundary, "
                    f"{st.accept_samples} sampled auto-accepts, {st.rechecks} rechecks "
                    f"({st.skipped_labelled} already labelled, not asked again)")
-    _check_queue_exists(database, queue)
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -81,6 +83,7 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
     if not loopback:
         click.echo(f"warning: binding {host}: anyone who can reach this machine can see and label your offers",
                    err=True)
+    _check_queue_exists(database, queue)
     click.echo(f"review page: http://{host}:{port}/  (Ctrl+C to stop; the database is not held open between pages)")
     serve(database, queue=queue, image_roots=list(image_roots) or None, host=host, port=port, reviewer=reviewer)
 
