@@ -1,9 +1,9 @@
 """Candidate generation and scoring: where a match decision is made.
 
 For each source offer, candidates come from three channels, merged:
-1. vectors: nearest neighbours of the fused offer vector (exact below ``ANN_MIN_ROWS`` rows,
-   LanceDB IVF-RQ index with refinement above);
-2. lexical: char n-gram TF-IDF over brand + title;
+1. vectors: nearest neighbours of the fused offer vector (exact below ``ANN_MIN_ROWS`` rows, else the
+   LanceDB IVF-RQ index, over-fetched (3k) and re-scored exactly from the fetched candidate rows);
+2. lexical: char n-gram TF-IDF over brand + title (pruned, approximate top-k above ``APPROX_TOPK_MIN_ROWS``);
 3. identifiers: exact shared model/part numbers (titles, ``mpn`` columns) or GTINs (titles, ``gtin`` columns).
 Each candidate pair gets per-modality similarities, a fused ``score`` and a ``decision``.
 """

@@ -165,7 +165,9 @@ def test_repeated_new_database_files_bounded(home, tmp_path, record):
     alive = sum(r() is not None for r in refs)
     assert alive == 0 and contexts1 == contexts0, (alive, contexts0, contexts1)
     assert fds1 <= fds0 + 2, (fds0, fds1)
-    assert (rss1 - rss0) / runs < 2.0, (rss0, rss1)  # MB per new database file, allocator noise included
+    # MB per new database file. Generous on purpose: inside the whole suite's process (~3 GB RSS) allocator
+    # noise alone reached 2.5 MB/file; what this guards is the ~20 MB/file retention once reported.
+    assert (rss1 - rss0) / runs < 8.0, (rss0, rss1)
     record("resources", f"{runs} new database files in one process (connect/index/match/cluster/close each)",
            f"connections alive afterwards {alive}, contexts {contexts0} → {contexts1}, open fds {fds0} → {fds1}, "
            f"RSS {rss0:.0f} → {rss1:.0f} MB ({(rss1 - rss0) / runs:+.1f} MB per file)")
