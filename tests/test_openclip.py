@@ -152,6 +152,12 @@ def sql_vectors(con, sql: str, params=None) -> list[np.ndarray | None]:
     return [None if r[0] is None else np.asarray(r[0], dtype=np.float32) for r in rows]
 
 
+def embed_in_sql(con, kind: str, model: str, values: list) -> list[np.ndarray | None]:
+    """``pm_embed_<kind>(value, model)`` over ``values`` through SQL, in their order."""
+    return sql_vectors(con, f"SELECT pm_embed_{kind}(v, '{model}') FROM unnest(?) WITH ORDINALITY AS u(v, i) "
+                            "ORDER BY i", [values])
+
+
 # --------------------------------------------------------------------------------------------- bundle
 
 def test_bundle_layout_and_manifest(clip_home, checkpoints, tiny_model):
@@ -273,8 +279,7 @@ def test_tokenizer_parity_other_context_length():
 
 def test_long_text_truncation_in_sql(ccon):
     """Beyond 77 tokens nothing changes the embedding (open_clip truncates the same way)."""
-    a, b = sql_vectors(ccon, "SELECT pm_embed_text(t, 'tiny-clip') FROM unnest(?) WITH ORDINALITY AS u(t, i) "
-                             "ORDER BY i", [[LONG_TEXT, LONG_TEXT + " and then some volcanoes"]])
+    a, b = embed_in_sql(ccon, "text", "tiny-clip", [LONG_TEXT, LONG_TEXT + " and then some volcanoes"])
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -282,8 +287,7 @@ def test_long_text_truncation_in_sql(ccon):
 
 def test_named_text_form_matches_open_clip(ccon, tiny_model):
     assert ccon.execute("SELECT typeof(pm_embed_text('a red dress', 'tiny-clip'))").fetchall() == [("FLOAT[]",)]
-    got = sql_vectors(ccon, "SELECT pm_embed_text(t, 'tiny-clip') FROM unnest(?) WITH ORDINALITY AS u(t, i) "
-                            "ORDER BY i", [TRICKY])
+    got = embed_in_sql(ccon, "text", "tiny-clip", TRICKY)
     got = np.stack(got)
     assert got.shape == (len(TRICKY), 32)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
@@ -295,8 +299,7 @@ def test_named_text_form_matches_open_clip(ccon, tiny_model):
 
 def test_named_image_form_matches_open_clip_preprocess(ccon, tiny_model, images):
     names = ["wide.png", "tall.png", "square.png", "small.png", "odd.png", "red.png"]
-    got = sql_vectors(ccon, "SELECT pm_embed_image(p, 'tiny-clip') FROM unnest(?) WITH ORDINALITY AS u(p, i) "
-                            "ORDER BY i", [names])
+    got = embed_in_sql(ccon, "image", "tiny-clip", names)
     want = torch_image(tiny_model, [images / n for n in names])
     got = np.stack(got)
     assert got.shape == (len(names), 32)
@@ -817,19 +820,16 @@ def test_siglip_towers_match_torch(sig_home, sig_model, sig_snapshot):
 
 
 def test_siglip_in_sql_matches_open_clip(scon, sig_model, sig_snapshot, images):
-    got = np.stack(sql_vectors(scon, "SELECT pm_embed_text(t, 'sig-snap') FROM unnest(?) WITH ORDINALITY AS u(t, i) "
-                                     "ORDER BY i", [TRICKY]))
+    got = np.stack(embed_in_sql(scon, "text", "sig-snap", TRICKY))
     with torch.no_grad():
         want = sig_model.encode_text(sig_ref_tokens(TRICKY, sig_snapshot), normalize=True).numpy()
     assert got.shape == (len(TRICKY), 32) and np.abs(got - want).max() <= TOL
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     # the same weights and tokenizer exported from a checkpoint file with tokenizer=PATH: the same vectors
-    other = np.stack(sql_vectors(scon, "SELECT pm_embed_text(t, 'sig-tok') FROM unnest(?) WITH ORDINALITY "
-                                       "AS u(t, i) ORDER BY i", [TRICKY]))
+    other = np.stack(embed_in_sql(scon, "text", "sig-tok", TRICKY))
     np.testing.assert_allclose(other, got, atol=1e-6)
     names = ["wide.png", "tall.png", "square.png", "small.png", "red.png"]
-    img = np.stack(sql_vectors(scon, "SELECT pm_embed_image(p, 'sig-snap') FROM unnest(?) WITH ORDINALITY "
-                                     "AS u(p, i) ORDER BY i", [names]))
+    img = np.stack(embed_in_sql(scon, "image", "sig-snap", names))
     assert img.shape == (len(names), 32)
     assert np.abs(img - sig_torch_image(sig_model, [images / n for n in names])).max() <= TOL
     np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
@@ -914,10 +914,8 @@ def test_siglip_with_timm_vision_tower(hf_tokenizers, tmp_path, images):
     con = pm.connect(home=home, image_roots=[images])
     try:
         names = ["wide.png", "tall.png", "red.png"]
-        img = np.stack(sql_vectors(con, "SELECT pm_embed_image(p, 'sig-timm') FROM unnest(?) WITH ORDINALITY "
-                                        "AS u(p, i) ORDER BY i", [names]))
-        txt = np.stack(sql_vectors(con, "SELECT pm_embed_text(t, 'sig-timm') FROM unnest(?) WITH ORDINALITY "
-                                        "AS u(t, i) ORDER BY i", [TRICKY]))
+        img = np.stack(embed_in_sql(con, "image", "sig-timm", names))
+        txt = np.stack(embed_in_sql(con, "text", "sig-timm", TRICKY))
     finally:
         con.close()
     assert np.abs(img - sig_torch_image(model, [images / n for n in names])).max() <= TOL
@@ -1009,11 +1007,9 @@ def test_real_architecture_exports_and_agrees(arch, tmp_path, images):
     con = pm.connect(home=home, image_roots=[images])
     try:
         texts = ["a red dress", "Crème brûlée 🎉", LONG_TEXT]
-        t = np.stack(sql_vectors(con, "SELECT pm_embed_text(t, 'real') FROM unnest(?) WITH ORDINALITY AS u(t, i) "
-                                      "ORDER BY i", [texts]))
+        t = np.stack(embed_in_sql(con, "text", "real", texts))
         names = ["red.png", "wide.png", "tall.png"]
-        i = np.stack(sql_vectors(con, "SELECT pm_embed_image(p, 'real') FROM unnest(?) WITH ORDINALITY AS u(p, i) "
-                                      "ORDER BY i", [names]))
+        i = np.stack(embed_in_sql(con, "image", "real", names))
     finally:
         con.close()
     assert np.abs(t - torch_text(model, texts)).max() <= TOL
@@ -1147,11 +1143,9 @@ def test_xlmr_in_sql_matches_open_clip(xlmr_home, xlmr, images):
     model, texts = xlmr["model"], [t for t in XLMR_TRICKY if t]  # '' embeds to NULL (with a reason)
     con = pm.connect(home=xlmr_home, image_roots=[images])
     try:
-        got = np.stack(sql_vectors(con, "SELECT pm_embed_text(t, 'xlmr-clip') FROM unnest(?) WITH ORDINALITY "
-                                        "AS u(t, i) ORDER BY i", [texts]))
+        got = np.stack(embed_in_sql(con, "text", "xlmr-clip", texts))
         names = ["wide.png", "tall.png", "red.png"]
-        img = np.stack(sql_vectors(con, "SELECT pm_embed_image(p, 'xlmr-clip') FROM unnest(?) WITH ORDINALITY "
-                                        "AS u(p, i) ORDER BY i", [names]))
+        img = np.stack(embed_in_sql(con, "image", "xlmr-clip", names))
     finally:
         con.close()
     ids = xlmr_ref_tokens(texts, xlmr["folder"])
