@@ -268,6 +268,10 @@ text_model_option = click.option(
               help="Labelled matches needed before a pair scorer is trained.")
 @click.option("--pair-min-gain", default=0.005, show_default=True,
               help="Keep the pair scorer only if it raises held-out average precision by this much (-1: always).")
+@click.option("--pair-max-train-pairs", default=3000, show_default=True, type=click.IntRange(0),
+              help="Pair scorer: fine-tune on at most this many pairs (after non-match sampling; whole label groups; 0: all).")
+@click.option("--pair-max-valid-pairs", default=3000, show_default=True, type=click.IntRange(0),
+              help="Pair scorer: stack and calibrate on at most this many validation pairs (0: all).")
 @click.option("--no-activate", is_flag=True, help="Save the new version without activating it.")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
@@ -275,7 +279,8 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
               no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
-              pair_min_matches: int, pair_min_gain: float, no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
+              pair_min_matches: int, pair_min_gain: float, pair_max_train_pairs: int, pair_max_valid_pairs: int,
+              no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
     import json
 
@@ -294,7 +299,9 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                           pair_options=PairOptions(PairTrainConfig(max_len=pair_max_len, epochs=pair_epochs,
                                                                    freeze_layers=pair_freeze_layers, seed=seed),
                                                    top_m=pair_top_m, min_positives=pair_min_matches,
-                                                   min_gain=pair_min_gain),
+                                                   min_gain=pair_min_gain,
+                                                   max_train_pairs=pair_max_train_pairs or None,
+                                                   max_valid_pairs=pair_max_valid_pairs or None),
                           log=click.echo)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None

@@ -423,8 +423,8 @@ def pair_signals(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarr
     """Similarities of the given (source, target) position pairs."""
     tr = view.rows
     lex = view.tfidf.pair_scores([src.lexical[i] for i in s], t) if len(s) else np.zeros(0, np.float32)
-    text = np.where(src.text_ok[s] & tr.text_ok[t], np.einsum("ij,ij->i", src.text[s], tr.text[t]), np.nan)
-    image = np.where(src.image_ok[s] & tr.image_ok[t], np.einsum("ij,ij->i", src.image[s], tr.image[t]), np.nan)
+    text = _pair_dots(src.text, tr.text, s, t, src.text_ok[s] & tr.text_ok[t])
+    image = _pair_dots(src.image, tr.image, s, t, src.image_ok[s] & tr.image_ok[t])
     gtin = np.array(gtin_evidence([src.gtins[a] for a in s], [tr.gtins[b] for b in t]), dtype=np.int8)
     idm = _shared_token(src.idents, tr.idents, s, t) | (gtin > 0)
     ps, pt = src.price[s], tr.price[t]
@@ -435,8 +435,23 @@ def pair_signals(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarr
     elif tr.fused.shape[1] == 0:  # zero-shot rows read without their offer vector (TargetView.candidates)
         fused = _zero_shot_fused_cosine(src, tr, s, t, text, image, view.fusion)
     else:
-        fused = np.einsum("ij,ij->i", src.fused[s], tr.fused[t])
+        fused = _pair_dots(src.fused, tr.fused, s, t).astype(np.float32)
     return PairSignals(fused, text, image, lex, idm, ratio, ps, pt, gtin)
+
+
+PAIR_CHUNK = 32_768  # pairs whose vectors are gathered at once (training scores ~10^6 pairs: 1,280-d image rows)
+
+
+def _pair_dots(a: np.ndarray, b: np.ndarray, s: np.ndarray, t: np.ndarray, ok: np.ndarray | None = None) -> np.ndarray:
+    """``a[s[i]] · b[t[i]]`` per pair (float64; NaN where ``ok`` is False), gathering rows in chunks: the
+    vectorised one-shot gather copied every pair's rows (2 × pairs × dim floats — GBs for training's pairs) and
+    paid it even where a side has no vector."""
+    out = np.full(len(s), np.nan)
+    idx = np.arange(len(s)) if ok is None else np.flatnonzero(ok)
+    for c in range(0, len(idx), PAIR_CHUNK):
+        j = idx[c:c + PAIR_CHUNK]
+        out[j] = np.einsum("ij,ij->i", a[s[j]], b[t[j]])
+    return out
 
 
 def _shared_token(a: list[list[str]], b: list[list[str]], s: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -15,8 +15,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from pmatch_duckdb.training.pair_model import (  # noqa: E402
     CrossEncoder,
+    PairSet,
     PairTrainConfig,
     augment_pair,
+    cap_pairs,
     export_cross_encoder,
     frozen_states,
     minilm_dir,
@@ -115,3 +117,22 @@ def test_top_m_mask():
     sc = np.array([0.1, 0.9, 0.5, 0.2, 0.3, 0.0])
     assert top_m_mask(s, sc, 2).tolist() == [False, True, True, True, True, True]
     assert not top_m_mask(s, sc, 0).any()
+
+
+def test_cap_pairs_keeps_whole_label_groups_within_the_cap():
+    """The pair stage's cost must not grow with the catalog: at most ``max_pairs`` pairs, whole label
+    components (a source keeps all its candidates; the stacked model's folds are by component), seeded."""
+    rng = np.random.default_rng(0)
+    comp = np.repeat(np.arange(300), 2)  # 600 offers in 300 label components
+    src = rng.integers(0, 600, 2_000)
+    ps = PairSet(src, rng.integers(0, 600, 2_000), (rng.random(2_000) < 0.3).astype(float), rng.random(2_000))
+    out = cap_pairs(ps, 500, comp, seed=0)
+    assert 400 <= len(out) <= 500
+    kept = set(comp[out.src].tolist())
+    assert int(np.isin(comp[ps.src], list(kept)).sum()) == len(out)  # every pair of a kept component
+    again = cap_pairs(ps, 500, comp, seed=0)
+    assert np.array_equal(again.src, out.src) and np.array_equal(again.tgt, out.tgt)
+    assert not np.array_equal(cap_pairs(ps, 500, comp, seed=1).src, out.src)
+    assert cap_pairs(ps, None, comp, 0) is ps and cap_pairs(ps, 2_000, comp, 0) is ps
+    one = cap_pairs(PairSet(np.zeros(50, np.int64), np.arange(50), np.zeros(50), np.zeros(50)), 10, comp, 0)
+    assert len(one) == 50  # a single component larger than the cap is kept whole rather than dropped

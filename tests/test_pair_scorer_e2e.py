@@ -137,9 +137,12 @@ def test_a_pair_scorer_that_does_not_beat_stage_one_on_held_out_pairs_is_dropped
 
     log: list[str] = []
     gated = train_matcher(con, ["feed", "catalog"], pairs="labels", name="gated",
-                          pair_options=dataclasses.replace(opts, min_gain=1.5), activate=False, progress=False,
-                          log=log.append)
+                          pair_options=dataclasses.replace(opts, min_gain=1.5, max_train_pairs=200),
+                          activate=False, progress=False, log=log.append)
     assert any(m.startswith("pair model dropped") for m in log), log
+    # (and the pair stage's cost is capped: a sample of whole label groups, at most max_train_pairs)
+    capped = [m for m in log if m.startswith("pair model: training on a sample of")]
+    assert capped and int(capped[0].split("sample of ")[1].split(" ")[0].replace(",", "")) <= 200, log
     assert "valid_pair_model" not in gated.metrics and "valid_pair_model" in with_pair.metrics
     m = load_matcher("gated", "v1", thome)
     assert m.pair is None and m.pair_decision is None

@@ -109,3 +109,64 @@ def test_validation_retrieval_on_20k_offers_builds_no_dense_matrix(monkeypatch):
     assert n_src > 3000 and peak < dense / 2, (peak, dense)
     assert queries == [(n_src, N, 11), (n_src, N, 11)]
     assert 0.5 < got["vector_recall@10_trained"] <= 1.0
+
+
+def test_pair_signals_gather_vectors_in_chunks():
+    """Training scores ~10^6 candidate pairs: ``pair_signals`` must not copy every pair's vector rows at once
+    (2 x pairs x 1,280 floats for the image block alone) nor touch the image block where no side has one."""
+    from pmatch_duckdb.matching import PAIR_CHUNK, pair_signals
+
+    rng = np.random.default_rng(0)
+    t = grouped_offers(200, seed=4)
+    vec = rng.standard_normal((200, 384)).astype(np.float32)
+    rows = _rows(t, vec)
+    rows.image = np.zeros((200, 1280), np.float32)  # no photos: image_ok is False everywhere
+    view = TargetView.from_vectors(rows, train.FusionConfig())
+    n_pairs = 4 * PAIR_CHUNK
+    s, tt = rng.integers(0, 200, n_pairs), rng.integers(0, 200, n_pairs)
+    tracemalloc.start()
+    try:
+        sig = pair_signals(rows, view, s, tt)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    one_shot = 2 * n_pairs * (384 + 1280 + 384) * 4  # the old gathers: text, image and fused rows of every pair
+    assert peak < one_shot / 4, (peak, one_shot)
+    assert np.isnan(sig.image).all()
+    np.testing.assert_allclose(sig.text, np.einsum("ij,ij->i", vec[s], vec[tt]), rtol=1e-6)
+    np.testing.assert_allclose(sig.fused, np.einsum("ij,ij->i", vec[s], vec[tt]), rtol=1e-6)
+
+
+def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, home):
+    """The lexical channel does not depend on the projection: train_matcher (cross-fitted: two fold
+    projections, the final one, validation) queries it once per source, not once per decision-data pass."""
+    import pmatch_duckdb as pm
+    from pmatch_duckdb.features.lexical import CharTfidf
+
+    queries: list[int] = []
+    real = CharTfidf.top_k
+
+    def counting(self, texts, k, *a, **kw):
+        queries.append(len(texts))
+        return real(self, texts, k, *a, **kw)
+
+    monkeypatch.setattr(CharTfidf, "top_k", counting)
+    import pmatch_duckdb.offer_vectors as ov
+    from pmatch_duckdb.demo.grouped import hashed_text_vectors
+
+    monkeypatch.setattr(ov, "embed_texts", lambda values, settings, threads=None: hashed_text_vectors(values))
+    thome = tmp_path / "home"  # matchers trained here stay out of the suite's shared home
+    (thome / "models").mkdir(parents=True)
+    for b in ("minilm-l6-v2", "efficientnet-lite0"):
+        (thome / "models" / b).symlink_to(home / "models" / b)
+    con = pm.connect(home=thome, image_roots=[tmp_path], index_dir=tmp_path / "idx")
+    con.register("g", grouped_offers(1_500, seed=5))
+    con.execute("CREATE TABLE offers AS SELECT * FROM g")
+    pm.index(con, "offers", progress=False)
+    queries.clear()
+    r = train.train_matcher(con, "offers", group_column="group_id", name="lexonce", pair_model=False,
+                            activate=False, progress=False, log=lambda m: None)
+    assert r.metrics["valid"]["pairs"] > 0
+    # one top-k over all 1,500 offers (dedup: every offer is a source) for the decision model's pair data;
+    # the old code queried per fold (2), validation (1): 3 x 1,500 in all
+    assert sum(queries) == 1_500, queries

@@ -75,8 +75,20 @@ class CrossEncoder:  # built lazily as a torch.nn.Module subclass (torch is opti
         if tiny_config is not None:
             bert = BertModel(BertConfig(**tiny_config, attn_implementation="eager"), add_pooling_layer=False)
         else:
-            bert = BertModel.from_pretrained(str(bert_dir or minilm_dir()), attn_implementation="eager",
-                                             add_pooling_layer=False)
+            from transformers.utils import logging as hf_logging
+
+            # the checkpoint's pooler is dropped on purpose: keep transformers' load report (a warning listing
+            # those "UNEXPECTED" keys) and its weight-loading bar out of `pmatch train`'s output
+            level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            try:
+                bert = BertModel.from_pretrained(str(bert_dir or minilm_dir()), attn_implementation="eager",
+                                                 add_pooling_layer=False)
+            finally:
+                hf_logging.set_verbosity(level)
+                if bars:
+                    hf_logging.enable_progress_bar()
 
         class _CrossEncoder(torch.nn.Module):
             def __init__(self, bert: torch.nn.Module) -> None:
@@ -335,12 +347,13 @@ def candidate_set(rows, view, tgt_pos: np.ndarray, decision, sources: np.ndarray
 
 def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np.ndarray, out_dir: Path,
                    cfg: PairTrainConfig, opts, top_m: int, target_precision: float, max_recall_loss: float,
-                   min_positives: int = 50, min_gain: float | None = None,
+                   min_positives: int = 50, min_gain: float | None = None, max_train_pairs: int | None = None,
                    log: Callable[[str], None] = print) -> dict | None:
     """Train the cross-encoder on ``train`` + ``hard`` (hard negatives), export it into ``out_dir`` and fit the
     stacked decision model on ``valid`` (out-of-fold by label component). Returns the manifest's
     ``pair_model`` entry, or None (nothing written) when there are too few labels or, with ``min_gain``, when the
-    stacked model's held-out average precision does not beat stage 1's by ``min_gain``."""
+    stacked model's held-out average precision does not beat stage 1's by ``min_gain``. ``max_train_pairs``: fine-tune
+    on at most this many pairs (after sampling non-matches to ``cfg.neg_ratio`` per match; whole label groups)."""
     from ..decision import average_precision, train_decision
     from ..pair_scorer import STACKED_FEATURES, PairScorer, Summarizer, serialize_rows, stacked_features
 
@@ -350,11 +363,26 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         log(f"pair model skipped: {n_pos} training / {v_pos} validation matches "
             f"(needs ≥ {min_positives} / 20, and 20 validation non-matches)")
         return None
+    ap_stage1 = average_precision(valid.raw, valid.y)
+    if min_gain is not None and 1.0 - ap_stage1 < min_gain:
+        # average precision is at most 1: the stacked model cannot beat stage 1 by min_gain, so the scorer would be
+        # trained (minutes of CPU) only to be dropped
+        log(f"pair model skipped: stage 1's validation average precision {ap_stage1:.4f} leaves less than "
+            f"min_gain {min_gain} to gain (pair_options.min_gain / --pair-min-gain)")
+        return None
     t0 = time.perf_counter()
+    n_candidates = len(fit_set)
+    fit_set = fit_set.take(subsample_negatives(fit_set.y, cfg.neg_ratio, cfg.seed))
+    sample = cap_pairs(fit_set, max_train_pairs, comp, cfg.seed)
+    if len(sample) < len(fit_set):
+        log(f"pair model: training on a sample of {len(sample):,} of {len(fit_set):,} pairs "
+            f"({int(sample.y.sum()):,} matches; whole label groups; pair_options.max_train_pairs)")
+        fit_set = sample
     summarizer = Summarizer.fit(rows.descriptions) if opts.summarize else None
     a = serialize_rows(rows, fit_set.src, opts, summarizer)
     b = serialize_rows(rows, fit_set.tgt, opts, summarizer)
-    log(f"pair model: fine-tuning on {len(fit_set)} pairs ({n_pos} matches, {len(hard)} mined hard negatives), "
+    log(f"pair model: fine-tuning on {len(fit_set)} pairs ({int(fit_set.y.sum())} matches) of {n_candidates} "
+        f"({n_pos} matches, {len(hard)} mined hard negatives; non-matches sampled to {cfg.neg_ratio} per match), "
         f"max_len {cfg.max_len}, {cfg.epochs} epoch(s), {cfg.freeze_layers} frozen layer(s)")
     tok_json = minilm_dir() / "tokenizer.json"
     model, info = train_cross_encoder(a, b, fit_set.y, tok_json, cfg, tiny_config=cfg.tiny_bert, log=log)
@@ -381,7 +409,6 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     import json
 
     (out_dir / "pair_decision.json").write_text(json.dumps(stacked.to_dict(), indent=1))
-    ap_stage1 = average_precision(valid.raw, valid.y)
     ap_pair = average_precision(logits.astype(np.float64), valid.y)
     ap_stacked = stacked.info["held_out_average_precision"]["logistic"]
     log(f"pair model: validation average precision stage 1 {ap_stage1:.3f}, cross-encoder alone {ap_pair:.3f}, "
@@ -417,6 +444,26 @@ class PairOptions:
     #: keep the scorer only if the stacked model's out-of-fold validation average precision beats stage 1's by
     #: this much (None: always keep it)
     min_gain: float | None = 0.005
+    #: at most this many training pairs (after sampling non-matches to ``train.neg_ratio`` per match) and
+    #: validation pairs: a seeded sample of whole label components (None: all). A cross-encoder pass costs
+    #: ~1,000x a pair-feature row, so without a cap the pair stage — and its stored frozen-layer states — would
+    #: grow with the catalog (Abt-Buy Magellan trains 2,464 pairs and validates 1,916: not capped).
+    max_train_pairs: int | None = 3_000
+    max_valid_pairs: int | None = 3_000
+
+
+def cap_pairs(ps: PairSet, max_pairs: int | None, comp: np.ndarray, seed: int) -> PairSet:
+    """At most ``max_pairs`` of ``ps`` (all when None or fewer): whole label components of the sources, in a
+    seeded random order, so a source keeps all its candidates and the stacked model's folds stay whole."""
+    if max_pairs is None or len(ps) <= max_pairs:
+        return ps
+    groups = comp[ps.src]
+    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    kept = order[np.cumsum(counts[order]) <= max_pairs]
+    if not len(kept):  # one component larger than the cap: keep it rather than nothing
+        kept = order[:1]
+    return ps.take(np.isin(inv, kept))
 
 
 def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: bool, view, tgt_pos: np.ndarray,
@@ -437,12 +484,20 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
             return ps
         return ps.take(top_m_mask(ps.src, decision.calibrate(raw), top))
 
+    def capped(ps: PairSet, cap: int | None) -> PairSet:
+        out = cap_pairs(ps, cap, comp, opts.train.seed)
+        if len(out) < len(ps):
+            log(f"pair model: validation on a sample of {len(out):,} of {len(ps):,} pairs ({int(out.y.sum()):,} "
+                "matches; whole label groups; pair_options.max_valid_pairs)")
+        return out
+
     n_labelled = int(np.sum(train_split[1]))
     if n_labelled < opts.min_positives:
         log(f"pair model skipped: {n_labelled} labelled training matches (needs ≥ {opts.min_positives})")
         return None
     if open_world:
         train, valid = as_set(train_split, None), as_set(valid_split, None)
+        valid = capped(valid, opts.max_valid_pairs)
         hard = candidate_set(rows, view, tgt_pos, decision, np.unique(train.src), exclude_self, truth_pairs,
                              opts.hard_negatives + 1)
         labelled = set(zip(train.src.tolist(), train.tgt.tolist(), strict=True))
@@ -453,9 +508,12 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
             hard = hard.take(top_m_mask(hard.src, hard.raw, opts.hard_negatives))
     else:  # the candidates the pair model re-reads at match time, plus a few more hard negatives
         train = as_set(train_split, opts.top_m + opts.hard_negatives)
-        valid = as_set(valid_split, opts.top_m)
+        valid = capped(as_set(valid_split, opts.top_m), opts.max_valid_pairs)
         hard = train.take(np.zeros(len(train), dtype=bool))
-    return fit_pair_stage(rows, train, hard=hard, valid=valid, comp=comp, out_dir=out_dir, cfg=opts.train,
-                          opts=opts.serialize, top_m=opts.top_m, target_precision=target_precision,
-                          max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
-                          min_gain=opts.min_gain, log=log)
+    entry = fit_pair_stage(rows, train, hard=hard, valid=valid, comp=comp, out_dir=out_dir, cfg=opts.train,
+                           opts=opts.serialize, top_m=opts.top_m, target_precision=target_precision,
+                           max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
+                           min_gain=opts.min_gain, max_train_pairs=opts.max_train_pairs, log=log)
+    if entry is not None:
+        entry["pair_caps"] = {"max_train_pairs": opts.max_train_pairs, "max_valid_pairs": opts.max_valid_pairs}
+    return entry

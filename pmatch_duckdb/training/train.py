@@ -32,7 +32,14 @@ from ..features.offer_features import DEFAULT_SPEC, offer_features
 from ..fusion import FusionConfig, pair_score
 from ..matchers import activate as activate_version
 from ..matchers import load_matcher, matcher_dir, next_version
-from ..matching import OfferVectors, TargetView, candidate_pairs, decision_features, pair_signals
+from ..matching import (
+    OfferVectors,
+    TargetView,
+    candidate_pairs,
+    decision_features,
+    lexical_width,
+    pair_signals,
+)
 from ..offer_vectors import encoder_identity
 from ..sqlident import index_name_for, quote_ident, quote_qualified
 from ..staging import new_staging_dir
@@ -285,6 +292,18 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     truth_pairs = {(int(a), int(b)) for a, b in all_pos} | {(int(b), int(a)) for a, b in all_pos}
 
     last_pairs: dict[str, np.ndarray] = {}  # the (source, target) global positions of pair_data's last call
+    # The lexical channel does not depend on the projection, but pair_data runs once per fold, for validation
+    # and again for the pair stage: its top-k (every source against every target) is computed once, on first use.
+    lexical_of: dict[str, np.ndarray] = {}
+
+    def lexical_candidates(srcs: list[int]) -> np.ndarray:
+        if "rows" not in lexical_of:
+            everyone = np.array([i for i in range(len(rows.ids)) if side[i] == src_side], dtype=np.int64)
+            top, _ = target_view.tfidf.top_k([rows.lexical[i] for i in everyone],
+                                             lexical_width(10, exclude_self=len(tables) == 1))
+            lexical_of["rows"], lexical_of["at"] = top, np.full(len(rows.ids), -1, dtype=np.int64)
+            lexical_of["at"][everyone] = np.arange(len(everyone))
+        return lexical_of["rows"][lexical_of["at"][np.asarray(srcs, dtype=np.int64)]]
 
     def pair_data(vectors: OfferVectors, split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
         view = target_view.with_fused(vectors.fused[tgt_pos])
@@ -302,7 +321,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             srcs = [i for i in range(len(rows.ids)) if side[i] == src_side and comp[i] in split_comps] \
                 if split_comps is not None else [i for i in range(len(rows.ids)) if side[i] == src_side]
             src = vectors.take(np.array(srcs, dtype=np.int64))
-            s_local, t_local = candidate_pairs(src, view, 10, exclude_self=len(tables) == 1)
+            s_local, t_local = candidate_pairs(src, view, 10, exclude_self=len(tables) == 1,
+                                               lexical=lexical_candidates(srcs))
             y = np.array([(srcs[a], int(tgt_pos[b])) in truth_pairs for a, b in zip(s_local, t_local, strict=True)],
                          dtype=np.float64)
             last_pairs.update(src=np.asarray(srcs, dtype=np.int64)[s_local], tgt=tgt_pos[t_local])
