@@ -131,7 +131,7 @@ def test_pair_signals_gather_vectors_in_chunks():
     finally:
         tracemalloc.stop()
     one_shot = 2 * n_pairs * (384 + 1280 + 384) * 4  # the old gathers: text, image and fused rows of every pair
-    assert peak < one_shot / 4, (peak, one_shot)
+    assert peak < one_shot / 8, (peak, one_shot)  # chunked: ~0.05x; the one-shot text gather alone is 0.19x
     assert np.isnan(sig.image).all()
     np.testing.assert_allclose(sig.text, np.einsum("ij,ij->i", vec[s], vec[tt]), rtol=1e-6)
     np.testing.assert_allclose(sig.fused, np.einsum("ij,ij->i", vec[s], vec[tt]), rtol=1e-6)
