@@ -86,7 +86,7 @@ def editions(tmp_path_factory, home):
     from pmatch_duckdb.training import train_matcher
 
     # a small BERT (random init) keeps the test in seconds; pmatch train fine-tunes MiniLM-L6's weights
-    opts = PairOptions(PairTrainConfig(max_len=MAX_LEN, epochs=12, batch_size=16, lr=1e-3, freeze_layers=0,
+    opts = PairOptions(PairTrainConfig(max_len=MAX_LEN, epochs=8, batch_size=16, lr=1e-3, freeze_layers=0,
                                        threads=1, warmup=0.05, tiny_bert=TINY),
                        top_m=2, hard_negatives=0, min_positives=50, min_gain=None)
     with_pair = train_matcher(con, ["feed", "catalog"], pairs="labels", name="pairs", pair_options=opts,
