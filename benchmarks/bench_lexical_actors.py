@@ -177,6 +177,8 @@ def main() -> None:
     print(f"wall s: whole {by['scorer-whole']['wall_s']:.1f}; sharded, shards in parallel (df max + shard max, "
           f"then the scorer) {crit + by['scorer-idf']['wall_s']:.1f}  ratio "
           f"{(crit + by['scorer-idf']['wall_s']) / by['scorer-whole']['wall_s']:.2f}")
+    print(f"RSS GB after loading the view: scorer whole {by['scorer-whole']['rss_after_load_gb']:.2f}, scorer idf-only "
+          f"{by['scorer-idf']['rss_after_load_gb']:.2f}")
     print(f"peak RSS GB: scorer whole {by['scorer-whole']['peak_rss_gb']:.2f}, scorer idf-only "
           f"{by['scorer-idf']['peak_rss_gb']:.2f}, largest shard actor "
           f"{max(by[f'shard{i}']['peak_rss_gb'] for i in range(a.shards)):.2f}, baseline {by['baseline']['peak_rss_gb']:.2f}")

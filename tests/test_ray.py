@@ -193,8 +193,8 @@ def test_lexical_shard_stages_give_the_whole_targets_top_k(shop, local_ray) -> N
     version, n = tbl.version, tbl.count_rows()
     ranges = shard_ranges(n, 3)
     weights = global_weights([shard_df(index, version, a, b) for a, b in ranges], n)
-    ds = lexical_stages(ray.data.read_parquet(str(shop["feed"])), index.root, "catalog", version, ranges, weights,
-                        21, batch_size=8)
+    feed = ray.data.read_parquet(str(shop["feed"])).materialize()  # read first: the 3 actors then fit beside it
+    ds = lexical_stages(feed, index.root, "catalog", version, ranges, weights, 21, batch_size=8)
     rows = ds.to_arrow_refs()
     got = pa.concat_tables(ray.get(rows))
     texts = got["__pm_lex_text"].to_pylist()
@@ -349,3 +349,15 @@ def _stop_cluster(temp: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         time.sleep(2)
+
+
+def test_cli_lexical_shards_needs_ray(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main as cli
+
+    r = CliRunner().invoke(cli, ["match", str(tmp_path / "x.duckdb"), "a", "b", "--lexical-shards", "2"])
+    assert r.exit_code == 2 and "--lexical-shards needs --ray" in r.output, r.output
+    assert not (tmp_path / "x.duckdb").exists()
+    r = CliRunner().invoke(cli, ["match", str(tmp_path / "x.duckdb"), "a", "b", "--ray", "--lexical-shards", "-1"])
+    assert r.exit_code == 2 and "lexical-shards" in r.output, r.output
