@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .features.codes import gtin_evidence, mpn_identifiers
-from .features.lexical import CharTfidf, IdentifierIndex, normalize
+from .features.lexical import CharTfidf, IdentifierIndex, LexicalWeights, normalize
 from .fusion import FusionConfig, apply_gtin_evidence, decide, pair_score
 from .matchers import Matcher, load_matcher
 from .offer_vectors import (
@@ -54,9 +54,15 @@ class TargetView:
     there on only what candidate generation needs is held — the ids, the Lance row ids, the char TF-IDF and
     the identifier/GTIN indexes; vector search runs in LanceDB (its ANN index) and returns Lance row ids,
     and the columns scoring reads are fetched for the candidate rows only (:meth:`candidates`).
+
+    ``lexical``: the target's TF-IDF weighting alone (its idf, from document frequencies summed over shards),
+    when the lexical candidates come from elsewhere (the Ray path's lexical shards): the view then holds no
+    TF-IDF rows, ``candidate_pairs`` must be given the lexical candidates, and pair lexical scores are computed
+    from the candidates' ``lexical_text`` with that idf (the same values as the fitted TF-IDF's).
     """
 
-    def __init__(self, index: OfferIndex, home: Path | None = None, on_disk: bool | None = None) -> None:
+    def __init__(self, index: OfferIndex, home: Path | None = None, on_disk: bool | None = None,
+                 lexical: LexicalWeights | None = None) -> None:
         tbl = index.table()
         self.version = tbl.version
         self.index = index
@@ -73,21 +79,28 @@ class TargetView:
             self.data = tbl.to_arrow()
             self.rows: OfferVectors | None = OfferVectors.from_arrow(self.data)
             self.pos: dict[str, int] | None = {i: p for p, i in enumerate(self.rows.ids)}
-            lexical, idents, gtins = self.rows.lexical, self.rows.idents, self.rows.gtins
+            texts, idents, gtins = self.rows.lexical, self.rows.idents, self.rows.gtins
         else:
             self.dataset = tbl.to_lance()
             have = set(self.dataset.schema.names)
-            meta = with_description_columns(self.dataset.to_table(
-                columns=[c for c in _LOOKUP_COLUMNS if c in have], with_row_id=True))
+            wanted = [c for c in _LOOKUP_COLUMNS if c in have and (lexical is None or c != "lexical_text")]
+            meta = with_description_columns(self.dataset.to_table(columns=wanted, with_row_id=True))
             self.data, self.rows, self.pos = None, None, None
             self._ids = meta["id"].combine_chunks()
             self.row_ids = meta["_rowid"].to_numpy().astype(np.int64)
             self._rowid_order = None if np.all(np.diff(self.row_ids) > 0) else np.argsort(self.row_ids)
-            lexical = meta["lexical_text"].to_pylist()
+            texts = meta["lexical_text"].to_pylist() if lexical is None else None  # not read with lexical=
             idents = lookup_identifiers(meta)
             gtins = meta["gtin"].to_pylist()
             del meta
-        self.tfidf = CharTfidf(lexical)
+        if lexical is None:
+            self.tfidf: CharTfidf | LexicalWeights | _TextTfidf = CharTfidf(texts)
+        elif lexical.n_docs != self.n:
+            raise ValueError(f"TargetView: the lexical weights are of {lexical.n_docs} documents, the index has "
+                             f"{self.n} rows (another version of the index?)")
+        else:  # on disk the candidate views bind the rows' texts (candidates()); in memory they are here
+            self.tfidf = lexical if self.rows is None else _TextTfidf(lexical, self.rows.lexical)
+        del texts
         self.ident = IdentifierIndex(idents)
         self.gtin = IdentifierIndex([[g] if g else [] for g in gtins])
 
@@ -152,7 +165,10 @@ class TargetView:
         else:
             rows = OfferVectors.from_arrow(self.row_table(uniq, list(SCORING_COLUMNS)))
         view.rows = rows
-        view.tfidf = _RowSubsetTfidf(self.tfidf, uniq)
+        if isinstance(self.tfidf, CharTfidf):
+            view.tfidf = _RowSubsetTfidf(self.tfidf, uniq)
+        else:  # no TF-IDF rows held: weigh the candidates' own lexical text (the rows just read)
+            view.tfidf = _TextTfidf(self.tfidf, rows.lexical)
         return view, inv.astype(np.int64)
 
     def _rowid_positions(self, rowids: np.ndarray) -> np.ndarray:
@@ -216,6 +232,23 @@ class TargetView:
         else:
             out["ids"] = self._ids.nbytes + self.row_ids.nbytes
         return out
+
+
+class _TextTfidf:
+    """Pair lexical scores from the target rows' texts (``texts[j]`` is row ``j``'s ``lexical_text``), weighed with
+    the target's idf on the fly: what the fitted TF-IDF gives, without holding its rows."""
+
+    def __init__(self, weights: LexicalWeights, texts: list[str]) -> None:
+        self.weights, self.texts = weights, texts
+
+    def transform(self, texts: list[str]):  # noqa: ANN201 (scipy sparse)
+        return self.weights.transform(texts)
+
+    def pair_scores(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
+        return self.weights.pair_scores_texts(texts, [self.texts[int(r)] for r in rows])
+
+    def nbytes(self) -> int:
+        return self.weights.nbytes()
 
 
 class _RowSubsetTfidf:
@@ -332,15 +365,30 @@ class Candidates:
     decision: list[str]
 
 
+def lexical_width(k: int, exclude_self: bool = False, lexical_k: int | None = None) -> int:
+    """How many lexical candidates per source ``candidate_pairs`` takes (what lexical shards must supply)."""
+    return (lexical_k or max(2 * k, 20)) + (1 if exclude_self else 0)
+
+
 def candidate_pairs(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
-                    vector_k: int | None = None, lexical_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Union of the three channels' candidates: (source positions, target positions), sorted, no duplicates."""
+                    vector_k: int | None = None, lexical_k: int | None = None,
+                    lexical: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Union of the three channels' candidates: (source positions, target positions), sorted, no duplicates.
+
+    ``lexical``: the lexical channel's top-k computed elsewhere (target positions int64[n, w], -1 = none; the
+    Ray path's merged shard lists), used instead of ``view.tfidf.top_k``; required when the view holds no
+    TF-IDF rows (built with ``lexical=``)."""
     n = len(src.ids)
     vk = vector_k or max(3 * k, 30)
-    lk = lexical_k or max(2 * k, 20)
     extra = 1 if exclude_self else 0
     vidx, _ = view.vector_candidates(src.fused, vk + extra)
-    lidx, _ = view.tfidf.top_k(src.lexical, lk + extra)
+    if lexical is not None:
+        lidx = np.asarray(lexical, dtype=np.int64).reshape(n, -1)
+    elif isinstance(view.tfidf, CharTfidf):
+        lidx, _ = view.tfidf.top_k(src.lexical, lexical_width(k, exclude_self, lexical_k))
+    else:
+        raise ValueError("candidate_pairs: this TargetView holds no TF-IDF rows (built with lexical=...); pass the "
+                         "lexical candidates (lexical=)")
     i_s, i_t = view.ident.lookup_many(src.idents)
     g_s, g_t = view.gtin.lookup_many([[g] if g else [] for g in src.gtins])
     s = np.concatenate([np.repeat(np.arange(n, dtype=np.int64), vidx.shape[1]),
@@ -478,15 +526,19 @@ def _full_text_scores(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
 
 
 def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
-          vector_k: int | None = None, lexical_k: int | None = None, pair_top_m: int | None = None) -> Candidates:
+          vector_k: int | None = None, lexical_k: int | None = None, pair_top_m: int | None = None,
+          lexical: np.ndarray | None = None) -> Candidates:
     """Candidates from the three channels, scored and cut to the best ``k`` per source.
 
-    ``pair_top_m``: pairs per source the matcher's pair scorer re-scores (None: the bundle's default)."""
+    ``pair_top_m``: pairs per source the matcher's pair scorer re-scores (None: the bundle's default).
+    ``lexical``: the lexical candidates computed elsewhere (see :func:`candidate_pairs`)."""
     if view.on_disk and len(src.ids) > SCORE_BATCH:  # bounded memory: the candidates of one batch at a time
         parts = [match(src.take(np.arange(a, min(a + SCORE_BATCH, len(src.ids)))), view, k, exclude_self,
-                       vector_k, lexical_k, pair_top_m) for a in range(0, len(src.ids), SCORE_BATCH)]
+                       vector_k, lexical_k, pair_top_m,
+                       None if lexical is None else lexical[a:a + SCORE_BATCH])
+                 for a in range(0, len(src.ids), SCORE_BATCH)]
         return _concat_candidates(parts, SCORE_BATCH)
-    s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k)
+    s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k, lexical)
     cview, tc = view.candidates(t)
     sig = pair_signals(src, cview, s, tc)
     score, second = score_pairs_of(src, cview, s, tc, sig, pair_top_m)
@@ -609,11 +661,12 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
 
 
 def match_offers(offers: list[Offer], view: TargetView, settings: Settings, k: int, exclude_self: bool = False,
-                 reuse: TargetView | None = None) -> Candidates:
+                 reuse: TargetView | None = None, lexical: np.ndarray | None = None) -> Candidates:
     """Source offers → scored candidates against ``view``: the one matching code path, called by
-    ``match_products`` (per DuckDB chunk) and by the Ray path (per source partition)."""
+    ``match_products`` (per DuckDB chunk) and by the Ray path (per source partition; ``lexical``: the
+    candidates of its lexical shards, see :func:`candidate_pairs`)."""
     src = source_vectors(offers, settings, view.fusion, reuse=reuse, matcher=view.matcher)
-    return match(src, view, k, exclude_self=exclude_self, pair_top_m=settings.pair_top_m)
+    return match(src, view, k, exclude_self=exclude_self, pair_top_m=settings.pair_top_m, lexical=lexical)
 
 
 def _rank_and_gap(src_pos: np.ndarray, fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pmatch_duckdb.features.lexical import CharTfidf, IdentifierIndex, identifiers, normalize
+from pmatch_duckdb.features.lexical import (
+    CharTfidf,
+    IdentifierIndex,
+    LexicalWeights,
+    document_frequencies,
+    identifiers,
+    merge_top_k,
+    normalize,
+)
 
 CORPUS = [
     "Sony Bravia KDL-40V4100 40in LCD TV",
@@ -111,6 +119,68 @@ def test_tfidf_deterministic_across_instances() -> None:
     b = CharTfidf(list(CORPUS)).top_k(["canon eos camera"], k=4)
     assert a[0].tolist() == b[0].tolist()
     assert np.array_equal(a[1], b[1])
+
+
+def _tied_corpus(n: int, seed: int) -> list[str]:
+    """Short texts from a small vocabulary: many exact duplicates and equal scores (ties at every cut)."""
+    rng = np.random.default_rng(seed)
+    words = ["sony", "kdl40", "tv", "apple", "iphone", "128gb", "blue", "mouse", "mx", "usb", "x100", "eos", ""]
+    return [" ".join(rng.choice(words, rng.integers(1, 5))) for _ in range(n)]
+
+
+def test_tfidf_shards_with_summed_df_equal_the_whole_model() -> None:
+    """Lexical shards (Ray path): df summed over shards → each shard's rows are the whole model's rows, and the
+    per-shard top-k lists merged are the whole model's top-k, indices and scores, ties included."""
+    corpus, queries = _tied_corpus(900, 0), _tied_corpus(120, 1) + ["", "zz"]
+    full = CharTfidf(corpus)
+    bounds = [(0, 250), (250, 600), (600, 900)]
+    df = sum(document_frequencies(corpus[a:b]) for a, b in bounds)
+    assert np.array_equal(df, full.df)
+    idx, val = np.full((len(queries), 0), -1), np.zeros((len(queries), 0), np.float32)
+    for a, b in bounds:
+        shard = CharTfidf(corpus[a:b], df=df, n_docs=len(corpus))
+        assert (shard.matrix != full.matrix[a:b]).nnz == 0
+        i, v = shard.top_k(queries, 25)
+        idx, val = merge_top_k(idx, val, np.where(i >= 0, i + a, -1), v, 25)
+    want_i, want_v = full.top_k(queries, 25)
+    assert np.array_equal(idx, want_i) and np.array_equal(val, want_v)
+    assert (np.diff(val, axis=1) == 0).any()  # the corpus does have ties at the cut
+
+
+def test_tfidf_top_k_ties_broken_by_lower_row() -> None:
+    tf = CharTfidf(["usb cable", "hdmi", "usb cable", "usb cable"])
+    idx, val = tf.top_k(["usb cable"], k=2)
+    assert idx[0].tolist() == [0, 2] and val[0, 0] == val[0, 1]
+    idx, _ = tf.top_k(["nothing"], k=3)  # zero-score rows fill a short list: the lowest rows
+    assert idx[0].tolist() == [0, 1, 2]
+
+
+def test_merge_top_k_empty_slots_last_and_padding() -> None:
+    i, v = merge_top_k(np.array([[3, -1]]), np.array([[0.5, 0.0]], np.float32), np.array([[7, 1]]),
+                       np.array([[0.5, 0.0]], np.float32), 5)
+    assert i.tolist() == [[3, 7, 1, -1, -1]] and v.tolist() == [[0.5, 0.5, 0.0, 0.0, 0.0]]
+
+
+def test_lexical_weights_pair_scores_equal_the_fitted_model() -> None:
+    """The transform-only form (idf alone) gives the fitted TF-IDF's pair scores from the two texts."""
+    corpus = _tied_corpus(400, 2) + CORPUS
+    full = CharTfidf(corpus)
+    w = LexicalWeights(document_frequencies(corpus), len(corpus))
+    assert w.nbytes() < 9 * 2**20
+    rows = np.random.default_rng(3).integers(0, len(corpus), 700)
+    texts = [(_tied_corpus(50, 4) + CORPUS + [""])[i % 58] for i in range(700)]
+    want = full.pair_scores(texts, rows)
+    got = w.pair_scores_texts(texts, [corpus[r] for r in rows])
+    assert np.abs(got - want).max() <= 1e-6 and (want > 0.3).sum() > 20
+    with pytest.raises(ValueError, match="pair_scores_texts"):
+        w.pair_scores_texts(["a"], [])
+
+
+def test_tfidf_shard_rejects_df_not_covering_it() -> None:
+    with pytest.raises(ValueError, match="df and n_docs"):
+        CharTfidf(CORPUS, df=document_frequencies(CORPUS))
+    with pytest.raises(ValueError, match="cover the shard"):
+        CharTfidf(CORPUS, df=document_frequencies(CORPUS[:2]), n_docs=len(CORPUS))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -137,3 +137,39 @@ def test_on_disk_view_scores_as_the_in_memory_view(shop, monkeypatch):
     top = ga.rank <= 10
     assert top.sum() > 10 and list(ga.rank[top]) == list(gb.rank[top])
     assert disk.positions(["nope"]).tolist() == [-1]
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_view_without_tfidf_scores_as_the_full_view(shop, monkeypatch, on_disk):
+    """Lexical shards (the Ray path): a view holding only the global idf, given the merged shard top-k as its
+    lexical candidates, returns the full view's candidates, scores, lexical scores and decisions."""
+    from pmatch_duckdb.lexical_shards import sharded_top_k
+
+    con, ctx, index = shop
+    monkeypatch.setattr(M, "SCORE_BATCH", 64)
+    full = M.TargetView(index, ctx.settings.home, on_disk=on_disk)
+    offers = read_offers(con, "offers")[::4]
+    src = M.source_vectors(offers, ctx.settings, full.fusion, reuse=full, matcher=full.matcher)
+    width = M.lexical_width(5, exclude_self=True)
+    lex, _, weights = sharded_top_k(index, full.version, full.n, 3, src.lexical, width)
+    reads = _counting(monkeypatch)
+    light = M.TargetView(index, ctx.settings.home, on_disk=on_disk, lexical=weights)
+    if on_disk:  # no lexical_text read at load: the candidates' texts come with their scoring columns
+        assert all("lexical_text" not in cols for how, _, cols in reads if how == "to_table"), reads
+    # it holds the idf alone: no TF-IDF rows, no inverted index
+    assert light.nbytes()["tfidf"] == weights.nbytes() and not hasattr(light.tfidf, "matrix")
+    a = M.match(src, full, 5, exclude_self=True)
+    b = M.match(src, light, 5, exclude_self=True, lexical=lex)
+    assert len(a.source) == len(src.ids) * 5
+    np.testing.assert_array_equal(a.source, b.source)
+    np.testing.assert_array_equal(a.target, b.target)
+    np.testing.assert_array_equal(a.rank, b.rank)
+    np.testing.assert_allclose(a.score, b.score, atol=1e-6)
+    np.testing.assert_allclose(a.lexical_score, b.lexical_score, atol=1e-6)
+    assert a.decision == b.decision and (a.lexical_score > 0.2).sum() > 20
+    # the candidate union itself, before any cut
+    ca = M.candidate_pairs(src, full, 5, exclude_self=True)
+    cb = M.candidate_pairs(src, light, 5, exclude_self=True, lexical=lex)
+    assert all(np.array_equal(x, y) for x, y in zip(ca, cb, strict=True))
+    with pytest.raises(ValueError, match="holds no TF-IDF rows"):
+        M.candidate_pairs(src, light, 5)

@@ -99,22 +99,105 @@ POOL = 100
 DENSE_TOPK_CELLS = 1 << 24  # dense top_k: at most this many scores per query chunk (64 MB)
 
 
-class CharTfidf:
+def document_frequencies(texts: list[str]) -> np.ndarray:
+    """Document frequency of every hashed n-gram over ``texts`` (int64[``N_FEATURES``]), chunk by chunk.
+
+    Additive: the df of a corpus is the sum of the df of its shards, so the idf of a target split across
+    machines is computed without any of them holding the whole target (see :class:`CharTfidf`'s ``df``).
+    """
+    df = np.zeros(N_FEATURES, dtype=np.int64)
+    for s in range(0, len(texts), FIT_CHUNK):
+        df += np.bincount(_counts(texts[s:s + FIT_CHUNK]).indices, minlength=N_FEATURES)
+    return df
+
+
+class LexicalWeights:
+    """The TF-IDF weighting alone (sublinear tf, smoothed idf, L2 rows): the idf of a corpus, no corpus rows.
+
+    Built from document frequencies (``df``: int[``N_FEATURES``], summed over shards if need be) and the corpus
+    size ``n_docs``; 8 MB whatever the corpus size. ``transform`` gives exactly the rows a :class:`CharTfidf`
+    fitted on the whole corpus holds, so :meth:`pair_scores_texts` (both texts weighed on the fly) equals
+    ``CharTfidf.pair_scores`` (the target row read from the fitted matrix).
+    """
+
+    def __init__(self, df: np.ndarray, n_docs: int) -> None:
+        df = np.asarray(df)
+        if df.shape != (N_FEATURES,):
+            raise ValueError(f"LexicalWeights: df must have {N_FEATURES} entries, got shape {df.shape}")
+        n = max(1, int(n_docs))
+        self.idf = np.log((1.0 + n) / (1.0 + df.astype(np.int64))).astype(np.float32) + 1.0
+        self.df = df.astype(np.int32)
+        self.n_docs = int(n_docs)
+
+    def _weigh(self, counts: sp.csr_matrix) -> sp.csr_matrix:
+        m = counts.copy()
+        m.data = ((1.0 + np.log(m.data)) * self.idf[m.indices]).astype(np.float32)
+        per_row = np.diff(m.indptr)
+        norms = np.sqrt(np.bincount(np.repeat(np.arange(m.shape[0]), per_row), weights=m.data.astype(np.float64) ** 2,
+                                    minlength=m.shape[0]))
+        norms[norms == 0] = 1.0
+        m.data /= np.repeat(norms.astype(np.float32), per_row)
+        return m
+
+    def transform(self, texts: list[str]) -> sp.csr_matrix:
+        """TF-IDF rows of new texts, with the corpus idf."""
+        return self._weigh(_counts(texts))
+
+    def _pair_dot(self, texts: list[str], rows_of: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+        """Cosine between each text and row ``rows[i]`` of ``rows_of`` (weighted rows); each distinct text is
+        tokenised once. The one pair-scoring computation of both forms."""
+        uniq = list(dict.fromkeys(texts))
+        pos = {t: i for i, t in enumerate(uniq)}
+        q_uniq = self.transform(uniq)
+        which = np.array([pos[t] for t in texts], dtype=np.int64)
+        sims = np.zeros(len(texts), dtype=np.float32)
+        for s in range(0, len(texts), PAIR_CHUNK):  # bounded memory: row-gathered sparse copies per chunk
+            q = q_uniq[which[s:s + PAIR_CHUNK]]
+            sims[s:s + PAIR_CHUNK] = np.asarray(q.multiply(rows_of[rows[s:s + PAIR_CHUNK]]).sum(axis=1)).ravel()
+        return np.clip(sims, 0.0, 1.0)  # float32 rounding can exceed 1
+
+    def pair_scores_texts(self, texts: list[str], others: list[str]) -> np.ndarray:
+        """Cosine between ``texts[i]`` and ``others[i]`` (each weighed with this idf; each distinct one once):
+        what ``CharTfidf.pair_scores`` gives when ``others[i]`` is the corpus row it is given."""
+        if len(texts) != len(others):
+            raise ValueError(f"pair_scores_texts: {len(texts)} texts but {len(others)} others")
+        uniq = list(dict.fromkeys(others))
+        pos = {t: i for i, t in enumerate(uniq)}
+        return self._pair_dot(texts, self.transform(uniq), np.array([pos[t] for t in others], dtype=np.int64))
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays held (idf and df)."""
+        return self.idf.nbytes + self.df.nbytes
+
+
+class CharTfidf(LexicalWeights):
     """Hashed char n-gram TF-IDF (sublinear tf, smoothed idf, L2 rows) fitted on the target corpus.
 
     Held: ``matrix_t`` (features × rows, the inverted index ``top_k`` searches) and, with ``keep_rows``,
     ``matrix`` (rows × features, what ``pair_scores`` gathers); float32 values and int32 indices, built chunk
     by chunk (the inverted index is filled in place from the per-chunk rows, never transposed as a whole).
+
+    A shard: ``df`` and ``n_docs`` of the whole corpus given (:func:`document_frequencies` summed over the
+    shards), ``corpus`` the shard's texts; its rows are then exactly the whole corpus model's rows, and the
+    per-shard ``top_k`` lists merged with :func:`merge_top_k` are the whole model's (exact below
+    ``APPROX_TOPK_MIN_ROWS`` rows per shard; the pruning uses the whole corpus's df).
     """
 
-    def __init__(self, corpus: list[str], keep_rows: bool = True) -> None:
+    def __init__(self, corpus: list[str], keep_rows: bool = True, df: np.ndarray | None = None,
+                 n_docs: int | None = None) -> None:
+        if (df is None) != (n_docs is None):
+            raise ValueError("CharTfidf: give both df and n_docs (the whole corpus's), or neither")
         parts = [_counts(corpus[s:s + FIT_CHUNK]) for s in range(0, len(corpus), FIT_CHUNK)]
-        df = np.zeros(N_FEATURES, dtype=np.int64)
+        local_df = np.zeros(N_FEATURES, dtype=np.int64)  # the postings per n-gram of these rows
         for c in parts:
-            df += np.bincount(c.indices, minlength=N_FEATURES)
-        n = max(1, len(corpus))
-        self.idf = np.log((1.0 + n) / (1.0 + df)).astype(np.float32) + 1.0
-        self.df = df.astype(np.int32)
+            local_df += np.bincount(c.indices, minlength=N_FEATURES)
+        if df is None:
+            super().__init__(local_df, len(corpus))
+        else:
+            if int(n_docs) < len(corpus) or np.any(np.asarray(df) < local_df):
+                raise ValueError("CharTfidf: df/n_docs must cover the shard (the whole corpus's, summed over shards)")
+            super().__init__(df, n_docs)
+        df = local_df
         nnz = int(df.sum())
         idx_t = np.int32 if nnz < 2**31 else np.int64
         indptr = np.zeros(N_FEATURES + 1, dtype=idx_t)
@@ -148,20 +231,6 @@ class CharTfidf:
                        if keep_rows else None)
         self.n = len(corpus)
 
-    def _weigh(self, counts: sp.csr_matrix) -> sp.csr_matrix:
-        m = counts.copy()
-        m.data = ((1.0 + np.log(m.data)) * self.idf[m.indices]).astype(np.float32)
-        per_row = np.diff(m.indptr)
-        norms = np.sqrt(np.bincount(np.repeat(np.arange(m.shape[0]), per_row), weights=m.data.astype(np.float64) ** 2,
-                                    minlength=m.shape[0]))
-        norms[norms == 0] = 1.0
-        m.data /= np.repeat(norms.astype(np.float32), per_row)
-        return m
-
-    def transform(self, texts: list[str]) -> sp.csr_matrix:
-        """TF-IDF rows of new texts, with the corpus idf."""
-        return self._weigh(_counts(texts))
-
     def top_k(self, texts: list[str], k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """For each text, the ``k`` most similar corpus rows: ``(indices int64[n,k], scores float32[n,k])``.
 
@@ -179,13 +248,17 @@ class CharTfidf:
         if size >= APPROX_TOPK_MIN_ROWS and self.matrix is not None:
             return self._top_k_pruned(q, kk, idx, val)
         step = max(1, min(chunk, DENSE_TOPK_CELLS // max(size, 1)))
+        col = np.arange(size, dtype=np.int64)
         for s in range(0, n, step):
-            dense = (q[s:s + step] @ self.matrix_t).toarray()
-            part = np.argpartition(-dense, kk - 1, axis=1)[:, :kk]
-            scores = np.take_along_axis(dense, part, axis=1)
-            order = np.argsort(-scores, axis=1, kind="stable")
-            idx[s:s + step, :kk] = np.take_along_axis(part, order, axis=1)
-            val[s:s + step, :kk] = np.take_along_axis(scores, order, axis=1)
+            dense = (q[s:s + step] @ self.matrix_t).toarray().astype(np.float32, copy=False)
+            # one int64 key per cell: score first (the bits of a non-negative float32 order as it does), then
+            # the lower row; ties at the cut are thus decided as merge_top_k decides them across shards
+            key = col - (np.where(dense > 0, dense, np.float32(0)).view(np.int32).astype(np.int64) << 32)
+            part = np.argpartition(key, kk - 1, axis=1)[:, :kk]
+            order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1)
+            part = np.take_along_axis(part, order, axis=1)
+            idx[s:s + step, :kk] = part
+            val[s:s + step, :kk] = np.take_along_axis(dense, part, axis=1)
         return idx, val
 
     def _top_k_pruned(self, q: sp.csr_matrix, kk: int, idx: np.ndarray, val: np.ndarray, chunk: int = 256
@@ -226,20 +299,32 @@ class CharTfidf:
 
     def pair_scores(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
         """Cosine between each text and one given corpus row (``rows[i]``); each distinct text is tokenised once."""
-        uniq = list(dict.fromkeys(texts))
-        pos = {t: i for i, t in enumerate(uniq)}
-        q_uniq = self.transform(uniq)
-        which = np.array([pos[t] for t in texts], dtype=np.int64)
-        sims = np.zeros(len(texts), dtype=np.float32)
-        for s in range(0, len(texts), PAIR_CHUNK):  # bounded memory: row-gathered sparse copies per chunk
-            q = q_uniq[which[s:s + PAIR_CHUNK]]
-            sims[s:s + PAIR_CHUNK] = np.asarray(q.multiply(self.matrix[rows[s:s + PAIR_CHUNK]]).sum(axis=1)).ravel()
-        return np.clip(sims, 0.0, 1.0)  # float32 rounding can exceed 1
+        return self._pair_dot(texts, self.matrix, np.asarray(rows, dtype=np.int64))
 
     def nbytes(self) -> int:
         """Bytes of the arrays held (the inverted index, the rows if kept, idf and df)."""
         ms = [m for m in (self.matrix_t, self.matrix) if m is not None]
-        return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in ms) + self.idf.nbytes + self.df.nbytes
+        return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in ms) + super().nbytes()
+
+
+def merge_top_k(idx_a: np.ndarray, val_a: np.ndarray, idx_b: np.ndarray, val_b: np.ndarray, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of two top-k lists per query (``(indices, scores)`` as ``CharTfidf.top_k`` returns them,
+    indices global, -1 = empty slot): higher score first, then lower index (``top_k``'s tie order), so merging
+    the lists of disjoint shards gives the whole corpus's exact top-k. Output width ``k`` (padded with -1 / 0).
+    """
+    idx = np.concatenate([idx_a, idx_b], axis=1).astype(np.int64)
+    val = np.concatenate([val_a, val_b], axis=1).astype(np.float32)
+    n = idx.shape[0]
+    empty = idx < 0
+    # sort key per row: empty slots last, then -score, then index
+    order = np.lexsort((idx, -val, empty), axis=-1) if n else np.zeros((0, idx.shape[1]), np.int64)
+    idx, val = np.take_along_axis(idx, order, axis=1), np.take_along_axis(val, order, axis=1)
+    out_i = np.full((n, k), -1, dtype=np.int64)
+    out_v = np.zeros((n, k), dtype=np.float32)
+    w = min(k, idx.shape[1])
+    out_i[:, :w], out_v[:, :w] = idx[:, :w], np.where(idx[:, :w] >= 0, val[:, :w], 0.0)
+    return out_i, out_v
 
 
 def _token_hashes(tokens: list[str]) -> np.ndarray:
