@@ -402,13 +402,19 @@ def index_cmd(database: str, table: str, name: str | None, rebuild: bool, image_
 @RAY_WORKERS_OPTION
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
               help="With --ray: write the candidates to this Parquet file (default: SOURCE_matches.parquet).")
+@click.option("--lexical-shards", type=click.IntRange(min=0), default=None,
+              help="With --ray: split the target's char TF-IDF across this many actors (0: every scoring actor "
+                   "holds all of it; default: 0 below 100k target rows, else one shard per 250k rows).")
 def match_cmd(database: str, source: str, target: str, k: int, into: str | None, matcher: str | None,
               image_roots: tuple[str, ...], home: str | None, ray_address: str | None, workers: int | None,
-              out_path: str | None) -> None:
+              out_path: str | None, lexical_shards: int | None) -> None:
     """Match SOURCE offers against the TARGET index (match_products).
 
     With --ray the source is scored on a Ray cluster; the candidates go to a Parquet file (and to --into)."""
     import duckdb
+
+    if lexical_shards is not None and ray_address is None:
+        raise click.UsageError("--lexical-shards needs --ray (match_products holds the target's TF-IDF in-process)")
 
     from .api import match
     from .sqlident import quote_qualified
@@ -419,7 +425,7 @@ def match_cmd(database: str, source: str, target: str, k: int, into: str | None,
             from .distributed.cli import match_on_ray
 
             res = match_on_ray(con, source, target, k=k, out=out_path, into=into, address=ray_address,
-                               workers=workers)
+                               workers=workers, lexical_shards=lexical_shards)
             click.echo(f"{res.rows} candidate pairs written to {res.path}"
                        + (f" and saved in {into}" if into else f"; load them with: {res.load_sql()}"))
         elif into:

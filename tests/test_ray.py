@@ -162,6 +162,50 @@ def test_cluster_matching_equals_match_products(shop, local_ray) -> None:
                        _match_rows(con, "SELECT * FROM read_parquet(?)", [str(out2)]))
 
 
+def test_cluster_matching_with_lexical_shards_equals_match_products(shop, local_ray) -> None:
+    """Lexical shards (issue 12): the target's TF-IDF split across actors, the scoring actors holding the idf
+    alone; the result is still match_products' row for row (3 shards; dedup mode with 2)."""
+    con = shop["con"]
+    out = shop["root"] / "out" / "sharded.parquet"
+    match_dataset(str(shop["feed"]), shop["root"] / "shop.pmatch", "catalog", out, k=5, home=shop["home"],
+                  image_roots=[shop["images"]], progress=False, batch_size=8, source_table="feed", lexical_shards=3)
+    _assert_same_matches(_match_rows(con, "SELECT * FROM match_products('feed', 'catalog', k := 5)"),
+                         _match_rows(con, "SELECT * FROM read_parquet(?)", [str(out)]))
+    out2 = shop["root"] / "out" / "sharded_dedup.parquet"
+    match_dataset(str(shop["catalog"]), shop["root"] / "shop.pmatch", "catalog", out2, k=3, dedup=True,
+                  home=shop["home"], image_roots=[shop["images"]], progress=False, batch_size=8, lexical_shards=2)
+    _assert_same_pairs(_match_rows(con, "SELECT * FROM match_products('catalog', 'catalog', k := 3)"),
+                       _match_rows(con, "SELECT * FROM read_parquet(?)", [str(out2)]))
+    with pytest.raises(pm.PmatchError, match="lexical_shards"):
+        match_dataset(str(shop["feed"]), shop["root"] / "shop.pmatch", "catalog", out, lexical_shards=-1,
+                      home=shop["home"], progress=False)
+
+
+def test_lexical_shard_stages_give_the_whole_targets_top_k(shop, local_ray) -> None:
+    """The chain of shard stages alone: each source row leaves with the whole target's lexical top-k (positions
+    and scores, ties included), as the single-machine CharTfidf gives it."""
+    from pmatch_duckdb.distributed.match import lexical_stages
+    from pmatch_duckdb.features.lexical import CharTfidf
+    from pmatch_duckdb.lexical_shards import global_weights, read_lexical_texts, shard_df, shard_ranges
+
+    index = OfferIndex(shop["root"] / "shop.pmatch", "catalog")
+    tbl = index.table()
+    version, n = tbl.version, tbl.count_rows()
+    ranges = shard_ranges(n, 3)
+    weights = global_weights([shard_df(index, version, a, b) for a, b in ranges], n)
+    feed = ray.data.read_parquet(str(shop["feed"])).materialize()  # read first: the 3 actors then fit beside it
+    ds = lexical_stages(feed, index.root, "catalog", version, ranges, weights, 21, batch_size=8)
+    rows = ds.to_arrow_refs()
+    got = pa.concat_tables(ray.get(rows))
+    texts = got["__pm_lex_text"].to_pylist()
+    want_i, want_v = CharTfidf(read_lexical_texts(index, version, 0, n)).top_k(texts, 21)
+    got_i = np.array(got["__pm_lex_pos"].to_pylist(), dtype=np.int64)
+    got_v = np.array(got["__pm_lex_score"].to_pylist(), dtype=np.float32)
+    assert got.num_rows == pq.read_metadata(shop["feed"]).num_rows > 0
+    assert np.array_equal(got_i, want_i) and np.allclose(got_v, want_v, atol=1e-6)
+    assert (got_v[:, 0] > 0.5).mean() > 0.5  # real lexical matches, not only the zero-score fill
+
+
 def _assert_same_pairs(a: list[tuple], b: list[tuple]) -> None:
     """Dedup mode keeps one direction of each unordered pair; with equal scores both directions tie (scores
     are symmetric), and which one survives is arbitrary in match_products too: compare unordered pairs."""
@@ -305,3 +349,15 @@ def _stop_cluster(temp: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         time.sleep(2)
+
+
+def test_cli_lexical_shards_needs_ray(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main as cli
+
+    r = CliRunner().invoke(cli, ["match", str(tmp_path / "x.duckdb"), "a", "b", "--lexical-shards", "2"])
+    assert r.exit_code == 2 and "--lexical-shards needs --ray" in r.output, r.output
+    assert not (tmp_path / "x.duckdb").exists()
+    r = CliRunner().invoke(cli, ["match", str(tmp_path / "x.duckdb"), "a", "b", "--ray", "--lexical-shards", "-1"])
+    assert r.exit_code == 2 and "lexical-shards" in r.output, r.output

@@ -27,7 +27,8 @@ def index_on_ray(con: duckdb.DuckDBPyConnection, table: str, name: str | None = 
 
 
 def match_on_ray(con: duckdb.DuckDBPyConnection, source: str, target: str, k: int = 10, out: str | None = None,
-                 into: str | None = None, address: str | None = None, workers: int | None = None) -> MatchOutput:
+                 into: str | None = None, address: str | None = None, workers: int | None = None,
+                 lexical_shards: int | None = None) -> MatchOutput:
     """``match_products(source, target, k)`` computed on Ray; candidates written to Parquet (and to table ``into``)."""
     ctx = context_of(con)
     name = check_index_name(index_name_for(target))
@@ -40,7 +41,7 @@ def match_on_ray(con: duckdb.DuckDBPyConnection, source: str, target: str, k: in
         cur.close()
     res = match_dataset(duckdb_dataset(_ensure_started(address, con), source), ctx.index_root, name, out_path, k=k,
                         settings=ctx.settings, address=address, workers=workers, dedup=dedup, source_table=source,
-                        verdicts=verdicts)
+                        verdicts=verdicts, lexical_shards=lexical_shards)
     if into:
         con.execute(f"CREATE OR REPLACE TABLE {quote_qualified(into)} AS FROM read_parquet(?)", [str(res.path)])
     return res
