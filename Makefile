@@ -7,16 +7,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
+# Installs go over a network that sometimes drops a download part-way (CI failed once on a 55 MB wheel after
+# pip's own retries): pip resumes an interrupted download up to PIP_RESUME_RETRIES times (pip >= 25.1; older
+# pip ignores the variable), and PIP_TRY reruns the whole install a few times before giving up.
+export PIP_RESUME_RETRIES ?= 20
+export PIP_RETRIES ?= 10
+COMMA := ,
+PIP_TRY = n=0; until $(1); do n=$$((n+1)); [ $$n -lt 4 ] || exit 1; echo "install failed (try $$n of 4); again in 20 s" >&2; sleep 20; done
+
 .PHONY: demo test test-clip lint models venv bench clean browser review-demo reliability-report
 
 $(VENV)/.build-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[build,review]'
+	$(call PIP_TRY,$(BIN)/python -m pip install -q --upgrade pip)
+	$(call PIP_TRY,$(BIN)/python -m pip install -q -e '.[build$(COMMA)review]')
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.build-installed
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(call PIP_TRY,$(BIN)/python -m pip install -q -e '.[dev]')
 	touch $@
 
 venv: $(VENV)/.dev-installed
@@ -41,7 +49,8 @@ test: $(VENV)/.dev-installed models lint test-clip browser
 browser:
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; else \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; \
+	  n=0; until $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; do \
+	    n=$$((n+1)); [ $$n -lt 4 ] || exit 1; echo "apt-get failed (try $$n of 4); again in 20 s" >&2; sleep 20; done; \
 	fi
 
 # OpenCLIP export (pmatch models export-openclip) is tested in its own venv: open_clip needs torchvision,
@@ -50,8 +59,8 @@ CLIP_VENV ?= .venv-clip
 
 $(CLIP_VENV)/.clip-installed: pyproject.toml
 	test -x $(CLIP_VENV)/bin/python || $(PYTHON) -m venv $(CLIP_VENV)
-	$(CLIP_VENV)/bin/python -m pip install -q --upgrade pip
-	$(CLIP_VENV)/bin/python -m pip install -q -e '.[clip]' pytest
+	$(call PIP_TRY,$(CLIP_VENV)/bin/python -m pip install -q --upgrade pip)
+	$(call PIP_TRY,$(CLIP_VENV)/bin/python -m pip install -q -e '.[clip]' pytest)
 	touch $@
 
 test-clip: $(CLIP_VENV)/.clip-installed
