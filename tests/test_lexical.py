@@ -264,3 +264,17 @@ def test_dense_top_k_equals_the_per_cell_key_selection(k: int) -> None:
     got, want = tf.top_k(queries, k), _key_top_k(tf, queries, k)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize(("k", "block", "chunk"), [(21, 4096, 512), (5, 300, 64), (40, 1000, 1000)])
+def test_self_top_k_equals_top_k_of_the_corpus(k: int, block: int, chunk: int) -> None:
+    """Every row against the corpus with each block pair multiplied once (its transpose serving the other
+    side): the same rows, order and float32 scores as ``top_k(corpus)``, ties and zero-score fills included."""
+    texts = [t or "" for t in _varied_texts()][:2500]
+    texts += texts[:40] + ["", "zzqx", ""]  # duplicates (ties across blocks) and texts sharing nothing
+    tf = CharTfidf(texts)
+    got, want = tf.self_top_k(k, block, chunk), tf.top_k(texts, k)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="keep_rows"):
+        CharTfidf(texts[:10], keep_rows=False).self_top_k(3)

@@ -153,6 +153,13 @@ def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, 
         return real(self, texts, k, *a, **kw)
 
     monkeypatch.setattr(CharTfidf, "top_k", counting)
+    real_self = CharTfidf.self_top_k
+
+    def counting_self(self, k, *a, **kw):  # dedup: every corpus row against the corpus
+        queries.append(self.n)
+        return real_self(self, k, *a, **kw)
+
+    monkeypatch.setattr(CharTfidf, "self_top_k", counting_self)
     full_rows: list[int] = []  # texts weighed that carry a description (the full-text inputs)
     real_transform = LexicalWeights.transform
 

@@ -280,6 +280,59 @@ class CharTfidf(LexicalWeights):
             _dense_top_k(dense, kk, idx[s:s + step], val[s:s + step])
         return idx, val
 
+    def self_top_k(self, k: int, block: int = 4096, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """``top_k(corpus, k)`` — every corpus row's ``k`` most similar rows — bit for bit, from the rows held
+        (no re-tokenising) and, below ``APPROX_TOPK_MIN_ROWS`` rows, with half the products: the scores are
+        symmetric (``q_i · d_j`` and ``q_j · d_i`` are the same float32 products summed in the same n-gram
+        order), so each pair of column blocks is multiplied once and its transpose feeds the other side's
+        lists (:func:`merge_top_k`). Training's dedup lexical channel: every offer against every offer."""
+        if self.matrix is None:
+            raise ValueError("self_top_k needs the corpus rows (CharTfidf(keep_rows=True))")
+        n = self.n
+        kk = min(k, n)
+        idx = np.full((n, k), -1, dtype=np.int64)
+        val = np.zeros((n, k), dtype=np.float32)
+        if kk == 0:
+            return idx, val
+        if n >= APPROX_TOPK_MIN_ROWS:
+            return self._top_k_pruned(self.matrix, kk, idx, val)
+        # the n-grams the corpus uses, renumbered in order (the products sum in the same n-gram order)
+        used = np.flatnonzero(np.diff(self.matrix_t.indptr))
+        rows = self.matrix.copy()
+        rows.indices = np.searchsorted(used, rows.indices).astype(rows.indices.dtype)
+        rows._shape = (n, max(len(used), 1))
+        starts = list(range(0, n, block))
+        chunk = max(64, min(chunk, DENSE_TOPK_CELLS // n))  # a chunk's strip: at most ~64 MB of scores
+        cols = {}  # column block start -> its features x docs matrix (made on first use, kept for later rows)
+        run_i, run_v = np.full((n, kk), -1, dtype=np.int64), np.zeros((n, kk), dtype=np.float32)
+        for b0 in starts:
+            for r0 in range(b0, min(b0 + block, n), chunk):
+                r1 = min(r0 + chunk, n, b0 + block)
+                q = rows[r0:r1]
+                strip = np.empty((r1 - r0, n - b0), dtype=np.float32)  # this chunk against columns b0..n
+                for c0 in starts[starts.index(b0):]:
+                    c1 = min(c0 + block, n)
+                    if c0 not in cols:
+                        cols[c0] = rows[c0:c1].T.tocsr()
+                    prod = (q @ cols[c0]).toarray().astype(np.float32, copy=False)
+                    strip[:, c0 - b0:c1 - b0] = prod
+                    if c0 > b0:  # the transpose: these rows against columns c0.., seen from the columns' side
+                        kb = min(kk, r1 - r0)
+                        ti = np.full((c1 - c0, kk), -1, dtype=np.int64)
+                        tv = np.zeros((c1 - c0, kk), dtype=np.float32)
+                        _dense_top_k(np.ascontiguousarray(prod.T), kb, ti, tv)
+                        ti = np.where(ti >= 0, ti + r0, -1)
+                        run_i[c0:c1], run_v[c0:c1] = merge_top_k(run_i[c0:c1], run_v[c0:c1], ti, tv, kk)
+                si = np.full((r1 - r0, kk), -1, dtype=np.int64)
+                sv = np.zeros((r1 - r0, kk), dtype=np.float32)
+                _dense_top_k(strip, min(kk, n - b0), si, sv)
+                si = np.where(si >= 0, si + b0, -1)
+                # columns before b0 came from earlier blocks' transposes (complete: those rows are done)
+                idx[r0:r1, :kk], val[r0:r1, :kk] = merge_top_k(run_i[r0:r1], run_v[r0:r1], si, sv, kk)
+            for c0 in [c for c in cols if c <= b0]:  # no later row block multiplies these columns
+                del cols[c0]
+        return idx, val
+
     def _top_k_pruned(self, q: sp.csr_matrix, kk: int, idx: np.ndarray, val: np.ndarray, chunk: int = 256
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top_k for large corpora (see ``APPROX_TOPK_MIN_ROWS``); scores are exact cosines."""

@@ -301,8 +301,11 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     def lexical_candidates(srcs: list[int]) -> np.ndarray:
         if "rows" not in lexical_of:
             everyone = np.array([i for i in range(len(rows.ids)) if side[i] == src_side], dtype=np.int64)
-            top, _ = target_view.tfidf.top_k([rows.lexical[i] for i in everyone],
-                                             lexical_width(10, exclude_self=len(tables) == 1))
+            width = lexical_width(10, exclude_self=len(tables) == 1)
+            if len(tables) == 1:  # dedup: the sources are the target rows, in order (each pair multiplied once)
+                top, _ = target_view.tfidf.self_top_k(width)
+            else:
+                top, _ = target_view.tfidf.top_k([rows.lexical[i] for i in everyone], width)
             lexical_of["rows"], lexical_of["at"] = top, np.full(len(rows.ids), -1, dtype=np.int64)
             lexical_of["at"][everyone] = np.arange(len(everyone))
         return lexical_of["rows"][lexical_of["at"][np.asarray(srcs, dtype=np.int64)]]
