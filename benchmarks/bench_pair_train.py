@@ -17,7 +17,8 @@ Usage::
 
     python benchmarks/bench_pair_train.py [--data ../shared/data] [--steps 6] [--threads 2]
     python benchmarks/bench_pair_train.py --fit 64:4:3:3:2e-4,64:4:1:3:5e-5 [--dataset abt-buy]
-        # max_len:frozen_layers:epochs:neg_ratio:lr (neg_ratio 0 = all non-matches)[:p] (p: no precompute)
+        # max_len:frozen_layers:epochs:neg_ratio:lr (neg_ratio 0 = all non-matches)[:p][:mean]
+        # (p: no precompute; mean: the head reads the mean token state instead of [CLS])
 """
 
 from __future__ import annotations
@@ -109,23 +110,25 @@ def fit_rows(args: argparse.Namespace) -> int:
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} load avg {os.getloadavg()[0]:.1f} torch threads {args.threads}; "
           f"{args.dataset} Magellan train {len(tr[2])} pairs ({int(tr[2].sum())} matches), valid {len(va[2])}, "
           f"test {len(te[2])}; mark_ids {opts.mark_ids}")
-    print("| max_len | frozen | epochs | neg ratio | lr | precompute | pairs trained | train CPU s | train wall s | "
+    print("| max_len | frozen | epochs | neg ratio | lr | pooling | precompute | pairs trained | train CPU s | train wall s | "
           "valid AP | valid best F1 | test F1 (valid thr) | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for setting in args.fit.split(","):
         f = setting.split(":")
         max_len, frozen, epochs, ratio, lr = int(f[0]), int(f[1]), int(f[2]), float(f[3]), float(f[4])
         if frozen < 1:
             raise SystemExit("--fit needs frozen layers >= 1 (the evaluation reuses their outputs)")
+        flags = set(f[5:])
         cfg = PairTrainConfig(max_len=max_len, epochs=epochs, freeze_layers=frozen, threads=args.threads,
-                              neg_ratio=ratio or None, precompute=not (len(f) > 5 and f[5] == "p"), lr=lr)
+                              neg_ratio=ratio or None, precompute="p" not in flags, lr=lr,
+                              pooling="mean" if "mean" in flags else "cls")
         c0, w0 = time.process_time(), time.perf_counter()
         model, info = train_cross_encoder(tr[0], tr[1], tr[2], tok, cfg,
                                           log=lambda m: print("#", m, file=sys.stderr, flush=True))
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         lv, lt = eval_logits(model, max_len, frozen, va), eval_logits(model, max_len, frozen, te)
         bf, tf = f1_valid_threshold(lv, va[2], lt, te[2])
-        print(f"| {max_len} | {frozen} | {epochs} | {ratio or 'all'} | {lr:g} | {cfg.precompute and frozen > 0} | "
+        print(f"| {max_len} | {frozen} | {epochs} | {ratio or 'all'} | {lr:g} | {cfg.pooling} | {cfg.precompute and frozen > 0} | "
               f"{info['pairs']} | {cpu:.0f} | {wall:.0f} | {average_precision(lv.astype(float), va[2]):.3f} | "
               f"{bf:.3f} | {tf:.3f} | {os.getloadavg()[0]:.1f} |", flush=True)
     return 0
