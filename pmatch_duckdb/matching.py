@@ -34,7 +34,7 @@ from .offer_vectors import (
     with_description_columns,
 )
 from .offers import Offer
-from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, pair_feature_matrix
+from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, PairTexts, pair_features_at
 from .pair_scorer import stacked_features, top_m_mask
 from .settings import Settings
 from .store import ANN_MIN_ROWS, OfferIndex
@@ -495,11 +495,13 @@ def _zero_shot_fused_cosine(src: OfferVectors, tr: OfferVectors, s: np.ndarray, 
 
 
 def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray,
-                      sig: PairSignals, features: tuple[str, ...] | None = None) -> np.ndarray:
+                      sig: PairSignals, features: tuple[str, ...] | None = None,
+                      full_text: np.ndarray | None = None) -> np.ndarray:
     """The decision model's input for the pairs (rank/gap are relative to each source's pairs).
 
     ``features``: the columns to return, in that order (a decision model's own list; default all of
-    :data:`PAIR_FEATURES`). The title + description cosine is only computed when asked for.
+    :data:`PAIR_FEATURES`). The title + description cosine is only computed when asked for, unless given
+    (``full_text``: the pairs' :func:`_full_text_scores`, e.g. from rows computed once per offer).
     """
     tr = view.rows
     want = PAIR_FEATURES if features is None else tuple(features)
@@ -507,15 +509,16 @@ def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
     if unknown:
         raise ValueError(f"unknown pair features {unknown}; known: {', '.join(PAIR_FEATURES)}")
     rank_f, gap = _rank_and_gap(s, sig.fused)
-    full = _full_text_scores(src, view, s, t) if "full_text" in want else None
-    desc_missing = np.array([not src.descriptions[i] or not tr.descriptions[j] for i, j in zip(s, t, strict=True)],
-                            dtype=bool)
-    x = pair_feature_matrix(
-        sig.fused, sig.text, sig.image, sig.lexical, [src.idents[i] for i in s], [tr.idents[j] for j in t],
-        [src.titles[i] for i in s], [tr.titles[j] for j in t], [src.brands[i] for i in s],
-        [tr.brands[j] for j in t], sig.src_price, sig.tgt_price, rank_f, gap,
-        src_desc_idents=[src.desc_idents[i] for i in s], tgt_desc_idents=[tr.desc_idents[j] for j in t],
-        full_text=full, desc_missing=desc_missing, gtin=sig.gtin)
+    full = full_text if full_text is not None or "full_text" not in want else _full_text_scores(src, view, s, t)
+    us, s_at = np.unique(s, return_inverse=True)
+    ut, t_at = np.unique(t, return_inverse=True)
+    no_desc_s = np.array([not src.descriptions[i] for i in us.tolist()], dtype=bool)
+    no_desc_t = np.array([not tr.descriptions[j] for j in ut.tolist()], dtype=bool)
+    x = pair_features_at(
+        PairTexts(src.idents, src.titles, src.brands, src.desc_idents),
+        PairTexts(tr.idents, tr.titles, tr.brands, tr.desc_idents), s, t,
+        sig.fused, sig.text, sig.image, sig.lexical, sig.src_price, sig.tgt_price, rank_f, gap,
+        full_text=full, desc_missing=no_desc_s[s_at.ravel()] | no_desc_t[t_at.ravel()], gtin=sig.gtin)
     if features is None:
         return x
     return x[:, [PAIR_FEATURES.index(f) for f in want]]
@@ -526,18 +529,29 @@ def full_text_input(title: str | None, description: str | None) -> str:
     return f"{title or ''} {(description or '')[:FULL_TEXT_CHARS]}".strip()
 
 
+def full_text_rows(tfidf, titles: list[str | None], descriptions: list[str | None]):  # noqa: ANN001, ANN201
+    """Char TF-IDF rows (``tfidf``: the target's lexical weighting) of offers' :func:`full_text_input`; what
+    :func:`_full_text_scores` multiplies (training computes them once per offer and reuses them)."""
+    return tfidf.transform([full_text_input(a, b) for a, b in zip(titles, descriptions, strict=True)])
+
+
+def sparse_row_dots(qs, qt, s: np.ndarray, t: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """``qs[s[i]] · qt[t[i]]`` per pair (sparse rows), clipped to [0, 1]; the row gathers are made per chunk."""
+    sims = np.zeros(len(s), dtype=np.float32)
+    for c in range(0, len(s), 16384):  # bounded memory: the row-gathered sparse copies are made per chunk
+        part = slice(c, c + 16384)
+        sims[part] = np.asarray(qs[s[part]].multiply(qt[t[part]]).sum(axis=1)).ravel()
+    return np.clip(sims, 0.0, 1.0)
+
+
 def _full_text_scores(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Char TF-IDF cosine (idf of the target's lexical corpus) of title + description, per pair."""
     if not len(s):
         return np.zeros(0, np.float32)
     us, ut = np.unique(s, return_inverse=True), np.unique(t, return_inverse=True)
-    qs = view.tfidf.transform([full_text_input(src.titles[i], src.descriptions[i]) for i in us[0]])
-    qt = view.tfidf.transform([full_text_input(view.rows.titles[j], view.rows.descriptions[j]) for j in ut[0]])
-    sims = np.zeros(len(s), dtype=np.float32)
-    for c in range(0, len(s), 16384):  # bounded memory: the row-gathered sparse copies are made per chunk
-        part = slice(c, c + 16384)
-        sims[part] = np.asarray(qs[us[1][part]].multiply(qt[ut[1][part]]).sum(axis=1)).ravel()
-    return np.clip(sims, 0.0, 1.0)
+    qs = full_text_rows(view.tfidf, [src.titles[i] for i in us[0]], [src.descriptions[i] for i in us[0]])
+    qt = full_text_rows(view.tfidf, [view.rows.titles[j] for j in ut[0]], [view.rows.descriptions[j] for j in ut[0]])
+    return sparse_row_dots(qs, qt, us[1].ravel(), ut[1].ravel())
 
 
 def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,

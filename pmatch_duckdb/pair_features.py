@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,14 +21,6 @@ PAIR_FEATURES = ("fused", "text", "text_missing", "image", "image_missing", "lex
                  "gtin_equal", "gtin_conflict")
 FULL_TEXT_CHARS = 300  # description characters in the ``full_text`` cosine
 _NUM = re.compile(r"\d+(?:\.\d+)?")
-
-
-def _tokens(s: str) -> set[str]:
-    return set(normalize(s).split())
-
-
-def _partial(a: list[str], b: list[str]) -> bool:
-    return any(x != y and (x in y or y in x) and min(len(x), len(y)) >= 5 for x in a for y in b)
 
 
 def id_similarity(a: str, b: str) -> float:
@@ -62,6 +55,16 @@ def best_id_pair(a: set[str] | list[str], b: set[str] | list[str]) -> tuple[floa
     return best, agree, differ
 
 
+@dataclass
+class PairTexts:
+    """The text fields of offers that pair features read, one entry per offer (lists indexed by position)."""
+
+    idents: list[list[str]]  # identifiers of brand + title
+    titles: list[str | None]
+    brands: list[str | None]
+    desc_idents: list[list[str]] | None = None  # identifiers found only in the description
+
+
 def pair_feature_matrix(fused: np.ndarray, text: np.ndarray, image: np.ndarray, lexical: np.ndarray,
                         src_idents: list[list[str]], tgt_idents: list[list[str]],
                         src_text: list[str], tgt_text: list[str], src_brand: list[str | None],
@@ -71,11 +74,30 @@ def pair_feature_matrix(fused: np.ndarray, text: np.ndarray, image: np.ndarray, 
                         desc_missing: np.ndarray | None = None, gtin: np.ndarray | None = None) -> np.ndarray:
     """float32[n_pairs, len(PAIR_FEATURES)]; ``text``/``image`` are NaN where a side lacks the modality.
 
+    The text fields are given per pair (``src_*[i]``, ``tgt_*[i]`` are pair i's); :func:`pair_features_at`
+    takes them per offer plus the pairs' positions (each offer's text tokenised once).
     ``*_desc_idents``: identifiers found only in the description; ``full_text``: cosine of title +
     description; ``desc_missing``: a side has no description (the description features are 0 then);
     ``gtin``: 1 equal valid GTINs, -1 different ones, 0 a side has none.
     """
-    n = len(fused)
+    both = src_desc_idents is not None and tgt_desc_idents is not None
+    at = np.arange(len(fused), dtype=np.int64)
+    return pair_features_at(
+        PairTexts(src_idents, src_text, src_brand, src_desc_idents if both else None),
+        PairTexts(tgt_idents, tgt_text, tgt_brand, tgt_desc_idents if both else None), at, at,
+        fused, text, image, lexical, src_price, tgt_price, rank, gap, full_text, desc_missing, gtin)
+
+
+def pair_features_at(src: PairTexts, tgt: PairTexts, s: np.ndarray, t: np.ndarray, fused: np.ndarray,
+                     text: np.ndarray, image: np.ndarray, lexical: np.ndarray, src_price: np.ndarray,
+                     tgt_price: np.ndarray, rank: np.ndarray, gap: np.ndarray, full_text: np.ndarray | None = None,
+                     desc_missing: np.ndarray | None = None, gtin: np.ndarray | None = None) -> np.ndarray:
+    """:func:`pair_feature_matrix` of the pairs ``(src offer s[i], tgt offer t[i])``, the text fields given per
+    offer. Linear in the pairs with numpy set operations over integer token codes: each offer's text is
+    tokenised once (not once per pair), and only identifier pairs that can be similar are compared.
+    The description features (17-19, 22-24) are computed when both sides have ``desc_idents``."""
+    s, t = np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
+    n = len(s)
     out = np.zeros((n, len(PAIR_FEATURES)), dtype=np.float32)
     out[:, 0] = fused
     out[:, 1] = np.nan_to_num(text)
@@ -83,31 +105,12 @@ def pair_feature_matrix(fused: np.ndarray, text: np.ndarray, image: np.ndarray, 
     out[:, 3] = np.nan_to_num(image)
     out[:, 4] = np.isnan(image)
     out[:, 5] = lexical
-    for i in range(n):
-        a, b = src_idents[i], tgt_idents[i]
-        shared = bool(set(a) & set(b))
-        out[i, 6] = shared
-        out[i, 7] = bool(a and b and not shared)
-        out[i, 8] = (not shared) and _partial(a, b)
-        na, nb = set(_NUM.findall(src_text[i] or "")), set(_NUM.findall(tgt_text[i] or ""))
-        out[i, 9] = len(na & nb) / len(na | nb) if na | nb else 0.0
-        ba, bb = normalize(src_brand[i] or ""), normalize(tgt_brand[i] or "")
-        ta, tb = _tokens(src_text[i] or ""), _tokens(tgt_text[i] or "")
-        if ba and bb:
-            out[i, 10] = ba == bb
-            out[i, 11] = ba != bb
-        elif ba or bb:
-            brand, other = (ba, tb) if ba else (bb, ta)
-            out[i, 10] = set(brand.split()) <= other
-        out[i, 14] = len(ta & tb) / len(ta | tb) if ta | tb else 0.0
-        if src_desc_idents is not None and tgt_desc_idents is not None:
-            fa, fb = set(a) | set(src_desc_idents[i]), set(b) | set(tgt_desc_idents[i])
-            both = fa & fb
-            out[i, 17] = bool(both)
-            out[i, 18] = any(len(x) >= 6 for x in both)
-            # both sides name identifiers in their titles, and neither title id occurs anywhere on the other side
-            out[i, 19] = bool(a and b and not (set(a) & fb) and not (set(b) & fa))
-            out[i, 22], out[i, 23], out[i, 24] = best_id_pair(fa, fb)
+    with_desc = src.desc_idents is not None and tgt.desc_idents is not None
+    vocab = _Vocab()
+    a, b = _Tokens(src, s, vocab, with_desc), _Tokens(tgt, t, vocab, with_desc)
+    for c in range(0, n, _CHUNK):  # bounded memory: the per-pair code expansions of one chunk at a time
+        sl = slice(c, c + _CHUNK)
+        _text_features(out[sl], a, b, a.row[s[sl]], b.row[t[sl]], vocab)
     with np.errstate(invalid="ignore", divide="ignore"):
         ok = (src_price > 0) & (tgt_price > 0)
         out[:, 12] = np.where(ok, np.abs(np.log(np.where(ok, src_price, 1) / np.where(ok, tgt_price, 1))), 0.0)
@@ -122,3 +125,196 @@ def pair_feature_matrix(fused: np.ndarray, text: np.ndarray, image: np.ndarray, 
         out[:, 25] = gtin > 0
         out[:, 26] = gtin < 0
     return out
+
+
+_CHUNK = 65_536  # pairs whose token codes are expanded at once
+_WIDTH = 1 << 40  # codes < 2^40 and pairs per chunk < 2^23: a (pair, code) key fits an int64
+
+
+class _Codes:
+    """Sets of integer codes, one per offer, flattened (CSR: ``codes[ptr[i]:ptr[i + 1]]``, distinct)."""
+
+    def __init__(self, sets: list) -> None:
+        self.len = np.fromiter((len(x) for x in sets), dtype=np.int64, count=len(sets))
+        self.ptr = np.r_[0, np.cumsum(self.len)].astype(np.int64)
+        self.codes = np.fromiter((c for x in sets for c in x), dtype=np.int64, count=int(self.ptr[-1]))
+
+    def expand(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pair number, code) of every code of ``rows[i]``'s set, pairs ascending."""
+        lens = self.len[rows]
+        pair = np.repeat(np.arange(len(rows), dtype=np.int64), lens)
+        return pair, self.codes[_ranges(self.ptr[rows], lens)]
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(starts[i], starts[i] + lens[i])``."""
+    total = int(lens.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total, dtype=np.int64)
+
+
+class _Vocab:
+    """Integer codes of tokens (shared by both sides of the pairs); identifiers have their own code space
+    (``ids``: code → string, for the identifier-similarity features)."""
+
+    def __init__(self) -> None:
+        self.words: dict[tuple[str, str], int] = {}
+        self.id_code: dict[str, int] = {}
+        self.ids: list[str] = []
+
+    def word(self, kind: str, w: str) -> int:
+        return self.words.setdefault((kind, w), len(self.words))
+
+    def ident(self, x: str) -> int:
+        c = self.id_code.get(x)
+        if c is None:
+            c = self.id_code[x] = len(self.ids)
+            self.ids.append(x)
+        return c
+
+
+class _Tokens:
+    """One side's offers (those at ``positions``) as code sets; ``row[p]``: offer ``p``'s row in them."""
+
+    def __init__(self, texts: PairTexts, positions: np.ndarray, vocab: _Vocab, with_desc: bool) -> None:
+        uniq = np.unique(positions).tolist()
+        self.row = np.zeros(uniq[-1] + 1 if uniq else 0, dtype=np.int64)
+        self.row[uniq] = np.arange(len(uniq))
+        ids = [list(dict.fromkeys(texts.idents[i])) for i in uniq]
+        titles = [texts.titles[i] or "" for i in uniq]
+        brands = [normalize(texts.brands[i] or "") for i in uniq]
+        self.ids = _Codes([[vocab.ident(x) for x in d] for d in ids])
+        self.tokens = _Codes([{vocab.word("w", w) for w in normalize(x).split()} for x in titles])
+        self.numbers = _Codes([{vocab.word("n", w) for w in _NUM.findall(x)} for x in titles])
+        self.brand = np.array([vocab.word("b", x) if x else -1 for x in brands], dtype=np.int64)
+        self.brand_tokens = _Codes([{vocab.word("w", w) for w in x.split()} for x in brands])
+        self.full = None
+        if with_desc:
+            self.full = _Codes([[vocab.ident(x) for x in dict.fromkeys([*d, *texts.desc_idents[i]])]
+                                for d, i in zip(ids, uniq, strict=True)])
+
+
+def _common(a: _Codes, b: _Codes, ra: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair ``i``: |a[ra[i]] ∩ b[rb[i]]|; and every common code with its pair number (pair, code)."""
+    pa_, ca = a.expand(ra)
+    pb, cb = b.expand(rb)
+    if not len(ca) or not len(cb):
+        return np.zeros(len(ra), dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    hit = _member(pa_ * _WIDTH + ca, pb * _WIDTH + cb)
+    return np.bincount(pa_[hit], minlength=len(ra)), pa_[hit], ca[hit]
+
+
+def _member(keys: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """``np.isin(keys, of)`` by binary search in the sorted ``of`` (np.isin's hashing was 10x slower here)."""
+    srt = np.sort(of)
+    at = np.minimum(np.searchsorted(srt, keys), len(srt) - 1)
+    return srt[at] == keys
+
+
+def _jaccard(inter: np.ndarray, la: np.ndarray, lb: np.ndarray) -> np.ndarray:
+    union = la + lb - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def _text_features(out: np.ndarray, a: _Tokens, b: _Tokens, ra: np.ndarray, rb: np.ndarray, vocab: _Vocab) -> None:
+    """Fill the identifier, number, brand and token columns of ``out`` (one row per pair ``(ra[i], rb[i])``)."""
+    la, lb = a.ids.len[ra], b.ids.len[rb]
+    shared = _common(a.ids, b.ids, ra, rb)[0] > 0
+    out[:, 6] = shared
+    out[:, 7] = (la > 0) & (lb > 0) & ~shared
+    out[:, 8] = _any_partial(a.ids, b.ids, ra, rb, (la > 0) & (lb > 0) & ~shared, vocab.ids)
+    out[:, 9] = _jaccard(_common(a.numbers, b.numbers, ra, rb)[0], a.numbers.len[ra], b.numbers.len[rb])
+    out[:, 14] = _jaccard(_common(a.tokens, b.tokens, ra, rb)[0], a.tokens.len[ra], b.tokens.len[rb])
+    ba, bb = a.brand[ra], b.brand[rb]
+    both = (ba >= 0) & (bb >= 0)
+    # one side names a brand: it agrees when all the brand's words are words of the other side's title
+    in_b = _common(a.brand_tokens, b.tokens, ra, rb)[0] == a.brand_tokens.len[ra]
+    in_a = _common(b.brand_tokens, a.tokens, rb, ra)[0] == b.brand_tokens.len[rb]
+    out[:, 10] = np.where(both, ba == bb, np.where(ba >= 0, in_b, (bb >= 0) & in_a))
+    out[:, 11] = both & (ba != bb)
+    if a.full is None or b.full is None:
+        return
+    n_both, pair, code = _common(a.full, b.full, ra, rb)
+    out[:, 17] = n_both > 0
+    id_len = np.fromiter((len(x) for x in vocab.ids), dtype=np.int64, count=len(vocab.ids))
+    out[:, 18] = np.bincount(pair[id_len[code] >= 6], minlength=len(ra)) > 0  # a shared identifier of ≥ 6 chars
+    # both sides name identifiers in their titles, and neither title id occurs anywhere on the other side
+    a_in_b = _common(a.ids, b.full, ra, rb)[0] > 0
+    b_in_a = _common(b.ids, a.full, rb, ra)[0] > 0
+    out[:, 19] = (la > 0) & (lb > 0) & ~a_in_b & ~b_in_a
+    out[:, 22], out[:, 23], out[:, 24] = _best_id_pairs(a.full, b.full, ra, rb, vocab.ids)
+
+
+def _cross(a: _Codes, b: _Codes, ra: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (code of a[ra[i]], code of b[rb[i]]) combination: (pair number, code x, code y), pairs ascending."""
+    la, lb = a.len[ra], b.len[rb]
+    m = la * lb
+    pair = np.repeat(np.arange(len(ra), dtype=np.int64), m)
+    k = np.arange(int(m.sum()), dtype=np.int64) - np.repeat(np.cumsum(m) - m, m)  # 0 .. la*lb-1 within a pair
+    lbp = np.repeat(lb, m)
+    x = a.codes[np.repeat(a.ptr[ra], m) + k // np.maximum(lbp, 1)]
+    y = b.codes[np.repeat(b.ptr[rb], m) + k % np.maximum(lbp, 1)]
+    return pair, x, y
+
+
+def _any_partial(a: _Codes, b: _Codes, ra: np.ndarray, rb: np.ndarray, todo: np.ndarray, ids: list[str]
+                 ) -> np.ndarray:
+    """Per pair (where ``todo``): two different identifiers of ≥ 5 characters, one inside the other."""
+    out = np.zeros(len(ra), dtype=bool)
+    at = np.flatnonzero(todo)
+    if not len(at):
+        return out
+    pair, x, y = _cross(a, b, ra[at], rb[at])
+    id_len = np.fromiter((len(v) for v in ids), dtype=np.int64, count=len(ids))
+    keep = (x != y) & (np.minimum(id_len[x], id_len[y]) >= 5)
+    pair, x, y = pair[keep], x[keep], y[keep]
+    if not len(pair):
+        return out
+    xy, inv = np.unique(np.stack([x, y], axis=1), axis=0, return_inverse=True)  # each identifier pair tested once
+    inside = np.array([ids[u] in ids[v] or ids[v] in ids[u] for u, v in xy.tolist()], dtype=bool)
+    out[at[pair[inside[inv.ravel()]]]] = True
+    return out
+
+
+def _best_id_pairs(a: _Codes, b: _Codes, ra: np.ndarray, rb: np.ndarray, ids: list[str]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`best_id_pair` of every pair's identifier sets, in numpy: the common prefix and suffix of every
+    identifier combination from fixed-width code-point rows. Where several combinations share the best
+    similarity, the digits differ only if they differ for all of them (the per-pair loop took the first in set
+    order, which varies with Python's string hash seed)."""
+    n = len(ra)
+    best, agree, differ = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    pair, x, y = _cross(a, b, ra, rb)
+    if not len(pair):
+        return best, agree, differ
+    used, inv = np.unique(np.r_[x, y], return_inverse=True)
+    strs = [ids[u] for u in used.tolist()]
+    xi, yi = inv[:len(x)], inv[len(x):]
+    width = max(1, max(len(v) for v in strs))
+    fwd = np.array(strs, dtype=f"<U{width}").view(np.uint32).reshape(len(strs), width)
+    rev = np.array([v[::-1] for v in strs], dtype=f"<U{width}").view(np.uint32).reshape(len(strs), width)
+    lens = np.fromiter((len(v) for v in strs), dtype=np.int64, count=len(strs))
+    digit_code: dict[str, int] = {}
+    digits = np.array([digit_code.setdefault(_digits(v), len(digit_code)) for v in strs], dtype=np.int64)
+    n_digits = np.fromiter((sum(c.isdigit() for c in v) for v in strs), dtype=np.int64, count=len(strs))
+    col = np.arange(width + 1)
+    sim = np.zeros(len(pair))
+    for c in range(0, len(pair), _CHUNK):
+        sx, sy = xi[c:c + _CHUNK], yi[c:c + _CHUNK]
+        lo = np.minimum(lens[sx], lens[sy])
+        stop = np.c_[fwd[sx] != fwd[sy], np.ones(len(sx), dtype=bool)] | (col >= lo[:, None])
+        p = stop.argmax(axis=1)  # common prefix (at most the shorter length)
+        stop = np.c_[rev[sx] != rev[sy], np.ones(len(sx), dtype=bool)] | (col >= (lo - p)[:, None])
+        q = stop.argmax(axis=1)  # common suffix of what the prefix leaves
+        sim[c:c + _CHUNK] = (p + q) / np.maximum(np.maximum(lens[sx], lens[sy]), 1)
+    same_digits = digits[xi] == digits[yi]
+    agree[np.unique(pair[same_digits & (n_digits[xi] >= 3)])] = True
+    starts = np.r_[0, np.flatnonzero(np.diff(pair)) + 1]
+    owners = pair[starts]
+    best[owners] = np.maximum.reduceat(sim, starts)
+    at_best = sim == best[pair]
+    agreeing_best = np.zeros(n, dtype=bool)
+    agreeing_best[pair[at_best & same_digits]] = True
+    differ[owners] = (best[owners] > 0) & ~agreeing_best[owners]
+    return best, agree, differ

@@ -203,3 +203,78 @@ def test_identifier_index_ignores_too_common_tokens() -> None:
     ix = IdentifierIndex(tokens, max_df=3)
     assert ix.lookup(["abc123"]) == []
     assert ix.lookup(["rare42x"]) == [4]
+
+
+# ----------------------------------------------------------------------------------------------
+# vectorised n-gram hashing and top-k selection equal the per-text / per-cell forms they replaced
+# ----------------------------------------------------------------------------------------------
+
+
+def _varied_texts() -> list[str | None]:
+    from pmatch_duckdb.demo.grouped import grouped_offers
+
+    t = grouped_offers(3000, seed=11)
+    texts = [f"{b or ''} {x} {d or ''}" for b, x, d in zip(t["brand"].to_pylist(), t["title"].to_pylist(),
+                                                          t["description"].to_pylist(), strict=True)]
+    return texts + CORPUS + ["", None, "a", "ab", "Ünïcode ñame 日本語 x", "   ", "--", "KDL-40V4100"] + texts[:200]
+
+
+def test_hashed_counts_equal_the_per_text_crc32_loop() -> None:
+    """``_counts`` hashes every n-gram with a numpy CRC-32; the CSR equals the one built from ``_grams``
+    (``zlib.crc32`` of each n-gram, one text at a time), bit for bit."""
+    import scipy.sparse as sp
+
+    from pmatch_duckdb.features import lexical
+
+    texts = _varied_texts()
+    indptr, indices = [0], []
+    for t in texts:
+        indices.extend(lexical._grams(t))
+        indptr.append(len(indices))
+    want = sp.csr_matrix((np.ones(len(indices), np.float32), np.asarray(indices, np.int32),
+                          np.asarray(indptr, np.int32)), shape=(len(texts), lexical.N_FEATURES))
+    want.sum_duplicates()
+    got = lexical._counts(texts)
+    for part in ("data", "indices", "indptr"):
+        assert getattr(got, part).dtype == getattr(want, part).dtype, part
+        np.testing.assert_array_equal(getattr(got, part), getattr(want, part))
+    assert lexical._counts([]).shape == (0, lexical.N_FEATURES)
+
+
+def _key_top_k(tf: CharTfidf, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The dense top_k before its selection was rewritten: an int64 (score, row) key per cell, argpartition."""
+    q = tf.transform(texts)
+    size = tf.matrix_t.shape[1]
+    kk = min(k, size)
+    idx, val = np.full((len(texts), k), -1, dtype=np.int64), np.zeros((len(texts), k), dtype=np.float32)
+    dense = (q @ tf.matrix_t).toarray().astype(np.float32)
+    key = np.arange(size) - (np.where(dense > 0, dense, np.float32(0)).view(np.int32).astype(np.int64) << 32)
+    part = np.argpartition(key, kk - 1, axis=1)[:, :kk]
+    part = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, axis=1), axis=1), axis=1)
+    idx[:, :kk], val[:, :kk] = part, np.take_along_axis(dense, part, axis=1)
+    return idx, val
+
+
+@pytest.mark.parametrize("k", [1, 21, 40])
+def test_dense_top_k_equals_the_per_cell_key_selection(k: int) -> None:
+    """Many duplicate texts (ties at the cut) and texts sharing nothing (zero-score fill): same rows, same order."""
+    texts = [t or "" for t in _varied_texts()]
+    tf = CharTfidf(texts[:1500] * 2)
+    queries = texts[1400:1700] + ["zzqx", ""]
+    got, want = tf.top_k(queries, k), _key_top_k(tf, queries, k)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize(("k", "block", "chunk"), [(21, 4096, 512), (5, 300, 64), (40, 1000, 1000)])
+def test_self_top_k_equals_top_k_of_the_corpus(k: int, block: int, chunk: int) -> None:
+    """Every row against the corpus with each block pair multiplied once (its transpose serving the other
+    side): the same rows, order and float32 scores as ``top_k(corpus)``, ties and zero-score fills included."""
+    texts = [t or "" for t in _varied_texts()][:2500]
+    texts += texts[:40] + ["", "zzqx", ""]  # duplicates (ties across blocks) and texts sharing nothing
+    tf = CharTfidf(texts)
+    got, want = tf.self_top_k(k, block, chunk), tf.top_k(texts, k)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="keep_rows"):
+        CharTfidf(texts[:10], keep_rows=False).self_top_k(3)

@@ -138,10 +138,12 @@ def test_pair_signals_gather_vectors_in_chunks():
 
 
 def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, home):
-    """The lexical channel does not depend on the projection: train_matcher (cross-fitted: two fold
-    projections, the final one, validation) queries it once per source, not once per decision-data pass."""
+    """The lexical channel and the title + description cosine do not depend on the projection: train_matcher
+    (cross-fitted: two fold projections, the final one, validation) queries the lexical top-k once per source
+    and makes each offer's full-text TF-IDF row once, not once per decision-data pass."""
     import pmatch_duckdb as pm
-    from pmatch_duckdb.features.lexical import CharTfidf
+    from pmatch_duckdb.features.lexical import CharTfidf, LexicalWeights
+    from pmatch_duckdb.matching import FULL_TEXT_CHARS
 
     queries: list[int] = []
     real = CharTfidf.top_k
@@ -151,6 +153,22 @@ def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, 
         return real(self, texts, k, *a, **kw)
 
     monkeypatch.setattr(CharTfidf, "top_k", counting)
+    real_self = CharTfidf.self_top_k
+
+    def counting_self(self, k, *a, **kw):  # dedup: every corpus row against the corpus
+        queries.append(self.n)
+        return real_self(self, k, *a, **kw)
+
+    monkeypatch.setattr(CharTfidf, "self_top_k", counting_self)
+    full_rows: list[int] = []  # texts weighed that carry a description (the full-text inputs)
+    real_transform = LexicalWeights.transform
+
+    def counting_transform(self, texts):
+        full_rows.append(sum(" series." in t for t in texts))  # grouped_offers descriptions end so
+        return real_transform(self, texts)
+
+    monkeypatch.setattr(LexicalWeights, "transform", counting_transform)
+    assert FULL_TEXT_CHARS >= 60  # the descriptions (~60 chars) are whole in the full-text input
     import pmatch_duckdb.offer_vectors as ov
     from pmatch_duckdb.demo.grouped import hashed_text_vectors
 
@@ -164,9 +182,44 @@ def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, 
     con.execute("CREATE TABLE offers AS SELECT * FROM g")
     pm.index(con, "offers", progress=False)
     queries.clear()
+    n_desc = con.execute("SELECT count(*) FROM offers WHERE description IS NOT NULL").fetchone()[0]
+    full_rows.clear()
     r = train.train_matcher(con, "offers", group_column="group_id", name="lexonce", pair_model=False,
                             activate=False, progress=False, log=lambda m: None)
     assert r.metrics["valid"]["pairs"] > 0
     # one top-k over all 1,500 offers (dedup: every offer is a source) for the decision model's pair data;
     # the old code queried per fold (2), validation (1): 3 x 1,500 in all
     assert sum(queries) == 1_500, queries
+    # each offer with a description weighed once for the full-text cosine; the old code weighed each pass's
+    # sources and all of its targets (3 passes: ~4 x n_desc)
+    assert n_desc > 300 and sum(full_rows) == n_desc, (sum(full_rows), n_desc)
+
+
+def test_isotonic_breakpoints_are_compact_and_interpolate_the_same():
+    """The calibration keeps no point inside a run of equal values: the same np.interp everywhere, and a
+    decision.json of hundreds of points, not two per held-out pair (1.4M points, 44 MB at 20k offers)."""
+    from pmatch_duckdb.decision import isotonic
+
+    rng = np.random.default_rng(0)
+    # most candidate pairs are clear non-matches scored below every match (each its own block of value 0),
+    # then a mixed range with tied scores
+    raw = np.r_[rng.random(150_000) * 0.2, np.round(0.2 + 0.8 * rng.random(50_000), 4)]
+    y = np.r_[np.zeros(150_000), rng.random(50_000) < raw[150_000:] ** 2].astype(float)
+    bx, by = isotonic(raw, y)
+    assert len(bx) < 2_000, len(bx)  # uncompacted: two points per block of equal value, ~300,000 here
+    # the uncompacted breakpoints (two per pool-adjacent-violators block), as the fit made them before
+    order = np.argsort(raw, kind="stable")
+    xs, ys = raw[order], y[order]
+    vals, wts, lo = [], [], []
+    for i, v in enumerate(ys):
+        vals.append(v), wts.append(1.0), lo.append(i)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            w = wts[-2] + wts[-1]
+            vals[-2] = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w
+            wts[-2] = w
+            vals.pop(), wts.pop(), lo.pop()
+    ends = [*lo[1:], len(xs)]
+    ox = np.array([xs[e] for a, b in zip(lo, ends, strict=True) for e in (a, b - 1)])
+    oy = np.repeat(vals, 2)
+    q = np.r_[rng.random(50_000) * 1.2 - 0.1, ox, np.nextafter(ox, 2), np.nextafter(ox, -1)]
+    np.testing.assert_array_equal(np.interp(q, bx, by), np.interp(q, ox, oy))

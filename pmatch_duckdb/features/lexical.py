@@ -62,6 +62,7 @@ def _is_measure(t: str) -> bool:
 
 
 def _grams(text: str) -> list[int]:
+    """Hashed n-grams of one text, one at a time (the reference :func:`_counts` vectorises)."""
     feats = []
     for word in normalize(text).split():
         w = f" {word} "
@@ -73,17 +74,43 @@ def _grams(text: str) -> list[int]:
     return feats
 
 
+def _crc_table() -> np.ndarray:
+    """zlib's CRC-32 lookup table (reflected polynomial 0xEDB88320)."""
+    c = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        c = np.where(c & 1, np.uint32(0xEDB88320) ^ (c >> 1), c >> 1).astype(np.uint32)
+    return c
+
+
+_CRC = _crc_table()
+
+
 def _counts(texts: list[str]) -> sp.csr_matrix:
-    """Hashed n-gram counts (float32 data, int32 indices: 8 bytes per non-zero)."""
-    indptr = [0]
-    indices: list[int] = []
-    for t in texts:
-        indices.extend(_grams(t))
-        indptr.append(len(indices))
-    data = np.ones(len(indices), dtype=np.float32)
-    m = sp.csr_matrix((data, np.asarray(indices, dtype=np.int32), np.asarray(indptr, dtype=np.int32)),
-                      shape=(len(texts), N_FEATURES))
+    """Hashed n-gram counts (float32 data, int32 indices: 8 bytes per non-zero): what :func:`_grams` gives per
+    text, hashed in numpy — ``zlib.crc32`` of every n-gram at once, table-driven over its bytes (the per-gram
+    Python call was most of training's lexical time)."""
+    words = [normalize(t).split() for t in texts]
+    n_words = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(texts))
+    flat = [f" {w} " for ws in words for w in ws]  # ASCII: normalize keeps a-z, 0-9 and spaces
+    buf = np.frombuffer("".join(flat).encode("ascii"), dtype=np.uint8)
+    size = np.fromiter((len(w) for w in flat), dtype=np.int64, count=len(flat))
+    start = np.cumsum(size) - size
+    doc = np.repeat(np.arange(len(texts), dtype=np.int32), n_words)
+    rows, cols = [], []
+    for n in NGRAMS:
+        per = np.maximum(size - n + 1, 0)  # windows of this n in each padded word
+        total = int(per.sum())
+        at = np.repeat(start - np.cumsum(per) + per, per) + np.arange(total, dtype=np.int64)
+        crc = np.full(total, 0xFFFFFFFF, dtype=np.uint32)
+        for j in range(n):
+            crc = _CRC[(crc ^ buf[at + j]) & 0xFF] ^ (crc >> 8)
+        cols.append(((crc ^ np.uint32(0xFFFFFFFF)) & np.uint32(N_FEATURES - 1)).astype(np.int32))
+        rows.append(np.repeat(doc, per))
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    m = sp.csr_matrix((np.ones(len(c), dtype=np.float32), (r, c)), shape=(len(texts), N_FEATURES))
     m.sum_duplicates()
+    if m.indices.dtype != np.int32:  # as the per-text build made them (8 bytes per non-zero)
+        m.indices, m.indptr = m.indices.astype(np.int32), m.indptr.astype(np.int32)
     return m
 
 
@@ -248,17 +275,62 @@ class CharTfidf(LexicalWeights):
         if size >= APPROX_TOPK_MIN_ROWS and self.matrix is not None:
             return self._top_k_pruned(q, kk, idx, val)
         step = max(1, min(chunk, DENSE_TOPK_CELLS // max(size, 1)))
-        col = np.arange(size, dtype=np.int64)
         for s in range(0, n, step):
             dense = (q[s:s + step] @ self.matrix_t).toarray().astype(np.float32, copy=False)
-            # one int64 key per cell: score first (the bits of a non-negative float32 order as it does), then
-            # the lower row; ties at the cut are thus decided as merge_top_k decides them across shards
-            key = col - (np.where(dense > 0, dense, np.float32(0)).view(np.int32).astype(np.int64) << 32)
-            part = np.argpartition(key, kk - 1, axis=1)[:, :kk]
-            order = np.argsort(np.take_along_axis(key, part, axis=1), axis=1)
-            part = np.take_along_axis(part, order, axis=1)
-            idx[s:s + step, :kk] = part
-            val[s:s + step, :kk] = np.take_along_axis(dense, part, axis=1)
+            _dense_top_k(dense, kk, idx[s:s + step], val[s:s + step])
+        return idx, val
+
+    def self_top_k(self, k: int, block: int = 4096, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """``top_k(corpus, k)`` — every corpus row's ``k`` most similar rows — bit for bit, from the rows held
+        (no re-tokenising) and, below ``APPROX_TOPK_MIN_ROWS`` rows, with half the products: the scores are
+        symmetric (``q_i · d_j`` and ``q_j · d_i`` are the same float32 products summed in the same n-gram
+        order), so each pair of column blocks is multiplied once and its transpose feeds the other side's
+        lists (:func:`merge_top_k`). Training's dedup lexical channel: every offer against every offer."""
+        if self.matrix is None:
+            raise ValueError("self_top_k needs the corpus rows (CharTfidf(keep_rows=True))")
+        n = self.n
+        kk = min(k, n)
+        idx = np.full((n, k), -1, dtype=np.int64)
+        val = np.zeros((n, k), dtype=np.float32)
+        if kk == 0:
+            return idx, val
+        if n >= APPROX_TOPK_MIN_ROWS:
+            return self._top_k_pruned(self.matrix, kk, idx, val)
+        # the n-grams the corpus uses, renumbered in order (the products sum in the same n-gram order)
+        used = np.flatnonzero(np.diff(self.matrix_t.indptr))
+        rows = self.matrix.copy()
+        rows.indices = np.searchsorted(used, rows.indices).astype(rows.indices.dtype)
+        rows._shape = (n, max(len(used), 1))
+        starts = list(range(0, n, block))
+        chunk = max(64, min(chunk, DENSE_TOPK_CELLS // n))  # a chunk's strip: at most ~64 MB of scores
+        cols = {}  # column block start -> its features x docs matrix (made on first use, kept for later rows)
+        run_i, run_v = np.full((n, kk), -1, dtype=np.int64), np.zeros((n, kk), dtype=np.float32)
+        for b0 in starts:
+            for r0 in range(b0, min(b0 + block, n), chunk):
+                r1 = min(r0 + chunk, n, b0 + block)
+                q = rows[r0:r1]
+                strip = np.empty((r1 - r0, n - b0), dtype=np.float32)  # this chunk against columns b0..n
+                for c0 in starts[starts.index(b0):]:
+                    c1 = min(c0 + block, n)
+                    if c0 not in cols:
+                        cols[c0] = rows[c0:c1].T.tocsr()
+                    prod = (q @ cols[c0]).toarray().astype(np.float32, copy=False)
+                    strip[:, c0 - b0:c1 - b0] = prod
+                    if c0 > b0:  # the transpose: these rows against columns c0.., seen from the columns' side
+                        kb = min(kk, r1 - r0)
+                        ti = np.full((c1 - c0, kk), -1, dtype=np.int64)
+                        tv = np.zeros((c1 - c0, kk), dtype=np.float32)
+                        _dense_top_k(np.ascontiguousarray(prod.T), kb, ti, tv)
+                        ti = np.where(ti >= 0, ti + r0, -1)
+                        run_i[c0:c1], run_v[c0:c1] = merge_top_k(run_i[c0:c1], run_v[c0:c1], ti, tv, kk)
+                si = np.full((r1 - r0, kk), -1, dtype=np.int64)
+                sv = np.zeros((r1 - r0, kk), dtype=np.float32)
+                _dense_top_k(strip, min(kk, n - b0), si, sv)
+                si = np.where(si >= 0, si + b0, -1)
+                # columns before b0 came from earlier blocks' transposes (complete: those rows are done)
+                idx[r0:r1, :kk], val[r0:r1, :kk] = merge_top_k(run_i[r0:r1], run_v[r0:r1], si, sv, kk)
+            for c0 in [c for c in cols if c <= b0]:  # no later row block multiplies these columns
+                del cols[c0]
         return idx, val
 
     def _top_k_pruned(self, q: sp.csr_matrix, kk: int, idx: np.ndarray, val: np.ndarray, chunk: int = 256
@@ -305,6 +377,24 @@ class CharTfidf(LexicalWeights):
         """Bytes of the arrays held (the inverted index, the rows if kept, idf and df)."""
         ms = [m for m in (self.matrix_t, self.matrix) if m is not None]
         return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in ms) + super().nbytes()
+
+
+def _dense_top_k(dense: np.ndarray, kk: int, idx: np.ndarray, val: np.ndarray) -> None:
+    """Each row's ``kk`` best columns of ``dense`` (scores ≥ 0) into ``idx``/``val``: by score, then the lower
+    column (ties at the cut decided as :func:`merge_top_k` decides them across shards). The k-th best score
+    comes from a float32 partition of each row; only the cells at or above it (about ``kk`` a row) are sorted
+    (an int64 key per cell and its argpartition cost 4x as much, the most of top_k's time after the product)."""
+    size = dense.shape[1]
+    kth = np.partition(dense, size - kk, axis=1)[:, size - kk]
+    r, c = np.nonzero(dense >= kth[:, None])  # row-major: columns ascending within a row
+    sc = dense[r, c]
+    order = np.lexsort((c, -sc, r))
+    r, c, sc = r[order], c[order], sc[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(r)) + 1]
+    rank = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
+    keep = rank < kk
+    idx[r[keep], rank[keep]] = c[keep]
+    val[r[keep], rank[keep]] = sc[keep]
 
 
 def merge_top_k(idx_a: np.ndarray, val_a: np.ndarray, idx_b: np.ndarray, val_b: np.ndarray, k: int

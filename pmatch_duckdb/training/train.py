@@ -37,8 +37,10 @@ from ..matching import (
     TargetView,
     candidate_pairs,
     decision_features,
+    full_text_rows,
     lexical_width,
     pair_signals,
+    sparse_row_dots,
 )
 from ..offer_vectors import encoder_identity
 from ..sqlident import index_name_for, quote_ident, quote_qualified
@@ -299,11 +301,23 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     def lexical_candidates(srcs: list[int]) -> np.ndarray:
         if "rows" not in lexical_of:
             everyone = np.array([i for i in range(len(rows.ids)) if side[i] == src_side], dtype=np.int64)
-            top, _ = target_view.tfidf.top_k([rows.lexical[i] for i in everyone],
-                                             lexical_width(10, exclude_self=len(tables) == 1))
+            width = lexical_width(10, exclude_self=len(tables) == 1)
+            if len(tables) == 1:  # dedup: the sources are the target rows, in order (each pair multiplied once)
+                top, _ = target_view.tfidf.self_top_k(width)
+            else:
+                top, _ = target_view.tfidf.top_k([rows.lexical[i] for i in everyone], width)
             lexical_of["rows"], lexical_of["at"] = top, np.full(len(rows.ids), -1, dtype=np.int64)
             lexical_of["at"][everyone] = np.arange(len(everyone))
         return lexical_of["rows"][lexical_of["at"][np.asarray(srcs, dtype=np.int64)]]
+
+    # Nor does the title + description cosine: each offer's TF-IDF row (idf of the target corpus, as at match
+    # time) is computed once, on first use, and every pass multiplies the rows of its pairs.
+    full_text_of: dict[str, object] = {}
+
+    def full_text_scores(src_global: np.ndarray, tgt_global: np.ndarray) -> np.ndarray:
+        if "rows" not in full_text_of:
+            full_text_of["rows"] = full_text_rows(target_view.tfidf, rows.titles, rows.descriptions)
+        return sparse_row_dots(full_text_of["rows"], full_text_of["rows"], src_global, tgt_global)
 
     def pair_data(vectors: OfferVectors, split_pos: np.ndarray, split_neg: np.ndarray, split_comps: set[int] | None):
         view = target_view.with_fused(vectors.fused[tgt_pos])
@@ -327,7 +341,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                          dtype=np.float64)
             last_pairs.update(src=np.asarray(srcs, dtype=np.int64)[s_local], tgt=tgt_pos[t_local])
         sig = pair_signals(src, view, s_local, t_local)
-        return decision_features(src, view, s_local, t_local, sig), y
+        full = full_text_scores(last_pairs["src"], last_pairs["tgt"])
+        return decision_features(src, view, s_local, t_local, sig, full_text=full), y
 
     train_comps = set(comp.tolist()) - valid_comp
     # Cross-fitting: the decision model must learn from pair features of offers the projection has NOT
