@@ -17,7 +17,9 @@ Usage::
 
     python benchmarks/bench_pair_train.py [--data ../shared/data] [--steps 6] [--threads 2]
     python benchmarks/bench_pair_train.py --fit 64:4:3:3:2e-4,64:4:1:3:5e-5 [--dataset abt-buy]
-        # max_len:frozen_layers:epochs:neg_ratio:lr (neg_ratio 0 = all non-matches)[:p] (p: no precompute)
+        # max_len:frozen_layers:epochs:neg_ratio:lr (neg_ratio 0 = all non-matches)[:flag...], flags:
+        # p: no precompute; mean: the head reads the mean token state instead of [CLS]; Ditto levers:
+        # noid: no id/number marking; sum: descriptions cut to their top TF-IDF words; aug: augmentation
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import DEFAULT_DATA, parse_ditto_record, parse_price  # noqa: E402
 
 from pmatch_duckdb.features.lexical import identifiers  # noqa: E402
-from pmatch_duckdb.pair_scorer import PairScorer, SerializeOptions, serialize_offer  # noqa: E402
+from pmatch_duckdb.pair_scorer import PairScorer, SerializeOptions, Summarizer, serialize_offer  # noqa: E402
 from pmatch_duckdb.training.pair_model import (  # noqa: E402
     PairTrainConfig,
     export_cross_encoder,
@@ -44,7 +46,8 @@ from pmatch_duckdb.training.pair_model import (  # noqa: E402
 )
 
 
-def load_pairs(folder: Path, split: str, opts: SerializeOptions) -> tuple[list[str], list[str], np.ndarray]:
+def load_pairs(folder: Path, split: str, opts: SerializeOptions, summarizer: Summarizer | None = None
+               ) -> tuple[list[str], list[str], np.ndarray]:
     """Serialised (left, right) texts and labels of a Magellan split."""
     a, b, y = [], [], []
     for line in (folder / f"{split}.txt").read_text(encoding="utf-8").splitlines():
@@ -56,11 +59,21 @@ def load_pairs(folder: Path, split: str, opts: SerializeOptions) -> tuple[list[s
             r = parse_ditto_record(raw)
             title = r.get("title") or r.get("name")
             texts.append(serialize_offer(title, r.get("manufacturer") or r.get("brand"), parse_price(r.get("price")),
-                                         identifiers(title), r.get("description"), opts))
+                                         identifiers(title), r.get("description"), opts, summarizer))
         a.append(texts[0])
         b.append(texts[1])
         y.append(int(label))
     return a, b, np.array(y, dtype=np.float32)
+
+
+def split_descriptions(folder: Path, split: str) -> list[str | None]:
+    """Every record's description in a Magellan split (the corpus the TF-IDF summariser is fitted on)."""
+    out: list[str | None] = []
+    for line in (folder / f"{split}.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            left, right, _ = line.split("\t")
+            out += [parse_ditto_record(left).get("description"), parse_ditto_record(right).get("description")]
+    return out
 
 
 def f1_valid_threshold(va: np.ndarray, yva: np.ndarray, te: np.ndarray, yte: np.ndarray) -> tuple[float, float]:
@@ -103,29 +116,48 @@ def fit_rows(args: argparse.Namespace) -> int:
             return np.concatenate([upper_logits(model, h, m, frozen).numpy() for h, m in cache[key]])
 
     folder = args.data / args.dataset / "magellan"
-    opts = SerializeOptions(mark_ids=not args.no_mark_ids, summarize=False)
-    tr, va, te = (load_pairs(folder, s, opts) for s in ("train", "valid", "test"))
+    splits: dict = {}
+
+    def load(mark_ids: bool, summarize: bool) -> tuple:
+        """(train, valid, test) serialised with these Ditto levers (the summariser's idf from train)."""
+        if (mark_ids, summarize) not in splits:
+            opts = SerializeOptions(mark_ids=mark_ids, summarize=summarize)
+            summ = Summarizer.fit(split_descriptions(folder, "train")) if summarize else None
+            splits[mark_ids, summarize] = tuple(load_pairs(folder, s, opts, summ) for s in ("train", "valid", "test"))
+        return splits[mark_ids, summarize]
+
+    tr, va, te = load(not args.no_mark_ids, False)
     tok = minilm_dir() / "tokenizer.json"
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} load avg {os.getloadavg()[0]:.1f} torch threads {args.threads}; "
           f"{args.dataset} Magellan train {len(tr[2])} pairs ({int(tr[2].sum())} matches), valid {len(va[2])}, "
-          f"test {len(te[2])}; mark_ids {opts.mark_ids}")
-    print("| max_len | frozen | epochs | neg ratio | lr | precompute | pairs trained | train CPU s | train wall s | "
+          f"test {len(te[2])}")
+    print("| max_len | frozen | epochs | neg ratio | lr | pooling | levers | precompute | pairs trained | train CPU s | train wall s | "
           "valid AP | valid best F1 | test F1 (valid thr) | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for setting in args.fit.split(","):
         f = setting.split(":")
         max_len, frozen, epochs, ratio, lr = int(f[0]), int(f[1]), int(f[2]), float(f[3]), float(f[4])
         if frozen < 1:
             raise SystemExit("--fit needs frozen layers >= 1 (the evaluation reuses their outputs)")
+        flags = set(f[5:])
+        unknown = flags - {"p", "mean", "aug", "noid", "sum"}
+        if unknown:
+            raise SystemExit(f"--fit {setting}: unknown flag(s) {sorted(unknown)} (p, mean, aug, noid, sum)")
+        mark_ids = not (args.no_mark_ids or "noid" in flags)
+        tr, va, te = load(mark_ids, "sum" in flags)
+        levers = ",".join([("ids marked" if mark_ids else "no id marking")] + (["TF-IDF summary"] if "sum" in flags
+                          else []) + (["augmentation"] if "aug" in flags else []))
         cfg = PairTrainConfig(max_len=max_len, epochs=epochs, freeze_layers=frozen, threads=args.threads,
-                              neg_ratio=ratio or None, precompute=not (len(f) > 5 and f[5] == "p"), lr=lr)
+                              neg_ratio=ratio or None, precompute="p" not in flags, lr=lr,
+                              pooling="mean" if "mean" in flags else "cls", augment="aug" in flags)
         c0, w0 = time.process_time(), time.perf_counter()
         model, info = train_cross_encoder(tr[0], tr[1], tr[2], tok, cfg,
                                           log=lambda m: print("#", m, file=sys.stderr, flush=True))
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         lv, lt = eval_logits(model, max_len, frozen, va), eval_logits(model, max_len, frozen, te)
         bf, tf = f1_valid_threshold(lv, va[2], lt, te[2])
-        print(f"| {max_len} | {frozen} | {epochs} | {ratio or 'all'} | {lr:g} | {cfg.precompute and frozen > 0} | "
+        print(f"| {max_len} | {frozen} | {epochs} | {ratio or 'all'} | {lr:g} | {cfg.pooling} | {levers} | "
+              f"{cfg.precompute and frozen > 0 and not cfg.augment} | "
               f"{info['pairs']} | {cpu:.0f} | {wall:.0f} | {average_precision(lv.astype(float), va[2]):.3f} | "
               f"{bf:.3f} | {tf:.3f} | {os.getloadavg()[0]:.1f} |", flush=True)
     return 0

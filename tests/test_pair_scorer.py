@@ -53,13 +53,16 @@ def test_augmentation_keeps_the_content_words():
         assert {x, y} == {a, b} or (len((x + y).split()) <= len((a + b).split()))
 
 
-def test_onnx_export_equals_torch(tmp_path: Path):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_onnx_export_equals_torch(tmp_path: Path, pooling: str):
     tok = minilm_dir() / "tokenizer.json"
     a = ["COL title VAL acme widget pro", "COL title VAL b", "COL title VAL sony tv 40 inch black"] * 4
     b = ["COL title VAL acme widget lite", "COL title VAL b c", "COL title VAL sony television"] * 4
     y = np.array([0, 1, 1] * 4, dtype=np.float32)
     model, info = train_cross_encoder(a, b, y, tok, PairTrainConfig(max_len=24, epochs=2, batch_size=4, threads=1,
-                                                                    freeze_layers=0, tiny_bert=TINY))
+                                                                    freeze_layers=0, tiny_bert=TINY,
+                                                                    pooling=pooling))
+    assert model.pooling == pooling
     assert info["steps"] == 6 and len(info["loss_history"]) == 2
     diff = export_cross_encoder(model, tmp_path, tok, 24, a, b)
     assert diff <= 1e-4
@@ -71,11 +74,13 @@ def test_onnx_export_equals_torch(tmp_path: Path):
     np.testing.assert_allclose(scorer.logits(a, b), torch_logits(model, tok, 24, a, b), atol=1e-4)
 
 
-def test_precomputed_frozen_layers_give_the_full_models_logits():
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_precomputed_frozen_layers_give_the_full_models_logits(pooling: str):
     """Training on stored outputs of the frozen layers is training the same model: in eval mode the upper
-    layers on those outputs (unpadded, re-padded to another width) give the full forward pass's logits."""
+    layers on those outputs (unpadded, re-padded to another width) give the full forward pass's logits —
+    with mean pooling too, where the extra padding must not enter the mean."""
     tiny = {**TINY, "num_hidden_layers": 3}
-    model = CrossEncoder.build(tiny_config=tiny, seed=3)
+    model = CrossEncoder.build(tiny_config=tiny, seed=3, pooling=pooling)
     model.eval()
     from pmatch_duckdb.pair_scorer import PairTokenizer
 
@@ -110,6 +115,23 @@ def test_precomputed_training_learns_and_subsamples_negatives():
     assert info["precomputed_frozen_layers"] and info["loss_history"][-1] < 0.5 * info["loss_history"][0]
     out = torch_logits(model, tok, 16, a[:2], b[:2])
     assert out[0] > out[1]
+
+
+def test_mean_pooling_reads_every_token_and_ignores_padding():
+    """"mean" pooling: the head sees the average of the real tokens' states, and a padded position never
+    moves it; an unknown pooling name is an error naming the accepted ones."""
+    model = CrossEncoder.build(tiny_config=TINY, seed=1, pooling="mean")
+    model.eval()
+    h = torch.randn(2, 6, TINY["hidden_size"])
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    pooled = model.pool(h, mask)
+    np.testing.assert_allclose(pooled[0].numpy(), h[0, :3].mean(0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(pooled[1].numpy(), h[1].mean(0).numpy(), atol=1e-6)
+    h2 = h.clone()
+    h2[0, 4] += 100.0  # a padded position
+    np.testing.assert_allclose(model.pool(h2, mask).numpy(), pooled.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="'cls' or 'mean'"):
+        CrossEncoder.build(tiny_config=TINY, pooling="max")
 
 
 def test_top_m_mask():

@@ -51,6 +51,9 @@ class PairTrainConfig:
     threads: int | None = None
     max_seconds: float | None = None
     tiny_bert: dict | None = None  # tests: a small random BertConfig instead of MiniLM's weights
+    #: what the head reads: "cls" (the [CLS] state, as Ditto) or "mean" (the mean of the pair's token states —
+    #: what all-MiniLM-L6-v2 was trained to make meaningful; its [CLS] state was never trained for anything)
+    pooling: str = "cls"
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -67,10 +70,12 @@ class CrossEncoder:  # built lazily as a torch.nn.Module subclass (torch is opti
     """Factory for the torch cross-encoder module: BERT + dropout + Linear(hidden, 1) on ``[CLS]``."""
 
     @staticmethod
-    def build(bert_dir: Path | None = None, tiny_config: dict | None = None, seed: int = 0):
+    def build(bert_dir: Path | None = None, tiny_config: dict | None = None, seed: int = 0, pooling: str = "cls"):
         import torch
         from transformers import BertConfig, BertModel
 
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pair model pooling must be 'cls' or 'mean', not {pooling!r}")
         torch.manual_seed(seed)
         if tiny_config is not None:
             bert = BertModel(BertConfig(**tiny_config, attn_implementation="eager"), add_pooling_layer=False)
@@ -96,11 +101,19 @@ class CrossEncoder:  # built lazily as a torch.nn.Module subclass (torch is opti
                 self.bert = bert
                 self.dropout = torch.nn.Dropout(0.1)
                 self.head = torch.nn.Linear(bert.config.hidden_size, 1)
+                self.pooling = pooling
+
+            def pool(self, h, attention_mask):  # noqa: ANN001, ANN201
+                """The state the head reads: [CLS], or the mean over the real (unpadded) tokens."""
+                if self.pooling == "cls":
+                    return h[:, 0]
+                m = attention_mask.unsqueeze(-1).to(h.dtype)
+                return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
             def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN201
                 h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state[:, 0]
-                return self.head(self.dropout(h)).squeeze(-1)
+                              token_type_ids=token_type_ids).last_hidden_state
+                return self.head(self.dropout(self.pool(h, attention_mask))).squeeze(-1)
 
         return _CrossEncoder(bert)
 
@@ -149,12 +162,12 @@ def frozen_states(model, ids, mask, types, n_frozen: int):  # noqa: ANN001, ANN2
 
 
 def upper_logits(model, hidden, mask, n_frozen: int):  # noqa: ANN001, ANN201
-    """Logits from the stored output of the frozen layers: the upper layers, dropout, head on [CLS]."""
+    """Logits from the stored output of the frozen layers: the upper layers, dropout, head on the pooled state."""
     am = _attention_mask(model, hidden, mask)
     h = hidden
     for layer in model.bert.encoder.layer[n_frozen:]:
         h = layer(h, am)
-    return model.head(model.dropout(h[:, 0])).squeeze(-1)
+    return model.head(model.dropout(model.pool(h, mask))).squeeze(-1)
 
 
 def subsample_negatives(y: np.ndarray, ratio: float | None, seed: int) -> np.ndarray:
@@ -178,7 +191,7 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = CrossEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed)
+    model = CrossEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed, cfg.pooling)
     n_layers = len(model.bert.encoder.layer)
     n_frozen = min(max(0, cfg.freeze_layers), n_layers)
     frozen = [model.bert.embeddings] + list(model.bert.encoder.layer[:n_frozen])
