@@ -314,7 +314,7 @@ class CharTfidf(LexicalWeights):
                     c1 = min(c0 + block, n)
                     if c0 not in cols:
                         cols[c0] = rows[c0:c1].T.tocsr()
-                    prod = (q @ cols[c0]).toarray().astype(np.float32, copy=False)
+                    prod = _dense_product(q, cols[c0])
                     strip[:, c0 - b0:c1 - b0] = prod
                     if c0 > b0:  # the transpose: these rows against columns c0.., seen from the columns' side
                         kb = min(kk, r1 - r0)
@@ -377,6 +377,26 @@ class CharTfidf(LexicalWeights):
         """Bytes of the arrays held (the inverted index, the rows if kept, idf and df)."""
         ms = [m for m in (self.matrix_t, self.matrix) if m is not None]
         return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in ms) + super().nbytes()
+
+
+def _dense_product(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
+    """``(a @ b).toarray()`` (float32) for a product that is nearly dense: scipy's own kernel (``csr_matmat``)
+    with the output sized rows × columns up front, skipping the pass that counts its non-zeros first (~40 % of
+    the product's time). The same kernel, so the same sums bit for bit; ``a @ b`` where the private kernel is
+    not there (another scipy)."""
+    m, n = a.shape[0], b.shape[1]
+    try:
+        from scipy.sparse._sparsetools import csr_matmat
+    except ImportError:  # pragma: no cover
+        return (a @ b).toarray().astype(np.float32, copy=False)
+    it = np.int32 if max(m * n, a.nnz, b.nnz) < 2**31 - 1 else np.int64
+    indptr, indices = np.empty(m + 1, dtype=it), np.empty(m * n, dtype=it)
+    data = np.empty(m * n, dtype=np.float32)
+    csr_matmat(m, n, a.indptr.astype(it, copy=False), a.indices.astype(it, copy=False),
+               a.data.astype(np.float32, copy=False), b.indptr.astype(it, copy=False),
+               b.indices.astype(it, copy=False), b.data.astype(np.float32, copy=False), indptr, indices, data)
+    nnz = int(indptr[-1])
+    return sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(m, n)).toarray()
 
 
 def _dense_top_k(dense: np.ndarray, kk: int, idx: np.ndarray, val: np.ndarray) -> None:
