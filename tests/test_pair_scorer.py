@@ -158,3 +158,29 @@ def test_cap_pairs_keeps_whole_label_groups_within_the_cap():
     assert cap_pairs(ps, None, comp, 0) is ps and cap_pairs(ps, 2_000, comp, 0) is ps
     one = cap_pairs(PairSet(np.zeros(50, np.int64), np.arange(50), np.zeros(50), np.zeros(50)), 10, comp, 0)
     assert len(one) == 50  # a single component larger than the cap is kept whole rather than dropped
+
+
+def test_pair_stage_is_skipped_when_one_side_has_no_text(tmp_path: Path):
+    """Photo-only sources (no title, no description) against a catalog: the cross-encoder would read
+    "COL title VAL" against the catalog's text, so the pair stage is skipped before any fine-tuning,
+    with a reason in the training log. With text on both sides the share is 1."""
+    from types import SimpleNamespace
+
+    from pmatch_duckdb.training.pair_model import PairOptions, pair_stage, text_pair_share
+
+    n = 12
+    rows = SimpleNamespace(titles=[None] * 6 + [f"acme widget {i}" for i in range(6)],
+                           descriptions=[""] * 3 + ["  "] * 3 + [None] * 6)
+    src, tgt = np.arange(6), np.arange(6, 12)  # photos 0..5 -> catalog 6..11
+    assert text_pair_share(rows, src, tgt) == 0.0
+    assert text_pair_share(rows, tgt, tgt[::-1]) == 1.0
+    rows.descriptions[0] = "a red widget"  # one photo with a description
+    assert text_pair_share(rows, src, tgt) == pytest.approx(1 / 6)
+    logs: list[str] = []
+    split = (np.zeros((6, 2)), np.ones(6), {"src": src, "tgt": tgt})
+    out = pair_stage(tmp_path, PairOptions(min_positives=1), rows=rows, decision=None, open_world=True, view=None,
+                     tgt_pos=np.arange(n), comp=np.arange(n), truth_pairs=set(), exclude_self=False,
+                     train_split=split, valid_split=split, target_precision=0.99, max_recall_loss=0.05,
+                     log=logs.append)
+    assert out is None and list(tmp_path.iterdir()) == []
+    assert any("pair model skipped" in m and "text" in m for m in logs), logs

@@ -479,6 +479,20 @@ def cap_pairs(ps: PairSet, max_pairs: int | None, comp: np.ndarray, seed: int) -
     return ps.take(np.isin(inv, kept))
 
 
+#: the pair stage is skipped when fewer than this share of the labelled training pairs have text on both sides
+MIN_TEXT_PAIR_SHARE = 0.5
+
+
+def text_pair_share(rows, src: np.ndarray, tgt: np.ndarray) -> float:
+    """Share of the pairs ``(src[i], tgt[i])`` (positions in ``rows``) whose two offers both have a title or a
+    description — the only things the cross-encoder reads (a photo-only offer serialises to an empty title)."""
+    if not len(src):
+        return 0.0
+    has = np.array([bool((t or "").strip()) or bool((d or "").strip())
+                    for t, d in zip(rows.titles, rows.descriptions, strict=True)], dtype=bool)
+    return float(np.mean(has[np.asarray(src, np.int64)] & has[np.asarray(tgt, np.int64)]))
+
+
 def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: bool, view, tgt_pos: np.ndarray,
                comp: np.ndarray, truth_pairs: set[tuple[int, int]], exclude_self: bool,
                train_split: tuple, valid_split: tuple, target_precision: float, max_recall_loss: float,
@@ -507,6 +521,14 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
     n_labelled = int(np.sum(train_split[1]))
     if n_labelled < opts.min_positives:
         log(f"pair model skipped: {n_labelled} labelled training matches (needs ≥ {opts.min_positives})")
+        return None
+    share = text_pair_share(rows, train_split[2]["src"], train_split[2]["tgt"])
+    if share < MIN_TEXT_PAIR_SHARE:
+        # e.g. store photos against a catalog: minutes of fine-tuning on "COL title VAL" vs the catalog's text,
+        # which the gate below would only drop (measured on grocery: stacked held-out AP 0.000, R@1 0.551 -> 0.257
+        # when forced)
+        log(f"pair model skipped: only {share:.0%} of the labelled training pairs have text (a title or a "
+            f"description) on both sides; the cross-encoder reads text only")
         return None
     if open_world:
         train, valid = as_set(train_split, None), as_set(valid_split, None)
