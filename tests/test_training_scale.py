@@ -256,3 +256,63 @@ def test_validation_retrieval_searches_only_the_columns_in_use(monkeypatch):
     want = train._retrieval(narrow, narrow, TargetView.from_vectors(narrow, train.FusionConfig()), [0] * n, groups,
                             valid_comp, np.arange(n), pos, 1)
     assert got == want and 0.3 < got["vector_recall@10_trained"] <= 1.0
+
+
+def _reference_fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50):
+    """The logistic fit as it was before it worked in blocks (whole-matrix temporaries)."""
+    from pmatch_duckdb.decision import _sigmoid
+
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    w, reg = np.zeros(z.shape[1]), np.full(z.shape[1], l2)
+    reg[-1] = 0.0
+    for _ in range(iters):
+        p = _sigmoid(z @ w)
+        g = z.T @ (p - y) + reg * w
+        h = (z * (p * (1 - p))[:, None]).T @ z + np.diag(reg) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(h, g)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w[:-1], float(w[-1]), mean, scale
+
+
+def test_logistic_fit_works_in_blocks_and_equals_the_whole_matrix_fit(monkeypatch: pytest.MonkeyPatch):
+    """The decision model's fit (and each cross-fitting fold's, on a row subset it never copies) holds the
+    design matrix plus bounded blocks — not further copies of the pair-feature matrix, which is what made
+    training at 100k offers peak inside this fit — and gives the whole-matrix fit's model."""
+    from pmatch_duckdb import decision
+
+    monkeypatch.setattr(decision, "FIT_CHUNK", 4096)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60_000, 12))
+    x[:, 3] = 0.0
+    x[:, 5] *= 1e3
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(size=len(x)) > 1).astype(np.float64)
+    folds = rng.integers(0, 5, len(x))
+    want = _reference_fit_logistic(x, y)
+    tracemalloc.start()
+    try:
+        got = decision.fit_logistic(x, y)
+        peak_whole = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        oof = decision.out_of_fold_raw("logistic", x, y, folds)
+        peak_oof = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
+    assert abs(got[1] - want[1]) < 1e-12
+    np.testing.assert_array_equal(got[2], want[2])
+    np.testing.assert_array_equal(got[3], want[3])
+    # the design matrix + blocks of 4,096 rows + a handful of n-length vectors (the IRLS weights, gradients);
+    # the whole-matrix fit added two more matrix-sized temporaries, and a fold a copy of its rows
+    bound = len(x) * (x.shape[1] + 1) * 8 + 10 * len(x) * 8
+    assert peak_whole < bound, (peak_whole, bound)
+    assert peak_oof < bound, (peak_oof, bound)
+    ref = np.full(len(y), np.nan)
+    for f in range(5):
+        tr = folds != f
+        c, b, m, s = _reference_fit_logistic(x[tr], y[tr])
+        ref[~tr] = decision._sigmoid(((x[~tr] - m) / s) @ c + b)
+    np.testing.assert_allclose(oof, ref, rtol=0, atol=1e-9)
