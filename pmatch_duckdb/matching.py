@@ -36,6 +36,7 @@ from .offer_vectors import (
 from .offers import Offer
 from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, PairTexts, pair_features_at
 from .pair_scorer import stacked_features, top_m_mask
+from .runs import rank_in_runs
 from .settings import Settings
 from .store import ANN_MIN_ROWS, OfferIndex
 
@@ -217,8 +218,7 @@ class TargetView:
         pos = self._rowid_positions(res["_rowid"].to_numpy().astype(np.int64))
         order = np.lexsort((pos, dist, qi))
         qi, dist, pos = qi[order], dist[order], pos[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(qi)) + 1]
-        rank = np.arange(len(qi)) - np.repeat(starts, np.diff(np.r_[starts, len(qi)]))
+        rank = rank_in_runs(qi)
         keep = rank < k
         idx[qi[keep], rank[keep]] = pos[keep]
         sim[qi[keep], rank[keep]] = 1.0 - dist[keep]
@@ -578,9 +578,7 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     idm, ratio = sig.id_match[order], sig.price_ratio[order]
     rank = np.zeros(len(s), dtype=np.int64)
     if len(s):
-        starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
-        counts = np.diff(np.r_[starts, len(s)])
-        rank = np.arange(len(s)) - np.repeat(starts, counts) + 1
+        rank = rank_in_runs(s) + 1
     keep = rank <= k
     gtin = sig.gtin[order][keep] if sig.gtin is not None else None
     return Candidates(source=s[keep], target=t[keep], rank=rank[keep], score=score[keep],
@@ -679,10 +677,7 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
     order = np.lexsort((-score, us))
     rank = np.zeros(len(us), dtype=np.int64)
     if len(us):
-        so = us[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(so)) + 1]
-        counts = np.diff(np.r_[starts, len(so)])
-        rank[order] = np.arange(len(so)) - np.repeat(starts, counts) + 1
+        rank[order] = rank_in_runs(us[order]) + 1
     return Candidates(source=s, target=t, rank=rank[at], score=score[at], text_score=sig.text[at],
                       image_score=sig.image[at], lexical_score=sig.lexical[at], id_match=sig.id_match[at],
                       price_ratio=sig.price_ratio[at],

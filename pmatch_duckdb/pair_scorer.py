@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runs import rank_in_runs
+
 DEFAULT_TOP_M = 3
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(?![\w.])")
 _WORD = re.compile(r"[a-z0-9][a-z0-9\-./]*")
@@ -212,9 +214,5 @@ def top_m_mask(s: np.ndarray, score: np.ndarray, m: int) -> np.ndarray:
     if not len(s) or m <= 0:
         return mask
     order = np.lexsort((-score, s))
-    so = s[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(so)) + 1]
-    counts = np.diff(np.r_[starts, len(so)])
-    rank = np.arange(len(so)) - np.repeat(starts, counts)
-    mask[order[rank < m]] = True
+    mask[order[rank_in_runs(s[order]) < m]] = True
     return mask

@@ -15,6 +15,8 @@ import zlib
 import numpy as np
 import scipy.sparse as sp
 
+from ..runs import rank_in_runs
+
 N_FEATURES = 1 << 20
 PAIR_CHUNK = 16384  # pairs per sparse row-gather in pair scoring
 NGRAMS = (2, 3, 4, 5)
@@ -362,8 +364,7 @@ class CharTfidf(LexicalWeights):
             exact = np.asarray(q[qa].multiply(self.matrix[ta]).sum(axis=1)).ravel().astype(np.float32)
             o = np.lexsort((ta, -exact, qa))
             qa, ta, exact = qa[o], ta[o], exact[o]
-            starts = np.r_[0, np.flatnonzero(np.diff(qa)) + 1]
-            rank = np.arange(len(qa)) - np.repeat(starts, np.diff(np.r_[starts, len(qa)]))
+            rank = rank_in_runs(qa)
             keep = rank < kk
             idx[qa[keep], rank[keep]] = ta[keep]
             val[qa[keep], rank[keep]] = exact[keep]
@@ -410,8 +411,7 @@ def _dense_top_k(dense: np.ndarray, kk: int, idx: np.ndarray, val: np.ndarray) -
     sc = dense[r, c]
     order = np.lexsort((c, -sc, r))
     r, c, sc = r[order], c[order], sc[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(r)) + 1]
-    rank = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
+    rank = rank_in_runs(r)
     keep = rank < kk
     idx[r[keep], rank[keep]] = c[keep]
     val[r[keep], rank[keep]] = sc[keep]
