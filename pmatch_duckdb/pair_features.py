@@ -18,9 +18,21 @@ PAIR_FEATURES = ("fused", "text", "text_missing", "image", "image_missing", "lex
                  # near-identical identifiers (variant suffixes, typos): prefix+suffix similarity, digits
                  "id_similarity", "id_digits_agree", "id_digits_differ",
                  # the offer tables' gtin columns (index format 3): equal / different valid GTINs
-                 "gtin_equal", "gtin_conflict")
+                 "gtin_equal", "gtin_conflict",
+                 # colour words of the titles (brand + title): a named colour in common / both name colours,
+                 # none in common (a colour variant is another product: another SKU, another GTIN)
+                 "colour_agree", "colour_conflict")
 FULL_TEXT_CHARS = 300  # description characters in the ``full_text`` cosine
 _NUM = re.compile(r"\d+(?:\.\d+)?")
+# colour and finish words (normalised title tokens) → one name per colour; what a colour variant differs by
+COLOURS: dict[str, str] = {
+    **{c: c for c in (
+        "black", "white", "silver", "red", "blue", "green", "yellow", "orange", "pink", "purple", "violet",
+        "brown", "gold", "beige", "bronze", "copper", "titanium", "graphite", "charcoal", "plum", "navy",
+        "cherry", "ivory", "cream", "champagne", "burgundy", "maroon", "teal", "turquoise", "aqua", "lavender",
+        "magenta", "khaki", "olive", "lime", "chrome", "platinum", "stainless", "bisque", "crimson", "indigo")},
+    "grey": "grey", "gray": "grey", "golden": "gold", "blk": "black", "wht": "white",
+}
 
 
 def id_similarity(a: str, b: str) -> float:
@@ -185,10 +197,14 @@ class _Tokens:
         titles = [texts.titles[i] or "" for i in uniq]
         brands = [normalize(texts.brands[i] or "") for i in uniq]
         self.ids = _Codes([[vocab.ident(x) for x in d] for d in ids])
-        self.tokens = _Codes([{vocab.word("w", w) for w in normalize(x).split()} for x in titles])
+        words = [normalize(x).split() for x in titles]
+        self.tokens = _Codes([{vocab.word("w", w) for w in x} for x in words])
         self.numbers = _Codes([{vocab.word("n", w) for w in _NUM.findall(x)} for x in titles])
         self.brand = np.array([vocab.word("b", x) if x else -1 for x in brands], dtype=np.int64)
         self.brand_tokens = _Codes([{vocab.word("w", w) for w in x.split()} for x in brands])
+        # the brand's own words are not colours (Black & Decker, Orange)
+        self.colours = _Codes([{vocab.word("c", COLOURS[w]) for w in set(x).difference(b.split()) if w in COLOURS}
+                               for b, x in zip(brands, words, strict=True)])
         self.full = None
         if with_desc:
             self.full = _Codes([[vocab.ident(x) for x in dict.fromkeys([*d, *texts.desc_idents[i]])]
@@ -233,6 +249,9 @@ def _text_features(out: np.ndarray, a: _Tokens, b: _Tokens, ra: np.ndarray, rb: 
     in_a = _common(b.brand_tokens, a.tokens, rb, ra)[0] == b.brand_tokens.len[rb]
     out[:, 10] = np.where(both, ba == bb, np.where(ba >= 0, in_b, (bb >= 0) & in_a))
     out[:, 11] = both & (ba != bb)
+    same_colour = _common(a.colours, b.colours, ra, rb)[0] > 0
+    out[:, 27] = same_colour
+    out[:, 28] = (a.colours.len[ra] > 0) & (b.colours.len[rb] > 0) & ~same_colour
     if a.full is None or b.full is None:
         return
     n_both, pair, code = _common(a.full, b.full, ra, rb)

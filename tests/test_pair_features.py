@@ -57,6 +57,20 @@ def test_description_identifiers_and_full_text():
         decision_features(src, view, s, t, pair_signals(src, view, s, t), ("fused", "nope"))
 
 
+def test_colour_features_see_colour_variants():
+    """A colour variant (same model line, another colour) is another product: the titles' colour words agree,
+    conflict, or say nothing when a side names no colour; synonyms are one colour; the brand's words are not."""
+    src = _offers(["Sony silver Cyber-shot DSC-W150", "LG range gray", "Black & Decker drill", "Omnimount shelf",
+                   "Nikon Coolpix S550 blue"], [None] * 5, [[]] * 5, [[]] * 5)
+    tgt = _offers(["Sony Cyber-shot DSC-W150 gold", "LG range grey", "Bosch drill white", "Omnimount shelf black",
+                   "Nikon Coolpix S550 graphite black / blue"], [None] * 5, [[]] * 5, [[]] * 5)
+    src.brands = [None, None, "Black & Decker", None, None]
+    view = TargetView.from_vectors(tgt, FusionConfig())
+    s = t = np.arange(5)
+    x = decision_features(src, view, s, t, pair_signals(src, view, s, t), ("colour_agree", "colour_conflict"))
+    assert x.tolist() == [[0, 1], [1, 0], [0, 0], [0, 0], [1, 0]]
+
+
 def test_decision_json_from_before_the_gbdt_kind_loads():
     old = {"type": "logistic+isotonic", "features": list(OLD_FEATURES), "coef": [0.5] * 17, "intercept": -1.0,
            "mean": [0.0] * 17, "scale": [1.0] * 17, "calib_x": None, "calib_y": None, "accept_threshold": None,

@@ -31,7 +31,8 @@ def _partial(a: list[str], b: list[str]) -> bool:
 
 
 def reference_text_columns(src_idents, tgt_idents, src_text, tgt_text, src_brand, tgt_brand, src_desc, tgt_desc):
-    """The per-pair loop of pair_feature_matrix before it was vectorised (columns 6-11, 14, 17-19, 22-24)."""
+    """The per-pair loop of pair_feature_matrix before it was vectorised (columns 6-11, 14, 17-19, 22-24), and
+    the colour columns (27-28) written the same way."""
     n = len(src_idents)
     out = np.zeros((n, len(PAIR_FEATURES)), dtype=np.float32)
     for i in range(n):
@@ -51,6 +52,10 @@ def reference_text_columns(src_idents, tgt_idents, src_text, tgt_text, src_brand
             brand, other = (ba, tb) if ba else (bb, ta)
             out[i, 10] = set(brand.split()) <= other
         out[i, 14] = len(ta & tb) / len(ta | tb) if ta | tb else 0.0
+        ca = {pf.COLOURS[w] for w in ta - set(ba.split()) if w in pf.COLOURS}
+        cb = {pf.COLOURS[w] for w in tb - set(bb.split()) if w in pf.COLOURS}
+        out[i, 27] = bool(ca & cb)
+        out[i, 28] = bool(ca and cb and not ca & cb)
         fa, fb = set(a) | set(src_desc[i]), set(b) | set(tgt_desc[i])
         both = fa & fb
         out[i, 17] = bool(both)
@@ -78,10 +83,12 @@ def _generated(n: int = 400, n_pairs: int = 6000):
     desc_ids = [[d for d in identifiers(x) if d not in ids] for x, ids in zip(descs, idents, strict=True)]
     # edge cases: empty / None title, brand only in the other title, unicode, tied and nested identifiers
     titles += ["", None, "Ünïcode Ñame 4K 55in", "msmt1g msmt2g kit", "ab12345 xy", "ab1234 pack 2.5", "xq1c",
-               "xq2c xq1d"]
-    brands += [None, "Nordwind", "Ünïcode", None, "Acme Corp", "acme  corp", None, "Xq"]
-    idents += [[], [], ["55in4k"], ["msmt1g", "msmt2g"], ["ab12345"], ["ab1234"], ["xq1c"], ["xq2c", "xq1d"]]
-    desc_ids += [[], ["zz9999"], [], ["msmt3g"], ["abc999999"], [], [], []]
+               "xq2c xq1d", "Black & Decker drill", "Orange phone Gray/Silver", "orange phone grey"]
+    brands += [None, "Nordwind", "Ünïcode", None, "Acme Corp", "acme  corp", None, "Xq", "Black & Decker", "Orange",
+               "Orange"]
+    idents += [[], [], ["55in4k"], ["msmt1g", "msmt2g"], ["ab12345"], ["ab1234"], ["xq1c"], ["xq2c", "xq1d"], [], [],
+               []]
+    desc_ids += [[], ["zz9999"], [], ["msmt3g"], ["abc999999"], [], [], [], [], [], []]
     m = len(titles)
     rng = np.random.default_rng(0)
     groups = np.array(t["group_id"].to_pylist() + [f"e{i}" for i in range(m - n)])
@@ -107,7 +114,7 @@ def test_vectorised_pair_features_equal_the_per_pair_loop():
     ref = reference_text_columns([idents[i] for i in s], [idents[j] for j in t], [titles[i] for i in s],
                                  [titles[j] for j in t], [brands[i] for i in s], [brands[j] for j in t],
                                  [desc_ids[i] for i in s], [desc_ids[j] for j in t])
-    cols = [6, 7, 8, 9, 10, 11, 14, 17, 18, 19, 22, 23]
+    cols = [6, 7, 8, 9, 10, 11, 14, 17, 18, 19, 22, 23, 27, 28]
     np.testing.assert_array_equal(got[:, cols], ref[:, cols])
     # the digits-differ flag: equal wherever the best identifier pair is unambiguous; at a tie, 'differ' only
     # if the digits differ for every best pair
