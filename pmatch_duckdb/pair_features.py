@@ -21,7 +21,10 @@ PAIR_FEATURES = ("fused", "text", "text_missing", "image", "image_missing", "lex
                  "gtin_equal", "gtin_conflict",
                  # colour words of the titles (brand + title): a named colour in common / both name colours,
                  # none in common (a colour variant is another product: another SKU, another GTIN)
-                 "colour_agree", "colour_conflict")
+                 "colour_agree", "colour_conflict",
+                 # quantities with a unit in the titles (16 GB, 1600 MHz, 3-pack, 5.6 cu ft): a unit both name with a
+                 # value in common / a unit both name, no value in common (another capacity, speed or pack size)
+                 "unit_agree", "unit_conflict")
 FULL_TEXT_CHARS = 300  # description characters in the ``full_text`` cosine
 _NUM = re.compile(r"\d+(?:\.\d+)?")
 # colour and finish words (normalised title tokens) → one name per colour; what a colour variant differs by
@@ -33,6 +36,27 @@ COLOURS: dict[str, str] = {
         "magenta", "khaki", "olive", "lime", "chrome", "platinum", "stainless", "bisque", "crimson", "indigo")},
     "grey": "grey", "gray": "grey", "golden": "gold", "blk": "black", "wht": "white",
 }
+
+
+# a number and its unit, in the raw lower-cased title (normalize would split 2.5 into 2 and 5)
+_QUANTITY = re.compile(
+    r"(?<![\w.,])(\d+(?:[.,]\d+)?)\s*-?\s*(gb|tb|mb|mhz|ghz|mm|cm|oz|mah|watts?|w|va|mp|megapixels?|hours?|hrs?|ml|kg|"
+    r"lbs?|v|cu\s*\.?\s*ft|pack|pk|pcs|speed|inch(?:es)?|in(?!\s*\d))(?![a-z])")
+_UNIT = {"watt": "w", "watts": "w", "megapixel": "mp", "megapixels": "mp", "hour": "h", "hours": "h", "hrs": "h",
+         "hr": "h", "lb": "lbs", "pk": "pack", "pcs": "pack", "in": "inch", "inches": "inch"}
+_SCALE = {"tb": ("gb", 1000.0), "ghz": ("mhz", 1000.0)}  # one unit per quantity: 2 TB = 2000 GB
+
+
+def quantities(title: str | None) -> set[tuple[str, float]]:
+    """``(unit, value)`` of each number-with-unit in a title: ``"4GB DDR3 1.6GHz, 2-pack"`` →
+    ``{("gb", 4.0), ("mhz", 1600.0), ("pack", 2.0)}``."""
+    out = set()
+    for v, u in _QUANTITY.findall((title or "").lower()):
+        u = re.sub(r"[\s.]", "", u)
+        u = _UNIT.get(u, u)
+        unit, scale = _SCALE.get(u, (u, 1.0))
+        out.add((unit, round(float(v.replace(",", ".")) * scale, 3)))
+    return out
 
 
 def id_similarity(a: str, b: str) -> float:
@@ -172,11 +196,18 @@ class _Vocab:
 
     def __init__(self) -> None:
         self.words: dict[tuple[str, str], int] = {}
+        self.unit_of: dict[int, int] = {}
         self.id_code: dict[str, int] = {}
         self.ids: list[str] = []
 
     def word(self, kind: str, w: str) -> int:
         return self.words.setdefault((kind, w), len(self.words))
+
+    def unit_value(self, unit: str, value: float) -> int:
+        """Code of a quantity; ``unit_of[code]`` is its unit's code."""
+        code = self.word("q", f"{unit}={value}")
+        self.unit_of[code] = self.word("u", unit)
+        return code
 
     def ident(self, x: str) -> int:
         c = self.id_code.get(x)
@@ -202,6 +233,9 @@ class _Tokens:
         self.numbers = _Codes([{vocab.word("n", w) for w in _NUM.findall(x)} for x in titles])
         self.brand = np.array([vocab.word("b", x) if x else -1 for x in brands], dtype=np.int64)
         self.brand_tokens = _Codes([{vocab.word("w", w) for w in x.split()} for x in brands])
+        qty = [quantities(x) for x in titles]
+        self.units = _Codes([{vocab.word("u", u) for u, _ in q} for q in qty])
+        self.quantities = _Codes([{vocab.unit_value(u, v) for u, v in q} for q in qty])
         # the brand's own words are not colours (Black & Decker, Orange)
         self.colours = _Codes([{vocab.word("c", COLOURS[w]) for w in set(x).difference(b.split()) if w in COLOURS}
                                for b, x in zip(brands, words, strict=True)])
@@ -252,6 +286,13 @@ def _text_features(out: np.ndarray, a: _Tokens, b: _Tokens, ra: np.ndarray, rb: 
     same_colour = _common(a.colours, b.colours, ra, rb)[0] > 0
     out[:, 27] = same_colour
     out[:, 28] = (a.colours.len[ra] > 0) & (b.colours.len[rb] > 0) & ~same_colour
+    n_units = _common(a.units, b.units, ra, rb)[0]  # units both titles name
+    _, pair, code = _common(a.quantities, b.quantities, ra, rb)
+    unit = np.array([vocab.unit_of[c] for c in code.tolist()], dtype=np.int64)
+    agreeing = np.unique(pair * _WIDTH + unit) // _WIDTH  # one entry per (pair, unit with a value in common)
+    n_agree = np.bincount(agreeing, minlength=len(ra))
+    out[:, 29] = n_agree > 0
+    out[:, 30] = n_units > n_agree
     if a.full is None or b.full is None:
         return
     n_both, pair, code = _common(a.full, b.full, ra, rb)

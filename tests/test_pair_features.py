@@ -8,7 +8,7 @@ import pytest
 from pmatch_duckdb.decision import DecisionModel
 from pmatch_duckdb.fusion import FusionConfig
 from pmatch_duckdb.matching import OfferVectors, TargetView, decision_features, pair_signals
-from pmatch_duckdb.pair_features import PAIR_FEATURES, best_id_pair, id_similarity
+from pmatch_duckdb.pair_features import PAIR_FEATURES, best_id_pair, id_similarity, quantities
 
 OLD_FEATURES = PAIR_FEATURES[:17]  # what matchers trained before the description features list
 
@@ -69,6 +69,22 @@ def test_colour_features_see_colour_variants():
     s = t = np.arange(5)
     x = decision_features(src, view, s, t, pair_signals(src, view, s, t), ("colour_agree", "colour_conflict"))
     assert x.tolist() == [[0, 1], [1, 0], [0, 0], [0, 0], [1, 0]]
+
+
+def test_quantities_and_unit_features():
+    """Numbers with a unit: one unit per quantity (TB→GB, GHz→MHz), decimals kept, '2 in 1' is not inches; a unit
+    both titles name with no value in common is a conflict (another capacity, speed or pack size)."""
+    assert quantities("4GB DDR3, 1.6GHz, 2,5 kg 3-pack") == {("gb", 4.0), ("mhz", 1600.0), ("kg", 2.5), ("pack", 3.0)}
+    assert quantities("2 in 1 cable, 5 in, 2TB, 180 hour") == {("inch", 5.0), ("gb", 2000.0), ("h", 180.0)}
+    assert quantities("model 1600, 2024 edition") == set() and quantities(None) == set()
+    src = _offers(["HyperX 4GB 1600MHz", "Samsung 970 EVO 500GB", "SSD 2TB", "cable", "TiVo HD 180 hour"],
+                  [None] * 5, [[]] * 5, [[]] * 5)
+    tgt = _offers(["HyperX 4 GB 1866 MHz", "Samsung 970 EVO 2TB", "SSD 2000 GB", "cable 3-pack", "TiVo 80 hour"],
+                  [None] * 5, [[]] * 5, [[]] * 5)
+    view = TargetView.from_vectors(tgt, FusionConfig())
+    s = t = np.arange(5)
+    x = decision_features(src, view, s, t, pair_signals(src, view, s, t), ("unit_agree", "unit_conflict"))
+    assert x.tolist() == [[1, 1], [0, 1], [1, 0], [0, 0], [0, 1]]
 
 
 def test_decision_json_from_before_the_gbdt_kind_loads():

@@ -56,6 +56,11 @@ def reference_text_columns(src_idents, tgt_idents, src_text, tgt_text, src_brand
         cb = {pf.COLOURS[w] for w in tb - set(bb.split()) if w in pf.COLOURS}
         out[i, 27] = bool(ca & cb)
         out[i, 28] = bool(ca and cb and not ca & cb)
+        qa, qb = pf.quantities(src_text[i]), pf.quantities(tgt_text[i])
+        units_both = {u for u, _ in qa} & {u for u, _ in qb}
+        units_agreeing = {u for u, _ in qa & qb}
+        out[i, 29] = bool(units_agreeing)
+        out[i, 30] = bool(units_both - units_agreeing)
         fa, fb = set(a) | set(src_desc[i]), set(b) | set(tgt_desc[i])
         both = fa & fb
         out[i, 17] = bool(both)
@@ -83,12 +88,13 @@ def _generated(n: int = 400, n_pairs: int = 6000):
     desc_ids = [[d for d in identifiers(x) if d not in ids] for x, ids in zip(descs, idents, strict=True)]
     # edge cases: empty / None title, brand only in the other title, unicode, tied and nested identifiers
     titles += ["", None, "Ünïcode Ñame 4K 55in", "msmt1g msmt2g kit", "ab12345 xy", "ab1234 pack 2.5", "xq1c",
-               "xq2c xq1d", "Black & Decker drill", "Orange phone Gray/Silver", "orange phone grey"]
+               "xq2c xq1d", "Black & Decker drill", "Orange phone Gray/Silver", "orange phone grey",
+               "HyperX 4GB DDR3 1600MHz", "HyperX 4 GB DDR3 1.866 GHz 2-pack", "SSD 2TB 2 pack", "SSD 2000 GB"]
     brands += [None, "Nordwind", "Ünïcode", None, "Acme Corp", "acme  corp", None, "Xq", "Black & Decker", "Orange",
-               "Orange"]
+               "Orange", None, None, None, None]
     idents += [[], [], ["55in4k"], ["msmt1g", "msmt2g"], ["ab12345"], ["ab1234"], ["xq1c"], ["xq2c", "xq1d"], [], [],
-               []]
-    desc_ids += [[], ["zz9999"], [], ["msmt3g"], ["abc999999"], [], [], [], [], [], []]
+               [], [], [], [], []]
+    desc_ids += [[], ["zz9999"], [], ["msmt3g"], ["abc999999"], [], [], [], [], [], [], [], [], [], []]
     m = len(titles)
     rng = np.random.default_rng(0)
     groups = np.array(t["group_id"].to_pylist() + [f"e{i}" for i in range(m - n)])
@@ -114,7 +120,7 @@ def test_vectorised_pair_features_equal_the_per_pair_loop():
     ref = reference_text_columns([idents[i] for i in s], [idents[j] for j in t], [titles[i] for i in s],
                                  [titles[j] for j in t], [brands[i] for i in s], [brands[j] for j in t],
                                  [desc_ids[i] for i in s], [desc_ids[j] for j in t])
-    cols = [6, 7, 8, 9, 10, 11, 14, 17, 18, 19, 22, 23, 27, 28]
+    cols = [6, 7, 8, 9, 10, 11, 14, 17, 18, 19, 22, 23, 27, 28, 29, 30]
     np.testing.assert_array_equal(got[:, cols], ref[:, cols])
     # the digits-differ flag: equal wherever the best identifier pair is unambiguous; at a tie, 'differ' only
     # if the digits differ for every best pair
