@@ -217,10 +217,12 @@ class OfferVectors:
             self.mpns = [None] * len(self.ids)
 
     @classmethod
-    def from_arrow(cls, t: pa.Table) -> OfferVectors:
-        """From index rows (LanceDB table or freshly embedded rows)."""
+    def from_arrow(cls, t: pa.Table, image: tuple[np.ndarray, np.ndarray] | None = None) -> OfferVectors:
+        """From index rows (LanceDB table or freshly embedded rows).
+
+        ``image``: the rows' ``(image matrix, validity)`` when read apart (``t`` then needs no ``image_vec``)."""
         text, tok = _matrix(t["text_vec"])
-        image, iok = _matrix(t["image_vec"])
+        image, iok = _matrix(t["image_vec"]) if image is None else image
         # without a ``vector`` column (a zero-shot caller fuses text and image itself): an empty matrix
         fused = _matrix(t["vector"])[0] if "vector" in t.column_names else np.zeros((len(t), 0), np.float32)
         price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
