@@ -264,3 +264,36 @@ def test_id_lookup_equals_index_in():
     # ids the padded comparison cannot order (a NUL byte) fall back to index_in, with the same answer
     odd = M._IdLookup(pa.array(["a\x00", "a", "b"]))
     assert odd.keys is None and odd.positions(pa.array(["a", "a\x00", "c"])).tolist() == [1, 0, -1]
+
+
+@pytest.mark.parametrize("ann", [True, False])
+def test_batched_search_equals_lancedb_search(tmp_path, ann):
+    """The async-API batched query returns exactly ``table.search(matrix)``'s rows and distances, with an IVF-RQ
+    index (nprobes honoured: 2 of 8 partitions) and as a flat scan; one query and many."""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((8, 32)).astype(np.float32)
+    vecs = (centers[rng.integers(0, 8, 2000)] + 0.3 * rng.standard_normal((2000, 32))).astype(np.float32)
+    import pyarrow as pa
+
+    db = lancedb.connect(tmp_path / "db")
+    tbl = db.create_table("t", pa.table({"id": np.arange(2000), "vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(vecs.ravel()), 32)}))
+    if ann:
+        from lancedb.index import IvfRq
+
+        tbl.create_index("vector", config=IvfRq(distance_type="cosine", num_bits=4, num_partitions=8))
+    queries = vecs[::97] + 0.05
+    nprobes = 2 if ann else None
+    for q in (queries, queries[:1]):
+        want = tbl.search(q, vector_column_name="vector").distance_type("cosine")
+        want = (want.nprobes(nprobes) if ann else want).limit(7).with_row_id(True).select(["_distance"]).to_arrow()
+        got = M._batched_search(tbl, np.ascontiguousarray(q), 7, nprobes, None)
+        key = [(c, "ascending") for c in ("query_index", "_distance", "_rowid") if c in want.column_names]
+        cols = [c for c, _ in key]
+        assert got.sort_by(key).select(cols).equals(want.sort_by(key).select(cols))
+    if ann:  # nprobes reaches the index: with all 8 partitions probed some lists change
+        far = rng.standard_normal((20, 32)).astype(np.float32)  # between the clusters: neighbours in several
+        allp = M._batched_search(tbl, far, 100, 8, None)
+        few = M._batched_search(tbl, far, 100, 1, None)
+        key = [("query_index", "ascending"), ("_distance", "ascending"), ("_rowid", "ascending")]
+        assert not allp.sort_by(key)["_rowid"].equals(few.sort_by(key)["_rowid"])
