@@ -42,10 +42,16 @@ from .settings import Settings
 from .store import ANN_MIN_ROWS, OfferIndex
 
 ON_DISK_MIN_ROWS = ANN_MIN_ROWS  # from this many target rows the vectors stay on disk (fetched per candidate)
+# IVF partitions the vector channel probes (None: this). 10 halves the search's CPU at 1M rows but changes ~0.4 % of
+# the final top-10 pairs there (benchmarks/README.md, "Matching against 100k and 1M offers"): kept at 20
+ANN_NPROBES = 20
 SCORE_BATCH = 512  # source offers scored together against an on-disk target (bounds the fetched candidate rows)
 # what scoring reads of a candidate row (OfferVectors.from_arrow); the other index columns are never fetched
 SCORING_COLUMNS = ("id", "content_hash", "title", "brand", "lexical_text", "identifiers", "description",
                    "desc_identifiers", "price", "text_vec", "image_vec", "vector", "gtin", "mpn")
+# what the zero-shot score reads of a candidate row (pair_signals + pair_score: vectors, identifiers, GTIN, price);
+# the other scoring columns (titles, descriptions, hashes) feed a trained matcher's decision features only
+_ZERO_SHOT_COLUMNS = ("identifiers", "mpn", "gtin", "price", "text_vec", "image_vec")
 _LOOKUP_COLUMNS = ("id", "lexical_text", "identifiers", "gtin", "mpn")  # what the candidate indexes are built from
 
 
@@ -164,15 +170,23 @@ class TargetView:
             return self, t
         uniq, inv = np.unique(t, return_inverse=True)
         view = copy.copy(self)
-        # zero-shot: the offer vector is not read (pair_signals derives its cosine)
-        cols = [c for c in SCORING_COLUMNS if c != "vector" or self.matcher is not None]
         names = self.dataset.schema.names
+        if self.matcher is not None:
+            cols = list(SCORING_COLUMNS)
+        else:  # zero-shot: neither the offer vector (pair_signals derives its cosine) nor the texts are read
+            cols = list(_ZERO_SHOT_COLUMNS) + ([] if isinstance(self.tfidf, CharTfidf) else ["lexical_text"])
         if "n_images_ok" not in names or "image_vec" not in names:  # an index without the photo count
-            view.rows = rows = OfferVectors.from_arrow(self.row_table(uniq, cols))
+            tbl, image = self.row_table(uniq, cols), None
         else:  # image vectors only of the rows with a usable photo (image_vec is NULL where n_images_ok = 0)
             tbl = self.row_table(uniq, [c for c in cols if c != "image_vec"] + ["n_images_ok"])
-            view.rows = rows = OfferVectors.from_arrow(tbl.drop_columns(["n_images_ok"]),
-                                                       image=self._image_rows(uniq, tbl["n_images_ok"]))
+            image = self._image_rows(uniq, tbl["n_images_ok"])
+            tbl = tbl.drop_columns(["n_images_ok"])
+        for c in SCORING_COLUMNS:  # columns not read: NULL (the zero-shot score never looks at them)
+            if c not in tbl.column_names and c != "vector" and (c != "image_vec" or image is None):
+                kind = (self.dataset.schema.field(c).type if c in names
+                        else pa.list_(pa.string()) if c.endswith("identifiers") else pa.string())
+                tbl = tbl.append_column(c, pa.nulls(len(tbl), kind))
+        view.rows = rows = OfferVectors.from_arrow(tbl, image=image)
         if isinstance(self.tfidf, CharTfidf):
             view.tfidf = _RowSubsetTfidf(self.tfidf, uniq)
         else:  # no TF-IDF rows held: weigh the candidates' own lexical text (the rows just read)
@@ -199,7 +213,7 @@ class TargetView:
             return np.searchsorted(self.row_ids, rowids)
         return self._rowid_order[np.searchsorted(self.row_ids[self._rowid_order], rowids)]
 
-    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 20, refine: int | None = None
+    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int | None = None, refine: int | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``.
 
@@ -227,6 +241,7 @@ class TargetView:
             return idx, sim
         # one batched LanceDB query (its ANN index when there is one, else a flat scan read from disk);
         # results carry Lance row ids, mapped to positions with numpy
+        nprobes = ANN_NPROBES if nprobes is None else nprobes
         res = _batched_search(self.table, np.ascontiguousarray(queries, dtype=np.float32), kk,
                               nprobes if self.use_ann else None, refine if self.use_ann else None)
         qi = res["query_index"].to_numpy() if "query_index" in res.column_names else np.zeros(len(res), np.int64)

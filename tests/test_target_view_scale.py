@@ -122,6 +122,9 @@ def test_on_disk_view_reads_vectors_of_candidate_rows_only(shop, monkeypatch):
     reads.clear()
     cand = M.match(src, view, 5, exclude_self=True)
     vec_reads = [(how, n) for how, n, cols in reads if cols & VECTOR_COLUMNS]
+    # zero-shot: the candidate rows' texts are not read (the score uses vectors, identifiers, GTIN and price)
+    assert not any(cols & {"title", "description", "lexical_text", "content_hash"} for how, n, cols in reads
+                   if cols & VECTOR_COLUMNS), reads
     assert all(how == "take" for how, _ in vec_reads), reads
     assert not [r for r in reads if r[0] == "to_arrow"]
     assert len(cand.source) == 200 * 5
