@@ -62,12 +62,17 @@ def _stand_in_photos(lists, settings, threads=None):  # noqa: ANN001, ANN202
 @pytest.fixture()
 def photo_shop(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """As ``shop``, but about half the offers have a photo (a stand-in image encoder) and some only a photo that
-    fails: rows with and without image vectors side by side in one index."""
+    fails: rows with and without image vectors side by side in one index. Its own pmatch home (linking the
+    encoder bundles): a matcher trained here must not become the shared home's active one."""
     import pmatch_duckdb.offer_vectors as ov
 
     monkeypatch.setattr(ov, "embed_texts", lambda values, settings, threads=None: hashed_text_vectors(values))
     monkeypatch.setattr(ov, "embed_image_lists", _stand_in_photos)
-    con = pm.connect(home=home, image_roots=[tmp_path], index_dir=tmp_path / "idx")
+    own = tmp_path / "home"
+    (own / "models").mkdir(parents=True)
+    for bundle in (home / "models").iterdir():
+        (own / "models" / bundle.name).symlink_to(bundle)
+    con = pm.connect(home=own, image_roots=[tmp_path], index_dir=tmp_path / "idx")
     con.register("g", grouped_offers(900, seed=3))
     con.execute("CREATE TABLE offers AS SELECT id, title, brand, description, price, CASE "
                 "WHEN hash(id) % 7 = 0 THEN ['bad.jpg'] "
@@ -300,3 +305,35 @@ def test_batched_search_equals_lancedb_search(tmp_path, ann):
         few = M._batched_search(tbl, far, 100, 1, None)
         key = [("query_index", "ascending"), ("_distance", "ascending"), ("_rowid", "ascending")]
         assert not allp.sort_by(key)["_rowid"].equals(few.sort_by(key)["_rowid"])
+
+
+def test_trained_matcher_on_disk_scores_as_in_memory(photo_shop, monkeypatch, home):
+    """With a trained matcher (its decision features read titles, descriptions and the offer vector) the on-disk
+    view reads every scoring column, image vectors only where a row has a photo, and gives the in-memory view's
+    pairs, scores and decisions."""
+    pytest.importorskip("torch")
+    from pmatch_duckdb.training import train_matcher
+
+    con, ctx, index = photo_shop
+    con.execute("CREATE TABLE labelled AS SELECT o.*, g.group_id FROM offers o JOIN g USING (id)")
+    r = train_matcher(con, "labelled", group_column="group_id", name="default", dim=16, epochs=2, cross_fit=False,
+                      pair_model=False, progress=False, log=lambda _: None)
+    assert r.activated and ctx.settings.home != home and (ctx.settings.home / "matchers" / "default").exists()
+    pm.index(con, "offers", progress=False)  # re-projected with the active matcher
+    monkeypatch.setattr(M, "SCORE_BATCH", 64)
+    mem = M.TargetView(index, ctx.settings.home, on_disk=False)
+    disk = M.TargetView(index, ctx.settings.home, on_disk=True)
+    assert mem.matcher is not None and disk.matcher is not None
+    offers = read_offers(con, "offers")[::3]
+    src = M.source_vectors(offers, ctx.settings, mem.fusion, reuse=mem, matcher=mem.matcher)
+    reads = _counting(monkeypatch)
+    a, b = M.match(src, mem, 5, exclude_self=True), M.match(src, disk, 5, exclude_self=True)
+    assert any({"title", "description", "vector"} <= cols for how, n, cols in reads if how == "take"), reads
+    assert any(cols == {"image_vec"} for how, n, cols in reads if how == "take"), reads
+    rows_a = {(s, i): (d, sc) for s, i, sc, d in zip(a.source, mem.target_ids(a.target), a.score, a.decision,
+                                                      strict=True)}
+    rows_b = {(s, i): (d, sc) for s, i, sc, d in zip(b.source, disk.target_ids(b.target), b.score, b.decision,
+                                                      strict=True)}
+    assert len(rows_a) == len(src.ids) * 5 and rows_a.keys() == rows_b.keys()
+    for key, (d, sc) in rows_a.items():
+        assert rows_b[key][0] == d and abs(rows_b[key][1] - sc) < 1e-5
