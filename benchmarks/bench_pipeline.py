@@ -472,7 +472,8 @@ def build_match_index(n: int, root: Path, home: Path, chunk: int = 20_000):
     return con, index, time.perf_counter() - t
 
 
-def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: int = 0) -> dict:
+def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: int = 0,
+                nprobes_alt: list[int] | None = None) -> dict:
     """Offers/s of the match_products path against an ``n``-offer index; per-stage seconds; peak RSS.
 
     ``lexical_check``: that many sources' lexical top-20 also taken exactly (dense, the channel below
@@ -527,6 +528,22 @@ def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: in
            "pairs": int(len(cand.source)), "index_s": t_index, "view_s": t_view, "view_cpu_s": c_view,
            "ann": bool(view.use_ann), "on_disk": bool(view.on_disk), "view_bytes": view.nbytes(),
            "rss_view_gb": rss_view, "peak_rss_gb": peak_rss_gb()}
+    saved = {k: dict(v) for k, v in (("stages", stages), ("cpu", cpu))}
+    for npb in nprobes_alt or []:  # the same sources again with another ANN_NPROBES: CPU and final pairs kept
+        if not hasattr(M, "ANN_NPROBES"):
+            break
+        before_npb, M.ANN_NPROBES = M.ANN_NPROBES, npb
+        c0, v0 = time.process_time(), cpu.get("vector search", 0.0)
+        alt = M.match(src, view, 10, exclude_self=True)
+        alt_cpu, alt_vs = time.process_time() - c0, cpu.get("vector search", 0.0) - v0
+        M.ANN_NPROBES = before_npb
+        base = dict(zip(zip(cand.source.tolist(), cand.target.tolist(), strict=True), cand.decision, strict=True))
+        other = dict(zip(zip(alt.source.tolist(), alt.target.tolist(), strict=True), alt.decision, strict=True))
+        out.setdefault("nprobes_alt", {})[str(npb)] = {
+            "cpu_seconds": alt_cpu, "vector_cpu_seconds": alt_vs,
+            "pairs_kept": len(base.keys() & other.keys()) / max(1, len(base)),
+            "same_decision": sum(other.get(k) == d for k, d in base.items()) / max(1, len(base))}
+    stages.clear(), stages.update(saved["stages"]), cpu.clear(), cpu.update(saved["cpu"])  # the main run's
     if lexical_check:
         q = src.lexical[:lexical_check]
         approx, _ = real_top_k(view.tfidf, q, 20)
@@ -549,7 +566,8 @@ def part_match(args: argparse.Namespace) -> None:
         res = {}
         for label, tree in runs:
             log(f"match: {n}-offer index, {label} (child process)")
-            extra = ([] if label != "new" else ["--lexical-check", str(args.lexical_check if n <= 200_000 else 100)])
+            extra = ([] if label != "new" else ["--lexical-check", str(args.lexical_check if n <= 200_000 else 100),
+                                                 "--match-nprobes", args.match_nprobes])
             r = _child(["_match", str(n), "--home", str(args.home), "--workdir", str(args.workdir),
                         "--match-sources", str(args.match_sources), *extra], tree=tree)
             log(f"match {n} {label}: {r}")
@@ -569,6 +587,10 @@ def part_match(args: argparse.Namespace) -> None:
                      f"{100 * r['cpu'][k] / r['cpu_seconds']:.0f}%"] for k, v in r["stages"].items()
                     if k != "match() total"]
             print(fmt_table(["stage", "wall s", "wall share", "CPU s", "CPU share"], rows))
+            for npb, alt in r.get("nprobes_alt", {}).items():
+                print(f"ANN nprobes {npb} instead of {20}: {r['sources'] / alt['cpu_seconds']:.1f} per process-CPU second "
+                      f"({alt['cpu_seconds']:.2f} s CPU, vector search {alt['vector_cpu_seconds']:.2f} s); final top-10 pairs "
+                      f"kept {alt['pairs_kept']:.4f}, same pair and decision {alt['same_decision']:.4f}")
             if r.get("lexical_agreement"):
                 a = r["lexical_agreement"]
                 print(f"lexical channel (approximate from 100,000 rows) vs exact, "
@@ -614,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, default=None,
                     help="match: also time the code of this source tree (e.g. `git archive <commit>` unpacked)")
     ap.add_argument("--baseline-max", type=int, default=100_000, help="match: largest size the baseline runs at")
+    ap.add_argument("--match-nprobes", default="",
+                    help="match: also rerun the new tree's match with these ANN nprobes (CPU, final pairs kept)")
     ap.add_argument("--lexical-check", type=int, default=300,
                     help="match: sources whose approximate lexical top-20 is compared with the exact one")
     args = ap.parse_args(argv)
@@ -638,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"n": args.n, "build_s": secs, "rows": index.table().count_rows(), "peak_rss_gb": peak_rss_gb()}))
         return 0
     if args.mode == "_match":
-        print(json.dumps(child_match(args.n, args.match_sources, args.workdir, args.home, args.lexical_check)))
+        print(json.dumps(child_match(args.n, args.match_sources, args.workdir, args.home, args.lexical_check,
+                                     [int(x) for x in str(args.match_nprobes).split(",") if x])))
         return 0
     load = os.getloadavg()
     print(f"# bench_pipeline {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}  {platform.platform()}  "

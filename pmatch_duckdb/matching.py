@@ -27,6 +27,7 @@ from .fusion import FusionConfig, apply_gtin_evidence, decide, pair_score
 from .matchers import Matcher, load_matcher
 from .offer_vectors import (
     OfferVectors,
+    _matrix,
     code_columns,
     content_salt,
     embed_offers,
@@ -41,10 +42,16 @@ from .settings import Settings
 from .store import ANN_MIN_ROWS, OfferIndex
 
 ON_DISK_MIN_ROWS = ANN_MIN_ROWS  # from this many target rows the vectors stay on disk (fetched per candidate)
+# IVF partitions the vector channel probes (None: this). 10 halves the search's CPU at 1M rows but changes ~0.4 % of
+# the final top-10 pairs there (benchmarks/README.md, "Matching against 100k and 1M offers"): kept at 20
+ANN_NPROBES = 20
 SCORE_BATCH = 512  # source offers scored together against an on-disk target (bounds the fetched candidate rows)
 # what scoring reads of a candidate row (OfferVectors.from_arrow); the other index columns are never fetched
 SCORING_COLUMNS = ("id", "content_hash", "title", "brand", "lexical_text", "identifiers", "description",
                    "desc_identifiers", "price", "text_vec", "image_vec", "vector", "gtin", "mpn")
+# what the zero-shot score reads of a candidate row (pair_signals + pair_score: vectors, identifiers, GTIN, price);
+# the other scoring columns (titles, descriptions, hashes) feed a trained matcher's decision features only
+_ZERO_SHOT_COLUMNS = ("identifiers", "mpn", "gtin", "price", "text_vec", "image_vec")
 _LOOKUP_COLUMNS = ("id", "lexical_text", "identifiers", "gtin", "mpn")  # what the candidate indexes are built from
 
 
@@ -88,6 +95,7 @@ class TargetView:
             meta = with_description_columns(self.dataset.to_table(columns=wanted, with_row_id=True))
             self.data, self.rows, self.pos = None, None, None
             self._ids = meta["id"].combine_chunks()
+            self._id_lookup: _IdLookup | None = None  # built on the first positions() call
             self.row_ids = meta["_rowid"].to_numpy().astype(np.int64)
             self._rowid_order = None if np.all(np.diff(self.row_ids) > 0) else np.argsort(self.row_ids)
             texts = meta["lexical_text"].to_pylist() if lexical is None else None  # not read with lexical=
@@ -133,11 +141,12 @@ class TargetView:
         return self._ids.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
 
     def positions(self, ids: list[str]) -> np.ndarray:
-        """Positions of target ids (int64; -1 where an id is not in the index)."""
+        """Positions of target ids (int64; -1 where an id is not in the index; a repeated id: its first row)."""
         if self.pos is not None:
             return np.array([self.pos.get(i, -1) for i in ids], dtype=np.int64)
-        at = pc.index_in(pa.array(ids, pa.string()), value_set=self._ids)
-        return np.asarray(at.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        if self._id_lookup is None:
+            self._id_lookup = _IdLookup(self._ids)
+        return self._id_lookup.positions(pa.array(ids, pa.string()))
 
     def row_table(self, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """Index rows at ``positions`` (in that order); on disk, read with Lance ``take`` (those rows only)."""
@@ -161,16 +170,42 @@ class TargetView:
             return self, t
         uniq, inv = np.unique(t, return_inverse=True)
         view = copy.copy(self)
-        if self.matcher is None:  # zero-shot: the offer vector is not read (pair_signals derives its cosine)
-            rows = OfferVectors.from_arrow(self.row_table(uniq, [c for c in SCORING_COLUMNS if c != "vector"]))
-        else:
-            rows = OfferVectors.from_arrow(self.row_table(uniq, list(SCORING_COLUMNS)))
-        view.rows = rows
+        names = self.dataset.schema.names
+        if self.matcher is not None:
+            cols = list(SCORING_COLUMNS)
+        else:  # zero-shot: neither the offer vector (pair_signals derives its cosine) nor the texts are read
+            cols = list(_ZERO_SHOT_COLUMNS) + ([] if isinstance(self.tfidf, CharTfidf) else ["lexical_text"])
+        if "n_images_ok" not in names or "image_vec" not in names:  # an index without the photo count
+            tbl, image = self.row_table(uniq, cols), None
+        else:  # image vectors only of the rows with a usable photo (image_vec is NULL where n_images_ok = 0)
+            tbl = self.row_table(uniq, [c for c in cols if c != "image_vec"] + ["n_images_ok"])
+            image = self._image_rows(uniq, tbl["n_images_ok"])
+            tbl = tbl.drop_columns(["n_images_ok"])
+        for c in SCORING_COLUMNS:  # columns not read: NULL (the zero-shot score never looks at them)
+            if c not in tbl.column_names and c != "vector" and (c != "image_vec" or image is None):
+                kind = (self.dataset.schema.field(c).type if c in names
+                        else pa.list_(pa.string()) if c.endswith("identifiers") else pa.string())
+                tbl = tbl.append_column(c, pa.nulls(len(tbl), kind))
+        view.rows = rows = OfferVectors.from_arrow(tbl, image=image)
         if isinstance(self.tfidf, CharTfidf):
             view.tfidf = _RowSubsetTfidf(self.tfidf, uniq)
         else:  # no TF-IDF rows held: weigh the candidates' own lexical text (the rows just read)
             view.tfidf = _TextTfidf(self.tfidf, rows.lexical)
         return view, inv.astype(np.int64)
+
+    def _image_rows(self, uniq: np.ndarray, n_images_ok: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        """``(image matrix, validity)`` of target rows ``uniq``: ``image_vec`` is read (Lance ``take``) for the
+        rows with ``n_images_ok`` > 0 (or NULL) only; the others have no image vector (``embed_offers`` writes
+        both columns together: a row's vector is valid only if one of its photos was embedded). Offers without
+        photos cost one int32 read instead of a 1,280-float row of NULLs materialised as zeros."""
+        dim = self.dataset.schema.field("image_vec").type.list_size
+        image = np.zeros((len(uniq), dim), dtype=np.float32)
+        ok = np.zeros(len(uniq), dtype=bool)
+        with_photo = np.flatnonzero(n_images_ok.fill_null(1).to_numpy() > 0)
+        if len(with_photo):
+            m, v = _matrix(self.row_table(uniq[with_photo], ["image_vec"])["image_vec"])
+            image[with_photo], ok[with_photo] = m, v
+        return image, ok
 
     def _rowid_positions(self, rowids: np.ndarray) -> np.ndarray:
         """Lance row ids (as vector search returns them) → positions (numpy, no per-result Python)."""
@@ -178,7 +213,7 @@ class TargetView:
             return np.searchsorted(self.row_ids, rowids)
         return self._rowid_order[np.searchsorted(self.row_ids[self._rowid_order], rowids)]
 
-    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int = 20, refine: int | None = None
+    def vector_candidates(self, queries: np.ndarray, k: int, nprobes: int | None = None, refine: int | None = None
                           ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows by fused-vector cosine: ``(positions int64[n,k] (-1 = none), sims)``.
 
@@ -206,13 +241,9 @@ class TargetView:
             return idx, sim
         # one batched LanceDB query (its ANN index when there is one, else a flat scan read from disk);
         # results carry Lance row ids, mapped to positions with numpy
-        q = self.table.search(np.ascontiguousarray(queries, dtype=np.float32), vector_column_name="vector"
-                              ).distance_type("cosine")
-        if self.use_ann:
-            q = q.nprobes(nprobes)
-            if refine:
-                q = q.refine_factor(refine)
-        res = q.limit(kk).with_row_id(True).select(["_distance"]).to_arrow()
+        nprobes = ANN_NPROBES if nprobes is None else nprobes
+        res = _batched_search(self.table, np.ascontiguousarray(queries, dtype=np.float32), kk,
+                              nprobes if self.use_ann else None, refine if self.use_ann else None)
         qi = res["query_index"].to_numpy() if "query_index" in res.column_names else np.zeros(len(res), np.int64)
         dist = res["_distance"].to_numpy()
         pos = self._rowid_positions(res["_rowid"].to_numpy().astype(np.int64))
@@ -232,6 +263,97 @@ class TargetView:
         else:
             out["ids"] = self._ids.nbytes + self.row_ids.nbytes
         return out
+
+
+def _fixed_width_bytes(strings: pa.Array, width: int) -> np.ndarray:
+    """UTF-8 strings as a numpy ``S{width}`` array (NUL-padded; a longer string is cut to ``width`` bytes)."""
+    strings = pc.cast(strings, pa.large_string()) if not pa.types.is_large_string(strings.type) else strings
+    strings = strings.fill_null("") if strings.null_count else strings
+    n = len(strings)
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int64, count=n + 1, offset=strings.offset * 8)
+    data = np.frombuffer(strings.buffers()[2], dtype=np.uint8) if strings.buffers()[2] is not None else \
+        np.zeros(0, np.uint8)
+    lens = np.minimum(np.diff(offsets), width)
+    out = np.zeros((n, max(width, 1)), dtype=np.uint8)
+    rows = np.repeat(np.arange(n), lens)
+    cols = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    out[rows, cols] = data[np.repeat(offsets[:-1], lens) + cols]
+    return out.view(f"S{max(width, 1)}").ravel()
+
+
+class _IdLookup:
+    """Target ids → positions with a binary search over the sorted ids (fixed-width bytes, ~width × rows bytes),
+    built once per view: ``pc.index_in`` hashed the whole id column again at every call (0.4 s CPU at 1M rows,
+    paid per source batch). Exactly ``index_in``'s answer (first occurrence); ids that are not plain byte strings
+    comparable this way (a NUL byte, or longer than ``MAX_WIDTH`` bytes) fall back to ``index_in``."""
+
+    MAX_WIDTH = 64
+
+    def __init__(self, ids: pa.Array) -> None:
+        self.ids = ids
+        lengths = pc.binary_length(ids).fill_null(0)
+        self.width = int(pc.max(lengths).as_py() or 0) if len(ids) else 0
+        data = ids.buffers()[2]
+        has_nul = data is not None and bool((np.frombuffer(data, dtype=np.uint8) == 0).any())
+        self.keys = None
+        if self.width <= self.MAX_WIDTH and not has_nul and not ids.null_count:
+            keys = _fixed_width_bytes(ids, self.width)
+            self.order = np.argsort(keys, kind="stable")
+            self.keys = keys[self.order]
+
+    def positions(self, q: pa.Array) -> np.ndarray:
+        if self.keys is None or q.null_count:
+            at = pc.index_in(q, value_set=self.ids)
+            return np.asarray(at.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        if not len(self.keys) or not len(q):
+            return np.full(len(q), -1, dtype=np.int64)
+        fits = np.asarray(pc.binary_length(q).to_numpy(zero_copy_only=False)) <= self.width
+        qk = _fixed_width_bytes(q, self.width)
+        at = np.minimum(np.searchsorted(self.keys, qk), len(self.keys) - 1)
+        qd = q.buffers()[2]
+        plain = qd is None or not (np.frombuffer(qd, dtype=np.uint8) == 0).any()
+        if not plain:  # a NUL byte in a query id: the padded comparison cannot tell it apart
+            at_ = pc.index_in(q, value_set=self.ids)
+            return np.asarray(at_.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        hit = fits & (self.keys[at] == qk)
+        return np.where(hit, self.order[at], -1).astype(np.int64)
+
+
+def _batched_search(table, queries: np.ndarray, limit: int, nprobes: int | None,  # noqa: ANN001 (LanceTable)
+                    refine: int | None) -> pa.Table:
+    """LanceDB's batched nearest-neighbour query (cosine; ``query_index``, ``_distance``, ``_rowid`` columns).
+
+    Built on the table's async query API with each query vector handed over as an Arrow array: the synchronous
+    ``table.search(matrix)`` turns the matrix into Python float lists (``ndarray.tolist``) and validates them
+    with pydantic before Rust reads them back — ~0.3 ms CPU per query of 1,664 floats, ~20 % of the search at
+    100k rows. The same query, the same rows (tests/test_target_view_scale.py compares the two). Falls back to
+    ``table.search`` where the async table is not reachable (another LanceDB)."""
+    inner = getattr(table, "_table", None)
+    try:
+        from lancedb.background_loop import LOOP
+    except ImportError:  # pragma: no cover
+        inner = None
+    if inner is None or not hasattr(inner, "query"):
+        q = table.search(queries, vector_column_name="vector").distance_type("cosine")
+        if nprobes is not None:
+            q = q.nprobes(nprobes)
+            if refine:
+                q = q.refine_factor(refine)
+        return q.limit(limit).with_row_id(True).select(["_distance"]).to_arrow()
+    flat = pa.array(queries.ravel())
+    dim = queries.shape[1]
+    vectors = [flat.slice(i * dim, dim) for i in range(len(queries))]
+
+    async def run() -> pa.Table:
+        q = inner.query().nearest_to(vectors if len(vectors) > 1 else vectors[0]).column("vector")
+        q = q.distance_type("cosine")
+        if nprobes is not None:
+            q = q.nprobes(nprobes)
+            if refine:
+                q = q.refine_factor(refine)
+        return await q.limit(limit).with_row_id().select(["_distance"]).to_arrow()
+
+    return LOOP.run(run())
 
 
 class _TextTfidf:
@@ -334,8 +456,11 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
     if todo:
         parts.append(embed_offers([offers[i] for i in todo], settings, cfg, [hashes[i] for i in todo],
                                   progress=False, matcher=matcher))
-    if reused:
-        old = with_description_columns(reuse.row_table(np.array(list(reused.values()), dtype=np.int64)))
+    if reused:  # every row's offer vector is fused again below: the stored one (1,664 floats here) is not read
+        names = reuse.dataset.schema.names if reuse.data is None else reuse.data.column_names
+        parts = [p.drop_columns(["vector"]) if "vector" in p.column_names else p for p in parts]
+        old = with_description_columns(reuse.row_table(np.array(list(reused.values()), dtype=np.int64),
+                                                       [c for c in names if c != "vector"]))
         parts.append(old.select(parts[0].column_names if parts else old.column_names))
     table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     # rows are [todo..., reused...]; put them back in source order
@@ -485,7 +610,9 @@ def _zero_shot_fused_cosine(src: OfferVectors, tr: OfferVectors, s: np.ndarray, 
     """Cosine of the zero-shot offer vectors (``fuse``: normalised [w_t·text, w_i·image]) from the text and
     image cosines and the vectors' norms — what ``einsum`` of the fused rows gives, without building them."""
     def norm2(v: OfferVectors, rows: np.ndarray) -> np.ndarray:
-        ut, ui = np.einsum("ij,ij->i", v.text, v.text) * v.text_ok, np.einsum("ij,ij->i", v.image, v.image) * v.image_ok
+        ut, ui = np.einsum("ij,ij->i", v.text, v.text) * v.text_ok, np.zeros(len(v.image_ok), np.float32)
+        has = np.flatnonzero(v.image_ok)  # rows without an image vector add 0 (their zero rows are not read)
+        ui[has] = np.einsum("ij,ij->i", v.image[has], v.image[has])
         return (cfg.text_weight ** 2 * ut + cfg.image_weight ** 2 * ui)[rows]
 
     num = (cfg.text_weight ** 2 * np.nan_to_num(text, nan=0.0) + cfg.image_weight ** 2 * np.nan_to_num(image, nan=0.0))

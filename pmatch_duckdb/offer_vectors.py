@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from .bundles import find_bundle
@@ -217,17 +218,20 @@ class OfferVectors:
             self.mpns = [None] * len(self.ids)
 
     @classmethod
-    def from_arrow(cls, t: pa.Table) -> OfferVectors:
-        """From index rows (LanceDB table or freshly embedded rows)."""
+    def from_arrow(cls, t: pa.Table, image: tuple[np.ndarray, np.ndarray] | None = None) -> OfferVectors:
+        """From index rows (LanceDB table or freshly embedded rows).
+
+        ``image``: the rows' ``(image matrix, validity)`` when read apart (``t`` then needs no ``image_vec``)."""
         text, tok = _matrix(t["text_vec"])
-        image, iok = _matrix(t["image_vec"])
+        image, iok = _matrix(t["image_vec"]) if image is None else image
         # without a ``vector`` column (a zero-shot caller fuses text and image itself): an empty matrix
         fused = _matrix(t["vector"])[0] if "vector" in t.column_names else np.zeros((len(t), 0), np.float32)
-        price = np.array([np.nan if p is None else p for p in t["price"].to_pylist()], dtype=np.float64)
+        price = pc.fill_null(t["price"].cast(pa.float64()), np.nan).to_numpy()  # NaN where missing
         t = with_description_columns(t)
         mpns = t["mpn"].to_pylist()
-        idents = [list(dict.fromkeys((x or []) + mpn_identifiers(m)))
-                  for x, m in zip(t["identifiers"].to_pylist(), mpns, strict=True)]
+        # brand + title identifiers, then the MPN's; each list without repeats (a list of one has none)
+        idents = [list(dict.fromkeys((x or []) + mpn_identifiers(m))) if m or (x is not None and len(x) > 1)
+                  else (x or []) for x, m in zip(t["identifiers"].to_pylist(), mpns, strict=True)]
         return cls(ids=t["id"].to_pylist(), hashes=t["content_hash"].to_pylist(), text=text, text_ok=tok,
                    image=image, image_ok=iok, fused=fused, lexical=t["lexical_text"].to_pylist(),
                    idents=idents, price=price, gtins=t["gtin"].to_pylist(), mpns=mpns,

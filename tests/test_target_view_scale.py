@@ -44,6 +44,46 @@ def shop(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     con.close()
 
 
+def _stand_in_photos(lists, settings, threads=None):  # noqa: ANN001, ANN202
+    """A stand-in image encoder (1,280-d, as EfficientNet-Lite0): a photo named after its product gets a hashed
+    vector of its name (siblings look alike); a path with ``bad`` in it fails, as an unreadable file does."""
+    dim = 1280
+    reasons = [[("unreadable" if "bad" in p else None) for p in (imgs or [])] for imgs in lists]
+    out = np.zeros((len(lists), dim), dtype=np.float32)
+    good = [i for i, rr in enumerate(reasons) if any(r is None for r in rr)]
+    if good:
+        names = [" ".join(p.rsplit(".", 1)[0].replace("_", " ") for p in lists[i] if "bad" not in p) for i in good]
+        out[good] = hashed_text_vectors(names, dim)[0]
+    valid = np.zeros(len(lists), dtype=bool)
+    valid[good] = True
+    return out, valid, reasons
+
+
+@pytest.fixture()
+def photo_shop(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """As ``shop``, but about half the offers have a photo (a stand-in image encoder) and some only a photo that
+    fails: rows with and without image vectors side by side in one index. Its own pmatch home (linking the
+    encoder bundles): a matcher trained here must not become the shared home's active one."""
+    import pmatch_duckdb.offer_vectors as ov
+
+    monkeypatch.setattr(ov, "embed_texts", lambda values, settings, threads=None: hashed_text_vectors(values))
+    monkeypatch.setattr(ov, "embed_image_lists", _stand_in_photos)
+    own = tmp_path / "home"
+    (own / "models").mkdir(parents=True)
+    for bundle in (home / "models").iterdir():
+        (own / "models" / bundle.name).symlink_to(bundle)
+    con = pm.connect(home=own, image_roots=[tmp_path], index_dir=tmp_path / "idx")
+    con.register("g", grouped_offers(900, seed=3))
+    con.execute("CREATE TABLE offers AS SELECT id, title, brand, description, price, CASE "
+                "WHEN hash(id) % 7 = 0 THEN ['bad.jpg'] "
+                "WHEN hash(id) % 2 = 0 THEN [replace(split_part(title, ' ', 2), ' ', '_') || '.jpg'] END AS images "
+                "FROM g QUALIFY row_number() OVER (PARTITION BY title ORDER BY id) = 1 ORDER BY id LIMIT ?", [N])
+    pm.index(con, "offers", progress=False)
+    ctx = context_of(con)
+    yield con, ctx, OfferIndex(ctx.index_root, index_name_for("offers"))
+    con.close()
+
+
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, set[str]]]:
     """Record every read of the index table: (how, rows, columns)."""
     reads: list[tuple[str, int, set[str]]] = []
@@ -87,6 +127,9 @@ def test_on_disk_view_reads_vectors_of_candidate_rows_only(shop, monkeypatch):
     reads.clear()
     cand = M.match(src, view, 5, exclude_self=True)
     vec_reads = [(how, n) for how, n, cols in reads if cols & VECTOR_COLUMNS]
+    # zero-shot: the candidate rows' texts are not read (the score uses vectors, identifiers, GTIN and price)
+    assert not any(cols & {"title", "description", "lexical_text", "content_hash"} for how, n, cols in reads
+                   if cols & VECTOR_COLUMNS), reads
     assert all(how == "take" for how, _ in vec_reads), reads
     assert not [r for r in reads if r[0] == "to_arrow"]
     assert len(cand.source) == 200 * 5
@@ -173,3 +216,124 @@ def test_view_without_tfidf_scores_as_the_full_view(shop, monkeypatch, on_disk):
     assert all(np.array_equal(x, y) for x, y in zip(ca, cb, strict=True))
     with pytest.raises(ValueError, match="holds no TF-IDF rows"):
         M.candidate_pairs(src, light, 5)
+
+
+def test_image_vectors_read_only_for_rows_with_a_photo(photo_shop, monkeypatch):
+    """On disk, ``image_vec`` is read for the candidate rows whose ``n_images_ok`` > 0 only, and the candidates,
+    scores, decisions and pair signals equal the in-memory view's (which reads every row's image vector)."""
+    con, ctx, index = photo_shop
+    monkeypatch.setattr(M, "SCORE_BATCH", 64)
+    mem = M.TargetView(index, ctx.settings.home, on_disk=False)
+    assert 0.2 < mem.rows.image_ok.mean() < 0.7  # a mix of rows with and without an image vector
+    n_ok = mem.data["n_images_ok"].to_numpy()
+    np.testing.assert_array_equal(mem.rows.image_ok, n_ok > 0)
+    assert (mem.data["n_images"].to_numpy() > n_ok).any()  # some photos failed
+    disk = M.TargetView(index, ctx.settings.home, on_disk=True)
+    offers = read_offers(con, "offers")[::3]
+    src = M.source_vectors(offers, ctx.settings, mem.fusion, reuse=mem, matcher=mem.matcher)
+    reads = _counting(monkeypatch)
+    ps, pt = M.candidate_pairs(src, mem, 5, exclude_self=True)
+    cview, pt_local = disk.candidates(pt)
+    image_reads = [n for how, n, cols in reads if "image_vec" in cols]
+    uniq = np.unique(pt)
+    assert image_reads == [int((n_ok[uniq] > 0).sum())], (image_reads, reads)
+    assert all("image_vec" not in cols for how, n, cols in reads if "text_vec" in cols)
+    np.testing.assert_array_equal(cview.rows.image_ok, mem.rows.image_ok[uniq])
+    np.testing.assert_array_equal(cview.rows.image, mem.rows.image[uniq])
+    sig_m, sig_d = M.pair_signals(src, mem, ps, pt), M.pair_signals(src, cview, ps, pt_local)
+    assert np.isfinite(sig_m.image).sum() > 50  # pairs with an image cosine on both sides
+    for field in ("fused", "text", "image", "lexical", "id_match", "price_ratio", "gtin"):
+        np.testing.assert_allclose(getattr(sig_m, field), getattr(sig_d, field), atol=1e-5, err_msg=field)
+    a, b = M.match(src, mem, 5, exclude_self=True), M.match(src, disk, 5, exclude_self=True)
+    rows_a = {(s, i): (d, sc, im) for s, i, sc, d, im in zip(a.source, mem.target_ids(a.target), a.score, a.decision,
+                                                             a.image_score, strict=True)}
+    rows_b = {(s, i): (d, sc, im) for s, i, sc, d, im in zip(b.source, disk.target_ids(b.target), b.score,
+                                                             b.decision, b.image_score, strict=True)}
+    assert rows_a.keys() == rows_b.keys()
+    for key, (d, sc, im) in rows_a.items():
+        assert rows_b[key][0] == d and abs(rows_b[key][1] - sc) < 1e-5
+        assert (np.isnan(im) and np.isnan(rows_b[key][2])) or abs(rows_b[key][2] - im) < 1e-5
+
+
+def test_id_lookup_equals_index_in():
+    """``TargetView.positions`` on disk (sorted fixed-width ids, binary search) gives ``pc.index_in``'s answer:
+    first occurrence of a repeated id, -1 for unknown, longer, shorter and non-ASCII ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(0)
+    ids = [f"o-{i}" for i in rng.permutation(5000)] + ["é-x", "ab", "abc", "", "ab", "o-17"]
+    lookup = M._IdLookup(pa.array(ids))
+    assert lookup.keys is not None  # the binary search, not the fallback
+    q = ids[::7] + ["nope", "ab", "a", "abcd", "", "é-x", "o-123456789", "z" * 80, "o-17"]
+    want = np.asarray(pc.index_in(pa.array(q), value_set=pa.array(ids)).fill_null(-1).to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(lookup.positions(pa.array(q)), want)
+    assert lookup.positions(pa.array(["ab"]))[0] == ids.index("ab")
+    # ids the padded comparison cannot order (a NUL byte) fall back to index_in, with the same answer
+    odd = M._IdLookup(pa.array(["a\x00", "a", "b"]))
+    assert odd.keys is None and odd.positions(pa.array(["a", "a\x00", "c"])).tolist() == [1, 0, -1]
+
+
+@pytest.mark.parametrize("ann", [True, False])
+def test_batched_search_equals_lancedb_search(tmp_path, ann):
+    """The async-API batched query returns exactly ``table.search(matrix)``'s rows and distances, with an IVF-RQ
+    index (nprobes honoured: 2 of 8 partitions) and as a flat scan; one query and many."""
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((8, 32)).astype(np.float32)
+    vecs = (centers[rng.integers(0, 8, 2000)] + 0.3 * rng.standard_normal((2000, 32))).astype(np.float32)
+    import pyarrow as pa
+
+    db = lancedb.connect(tmp_path / "db")
+    tbl = db.create_table("t", pa.table({"id": np.arange(2000), "vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(vecs.ravel()), 32)}))
+    if ann:
+        from lancedb.index import IvfRq
+
+        tbl.create_index("vector", config=IvfRq(distance_type="cosine", num_bits=4, num_partitions=8))
+    queries = vecs[::97] + 0.05
+    nprobes = 2 if ann else None
+    for q in (queries, queries[:1]):
+        want = tbl.search(q, vector_column_name="vector").distance_type("cosine")
+        want = (want.nprobes(nprobes) if ann else want).limit(7).with_row_id(True).select(["_distance"]).to_arrow()
+        got = M._batched_search(tbl, np.ascontiguousarray(q), 7, nprobes, None)
+        key = [(c, "ascending") for c in ("query_index", "_distance", "_rowid") if c in want.column_names]
+        cols = [c for c, _ in key]
+        assert got.sort_by(key).select(cols).equals(want.sort_by(key).select(cols))
+    if ann:  # nprobes reaches the index: with all 8 partitions probed some lists change
+        far = rng.standard_normal((20, 32)).astype(np.float32)  # between the clusters: neighbours in several
+        allp = M._batched_search(tbl, far, 100, 8, None)
+        few = M._batched_search(tbl, far, 100, 1, None)
+        key = [("query_index", "ascending"), ("_distance", "ascending"), ("_rowid", "ascending")]
+        assert not allp.sort_by(key)["_rowid"].equals(few.sort_by(key)["_rowid"])
+
+
+def test_trained_matcher_on_disk_scores_as_in_memory(photo_shop, monkeypatch, home):
+    """With a trained matcher (its decision features read titles, descriptions and the offer vector) the on-disk
+    view reads every scoring column, image vectors only where a row has a photo, and gives the in-memory view's
+    pairs, scores and decisions."""
+    pytest.importorskip("torch")
+    from pmatch_duckdb.training import train_matcher
+
+    con, ctx, index = photo_shop
+    con.execute("CREATE TABLE labelled AS SELECT o.*, g.group_id FROM offers o JOIN g USING (id)")
+    r = train_matcher(con, "labelled", group_column="group_id", name="default", dim=16, epochs=2, cross_fit=False,
+                      pair_model=False, progress=False, log=lambda _: None)
+    assert r.activated and ctx.settings.home != home and (ctx.settings.home / "matchers" / "default").exists()
+    pm.index(con, "offers", progress=False)  # re-projected with the active matcher
+    monkeypatch.setattr(M, "SCORE_BATCH", 64)
+    mem = M.TargetView(index, ctx.settings.home, on_disk=False)
+    disk = M.TargetView(index, ctx.settings.home, on_disk=True)
+    assert mem.matcher is not None and disk.matcher is not None
+    offers = read_offers(con, "offers")[::3]
+    src = M.source_vectors(offers, ctx.settings, mem.fusion, reuse=mem, matcher=mem.matcher)
+    reads = _counting(monkeypatch)
+    a, b = M.match(src, mem, 5, exclude_self=True), M.match(src, disk, 5, exclude_self=True)
+    assert any({"title", "description", "vector"} <= cols for how, n, cols in reads if how == "take"), reads
+    assert any(cols == {"image_vec"} for how, n, cols in reads if how == "take"), reads
+    rows_a = {(s, i): (d, sc) for s, i, sc, d in zip(a.source, mem.target_ids(a.target), a.score, a.decision,
+                                                      strict=True)}
+    rows_b = {(s, i): (d, sc) for s, i, sc, d in zip(b.source, disk.target_ids(b.target), b.score, b.decision,
+                                                      strict=True)}
+    assert len(rows_a) == len(src.ids) * 5 and rows_a.keys() == rows_b.keys()
+    for key, (d, sc) in rows_a.items():
+        assert rows_b[key][0] == d and abs(rows_b[key][1] - sc) < 1e-5

@@ -348,8 +348,7 @@ class CharTfidf(LexicalWeights):
         sel.data = np.where((df <= PRUNE_DF) | (rarity < PRUNE_KEEP), sel.data, 0).astype(np.float32)
         sel.eliminate_zeros()
         pool = max(POOL, 4 * kk)
-        for s in range(0, q.shape[0], chunk):
-            r = sel[s:s + chunk] @ self.matrix_t
+        for s, r in _product_blocks(sel, self.matrix_t, chunk):
             qs, ts = [], []
             for i in range(r.shape[0]):
                 a, b = r.indptr[i], r.indptr[i + 1]
@@ -398,6 +397,45 @@ def _dense_product(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
                b.indices.astype(it, copy=False), b.data.astype(np.float32, copy=False), indptr, indices, data)
     nnz = int(indptr[-1])
     return sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(m, n)).toarray()
+
+
+PRODUCT_CELLS = 1 << 23  # _product_blocks: bound on the non-zeros of one block's product (64 MB of output)
+
+
+def _product_blocks(a: sp.csr_matrix, b: sp.csr_matrix, chunk: int):  # noqa: ANN201 (generator)
+    """``(first row, a[rows] @ b)`` for blocks of at most ``chunk`` rows of ``a``: scipy's own kernel
+    (``csr_matmat``, so each row's entries are ``a @ b``'s, values and order), without the pass that counts the
+    product's non-zeros first (``csr_matmat_maxnnz``, ~30 % of the product): the output is sized by an upper bound
+    (per row: the summed lengths of the ``b`` rows its non-zeros select, at most ``b``'s width), and a block is cut
+    where that bound passes ``PRODUCT_CELLS`` (a row alone may pass it). ``a @ b`` per block where the private
+    kernel is not there (another scipy)."""
+    try:
+        from scipy.sparse._sparsetools import csr_matmat
+    except ImportError:  # pragma: no cover
+        for s in range(0, a.shape[0], chunk):
+            yield s, a[s:s + chunk] @ b
+        return
+    n_cols = b.shape[1]
+    lens = np.diff(b.indptr).astype(np.int64)
+    owner = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
+    bound = np.minimum(np.bincount(owner, weights=lens[a.indices], minlength=a.shape[0]).astype(np.int64), n_cols)
+    ends = np.cumsum(bound)
+    s = 0
+    while s < a.shape[0]:
+        base = ends[s - 1] if s else 0
+        e = int(np.searchsorted(ends, base + PRODUCT_CELLS, side="right"))
+        e = min(max(e, s + 1), s + chunk, a.shape[0])
+        blk = a[s:e]
+        cells = int(ends[e - 1] - base)
+        it = np.int32 if max(cells, blk.nnz, b.nnz, n_cols) < 2**31 - 1 else np.int64
+        indptr, indices = np.empty(e - s + 1, dtype=it), np.empty(cells, dtype=it)
+        data = np.empty(cells, dtype=np.result_type(blk.data, b.data))
+        csr_matmat(e - s, n_cols, blk.indptr.astype(it, copy=False), blk.indices.astype(it, copy=False),
+                   blk.data.astype(data.dtype, copy=False), b.indptr.astype(it, copy=False),
+                   b.indices.astype(it, copy=False), b.data.astype(data.dtype, copy=False), indptr, indices, data)
+        nnz = int(indptr[-1])
+        yield s, sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(e - s, n_cols))
+        s = e
 
 
 def _dense_top_k(dense: np.ndarray, kk: int, idx: np.ndarray, val: np.ndarray) -> None:
