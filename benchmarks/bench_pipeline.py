@@ -619,8 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n-texts", type=int, default=1024)
     ap.add_argument("--n-images", type=int, default=96)
-    ap.add_argument("--ort-threads", type=int, default=0,
-                    help="encoders: ONNX Runtime intra-op threads (0: all CPUs); 1 makes the per-CPU-s ratios exact")
+    ap.add_argument("--ort-threads", default="0",
+                    help="encoders: ONNX Runtime intra-op threads (0: all CPUs); 1 makes the per-CPU-s ratios exact; "
+                         "a list (1,2) runs the encoders part once per value")
     ap.add_argument("--match-quality", action="store_true",
                     help="quality: also the zero-shot match_products R@1 (pm_index + match_products per model)")
     ap.add_argument("--grocery-photos", type=int, default=0, help="quality: evenly spaced test photos (0: all)")
@@ -647,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     args.train_sizes = [int(x) for x in str(args.train_sizes).split(",") if x]
     args.train_pair_sizes = [int(x) for x in str(args.train_pair_sizes).split(",") if x]
     args.match_sizes = [int(x) for x in str(args.match_sizes).split(",") if x]
+    ort_threads = [int(x) for x in str(args.ort_threads).split(",") if x] or [0]
+    args.ort_threads = ort_threads[0]
     if args.mode == "_train":
         print(json.dumps(child_train(args.n, args.home, pair=not args.no_pair)))
         return 0
@@ -673,8 +676,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in (("encoders", part_encoders), ("quality", part_quality), ("training", part_training),
                      ("match", part_match)):
         if name in parts:
-            fn(args)
-            sys.stdout.flush()
+            for t in ort_threads if name == "encoders" else [args.ort_threads]:
+                fn(argparse.Namespace(**{**vars(args), "ort_threads": t}))
+                sys.stdout.flush()
     load = os.getloadavg()
     print(f"\n# done {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}  "
           f"load avg {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores shared with other developers)")
