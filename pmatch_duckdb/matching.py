@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .features.codes import gtin_evidence, mpn_identifiers
+from .features.codes import gtin_evidence
 from .features.lexical import CharTfidf, IdentifierIndex, LexicalWeights, normalize
 from .fusion import FusionConfig, apply_gtin_evidence, decide, pair_score
 from .matchers import Matcher, load_matcher
@@ -32,6 +32,7 @@ from .offer_vectors import (
     content_salt,
     embed_offers,
     fuse_vectors,
+    identifier_lists,
     with_description_columns,
 )
 from .offers import Offer
@@ -99,7 +100,7 @@ class TargetView:
             self.row_ids = meta["_rowid"].to_numpy().astype(np.int64)
             self._rowid_order = None if np.all(np.diff(self.row_ids) > 0) else np.argsort(self.row_ids)
             texts = meta["lexical_text"].to_pylist() if lexical is None else None  # not read with lexical=
-            idents = lookup_identifiers(meta)
+            idents = identifier_lists(meta["identifiers"].to_pylist(), meta["mpn"].to_pylist())
             gtins = meta["gtin"].to_pylist()
             del meta
         if lexical is None:
@@ -301,10 +302,14 @@ class _IdLookup:
             self.order = np.argsort(keys, kind="stable")
             self.keys = keys[self.order]
 
+    def _index_in(self, q: pa.Array) -> np.ndarray:
+        """Arrow's hash lookup (the fallback): positions, -1 where absent."""
+        at = pc.index_in(q, value_set=self.ids)
+        return np.asarray(at.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
     def positions(self, q: pa.Array) -> np.ndarray:
         if self.keys is None or q.null_count:
-            at = pc.index_in(q, value_set=self.ids)
-            return np.asarray(at.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+            return self._index_in(q)
         if not len(self.keys) or not len(q):
             return np.full(len(q), -1, dtype=np.int64)
         fits = np.asarray(pc.binary_length(q).to_numpy(zero_copy_only=False)) <= self.width
@@ -313,8 +318,7 @@ class _IdLookup:
         qd = q.buffers()[2]
         plain = qd is None or not (np.frombuffer(qd, dtype=np.uint8) == 0).any()
         if not plain:  # a NUL byte in a query id: the padded comparison cannot tell it apart
-            at_ = pc.index_in(q, value_set=self.ids)
-            return np.asarray(at_.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+            return self._index_in(q)
         hit = fits & (self.keys[at] == qk)
         return np.where(hit, self.order[at], -1).astype(np.int64)
 
@@ -384,12 +388,6 @@ class _RowSubsetTfidf:
 
     def pair_scores(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
         return self.tfidf.pair_scores(texts, self.rows[rows])
-
-
-def lookup_identifiers(t: pa.Table) -> list[list[str]]:
-    """Identifier tokens per index row: those of brand + title, then the MPN's (as ``OfferVectors.idents``)."""
-    return [list(dict.fromkeys((x or []) + mpn_identifiers(m)))
-            for x, m in zip(t["identifiers"].to_pylist(), t["mpn"].to_pylist(), strict=True)]
 
 
 _views: OrderedDict[tuple[str, int, str], TargetView] = OrderedDict()

@@ -164,6 +164,14 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
 _MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")
 
 
+def identifier_lists(identifiers: list[list[str] | None], mpns: list[str | None]) -> list[list[str]]:
+    """Identifier tokens per index row: those of brand + title, then the MPN's, without repeats (what
+    ``OfferVectors.idents`` and a target view's identifier index hold). A row with no MPN and at most one title
+    identifier is taken as it is (nothing to merge or de-duplicate)."""
+    return [list(dict.fromkeys((x or []) + mpn_identifiers(m))) if m or (x is not None and len(x) > 1) else (x or [])
+            for x, m in zip(identifiers, mpns, strict=True)]
+
+
 def _matrix(col: pa.ChunkedArray, dim_hint: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fixed-size-list column → (float32 matrix with zeros for NULL, validity)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -229,9 +237,7 @@ class OfferVectors:
         price = pc.fill_null(t["price"].cast(pa.float64()), np.nan).to_numpy()  # NaN where missing
         t = with_description_columns(t)
         mpns = t["mpn"].to_pylist()
-        # brand + title identifiers, then the MPN's; each list without repeats (a list of one has none)
-        idents = [list(dict.fromkeys((x or []) + mpn_identifiers(m))) if m or (x is not None and len(x) > 1)
-                  else (x or []) for x, m in zip(t["identifiers"].to_pylist(), mpns, strict=True)]
+        idents = identifier_lists(t["identifiers"].to_pylist(), mpns)
         return cls(ids=t["id"].to_pylist(), hashes=t["content_hash"].to_pylist(), text=text, text_ok=tok,
                    image=image, image_ok=iok, fused=fused, lexical=t["lexical_text"].to_pylist(),
                    idents=idents, price=price, gtins=t["gtin"].to_pylist(), mpns=mpns,
