@@ -544,6 +544,7 @@ def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: in
             "pairs_kept": len(base.keys() & other.keys()) / max(1, len(base)),
             "same_decision": sum(other.get(k) == d for k, d in base.items()) / max(1, len(base))}
     stages.clear(), stages.update(saved["stages"]), cpu.clear(), cpu.update(saved["cpu"])  # the main run's
+    out["ann_nprobes"] = getattr(M, "ANN_NPROBES", 20)  # trees before ANN_NPROBES searched with nprobes 20
     if lexical_check:
         q = src.lexical[:lexical_check]
         approx, _ = real_top_k(view.tfidf, q, 20)
@@ -588,7 +589,7 @@ def part_match(args: argparse.Namespace) -> None:
                     if k != "match() total"]
             print(fmt_table(["stage", "wall s", "wall share", "CPU s", "CPU share"], rows))
             for npb, alt in r.get("nprobes_alt", {}).items():
-                print(f"ANN nprobes {npb} instead of {20}: {r['sources'] / alt['cpu_seconds']:.1f} per process-CPU second "
+                print(f"ANN nprobes {npb} instead of {r.get('ann_nprobes')}: {r['sources'] / alt['cpu_seconds']:.1f} per process-CPU second "
                       f"({alt['cpu_seconds']:.2f} s CPU, vector search {alt['vector_cpu_seconds']:.2f} s); final top-10 pairs "
                       f"kept {alt['pairs_kept']:.4f}, same pair and decision {alt['same_decision']:.4f}")
             if r.get("lexical_agreement"):
