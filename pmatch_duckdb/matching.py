@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import threading
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,10 @@ ON_DISK_MIN_ROWS = ANN_MIN_ROWS  # from this many target rows the vectors stay o
 # the final top-10 pairs there (benchmarks/README.md, "Matching against 100k and 1M offers"): kept at 20
 ANN_NPROBES = 20
 SCORE_BATCH = 512  # source offers scored together against an on-disk target (bounds the fetched candidate rows)
+# an on-disk view holds the text vectors (``text_vec``) in memory when they take at most this many bytes (1M rows of
+# 384 floats: 1.5 GB): Lance ``take`` of a 384-float row costs 15-80 µs of CPU (a read per row), a quarter of the
+# match at 1M rows, against 1 µs to copy it from memory (benchmarks/README.md, "Matching against 100k and 1M offers")
+TEXT_IN_MEMORY_MAX_BYTES = 2 << 30
 # what scoring reads of a candidate row (OfferVectors.from_arrow); the other index columns are never fetched
 SCORING_COLUMNS = ("id", "content_hash", "title", "brand", "lexical_text", "identifiers", "description",
                    "desc_identifiers", "price", "text_vec", "image_vec", "vector", "gtin", "mpn")
@@ -68,10 +73,13 @@ class TargetView:
     when the lexical candidates come from elsewhere (the Ray path's lexical shards): the view then holds no
     TF-IDF rows, ``candidate_pairs`` must be given the lexical candidates, and pair lexical scores are computed
     from the candidates' ``lexical_text`` with that idf (the same values as the fitted TF-IDF's).
+
+    ``hold_text``: on disk, hold every row's text vector in memory (``text``) when they take at most
+    ``TEXT_IN_MEMORY_MAX_BYTES``, instead of reading them per candidate row; None: unless ``lexical`` is given.
     """
 
     def __init__(self, index: OfferIndex, home: Path | None = None, on_disk: bool | None = None,
-                 lexical: LexicalWeights | None = None) -> None:
+                 lexical: LexicalWeights | None = None, hold_text: bool | None = None) -> None:
         tbl = index.table()
         self.version = tbl.version
         self.index = index
@@ -84,7 +92,7 @@ class TargetView:
         has_ann = any("vector" in (ix.columns or []) for ix in tbl.list_indices())
         self.use_ann = has_ann and self.on_disk
         if not self.on_disk:
-            self.dataset, self.row_ids = None, None
+            self.dataset, self.row_ids, self.text = None, None, None
             self.data = tbl.to_arrow()
             self.rows: OfferVectors | None = OfferVectors.from_arrow(self.data)
             self.pos: dict[str, int] | None = {i: p for p, i in enumerate(self.rows.ids)}
@@ -98,6 +106,9 @@ class TargetView:
             self._ids = meta["id"].combine_chunks()
             self._id_lookup: _IdLookup | None = None  # built on the first positions() call
             self.row_ids = meta["_rowid"].to_numpy().astype(np.int64)
+            # the text vectors in memory where they fit (None: unless lexical= asks for a lean view, the Ray path's)
+            hold = lexical is None if hold_text is None else hold_text
+            self.text: tuple[np.ndarray, np.ndarray] | None = self._read_text_vectors(have) if hold else None
             self._rowid_order = None if np.all(np.diff(self.row_ids) > 0) else np.argsort(self.row_ids)
             texts = meta["lexical_text"].to_pylist() if lexical is None else None  # not read with lexical=
             idents = identifier_lists(meta["identifiers"].to_pylist(), meta["mpn"].to_pylist())
@@ -119,7 +130,7 @@ class TargetView:
         """A view over offers held in memory (training and evaluation; exact search)."""
         view = cls.__new__(cls)
         view.version, view.index, view.table, view.data = -1, None, None, None
-        view.dataset, view.row_ids, view.on_disk = None, None, False
+        view.dataset, view.row_ids, view.on_disk, view.text = None, None, False, None
         view.fusion, view.matcher, view.rows, view.n = fusion, matcher, rows, len(rows.ids)
         view.pos = {i: p for p, i in enumerate(rows.ids)}
         view.tfidf = CharTfidf(rows.lexical)
@@ -146,7 +157,9 @@ class TargetView:
         if self.pos is not None:
             return np.array([self.pos.get(i, -1) for i in ids], dtype=np.int64)
         if self._id_lookup is None:
-            self._id_lookup = _IdLookup(self._ids)
+            with _lookup_lock:  # built once, also when source batches run on threads (match)
+                if self._id_lookup is None:
+                    self._id_lookup = _IdLookup(self._ids)
         return self._id_lookup.positions(pa.array(ids, pa.string()))
 
     def row_table(self, positions: np.ndarray, columns: list[str] | None = None) -> pa.Table:
@@ -176,6 +189,8 @@ class TargetView:
             cols = list(SCORING_COLUMNS)
         else:  # zero-shot: neither the offer vector (pair_signals derives its cosine) nor the texts are read
             cols = list(_ZERO_SHOT_COLUMNS) + ([] if isinstance(self.tfidf, CharTfidf) else ["lexical_text"])
+        if self.text is not None:  # held in memory (_read_text_vectors)
+            cols.remove("text_vec")
         if "n_images_ok" not in names or "image_vec" not in names:  # an index without the photo count
             tbl, image = self.row_table(uniq, cols), None
         else:  # image vectors only of the rows with a usable photo (image_vec is NULL where n_images_ok = 0)
@@ -183,16 +198,38 @@ class TargetView:
             image = self._image_rows(uniq, tbl["n_images_ok"])
             tbl = tbl.drop_columns(["n_images_ok"])
         for c in SCORING_COLUMNS:  # columns not read: NULL (the zero-shot score never looks at them)
-            if c not in tbl.column_names and c != "vector" and (c != "image_vec" or image is None):
+            if (c not in tbl.column_names and c != "vector" and (c != "image_vec" or image is None)
+                    and (c != "text_vec" or self.text is None)):
                 kind = (self.dataset.schema.field(c).type if c in names
                         else pa.list_(pa.string()) if c.endswith("identifiers") else pa.string())
                 tbl = tbl.append_column(c, pa.nulls(len(tbl), kind))
-        view.rows = rows = OfferVectors.from_arrow(tbl, image=image)
+        text = None if self.text is None else (self.text[0][uniq], self.text[1][uniq])
+        view.rows = rows = OfferVectors.from_arrow(tbl, image=image, text=text)
         if isinstance(self.tfidf, CharTfidf):
             view.tfidf = _RowSubsetTfidf(self.tfidf, uniq)
         else:  # no TF-IDF rows held: weigh the candidates' own lexical text (the rows just read)
             view.tfidf = _TextTfidf(self.tfidf, rows.lexical)
         return view, inv.astype(np.int64)
+
+    def _read_text_vectors(self, have: set[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(text matrix, validity)`` of every row, in the view's row order, when ``text_vec`` fits in
+        ``TEXT_IN_MEMORY_MAX_BYTES`` (else None: :meth:`candidates` reads it per candidate row). Read batch by
+        batch into one preallocated matrix, so loading never holds a second copy."""
+        if "text_vec" not in have:
+            return None
+        dim = self.dataset.schema.field("text_vec").type.list_size
+        if self.n * dim * 4 > TEXT_IN_MEMORY_MAX_BYTES:
+            return None
+        text = np.zeros((self.n, dim), dtype=np.float32)
+        ok = np.zeros(self.n, dtype=bool)
+        at = 0
+        for batch in self.dataset.to_batches(columns=["text_vec"]):
+            m, v = _matrix(batch.column(0))
+            text[at:at + len(m)], ok[at:at + len(m)] = m, v
+            at += len(m)
+        if at != self.n:  # the table changed under the view (a concurrent writer): read per candidate instead
+            return None
+        return text, ok
 
     def _image_rows(self, uniq: np.ndarray, n_images_ok: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         """``(image matrix, validity)`` of target rows ``uniq``: ``image_vec`` is read (Lance ``take``) for the
@@ -263,6 +300,8 @@ class TargetView:
             out["rows"] = sum(v.nbytes for v in self.rows.__dict__.values() if isinstance(v, np.ndarray))
         else:
             out["ids"] = self._ids.nbytes + self.row_ids.nbytes
+            if self.text is not None:
+                out["text vectors"] = self.text[0].nbytes + self.text[1].nbytes
         return out
 
 
@@ -392,6 +431,7 @@ class _RowSubsetTfidf:
 
 _views: OrderedDict[tuple[str, int, str], TargetView] = OrderedDict()
 _views_lock = threading.Lock()
+_lookup_lock = threading.Lock()
 _forgotten: deque[str] = deque()  # index roots whose views are to be dropped (see forget_views)
 
 
@@ -681,16 +721,24 @@ def _full_text_scores(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
 
 def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = False,
           vector_k: int | None = None, lexical_k: int | None = None, pair_top_m: int | None = None,
-          lexical: np.ndarray | None = None) -> Candidates:
+          lexical: np.ndarray | None = None, threads: int = 1) -> Candidates:
     """Candidates from the three channels, scored and cut to the best ``k`` per source.
 
     ``pair_top_m``: pairs per source the matcher's pair scorer re-scores (None: the bundle's default).
-    ``lexical``: the lexical candidates computed elsewhere (see :func:`candidate_pairs`)."""
+    ``lexical``: the lexical candidates computed elsewhere (see :func:`candidate_pairs`).
+    ``threads``: against an on-disk target, source batches of ``SCORE_BATCH`` scored on up to this many threads
+    (LanceDB's search and take, numpy and scipy release the GIL); the result does not depend on it."""
     if view.on_disk and len(src.ids) > SCORE_BATCH:  # bounded memory: the candidates of one batch at a time
-        parts = [match(src.take(np.arange(a, min(a + SCORE_BATCH, len(src.ids)))), view, k, exclude_self,
-                       vector_k, lexical_k, pair_top_m,
-                       None if lexical is None else lexical[a:a + SCORE_BATCH])
-                 for a in range(0, len(src.ids), SCORE_BATCH)]
+        def one(a: int) -> Candidates:
+            return match(src.take(np.arange(a, min(a + SCORE_BATCH, len(src.ids)))), view, k, exclude_self,
+                         vector_k, lexical_k, pair_top_m, None if lexical is None else lexical[a:a + SCORE_BATCH])
+
+        starts = range(0, len(src.ids), SCORE_BATCH)
+        if threads > 1:  # at most ``threads`` batches' candidates held at once, results in batch order
+            with ThreadPoolExecutor(min(threads, len(starts)), thread_name_prefix="pmatch-match") as pool:
+                parts = list(pool.map(one, starts))
+        else:
+            parts = [one(a) for a in starts]
         return _concat_candidates(parts, SCORE_BATCH)
     s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k, lexical)
     cview, tc = view.candidates(t)
@@ -810,12 +858,14 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
 
 
 def match_offers(offers: list[Offer], view: TargetView, settings: Settings, k: int, exclude_self: bool = False,
-                 reuse: TargetView | None = None, lexical: np.ndarray | None = None) -> Candidates:
+                 reuse: TargetView | None = None, lexical: np.ndarray | None = None, threads: int = 1) -> Candidates:
     """Source offers → scored candidates against ``view``: the one matching code path, called by
-    ``match_products`` (per DuckDB chunk) and by the Ray path (per source partition; ``lexical``: the
-    candidates of its lexical shards, see :func:`candidate_pairs`)."""
+    ``match_products`` (per DuckDB chunk; ``threads``: the connection's DuckDB threads) and by the Ray path (per
+    source partition, one thread per task; ``lexical``: the candidates of its lexical shards, see
+    :func:`candidate_pairs`)."""
     src = source_vectors(offers, settings, view.fusion, reuse=reuse, matcher=view.matcher)
-    return match(src, view, k, exclude_self=exclude_self, pair_top_m=settings.pair_top_m, lexical=lexical)
+    return match(src, view, k, exclude_self=exclude_self, pair_top_m=settings.pair_top_m, lexical=lexical,
+                 threads=threads)
 
 
 def _rank_and_gap(src_pos: np.ndarray, fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

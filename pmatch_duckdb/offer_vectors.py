@@ -226,11 +226,13 @@ class OfferVectors:
             self.mpns = [None] * len(self.ids)
 
     @classmethod
-    def from_arrow(cls, t: pa.Table, image: tuple[np.ndarray, np.ndarray] | None = None) -> OfferVectors:
+    def from_arrow(cls, t: pa.Table, image: tuple[np.ndarray, np.ndarray] | None = None,
+                   text: tuple[np.ndarray, np.ndarray] | None = None) -> OfferVectors:
         """From index rows (LanceDB table or freshly embedded rows).
 
-        ``image``: the rows' ``(image matrix, validity)`` when read apart (``t`` then needs no ``image_vec``)."""
-        text, tok = _matrix(t["text_vec"])
+        ``image`` / ``text``: the rows' ``(matrix, validity)`` when read apart (``t`` then needs no ``image_vec``
+        / ``text_vec``)."""
+        text, tok = _matrix(t["text_vec"]) if text is None else text
         image, iok = _matrix(t["image_vec"]) if image is None else image
         # without a ``vector`` column (a zero-shot caller fuses text and image itself): an empty matrix
         fused = _matrix(t["vector"])[0] if "vector" in t.column_names else np.zeros((len(t), 0), np.float32)

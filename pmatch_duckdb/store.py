@@ -11,6 +11,7 @@ never mixed with vectors of other encoders.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,20 @@ from .offer_vectors import (  # DESC_CHARS: re-exported (the description cut is 
 from .offers import Offer
 from .settings import Settings
 from .sqlident import check_index_name
+
+
+def lance_compute_threads(cpus: int | None) -> int:
+    """Lance's compute pool (vector search, decoding) for a machine of ``cpus`` cores: Lance's own default keeps two
+    cores for I/O (``cpus - 2``, at least 1), so on 2 cores every search ran on one thread however many callers
+    (``match`` on two threads: vector search 1.1x; with 2 compute threads 1.8x, benchmarks/README.md). Small
+    machines get ``min(cpus, 2)``; from 4 cores Lance's default stands."""
+    cpus = cpus or 1
+    return max(cpus - 2, min(cpus, 2))
+
+
+# read by Lance when its compute pool starts (its first search or decode, not its import); a value the user set
+# stands
+os.environ.setdefault("LANCE_CPU_THREADS", str(lance_compute_threads(os.cpu_count())))
 
 # 2: + description (first DESC_CHARS characters) and desc_identifiers, for the decision model
 # 3: + gtin (14-digit form) and mpn, the offer table's catalog identifier columns

@@ -8,6 +8,7 @@ the same candidates, scores and decisions as the in-memory view over the same in
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import lance
@@ -88,7 +89,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, set[str]]
     """Record every read of the index table: (how, rows, columns)."""
     reads: list[tuple[str, int, set[str]]] = []
     real_take, real_to_table = lance.LanceDataset.take, lance.LanceDataset.to_table
-    real_to_arrow = lancedb.table.LanceTable.to_arrow
+    real_to_arrow, real_to_batches = lancedb.table.LanceTable.to_arrow, lance.LanceDataset.to_batches
 
     def take(self, indices, columns=None, **kw):  # noqa: ANN001, ANN202
         out = real_take(self, indices, columns=columns, **kw)
@@ -105,7 +106,13 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, set[str]]
         reads.append(("to_arrow", len(out), set(out.column_names)))
         return out
 
+    def to_batches(self, *a, **kw):  # noqa: ANN002, ANN003, ANN202
+        for b in real_to_batches(self, *a, **kw):
+            reads.append(("to_batches", b.num_rows, set(b.schema.names)))
+            yield b
+
     monkeypatch.setattr(lance.LanceDataset, "take", take)
+    monkeypatch.setattr(lance.LanceDataset, "to_batches", to_batches)
     monkeypatch.setattr(lance.LanceDataset, "to_table", to_table)
     monkeypatch.setattr(lancedb.table.LanceTable, "to_arrow", to_arrow)
     return reads
@@ -114,6 +121,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, set[str]]
 def test_on_disk_view_reads_vectors_of_candidate_rows_only(shop, monkeypatch):
     con, ctx, index = shop
     monkeypatch.setattr(M, "SCORE_BATCH", 40)
+    monkeypatch.setattr(M, "TEXT_IN_MEMORY_MAX_BYTES", 0)  # text vectors too large to hold: read per candidate
     reads = _counting(monkeypatch)
     view = M.TargetView(index, ctx.settings.home, on_disk=True)
     # loading: the lookup columns of every row, no vector column, no whole-table read
@@ -138,6 +146,66 @@ def test_on_disk_view_reads_vectors_of_candidate_rows_only(shop, monkeypatch):
             for a in range(0, 200, 40)]
     assert [n for _, n in vec_reads] == want
     assert max(want) < N
+
+
+def test_on_disk_view_holds_text_vectors_that_fit(shop, monkeypatch):
+    """Text vectors within ``TEXT_IN_MEMORY_MAX_BYTES`` are read once, at load, whole column; candidates then
+    read no vector column (no photos here) and score exactly as the view that takes them per candidate row."""
+    con, ctx, index = shop
+    monkeypatch.setattr(M, "SCORE_BATCH", 40)
+    reads = _counting(monkeypatch)
+    held = M.TargetView(index, ctx.settings.home, on_disk=True)
+    assert held.text is not None and held.text[0].shape == (N, 384) and held.text[1].all()
+    assert sum(n for how, n, cols in reads if cols == {"text_vec"}) == N
+    assert all(not cols & VECTOR_COLUMNS for how, _, cols in reads if cols != {"text_vec"}), reads
+    assert held.nbytes()["text vectors"] == N * (384 * 4 + 1)
+    monkeypatch.setattr(M, "TEXT_IN_MEMORY_MAX_BYTES", N * 384 * 4 - 1)  # one byte short: not held
+    per_row = M.TargetView(index, ctx.settings.home, on_disk=True)
+    assert per_row.text is None and "text vectors" not in per_row.nbytes()
+    offers = read_offers(con, "offers")[:200]
+    src = M.source_vectors(offers, ctx.settings, held.fusion, reuse=held, matcher=held.matcher)
+    reads.clear()
+    a = M.match(src, held, 5, exclude_self=True)
+    assert reads and not [r for r in reads if r[2] & VECTOR_COLUMNS], reads
+    b = M.match(src, per_row, 5, exclude_self=True)
+    for f in ("source", "target", "rank", "score", "text_score", "image_score", "lexical_score", "id_match"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    assert a.decision == b.decision
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_source_batches_on_threads_give_the_same_candidates(shop, monkeypatch, held):
+    """``match(threads=2)``: the source batches scored on two threads, concatenated in batch order — the same
+    arrays as one thread; an error in a batch reaches the caller."""
+    con, ctx, index = shop
+    monkeypatch.setattr(M, "SCORE_BATCH", 32)
+    if not held:
+        monkeypatch.setattr(M, "TEXT_IN_MEMORY_MAX_BYTES", 0)
+    view = M.TargetView(index, ctx.settings.home, on_disk=True)
+    offers = read_offers(con, "offers")[:250]  # 8 batches, the last one short
+    src = M.source_vectors(offers, ctx.settings, view.fusion, reuse=view, matcher=view.matcher)
+    one = M.match(src, view, 5, exclude_self=True, threads=1)
+    two = M.match(src, view, 5, exclude_self=True, threads=2)
+    for f in ("source", "target", "rank", "score", "text_score", "image_score", "lexical_score", "id_match",
+              "price_ratio"):
+        np.testing.assert_array_equal(getattr(one, f), getattr(two, f), err_msg=f)
+    assert one.decision == two.decision and len(one.source) == 250 * 5
+    assert sorted(set(one.source.tolist())) == list(range(250))
+    real = M.pair_signals
+    calls = []
+
+    def failing(src_, view_, s, t):  # noqa: ANN001, ANN202
+        calls.append((len(src_.ids), threading.current_thread().name))
+        if len(src_.ids) < 32:  # the short last batch
+            raise RuntimeError("batch failed")
+        return real(src_, view_, s, t)
+
+    monkeypatch.setattr(M, "pair_signals", failing)
+    with pytest.raises(RuntimeError, match="batch failed"):
+        M.match(src, view, 5, exclude_self=True, threads=2)
+    assert any(n == 26 for n, _ in calls), calls
+    # the batches ran on the pool's threads (at most two of them), not on the caller's
+    assert all(name.startswith("pmatch-match_") for _, name in calls) and len({nm for _, nm in calls}) <= 2, calls
 
 
 def test_on_disk_view_scores_as_the_in_memory_view(shop, monkeypatch):
@@ -199,6 +267,9 @@ def test_view_without_tfidf_scores_as_the_full_view(shop, monkeypatch, on_disk):
     light = M.TargetView(index, ctx.settings.home, on_disk=on_disk, lexical=weights)
     if on_disk:  # no lexical_text read at load: the candidates' texts come with their scoring columns
         assert all("lexical_text" not in cols for how, _, cols in reads if how == "to_table"), reads
+        # the lean view (the Ray path's) holds no text vectors either; the full one does, they fit
+        assert light.text is None and full.text is not None
+        assert not any(cols & VECTOR_COLUMNS for how, _, cols in reads), reads
     # it holds the idf alone: no TF-IDF rows, no inverted index
     assert light.nbytes()["tfidf"] == weights.nbytes() and not hasattr(light.tfidf, "matrix")
     a = M.match(src, full, 5, exclude_self=True)
@@ -337,3 +408,45 @@ def test_trained_matcher_on_disk_scores_as_in_memory(photo_shop, monkeypatch, ho
     assert len(rows_a) == len(src.ids) * 5 and rows_a.keys() == rows_b.keys()
     for key, (d, sc) in rows_a.items():
         assert rows_b[key][0] == d and abs(rows_b[key][1] - sc) < 1e-5
+
+
+def test_match_products_scores_source_batches_on_the_connections_threads(shop, monkeypatch):
+    """The SQL path hands DuckDB's thread count to ``match`` (source batches on threads against an on-disk
+    target), and returns the rows one thread gives."""
+    con, ctx, index = shop
+    monkeypatch.setattr(M, "ON_DISK_MIN_ROWS", 100)
+    monkeypatch.setattr(M, "SCORE_BATCH", 32)
+    seen, real = [], M.match
+
+    def recording(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kw.get("threads", 1))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(M, "match", recording)
+    con.execute("CREATE TABLE src AS SELECT * FROM offers ORDER BY id LIMIT 150")
+    q = ("SELECT source_id, target_id, rank, score, decision FROM match_products('src', 'offers', 5) "
+         "ORDER BY source_id, rank")
+    many = con.execute(q).fetchall()
+    assert ctx.duckdb_threads >= 1 and seen and seen[0] == ctx.duckdb_threads, (seen, ctx.duckdb_threads)
+    monkeypatch.setattr(ctx, "duckdb_threads", 1)
+    assert con.execute(q).fetchall() == many and len(many) == 150 * 5
+
+
+def test_lance_gets_a_second_compute_thread_on_small_machines():
+    """Lance keeps two cores for I/O (compute pool ``cpus - 2``, at least 1): on 2 cores its vector search ran on one
+    thread for every caller. Importing pmatch gives it ``min(cpus, 2)`` there, leaves larger machines at Lance's
+    default, and a value the user set stands."""
+    import os
+    import subprocess
+    import sys
+
+    from pmatch_duckdb.store import lance_compute_threads
+
+    assert [lance_compute_threads(c) for c in (None, 1, 2, 3, 4, 8, 16)] == [1, 1, 2, 2, 2, 6, 14]
+    code = "import os, pmatch_duckdb.store; print(os.environ['LANCE_CPU_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "LANCE_CPU_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(lance_compute_threads(os.cpu_count()))
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "LANCE_CPU_THREADS": "7"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "7"

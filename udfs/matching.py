@@ -107,7 +107,8 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         # (the macro checks the whole source before any row; this guards the rows of one call)
         counts = Counter(o.id for o in offers)
         check_unique("match_products", source, sorted(i for i, c in counts.items() if c > 1))
-        cand = match_offers(offers, view, ctx.settings, kk, exclude_self=dedup, reuse=reuse)
+        cand = match_offers(offers, view, ctx.settings, kk, exclude_self=dedup, reuse=reuse,
+                            threads=ctx.duckdb_threads)
         per_row: list[list[dict]] = [[] for _ in offers]
         ids = view.target_ids(cand.target)  # one per candidate
         # human verdicts (pm_labels) override the model's decision
