@@ -1,9 +1,10 @@
 """Matching against a large index keeps its vectors on disk (issues 12 and 16): counted, not timed.
 
 An on-disk ``TargetView`` (what ``match_products`` and the Ray actors use from ``ON_DISK_MIN_ROWS`` rows) must
-(1) load only the columns candidate generation needs — never a vector column, never ``to_arrow()`` of the
-table; (2) read the scoring columns for the candidate rows only, a bounded batch at a time; and (3) give
-the same candidates, scores and decisions as the in-memory view over the same index.
+(1) load only the columns candidate generation needs — never an image or offer vector column, the text vectors
+only when they fit in ``TEXT_IN_MEMORY_MAX_BYTES``, never ``to_arrow()`` of the table; (2) read the scoring
+columns for the candidate rows only, a bounded batch at a time (on ``threads`` threads, the same result); and
+(3) give the same candidates, scores and decisions as the in-memory view over the same index.
 """
 
 from __future__ import annotations
