@@ -497,8 +497,19 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
     if reused:  # every row's offer vector is fused again below: the stored one (1,664 floats here) is not read
         names = reuse.dataset.schema.names if reuse.data is None else reuse.data.column_names
         parts = [p.drop_columns(["vector"]) if "vector" in p.column_names else p for p in parts]
-        old = with_description_columns(reuse.row_table(np.array(list(reused.values()), dtype=np.int64),
-                                                       [c for c in names if c != "vector"]))
+        rows = np.array(list(reused.values()), dtype=np.int64)
+        apart = {}  # vector columns not read with the others: (matrix, validity)
+        if reuse.text is not None and "text_vec" in names:  # the view holds them (TargetView.text)
+            apart["text_vec"] = reuse.text[0][rows], reuse.text[1][rows]
+        photos = reuse.dataset is not None and {"n_images_ok", "image_vec"} <= set(names)
+        old = reuse.row_table(rows, [c for c in names if c != "vector" and c not in apart
+                                     and not (photos and c == "image_vec")])
+        if photos:  # image vectors of the rows with a usable photo only (as TargetView.candidates reads them)
+            apart["image_vec"] = reuse._image_rows(rows, old["n_images_ok"])
+        for c, (m, ok) in apart.items():
+            vec = pa.FixedSizeListArray.from_arrays(pa.array(m.ravel()), m.shape[1], mask=pa.array(~ok))
+            old = old.append_column(pa.field(c, reuse.dataset.schema.field(c).type), vec)
+        old = with_description_columns(old)
         parts.append(old.select(parts[0].column_names if parts else old.column_names))
     table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
     # rows are [todo..., reused...]; put them back in source order
@@ -734,9 +745,15 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
                          vector_k, lexical_k, pair_top_m, None if lexical is None else lexical[a:a + SCORE_BATCH])
 
         starts = range(0, len(src.ids), SCORE_BATCH)
-        if threads > 1:  # at most ``threads`` batches' candidates held at once, results in batch order
+        if threads > 1:  # results in batch order
+            slots = _batch_slots(threads)
+
+            def slotted(a: int) -> Candidates:
+                with slots:
+                    return one(a)
+
             with ThreadPoolExecutor(min(threads, len(starts)), thread_name_prefix="pmatch-match") as pool:
-                parts = list(pool.map(one, starts))
+                parts = list(pool.map(slotted, starts))
         else:
             parts = [one(a) for a in starts]
         return _concat_candidates(parts, SCORE_BATCH)
@@ -758,6 +775,18 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
                       text_score=text[keep], image_score=image[keep], lexical_score=lex[keep],
                       id_match=idm[keep], price_ratio=ratio[keep],
                       decision=_decide(view, score[keep], second[keep], gtin))
+
+
+_slots_by_threads: dict[int, threading.BoundedSemaphore] = {}
+
+
+def _batch_slots(threads: int) -> threading.BoundedSemaphore:
+    """One semaphore per thread count, shared by every ``match`` call in the process: DuckDB already calls
+    ``_pm_match`` on several 2,048-row chunks at once (on its own threads), and each call's pool would add
+    ``threads`` more; with the slots at most ``threads`` batches are scored (and their candidates held) at once
+    — a lone call (a source of one chunk) still gets them all. Measured in benchmarks/README.md ("Third pass")."""
+    with _lookup_lock:
+        return _slots_by_threads.setdefault(threads, threading.BoundedSemaphore(threads))
 
 
 def _concat_candidates(parts: list[Candidates], batch: int) -> Candidates:

@@ -15,6 +15,7 @@ from pathlib import Path
 import lance
 import lancedb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import pmatch_duckdb as pm
@@ -164,7 +165,14 @@ def test_on_disk_view_holds_text_vectors_that_fit(shop, monkeypatch):
     per_row = M.TargetView(index, ctx.settings.home, on_disk=True)
     assert per_row.text is None and "text vectors" not in per_row.nbytes()
     offers = read_offers(con, "offers")[:200]
+    reads.clear()
     src = M.source_vectors(offers, ctx.settings, held.fusion, reuse=held, matcher=held.matcher)
+    # reused rows: the text vectors from the view, no image vector for rows without a photo (none here)
+    assert reads and not [r for r in reads if r[2] & VECTOR_COLUMNS], reads
+    again = M.source_vectors(offers, ctx.settings, per_row.fusion, reuse=per_row, matcher=per_row.matcher)
+    for f in ("text", "text_ok", "image", "image_ok", "fused", "price"):
+        np.testing.assert_array_equal(getattr(src, f), getattr(again, f), err_msg=f)
+    assert src.ids == again.ids and src.lexical == again.lexical and src.idents == again.idents
     reads.clear()
     a = M.match(src, held, 5, exclude_self=True)
     assert reads and not [r for r in reads if r[2] & VECTOR_COLUMNS], reads
@@ -304,6 +312,15 @@ def test_image_vectors_read_only_for_rows_with_a_photo(photo_shop, monkeypatch):
     offers = read_offers(con, "offers")[::3]
     src = M.source_vectors(offers, ctx.settings, mem.fusion, reuse=mem, matcher=mem.matcher)
     reads = _counting(monkeypatch)
+    # source rows reused from the on-disk view: image vectors read for the rows with a photo only, text vectors
+    # from the view; the same vectors as the in-memory view's
+    src_d = M.source_vectors(offers, ctx.settings, disk.fusion, reuse=disk, matcher=disk.matcher)
+    rows = mem.positions([o.id for o in offers])
+    assert [n for how, n, cols in reads if "image_vec" in cols] == [int((n_ok[rows] > 0).sum())], reads
+    assert not [r for r in reads if "text_vec" in r[2]], reads
+    for f in ("text", "text_ok", "image", "image_ok", "fused"):
+        np.testing.assert_array_equal(getattr(src, f), getattr(src_d, f), err_msg=f)
+    reads.clear()
     ps, pt = M.candidate_pairs(src, mem, 5, exclude_self=True)
     cview, pt_local = disk.candidates(pt)
     image_reads = [n for how, n, cols in reads if "image_vec" in cols]
@@ -451,3 +468,36 @@ def test_lance_gets_a_second_compute_thread_on_small_machines():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "LANCE_CPU_THREADS": "7"}, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "7"
+
+
+def test_match_result_columns_equal_one_dict_per_candidate():
+    """``_pm_match`` builds its list-of-struct result from the candidate arrays: the same value as one Python dict
+    per candidate (the way it was built before), with sources that have no candidate, NaN text/image scores and
+    price ratios (NULL) and human verdicts."""
+    from pmatch_duckdb.udfs.matching import _HIT, _hits, _nan_none
+
+    rng = np.random.default_rng(0)
+    src = np.sort(rng.choice([0, 1, 3, 4, 6], size=23))  # rows 2 and 5 (and 7) have no candidate
+    n = len(src)
+    nan_at = rng.random(n) < 0.3
+    cand = M.Candidates(source=src, target=rng.integers(0, 50, n), rank=np.arange(n) % 5 + 1,
+                        score=rng.random(n), text_score=np.where(nan_at, np.nan, rng.random(n)),
+                        image_score=np.full(n, np.nan), lexical_score=rng.random(n),
+                        id_match=rng.random(n) < 0.5, price_ratio=np.where(~nan_at, np.nan, rng.random(n)),
+                        decision=[["accept", "review", "reject"][i % 3] for i in range(n)])
+    ids = [f"t{int(t)}" for t in cand.target]
+    human = [None if i % 4 else "match" for i in range(n)]
+    want: list[list[dict]] = [[] for _ in range(8)]
+    for i in range(n):
+        want[int(cand.source[i])].append({
+            "target_key": ids[i], "rank": int(cand.rank[i]), "score": float(cand.score[i]),
+            "text_score": _nan_none(cand.text_score[i]), "image_score": _nan_none(cand.image_score[i]),
+            "lexical_score": float(cand.lexical_score[i]), "identifier_match": bool(cand.id_match[i]),
+            "price_ratio": _nan_none(cand.price_ratio[i]), "decision": cand.decision[i], "human_verdict": human[i]})
+    got = _hits(8, cand, ids, cand.decision, human)
+    assert got.type == pa.list_(_HIT) and len(got) == 8
+    assert got.equals(pa.array(want, type=pa.list_(_HIT)))
+    assert got.to_pylist()[2] == [] and got.to_pylist()[7] == []
+    empty = M.Candidates(*(np.zeros(0, t) for t in (np.int64, np.int64, np.int64, float, float, float, float, bool,
+                                                    float)), decision=[])
+    assert _hits(3, empty, [], [], []).to_pylist() == [[], [], []]

@@ -16,7 +16,14 @@ from pmatch_duckdb.context import PmatchContext
 from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.fusion import FusionConfig
 from pmatch_duckdb.matchers import active_matcher
-from pmatch_duckdb.matching import OfferVectors, match_offers, score_given, source_vectors, target_view
+from pmatch_duckdb.matching import (
+    Candidates,
+    OfferVectors,
+    match_offers,
+    score_given,
+    source_vectors,
+    target_view,
+)
 from pmatch_duckdb.offer_vectors import embed_offers
 from pmatch_duckdb.offers import REQUIRED, Offer, OfferTableError, offer_from_mapping
 from pmatch_duckdb.review.labels import PairKey, current_verdicts, table_key
@@ -71,6 +78,27 @@ def _nan_none(x: float) -> float | None:
     return None if x is None or np.isnan(x) else float(x)
 
 
+def _hits(n_rows: int, cand: Candidates, ids: list[str], decisions: list[str], human: list[str | None]) -> pa.Array:
+    """``_pm_match``'s result: per source row, its candidates as a list of ``_HIT`` structs, built from the
+    candidate arrays (columns, not a dict per candidate); a NaN text, image score or price ratio becomes NULL."""
+    src = np.asarray(cand.source, dtype=np.int64)
+    order = np.argsort(src, kind="stable")  # match returns sources in order already; kept stable if not
+    counts = np.bincount(src, minlength=n_rows) if len(src) else np.zeros(n_rows, np.int64)
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int32)
+
+    def f64(x: np.ndarray, nan_null: bool = True) -> pa.Array:
+        x = np.asarray(x, dtype=np.float64)[order]
+        return pa.array(x, pa.float64(), mask=np.isnan(x) if nan_null else None)
+
+    take = pa.array(order)
+    fields = [pa.array(ids, pa.string()).take(take), pa.array(np.asarray(cand.rank)[order], pa.int32()),
+              f64(cand.score, False), f64(cand.text_score), f64(cand.image_score), f64(cand.lexical_score, False),
+              pa.array(np.asarray(cand.id_match, dtype=bool)[order], pa.bool_()), f64(cand.price_ratio),
+              pa.array(decisions, pa.string()).take(take), pa.array(human, pa.string()).take(take)]
+    structs = pa.StructArray.from_arrays(fields, fields=list(_HIT))
+    return pa.ListArray.from_arrays(pa.array(offsets), structs, type=pa.list_(_HIT))
+
+
 def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
     """Register ``_pm_index``, ``_pm_match`` and ``_pm_clusters`` bound to ``ctx``."""
     register_check_udfs(reg)
@@ -109,20 +137,16 @@ def register_matching_udfs(reg: Registrar, ctx: PmatchContext) -> None:
         check_unique("match_products", source, sorted(i for i, c in counts.items() if c > 1))
         cand = match_offers(offers, view, ctx.settings, kk, exclude_self=dedup, reuse=reuse,
                             threads=ctx.duckdb_threads)
-        per_row: list[list[dict]] = [[] for _ in offers]
         ids = view.target_ids(cand.target)  # one per candidate
         # human verdicts (pm_labels) override the model's decision
-        keys = [PairKey.of(source, offers[int(cand.source[i])].id, target, ids[i])
-                for i in range(len(cand.source))]
-        decisions, human = override_decisions(keys, cand.decision, _verdicts(ctx, source, target))
-        for i in range(len(cand.source)):
-            per_row[int(cand.source[i])].append({
-                "target_key": ids[i], "rank": int(cand.rank[i]), "score": float(cand.score[i]),
-                "text_score": _nan_none(cand.text_score[i]), "image_score": _nan_none(cand.image_score[i]),
-                "lexical_score": float(cand.lexical_score[i]), "identifier_match": bool(cand.id_match[i]),
-                "price_ratio": _nan_none(cand.price_ratio[i]), "decision": decisions[i],
-                "human_verdict": human[i]})
-        return pa.array(per_row, type=pa.list_(_HIT))
+        verdicts = _verdicts(ctx, source, target)
+        if verdicts:
+            keys = [PairKey.of(source, offers[int(cand.source[i])].id, target, ids[i])
+                    for i in range(len(cand.source))]
+            decisions, human = override_decisions(keys, cand.decision, verdicts)
+        else:
+            decisions, human = cand.decision, [None] * len(cand.source)
+        return _hits(len(offers), cand, ids, decisions, human)
 
     def pm_clusters(pairs: pa.ChunkedArray, registry: pa.ChunkedArray) -> pa.Array:
         out = []
