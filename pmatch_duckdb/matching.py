@@ -225,9 +225,11 @@ class TargetView:
         at = 0
         for batch in self.dataset.to_batches(columns=["text_vec"]):
             m, v = _matrix(batch.column(0))
+            if at + len(m) > self.n:  # more rows than the view counted (another version?): read per candidate
+                return None
             text[at:at + len(m)], ok[at:at + len(m)] = m, v
             at += len(m)
-        if at != self.n:  # the table changed under the view (a concurrent writer): read per candidate instead
+        if at != self.n:  # fewer rows than counted: as above
             return None
         return text, ok
 

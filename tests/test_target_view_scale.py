@@ -501,3 +501,22 @@ def test_match_result_columns_equal_one_dict_per_candidate():
     empty = M.Candidates(*(np.zeros(0, t) for t in (np.int64, np.int64, np.int64, float, float, float, float, bool,
                                                     float)), decision=[])
     assert _hits(3, empty, [], [], []).to_pylist() == [[], [], []]
+
+
+@pytest.mark.parametrize("rows", ["more", "fewer"])
+def test_text_vectors_not_held_when_the_scan_disagrees_with_the_row_count(shop, monkeypatch, rows):
+    """A scan of ``text_vec`` with more or fewer rows than the view counted (the table changed in between) leaves
+    the text vectors on disk — read per candidate — instead of failing or holding misaligned rows."""
+    con, ctx, index = shop
+    real = lance.LanceDataset.to_batches
+
+    def skewed(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        batches = list(real(self, *a, **kw))
+        yield from (batches + batches[:1] if rows == "more" else [b.slice(1) for b in batches[:1]] + batches[1:])
+
+    monkeypatch.setattr(lance.LanceDataset, "to_batches", skewed)
+    view = M.TargetView(index, ctx.settings.home, on_disk=True)
+    assert view.text is None
+    offers = read_offers(con, "offers")[:50]
+    src = M.source_vectors(offers, ctx.settings, view.fusion, reuse=view, matcher=view.matcher)
+    assert len(M.match(src, view, 5, exclude_self=True).source) == 50 * 5
