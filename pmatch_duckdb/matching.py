@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import ConfigError
 from .features.codes import gtin_evidence
 from .features.lexical import CharTfidf, IdentifierIndex, LexicalWeights, normalize
 from .fusion import FusionConfig, apply_gtin_evidence, decide, pair_score
@@ -50,7 +52,8 @@ ANN_NPROBES = 20
 SCORE_BATCH = 512  # source offers scored together against an on-disk target (bounds the fetched candidate rows)
 # an on-disk view holds the text vectors (``text_vec``) in memory when they take at most this many bytes (1M rows of
 # 384 floats: 1.5 GB): Lance ``take`` of a 384-float row costs 15-80 µs of CPU (a read per row), a quarter of the
-# match at 1M rows, against 1 µs to copy it from memory (benchmarks/README.md, "Matching against 100k and 1M offers")
+# match at 1M rows, against 1 µs to copy it from memory (benchmarks/README.md, "Matching against 100k and 1M offers").
+# $PMATCH_VIEW_TEXT_MAX_BYTES overrides it (0: never hold them), read when a view is built
 TEXT_IN_MEMORY_MAX_BYTES = 2 << 30
 # what scoring reads of a candidate row (OfferVectors.from_arrow); the other index columns are never fetched
 SCORING_COLUMNS = ("id", "content_hash", "title", "brand", "lexical_text", "identifiers", "description",
@@ -59,6 +62,22 @@ SCORING_COLUMNS = ("id", "content_hash", "title", "brand", "lexical_text", "iden
 # the other scoring columns (titles, descriptions, hashes) feed a trained matcher's decision features only
 _ZERO_SHOT_COLUMNS = ("identifiers", "mpn", "gtin", "price", "text_vec", "image_vec")
 _LOOKUP_COLUMNS = ("id", "lexical_text", "identifiers", "gtin", "mpn")  # what the candidate indexes are built from
+
+
+def text_in_memory_max_bytes() -> int:
+    """The text-vector budget of an on-disk view: ``$PMATCH_VIEW_TEXT_MAX_BYTES`` if set, else
+    ``TEXT_IN_MEMORY_MAX_BYTES``."""
+    raw = os.environ.get("PMATCH_VIEW_TEXT_MAX_BYTES")
+    if raw is None or not raw.strip():
+        return TEXT_IN_MEMORY_MAX_BYTES
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"PMATCH_VIEW_TEXT_MAX_BYTES must be a whole number of bytes >= 0 (0: keep the text vectors "
+                          f"on disk), got {raw!r}")
+    return value
 
 
 class TargetView:
@@ -75,7 +94,7 @@ class TargetView:
     from the candidates' ``lexical_text`` with that idf (the same values as the fitted TF-IDF's).
 
     ``hold_text``: on disk, hold every row's text vector in memory (``text``) when they take at most
-    ``TEXT_IN_MEMORY_MAX_BYTES``, instead of reading them per candidate row; None: unless ``lexical`` is given.
+    :func:`text_in_memory_max_bytes`, instead of reading them per candidate row; None: unless ``lexical`` is given.
     """
 
     def __init__(self, index: OfferIndex, home: Path | None = None, on_disk: bool | None = None,
@@ -218,7 +237,7 @@ class TargetView:
         if "text_vec" not in have:
             return None
         dim = self.dataset.schema.field("text_vec").type.list_size
-        if self.n * dim * 4 > TEXT_IN_MEMORY_MAX_BYTES:
+        if self.n * dim * 4 > text_in_memory_max_bytes():
             return None
         text = np.zeros((self.n, dim), dtype=np.float32)
         ok = np.zeros(self.n, dtype=bool)

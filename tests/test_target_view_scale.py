@@ -520,3 +520,27 @@ def test_text_vectors_not_held_when_the_scan_disagrees_with_the_row_count(shop, 
     offers = read_offers(con, "offers")[:50]
     src = M.source_vectors(offers, ctx.settings, view.fusion, reuse=view, matcher=view.matcher)
     assert len(M.match(src, view, 5, exclude_self=True).source) == 50 * 5
+
+
+def test_text_vector_budget_from_the_environment(shop, monkeypatch):
+    """``PMATCH_VIEW_TEXT_MAX_BYTES`` sets the budget when a view is built (0: keep the text vectors on disk); a
+    value that is not a byte count is a clear error naming the variable, also through ``match_products``."""
+    from pmatch_duckdb.errors import ConfigError
+
+    con, ctx, index = shop
+    monkeypatch.setenv("PMATCH_VIEW_TEXT_MAX_BYTES", "0")
+    assert M.text_in_memory_max_bytes() == 0
+    assert M.TargetView(index, ctx.settings.home, on_disk=True).text is None
+    monkeypatch.setenv("PMATCH_VIEW_TEXT_MAX_BYTES", str(N * 384 * 4))
+    assert M.TargetView(index, ctx.settings.home, on_disk=True).text is not None
+    monkeypatch.delenv("PMATCH_VIEW_TEXT_MAX_BYTES")
+    assert M.text_in_memory_max_bytes() == M.TEXT_IN_MEMORY_MAX_BYTES
+    for bad in ("1.5GB", "-1"):
+        monkeypatch.setenv("PMATCH_VIEW_TEXT_MAX_BYTES", bad)
+        with pytest.raises(ConfigError, match="PMATCH_VIEW_TEXT_MAX_BYTES must be a whole number"):
+            M.TargetView(index, ctx.settings.home, on_disk=True)
+    monkeypatch.setattr(M, "ON_DISK_MIN_ROWS", 100)
+    M.forget_views(str(ctx.index_root))
+    with pytest.raises(Exception, match="PMATCH_VIEW_TEXT_MAX_BYTES must be a whole number") as err:
+        con.execute("SELECT count(*) FROM match_products('offers', 'offers', 3)").fetchall()
+    assert "-1" in str(err.value)
