@@ -173,3 +173,21 @@ def test_wrong_argument_type_is_a_duckdb_error(tcon):
         tcon.execute("SELECT pm_embed_text(42)").fetchall()
     # the connection is still usable afterwards
     assert tcon.execute("SELECT pm_embed_text('ok') IS NOT NULL").fetchall() == [(True,)]
+
+
+def test_encoder_follows_the_ort_thread_count_set_later(home, monkeypatch):
+    """The shared encoder is keyed by the resolved ORT thread count: ``PMATCH_ORT_THREADS`` changed later in the
+    process gets an encoder with that many intra-op threads (a benchmark timing 1 then 2 threads had measured the
+    first encoder twice); the same count gets the same encoder."""
+    from pmatch_duckdb.encoders.registry import get_text_encoder
+    from pmatch_duckdb.settings import Settings
+
+    settings = Settings.create(home=home, image_roots=[str(home)])
+    monkeypatch.setenv("PMATCH_ORT_THREADS", "1")
+    one = get_text_encoder(settings)
+    monkeypatch.setenv("PMATCH_ORT_THREADS", "2")
+    two = get_text_encoder(settings)
+    assert one is not two and get_text_encoder(settings) is two
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    assert two.session.get_session_options().intra_op_num_threads == 2
+    np.testing.assert_allclose(one.encode(TEXTS[:3]), two.encode(TEXTS[:3]), atol=TOL)

@@ -45,14 +45,16 @@ def _get(kind: str, name: str, settings: Settings, duckdb_threads: int | None):
         usable = " or ".join(sorted(_CLASSES[kind]))
         raise ConfigError(f"model {name!r} is a {bundle.modality} model; {kind} embedding needs a {usable} model")
     graph = _graph_file(kind, bundle)
-    key = (kind, str(bundle.path), bundle.manifest["files"].get(graph), duckdb_threads)
+    # keyed by the resolved ORT thread count too: $PMATCH_ORT_THREADS changed later in the process gets an encoder
+    # with that many threads, not the first one's (a benchmark timing 1 then 2 threads measured 1 twice)
+    threads = intra_op_threads(duckdb_threads)
+    key = (kind, str(bundle.path), bundle.manifest["files"].get(graph), duckdb_threads, threads)
     enc = _cache.get(key)
     if enc is None:
         with _lock:
             enc = _cache.get(key)
             if enc is None:
                 bundle.verify()  # hash every file once per process before first use
-                threads = intra_op_threads(duckdb_threads)
                 batch = settings.text_batch_size if kind == "text" else settings.image_batch_size
                 enc = cls(bundle, threads=threads, batch_size=batch)
                 _cache[key] = enc
