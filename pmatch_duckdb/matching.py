@@ -30,6 +30,7 @@ from .fusion import FusionConfig, apply_gtin_evidence, decide, pair_score
 from .matchers import Matcher, load_matcher
 from .offer_vectors import (
     OfferVectors,
+    _fsl,
     _matrix,
     code_columns,
     content_salt,
@@ -528,8 +529,7 @@ def source_vectors(offers: list[Offer], settings: Settings, cfg: FusionConfig,
         if photos:  # image vectors of the rows with a usable photo only (as TargetView.candidates reads them)
             apart["image_vec"] = reuse._image_rows(rows, old["n_images_ok"])
         for c, (m, ok) in apart.items():
-            vec = pa.FixedSizeListArray.from_arrays(pa.array(m.ravel()), m.shape[1], mask=pa.array(~ok))
-            old = old.append_column(pa.field(c, reuse.dataset.schema.field(c).type), vec)
+            old = old.append_column(pa.field(c, reuse.dataset.schema.field(c).type), _fsl(m, ok))
         old = with_description_columns(old)
         parts.append(old.select(parts[0].column_names if parts else old.column_names))
     table = pa.concat_tables([p.cast(parts[0].schema) for p in parts])

@@ -379,24 +379,30 @@ class CharTfidf(LexicalWeights):
         return sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in ms) + super().nbytes()
 
 
+def _matmat(kernel, a: sp.csr_matrix, b: sp.csr_matrix, cells: int, dtype: np.dtype) -> sp.csr_matrix:  # noqa: ANN001
+    """``a @ b`` by scipy's kernel ``csr_matmat`` into output arrays sized ``cells`` (an upper bound on the product's
+    non-zeros), skipping the pass that counts them first; the same kernel as ``a @ b``, so the same entries in the
+    same order, bit for bit."""
+    m, n = a.shape[0], b.shape[1]
+    it = np.int32 if max(cells, a.nnz, b.nnz, n) < 2**31 - 1 else np.int64
+    indptr, indices, data = np.empty(m + 1, dtype=it), np.empty(cells, dtype=it), np.empty(cells, dtype=dtype)
+    kernel(m, n, a.indptr.astype(it, copy=False), a.indices.astype(it, copy=False), a.data.astype(dtype, copy=False),
+           b.indptr.astype(it, copy=False), b.indices.astype(it, copy=False), b.data.astype(dtype, copy=False),
+           indptr, indices, data)
+    nnz = int(indptr[-1])
+    return sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(m, n))
+
+
 def _dense_product(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
     """``(a @ b).toarray()`` (float32) for a product that is nearly dense: scipy's own kernel (``csr_matmat``)
     with the output sized rows × columns up front, skipping the pass that counts its non-zeros first (~40 % of
     the product's time). The same kernel, so the same sums bit for bit; ``a @ b`` where the private kernel is
     not there (another scipy)."""
-    m, n = a.shape[0], b.shape[1]
     try:
         from scipy.sparse._sparsetools import csr_matmat
     except ImportError:  # pragma: no cover
         return (a @ b).toarray().astype(np.float32, copy=False)
-    it = np.int32 if max(m * n, a.nnz, b.nnz) < 2**31 - 1 else np.int64
-    indptr, indices = np.empty(m + 1, dtype=it), np.empty(m * n, dtype=it)
-    data = np.empty(m * n, dtype=np.float32)
-    csr_matmat(m, n, a.indptr.astype(it, copy=False), a.indices.astype(it, copy=False),
-               a.data.astype(np.float32, copy=False), b.indptr.astype(it, copy=False),
-               b.indices.astype(it, copy=False), b.data.astype(np.float32, copy=False), indptr, indices, data)
-    nnz = int(indptr[-1])
-    return sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(m, n)).toarray()
+    return _matmat(csr_matmat, a, b, a.shape[0] * b.shape[1], np.dtype(np.float32)).toarray()
 
 
 PRODUCT_CELLS = 1 << 23  # _product_blocks: bound on the non-zeros of one block's product (64 MB of output)
@@ -426,15 +432,7 @@ def _product_blocks(a: sp.csr_matrix, b: sp.csr_matrix, chunk: int):  # noqa: AN
         e = int(np.searchsorted(ends, base + PRODUCT_CELLS, side="right"))
         e = min(max(e, s + 1), s + chunk, a.shape[0])
         blk = a[s:e]
-        cells = int(ends[e - 1] - base)
-        it = np.int32 if max(cells, blk.nnz, b.nnz, n_cols) < 2**31 - 1 else np.int64
-        indptr, indices = np.empty(e - s + 1, dtype=it), np.empty(cells, dtype=it)
-        data = np.empty(cells, dtype=np.result_type(blk.data, b.data))
-        csr_matmat(e - s, n_cols, blk.indptr.astype(it, copy=False), blk.indices.astype(it, copy=False),
-                   blk.data.astype(data.dtype, copy=False), b.indptr.astype(it, copy=False),
-                   b.indices.astype(it, copy=False), b.data.astype(data.dtype, copy=False), indptr, indices, data)
-        nnz = int(indptr[-1])
-        yield s, sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(e - s, n_cols))
+        yield s, _matmat(csr_matmat, blk, b, int(ends[e - 1] - base), np.result_type(blk.data, b.data))
         s = e
 
 
