@@ -138,6 +138,9 @@ VARIANTS: list[tuple[str, FusionConfig | None, dict | None, str]] = [
     # pair scorer (issue 11): the main row trains it where there are enough labels; these switch it off or
     # change one Ditto lever ("_pair" holds SerializeOptions / PairTrainConfig fields)
     ("trained, no pair model", None, {**DEFAULT_SPEC, "_train": {"pair_model": False}}, ""),
+    # stage 1 without the word-difference feature (token_diff.py): what that feature adds
+    ("trained, no pair model, no token diff", None,
+     {**DEFAULT_SPEC, "_train": {"pair_model": False, "token_diff": False}}, ""),
     ("trained, pair model: no id/number marking", None, {**DEFAULT_SPEC, "_pair": {"mark_ids": False}}, ""),
     ("trained, pair model: TF-IDF description summary", None, {**DEFAULT_SPEC, "_pair": {"summarize": True}}, ""),
     ("trained, pair model: augmentation", None, {**DEFAULT_SPEC, "_pair": {"augment": True}}, ""),

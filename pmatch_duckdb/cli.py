@@ -257,6 +257,8 @@ text_model_option = click.option(
 @click.option("--no-cross-fit", is_flag=True, help="Train the decision model on in-sample projection features.")
 @click.option("--mine-negatives", default=0, show_default=True,
               help="Per training offer, this many best zero-shot non-matches as hard negatives for the projection.")
+@click.option("--no-token-diff", is_flag=True,
+              help="Skip the word-difference model (a decision feature learnt from which title words differ).")
 @click.option("--no-pair-model", is_flag=True,
               help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
 @click.option("--pair-max-len", default=64, show_default=True, help="Pair scorer: word pieces per pair.")
@@ -278,7 +280,7 @@ text_model_option = click.option(
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
-              no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
+              no_token_diff: bool, no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
               pair_min_matches: int, pair_min_gain: float, pair_max_train_pairs: int, pair_max_valid_pairs: int,
               no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
@@ -295,7 +297,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                           name=name, dim=dim, epochs=epochs, batch_size=batch_size, seed=seed,
                           target_precision=target_precision, decision_model=decision_model,
                           cross_fit=not no_cross_fit, mine_negatives=mine_negatives, activate=not no_activate,
-                          pair_model=not no_pair_model,
+                          token_diff=not no_token_diff, pair_model=not no_pair_model,
                           pair_options=PairOptions(PairTrainConfig(max_len=pair_max_len, epochs=pair_epochs,
                                                                    freeze_layers=pair_freeze_layers, seed=seed),
                                                    top_m=pair_top_m, min_positives=pair_min_matches,

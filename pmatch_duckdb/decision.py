@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .pair_features import PAIR_FEATURES
+from .token_diff import TokenDiffModel
 
 GTIN_MIN_PAIRS = 50  # training pairs with a GTIN on both sides needed to trust the learnt GTIN weights
 
@@ -224,6 +225,8 @@ class DecisionModel:
     review_threshold: float = 0.5
     features: tuple[str, ...] = PAIR_FEATURES
     info: dict = field(default_factory=dict)
+    #: the word-difference model behind the ``token_diff`` feature (when ``features`` names it)
+    token_diff: TokenDiffModel | None = None
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """Uncalibrated probability."""
@@ -271,7 +274,7 @@ class DecisionModel:
                 "trees": trees,
                 "calib_x": f(self.calib_x), "calib_y": f(self.calib_y),
                 "accept_threshold": _finite(self.accept_threshold), "review_threshold": self.review_threshold,
-                "info": self.info}
+                "info": self.info, **({"token_diff": self.token_diff.to_dict()} if self.token_diff else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> DecisionModel:
@@ -280,6 +283,8 @@ class DecisionModel:
             return None if d.get(k) is None else np.asarray(d[k], dtype=np.float64)
         acc = d.get("accept_threshold")
         kind = d.get("kind", "logistic")
+        if "token_diff" in d.get("features", ()) and not d.get("token_diff"):
+            raise ValueError("the decision model reads the token_diff feature, but its JSON holds no token_diff model")
         if kind not in ("logistic", "gbdt"):
             raise ValueError(f"unknown decision model kind {kind!r}")
         trees = None if d.get("trees") is None else [
@@ -289,7 +294,8 @@ class DecisionModel:
                    kind=kind, trees=trees,
                    calib_x=a("calib_x"), calib_y=a("calib_y"), accept_threshold=math.inf if acc is None else acc,
                    review_threshold=float(d["review_threshold"]), features=tuple(d["features"]),
-                   info=d.get("info", {}))
+                   info=d.get("info", {}),
+                   token_diff=TokenDiffModel.from_dict(d["token_diff"]) if d.get("token_diff") else None)
 
 
 def _finite(x: float) -> float | None:

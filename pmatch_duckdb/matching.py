@@ -45,6 +45,8 @@ from .pair_scorer import stacked_features, top_m_mask
 from .runs import rank_in_runs
 from .settings import Settings
 from .store import ANN_MIN_ROWS, OfferIndex
+from .token_diff import FEATURE as TOKEN_DIFF
+from .token_diff import TokenDiffModel
 
 ON_DISK_MIN_ROWS = ANN_MIN_ROWS  # from this many target rows the vectors stay on disk (fetched per candidate)
 # IVF partitions the vector channel probes (None: this). 10 halves the search's CPU at 1M rows but changes ~0.4 % of
@@ -693,18 +695,22 @@ def _zero_shot_fused_cosine(src: OfferVectors, tr: OfferVectors, s: np.ndarray, 
 
 def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray,
                       sig: PairSignals, features: tuple[str, ...] | None = None,
-                      full_text: np.ndarray | None = None) -> np.ndarray:
+                      full_text: np.ndarray | None = None, token_diff: TokenDiffModel | None = None) -> np.ndarray:
     """The decision model's input for the pairs (rank/gap are relative to each source's pairs).
 
     ``features``: the columns to return, in that order (a decision model's own list; default all of
     :data:`PAIR_FEATURES`). The title + description cosine is only computed when asked for, unless given
     (``full_text``: the pairs' :func:`_full_text_scores`, e.g. from rows computed once per offer).
+    ``token_diff``: the decision model's word-difference model, needed when ``features`` names
+    ``token_diff`` (a learnt feature: its score of the two titles).
     """
     tr = view.rows
     want = PAIR_FEATURES if features is None else tuple(features)
-    unknown = [f for f in want if f not in PAIR_FEATURES]
+    unknown = [f for f in want if f not in PAIR_FEATURES and f != TOKEN_DIFF]
     if unknown:
-        raise ValueError(f"unknown pair features {unknown}; known: {', '.join(PAIR_FEATURES)}")
+        raise ValueError(f"unknown pair features {unknown}; known: {', '.join(PAIR_FEATURES)}, {TOKEN_DIFF}")
+    if TOKEN_DIFF in want and token_diff is None:
+        raise ValueError(f"the {TOKEN_DIFF} feature needs the decision model's word-difference model")
     rank_f, gap = _rank_and_gap(s, sig.fused)
     full = full_text if full_text is not None or "full_text" not in want else _full_text_scores(src, view, s, t)
     us, s_at = np.unique(s, return_inverse=True)
@@ -718,7 +724,10 @@ def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
         full_text=full, desc_missing=no_desc_s[s_at.ravel()] | no_desc_t[t_at.ravel()], gtin=sig.gtin)
     if features is None:
         return x
-    return x[:, [PAIR_FEATURES.index(f) for f in want]]
+    out = np.empty((len(s), len(want)), dtype=x.dtype)
+    for j, f in enumerate(want):
+        out[:, j] = token_diff.score(src.titles, tr.titles, s, t) if f == TOKEN_DIFF else x[:, PAIR_FEATURES.index(f)]
+    return out
 
 
 def full_text_input(title: str | None, description: str | None) -> str:
@@ -837,7 +846,7 @@ def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.nda
     if m is None:
         return pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin), second
     dm = m.decision
-    raw = dm.raw(decision_features(src, view, s, t, sig, dm.features))
+    raw = dm.raw(decision_features(src, view, s, t, sig, dm.features, token_diff=dm.token_diff))
     score = dm.calibrate(raw)
     if m.pair is not None and m.pair_decision is not None:
         second = top_m_mask(s, score, m.pair.top_m if pair_top_m is None else pair_top_m)

@@ -351,7 +351,7 @@ def candidate_set(rows, view, tgt_pos: np.ndarray, decision, sources: np.ndarray
     src = rows.take(sources)
     s, t = candidate_pairs(src, view, 10, exclude_self=exclude_self)
     sig = pair_signals(src, view, s, t)
-    raw = decision.raw(decision_features(src, view, s, t, sig, decision.features))
+    raw = decision.raw(decision_features(src, view, s, t, sig, decision.features, token_diff=decision.token_diff))
     keep = top_m_mask(s, decision.calibrate(raw), top)
     sg, tg = sources[s[keep]], tgt_pos[t[keep]]
     y = np.array([(int(a), int(b)) in truth_pairs for a, b in zip(sg, tg, strict=True)], dtype=np.float64)

@@ -28,6 +28,7 @@ from ..clusters import DisjointSet
 from ..decision import train_decision
 from ..errors import PmatchError
 from ..evaluation import recall_at_k, summarize
+from ..features.lexical import normalize
 from ..features.offer_features import DEFAULT_SPEC, offer_features
 from ..fusion import FusionConfig, pair_score
 from ..matchers import activate as activate_version
@@ -43,11 +44,19 @@ from ..matching import (
     sparse_row_dots,
 )
 from ..offer_vectors import encoder_identity
+from ..pair_features import PAIR_FEATURES
 from ..sqlident import index_name_for, quote_ident, quote_qualified
 from ..staging import new_staging_dir
 from ..store import OfferIndex
+from ..token_diff import FEATURE as TOKEN_DIFF
+from ..token_diff import MIN_LABELS as TOKEN_DIFF_MIN_LABELS
+from ..token_diff import fit_out_of_fold, pair_words
 from .pair_model import PairOptions
 from .projection import export_projection_onnx, train_projection
+
+#: the word-difference model is learnt only where at least this share of the training pairs have two titles
+#: (store photos against a catalog have one: its "differences" would only be the catalog's words)
+TITLED_PAIR_SHARE = 0.5
 
 
 class TrainingError(PmatchError):
@@ -189,7 +198,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                   valid_fraction: float = 0.2, target_precision: float = 0.99, max_recall_loss: float = 0.02,
                   spec: dict | None = None, activate: bool = True, progress: bool = True,
                   decision_model: str = "logistic", cross_fit: bool = True, mine_negatives: int = 0,
-                  pair_model: bool = True, pair_options: PairOptions | None = None,
+                  pair_model: bool = True, pair_options: PairOptions | None = None, token_diff: bool = True,
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train a matcher version (projection + decision model) and, by default, activate it.
 
@@ -207,7 +216,9 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     projection's hard negatives (closed-world labels; the decision model still sees only its own pairs).
     ``pair_model``: also train the pair scorer (a cross-encoder re-reading each source's top candidates,
     stacked onto the decision model; ``training/pair_model.py``) where there are enough labelled matches
-    (``pair_options.min_positives``); ``pair_options`` holds its knobs.
+    (``pair_options.min_positives``); ``pair_options`` holds its knobs. ``token_diff``: also learn the
+    word-difference model (``token_diff.py``: which words one title has and the other lacks), a feature of
+    the decision model, where each label fold has enough matches and non-matches.
     """
     t0 = time.perf_counter()
     ctx = context_of(con)
@@ -351,6 +362,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     # trained on the other fold; the final projection (all training pairs) serves validation and matching.
     fold = np.array([zlib.crc32(f"{seed}:fold:{rows.ids[c]}".encode()) % 2 for c in comp])
     use_folds = cross_fit and all((fold[tpos[:, 0]] == f).sum() >= 10 for f in (0, 1))
+    tr_pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (source, target) global positions of x_tr's rows
     if use_folds:
         parts_x, parts_y, parts_f = [], [], []
         for f in (0, 1):
@@ -361,19 +373,53 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             held_neg = tneg[(fold[tneg[:, 0]] == f) | (fold[tneg[:, 1]] == f)] if len(tneg) else tneg
             xf, yf = pair_data(project(w_f), held_pos, held_neg,
                                None if open_world else {c for c in train_comps if fold[c] == f})
+            tr_pairs.append((last_pairs["src"], last_pairs["tgt"]))
             parts_x.append(xf)
             parts_y.append(yf)
             parts_f.append(np.full(len(yf), f))
         x_tr, y_tr, f_tr = np.vstack(parts_x), np.concatenate(parts_y), np.concatenate(parts_f)
     else:
         x_tr, y_tr = pair_data(trained, tpos, tneg, None if open_world else train_comps)
+        tr_pairs.append((last_pairs["src"], last_pairs["tgt"]))
         f_tr = None
     x_va, y_va = pair_data(trained, vpos, vneg, None if open_world else valid_comp)
     valid_pairs_pos = dict(last_pairs)
     if y_tr.sum() == 0 or y_va.sum() == 0:
         raise TrainingError("no positive pair among the decision model's training or validation candidates")
+    features = PAIR_FEATURES
+    words = None
+
+    def with_words(x_: np.ndarray, at: dict[str, np.ndarray]) -> np.ndarray:
+        """``x_`` (decision features of the pairs at ``at``) + the word-difference model's column, if any."""
+        if words is None:
+            return x_
+        return np.c_[x_, words.score(rows.titles, rows.titles, at["src"], at["tgt"]).astype(x_.dtype)]
+
+    if token_diff:
+        # the word-difference model: fitted on the training pairs; their own decision features get its
+        # out-of-fold scores (folds by label component), validation and matching the full model's
+        tr_src = np.concatenate([p[0] for p in tr_pairs])
+        tr_tgt = np.concatenate([p[1] for p in tr_pairs])
+        tw0 = time.perf_counter()
+        titled = np.array([bool(normalize(t)) for t in rows.titles], dtype=bool)
+        share = float(np.mean(titled[tr_src] & titled[tr_tgt])) if len(tr_src) else 0.0
+        words, oof = (fit_out_of_fold(pair_words(rows.titles, rows.titles, tr_src, tr_tgt), y_tr, fold[tr_src], seed)
+                      if share >= TITLED_PAIR_SHARE else (None, None))
+        if share < TITLED_PAIR_SHARE:
+            log(f"word-difference model skipped: {share:.0%} of the training pairs have a title on both sides "
+                f"(needs {TITLED_PAIR_SHARE:.0%})")
+        elif words is None:
+            log(f"word-difference model skipped: fewer than {TOKEN_DIFF_MIN_LABELS} matches or non-matches "
+                "in a fold of the training pairs")
+        else:
+            features = (*PAIR_FEATURES, TOKEN_DIFF)
+            x_tr = np.c_[x_tr, oof.astype(x_tr.dtype)]
+            x_va = with_words(x_va, valid_pairs_pos)
+            log(f"word-difference model: {len(words.weights)} word weights from {len(y_tr)} training pairs "
+                f"({time.perf_counter() - tw0:.1f}s)")
     decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss, kind=decision_model,
-                              folds=f_tr, seed=seed)
+                              folds=f_tr, seed=seed, features=features)
+    decision.token_diff = words
     log(f"decision model ({decision.kind}{', cross-fitted' if use_folds else ''}): "
         f"accept ≥ {decision.accept_threshold:.4f}, review ≥ {decision.review_threshold:.4f}")
     n_matches = decision.info.get("validation_matches", int(y_va.sum()))
@@ -403,11 +449,16 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         elif pair_model:
             from .pair_model import pair_stage
 
+            # the training pairs as the decision model reads them at match time (the full word model's scores)
+            xs, ys = pair_data(trained, tpos, tneg, None if open_world else train_comps)
+            lp = dict(last_pairs)
+            train_split = (with_words(xs, lp), ys, lp)
+
             pair_entry = pair_stage(
                 tmp, popts, rows=trained, decision=decision, open_world=open_world,
                 view=target_view.with_fused(trained.fused[tgt_pos]), tgt_pos=tgt_pos, comp=comp,
                 truth_pairs=truth_pairs, exclude_self=len(tables) == 1,
-                train_split=pair_data(trained, tpos, tneg, None if open_world else train_comps) + (dict(last_pairs),),
+                train_split=train_split,
                 valid_split=(x_va, y_va, valid_pairs_pos), target_precision=target_precision,
                 max_recall_loss=max_recall_loss, log=log)
             if pair_entry is not None:
@@ -423,7 +474,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                          "negative_pairs": int(len(tneg)), "mined_negatives": int(len(pneg) - len(tneg)),
                          "seed": seed, "batch_size": batch_size,
                          "open_world": open_world, "cross_fit": bool(use_folds),
-                         "decision_model": decision.kind},
+                         "decision_model": decision.kind,
+                         "token_diff": None if words is None else {"weights": len(words.weights)}},
             "thresholds": {"accept": decision.to_dict()["accept_threshold"], "review": decision.review_threshold},
             "metrics": metrics, "loss_history": history,
             **({"pair_model": pair_entry} if pair_entry else {}),
