@@ -171,18 +171,17 @@ class TokenDiffModel:
                    float(d["intercept"]))
 
 
-def _design(pw: PairWords, columns: dict[str, int] | None, groups: np.ndarray | None = None):
+def _design(pw: PairWords, columns: dict[str, int] | None):
     """Sparse design matrix of the pairs (input counts as columns, ``frac`` last) and its column names.
-    ``columns`` None: every input seen in pairs of at least :data:`MIN_COUNT` label groups (``groups``: one
-    per pair; None: each pair its own) becomes a column — a word of one product only is not learnt."""
+    ``columns`` None: every input seen in at least :data:`MIN_COUNT` pairs becomes a column (the others count
+    in their kind's :data:`UNKNOWN` bucket). Counting pairs of distinct label groups instead was measured and
+    dropped (WDC 50 % unseen 0.622 → 0.503)."""
     from scipy import sparse
 
     pairs, codes, names = _inputs(pw)
     if columns is None:
-        g = np.arange(len(pw.frac)) if groups is None else np.asarray(groups, dtype=np.int64)
         uniq, name_id = np.unique(np.array(names, dtype=object), return_inverse=True)  # codes → distinct names
-        name_id = name_id.ravel()
-        seen = np.unique(g[pairs] * len(uniq) + name_id[codes]) % max(len(uniq), 1)  # distinct (group, name)
+        seen = np.unique(pairs * len(uniq) + name_id.ravel()[codes]) % max(len(uniq), 1)  # distinct (pair, name)
         count = np.bincount(seen, minlength=len(uniq))
         keep = {str(uniq[c]) for c in np.flatnonzero(count >= MIN_COUNT).tolist()}
         columns = {x: i for i, x in enumerate(sorted(keep | set(UNKNOWN.values())))}
@@ -197,10 +196,8 @@ def _design(pw: PairWords, columns: dict[str, int] | None, groups: np.ndarray | 
     return sparse.hstack([m, sparse.csr_matrix(pw.frac.reshape(-1, 1))], format="csr"), columns
 
 
-def fit_token_diff(pw: PairWords, y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None
-                   ) -> TokenDiffModel | None:
-    """Fit on labelled pairs (``y`` 1 = match; ``groups``: each pair's label group, see :func:`_design`);
-    None when there are too few of either label."""
+def fit_token_diff(pw: PairWords, y: np.ndarray, seed: int = 0) -> TokenDiffModel | None:
+    """Fit on labelled pairs (``y`` 1 = match); None when there are too few of either label."""
     y = np.asarray(y, dtype=np.float64)
     if y.sum() < MIN_LABELS or (1 - y).sum() < MIN_LABELS:
         return None
@@ -212,7 +209,7 @@ def fit_token_diff(pw: PairWords, y: np.ndarray, seed: int = 0, groups: np.ndarr
     if len(y) > MAX_PAIRS:
         rows = np.sort(np.random.default_rng(seed).choice(len(y), MAX_PAIRS, replace=False))
         pw = take_pairs(pw, rows)
-    x, columns = _design(pw, None, None if groups is None else np.asarray(groups)[rows])
+    x, columns = _design(pw, None)
     clf = LogisticRegression(C=C, max_iter=2000)
     clf.fit(x, y[rows].astype(np.int64))
     coef = clf.coef_.ravel()
@@ -230,17 +227,16 @@ def take_pairs(pw: PairWords, rows: np.ndarray) -> PairWords:
                      pw.frac[rows])
 
 
-def fit_out_of_fold(pw: PairWords, y: np.ndarray, folds: np.ndarray, seed: int = 0,
-                    groups: np.ndarray | None = None) -> tuple[TokenDiffModel | None, np.ndarray | None]:
+def fit_out_of_fold(pw: PairWords, y: np.ndarray, folds: np.ndarray, seed: int = 0
+                    ) -> tuple[TokenDiffModel | None, np.ndarray | None]:
     """(model fitted on every pair, each pair's score from a model fitted on the other folds); (None, None)
     when any of the fits lacks labels."""
     y = np.asarray(y, dtype=np.float64)
     oof = np.zeros(len(y))
     for f in np.unique(folds).tolist():
         held = folds == f
-        model = fit_token_diff(take_pairs(pw, np.flatnonzero(~held)), y[~held], seed,
-                               None if groups is None else np.asarray(groups)[~held])
+        model = fit_token_diff(take_pairs(pw, np.flatnonzero(~held)), y[~held], seed)
         if model is None:
             return None, None
         oof[held] = model.score_words(take_pairs(pw, np.flatnonzero(held)))
-    return fit_token_diff(pw, y, seed, groups), oof
+    return fit_token_diff(pw, y, seed), oof
