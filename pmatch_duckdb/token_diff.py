@@ -33,7 +33,7 @@ FEATURE = "token_diff"
 MIN_COUNT = 2  # an input gets its own weight when seen in at least this many training pairs (else its bucket's)
 MAX_PAIRS = 200_000  # training pairs the model is fitted on at most (seeded sample beyond)
 MIN_LABELS = 30  # matches and non-matches needed in each fit (else no model: the feature is left out)
-C = 1.0  # inverse L2 strength (scikit-learn's C): chosen on Abt-Buy / Amazon-Google / WDC validation pairs
+C = 1.0  # inverse L2 strength (scikit-learn's C); 0.3 was measured no better (benchmarks/README.md, token_diff)
 _DIGITS = re.compile(r"\d+")
 #: the inputs of words without a weight of their own (rare in training, or unseen): one bucket per kind, so the
 #: model learns what an unknown differing word means (rare words stand in for unseen ones in training)
