@@ -159,6 +159,12 @@ class TokenDiffModel:
                 + np.bincount(pw.shared_pair, weights=w_shared[pw.shared_code], minlength=n)
                 + self.frac_weight * pw.frac + self.intercept)
 
+    def strongest(self, n: int = 8) -> tuple[list[str], list[str]]:
+        """The ``n`` differing words that most mean another product, and the ``n`` that most mean nothing
+        (the training log shows them: what the model learnt, in words)."""
+        words = sorted((w, k[2:]) for k, w in self.weights.items() if k.startswith("d:") and k != UNKNOWN["d"])
+        return [x for _, x in words[:n]], [x for _, x in words[::-1][:n]]
+
     def to_dict(self) -> dict:
         """JSON form (weights rounded to 6 significant digits)."""
         return {"kind": "word-difference logistic regression", "weights": {k: float(f"{v:.6g}") for k, v in

@@ -165,8 +165,11 @@ def test_trained_matcher_uses_it_in_sql(tmp_path: Path, home):
         con.executemany(f"INSERT INTO {name} VALUES (?, ?)", rows)
     con.execute("CREATE TABLE labels (left_id VARCHAR, right_id VARCHAR, label INTEGER)")
     con.executemany("INSERT INTO labels VALUES (?, ?, ?)", labels)
-    kw = dict(pairs="labels", seed=0, epochs=10, pair_model=False, progress=False, log=lambda _: None)
+    lines: list[str] = []
+    kw = dict(pairs="labels", seed=0, epochs=10, pair_model=False, progress=False, log=lines.append)
     r = train_matcher(con, ["feed", "catalog"], name="words", **kw)
+    said = next(x for x in lines if x.startswith("word-difference model:"))
+    assert "another product: pro" in said, said  # the log names what it learnt
     m = load_matcher("words", r.version, thome)
     assert m.decision.features[-1] == "token_diff" and m.decision.token_diff is not None
     assert m.decision.token_diff.weights["d:pro"] < 0

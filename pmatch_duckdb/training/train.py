@@ -415,8 +415,10 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             features = (*PAIR_FEATURES, TOKEN_DIFF)
             x_tr = np.c_[x_tr, oof.astype(x_tr.dtype)]
             x_va = with_words(x_va, valid_pairs_pos)
-            log(f"word-difference model: {len(words.weights)} word weights from {len(y_tr)} training pairs "
-                f"({time.perf_counter() - tw0:.1f}s)")
+            other, harmless = words.strongest()
+            log(f"word-difference model: {len(words.weights)} weights from {len(y_tr)} training pairs "
+                f"({time.perf_counter() - tw0:.1f}s); on one side only, these words most mean another product: "
+                f"{', '.join(other) or '-'}; these least: {', '.join(harmless) or '-'}")
     decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss, kind=decision_model,
                               folds=f_tr, seed=seed, features=features)
     decision.token_diff = words
