@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .features.lexical import normalize
+from .pair_features import _CHUNK, _WIDTH, _Codes, _member
 
 FEATURE = "token_diff"
 MIN_COUNT = 2  # an input gets its own weight when seen in at least this many training pairs (else its bucket's)
@@ -38,8 +39,6 @@ _DIGITS = re.compile(r"\d+")
 #: the inputs of words without a weight of their own (rare in training, or unseen): one bucket per kind, so the
 #: model learns what an unknown differing word means (rare words stand in for unseen ones in training)
 UNKNOWN = {"d": "d:?", "D": "D:?", "S": "S:?"}
-_WIDTH = 1 << 32  # (pair, word code) keys: codes < 2^32, pairs per chunk < 2^31
-_CHUNK = 262_144
 
 
 def shape(word: str) -> str:
@@ -65,23 +64,21 @@ def pair_words(src_titles: Sequence[str | None], tgt_titles: Sequence[str | None
     s, t = np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
     code: dict[str, int] = {}
 
-    def sets(titles: Sequence[str | None], pos: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Each offer's word codes (lengths, CSR pointers, codes) and each pair's row in them."""
+    def sets(titles: Sequence[str | None], pos: np.ndarray) -> tuple[_Codes, np.ndarray]:
+        """Each offer's word codes and each pair's row in them."""
         uniq, at = np.unique(pos, return_inverse=True)
-        per = [sorted({code.setdefault(w, len(code)) for w in normalize(titles[i]).split()}) for i in uniq.tolist()]
-        lens = np.fromiter((len(x) for x in per), dtype=np.int64, count=len(per))
-        flat = np.fromiter((c for x in per for c in x), dtype=np.int64, count=int(lens.sum()))
-        return lens, np.r_[0, np.cumsum(lens)].astype(np.int64), flat, at.ravel()
+        return _Codes([{code.setdefault(w, len(code)) for w in normalize(titles[i]).split()}
+                       for i in uniq.tolist()]), at.ravel()
 
-    la, pa, ca, ra = sets(src_titles, s)
-    lb, pb, cb, rb = sets(tgt_titles, t)
+    a, ra = sets(src_titles, s)
+    b, rb = sets(tgt_titles, t)
     n = len(s)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("dp", "dc", "sp", "sc")}
     frac = np.zeros(n, dtype=np.float64)
     for c0 in range(0, n, _CHUNK):
         sl = slice(c0, min(c0 + _CHUNK, n))
-        pair_a, code_a = _expand(la, pa, ca, ra[sl])
-        pair_b, code_b = _expand(lb, pb, cb, rb[sl])
+        pair_a, code_a = a.expand(ra[sl])
+        pair_b, code_b = b.expand(rb[sl])
         key_a, key_b = pair_a * _WIDTH + code_a, pair_b * _WIDTH + code_b
         a_in_b, b_in_a = _member(key_a, key_b), _member(key_b, key_a)
         off = c0
@@ -98,23 +95,6 @@ def pair_words(src_titles: Sequence[str | None], tgt_titles: Sequence[str | None
     for w, i in code.items():
         words[i] = w
     return PairWords(words, cat["dp"], cat["dc"], cat["sp"], cat["sc"], frac)
-
-
-def _expand(lens: np.ndarray, ptr: np.ndarray, flat: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(pair number, word code) of every word of ``rows[i]``'s set."""
-    ln = lens[rows]
-    pair = np.repeat(np.arange(len(rows), dtype=np.int64), ln)
-    total = int(ln.sum())
-    idx = np.repeat(ptr[rows] - np.cumsum(ln) + ln, ln) + np.arange(total, dtype=np.int64)
-    return pair, flat[idx]
-
-
-def _member(keys: np.ndarray, of: np.ndarray) -> np.ndarray:
-    if not len(of):
-        return np.zeros(len(keys), dtype=bool)
-    srt = np.sort(of)
-    at = np.minimum(np.searchsorted(srt, keys), len(srt) - 1)
-    return srt[at] == keys
 
 
 def _word_input(w: str) -> str:
