@@ -141,6 +141,9 @@ VARIANTS: list[tuple[str, FusionConfig | None, dict | None, str]] = [
     # stage 1 without the word-difference feature (token_diff.py): what that feature adds
     ("trained, no pair model, no token diff", None,
      {**DEFAULT_SPEC, "_train": {"pair_model": False, "token_diff": False}}, ""),
+    # stage 1 without the source-margin features (pair_features.MARGIN_FEATURES)
+    ("trained, no pair model, no margins", None,
+     {**DEFAULT_SPEC, "_train": {"pair_model": False, "source_margins": False}}, ""),
     ("trained, pair model: no id/number marking", None, {**DEFAULT_SPEC, "_pair": {"mark_ids": False}}, ""),
     ("trained, pair model: TF-IDF description summary", None, {**DEFAULT_SPEC, "_pair": {"summarize": True}}, ""),
     ("trained, pair model: augmentation", None, {**DEFAULT_SPEC, "_pair": {"augment": True}}, ""),

@@ -259,6 +259,9 @@ text_model_option = click.option(
               help="Per training offer, this many best zero-shot non-matches as hard negatives for the projection.")
 @click.option("--no-token-diff", is_flag=True,
               help="Skip the word-difference model (a decision feature learnt from which title words differ).")
+@click.option("--source-margins", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Decision features comparing each pair with its source's other candidates (auto: on for two "
+                   "tables, off for dedup of one).")
 @click.option("--no-pair-model", is_flag=True,
               help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
 @click.option("--pair-max-len", default=64, show_default=True, help="Pair scorer: word pieces per pair.")
@@ -280,7 +283,7 @@ text_model_option = click.option(
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
-              no_token_diff: bool, no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
+              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
               pair_min_matches: int, pair_min_gain: float, pair_max_train_pairs: int, pair_max_valid_pairs: int,
               no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
@@ -298,6 +301,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                           target_precision=target_precision, decision_model=decision_model,
                           cross_fit=not no_cross_fit, mine_negatives=mine_negatives, activate=not no_activate,
                           token_diff=not no_token_diff, pair_model=not no_pair_model,
+                          source_margins={"auto": None, "on": True, "off": False}[source_margins],
                           pair_options=PairOptions(PairTrainConfig(max_len=pair_max_len, epochs=pair_epochs,
                                                                    freeze_layers=pair_freeze_layers, seed=seed),
                                                    top_m=pair_top_m, min_positives=pair_min_matches,

@@ -40,7 +40,14 @@ from .offer_vectors import (
     with_description_columns,
 )
 from .offers import Offer
-from .pair_features import FULL_TEXT_CHARS, PAIR_FEATURES, PairTexts, pair_features_at
+from .pair_features import (
+    FULL_TEXT_CHARS,
+    MARGIN_FEATURES,
+    PAIR_FEATURES,
+    PairTexts,
+    pair_features_at,
+    source_margins,
+)
 from .pair_scorer import stacked_features, top_m_mask
 from .runs import rank_in_runs
 from .settings import Settings
@@ -702,17 +709,20 @@ def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
     :data:`PAIR_FEATURES`). The title + description cosine is only computed when asked for, unless given
     (``full_text``: the pairs' :func:`_full_text_scores`, e.g. from rows computed once per offer).
     ``token_diff``: the decision model's word-difference model, needed when ``features`` names
-    ``token_diff`` (a learnt feature: its score of the two titles).
+    ``token_diff`` (a learnt feature: its score of the two titles). The :data:`MARGIN_FEATURES`, like
+    rank/gap, compare each pair with the other pairs of its source passed in the same call.
     """
     tr = view.rows
     want = PAIR_FEATURES if features is None else tuple(features)
-    unknown = [f for f in want if f not in PAIR_FEATURES and f != TOKEN_DIFF]
+    unknown = [f for f in want if f not in PAIR_FEATURES and f not in MARGIN_FEATURES and f != TOKEN_DIFF]
     if unknown:
-        raise ValueError(f"unknown pair features {unknown}; known: {', '.join(PAIR_FEATURES)}, {TOKEN_DIFF}")
+        raise ValueError(f"unknown pair features {unknown}; known: {', '.join(PAIR_FEATURES)}, "
+                         f"{', '.join(MARGIN_FEATURES)}, {TOKEN_DIFF}")
     if TOKEN_DIFF in want and token_diff is None:
         raise ValueError(f"the {TOKEN_DIFF} feature needs the decision model's word-difference model")
     rank_f, gap = _rank_and_gap(s, sig.fused)
-    full = full_text if full_text is not None or "full_text" not in want else _full_text_scores(src, view, s, t)
+    need_full = "full_text" in want or "full_text_margin" in want
+    full = full_text if full_text is not None or not need_full else _full_text_scores(src, view, s, t)
     us, s_at = np.unique(s, return_inverse=True)
     ut, t_at = np.unique(t, return_inverse=True)
     no_desc_s = np.array([not src.descriptions[i] for i in us.tolist()], dtype=bool)
@@ -726,7 +736,12 @@ def decision_features(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.
         return x
     out = np.empty((len(s), len(want)), dtype=x.dtype)
     for j, f in enumerate(want):
-        out[:, j] = token_diff.score(src.titles, tr.titles, s, t) if f == TOKEN_DIFF else x[:, PAIR_FEATURES.index(f)]
+        if f == TOKEN_DIFF:
+            out[:, j] = token_diff.score(src.titles, tr.titles, s, t)
+        elif f in MARGIN_FEATURES:
+            out[:, j] = source_margins(s, x[:, PAIR_FEATURES.index(MARGIN_FEATURES[f])])
+        else:
+            out[:, j] = x[:, PAIR_FEATURES.index(f)]
     return out
 
 

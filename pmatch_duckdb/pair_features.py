@@ -25,6 +25,13 @@ PAIR_FEATURES = ("fused", "text", "text_missing", "image", "image_missing", "lex
                  # quantities with a unit in the titles (16 GB, 1600 MHz, 3-pack, 5.6 cu ft): a unit both name with a
                  # value in common / a unit both name, no value in common (another capacity, speed or pack size)
                  "unit_agree", "unit_conflict")
+# Relative to the same source's other pairs (at match time: its other candidates): this pair's value minus the
+# best value among them, 0 where the source has no other pair. A candidate that a sibling beats on identifiers
+# or words (DVPNS57PB beside an exact DVPNS57PS) is rarely the match, however high its own score; the top
+# candidate's margin says by how much it leads. Computed by :func:`source_margins` from the columns named.
+MARGIN_FEATURES: dict[str, str] = {"id_similarity_margin": "id_similarity", "lexical_margin": "lexical",
+                                   "token_jaccard_margin": "token_jaccard", "full_text_margin": "full_text",
+                                   "number_jaccard_margin": "number_jaccard"}
 FULL_TEXT_CHARS = 300  # description characters in the ``full_text`` cosine
 _NUM = re.compile(r"\d+(?:\.\d+)?")
 # colour and finish words (normalised title tokens) → one name per colour; what a colour variant differs by
@@ -380,3 +387,25 @@ def _best_id_pairs(a: _Codes, b: _Codes, ra: np.ndarray, rb: np.ndarray, ids: li
     agreeing_best[pair[at_best & same_digits]] = True
     differ[owners] = (best[owners] > 0) & ~agreeing_best[owners]
     return best, agree, differ
+
+
+def source_margins(src_pos: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per pair: ``values[i]`` minus the largest value among the other pairs of the same source
+    (``src_pos[i]``); 0 where the source has a single pair. NaN counts as 0."""
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    out = np.zeros(len(v), dtype=np.float64)
+    if len(v) < 2:
+        return out
+    order = np.lexsort((-v, src_pos))
+    s_sorted, v_sorted = np.asarray(src_pos)[order], v[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
+    counts = np.diff(np.r_[starts, len(order)])
+    first = np.repeat(v_sorted[starts], counts)  # the source's best value
+    # its second best (the best among the others of the leader); a single pair has no other: margin 0
+    second = np.repeat(np.where(counts > 1, v_sorted[np.minimum(starts + 1, len(order) - 1)], v_sorted[starts]),
+                       counts)
+    lead = np.zeros(len(order), dtype=bool)
+    lead[starts] = True
+    out[order] = v_sorted - np.where(lead, second, first)
+    return out
+

@@ -44,7 +44,7 @@ from ..matching import (
     sparse_row_dots,
 )
 from ..offer_vectors import encoder_identity
-from ..pair_features import PAIR_FEATURES
+from ..pair_features import MARGIN_FEATURES, PAIR_FEATURES
 from ..sqlident import index_name_for, quote_ident, quote_qualified
 from ..staging import new_staging_dir
 from ..store import OfferIndex
@@ -199,6 +199,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                   spec: dict | None = None, activate: bool = True, progress: bool = True,
                   decision_model: str = "logistic", cross_fit: bool = True, mine_negatives: int = 0,
                   pair_model: bool = True, pair_options: PairOptions | None = None, token_diff: bool = True,
+                  source_margins: bool | None = None,
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train a matcher version (projection + decision model) and, by default, activate it.
 
@@ -218,7 +219,12 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     stacked onto the decision model; ``training/pair_model.py``) where there are enough labelled matches
     (``pair_options.min_positives``); ``pair_options`` holds its knobs. ``token_diff``: also learn the
     word-difference model (``token_diff.py``: which words one title has and the other lacks), a feature of
-    the decision model, where each label fold has enough matches and non-matches.
+    the decision model, where each label fold has enough matches and non-matches. ``source_margins``: give
+    the decision model the margin features (``pair_features.MARGIN_FEATURES``: how a pair's identifier and
+    word agreement compare with the best of its source's other candidates), and featurise labelled pairs
+    among their sources' match candidates (as ``score_pairs`` does). ``None`` (default): on when linking two
+    tables, off for dedup of one table, where a source's other candidates include its other duplicates, so
+    being beaten by one says little (measured: WDC Products, one table, 0.671 → 0.650 F1 with them on).
     """
     t0 = time.perf_counter()
     ctx = context_of(con)
@@ -339,9 +345,24 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             src_idx = np.where(tgt_mask[lab[:, 0]] & ~tgt_mask[lab[:, 1]], lab[:, 1], lab[:, 0])
             tgt_idx = np.where(tgt_mask[lab[:, 0]] & ~tgt_mask[lab[:, 1]], lab[:, 0], lab[:, 1])
             t_local = np.array([view.pos[rows.ids[i]] for i in tgt_idx], dtype=np.int64)
+            last_pairs.update(src=src_idx, tgt=tgt_idx)
+            if source_margins:
+                # as score_pairs scores them: each source's labelled pairs among its match candidates, so the
+                # features relative to the source's other pairs (rank, gap, margins) see what they see there
+                us, s_lab = np.unique(src_idx, return_inverse=True)
+                src = vectors.take(us)
+                cs, ct = candidate_pairs(src, view, 10, exclude_self=len(tables) == 1,
+                                         lexical=lexical_candidates(us.tolist()))
+                width = max(view.n, 1)
+                key_lab = s_lab.ravel() * width + t_local
+                uniq = np.unique(np.r_[key_lab, cs * width + ct])
+                s_all, t_all = uniq // width, uniq % width
+                at = np.searchsorted(uniq, key_lab)
+                sig = pair_signals(src, view, s_all, t_all)
+                full = full_text_scores(us[s_all], tgt_pos[t_all])
+                return decision_features(src, view, s_all, t_all, sig, base_features, full_text=full)[at], y
             s_local = np.arange(len(src_idx))
             src = vectors.take(src_idx)
-            last_pairs.update(src=src_idx, tgt=tgt_idx)
         else:
             srcs = [i for i in range(len(rows.ids)) if side[i] == src_side and comp[i] in split_comps] \
                 if split_comps is not None else [i for i in range(len(rows.ids)) if side[i] == src_side]
@@ -353,8 +374,11 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             last_pairs.update(src=np.asarray(srcs, dtype=np.int64)[s_local], tgt=tgt_pos[t_local])
         sig = pair_signals(src, view, s_local, t_local)
         full = full_text_scores(last_pairs["src"], last_pairs["tgt"])
-        return decision_features(src, view, s_local, t_local, sig, full_text=full), y
+        return decision_features(src, view, s_local, t_local, sig, base_features, full_text=full), y
 
+    if source_margins is None:
+        source_margins = len(tables) == 2
+    base_features = (*PAIR_FEATURES, *MARGIN_FEATURES) if source_margins else PAIR_FEATURES
     train_comps = set(comp.tolist()) - valid_comp
     # Cross-fitting: the decision model must learn from pair features of offers the projection has NOT
     # been trained on (as at match time); in-sample fused cosines of training pairs are near-perfect and
@@ -386,7 +410,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     valid_pairs_pos = dict(last_pairs)
     if y_tr.sum() == 0 or y_va.sum() == 0:
         raise TrainingError("no positive pair among the decision model's training or validation candidates")
-    features = PAIR_FEATURES
+    features = base_features
     words = None
 
     def with_words(x_: np.ndarray, at: dict[str, np.ndarray]) -> np.ndarray:
@@ -412,7 +436,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             log(f"word-difference model skipped: fewer than {TOKEN_DIFF_MIN_LABELS} matches or non-matches "
                 "in a fold of the training pairs")
         else:
-            features = (*PAIR_FEATURES, TOKEN_DIFF)
+            features = (*base_features, TOKEN_DIFF)
             x_tr = np.c_[x_tr, oof.astype(x_tr.dtype)]
             x_va = with_words(x_va, valid_pairs_pos)
             other, harmless = words.strongest()
@@ -477,7 +501,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                          "seed": seed, "batch_size": batch_size,
                          "open_world": open_world, "cross_fit": bool(use_folds),
                          "decision_model": decision.kind,
-                         "token_diff": None if words is None else {"weights": len(words.weights)}},
+                         "token_diff": None if words is None else {"weights": len(words.weights)},
+                         "source_margins": bool(source_margins)},
             "thresholds": {"accept": decision.to_dict()["accept_threshold"], "review": decision.review_threshold},
             "metrics": metrics, "loss_history": history,
             **({"pair_model": pair_entry} if pair_entry else {}),
