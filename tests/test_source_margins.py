@@ -162,3 +162,42 @@ def test_labelled_pairs_are_featurised_among_their_sources_candidates(tmp_path, 
     assert (x_ctx[:, f_ctx.index("rank")] > 0).any() and (x_ctx[:, f_ctx.index("id_similarity_margin")] < 0).any()
     assert (x_alone[:, list(f_alone).index("rank")] == 0).all() and tuple(f_alone) == PF  # log(rank 1)
     con.close()
+
+
+def test_cli_source_margins_option(tmp_path, home):
+    """``pmatch train --source-margins off`` trains without them; the manifest records the choice."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("torch")
+    from click.testing import CliRunner
+
+    import pmatch_duckdb as pm
+    from pmatch_duckdb.cli import main as cli
+    from pmatch_duckdb.matchers import load_matcher
+
+    thome = tmp_path / "home"
+    (thome / "models").mkdir(parents=True)
+    for bname in ("minilm-l6-v2", "efficientnet-lite0"):
+        (thome / "models" / bname).symlink_to(home / "models" / bname)
+    db = tmp_path / "shop.duckdb"
+    con = pm.connect(db, home=thome)
+    feed, catalog, labels, _ = _shop(np.random.default_rng(9), 120, "")
+    for name, rows in (("feed", feed), ("catalog", catalog)):
+        con.execute(f"CREATE TABLE {name} (id VARCHAR, title VARCHAR)")
+        con.executemany(f"INSERT INTO {name} VALUES (?, ?)", rows)
+    con.execute("CREATE TABLE labels (left_id VARCHAR, right_id VARCHAR)")
+    con.executemany("INSERT INTO labels VALUES (?, ?)", labels)
+    con.close()
+    args = ["train", str(db), "--offers", "feed", "--offers", "catalog", "--pairs", "labels", "--epochs", "5",
+            "--no-pair-model", "--no-token-diff", "--home", str(thome)]
+    for flag, want in (("off", False), ("auto", True)):
+        res = CliRunner().invoke(cli, [*args, "--name", f"m_{flag}", "--source-margins", flag])
+        assert res.exit_code == 0, res.output
+        m = load_matcher(f"m_{flag}", "v1", thome)
+        assert bool(set(MARGIN_FEATURES) & set(m.decision.features)) is want
+        man = json.loads((thome / "matchers" / f"m_{flag}" / "v1" / "manifest.json").read_text())
+        assert man["training"]["source_margins"] is want
+    res = CliRunner().invoke(cli, [*args, "--source-margins", "sometimes"])
+    assert res.exit_code != 0 and "sometimes" in res.output
