@@ -43,7 +43,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from peak_rss import peak_rss_kib  # benchmarks/ is on sys.path as the script's folder
 
 import pmatch_duckdb as pm
 from pmatch_duckdb.bundles import find_bundle
@@ -72,7 +72,8 @@ def log(msg: str) -> None:
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kB
+    """Peak RSS of this process so far, GB (``VmHWM``: a child's ``ru_maxrss`` carries the parent's peak)."""
+    return peak_rss_kib() / 1e6  # KiB / 1e6, the unit of the figures published before
 
 
 def fmt_table(header: list[str], rows: list[list[str]]) -> str:

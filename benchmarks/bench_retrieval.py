@@ -55,7 +55,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -73,6 +72,8 @@ import pyarrow.compute as pc
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from peak_rss import peak_rss_kib  # noqa: E402 - benchmarks/ is on sys.path as the script's folder
 
 os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")  # keep index stats small
 os.environ.setdefault("LANCEDB_LOG", "error")  # pmatch's select(["id"]) logs a deprecation warning per search
@@ -131,19 +132,8 @@ def fsl(mat: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def rss_gb() -> float:
-    """Peak RSS of this process so far, GB.
-
-    Linux ``VmHWM`` of this process's own address space. Not ``ru_maxrss``: the kernel carries the
-    parent's RSS at fork into a child's ``ru_maxrss`` across ``exec``, which would charge a child
-    build with the parent's catalog matrix. ``ru_maxrss`` (KiB on Linux) is the fallback elsewhere.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024 ** 2
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    """Peak RSS of this process so far, GiB (``VmHWM``, see ``peak_rss``)."""
+    return peak_rss_kib() / 1024 ** 2
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
