@@ -230,13 +230,19 @@ class DecisionModel:
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """Uncalibrated probability."""
-        x = np.asarray(x, dtype=np.float64)
         if self.kind == "gbdt":
+            x = np.asarray(x, dtype=np.float64)
             z = np.full(len(x), self.intercept)
             for tree in self.trees or []:
                 z += _tree_values(tree, x)
             return _sigmoid(z)
-        return _sigmoid(((x - self.mean) / self.scale) @ self.coef + self.intercept)
+        # block by block: the float64 copy and the standardised temporaries of a training set's ~1.7M pairs
+        # were the peak of train_matcher at 50k offers (benchmarks/README.md, Pipeline speed)
+        out = np.empty(len(x))
+        for b in _blocks(len(x)):
+            out[b] = _sigmoid(((np.asarray(x[b], dtype=np.float64) - self.mean) / self.scale) @ self.coef
+                              + self.intercept)
+        return out
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Calibrated match probability in [0, 1]."""
@@ -333,7 +339,10 @@ def out_of_fold_raw(kind: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, 
         train = ~test
         if y[train].sum() < 5 or (1 - y[train]).sum() < 5:
             continue
-        out[test] = _fit(kind, x, y[train], l2, seed, rows=train).raw(x[test])
+        model = _fit(kind, x, y[train], l2, seed, rows=train)
+        at = np.flatnonzero(test)
+        for b in _blocks(len(at)):  # the fold's rows in blocks, never one copy of the whole fold
+            out[at[b]] = model.raw(x[at[b]])
     return out
 
 
