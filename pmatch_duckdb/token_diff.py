@@ -73,6 +73,9 @@ def pair_words(src_titles: Sequence[str | None], tgt_titles: Sequence[str | None
     a, ra = sets(src_titles, s)
     b, rb = sets(tgt_titles, t)
     n = len(s)
+    # pair numbers and word codes as int32 (half the memory: ~0.3 GB at 1.7M training pairs, part of the peak
+    # of train_matcher at 50k offers); int64 only past 2**31
+    ix = np.int32 if max(n, len(code)) < 2 ** 31 else np.int64
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("dp", "dc", "sp", "sc")}
     frac = np.zeros(n, dtype=np.float64)
     for c0 in range(0, n, _CHUNK):
@@ -82,15 +85,15 @@ def pair_words(src_titles: Sequence[str | None], tgt_titles: Sequence[str | None
         key_a, key_b = pair_a * _WIDTH + code_a, pair_b * _WIDTH + code_b
         a_in_b, b_in_a = _member(key_a, key_b), _member(key_b, key_a)
         off = c0
-        parts["dp"] += [pair_a[~a_in_b] + off, pair_b[~b_in_a] + off]
-        parts["dc"] += [code_a[~a_in_b], code_b[~b_in_a]]
-        parts["sp"].append(pair_a[a_in_b] + off)
-        parts["sc"].append(code_a[a_in_b])
+        parts["dp"] += [(pair_a[~a_in_b] + off).astype(ix), (pair_b[~b_in_a] + off).astype(ix)]
+        parts["dc"] += [code_a[~a_in_b].astype(ix), code_b[~b_in_a].astype(ix)]
+        parts["sp"].append((pair_a[a_in_b] + off).astype(ix))
+        parts["sc"].append(code_a[a_in_b].astype(ix))
         m = sl.stop - sl.start
         n_diff = np.bincount(pair_a[~a_in_b], minlength=m) + np.bincount(pair_b[~b_in_a], minlength=m)
         n_union = n_diff + np.bincount(pair_a[a_in_b], minlength=m)
         frac[sl] = np.where(n_union > 0, n_diff / np.maximum(n_union, 1), 0.0)
-    cat = {k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for k, v in parts.items()}
+    cat = {k: np.concatenate(v) if v else np.zeros(0, dtype=ix) for k, v in parts.items()}
     words = [""] * len(code)
     for w, i in code.items():
         words[i] = w
@@ -107,8 +110,8 @@ def _inputs(pw: PairWords) -> tuple[np.ndarray, np.ndarray, list[str]]:
     names = [_word_input(w) for w in pw.words] + [f"D:{shape(w)}" for w in pw.words] + \
         [f"S:{shape(w)}" for w in pw.words]
     nw = len(pw.words)
-    pairs = np.r_[pw.diff_pair, pw.diff_pair, pw.shared_pair]
-    codes = np.r_[pw.diff_code, pw.diff_code + nw, pw.shared_code + 2 * nw]
+    pairs = np.concatenate([pw.diff_pair, pw.diff_pair, pw.shared_pair])
+    codes = np.concatenate([pw.diff_code, pw.diff_code + nw, pw.shared_code + 2 * nw])
     return pairs, codes, names
 
 
@@ -167,7 +170,7 @@ def _design(pw: PairWords, columns: dict[str, int] | None):
     pairs, codes, names = _inputs(pw)
     if columns is None:
         uniq, name_id = np.unique(np.array(names, dtype=object), return_inverse=True)  # codes → distinct names
-        seen = np.unique(pairs * len(uniq) + name_id.ravel()[codes]) % max(len(uniq), 1)  # distinct (pair, name)
+        seen = np.unique(pairs.astype(np.int64) * len(uniq) + name_id.ravel()[codes]) % max(len(uniq), 1)  # distinct (pair, name)
         count = np.bincount(seen, minlength=len(uniq))
         keep = {str(uniq[c]) for c in np.flatnonzero(count >= MIN_COUNT).tolist()}
         columns = {x: i for i, x in enumerate(sorted(keep | set(UNKNOWN.values())))}
@@ -206,7 +209,7 @@ def fit_token_diff(pw: PairWords, y: np.ndarray, seed: int = 0) -> TokenDiffMode
 def take_pairs(pw: PairWords, rows: np.ndarray) -> PairWords:
     """The :class:`PairWords` of a subset of the pairs (renumbered ``0..len(rows)-1``, in ``rows``' order)."""
     rows = np.asarray(rows, dtype=np.int64)
-    new = np.full(len(pw.frac), -1, dtype=np.int64)
+    new = np.full(len(pw.frac), -1, dtype=pw.diff_pair.dtype)
     new[rows] = np.arange(len(rows))
     d, sh = new[pw.diff_pair] >= 0, new[pw.shared_pair] >= 0
     return PairWords(pw.words, new[pw.diff_pair[d]], pw.diff_code[d], new[pw.shared_pair[sh]], pw.shared_code[sh],
