@@ -74,8 +74,9 @@ def pair_words(src_titles: Sequence[str | None], tgt_titles: Sequence[str | None
     b, rb = sets(tgt_titles, t)
     n = len(s)
     # pair numbers and word codes as int32 (half the memory: ~0.3 GB at 1.7M training pairs, part of the peak
-    # of train_matcher at 50k offers); int64 only past 2**31
-    ix = np.int32 if max(n, len(code)) < 2 ** 31 else np.int64
+    # of train_matcher at 50k offers); int64 where a pair number or _inputs' codes (up to 3 × the words) would
+    # pass 2**31
+    ix = np.int32 if max(n, 3 * len(code)) < 2 ** 31 else np.int64
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("dp", "dc", "sp", "sc")}
     frac = np.zeros(n, dtype=np.float64)
     for c0 in range(0, n, _CHUNK):
