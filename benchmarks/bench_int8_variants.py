@@ -13,7 +13,8 @@ Builds variants of the fp32 bundles' graphs in a scratch folder and measures eac
   768 generated titles/descriptions — how ``TEXT_KEEP_FP32`` was chosen.
 * image (``efficientnet-lite0``): Grocery store photo → catalog acc@1, cosine to fp32, and model-only images per
   CPU-s (preprocessed pixels, one ORT thread), for static int8 in QOperator and QDQ formats, quantizing all
-  convolutions or only the pointwise (1x1) ones and the head (depthwise convolutions fp32); and the CPU cost of
+  convolutions, only the pointwise (1x1) ones and the head (depthwise convolutions fp32), or all convolutions
+  plus the ReLU6 Clips and residual Adds (recipe 4, no fp32 round trip between convolutions); and the CPU cost of
   decoding + preprocessing the photos, which bounds what any model speed-up can give the encode path.
 
 Usage (repository root; needs the build extra and the fp32 bundles)::
@@ -279,13 +280,17 @@ def part_image(args: argparse.Namespace, work: Path) -> None:
             pass
 
     variants = {"fp32": fp.file("model.onnx")}
+    conv_ops = ["Conv", "MatMul", "Gemm"]
     for fmt_name, fmt in (("QOperator", QuantFormat.QOperator), ("QDQ", QuantFormat.QDQ)):
-        for sel_name, sel in (("all convolutions (recipe 2 if QOperator)", None),
-                              ("pointwise + stem + head, depthwise fp32", rest)):
+        for sel_name, sel, ops in (("all convolutions (recipe 2-3 if QOperator)", None, conv_ops),
+                                   ("pointwise + stem + head, depthwise fp32", rest, conv_ops),
+                                   ("all convolutions + Clip + Add (recipe 4 if QOperator)", None, qz.IMAGE_OPS)):
             path = work / f"img{len(variants)}.onnx"
+            if sel is not None and ops != conv_ops:
+                continue
             quantize_static(str(pre), str(path), Reader(), quant_format=fmt, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops,
                             nodes_to_quantize=sel)
             variants[f"{fmt_name}, {sel_name}"] = path
     folder = args.data / "grocery"

@@ -237,6 +237,41 @@ def test_many_rows_good_and_bad_in_one_query(bad_con, lib):
     assert len(good_rows) >= 50
 
 
+def test_prefetching_encoder_equals_serial_and_keeps_reasons(home, lib, monkeypatch):
+    """The encoder decodes batch i+1 in a worker thread while the model runs batch i: over several batches
+    with failures in every one (and a whole batch of failures), it gives the serial path's vectors and reasons
+    row for row; an error raised while decoding reaches the caller."""
+    from pmatch_duckdb.bundles import find_bundle
+    from pmatch_duckdb.encoders.image import ImageEncoder
+    from pmatch_duckdb.encoders.image_io import ImagePolicy
+
+    root = lib / "root"
+    policy = ImagePolicy(roots=(root.resolve(),), max_pixels=MAX_PIXELS, max_bytes=MAX_BYTES)
+    goods = [str(root / "good" / n) for n in ("cat.jpg", "coffee.jpg", "small.png")]
+    srcs: list[str | bytes | None] = [goods[i % 3] if i % 4 else None for i in range(20)]
+    srcs += [str(root / "good" / "nope.jpg")] * 8 + [b"not an image"] + goods  # batch 4 fails whole
+    fast = ImageEncoder(find_bundle("efficientnet-lite0", home), batch_size=7, prefetch=True)
+    slow = ImageEncoder(find_bundle("efficientnet-lite0", home), batch_size=7, prefetch=False)
+    v, r = fast.encode(srcs, policy)
+    v0, r0 = slow.encode(srcs, policy)
+    assert r == r0 and r.count(None) == 15 + 3 and r[0] == "null" and r[20] == "missing file"
+    np.testing.assert_allclose(v, v0, atol=1e-6)
+    assert (np.abs(v[[i for i, x in enumerate(r) if x]]).sum() == 0) and (np.linalg.norm(v[1]) > 0.5)
+
+    # by default only where the model's threads leave a core free
+    from pmatch_duckdb.encoders import image as image_mod
+
+    monkeypatch.setattr(image_mod, "cpu_count", lambda: 4)
+    assert ImageEncoder(fast.bundle, threads=2).prefetch and not ImageEncoder(fast.bundle, threads=4).prefetch
+
+    def boom(*a, **k):
+        raise RuntimeError("decoder exploded")
+
+    fast._load_chunk = boom  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        fast.encode(srcs, policy)
+
+
 # --------------------------------------------------------------------------------------------- BLOBs
 
 def test_blob_inputs(bad_con, lib):
@@ -323,6 +358,22 @@ def test_preprocess_shape(photo_pixels):
     assert photo_pixels.dtype == np.float32
     # ImageNet-normalised: roughly zero-centred, clearly not raw 0..255 or 0..1
     assert -3.0 < photo_pixels.min() < -0.5 and 0.5 < photo_pixels.max() < 3.0
+
+
+@pytest.mark.parametrize("size", [(451, 300), (300, 451), (348, 348), (100, 37), (1999, 1001)])
+def test_preprocess_equals_resize_then_crop(encoder, size):
+    """The fused normalisation gives the values of the textbook path: resize the whole image (shorter side
+    to 256), centre-crop 224, then (x / 255 - mean) / std."""
+    img = to_rgb(chelsea()).resize(size, Image.Resampling.BICUBIC)
+    w, h = img.size
+    s = encoder.resize / min(w, h)
+    nw, nh = max(encoder.crop, round(w * s)), max(encoder.crop, round(h * s))
+    left, top = (nw - encoder.crop) // 2, (nh - encoder.crop) // 2
+    ref = img.resize((nw, nh), encoder.interp).crop((left, top, left + encoder.crop, top + encoder.crop))
+    want = (np.asarray(ref, dtype=np.float32).transpose(2, 0, 1) * encoder.scale - encoder.mean) / encoder.std
+    got = encoder.preprocess(img)
+    assert got.shape == want.shape == (3, 224, 224) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-6)
 
 
 @pytest.mark.slow

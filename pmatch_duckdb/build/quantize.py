@@ -7,7 +7,12 @@
   layer's feed-forward output projection, measured one matrix at a time) stays fp32 too.
 - image (``efficientnet-lite0-int8``): *static* quantization (QOperator format) — int8 weights (per channel) and
   activation ranges calibrated on product photos rendered by :mod:`pmatch_duckdb.demo.synthetic`
-  (generated at build time: the build never reads third-party data).
+  (generated at build time: the build never reads third-party data). The ReLU6 ``Clip`` after each
+  convolution and the residual ``Add`` are quantized too (:data:`IMAGE_OPS`): the quantizer folds each Clip into
+  its convolution's output range and the Adds become ``QLinearAdd``, so activations stay uint8 from the stem
+  to the pooling. Quantizing the convolutions alone left a dequantize -> fp32 Clip -> quantize round trip after
+  every convolution, which took 45 % of the int8 model's time and, with MinMax ranges instead of [0, 6],
+  moved the embeddings further from fp32 (benchmarks/README.md, "image int8: the Clip round trips").
 
 Each is its own bundle (own name, manifest and file hashes, like every other bundle); the fp32
 bundles stay the default and a connection opts in with ``pm.connect(text_model="minilm-l6-v2-int8",
@@ -32,8 +37,8 @@ import numpy as np
 from ..bundles import Bundle, find_bundle
 from .common import finish_bundle, package_version
 
-RECIPE = 3  # bump whenever the quantization recipe changes (2: images in QOperator format; 3: text per-channel
-# weights, first layer's feed-forward output projection kept fp32)
+RECIPE = 4  # bump whenever the quantization recipe changes (2: images in QOperator format; 3: text per-channel
+# weights, first layer's feed-forward output projection kept fp32; 4: images also quantize Clip and Add)
 SUFFIX = "-int8"
 CALIBRATION_IMAGES = 96
 CALIBRATION_SEED = 7
@@ -42,6 +47,9 @@ CALIBRATION_SEED = 7
 # feed-forward output projection was the most sensitive matrix by 2x (benchmarks/README.md, "int8 recipe");
 # it is 1/18 of the weight multiply-adds.
 TEXT_KEEP_FP32 = ("/encoder/layer.0/output/dense/MatMul",)
+# Image ops quantized: convolutions and the head, plus the ReLU6 Clips (folded into their convolution) and the
+# residual Adds (QLinearAdd), so no fp32 op sits between two int8 convolutions.
+IMAGE_OPS = ["Conv", "MatMul", "Gemm", "Clip", "Add"]
 
 
 def int8_name(fp32_name: str) -> str:
@@ -154,10 +162,10 @@ def quantize_image(src: Bundle, bundle_dir: Path, log: Callable[[str], None] = p
         quantize_static(str(pre), str(bundle_dir / "model.onnx"), _PhotoReader(pixels, enc.input_name),
                         quant_format=QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+                        op_types_to_quantize=IMAGE_OPS)
     return finish_bundle(bundle_dir, _manifest_from(src, {
         "method": "static", "format": "QOperator", "weights": "int8 (per channel)", "activations": "uint8",
-        "ops": ["Conv", "MatMul", "Gemm"],
+        "ops": IMAGE_OPS,
         "calibration": {"images": len(photos), "source": "pmatch_duckdb.demo.synthetic rendered product photos",
                         "seed": CALIBRATION_SEED, "method": "MinMax"}}))
 

@@ -20,7 +20,7 @@ from ..errors import ModelIntegrityError
 from .clip_hf_tokenizer import TYPE as HF_JSON
 from .clip_hf_tokenizer import HFJsonTokenizer
 from .clip_tokenizer import ClipTokenizer
-from .image import _INTERP, ImageEncoder
+from .image import _INTERP, ImageEncoder, overlap_decoding
 from .sessions import get_session
 
 MODALITY = "clip"
@@ -91,12 +91,13 @@ class ClipImageEncoder(ImageEncoder):
     orientation and colour-mode conversion are the ones of every other image model (``image_io``).
     """
 
-    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 32) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 32, prefetch: bool | None = None) -> None:
         spec = tower_spec(bundle, "image")
         pre = spec["preprocessing"]
         self.bundle = bundle
         self.dim = bundle.dim
         self.batch_size = batch_size
+        self.prefetch = overlap_decoding(threads) if prefetch is None else prefetch
         size = pre["size"]
         self.size = (int(size), int(size)) if isinstance(size, int | float) else (int(size[0]), int(size[1]))
         self.resize_mode = pre.get("resize_mode", "shortest")
