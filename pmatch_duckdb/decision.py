@@ -228,19 +228,22 @@ class DecisionModel:
     #: the word-difference model behind the ``token_diff`` feature (when ``features`` names it)
     token_diff: TokenDiffModel | None = None
 
-    def raw(self, x: np.ndarray) -> np.ndarray:
-        """Uncalibrated probability."""
+    def raw(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Uncalibrated probability of each row of ``x`` (of ``x[rows]`` when ``rows`` is given)."""
         if self.kind == "gbdt":
-            x = np.asarray(x, dtype=np.float64)
+            x = np.asarray(x if rows is None else x[rows], dtype=np.float64)
             z = np.full(len(x), self.intercept)
             for tree in self.trees or []:
                 z += _tree_values(tree, x)
             return _sigmoid(z)
         # block by block: the float64 copy and the standardised temporaries of a training set's ~1.7M pairs
-        # were the peak of train_matcher at 50k offers (benchmarks/README.md, Pipeline speed)
-        out = np.empty(len(x))
-        for b in _blocks(len(x)):
-            out[b] = _sigmoid(((np.asarray(x[b], dtype=np.float64) - self.mean) / self.scale) @ self.coef
+        # were the peak of train_matcher at 50k offers (benchmarks/README.md, Pipeline speed); with ``rows``
+        # only one block of the selected rows is ever copied out of x
+        n = len(x) if rows is None else len(rows)
+        out = np.empty(n)
+        for b in _blocks(n):
+            xb = x[b] if rows is None else x[rows[b]]
+            out[b] = _sigmoid(((np.asarray(xb, dtype=np.float64) - self.mean) / self.scale) @ self.coef
                               + self.intercept)
         return out
 
@@ -341,8 +344,7 @@ def out_of_fold_raw(kind: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, 
             continue
         model = _fit(kind, x, y[train], l2, seed, rows=train)
         at = np.flatnonzero(test)
-        for b in _blocks(len(at)):  # the fold's rows in blocks, never one copy of the whole fold
-            out[at[b]] = model.raw(x[at[b]])
+        out[at] = model.raw(x, rows=at)  # scored block by block, never one copy of the whole fold
     return out
 
 

@@ -316,3 +316,7 @@ def test_logistic_fit_works_in_blocks_and_equals_the_whole_matrix_fit(monkeypatc
         c, b, m, s = _reference_fit_logistic(x[tr], y[tr])
         ref[~tr] = decision._sigmoid(((x[~tr] - m) / s) @ c + b)
     np.testing.assert_allclose(oof, ref, rtol=0, atol=1e-9)
+    # raw(x, rows=r) scores x[r] block by block without copying x[r]: the same values as raw(x[r])
+    model = decision._fit("logistic", x, y, 1.0, 0)
+    r = np.flatnonzero(folds == 2)
+    np.testing.assert_array_equal(model.raw(x, rows=r), model.raw(x[r]))
