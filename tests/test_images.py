@@ -261,8 +261,13 @@ def test_prefetching_encoder_equals_serial_and_keeps_reasons(home, lib, monkeypa
     # by default only where the model's threads leave a core free
     from pmatch_duckdb.encoders import image as image_mod
 
+    monkeypatch.delenv("PMATCH_OVERLAP_DECODING", raising=False)
     monkeypatch.setattr(image_mod, "cpu_count", lambda: 4)
     assert ImageEncoder(fast.bundle, threads=2).prefetch and not ImageEncoder(fast.bundle, threads=4).prefetch
+    monkeypatch.setenv("PMATCH_OVERLAP_DECODING", "0")  # what Ray workers set: their CPUs are the model's
+    assert not ImageEncoder(fast.bundle, threads=1).prefetch
+    monkeypatch.setenv("PMATCH_OVERLAP_DECODING", "1")
+    assert ImageEncoder(fast.bundle, threads=4).prefetch
 
     def boom(*a, **k):
         raise RuntimeError("decoder exploded")

@@ -42,6 +42,7 @@ class OfferEmbedder:
     def __init__(self, settings: Settings, fusion: dict, matcher: dict | None, todo: list | None,
                  threads: int) -> None:
         os.environ["PMATCH_ORT_THREADS"] = str(threads)  # one actor per ``threads`` CPUs: no oversubscription
+        os.environ.setdefault("PMATCH_OVERLAP_DECODING", "0")  # nor a decode thread beside the model's threads
         from ..encoders.registry import get_image_encoder, get_text_encoder
 
         self.settings = settings

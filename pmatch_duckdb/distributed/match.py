@@ -124,6 +124,7 @@ class OfferScorer:
                  source_table: str, verdicts: dict | None = None, lexical: LexicalWeights | None = None,
                  version: int | None = None) -> None:
         os.environ["PMATCH_ORT_THREADS"] = str(threads)
+        os.environ.setdefault("PMATCH_OVERLAP_DECODING", "0")  # the actor's CPUs are its model's threads
         index = OfferIndex(Path(index_root), name)
         self.view = target_view(index, settings.home) if lexical is None else TargetView(index, settings.home,
                                                                                           lexical=lexical)

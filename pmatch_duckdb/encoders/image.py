@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,8 +19,12 @@ _INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BI
 
 def overlap_decoding(threads: int) -> bool:
     """Whether to decode the next batch while the model runs: only when the model's ``threads`` leave a core
-    free. Measured on 2 cores (benchmarks/README.md, "image int8: the Clip round trips"): with ONNX Runtime on
-    one thread, overlapping gave 1.14x (fp32) and 1.33x (int8) images/s; with it on both cores, 0.90-0.95x."""
+    free (``$PMATCH_OVERLAP_DECODING`` = 0 or 1 overrides; Ray workers set 0, their CPU reservation being
+    their model threads). Measured on 2 cores (benchmarks/README.md, "image int8: the Clip round trips"): with
+    ONNX Runtime on one thread, overlapping gave 1.14x (fp32) and 1.33x (int8) images/s; on both, 0.90-0.95x."""
+    env = os.environ.get("PMATCH_OVERLAP_DECODING", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
     return threads < cpu_count()
 
 
