@@ -406,6 +406,9 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         x_tr, y_tr = pair_data(trained, tpos, tneg, None if open_world else train_comps)
         tr_pairs.append((last_pairs["src"], last_pairs["tgt"]))
         f_tr = None
+    # every projection is fitted: the offer feature matrix (0.28 GB at 50k offers) is not needed by the word
+    # model and decision model that follow, where training peaks (fit_projection / project must not run after)
+    x = None
     x_va, y_va = pair_data(trained, vpos, vneg, None if open_world else valid_comp)
     valid_pairs_pos = dict(last_pairs)
     if y_tr.sum() == 0 or y_va.sum() == 0:
