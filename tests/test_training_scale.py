@@ -351,3 +351,16 @@ def test_offer_features_fill_one_matrix_with_the_blocks_values():
         np.testing.assert_array_equal(got, want)
         # the output, the lexical block it copies in, and small per-row temporaries — not 2x the output
         assert peak < got.nbytes + n * 1024 * 4 + 10 * n * 8, (peak, got.nbytes)
+
+
+def test_stack_rows_equals_vstack_and_frees_the_parts():
+    """The cross-fitted folds' decision features are stacked into one matrix with a spare column for the word
+    score, each fold released once copied (np.vstack held both folds and the stack at once: training's peak)."""
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(size=(500, 7)), rng.normal(size=(300, 7))]
+    want = np.vstack(parts)
+    held = list(parts)
+    got = train._stack_rows(held, extra_columns=1)
+    assert held == [] and got.shape == (800, 8) and got.dtype == want.dtype
+    np.testing.assert_array_equal(got[:, :7], want)
+    np.testing.assert_array_equal(train._stack_rows(list(parts)), want)
