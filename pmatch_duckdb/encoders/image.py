@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -105,18 +105,23 @@ class ImageEncoder:
         out = np.zeros((n, self.dim), dtype=np.float32)
         reasons: list[str | None] = [None] * n
         chunks = [range(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
+        for ok, pixels in self._loaded_chunks(sources, chunks, policy, reasons):
+            if pixels is not None:
+                out[ok] = self.run(pixels)[0]
+        return out, reasons
+
+    def _loaded_chunks(self, sources: Sequence[str | bytes | None], chunks: list[range], policy: ImagePolicy,
+                       reasons: list[str | None]) -> Iterator[tuple[list[int], np.ndarray | None]]:
+        """:meth:`_load_chunk` of each chunk in order; with ``prefetch``, chunk j+1 is decoded in a worker thread
+        while the caller embeds chunk j."""
         if len(chunks) <= 1 or not self.prefetch:
             for idx in chunks:
-                ok, pixels = self._load_chunk(sources, idx, policy, reasons)
-                if pixels is not None:
-                    out[ok] = self.run(pixels)[0]
-            return out, reasons
+                yield self._load_chunk(sources, idx, policy, reasons)
+            return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pmatch-image-decode") as pool:
             pending = pool.submit(self._load_chunk, sources, chunks[0], policy, reasons)
-            for j in range(len(chunks)):
-                ok, pixels = pending.result()
-                if j + 1 < len(chunks):
-                    pending = pool.submit(self._load_chunk, sources, chunks[j + 1], policy, reasons)
-                if pixels is not None:
-                    out[ok] = self.run(pixels)[0]
-        return out, reasons
+            for nxt in [*chunks[1:], None]:
+                done = pending.result()
+                if nxt is not None:
+                    pending = pool.submit(self._load_chunk, sources, nxt, policy, reasons)
+                yield done
