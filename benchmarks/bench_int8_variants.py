@@ -286,8 +286,6 @@ def part_image(args: argparse.Namespace, work: Path) -> None:
                                    ("pointwise + stem + head, depthwise fp32", rest, conv_ops),
                                    ("all convolutions + Clip + Add (recipe 4 if QOperator)", None, qz.IMAGE_OPS)):
             path = work / f"img{len(variants)}.onnx"
-            if sel is not None and ops != conv_ops:
-                continue
             quantize_static(str(pre), str(path), Reader(), quant_format=fmt, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=ops,

@@ -364,3 +364,5 @@ def test_stack_rows_equals_vstack_and_frees_the_parts():
     assert held == [] and got.shape == (800, 8) and got.dtype == want.dtype
     np.testing.assert_array_equal(got[:, :7], want)
     np.testing.assert_array_equal(train._stack_rows(list(parts)), want)
+    one = [parts[0]]
+    assert train._stack_rows(one) is parts[0] and one == []  # a single part without spare columns is not copied

@@ -180,6 +180,8 @@ def _stack_rows(parts: list[np.ndarray], extra_columns: int = 0) -> np.ndarray:
     part once it is copied (``parts`` is emptied). ``np.vstack`` holds every part and the whole result at once:
     at 50k training offers that moment (two folds' decision features, 0.22 GB each, and their stack) was
     training's memory peak; here the result's pages fill as the parts are freed."""
+    if len(parts) == 1 and not extra_columns:
+        return parts.pop()  # nothing to stack: no copy
     n = sum(len(p) for p in parts)
     out = np.empty((n, parts[0].shape[1] + extra_columns), dtype=np.result_type(*parts))
     at = 0
@@ -187,7 +189,6 @@ def _stack_rows(parts: list[np.ndarray], extra_columns: int = 0) -> np.ndarray:
         part = parts.pop(0)
         out[at:at + len(part), :part.shape[1]] = part
         at += len(part)
-        del part
     return out
 
 
@@ -418,11 +419,13 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             parts_y.append(yf)
             parts_f.append(np.full(len(yf), f))
         del xf
-        # one spare column for the word-difference score, filled below: no later copy to add it
-        x_tr = _stack_rows(parts_x, extra_columns=1 if token_diff else 0)
+        # a spare last column for the word-difference score, filled in place below (no copy to add it)
+        x_tr = _stack_rows(parts_x, extra_columns=int(token_diff))
         y_tr, f_tr = np.concatenate(parts_y), np.concatenate(parts_f)
     else:
-        x_tr, y_tr = pair_data(trained, tpos, tneg, None if open_world else train_comps)
+        xf, y_tr = pair_data(trained, tpos, tneg, None if open_world else train_comps)
+        x_tr = _stack_rows([xf], extra_columns=int(token_diff))
+        del xf
         tr_pairs.append((last_pairs["src"], last_pairs["tgt"]))
         f_tr = None
     # every projection is fitted: the offer feature matrix (0.28 GB at 50k offers) is not needed by the word
@@ -459,17 +462,14 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                 "in a fold of the training pairs")
         else:
             features = (*base_features, TOKEN_DIFF)
-            if x_tr.shape[1] == len(base_features) + 1:  # the spare column _stack_rows left
-                x_tr[:, -1] = oof
-            else:
-                x_tr = np.c_[x_tr, oof.astype(x_tr.dtype)]
+            x_tr[:, -1] = oof
             x_va = with_words(x_va, valid_pairs_pos)
             other, harmless = words.strongest()
             log(f"word-difference model: {len(words.weights)} weights from {len(y_tr)} training pairs "
                 f"({time.perf_counter() - tw0:.1f}s); on one side only, these words most mean another product: "
                 f"{', '.join(other) or '-'}; these least: {', '.join(harmless) or '-'}")
-    if x_tr.shape[1] > len(features):  # a spare column the word model did not fill (it was skipped)
-        x_tr = x_tr[:, :len(features)]
+    if token_diff and words is None:  # the word model was skipped: drop its spare column
+        x_tr = x_tr[:, :-1]
     decision = train_decision(x_tr, y_tr, x_va, y_va, target_precision, max_recall_loss, kind=decision_model,
                               folds=f_tr, seed=seed, features=features)
     decision.token_diff = words
