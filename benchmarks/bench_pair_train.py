@@ -16,7 +16,8 @@ STANDALONE quality: average precision on valid, and test F1 at the threshold wit
 Usage::
 
     python benchmarks/bench_pair_train.py [--data ../shared/data] [--steps 6] [--threads 2]
-    python benchmarks/bench_pair_train.py --fit 64:4:3:3:2e-4,64:4:1:3:5e-5 [--dataset abt-buy]
+    python benchmarks/bench_pair_train.py --fit 64:4:3:3:2e-4,64:4:1:3:5e-5 [--dataset abt-buy|amazon-google|wdc-products]
+        [--device auto|cpu|cuda] [--patience 2]
         # max_len:frozen_layers:epochs:neg_ratio:lr (neg_ratio 0 = all non-matches)[:flag...], flags:
         # p: no precompute; mean: the head reads the mean token state instead of [CLS]; Ditto levers:
         # noid: no id/number marking; sum: descriptions cut to their top TF-IDF words; aug: augmentation
@@ -66,6 +67,39 @@ def load_pairs(folder: Path, split: str, opts: SerializeOptions, summarizer: Sum
     return a, b, np.array(y, dtype=np.float32)
 
 
+WDC_SPLITS = {"train": "wdcproducts80cc20rnd000un_train_medium.json.gz",
+              "valid": "wdcproducts80cc20rnd000un_valid_medium.json.gz",
+              "test": "wdcproducts80cc20rnd000un_gs.json.gz"}  # the 0 % unseen gold standard
+
+
+def wdc_records(folder: Path, split: str) -> list[tuple[dict, dict, int]]:
+    """(left, right, label) offer records of a WDC Products pair file (title, brand, price, description)."""
+    import gzip
+    import json
+
+    out = []
+    with gzip.open(folder / WDC_SPLITS[split], "rt", encoding="utf-8") as fh:
+        for line in fh:
+            r = json.loads(line)
+            sides = [{k: r.get(f"{k}_{side}") for k in ("title", "brand", "price", "description")}
+                     for side in ("left", "right")]
+            out.append((sides[0], sides[1], int(r["label"])))
+    return out
+
+
+def load_wdc_pairs(folder: Path, split: str, opts: SerializeOptions, summarizer: Summarizer | None = None
+                   ) -> tuple[list[str], list[str], np.ndarray]:
+    """Serialised (left, right) texts and labels of a WDC Products split, as ``load_pairs``."""
+    a, b, y = [], [], []
+    for left, right, label in wdc_records(folder, split):
+        texts = [serialize_offer(r["title"], r["brand"], parse_price(r["price"]), identifiers(r["title"] or ""),
+                                 r["description"], opts, summarizer) for r in (left, right)]
+        a.append(texts[0])
+        b.append(texts[1])
+        y.append(label)
+    return a, b, np.array(y, dtype=np.float32)
+
+
 def split_descriptions(folder: Path, split: str) -> list[str | None]:
     """Every record's description in a Magellan split (the corpus the TF-IDF summariser is fitted on)."""
     out: list[str | None] = []
@@ -103,6 +137,14 @@ def fit_rows(args: argparse.Namespace) -> int:
     def eval_logits(model, max_len: int, frozen: int, texts: tuple) -> np.ndarray:
         """Logits of the trained model; the frozen layers' outputs (unchanged by training) are computed once
         per (max_len, frozen layers, split) with the untouched initial weights and reused by every setting."""
+        if frozen == 0:  # nothing frozen to reuse: the full forward pass
+            out = []
+            tk = PairTokenizer(tok, max_len)
+            with torch.no_grad():
+                for s in range(0, len(texts[0]), 128):
+                    ids, mask, types = (torch.from_numpy(v) for v in tk(texts[0][s:s + 128], texts[1][s:s + 128]))
+                    out.append(model(ids, mask, types).numpy())
+            return np.concatenate(out)
         key = (max_len, frozen, id(texts))
         if key not in cache:
             base = CrossEncoder.build()
@@ -115,30 +157,37 @@ def fit_rows(args: argparse.Namespace) -> int:
         with torch.no_grad():
             return np.concatenate([upper_logits(model, h, m, frozen).numpy() for h, m in cache[key]])
 
-    folder = args.data / args.dataset / "magellan"
+    wdc = args.dataset == "wdc-products"
+    folder = args.data / args.dataset / ("" if wdc else "magellan")
     splits: dict = {}
 
     def load(mark_ids: bool, summarize: bool) -> tuple:
         """(train, valid, test) serialised with these Ditto levers (the summariser's idf from train)."""
         if (mark_ids, summarize) not in splits:
             opts = SerializeOptions(mark_ids=mark_ids, summarize=summarize)
-            summ = Summarizer.fit(split_descriptions(folder, "train")) if summarize else None
-            splits[mark_ids, summarize] = tuple(load_pairs(folder, s, opts, summ) for s in ("train", "valid", "test"))
+            if wdc:
+                summ = Summarizer.fit([r["description"] for x in wdc_records(folder, "train") for r in x[:2]]
+                                      ) if summarize else None
+                splits[mark_ids, summarize] = tuple(load_wdc_pairs(folder, s, opts, summ)
+                                                    for s in ("train", "valid", "test"))
+            else:
+                summ = Summarizer.fit(split_descriptions(folder, "train")) if summarize else None
+                splits[mark_ids, summarize] = tuple(load_pairs(folder, s, opts, summ)
+                                                    for s in ("train", "valid", "test"))
         return splits[mark_ids, summarize]
 
     tr, va, te = load(not args.no_mark_ids, False)
     tok = minilm_dir() / "tokenizer.json"
     print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} load avg {os.getloadavg()[0]:.1f} torch threads {args.threads}; "
-          f"{args.dataset} Magellan train {len(tr[2])} pairs ({int(tr[2].sum())} matches), valid {len(va[2])}, "
+          f"{args.dataset} {'train_medium / valid_medium / 0 % unseen gold standard' if wdc else 'Magellan'}: "
+          f"train {len(tr[2])} pairs ({int(tr[2].sum())} matches), valid {len(va[2])}, "
           f"test {len(te[2])}")
     print("| max_len | frozen | epochs | neg ratio | lr | pooling | levers | precompute | pairs trained | train CPU s | train wall s | "
-          "valid AP | valid best F1 | test F1 (valid thr) | load avg |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "valid AP | valid best F1 | test F1 (valid thr) | best epoch (valid AP per epoch) | device | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for setting in args.fit.split(","):
         f = setting.split(":")
         max_len, frozen, epochs, ratio, lr = int(f[0]), int(f[1]), int(f[2]), float(f[3]), float(f[4])
-        if frozen < 1:
-            raise SystemExit("--fit needs frozen layers >= 1 (the evaluation reuses their outputs)")
         flags = set(f[5:])
         unknown = flags - {"p", "mean", "aug", "noid", "sum"}
         if unknown:
@@ -149,9 +198,11 @@ def fit_rows(args: argparse.Namespace) -> int:
                           else []) + (["augmentation"] if "aug" in flags else []))
         cfg = PairTrainConfig(max_len=max_len, epochs=epochs, freeze_layers=frozen, threads=args.threads,
                               neg_ratio=ratio or None, precompute="p" not in flags, lr=lr,
-                              pooling="mean" if "mean" in flags else "cls", augment="aug" in flags)
+                              pooling="mean" if "mean" in flags else "cls", augment="aug" in flags,
+                              device=args.device, patience=args.patience or None)
         c0, w0 = time.process_time(), time.perf_counter()
-        model, info = train_cross_encoder(tr[0], tr[1], tr[2], tok, cfg,
+        # validation pairs pick the epoch (the model of the best validation AP is returned), as train_matcher does
+        model, info = train_cross_encoder(tr[0], tr[1], tr[2], tok, cfg, valid=va,
                                           log=lambda m: print("#", m, file=sys.stderr, flush=True))
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         lv, lt = eval_logits(model, max_len, frozen, va), eval_logits(model, max_len, frozen, te)
@@ -159,7 +210,8 @@ def fit_rows(args: argparse.Namespace) -> int:
         print(f"| {max_len} | {frozen} | {epochs} | {ratio or 'all'} | {lr:g} | {cfg.pooling} | {levers} | "
               f"{cfg.precompute and frozen > 0 and not cfg.augment} | "
               f"{info['pairs']} | {cpu:.0f} | {wall:.0f} | {average_precision(lv.astype(float), va[2]):.3f} | "
-              f"{bf:.3f} | {tf:.3f} | {os.getloadavg()[0]:.1f} |", flush=True)
+              f"{bf:.3f} | {tf:.3f} | {info['best_epoch']} ({', '.join(f'{v:.3f}' for v in info['valid_ap_history'])}) | "
+              f"{info['device']} | {os.getloadavg()[0]:.1f} |", flush=True)
     return 0
 
 
@@ -170,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--settings", default="64:4,64:0,96:4,128:4", help="max_len:frozen_layers,...")
     ap.add_argument("--fit", default=None, help="max_len:frozen:epochs:neg_ratio[:p],... trained to the end")
-    ap.add_argument("--dataset", default="abt-buy", help="--fit: abt-buy or amazon-google")
+    ap.add_argument("--dataset", default="abt-buy", choices=["abt-buy", "amazon-google", "wdc-products"],
+                    help="--fit: a Magellan split (abt-buy, amazon-google) or WDC Products (train_medium, "
+                         "valid_medium, the 0 %% unseen gold standard as test)")
+    ap.add_argument("--device", default="auto", help="--fit: torch device (auto, cpu, cuda, cuda:N)")
+    ap.add_argument("--patience", type=int, default=2, help="--fit: epochs without a validation gain before "
+                                                           "stopping (0: run every epoch)")
     ap.add_argument("--no-mark-ids", action="store_true", help="--fit: serialise without id/number marking")
     args = ap.parse_args(argv)
     import torch

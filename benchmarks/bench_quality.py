@@ -420,6 +420,7 @@ class Ctx:
     epochs: int | None
     variants: list[str] = dataclasses.field(default_factory=list)
     pair: dict = dataclasses.field(default_factory=dict)  # PairTrainConfig fields from the command line
+    pair_max_train_pairs: int | None = 3_000  # PairOptions.max_train_pairs (None: all)
 
 
 def open_db(ctx: Ctx, part: str, matcher: str, image_roots: list[Path] | None = None) -> duckdb.DuckDBPyConnection:
@@ -468,7 +469,7 @@ def train(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, label: str, offer
     tcfg = {**ctx.pair, **{k: v for k, v in lever.items() if k in PairTrainConfig.__dataclass_fields__}}
     # min_gain=None: the benchmark measures the scorer even where training would drop it for no held-out gain
     kw.setdefault("pair_options", PairOptions(PairTrainConfig(**{"seed": ctx.seed, **tcfg}), SerializeOptions(**ser),
-                                              min_gain=None))
+                                              min_gain=None, max_train_pairs=ctx.pair_max_train_pairs))
     with Timer() as t:
         res = train_matcher(con, offers, name=name, spec=spec, seed=ctx.seed, epochs=ctx.epochs, progress=True,
                             log=lines.append, **kw)
@@ -1033,6 +1034,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair-epochs", type=int, default=None, help="pair scorer: fine-tuning epochs")
     ap.add_argument("--pair-freeze-layers", type=int, default=None, help="pair scorer: frozen lower layers")
     ap.add_argument("--pair-threads", type=int, default=None, help="pair scorer: torch threads while training")
+    ap.add_argument("--pair-device", default=None, help="pair scorer: torch device (auto, cpu, cuda, cuda:N)")
+    ap.add_argument("--pair-patience", type=int, default=None,
+                    help="pair scorer: epochs without a validation gain before stopping (0: none)")
+    ap.add_argument("--pair-lr", type=float, default=None, help="pair scorer: learning rate")
+    ap.add_argument("--pair-max-train-pairs", type=int, default=3000,
+                    help="pair scorer: fine-tune on at most this many pairs (0: all)")
     ap.add_argument("--pair-max-seconds", type=float, default=None,
                     help="pair scorer: stop fine-tuning after this many seconds (cost-only runs: the scorer's "
                          "speed does not depend on its weights)")
@@ -1049,8 +1056,12 @@ def main(argv: list[str] | None = None) -> int:
               epochs=args.epochs, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
               pair={k: v for k, v in (("max_len", args.pair_max_len), ("epochs", args.pair_epochs),
                                       ("freeze_layers", args.pair_freeze_layers), ("threads", args.pair_threads),
-                                      ("max_seconds", args.pair_max_seconds))
+                                      ("max_seconds", args.pair_max_seconds), ("device", args.pair_device),
+                                      ("patience", args.pair_patience), ("lr", args.pair_lr))
                     if v is not None})
+    ctx.pair_max_train_pairs = args.pair_max_train_pairs or None
+    if ctx.pair.get("patience") == 0:  # 0: every epoch runs
+        ctx.pair["patience"] = None
     threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]
     head = (f"# {_dt.datetime.now().isoformat(timespec='seconds')}  python {platform.python_version()}  duckdb "
             f"{duckdb.__version__}  threads={threads}  cpus={len(os.sched_getaffinity(0))}  load avg "

@@ -268,6 +268,11 @@ text_model_option = click.option(
 @click.option("--pair-epochs", default=3, show_default=True, help="Pair scorer: fine-tuning epochs.")
 @click.option("--pair-freeze-layers", default=4, show_default=True,
               help="Pair scorer: frozen lower layers (of 6) and embeddings.")
+@click.option("--pair-device", default="auto", show_default=True,
+              help="Pair scorer: where torch fine-tunes it (auto: a CUDA GPU when torch sees one; cpu, cuda, cuda:N).")
+@click.option("--pair-patience", default=2, show_default=True, type=click.IntRange(0),
+              help="Pair scorer: stop after this many epochs without a validation gain (0: run every epoch); "
+                   "the best epoch's model is kept.")
 @click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")
 @click.option("--pair-min-matches", default=400, show_default=True,
               help="Labelled matches needed before a pair scorer is trained.")
@@ -283,7 +288,8 @@ text_model_option = click.option(
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
-              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int, pair_top_m: int,
+              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int,
+              pair_device: str, pair_patience: int, pair_top_m: int,
               pair_min_matches: int, pair_min_gain: float, pair_max_train_pairs: int, pair_max_valid_pairs: int,
               no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
@@ -303,7 +309,9 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                           token_diff=not no_token_diff, pair_model=not no_pair_model,
                           source_margins={"auto": None, "on": True, "off": False}[source_margins],
                           pair_options=PairOptions(PairTrainConfig(max_len=pair_max_len, epochs=pair_epochs,
-                                                                   freeze_layers=pair_freeze_layers, seed=seed),
+                                                                   freeze_layers=pair_freeze_layers, seed=seed,
+                                                                   device=pair_device,
+                                                                   patience=pair_patience or None),
                                                    top_m=pair_top_m, min_positives=pair_min_matches,
                                                    min_gain=pair_min_gain,
                                                    max_train_pairs=pair_max_train_pairs or None,

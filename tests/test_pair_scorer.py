@@ -22,6 +22,7 @@ from pmatch_duckdb.training.pair_model import (  # noqa: E402
     export_cross_encoder,
     frozen_states,
     minilm_dir,
+    resolve_device,
     subsample_negatives,
     torch_logits,
     train_cross_encoder,
@@ -184,3 +185,67 @@ def test_pair_stage_is_skipped_when_one_side_has_no_text(tmp_path: Path):
                      log=logs.append)
     assert out is None and list(tmp_path.iterdir()) == []
     assert any("pair model skipped" in m and "text" in m for m in logs), logs
+
+
+def _edition_pairs(n: int = 8) -> tuple[list[str], list[str], np.ndarray]:
+    a = ["COL title VAL acme widget pro", "COL title VAL sony tv black"] * n
+    b = ["COL title VAL acme widget pro", "COL title VAL zenko drone red"] * n
+    return a, b, np.array([1, 0] * n, dtype=np.float32)
+
+
+def test_validation_picks_the_best_epochs_model(monkeypatch: pytest.MonkeyPatch):
+    """With validation pairs, the model returned is the one of the epoch with the highest validation AP (here
+    epoch 2 of 3, by a scripted AP), not the last one; the history and the chosen epoch are reported."""
+    import pmatch_duckdb.training.pair_model as pm_mod
+
+    script, snapshots = iter([0.5, 0.9, 0.3]), []
+
+    def scripted_ap(model, batches, y):  # noqa: ANN001, ANN202
+        list(batches())  # the validation pass runs
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return next(script)
+
+    monkeypatch.setattr(pm_mod, "_valid_ap", scripted_ap)
+    a, b, y = _edition_pairs()
+    cfg = PairTrainConfig(max_len=16, epochs=3, batch_size=8, lr=3e-3, threads=1, freeze_layers=1, neg_ratio=None,
+                          tiny_bert=TINY, patience=None)
+    model, info = train_cross_encoder(a, b, y, minilm_dir() / "tokenizer.json", cfg, valid=(a[:4], b[:4], y[:4]))
+    assert info["valid_ap_history"] == [0.5, 0.9, 0.3] and info["best_epoch"] == 2 and info["epochs_run"] == 3
+    got = model.state_dict()
+    assert all(torch.equal(got[k], snapshots[1][k]) for k in got)
+    assert not all(torch.equal(got[k], snapshots[2][k]) for k in got)  # the last epoch did change the weights
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_patience_stops_when_validation_does_not_improve(precompute: bool):
+    """lr 0: the weights never move, so validation AP is the same every epoch; with patience 1 training stops
+    after epoch 2 (epoch 1 stays the best). The measured AP is the real one of the returned model, with the
+    frozen layers precomputed for the validation pairs or not."""
+    from pmatch_duckdb.decision import average_precision
+
+    a, b, y = _edition_pairs()
+    va = (a[:6], b[:6], np.array([1, 0, 1, 0, 1, 0], dtype=np.float32))
+    tok = minilm_dir() / "tokenizer.json"
+    cfg = PairTrainConfig(max_len=16, epochs=5, batch_size=8, lr=0.0, threads=1, freeze_layers=1, neg_ratio=None,
+                          tiny_bert=TINY, patience=1, precompute=precompute)
+    model, info = train_cross_encoder(a, b, y, tok, cfg, valid=va)
+    assert info["epochs_run"] == 2 and info["best_epoch"] == 1 and info["steps"] == 4
+    assert info["precomputed_frozen_layers"] is precompute and info["device"] == "cpu"
+    assert len(set(info["valid_ap_history"])) == 1
+    want = average_precision(torch_logits(model, tok, 16, va[0], va[1]).astype(np.float64), va[2].astype(np.float64))
+    assert info["valid_ap_history"][0] == pytest.approx(want, abs=1e-6)
+    _, no_valid = train_cross_encoder(a, b, y, tok, cfg)  # without validation pairs every epoch runs
+    assert no_valid["epochs_run"] == 5 and "valid_ap_history" not in no_valid
+
+
+def test_device_resolution(monkeypatch: pytest.MonkeyPatch):
+    """'auto' takes a CUDA GPU only when torch sees one; an explicit 'cuda' without one, or an unknown
+    name, is an error that says what to use."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("CPU") == "cpu"
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        resolve_device("cuda:0")
+    with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"

@@ -12,7 +12,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,11 @@ class PairTrainConfig:
     ``neg_ratio``: keep every match and at most this many non-matches per match (seeded random sample;
     None: all); ``augment``: Ditto's augmentation (left/right swap, span deletion, attribute shuffle) on
     each training pair with probability 0.5; ``max_seconds``: stop after the step that crosses this wall
-    time (None: no limit).
+    time (None: no limit); ``device``: where torch trains — ``"auto"`` (a CUDA GPU when torch sees one, else the
+    CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (the exported model is the same graph either way; only the CPU is
+    bit-for-bit reproducible); ``patience``: with validation pairs, stop after this many epochs in a row
+    without a higher validation average precision (None: run every epoch). With validation pairs the model
+    of the epoch with the highest validation average precision is the one returned.
     """
 
     max_len: int = 64
@@ -54,6 +58,8 @@ class PairTrainConfig:
     #: what the head reads: "cls" (the [CLS] state, as Ditto) or "mean" (the mean of the pair's token states —
     #: what all-MiniLM-L6-v2 was trained to make meaningful; its [CLS] state was never trained for anything)
     pooling: str = "cls"
+    device: str = "auto"
+    patience: int | None = 2
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -170,6 +176,67 @@ def upper_logits(model, hidden, mask, n_frozen: int):  # noqa: ANN001, ANN201
     return model.head(model.dropout(model.pool(h, mask))).squeeze(-1)
 
 
+def resolve_device(name: str) -> str:
+    """The torch device for ``PairTrainConfig.device``: ``"auto"`` is ``"cuda"`` when torch sees a CUDA GPU,
+    else ``"cpu"``; an explicit ``"cuda"`` without one is an error naming what torch reports."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise ValueError(f"pair model device {name!r}: torch {torch.__version__} sees no CUDA GPU "
+                             "(use 'auto' or 'cpu')")
+        return name
+    raise ValueError(f"pair model device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not {name!r}")
+
+
+def _stored_states(model, tok, a: Sequence[str], b: Sequence[str], n_frozen: int, device: str) -> list:  # noqa: ANN001
+    """Each pair's output of the frozen layers (eval mode), stored unpadded: pads do not change the real
+    tokens' states under the attention mask, so batches are re-padded from these."""
+    import torch
+
+    order = np.argsort([len(x) + len(z) for x, z in zip(a, b, strict=True)], kind="stable")
+    states: list = [None] * len(a)
+    for s in range(0, len(a), 64):
+        idx = order[s:s + 64]
+        ids, mask, types = (torch.from_numpy(v).to(device) for v in tok([a[i] for i in idx], [b[i] for i in idx]))
+        h = frozen_states(model, ids, mask, types, n_frozen)
+        lens = mask.sum(1).tolist()
+        for j, i in enumerate(idx):
+            states[i] = h[j, :lens[j]].clone()
+    return states
+
+
+def _padded(states: list, idx: Sequence[int], device: str):  # noqa: ANN202
+    """A batch of stored frozen-layer states, zero-padded to its longest pair, and its attention mask."""
+    import torch
+
+    width = max(len(states[i]) for i in idx)
+    hid = torch.zeros((len(idx), width, states[idx[0]].shape[1]), device=device)
+    mask = torch.zeros((len(idx), width), dtype=torch.int64, device=device)
+    for j, i in enumerate(idx):
+        hid[j, :len(states[i])] = states[i]
+        mask[j, :len(states[i])] = 1
+    return hid, mask
+
+
+def _valid_ap(model, batches: Callable[[], Iterator], y: np.ndarray) -> float:  # noqa: ANN001
+    """Validation average precision of the model's logits (eval mode, no gradients; the caller restores
+    training mode). ``batches()`` yields the logits of consecutive validation pairs."""
+    import torch
+
+    from ..decision import average_precision
+
+    model.eval()
+    with torch.no_grad():
+        logits = np.concatenate([v.float().cpu().numpy() for v in batches()]) if len(y) else np.zeros(0)
+    return average_precision(logits.astype(np.float64), np.asarray(y, dtype=np.float64))
+
+
 def subsample_negatives(y: np.ndarray, ratio: float | None, seed: int) -> np.ndarray:
     """Positions to train on: every match and at most ``ratio`` non-matches per match (seeded)."""
     y = np.asarray(y)
@@ -182,16 +249,21 @@ def subsample_negatives(y: np.ndarray, ratio: float | None, seed: int) -> np.nda
 
 def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, tokenizer_json: Path,
                         cfg: PairTrainConfig, bert_dir: Path | None = None, tiny_config: dict | None = None,
-                        log: Callable[[str], None] | None = None):
+                        log: Callable[[str], None] | None = None,
+                        valid: tuple[Sequence[str], Sequence[str], np.ndarray] | None = None):
     """Fine-tune a cross-encoder on text pairs ``(a[i], b[i])`` with labels ``y`` (binary cross-entropy).
 
-    Returns ``(module, info)``; the module is in eval mode. Deterministic for a seed and thread count.
+    ``valid``: ``(a, b, y)`` validation pairs; after each epoch their average precision is measured, the
+    model of the best epoch is returned and, with ``cfg.patience``, training stops once that many epochs in a
+    row brought no gain. Returns ``(module, info)``; the module is in eval mode on the CPU. Deterministic for
+    a seed and thread count on the CPU.
     """
     import torch
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = CrossEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed, cfg.pooling)
+    device = resolve_device(cfg.device)
+    model = CrossEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed, cfg.pooling).to(device)
     n_layers = len(model.bert.encoder.layer)
     n_frozen = min(max(0, cfg.freeze_layers), n_layers)
     frozen = [model.bert.embeddings] + list(model.bert.encoder.layer[:n_frozen])
@@ -213,24 +285,30 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
     rng = random.Random(cfg.seed)
     nrng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
-    # precomputed frozen layers: each pair's states stored unpadded (pads do not change the real tokens'
-    # states under the attention mask), re-padded per batch
+    # precomputed frozen layers: the frozen part runs once per pair (training and validation pairs)
     pre = cfg.precompute and n_frozen > 0 and not cfg.augment
     states: list = []
+    va_y = np.zeros(0) if valid is None else np.asarray(valid[2], dtype=np.float64)
     if pre:
         model.eval()
-        order = np.argsort([len(x) + len(z) for x, z in zip(a, b, strict=True)], kind="stable")
-        states = [None] * n
-        for s in range(0, n, 64):
-            idx = order[s:s + 64]
-            ids, mask, types = (torch.from_numpy(v) for v in tok([a[i] for i in idx], [b[i] for i in idx]))
-            h = frozen_states(model, ids, mask, types, n_frozen)
-            lens = mask.sum(1).tolist()
-            for j, i in enumerate(idx):
-                states[i] = h[j, :lens[j]].clone()
+        states = _stored_states(model, tok, a, b, n_frozen, device)
+        va_states = _stored_states(model, tok, valid[0], valid[1], n_frozen, device) if valid is not None else []
         if log:
-            log(f"pair model: frozen layers run once for {n} pairs ({time.perf_counter() - t0:.0f}s)")
-    step, losses, stopped = 0, [], False
+            log(f"pair model: frozen layers run once for {n} training + {len(va_y)} validation pairs "
+                f"({time.perf_counter() - t0:.0f}s, {device})")
+
+    def valid_batches() -> Iterator:
+        for s in range(0, len(va_y), 64):
+            idx = list(range(s, min(s + 64, len(va_y))))
+            if pre:
+                hid, mask = _padded(va_states, idx, device)
+                yield upper_logits(model, hid, mask, n_frozen)
+            else:
+                ids, mask, types = (torch.from_numpy(v).to(device) for v in tok([valid[0][i] for i in idx],
+                                                                                [valid[1][i] for i in idx]))
+                yield model(ids, mask, types)
+
+    step, losses, stopped, aps, best, best_state = 0, [], False, [], -1.0, None
     model.train()
     for epoch in range(cfg.epochs):
         order = nrng.permutation(n)
@@ -238,12 +316,7 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
         for s in range(0, n, cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
             if pre:
-                width = max(len(states[i]) for i in idx)
-                hid = torch.zeros((len(idx), width, states[idx[0]].shape[1]))
-                mask = torch.zeros((len(idx), width), dtype=torch.int64)
-                for j, i in enumerate(idx):
-                    hid[j, :len(states[i])] = states[i]
-                    mask[j, :len(states[i])] = 1
+                hid, mask = _padded(states, idx, device)
                 logits = upper_logits(model, hid, mask, n_frozen)
             else:
                 pa_, pb_ = [a[i] for i in idx], [b[i] for i in idx]
@@ -251,9 +324,9 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
                     for j in range(len(idx)):
                         if rng.random() < 0.5:
                             pa_[j], pb_[j] = augment_pair(pa_[j], pb_[j], rng)
-                ids, mask, types = (torch.from_numpy(v) for v in tok(pa_, pb_))
+                ids, mask, types = (torch.from_numpy(v).to(device) for v in tok(pa_, pb_))
                 logits = model(ids, mask, types)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(yt[idx]))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(yt[idx]).to(device))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -265,15 +338,32 @@ def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, token
                 stopped = True
                 break
         losses.append(run / max(1, (min(n, s + cfg.batch_size) + cfg.batch_size - 1) // cfg.batch_size))
+        msg = f"pair model: epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}"
+        if valid is not None:
+            aps.append(_valid_ap(model, valid_batches, va_y))
+            model.train()
+            if aps[-1] > best:  # the best epoch's weights are kept (a copy on the training device)
+                best = aps[-1]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            msg += f", validation AP {aps[-1]:.4f} (best: epoch {int(np.argmax(aps)) + 1})"
         if log:
-            log(f"pair model: epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f} "
-                f"({step} steps, {time.perf_counter() - t0:.0f}s)")
+            log(f"{msg} ({step} steps, {time.perf_counter() - t0:.0f}s)")
         if stopped:
             break
+        if valid is not None and cfg.patience is not None and len(aps) - 1 - int(np.argmax(aps)) >= cfg.patience:
+            if log and epoch + 1 < cfg.epochs:
+                log(f"pair model: no validation gain for {cfg.patience} epoch(s); stopping after epoch {epoch + 1}")
+            break
+    if best_state is not None and int(np.argmax(aps)) != len(aps) - 1:
+        model.load_state_dict(best_state)
     model.eval()
-    return model, {"steps": step, "loss_history": losses, "seconds": round(time.perf_counter() - t0, 1),
-                   "stopped_early": stopped, "pairs": int(n), "positives": int(np.sum(yt)),
-                   "precomputed_frozen_layers": bool(pre)}
+    model.to("cpu")
+    info = {"steps": step, "loss_history": losses, "seconds": round(time.perf_counter() - t0, 1),
+            "stopped_early": stopped, "pairs": int(n), "positives": int(np.sum(yt)),
+            "precomputed_frozen_layers": bool(pre), "device": device, "epochs_run": len(losses)}
+    if valid is not None:
+        info.update(valid_ap_history=[round(v, 6) for v in aps], best_epoch=int(np.argmax(aps)) + 1 if aps else None)
+    return model, info
 
 
 def torch_logits(model, tokenizer_json: Path, max_len: int, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
@@ -398,9 +488,12 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         f"({n_pos} matches, {len(hard)} mined hard negatives; non-matches sampled to {cfg.neg_ratio} per match), "
         f"max_len {cfg.max_len}, {cfg.epochs} epoch(s), {cfg.freeze_layers} frozen layer(s)")
     tok_json = minilm_dir() / "tokenizer.json"
-    model, info = train_cross_encoder(a, b, fit_set.y, tok_json, cfg, tiny_config=cfg.tiny_bert, log=log)
     va_a = serialize_rows(rows, valid.src, opts, summarizer)
     va_b = serialize_rows(rows, valid.tgt, opts, summarizer)
+    # the validation pairs also pick the epoch (one choice among cfg.epochs; the stacked model below is still
+    # fitted and judged out-of-fold on them)
+    model, info = train_cross_encoder(a, b, fit_set.y, tok_json, cfg, tiny_config=cfg.tiny_bert, log=log,
+                                      valid=(va_a, va_b, valid.y))
     diff = export_cross_encoder(model, out_dir, tok_json, cfg.max_len, va_a[:64], va_b[:64])
     if summarizer is not None:
         import json
