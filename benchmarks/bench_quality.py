@@ -421,6 +421,7 @@ class Ctx:
     variants: list[str] = dataclasses.field(default_factory=list)
     pair: dict = dataclasses.field(default_factory=dict)  # PairTrainConfig fields from the command line
     pair_max_train_pairs: int | None = 3_000  # PairOptions.max_train_pairs (None: all)
+    pair_hard_negatives: int | None = None  # PairOptions.hard_negatives (None: its auto rule)
 
 
 def open_db(ctx: Ctx, part: str, matcher: str, image_roots: list[Path] | None = None) -> duckdb.DuckDBPyConnection:
@@ -469,7 +470,8 @@ def train(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, label: str, offer
     tcfg = {**ctx.pair, **{k: v for k, v in lever.items() if k in PairTrainConfig.__dataclass_fields__}}
     # min_gain=None: the benchmark measures the scorer even where training would drop it for no held-out gain
     kw.setdefault("pair_options", PairOptions(PairTrainConfig(**{"seed": ctx.seed, **tcfg}), SerializeOptions(**ser),
-                                              min_gain=None, max_train_pairs=ctx.pair_max_train_pairs))
+                                              min_gain=None, max_train_pairs=ctx.pair_max_train_pairs,
+                                              hard_negatives=ctx.pair_hard_negatives))
     with Timer() as t:
         res = train_matcher(con, offers, name=name, spec=spec, seed=ctx.seed, epochs=ctx.epochs, progress=True,
                             log=lines.append, **kw)
@@ -1040,6 +1042,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair-lr", type=float, default=None, help="pair scorer: learning rate")
     ap.add_argument("--pair-max-train-pairs", type=int, default=3000,
                     help="pair scorer: fine-tune on at most this many pairs (0: all)")
+    ap.add_argument("--pair-hard-negatives", type=int, default=None,
+                    help="pair scorer: mined hard negatives per labelled source (default: train_matcher's rule)")
     ap.add_argument("--pair-max-seconds", type=float, default=None,
                     help="pair scorer: stop fine-tuning after this many seconds (cost-only runs: the scorer's "
                          "speed does not depend on its weights)")
@@ -1060,6 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
                                       ("patience", args.pair_patience), ("lr", args.pair_lr))
                     if v is not None})
     ctx.pair_max_train_pairs = args.pair_max_train_pairs or None
+    ctx.pair_hard_negatives = args.pair_hard_negatives
     if ctx.pair.get("patience") == 0:  # 0: every epoch runs
         ctx.pair["patience"] = None
     threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]

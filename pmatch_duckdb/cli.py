@@ -273,6 +273,9 @@ text_model_option = click.option(
 @click.option("--pair-patience", default=2, show_default=True, type=click.IntRange(0),
               help="Pair scorer: stop after this many epochs without a validation gain (0: run every epoch); "
                    "the best epoch's model is kept.")
+@click.option("--pair-hard-negatives", default=None, type=click.IntRange(0),
+              help="Pair scorer: mined hard negatives per labelled source (default: 2; 0 for labelled pairs of one "
+                   "table, whose unlabelled candidates are often the same product).")
 @click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")
 @click.option("--pair-min-matches", default=400, show_default=True,
               help="Labelled matches needed before a pair scorer is trained.")
@@ -289,7 +292,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
               no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int,
-              pair_device: str, pair_patience: int, pair_top_m: int,
+              pair_device: str, pair_patience: int, pair_hard_negatives: int | None, pair_top_m: int,
               pair_min_matches: int, pair_min_gain: float, pair_max_train_pairs: int, pair_max_valid_pairs: int,
               no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
@@ -313,6 +316,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                                                                    device=pair_device,
                                                                    patience=pair_patience or None),
                                                    top_m=pair_top_m, min_positives=pair_min_matches,
+                                                   hard_negatives=pair_hard_negatives,
                                                    min_gain=pair_min_gain,
                                                    max_train_pairs=pair_max_train_pairs or None,
                                                    max_valid_pairs=pair_max_valid_pairs or None),

@@ -249,3 +249,46 @@ def test_device_resolution(monkeypatch: pytest.MonkeyPatch):
         resolve_device("tpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+
+
+@pytest.mark.parametrize(("open_world", "exclude_self", "given", "mined"),
+                         [(True, True, None, 0), (True, False, None, 2), (False, True, None, 2), (True, True, 3, 3)])
+def test_pair_stage_mines_no_hard_negatives_from_one_labelled_table(monkeypatch: pytest.MonkeyPatch, open_world: bool,
+                                                                    exclude_self: bool, given: int | None, mined: int):
+    """Labelled pairs within one table (dedup, open world): no mined hard negatives by default, since a labelled
+    offer's best unlabelled candidates there are often other offers of its product; two tables, or group labels
+    (closed world: every candidate is labelled), keep 2; an explicit number always wins. The count is recorded."""
+    import types
+
+    import pmatch_duckdb.training.pair_model as pm_mod
+    from pmatch_duckdb.training.pair_model import PairOptions, pair_stage
+
+    calls: dict = {}
+
+    def fake_candidates(rows, view, tgt_pos, decision, sources, exclude_self, truth, top):  # noqa: ANN001, ANN202
+        calls["top"] = top
+        return PairSet(sources, sources + 1, np.zeros(len(sources)), np.zeros(len(sources)))
+
+    def fake_fit(rows, train, hard, valid, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls["train"], calls["hard"] = len(train), len(hard)
+        return {}
+
+    monkeypatch.setattr(pm_mod, "candidate_set", fake_candidates)
+    monkeypatch.setattr(pm_mod, "fit_pair_stage", fake_fit)
+    n = 40
+    rows = types.SimpleNamespace(titles=[f"offer {i}" for i in range(2 * n)], descriptions=[None] * (2 * n))
+    decision = types.SimpleNamespace(raw=lambda x: x[:, 0], calibrate=lambda r: r)
+    src, tgt = np.arange(n), np.arange(n) + n
+    split = (np.random.default_rng(0).random((n, 1)), np.ones(n), {"src": src, "tgt": tgt})
+    logs: list[str] = []
+    entry = pair_stage(Path("."), PairOptions(hard_negatives=given, min_positives=1), rows=rows, decision=decision,
+                       open_world=open_world, view=None, tgt_pos=np.arange(2 * n), comp=np.arange(2 * n),
+                       truth_pairs=set(), exclude_self=exclude_self, train_split=split, valid_split=split,
+                       target_precision=0.99, max_recall_loss=0.02, log=logs.append)
+    assert entry["hard_negatives"] == mined
+    if open_world:
+        assert calls.get("top") == (mined + 1 if mined else None)  # nothing mined: no candidate search at all
+        assert calls["hard"] == (n if mined else 0)
+        assert any("no mined hard negatives" in m for m in logs) is (given is None and mined == 0)
+    else:
+        assert calls["train"] == n  # closed world: each source's top_m + mined candidates (here one each)

@@ -545,7 +545,11 @@ class PairOptions:
     train: PairTrainConfig = field(default_factory=PairTrainConfig)
     serialize: SerializeOptions = field(default_factory=SerializeOptions)
     top_m: int = DEFAULT_TOP_M
-    hard_negatives: int = 2
+    #: mined hard negatives per labelled source; None (auto): 2, except 0 for labelled pairs of ONE table (dedup, open
+    #: world). A dedup table holds several offers of a product by construction, so a labelled offer's best unlabelled
+    #: candidates are often its other offers: "negatives" that are matches (WDC Products: cross-encoder validation AP
+    #: 0.442 with them, 0.560 without; benchmarks/README.md, "Pair scorer: best epoch on validation")
+    hard_negatives: int | None = None
     min_positives: int = 400
     #: keep the scorer only if the stacked model's out-of-fold validation average precision beats stage 1's by
     #: this much (None: always keep it)
@@ -623,19 +627,26 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
         log(f"pair model skipped: only {share:.0%} of the labelled training pairs have text (a title or a "
             f"description) on both sides; the cross-encoder reads text only")
         return None
+    n_hard = hard_negatives_for(opts, open_world, exclude_self)
     if open_world:
         train, valid = as_set(train_split, None), as_set(valid_split, None)
         valid = capped(valid, opts.max_valid_pairs)
-        hard = candidate_set(rows, view, tgt_pos, decision, np.unique(train.src), exclude_self, truth_pairs,
-                             opts.hard_negatives + 1)
-        labelled = set(zip(train.src.tolist(), train.tgt.tolist(), strict=True))
-        keep = np.array([y == 0 and comp[a] != comp[b] and (a, b) not in labelled
-                         for a, b, y in zip(hard.src.tolist(), hard.tgt.tolist(), hard.y, strict=True)], dtype=bool)
-        hard = hard.take(keep) if len(hard) else hard
-        if len(hard):  # at most hard_negatives per source
-            hard = hard.take(top_m_mask(hard.src, hard.raw, opts.hard_negatives))
+        hard = train.take(np.zeros(len(train), dtype=bool))
+        if n_hard > 0:
+            hard = candidate_set(rows, view, tgt_pos, decision, np.unique(train.src), exclude_self, truth_pairs,
+                                 n_hard + 1)
+            labelled = set(zip(train.src.tolist(), train.tgt.tolist(), strict=True))
+            keep = np.array([y == 0 and comp[a] != comp[b] and (a, b) not in labelled
+                             for a, b, y in zip(hard.src.tolist(), hard.tgt.tolist(), hard.y, strict=True)],
+                            dtype=bool)
+            hard = hard.take(keep) if len(hard) else hard
+            if len(hard):  # at most n_hard per source
+                hard = hard.take(top_m_mask(hard.src, hard.raw, n_hard))
+        elif opts.hard_negatives is None:
+            log("pair model: no mined hard negatives (labelled pairs of one table: a labelled offer's best unlabelled "
+                "candidates are often other offers of the same product; pair_options.hard_negatives)")
     else:  # the candidates the pair model re-reads at match time, plus a few more hard negatives
-        train = as_set(train_split, opts.top_m + opts.hard_negatives)
+        train = as_set(train_split, opts.top_m + n_hard)
         valid = capped(as_set(valid_split, opts.top_m), opts.max_valid_pairs)
         hard = train.take(np.zeros(len(train), dtype=bool))
     entry = fit_pair_stage(rows, train, hard=hard, valid=valid, comp=comp, out_dir=out_dir, cfg=opts.train,
@@ -644,4 +655,13 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
                            min_gain=opts.min_gain, max_train_pairs=opts.max_train_pairs, log=log)
     if entry is not None:
         entry["pair_caps"] = {"max_train_pairs": opts.max_train_pairs, "max_valid_pairs": opts.max_valid_pairs}
+        entry["hard_negatives"] = n_hard
     return entry
+
+
+def hard_negatives_for(opts: PairOptions, open_world: bool, exclude_self: bool) -> int:
+    """Mined hard negatives per labelled source: ``opts.hard_negatives``, or when None 0 for labelled pairs within
+    one table (open world, dedup) and 2 otherwise (see :attr:`PairOptions.hard_negatives`)."""
+    if opts.hard_negatives is not None:
+        return max(0, int(opts.hard_negatives))
+    return 0 if open_world and exclude_self else 2
