@@ -31,6 +31,16 @@ def embed_texts(values: list[str | None], settings: Settings, threads: int | Non
     return out, valid
 
 
+def text_lengths(values: list[str | None], settings: Settings) -> np.ndarray:
+    """The text encoder's padded length of each text (0 for NULL, empty and whitespace-only ones, which are not
+    embedded): the key to order a column by before embedding it in chunks."""
+    valid = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip()]
+    out = np.zeros(len(values), dtype=np.int64)
+    if valid:
+        out[valid] = get_text_encoder(settings).token_lengths([values[i] for i in valid])
+    return out
+
+
 def embed_image_lists(lists: list[list | None], settings: Settings, threads: int | None = None
                       ) -> tuple[np.ndarray, np.ndarray, list[list[str | None]]]:
     """Mean-pool the embeddings of each row's images (as in the paper), failures skipped, re-normalised.

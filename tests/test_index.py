@@ -379,3 +379,42 @@ def test_description_columns_and_format1_migration(shop, tmp_path: Path, embedde
     shop.execute("UPDATE catalog SET title = 'Acme widget XJ-9000C red' WHERE id = 1")
     assert pm.index(shop, "catalog").updated == 1
     assert _rows(tmp_path)["1"]["identifiers"] == ["xj9000c"]
+
+
+def test_offers_are_embedded_in_chunks_of_similar_length_and_come_back_in_order(con, monkeypatch: pytest.MonkeyPatch):
+    """embed_offers orders offers by the encoder's token length before chunking (a chunk of short and long titles
+    pads every batch to its longest one), and returns the rows in the order given, each with its own vectors."""
+    import pmatch_duckdb.embedding as embedding
+    import pmatch_duckdb.offer_vectors as ov
+    from pmatch_duckdb.encoders.registry import get_text_encoder
+    from pmatch_duckdb.fusion import FusionConfig
+    from pmatch_duckdb.offers import Offer
+
+    settings = context_of(con).settings
+    rng = np.random.default_rng(0)
+    words = ["sony", "tv", "hdmi", "cable", "4k", "ultra", "black", "stand", "kdl-40v4100", "remote", "wall", "mount"]
+    titles = [" ".join(rng.choice(words, size=int(rng.integers(1, 14)))) for _ in range(23)]
+    offers = [Offer(id=f"o{i}", title=t, price=float(i) if i % 3 else None) for i, t in enumerate(titles)]
+    offers.insert(5, Offer(id="no-title", title=None))
+    chunks: list[list[str | None]] = []
+    real = embedding.embed_texts
+
+    def spy(values, *args, **kwargs):
+        chunks.append(list(values))
+        return real(values, *args, **kwargs)
+
+    monkeypatch.setattr(ov, "embed_texts", spy)
+    monkeypatch.setattr(ov, "EMBED_CHUNK", 4)
+    rows = ov.embed_offers(offers, settings, FusionConfig(), [f"h{o.id}" for o in offers], progress=False)
+
+    assert rows["id"].to_pylist() == [o.id for o in offers]
+    assert rows["content_hash"].to_pylist() == [f"h{o.id}" for o in offers]
+    assert rows["title"].to_pylist() == [o.title for o in offers]
+    enc = get_text_encoder(settings)
+    seen = [t for c in chunks for t in c]
+    assert sorted(seen, key=str) == sorted([o.title for o in offers], key=str)  # every offer embedded once
+    lengths = [0 if t is None else int(enc.token_lengths([t])[0]) for t in seen]
+    assert lengths == sorted(lengths)  # chunks in token-length order, not table order
+    vec = np.array(rows["text_vec"].to_pylist()[6], dtype=np.float32)
+    np.testing.assert_allclose(vec, enc.encode([titles[5]])[0], atol=1e-5)  # offers[6] is titles[5]
+    assert rows["text_vec"].to_pylist()[5] is None and rows["price"].to_pylist()[:3] == [None, 1.0, 2.0]

@@ -71,6 +71,10 @@ class ClipTextEncoder:
         """``int64[n, context_length]`` token ids (what the ONNX graph takes)."""
         return self.tokenizer(list(texts))
 
+    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        """All equal: every text is padded to the context length (see :meth:`TextEncoder.token_lengths`)."""
+        return np.zeros(len(texts), dtype=np.int64)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` (non-empty strings) -> ``float32[len(texts), dim]``, L2-normalised."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

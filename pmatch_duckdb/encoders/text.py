@@ -53,6 +53,13 @@ class TextEncoder:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output = bundle.manifest.get("output", "embedding")
 
+    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        """Word pieces of each text as :meth:`encode` feeds it (prefix and special tokens included, truncated):
+        the width a batch is padded to. Callers that embed in chunks order texts by it."""
+        texts = [self.prefix + t for t in texts] if self.prefix else list(texts)
+        return np.fromiter((len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)),
+                           dtype=np.int64, count=len(texts))
+
     def encode(self, texts: Sequence[str], prompt: str | None = None) -> np.ndarray:
         """Embed ``texts`` (non-empty strings) → ``float32[len(texts), dim]``.
 
