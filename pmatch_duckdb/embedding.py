@@ -19,10 +19,15 @@ def policy_of(settings: Settings) -> ImagePolicy:
                        max_bytes=settings.max_image_bytes)
 
 
+def _embeddable(values: list[str | None]) -> np.ndarray:
+    """Which texts get embedded: not NULL, not empty, not whitespace only."""
+    return np.array([isinstance(v, str) and bool(v.strip()) for v in values], dtype=bool)
+
+
 def embed_texts(values: list[str | None], settings: Settings, threads: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed a column of texts; NULL, empty and whitespace-only texts are invalid (NULL out)."""
-    valid = np.array([isinstance(v, str) and bool(v.strip()) for v in values], dtype=bool)
+    valid = _embeddable(values)
     enc = get_text_encoder(settings, duckdb_threads=threads)
     out = np.zeros((len(values), enc.dim), dtype=np.float32)
     if valid.any():
@@ -34,10 +39,10 @@ def embed_texts(values: list[str | None], settings: Settings, threads: int | Non
 def text_lengths(values: list[str | None], settings: Settings) -> np.ndarray:
     """The text encoder's padded length of each text (0 for NULL, empty and whitespace-only ones, which are not
     embedded): the key to order a column by before embedding it in chunks."""
-    valid = [i for i, v in enumerate(values) if isinstance(v, str) and v.strip()]
+    idx = np.flatnonzero(_embeddable(values))
     out = np.zeros(len(values), dtype=np.int64)
-    if valid:
-        out[valid] = get_text_encoder(settings).token_lengths([values[i] for i in valid])
+    if len(idx):
+        out[idx] = get_text_encoder(settings).token_lengths([values[i] for i in idx])
     return out
 
 

@@ -127,18 +127,18 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
     """Embed offers into index rows, in the order given (chunked, with a progress bar).
 
     Offers are embedded in chunks of similar token length: the encoder pads each batch to its longest text, and
-    chunks in table order mix short and long titles (4,096 real titles in chunks of 512, int8 MiniLM, one
-    thread: 12.5 s in table order, 8.7 s sorted by token length, 10.6 s sorted by characters; tokenizing them
+    chunks in table order mix short and long titles (``benchmarks/bench_embed_order.py``: 4,096 real titles in
+    chunks of 512, int8 MiniLM, one thread: 8.2 s in table order, 5.9 s sorted by token length; tokenizing them
     once more for the key takes 0.1 s). The rows come back in the order of ``offers``.
     """
     parts = []
-    order = np.argsort(text_lengths([text_input(o) for o in offers], settings), kind="stable")
-    offers = [offers[i] for i in order]
-    hashes = [hashes[i] for i in order]
+    texts = [text_input(o) for o in offers]
+    order = np.argsort(text_lengths(texts, settings), kind="stable")
+    offers, texts, hashes = [offers[i] for i in order], [texts[i] for i in order], [hashes[i] for i in order]
     bar = tqdm(total=len(offers), desc=desc, unit="offer", disable=not progress or len(offers) < EMBED_CHUNK)
     for s in range(0, len(offers), EMBED_CHUNK):
         chunk = offers[s:s + EMBED_CHUNK]
-        tv, tok = embed_texts([text_input(o) for o in chunk], settings)
+        tv, tok = embed_texts(texts[s:s + EMBED_CHUNK], settings)
         iv, iok, reasons = embed_image_lists([o.images for o in chunk], settings)
         prices = [o.price for o in chunk]
         price_arr = np.array([np.nan if p is None else p for p in prices], dtype=np.float64)
