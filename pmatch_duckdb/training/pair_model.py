@@ -151,8 +151,11 @@ def augment_pair(a: str, b: str, rng: random.Random) -> tuple[str, str]:
 
 
 def _attention_mask(model, hidden, mask):  # noqa: ANN001, ANN202
-    """The encoder's attention mask in the form its layers take (the one BertModel.forward builds)."""
-    return model.bert._create_attention_masks(mask, None, hidden, None, None)[0]
+    """The encoder's attention mask in the form its layers take: what BertModel.forward builds for an encoder,
+    through transformers' public masking function (BertModel's private helper changed its signature in 5.25)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    return create_bidirectional_mask(config=model.bert.config, inputs_embeds=hidden, attention_mask=mask)
 
 
 def frozen_states(model, ids, mask, types, n_frozen: int):  # noqa: ANN001, ANN201
