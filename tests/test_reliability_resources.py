@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import weakref
 from pathlib import Path
@@ -47,34 +50,55 @@ def one_run(home: Path, work: Path, i: int, memory: bool) -> None:
     gc.collect()
 
 
-@pytest.mark.parametrize("memory", [False, True], ids=["file-db", "in-memory-db"])
-def test_no_fd_temp_file_or_memory_growth_over_repeated_runs(home, tmp_path, monkeypatch, record, memory):
+def isolated(probe: str, home: Path, tmp_path: Path, *args: str) -> dict:
+    """Run this module's ``probe`` in a fresh Python process and return what it measured.
+
+    Resident memory is measured there, not in the suite's process: after ~600 tests that process holds ~5 GB and
+    its allocator's arenas grow and shrink by 100+ MB with thread timing alone (CI failed twice on noise at the
+    bounds below, never on growth per run). A fresh process keeps the signal (per-run retention) and drops that.
+    """
+    code = ("import importlib.util, json, sys; "
+            "spec = importlib.util.spec_from_file_location('resource_probe', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "print('RESULT ' + json.dumps(getattr(m, sys.argv[2])(*sys.argv[3:])))")
+    r = subprocess.run([sys.executable, "-c", code, __file__, probe, str(home), str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def probe_repeated_runs(home: str, tmp: str, memory: str) -> dict:
+    """(In a fresh process) 2 warm-up runs, then 8 measured: fds, temporary files and RSS before and after."""
+    tmp_path, in_memory = Path(tmp), memory == "1"
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    tempfile.tempdir = str(private_tmp)
     work = tmp_path / "work"
     work.mkdir()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(work / "img.png")
     for i in range(2):  # warm-up: ONNX sessions, caches and the index are created once per process
-        one_run(home, work, i, memory)
-    fds0, tmp0, rss0 = open_fds(), files_under(private_tmp), rss_mb()
-    runs = 8
-    for i in range(2, 2 + runs):
-        one_run(home, work, i, memory)
-    fds1, tmp1, rss1 = open_fds(), files_under(private_tmp), rss_mb()
-    assert fds1 <= fds0 + 2, (fds0, fds1)  # no descriptor per run
-    assert tmp1 == tmp0, (tmp0, tmp1)  # no temporary file per run
-    assert rss1 - rss0 < 150, (rss0, rss1)  # generous: allocator noise, not per-run growth
-    record("resources", f"{runs} repeated connect/index/match/cluster/close runs ({'in-memory' if memory else 'file'} "
-                        "database)", f"open fds {fds0} → {fds1}, temp files {tmp0} → {tmp1}, RSS {rss0:.0f} → "
-                                     f"{rss1:.0f} MB")
+        one_run(Path(home), work, i, in_memory)
+    out = {"fds0": open_fds(), "tmp0": files_under(private_tmp), "rss0": rss_mb(), "runs": 8}
+    for i in range(2, 2 + out["runs"]):
+        one_run(Path(home), work, i, in_memory)
+    return {**out, "fds1": open_fds(), "tmp1": files_under(private_tmp), "rss1": rss_mb()}
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["file-db", "in-memory-db"])
+def test_no_fd_temp_file_or_memory_growth_over_repeated_runs(home, tmp_path, record, memory):
+    m = isolated("probe_repeated_runs", home, tmp_path, "1" if memory else "0")
+    assert m["fds1"] <= m["fds0"] + 2, m  # no descriptor per run
+    assert m["tmp1"] == m["tmp0"], m  # no temporary file per run
+    assert m["rss1"] - m["rss0"] < 80, m  # fresh process: noise was 1-7 MB over 8 runs; a leak of 10 MB/run fails
+    record("resources", f"{m['runs']} repeated connect/index/match/cluster/close runs "
+                        f"({'in-memory' if memory else 'file'} database; fresh process)",
+           f"open fds {m['fds0']} → {m['fds1']}, temp files {m['tmp0']} → {m['tmp1']}, "
+           f"RSS {m['rss0']:.0f} → {m['rss1']:.0f} MB")
 
 
 def test_in_memory_database_temp_folder_is_removed_at_exit(home, tmp_path, record):
     """Without index_dir an in-memory database indexes into a temporary folder, removed when the process exits."""
-    import subprocess
-    import sys
-
     code = ("import pmatch_duckdb as pm, sys; c = pm.connect(home=sys.argv[1], image_roots=[sys.argv[2]]); "
             "c.execute(\"CREATE TABLE t AS SELECT 1 AS id, 'usb' AS title\"); "
             "c.execute(\"SELECT * FROM pm_index('t')\").fetchall(); print('ok')")
@@ -152,22 +176,28 @@ def test_connections_release_temp_folder_context_and_views(home, tmp_path, monke
            "released, no cached index view left; a re-install keeps the folder until close")
 
 
-def test_repeated_new_database_files_bounded(home, tmp_path, record):
-    """One process opening a new database file per run (a job per shop): memory stays bounded."""
-    work = tmp_path / "work"
+def probe_new_database_files(home: str, tmp: str) -> dict:
+    """(In a fresh process) 3 warm-up cycles, then 10 new database files: connections, contexts, fds and RSS."""
+    work = Path(tmp) / "work"
     work.mkdir()
     for i in range(3):  # warm-up: ONNX sessions and caches are created once per process
-        cycle(home, work, work / f"warm{i}.duckdb", "close+del")
-    fds0, rss0, contexts0 = open_fds(), rss_mb(), live_contexts()
-    runs = 10
-    refs = [cycle(home, work, work / f"shop{i}.duckdb", "close+del") for i in range(runs)]
-    fds1, rss1, contexts1 = open_fds(), rss_mb(), live_contexts()
-    alive = sum(r() is not None for r in refs)
-    assert alive == 0 and contexts1 == contexts0, (alive, contexts0, contexts1)
-    assert fds1 <= fds0 + 2, (fds0, fds1)
-    # MB per new database file. Generous on purpose: inside the whole suite's process (~3 GB RSS) allocator
-    # noise alone reached 2.5 MB/file; what this guards is the ~20 MB/file retention once reported.
-    assert (rss1 - rss0) / runs < 8.0, (rss0, rss1)
-    record("resources", f"{runs} new database files in one process (connect/index/match/cluster/close each)",
-           f"connections alive afterwards {alive}, contexts {contexts0} → {contexts1}, open fds {fds0} → {fds1}, "
-           f"RSS {rss0:.0f} → {rss1:.0f} MB ({(rss1 - rss0) / runs:+.1f} MB per file)")
+        cycle(Path(home), work, work / f"warm{i}.duckdb", "close+del")
+    out = {"fds0": open_fds(), "rss0": rss_mb(), "contexts0": live_contexts(), "runs": 10}
+    refs = [cycle(Path(home), work, work / f"shop{i}.duckdb", "close+del") for i in range(out["runs"])]
+    return {**out, "fds1": open_fds(), "rss1": rss_mb(), "contexts1": live_contexts(),
+            "alive": sum(r() is not None for r in refs)}
+
+
+def test_repeated_new_database_files_bounded(home, tmp_path, record):
+    """One process opening a new database file per run (a job per shop): memory stays bounded."""
+    m = isolated("probe_new_database_files", home, tmp_path)
+    assert m["alive"] == 0 and m["contexts1"] == m["contexts0"], m
+    assert m["fds1"] <= m["fds0"] + 2, m
+    per_file = (m["rss1"] - m["rss0"]) / m["runs"]
+    # MB per new database file. What this guards is the ~20 MB/file retention once reported; in a fresh process
+    # the growth measured 0.6-1.9 MB/file (three runs).
+    assert per_file < 5.0, m
+    record("resources", f"{m['runs']} new database files in one process (connect/index/match/cluster/close each; "
+                        "fresh process)",
+           f"connections alive afterwards {m['alive']}, contexts {m['contexts0']} → {m['contexts1']}, open fds "
+           f"{m['fds0']} → {m['fds1']}, RSS {m['rss0']:.0f} → {m['rss1']:.0f} MB ({per_file:+.1f} MB per file)")
