@@ -1,10 +1,13 @@
 """Column-level embedding used by both the SQL functions and the index builder.
 
-Where an image or a text becomes a vector: :func:`embed_texts` and :func:`embed_image_lists`
+Where an image or a text becomes a vector: :func:`embed_texts` (or :func:`prepare_texts` then
+:func:`embed_prepared`, to order a column by token length first) and :func:`embed_image_lists`
 (the encoders themselves live in :mod:`pmatch_duckdb.encoders`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,26 +27,52 @@ def _embeddable(values: list[str | None]) -> np.ndarray:
     return np.array([isinstance(v, str) and bool(v.strip()) for v in values], dtype=bool)
 
 
+@dataclass
+class PreparedTexts:
+    """A column of texts as the text encoder will take them: which rows get embedded (not NULL, not empty, not
+    whitespace only), and each such row's tokens (``TextEncoder.prepare``), so that ordering the column by
+    length and embedding it tokenise each text once."""
+
+    valid: np.ndarray  # bool per row
+    items: list  # per row: what the encoder's ``encode_prepared`` takes (None where not valid)
+    lengths: np.ndarray  # per row: the width a batch is padded to (0 where not valid; constant for CLIP towers)
+
+    def take(self, idx: np.ndarray | range) -> PreparedTexts:
+        """The rows ``idx``, in that order."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return PreparedTexts(self.valid[idx], [self.items[i] for i in idx], self.lengths[idx])
+
+
+def prepare_texts(values: list[str | None], settings: Settings, threads: int | None = None) -> PreparedTexts:
+    """Tokenise a column of texts for :func:`embed_prepared` (NULL, empty and whitespace-only ones are not)."""
+    valid = _embeddable(values)
+    items: list = [None] * len(values)
+    lengths = np.zeros(len(values), dtype=np.int64)
+    idx = np.flatnonzero(valid)
+    if len(idx):
+        enc = get_text_encoder(settings, duckdb_threads=threads)
+        prepared = enc.prepare([values[i] for i in idx])
+        for j, i in enumerate(idx):
+            items[i] = prepared[j]
+        lengths[idx] = enc.prepared_lengths(prepared)
+    return PreparedTexts(valid, items, lengths)
+
+
+def embed_prepared(texts: PreparedTexts, settings: Settings, threads: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Embed a prepared column; rows that are not valid come out as zeros with validity False (NULL)."""
+    enc = get_text_encoder(settings, duckdb_threads=threads)
+    out = np.zeros((len(texts.valid), enc.dim), dtype=np.float32)
+    idx = np.flatnonzero(texts.valid)
+    if len(idx):
+        out[idx] = enc.encode_prepared([texts.items[i] for i in idx])
+    return out, texts.valid
+
+
 def embed_texts(values: list[str | None], settings: Settings, threads: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed a column of texts; NULL, empty and whitespace-only texts are invalid (NULL out)."""
-    valid = _embeddable(values)
-    enc = get_text_encoder(settings, duckdb_threads=threads)
-    out = np.zeros((len(values), enc.dim), dtype=np.float32)
-    if valid.any():
-        idx = np.flatnonzero(valid)
-        out[idx] = enc.encode([values[i] for i in idx])
-    return out, valid
-
-
-def text_lengths(values: list[str | None], settings: Settings) -> np.ndarray:
-    """The text encoder's padded length of each text (0 for NULL, empty and whitespace-only ones, which are not
-    embedded): the key to order a column by before embedding it in chunks."""
-    idx = np.flatnonzero(_embeddable(values))
-    out = np.zeros(len(values), dtype=np.int64)
-    if len(idx):
-        out[idx] = get_text_encoder(settings).token_lengths([values[i] for i in idx])
-    return out
+    return embed_prepared(prepare_texts(values, settings, threads), settings, threads)
 
 
 def embed_image_lists(lists: list[list | None], settings: Settings, threads: int | None = None

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from .bundles import find_bundle
-from .embedding import embed_image_lists, embed_texts, text_lengths
+from .embedding import PreparedTexts, embed_image_lists, embed_prepared, prepare_texts
 from .features.codes import mpn_identifiers
 from .features.lexical import identifiers
 from .fusion import FusionConfig, fuse
@@ -122,57 +122,77 @@ def fuse_vectors(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image
     return fuse(text, text_ok, image, image_ok, cfg)
 
 
+def _encode_chunk(texts: PreparedTexts, images: list[list | None], settings: Settings
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[list[str | None]]]:
+    """The encoders' part of one chunk: text vectors and validity, pooled image vectors, validity and reasons."""
+    tv, tok = embed_prepared(texts, settings)
+    iv, iok, reasons = embed_image_lists(images, settings)
+    return tv, tok, iv, iok, reasons
+
+
+def _index_rows(offers: list[Offer], hashes: list[str], lexical: list[str], tv: np.ndarray, tok: np.ndarray,
+                iv: np.ndarray, iok: np.ndarray, reasons: list[list[str | None]], fused: np.ndarray) -> pa.Table:
+    """Index rows of ``offers``, from the offers and what the encoders and the fusion made of them."""
+    prices = [o.price for o in offers]
+    title_idents = [identifiers(t) for t in lexical]
+    return pa.table({
+        "id": pa.array([o.id for o in offers], pa.string()),
+        "content_hash": pa.array(hashes, pa.string()),
+        "title": pa.array([o.title for o in offers], pa.string()),
+        "brand": pa.array([o.brand for o in offers], pa.string()),
+        "lexical_text": pa.array(lexical, pa.string()),
+        "identifiers": pa.array(title_idents, pa.list_(pa.string())),
+        **description_columns(offers, title_idents),
+        "price": pa.array(prices, pa.float64()),
+        "currency": pa.array([o.currency for o in offers], pa.string()),
+        "log_price": pa.array([math.log1p(p) if p is not None else 0.0 for p in prices], pa.float32()),
+        "price_missing": pa.array([p is None for p in prices], pa.bool_()),
+        "n_images": pa.array([len(o.images or []) for o in offers], pa.int32()),
+        "n_images_ok": pa.array([sum(r is None for r in rr) for rr in reasons], pa.int32()),
+        "image_errors": pa.array([[r for r in rr if r is not None] for rr in reasons], pa.list_(pa.string())),
+        "text_vec": _fsl(tv, tok),
+        "image_vec": _fsl(iv, iok),
+        "vector": _fsl(fused),
+        **code_columns(offers),
+    })
+
+
 def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, hashes: list[str],
-                 progress: bool = True, desc: str = "embedding offers", matcher: Matcher | None = None) -> pa.Table:
-    """Embed offers into index rows, in the order given (chunked, with a progress bar).
+                 progress: bool = True, desc: str = "embedding offers", matcher: Matcher | None = None
+                 ) -> pa.Table | None:
+    """Embed offers into index rows, in the order given (chunked, with a progress bar); None when there are none.
 
     Offers are embedded in chunks of similar token length: the encoder pads each batch to its longest text, and
     chunks in table order mix short and long titles (``benchmarks/bench_embed_order.py``: 4,096 real titles in
-    chunks of 512, int8 MiniLM, one thread: 8.2 s in table order, 5.9 s sorted by token length; tokenizing them
-    once more for the key takes 0.1 s). The rows come back in the order of ``offers``.
+    chunks of 512, int8 MiniLM, one thread: 8.2 s in table order, 5.9 s sorted by token length). Each text is
+    tokenised once, for the key and the model alike; each chunk's vectors go straight to their offers' rows, and
+    the table is built once, in the order of ``offers`` (``benchmarks/bench_index_cost.py`` shows what this
+    costs around the model).
     """
-    parts = []
-    texts = [text_input(o) for o in offers]
-    order = np.argsort(text_lengths(texts, settings), kind="stable")
-    offers, texts, hashes = [offers[i] for i in order], [texts[i] for i in order], [hashes[i] for i in order]
-    bar = tqdm(total=len(offers), desc=desc, unit="offer", disable=not progress or len(offers) < EMBED_CHUNK)
-    for s in range(0, len(offers), EMBED_CHUNK):
-        chunk = offers[s:s + EMBED_CHUNK]
-        tv, tok = embed_texts(texts[s:s + EMBED_CHUNK], settings)
-        iv, iok, reasons = embed_image_lists([o.images for o in chunk], settings)
-        prices = [o.price for o in chunk]
-        price_arr = np.array([np.nan if p is None else p for p in prices], dtype=np.float64)
-        lexical = [lexical_input(o) for o in chunk]
-        title_idents = [identifiers(t) for t in lexical]
-        fused = fuse_vectors(tv, tok, iv, iok, price_arr, lexical, cfg, matcher)
-        parts.append(pa.table({
-            "id": pa.array([o.id for o in chunk], pa.string()),
-            "content_hash": pa.array(hashes[s:s + EMBED_CHUNK], pa.string()),
-            "title": pa.array([o.title for o in chunk], pa.string()),
-            "brand": pa.array([o.brand for o in chunk], pa.string()),
-            "lexical_text": pa.array(lexical, pa.string()),
-            "identifiers": pa.array(title_idents, pa.list_(pa.string())),
-            **description_columns(chunk, title_idents),
-            "price": pa.array(prices, pa.float64()),
-            "currency": pa.array([o.currency for o in chunk], pa.string()),
-            "log_price": pa.array([math.log1p(p) if p is not None else 0.0 for p in prices], pa.float32()),
-            "price_missing": pa.array([p is None for p in prices], pa.bool_()),
-            "n_images": pa.array([len(o.images or []) for o in chunk], pa.int32()),
-            "n_images_ok": pa.array([sum(r is None for r in rr) for rr in reasons], pa.int32()),
-            "image_errors": pa.array([[r for r in rr if r is not None] for rr in reasons], pa.list_(pa.string())),
-            "text_vec": _fsl(tv, tok),
-            "image_vec": _fsl(iv, iok),
-            "vector": _fsl(fused),
-            **code_columns(chunk),
-        }))
-        bar.update(len(chunk))
-    bar.close()
-    if not parts:
+    n = len(offers)
+    if not n:
         return None
-    inverse = np.empty(len(order), dtype=np.int64)
-    inverse[order] = np.arange(len(order))
-    table = pa.concat_tables(parts)
-    return table if (order == np.arange(len(order))).all() else table.take(inverse)
+    texts = prepare_texts([text_input(o) for o in offers], settings)  # tokenised once: the order key and the model
+    order = np.argsort(texts.lengths, kind="stable")
+    lexical = [lexical_input(o) for o in offers]
+    price = np.array([np.nan if o.price is None else o.price for o in offers], dtype=np.float64)
+    tv = tok = iv = iok = fused = None
+    reasons: list[list[str | None]] = [[] for _ in range(n)]
+    bar = tqdm(total=n, desc=desc, unit="offer", disable=not progress or n < EMBED_CHUNK)
+    for s in range(0, n, EMBED_CHUNK):
+        idx = order[s:s + EMBED_CHUNK]
+        ctv, ctok, civ, ciok, creasons = _encode_chunk(texts.take(idx), [offers[i].images for i in idx], settings)
+        cfused = fuse_vectors(ctv, ctok, civ, ciok, price[idx], [lexical[i] for i in idx], cfg, matcher)
+        if tv is None:  # the widths are the encoders' and the matcher's
+            tv, iv = np.zeros((n, ctv.shape[1]), np.float32), np.zeros((n, civ.shape[1]), np.float32)
+            tok, iok = np.zeros(n, bool), np.zeros(n, bool)
+            fused = np.zeros((n, cfused.shape[1]), np.float32)
+        tv[idx], tok[idx], iv[idx], iok[idx], fused[idx] = ctv, ctok, civ, ciok, cfused
+        for j, i in enumerate(idx):
+            reasons[i] = creasons[j]
+        bar.update(len(idx))
+    bar.close()
+    return _index_rows(offers, hashes, lexical, tv, tok, iv, iok, reasons, fused)
 
 
 _MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")

@@ -396,14 +396,14 @@ def test_offers_are_embedded_in_chunks_of_similar_length_and_come_back_in_order(
     titles = [" ".join(rng.choice(words, size=int(rng.integers(1, 14)))) for _ in range(23)]
     offers = [Offer(id=f"o{i}", title=t, price=float(i) if i % 3 else None) for i, t in enumerate(titles)]
     offers.insert(5, Offer(id="no-title", title=None))
-    chunks: list[list[str | None]] = []
-    real = embedding.embed_texts
+    chunks = []
+    real = embedding.embed_prepared
 
-    def spy(values, *args, **kwargs):
-        chunks.append(list(values))
-        return real(values, *args, **kwargs)
+    def spy(texts, *args, **kwargs):
+        chunks.append(texts)
+        return real(texts, *args, **kwargs)
 
-    monkeypatch.setattr(ov, "embed_texts", spy)
+    monkeypatch.setattr(ov, "embed_prepared", spy)
     monkeypatch.setattr(ov, "EMBED_CHUNK", 4)
     rows = ov.embed_offers(offers, settings, FusionConfig(), [f"h{o.id}" for o in offers], progress=False)
 
@@ -411,10 +411,13 @@ def test_offers_are_embedded_in_chunks_of_similar_length_and_come_back_in_order(
     assert rows["content_hash"].to_pylist() == [f"h{o.id}" for o in offers]
     assert rows["title"].to_pylist() == [o.title for o in offers]
     enc = get_text_encoder(settings)
-    seen = [t for c in chunks for t in c]
-    assert sorted(seen, key=str) == sorted([o.title for o in offers], key=str)  # every offer embedded once
-    lengths = [0 if t is None else int(enc.token_lengths([t])[0]) for t in seen]
+    seen = [tuple(e.ids) if e is not None else None for c in chunks for e in c.items]
+    want = [tuple(enc.prepare([o.title])[0].ids) if o.title else None for o in offers]
+    assert sorted(seen, key=str) == sorted(want, key=str)  # every offer embedded once, tokenised as encode does
+    lengths = [0 if t is None else len(t) for t in seen]
     assert lengths == sorted(lengths)  # chunks in token-length order, not table order
+    assert [int(x) for c in chunks for x in c.lengths] == lengths
     vec = np.array(rows["text_vec"].to_pylist()[6], dtype=np.float32)
     np.testing.assert_allclose(vec, enc.encode([titles[5]])[0], atol=1e-5)  # offers[6] is titles[5]
     assert rows["text_vec"].to_pylist()[5] is None and rows["price"].to_pylist()[:3] == [None, 1.0, 2.0]
+

@@ -62,6 +62,38 @@ def test_identifiers_deduplicated_in_order() -> None:
     assert identifiers("KDL-40V4100 and kdl40v4100, also ZT-1200") == ["kdl40v4100", "zt1200"]
 
 
+def _identifiers_reference(text: str | None) -> list[str]:
+    """identifiers() as first written: every token, checked character by character (the fast one must agree)."""
+    import re
+    import unicodedata
+
+    from pmatch_duckdb.features.lexical import _ID_TOKEN, _is_measure
+
+    out = []
+    for tok in _ID_TOKEN.findall(unicodedata.normalize("NFKC", text or "")):
+        t = re.sub(r"[-/.]", "", tok).lower()
+        if not any(c.isdigit() for c in t):
+            continue
+        if any(c.isalpha() for c in t):
+            if len(t) >= 4 and sum(c.isdigit() for c in t) >= 2 and not _is_measure(t):
+                out.append(t)
+        elif len(t) >= 6:
+            out.append(t)
+    return list(dict.fromkeys(out))
+
+
+def test_identifiers_equal_the_token_by_token_reference_on_random_text() -> None:
+    """The fast path skips digit-less tokens inside the regex (pm_index runs it over every title and description):
+    on random strings of letters, digits, separators and spaces it finds exactly what checking each token finds."""
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list("ab1-./ x9Z_Ⅻ４"))
+    texts = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 40)))) for _ in range(20_000)]
+    texts += ["Sony KDL-40V4100 40in", "abc.-12 x1y2", "ab-cd-ef-1234", "A1-B2/C3.D4", "win10 4k 128gb 2.5in"]
+    differ = [t for t in texts if identifiers(t) != _identifiers_reference(t)]
+    assert differ == [], differ[:5]
+    assert sum(bool(identifiers(t)) for t in texts) > 1000  # the random texts do hold identifiers
+
+
 def test_normalize_strips_accents_and_punctuation() -> None:
     assert normalize("Crème Brûlée — SET/6!") == "creme brulee set 6"
     assert normalize(None) == ""

@@ -75,6 +75,21 @@ class ClipTextEncoder:
         """All equal: every text is padded to the context length (see :meth:`TextEncoder.token_lengths`)."""
         return np.zeros(len(texts), dtype=np.int64)
 
+    @staticmethod
+    def prepare(texts: Sequence[str]) -> list[str]:
+        """The texts themselves: a CLIP tower tokenises each batch to the context length as it runs (the
+        counterpart of :meth:`TextEncoder.prepare`)."""
+        return list(texts)
+
+    @staticmethod
+    def prepared_lengths(prepared: Sequence[str]) -> np.ndarray:
+        """All equal (see :meth:`token_lengths`)."""
+        return np.zeros(len(prepared), dtype=np.int64)
+
+    def encode_prepared(self, prepared: Sequence[str]) -> np.ndarray:
+        """Same as :meth:`encode` (see :meth:`prepare`)."""
+        return self.encode(prepared)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` (non-empty strings) -> ``float32[len(texts), dim]``, L2-normalised."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from ..bundles import Bundle
 from ..errors import ConfigError
@@ -53,22 +53,12 @@ class TextEncoder:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output = bundle.manifest.get("output", "embedding")
 
-    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
-        """Word pieces of each text as :meth:`encode` feeds it (prefix and special tokens included, truncated):
-        the width a batch is padded to. Callers that embed in chunks order texts by it."""
-        texts = [self.prefix + t for t in texts] if self.prefix else list(texts)
-        return np.fromiter((len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)),
-                           dtype=np.int64, count=len(texts))
+    def prepare(self, texts: Sequence[str], prompt: str | None = None) -> list[Encoding]:
+        """Tokenise ``texts`` (non-empty strings) as :meth:`encode` feeds them: the bundle's prefix, or with
+        ``prompt`` the bundle's prompt of that name (e.g. ``"passage"``), then word pieces, truncated.
 
-    def encode(self, texts: Sequence[str], prompt: str | None = None) -> np.ndarray:
-        """Embed ``texts`` (non-empty strings) → ``float32[len(texts), dim]``.
-
-        Each text gets the bundle's prefix, or with ``prompt`` the bundle's prompt of that name (e.g.
-        ``"passage"``). Texts are sorted by token length and batched so padding stays small.
-        """
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
+        Callers that order texts by :meth:`prepared_lengths` before embedding them in chunks tokenise once:
+        ``encode_prepared`` takes these."""
         prefix = self.prefix
         if prompt is not None:
             if prompt not in self.prompts:
@@ -76,8 +66,31 @@ class TextEncoder:
                                   f"(prompts: {', '.join(self.prompts) or 'none'})")
             prefix = self.prompts[prompt]
         texts = [prefix + t for t in texts] if prefix else list(texts)
-        encs = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        order = np.argsort([len(e.ids) for e in encs], kind="stable")
+        return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+
+    @staticmethod
+    def prepared_lengths(prepared: Sequence[Encoding]) -> np.ndarray:
+        """Word pieces of each prepared text (special tokens included): the width a batch is padded to."""
+        return np.fromiter((len(e.ids) for e in prepared), dtype=np.int64, count=len(prepared))
+
+    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
+        """Word pieces of each text as :meth:`encode` feeds it (prefix and special tokens included, truncated)."""
+        return self.prepared_lengths(self.prepare(texts))
+
+    def encode(self, texts: Sequence[str], prompt: str | None = None) -> np.ndarray:
+        """Embed ``texts`` (non-empty strings) → ``float32[len(texts), dim]``.
+
+        Each text gets the bundle's prefix, or with ``prompt`` the bundle's prompt of that name (e.g.
+        ``"passage"``). Texts are sorted by token length and batched so padding stays small.
+        """
+        return self.encode_prepared(self.prepare(texts, prompt))
+
+    def encode_prepared(self, encs: Sequence[Encoding]) -> np.ndarray:
+        """Embed texts tokenised by :meth:`prepare` → ``float32[len(encs), dim]`` (sorted by length, batched)."""
+        out = np.zeros((len(encs), self.dim), dtype=np.float32)
+        if not len(encs):
+            return out
+        order = np.argsort(self.prepared_lengths(encs), kind="stable")
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             width = max(len(encs[i].ids) for i in idx)

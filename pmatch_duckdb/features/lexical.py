@@ -22,6 +22,11 @@ PAIR_CHUNK = 16384  # pairs per sparse row-gather in pair scoring
 NGRAMS = (2, 3, 4, 5)
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _ID_TOKEN = re.compile(r"[A-Za-z0-9]+(?:[-/.][A-Za-z0-9]+)*")
+# The same tokens, those without a digit (most words of a description) matched by the first branch and left out
+# of the group: findall gives '' for them. The lookahead makes that branch end only where the token ends, so it
+# fails on a token holding a digit, and the second branch (``_ID_TOKEN``) takes the whole token from the same
+# start. Linear in the text (a lookahead scanning ahead for a digit would be quadratic in a long run of letters).
+_DIGIT_ID_TOKEN = re.compile(r"[A-Za-z]+(?:[-/.][A-Za-z]+)*(?![-/.]?[A-Za-z0-9])|([A-Za-z0-9]+(?:[-/.][A-Za-z0-9]+)*)")
 
 
 def normalize(text: str | None) -> str:
@@ -41,19 +46,22 @@ def identifiers(text: str | None) -> list[str]:
     if not text:
         return []
     out = []
-    for tok in _ID_TOKEN.findall(unicodedata.normalize("NFKC", text)):
-        t = re.sub(r"[-/.]", "", tok).lower()
-        has_digit = any(c.isdigit() for c in t)
-        has_alpha = any(c.isalpha() for c in t)
-        if not has_digit:
+    # tokens are ASCII letters and digits (and separators, removed), and those findall gives have a digit:
+    # ``isdigit`` on the whole token says whether it has a letter, without a Python loop per character
+    for tok in _DIGIT_ID_TOKEN.findall(unicodedata.normalize("NFKC", text)):
+        if not tok:  # a token without a digit
             continue
-        if has_alpha and len(t) >= 4 and sum(c.isdigit() for c in t) >= 2 and not _is_measure(t):
-            out.append(t)
-        elif not has_alpha and len(t) >= 6:
+        t = tok.translate(_SEPARATORS).lower()
+        if t.isdigit():
+            if len(t) >= 6:
+                out.append(t)
+        elif len(t) >= 4 and len(t) - len(t.translate(_DIGITS)) >= 2 and not _is_measure(t):
             out.append(t)
     return list(dict.fromkeys(out))
 
 
+_SEPARATORS = str.maketrans("", "", "-/.")
+_DIGITS = str.maketrans("", "", "0123456789")
 _MEASURE = re.compile(r"^\d+(?:in|inch|mm|cm|gb|tb|mb|mhz|ghz|hz|w|v|mp|x|k|lb|lbs|oz|ft|m|g|kg|ml|l|p|"
                       r"st|nd|rd|th|user|users|pk|pack|pc|pcs|yr|yrs|year|years|bit|cd|dvd)$")
 _NOT_IDENTIFIER = re.compile(r"^(?:win|windows|x|r|v|ver|version)\d{1,2}$|^\d+(?:st|nd|rd|th)\d+(?:st|nd|rd|th)$")
