@@ -257,7 +257,8 @@ def _fake_text_encoder() -> None:
     import pmatch_duckdb.offer_vectors as ov
     from pmatch_duckdb.demo.grouped import hashed_text_vectors
 
-    ov.embed_texts = lambda values, settings, threads=None: hashed_text_vectors(values)
+    assert hasattr(ov, "embed_prepared")  # the seam replaced below (a missing one would leave the real encoder on)
+    ov.embed_prepared = lambda texts, settings, threads=None: hashed_text_vectors(texts.texts)
 
 
 def _home_copy(home: Path, root: Path) -> Path:

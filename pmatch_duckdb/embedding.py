@@ -33,6 +33,7 @@ class PreparedTexts:
     whitespace only), and each such row's tokens (``TextEncoder.prepare``), so that ordering the column by
     length and embedding it tokenise each text once."""
 
+    texts: list[str | None]  # the texts themselves (a stand-in encoder replacing ``embed_prepared`` reads these)
     valid: np.ndarray  # bool per row
     items: list  # per row: what the encoder's ``encode_prepared`` takes (None where not valid)
     lengths: np.ndarray  # per row: the width a batch is padded to (0 where not valid; constant for CLIP towers)
@@ -40,7 +41,8 @@ class PreparedTexts:
     def take(self, idx: np.ndarray | range) -> PreparedTexts:
         """The rows ``idx``, in that order."""
         idx = np.asarray(idx, dtype=np.int64)
-        return PreparedTexts(self.valid[idx], [self.items[i] for i in idx], self.lengths[idx])
+        return PreparedTexts([self.texts[i] for i in idx], self.valid[idx], [self.items[i] for i in idx],
+                             self.lengths[idx])
 
 
 def prepare_texts(values: list[str | None], settings: Settings, threads: int | None = None) -> PreparedTexts:
@@ -55,7 +57,7 @@ def prepare_texts(values: list[str | None], settings: Settings, threads: int | N
         for j, i in enumerate(idx):
             items[i] = prepared[j]
         lengths[idx] = enc.prepared_lengths(prepared)
-    return PreparedTexts(valid, items, lengths)
+    return PreparedTexts(list(values), valid, items, lengths)
 
 
 def embed_prepared(texts: PreparedTexts, settings: Settings, threads: int | None = None

@@ -35,7 +35,7 @@ def shop(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A 600-offer generated table (distinct titles) and its index, embedded with the hashed stand-in encoder."""
     import pmatch_duckdb.offer_vectors as ov
 
-    monkeypatch.setattr(ov, "embed_texts", lambda values, settings, threads=None: hashed_text_vectors(values))
+    monkeypatch.setattr(ov, "embed_prepared", lambda texts, settings, threads=None: hashed_text_vectors(texts.texts))
     con = pm.connect(home=home, image_roots=[tmp_path], index_dir=tmp_path / "idx")
     t = grouped_offers(900, seed=3)
     con.register("g", t)
@@ -69,7 +69,7 @@ def photo_shop(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     encoder bundles): a matcher trained here must not become the shared home's active one."""
     import pmatch_duckdb.offer_vectors as ov
 
-    monkeypatch.setattr(ov, "embed_texts", lambda values, settings, threads=None: hashed_text_vectors(values))
+    monkeypatch.setattr(ov, "embed_prepared", lambda texts, settings, threads=None: hashed_text_vectors(texts.texts))
     monkeypatch.setattr(ov, "embed_image_lists", _stand_in_photos)
     own = tmp_path / "home"
     (own / "models").mkdir(parents=True)

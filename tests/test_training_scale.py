@@ -172,7 +172,7 @@ def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, 
     import pmatch_duckdb.offer_vectors as ov
     from pmatch_duckdb.demo.grouped import hashed_text_vectors
 
-    monkeypatch.setattr(ov, "embed_texts", lambda values, settings, threads=None: hashed_text_vectors(values))
+    monkeypatch.setattr(ov, "embed_prepared", lambda texts, settings, threads=None: hashed_text_vectors(texts.texts))
     thome = tmp_path / "home"  # matchers trained here stay out of the suite's shared home
     (thome / "models").mkdir(parents=True)
     for b in ("minilm-l6-v2", "efficientnet-lite0"):
