@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from bench_pipeline import read_titles
+from bench_pipeline import DEFAULT_DATA, read_titles, spread
 
 from pmatch_duckdb.bundles import find_bundle
 from pmatch_duckdb.encoders.text import TextEncoder
@@ -31,7 +31,7 @@ from pmatch_duckdb.offer_vectors import EMBED_CHUNK
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--home", type=Path, default=None)
     ap.add_argument("--model", default="minilm-l6-v2-int8")
     ap.add_argument("--n", type=int, default=4096)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     titles = read_titles(args.data)
-    titles = [titles[(i * 7919) % len(titles)] for i in range(args.n)]
+    titles = spread(titles, args.n)
     enc = TextEncoder(find_bundle(args.model, args.home), threads=args.threads)
     t = time.perf_counter()
     ntok = enc.token_lengths(titles)

@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import tempfile
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lancedb.db
-from bench_pipeline import fmt_table, read_titles
+from bench_pipeline import DEFAULT_DATA, fmt_table, read_rows, read_titles, spread
 
 import pmatch_duckdb as pm
 import pmatch_duckdb.offer_vectors as ov
@@ -38,24 +37,6 @@ from pmatch_duckdb.encoders.text import TextEncoder
 STAGES = {"tokenise (order key and model)": (ov, "prepare_texts"), "encoders": (ov, "_encode_chunk"),
           "fusion": (ov, "fuse_vectors"), "index rows": (ov, "_index_rows"),
           "LanceDB write": (lancedb.db.LanceDBConnection, "create_table"), "embed_offers": (store, "embed_offers")}
-
-
-def read_rows(data: Path) -> list[tuple[str, str | None, str | None, float | None]]:
-    """(title, description, brand, price) of the Abt-Buy and Amazon-Google offers that have a title."""
-    out = []
-    for folder, fname, sep, title, brand in (("abt-buy", "abt.csv", "|", "name", None),
-                                             ("abt-buy", "buy.csv", "|", "name", None),
-                                             ("amazon-google", "amazon.csv", "#", "title", "manufacturer"),
-                                             ("amazon-google", "gp.csv", "#", "title", "manufacturer")):
-        with open(data / folder / fname, newline="", encoding="utf-8", errors="replace") as f:
-            for r in csv.DictReader(f, delimiter=sep, quoting=csv.QUOTE_NONE):
-                if (r.get(title) or "").strip():
-                    try:
-                        price = float(r.get("price") or "")
-                    except ValueError:
-                        price = None
-                    out.append((r[title], r.get("description") or None, r.get(brand) if brand else None, price))
-    return out
 
 
 def timed(spent: dict[str, float]) -> None:
@@ -74,7 +55,7 @@ def timed(spent: dict[str, float]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--home", type=Path, default=None)
     ap.add_argument("--models", default="minilm-l6-v2,minilm-l6-v2-int8")
     ap.add_argument("--n", type=int, default=4096)
@@ -87,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ["PMATCH_ORT_THREADS"] = str(args.threads)  # pm_index's sessions get the same thread count
     rows = read_rows(args.data) if args.full_rows else [(t, None, None, None) for t in read_titles(args.data)]
-    rows = [rows[(i * 7919) % len(rows)] for i in range(args.n)]
+    rows = spread(rows, args.n)
     titles = [r[0] for r in rows]
     work = Path(tempfile.mkdtemp(prefix="bench_index_cost_"))
     spent: dict[str, float] = {}

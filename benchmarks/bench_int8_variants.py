@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import DEFAULT_DATA, fmt_table, grocery_photos, log, read_titles  # noqa: E402
+from bench_pipeline import DEFAULT_DATA, fmt_table, grocery_photos, log, read_titles, spread  # noqa: E402
 
 from pmatch_duckdb.bundles import Bundle, find_bundle  # noqa: E402
 from pmatch_duckdb.encoders.text import TextEncoder  # noqa: E402
@@ -202,7 +202,7 @@ def part_text(args: argparse.Namespace, work: Path) -> None:
             deltas.append(_r_at_1(d["src_ids"], d["tgt_ids"], x[:n] @ x[n:].T, d["truth"]) - base)
         noise_rows.append(f"{ds} {np.mean(deltas):+.4f} [{min(deltas):+.4f}, {max(deltas):+.4f}]")
     titles = read_titles(args.data)
-    titles = [titles[(i * 7919) % len(titles)] for i in range(1024)]
+    titles = spread(titles, 1024)
     for e in encs.values():
         e.encode(titles[:256])
     speed = _interleaved({k: (lambda e=e: e.encode(titles)) for k, e in encs.items()}, len(titles), args.rounds)

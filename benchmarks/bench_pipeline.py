@@ -85,14 +85,34 @@ def fmt_table(header: list[str], rows: list[list[str]]) -> str:
 # ------------------------------------------------------------------------------------------ data
 
 
-def read_titles(data: Path) -> list[str]:
+def read_rows(data: Path) -> list[tuple[str, str | None, str | None, float | None]]:
+    """(title, description, brand, price) of the Abt-Buy and Amazon-Google offers that have a title, table by
+    table (Abt, Buy, Amazon, Google)."""
     out = []
-    for folder, fname, sep, col in (("abt-buy", "abt.csv", "|", "name"), ("abt-buy", "buy.csv", "|", "name"),
-                                    ("amazon-google", "amazon.csv", "#", "title"),
-                                    ("amazon-google", "gp.csv", "#", "title")):
+    for folder, fname, sep, title, brand in (("abt-buy", "abt.csv", "|", "name", None),
+                                             ("abt-buy", "buy.csv", "|", "name", None),
+                                             ("amazon-google", "amazon.csv", "#", "title", "manufacturer"),
+                                             ("amazon-google", "gp.csv", "#", "title", "manufacturer")):
         with open(data / folder / fname, newline="", encoding="utf-8", errors="replace") as f:
-            out += [r[col] for r in csv.DictReader(f, delimiter=sep, quoting=csv.QUOTE_NONE) if (r.get(col) or "").strip()]
+            for r in csv.DictReader(f, delimiter=sep, quoting=csv.QUOTE_NONE):
+                if (r.get(title) or "").strip():
+                    try:
+                        price = float(r.get("price") or "")
+                    except ValueError:
+                        price = None
+                    out.append((r[title], r.get("description") or None, r.get(brand) if brand else None, price))
     return out
+
+
+def read_titles(data: Path) -> list[str]:
+    """The titles of :func:`read_rows`."""
+    return [r[0] for r in read_rows(data)]
+
+
+def spread(items: list, n: int) -> list:
+    """``n`` items taken in a fixed stride over ``items`` (wrapping), so a sample of the four tables read above
+    mixes them (the same sample in every benchmark that uses it)."""
+    return [items[(i * 7919) % len(items)] for i in range(n)]
 
 
 def grocery_photos(data: Path, list_file: str) -> list[tuple[str, int]]:
@@ -109,7 +129,7 @@ def grocery_photos(data: Path, list_file: str) -> list[tuple[str, int]]:
 
 def part_encoders(args: argparse.Namespace) -> None:
     titles = read_titles(args.data)
-    titles = [titles[(i * 7919) % len(titles)] for i in range(args.n_texts)]  # spread over the four tables
+    titles = spread(titles, args.n_texts)  # spread over the four tables
     photos = grocery_photos(args.data, "val.txt")
     photos = [photos[(i * 101) % len(photos)][0] for i in range(args.n_images)]
     policy = ImagePolicy(roots=((args.data / "grocery").resolve(),), max_pixels=40_000_000, max_bytes=50 << 20)

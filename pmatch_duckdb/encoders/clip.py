@@ -71,10 +71,6 @@ class ClipTextEncoder:
         """``int64[n, context_length]`` token ids (what the ONNX graph takes)."""
         return self.tokenizer(list(texts))
 
-    def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
-        """All equal: every text is padded to the context length (see :meth:`TextEncoder.token_lengths`)."""
-        return np.zeros(len(texts), dtype=np.int64)
-
     @staticmethod
     def prepare(texts: Sequence[str]) -> list[str]:
         """The texts themselves: a CLIP tower tokenises each batch to the context length as it runs (the
@@ -83,7 +79,7 @@ class ClipTextEncoder:
 
     @staticmethod
     def prepared_lengths(prepared: Sequence[str]) -> np.ndarray:
-        """All equal (see :meth:`token_lengths`)."""
+        """All equal: every text is padded to the context length (see :meth:`TextEncoder.prepared_lengths`)."""
         return np.zeros(len(prepared), dtype=np.int64)
 
     def encode_prepared(self, prepared: Sequence[str]) -> np.ndarray:
