@@ -33,7 +33,7 @@ class Settings:
     index_dir: Path | None = None  # where LanceDB indexes live; default: beside the database file
     text_batch_size: int = 64
     pair_top_m: int | None = None  # candidates per source a trained pair scorer re-reads (None: the bundle's)
-    image_batch_size: int = 32
+    image_batch_size: int = 8  # EfficientNet runs faster per photo in batches of 8 than of 32 (benchmarks/README.md)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod

@@ -238,9 +238,10 @@ def test_many_rows_good_and_bad_in_one_query(bad_con, lib):
 
 
 def test_prefetching_encoder_equals_serial_and_keeps_reasons(home, lib, monkeypatch):
-    """The encoder decodes batch i+1 in a worker thread while the model runs batch i: over several batches
-    with failures in every one (and a whole batch of failures), it gives the serial path's vectors and reasons
-    row for row; an error raised while decoding reaches the caller."""
+    """The encoder decodes batch i+1 in a worker thread while the model runs batch i, or (several workers) embeds
+    one batch per worker at a time: over several batches with failures in every one (and a whole batch of
+    failures), both give the serial path's vectors and reasons row for row; an error raised while decoding
+    reaches the caller."""
     from pmatch_duckdb.bundles import find_bundle
     from pmatch_duckdb.encoders.image import ImageEncoder
     from pmatch_duckdb.encoders.image_io import ImagePolicy
@@ -250,31 +251,90 @@ def test_prefetching_encoder_equals_serial_and_keeps_reasons(home, lib, monkeypa
     goods = [str(root / "good" / n) for n in ("cat.jpg", "coffee.jpg", "small.png")]
     srcs: list[str | bytes | None] = [goods[i % 3] if i % 4 else None for i in range(20)]
     srcs += [str(root / "good" / "nope.jpg")] * 8 + [b"not an image"] + goods  # batch 4 fails whole
-    fast = ImageEncoder(find_bundle("efficientnet-lite0", home), batch_size=7, prefetch=True)
-    slow = ImageEncoder(find_bundle("efficientnet-lite0", home), batch_size=7, prefetch=False)
-    v, r = fast.encode(srcs, policy)
+    bundle = find_bundle("efficientnet-lite0", home)
+    fast = ImageEncoder(bundle, batch_size=7, prefetch=True)
+    slow = ImageEncoder(bundle, batch_size=7, prefetch=False)
+    many = ImageEncoder(bundle, threads=3, batch_size=7, workers=3)
+    assert (many.workers, many.session.runs, many.session.get_session_options().intra_op_num_threads) == (3, 3, 1)
     v0, r0 = slow.encode(srcs, policy)
-    assert r == r0 and r.count(None) == 15 + 3 and r[0] == "null" and r[20] == "missing file"
-    np.testing.assert_allclose(v, v0, atol=1e-6)
-    assert (np.abs(v[[i for i, x in enumerate(r) if x]]).sum() == 0) and (np.linalg.norm(v[1]) > 0.5)
+    assert r0.count(None) == 15 + 3 and r0[0] == "null" and r0[20] == "missing file"
+    for enc in (fast, many):
+        v, r = enc.encode(srcs, policy)
+        assert r == r0
+        np.testing.assert_allclose(v, v0, atol=1e-6)
+    assert (np.abs(v0[[i for i, x in enumerate(r0) if x]]).sum() == 0) and (np.linalg.norm(v0[1]) > 0.5)
 
-    # by default only where the model's threads leave a core free
+    # several workers: a multiple of ``workers`` batches of near-equal size, never above batch_size
+    seen: list[int] = []
+    real_run = many.run
+    monkeypatch.setattr(many, "run", lambda pixels: seen.append(len(pixels)) or real_run(pixels))
+    for n, sizes in ((18, [6] * 3), (24, [4] * 6), (22, [3, 3] + [4] * 4), (2, [1, 1]), (1, [1])):
+        seen.clear()
+        v, r = many.encode((goods * 8)[:n], policy)
+        assert sorted(seen) == sizes and r == [None] * n and np.linalg.norm(v, axis=1).min() > 0.5
+    seen.clear()
+    many.encode(srcs, policy)  # 32 sources: 5 batches of 7 -> 6 batches of 6 or 5 (the failures run no model)
+    assert len(seen) == 5 and max(seen) <= 6 and sum(seen) == 18
+
+    # by default one worker per ORT thread, prefetching only with one worker where the model leaves a core free
     from pmatch_duckdb.encoders import image as image_mod
 
     monkeypatch.delenv("PMATCH_OVERLAP_DECODING", raising=False)
+    monkeypatch.delenv("PMATCH_IMAGE_WORKERS", raising=False)
     monkeypatch.setattr(image_mod, "cpu_count", lambda: 4)
-    assert ImageEncoder(fast.bundle, threads=2).prefetch and not ImageEncoder(fast.bundle, threads=4).prefetch
+    assert ImageEncoder(bundle, threads=1).prefetch and ImageEncoder(bundle, threads=2).workers == 2
+    monkeypatch.setenv("PMATCH_IMAGE_WORKERS", "1")  # one batch at a time on all the threads
+    two = ImageEncoder(bundle, threads=2)
+    assert (two.workers, two.session.runs, two.session.get_session_options().intra_op_num_threads) == (1, 1, 2)
+    assert two.prefetch and not ImageEncoder(bundle, threads=4).prefetch
     monkeypatch.setenv("PMATCH_OVERLAP_DECODING", "0")  # what Ray workers set: their CPUs are the model's
-    assert not ImageEncoder(fast.bundle, threads=1).prefetch
+    assert not ImageEncoder(bundle, threads=1).prefetch
     monkeypatch.setenv("PMATCH_OVERLAP_DECODING", "1")
-    assert ImageEncoder(fast.bundle, threads=4).prefetch
+    assert ImageEncoder(bundle, threads=4).prefetch
+    monkeypatch.setenv("PMATCH_IMAGE_WORKERS", "8")  # capped at the thread budget
+    assert ImageEncoder(bundle, threads=2).workers == 2
+    monkeypatch.setenv("PMATCH_IMAGE_WORKERS", "two")
+    with pytest.raises(ValueError, match="PMATCH_IMAGE_WORKERS must be a whole number, not 'two'"):
+        ImageEncoder(bundle, threads=2)
 
     def boom(*a, **k):
         raise RuntimeError("decoder exploded")
 
-    fast._load_chunk = boom  # type: ignore[method-assign]
-    with pytest.raises(RuntimeError, match="decoder exploded"):
-        fast.encode(srcs, policy)
+    for enc in (fast, many):
+        enc._load_chunk = boom  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="decoder exploded"):
+            enc.encode(srcs, policy)
+
+
+def test_session_admits_its_number_of_runs_at_once():
+    """``SerializedSession(runs=k)`` lets at most k calls of ``run`` in at a time (1: serialised)."""
+    import threading
+    import time
+
+    from pmatch_duckdb.encoders.sessions import SerializedSession
+
+    class Slow:
+        def __init__(self) -> None:
+            self.now = self.peak = 0
+            self.lock = threading.Lock()
+
+        def run(self, *a):
+            with self.lock:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            time.sleep(0.05)
+            with self.lock:
+                self.now -= 1
+
+    for runs in (1, 2, 3):
+        inner = Slow()
+        sess = SerializedSession(inner, runs)  # type: ignore[arg-type]
+        threads = [threading.Thread(target=sess.run) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert inner.peak == runs
 
 
 # --------------------------------------------------------------------------------------------- BLOBs

@@ -20,7 +20,7 @@ from ..errors import ModelIntegrityError
 from .clip_hf_tokenizer import TYPE as HF_JSON
 from .clip_hf_tokenizer import HFJsonTokenizer
 from .clip_tokenizer import ClipTokenizer
-from .image import _INTERP, ImageEncoder, overlap_decoding
+from .image import _INTERP, ImageEncoder
 from .sessions import get_session
 
 MODALITY = "clip"
@@ -35,9 +35,9 @@ def tower_spec(bundle: Bundle, tower: str) -> dict[str, Any]:
     return spec
 
 
-def _session(bundle: Bundle, spec: dict[str, Any], threads: int):
+def _session(bundle: Bundle, spec: dict[str, Any], threads: int, runs: int = 1):
     path = bundle.file(spec["file"])
-    return get_session(path, bundle.manifest["files"][spec["file"]], threads)
+    return get_session(path, bundle.manifest["files"][spec["file"]], threads, runs)
 
 
 class ClipTextEncoder:
@@ -106,13 +106,14 @@ class ClipImageEncoder(ImageEncoder):
     orientation and colour-mode conversion are the ones of every other image model (``image_io``).
     """
 
-    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 32, prefetch: bool | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 1, batch_size: int = 8, prefetch: bool | None = None,
+                 workers: int | None = None) -> None:
         spec = tower_spec(bundle, "image")
         pre = spec["preprocessing"]
         self.bundle = bundle
         self.dim = bundle.dim
         self.batch_size = batch_size
-        self.prefetch = overlap_decoding(threads) if prefetch is None else prefetch
+        run_threads = self._plan_runs(threads, prefetch, workers)
         size = pre["size"]
         self.size = (int(size), int(size)) if isinstance(size, int | float) else (int(size[0]), int(size[1]))
         self.resize_mode = pre.get("resize_mode", "shortest")
@@ -126,7 +127,7 @@ class ClipImageEncoder(ImageEncoder):
         self.scale = float(pre.get("scale", 1 / 255))
         self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
-        self.session = _session(bundle, spec, threads)
+        self.session = _session(bundle, spec, run_threads, runs=self.workers)
         self.input_name = self.session.get_inputs()[0].name
         self.output = spec.get("output", "embedding")
 

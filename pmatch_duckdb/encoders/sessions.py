@@ -6,6 +6,9 @@ limited to ``cores // duckdb_threads`` threads then leaves cores idle. Each sess
 cores (``PMATCH_ORT_THREADS`` overrides; 1 is better on an overloaded shared host), and ``run`` is
 serialised per session: parallel UDF calls on big tables queue for the model instead of
 oversubscribing the machine, while their tokenising/decoding still overlaps (benchmarks/README.md).
+A session may instead admit several runs at once (``runs``), each on its own calling thread: the image
+encoder runs one batch per core on single-threaded runs, which uses small convolution nets better than
+one batch split over the cores.
 """
 
 from __future__ import annotations
@@ -18,21 +21,23 @@ import onnxruntime as ort
 
 
 class SerializedSession:
-    """An ``InferenceSession`` whose ``run`` holds a per-session lock (other attributes delegate)."""
+    """An ``InferenceSession`` that admits at most ``runs`` calls of ``run`` at a time (1: serialised); other
+    attributes delegate. ONNX Runtime's ``run`` is thread-safe and releases the GIL."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, runs: int = 1) -> None:
         self._session = session
-        self._run_lock = threading.Lock()
+        self.runs = runs
+        self._run_slots = threading.BoundedSemaphore(runs)
 
     def run(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - same signature as InferenceSession.run
-        with self._run_lock:
+        with self._run_slots:
             return self._session.run(*args, **kwargs)
 
     def __getattr__(self, name: str):  # noqa: ANN204
         return getattr(self._session, name)
 
 
-_sessions: dict[tuple[str, str, int], SerializedSession] = {}
+_sessions: dict[tuple[str, str, int, int], SerializedSession] = {}
 _lock = threading.Lock()
 
 
@@ -55,9 +60,10 @@ def intra_op_threads(duckdb_threads: int | None = None) -> int:
     return cpu_count()
 
 
-def get_session(model_path: Path, sha256: str, threads: int) -> SerializedSession:
-    """Shared session for ``model_path`` (keyed by its verified hash, so a rebuilt file gets a new one)."""
-    key = (str(model_path), sha256, threads)
+def get_session(model_path: Path, sha256: str, threads: int, runs: int = 1) -> SerializedSession:
+    """Shared session for ``model_path`` (keyed by its verified hash, so a rebuilt file gets a new one) with
+    ``threads`` intra-op threads per run and at most ``runs`` runs at a time."""
+    key = (str(model_path), sha256, threads, runs)
     sess = _sessions.get(key)
     if sess is not None:
         return sess
@@ -71,6 +77,6 @@ def get_session(model_path: Path, sha256: str, threads: int) -> SerializedSessio
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.log_severity_level = 3
             sess = SerializedSession(
-                ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]))
+                ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]), runs)
             _sessions[key] = sess
     return sess
