@@ -127,9 +127,10 @@ class ImageEncoder:
         Returns ``(vectors float32[n, dim], reasons)``; rows whose reason is not None are all-zero.
         With several ``workers`` (see :func:`batch_workers`), each worker thread decodes, preprocesses and embeds
         whole batches on its own single-threaded ONNX run (Pillow and ONNX Runtime release the GIL); inputs
-        are cut into a multiple of ``workers`` batches (or ``n``) whose sizes differ by at most one. With one worker, where the model
-        leaves a core free (``prefetch``, see :func:`overlap_decoding`), the next batch is decoded in a thread
-        while ONNX Runtime embeds the current one. Either way the decode cost hides behind the model's.
+        are cut into a multiple of ``workers`` batches (or ``n``) whose sizes differ by at most one. With one
+        worker, where the model leaves a core free (``prefetch``, see :func:`overlap_decoding`), the next batch
+        is decoded in a thread while ONNX Runtime embeds the current one. Either way the decode cost hides
+        behind the model's.
         """
         n = len(sources)
         out = np.zeros((n, self.dim), dtype=np.float32)
