@@ -54,11 +54,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from peak_rss import peak_rss_kib  # benchmarks/ is on sys.path as the script's folder
+from PIL import Image
 
 import pmatch_duckdb as pm
 from pmatch_duckdb.bundles import find_bundle
 from pmatch_duckdb.encoders.image import ImageEncoder
-from pmatch_duckdb.encoders.image_io import ImagePolicy
+from pmatch_duckdb.encoders.image_io import ImagePolicy, load_image
 from pmatch_duckdb.encoders.text import TextEncoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,7 +219,29 @@ def image_costs(photos: list[str], policy: ImagePolicy, reps: int = 3) -> tuple[
     decode = cpu_ms(lambda: [first._load_chunk(photos, idx, policy, reasons) for idx in chunks])
     batches = [px for _, px in (first._load_chunk(photos, idx, policy, reasons) for idx in chunks) if px is not None]
     model = {n: cpu_ms(lambda e=e: [e.run(px) for px in batches]) for n, e in enc.items()}
+    # the split of ``decode``: reading + JPEG decoding alone, then the product's preprocessing (only the kept box
+    # resampled) against resampling the whole photo and cropping after (the path before issue 16's third pass)
+    images = [load_image(p, policy, draft_size=first.resize).image for p in photos]
+    images = [im for im in images if im is not None]
+    read = cpu_ms(lambda: [load_image(p, policy, draft_size=first.resize) for p in photos])
+    box = cpu_ms(lambda: [first.preprocess(im) for im in images])
+    whole = cpu_ms(lambda: [_preprocess_whole(first, im) for im in images])
+    print(f"image decoding, one thread, CPU-ms per photo: read + decode {read:.2f}; preprocess {box:.2f} "
+          f"(resize the whole photo, then crop: {whole:.2f}; RATIO whole / box {whole / box:.2f}x)")
     return decode, model
+
+
+def _preprocess_whole(enc: ImageEncoder, img: Image.Image) -> np.ndarray:
+    """The textbook preprocessing: resize the whole image (shorter side), centre-crop, normalise."""
+    w, h = img.size
+    s = enc.resize / min(w, h)
+    nw, nh = max(enc.crop, round(w * s)), max(enc.crop, round(h * s))
+    left, top = (nw - enc.crop) // 2, (nh - enc.crop) // 2
+    img = img.resize((nw, nh), enc.interp).crop((left, top, left + enc.crop, top + enc.crop))
+    out = np.empty((3, enc.crop, enc.crop), dtype=np.float32)
+    np.multiply(np.asarray(img).transpose(2, 0, 1), enc._gain, out=out)
+    out += enc._offset
+    return out
 
 
 # --------------------------------------------------------------------------------------- quality
@@ -550,6 +573,7 @@ def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: in
     _fake_text_encoder()
     root = workdir / f"match_{n}"
     con, index, t_index = build_match_index(n, root, home)
+    rss_index = peak_rss_gb()
     ctx = context_of(con)
     t, c = time.perf_counter(), time.process_time()
     view = M.target_view(index, ctx.settings.home)
@@ -590,7 +614,7 @@ def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: in
            "cpu_seconds": total_cpu, "offers_per_cpu_s": len(offers) / total_cpu, "stages": stages, "cpu": cpu,
            "pairs": int(len(cand.source)), "index_s": t_index, "view_s": t_view, "view_cpu_s": c_view,
            "ann": bool(view.use_ann), "on_disk": bool(view.on_disk), "view_bytes": view.nbytes(),
-           "rss_view_gb": rss_view, "peak_rss_gb": peak_rss_gb()}
+           "rss_index_gb": rss_index, "rss_view_gb": rss_view, "peak_rss_gb": peak_rss_gb()}
     saved = {k: dict(v) for k, v in (("stages", stages), ("cpu", cpu))}
     for npb in nprobes_alt or []:  # the same sources again with another ANN_NPROBES: CPU and final pairs kept
         if not hasattr(M, "ANN_NPROBES"):
@@ -676,8 +700,8 @@ def part_match(args: argparse.Namespace) -> None:
                   f"{', vectors on disk' if r.get('on_disk') else ''}): {r['offers_per_s']:.1f} source offers/s wall, "
                   f"{r['offers_per_cpu_s']:.1f} per process-CPU second ({r['sources']} in {r['seconds']:.1f} s wall, "
                   f"{r['cpu_seconds']:.1f} s CPU; {r['pairs']:,} pairs); loading the target view {r['view_s']:.1f} s "
-                  f"wall (once per index version); peak RSS {r['peak_rss_gb']:.2f} GB ({r['rss_view_gb']:.2f} GB after "
-                  f"loading the view)")
+                  f"wall (once per index version); peak RSS {r['peak_rss_gb']:.2f} GB ({r['rss_index_gb']:.2f} GB "
+                  f"after building the index, {r['rss_view_gb']:.2f} GB after loading the view)")
             if r.get("view_bytes"):
                 print("view arrays held: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in r["view_bytes"].items()))
             rows = [[k, f"{v:.2f}", f"{100 * v / r['seconds']:.0f}%", f"{r['cpu'][k]:.2f}",

@@ -188,3 +188,68 @@ def test_image_int8_bundle_static_calibration(qhome: Path, tmp_path: Path, monke
     assert q["ops"] == quantize.IMAGE_OPS
     assert "Conv" not in ops and ops.count("QLinearConv") == 49 and ops.count("QLinearAdd") == 9, ops
     assert ops.count("DequantizeLinear") <= 2 and ops.count("Clip") <= 1, ops
+    # recipe 5: the stem reads the RGB input padded with a zero channel (ORT's fast symmetric int8 kernel)
+    assert q["stem_input_channels"] == 4 and ops[0] == "Pad" and g.node[0].input[0] == g.input[0].name
+    stem = next(n for n in g.node if n.op_type == "QLinearConv")
+    w = next(i for i in g.initializer if i.name == stem.input[3])
+    assert list(w.dims)[1] == 4
+
+
+def _conv_graph(path: Path, channels: int = 3, front_pad: bool = True, group: int = 1, fan_out: bool = False,
+                fill: float | None = None, seed: int = 0) -> Path:
+    """input [n, channels, 9, 9] -> [spatial Pad, its fill value from a Constant node where given] ->
+    Conv(3x3, 8 filters) -> Relu (-> a second branch)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, channels // group, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "sp")]
+    nodes = [] if fill is None else [helper.make_node(
+        "Constant", [], ["v"], value=numpy_helper.from_array(np.array(fill, np.float32)))]
+    if front_pad:
+        nodes.append(helper.make_node("Pad", ["x", "sp"] + ([] if fill is None else ["v"]), ["xp"], mode="constant"))
+    nodes += [helper.make_node("Conv", ["xp" if front_pad else "x", "w", "b"], ["c"], kernel_shape=[3, 3],
+                               group=group),
+              helper.make_node("Relu", ["c"], ["y"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, "h", "w"])]
+    if fan_out:
+        nodes.append(helper.make_node("Neg", ["x"], ["z"]))
+        outs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", channels, 9, 9]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, channels, 9, 9])],
+                          outs, inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize(("front_pad", "fill"), [(True, None), (True, 0.0), (True, 1.0), (False, None)])
+def test_pad_input_channels_keeps_outputs(tmp_path: Path, front_pad: bool, fill: float | None):
+    import onnx
+    import onnxruntime as ort
+
+    src = _conv_graph(tmp_path / "src.onnx", front_pad=front_pad, fill=fill)
+    assert quantize.pad_input_channels(src, tmp_path / "out.onnx") == 4
+    x = np.random.default_rng(1).normal(size=(2, 3, 9, 9)).astype(np.float32)
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for p in (src, tmp_path / "out.onnx"))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    g = onnx.load(str(tmp_path / "out.onnx")).graph
+    assert [d.dim_value for d in g.input[0].type.tensor_type.shape.dim][1] == 3  # callers still feed RGB
+    assert list(next(i for i in g.initializer if i.name == "w").dims) == [8, 4, 3, 3]
+    assert quantize._same_outputs(src, tmp_path / "out.onnx", {"x": x})
+
+
+@pytest.mark.parametrize("kind", ["aligned", "grouped", "fan_out"])
+def test_pad_input_channels_leaves_other_graphs_alone(tmp_path: Path, kind: str):
+    src = _conv_graph(tmp_path / "src.onnx", channels=4 if kind == "aligned" else 3,
+                      group=3 if kind == "grouped" else 1, fan_out=kind == "fan_out")
+    assert quantize.pad_input_channels(src, tmp_path / "out.onnx") is None
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_same_outputs_tells_graphs_apart(tmp_path: Path):
+    """The check quantize_image runs before it uses a padded graph (else it quantizes the unpadded one)."""
+    x = np.random.default_rng(2).normal(size=(2, 3, 9, 9)).astype(np.float32)
+    a, b = _conv_graph(tmp_path / "a.onnx"), _conv_graph(tmp_path / "b.onnx", seed=1)
+    assert quantize._same_outputs(a, a, {"x": x}) and not quantize._same_outputs(a, b, {"x": x})
