@@ -701,7 +701,7 @@ def part_match(args: argparse.Namespace) -> None:
                   f"{r['offers_per_cpu_s']:.1f} per process-CPU second ({r['sources']} in {r['seconds']:.1f} s wall, "
                   f"{r['cpu_seconds']:.1f} s CPU; {r['pairs']:,} pairs); loading the target view {r['view_s']:.1f} s "
                   f"wall (once per index version); peak RSS {r['peak_rss_gb']:.2f} GB ({r['rss_index_gb']:.2f} GB "
-                  f"after building the index, {r['rss_view_gb']:.2f} GB after loading the view)")
+                  f"after the index step (built here or reused), {r['rss_view_gb']:.2f} GB after loading the view)")
             if r.get("view_bytes"):
                 print("view arrays held: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in r["view_bytes"].items()))
             rows = [[k, f"{v:.2f}", f"{100 * v / r['seconds']:.0f}%", f"{r['cpu'][k]:.2f}",

@@ -55,8 +55,9 @@ TEXT_KEEP_FP32 = ("/encoder/layer.0/output/dense/MatMul",)
 IMAGE_OPS = ["Conv", "MatMul", "Gemm", "Clip", "Add"]
 # ONNX Runtime's fast symmetric int8 convolution (MlasConvSym) takes input channels in multiples of 4; an RGB stem
 # (3 channels) falls back to the generic im2col kernel, slower than the fp32 stem. Padding the input with a zero
-# channel (and the stem's weights with a zero slice) changes no output and puts the stem on the fast kernel:
-# 1.97x -> 2.07x fp32 for the whole EfficientNet-Lite0 model (benchmarks/README.md, "image stem").
+# channel (and the stem's weights with a zero slice) changes no output and puts the stem on the fast kernel: the
+# whole EfficientNet-Lite0 model 2.09x -> 2.15x fp32 (benchmarks/README.md, "Images: only the crop's box
+# resampled, and an int8 stem on the fast kernel").
 CHANNEL_ALIGN = 4
 
 
@@ -157,7 +158,7 @@ def pad_input_channels(model_path: Path, out_path: Path, align: int = CHANNEL_AL
     """Write ``model_path`` to ``out_path`` with its image input padded by zero channels up to a multiple of
     ``align`` right where the stem convolution reads it, the stem's weights padded with zero input slices to
     match (outputs unchanged: a zero weight times anything adds nothing). Returns the padded channel count, or
-    None (nothing written) where the graph is not input -> [constant Pad] -> Conv, or needs no padding."""
+    None (nothing written) where the graph is not input -> [Pad] -> Conv, or needs no padding."""
     import onnx
     from onnx import helper, numpy_helper
 
