@@ -30,13 +30,12 @@ from bench_pipeline import DEFAULT_DATA, fmt_table, read_rows, read_titles, spre
 
 import pmatch_duckdb as pm
 import pmatch_duckdb.offer_vectors as ov
-import pmatch_duckdb.store as store
 from pmatch_duckdb.bundles import find_bundle
 from pmatch_duckdb.encoders.text import TextEncoder
 
 STAGES = {"tokenise (order key and model)": (ov, "prepare_texts"), "encoders": (ov, "_encode_chunk"),
           "fusion": (ov, "fuse_vectors"), "index rows": (ov, "_index_rows"),
-          "LanceDB write": (lancedb.db.LanceDBConnection, "create_table"), "embed_offers": (store, "embed_offers")}
+          "LanceDB write": (lancedb.db.LanceDBConnection, "create_table"), "embed_offers": (ov, "embed_offers")}
 
 
 def timed(spent: dict[str, float]) -> None:

@@ -10,6 +10,11 @@ Inputs are real: Abt-Buy and Amazon-Google product names (cycled, each row made 
 and the Grocery Store photos (cycled: every row is read and decoded again).
 
     python benchmarks/bench_memory.py --texts 10000 100000 --images 1000 10000 --data ../shared/data
+
+``--index N ...``: ``pm_index`` over an N-offer table of real rows (the Abt-Buy and Amazon-Google offers' title,
+description, brand and price, cycled, each row a distinct id and a title suffix), in a fresh process each, once
+as the product runs it (``INDEX_SLICE`` offers embedded at a time, streamed into one write) and once with the whole
+table embedded before the write (the path before slicing): peak RSS and wall seconds side by side.
 """
 
 from __future__ import annotations
@@ -85,19 +90,58 @@ def child(kind: str, n: int, data: Path, home: str | None) -> dict:
             "seconds": round(secs, 1), "per_second": round(n / secs, 1)}
 
 
+def index_child(n: int, whole: bool, data: Path, home: str | None) -> dict:
+    """pm_index over ``n`` real offer rows (runs in its own process); ``whole``: one slice of the whole table."""
+    import tempfile
+
+    import pyarrow as pa
+
+    import pmatch_duckdb as pm
+    import pmatch_duckdb.offer_vectors as ov
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_pipeline import read_rows
+
+    if whole:
+        ov.INDEX_SLICE = n
+    base = read_rows(data)
+    rows = [base[i % len(base)] for i in range(n)]
+    work = Path(tempfile.mkdtemp(prefix="bench_memory_index_"))
+    con = pm.connect(work / "db.duckdb", home=home, image_roots=[work])
+    con.register("t", pa.table({"id": [f"o{i}" for i in range(n)], "title": [f"{r[0]} #{i}" for i, r in enumerate(rows)],
+                                "description": [r[1] for r in rows], "brand": [r[2] for r in rows],
+                                "price": pa.array([r[3] for r in rows], pa.float64())}))
+    con.execute("CREATE TABLE offers AS SELECT * FROM t")
+    con.unregister("t")
+    del rows, base
+    before = _status("VmRSS")
+    t0 = time.perf_counter()
+    (total,), = con.execute("SELECT total FROM pm_index('offers')").fetchall()
+    secs = time.perf_counter() - t0
+    return {"kind": "pm_index, whole table at once" if whole else f"pm_index, slices of {ov.INDEX_SLICE:,}",
+            "n": n, "embedded": total, "rss_after_warmup_mb": round(before, 1),
+            "peak_rss_mb": round(_status("VmHWM"), 1), "rss_after_mb": round(_status("VmRSS"), 1),
+            "seconds": round(secs, 1), "per_second": round(n / secs, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--texts", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--images", type=int, nargs="*", default=[1_000, 10_000])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="the shared data folder")
     ap.add_argument("--home", default=None)
+    ap.add_argument("--index", type=int, nargs="*", default=[], help="pm_index over N real offer rows")
     ap.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child[0], int(a.child[1]), a.data, a.home)))
+        kind, n = a.child[0], int(a.child[1])
+        out = (index_child(n, kind == "index-whole", a.data, a.home) if kind.startswith("index")
+               else child(kind, n, a.data, a.home))
+        print(json.dumps(out))
         return
     rows = []
-    for kind, sizes in (("texts", a.texts), ("images", a.images)):
+    for kind, sizes in (("texts", a.texts), ("images", a.images), ("index-sliced", a.index),
+                        ("index-whole", a.index)):
         for n in sizes:
             cmd = [sys.executable, __file__, "--child", kind, str(n), "--data", str(a.data.resolve())]
             if a.home:
@@ -112,6 +156,12 @@ def main() -> None:
     for r in rows:
         print(f"| {r['kind']} | {r['n']:,} | {r['embedded']:,} | {r['rss_after_warmup_mb']:.0f} | "
               f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['rss_after_warmup_mb']:.0f} | {r['per_second']:.0f} |")
+    by = {(r["kind"].split(",")[1].strip(), r["n"]): r for r in rows if r["kind"].startswith("pm_index")}
+    for n in a.index:
+        s = next(r for (k, m), r in by.items() if m == n and k.startswith("slices"))
+        w = by[("whole table at once", n)]
+        print(f"RATIO pm_index, {n:,} offers, whole table / slices: peak RSS {w['peak_rss_mb'] / s['peak_rss_mb']:.2f}x "
+              f"({w['peak_rss_mb']:.0f} vs {s['peak_rss_mb']:.0f} MB), wall {w['seconds'] / s['seconds']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +32,9 @@ DESC_CHARS = 1000
 DESC_COLUMNS = ("description", "desc_identifiers")
 CODE_COLUMNS = ("gtin", "mpn")  # index format 3: the GTIN (14-digit form) and MPN columns of the offer table
 EMBED_CHUNK = 512
+# pm_index embeds a table this many offers at a time and streams each slice's rows into the one LanceDB write, so
+# its memory is bounded by a slice, not the table (all at once: 5.4 GB peak for 100k generated offers).
+INDEX_SLICE = 20_000
 
 
 def encoder_identity(settings: Settings) -> dict[str, str]:
@@ -158,9 +163,12 @@ def _index_rows(offers: list[Offer], hashes: list[str], lexical: list[str], tv: 
 
 
 def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, hashes: list[str],
-                 progress: bool = True, desc: str = "embedding offers", matcher: Matcher | None = None
-                 ) -> pa.Table | None:
+                 progress: bool = True, desc: str = "embedding offers", matcher: Matcher | None = None,
+                 bar: Any = None) -> pa.Table | None:
     """Embed offers into index rows, in the order given (chunked, with a progress bar); None when there are none.
+
+    ``bar``: a progress bar to advance (one bar over several calls, see :func:`embed_offer_slices`) instead of
+    one of its own.
 
     Offers are embedded in chunks of similar token length: the encoder pads each batch to its longest text, and
     chunks in table order mix short and long titles (``benchmarks/bench_embed_order.py``: 4,096 real titles in
@@ -178,7 +186,9 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
     price = np.array([np.nan if o.price is None else o.price for o in offers], dtype=np.float64)
     tv = tok = iv = iok = fused = None
     reasons: list[list[str | None]] = [[] for _ in range(n)]
-    bar = tqdm(total=n, desc=desc, unit="offer", disable=not progress or n < EMBED_CHUNK)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=n, desc=desc, unit="offer", disable=not progress or n < EMBED_CHUNK)
     for s in range(0, n, EMBED_CHUNK):
         idx = order[s:s + EMBED_CHUNK]
         ctv, ctok, civ, ciok, creasons = _encode_chunk(texts.take(idx), [offers[i].images for i in idx], settings)
@@ -191,8 +201,35 @@ def embed_offers(offers: list[Offer], settings: Settings, cfg: FusionConfig, has
         for j, i in enumerate(idx):
             reasons[i] = creasons[j]
         bar.update(len(idx))
-    bar.close()
+    if own_bar:
+        bar.close()
     return _index_rows(offers, hashes, lexical, tv, tok, iv, iok, reasons, fused)
+
+
+def embed_offer_slices(offers: list[Offer], settings: Settings, cfg: FusionConfig, hashes: list[str],
+                       progress: bool = True, matcher: Matcher | None = None, slice_size: int | None = None
+                       ) -> pa.Table | pa.RecordBatchReader | None:
+    """:func:`embed_offers` for a whole table with bounded memory: up to ``slice_size`` offers, their rows as a
+    table; beyond, a ``RecordBatchReader`` that embeds one slice of ``slice_size`` offers at a time as the
+    writer reads it (rows in the order given, one progress bar for all). None when there are no offers.
+    ``slice_size`` defaults to :data:`INDEX_SLICE`."""
+    n, slice_size = len(offers), slice_size or INDEX_SLICE
+    if n <= slice_size:
+        return embed_offers(offers, settings, cfg, hashes, progress=progress, matcher=matcher)
+    bar = tqdm(total=n, desc="embedding offers", unit="offer", disable=not progress)
+    first = embed_offers(offers[:slice_size], settings, cfg, hashes[:slice_size], matcher=matcher, bar=bar)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from first.to_batches()
+            for s in range(slice_size, n, slice_size):
+                rows = embed_offers(offers[s:s + slice_size], settings, cfg, hashes[s:s + slice_size],
+                                    matcher=matcher, bar=bar)
+                yield from rows.cast(first.schema).to_batches()
+        finally:
+            bar.close()
+
+    return pa.RecordBatchReader.from_batches(first.schema, batches())
 
 
 _MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")

@@ -36,6 +36,7 @@ from .offer_vectors import (  # DESC_CHARS: re-exported (the description cut is 
     code_columns,
     content_salt,
     description_columns,
+    embed_offer_slices,
     embed_offers,
     encoder_identity,
     fuse_vectors,
@@ -176,9 +177,10 @@ class OfferIndex:
         by_id = {o.id: o for o in offers}
         hashes = {o.id: o.content_hash(salt) for o in offers}
 
-        def embed(ids: list[str], cfg: FusionConfig) -> pa.Table | None:
-            return embed_offers([by_id[i] for i in ids], settings, cfg, [hashes[i] for i in ids],
-                                progress=progress, matcher=matcher)
+        def embed(ids: list[str], cfg: FusionConfig) -> pa.Table | pa.RecordBatchReader | None:
+            # a slice at a time, streamed into the one write: memory bounded by a slice, not by the table
+            return embed_offer_slices([by_id[i] for i in ids], settings, cfg, [hashes[i] for i in ids],
+                                      progress=progress, matcher=matcher)
 
         return self.refresh_hashes(hashes, embed, settings, cfg=cfg, source_table=source_table, rebuild=rebuild,
                                    ann_min_rows=ann_min_rows, matcher=matcher, migrate_offers=offers,

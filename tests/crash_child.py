@@ -50,17 +50,17 @@ def killing_reader(data: object) -> pa.RecordBatchReader:
 
 
 def install(crash_at: str) -> None:
-    import pmatch_duckdb.store as store
+    import pmatch_duckdb.offer_vectors as ov
 
     if crash_at == "embedding":
-        real = store.embed_offers
+        real = ov.embed_offers  # what the index's slices call (offer_vectors.embed_offer_slices)
 
         def embed_then_die(*a, **kw):
             out = real(*a, **kw)
             die()
             return out
 
-        store.embed_offers = embed_then_die
+        ov.embed_offers = embed_then_die
     elif crash_at == "create_mid":
         real_create = lancedb.db.LanceDBConnection.create_table
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pmatch_duckdb as pm
-from pmatch_duckdb import store
+from pmatch_duckdb import offer_vectors as ov
 from pmatch_duckdb.decision import DecisionModel, train_decision
 from pmatch_duckdb.features.codes import gtin_problem, mpn_identifiers, normalize_gtin
 from pmatch_duckdb.features.lexical import identifiers
@@ -161,8 +161,8 @@ def test_index_stores_codes_and_rewrites_code_only_changes_without_embedding(sho
     assert codes["1"] == ("0" + g[0], None) and codes["4"] == (None, "VX-9000-W") and codes["6"] == (None, None)
     con.execute(f"UPDATE catalog SET gtin = '{ean13('400638130099')}' WHERE id = 1")
     embedded = []
-    real = store.embed_offers
-    monkeypatch.setattr(store, "embed_offers", lambda offers, *a, **kw: embedded.append(len(offers)) or
+    real = ov.embed_offers
+    monkeypatch.setattr(ov, "embed_offers", lambda offers, *a, **kw: embedded.append(len(offers)) or
                         real(offers, *a, **kw))
     st = con.execute("SELECT inserted, updated, unchanged FROM pm_index('catalog')").fetchall()[0]
     assert st == (0, 1, 5) and embedded == [0]  # rewritten, not re-embedded

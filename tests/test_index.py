@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import pmatch_duckdb as pm
+import pmatch_duckdb.offer_vectors as ov
 import pmatch_duckdb.store as store
 from pmatch_duckdb.api import context_of
 from pmatch_duckdb.demo.synthetic import render_product
@@ -43,15 +44,16 @@ def shop(tmp_path: Path, home: Path, images: Path):
 
 @pytest.fixture()
 def embedded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Ids of the offers the index builder embeds (spy on store.embed_offers)."""
+    """Ids of the offers the index builder embeds (spy on offer_vectors.embed_offers, which the index's slices
+    call)."""
     seen: list[str] = []
-    real = store.embed_offers
+    real = ov.embed_offers
 
     def spy(offers, *args, **kwargs):
         seen.extend(o.id for o in offers)
         return real(offers, *args, **kwargs)
 
-    monkeypatch.setattr(store, "embed_offers", spy)
+    monkeypatch.setattr(ov, "embed_offers", spy)
     return seen
 
 
@@ -381,11 +383,73 @@ def test_description_columns_and_format1_migration(shop, tmp_path: Path, embedde
     assert _rows(tmp_path)["1"]["identifiers"] == ["xj9000c"]
 
 
+def test_a_table_is_embedded_in_slices_streamed_into_one_write(shop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """pm_index embeds INDEX_SLICE offers at a time and streams the rows into one write: the same rows as one
+    slice, one new version per refresh, in a first build and in an incremental one."""
+    _sql_index(shop, "catalog")
+    whole = _rows(tmp_path)
+    sizes: list[int] = []
+    real = ov.embed_offers
+
+    def spy(offers, *args, **kwargs):
+        sizes.append(len(offers))
+        return real(offers, *args, **kwargs)
+
+    monkeypatch.setattr(ov, "embed_offers", spy)
+    monkeypatch.setattr(ov, "INDEX_SLICE", 3)
+    st = _sql_index(shop, "catalog", index_name="sliced")
+    assert sizes == [3, 3, 2] and st["inserted"] == N and st["version"] == 1
+    sliced = _rows(tmp_path, "sliced")
+    assert sliced.keys() == whole.keys()
+    for i, r in whole.items():
+        for c, v in r.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_allclose(sliced[i][c], v, atol=1e-5)
+            else:
+                assert sliced[i][c] == v, (i, c)
+    sizes.clear()
+    shop.execute("UPDATE catalog SET title = title || ' (2024 edition)' WHERE id <= 4")
+    st = _sql_index(shop, "catalog", index_name="sliced")
+    assert sizes == [3, 1] and st["updated"] == 4 and st["unchanged"] == N - 4 and st["version"] == 2
+    assert {i: r["title"] for i, r in _rows(tmp_path, "sliced").items()} == {
+        str(k): t + (" (2024 edition)" if k <= 4 else "") for k, t, _, _ in CATALOG}
+
+
+@pytest.mark.parametrize("rebuild", [False, True])
+def test_a_failing_slice_leaves_the_index_as_it_was(shop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    rebuild: bool):
+    """An error while embedding a later slice (the rows of the first ones already streamed to the writer)
+    commits nothing, in an incremental refresh (merge-insert) and in a rebuild (overwrite): the index keeps its
+    version and rows, and the next refresh does the whole change."""
+    _sql_index(shop, "catalog")
+    before, version = _rows(tmp_path), _index(tmp_path).table().version
+    shop.execute("UPDATE catalog SET title = title || ' refurbished'")
+    real, calls = ov.embed_offers, []
+
+    def failing(offers, *args, **kwargs):
+        calls.append(len(offers))
+        if len(calls) == 2:
+            raise MemoryError("out of memory in the second slice")
+        return real(offers, *args, **kwargs)
+
+    monkeypatch.setattr(ov, "embed_offers", failing)
+    monkeypatch.setattr(ov, "INDEX_SLICE", 3)
+    with pytest.raises(Exception, match="second slice"):
+        pm.index(shop, "catalog", rebuild=rebuild, progress=False)
+    assert calls == [3, 3]
+    assert _index(tmp_path).table().version == version
+    after = _rows(tmp_path)
+    assert {i: r["title"] for i, r in after.items()} == {i: r["title"] for i, r in before.items()}
+    monkeypatch.setattr(ov, "embed_offers", real)
+    st = pm.index(shop, "catalog", rebuild=rebuild, progress=False)
+    assert (st.inserted if rebuild else st.updated) == N
+    assert all(r["title"].endswith(" refurbished") for r in _rows(tmp_path).values())
+
+
 def test_offers_are_embedded_in_chunks_of_similar_length_and_come_back_in_order(con, monkeypatch: pytest.MonkeyPatch):
     """embed_offers orders offers by the encoder's token length before chunking (a chunk of short and long titles
     pads every batch to its longest one), and returns the rows in the order given, each with its own vectors."""
     import pmatch_duckdb.embedding as embedding
-    import pmatch_duckdb.offer_vectors as ov
     from pmatch_duckdb.encoders.registry import get_text_encoder
     from pmatch_duckdb.fusion import FusionConfig
     from pmatch_duckdb.offers import Offer
