@@ -35,6 +35,7 @@ EMBED_CHUNK = 512
 # pm_index embeds a table this many offers at a time and streams each slice's rows into the one LanceDB write, so
 # its memory is bounded by a slice, not the table (all at once: 5.4 GB peak for 100k generated offers).
 INDEX_SLICE = 20_000
+WRITE_BATCH = 2_048  # rows per batch handed to the LanceDB writer
 
 
 def encoder_identity(settings: Settings) -> dict[str, str]:
@@ -218,18 +219,24 @@ def embed_offer_slices(offers: list[Offer], settings: Settings, cfg: FusionConfi
         return embed_offers(offers, settings, cfg, hashes, progress=progress, matcher=matcher)
     bar = tqdm(total=n, desc="embedding offers", unit="offer", disable=not progress)
     first = embed_offers(offers[:slice_size], settings, cfg, hashes[:slice_size], matcher=matcher, bar=bar)
+    schema = first.schema
 
     def batches() -> Iterator[pa.RecordBatch]:
+        nonlocal first
         try:
-            yield from first.to_batches()
+            # small batches: the writer's casts and checks copy a batch at a time, not a whole slice
+            head, first = first.to_batches(max_chunksize=WRITE_BATCH), None
+            while head:
+                yield head.pop(0)
             for s in range(slice_size, n, slice_size):
                 rows = embed_offers(offers[s:s + slice_size], settings, cfg, hashes[s:s + slice_size],
                                     matcher=matcher, bar=bar)
-                yield from rows.cast(first.schema).to_batches()
+                yield from rows.cast(schema).to_batches(max_chunksize=WRITE_BATCH)
+                del rows
         finally:
             bar.close()
 
-    return pa.RecordBatchReader.from_batches(first.schema, batches())
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 _MATRIX_COLUMNS = ("text_vec", "image_vec", "vector")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import pmatch_duckdb as pm
@@ -413,6 +414,37 @@ def test_a_table_is_embedded_in_slices_streamed_into_one_write(shop, tmp_path: P
     assert sizes == [3, 1] and st["updated"] == 4 and st["unchanged"] == N - 4 and st["version"] == 2
     assert {i: r["title"] for i, r in _rows(tmp_path, "sliced").items()} == {
         str(k): t + (" (2024 edition)" if k <= 4 else "") for k, t, _, _ in CATALOG}
+
+
+def test_slices_are_embedded_as_the_writer_reads_them(shop, monkeypatch: pytest.MonkeyPatch):
+    """embed_offer_slices embeds the first slice up front and each later one only when the writer has read the
+    previous one, and hands the writer batches of at most WRITE_BATCH rows, in the order given."""
+    from pmatch_duckdb.fusion import FusionConfig
+    from pmatch_duckdb.offers import read_offers
+
+    offers = read_offers(shop, "catalog")
+    sizes: list[int] = []
+    real = ov.embed_offers
+
+    def spy(offers, *args, **kwargs):
+        sizes.append(len(offers))
+        return real(offers, *args, **kwargs)
+
+    monkeypatch.setattr(ov, "embed_offers", spy)
+    monkeypatch.setattr(ov, "WRITE_BATCH", 2)
+    settings = context_of(shop).settings
+    reader = ov.embed_offer_slices(offers, settings, FusionConfig(), [f"h{i}" for i in range(N)], progress=False,
+                                   slice_size=3)
+    assert isinstance(reader, pa.RecordBatchReader) and sizes == [3]
+    batches = [reader.read_next_batch() for _ in range(2)]  # the first slice: 2 + 1 rows
+    assert [b.num_rows for b in batches] == [2, 1] and sizes == [3]
+    batches += list(reader)
+    assert sizes == [3, 3, 2] and max(b.num_rows for b in batches) <= 2
+    assert [i for b in batches for i in b.column("id").to_pylist()] == [o.id for o in offers]
+    # a table that fits one slice comes back as a table, embedded once
+    sizes.clear()
+    assert ov.embed_offer_slices(offers, settings, FusionConfig(), ["h"] * N, progress=False).num_rows == N
+    assert sizes == [N]
 
 
 @pytest.mark.parametrize("rebuild", [False, True])
