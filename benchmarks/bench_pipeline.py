@@ -510,7 +510,8 @@ def build_match_index(n: int, root: Path, home: Path, chunk: int = 20_000):
 
     Streamed: offers are read from DuckDB and embedded (stand-in text encoder, no images) in chunks of
     ``chunk`` and written by ``OfferIndex.refresh_hashes`` in one commit, so a 1M-offer build never holds the
-    index rows in memory (``pm_index`` collects them first). Returns (connection, index, build seconds).
+    index rows in memory. ``pm_index`` embeds in slices the same way (``offer_vectors.embed_offer_slices``) but
+    holds every offer it read; this build does not even do that. Returns (connection, index, build seconds).
     """
     from pmatch_duckdb.api import context_of
     from pmatch_duckdb.demo.grouped import grouped_offers
