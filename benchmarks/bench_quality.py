@@ -420,8 +420,10 @@ class Ctx:
     epochs: int | None
     variants: list[str] = dataclasses.field(default_factory=list)
     pair: dict = dataclasses.field(default_factory=dict)  # PairTrainConfig fields from the command line
-    pair_max_train_pairs: int | None = 3_000  # PairOptions.max_train_pairs (None: all)
+    pair_max_train_pairs: int | None = None  # PairOptions.max_train_pairs (None: the recipe's; 0: all)
+    pair_recipe: str = "auto"  # PairOptions.from_recipe: auto (gpu where torch sees one), cpu, gpu
     pair_hard_negatives: int | None = None  # PairOptions.hard_negatives (None: its auto rule)
+    dump_scores: Path | None = None  # pair parts: each variant's scores per split (for bench_pair_gpu.py stack)
 
 
 def open_db(ctx: Ctx, part: str, matcher: str, image_roots: list[Path] | None = None) -> duckdb.DuckDBPyConnection:
@@ -469,9 +471,11 @@ def train(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, label: str, offer
     ser = {k: v for k, v in lever.items() if k in SerializeOptions.__dataclass_fields__}
     tcfg = {**ctx.pair, **{k: v for k, v in lever.items() if k in PairTrainConfig.__dataclass_fields__}}
     # min_gain=None: the benchmark measures the scorer even where training would drop it for no held-out gain
-    kw.setdefault("pair_options", PairOptions(PairTrainConfig(**{"seed": ctx.seed, **tcfg}), SerializeOptions(**ser),
-                                              min_gain=None, max_train_pairs=ctx.pair_max_train_pairs,
-                                              hard_negatives=ctx.pair_hard_negatives))
+    caps = {} if ctx.pair_max_train_pairs is None else {"max_train_pairs": ctx.pair_max_train_pairs or None}
+    kw.setdefault("pair_options", PairOptions.from_recipe(ctx.pair_recipe, tcfg.get("device", "auto"),
+                                                          train={"seed": ctx.seed, **tcfg}, serialize=ser,
+                                                          min_gain=None, hard_negatives=ctx.pair_hard_negatives,
+                                                          **caps))
     with Timer() as t:
         res = train_matcher(con, offers, name=name, spec=spec, seed=ctx.seed, epochs=ctx.epochs, progress=True,
                             log=lines.append, **kw)
@@ -583,9 +587,18 @@ def _pair_rows(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: list
                                    matcher.bundle.manifest["name"] if matcher is not None else None)
         return score_pairs(src_rows, tgt_rows, splits[key], use_cfg, matcher)
 
+    def dump(key: str, got: tuple[np.ndarray, np.ndarray]) -> None:
+        if ctx.dump_scores is not None:
+            d = ctx.dump_scores / part / re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+            d.mkdir(parents=True, exist_ok=True)
+            np.savez(d / f"{key}.npz", score=got[0], label=got[1],
+                     pair_id=np.array([f"{a}|{b}" for a, b, _ in splits[key]]))
+
     valid = scored("valid")
+    dump("valid", valid)
     for test_label, key in tests:
         test = scored(key)
+        dump(key, test)
         m = labelled_metrics(valid, test, accept)
         sub = f"{part}{test_label}"
         note = "; ".join(x for x in (reference if label == MAIN else "",
@@ -1030,6 +1043,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="train_matcher epochs (default: its own)")
     ap.add_argument("--grocery-per-class", type=int, default=10, help="train photos per class (evenly spaced)")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows and details as JSON here")
+    ap.add_argument("--dump-scores", type=Path, default=None,
+                    help="pair parts: write each variant's valid/test scores here (DIR/PART/VARIANT/SPLIT.npz)")
     ap.add_argument("--variants", default="", help="comma-separated substrings: run only variants whose label "
                     "contains one (e.g. 'cross-fit,gbdt'); Splink rows are not filtered")
     ap.add_argument("--pair-max-len", type=int, default=None, help="pair scorer: word pieces per pair")
@@ -1040,8 +1055,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair-patience", type=int, default=None,
                     help="pair scorer: epochs without a validation gain before stopping (0: none)")
     ap.add_argument("--pair-lr", type=float, default=None, help="pair scorer: learning rate")
-    ap.add_argument("--pair-max-train-pairs", type=int, default=3000,
-                    help="pair scorer: fine-tune on at most this many pairs (0: all)")
+    ap.add_argument("--pair-max-train-pairs", type=int, default=None,
+                    help="pair scorer: fine-tune on at most this many pairs (0: all; default: the recipe's, cpu 3000)")
+    ap.add_argument("--pair-recipe", default="auto", choices=["auto", "cpu", "gpu"],
+                    help="pair scorer: fine-tuning recipe (auto: gpu where torch sees a CUDA GPU); --pair-* override it")
     ap.add_argument("--pair-hard-negatives", type=int, default=None,
                     help="pair scorer: mined hard negatives per labelled source (default: train_matcher's rule)")
     ap.add_argument("--pair-max-seconds", type=float, default=None,
@@ -1063,8 +1080,10 @@ def main(argv: list[str] | None = None) -> int:
                                       ("max_seconds", args.pair_max_seconds), ("device", args.pair_device),
                                       ("patience", args.pair_patience), ("lr", args.pair_lr))
                     if v is not None})
-    ctx.pair_max_train_pairs = args.pair_max_train_pairs or None
+    ctx.pair_max_train_pairs = args.pair_max_train_pairs
+    ctx.pair_recipe = args.pair_recipe
     ctx.pair_hard_negatives = args.pair_hard_negatives
+    ctx.dump_scores = args.dump_scores
     if ctx.pair.get("patience") == 0:  # 0: every epoch runs
         ctx.pair["patience"] = None
     threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]

@@ -264,15 +264,19 @@ text_model_option = click.option(
                    "tables, off for dedup of one).")
 @click.option("--no-pair-model", is_flag=True,
               help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
-@click.option("--pair-max-len", default=64, show_default=True, help="Pair scorer: word pieces per pair.")
-@click.option("--pair-epochs", default=3, show_default=True, help="Pair scorer: fine-tuning epochs.")
-@click.option("--pair-freeze-layers", default=4, show_default=True,
-              help="Pair scorer: frozen lower layers (of 6) and embeddings.")
+@click.option("--pair-recipe", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Pair scorer: fine-tuning recipe. cpu: 4 of 6 layers frozen, max length 64, 3 epochs (minutes on "
+                   "2 cores); gpu: every layer, max length 256, augmentation, up to 16 epochs; auto: gpu where "
+                   "--pair-device resolves to a CUDA GPU. The --pair-* options below override the recipe.")
+@click.option("--pair-max-len", default=None, type=int, help="Pair scorer: word pieces per pair (cpu recipe 64, gpu 256).")
+@click.option("--pair-epochs", default=None, type=int, help="Pair scorer: fine-tuning epochs (cpu recipe 3, gpu 16).")
+@click.option("--pair-freeze-layers", default=None, type=click.IntRange(0, 6),
+              help="Pair scorer: frozen lower layers (of 6) and embeddings (cpu recipe 4, gpu 0).")
 @click.option("--pair-device", default="auto", show_default=True,
               help="Pair scorer: where torch fine-tunes it (auto: a CUDA GPU when torch sees one; cpu, cuda, cuda:N).")
-@click.option("--pair-patience", default=2, show_default=True, type=click.IntRange(0),
-              help="Pair scorer: stop after this many epochs without a validation gain (0: run every epoch); "
-                   "the best epoch's model is kept.")
+@click.option("--pair-patience", default=None, type=click.IntRange(0),
+              help="Pair scorer: stop after this many epochs without a validation gain (0: run every epoch; cpu "
+                   "recipe 2, gpu 5); the best epoch's model is kept.")
 @click.option("--pair-hard-negatives", default=None, type=click.IntRange(0),
               help="Pair scorer: mined hard negatives per labelled source (default: 2; 0 for labelled pairs of one "
                    "table, whose unlabelled candidates are often the same product).")
@@ -281,8 +285,9 @@ text_model_option = click.option(
               help="Labelled matches needed before a pair scorer is trained.")
 @click.option("--pair-min-gain", default=0.005, show_default=True,
               help="Keep the pair scorer only if it raises held-out average precision by this much (-1: always).")
-@click.option("--pair-max-train-pairs", default=3000, show_default=True, type=click.IntRange(0),
-              help="Pair scorer: fine-tune on at most this many pairs (after non-match sampling; whole label groups; 0: all).")
+@click.option("--pair-max-train-pairs", default=None, type=click.IntRange(0),
+              help="Pair scorer: fine-tune on at most this many pairs (after non-match sampling; whole label groups; "
+                   "0: all; cpu recipe 3000, gpu all).")
 @click.option("--pair-max-valid-pairs", default=3000, show_default=True, type=click.IntRange(0),
               help="Pair scorer: stack and calibrate on at most this many validation pairs (0: all).")
 @click.option("--no-activate", is_flag=True, help="Save the new version without activating it.")
@@ -291,18 +296,31 @@ text_model_option = click.option(
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
-              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_max_len: int, pair_epochs: int, pair_freeze_layers: int,
-              pair_device: str, pair_patience: int, pair_hard_negatives: int | None, pair_top_m: int,
-              pair_min_matches: int, pair_min_gain: float, pair_max_train_pairs: int, pair_max_valid_pairs: int,
+              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_recipe: str, pair_max_len: int | None,
+              pair_epochs: int | None, pair_freeze_layers: int | None, pair_device: str, pair_patience: int | None,
+              pair_hard_negatives: int | None, pair_top_m: int, pair_min_matches: int, pair_min_gain: float,
+              pair_max_train_pairs: int | None, pair_max_valid_pairs: int,
               no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""
     import json
 
     try:
         from .training import train_matcher
-        from .training.pair_model import PairOptions, PairTrainConfig
+        from .training.pair_model import PairOptions
     except ImportError as e:
         raise click.ClickException(f"training needs the train extra ({e}): pip install 'pmatch-duckdb[train]'") from None
+    try:
+        # the recipe's knobs, with the ones given on the command line taking precedence
+        given = {"max_len": pair_max_len, "epochs": pair_epochs, "freeze_layers": pair_freeze_layers}
+        train_knobs = {k: v for k, v in given.items() if v is not None} | {"seed": seed}
+        if pair_patience is not None:
+            train_knobs["patience"] = pair_patience or None
+        caps = {} if pair_max_train_pairs is None else {"max_train_pairs": pair_max_train_pairs or None}
+        popts = PairOptions.from_recipe(pair_recipe, pair_device, train=train_knobs, top_m=pair_top_m,
+                                        min_positives=pair_min_matches, hard_negatives=pair_hard_negatives,
+                                        min_gain=pair_min_gain, max_valid_pairs=pair_max_valid_pairs or None, **caps)
+    except ValueError as e:  # e.g. --pair-device cuda where torch sees no GPU
+        raise click.BadParameter(str(e), param_hint="--pair-device") from None
     try:
         con = _open(database, home, image_roots, name)
         r = train_matcher(con, list(offers), pairs=pairs, group_column=group_column, valid_pairs=valid_pairs,
@@ -311,15 +329,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
                           cross_fit=not no_cross_fit, mine_negatives=mine_negatives, activate=not no_activate,
                           token_diff=not no_token_diff, pair_model=not no_pair_model,
                           source_margins={"auto": None, "on": True, "off": False}[source_margins],
-                          pair_options=PairOptions(PairTrainConfig(max_len=pair_max_len, epochs=pair_epochs,
-                                                                   freeze_layers=pair_freeze_layers, seed=seed,
-                                                                   device=pair_device,
-                                                                   patience=pair_patience or None),
-                                                   top_m=pair_top_m, min_positives=pair_min_matches,
-                                                   hard_negatives=pair_hard_negatives,
-                                                   min_gain=pair_min_gain,
-                                                   max_train_pairs=pair_max_train_pairs or None,
-                                                   max_valid_pairs=pair_max_valid_pairs or None),
+                          pair_options=popts,
                           log=click.echo)
     except PmatchError as e:
         raise click.ClickException(str(e)) from None

@@ -14,7 +14,9 @@ from pmatch_duckdb.pair_scorer import PairScorer, SerializeOptions, Summarizer, 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from pmatch_duckdb.training.pair_model import (  # noqa: E402
+    PAIR_RECIPES,
     CrossEncoder,
+    PairOptions,
     PairSet,
     PairTrainConfig,
     augment_pair,
@@ -23,6 +25,7 @@ from pmatch_duckdb.training.pair_model import (  # noqa: E402
     frozen_states,
     minilm_dir,
     resolve_device,
+    resolve_recipe,
     subsample_negatives,
     torch_logits,
     train_cross_encoder,
@@ -251,6 +254,28 @@ def test_device_resolution(monkeypatch: pytest.MonkeyPatch):
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
 
 
+def test_pair_recipes(monkeypatch: pytest.MonkeyPatch):
+    """The cpu recipe is the dataclass defaults; 'auto' takes the gpu recipe only where the device resolves to a
+    CUDA GPU; knobs given explicitly win over the recipe's; an unknown recipe is an error listing the known."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_recipe("auto") == "cpu" and resolve_recipe("GPU", "cpu") == "gpu"
+    assert PairOptions.from_recipe() == PairOptions() and PAIR_RECIPES["cpu"] == {}
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):  # auto with an explicit cuda that is not there
+        resolve_recipe("auto", "cuda")
+    with pytest.raises(ValueError, match=r"\['cpu', 'gpu'\], not 'tpu'"):
+        PairOptions.from_recipe("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_recipe("auto") == "gpu" and resolve_recipe("auto", "cpu") == "cpu"
+    gpu = PairOptions.from_recipe(train={"epochs": 2, "seed": 7}, serialize={"mark_ids": False}, max_valid_pairs=10)
+    assert gpu.recipe == "gpu" and gpu.max_train_pairs is None and gpu.max_valid_pairs == 10
+    t = gpu.train
+    assert (t.max_len, t.freeze_layers, t.lr, t.augment, t.neg_ratio, t.patience) == (256, 0, 5e-5, True, None, 5)
+    assert (t.epochs, t.seed, t.device) == (2, 7, "auto")  # given explicitly
+    assert gpu.serialize == SerializeOptions(mark_ids=False, desc_tokens=128)
+    cpu = PairOptions.from_recipe("cpu", "cpu", train={"max_len": 96})
+    assert cpu.recipe == "cpu" and cpu.train == PairTrainConfig(max_len=96, device="cpu")
+
+
 @pytest.mark.parametrize(("open_world", "exclude_self", "given", "mined"),
                          [(True, True, None, 0), (True, False, None, 2), (False, True, None, 2), (True, True, 3, 3)])
 def test_pair_stage_mines_no_hard_negatives_from_one_labelled_table(monkeypatch: pytest.MonkeyPatch, open_world: bool,
@@ -292,3 +317,37 @@ def test_pair_stage_mines_no_hard_negatives_from_one_labelled_table(monkeypatch:
         assert any("no mined hard negatives" in m for m in logs) is (given is None and mined == 0)
     else:
         assert calls["train"] == n  # closed world: each source's top_m + mined candidates (here one each)
+
+
+def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):
+    """`pmatch train --pair-recipe`: the recipe's knobs reach train_matcher, --pair-* options given override them
+    (0 keeps its meaning: every epoch / every pair), and --pair-device cuda without a GPU is a usage error."""
+    from click.testing import CliRunner
+
+    import pmatch_duckdb.training as training
+    from pmatch_duckdb.cli import main as cli
+
+    seen: list[PairOptions] = []
+
+    class _Result:
+        metrics: dict = {}
+
+    def fake_train(con, tables, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append(kw["pair_options"])
+        return _Result()
+
+    monkeypatch.setattr(training, "train_matcher", fake_train)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    base = ["train", str(tmp_path / "shop.duckdb"), "--offers", "feed", "--home", str(home)]
+    for extra in ([], ["--pair-recipe", "gpu", "--pair-epochs", "4", "--pair-patience", "0"],
+                  ["--pair-max-len", "96", "--pair-max-train-pairs", "0", "--seed", "3"]):
+        res = CliRunner().invoke(cli, base + extra)
+        assert res.exit_code == 0, res.output
+    cpu, gpu, given = seen
+    assert cpu == PairOptions() and cpu.recipe == "cpu"
+    assert gpu.recipe == "gpu" and (gpu.train.max_len, gpu.train.epochs, gpu.train.patience) == (256, 4, None)
+    assert gpu.serialize.desc_tokens == 128 and gpu.train.augment and gpu.max_train_pairs is None
+    assert given.recipe == "cpu" and (given.train.max_len, given.train.seed, given.train.epochs) == (96, 3, 3)
+    assert given.max_train_pairs is None and given.train.freeze_layers == 4
+    res = CliRunner().invoke(cli, [*base, "--pair-device", "cuda"])
+    assert res.exit_code == 2 and "sees no CUDA GPU" in res.output and len(seen) == 3

@@ -187,3 +187,22 @@ def test_a_pair_scorer_that_does_not_beat_stage_one_on_held_out_pairs_is_dropped
     assert "pair_model" not in m.bundle.manifest
     assert not any((gated.path / f).exists() for f in ("pair_model.onnx", "pair_tokenizer.json",
                                                          "pair_decision.json", "pair_summarizer.json"))
+
+
+def test_gpu_recipe_trains_on_the_cpu_and_the_manifest_records_it(editions):
+    """The gpu recipe (every layer, augmentation, longer descriptions, every pair) is the same code path on any
+    device: trained here on the CPU with a small BERT, its bundle says which recipe and serialisation it used."""
+    con, thome, _, _, _, _ = editions
+    from pmatch_duckdb.training import train_matcher
+
+    opts = PairOptions.from_recipe("gpu", "cpu", train={"max_len": MAX_LEN, "epochs": 2, "batch_size": 16,
+                                                         "lr": 1e-3, "threads": 1, "tiny_bert": TINY},
+                                   top_m=2, hard_negatives=0, min_positives=50, min_gain=None)
+    res = train_matcher(con, ["feed", "catalog"], pairs="labels", name="gpu_recipe", pair_options=opts,
+                        activate=False, progress=False, log=lambda m: None)
+    man = load_matcher("gpu_recipe", "v1", thome).bundle.manifest["pair_model"]
+    assert man["recipe"] == "gpu" and man["serialize"]["desc_tokens"] == 128 and man["max_len"] == MAX_LEN
+    t = man["train"]
+    assert t["augment"] and t["freeze_layers"] == 0 and t["neg_ratio"] is None and t["device"] == "cpu"
+    assert not t["precomputed_frozen_layers"] and t["epochs_run"] == 2
+    assert man["pair_caps"]["max_train_pairs"] is None and "valid_pair_model" in res.metrics

@@ -563,6 +563,51 @@ class PairOptions:
     #: grow with the catalog (Abt-Buy Magellan trains 2,464 pairs and validates 1,916: not capped).
     max_train_pairs: int | None = 3_000
     max_valid_pairs: int | None = 3_000
+    #: the recipe these options came from (:data:`PAIR_RECIPES`; recorded in the bundle's manifest)
+    recipe: str = "cpu"
+
+    @classmethod
+    def from_recipe(cls, recipe: str = "auto", device: str = "auto", *, train: dict | None = None,
+                    serialize: dict | None = None, **fields) -> PairOptions:
+        """Options of a fine-tuning recipe (``"auto"``: ``"gpu"`` where ``device`` resolves to a CUDA GPU, else
+        ``"cpu"``; see :data:`PAIR_RECIPES`), with ``train`` (:class:`PairTrainConfig` fields), ``serialize``
+        (:class:`SerializeOptions` fields) and other ``PairOptions`` fields given explicitly taking precedence."""
+        name = resolve_recipe(recipe, device)
+        r = PAIR_RECIPES[name]
+        t = {**r.get("train", {}), **(train or {}), "device": device}
+        ser = {**r.get("serialize", {}), **(serialize or {})}
+        rest = {**{k: v for k, v in r.items() if k not in ("train", "serialize")}, **fields}
+        return cls(PairTrainConfig(**t), SerializeOptions(**ser), recipe=name, **rest)
+
+
+#: Fine-tuning recipes of the pair scorer. ``cpu`` (the dataclass defaults): fits ``pmatch train``'s 10-minute
+#: budget on 2 cores — 4 of 6 layers frozen and precomputed once, max length 64, 3 epochs (Abt-Buy Magellan:
+#: 230 s for the whole pair stage). ``gpu``: every layer, max length 256 with 128 words of description, Ditto's
+#: augmentation, every training pair, up to 16 epochs with the best validation epoch kept — on WDC Products
+#: (one H200) it took the cross-encoder alone from validation AP 0.60 (the cpu recipe) to 0.785, above stage 1's
+#: 0.775, in 4 minutes (benchmarks/README.md, "The pair scorer on a GPU"). A gpu-recipe scorer costs about 4x a
+#: cpu-recipe one per pair at match time (max length 256 against 64; match time runs on the CPU).
+PAIR_RECIPES: dict[str, dict] = {
+    "cpu": {},
+    "gpu": {"train": {"max_len": 256, "freeze_layers": 0, "epochs": 16, "lr": 5e-5, "augment": True,
+                      "neg_ratio": None, "patience": 5},
+            "serialize": {"desc_tokens": 128}, "max_train_pairs": None},
+}
+
+
+def resolve_recipe(recipe: str, device: str = "auto") -> str:
+    """``"cpu"`` or ``"gpu"``: ``"auto"`` follows where ``device`` resolves (a CUDA GPU: ``"gpu"``; no torch
+    installed: ``"cpu"``); an unknown name is an error listing the known ones."""
+    name = (recipe or "auto").strip().lower()
+    if name == "auto":
+        try:
+            import torch  # noqa: F401
+        except ImportError:  # nothing can be fine-tuned anyway; the pair stage says so where it needs torch
+            return "cpu"
+        return "gpu" if resolve_device(device).startswith("cuda") else "cpu"
+    if name not in PAIR_RECIPES:
+        raise ValueError(f"pair model recipe must be 'auto' or one of {sorted(PAIR_RECIPES)}, not {recipe!r}")
+    return name
 
 
 def cap_pairs(ps: PairSet, max_pairs: int | None, comp: np.ndarray, seed: int) -> PairSet:
@@ -659,6 +704,7 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
     if entry is not None:
         entry["pair_caps"] = {"max_train_pairs": opts.max_train_pairs, "max_valid_pairs": opts.max_valid_pairs}
         entry["hard_negatives"] = n_hard
+        entry["recipe"] = opts.recipe
     return entry
 
 

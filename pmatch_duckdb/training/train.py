@@ -495,7 +495,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     try:
         export_projection_onnx(w, tmp / "projection.onnx")
         pair_entry = None
-        popts = pair_options or PairOptions()
+        popts = pair_options or PairOptions.from_recipe()  # "auto": the gpu recipe where torch sees a GPU
         if pair_model and len(tpos) < popts.min_positives:
             log(f"pair model skipped: {len(tpos)} labelled training matches (needs ≥ {popts.min_positives}; "
                 "pair_options.min_positives / --pair-min-matches)")
