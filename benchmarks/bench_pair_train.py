@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pair_gpu import f1_at_valid_threshold as f1_valid_threshold  # noqa: E402
 from bench_quality import DEFAULT_DATA, parse_ditto_record, parse_price  # noqa: E402
 
 from pmatch_duckdb.features.lexical import identifiers  # noqa: E402
@@ -108,20 +109,6 @@ def split_descriptions(folder: Path, split: str) -> list[str | None]:
             left, right, _ = line.split("\t")
             out += [parse_ditto_record(left).get("description"), parse_ditto_record(right).get("description")]
     return out
-
-
-def f1_valid_threshold(va: np.ndarray, yva: np.ndarray, te: np.ndarray, yte: np.ndarray) -> tuple[float, float]:
-    """(best F1 on valid, test F1 at the threshold that gave it)."""
-    best, thr = -1.0, 0.0
-    for c in np.unique(va):
-        pred = va >= c
-        tp = float(np.sum(pred & (yva > 0.5)))
-        f = 2 * tp / max(1.0, float(pred.sum()) + float(yva.sum()))
-        if f > best:
-            best, thr = f, float(c)
-    pred = te >= thr
-    tp = float(np.sum(pred & (yte > 0.5)))
-    return best, 2 * tp / max(1.0, float(pred.sum()) + float(yte.sum()))
 
 
 def fit_rows(args: argparse.Namespace) -> int:
