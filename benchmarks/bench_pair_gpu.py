@@ -273,10 +273,13 @@ def sweep(work: Path, out: Path, settings: str, parallel: int, budget_s: float) 
 # ------------------------------------------------------------------------------------------------- stack
 
 def stack(work: Path, logits_file: Path, stage1_dir: Path) -> None:
-    """Test F1 of stage 1 alone and stacked with each setting's cross-encoder logits (valid-fitted)."""
-    m = _training_modules()
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    """Test F1 of stage 1 alone and stacked with each setting's cross-encoder logits, through the product's own
+    stacking: ``train_decision`` (logistic) over ``stacked_features`` on the validation pairs, folds by label
+    component, isotonic calibration; test F1 at the threshold with the best F1 on the stacked validation scores
+    (what ``score_pairs`` would return for them), as bench_quality.py does."""
+    from pmatch_duckdb.clusters import DisjointSet
+    from pmatch_duckdb.decision import average_precision, train_decision
+    from pmatch_duckdb.pair_scorer import STACKED_FEATURES, stacked_features
 
     d = _pairs(work)
     y = {k: np.asarray(d["splits"][k]["y"], dtype=float) for k in ("valid", "gs000", "gs050")}
@@ -286,26 +289,32 @@ def stack(work: Path, logits_file: Path, stage1_dir: Path) -> None:
         if list(z["pair_id"]) != d["splits"][k]["pair_id"]:
             raise SystemExit(f"stage-1 scores of {k} are not in the pairs' order")
         s1[k] = z["score"].astype(float)
+    va = d["splits"]["valid"]
+    ds = DisjointSet()  # label components of the validation pairs: the stacked model's folds, as in train_matcher
+    for a, b, lab in zip(va["a"], va["b"], va["y"], strict=True):
+        ds.find(a)
+        ds.find(b)
+        if lab:
+            ds.union(a, b)
+    roots = {r: i for i, r in enumerate(sorted({ds.find(a) for a in va["a"]}))}
+    folds = np.array([roots[ds.find(a)] % 5 for a in va["a"]])
     lg = np.load(logits_file)
     names = sorted({k.split("/")[0] for k in lg.files})
-
-    def logit(p: np.ndarray) -> np.ndarray:
-        p = np.clip(p, 1e-6, 1 - 1e-6)
-        return np.log(p / (1 - p))
-
-    print("| scorer | valid AP | stacked valid AP (out-of-fold) | test F1 0 % unseen | test F1 50 % unseen |")
+    print("| scorer | cross-encoder valid AP | stacked valid AP (out-of-fold) | test F1 0 % unseen | test F1 50 % unseen |")
     print("|---|---|---|---|---|")
     f0 = [f1_at_valid_threshold(s1["valid"], y["valid"], s1[k], y[k])[1] for k in ("gs000", "gs050")]
-    print(f"| stage 1 alone | {m.average_precision(s1['valid'], y['valid']):.3f} | — | {f0[0]:.3f} | {f0[1]:.3f} |")
+    print(f"| stage 1 alone | — | {average_precision(s1['valid'], y['valid']):.3f} (its valid AP) | "
+          f"{f0[0]:.3f} | {f0[1]:.3f} |")
+    empty = np.zeros((0, 2))
     for n in names:
-        x = {k: np.c_[logit(s1[k]), lg[f"{n}/{k}"]] for k in y}
-        oof = np.zeros(len(y["valid"]))
-        for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(x["valid"], y["valid"]):
-            oof[te] = LogisticRegression(C=1.0).fit(x["valid"][tr], y["valid"][tr]).decision_function(x["valid"][te])
-        full = LogisticRegression(C=1.0).fit(x["valid"], y["valid"])
-        f = [f1_at_valid_threshold(oof, y["valid"], full.decision_function(x[k]), y[k])[1] for k in ("gs000", "gs050")]
-        print(f"| {n} | {m.average_precision(lg[f'{n}/valid'].astype(float), y['valid']):.3f} | "
-              f"{m.average_precision(oof, y['valid']):.3f} | {f[0]:.3f} | {f[1]:.3f} |")
+        # stage 1's public score is already calibrated; train_matcher stacks its raw probability (same order)
+        x = {k: stacked_features(np.clip(s1[k], 1e-6, 1 - 1e-6), lg[f"{n}/{k}"]) for k in y}
+        model = train_decision(x["valid"], y["valid"], empty, np.zeros(0), kind="logistic", folds=folds,
+                               features=STACKED_FEATURES)
+        sc = {k: model.calibrate(model.raw(x[k])) for k in y}
+        f = [f1_at_valid_threshold(sc["valid"], y["valid"], sc[k], y[k])[1] for k in ("gs000", "gs050")]
+        print(f"| {n} | {average_precision(lg[f'{n}/valid'].astype(float), y['valid']):.3f} | "
+              f"{model.info['held_out_average_precision']['logistic']:.3f} | {f[0]:.3f} | {f[1]:.3f} |")
 
 
 # -------------------------------------------------------------------------------------------------- cost
