@@ -589,7 +589,7 @@ def _pair_rows(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: list
 
     def dump(key: str, got: tuple[np.ndarray, np.ndarray]) -> None:
         if ctx.dump_scores is not None:
-            d = ctx.dump_scores / part / re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+            d = ctx.dump_scores / part / _slug(label)
             d.mkdir(parents=True, exist_ok=True)
             np.savez(d / f"{key}.npz", score=got[0], label=got[1],
                      pair_id=np.array([f"{a}|{b}" for a, b, _ in splits[key]]))
@@ -612,6 +612,11 @@ def _pair_rows(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: list
             save_plots(ctx.plots, part if len(tests) == 1 else f"{part}-{key}", test[0], test[1],
                        int(test[1].sum()), accept, review, f"{sub} test (trained)")
     return rows
+
+
+def _slug(label: str) -> str:
+    """A variant label as a folder name."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
 
 def _pt(part: str) -> str:
@@ -747,6 +752,9 @@ def part_full(ctx: Ctx, part: str) -> list[Row]:
                 matcher, train_s, _ = train(con, ctx, part, label, [src_tr, tgt], spec_, pairs="gt_train")
                 ranked = retrieve(te_rows, tgt_rows, FusionConfig(), matcher)
                 m = retrieval_metrics(ranked, truth)
+                if ctx.dump_scores is not None:
+                    dump_ranked(ctx.dump_scores / part / _slug(label) / "test_candidates.tsv", ranked, truth, te_rows,
+                                tgt_rows)
                 if label == MAIN and matcher.pair is not None:
                     rows += pair_cost(con, part, src_te, tgt, matcher, te_rows, tgt_rows, truth, train_s)
                 if label == MAIN:
@@ -769,6 +777,22 @@ def part_full(ctx: Ctx, part: str) -> list[Row]:
         return rows
     finally:
         con.close()
+
+
+def dump_ranked(path: Path, ranked: Ranked, truth: dict[str, set[str]], src_rows: OfferVectors,
+                tgt_rows: OfferVectors) -> None:
+    """Every test candidate, best score first: source, target, score, decision, rank, is-match and both titles
+    (to read what sits above a precision line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    st = dict(zip(src_rows.ids, src_rows.titles, strict=True))
+    tt = dict(zip(tgt_rows.ids, tgt_rows.titles, strict=True))
+    out = [(sc, s, t, dec, r + 1) for s, lst in ranked.items() for r, (t, sc, dec) in enumerate(lst)]
+    out.sort(key=lambda x: -x[0])
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("score\tsource_id\ttarget_id\tdecision\trank\tis_match\tsource_title\ttarget_title\n")
+        for sc, s, t, dec, r in out:
+            fh.write(f"{sc:.6f}\t{s}\t{t}\t{dec}\t{r}\t{int(t in truth.get(s, ()))}\t{st.get(s, '')}\t"
+                     f"{tt.get(t, '')}\n")
 
 
 def _log_retrieval(part: str, label: str, m: dict) -> None:
