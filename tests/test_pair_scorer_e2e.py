@@ -198,8 +198,10 @@ def test_gpu_recipe_trains_on_the_cpu_and_the_manifest_records_it(editions):
     opts = PairOptions.from_recipe("gpu", "cpu", train={"max_len": MAX_LEN, "epochs": 2, "batch_size": 16,
                                                          "lr": 1e-3, "threads": 1, "tiny_bert": TINY},
                                    top_m=2, hard_negatives=0, min_positives=50, min_gain=None)
+    log: list[str] = []
     res = train_matcher(con, ["feed", "catalog"], pairs="labels", name="gpu_recipe", pair_options=opts,
-                        activate=False, progress=False, log=lambda m: None)
+                        activate=False, progress=False, log=log.append)
+    assert "pair model: the gpu recipe (PAIR_RECIPES; --pair-recipe), training on cpu" in log, log
     man = load_matcher("gpu_recipe", "v1", thome).bundle.manifest["pair_model"]
     assert man["recipe"] == "gpu" and man["serialize"]["desc_tokens"] == 128 and man["max_len"] == MAX_LEN
     t = man["train"]

@@ -697,6 +697,7 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
         train = as_set(train_split, opts.top_m + n_hard)
         valid = capped(as_set(valid_split, opts.top_m), opts.max_valid_pairs)
         hard = train.take(np.zeros(len(train), dtype=bool))
+    log(f"pair model: the {opts.recipe} recipe (PAIR_RECIPES; --pair-recipe), training on {resolve_device(opts.train.device)}")
     entry = fit_pair_stage(rows, train, hard=hard, valid=valid, comp=comp, out_dir=out_dir, cfg=opts.train,
                            opts=opts.serialize, top_m=opts.top_m, target_precision=target_precision,
                            max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
