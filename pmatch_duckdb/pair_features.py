@@ -28,10 +28,14 @@ PAIR_FEATURES = ("fused", "text", "text_missing", "image", "image_missing", "lex
 # Relative to the same source's other pairs (at match time: its other candidates): this pair's value minus the
 # best value among them, 0 where the source has no other pair. A candidate that a sibling beats on identifiers
 # or words (DVPNS57PB beside an exact DVPNS57PS) is rarely the match, however high its own score; the top
-# candidate's margin says by how much it leads. Computed by :func:`source_margins` from the columns named.
+# candidate's margin says by how much it leads. Computed by :func:`source_margins` from the columns named. The
+# identifier-agreement margins (id_shared, full_id_strong) are −1 for a sibling whose source has another candidate
+# carrying the exact model number: Abt-Buy full R@P≥0.99 0.802 → 0.861 over five splits (benchmarks/README.md,
+# "Identifier-agreement margins"). Bundles store their features by name, so older matchers keep their own list.
 MARGIN_FEATURES: dict[str, str] = {"id_similarity_margin": "id_similarity", "lexical_margin": "lexical",
                                    "token_jaccard_margin": "token_jaccard", "full_text_margin": "full_text",
-                                   "number_jaccard_margin": "number_jaccard"}
+                                   "number_jaccard_margin": "number_jaccard", "id_shared_margin": "id_shared",
+                                   "full_id_strong_margin": "full_id_strong"}
 FULL_TEXT_CHARS = 300  # description characters in the ``full_text`` cosine
 _NUM = re.compile(r"\d+(?:\.\d+)?")
 # colour and finish words (normalised title tokens) → one name per colour; what a colour variant differs by
