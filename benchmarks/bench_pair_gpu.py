@@ -41,10 +41,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-WDC_FILES = {"train": "wdcproducts80cc20rnd000un_train_medium.json.gz",
-             "valid": "wdcproducts80cc20rnd000un_valid_medium.json.gz",
-             "gs000": "wdcproducts80cc20rnd000un_gs.json.gz",
-             "gs050": "wdcproducts80cc20rnd050un_gs.json.gz"}
 DESC_TOKENS = (24, 64, 128)
 DEFAULT_SETTINGS = ",".join([
     "len64=64:24:20:5e-5",            # the CPU's plateau setting, run longer
@@ -87,32 +83,15 @@ def export(data: Path, out: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_quality import _blank, parse_price
+    from bench_quality import read_wdc
 
     from pmatch_duckdb.features.lexical import identifiers
     from pmatch_duckdb.pair_scorer import SerializeOptions, serialize_offer
     from pmatch_duckdb.training.pair_model import minilm_dir
 
-    offers: dict[str, dict] = {}
-    splits: dict[str, dict] = {}
-    for key, fname in WDC_FILES.items():
-        a, b, y, pid = [], [], [], []
-        with gzip.open(data / "wdc-products" / fname, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                r = json.loads(line)
-                ids = []
-                for side in ("left", "right"):  # the first record of an id wins, as bench_quality's load_wdc
-                    oid = f"W{r['id_' + side]}"
-                    offers.setdefault(oid, {"title": _blank(r.get(f"title_{side}")),
-                                            "brand": _blank(r.get(f"brand_{side}")),
-                                            "price": parse_price(r.get(f"price_{side}")),
-                                            "description": _blank(r.get(f"description_{side}"))})
-                    ids.append(oid)
-                a.append(ids[0])
-                b.append(ids[1])
-                y.append(int(r["label"]))
-                pid.append(f"{ids[0]}|{ids[1]}")
-        splits[key] = {"a": a, "b": b, "y": y, "pair_id": pid}
+    offers, pairs, _ = read_wdc(data / "wdc-products")  # the offers and splits bench_quality.py's wdc part reads
+    splits = {key: {"a": [a for a, _, _ in ps], "b": [b for _, b, _ in ps], "y": [y for _, _, y in ps],
+                    "pair_id": [f"{a}|{b}" for a, b, _ in ps]} for key, ps in pairs.items()}
     order = sorted(offers)
     pos = {o: i for i, o in enumerate(order)}
     texts = {}

@@ -646,8 +646,9 @@ WDC_FILES = {"train": "wdcproducts80cc20rnd000un_train_medium.json.gz",
              "gs050": "wdcproducts80cc20rnd050un_gs.json.gz"}
 
 
-def load_wdc(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, list[tuple[str, str, int]]]:
-    """One offer table ``wdc_offers`` (one row per distinct offer id) and the pairs tables."""
+def read_wdc(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, list[tuple[str, str, int]]], int]:
+    """WDC Products' offers (id ``W<id>`` → record; the first record of an id wins), each split's (left id,
+    right id, label) pairs in file order, and how many id reuses came with another title."""
     offers: dict[str, dict[str, Any]] = {}
     splits: dict[str, list[tuple[str, str, int]]] = {}
     conflicts = 0
@@ -668,6 +669,13 @@ def load_wdc(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, list[tup
                     ids.append(oid)
                 pairs.append((ids[0], ids[1], int(r["label"])))
         splits[key] = pairs
+    return offers, splits, conflicts
+
+
+def load_wdc(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, list[tuple[str, str, int]]]:
+    """One offer table ``wdc_offers`` (one row per distinct offer id) and the pairs tables."""
+    offers, splits, conflicts = read_wdc(folder)
+    for key, pairs in splits.items():
         create_table(con, f"wdc_{key}", pairs_table(pairs))
     create_table(con, "wdc_offers", offers_table(list(offers.values())))
     log(f"  {len(offers)} distinct offers ({conflicts} id reuses with another title); pairs " +
