@@ -299,43 +299,62 @@ def stack(work: Path, logits_file: Path, stage1_dir: Path) -> None:
 # -------------------------------------------------------------------------------------------------- cost
 
 def cost(work: Path, n: int, rounds: int, threads: int) -> None:
-    """Match-time cost of each recipe's scorer: onnxruntime pairs/s of the cross-encoder exported at max length
-    64 (cpu recipe, 24 description words) and 256 (gpu recipe, 128 words) on the same real WDC validation
-    pairs, interleaved rounds in one process (the rate does not depend on the weights: MiniLM + a new head)."""
+    """Match-time cost of each scorer: onnxruntime pairs/s of the cross-encoder exported at max length 64 (cpu
+    recipe, 24 description words) and 256 (gpu recipe, 128 words), and of the siamese scorer at 64 (cpu recipe; one
+    pass per distinct offer of the pairs), on the same real WDC validation pairs, interleaved rounds in one process
+    (the rate does not depend on the weights: MiniLM + a new head, or MiniLM as shipped)."""
     import tempfile
 
     from pmatch_duckdb.bundles import sha256_file
-    from pmatch_duckdb.pair_scorer import PairScorer
+    from pmatch_duckdb.pair_scorer import PairScorer, SiameseScorer
     from pmatch_duckdb.training.pair_model import CrossEncoder, export_cross_encoder, minilm_dir
+    from pmatch_duckdb.training.siamese import SiameseEncoder, export_siamese_encoder
 
     d = _pairs(work)
     s = d["splits"]["valid"]
     tok = minilm_dir() / "tokenizer.json"
     model = CrossEncoder.build()
     model.eval()
+    siamese = SiameseEncoder.build()
+    siamese.eval()
     scorers = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for max_len, desc in ((64, "24"), (256, "128")):
+        for label, max_len, desc in (("cross, cpu recipe", 64, "24"), ("cross, gpu recipe", 256, "128"),
+                                     ("siamese, cpu recipe", 64, "24")):
             a = [d["texts"][desc][i] for i in s["a"][:n]]
             b = [d["texts"][desc][i] for i in s["b"][:n]]
-            out = Path(tmp) / str(max_len)
+            out = Path(tmp) / label.replace(" ", "_").replace(",", "")
             out.mkdir()
-            export_cross_encoder(model, out, tok, max_len, a[:8], b[:8])
-            scorers[max_len] = (PairScorer(out / "pair_model.onnx", sha256_file(out / "pair_model.onnx"),
-                                           out / "pair_tokenizer.json", {"max_len": max_len}, threads=threads), a, b)
+            if label.startswith("siamese"):
+                export_siamese_encoder(siamese, out, tok, max_len, a[:8])
+                sc = SiameseScorer(out / "pair_model.onnx", sha256_file(out / "pair_model.onnx"),
+                                   out / "pair_tokenizer.json", {"max_len": max_len, "temperature": 0.07},
+                                   threads=threads)
+            else:
+                export_cross_encoder(model, out, tok, max_len, a[:8], b[:8])
+                sc = PairScorer(out / "pair_model.onnx", sha256_file(out / "pair_model.onnx"),
+                                out / "pair_tokenizer.json", {"max_len": max_len}, threads=threads)
+            scorers[label] = (sc, a, b)
+        distinct = len({*s["a"][:n], *s["b"][:n]})
         print(f"# bench_pair_gpu cost {time.strftime('%Y-%m-%dT%H:%M:%S')} load avg {os.getloadavg()[0]:.1f}; "
-              f"{n} WDC validation pairs, onnxruntime {threads} thread(s), {rounds} interleaved rounds")
-        best: dict[int, float] = {}
+              f"{n} WDC validation pairs ({distinct} distinct offers), onnxruntime {threads} thread(s), {rounds} "
+              "interleaved rounds")
+        best: dict[str, float] = {}
         for r in range(rounds + 1):  # round 0 warms up
-            for max_len, (sc, a, b) in scorers.items():
+            for label, (sc, a, b) in scorers.items():
                 t0 = time.perf_counter()
                 sc.logits(a, b)
                 dt = time.perf_counter() - t0
                 if r:
-                    best[max_len] = min(best.get(max_len, dt), dt)
-                print(f"  round {r} max_len {max_len}: {n / dt:.1f} pairs/s", flush=True)
-    print(f"| recipe | max_len | pairs/s (best round) |\n|---|---|---|\n| cpu | 64 | {n / best[64]:.1f} |\n"
-          f"| gpu | 256 | {n / best[256]:.1f} |\nRATIO gpu-recipe / cpu-recipe time per pair: {best[256] / best[64]:.2f}")
+                    best[label] = min(best.get(label, dt), dt)
+                print(f"  round {r} {label}: {n / dt:.1f} pairs/s", flush=True)
+    base = best["cross, cpu recipe"]
+    print("| scorer | pairs/s (best round) | time per pair / cross cpu recipe |\n|---|---|---|")
+    for label, t in best.items():
+        print(f"| {label} | {n / t:.1f} | {t / base:.2f} |")
+    print(f"RATIO gpu-recipe / cpu-recipe time per pair: {best['cross, gpu recipe'] / base:.2f}")
+    print(f"RATIO siamese / cross (cpu recipes) time per pair: {best['siamese, cpu recipe'] / base:.2f} "
+          f"({n} pairs over {distinct} offers)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1091,6 +1091,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="pair scorer: fine-tune on at most this many pairs (0: all; default: the recipe's, cpu 3000)")
     ap.add_argument("--pair-recipe", default="auto", choices=["auto", "cpu", "gpu"],
                     help="pair scorer: fine-tuning recipe (auto: gpu where torch sees a CUDA GPU); --pair-* override it")
+    ap.add_argument("--pair-kind", default=None, choices=["cross", "siamese"],
+                    help="pair scorer: cross-encoder (default) or siamese bi-encoder (its own training on the recipe)")
     ap.add_argument("--pair-hard-negatives", type=int, default=None,
                     help="pair scorer: mined hard negatives per labelled source (default: train_matcher's rule)")
     ap.add_argument("--pair-max-seconds", type=float, default=None,
@@ -1110,7 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
               pair={k: v for k, v in (("max_len", args.pair_max_len), ("epochs", args.pair_epochs),
                                       ("freeze_layers", args.pair_freeze_layers), ("threads", args.pair_threads),
                                       ("max_seconds", args.pair_max_seconds), ("device", args.pair_device),
-                                      ("patience", args.pair_patience), ("lr", args.pair_lr))
+                                      ("patience", args.pair_patience), ("lr", args.pair_lr),
+                                      ("kind", args.pair_kind))
                     if v is not None})
     ctx.pair_max_train_pairs = args.pair_max_train_pairs
     ctx.pair_recipe = args.pair_recipe

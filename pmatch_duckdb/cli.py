@@ -263,11 +263,15 @@ text_model_option = click.option(
               help="Decision features comparing each pair with its source's other candidates (auto: on for two "
                    "tables, off for dedup of one).")
 @click.option("--no-pair-model", is_flag=True,
-              help="Skip the pair scorer (cross-encoder; trained by default with >= --pair-min-matches matches).")
+              help="Skip the pair scorer (cross-encoder or siamese; trained by default with >= --pair-min-matches matches).")
 @click.option("--pair-recipe", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Pair scorer: fine-tuning recipe. cpu: 4 of 6 layers frozen, max length 64, 3 epochs (minutes on "
                    "2 cores); gpu: every layer, max length 256, augmentation, up to 16 epochs; auto: gpu where "
                    "--pair-device resolves to a CUDA GPU. The --pair-* options below override the recipe.")
+@click.option("--pair-kind", type=click.Choice(["cross", "siamese"]), default="cross", show_default=True,
+              help="Pair scorer: cross (a cross-encoder reading both offers, one pass per pair) or siamese (MiniLM "
+                   "fine-tuned contrastively on the match groups, one pass per offer; every layer, 12 epochs on "
+                   "the cpu recipe; better on WDC Products, slower to train).")
 @click.option("--pair-max-len", default=None, type=int, help="Pair scorer: word pieces per pair (cpu recipe 64, gpu 256).")
 @click.option("--pair-epochs", default=None, type=int, help="Pair scorer: fine-tuning epochs (cpu recipe 3, gpu 16).")
 @click.option("--pair-freeze-layers", default=None, type=click.IntRange(0, 6),
@@ -287,7 +291,7 @@ text_model_option = click.option(
               help="Keep the pair scorer only if it raises held-out average precision by this much (-1: always).")
 @click.option("--pair-max-train-pairs", default=None, type=click.IntRange(0),
               help="Pair scorer: fine-tune on at most this many pairs (after non-match sampling; whole label groups; "
-                   "0: all; cpu recipe 3000, gpu all).")
+                   "siamese: offers, whole match groups; 0: all; cpu recipe 3000, gpu all).")
 @click.option("--pair-max-valid-pairs", default=3000, show_default=True, type=click.IntRange(0),
               help="Pair scorer: stack and calibrate on at most this many validation pairs (0: all).")
 @click.option("--no-activate", is_flag=True, help="Save the new version without activating it.")
@@ -296,7 +300,7 @@ text_model_option = click.option(
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
-              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_recipe: str, pair_max_len: int | None,
+              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_recipe: str, pair_kind: str, pair_max_len: int | None,
               pair_epochs: int | None, pair_freeze_layers: int | None, pair_device: str, pair_patience: int | None,
               pair_hard_negatives: int | None, pair_top_m: int, pair_min_matches: int, pair_min_gain: float,
               pair_max_train_pairs: int | None, pair_max_valid_pairs: int,
@@ -312,7 +316,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
     try:
         # the recipe's knobs, with the ones given on the command line taking precedence
         given = {"max_len": pair_max_len, "epochs": pair_epochs, "freeze_layers": pair_freeze_layers}
-        train_knobs = {k: v for k, v in given.items() if v is not None} | {"seed": seed}
+        train_knobs = {k: v for k, v in given.items() if v is not None} | {"seed": seed, "kind": pair_kind}
         if pair_patience is not None:
             train_knobs["patience"] = pair_patience or None
         caps = {} if pair_max_train_pairs is None else {"max_train_pairs": pair_max_train_pairs or None}

@@ -23,7 +23,7 @@ from .encoders.sessions import get_session
 from .errors import ModelNotFoundError
 from .features.offer_features import offer_features
 from .home import pmatch_home
-from .pair_scorer import PairScorer, Summarizer
+from .pair_scorer import PairScorer, SiameseScorer, Summarizer, load_pair_scorer
 
 _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -106,9 +106,9 @@ class Matcher:
 
     bundle: Bundle
     decision: DecisionModel
-    # optional second stage (a bundle without it loads as before): the cross-encoder and the stacked
-    # decision model over [stage-1 logit, cross-encoder logit] (pair_scorer.py)
-    pair: PairScorer | None = None
+    # optional second stage (a bundle without it loads as before): the pair scorer (cross-encoder or siamese) and
+    # the stacked decision model over [stage-1 logit, pair-scorer logit] (pair_scorer.py)
+    pair: PairScorer | SiameseScorer | None = None
     pair_decision: DecisionModel | None = None
 
     @property
@@ -157,8 +157,8 @@ def load_matcher(name: str, version: str, home: str | os.PathLike[str] | None = 
     return m
 
 
-def _load_pair_stage(bundle: Bundle) -> tuple[PairScorer | None, DecisionModel | None]:
-    """The cross-encoder stage of a (verified) bundle, or (None, None) when it has none."""
+def _load_pair_stage(bundle: Bundle) -> tuple[PairScorer | SiameseScorer | None, DecisionModel | None]:
+    """The pair-scorer stage of a (verified) bundle, or (None, None) when it has none."""
     files = bundle.manifest["files"]
     if "pair_model.onnx" not in files:
         return None, None
@@ -167,8 +167,8 @@ def _load_pair_stage(bundle: Bundle) -> tuple[PairScorer | None, DecisionModel |
     if "pair_summarizer.json" in files:
         d = json.loads(bundle.file("pair_summarizer.json").read_text())
         summarizer = Summarizer(d["idf"], float(d["default_idf"]))
-    scorer = PairScorer(bundle.file("pair_model.onnx"), files["pair_model.onnx"],
-                        bundle.file("pair_tokenizer.json"), cfg, summarizer)
+    scorer = load_pair_scorer(bundle.file("pair_model.onnx"), files["pair_model.onnx"],
+                              bundle.file("pair_tokenizer.json"), cfg, summarizer)
     stacked = DecisionModel.from_dict(json.loads(bundle.file("pair_decision.json").read_text()))
     return scorer, stacked
 

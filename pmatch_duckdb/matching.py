@@ -853,7 +853,7 @@ def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.nda
 
     Zero-shot: the fusion score. Trained: the matcher's calibrated decision model; with a pair scorer in
     the bundle, each source's ``pair_top_m`` best pairs (bundle default when None; 0 = off) plus the pairs
-    marked in ``rescore`` are re-scored by the cross-encoder + stacked decision model (``second_stage``
+    marked in ``rescore`` are re-scored by the pair scorer + stacked decision model (``second_stage``
     marks them). Rank/gap features are relative to the pairs of the same source passed in together.
     """
     second = np.zeros(len(s), dtype=bool)

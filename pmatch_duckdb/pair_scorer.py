@@ -1,17 +1,25 @@
-"""The pair scorer at match time: a cross-encoder (ONNX, onnxruntime only) reading both offers at once.
+"""The pair scorer at match time (ONNX, onnxruntime only): by default a cross-encoder reading both offers at once.
 
 A matcher bundle may hold ``pair_model.onnx`` + ``pair_tokenizer.json`` + ``pair_decision.json``
 (trained by :mod:`pmatch_duckdb.training.pair_model`). Matching then runs in two stages:
 
 1. the decision model (``decision.json``) scores every candidate pair from the cheap pair features;
 2. the ``m`` best of each source by that score (``pair_top_m``, default :data:`DEFAULT_TOP_M`) are
-   re-read by the cross-encoder, and the stacked decision model (``pair_decision.json``: logistic
-   regression over the stage-1 logit and the cross-encoder logit, isotonic-calibrated, thresholds from
+   re-read by the pair scorer, and the stacked decision model (``pair_decision.json``: logistic
+   regression over the stage-1 logit and the pair scorer's logit, isotonic-calibrated, thresholds from
    held-out scores like stage 1) gives their final ``score`` and ``decision``.
 
 Pairs outside the top ``m`` keep their stage-1 score. Offers are serialised Ditto-style
 (:func:`serialize_offer`): ``COL title VAL ... COL brand VAL ... COL price VAL ... COL id VAL ...
 COL description VAL ...``; the pair is tokenised as a BERT sentence pair (``[CLS] a [SEP] b [SEP]``).
+
+A bundle's pair scorer is of one of two kinds (``pair_model.kind`` in the manifest):
+
+* ``"cross"`` (:class:`PairScorer`, the default): the cross-encoder above, one transformer pass per pair;
+* ``"siamese"`` (:class:`SiameseScorer`): a MiniLM encoder fine-tuned with a supervised contrastive loss on the
+  labelled match groups (R-SupCon, Peeters et al. 2022). ``pair_model.onnx`` embeds ONE serialised offer; the
+  pair's logit is the cosine of the two embeddings divided by the training temperature. One pass per distinct
+  offer among the re-scored pairs, not per pair.
 """
 
 from __future__ import annotations
@@ -194,6 +202,87 @@ class PairScorer:
         return self.logits([ta[i] for i in inv_s], [tb[j] for j in inv_t])
 
 
+class SiameseScorer:
+    """The fine-tuned bi-encoder of a matcher bundle (``pair_model.kind == "siamese"``), run with onnxruntime:
+    ``logit = cos(embed(a), embed(b)) / temperature``. Same interface as :class:`PairScorer`."""
+
+    def __init__(self, onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
+                 summarizer: Summarizer | None = None, threads: int | None = None, batch_size: int = 64) -> None:
+        from tokenizers import Tokenizer
+
+        from .encoders.sessions import get_session, intra_op_threads
+
+        self.config = config
+        self.opts = SerializeOptions.from_dict(config.get("serialize", {}))
+        self.summarizer = summarizer
+        self.max_len = int(config["max_len"])
+        self.top_m = int(config.get("top_m", DEFAULT_TOP_M))
+        self.temperature = float(config["temperature"])
+        tok = Tokenizer.from_file(str(tokenizer_json))
+        tok.no_padding()
+        tok.enable_truncation(self.max_len)
+        self.tok = tok
+        self.session = get_session(onnx_path, sha256, threads or intra_op_threads())
+        self.batch_size = batch_size
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32[n, d] L2-normalised embeddings of serialised offers (batched, in length order)."""
+        n = len(texts)
+        encs = self.tok.encode_batch(list(texts)) if n else []
+        out: np.ndarray | None = None
+        order = np.argsort([len(e.ids) for e in encs], kind="stable")
+        for s in range(0, n, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            width = max(len(encs[i].ids) for i in idx)
+            ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for r, i in enumerate(idx):
+                ids[r, :len(encs[i].ids)], mask[r, :len(encs[i].ids)] = encs[i].ids, 1
+            v = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask,
+                                                 "token_type_ids": np.zeros_like(ids)})[0]
+            if out is None:
+                out = np.zeros((n, v.shape[1]), dtype=np.float32)
+            out[idx] = v
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+    def logits(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """float32[n] logits of the text pairs (each distinct text embedded once)."""
+        if len(a) != len(b):
+            raise ValueError(f"{len(a)} left texts against {len(b)} right texts")
+        if not len(a):
+            return np.zeros(0, dtype=np.float32)
+        uniq = list(dict.fromkeys([*a, *b]))
+        pos = {t: i for i, t in enumerate(uniq)}
+        e = self.embed(uniq)
+        ia = np.fromiter((pos[t] for t in a), np.int64, len(a))
+        ib = np.fromiter((pos[t] for t in b), np.int64, len(b))
+        return (np.einsum("ij,ij->i", e[ia], e[ib]) / self.temperature).astype(np.float32)
+
+    def pair_logits(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Logits of (source position, target position) pairs of two :class:`OfferVectors`."""
+        us, inv_s = np.unique(s, return_inverse=True)
+        ut, inv_t = np.unique(t, return_inverse=True)
+        ea = self.embed(serialize_rows(src, us, self.opts, self.summarizer))
+        eb = self.embed(serialize_rows(tgt, ut, self.opts, self.summarizer))
+        if not len(s):
+            return np.zeros(0, dtype=np.float32)
+        return (np.einsum("ij,ij->i", ea[inv_s], eb[inv_t]) / self.temperature).astype(np.float32)
+
+
+#: the pair-scorer kinds a bundle may hold (``pair_model.kind``)
+PAIR_KINDS = ("cross", "siamese")
+
+
+def load_pair_scorer(onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
+                     summarizer: Summarizer | None = None) -> PairScorer | SiameseScorer:
+    """The scorer of ``config["kind"]`` (``"cross"`` when absent: bundles written before the siamese kind)."""
+    kind = config.get("kind", "cross")
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"pair model kind {kind!r} is not one of {PAIR_KINDS} (a newer pmatch wrote this bundle?)")
+    cls = SiameseScorer if kind == "siamese" else PairScorer
+    return cls(onnx_path, sha256, tokenizer_json, config, summarizer)
+
+
 def logit(p: np.ndarray) -> np.ndarray:
     """log(p / (1 - p)), clipped away from 0 and 1."""
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
@@ -201,7 +290,7 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 
 def stacked_features(stage1_raw: np.ndarray, pair_logit: np.ndarray) -> np.ndarray:
-    """The stacked decision model's input: [stage-1 logit, cross-encoder logit]."""
+    """The stacked decision model's input: [stage-1 logit, pair-scorer logit]."""
     return np.stack([logit(stage1_raw), np.asarray(pair_logit, dtype=np.float64)], axis=1)
 
 

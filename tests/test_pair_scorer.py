@@ -3,6 +3,7 @@ torch, top-m selection. End to end (training inside train_matcher, bundle): test
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -340,14 +341,123 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     base = ["train", str(tmp_path / "shop.duckdb"), "--offers", "feed", "--home", str(home)]
     for extra in ([], ["--pair-recipe", "gpu", "--pair-epochs", "4", "--pair-patience", "0"],
-                  ["--pair-max-len", "96", "--pair-max-train-pairs", "0", "--seed", "3"]):
+                  ["--pair-max-len", "96", "--pair-max-train-pairs", "0", "--seed", "3"],
+                  ["--pair-kind", "siamese", "--pair-epochs", "5"]):
         res = CliRunner().invoke(cli, base + extra)
         assert res.exit_code == 0, res.output
-    cpu, gpu, given = seen
+    cpu, gpu, given, siamese = seen
+    assert cpu.train.kind == "cross" and siamese.train.kind == "siamese" and siamese.recipe == "cpu"
+    assert (siamese.train.epochs, siamese.train.freeze_layers, siamese.train.lr) == (5, 0, 1e-4)
     assert cpu == PairOptions() and cpu.recipe == "cpu"
     assert gpu.recipe == "gpu" and (gpu.train.max_len, gpu.train.epochs, gpu.train.patience) == (256, 4, None)
     assert gpu.serialize.desc_tokens == 128 and gpu.train.augment and gpu.max_train_pairs is None
     assert given.recipe == "cpu" and (given.train.max_len, given.train.seed, given.train.epochs) == (96, 3, 3)
     assert given.max_train_pairs is None and given.train.freeze_layers == 4
     res = CliRunner().invoke(cli, [*base, "--pair-device", "cuda"])
-    assert res.exit_code == 2 and "sees no CUDA GPU" in res.output and len(seen) == 3
+    assert res.exit_code == 2 and "sees no CUDA GPU" in res.output and len(seen) == 4
+    res = CliRunner().invoke(cli, [*base, "--pair-kind", "triple"])
+    assert res.exit_code == 2 and "--pair-kind" in res.output and len(seen) == 4
+
+
+# ------------------------------------------------------------------------------------ the siamese kind
+
+
+def test_hard_batches_cover_every_offer_once_and_put_near_groups_together():
+    from pmatch_duckdb.training.siamese import hard_batches
+
+    # four groups on two far-apart directions: 0/1 near each other, 2/3 near each other
+    emb = np.array([[1, 0, 0], [1, 0.1, 0], [0.9, 0.2, 0], [1, 0.15, 0], [0, 0, 1], [0, 0.1, 1], [0.1, 0, 1],
+                    [0, 0.05, 0.9]], dtype=np.float32)
+    groups = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    for seed in range(5):
+        batches = hard_batches(emb, groups, 2, random.Random(seed))
+        assert sorted(np.concatenate(batches).tolist()) == list(range(8))
+        assert sorted(sorted(set(groups[b].tolist())) for b in batches) == [[0, 1], [2, 3]]
+
+
+def test_supcon_loss_prefers_separated_groups_and_needs_a_positive():
+    from pmatch_duckdb.training.siamese import supcon_loss
+
+    lab = torch.tensor([0, 0, 1, 1])
+    good = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.1, 1]]), dim=-1)
+    bad = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0, 1], [1, 0.1], [0.1, 1]]), dim=-1)
+    assert float(supcon_loss(good, lab, 0.1)) < float(supcon_loss(bad, lab, 0.1))
+    assert supcon_loss(good, torch.tensor([0, 1, 2, 3]), 0.1) is None  # groups of one: negatives only
+
+
+def test_siamese_training_separates_siblings_and_onnx_equals_torch(tmp_path: Path):
+    """Offers of one product (same group) end up closer than a sibling that differs in one word; the exported
+    graph gives torch's embeddings and the scorer's logit is their cosine over the temperature."""
+    from pmatch_duckdb.bundles import sha256_file
+    from pmatch_duckdb.pair_scorer import SiameseScorer, load_pair_scorer
+    from pmatch_duckdb.training.siamese import export_siamese_encoder, torch_embeddings, train_siamese_encoder
+
+    tok = minilm_dir() / "tokenizer.json"
+    texts, groups = [], []
+    for g, (name, ed) in enumerate([(n, e) for n in ("acme widget", "zenko drone", "orbis camera")
+                                    for e in ("pro", "lite")]):
+        texts += [f"COL title VAL {name} {ed}", f"COL title VAL {ed} {name} new", f"COL title VAL the {name} {ed}"]
+        groups += [g] * 3
+    groups = np.array(groups)
+    a = ["COL title VAL acme widget pro", "COL title VAL zenko drone lite", "COL title VAL orbis camera pro"]
+    b = ["COL title VAL pro acme widget new", "COL title VAL zenko drone pro", "COL title VAL the orbis camera lite"]
+    va = (a, b, np.array([1.0, 0.0, 0.0]))
+    cfg = PairTrainConfig(kind="siamese", max_len=16, epochs=12, lr=3e-3, threads=1, freeze_layers=0,
+                          batch_groups=6, temperature=0.1, patience=None, tiny_bert=TINY)
+    model, info = train_siamese_encoder(texts, groups, tok, cfg)
+    assert info["epochs_run"] == 12 and info["groups"] == 6 and "valid_ap_history" not in info
+    assert info["loss_history"][-1] < 0.5 * info["loss_history"][0]
+    # with validation pairs every epoch is scored, and patience stops after epochs without a gain
+    _, vinfo = train_siamese_encoder(texts, groups, tok, dataclasses.replace(cfg, epochs=6, patience=1), valid=va)
+    assert len(vinfo["valid_ap_history"]) == vinfo["epochs_run"] <= 6 and vinfo["best_epoch"] >= 1
+    e = torch_embeddings(model, tok, 16, texts)
+    same = np.mean([e[i] @ e[j] for i in range(len(texts)) for j in range(len(texts))
+                    if i != j and groups[i] == groups[j]])
+    sibling = np.mean([e[i] @ e[j] for i in range(len(texts)) for j in range(len(texts))
+                       if groups[i] // 2 == groups[j] // 2 and groups[i] != groups[j]])
+    assert same > sibling + 0.2, (same, sibling)
+    diff = export_siamese_encoder(model, tmp_path, tok, 16, texts)
+    assert diff <= 1e-4
+    cfg_json = {"kind": "siamese", "max_len": 16, "temperature": 0.1, "serialize": SerializeOptions().to_dict()}
+    scorer = load_pair_scorer(tmp_path / "pair_model.onnx", sha256_file(tmp_path / "pair_model.onnx"),
+                              tmp_path / "pair_tokenizer.json", cfg_json)
+    assert isinstance(scorer, SiameseScorer)
+    scorer.batch_size = 4  # batches of uneven length
+    ea, eb = torch_embeddings(model, tok, 16, a), torch_embeddings(model, tok, 16, b)
+    np.testing.assert_allclose(scorer.logits(a, b), np.einsum("ij,ij->i", ea, eb) / 0.1, atol=1e-3)
+    assert scorer.logits([], []).shape == (0,)
+    with pytest.raises(ValueError, match="kind 'triple'"):
+        load_pair_scorer(tmp_path / "pair_model.onnx", sha256_file(tmp_path / "pair_model.onnx"),
+                         tmp_path / "pair_tokenizer.json", {**cfg_json, "kind": "triple"})
+
+
+def test_siamese_kind_takes_its_own_training_on_top_of_the_recipe():
+    o = PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese"})
+    assert o.train.kind == "siamese" and o.train.freeze_layers == 0 and o.train.epochs == 12 and o.recipe == "cpu"
+    assert PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese", "epochs": 2}).train.epochs == 2
+    assert PairOptions.from_recipe("cpu", "cpu").train.kind == "cross"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        PairOptions.from_recipe("cpu", "cpu", train={"kind": "triple"})
+
+
+def test_pair_training_uses_every_core_and_puts_torchs_threads_back():
+    """Stage 1 leaves torch on one thread; the pair stage must not inherit it (it did, and trained on half of a
+    2-core machine)."""
+    from pmatch_duckdb.encoders.sessions import cpu_count
+    from pmatch_duckdb.training.pair_model import torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch_threads(None) as n:
+            assert n == cpu_count() and torch.get_num_threads() == cpu_count()
+        assert torch.get_num_threads() == 1
+        with torch_threads(3):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 1
+        tok = minilm_dir() / "tokenizer.json"
+        _, info = train_cross_encoder(["COL title VAL a"] * 4, ["COL title VAL b"] * 4, np.array([1, 0, 1, 0.0]), tok,
+                                      PairTrainConfig(max_len=8, epochs=1, batch_size=4, tiny_bert=TINY))
+        assert info["threads"] == cpu_count() and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -208,3 +208,30 @@ def test_gpu_recipe_trains_on_the_cpu_and_the_manifest_records_it(editions):
     assert t["augment"] and t["freeze_layers"] == 0 and t["neg_ratio"] is None and t["device"] == "cpu"
     assert not t["precomputed_frozen_layers"] and t["epochs_run"] == 2
     assert man["pair_caps"]["max_train_pairs"] is None and "valid_pair_model" in res.metrics
+
+
+def test_siamese_scorer_trains_in_the_matcher_and_reads_the_edition(editions):
+    """The siamese kind end to end: trained inside train_matcher on the editions catalog (a small BERT), its bundle
+    records the kind and temperature, loads a SiameseScorer, and through score_pairs it tells the editions apart
+    where stage 1 is a coin toss."""
+    con, thome, _, _, _, _ = editions
+    from pmatch_duckdb.pair_scorer import SiameseScorer
+    from pmatch_duckdb.training import train_matcher
+
+    opts = PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese", "max_len": MAX_LEN, "epochs": 10,
+                                                         "lr": 2e-3, "threads": 1, "tiny_bert": TINY,
+                                                         "batch_groups": 16, "temperature": 0.1, "patience": None},
+                                   top_m=2, hard_negatives=0, min_positives=50, min_gain=None)
+    log: list[str] = []
+    res = train_matcher(con, ["feed", "catalog"], pairs="labels", name="siamese", pair_options=opts,
+                        activate=False, progress=False, log=log.append)
+    assert any(m.startswith("pair model (siamese): fine-tuning on ") for m in log), log
+    m = load_matcher("siamese", "v1", thome)
+    assert isinstance(m.pair, SiameseScorer) and m.pair_decision is not None
+    man = m.bundle.manifest["pair_model"]
+    assert man["kind"] == "siamese" and man["temperature"] == 0.1 and man["onnx_max_abs_diff"] <= 1e-4
+    assert man["train"]["kind"] == "siamese" and man["train"]["epochs_run"] == 10 and "valid_pair_model" in res.metrics
+    on = _scored(con, thome, "siamese")
+    off = _scored(con, thome, "siamese", pair_top_m=0)
+    acc_on, acc_off = _accuracy(on, 2), _accuracy(off, 2)
+    assert acc_off <= 0.6 and acc_on >= 0.8, (acc_on, acc_off)

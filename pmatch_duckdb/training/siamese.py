@@ -1,0 +1,269 @@
+"""The siamese pair scorer: MiniLM fine-tuned with a supervised contrastive loss on labelled match groups.
+
+R-SupCon (Peeters, Bizer & Glavaš 2022) in our setting: every training offer is serialised as for the
+cross-encoder, offers joined by labelled matches form a group, and a batch holds whole groups. Each epoch the
+groups are batched with their nearest groups by the current embedding (centroid cosine), so siblings that
+differ in one suffix or model number meet in one batch and the loss has to push them apart. Offers in no
+labelled match are groups of one: negatives for everybody, never anchors.
+
+At match time the model embeds one offer (``pair_model.onnx``: input ids → L2-normalised mean-pooled state) and
+:class:`~pmatch_duckdb.pair_scorer.SiameseScorer` turns two embeddings into a logit (cosine / temperature): one
+pass per distinct offer instead of one per pair. The validation pairs pick the epoch, as for the cross-encoder.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .pair_model import ONNX_TOLERANCE, PairTrainConfig, minilm_dir, resolve_device, torch_threads
+
+
+class SiameseEncoder:  # built lazily as a torch.nn.Module subclass (torch is optional)
+    """Factory for the torch module: BERT → masked mean pool → L2 normalisation (all-MiniLM-L6-v2's own head)."""
+
+    @staticmethod
+    def build(bert_dir: Path | None = None, tiny_config: dict | None = None, seed: int = 0):
+        import torch
+
+        from .pair_model import CrossEncoder
+
+        bert = CrossEncoder.build(bert_dir, tiny_config, seed).bert  # same loading (quiet, no pooler)
+
+        class _Siamese(torch.nn.Module):
+            def __init__(self, bert: torch.nn.Module) -> None:
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN201
+                h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+                m = attention_mask.unsqueeze(-1).to(h.dtype)
+                v = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+                return torch.nn.functional.normalize(v, dim=-1)
+
+        return _Siamese(bert)
+
+
+def _tokenizer(tokenizer_json: Path, max_len: int):  # noqa: ANN202
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.enable_truncation(max_len)
+    tok.enable_padding()
+    return tok
+
+
+def _encode(model, tok, texts: Sequence[str], device: str):  # noqa: ANN001, ANN202
+    import torch
+
+    encs = tok.encode_batch(list(texts))
+    ids = torch.tensor([e.ids for e in encs], dtype=torch.int64, device=device)
+    mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.int64, device=device)
+    return model(ids, mask, torch.zeros_like(ids))
+
+
+def embed_texts(model, tok, texts: Sequence[str], device: str = "cpu", batch: int = 128) -> np.ndarray:  # noqa: ANN001
+    """float32[n, d] embeddings (eval mode, no gradients; the caller restores train mode)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(texts), batch):
+            out.append(_encode(model, tok, texts[s:s + batch], device).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def hard_batches(emb: np.ndarray, groups: np.ndarray, batch_groups: int, rng: random.Random) -> list[np.ndarray]:
+    """Batches of offer indices: each batch is a random group plus its nearest unused groups by centroid cosine
+    (``batch_groups`` groups in all); every offer lands in exactly one batch."""
+    uniq, inv = np.unique(groups, return_inverse=True)
+    cen = np.zeros((len(uniq), emb.shape[1]), dtype=np.float64)
+    np.add.at(cen, inv, emb)
+    cen /= np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-12)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    unused = np.ones(len(uniq), dtype=bool)
+    order = list(range(len(uniq)))
+    rng.shuffle(order)
+    out = []
+    for g in order:
+        if not unused[g]:
+            continue
+        unused[g] = False
+        sims = cen @ cen[g]
+        sims[~unused] = -np.inf
+        k = min(batch_groups - 1, int(unused.sum()))
+        near = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
+        unused[near] = False
+        out.append(np.concatenate([members[g], *[members[j] for j in near]]))
+    return out
+
+
+def supcon_loss(v, labels, temperature: float):  # noqa: ANN001, ANN201
+    """Supervised contrastive loss (Khosla et al. 2020) over one batch of normalised embeddings; anchors without
+    a positive in the batch add nothing. None when no anchor has one."""
+    import torch
+
+    n = v.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=v.device)
+    sim = (v @ v.T / temperature).masked_fill(eye, -1e9)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    has = pos.sum(1) > 0
+    if not bool(has.any()):
+        return None
+    logp = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    per = -(logp * pos).sum(1) / pos.sum(1).clamp(min=1)
+    return per[has].mean()
+
+
+def train_siamese_encoder(texts: Sequence[str], groups: np.ndarray, tokenizer_json: Path, cfg: PairTrainConfig,
+                          bert_dir: Path | None = None, tiny_config: dict | None = None,
+                          log: Callable[[str], None] | None = None,
+                          valid: tuple[Sequence[str], Sequence[str], np.ndarray] | None = None):
+    """Fine-tune the bi-encoder on offers ``texts`` with match-group ids ``groups`` (supervised contrastive loss,
+    temperature ``cfg.temperature``, ``cfg.batch_groups`` nearest groups per batch). ``valid``: ``(a, b, y)``
+    pairs whose average precision (of the cosine) after each epoch picks the returned model; ``cfg.patience``
+    stops training after that many epochs without a gain. Returns ``(module, info)``, the module in eval mode on
+    the CPU. Deterministic for a seed and thread count on the CPU (``cfg.threads``; None: every core)."""
+    with torch_threads(cfg.threads):
+        return _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, log, valid)
+
+
+def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, log, valid):  # noqa: ANN001, ANN202
+    import torch
+
+    from ..decision import average_precision
+
+    device = resolve_device(cfg.device)
+    model = SiameseEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed).to(device)
+    n_frozen = min(max(0, cfg.freeze_layers), len(model.bert.encoder.layer))
+    for mod in [model.bert.embeddings, *model.bert.encoder.layer[:n_frozen]] if n_frozen > 0 else []:
+        for p in mod.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tok = _tokenizer(tokenizer_json, cfg.max_len)
+    texts = list(texts)
+    groups = np.asarray(groups)
+    labels = np.unique(groups, return_inverse=True)[1]
+    rng = random.Random(cfg.seed)
+    t0 = time.perf_counter()
+    va_y = np.zeros(0) if valid is None else np.asarray(valid[2], dtype=np.float64)
+    va_texts = list(dict.fromkeys([*valid[0], *valid[1]])) if valid is not None else []
+    va_pos = {t: i for i, t in enumerate(va_texts)}
+
+    def valid_ap() -> float:
+        e = embed_texts(model, tok, va_texts, device)
+        ia = np.array([va_pos[t] for t in valid[0]], dtype=np.int64)
+        ib = np.array([va_pos[t] for t in valid[1]], dtype=np.int64)
+        return average_precision(np.einsum("ij,ij->i", e[ia], e[ib]).astype(np.float64), va_y)
+
+    losses, aps, best, best_state, step, stopped = [], [], -1.0, None, 0, False
+    for epoch in range(cfg.epochs):
+        batches = hard_batches(embed_texts(model, tok, texts, device), labels, cfg.batch_groups, rng)
+        model.train()
+        run, counted = 0.0, 0
+        for idx in batches:
+            loss = supcon_loss(_encode(model, tok, [texts[i] for i in idx], device),
+                               torch.from_numpy(labels[idx]).to(device), cfg.temperature)
+            if loss is None:
+                continue
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            run += float(loss.detach())
+            counted += 1
+            if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+                stopped = True
+                break
+        losses.append(run / max(1, counted))
+        msg = f"pair model (siamese): epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}"
+        if valid is not None:
+            aps.append(valid_ap())
+            if aps[-1] > best:
+                best = aps[-1]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            msg += f", validation AP {aps[-1]:.4f} (best: epoch {int(np.argmax(aps)) + 1})"
+        if log:
+            log(f"{msg} ({step} steps, {time.perf_counter() - t0:.0f}s)")
+        if stopped:
+            break
+        if valid is not None and cfg.patience is not None and len(aps) - 1 - int(np.argmax(aps)) >= cfg.patience:
+            if log and epoch + 1 < cfg.epochs:
+                log(f"pair model (siamese): no validation gain for {cfg.patience} epoch(s); stopping after epoch "
+                    f"{epoch + 1}")
+            break
+    if best_state is not None and int(np.argmax(aps)) != len(aps) - 1:
+        model.load_state_dict(best_state)
+    model.eval()
+    model.to("cpu")
+    info = {"steps": step, "loss_history": losses, "seconds": round(time.perf_counter() - t0, 1),
+            "stopped_early": stopped, "offers": len(texts), "groups": int(len(np.unique(labels))),
+            "device": device, "epochs_run": len(losses),
+            "threads": torch.get_num_threads()}
+    if valid is not None:
+        info.update(valid_ap_history=[round(v, 6) for v in aps], best_epoch=int(np.argmax(aps)) + 1 if aps else None)
+    return model, info
+
+
+def torch_embeddings(model, tokenizer_json: Path, max_len: int, texts: Sequence[str]) -> np.ndarray:  # noqa: ANN001
+    """The torch module's embeddings (what the ONNX graph is checked against)."""
+    return embed_texts(model, _tokenizer(tokenizer_json, max_len), texts)
+
+
+def export_siamese_encoder(model, out_dir: Path, tokenizer_json: Path, max_len: int,  # noqa: ANN001
+                           check_texts: Sequence[str]) -> float:
+    """Write ``pair_model.onnx`` (output ``embedding``) + ``pair_tokenizer.json`` into ``out_dir``; check
+    onnxruntime against torch on ``check_texts`` (unpadded, as the scorer runs them) and return the max
+    |difference| of the embeddings (error if above 1e-4)."""
+    import onnxruntime as ort
+    import torch
+
+    from ..build.common import export_onnx
+
+    tok = _tokenizer(tokenizer_json, max_len)
+    encs = tok.encode_batch(["COL title VAL a b c", "COL title VAL x y z w v"])
+    ids = torch.tensor([e.ids for e in encs])
+    mask = torch.tensor([e.attention_mask for e in encs])
+    path = out_dir / "pair_model.onnx"
+    export_onnx(model, (ids, mask, torch.zeros_like(ids)), path, ["input_ids", "attention_mask", "token_type_ids"],
+                ["embedding"], {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                "token_type_ids": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}})
+    shutil.copyfile(tokenizer_json, out_dir / "pair_tokenizer.json")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = torch_embeddings(model, tokenizer_json, max_len, check_texts)
+    got = []
+    for e in tok.encode_batch(list(check_texts)):
+        n = sum(e.attention_mask)
+        ids = np.asarray([e.ids[:n]], dtype=np.int64)
+        got.append(sess.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                            "token_type_ids": np.zeros_like(ids)})[0][0])
+    diff = float(np.max(np.abs(np.asarray(got) - want))) if len(want) else 0.0
+    if diff > ONNX_TOLERANCE:
+        raise RuntimeError(f"siamese pair model ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
+    return diff
+
+
+def match_groups(n_offers: int, pos_a: np.ndarray, pos_b: np.ndarray) -> np.ndarray:
+    """Group id per offer index ``0..n_offers-1``: offers joined by the given match pairs share one."""
+    from ..clusters import DisjointSet
+
+    ds = DisjointSet()
+    for i in range(n_offers):
+        ds.find(i)
+    for a, b in zip(pos_a.tolist(), pos_b.tolist(), strict=True):
+        ds.union(a, b)
+    roots = [ds.find(i) for i in range(n_offers)]
+    return np.unique(np.asarray(roots), return_inverse=True)[1]
+
+
+__all__ = ["SiameseEncoder", "export_siamese_encoder", "hard_batches", "match_groups", "minilm_dir", "supcon_loss",
+           "train_siamese_encoder"]
