@@ -19,7 +19,8 @@ A bundle's pair scorer is of one of two kinds (``pair_model.kind`` in the manife
 * ``"siamese"`` (:class:`SiameseScorer`): a MiniLM encoder fine-tuned with a supervised contrastive loss on the
   labelled match groups (R-SupCon, Peeters et al. 2022). ``pair_model.onnx`` embeds ONE serialised offer; the
   pair's logit is the cosine of the two embeddings divided by the training temperature. One pass per distinct
-  offer among the re-scored pairs, not per pair.
+  offer among the re-scored pairs, not per pair — but each offer gets the whole ``max_len``, so per pair it
+  costs about 1.5x the cross-encoder (benchmarks/README.md, "A siamese pair scorer").
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ labelled match are groups of one: negatives for everybody, never anchors.
 
 At match time the model embeds one offer (``pair_model.onnx``: input ids → L2-normalised mean-pooled state) and
 :class:`~pmatch_duckdb.pair_scorer.SiameseScorer` turns two embeddings into a logit (cosine / temperature): one
-pass per distinct offer instead of one per pair. The validation pairs pick the epoch, as for the cross-encoder.
+pass per distinct offer instead of one per pair (each with the whole ``max_len``). The validation pairs pick the epoch, as for the cross-encoder.
 """
 
 from __future__ import annotations
