@@ -461,3 +461,15 @@ def test_pair_training_uses_every_core_and_puts_torchs_threads_back():
         assert info["threads"] == cpu_count() and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_whole_groups_sample_keeps_groups_whole_and_under_the_cap():
+    from pmatch_duckdb.training.pair_model import whole_groups_sample
+
+    groups = np.repeat(np.arange(50), np.tile([1, 2, 3, 4, 5], 10))  # 150 items in 50 groups
+    for seed in range(3):
+        keep = whole_groups_sample(groups, 40, seed)
+        assert 30 <= keep.sum() <= 40
+        for g in np.unique(groups):
+            assert keep[groups == g].all() or not keep[groups == g].any()
+    assert whole_groups_sample(np.zeros(10), 3, 0).all()  # one group over the cap: that group, not nothing

@@ -588,11 +588,11 @@ def _fit_siamese(rows, fit_set: PairSet, valid: tuple, out_dir: Path, cfg: PairT
     n = len(fit_set)
     pos = fit_set.y > 0
     groups = match_groups(len(offers), inv[:n][pos], inv[n:][pos])
-    if max_offers is not None and len(offers) > max_offers:
-        uniq, g_inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
-        order = np.random.default_rng(cfg.seed).permutation(len(uniq))
-        kept = order[np.cumsum(counts[order]) <= max_offers]
-        keep = np.isin(g_inv, kept if len(kept) else order[:1])
+    if max_offers is None or max_offers > SIAMESE_MAX_OFFERS:
+        # the nearest-group batching compares every group with every other each epoch (quadratic)
+        max_offers = SIAMESE_MAX_OFFERS
+    if len(offers) > max_offers:
+        keep = whole_groups_sample(groups, max_offers, cfg.seed)
         log(f"pair model (siamese): training on a sample of {int(keep.sum()):,} of {len(offers):,} offers (whole "
             "match groups; pair_options.max_train_pairs)")
         offers, groups = offers[keep], groups[keep]
@@ -672,6 +672,10 @@ PAIR_RECIPES: dict[str, dict] = {
 #: machine: the scorer alone reached validation AP 0.768 after 12 epochs (still rising), stacked 0.818 against
 #: stage 1's 0.775, test F1 0.671 / 0.622 -> 0.711 / 0.683 (benchmarks/README.md, "A siamese pair scorer").
 #: The gpu entry is not measured on a GPU.
+#: the siamese kind fine-tunes on at most this many offers whatever ``max_train_pairs`` says (None included): its
+#: batches pair every match group with its nearest groups, a comparison of all groups with all each epoch
+SIAMESE_MAX_OFFERS = 20_000
+
 SIAMESE_RECIPES: dict[str, dict] = {
     "cpu": {"freeze_layers": 0, "epochs": 12, "lr": 1e-4, "patience": 3, "augment": False, "neg_ratio": None},
     "gpu": {"freeze_layers": 0, "epochs": 40, "lr": 1e-4, "patience": 5, "augment": False, "neg_ratio": None,
@@ -694,18 +698,21 @@ def resolve_recipe(recipe: str, device: str = "auto") -> str:
     return name
 
 
+def whole_groups_sample(groups: np.ndarray, max_n: int, seed: int) -> np.ndarray:
+    """Mask of at most ``max_n`` items, whole groups in a seeded random order (one group larger than ``max_n``:
+    that group rather than nothing)."""
+    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    kept = order[np.cumsum(counts[order]) <= max_n]
+    return np.isin(inv, kept if len(kept) else order[:1])
+
+
 def cap_pairs(ps: PairSet, max_pairs: int | None, comp: np.ndarray, seed: int) -> PairSet:
     """At most ``max_pairs`` of ``ps`` (all when None or fewer): whole label components of the sources, in a
     seeded random order, so a source keeps all its candidates and the stacked model's folds stay whole."""
     if max_pairs is None or len(ps) <= max_pairs:
         return ps
-    groups = comp[ps.src]
-    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(uniq))
-    kept = order[np.cumsum(counts[order]) <= max_pairs]
-    if not len(kept):  # one component larger than the cap: keep it rather than nothing
-        kept = order[:1]
-    return ps.take(np.isin(inv, kept))
+    return ps.take(whole_groups_sample(comp[ps.src], max_pairs, seed))
 
 
 #: the pair stage is skipped when fewer than this share of the labelled training pairs have text on both sides
