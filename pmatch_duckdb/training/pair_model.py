@@ -275,6 +275,55 @@ def subsample_negatives(y: np.ndarray, ratio: float | None, seed: int) -> np.nda
     return np.sort(np.r_[pos, keep])
 
 
+class EpochKeeper:
+    """The epoch loop's bookkeeping shared by both pair trainers: per-epoch loss and validation AP, a copy of the
+    best epoch's weights, the progress line, and the patience rule (stop after ``patience`` epochs in a row
+    without a higher validation AP)."""
+
+    def __init__(self, model, cfg: PairTrainConfig, name: str, log: Callable[[str], None] | None,  # noqa: ANN001
+                 validated: bool) -> None:
+        self.model, self.cfg, self.name, self.log, self.validated = model, cfg, name, log, validated
+        self.losses: list[float] = []
+        self.aps: list[float] = []
+        self.best_state: dict | None = None
+        self.t0 = time.perf_counter()
+
+    def end_epoch(self, epoch: int, loss: float, ap: float | None, step: int, stopped: bool) -> bool:
+        """Record epoch ``epoch`` (0-based) and log it; True when training should stop now."""
+        self.losses.append(loss)
+        msg = f"{self.name}: epoch {epoch + 1}/{self.cfg.epochs} loss {loss:.4f}"
+        if ap is not None:
+            if not self.aps or ap > max(self.aps):  # the best epoch's weights (a copy on the training device)
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.aps.append(ap)
+            msg += f", validation AP {ap:.4f} (best: epoch {int(np.argmax(self.aps)) + 1})"
+        if self.log:
+            self.log(f"{msg} ({step} steps, {time.perf_counter() - self.t0:.0f}s)")
+        if stopped:
+            return True
+        patience = self.cfg.patience
+        if ap is not None and patience is not None and len(self.aps) - 1 - int(np.argmax(self.aps)) >= patience:
+            if self.log and epoch + 1 < self.cfg.epochs:
+                self.log(f"{self.name}: no validation gain for {patience} epoch(s); stopping after epoch {epoch + 1}")
+            return True
+        return False
+
+    def finish(self, device: str) -> dict:
+        """Put the best epoch's weights back, leave the model in eval mode on the CPU; the shared part of ``info``."""
+        import torch
+
+        if self.best_state is not None and int(np.argmax(self.aps)) != len(self.aps) - 1:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        self.model.to("cpu")
+        info = {"loss_history": self.losses, "seconds": round(time.perf_counter() - self.t0, 1), "device": device,
+                "epochs_run": len(self.losses), "threads": torch.get_num_threads()}
+        if self.validated:
+            info.update(valid_ap_history=[round(v, 6) for v in self.aps],
+                        best_epoch=int(np.argmax(self.aps)) + 1 if self.aps else None)
+        return info
+
+
 def train_cross_encoder(a: Sequence[str], b: Sequence[str], y: np.ndarray, tokenizer_json: Path,
                         cfg: PairTrainConfig, bert_dir: Path | None = None, tiny_config: dict | None = None,
                         log: Callable[[str], None] | None = None,
@@ -315,7 +364,8 @@ def _train_cross_encoder(a, b, y, tokenizer_json, cfg, bert_dir, tiny_config, lo
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     rng = random.Random(cfg.seed)
     nrng = np.random.default_rng(cfg.seed)
-    t0 = time.perf_counter()
+    keeper = EpochKeeper(model, cfg, "pair model", log, valid is not None)
+    t0 = keeper.t0
     # precomputed frozen layers: the frozen part runs once per pair (training and validation pairs)
     pre = cfg.precompute and n_frozen > 0 and not cfg.augment
     states: list = []
@@ -339,7 +389,7 @@ def _train_cross_encoder(a, b, y, tokenizer_json, cfg, bert_dir, tiny_config, lo
                                                                                 [valid[1][i] for i in idx]))
                 yield model(ids, mask, types)
 
-    step, losses, stopped, aps, best, best_state = 0, [], False, [], -1.0, None
+    step, stopped = 0, False
     model.train()
     for epoch in range(cfg.epochs):
         order = nrng.permutation(n)
@@ -368,33 +418,15 @@ def _train_cross_encoder(a, b, y, tokenizer_json, cfg, bert_dir, tiny_config, lo
             if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
                 stopped = True
                 break
-        losses.append(run / max(1, (min(n, s + cfg.batch_size) + cfg.batch_size - 1) // cfg.batch_size))
-        msg = f"pair model: epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}"
+        ap = None
         if valid is not None:
-            aps.append(_valid_ap(model, valid_batches, va_y))
+            ap = _valid_ap(model, valid_batches, va_y)
             model.train()
-            if aps[-1] > best:  # the best epoch's weights are kept (a copy on the training device)
-                best = aps[-1]
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            msg += f", validation AP {aps[-1]:.4f} (best: epoch {int(np.argmax(aps)) + 1})"
-        if log:
-            log(f"{msg} ({step} steps, {time.perf_counter() - t0:.0f}s)")
-        if stopped:
+        if keeper.end_epoch(epoch, run / max(1, (min(n, s + cfg.batch_size) + cfg.batch_size - 1) // cfg.batch_size),
+                            ap, step, stopped):
             break
-        if valid is not None and cfg.patience is not None and len(aps) - 1 - int(np.argmax(aps)) >= cfg.patience:
-            if log and epoch + 1 < cfg.epochs:
-                log(f"pair model: no validation gain for {cfg.patience} epoch(s); stopping after epoch {epoch + 1}")
-            break
-    if best_state is not None and int(np.argmax(aps)) != len(aps) - 1:
-        model.load_state_dict(best_state)
-    model.eval()
-    model.to("cpu")
-    info = {"steps": step, "loss_history": losses, "seconds": round(time.perf_counter() - t0, 1),
-            "stopped_early": stopped, "pairs": int(n), "positives": int(np.sum(yt)),
-            "precomputed_frozen_layers": bool(pre), "device": device, "epochs_run": len(losses),
-            "threads": torch.get_num_threads()}
-    if valid is not None:
-        info.update(valid_ap_history=[round(v, 6) for v in aps], best_epoch=int(np.argmax(aps)) + 1 if aps else None)
+    info = {"steps": step, "stopped_early": stopped, "pairs": int(n), "positives": int(np.sum(yt)),
+            "precomputed_frozen_layers": bool(pre), **keeper.finish(device)}
     return model, info
 
 

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .pair_model import ONNX_TOLERANCE, PairTrainConfig, minilm_dir, resolve_device, torch_threads
+from .pair_model import (
+    ONNX_TOLERANCE,
+    EpochKeeper,
+    PairTrainConfig,
+    minilm_dir,
+    resolve_device,
+    torch_threads,
+)
 
 
 class SiameseEncoder:  # built lazily as a torch.nn.Module subclass (torch is optional)
@@ -153,7 +160,8 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
     groups = np.asarray(groups)
     labels = np.unique(groups, return_inverse=True)[1]
     rng = random.Random(cfg.seed)
-    t0 = time.perf_counter()
+    keeper = EpochKeeper(model, cfg, "pair model (siamese)", log, valid is not None)
+    t0 = keeper.t0
     va_y = np.zeros(0) if valid is None else np.asarray(valid[2], dtype=np.float64)
     va_texts = list(dict.fromkeys([*valid[0], *valid[1]])) if valid is not None else []
     va_pos = {t: i for i, t in enumerate(va_texts)}
@@ -164,7 +172,7 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
         ib = np.array([va_pos[t] for t in valid[1]], dtype=np.int64)
         return average_precision(np.einsum("ij,ij->i", e[ia], e[ib]).astype(np.float64), va_y)
 
-    losses, aps, best, best_state, step, stopped = [], [], -1.0, None, 0, False
+    step, stopped = 0, False
     for epoch in range(cfg.epochs):
         batches = hard_batches(embed_texts(model, tok, texts, device), labels, cfg.batch_groups, rng)
         model.train()
@@ -184,33 +192,10 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
             if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
                 stopped = True
                 break
-        losses.append(run / max(1, counted))
-        msg = f"pair model (siamese): epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}"
-        if valid is not None:
-            aps.append(valid_ap())
-            if aps[-1] > best:
-                best = aps[-1]
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            msg += f", validation AP {aps[-1]:.4f} (best: epoch {int(np.argmax(aps)) + 1})"
-        if log:
-            log(f"{msg} ({step} steps, {time.perf_counter() - t0:.0f}s)")
-        if stopped:
+        if keeper.end_epoch(epoch, run / max(1, counted), valid_ap() if valid is not None else None, step, stopped):
             break
-        if valid is not None and cfg.patience is not None and len(aps) - 1 - int(np.argmax(aps)) >= cfg.patience:
-            if log and epoch + 1 < cfg.epochs:
-                log(f"pair model (siamese): no validation gain for {cfg.patience} epoch(s); stopping after epoch "
-                    f"{epoch + 1}")
-            break
-    if best_state is not None and int(np.argmax(aps)) != len(aps) - 1:
-        model.load_state_dict(best_state)
-    model.eval()
-    model.to("cpu")
-    info = {"steps": step, "loss_history": losses, "seconds": round(time.perf_counter() - t0, 1),
-            "stopped_early": stopped, "offers": len(texts), "groups": int(len(np.unique(labels))),
-            "device": device, "epochs_run": len(losses),
-            "threads": torch.get_num_threads()}
-    if valid is not None:
-        info.update(valid_ap_history=[round(v, 6) for v in aps], best_epoch=int(np.argmax(aps)) + 1 if aps else None)
+    info = {"steps": step, "stopped_early": stopped, "offers": len(texts), "groups": int(len(np.unique(labels))),
+            **keeper.finish(device)}
     return model, info
 
 
