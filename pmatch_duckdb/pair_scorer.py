@@ -164,11 +164,11 @@ class PairTokenizer:
         return ids, mask, types
 
 
-class PairScorer:
-    """The cross-encoder of a matcher bundle, run with onnxruntime: logit that two offers match."""
+class _BundleScorer:
+    """What both pair-scorer kinds read from the bundle's ``pair_model`` entry, and their onnxruntime session."""
 
-    def __init__(self, onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
-                 summarizer: Summarizer | None = None, threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(self, onnx_path: Path, sha256: str, config: dict, summarizer: Summarizer | None,
+                 threads: int | None, batch_size: int) -> None:
         from .encoders.sessions import get_session, intra_op_threads
 
         self.config = config
@@ -176,9 +176,17 @@ class PairScorer:
         self.summarizer = summarizer
         self.max_len = int(config["max_len"])
         self.top_m = int(config.get("top_m", DEFAULT_TOP_M))
-        self.tokenize = PairTokenizer(tokenizer_json, self.max_len)
         self.session = get_session(onnx_path, sha256, threads or intra_op_threads())
         self.batch_size = batch_size
+
+
+class PairScorer(_BundleScorer):
+    """The cross-encoder of a matcher bundle, run with onnxruntime: logit that two offers match."""
+
+    def __init__(self, onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
+                 summarizer: Summarizer | None = None, threads: int | None = None, batch_size: int = 32) -> None:
+        super().__init__(onnx_path, sha256, config, summarizer, threads, batch_size)
+        self.tokenize = PairTokenizer(tokenizer_json, self.max_len)
 
     def logits(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """float32[n] logits for the text pairs (batched; sorted by length to keep padding small)."""
@@ -203,7 +211,7 @@ class PairScorer:
         return self.logits([ta[i] for i in inv_s], [tb[j] for j in inv_t])
 
 
-class SiameseScorer:
+class SiameseScorer(_BundleScorer):
     """The fine-tuned bi-encoder of a matcher bundle (``pair_model.kind == "siamese"``), run with onnxruntime:
     ``logit = cos(embed(a), embed(b)) / temperature``. Same interface as :class:`PairScorer`."""
 
@@ -211,20 +219,12 @@ class SiameseScorer:
                  summarizer: Summarizer | None = None, threads: int | None = None, batch_size: int = 64) -> None:
         from tokenizers import Tokenizer
 
-        from .encoders.sessions import get_session, intra_op_threads
-
-        self.config = config
-        self.opts = SerializeOptions.from_dict(config.get("serialize", {}))
-        self.summarizer = summarizer
-        self.max_len = int(config["max_len"])
-        self.top_m = int(config.get("top_m", DEFAULT_TOP_M))
+        super().__init__(onnx_path, sha256, config, summarizer, threads, batch_size)
         self.temperature = float(config["temperature"])
         tok = Tokenizer.from_file(str(tokenizer_json))
         tok.no_padding()
         tok.enable_truncation(self.max_len)
         self.tok = tok
-        self.session = get_session(onnx_path, sha256, threads or intra_op_threads())
-        self.batch_size = batch_size
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32[n, d] L2-normalised embeddings of serialised offers (batched, in length order)."""
