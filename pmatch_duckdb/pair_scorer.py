@@ -19,15 +19,19 @@ A bundle's pair scorer is of one of two kinds (``pair_model.kind`` in the manife
 * ``"siamese"`` (:class:`SiameseScorer`): a MiniLM encoder fine-tuned with a supervised contrastive loss on the
   labelled match groups (R-SupCon, Peeters et al. 2022). ``pair_model.onnx`` embeds ONE serialised offer; the
   pair's logit is the cosine of the two embeddings divided by the training temperature. One pass per distinct
-  offer among the re-scored pairs, not per pair — but each offer gets the whole ``max_len``, so per pair it
-  costs about 1.5x the cross-encoder (benchmarks/README.md, "A siamese pair scorer").
+  offer among the re-scored pairs, not per pair, and a loaded scorer keeps the last :data:`SIAMESE_CACHE_SIZE`
+  offers' embeddings for its next calls. Each offer gets the whole ``max_len``, so on a set of pairs with few
+  shared offers it costs about 1.5x the cross-encoder per pair; in ``match_products``, where a source's ``m``
+  candidates share the source and candidates recur across sources, it costs less, and ever less than the
+  cross-encoder as ``m`` grows (benchmarks/README.md, "A siamese pair scorer").
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,8 @@ import numpy as np
 from .runs import rank_in_runs
 
 DEFAULT_TOP_M = 3
+#: offers whose siamese embedding a loaded scorer keeps between calls (384 floats + the text each: ~40 MB)
+SIAMESE_CACHE_SIZE = 20_000
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(?![\w.])")
 _WORD = re.compile(r"[a-z0-9][a-z0-9\-./]*")
 _STOP = frozenset(["a", "an", "and", "the", "of", "for", "with", "to", "in", "on", "by", "is", "are", "this", "that", "from", "your", "you", "it", "its", "or", "as", "at", "be"])
@@ -216,7 +222,8 @@ class SiameseScorer(_BundleScorer):
     ``logit = cos(embed(a), embed(b)) / temperature``. Same interface as :class:`PairScorer`."""
 
     def __init__(self, onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
-                 summarizer: Summarizer | None = None, threads: int | None = None, batch_size: int = 64) -> None:
+                 summarizer: Summarizer | None = None, threads: int | None = None, batch_size: int = 64,
+                 cache_size: int = SIAMESE_CACHE_SIZE) -> None:
         from tokenizers import Tokenizer
 
         super().__init__(onnx_path, sha256, config, summarizer, threads, batch_size)
@@ -225,10 +232,45 @@ class SiameseScorer(_BundleScorer):
         tok.no_padding()
         tok.enable_truncation(self.max_len)
         self.tok = tok
+        # An offer's embedding depends on its serialised text only, so it is kept for the next call: the same
+        # catalog offers are candidates again in each source batch of one match_products and in each later call
+        # (least recently used dropped first; match_products may call from several threads).
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.computed = 0  # offers embedded by the model (not from the cache), for tests and benchmarks
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32[n, d] L2-normalised embeddings of serialised offers (batched, in length order)."""
+        """float32[n, d] L2-normalised embeddings of serialised offers; each distinct text not in the cache goes
+        through the model once (batched, in length order)."""
+        texts = list(texts)
+        with self._lock:
+            hit = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+            for t in hit:
+                self._cache.move_to_end(t)
+        missing = [t for t in dict.fromkeys(texts) if t not in hit]
+        fresh = self._embed_texts(missing)
+        if missing and self.cache_size > 0:
+            with self._lock:
+                for t, v in zip(missing, fresh, strict=True):
+                    self._cache[t] = v.copy()  # a row of its own, not a view keeping the whole batch alive
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        found = {**hit, **dict(zip(missing, fresh, strict=True))}
+        return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
+
+    def clear_cache(self) -> None:
+        """Forget the kept embeddings (benchmarks measure a first call with it)."""
+        with self._lock:
+            self._cache.clear()
+
+    def _embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """The model's embeddings of ``texts`` (no cache)."""
         n = len(texts)
+        with self._lock:
+            self.computed += n
         encs = self.tok.encode_batch(list(texts)) if n else []
         out: np.ndarray | None = None
         order = np.argsort([len(e.ids) for e in encs], kind="stable")

@@ -3,6 +3,7 @@ torch, top-m selection. End to end (training inside train_matcher, bundle): test
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import random
 from pathlib import Path
@@ -424,8 +425,33 @@ def test_siamese_training_separates_siblings_and_onnx_equals_torch(tmp_path: Pat
     assert isinstance(scorer, SiameseScorer)
     scorer.batch_size = 4  # batches of uneven length
     ea, eb = torch_embeddings(model, tok, 16, a), torch_embeddings(model, tok, 16, b)
-    np.testing.assert_allclose(scorer.logits(a, b), np.einsum("ij,ij->i", ea, eb) / 0.1, atol=1e-3)
+    first = scorer.logits(a, b)
+    np.testing.assert_allclose(first, np.einsum("ij,ij->i", ea, eb) / 0.1, atol=1e-3)
     assert scorer.logits([], []).shape == (0,)
+    # each distinct offer goes through the model once; a second call reads the cache
+    assert scorer.computed == len(set(a + b))
+    np.testing.assert_array_equal(scorer.logits(a, b), first)
+    assert scorer.computed == len(set(a + b))
+    # a bounded cache (least recently used dropped), read from several threads at once, gives the model's
+    # embeddings: the same as no cache at all
+    onnx = (tmp_path / "pair_model.onnx", sha256_file(tmp_path / "pair_model.onnx"), tmp_path / "pair_tokenizer.json")
+    plain = SiameseScorer(*onnx, cfg_json, cache_size=0)
+    small = SiameseScorer(*onnx, cfg_json, cache_size=3)
+    want = plain.embed(texts)
+    assert plain.computed == len(texts) and not plain._cache
+    lists = [[texts[(i * 5 + j) % len(texts)] for j in range(7)] for i in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(small.embed, lists))
+    for ts, g in zip(lists, got, strict=True):
+        np.testing.assert_allclose(g, want[[texts.index(t) for t in ts]], atol=1e-6)
+    assert len(small._cache) <= 3
+    lru = SiameseScorer(*onnx, cfg_json, cache_size=3)
+    for t in texts[:4]:
+        lru.embed([t])
+    lru.embed(texts[1:4])  # the three most recent are kept
+    assert lru.computed == 4
+    lru.embed(texts[:1])  # the oldest was dropped
+    assert lru.computed == 5
     with pytest.raises(ValueError, match="kind 'triple'"):
         load_pair_scorer(tmp_path / "pair_model.onnx", sha256_file(tmp_path / "pair_model.onnx"),
                          tmp_path / "pair_tokenizer.json", {**cfg_json, "kind": "triple"})
