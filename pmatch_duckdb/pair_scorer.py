@@ -23,7 +23,8 @@ A bundle's pair scorer is of one of two kinds (``pair_model.kind`` in the manife
   offers' embeddings for its next calls. Each offer gets the whole ``max_len``, so on a set of pairs with few
   shared offers it costs about 1.5x the cross-encoder per pair; in ``match_products``, where a source's ``m``
   candidates share the source and candidates recur across sources, it costs less, and ever less than the
-  cross-encoder as ``m`` grows (benchmarks/README.md, "A siamese pair scorer").
+  cross-encoder as ``m`` grows (benchmarks/README.md, "A siamese pair scorer" and "The siamese scorer, second
+  pass").
 """
 
 from __future__ import annotations
