@@ -82,7 +82,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -424,6 +424,7 @@ class Ctx:
     pair_recipe: str = "auto"  # PairOptions.from_recipe: auto (gpu where torch sees one), cpu, gpu
     pair_hard_negatives: int | None = None  # PairOptions.hard_negatives (None: its auto rule)
     dump_scores: Path | None = None  # pair parts: each variant's scores per split (for bench_pair_gpu.py stack)
+    pair_top_m_extra: list[int] = dataclasses.field(default_factory=list)  # full tables: rows at these m too
 
 
 def open_db(ctx: Ctx, part: str, matcher: str, image_roots: list[Path] | None = None) -> duckdb.DuckDBPyConnection:
@@ -764,7 +765,8 @@ def part_full(ctx: Ctx, part: str) -> list[Row]:
                     dump_ranked(ctx.dump_scores / part / _slug(label) / "test_candidates.tsv", ranked, truth, te_rows,
                                 tgt_rows)
                 if label == MAIN and matcher.pair is not None:
-                    rows += pair_cost(con, part, src_te, tgt, matcher, te_rows, tgt_rows, truth, train_s)
+                    rows += pair_cost(con, part, src_te, tgt, matcher, te_rows, tgt_rows, truth, train_s,
+                                      ctx.pair_top_m_extra)
                 if label == MAIN:
                     sql_ranked, secs = sql_match(con, src_te, tgt)
                     diff = sum(sql_ranked.get(s, [("",)])[0][0] != lst[0][0] for s, lst in ranked.items())
@@ -813,15 +815,17 @@ def _log_retrieval(part: str, label: str, m: dict) -> None:
 
 def pair_cost(con: duckdb.DuckDBPyConnection, part: str, src: str, tgt: str, matcher: Matcher,
               src_rows: OfferVectors, tgt_rows: OfferVectors, truth: dict[str, set[str]],
-              train_s: float | None) -> list[Row]:
+              train_s: float | None, extra_m: Sequence[int] = ()) -> list[Row]:
     """The pair scorer's cost: items/s of the cross-encoder alone, and match_products wall time with the
-    scorer off (``pair_top_m=0``) and on, measured side by side (off, on, off; the first run warms caches)."""
+    scorer off (``pair_top_m=0``) and on, measured side by side (off, on, off; the first run warms caches);
+    then the quality of the same matcher at each ``extra_m`` (``--pair-top-m-extra``)."""
     settings = context_of(con).settings
     times: dict[str, list[float]] = {"off": [], "on": []}
     out: list[Row] = []
     try:
         for mode in ("off", "on", "off", "on"):
             pm.install(con, dataclasses.replace(settings, pair_top_m=0 if mode == "off" else None))
+            _cold(matcher)
             ranked, secs = sql_match(con, src, tgt)
             times[mode].append(secs)
             if mode == "off" and len(times["off"]) == 1:
@@ -829,6 +833,13 @@ def pair_cost(con: duckdb.DuckDBPyConnection, part: str, src: str, tgt: str, mat
                 out.append(retrieval_row(part, "trained fusion, pair scorer off at match time (m=0)", m, train_s,
                                          reference="match_products (SQL)"))
                 _log_retrieval(part, out[-1].method, m)
+        for top_m in extra_m:  # the same matcher re-reading another number of candidates per source
+            pm.install(con, dataclasses.replace(settings, pair_top_m=top_m))
+            ranked, secs = sql_match(con, src, tgt)
+            m = retrieval_metrics(ranked, truth)
+            out.append(retrieval_row(part, f"trained fusion, pair scorer at m={top_m} (same matcher)", m, train_s,
+                                     reference=f"match_products (SQL) {secs:.1f}s"))
+            _log_retrieval(part, out[-1].method, m)
     finally:
         pm.install(con, settings)
     off, on = min(times["off"][1:] or times["off"]), min(times["on"])
@@ -836,6 +847,7 @@ def pair_cost(con: duckdb.DuckDBPyConnection, part: str, src: str, tgt: str, mat
     sv = with_fused(src_rows, FusionConfig(), matcher)
     view = TargetView.from_vectors(with_fused(tgt_rows, FusionConfig(), matcher), FusionConfig(), matcher)
     cand = match(sv, view, 3, pair_top_m=0)
+    _cold(matcher)
     with Timer() as t:
         matcher.pair.pair_logits(sv, view.rows, cand.source, cand.target)
     rate = len(cand.source) / max(t.wall, 1e-9)
@@ -847,6 +859,14 @@ def pair_cost(con: duckdb.DuckDBPyConnection, part: str, src: str, tgt: str, mat
         r.reference += f"; match_products {on:.0f}s with / {off:.0f}s without pair scorer (x{on / off:.2f}); " \
                        f"scorer {rate:.0f} pairs/s"
     return out
+
+
+def _cold(matcher: Matcher) -> None:
+    """Empty a siamese scorer's embedding cache, so a timed run pays for every offer it re-reads (the Python
+    re-run and earlier SQL runs of this part have filled it; the cross-encoder keeps nothing)."""
+    clear = getattr(matcher.pair, "clear_cache", None)
+    if clear is not None:
+        clear()
 
 
 def sql_match(con: duckdb.DuckDBPyConnection, source: str, target: str) -> tuple[Ranked, float]:
@@ -1098,6 +1118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair-max-seconds", type=float, default=None,
                     help="pair scorer: stop fine-tuning after this many seconds (cost-only runs: the scorer's "
                          "speed does not depend on its weights)")
+    ap.add_argument("--pair-top-m-extra", default="",
+                    help="full-table parts: also match with the trained pair scorer re-reading each of these "
+                         "comma-separated numbers of candidates per source (same matcher; default m is the bundle's)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
@@ -1119,6 +1142,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx.pair_recipe = args.pair_recipe
     ctx.pair_hard_negatives = args.pair_hard_negatives
     ctx.dump_scores = args.dump_scores
+    try:
+        ctx.pair_top_m_extra = [int(x) for x in args.pair_top_m_extra.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--pair-top-m-extra takes comma-separated integers, got {args.pair_top_m_extra!r}")
+    if any(x < 0 for x in ctx.pair_top_m_extra):
+        ap.error("--pair-top-m-extra values must be ≥ 0")
     if ctx.pair.get("patience") == 0:  # 0: every epoch runs
         ctx.pair["patience"] = None
     threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]
