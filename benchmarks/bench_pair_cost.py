@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="pmatch-pair-cost-"))
     try:
         refs = scratch_home(settings.home, args.matcher.split(","), tmp / "home")
-        configs: list[tuple[str, str, str, int]] = []  # label, name, version, m
+        # label, name, version, m, whether to empty the scorer's embedding cache first
+        configs: list[tuple[str, str, str, int, bool]] = []
         for ref, name, version in refs:
             m = load_matcher(name, version, tmp / "home")
             if m.pair is None:
@@ -99,23 +100,22 @@ def main(argv: list[str] | None = None) -> int:
                 if kind == "siamese":
                     # a loaded siamese scorer keeps offers' embeddings between calls: measure the first call on
                     # these tables (cache emptied) and the next one (cache full) apart
-                    configs.append((label + " (first call)", name, version, top_m))
-                    configs.append((label + " (again, cached)", name, version, top_m))
+                    configs.append((label + " (first call)", name, version, top_m, True))
+                    configs.append((label + " (again, cached)", name, version, top_m, False))
                 else:
-                    configs.append((label, name, version, top_m))
+                    configs.append((label, name, version, top_m, False))
         n_src = con.execute(f"SELECT count(*) FROM {args.source}").fetchone()[0]
         print(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} load avg {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
               f"cpus {len(os.sched_getaffinity(0))} duckdb threads {args.threads}; match_products('{args.source}' "
               f"({n_src} offers), '{args.target}', k := 10)")
-        runs = [("off (m=0)", *refs[0][1:], 0), *configs]
-        res: dict[str, list[tuple[float, float, int]]] = {label: [] for label, _, _, _ in runs}
+        runs = [("off (m=0)", *refs[0][1:], 0, False), *configs]
+        res: dict[str, list[tuple[float, float, int]]] = {label: [] for label, *_ in runs}
         for r in range(args.rounds + 1):
-            for label, name, version, top_m in runs:
+            for label, name, version, top_m, cold in runs:
                 activate(name, version, tmp / "home")
                 pm.install(con, dataclasses.replace(settings, home=tmp / "home", matcher=name, pair_top_m=top_m))
-                scorer = load_matcher(name, version, tmp / "home").pair
-                if label.endswith("(first call)") and scorer is not None:
-                    scorer.clear_cache()
+                if cold:
+                    load_matcher(name, version, tmp / "home").pair.clear_cache()
                 out = run(con, args.source, args.target)
                 print(f"  round {r} {label}: {out[0]:.1f} s wall, {out[1]:.1f} s CPU, {out[2]} rows", flush=True)
                 if r:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| scorer | wall s (best of {args.rounds}) | CPU s (best of {args.rounds}) | wall / off | CPU / off | "
           "pairs re-read | pairs per extra CPU-s |\n|---|---|---|---|---|---|---|")
     print(f"| off (m=0) | {off_w:.1f} | {off_c:.1f} | 1.00 | 1.00 | 0 | — |")
-    for label, _, _, top_m in configs:
+    for label, _, _, top_m, _ in configs:
         w, c = best[label]
         pairs = n_src * top_m
         rate = f"{pairs / (c - off_c):.1f}" if c - off_c > 0.05 else "— (no measurable extra CPU)"
