@@ -245,11 +245,12 @@ class SiameseScorer(_BundleScorer):
         """float32[n, d] L2-normalised embeddings of serialised offers; each distinct text not in the cache goes
         through the model once (batched, in length order)."""
         texts = list(texts)
+        distinct = list(dict.fromkeys(texts))
         with self._lock:
-            hit = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+            hit = {t: self._cache[t] for t in distinct if t in self._cache}
             for t in hit:
                 self._cache.move_to_end(t)
-        missing = [t for t in dict.fromkeys(texts) if t not in hit]
+        missing = [t for t in distinct if t not in hit]
         fresh = self._embed_texts(missing)
         if missing and self.cache_size > 0:
             with self._lock:
