@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -139,7 +140,47 @@ def test_pair_scorer_tells_editions_apart_where_stage_one_cannot(editions):
     assert acc["scorer on"] >= 0.9, acc
 
 
-def test_bundle_round_trip_and_a_matcher_without_pair_scorer_loads(editions):
+def _matched(con, thome, name: str, k: int, **settings) -> dict[str, list[tuple]]:
+    """match_products of the test feed under matcher ``name``: source id -> [(target id, rank, score)] by rank."""
+    from pmatch_duckdb.matchers import activate, deactivate
+
+    activate(name, "v1", thome)
+    pm.install(con, home=thome, image_roots=[thome], matcher=name, **settings)
+    try:
+        rows = con.execute(f"SELECT source_id, target_id, rank, score FROM match_products('feed_test', 'catalog', "
+                           f"k := {k}) ORDER BY source_id, rank").fetchall()
+    finally:
+        deactivate(name, thome)
+    out: dict[str, list[tuple]] = {}
+    for s, t, r, sc in rows:
+        out.setdefault(s, []).append((t, r, sc))
+    return out
+
+
+def test_the_pair_scorer_reorders_what_it_reads_and_never_evicts_a_candidate(editions, monkeypatch):
+    """Re-scored pairs carry the stacked model's probability, the others stage 1's: a scorer that scores its
+    top m far down must not let unread candidates 5, 6, ... push them out of the k returned. Stage 1's top k
+    (m <= k) is what comes back, ranked by score; with k < m, the best k of the m it read."""
+    con, thome, _, _, _, _ = editions
+    base = _matched(con, thome, "pairs", 10, pair_top_m=0)  # stage 1 alone: its order and its scores
+    scorer = type(load_matcher("pairs", "v1", thome).pair)  # the class the connection loads
+    monkeypatch.setattr(scorer, "pair_logits", lambda self, src, rows, s, t: np.full(len(s), -30.0))
+    down = _matched(con, thome, "pairs", 4, pair_top_m=2)
+    one = _matched(con, thome, "pairs", 1, pair_top_m=2)
+    assert set(down) == set(base) == set(one) and len(base) == 2 * N_TEST
+    evictable = 0  # sources where ranking all candidates by score would have dropped a re-read one
+    for src, lst in base.items():
+        assert {t for t, _, _ in down[src]} == {t for t, _, _ in lst[:4]}, (src, down[src], lst[:4])
+        assert [r for _, r, _ in down[src]] == [1, 2, 3, 4]
+        assert [sc for _, _, sc in down[src]] == sorted((sc for _, _, sc in down[src]), reverse=True)
+        read = {t: sc for t, _, sc in down[src] if t in {x for x, _, _ in lst[:2]}}
+        assert all(sc < lst[1][2] for sc in read.values()), (src, read, lst[:2])  # the scorer did score them down
+        evictable += max(read.values()) < lst[4][2]
+        assert len(one[src]) == 1 and one[src][0][0] in {t for t, _, _ in lst[:2]}, (src, one[src], lst[:2])
+    assert evictable >= N_TEST, evictable  # the case the rule exists for, not a no-op here
+
+
+def test_bundle_round_trip_and_a_matcher_without_pair_scorer_loads(editions, tmp_path):
     _, thome, with_pair, without, _, _ = editions
     m = load_matcher("pairs", "v1", thome)
     assert m.pair is not None and m.pair_decision is not None and m.pair.top_m == 2
@@ -151,10 +192,12 @@ def test_bundle_round_trip_and_a_matcher_without_pair_scorer_loads(editions):
         "stage1_logit", "pair_model_logit"]
     plain = load_matcher("nopair", "v1", thome)
     assert plain.pair is None and plain.pair_decision is None
-    # tampering with the pair model is caught like any other bundle file
-    (with_pair.path / "pair_model.onnx").write_bytes(b"not a model")
+    # tampering with the pair model is caught like any other bundle file (on a copy: other tests use the matcher)
+    copy = tmp_path / "tampered"
+    shutil.copytree(with_pair.path, copy)
+    (copy / "pair_model.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelIntegrityError, match="pair_model.onnx"):
-        read_bundle(with_pair.path).verify()
+        read_bundle(copy).verify()
 
 
 def test_a_pair_scorer_that_does_not_beat_stage_one_on_held_out_pairs_is_dropped(editions):
