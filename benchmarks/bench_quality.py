@@ -294,21 +294,25 @@ def score_pairs(src_rows: OfferVectors, tgt_rows: OfferVectors, pairs: list[tupl
 
 
 def sql_score_pairs(con: duckdb.DuckDBPyConnection, source: str, target: str, pairs_table: str,
-                    pairs: list[tuple[str, str, int]], matcher: str | None) -> tuple[np.ndarray, np.ndarray]:
+                    pairs: list[tuple[str, str, int]], matcher: str | None,
+                    decisions: dict[str, list[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores and labels of labelled pairs through the public path: ``score_pairs`` in SQL, with the
-    connection re-installed for matcher ``matcher`` (None: zero-shot, every bench matcher deactivated)."""
+    connection re-installed for matcher ``matcher`` (None: zero-shot, every bench matcher deactivated).
+    ``decisions``: where given, its entry ``pairs_table`` gets the ``decision`` column."""
     settings = context_of(con).settings
     pm.install(con, dataclasses.replace(settings, matcher=matcher or "bq-zero-shot"))
     try:
         con.execute(f"CREATE OR REPLACE TEMP VIEW _bq_pairs AS SELECT left_id AS source_id, right_id AS target_id "
                     f"FROM {pairs_table}").fetchall()
-        rows = con.execute(f"SELECT CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR), score "
+        rows = con.execute(f"SELECT CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR), score, decision "
                            f"FROM score_pairs('{source}', '{target}', '_bq_pairs')").fetchall()
     finally:
         pm.install(con, settings)
-    if [(a, b) for a, b, _ in rows] != [(a, b) for a, b, _ in pairs]:
+    if [(a, b) for a, b, _, _ in rows] != [(a, b) for a, b, _ in pairs]:
         raise RuntimeError(f"score_pairs did not return the pairs of {pairs_table} in input order")
-    score = np.array([np.nan if sc is None else sc for _, _, sc in rows], dtype=np.float64)
+    if decisions is not None:
+        decisions[pairs_table] = [d for _, _, _, d in rows]
+    score = np.array([np.nan if sc is None else sc for _, _, sc, _ in rows], dtype=np.float64)
     return np.nan_to_num(score, nan=0.0), np.array([lab for _, _, lab in pairs], dtype=np.float64)
 
 
@@ -344,14 +348,23 @@ def f1_at(scores: np.ndarray, labels: np.ndarray, n_true: int, threshold: float)
 
 
 def labelled_metrics(valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                     accept: float) -> dict[str, float]:
-    """Pair-classification metrics on a labelled test set with thresholds from the valid set."""
+                     accept: float, test_decisions: list[str] | None = None) -> dict[str, float]:
+    """Pair-classification metrics on a labelled test set with thresholds from the valid set. ``f1_accept``: F1
+    of the test pairs decided ``accept`` (``test_decisions``, the public path's column) or, without them, of
+    those scoring ≥ ``accept``."""
     vs, vy = valid
     ts, ty = test
     v_best = summarize(vs, vy, int(vy.sum()))
     t_sum = summarize(ts, ty, int(ty.sum()))
     thr = v_best.get("best_f1_threshold", 0.5)
-    return {"f1_accept": f1_at(ts, ty, int(ty.sum()), accept), "f1_valid": f1_at(ts, ty, int(ty.sum()), thr),
+    if test_decisions is not None:
+        acc = np.array([d == "accept" for d in test_decisions], dtype=bool)
+        tp, n_true = float(ty[acc].sum()), float(ty.sum())
+        p, r = (tp / acc.sum() if acc.sum() else 0.0), (tp / n_true if n_true else 0.0)
+        f1_accept = 2 * p * r / (p + r) if p + r else 0.0
+    else:
+        f1_accept = f1_at(ts, ty, int(ty.sum()), accept)
+    return {"f1_accept": f1_accept, "f1_valid": f1_at(ts, ty, int(ty.sum()), thr),
             "valid_threshold": thr, "accept_threshold": accept, "best_f1": t_sum.get("best_f1", 0.0),
             "r_p99": t_sum["recall_at_precision_0.99"], "valid_best_f1": v_best.get("best_f1", 0.0)}
 
@@ -577,15 +590,19 @@ def _pair_rows(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: list
                splits: dict[str, list[tuple[str, str, int]]], tests: list[tuple[str, str]], label: str,
                matcher: Matcher | None, use_cfg: FusionConfig, accept: float, review: float, train_s: float | None,
                src_rows: OfferVectors, tgt_rows: OfferVectors, reference: str) -> list[Row]:
-    """Score ``valid`` and each test split with one matcher (or fusion); one row per test split."""
+    """Score ``valid`` and each test split with one matcher (or fusion); one row per test split. F1 @accept is
+    that of the pairs ``score_pairs`` decides ``accept`` where it scores them (its decisions follow each re-read
+    pair's model and keep stage 1's accepts, see matching._decide), else of those scoring ≥ ``accept``."""
     rows: list[Row] = []
+    decisions: dict[str, list[str]] = {}  # pairs table -> score_pairs' decision column
+
     def scored(key: str, matcher: Matcher | None = matcher, use_cfg: FusionConfig = use_cfg
                ) -> tuple[np.ndarray, np.ndarray]:
         # the public path (score_pairs in SQL) wherever it applies: trained matchers and the default
         # zero-shot fusion; other fusion weights (ablation) only exist in Python
         if matcher is not None or use_cfg == ZERO_SHOT:
             return sql_score_pairs(con, offers[0], offers[-1], f"{_pt(part)}_{key}", splits[key],
-                                   matcher.bundle.manifest["name"] if matcher is not None else None)
+                                   matcher.bundle.manifest["name"] if matcher is not None else None, decisions)
         return score_pairs(src_rows, tgt_rows, splits[key], use_cfg, matcher)
 
     def dump(key: str, got: tuple[np.ndarray, np.ndarray]) -> None:
@@ -600,13 +617,14 @@ def _pair_rows(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: list
     for test_label, key in tests:
         test = scored(key)
         dump(key, test)
-        m = labelled_metrics(valid, test, accept)
+        dec = decisions.get(f"{_pt(part)}_{key}")
+        m = labelled_metrics(valid, test, accept, dec)
         sub = f"{part}{test_label}"
-        note = "; ".join(x for x in (reference if label == MAIN else "",
-                                      "accept = inf" if np.isinf(accept) else "") if x)
+        no_accept = "accept" not in dec if dec is not None else np.isinf(accept)
+        note = "; ".join(x for x in (reference if label == MAIN else "", "no pair accepted" if no_accept else "") if x)
         rows.append(Row(sub, label, f1_accept=m["f1_accept"], f1_valid=m["f1_valid"], best_f1=m["best_f1"],
                         r_p99=m["r_p99"], train_s=train_s, reference=note, extra=m))
-        log(f"  {sub} | {label}: F1@accept({accept:.3f}) {m['f1_accept']:.3f}, "
+        log(f"  {sub} | {label}: F1@accept({'decisions' if dec is not None else f'{accept:.3f}'}) {m['f1_accept']:.3f}, "
             f"F1@valid-best({m['valid_threshold']:.3f}) {m['f1_valid']:.3f}, best test F1 {m['best_f1']:.3f}, "
             f"R@P.99 {m['r_p99']:.3f}")
         if label == MAIN:

@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             for top_m in [int(x) for x in args.m.split(",") if x.strip()]:
                 pm.install(con, dataclasses.replace(settings, home=tmp / "home", matcher=name, pair_top_m=top_m))
                 ranked, secs = sql_match(con, args.source, args.target)
-                _log_retrieval(ref, f"m={top_m} ({secs:.1f}s)", retrieval_metrics(ranked, truth))
+                met = retrieval_metrics(ranked, truth)
+                _log_retrieval(ref, f"m={top_m} ({secs:.1f}s)", met)
+                # what the review band leaves out: matches decided "reject" (accept or review = sent on)
+                print(f"    accept or review P/R {met['accept_or_review_precision']:.3f}/"
+                      f"{met['accept_or_review_recall']:.3f}", flush=True)
     finally:
         pm.install(con, settings)
         shutil.rmtree(tmp, ignore_errors=True)

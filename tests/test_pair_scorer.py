@@ -298,13 +298,14 @@ def test_pair_stage_mines_no_hard_negatives_from_one_labelled_table(monkeypatch:
 
     def fake_fit(rows, train, hard, valid, **kw):  # noqa: ANN001, ANN003, ANN202
         calls["train"], calls["hard"] = len(train), len(hard)
+        calls["stage1_accepts"] = (kw["stage1_accepts"], valid.raw >= 0.5)
         return {}
 
     monkeypatch.setattr(pm_mod, "candidate_set", fake_candidates)
     monkeypatch.setattr(pm_mod, "fit_pair_stage", fake_fit)
     n = 40
     rows = types.SimpleNamespace(titles=[f"offer {i}" for i in range(2 * n)], descriptions=[None] * (2 * n))
-    decision = types.SimpleNamespace(raw=lambda x: x[:, 0], calibrate=lambda r: r)
+    decision = types.SimpleNamespace(raw=lambda x: x[:, 0], calibrate=lambda r: r, accept_threshold=0.5)
     src, tgt = np.arange(n), np.arange(n) + n
     split = (np.random.default_rng(0).random((n, 1)), np.ones(n), {"src": src, "tgt": tgt})
     logs: list[str] = []
@@ -313,6 +314,8 @@ def test_pair_stage_mines_no_hard_negatives_from_one_labelled_table(monkeypatch:
                        truth_pairs=set(), exclude_self=exclude_self, train_split=split, valid_split=split,
                        target_precision=0.99, max_recall_loss=0.02, log=logs.append)
     assert entry["hard_negatives"] == mined
+    got, want = calls["stage1_accepts"]  # which validation pairs stage 1 alone accepts (the veto's statistics)
+    assert got.tolist() == want.tolist() and 0 < want.sum() < len(want)
     if open_world:
         assert calls.get("top") == (mined + 1 if mined else None)  # nothing mined: no candidate search at all
         assert calls["hard"] == (n if mined else 0)

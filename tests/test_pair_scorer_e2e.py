@@ -180,6 +180,53 @@ def test_the_pair_scorer_reorders_what_it_reads_and_never_evicts_a_candidate(edi
     assert evictable >= N_TEST, evictable  # the case the rule exists for, not a no-op here
 
 
+def test_a_pair_stage_one_accepts_stays_accepted_unless_the_stacked_model_rejects_it(editions, monkeypatch):
+    """The stacked model is fitted on the pair stage's few hundred validation pairs, too few to certify an accept
+    threshold at 0.99 (it is inf in every bundle measured); stage 1's is certified on thousands. A re-read pair
+    stage 1 alone accepts keeps "accept" unless the stacked model rejects it; the others follow the stacked
+    model's thresholds. Here stage 1's threshold is set so that it accepts both editions of many products (it
+    cannot tell them apart): the scorer keeps the right edition and vetoes the other."""
+    con, thome, _, _, _, _ = editions
+    m = load_matcher("pairs", "v1", thome)  # the instance match_products uses (loaded once per process)
+    base = _matched_decisions(con, thome, 10, pair_top_m=0)
+    top = sorted(lst[0][2] for lst in base.values())
+    monkeypatch.setattr(m.decision, "accept_threshold", top[len(top) // 2])  # stage 1 accepts half the rank 1s
+    monkeypatch.setattr(m.pair_decision, "accept_threshold", float("inf"))  # as in every real bundle
+    base = _matched_decisions(con, thome, 10, pair_top_m=0)
+    on = _matched_decisions(con, thome, 4, pair_top_m=2)
+    kept = vetoed = 0
+    for src, lst in base.items():
+        stage1 = {t: d for t, _, _, d in lst}
+        read = {t for t, _, _, _ in lst[:2]}
+        for t, _, sc, d in on[src]:
+            if t not in read:
+                assert d == stage1[t]  # not re-read: stage 1 decides
+            elif stage1[t] == "accept":
+                assert d == ("reject" if sc < m.pair_decision.review_threshold else "accept"), (src, t, sc, d)
+                kept += d == "accept"
+                vetoed += d == "reject"
+            else:
+                assert d != "accept"  # the stacked model certifies nothing here
+    assert kept >= 5 and vetoed >= 5, (kept, vetoed)
+
+
+def _matched_decisions(con, thome, k: int, **settings) -> dict[str, list[tuple]]:
+    """As :func:`_matched`, with the decision: source id -> [(target id, rank, score, decision)] by rank."""
+    from pmatch_duckdb.matchers import activate, deactivate
+
+    activate("pairs", "v1", thome)
+    pm.install(con, home=thome, image_roots=[thome], matcher="pairs", **settings)
+    try:
+        rows = con.execute(f"SELECT source_id, target_id, rank, score, decision FROM match_products('feed_test', "
+                           f"'catalog', k := {k}) ORDER BY source_id, rank").fetchall()
+    finally:
+        deactivate("pairs", thome)
+    out: dict[str, list[tuple]] = {}
+    for s_, t, r, sc, d in rows:
+        out.setdefault(s_, []).append((t, r, sc, d))
+    return out
+
+
 def test_bundle_round_trip_and_a_matcher_without_pair_scorer_loads(editions, tmp_path):
     _, thome, with_pair, without, _, _ = editions
     m = load_matcher("pairs", "v1", thome)

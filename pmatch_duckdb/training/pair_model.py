@@ -515,14 +515,16 @@ def candidate_set(rows, view, tgt_pos: np.ndarray, decision, sources: np.ndarray
 def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np.ndarray, out_dir: Path,
                    cfg: PairTrainConfig, opts, top_m: int, target_precision: float, max_recall_loss: float,
                    min_positives: int = 50, min_gain: float | None = None, max_train_pairs: int | None = None,
-                   log: Callable[[str], None] = print) -> dict | None:
+                   stage1_accepts: np.ndarray | None = None, log: Callable[[str], None] = print) -> dict | None:
     """Train the pair scorer of ``cfg.kind`` (the cross-encoder on ``train`` + ``hard`` (hard negatives); the siamese
     bi-encoder on their offers, grouped by their matches), export it into ``out_dir`` and fit the stacked decision model on ``valid`` (out-of-fold by label component). Returns the manifest's
     ``pair_model`` entry, or None (nothing written) when there are too few labels or, with ``min_gain``, when the
     stacked model's held-out average precision does not beat stage 1's by ``min_gain``. ``max_train_pairs``: fine-tune
     on at most this many pairs (after sampling non-matches to ``cfg.neg_ratio`` per match; whole label groups) —
-    the siamese kind on at most this many offers (whole match groups)."""
-    from ..decision import average_precision, train_decision
+    the siamese kind on at most this many offers (whole match groups). ``stage1_accepts``: per ``valid`` pair,
+    whether stage 1 alone accepts it (at match time such a re-read pair stays accepted unless the stacked model
+    rejects it; what that veto does on the validation pairs is logged and recorded)."""
+    from ..decision import average_precision, out_of_fold_raw, train_decision
     from ..pair_scorer import STACKED_FEATURES, Summarizer, load_pair_scorer, serialize_rows, stacked_features
 
     fit_set = train.concat(hard) if len(hard) else train
@@ -593,6 +595,15 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     log(f"pair model: validation average precision stage 1 {ap_stage1:.3f}, {cfg.kind} scorer alone {ap_pair:.3f}, "
         f"stacked (out-of-fold) {ap_stacked:.3f}; "
         f"accept ≥ {stacked.accept_threshold:.4f}; {time.perf_counter() - t0:.0f}s")
+    veto = None
+    if stage1_accepts is not None and stage1_accepts.any():
+        oof = stacked.calibrate(np.nan_to_num(out_of_fold_raw("logistic", x_va, valid.y, folds), nan=1.0))
+        vetoed = stage1_accepts & (oof < stacked.review_threshold)
+        veto = {"stage1_accepted": int(stage1_accepts.sum()), "stage1_accepted_matches": int(valid.y[stage1_accepts].sum()),
+                "vetoed": int(vetoed.sum()), "vetoed_matches": int(valid.y[vetoed].sum())}
+        log(f"pair model: stage 1 accepts {veto['stage1_accepted']} validation pairs ({veto['stage1_accepted_matches']} "
+            f"matches); they stay accepted at match time unless the stacked model rejects them, which (out of fold) it "
+            f"does for {veto['vetoed']} ({veto['vetoed_matches']} of them matches)")
     if min_gain is not None and ap_stacked - ap_stage1 < min_gain:
         # The scorer multiplies match_products' cost (~25x CPU at m = 3 on Abt-Buy); a bundle only carries it
         # where it earns that on held-out pairs.
@@ -605,7 +616,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
             "valid": {"pairs": int(len(valid)), "matches": v_pos, "average_precision_stage1": ap_stage1,
                       "average_precision_pair_model": ap_pair,
                       "average_precision_stacked_oof": stacked.info["held_out_average_precision"]["logistic"],
-                      "stacked_coef": [float(c) for c in stacked.coef]},
+                      "stacked_coef": [float(c) for c in stacked.coef], "stage1_accept_veto": veto},
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -824,7 +835,8 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
     entry = fit_pair_stage(rows, train, hard=hard, valid=valid, comp=comp, out_dir=out_dir, cfg=opts.train,
                            opts=opts.serialize, top_m=opts.top_m, target_precision=target_precision,
                            max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
-                           min_gain=opts.min_gain, max_train_pairs=opts.max_train_pairs, log=log)
+                           min_gain=opts.min_gain, max_train_pairs=opts.max_train_pairs,
+                           stage1_accepts=decision.calibrate(valid.raw) >= decision.accept_threshold, log=log)
     if entry is not None:
         entry["pair_caps"] = {"max_train_pairs": opts.max_train_pairs, "max_valid_pairs": opts.max_valid_pairs}
         entry["hard_negatives"] = n_hard
