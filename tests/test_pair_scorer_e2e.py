@@ -325,3 +325,54 @@ def test_siamese_scorer_trains_in_the_matcher_and_reads_the_edition(editions):
     off = _scored(con, thome, "siamese", pair_top_m=0)
     acc_on, acc_off = _accuracy(on, 2), _accuracy(off, 2)
     assert acc_off <= 0.6 and acc_on >= 0.8, (acc_on, acc_off)
+
+
+def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
+    """`pmatch calibrate` with a pair-scored matcher: the scores shown to reviewers mix two models' scales (re-read
+    pairs carry the stacked model's score), so the reviewed pairs are scored again through score_pairs, by stage 1
+    alone and re-read, and each model's thresholds come from its own scores; a model whose reviews certify no
+    accept threshold keeps its own. The scores recorded here are meaningless on purpose (all 0.5)."""
+    from pmatch_duckdb.decision import choose_thresholds
+    from pmatch_duckdb.matchers import activate, active_matcher, deactivate
+    from pmatch_duckdb.review.calibrate import calibrate
+    from pmatch_duckdb.review.labels import PairKey, record_verdict
+
+    con, thome, _, _, truth_te, _ = editions
+    on, off = _scored(con, thome, "pairs"), _scored(con, thome, "pairs", pair_top_m=0)  # test_pairs' order
+    y = np.array([1.0 if i % 2 == 0 else 0.0 for i in range(len(on))])  # (source, its edition), (source, other)
+    activate("pairs", "v1", thome)
+    pm.install(con, home=thome, image_roots=[thome], matcher="pairs")
+    try:
+        for (s, t, *_), lab in zip(on, y, strict=True):
+            record_verdict(con, PairKey.of("feed_test", s, "catalog", t), "match" if lab else "no_match", score=0.5,
+                           decision="review", matcher="pairs/v1", reviewer="test")
+        # the CLI reports both models' thresholds (a dry run: v1 stays active)
+        from click.testing import CliRunner
+
+        from pmatch_duckdb.cli import main as cli
+
+        db = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
+        res = CliRunner().invoke(cli, ["calibrate", db, "--target", "catalog", "--target-precision", "0.8",
+                                       "--matcher", "pairs", "--home", str(thome), "--dry-run"])
+        assert res.exit_code == 0, res.output
+        assert "pair scorer (the reviewed pairs scored again" in res.output and "nothing written (dry run)" in res.output
+        cal = calibrate(con, "catalog", target_precision=0.8)
+        want1 = choose_thresholds(np.array([r[2] for r in off]), y, 0.8, 0.02)
+        want2 = choose_thresholds(np.array([r[2] for r in on]), y, 0.8, 0.02)
+        assert cal.pair is not None and cal.reviewed == len(on) == 4 * N_TEST
+        assert cal.pair["accept"] == pytest.approx(want2[0]) and cal.pair["review"] == pytest.approx(want2[1])
+        assert cal.review == pytest.approx(want1[1])
+        assert (cal.accept is None) == (not np.isfinite(want1[0]))
+        assert cal.pair["accept_lower_bound"] >= 0.8 and cal.applied and "copy of v1" in cal.applied
+        m = active_matcher("pairs", thome)
+        v1 = load_matcher("pairs", "v1", thome)
+        assert m.pair_decision.accept_threshold == pytest.approx(cal.pair["accept"])
+        assert m.pair_decision.review_threshold == pytest.approx(cal.pair["review"])
+        if cal.accept is None:  # stage 1 (blind to the edition) certifies nothing on these reviews: it keeps its own
+            assert m.decision.accept_threshold == v1.decision.accept_threshold
+        else:
+            assert m.decision.accept_threshold == pytest.approx(cal.accept)
+        assert m.bundle.manifest["calibration"]["pair_scorer"]["accept"] == pytest.approx(cal.pair["accept"])
+    finally:
+        con.execute("DELETE FROM pm_labels")
+        deactivate("pairs", thome)

@@ -6,7 +6,10 @@ a one-sided 95% Wilson lower bound on precision ≥ the target (the rule trainin
 review threshold keeps all but ``max_recall_loss`` of the reviewed matches above it.
 
 Only verdicts given on scores of the model in force count (``pm_labels.matcher``): another model's
-scores are on another scale. Caveat: the queue asks about the whole review band but only a sample of
+scores are on another scale. A matcher with a pair scorer shows two scales itself (re-read pairs carry the stacked
+model's score, the others stage 1's, and ``pm_labels`` does not say which): its reviewed pairs are scored again
+through ``score_pairs``, once by stage 1 alone and once re-read, and each model's thresholds are picked from its
+own scores. Caveat: the queue asks about the whole review band but only a sample of
 the auto-accepted pairs, so reviewed pairs under-represent the high scores; as those are mostly
 matches, the precision estimate is on the cautious side.
 
@@ -17,12 +20,16 @@ without a trained matcher they are written into the target index's metadata (the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+import duckdb
 import numpy as np
 
 from ..decision import choose_thresholds, wilson_lower
@@ -54,6 +61,9 @@ class Calibration:
     accept_lower_bound: float | None  # one-sided 95% Wilson lower bound of that precision
     accept_reviewed: int
     applied: str | None = None  # where the thresholds were written (None: dry run / nothing certified)
+    #: a matcher with a pair scorer: the stacked model's thresholds, picked from the reviewed pairs re-read by it
+    #: (the fields above are then stage 1's, from the same pairs scored by stage 1 alone)
+    pair: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,16 +75,65 @@ def _finite(x: float) -> float | None:
 
 def reviewed_scores(con, target: str, matcher: str) -> tuple[np.ndarray, np.ndarray, int]:  # noqa: ANN001
     """(scores shown, 1 = match / 0 = no_match, verdicts ignored because another model scored them)."""
+    _, s, y, ignored = reviewed_pairs(con, target, matcher)
+    return s, y, ignored
+
+
+def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
+                   ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int]:
+    """(pairs as (source table, source id, target table, target id), scores shown, 1 = match / 0 = no_match,
+    verdicts ignored because another model scored them)."""
     if not has_labels(con):
-        return np.zeros(0), np.zeros(0), 0
+        return [], np.zeros(0), np.zeros(0), 0
     rows = con.execute(
-        "SELECT score, verdict, matcher FROM pm_labels_current WHERE verdict IN ('match', 'no_match') "
-        "AND score IS NOT NULL AND (target_table = ? OR source_table = ?)", [table_key(target), table_key(target)]
+        "SELECT source_table, source_id, target_table, target_id, score, verdict, matcher FROM pm_labels_current "
+        "WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL AND (target_table = ? OR source_table = ?) "
+        "ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
-    keep = [(s, v == "match") for s, v, m in rows if m == matcher]
-    s = np.array([k[0] for k in keep], dtype=np.float64)
-    y = np.array([k[1] for k in keep], dtype=np.float64)
-    return s, y, len(rows) - len(keep)
+    keep = [r for r in rows if r[6] == matcher]
+    s = np.array([r[4] for r in keep], dtype=np.float64)
+    y = np.array([r[5] == "match" for r in keep], dtype=np.float64)
+    return [tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep)
+
+
+@contextmanager
+def _pair_top_m(ctx, m: int | None) -> Iterator[None]:  # noqa: ANN001
+    """``score_pairs`` on this connection with the pair scorer off (0) or on (None) while inside (calibrate is a
+    one-off command: no other query on the connection sees the override in between)."""
+    old = ctx.settings
+    ctx.settings = dataclasses.replace(old, pair_top_m=m)
+    try:
+        yield
+    finally:
+        ctx.settings = old
+
+
+def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """(stage-1 scores, stacked scores) of reviewed pairs, through ``score_pairs`` with the active matcher's pair
+    scorer off and on. A table that cannot be read any more is an error naming it: without its offers the
+    shown scores cannot be told apart by scale."""
+    stage1, stacked = np.full(len(pairs), np.nan), np.full(len(pairs), np.nan)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (st, _, tt, _) in enumerate(pairs):
+        groups.setdefault((st, tt), []).append(i)
+    lit = "'{}'".format
+    for (st, tt), idx in groups.items():
+        con.execute("CREATE OR REPLACE TEMP TABLE _pm_calibrate_pairs (source_id VARCHAR, target_id VARCHAR)")
+        try:
+            con.executemany("INSERT INTO _pm_calibrate_pairs VALUES (?, ?)", [[pairs[i][1], pairs[i][3]] for i in idx])
+            for top_m, out in ((0, stage1), (None, stacked)):
+                with _pair_top_m(ctx, top_m):
+                    got = con.execute(f"SELECT score FROM score_pairs({lit(st.replace(chr(39), chr(39) * 2))}, "
+                                      f"{lit(tt.replace(chr(39), chr(39) * 2))}, '_pm_calibrate_pairs')").fetchall()
+                out[idx] = [np.nan if g is None else g for (g,) in got]
+        except duckdb.Error as e:
+            raise CalibrationError(
+                f"calibrate: the active matcher has a pair scorer, so its {len(idx)} reviewed pairs of {st} -> {tt} "
+                f"must be scored again (the scores shown mix stage 1's and the stacked model's scales), and that "
+                f"failed: {e}") from None
+        finally:
+            con.execute("DROP TABLE IF EXISTS _pm_calibrate_pairs")
+    return stage1, stacked
 
 
 def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss: float = 0.02,  # noqa: ANN001
@@ -85,30 +144,56 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
 
     ctx = ctx or context_of(con)
     state = model_state(ctx, target)
-    s, y, ignored = reviewed_scores(con, target, state.matcher)
+    pairs, s, y, ignored = reviewed_pairs(con, target, state.matcher)
     if int(y.sum()) < min_matches:
         raise CalibrationError(
             f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
             f"{target!r}; need at least {min_matches} matches. Review more pairs: pmatch review "
             f"<db>{f' ({ignored} verdicts were given on another model' + chr(39) + 's scores)' if ignored else ''}")
+    pair_dm = _pair_decision(ctx) if state.matcher != "zero-shot" else None
+    stacked = None
+    if pair_dm is not None:  # two scales in the scores shown: each model's own scores of every reviewed pair
+        s, stacked = (np.nan_to_num(x, nan=0.0) for x in rescore_reviewed(con, ctx, pairs))
+    accept, review, prec, lb, n_above = _pick(s, y, target_precision, max_recall_loss)
+    cal = Calibration(
+        matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
+        old_accept=_finite(state.accept_threshold), old_review=state.review_threshold, accept=accept,
+        review=review, target_precision=target_precision, accept_precision=prec, accept_lower_bound=lb,
+        accept_reviewed=n_above)
+    if pair_dm is not None and stacked is not None:
+        p_acc, p_rev, p_prec, p_lb, p_n = _pick(stacked, y, target_precision, max_recall_loss)
+        cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": _finite(pair_dm.accept_threshold),
+                    "old_review": float(pair_dm.review_threshold), "accept_precision": p_prec,
+                    "accept_lower_bound": p_lb, "accept_reviewed": p_n}
+    certified = cal.accept is not None or (cal.pair is not None and cal.pair["accept"] is not None)
+    if apply and certified:
+        cal.applied = _apply(ctx, target, state, cal)
+    return cal
+
+
+def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss: float
+          ) -> tuple[float | None, float, float | None, float | None, int]:
+    """(accept or None, review, precision and its 95% lower bound above accept, reviewed pairs above it)."""
     accept, review, _ = choose_thresholds(s, y, target_precision, max_recall_loss)
     above = s >= accept
     n_above, m_above = int(above.sum()), int(y[above].sum())
     lb = float(wilson_lower(np.array([m_above]), np.array([n_above]))[0]) if n_above else None
-    cal = Calibration(
-        matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
-        old_accept=_finite(state.accept_threshold), old_review=state.review_threshold, accept=_finite(accept),
-        review=float(review), target_precision=target_precision,
-        accept_precision=(m_above / n_above) if n_above else None, accept_lower_bound=lb, accept_reviewed=n_above)
-    if apply and cal.accept is not None:
-        cal.applied = _apply(ctx, target, state, cal)
-    return cal
+    return _finite(accept), float(review), (m_above / n_above) if n_above else None, lb, n_above
+
+
+def _pair_decision(ctx):  # noqa: ANN001, ANN202
+    """The active matcher's stacked decision model (None: no pair scorer)."""
+    from ..matchers import active_matcher
+
+    m = active_matcher(ctx.settings.matcher, ctx.settings.home)
+    return None if m is None else m.pair_decision
 
 
 def _apply(ctx, target: str, state: ModelState, cal: Calibration) -> str:  # noqa: ANN001
     source = {"kind": "pm_labels", "reviewed_pairs": cal.reviewed, "matches": cal.matches,
               "target_precision": cal.target_precision, "accept_lower_bound": cal.accept_lower_bound,
               "previous": {"accept": cal.old_accept, "review": cal.old_review},
+              **({"pair_scorer": {**cal.pair, "rescored": "score_pairs, stage 1 alone and re-read"}} if cal.pair else {}),
               "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if state.matcher == "zero-shot":
         from ..sqlident import index_name_for
@@ -137,15 +222,24 @@ def _new_matcher_version(ctx, state: ModelState, cal: Calibration, source: dict)
         for p in old.iterdir():
             if p.is_file() and p.name != "manifest.json":
                 shutil.copy2(p, tmp / p.name)
-        decision = json.loads((old / "decision.json").read_text())
-        decision["accept_threshold"], decision["review_threshold"] = cal.accept, cal.review
-        decision.setdefault("info", {})["calibration"] = source
-        (tmp / "decision.json").write_text(json.dumps(decision, indent=1))
+        # each model takes the thresholds its own scores certified; one whose reviews certify none keeps its own
+        thresholds = {}
+        for fname, got in (("decision.json", None if cal.accept is None else (cal.accept, cal.review)),
+                           ("pair_decision.json", None if cal.pair is None or cal.pair["accept"] is None
+                            else (cal.pair["accept"], cal.pair["review"]))):
+            model = json.loads((old / fname).read_text()) if (old / fname).is_file() else None
+            if model is None:
+                continue
+            if got is not None:
+                model["accept_threshold"], model["review_threshold"] = got
+                model.setdefault("info", {})["calibration"] = source
+                (tmp / fname).write_text(json.dumps(model, indent=1))
+            thresholds[fname] = {"accept": model["accept_threshold"], "review": model["review_threshold"]}
         manifest = json.loads((old / "manifest.json").read_text())
         manifest.pop("files", None)
         manifest.update(version=new_version, parent=version,
                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                        thresholds={"accept": cal.accept, "review": cal.review}, calibration=source)
+                        thresholds=thresholds["decision.json"], calibration=source)
         write_manifest(tmp, manifest)
         tmp.rename(final)
     finally:

@@ -145,6 +145,15 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
         click.echo(f"accept >= {cal.accept:.4f} (was {old_acc}): precision {cal.accept_precision:.3f} on "
                    f"{cal.accept_reviewed} reviewed pairs above it, 95% lower bound {cal.accept_lower_bound:.3f}")
         click.echo(f"review >= {cal.review:.4f} (was {cal.old_review:.4f})")
+    if cal.pair is not None:  # the matcher's pair scorer: its stacked model, from the reviewed pairs it re-read
+        pa = cal.pair
+        was = f"{pa['old_accept']:.4f}" if pa["old_accept"] is not None else "none"
+        click.echo("pair scorer (the reviewed pairs scored again: the thresholds above from stage 1 alone, these from "
+                   "the stacked model)")
+        click.echo(f"  accept >= {pa['accept']:.4f} (was {was}): precision {pa['accept_precision']:.3f} on "
+                   f"{pa['accept_reviewed']} reviewed pairs above it, 95% lower bound {pa['accept_lower_bound']:.3f}"
+                   if pa["accept"] is not None else f"  accept: none certified (was {was}; kept)")
+        click.echo(f"  review >= {pa['review']:.4f} (was {pa['old_review']:.4f})")
     if band is not None:
         click.echo(f"review band of {matches}: {band[0]} pairs before, {band[1]} with the new thresholds")
     click.echo(f"written to {cal.applied}" if cal.applied else "nothing written" + (" (dry run)" if dry_run else ""))
