@@ -1,0 +1,136 @@
+"""The human loop on real data: review N queued pairs, ``pmatch calibrate``, and what auto-accept gains on sources
+nobody reviewed.
+
+On a database that ``bench_quality.py`` left for a full-table part (``--workdir W``: the test split's sources as a
+view, the target table, ``gt_test``), for each matcher version asked for:
+
+1. the test sources are split by a hash of their id into a reviewed half (A) and a held-out half (B);
+2. ``match_products`` over A, ``pm_queue_review`` (the queue a reviewer works through), and the first ``--review``
+   queued pairs get the verdict the ground truth gives (a reviewer who is always right), recorded with
+   ``record_verdict`` as the review page does;
+3. ``calibrate`` (what ``pmatch calibrate`` runs) picks thresholds from those verdicts and activates a new
+   matcher version if one is certified;
+4. ``match_products`` over B before and after: accept precision / recall, the review band, and the recall of
+   accept-or-review (what is not auto-rejected).
+
+Each matcher runs on a scratch copy of the database and its index folder, with its version linked into a scratch
+pmatch home (as in ``bench_pair_cost.py``): nothing of the user's changes.
+
+Usage::
+
+    python benchmarks/bench_review_loop.py --db W/abt-buy-full.duckdb --matcher NAME@v1,NAME@v2 \
+        --source abt_test --target buy_all --review 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_pair_cost import scratch_home  # noqa: E402
+from bench_quality import retrieval_metrics, sql_match  # noqa: E402
+from bench_top_m import split_truth  # noqa: E402
+
+import pmatch_duckdb as pm  # noqa: E402
+from pmatch_duckdb.api import context_of  # noqa: E402
+from pmatch_duckdb.matchers import activate, active_version  # noqa: E402
+from pmatch_duckdb.review.calibrate import CalibrationError, calibrate  # noqa: E402
+from pmatch_duckdb.review.labels import PairKey, record_verdict  # noqa: E402
+
+
+def _line(label: str, m: dict) -> str:
+    ap, ar = m.get("accept_precision", float("nan")), m.get("accept_recall", 0.0)
+    return (f"| {label} | {ap:.3f} / {ar:.3f} | {m.get('review_band')} | "
+            f"{m.get('accept_or_review_recall', 0.0):.3f} | {m['recall@1']:.3f} |")
+
+
+def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: int, target_precision: float,
+            seed: int, accept_sample: float, work: Path) -> list[str]:
+    """One matcher version through the loop on a scratch copy of ``db``; returns table lines."""
+    copy = work / db.name
+    shutil.copy2(db, copy)
+    if db.with_suffix(".pmatch").is_dir():
+        shutil.copytree(db.with_suffix(".pmatch"), copy.with_suffix(".pmatch"))
+    (_, name, version), = scratch_home(home, [ref], work / "home")
+    activate(name, version, work / "home")
+    con = pm.connect(copy, home=work / "home", matcher=name)
+    try:
+        truth = split_truth(con, source)
+        half = {s: zlib.crc32(f"{seed}:{s}".encode()) % 2 for s in truth}
+        for part, h in (("src_a", 0), ("src_b", 1)):
+            ids = ", ".join("'" + s.replace("'", "''") + "'" for s in truth if half[s] == h)
+            con.execute(f"CREATE OR REPLACE VIEW {part} AS SELECT * FROM {source} WHERE CAST(id AS VARCHAR) IN ({ids})")
+        truth_b = {s: v for s, v in truth.items() if half[s] == 1}
+        before, _ = sql_match(con, "src_b", target)
+        m_before = retrieval_metrics(before, truth_b)
+        sql_match(con, "src_a", target)  # -> table m_src_a
+        queued = con.execute(f"SELECT queued FROM pm_queue_review('m_src_a', accept_sample := {accept_sample}, "
+                             f"seed := {seed})").fetchone()[0]
+        rows = con.execute("SELECT source_table, source_id, target_table, target_id, score, decision, reason, matcher, "
+                           "queue FROM pm_review_queue ORDER BY position LIMIT ?", [n_review]).fetchall()
+        for st, si, tt, ti, score, dec, reason, matcher, queue in rows:
+            verdict = "match" if ti in truth.get(si, ()) else "no_match"
+            record_verdict(con, PairKey(st, si, tt, ti), verdict, reviewer="ground truth", matcher=matcher,
+                           score=score, decision=dec, queue=queue, reason=reason)
+        n_match = sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows)
+        try:
+            cal = calibrate(con, target, target_precision)
+            note = (f"stage 1 accept {cal.accept if cal.accept is None else round(cal.accept, 4)} "
+                    f"(lower bound {cal.accept_lower_bound if cal.accept_lower_bound is None else round(cal.accept_lower_bound, 3)})")
+            if cal.pair is not None:
+                pa = cal.pair
+                note += (f"; stacked accept {pa['accept'] if pa['accept'] is None else round(pa['accept'], 4)} "
+                         f"(lower bound {pa['accept_lower_bound'] if pa['accept_lower_bound'] is None else round(pa['accept_lower_bound'], 3)})")
+            note += f"; {cal.applied or 'nothing written'}"
+        except CalibrationError as e:
+            note = f"calibrate: {e}"
+        pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
+        after, _ = sql_match(con, "src_b", target)
+        m_after = retrieval_metrics(after, truth_b)
+        head = (f"# {ref}: {len(truth) - len(truth_b)} reviewed-half sources, {len(truth_b)} held-out; queue {queued} "
+                f"pairs, the first {len(rows)} reviewed ({n_match} matches); {note}; active now "
+                f"{active_version(name, work / 'home')}")
+        return [head, _line(f"{ref}, held-out half, before", m_before), _line(f"{ref}, held-out half, after", m_after)]
+    finally:
+        con.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--db", type=Path, required=True)
+    ap.add_argument("--matcher", required=True, help="comma-separated NAME or NAME@vN (default: active version)")
+    ap.add_argument("--source", default="abt_test")
+    ap.add_argument("--target", default="buy_all")
+    ap.add_argument("--review", type=int, default=200, help="queued pairs the simulated reviewer answers")
+    ap.add_argument("--target-precision", type=float, default=0.99)
+    ap.add_argument("--accept-sample", type=float, default=0.05, help="pm_queue_review's accept_sample")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    con = pm.connect(args.db)
+    home = context_of(con).settings.home
+    con.close()
+    out = ["| matcher, split | accept P / R | review band | accept or review R | R@1 |", "|---|---|---|---|---|"]
+    heads = []
+    for ref in args.matcher.split(","):
+        work = Path(tempfile.mkdtemp(prefix="pmatch-review-loop-"))
+        try:
+            head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review, args.target_precision,
+                                   args.seed, args.accept_sample, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(head, flush=True)
+        heads.append(head)
+        out += lines
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
