@@ -597,6 +597,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         f"accept ≥ {stacked.accept_threshold:.4f}; {time.perf_counter() - t0:.0f}s")
     veto = None
     if stage1_accepts is not None and stage1_accepts.any():
+        # a pair of a fold too small for an out-of-fold model (NaN) counts as not vetoed
         oof = stacked.calibrate(np.nan_to_num(out_of_fold_raw("logistic", x_va, valid.y, folds), nan=1.0))
         vetoed = stage1_accepts & (oof < stacked.review_threshold)
         veto = {"stage1_accepted": int(stage1_accepts.sum()), "stage1_accepted_matches": int(valid.y[stage1_accepts].sum()),
