@@ -4,7 +4,10 @@ nobody reviewed.
 On a database that ``bench_quality.py`` left for a full-table part (``--workdir W``: the test split's sources as a
 view, the target table, ``gt_test``), for each matcher version asked for:
 
-1. the test sources are split by a hash of their id into a reviewed half (A) and a held-out half (B);
+1. the test sources are split by a hash of their id into a reviewed half (A) and a held-out half (B) — or, with
+   ``--review-source T``, A is table T (e.g. the train split's sources, to review more pairs than half the test
+   split holds; their stage-1 scores are then in-sample, which can only make the thresholds too permissive, and
+   that shows in B) and B is every test source;
 2. ``match_products`` over A, ``pm_queue_review`` (the queue a reviewer works through), and the first ``--review``
    queued pairs get the verdict the ground truth gives (a reviewer who is always right), recorded with
    ``record_verdict`` as the review page does;
@@ -52,7 +55,7 @@ def _line(label: str, m: dict) -> str:
 
 
 def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: int, target_precision: float,
-            seed: int, accept_sample: float, work: Path) -> list[str]:
+            seed: int, accept_sample: float, work: Path, review_source: str | None = None) -> list[str]:
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines."""
     copy = work / db.name
     shutil.copy2(db, copy)
@@ -63,11 +66,18 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
     con = pm.connect(copy, home=work / "home", matcher=name)
     try:
         truth = split_truth(con, source)
-        half = {s: zlib.crc32(f"{seed}:{s}".encode()) % 2 for s in truth}
-        for part, h in (("src_a", 0), ("src_b", 1)):
-            ids = ", ".join("'" + s.replace("'", "''") + "'" for s in truth if half[s] == h)
-            con.execute(f"CREATE OR REPLACE VIEW {part} AS SELECT * FROM {source} WHERE CAST(id AS VARCHAR) IN ({ids})")
-        truth_b = {s: v for s, v in truth.items() if half[s] == 1}
+        if review_source:  # A: another table (its truth from all ground-truth pairs), B: every test source
+            truth_b = truth
+            truth = {**split_truth(con, review_source, "gt_train"), **truth}
+            con.execute(f"CREATE OR REPLACE VIEW src_a AS SELECT * FROM {review_source}")
+            con.execute(f"CREATE OR REPLACE VIEW src_b AS SELECT * FROM {source}")
+        else:
+            half = {s: zlib.crc32(f"{seed}:{s}".encode()) % 2 for s in truth}
+            for part, h in (("src_a", 0), ("src_b", 1)):
+                ids = ", ".join("'" + s.replace("'", "''") + "'" for s in truth if half[s] == h)
+                con.execute(f"CREATE OR REPLACE VIEW {part} AS SELECT * FROM {source} "
+                            f"WHERE CAST(id AS VARCHAR) IN ({ids})")
+            truth_b = {s: v for s, v in truth.items() if half[s] == 1}
         before, _ = sql_match(con, "src_b", target)
         m_before = retrieval_metrics(before, truth_b)
         sql_match(con, "src_a", target)  # -> table m_src_a
@@ -94,10 +104,10 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
         after, _ = sql_match(con, "src_b", target)
         m_after = retrieval_metrics(after, truth_b)
-        head = (f"# {ref}: {len(truth) - len(truth_b)} reviewed-half sources, {len(truth_b)} held-out; queue {queued} "
+        head = (f"# {ref}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} "
                 f"pairs, the first {len(rows)} reviewed ({n_match} matches); {note}; active now "
                 f"{active_version(name, work / 'home')}")
-        return [head, _line(f"{ref}, held-out half, before", m_before), _line(f"{ref}, held-out half, after", m_after)]
+        return [head, _line(f"{ref}, held out, before", m_before), _line(f"{ref}, held out, after", m_after)]
     finally:
         con.close()
 
@@ -112,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target-precision", type=float, default=0.99)
     ap.add_argument("--accept-sample", type=float, default=0.05, help="pm_queue_review's accept_sample")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--review-source", default=None,
+                    help="review this source table's queue instead of half the test sources (then every test "
+                         "source is held out)")
     args = ap.parse_args(argv)
     con = pm.connect(args.db)
     home = context_of(con).settings.home
@@ -122,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix="pmatch-review-loop-"))
         try:
             head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review, args.target_precision,
-                                   args.seed, args.accept_sample, work)
+                                   args.seed, args.accept_sample, work, args.review_source)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(head, flush=True)

@@ -36,11 +36,12 @@ from pmatch_duckdb.api import context_of  # noqa: E402
 from pmatch_duckdb.matchers import activate, load_matcher  # noqa: E402
 
 
-def split_truth(con, source: str) -> dict[str, set[str]]:  # noqa: ANN001
-    """Source id -> its true target ids, for every offer of ``source`` (those without a match: empty)."""
+def split_truth(con, source: str, gt: str = "gt_test") -> dict[str, set[str]]:  # noqa: ANN001
+    """Source id -> its true target ids (from ``gt``'s pairs), for every offer of ``source`` (those without a match:
+    empty)."""
     truth: dict[str, set[str]] = {r[0]: set() for r in con.execute(f"SELECT CAST(id AS VARCHAR) FROM {source}")
                                   .fetchall()}
-    for a, b in con.execute("SELECT left_id, right_id FROM gt_test WHERE label = 1").fetchall():
+    for a, b in con.execute(f"SELECT left_id, right_id FROM {gt} WHERE label = 1").fetchall():
         if a in truth:
             truth[a].add(b)
     return truth
