@@ -930,10 +930,12 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
 
     Each source's pair features (rank, gap to best) are computed over its ``match`` candidates plus
     its given pairs, so a given pair that ``match`` returns gets the same score. ``rank``: the pair's
-    place among those by score. Output: one entry per given pair, in the given order. With a pair
-    scorer, every given pair is re-scored by it (``match`` re-scores only each source's top ``m``) and
-    ONLY the given pairs (their scores are what is returned; re-reading each source's other top-``m``
-    candidates would only move ``rank`` and cost as much again). ``pair_top_m=0`` switches it off.
+    place in ``match``'s order: first the ``k`` pairs it would keep (:func:`best_k`: the pairs its pair scorer
+    re-reads first), by score, then the others by score — so ``rank <= k`` says ``match`` would return it.
+    Output: one entry per given pair, in the given order. With a pair scorer, every given pair is re-scored
+    by it (``match`` re-scores only each source's top ``m``) and ONLY the given pairs (their scores are what is
+    returned; re-reading each source's other top-``m`` candidates would only move ``rank`` and cost as much
+    again). ``pair_top_m=0`` switches it off.
     """
     s = np.asarray(s, dtype=np.int64)
     t = np.asarray(t, dtype=np.int64)
@@ -950,7 +952,12 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
     off = pair_top_m == 0
     score, second, stage1_accepts = score_pairs_of(src, cview, us, utc, sig, 0, rescore=None if off else given)
     score = np.asarray(score, dtype=np.float64)
-    order = np.lexsort((-score, us))
+    head = np.zeros(len(us), dtype=bool)  # the pairs match re-reads: each source's top m by the first stage
+    m = view.matcher
+    if not off and m is not None and m.pair is not None and m.pair_decision is not None and len(us):
+        stage1, _, _ = score_pairs_of(src, cview, us, utc, sig, 0)  # the first stage alone (cheap beside the scorer)
+        head = top_m_mask(us, stage1, m.pair.top_m if pair_top_m is None else pair_top_m)
+    order = np.lexsort((-score, ~best_k(us, score, head, k), us))
     rank = np.zeros(len(us), dtype=np.int64)
     if len(us):
         rank[order] = rank_in_runs(us[order]) + 1

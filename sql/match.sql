@@ -99,8 +99,9 @@ CREATE OR REPLACE TEMP MACRO product_clusters(pairs, registry := 'entities') AS 
 -- supplier's claimed links, a labelled sample). `pairs`: a table/view/CTE with columns source_id and
 -- target_id (ids of `source` and `target`). One row per input pair, in input order, with the columns of
 -- match_products (scored by the same code: matching.score_given), plus `note`: why a row has no score
--- (a NULL id; a self pair in dedup mode, source = target). rank: the pair's place among its source's
--- match_products candidates plus its given pairs; mutual_best over the given pairs.
+-- (a NULL id; a self pair in dedup mode, source = target). rank: the pair's place in match_products' order
+-- for its source (k = 10: the pairs it would return, by score, then its other candidates and the given pairs,
+-- by score), so rank <= 10 says match_products would return it; mutual_best over the given pairs.
 -- An id that is not in its table is an error naming it.
 CREATE OR REPLACE TEMP MACRO score_pairs(src, tgt, pairs) AS TABLE
     WITH _pm_sp_pairs AS MATERIALIZED (  -- (missing columns bind as NULL; _pm_check_pairs names them)

@@ -180,6 +180,32 @@ def test_the_pair_scorer_reorders_what_it_reads_and_never_evicts_a_candidate(edi
     assert evictable >= N_TEST, evictable  # the case the rule exists for, not a no-op here
 
 
+@pytest.mark.parametrize("demote", [False, True])
+def test_score_pairs_gives_match_products_rank_and_score_for_the_pairs_it_returned(editions, monkeypatch, demote):
+    """With every returned pair re-read (m = k), score_pairs of match_products' own pairs gives their score and
+    rank exactly: rank is the place in match's order (the pairs it keeps, by score, then the rest), not the
+    place among all candidates, where unread candidates' stage-1 scores stood above demoted re-read pairs
+    (``demote``: a scorer that scores everything it reads far down; with the real one the unread candidates here
+    score lower still)."""
+    from pmatch_duckdb.matchers import activate, deactivate
+
+    con, thome, _, _, _, _ = editions
+    if demote:
+        scorer = type(load_matcher("pairs", "v1", thome).pair)
+        monkeypatch.setattr(scorer, "pair_logits", lambda self, src, rows, s, t: np.full(len(s), -30.0))
+    activate("pairs", "v1", thome)
+    pm.install(con, home=thome, image_roots=[thome], matcher="pairs", pair_top_m=10)
+    try:
+        con.execute("CREATE OR REPLACE TABLE m10 AS SELECT * FROM match_products('feed_test', 'catalog', k := 10)")
+        got = con.execute("SELECT m.rank, s.rank, m.score, s.score, m.decision, s.decision FROM m10 AS m JOIN "
+                          "score_pairs('feed_test', 'catalog', 'm10') AS s USING (source_id, target_id)").fetchall()
+    finally:
+        deactivate("pairs", thome)
+    assert len(got) == 10 * 2 * N_TEST
+    assert all(a == b for a, b, *_ in got), [g for g in got if g[0] != g[1]][:5]
+    assert all(abs(a - b) < 1e-9 and c == d for _, _, a, b, c, d in got)
+
+
 def test_a_pair_stage_one_accepts_stays_accepted_unless_the_stacked_model_rejects_it(editions, monkeypatch):
     """The stacked model is fitted on the pair stage's few hundred validation pairs, too few to certify an accept
     threshold at 0.99 (it is inf in every bundle measured); stage 1's is certified on thousands. A re-read pair
