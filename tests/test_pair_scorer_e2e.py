@@ -402,3 +402,36 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
     finally:
         con.execute("DELETE FROM pm_labels")
         deactivate("pairs", thome)
+
+
+def test_the_review_queue_holds_each_pair_to_the_thresholds_of_the_model_that_scored_it(editions, monkeypatch):
+    """pm_queue_review on a pair-scored match result: the pairs the scorer re-read (each source's top m by stage 1,
+    i.e. stage 1's best m when matching with the scorer off) are queued with the stacked model's thresholds, the
+    others with stage 1's (whose review threshold is lowered here so that unread pairs reach the queue too)."""
+    from pmatch_duckdb.matchers import activate, deactivate
+
+    con, thome, _, _, _, _ = editions
+    m = load_matcher("pairs", "v1", thome)  # the instance match_products and the queue use
+    monkeypatch.setattr(m.decision, "review_threshold", 0.0)
+    base = _matched(con, thome, "pairs", 4, pair_top_m=0)  # stage 1's order
+    reread = {(s, t) for s, lst in base.items() for t, _, _ in lst[:2]}  # m = 2 in this bundle
+    activate("pairs", "v1", thome)
+    pm.install(con, home=thome, image_roots=[thome], matcher="pairs")
+    try:
+        con.execute("CREATE OR REPLACE TABLE m4 AS SELECT * FROM match_products('feed_test', 'catalog', k := 4)")
+        con.execute("SELECT * FROM pm_queue_review('m4', queue := 'pairs', accept_sample := 1.0)").fetchall()
+        rows = con.execute("SELECT source_id, target_id, review_threshold, accept_threshold FROM pm_review_queue "
+                           "WHERE queue = 'pairs'").fetchall()
+    finally:
+        deactivate("pairs", thome)
+        con.execute("DELETE FROM pm_review_queue")
+    assert rows
+    n_read = 0
+    for s, t, review, accept in rows:
+        dm = m.pair_decision if (s, t) in reread else m.decision
+        n_read += (s, t) in reread
+        assert review == pytest.approx(dm.review_threshold), (s, t)
+        assert accept == (None if not np.isfinite(dm.accept_threshold) else pytest.approx(dm.accept_threshold))
+    assert 0 < n_read < len(rows)  # both kinds queued
+    assert m.pair_decision.review_threshold != pytest.approx(m.decision.review_threshold)  # (so the test can fail)
+

@@ -12,7 +12,7 @@ import pmatch_duckdb as pm
 from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.review import PairKey, current_verdicts, labels_as_pairs, record_verdict, wilson_interval
 from pmatch_duckdb.review.overrides import constrained_edges
-from pmatch_duckdb.review.queue import ModelState, build_queue, interleave
+from pmatch_duckdb.review.queue import ModelState, build_queue, interleave, order_boundary
 
 # ----------------------------------------------------------------------------------------------
 # pm_labels
@@ -114,6 +114,19 @@ def test_interleave() -> None:
     assert interleave([1, 2, 3, 4], ["a", "b"]) == [1, "a", 2, 3, "b", 4]
     assert interleave([], ["a"]) == ["a"]
     assert interleave([1], []) == [1]
+
+
+def test_a_pair_scored_item_is_ordered_by_the_boundary_of_the_model_that_scored_it() -> None:
+    """A matcher with a pair scorer: the pairs it re-read carry the stacked model's score, so their distance to
+    the boundary is measured against its thresholds (a re-read pair at 0.9 sits on the stacked model's boundary;
+    on stage 1's it would be a full half band away, behind a stage-1 pair at 0.5)."""
+    stacked = ModelState("default/v1", 0.9, math.inf)  # boundary 0.9, half band 0.05
+    state = ModelState("default/v1", 0.3, 0.9, pair=stacked, top_m=3)  # boundary 0.6, half band 0.3
+    plain, reread = _row("A", "t", 0.5, "review"), _row("B", "t", 0.9, "review")
+    reread["_state"] = stacked
+    assert [it["source_id"] for it in order_boundary([plain, reread], state)] == ["B", "A"]
+    del reread["_state"]  # read on stage 1's scale: the other way round
+    assert [it["source_id"] for it in order_boundary([plain, reread], state)] == ["A", "B"]
 
 
 def test_boundary_without_accept_threshold() -> None:

@@ -271,6 +271,24 @@ def _target_view_for(ctx: PmatchContext, target: str):
     return target_view(index, ctx.settings.home)
 
 
+def score_table_pairs(ctx: PmatchContext, con: duckdb.DuckDBPyConnection, source: str, target: str,
+                      pairs: list[tuple[str, str]]) -> list[float | None]:
+    """``score_pairs``' score of each (source id, target id) of two tables, called from Python: the review
+    commands score pairs again, also from inside ``_pm_queue_review``, where the ``score_pairs`` macro does not
+    exist (TEMP macros belong to the connection that installed them; a UDF runs SQL on a cursor). ``con``: a
+    connection or cursor to read ``source`` with."""
+    ids = list(dict.fromkeys(a for a, _ in pairs))
+    rows = con.execute(f"SELECT CAST(o.id AS VARCHAR), CAST(to_json(o) AS VARCHAR) FROM {quote_qualified(source)} "
+                       "AS o WHERE CAST(o.id AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()
+    copies = Counter(k for k, _ in rows)
+    row_of: dict[str, str] = {}
+    for k, r in rows:
+        row_of.setdefault(k, r)
+    items = [{"pair_no": i + 1, "source_key": a, "target_key": b, "source_row": row_of.get(a),
+              "copies": copies.get(a, 0)} for i, (a, b) in enumerate(pairs)]
+    return [r["score"] for r in _score_pairs(ctx, source, target, items)]
+
+
 def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, items: list[dict]) -> list[dict]:
     """``score_pairs``: score the given pairs (one dict per item, in order) with match_products' scoring."""
     if source is None or target is None:

@@ -20,16 +20,12 @@ without a trained matcher they are written into the target index's metadata (the
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import math
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-import duckdb
 import numpy as np
 
 from ..decision import choose_thresholds, wilson_lower
@@ -37,6 +33,7 @@ from ..errors import PmatchError
 from ..staging import new_staging_dir
 from .labels import has_labels, table_key
 from .queue import ModelState, model_state
+from .rescore import score_again
 
 
 class CalibrationError(PmatchError):
@@ -96,44 +93,16 @@ def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
     return [tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep)
 
 
-@contextmanager
-def _pair_top_m(ctx, m: int | None) -> Iterator[None]:  # noqa: ANN001
-    """``score_pairs`` on this connection with the pair scorer off (0) or on (None) while inside (calibrate is a
-    one-off command: no other query on the connection sees the override in between)."""
-    old = ctx.settings
-    ctx.settings = dataclasses.replace(old, pair_top_m=m)
-    try:
-        yield
-    finally:
-        ctx.settings = old
-
-
 def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """(stage-1 scores, stacked scores) of reviewed pairs, through ``score_pairs`` with the active matcher's pair
     scorer off and on. A table that cannot be read any more is an error naming it: without its offers the
     shown scores cannot be told apart by scale."""
-    stage1, stacked = np.full(len(pairs), np.nan), np.full(len(pairs), np.nan)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, (st, _, tt, _) in enumerate(pairs):
-        groups.setdefault((st, tt), []).append(i)
-    lit = "'{}'".format
-    for (st, tt), idx in groups.items():
-        con.execute("CREATE OR REPLACE TEMP TABLE _pm_calibrate_pairs (source_id VARCHAR, target_id VARCHAR)")
-        try:
-            con.executemany("INSERT INTO _pm_calibrate_pairs VALUES (?, ?)", [[pairs[i][1], pairs[i][3]] for i in idx])
-            for top_m, out in ((0, stage1), (None, stacked)):
-                with _pair_top_m(ctx, top_m):
-                    got = con.execute(f"SELECT score FROM score_pairs({lit(st.replace(chr(39), chr(39) * 2))}, "
-                                      f"{lit(tt.replace(chr(39), chr(39) * 2))}, '_pm_calibrate_pairs')").fetchall()
-                out[idx] = [np.nan if g is None else g for (g,) in got]
-        except duckdb.Error as e:
-            raise CalibrationError(
-                f"calibrate: the active matcher has a pair scorer, so its {len(idx)} reviewed pairs of {st} -> {tt} "
-                f"must be scored again (the scores shown mix stage 1's and the stacked model's scales), and that "
-                f"failed: {e}") from None
-        finally:
-            con.execute("DROP TABLE IF EXISTS _pm_calibrate_pairs")
-    return stage1, stacked
+    why = ("calibrate: the active matcher has a pair scorer, so the reviewed pairs must be scored again (the "
+           "scores shown mix stage 1's and the stacked model's scales)")
+    try:
+        return score_again(con, ctx, pairs, 0, why), score_again(con, ctx, pairs, None, why)
+    except PmatchError as e:
+        raise CalibrationError(str(e)) from None
 
 
 def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss: float = 0.02,  # noqa: ANN001

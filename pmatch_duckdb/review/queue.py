@@ -6,7 +6,9 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
 * ``boundary``: pairs the model sent to review, nearest the decision boundary first (the middle of
   the review band; 0.5 for a calibrated matcher that certifies no accept threshold), spread across
   sources — each further candidate of the same source offer is pushed back by a quarter of the
-  half-band, so one offer's 30 candidates never come in a row;
+  half-band, so one offer's 30 candidates never come in a row. With a pair scorer in the matcher, the pairs
+  it re-read (each source's top ``m`` by stage 1; found by scoring the result's pairs again by stage 1) are
+  measured against its stacked model's thresholds, the others against stage 1's (two scales, one result);
 * ``accept_sample``: a deterministic random sample (``accept_sample``, default 5%, at least one) of
   the auto-accepted pairs, spread evenly through the queue — the measured precision of auto-accept;
 * ``recheck``: pairs already labelled whose score moved by at least ``recheck_delta`` since the verdict
@@ -22,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from ..errors import PmatchError
@@ -66,6 +69,10 @@ class ModelState:
     matcher: str  # "default/v3" or "zero-shot"
     review_threshold: float
     accept_threshold: float  # inf: nothing is auto-accepted
+    #: a matcher with a pair scorer: the thresholds of its stacked model (they apply to the pairs the scorer re-read,
+    #: each source's ``top_m`` best by stage 1) and that ``m``
+    pair: ModelState | None = None
+    top_m: int = 0
 
     @property
     def boundary(self) -> float:
@@ -103,13 +110,45 @@ def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchConte
     m = active_matcher(ctx.settings.matcher, ctx.settings.home)
     if m is not None:
         ident = m.identity
-        return ModelState(f"{ident['name']}/{ident['version']}", float(m.decision.review_threshold),
-                          float(m.decision.accept_threshold))
+        name = f"{ident['name']}/{ident['version']}"
+        pair, top_m = None, 0
+        if m.pair is not None and m.pair_decision is not None:
+            pair = ModelState(name, float(m.pair_decision.review_threshold), float(m.pair_decision.accept_threshold))
+            top_m = m.pair.top_m if ctx.settings.pair_top_m is None else ctx.settings.pair_top_m
+        return ModelState(name, float(m.decision.review_threshold), float(m.decision.accept_threshold), pair, top_m)
     idx = OfferIndex(ctx.index_root, index_name_for(target))
     from ..fusion import FusionConfig
 
     cfg = idx.fusion() if idx.exists() else FusionConfig()
     return ModelState("zero-shot", cfg.review_threshold, cfg.accept_threshold)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _mark_reread(con: duckdb.DuckDBPyConnection, ctx, matches: str, data: list[dict],  # noqa: ANN001
+                 state: ModelState) -> None:
+    """Set ``_state`` = the stacked model's thresholds on the rows of ``data`` the pair scorer re-read: each
+    source's ``state.top_m`` best of the match result by stage 1's score (``match_products`` keeps those
+    first, so with ``m <= k`` they are all in it), which means scoring the result's pairs again by stage 1."""
+    from ..api import context_of
+    from ..pair_scorer import top_m_mask
+    from .rescore import score_again
+
+    q = quote_qualified(matches)
+    rows = con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, CAST(target_id AS VARCHAR) "
+                       f"FROM {q} WHERE score IS NOT NULL").fetchall()
+    stage1 = score_again(con, ctx or context_of(con), rows, 0,
+                         f"pm_queue_review: the matcher has a pair scorer, so which pairs of {matches!r} it re-read "
+                         "(and whose thresholds they are near) needs stage 1's scores")
+    src_of: dict[tuple[str, str], int] = {}
+    s = np.array([src_of.setdefault((r[0], r[1]), len(src_of)) for r in rows], dtype=np.int64)
+    mask = top_m_mask(s, np.nan_to_num(stage1, nan=-1.0), state.top_m)
+    reread = {tuple(r) for r, f in zip(rows, mask.tolist(), strict=True) if f}
+    for r in data:
+        if (r["source_table"], r["source_id"], r["target_table"], r["target_id"]) in reread:
+            r["_state"] = state.pair
 
 
 def _read_matches(con: duckdb.DuckDBPyConnection, matches: str) -> pa.Table:
@@ -141,9 +180,11 @@ def _stable_unit(seed: int, key: PairKey) -> float:
 
 
 def order_boundary(items: list[dict], state: ModelState) -> list[dict]:
-    """Nearest the boundary first, spread across source offers (see the module docstring)."""
+    """Nearest the boundary first, spread across source offers (see the module docstring); an item's boundary is
+    that of the model that scored it (``it["_state"]``, default ``state``)."""
     for it in items:
-        it["_u"] = abs(it["score"] - state.boundary) / state.half_band
+        st = it.get("_state") or state
+        it["_u"] = abs(it["score"] - st.boundary) / st.half_band
     items.sort(key=lambda it: (it["_u"], it["source_id"], it["target_id"]))
     seen: dict[tuple[str, str], int] = {}
     for it in items:
@@ -244,12 +285,13 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         from ..api import context_of
 
         state = model_state(ctx or context_of(con), data[0]["target_table"] if data else matches)
+    if state.pair is not None and state.top_m > 0 and data:
+        _mark_reread(con, ctx, matches, data, state)
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)
     ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed)
     before = max_label_id(con)
-    acc = state.accept_threshold if math.isfinite(state.accept_threshold) else None
     out = pa.table({
         "queue": [queue] * len(ordered),
         "position": list(range(1, len(ordered) + 1)),
@@ -261,8 +303,9 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         "target_id": [it["key"].target_id for it in ordered],
         **{c: [it[c] for it in ordered] for c in ("score", *_OPTIONAL, "decision", "reason")},
         "matcher": [state.matcher] * len(ordered),
-        "accept_threshold": pa.array([acc] * len(ordered), type=pa.float64()),
-        "review_threshold": [state.review_threshold] * len(ordered),
+        "accept_threshold": pa.array([_finite_or_none((it.get("_state") or state).accept_threshold) for it in ordered],
+                                     type=pa.float64()),
+        "review_threshold": [(it.get("_state") or state).review_threshold for it in ordered],
         "labels_before": [before] * len(ordered),
     }).cast(pa.schema([
         ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),

@@ -1,0 +1,52 @@
+"""Scoring reviewed or queued pairs again by one stage of the active matcher.
+
+A matcher with a pair scorer shows two scales in one ``match_products`` result: the pairs its scorer re-read
+carry the stacked model's score, the others stage 1's, and neither the result nor ``pm_labels`` says which.
+The review queue (which thresholds a pair is near) and ``pmatch calibrate`` (each model's thresholds from its
+own scores) score the pairs again through ``score_pairs``, with the scorer off or on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import duckdb
+import numpy as np
+
+from ..errors import PmatchError
+
+
+@contextmanager
+def pair_top_m(ctx, m: int | None) -> Iterator[None]:  # noqa: ANN001 - a PmatchContext
+    """``score_pairs`` on this installation with the pair scorer off (0) or on (None) while inside. For the one-off
+    review commands: a query run on the same connection in between would see the override too."""
+    old = ctx.settings
+    ctx.settings = dataclasses.replace(old, pair_top_m=m)
+    try:
+        yield
+    finally:
+        ctx.settings = old
+
+
+def score_again(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str, str, str]],  # noqa: ANN001
+                top_m: int | None, why: str) -> np.ndarray:
+    """``score_pairs``' score of each ``(source table, source id, target table, target id)`` with ``pair_top_m``
+    set to ``top_m`` (0: stage 1 alone; None: every pair re-read); NaN where it gives none. ``con``: a connection
+    or cursor to read the source tables with. A table that cannot be read is an error naming it and ``why`` the
+    pairs had to be scored again."""
+    from ..udfs.matching import score_table_pairs  # (the UDF layer imports the review package)
+
+    out = np.full(len(pairs), np.nan)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (st, _, tt, _) in enumerate(pairs):
+        groups.setdefault((st, tt), []).append(i)
+    for (st, tt), idx in groups.items():
+        try:
+            with pair_top_m(ctx, top_m):
+                got = score_table_pairs(ctx, con, st, tt, [(pairs[i][1], pairs[i][3]) for i in idx])
+        except (duckdb.Error, PmatchError) as e:
+            raise PmatchError(f"{why}: scoring {len(idx)} pairs of {st} -> {tt} again failed: {e}") from None
+        out[idx] = [np.nan if g is None else g for g in got]
+    return out
