@@ -366,9 +366,12 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
     con, thome, _, _, truth_te, _ = editions
     on, off = _scored(con, thome, "pairs"), _scored(con, thome, "pairs", pair_top_m=0)  # test_pairs' order
     y = np.array([1.0 if i % 2 == 0 else 0.0 for i in range(len(on))])  # (source, its edition), (source, other)
+    base = _matched(con, thome, "pairs", 4, pair_top_m=0)  # stage 1's order: its top 2 are what m = 2 re-reads
+    reread = {(s, t) for s, lst in base.items() for t, _, _ in lst[:2]}
     activate("pairs", "v1", thome)
     pm.install(con, home=thome, image_roots=[thome], matcher="pairs")
     try:
+        con.execute("CREATE OR REPLACE TABLE m_cal AS SELECT * FROM match_products('feed_test', 'catalog', k := 4)")
         for (s, t, *_), lab in zip(on, y, strict=True):
             record_verdict(con, PairKey.of("feed_test", s, "catalog", t), "match" if lab else "no_match", score=0.5,
                            decision="review", matcher="pairs/v1", reviewer="test")
@@ -379,9 +382,10 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
 
         db = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
         res = CliRunner().invoke(cli, ["calibrate", db, "--target", "catalog", "--target-precision", "0.8",
-                                       "--matcher", "pairs", "--home", str(thome), "--dry-run"])
+                                       "--matcher", "pairs", "--home", str(thome), "--dry-run", "--matches", "m_cal"])
         assert res.exit_code == 0, res.output
         assert "pair scorer (the reviewed pairs scored again" in res.output and "nothing written (dry run)" in res.output
+        assert "review band of m_cal: " in res.output
         cal = calibrate(con, "catalog", target_precision=0.8)
         want1 = choose_thresholds(np.array([r[2] for r in off]), y, 0.8, 0.02)
         want2 = choose_thresholds(np.array([r[2] for r in on]), y, 0.8, 0.02)
@@ -399,6 +403,21 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
         else:
             assert m.decision.accept_threshold == pytest.approx(cal.accept)
         assert m.bundle.manifest["calibration"]["pair_scorer"]["accept"] == pytest.approx(cal.pair["accept"])
+        # --matches' review band: each pair held to the band of the model that scored it, before and after
+        from pmatch_duckdb.api import context_of
+        from pmatch_duckdb.review.calibrate import review_band_counts
+
+        rows = con.execute("SELECT source_id, target_id, score FROM m_cal").fetchall()
+
+        def band(dm1: tuple, dm2: tuple) -> int:
+            return sum(lo <= sc < hi for s, t, sc in rows for lo, hi in [dm2 if (s, t) in reread else dm1])
+
+        old1 = (v1.decision.review_threshold, v1.decision.accept_threshold)
+        old2 = (v1.pair_decision.review_threshold, v1.pair_decision.accept_threshold)
+        new1 = old1 if cal.accept is None else (cal.review, cal.accept)
+        new2 = (cal.pair["review"], cal.pair["accept"])
+        got = review_band_counts(con, context_of(con), "m_cal", cal)
+        assert got == (band(old1, old2), band(new1, new2)) and got[0] > 0, got
     finally:
         con.execute("DELETE FROM pm_labels")
         deactivate("pairs", thome)

@@ -158,6 +158,35 @@ def _pair_decision(ctx):  # noqa: ANN001, ANN202
     return None if m is None else m.pair_decision
 
 
+def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, int]:  # noqa: ANN001
+    """Pairs of the saved result ``matches`` in the review band before and after ``cal`` (each model's band;
+    with a pair scorer, the pairs it re-read are held to the stacked model's; a model whose new accept threshold
+    is not certified keeps its thresholds, as ``_apply`` does)."""
+    from ..sqlident import quote_qualified
+    from .queue import model_state
+    from .rescore import reread_pairs
+
+    rows = con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, CAST(target_id AS VARCHAR), "
+                       f"score FROM {quote_qualified(matches)} WHERE score IS NOT NULL").fetchall()
+    inf = float("inf")
+    old1 = (cal.old_review, inf if cal.old_accept is None else cal.old_accept)
+    new1 = old1 if cal.accept is None else (cal.review, cal.accept)
+    reread: set = set()
+    old2 = new2 = old1
+    if cal.pair is not None:
+        pa = cal.pair
+        old2 = (pa["old_review"], inf if pa["old_accept"] is None else pa["old_accept"])
+        new2 = old2 if pa["accept"] is None else (pa["review"], pa["accept"])
+        top_m = model_state(ctx, cal.target).top_m
+        reread = reread_pairs(con, ctx, [r[:4] for r in rows], top_m,
+                              f"calibrate --matches: which pairs of {matches!r} the pair scorer re-read")
+
+    def band(stage1: tuple[float, float], stacked: tuple[float, float]) -> int:
+        return sum((lo <= r[4] < hi) for r in rows for lo, hi in [stacked if r[:4] in reread else stage1])
+
+    return band(old1, old2), band(new1, new2)
+
+
 def _apply(ctx, target: str, state: ModelState, cal: Calibration) -> str:  # noqa: ANN001
     source = {"kind": "pm_labels", "reviewed_pairs": cal.reviewed, "matches": cal.matches,
               "target_precision": cal.target_precision, "accept_lower_bound": cal.accept_lower_bound,

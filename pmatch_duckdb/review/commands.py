@@ -107,9 +107,10 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
 
     import duckdb
 
+    from ..api import context_of
     from ..connection import connect
     from ..sqlident import check_index_name, index_name_for, quote_qualified
-    from .calibrate import calibrate
+    from .calibrate import calibrate, review_band_counts
 
     try:  # names first: a hostile table name is refused before the database is opened
         quote_qualified(target)
@@ -122,15 +123,7 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
         extra = {"matcher": matcher} if matcher else {}
         con = connect(database, home=home, image_roots=list(image_roots) or None, **extra)
         cal = calibrate(con, target, target_precision, max_recall_loss, apply=not dry_run)
-        band = None
-        if matches:
-            q = quote_qualified(matches)
-            new_acc = cal.accept if cal.accept is not None else float("inf")
-            band = con.execute(
-                f"SELECT count(*) FILTER (WHERE score >= ? AND score < ?), "
-                f"count(*) FILTER (WHERE score >= ? AND score < ?) FROM {q}",
-                [cal.old_review, cal.old_accept if cal.old_accept is not None else float("inf"), cal.review,
-                 new_acc]).fetchall()[0]
+        band = review_band_counts(con, context_of(con), matches, cal) if matches else None
         con.close()
     except (PmatchError, duckdb.Error) as e:
         raise click.ClickException(str(e)) from None

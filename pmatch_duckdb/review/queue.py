@@ -24,7 +24,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from ..errors import PmatchError
@@ -133,19 +132,14 @@ def _mark_reread(con: duckdb.DuckDBPyConnection, ctx, matches: str, data: list[d
     source's ``state.top_m`` best of the match result by stage 1's score (``match_products`` keeps those
     first, so with ``m <= k`` they are all in it), which means scoring the result's pairs again by stage 1."""
     from ..api import context_of
-    from ..pair_scorer import top_m_mask
-    from .rescore import score_again
+    from .rescore import reread_pairs
 
     q = quote_qualified(matches)
     rows = con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, CAST(target_id AS VARCHAR) "
                        f"FROM {q} WHERE score IS NOT NULL").fetchall()
-    stage1 = score_again(con, ctx or context_of(con), rows, 0,
-                         f"pm_queue_review: the matcher has a pair scorer, so which pairs of {matches!r} it re-read "
-                         "(and whose thresholds they are near) needs stage 1's scores")
-    src_of: dict[tuple[str, str], int] = {}
-    s = np.array([src_of.setdefault((r[0], r[1]), len(src_of)) for r in rows], dtype=np.int64)
-    mask = top_m_mask(s, np.nan_to_num(stage1, nan=-1.0), state.top_m)
-    reread = {tuple(r) for r, f in zip(rows, mask.tolist(), strict=True) if f}
+    reread = reread_pairs(con, ctx or context_of(con), rows, state.top_m,
+                          f"pm_queue_review: the matcher has a pair scorer, so which pairs of {matches!r} it re-read "
+                          "(and whose thresholds they are near) needs stage 1's scores")
     for r in data:
         if (r["source_table"], r["source_id"], r["target_table"], r["target_id"]) in reread:
             r["_state"] = state.pair

@@ -50,3 +50,20 @@ def score_again(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str,
             raise PmatchError(f"{why}: scoring {len(idx)} pairs of {st} -> {tt} again failed: {e}") from None
         out[idx] = [np.nan if g is None else g for g in got]
     return out
+
+
+def reread_pairs(con: duckdb.DuckDBPyConnection, ctx, rows: list[tuple[str, str, str, str]], top_m: int,  # noqa: ANN001
+                 why: str) -> set[tuple[str, str, str, str]]:
+    """The pairs of a ``match_products`` result (``rows``: all of it, as (source table, source id, target table,
+    target id)) that its pair scorer re-read: each source's ``top_m`` best by stage 1's score, which
+    ``match_products`` keeps first (so with ``m <= k`` they are all in the result)."""
+    from ..pair_scorer import top_m_mask
+
+    if not rows or top_m <= 0:
+        return set()
+    stage1 = score_again(con, ctx, rows, 0, why)
+    src_of: dict[tuple[str, str], int] = {}
+    s = np.array([src_of.setdefault((r[0], r[1]), len(src_of)) for r in rows], dtype=np.int64)
+    mask = top_m_mask(s, np.nan_to_num(stage1, nan=-1.0), top_m)
+    return {tuple(r) for r, f in zip(rows, mask.tolist(), strict=True) if f}
+
