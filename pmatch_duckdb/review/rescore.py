@@ -3,7 +3,8 @@
 A matcher with a pair scorer shows two scales in one ``match_products`` result: the pairs its scorer re-read
 carry the stacked model's score, the others stage 1's, and neither the result nor ``pm_labels`` says which.
 The review queue (which thresholds a pair is near) and ``pmatch calibrate`` (each model's thresholds from its
-own scores) score the pairs again through ``score_pairs``, with the scorer off or on.
+own scores) score the pairs again with ``score_pairs``' code (``udfs.matching.score_table_pairs``, which also runs
+inside the queue's UDF, where the ``score_pairs`` macro does not exist), with the scorer off or on.
 """
 
 from __future__ import annotations
