@@ -272,11 +272,12 @@ def _target_view_for(ctx: PmatchContext, target: str):
 
 
 def score_table_pairs(ctx: PmatchContext, con: duckdb.DuckDBPyConnection, source: str, target: str,
-                      pairs: list[tuple[str, str]]) -> list[float | None]:
+                      pairs: list[tuple[str, str]], pair_top_m: int | None) -> list[float | None]:
     """``score_pairs``' score of each (source id, target id) of two tables, called from Python: the review
     commands score pairs again, also from inside ``_pm_queue_review``, where the ``score_pairs`` macro does not
     exist (TEMP macros belong to the connection that installed them; a UDF runs SQL on a cursor). ``con``: a
-    connection or cursor to read ``source`` with."""
+    connection or cursor to read ``source`` with; ``pair_top_m``: 0 = stage 1 alone, else every pair re-read by
+    the matcher's pair scorer (the connection's setting is not consulted)."""
     ids = list(dict.fromkeys(a for a, _ in pairs))
     rows = con.execute(f"SELECT CAST(o.id AS VARCHAR), CAST(to_json(o) AS VARCHAR) FROM {quote_qualified(source)} "
                        "AS o WHERE CAST(o.id AS VARCHAR) IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()
@@ -286,11 +287,16 @@ def score_table_pairs(ctx: PmatchContext, con: duckdb.DuckDBPyConnection, source
         row_of.setdefault(k, r)
     items = [{"pair_no": i + 1, "source_key": a, "target_key": b, "source_row": row_of.get(a),
               "copies": copies.get(a, 0)} for i, (a, b) in enumerate(pairs)]
-    return [r["score"] for r in _score_pairs(ctx, source, target, items)]
+    return [r["score"] for r in _score_pairs(ctx, source, target, items, pair_top_m)]
 
 
-def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, items: list[dict]) -> list[dict]:
-    """``score_pairs``: score the given pairs (one dict per item, in order) with match_products' scoring."""
+_SETTING = object()  # _score_pairs: pair_top_m from the connection's settings
+
+
+def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, items: list[dict],
+                 pair_top_m: int | None | object = _SETTING) -> list[dict]:
+    """``score_pairs``: score the given pairs (one dict per item, in order) with match_products' scoring
+    (``pair_top_m``: the connection's setting unless given)."""
     if source is None or target is None:
         raise PmatchError("score_pairs: source and target table names must not be NULL")
     if not items:
@@ -337,7 +343,8 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
         src_vecs = source_vectors(offers, ctx.settings, view.fusion, reuse=reuse, matcher=view.matcher)
         s = np.array([src_pos[items[i]["source_key"]] for i in todo], dtype=np.int64)
         t = np.array([tpos[items[i]["target_key"]] for i in todo], dtype=np.int64)
-        cand = score_given(src_vecs, view, s, t, exclude_self=dedup, pair_top_m=ctx.settings.pair_top_m)
+        top_m = ctx.settings.pair_top_m if pair_top_m is _SETTING else pair_top_m
+        cand = score_given(src_vecs, view, s, t, exclude_self=dedup, pair_top_m=top_m)
         # human verdicts (pm_labels) override the model's decision, as in match_products
         keys = [PairKey.of(source, items[i]["source_key"], target, items[i]["target_key"]) for i in todo]
         decisions, human = override_decisions(keys, cand.decision, _verdicts(ctx, source, target))

@@ -9,33 +9,17 @@ inside the queue's UDF, where the ``score_pairs`` macro does not exist), with th
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import duckdb
 import numpy as np
 
 from ..errors import PmatchError
 
 
-@contextmanager
-def pair_top_m(ctx, m: int | None) -> Iterator[None]:  # noqa: ANN001 - a PmatchContext
-    """``score_pairs`` on this installation with the pair scorer off (0) or on (None) while inside. For the one-off
-    review commands: a query run on the same connection in between would see the override too."""
-    old = ctx.settings
-    ctx.settings = dataclasses.replace(old, pair_top_m=m)
-    try:
-        yield
-    finally:
-        ctx.settings = old
-
-
 def score_again(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str, str, str]],  # noqa: ANN001
                 top_m: int | None, why: str) -> np.ndarray:
     """``score_pairs``' score of each ``(source table, source id, target table, target id)`` with ``pair_top_m``
-    set to ``top_m`` (0: stage 1 alone; None: every pair re-read); NaN where it gives none. ``con``: a connection
-    or cursor to read the source tables with. A table that cannot be read is an error naming it and ``why`` the
+    ``top_m`` (0: stage 1 alone; None: every pair re-read; the connection's setting is left alone); NaN where it
+    gives none. ``con``: a connection or cursor to read the source tables with. A table that cannot be read is an error naming it and ``why`` the
     pairs had to be scored again."""
     from ..udfs.matching import score_table_pairs  # (the UDF layer imports the review package)
 
@@ -45,8 +29,7 @@ def score_again(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str,
         groups.setdefault((st, tt), []).append(i)
     for (st, tt), idx in groups.items():
         try:
-            with pair_top_m(ctx, top_m):
-                got = score_table_pairs(ctx, con, st, tt, [(pairs[i][1], pairs[i][3]) for i in idx])
+            got = score_table_pairs(ctx, con, st, tt, [(pairs[i][1], pairs[i][3]) for i in idx], top_m)
         except (duckdb.Error, PmatchError) as e:
             raise PmatchError(f"{why}: scoring {len(idx)} pairs of {st} -> {tt} again failed: {e}") from None
         out[idx] = [np.nan if g is None else g for g in got]
