@@ -805,16 +805,16 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     s, t = candidate_pairs(src, view, k, exclude_self, vector_k, lexical_k, lexical)
     cview, tc = view.candidates(t)
     sig = pair_signals(src, cview, s, tc)
-    score, second, stage1_accepts = score_pairs_of(src, cview, s, tc, sig, pair_top_m)
+    score, second, stage1 = score_pairs_of(src, cview, s, tc, sig, pair_top_m)
     # keep k per source (the re-scored pairs first, see best_k), ranked by score
     keep = np.flatnonzero(best_k(s, score, second, k))
     order = keep[np.lexsort((-score[keep], s[keep]))]
-    s, t, score, second, stage1_accepts = s[order], t[order], score[order], second[order], stage1_accepts[order]
+    s, t, score, second, stage1 = s[order], t[order], score[order], second[order], stage1[order]
     rank = rank_in_runs(s) + 1 if len(s) else np.zeros(0, dtype=np.int64)
     gtin = sig.gtin[order] if sig.gtin is not None else None
     return Candidates(source=s, target=t, rank=rank, score=score, text_score=sig.text[order],
                       image_score=sig.image[order], lexical_score=sig.lexical[order], id_match=sig.id_match[order],
-                      price_ratio=sig.price_ratio[order], decision=_decide(view, score, second, gtin, stage1_accepts))
+                      price_ratio=sig.price_ratio[order], decision=_decide(view, score, second, gtin, stage1))
 
 
 def best_k(s: np.ndarray, score: np.ndarray, second: np.ndarray, k: int) -> np.ndarray:
@@ -858,21 +858,21 @@ def _concat_candidates(parts: list[Candidates], batch: int) -> Candidates:
 def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, sig: PairSignals,
                    pair_top_m: int | None = None, rescore: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(score, second_stage, stage1_accepts)`` of (source, target) position pairs: the one scoring path of
+    """``(score, second_stage, stage1)`` of (source, target) position pairs: the one scoring path of
     ``match_products`` and ``score_pairs``.
 
     Zero-shot: the fusion score. Trained: the matcher's calibrated decision model; with a pair scorer in
     the bundle, each source's ``pair_top_m`` best pairs (bundle default when None; 0 = off) plus the pairs
     marked in ``rescore`` are re-scored by the pair scorer + stacked decision model (``second_stage``
-    marks them). ``stage1_accepts``: the first-stage score alone is at or above its accept threshold (what
-    :func:`_decide` keeps for re-scored pairs). Rank/gap features are relative to the pairs of the same source
-    passed in together.
+    marks them). ``stage1``: the first-stage score alone (after the GTIN rule; what the top ``m`` are chosen by and
+    what :func:`_decide` reads for re-scored pairs; equal to ``score`` where nothing was re-scored). Rank/gap
+    features are relative to the pairs of the same source passed in together.
     """
     second = np.zeros(len(s), dtype=bool)
     m, cfg = view.matcher, view.fusion
     if m is None:
         score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin)
-        return score, second, np.zeros(len(s), dtype=bool)
+        return score, second, score
     dm = m.decision
     raw = dm.raw(decision_features(src, view, s, t, sig, dm.features, token_diff=dm.token_diff))
 
@@ -885,9 +885,7 @@ def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.nda
                                    min(cfg.gtin_conflict_score, np.nextafter(dm.review_threshold, 0.0)))
 
     # the top m are chosen after the GTIN rule: an equal-GTIN pair is among the pairs match keeps for any k
-    stage1 = dm.calibrate(raw)
-    stage1_accepts = stage1 >= dm.accept_threshold
-    score = gtin_rule(stage1)
+    stage1 = score = gtin_rule(dm.calibrate(raw))
     if m.pair is not None and m.pair_decision is not None:
         second = top_m_mask(s, score, m.pair.top_m if pair_top_m is None else pair_top_m)
         if rescore is not None:
@@ -897,15 +895,15 @@ def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.nda
             score = score.copy()
             score[second] = m.pair_decision.score(stacked_features(raw[second], logits))
             score = gtin_rule(score)
-    return score, second, stage1_accepts
+    return score, second, stage1
 
 
 def _decide(view: TargetView, score: np.ndarray, second: np.ndarray | None = None,
-            gtin: np.ndarray | None = None, stage1_accepts: np.ndarray | None = None) -> list[str]:
+            gtin: np.ndarray | None = None, stage1: np.ndarray | None = None) -> list[str]:
     """accept/review/reject, each pair by the thresholds of the model that scored it; unless the matcher
     learnt GTIN evidence, equal valid GTINs accept and different ones reject.
 
-    A re-scored pair (``second``) that the first stage alone accepts (``stage1_accepts``) stays accepted unless
+    A re-scored pair (``second``) that the first stage alone accepts (its score ``stage1``) stays accepted unless
     the stacked model rejects it: the first stage's accept threshold is certified on thousands of held-out
     pairs, the stacked model's only on the pair stage's few hundred, where a 0.99 lower bound is out of reach
     (it needs ≥ 268 matches above the threshold without an error; every stacked model measured so far has
@@ -916,7 +914,7 @@ def _decide(view: TargetView, score: np.ndarray, second: np.ndarray | None = Non
     else:
         out = m.decision.decide(score)
         if second is not None and second.any() and m.pair_decision is not None:
-            kept = np.zeros(len(score), dtype=bool) if stage1_accepts is None else stage1_accepts
+            kept = np.zeros(len(score), dtype=bool) if stage1 is None else stage1 >= m.decision.accept_threshold
             for i, d in zip(np.flatnonzero(second), m.pair_decision.decide(score[second]), strict=True):
                 out[i] = "accept" if kept[i] and d != "reject" else d
     if (m is None or not m.decision.gtin_learnt()) and gtin is not None:
@@ -950,12 +948,11 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
     at = np.searchsorted(uniq, s * view.n + t)
     given[at] = True
     off = pair_top_m == 0
-    score, second, stage1_accepts = score_pairs_of(src, cview, us, utc, sig, 0, rescore=None if off else given)
+    score, second, stage1 = score_pairs_of(src, cview, us, utc, sig, 0, rescore=None if off else given)
     score = np.asarray(score, dtype=np.float64)
     head = np.zeros(len(us), dtype=bool)  # the pairs match re-reads: each source's top m by the first stage
     m = view.matcher
-    if not off and m is not None and m.pair is not None and m.pair_decision is not None and len(us):
-        stage1, _, _ = score_pairs_of(src, cview, us, utc, sig, 0)  # the first stage alone (cheap beside the scorer)
+    if not off and m is not None and m.pair is not None and m.pair_decision is not None:
         head = top_m_mask(us, stage1, m.pair.top_m if pair_top_m is None else pair_top_m)
     order = np.lexsort((-score, ~best_k(us, score, head, k), us))
     rank = np.zeros(len(us), dtype=np.int64)
@@ -965,7 +962,7 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
                       image_score=sig.image[at], lexical_score=sig.lexical[at], id_match=sig.id_match[at],
                       price_ratio=sig.price_ratio[at],
                       decision=_decide(view, score[at], second[at], sig.gtin[at] if sig.gtin is not None else None,
-                                       stage1_accepts[at]))
+                                       stage1[at]))
 
 
 def match_offers(offers: list[Offer], view: TargetView, settings: Settings, k: int, exclude_self: bool = False,
