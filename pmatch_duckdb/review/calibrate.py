@@ -70,12 +70,6 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def reviewed_scores(con, target: str, matcher: str) -> tuple[np.ndarray, np.ndarray, int]:  # noqa: ANN001
-    """(scores shown, 1 = match / 0 = no_match, verdicts ignored because another model scored them)."""
-    _, s, y, ignored = reviewed_pairs(con, target, matcher)
-    return s, y, ignored
-
-
 def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
                    ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int]:
     """(pairs as (source table, source id, target table, target id), scores shown, 1 = match / 0 = no_match,
@@ -119,9 +113,8 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
             f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
             f"{target!r}; need at least {min_matches} matches. Review more pairs: pmatch review "
             f"<db>{f' ({ignored} verdicts were given on another model' + chr(39) + 's scores)' if ignored else ''}")
-    pair_dm = _pair_decision(ctx) if state.matcher != "zero-shot" else None
     stacked = None
-    if pair_dm is not None:  # two scales in the scores shown: each model's own scores of every reviewed pair
+    if state.pair is not None:  # two scales in the scores shown: each model's own scores of every reviewed pair
         s, stacked = (np.nan_to_num(x, nan=0.0) for x in rescore_reviewed(con, ctx, pairs))
     accept, review, prec, lb, n_above = _pick(s, y, target_precision, max_recall_loss)
     cal = Calibration(
@@ -129,10 +122,10 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
         old_accept=_finite(state.accept_threshold), old_review=state.review_threshold, accept=accept,
         review=review, target_precision=target_precision, accept_precision=prec, accept_lower_bound=lb,
         accept_reviewed=n_above)
-    if pair_dm is not None and stacked is not None:
+    if state.pair is not None and stacked is not None:
         p_acc, p_rev, p_prec, p_lb, p_n = _pick(stacked, y, target_precision, max_recall_loss)
-        cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": _finite(pair_dm.accept_threshold),
-                    "old_review": float(pair_dm.review_threshold), "accept_precision": p_prec,
+        cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": _finite(state.pair.accept_threshold),
+                    "old_review": state.pair.review_threshold, "accept_precision": p_prec,
                     "accept_lower_bound": p_lb, "accept_reviewed": p_n}
     certified = cal.accept is not None or (cal.pair is not None and cal.pair["accept"] is not None)
     if apply and certified:
@@ -150,24 +143,14 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
     return _finite(accept), float(review), (m_above / n_above) if n_above else None, lb, n_above
 
 
-def _pair_decision(ctx):  # noqa: ANN001, ANN202
-    """The active matcher's stacked decision model (None: no pair scorer)."""
-    from ..matchers import active_matcher
-
-    m = active_matcher(ctx.settings.matcher, ctx.settings.home)
-    return None if m is None else m.pair_decision
-
-
 def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, int]:  # noqa: ANN001
     """Pairs of the saved result ``matches`` in the review band before and after ``cal`` (each model's band;
     with a pair scorer, the pairs it re-read are held to the stacked model's; a model whose new accept threshold
     is not certified keeps its thresholds, as ``_apply`` does)."""
-    from ..sqlident import quote_qualified
     from .queue import model_state
-    from .rescore import reread_pairs
+    from .rescore import reread_pairs, result_pairs
 
-    rows = con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, CAST(target_id AS VARCHAR), "
-                       f"score FROM {quote_qualified(matches)} WHERE score IS NOT NULL").fetchall()
+    rows = result_pairs(con, matches)
     inf = float("inf")
     old1 = (cal.old_review, inf if cal.old_accept is None else cal.old_accept)
     new1 = old1 if cal.accept is None else (cal.review, cal.accept)

@@ -132,11 +132,9 @@ def _mark_reread(con: duckdb.DuckDBPyConnection, ctx, matches: str, data: list[d
     source's ``state.top_m`` best of the match result by stage 1's score (``match_products`` keeps those
     first, so with ``m <= k`` they are all in it), which means scoring the result's pairs again by stage 1."""
     from ..api import context_of
-    from .rescore import reread_pairs
+    from .rescore import reread_pairs, result_pairs
 
-    q = quote_qualified(matches)
-    rows = con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, CAST(target_id AS VARCHAR) "
-                       f"FROM {q} WHERE score IS NOT NULL").fetchall()
+    rows = [r[:4] for r in result_pairs(con, matches)]
     reread = reread_pairs(con, ctx or context_of(con), rows, state.top_m,
                           f"pm_queue_review: the matcher has a pair scorer, so which pairs of {matches!r} it re-read "
                           "(and whose thresholds they are near) needs stage 1's scores")

@@ -36,6 +36,15 @@ def score_again(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str,
     return out
 
 
+def result_pairs(con: duckdb.DuckDBPyConnection, matches: str) -> list[tuple[str, str, str, str, float]]:
+    """The scored pairs of a saved ``match_products`` result: (source table, source id, target table, target id,
+    score)."""
+    from ..sqlident import quote_qualified
+
+    return con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, CAST(target_id AS VARCHAR), "
+                       f"score FROM {quote_qualified(matches)} WHERE score IS NOT NULL").fetchall()
+
+
 def reread_pairs(con: duckdb.DuckDBPyConnection, ctx, rows: list[tuple[str, str, str, str]], top_m: int,  # noqa: ANN001
                  why: str) -> set[tuple[str, str, str, str]]:
     """The pairs of a ``match_products`` result (``rows``: all of it, as (source table, source id, target table,
