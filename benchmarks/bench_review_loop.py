@@ -84,11 +84,11 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         queued = con.execute(f"SELECT queued FROM pm_queue_review('m_src_a', accept_sample := {accept_sample}, "
                              f"seed := {seed})").fetchone()[0]
         rows = con.execute("SELECT source_table, source_id, target_table, target_id, score, decision, reason, matcher, "
-                           "queue FROM pm_review_queue ORDER BY position LIMIT ?", [n_review]).fetchall()
-        for st, si, tt, ti, score, dec, reason, matcher, queue in rows:
+                           "queue, scored_by FROM pm_review_queue ORDER BY position LIMIT ?", [n_review]).fetchall()
+        for st, si, tt, ti, score, dec, reason, matcher, queue, scored_by in rows:
             verdict = "match" if ti in truth.get(si, ()) else "no_match"
             record_verdict(con, PairKey(st, si, tt, ti), verdict, reviewer="ground truth", matcher=matcher,
-                           score=score, decision=dec, queue=queue, reason=reason)
+                           score=score, decision=dec, queue=queue, reason=reason, scored_by=scored_by)
         n_match = sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows)
         try:
             cal = calibrate(con, target, target_precision)

@@ -6,7 +6,9 @@
 -- queue the pairs of a saved match_products result for review (replaces the queue of that name).
 -- Order: pairs nearest the decision boundary first, spread across source offers; a random
 -- `accept_sample` share of the auto-accepted pairs interleaved (to measure auto-accept precision);
--- pairs already labelled are skipped unless their score moved by >= recheck_delta (then first).
+-- pairs already labelled are skipped unless the model turned against the verdict (then first): its score
+-- moved by >= recheck_delta away from it, or, across score scales (pm_labels.scored_by), its decision now
+-- contradicts the verdict where the decision shown did not.
 -- Returns one row: queue, queued, boundary, accept_samples, rechecks, skipped_labelled.
 CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept_sample := 0.05,
                                              recheck_delta := 0.3, seed := 0) AS TABLE

@@ -439,16 +439,17 @@ def test_the_review_queue_holds_each_pair_to_the_thresholds_of_the_model_that_sc
     try:
         con.execute("CREATE OR REPLACE TABLE m4 AS SELECT * FROM match_products('feed_test', 'catalog', k := 4)")
         con.execute("SELECT * FROM pm_queue_review('m4', queue := 'pairs', accept_sample := 1.0)").fetchall()
-        rows = con.execute("SELECT source_id, target_id, review_threshold, accept_threshold FROM pm_review_queue "
-                           "WHERE queue = 'pairs'").fetchall()
+        rows = con.execute("SELECT source_id, target_id, review_threshold, accept_threshold, scored_by "
+                           "FROM pm_review_queue WHERE queue = 'pairs'").fetchall()
     finally:
         deactivate("pairs", thome)
         con.execute("DELETE FROM pm_review_queue")
     assert rows
     n_read = 0
-    for s, t, review, accept in rows:
+    for s, t, review, accept, scored_by in rows:
         dm = m.pair_decision if (s, t) in reread else m.decision
         n_read += (s, t) in reread
+        assert scored_by == ("pair_scorer" if (s, t) in reread else "stage1"), (s, t)
         assert review == pytest.approx(dm.review_threshold), (s, t)
         assert accept == (None if not np.isfinite(dm.accept_threshold) else pytest.approx(dm.accept_threshold))
     assert 0 < n_read < len(rows)  # both kinds queued

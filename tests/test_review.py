@@ -12,6 +12,7 @@ import pmatch_duckdb as pm
 from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.review import PairKey, current_verdicts, labels_as_pairs, record_verdict, wilson_interval
 from pmatch_duckdb.review.overrides import constrained_edges
+from pmatch_duckdb.review.labels import Verdict
 from pmatch_duckdb.review.queue import ModelState, build_queue, interleave, order_boundary
 
 # ----------------------------------------------------------------------------------------------
@@ -88,12 +89,16 @@ def test_queue_order_boundary_spread_samples_and_rechecks() -> None:
     rows += [_row(f"S{i}", "x", 0.56 + 0.02 * i, "review") for i in range(6)]
     rows += [_row(f"P{i}", "y", 0.9, "accept") for i in range(40)]
     rows += [_row("L1", "z", 0.70, "review"), _row("L2", "z", 0.95, "accept"), _row("L3", "z", 0.2, "reject")]
-    verdicts = {PairKey.of("feed", "L1", "cat", "z"): ("match", 0.69, 1),      # unchanged: not asked again
-                PairKey.of("feed", "L2", "cat", "z"): ("no_match", 0.60, 2),   # score moved 0.35: recheck
-                PairKey.of("feed", "L3", "cat", "z"): ("match", 0.75, 3)}      # moved 0.55: recheck first
+    verdicts = {PairKey.of("feed", "L1", "cat", "z"): Verdict("match", 0.69, 1, "zero-shot", "review"),  # unchanged
+                # score moved 0.35 up, against the verdict: recheck
+                PairKey.of("feed", "L2", "cat", "z"): Verdict("no_match", 0.60, 2, "zero-shot", "review"),
+                # moved 0.55 down, against it: recheck first
+                PairKey.of("feed", "L3", "cat", "z"): Verdict("match", 0.75, 3, "zero-shot", "review")}
     ordered, counts = build_queue(rows, verdicts, state, accept_sample=0.05, seed=1)
     assert counts == {"boundary": 16, "accept_samples": 2, "rechecks": 2, "skipped_labelled": 1}
     assert [it["source_id"] for it in ordered[:2]] == ["L3", "L2"]
+    # the reviewer is shown the model's own decision, not the verdict's override of it
+    assert [(it["decision"], it["scored_by"]) for it in ordered[:2]] == [("reject", "zero-shot"), ("accept", "zero-shot")]
     body = [it for it in ordered if it["reason"] == "boundary"]
     # nearest the boundary first, but offer A's ten candidates do not come in a row
     assert body[0]["source_id"] == "A"
@@ -150,6 +155,42 @@ def test_no_match_never_joins_through_a_chain() -> None:
 # ----------------------------------------------------------------------------------------------
 # in SQL, on the generated shop
 # ----------------------------------------------------------------------------------------------
+
+
+def test_a_recheck_asks_again_only_where_the_model_turned_against_the_verdict() -> None:
+    zs = ModelState("zero-shot", 0.55, 0.80)
+    trained = ModelState("default/v2", 0.30, 0.95)
+    pair = ModelState("default/v2", 0.20, float("inf"), scale="pair_scorer")
+    trained.pair, trained.top_m = pair, 1
+
+    def queued(score: float, v: Verdict, state: ModelState = zs, st: ModelState | None = None) -> bool:
+        row = {**_row("A", "t", score, "review"), "_state": st}
+        ordered, counts = build_queue([row], {PairKey.of("feed", "A", "cat", "t"): v}, state, accept_sample=0)
+        assert counts["rechecks"] + counts["skipped_labelled"] == 1
+        return counts["rechecks"] == 1
+
+    # the same scale: a move of >= 0.3 away from the verdict, not towards it (as after training on the verdict)
+    assert queued(0.35, Verdict("match", 0.70, 1, "zero-shot", "review"))
+    assert not queued(0.99, Verdict("match", 0.60, 1, "zero-shot", "review"))  # the model turned, but agrees now
+    assert not queued(0.05, Verdict("no_match", 0.70, 1, "zero-shot", "review"))
+    assert queued(0.95, Verdict("no_match", 0.60, 1, "zero-shot", "review"))
+    assert queued(0.30, Verdict("unsure", 0.65, 1, "zero-shot", "review")) and \
+        not queued(0.60, Verdict("unsure", 0.65, 1, "zero-shot", "review"))
+    assert not queued(0.35, Verdict("match", 0.60, 1, "zero-shot", "review"))  # moved 0.25 only
+    # a zero-shot similarity then, a trained matcher's probability now: scores do not compare, decisions do
+    assert not queued(0.20, Verdict("no_match", 0.72, 1, "zero-shot", "review"), trained)  # 0.52 down: agrees
+    assert queued(0.10, Verdict("match", 0.62, 1, "zero-shot", "review"), trained)  # now rejected
+    assert not queued(0.10, Verdict("match", 0.62, 1, "zero-shot", "reject"), trained)  # it said reject then too
+    assert queued(0.97, Verdict("no_match", 0.78, 1, "zero-shot", "review"), trained)  # now auto-accepted
+    assert not queued(0.90, Verdict("no_match", 0.40, 1, "zero-shot", "review"), trained)  # 0.5 up, but review
+    # one trained matcher, re-read by its pair scorer then and not now (and the other way round)
+    assert queued(0.10, Verdict("match", 0.45, 1, "default/v2", "review", "pair_scorer"), trained)
+    assert not queued(0.40, Verdict("match", 0.90, 1, "default/v2", "review", "stage1"), trained, pair)
+    assert queued(0.10, Verdict("match", 0.90, 1, "default/v2", "review", "pair_scorer"), trained, pair)
+    # a verdict of unknown scale (written before scored_by existed) on a trained matcher's score: decisions compare;
+    # without the decision shown either, nothing can be told (plain tuples are such verdicts)
+    assert queued(0.10, Verdict("match", 0.50, 1, "default/v1", "review"), trained, pair)
+    assert not queued(0.10, Verdict("match", 0.90, 1), trained) and not queued(0.10, ("match", 0.90, 1), trained)
 
 
 def _connect(demo):  # noqa: ANN001, ANN202
@@ -284,8 +325,39 @@ def test_review_page_server_side(review_demo) -> None:
     missing = create_app(ReviewConfig(review_demo.db, "nope", (review_demo.images,), "ann")).test_client().get("/")
     assert missing.status_code == 400 and "pm_queue_review" in missing.text
     con = duckdb.connect(str(review_demo.db))
-    assert con.execute("SELECT verdict, reviewer, note FROM pm_labels ORDER BY label_id").fetchall() == [
-        ("match", "ann", "same <b>item</b>"), ("retracted", "ann", "undo of match")]
+    assert con.execute("SELECT verdict, reviewer, note, matcher, scored_by FROM pm_labels ORDER BY label_id"
+                       ).fetchall() == [("match", "ann", "same <b>item</b>", "zero-shot", "zero-shot"),
+                                        ("retracted", "ann", "undo of match", "zero-shot", "zero-shot")]
+    con.close()
+
+
+def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path) -> None:
+    """A ``pm_labels`` / ``pm_review_queue`` without ``scored_by`` (written before it existed) is read as it is and
+    gains the column (NULL on the old rows) when written to; nothing of the history changes."""
+    from pmatch_duckdb.review.labels import LABELS_DDL
+    from pmatch_duckdb.review.queue import QUEUE_DDL, queue_review
+
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    con.execute(LABELS_DDL)
+    con.execute("ALTER TABLE pm_labels DROP COLUMN scored_by")  # as an earlier version created it
+    con.execute(QUEUE_DDL)
+    con.execute("ALTER TABLE pm_review_queue DROP COLUMN scored_by")
+    con.execute("INSERT INTO pm_labels (source_table, source_id, target_table, target_id, verdict, matcher, score, "
+                "decision) VALUES ('feed', 'L', 'cat', 'x', 'match', 'default/v1', 0.9, 'accept')")
+    assert current_verdicts(con)[PairKey("feed", "L", "cat", "x")] == Verdict("match", 0.9, 1, "default/v1", "accept")
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES ('feed', 'A', 'cat', 'y', 0.6, 'review'), "
+                "('feed', 'L', 'cat', 'x', 0.1, 'accept')) t(source_table, source_id, target_table, target_id, "
+                "score, decision)")
+    stats = queue_review(con, "m", state=ModelState("default/v2", 0.3, 0.95))
+    assert (stats.boundary, stats.rechecks) == (1, 1)  # the verdict's scale is unknown: now 'reject' contradicts it
+    assert con.execute("SELECT source_id, reason, decision, scored_by FROM pm_review_queue ORDER BY position"
+                       ).fetchall() == [("L", "recheck", "reject", "stage1"), ("A", "boundary", "review", "stage1")]
+    record_verdict(con, PairKey("feed", "A", "cat", "y"), "no_match", matcher="default/v2", score=0.6,
+                   decision="review", scored_by="stage1")
+    assert con.execute("SELECT source_id, scored_by FROM pm_labels_current ORDER BY label_id").fetchall() == [
+        ("L", None), ("A", "stage1")]
+    with pytest.raises(PmatchError, match="scored_by must be one of"):
+        record_verdict(con, PairKey("feed", "A", "cat", "y"), "match", scored_by="stage 1")
     con.close()
 
 

@@ -242,7 +242,8 @@ def _clusters(ctx: PmatchContext, pairs_table: str, registry: str) -> list[dict]
     # human verdicts: a `match` links its offers whatever the model scored; a `no_match` pair never ends
     # up in one entity (not even through a chain of accepted pairs)
     must, cannot = [], []
-    for key, (verdict, _, _) in verdicts.items():
+    for key, v in verdicts.items():
+        verdict = v[0]
         a, b = f"{names[key.source_table]}:{key.source_id}", f"{names[key.target_table]}:{key.target_id}"
         if verdict == "match":
             must.append((a, b))

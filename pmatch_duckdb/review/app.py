@@ -157,7 +157,8 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
                 abort(404)
             key = PairKey(entry["source_table"], entry["source_id"], entry["target_table"], entry["target_id"])
             record_verdict(con, key, verdict, reviewer=cfg.reviewer, matcher=entry["matcher"], score=entry["score"],
-                           decision=entry["decision"], queue=cfg.queue, reason=entry["reason"], note=note)
+                           decision=entry["decision"], queue=cfg.queue, reason=entry["reason"], note=note,
+                           scored_by=entry.get("scored_by"))
         return redirect(url_for("index", saved=f"{LABEL[verdict]}: {entry['source_id']} ↔ {entry['target_id']}"))
 
     @app.post("/undo")
@@ -178,7 +179,7 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
             entry = entry_at(con, cfg.queue, position)
             record_verdict(con, PairKey(st, si, tt, ti), "retracted", reviewer=cfg.reviewer, matcher=entry["matcher"],
                            score=entry["score"], decision=entry["decision"], queue=cfg.queue, reason=entry["reason"],
-                           note=f"undo of {verdict}")
+                           note=f"undo of {verdict}", scored_by=entry.get("scored_by"))
         return redirect(url_for("pair", position=position, undone=1))
 
     @app.get("/summary")

@@ -7,9 +7,9 @@ review threshold keeps all but ``max_recall_loss`` of the reviewed matches above
 
 Only verdicts given on scores of the model in force count (``pm_labels.matcher``): another model's
 scores are on another scale. A matcher with a pair scorer shows two scales itself (re-read pairs carry the stacked
-model's score, the others stage 1's, and ``pm_labels`` does not say which): its reviewed pairs are scored again
-through ``score_pairs``, once by stage 1 alone and once re-read, and each model's thresholds are picked from its
-own scores. Caveat: the queue asks about the whole review band but only a sample of
+model's score, the others stage 1's; ``pm_labels.scored_by`` says which, but only for verdicts given since it
+exists): its reviewed pairs are scored again through ``score_pairs``, once by stage 1 alone and once re-read, and
+each model's thresholds are picked from its own scores. Caveat: the queue asks about the whole review band but only a sample of
 the auto-accepted pairs, so reviewed pairs under-represent the high scores; as those are mostly
 matches, the precision estimate is on the cautious side.
 

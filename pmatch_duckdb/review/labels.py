@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import duckdb
 
@@ -23,6 +24,11 @@ from ..sqlident import index_name_for
 
 VERDICTS = ("match", "no_match", "unsure")
 RETRACTED = "retracted"
+
+#: what ``pm_labels.scored_by`` / ``pm_review_queue.scored_by`` hold: the scale the shown score is on. A zero-shot
+#: fused similarity, a trained matcher's first stage and its pair scorer's stacked model each score on their own scale
+#: (a matcher with a pair scorer shows the last two in one result).
+SCORED_BY = ("zero-shot", "stage1", "pair_scorer")
 
 LABELS_DDL = f"""
 CREATE SEQUENCE IF NOT EXISTS pm_labels_seq;
@@ -40,7 +46,8 @@ CREATE TABLE IF NOT EXISTS pm_labels (
     decision     VARCHAR,   -- the model's decision shown (accept / review / reject)
     queue        VARCHAR,   -- review queue the pair came from
     reason       VARCHAR,   -- why it was queued: boundary / accept_sample / recheck
-    note         VARCHAR
+    note         VARCHAR,
+    scored_by    VARCHAR    -- which model's score was shown: zero-shot / stage1 / pair_scorer (NULL: not known)
 );
 -- the verdict in force per pair (latest row; a retracted verdict is no verdict)
 CREATE OR REPLACE VIEW pm_labels_current AS
@@ -79,9 +86,19 @@ class PairKey:
 
 
 def ensure_labels(con: duckdb.DuckDBPyConnection) -> None:
-    """Create ``pm_labels``, its sequence and the ``pm_labels_current`` view if missing."""
+    """Create ``pm_labels``, its sequence and the ``pm_labels_current`` view if missing; a ``pm_labels`` written by an
+    earlier version gains the ``scored_by`` column (NULL on its rows: not known)."""
     if not has_labels(con):
         con.execute(LABELS_DDL)
+    elif not has_column(con, "pm_labels", "scored_by"):
+        con.execute("ALTER TABLE pm_labels ADD COLUMN IF NOT EXISTS scored_by VARCHAR")
+
+
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Does ``table`` of the current database and schema have ``column``?"""
+    return bool(con.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
+        "AND schema_name = current_schema() AND database_name = current_database()", [table, column]).fetchall()[0][0])
 
 
 def has_labels(con: duckdb.DuckDBPyConnection) -> bool:
@@ -93,17 +110,22 @@ def has_labels(con: duckdb.DuckDBPyConnection) -> bool:
 
 def record_verdict(con: duckdb.DuckDBPyConnection, pair: PairKey, verdict: str, *, reviewer: str | None = None,
                    matcher: str | None = None, score: float | None = None, decision: str | None = None,
-                   queue: str | None = None, reason: str | None = None, note: str | None = None) -> int:
-    """Append one verdict (one transaction) and return its ``label_id``."""
+                   queue: str | None = None, reason: str | None = None, note: str | None = None,
+                   scored_by: str | None = None) -> int:
+    """Append one verdict (one transaction) and return its ``label_id``. ``scored_by``: which model's score was shown
+    (one of :data:`SCORED_BY`; the queue row says)."""
     if verdict not in (*VERDICTS, RETRACTED):
         raise PmatchError(f"verdict must be one of {', '.join(VERDICTS)}; got {verdict!r}")
+    if scored_by is not None and scored_by not in SCORED_BY:
+        raise PmatchError(f"scored_by must be one of {', '.join(SCORED_BY)} or NULL; got {scored_by!r}")
     ensure_labels(con)
     con.execute("BEGIN TRANSACTION")
     try:
         row = con.execute(
             "INSERT INTO pm_labels (source_table, source_id, target_table, target_id, verdict, reviewer, matcher, "
-            "score, decision, queue, reason, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label_id",
-            [*pair.row(), verdict, reviewer, matcher, score, decision, queue, reason, note]).fetchall()
+            "score, decision, queue, reason, note, scored_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING label_id",
+            [*pair.row(), verdict, reviewer, matcher, score, decision, queue, reason, note, scored_by]).fetchall()
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -111,18 +133,38 @@ def record_verdict(con: duckdb.DuckDBPyConnection, pair: PairKey, verdict: str, 
     return int(row[0][0])
 
 
-def current_verdicts(con: duckdb.DuckDBPyConnection, tables: set[str] | None = None
-                     ) -> dict[PairKey, tuple[str, float | None, int]]:
-    """The verdict in force per pair: ``{pair: (verdict, score shown, label_id)}`` (optionally only
-    pairs whose both tables are in ``tables``, given as table keys)."""
+class Verdict(NamedTuple):
+    """The verdict in force on one pair, and what the reviewer was shown when giving it."""
+
+    verdict: str
+    score: float | None  # the score shown
+    label_id: int
+    matcher: str | None = None  # the matcher version that scored it ('zero-shot' without a trained one)
+    decision: str | None = None  # the decision shown
+    scored_by: str | None = None  # the scale the score is on (see SCORED_BY); NULL: not known
+
+    @property
+    def scale(self) -> str | None:
+        """The scale of the shown score: ``scored_by``, else ``zero-shot`` where no trained matcher scored it;
+        None where that is not known (a verdict recorded before ``scored_by`` existed, on a trained matcher's
+        score, which may have been its pair scorer's)."""
+        if self.scored_by is not None:
+            return self.scored_by
+        return "zero-shot" if self.matcher == "zero-shot" else None
+
+
+def current_verdicts(con: duckdb.DuckDBPyConnection, tables: set[str] | None = None) -> dict[PairKey, Verdict]:
+    """The verdict in force per pair (optionally only pairs whose both tables are in ``tables``, given as table
+    keys)."""
     if not has_labels(con):
         return {}
-    rows = con.execute("SELECT source_table, source_id, target_table, target_id, verdict, score, label_id "
-                       "FROM pm_labels_current").fetchall()
+    scored_by = "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL"
+    rows = con.execute("SELECT source_table, source_id, target_table, target_id, verdict, score, label_id, matcher, "
+                       f"decision, {scored_by} FROM pm_labels_current").fetchall()
     out = {}
-    for st, si, tt, ti, v, s, lid in rows:
+    for st, si, tt, ti, v, s, lid, m, d, by in rows:
         if tables is None or (st in tables and tt in tables):
-            out[PairKey(st, si, tt, ti)] = (v, s, int(lid))
+            out[PairKey(st, si, tt, ti)] = Verdict(v, s, int(lid), m, d, by)
     return out
 
 

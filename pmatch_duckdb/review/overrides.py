@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..clusters import DisjointSet
-from .labels import PairKey
+from .labels import PairKey, Verdict
 
 OVERRIDE = {"match": "accept", "no_match": "reject"}
 
 
 def override_decisions(pairs: Iterable[PairKey], decisions: list[str],
-                       verdicts: dict[PairKey, tuple[str, float | None, int]]) -> tuple[list[str], list[str | None]]:
+                       verdicts: dict[PairKey, Verdict]) -> tuple[list[str], list[str | None]]:
     """(decisions with the human verdicts applied, the verdict per pair or None)."""
     out, human = [], []
     for key, dec in zip(pairs, decisions, strict=True):

@@ -11,9 +11,14 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
   measured against its stacked model's thresholds, the others against stage 1's (two scales, one result);
 * ``accept_sample``: a deterministic random sample (``accept_sample``, default 5%, at least one) of
   the auto-accepted pairs, spread evenly through the queue — the measured precision of auto-accept;
-* ``recheck``: pairs already labelled whose score moved by at least ``recheck_delta`` since the verdict
-  was given (the model changed its mind strongly); first in the queue. Other labelled pairs are not
-  asked again.
+* ``recheck``: pairs already labelled where the model turned against the verdict since it was given; first in the
+  queue. On the scale the reviewer saw (``pm_labels.scored_by``: zero-shot similarity, a trained matcher's stage 1,
+  or its pair scorer's stacked model), that is a score moved by at least ``recheck_delta`` away from the verdict
+  (down for ``match``, up for ``no_match``, either way for ``unsure``); a score that moved towards the verdict (as
+  after training on it) is no reason to ask again. Across scales (a zero-shot score then, a trained one now; a pair
+  re-read then and not now) scores do not compare, so decisions do: the model's decision now (from its score and
+  the thresholds of the model that scored it) contradicts the verdict (``reject`` for ``match``, ``accept`` for
+  ``no_match``) where the decision shown did not. Other labelled pairs are not asked again.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ import pyarrow as pa
 
 from ..errors import PmatchError
 from ..sqlident import quote_qualified
-from .labels import PairKey, current_verdicts, ensure_labels, has_labels, max_label_id, table_key
+from .labels import (
+    PairKey,
+    Verdict,
+    current_verdicts,
+    ensure_labels,
+    has_column,
+    has_labels,
+    max_label_id,
+    table_key,
+)
 
 QUEUE_DDL = """
 CREATE TABLE IF NOT EXISTS pm_review_queue (
@@ -49,6 +63,7 @@ CREATE TABLE IF NOT EXISTS pm_review_queue (
     decision         VARCHAR,
     reason           VARCHAR,  -- boundary / accept_sample / recheck
     matcher          VARCHAR,
+    scored_by        VARCHAR,  -- the scale of score: zero-shot / stage1 / pair_scorer (the model that scored it)
     accept_threshold DOUBLE,
     review_threshold DOUBLE,
     labels_before    BIGINT,   -- verdicts with a larger label_id answer this queue entry
@@ -72,6 +87,21 @@ class ModelState:
     #: each source's ``top_m`` best by stage 1) and that ``m``
     pair: ModelState | None = None
     top_m: int = 0
+    #: the scale its scores are on (labels.SCORED_BY); None: ``zero-shot`` for the zero-shot model, else ``stage1``
+    scale: str | None = None
+
+    @property
+    def scored_by(self) -> str:
+        if self.scale is not None:
+            return self.scale
+        return "zero-shot" if self.matcher == "zero-shot" else "stage1"
+
+    def decide(self, score: float) -> str:
+        """The decision its thresholds give ``score`` (without the identifier rules and human verdicts that
+        ``match_products`` applies on top)."""
+        if score >= self.accept_threshold:
+            return "accept"
+        return "review" if score >= self.review_threshold else "reject"
 
     @property
     def boundary(self) -> float:
@@ -112,7 +142,8 @@ def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchConte
         name = f"{ident['name']}/{ident['version']}"
         pair, top_m = None, 0
         if m.pair is not None and m.pair_decision is not None:
-            pair = ModelState(name, float(m.pair_decision.review_threshold), float(m.pair_decision.accept_threshold))
+            pair = ModelState(name, float(m.pair_decision.review_threshold), float(m.pair_decision.accept_threshold),
+                              scale="pair_scorer")
             top_m = m.pair.top_m if ctx.settings.pair_top_m is None else ctx.settings.pair_top_m
         return ModelState(name, float(m.decision.review_threshold), float(m.decision.accept_threshold), pair, top_m)
     idx = OfferIndex(ctx.index_root, index_name_for(target))
@@ -222,9 +253,31 @@ def interleave(main: list[dict], extra: list[dict]) -> list[dict]:
     return out
 
 
+def _contradicts(verdict: str, decision: str | None) -> bool:
+    return (verdict, decision) in (("match", "reject"), ("no_match", "accept"))
+
+
+def recheck_priority(v: Verdict, score: float, st: ModelState, recheck_delta: float) -> float | None:
+    """How strongly the model turned against verdict ``v`` now that it scores the pair ``score`` (``st``: the model
+    that scored it), or None where that is no reason to ask again (see the module docstring)."""
+    if v.score is None:  # no score was shown (a verdict written by hand): nothing to compare with
+        return None
+    if v.scale == st.scored_by:
+        moved = score - v.score
+        away = -moved if v.verdict == "match" else moved if v.verdict == "no_match" else abs(moved)
+        return away if away >= recheck_delta else None
+    if v.decision is None:  # neither the scale nor the decision shown is known: no way to tell a change
+        return None
+    if _contradicts(v.verdict, st.decide(score)) and not _contradicts(v.verdict, v.decision):
+        return recheck_delta + abs(score - st.boundary)
+    return None
+
+
 def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
                 recheck_delta: float = 0.3, seed: int = 0) -> tuple[list[dict], dict]:
-    """The ordered queue entries for the rows of a match result (pure: no database)."""
+    """The ordered queue entries for the rows of a match result (pure: no database). ``verdicts``: the verdicts in
+    force, as :func:`labels.current_verdicts` returns them (plain ``(verdict, score, label_id)`` tuples are taken for
+    verdicts of unknown scale); a row's ``_state`` is the model that scored it (default ``state``)."""
     boundary, accepts, recheck, skipped = [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
@@ -235,11 +288,15 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
             continue
         seen.add(key)
         r["key"] = key
+        st = r.get("_state") or state
+        r["scored_by"] = st.scored_by
         v = verdicts.get(key)
         if v is not None:
-            shown = v[1]
-            if shown is not None and abs(r["score"] - shown) >= recheck_delta:
-                r["reason"] = "recheck"
+            prio = recheck_priority(v if isinstance(v, Verdict) else Verdict(*v), r["score"], st, recheck_delta)
+            if prio is not None:
+                r["reason"], r["_recheck"] = "recheck", prio
+                # the match result's decision is the verdict's override; the reviewer is shown the model's own
+                r["decision"] = st.decide(r["score"])
                 recheck.append(r)
             else:
                 skipped += 1
@@ -253,7 +310,7 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
     n_sample = 0 if accept_sample <= 0 or not accepts else max(1, math.ceil(accept_sample * len(accepts)))
     accepts.sort(key=lambda it: _stable_unit(seed, it["key"]))
     sample = accepts[:n_sample]
-    recheck.sort(key=lambda it: -abs(it["score"] - verdicts[it["key"]][1]))
+    recheck.sort(key=lambda it: -it["_recheck"])
     ordered = recheck + interleave(order_boundary(boundary, state), sample)
     return ordered, {"boundary": len(boundary), "accept_samples": len(sample), "rechecks": len(recheck),
                      "skipped_labelled": skipped}
@@ -295,6 +352,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         "target_id": [it["key"].target_id for it in ordered],
         **{c: [it[c] for it in ordered] for c in ("score", *_OPTIONAL, "decision", "reason")},
         "matcher": [state.matcher] * len(ordered),
+        "scored_by": [it["scored_by"] for it in ordered],
         "accept_threshold": pa.array([_finite_or_none((it.get("_state") or state).accept_threshold) for it in ordered],
                                      type=pa.float64()),
         "review_threshold": [(it.get("_state") or state).review_threshold for it in ordered],
@@ -305,8 +363,10 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         ("target_id", pa.string()), ("score", pa.float64()), ("text_score", pa.float64()),
         ("image_score", pa.float64()), ("lexical_score", pa.float64()), ("identifier_match", pa.bool_()),
         ("price_ratio", pa.float64()), ("decision", pa.string()), ("reason", pa.string()), ("matcher", pa.string()),
-        ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64())]))
+        ("scored_by", pa.string()), ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64())]))
     con.execute(QUEUE_DDL)
+    if not has_column(con, "pm_review_queue", "scored_by"):  # a queue table written by an earlier version
+        con.execute("ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS scored_by VARCHAR")
     con.register("_pm_new_queue", out)
     try:
         con.execute("BEGIN TRANSACTION")
