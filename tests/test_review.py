@@ -11,8 +11,8 @@ import pytest
 import pmatch_duckdb as pm
 from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.review import PairKey, current_verdicts, labels_as_pairs, record_verdict, wilson_interval
-from pmatch_duckdb.review.overrides import constrained_edges
 from pmatch_duckdb.review.labels import Verdict
+from pmatch_duckdb.review.overrides import constrained_edges
 from pmatch_duckdb.review.queue import ModelState, build_queue, interleave, order_boundary
 
 # ----------------------------------------------------------------------------------------------
