@@ -14,7 +14,13 @@ view, the target table, ``gt_test``), for each matcher version asked for:
 3. ``calibrate`` (what ``pmatch calibrate`` runs) picks thresholds from those verdicts and activates a new
    matcher version if one is certified;
 4. ``match_products`` over B before and after: accept precision / recall, the review band, and the recall of
-   accept-or-review (what is not auto-rejected).
+   accept-or-review (what is not auto-rejected);
+5. with ``--recheck-with NAME@vN``: the user moves to another matcher (retrained, or with a pair scorer) and queues
+   A again: how many of the reviewed pairs ``pm_queue_review`` asks about again (``recheck``), against the count
+   the rule before 2026-12-05 gave (any score moved by ``recheck_delta``, in either direction and across scales),
+   and how many of those the new model scores further from the verdict than the score the reviewer saw. With a
+   reviewer who is always right every recheck is work for nothing; a recheck earns its place where a person may
+   have erred and the model now says so.
 
 Each matcher runs on a scratch copy of the database and its index folder, with its version linked into a scratch
 pmatch home (as in ``bench_pair_cost.py``): nothing of the user's changes.
@@ -22,7 +28,7 @@ pmatch home (as in ``bench_pair_cost.py``): nothing of the user's changes.
 Usage::
 
     python benchmarks/bench_review_loop.py --db W/abt-buy-full.duckdb --matcher NAME@v1,NAME@v2 \
-        --source abt_test --target buy_all --review 200
+        --source abt_test --target buy_all --review 200 [--recheck-with NAME@v2]
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import pmatch_duckdb as pm  # noqa: E402
 from pmatch_duckdb.api import context_of  # noqa: E402
 from pmatch_duckdb.matchers import activate, active_version  # noqa: E402
 from pmatch_duckdb.review.calibrate import CalibrationError, calibrate  # noqa: E402
-from pmatch_duckdb.review.labels import PairKey, record_verdict  # noqa: E402
+from pmatch_duckdb.review.labels import PairKey, current_verdicts, record_verdict  # noqa: E402
 
 
 def _line(label: str, m: dict) -> str:
@@ -54,15 +60,46 @@ def _line(label: str, m: dict) -> str:
             f"{m.get('accept_or_review_recall', 0.0):.3f} | {m['recall@1']:.3f} |")
 
 
+def rechecks(con, name: str, version: str, home: Path, source: str, target: str,  # noqa: ANN001
+             delta: float) -> str:
+    """Step 5 of the module docstring: ``source`` matched again with matcher ``name@version`` and queued; a line
+    with the recheck counts of the current rule and of the one before it."""
+    activate(name, version, home)
+    pm.install(con, dataclasses.replace(context_of(con).settings, matcher=name))
+    sql_match(con, source, target)  # -> m_<source>, scored by the new matcher
+    n_new, skipped = con.execute(f"SELECT rechecks, skipped_labelled FROM pm_queue_review('m_{source}', "
+                                 f"queue := 'again', accept_sample := 0, recheck_delta := {delta})").fetchone()
+    verdicts = current_verdicts(con)
+    old = away = n_labelled = 0
+    for st, si, tt, ti, score in con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, "
+                                             f"CAST(target_id AS VARCHAR), score FROM m_{source}").fetchall():
+        v = verdicts.get(PairKey.of(st, si, tt, ti))
+        if v is None or v.score is None or score is None:
+            continue
+        n_labelled += 1
+        if abs(score - v.score) >= delta:  # the rule before: any move of delta, either way, across scales
+            old += 1
+            away += (score < v.score) if v.verdict == "match" else (score > v.score)
+    return (f"recheck after moving to {name}@{version}: {n_labelled} reviewed pairs in the new result; "
+            f"rechecks {n_new} (the rule before: {old}, of which {away} moved away from the verdict and "
+            f"{old - away} towards it); not asked again {skipped}")
+
+
 def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: int, target_precision: float,
-            seed: int, accept_sample: float, work: Path, review_source: str | None = None) -> list[str]:
+            seed: int, accept_sample: float, work: Path, review_source: str | None = None,
+            recheck_with: str | None = None, recheck_delta: float = 0.3) -> list[str]:
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines."""
     copy = work / db.name
     shutil.copy2(db, copy)
     if db.with_suffix(".pmatch").is_dir():
         shutil.copytree(db.with_suffix(".pmatch"), copy.with_suffix(".pmatch"))
-    (_, name, version), = scratch_home(home, [ref], work / "home")
-    activate(name, version, work / "home")
+    if ref == "zero-shot":  # no trained matcher: the target index's zero-shot fusion and thresholds
+        other = scratch_home(home, [recheck_with] if recheck_with else [], work / "home")
+        name = "none"  # a matcher name with no versions in the scratch home
+    else:
+        (_, name, version), *other = scratch_home(home, [ref, *([recheck_with] if recheck_with else [])],
+                                                  work / "home")
+        activate(name, version, work / "home")
     con = pm.connect(copy, home=work / "home", matcher=name)
     try:
         truth = split_truth(con, source)
@@ -107,6 +144,9 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         head = (f"# {ref}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} "
                 f"pairs, the first {len(rows)} reviewed ({n_match} matches); {note}; active now "
                 f"{active_version(name, work / 'home')}")
+        if other:
+            (_, name2, version2), = other
+            head += "\n# " + rechecks(con, name2, version2, work / "home", "src_a", target, recheck_delta)
         return [head, _line(f"{ref}, held out, before", m_before), _line(f"{ref}, held out, after", m_after)]
     finally:
         con.close()
@@ -115,7 +155,8 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", type=Path, required=True)
-    ap.add_argument("--matcher", required=True, help="comma-separated NAME or NAME@vN (default: active version)")
+    ap.add_argument("--matcher", required=True,
+                    help="comma-separated NAME or NAME@vN (default: active version), or zero-shot")
     ap.add_argument("--source", default="abt_test")
     ap.add_argument("--target", default="buy_all")
     ap.add_argument("--review", type=int, default=200, help="queued pairs the simulated reviewer answers")
@@ -125,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--review-source", default=None,
                     help="review this source table's queue instead of half the test sources (then every test "
                          "source is held out)")
+    ap.add_argument("--recheck-with", default=None, metavar="NAME@vN",
+                    help="then move to this matcher, queue the reviewed sources again and count the rechecks")
+    ap.add_argument("--recheck-delta", type=float, default=0.3, help="pm_queue_review's recheck_delta")
     args = ap.parse_args(argv)
     con = pm.connect(args.db)
     home = context_of(con).settings.home
@@ -135,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix="pmatch-review-loop-"))
         try:
             head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review, args.target_precision,
-                                   args.seed, args.accept_sample, work, args.review_source)
+                                   args.seed, args.accept_sample, work, args.review_source, args.recheck_with,
+                                   args.recheck_delta)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(head, flush=True)
