@@ -25,6 +25,10 @@ from .pair_features import PAIR_FEATURES
 from .token_diff import TokenDiffModel
 
 GTIN_MIN_PAIRS = 50  # training pairs with a GTIN on both sides needed to trust the learnt GTIN weights
+#: which model scored a pair, i.e. the scale its score is on (``match_products`` / ``score_pairs``' ``scored_by``
+#: column, ``pm_labels.scored_by``): the zero-shot fusion's similarity, a trained matcher's first-stage decision
+#: model, or its pair scorer's stacked model (the pairs the pair scorer re-read). Index = the code kept in arrays.
+SCORED_BY = ("zero-shot", "stage1", "pair_scorer")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

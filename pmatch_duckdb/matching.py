@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .decision import SCORED_BY
 from .errors import ConfigError
 from .features.codes import gtin_evidence
 from .features.lexical import CharTfidf, IdentifierIndex, LexicalWeights, normalize
@@ -567,6 +568,7 @@ class Candidates:
     id_match: np.ndarray
     price_ratio: np.ndarray
     decision: list[str]
+    scored_by: np.ndarray  # int8 index into decision.SCORED_BY: the model whose score this is
 
 
 def lexical_width(k: int, exclude_self: bool = False, lexical_k: int | None = None) -> int:
@@ -814,7 +816,16 @@ def match(src: OfferVectors, view: TargetView, k: int, exclude_self: bool = Fals
     gtin = sig.gtin[order] if sig.gtin is not None else None
     return Candidates(source=s, target=t, rank=rank, score=score, text_score=sig.text[order],
                       image_score=sig.image[order], lexical_score=sig.lexical[order], id_match=sig.id_match[order],
-                      price_ratio=sig.price_ratio[order], decision=_decide(view, score, second, gtin, stage1))
+                      price_ratio=sig.price_ratio[order], decision=_decide(view, score, second, gtin, stage1),
+                      scored_by=scored_by_codes(view, second))
+
+
+def scored_by_codes(view: TargetView, second: np.ndarray) -> np.ndarray:
+    """Per pair, which model's score it carries (an index into ``decision.SCORED_BY``): the zero-shot fusion, the
+    trained matcher's first stage, or (``second``: re-read) its pair scorer's stacked model."""
+    if view.matcher is None:
+        return np.full(len(second), SCORED_BY.index("zero-shot"), dtype=np.int8)
+    return np.where(second, SCORED_BY.index("pair_scorer"), SCORED_BY.index("stage1")).astype(np.int8)
 
 
 def best_k(s: np.ndarray, score: np.ndarray, second: np.ndarray, k: int) -> np.ndarray:
@@ -962,7 +973,8 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
                       image_score=sig.image[at], lexical_score=sig.lexical[at], id_match=sig.id_match[at],
                       price_ratio=sig.price_ratio[at],
                       decision=_decide(view, score[at], second[at], sig.gtin[at] if sig.gtin is not None else None,
-                                       stage1[at]))
+                                       stage1[at]),
+                      scored_by=scored_by_codes(view, second[at]))
 
 
 def match_offers(offers: list[Offer], view: TargetView, settings: Settings, k: int, exclude_self: bool = False,

@@ -23,7 +23,9 @@ CREATE OR REPLACE TEMP MACRO pm_index(tbl, index_name := NULL, rebuild := false)
 -- Columns: source_table, source_id, target_table, target_id (original types), rank, score (fused, 0..1),
 -- text_score, image_score, lexical_score, identifier_match, price_ratio, decision (accept/review/reject),
 -- mutual_best (rank 1 for the source and best-scored source for the target: the 1:1 assignment),
--- human_verdict (the pair's verdict in pm_labels, which overrides decision: match -> accept, no_match -> reject).
+-- human_verdict (the pair's verdict in pm_labels, which overrides decision: match -> accept, no_match -> reject),
+-- scored_by (the model whose score this is: 'zero-shot', 'stage1' = the trained matcher, 'pair_scorer' = its pair
+-- scorer re-read the pair; the scales differ, and each decision is by the thresholds of the model that scored it).
 CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
     WITH
     -- `id` always binds (a NULL column where the table has none): _pm_check_offers then names the missing
@@ -51,7 +53,7 @@ CREATE OR REPLACE TEMP MACRO match_products(src, tgt, k := 10) AS TABLE
            f.price_ratio, f.decision,
            -- 1:1 view: the pair is its source's best candidate and no other source scores higher on this target
            (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY f.target_key)) AS mutual_best,
-           f.human_verdict
+           f.human_verdict, f.scored_by
     FROM flat AS f
     JOIN _pm_mp_tgt AS t ON CAST(t.id AS VARCHAR) = f.target_key
     -- dedup mode: keep one direction of each unordered pair (the better-scored one)
@@ -134,6 +136,6 @@ CREATE OR REPLACE TEMP MACRO score_pairs(src, tgt, pairs) AS TABLE
            f.rank, f.score, f.text_score, f.image_score, f.lexical_score, f.identifier_match,
            f.price_ratio, f.decision,
            (f.rank = 1 AND f.score = max(f.score) OVER (PARTITION BY CAST(p.target_id AS VARCHAR))) AS mutual_best,
-           f.human_verdict, f.note
+           f.human_verdict, f.scored_by, f.note
     FROM _pm_sp_pairs AS p JOIN _pm_sp_flat AS f ON f.pair_no = p.pair_no
     ORDER BY p.pair_no;

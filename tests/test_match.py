@@ -14,7 +14,8 @@ from pmatch_duckdb.demo.synthetic import generate, render_product
 from pmatch_duckdb.store import OfferIndex
 
 COLUMNS = ["source_table", "source_id", "target_table", "target_id", "rank", "score", "text_score",
-           "image_score", "lexical_score", "identifier_match", "price_ratio", "decision", "mutual_best", "human_verdict"]
+           "image_score", "lexical_score", "identifier_match", "price_ratio", "decision", "mutual_best", "human_verdict",
+           "scored_by"]
 DECISIONS = {"accept", "review", "reject"}
 
 CATALOG = [

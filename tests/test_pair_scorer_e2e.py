@@ -107,12 +107,15 @@ def _scored(con, thome, name: str, **settings) -> list[tuple]:
     activate(name, "v1", thome)
     pm.install(con, home=thome, image_roots=[thome], matcher=name, **settings)
     try:
-        rows = con.execute("SELECT source_id, target_id, score, text_score, lexical_score "
+        rows = con.execute("SELECT source_id, target_id, score, text_score, lexical_score, scored_by "
                            "FROM score_pairs('feed_test', 'catalog', 'test_pairs')").fetchall()
     finally:
         deactivate(name, thome)
     assert len(rows) == 4 * N_TEST and all(r[2] is not None for r in rows)
-    return rows
+    # score_pairs re-reads every given pair with the pair scorer on, none with it off or absent
+    reread = load_matcher(name, "v1", thome).pair is not None and settings.get("pair_top_m") != 0
+    assert {r[5] for r in rows} == {"pair_scorer" if reread else "stage1"}
+    return [r[:5] for r in rows]
 
 
 def _accuracy(rows: list[tuple], col: int) -> float:
@@ -438,9 +441,18 @@ def test_the_review_queue_holds_each_pair_to_the_thresholds_of_the_model_that_sc
     pm.install(con, home=thome, image_roots=[thome], matcher="pairs")
     try:
         con.execute("CREATE OR REPLACE TABLE m4 AS SELECT * FROM match_products('feed_test', 'catalog', k := 4)")
+        # match_products says which pairs its pair scorer re-read
+        assert {(s, t) for s, t, by in con.execute("SELECT source_id, target_id, scored_by FROM m4").fetchall()
+                if by == "pair_scorer"} == reread
+        assert {r[0] for r in con.execute("SELECT DISTINCT scored_by FROM m4").fetchall()} == {"pair_scorer", "stage1"}
         con.execute("SELECT * FROM pm_queue_review('m4', queue := 'pairs', accept_sample := 1.0)").fetchall()
         rows = con.execute("SELECT source_id, target_id, review_threshold, accept_threshold, scored_by "
-                           "FROM pm_review_queue WHERE queue = 'pairs'").fetchall()
+                           "FROM pm_review_queue WHERE queue = 'pairs' ORDER BY position").fetchall()
+        # a result saved before match_products had scored_by: the queue finds the re-read pairs by stage 1
+        con.execute("CREATE OR REPLACE TABLE m4_old AS SELECT * EXCLUDE (scored_by) FROM m4")
+        con.execute("SELECT * FROM pm_queue_review('m4_old', queue := 'old', accept_sample := 1.0)").fetchall()
+        assert con.execute("SELECT source_id, target_id, review_threshold, accept_threshold, scored_by "
+                           "FROM pm_review_queue WHERE queue = 'old' ORDER BY position").fetchall() == rows
     finally:
         deactivate("pairs", thome)
         con.execute("DELETE FROM pm_review_queue")

@@ -35,7 +35,7 @@ def test_scores_equal_match_products_for_its_own_pairs(shop):
         for col in ("rank", "decision", "identifier_match", "lexical_score", "text_score"):
             assert g[col] == pytest.approx(h[col]), col
         assert g["score"] == pytest.approx(h["score"], abs=1e-9)
-        assert g["note"] is None
+        assert g["note"] is None and g["scored_by"] == h["scored_by"] == "zero-shot"
     assert [g["score"] for g in got] == sorted(g["score"] for g in got)  # input order kept
 
 

@@ -484,7 +484,8 @@ def test_match_result_columns_equal_one_dict_per_candidate():
                         score=rng.random(n), text_score=np.where(nan_at, np.nan, rng.random(n)),
                         image_score=np.full(n, np.nan), lexical_score=rng.random(n),
                         id_match=rng.random(n) < 0.5, price_ratio=np.where(~nan_at, np.nan, rng.random(n)),
-                        decision=[["accept", "review", "reject"][i % 3] for i in range(n)])
+                        decision=[["accept", "review", "reject"][i % 3] for i in range(n)],
+                        scored_by=(np.arange(n) % 3).astype(np.int8))
     ids = [f"t{int(t)}" for t in cand.target]
     human = [None if i % 4 else "match" for i in range(n)]
     want: list[list[dict]] = [[] for _ in range(8)]
@@ -493,13 +494,14 @@ def test_match_result_columns_equal_one_dict_per_candidate():
             "target_key": ids[i], "rank": int(cand.rank[i]), "score": float(cand.score[i]),
             "text_score": _nan_none(cand.text_score[i]), "image_score": _nan_none(cand.image_score[i]),
             "lexical_score": float(cand.lexical_score[i]), "identifier_match": bool(cand.id_match[i]),
-            "price_ratio": _nan_none(cand.price_ratio[i]), "decision": cand.decision[i], "human_verdict": human[i]})
+            "price_ratio": _nan_none(cand.price_ratio[i]), "decision": cand.decision[i], "human_verdict": human[i],
+            "scored_by": ("zero-shot", "stage1", "pair_scorer")[i % 3]})
     got = _hits(8, cand, ids, cand.decision, human)
     assert got.type == pa.list_(_HIT) and len(got) == 8
     assert got.equals(pa.array(want, type=pa.list_(_HIT)))
     assert got.to_pylist()[2] == [] and got.to_pylist()[7] == []
     empty = M.Candidates(*(np.zeros(0, t) for t in (np.int64, np.int64, np.int64, float, float, float, float, bool,
-                                                    float)), decision=[])
+                                                    float)), decision=[], scored_by=np.zeros(0, np.int8))
     assert _hits(3, empty, [], [], []).to_pylist() == [[], [], []]
 
 

@@ -13,6 +13,7 @@ from duckdb import sqltypes as T
 from pmatch_duckdb.api import index_table
 from pmatch_duckdb.clusters import assign_entities
 from pmatch_duckdb.context import PmatchContext
+from pmatch_duckdb.decision import SCORED_BY
 from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.fusion import FusionConfig
 from pmatch_duckdb.matchers import active_matcher
@@ -40,23 +41,25 @@ _INDEX_ROW = {"index": T.VARCHAR, "inserted": T.BIGINT, "updated": T.BIGINT, "de
 _HIT = pa.struct([("target_key", pa.string()), ("rank", pa.int32()), ("score", pa.float64()),
                   ("text_score", pa.float64()), ("image_score", pa.float64()), ("lexical_score", pa.float64()),
                   ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()), ("decision", pa.string()),
-                  ("human_verdict", pa.string())])
+                  ("human_verdict", pa.string()), ("scored_by", pa.string())])
 _HIT_SQL = duckdb.struct_type({"target_key": T.VARCHAR, "rank": T.INTEGER, "score": T.DOUBLE,
                                "text_score": T.DOUBLE, "image_score": T.DOUBLE, "lexical_score": T.DOUBLE,
                                "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR,
-                               "human_verdict": T.VARCHAR})
+                               "human_verdict": T.VARCHAR, "scored_by": T.VARCHAR})
 
+
+_SCORED_BY = pa.array(SCORED_BY, pa.string())  # decision.SCORED_BY, indexed by a Candidates.scored_by code
 
 _PAIR_IN_SQL = duckdb.struct_type({"pair_no": T.BIGINT, "source_key": T.VARCHAR, "target_key": T.VARCHAR,
                                    "source_row": T.VARCHAR, "copies": T.BIGINT})
 _SCORED = pa.struct([("pair_no", pa.int64()), ("rank", pa.int32()), ("score", pa.float64()),
                      ("text_score", pa.float64()), ("image_score", pa.float64()), ("lexical_score", pa.float64()),
                      ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()), ("decision", pa.string()),
-                     ("human_verdict", pa.string()), ("note", pa.string())])
+                     ("human_verdict", pa.string()), ("scored_by", pa.string()), ("note", pa.string())])
 _SCORED_SQL = duckdb.struct_type({"pair_no": T.BIGINT, "rank": T.INTEGER, "score": T.DOUBLE,
                                   "text_score": T.DOUBLE, "image_score": T.DOUBLE, "lexical_score": T.DOUBLE,
                                   "identifier_match": T.BOOLEAN, "price_ratio": T.DOUBLE, "decision": T.VARCHAR,
-                                  "human_verdict": T.VARCHAR, "note": T.VARCHAR})
+                                  "human_verdict": T.VARCHAR, "scored_by": T.VARCHAR, "note": T.VARCHAR})
 
 
 def _source_offers(rows: list[dict], function: str, source: str) -> list[Offer]:
@@ -94,7 +97,8 @@ def _hits(n_rows: int, cand: Candidates, ids: list[str], decisions: list[str], h
     fields = [pa.array(ids, pa.string()).take(take), pa.array(np.asarray(cand.rank)[order], pa.int32()),
               f64(cand.score, False), f64(cand.text_score), f64(cand.image_score), f64(cand.lexical_score, False),
               pa.array(np.asarray(cand.id_match, dtype=bool)[order], pa.bool_()), f64(cand.price_ratio),
-              pa.array(decisions, pa.string()).take(take), pa.array(human, pa.string()).take(take)]
+              pa.array(decisions, pa.string()).take(take), pa.array(human, pa.string()).take(take),
+              _SCORED_BY.take(pa.array(np.asarray(cand.scored_by, dtype=np.int64)[order]))]
     structs = pa.StructArray.from_arrays(fields, fields=list(_HIT))
     return pa.ListArray.from_arrays(pa.array(offsets), structs, type=pa.list_(_HIT))
 
@@ -328,7 +332,7 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
         if note:
             out[i] = {"pair_no": it["pair_no"], "rank": None, "score": None, "text_score": None,
                       "image_score": None, "lexical_score": None, "identifier_match": None, "price_ratio": None,
-                      "decision": None, "human_verdict": None, "note": note}
+                      "decision": None, "human_verdict": None, "scored_by": None, "note": note}
         else:
             todo.append(i)
     if todo:
@@ -354,5 +358,5 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
                       "text_score": _nan_none(cand.text_score[j]), "image_score": _nan_none(cand.image_score[j]),
                       "lexical_score": float(cand.lexical_score[j]), "identifier_match": bool(cand.id_match[j]),
                       "price_ratio": _nan_none(cand.price_ratio[j]), "decision": decisions[j],
-                      "human_verdict": human[j], "note": None}
+                      "human_verdict": human[j], "scored_by": SCORED_BY[cand.scored_by[j]], "note": None}
     return out

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..decision import SCORED_BY
 from ..errors import PmatchError
 from ..features.lexical import LexicalWeights
 from ..lexical_shards import LexicalShard, global_weights, shard_df, shard_ranges
@@ -50,11 +51,11 @@ LEXICAL_SHARD_ROWS = 250_000
 LEXICAL_SHARD_CPUS = 0.5
 _LEX_POS, _LEX_SCORE, _LEX_TEXT = "__pm_lex_pos", "__pm_lex_score", "__pm_lex_text"  # columns between stages
 
-CANDIDATE_SCHEMA = [  # the columns of match_products, in its order (mutual_best is added at the end)
+CANDIDATE_SCHEMA = [  # the columns of match_products, in its order (mutual_best is added before human_verdict)
     ("source_table", pa.string()), ("target_table", pa.string()), ("target_id", pa.string()),
     ("rank", pa.int32()), ("score", pa.float64()), ("text_score", pa.float64()), ("image_score", pa.float64()),
     ("lexical_score", pa.float64()), ("identifier_match", pa.bool_()), ("price_ratio", pa.float64()),
-    ("decision", pa.string()), ("human_verdict", pa.string()),
+    ("decision", pa.string()), ("human_verdict", pa.string()), ("scored_by", pa.string()),
 ]
 
 
@@ -162,6 +163,7 @@ class OfferScorer:
             "lexical_score": f64(cand.lexical_score), "identifier_match": pa.array(cand.id_match, pa.bool_()),
             "price_ratio": f64(cand.price_ratio), "decision": pa.array(decisions, pa.string()),
             "human_verdict": pa.array(human, pa.string()),
+            "scored_by": pa.array(SCORED_BY, pa.string()).take(pa.array(np.asarray(cand.scored_by, np.int64))),
         }
         return pa.table(cols)
 
@@ -291,8 +293,8 @@ def _finish(parts: Path | None, out: Path, dedup: bool) -> tuple[int, int]:
         con.execute("SET preserve_insertion_order = false")
         if parts is None:  # no source offers: an empty result with the right columns
             cols = ", ".join(f"CAST(NULL AS {_sql_type(t)}) AS {c}" for c, t in
-                             [("source_table", pa.string()), ("source_id", pa.string())] + CANDIDATE_SCHEMA[1:-1])
-            cols += ", NULL::BOOLEAN AS mutual_best, NULL::VARCHAR AS human_verdict"
+                             [("source_table", pa.string()), ("source_id", pa.string())] + CANDIDATE_SCHEMA[1:-2])
+            cols += ", NULL::BOOLEAN AS mutual_best, NULL::VARCHAR AS human_verdict, NULL::VARCHAR AS scored_by"
             con.execute(f"COPY (SELECT {cols} LIMIT 0) TO ? (FORMAT parquet)",
                         [str(out)])
             return 0, 0
@@ -301,7 +303,7 @@ def _finish(parts: Path | None, out: Path, dedup: bool) -> tuple[int, int]:
               SELECT source_table, source_id, target_table, target_id, rank, score, text_score, image_score,
                      lexical_score, identifier_match, price_ratio, decision,
                      (rank = 1 AND score = max(score) OVER (PARTITION BY target_id)) AS mutual_best,
-                     human_verdict
+                     human_verdict, scored_by
               FROM read_parquet(?)
               QUALIFY {'false' if dedup else 'true'} = true OR row_number() OVER (
                   PARTITION BY least(CAST(source_id AS VARCHAR), target_id),

@@ -19,16 +19,12 @@ from typing import NamedTuple
 
 import duckdb
 
+from ..decision import SCORED_BY
 from ..errors import PmatchError
 from ..sqlident import index_name_for
 
 VERDICTS = ("match", "no_match", "unsure")
 RETRACTED = "retracted"
-
-#: what ``pm_labels.scored_by`` / ``pm_review_queue.scored_by`` hold: the scale the shown score is on. A zero-shot
-#: fused similarity, a trained matcher's first stage and its pair scorer's stacked model each score on their own scale
-#: (a matcher with a pair scorer shows the last two in one result).
-SCORED_BY = ("zero-shot", "stage1", "pair_scorer")
 
 LABELS_DDL = f"""
 CREATE SEQUENCE IF NOT EXISTS pm_labels_seq;

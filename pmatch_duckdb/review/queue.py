@@ -7,8 +7,9 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
   the review band; 0.5 for a calibrated matcher that certifies no accept threshold), spread across
   sources — each further candidate of the same source offer is pushed back by a quarter of the
   half-band, so one offer's 30 candidates never come in a row. With a pair scorer in the matcher, the pairs
-  it re-read (each source's top ``m`` by stage 1; found by scoring the result's pairs again by stage 1) are
-  measured against its stacked model's thresholds, the others against stage 1's (two scales, one result);
+  it re-read (the result's ``scored_by`` column says which; in a result saved before that column existed, each
+  source's top ``m`` by stage 1, found by scoring the result's pairs again by stage 1) are measured against its
+  stacked model's thresholds, the others against stage 1's (two scales, one result);
 * ``accept_sample``: a deterministic random sample (``accept_sample``, default 5%, at least one) of
   the auto-accepted pairs, spread evenly through the queue — the measured precision of auto-accept;
 * ``recheck``: pairs already labelled where the model turned against the verdict since it was given; first in the
@@ -185,7 +186,7 @@ def _read_matches(con: duckdb.DuckDBPyConnection, matches: str) -> pa.Table:
     if not need <= cols:
         raise PmatchError(f"pm_queue_review: {matches!r} needs the columns of a match_products result "
                           f"({', '.join(sorted(need))}); it has {', '.join(sorted(cols))}")
-    opt = ", ".join(o if o in cols else f"NULL AS {o}" for o in _OPTIONAL)
+    opt = ", ".join(o if o in cols else f"NULL AS {o}" for o in (*_OPTIONAL, "scored_by"))
     # only what can be queued leaves DuckDB: review / accept pairs, and pairs whose ids carry a verdict
     # (rechecks; table names and dedup order are checked exactly afterwards)
     labelled = ("OR (CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR)) IN (SELECT source_id, target_id FROM "
@@ -334,8 +335,13 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         from ..api import context_of
 
         state = model_state(ctx or context_of(con), data[0]["target_table"] if data else matches)
-    if state.pair is not None and state.top_m > 0 and data:
-        _mark_reread(con, ctx, matches, data, state)
+    if state.pair is not None and data:
+        if all(r["scored_by"] is not None for r in data):  # the result says which model scored each pair
+            for r in data:
+                if r["scored_by"] == "pair_scorer":
+                    r["_state"] = state.pair
+        elif state.top_m > 0:  # a result saved before match_products had scored_by: find the re-read pairs
+            _mark_reread(con, ctx, matches, data, state)
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)
