@@ -88,7 +88,7 @@ class ModelState:
     #: each source's ``top_m`` best by stage 1) and that ``m``
     pair: ModelState | None = None
     top_m: int = 0
-    #: the scale its scores are on (labels.SCORED_BY); None: ``zero-shot`` for the zero-shot model, else ``stage1``
+    #: the scale its scores are on (decision.SCORED_BY); None: ``zero-shot`` for the zero-shot model, else ``stage1``
     scale: str | None = None
 
     @property
@@ -98,8 +98,9 @@ class ModelState:
         return "zero-shot" if self.matcher == "zero-shot" else "stage1"
 
     def decide(self, score: float) -> str:
-        """The decision its thresholds give ``score`` (without the identifier rules and human verdicts that
-        ``match_products`` applies on top)."""
+        """The decision its thresholds give ``score`` — without what ``match_products`` applies on top: the GTIN
+        rule, human verdicts, and, for a re-read pair, stage 1's accept kept unless the stacked model rejects (a
+        saved result does not hold the model's own decision where a verdict overrode it)."""
         if score >= self.accept_threshold:
             return "accept"
         return "review" if score >= self.review_threshold else "reject"
