@@ -421,8 +421,55 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
         new2 = (cal.pair["review"], cal.pair["accept"])
         got = review_band_counts(con, context_of(con), "m_cal", cal)
         assert got == (band(old1, old2), band(new1, new2)) and got[0] > 0, got
+        # a result saved before match_products had scored_by: the re-read pairs found by scoring it again
+        con.execute("CREATE OR REPLACE TABLE m_cal_old AS SELECT * EXCLUDE (scored_by) FROM m_cal")
+        assert review_band_counts(con, context_of(con), "m_cal_old", cal) == got
     finally:
         con.execute("DELETE FROM pm_labels")
+        deactivate("pairs", thome)
+
+
+def test_calibrate_takes_the_scores_as_shown_where_a_reviewed_table_is_gone(editions):
+    """Reviews of a feed dropped since: its pairs cannot be scored again, so each verdict's shown score stands in
+    for the model that scored it (pm_labels.scored_by); a verdict that does not say which model scored it makes
+    that an error naming the table."""
+    from pmatch_duckdb.decision import choose_thresholds
+    from pmatch_duckdb.matchers import activate, deactivate
+    from pmatch_duckdb.review.calibrate import CalibrationError, calibrate
+    from pmatch_duckdb.review.labels import PairKey, record_verdict
+
+    con, thome, _, _, truth_te, _ = editions
+    truth = {(s, c) for s, c, _ in truth_te}
+    activate("pairs", "v1", thome)
+    pm.install(con, home=thome, image_roots=[thome], matcher="pairs")
+    try:
+        con.execute("CREATE OR REPLACE TABLE old_feed AS SELECT * FROM feed_test")
+        con.execute("CREATE OR REPLACE TABLE m_old AS SELECT * FROM match_products('old_feed', 'catalog', k := 4)")
+        rows = con.execute("SELECT source_id, target_id, score, scored_by, decision FROM m_old").fetchall()
+        y = []
+        for s, t, score, by, dec in rows:
+            match = (s, t) in truth
+            y.append(float(match))
+            record_verdict(con, PairKey.of("old_feed", s, "catalog", t), "match" if match else "no_match",
+                           score=score, decision=dec, matcher="pairs/v1", scored_by=by, reviewer="test")
+        con.execute("DROP TABLE old_feed")
+        cal = calibrate(con, "catalog", target_precision=0.8, apply=False)
+        assert cal.scores_as_shown == len(rows) == cal.reviewed
+        y = np.array(y)
+        for by, (acc, rev) in (("stage1", (cal.accept, cal.review)), ("pair_scorer", (cal.pair["accept"],
+                                                                                       cal.pair["review"]))):
+            mine = np.array([r[3] == by for r in rows])
+            want = choose_thresholds(np.array([r[2] for r in rows])[mine], y[mine], 0.8, 0.02)
+            assert rev == pytest.approx(want[1]), by
+            assert (acc is None and not np.isfinite(want[0])) or acc == pytest.approx(want[0]), by
+        assert {r[3] for r in rows} == {"stage1", "pair_scorer"}  # (both models' thresholds came from some pairs)
+        # one verdict of unknown scale on the dropped table: its score cannot stand in
+        con.execute("UPDATE pm_labels SET scored_by = NULL WHERE label_id = (SELECT max(label_id) FROM pm_labels)")
+        with pytest.raises(CalibrationError, match=r"(?s)old_feed -> catalog.*1 of those verdicts do not say which model"):
+            calibrate(con, "catalog", target_precision=0.8, apply=False)
+    finally:
+        con.execute("DELETE FROM pm_labels")
+        con.execute("DROP TABLE IF EXISTS old_feed")
         deactivate("pairs", thome)
 
 

@@ -9,7 +9,8 @@ Only verdicts given on scores of the model in force count (``pm_labels.matcher``
 scores are on another scale. A matcher with a pair scorer shows two scales itself (re-read pairs carry the stacked
 model's score, the others stage 1's; ``pm_labels.scored_by`` says which, but only for verdicts given since it
 exists): its reviewed pairs are scored again through ``score_pairs``, once by stage 1 alone and once re-read, and
-each model's thresholds are picked from its own scores. Caveat: the queue asks about the whole review band but only a sample of
+each model's thresholds are picked from its own scores (where a reviewed pair's table is gone, its shown score
+stands in for the model ``scored_by`` names). Caveat: the queue asks about the whole review band but only a sample of
 the auto-accepted pairs, so reviewed pairs under-represent the high scores; as those are mostly
 matches, the precision estimate is on the cautious side.
 
@@ -31,7 +32,7 @@ import numpy as np
 from ..decision import choose_thresholds, wilson_lower
 from ..errors import PmatchError
 from ..staging import new_staging_dir
-from .labels import has_labels, table_key
+from .labels import has_column, has_labels, table_key
 from .queue import ModelState, model_state
 from .rescore import score_again
 
@@ -58,6 +59,9 @@ class Calibration:
     accept_lower_bound: float | None  # one-sided 95% Wilson lower bound of that precision
     accept_reviewed: int
     applied: str | None = None  # where the thresholds were written (None: dry run / nothing certified)
+    #: a matcher with a pair scorer: reviewed pairs whose tables could not be read any more, so their scores were
+    #: taken as shown, each for the model that scored it (``pm_labels.scored_by``), instead of scored again
+    scores_as_shown: int = 0
     #: a matcher with a pair scorer: the stacked model's thresholds, picked from the reviewed pairs re-read by it
     #: (the fields above are then stage 1's, from the same pairs scored by stage 1 alone)
     pair: dict | None = None
@@ -71,32 +75,52 @@ def _finite(x: float) -> float | None:
 
 
 def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
-                   ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int]:
+                   ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int, list[str | None]]:
     """(pairs as (source table, source id, target table, target id), scores shown, 1 = match / 0 = no_match,
-    verdicts ignored because another model scored them)."""
+    verdicts ignored because another model scored them, which model scored each (``pm_labels.scored_by``))."""
     if not has_labels(con):
-        return [], np.zeros(0), np.zeros(0), 0
+        return [], np.zeros(0), np.zeros(0), 0, []
+    by = "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL"
     rows = con.execute(
-        "SELECT source_table, source_id, target_table, target_id, score, verdict, matcher FROM pm_labels_current "
-        "WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL AND (target_table = ? OR source_table = ?) "
-        "ORDER BY label_id", [table_key(target), table_key(target)]
+        f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {by} "
+        "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
+        "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
     keep = [r for r in rows if r[6] == matcher]
     s = np.array([r[4] for r in keep], dtype=np.float64)
     y = np.array([r[5] == "match" for r in keep], dtype=np.float64)
-    return [tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep)
+    return [tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep), [r[7] for r in keep]
 
 
-def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]]) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-    """(stage-1 scores, stacked scores) of reviewed pairs, through ``score_pairs`` with the active matcher's pair
-    scorer off and on. A table that cannot be read any more is an error naming it: without its offers the
-    shown scores cannot be told apart by scale."""
+def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]], shown: np.ndarray,  # noqa: ANN001
+                     scored_by: list[str | None]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(stage-1 scores, stacked scores, pairs taken as shown) of reviewed pairs, through ``score_pairs`` with the
+    active matcher's pair scorer off and on; NaN where a model has no score for a pair.
+
+    Where the pairs of one (source table, target table) cannot be scored again (a table dropped since the
+    review, an offer deleted), their shown scores stand in, each for the model that scored it
+    (``pm_labels.scored_by``; NaN for the other model). A verdict that does not say which model scored it
+    (given before ``scored_by`` existed) makes that an error naming the table: its score's scale is unknown."""
     why = ("calibrate: the active matcher has a pair scorer, so the reviewed pairs must be scored again (the "
            "scores shown mix stage 1's and the stacked model's scales)")
-    try:
-        return score_again(con, ctx, pairs, 0, why), score_again(con, ctx, pairs, None, why)
-    except PmatchError as e:
-        raise CalibrationError(str(e)) from None
+    stage1, stacked, as_shown = np.full(len(pairs), np.nan), np.full(len(pairs), np.nan), 0
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (st, _, tt, _) in enumerate(pairs):
+        groups.setdefault((st, tt), []).append(i)
+    for idx in groups.values():
+        sub = [pairs[i] for i in idx]
+        try:
+            stage1[idx], stacked[idx] = score_again(con, ctx, sub, 0, why), score_again(con, ctx, sub, None, why)
+        except PmatchError as e:
+            unknown = sum(scored_by[i] not in ("stage1", "pair_scorer") for i in idx)
+            if unknown:
+                raise CalibrationError(
+                    f"{e}; and {unknown} of those verdicts do not say which model scored them (given before "
+                    "pm_labels.scored_by existed), so their shown scores cannot stand in") from None
+            for i in idx:
+                (stage1 if scored_by[i] == "stage1" else stacked)[i] = shown[i]
+            as_shown += len(idx)
+    return stage1, stacked, as_shown
 
 
 def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss: float = 0.02,  # noqa: ANN001
@@ -107,21 +131,21 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
 
     ctx = ctx or context_of(con)
     state = model_state(ctx, target)
-    pairs, s, y, ignored = reviewed_pairs(con, target, state.matcher)
+    pairs, s, y, ignored, scored_by = reviewed_pairs(con, target, state.matcher)
     if int(y.sum()) < min_matches:
         raise CalibrationError(
             f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
             f"{target!r}; need at least {min_matches} matches. Review more pairs: pmatch review "
             f"<db>{f' ({ignored} verdicts were given on another model' + chr(39) + 's scores)' if ignored else ''}")
-    stacked = None
+    stacked, as_shown = None, 0
     if state.pair is not None:  # two scales in the scores shown: each model's own scores of every reviewed pair
-        s, stacked = (np.nan_to_num(x, nan=0.0) for x in rescore_reviewed(con, ctx, pairs))
+        s, stacked, as_shown = rescore_reviewed(con, ctx, pairs, s, scored_by)
     accept, review, prec, lb, n_above = _pick(s, y, target_precision, max_recall_loss)
     cal = Calibration(
         matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
         old_accept=_finite(state.accept_threshold), old_review=state.review_threshold, accept=accept,
         review=review, target_precision=target_precision, accept_precision=prec, accept_lower_bound=lb,
-        accept_reviewed=n_above)
+        accept_reviewed=n_above, scores_as_shown=as_shown)
     if state.pair is not None and stacked is not None:
         p_acc, p_rev, p_prec, p_lb, p_n = _pick(stacked, y, target_precision, max_recall_loss)
         cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": _finite(state.pair.accept_threshold),
@@ -135,7 +159,10 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
 
 def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss: float
           ) -> tuple[float | None, float, float | None, float | None, int]:
-    """(accept or None, review, precision and its 95% lower bound above accept, reviewed pairs above it)."""
+    """(accept or None, review, precision and its 95% lower bound above accept, reviewed pairs above it), from the
+    pairs with a score (NaN: the model has none for the pair)."""
+    scored = np.isfinite(s)
+    s, y = s[scored], y[scored]
     accept, review, _ = choose_thresholds(s, y, target_precision, max_recall_loss)
     above = s >= accept
     n_above, m_above = int(above.sum()), int(y[above].sum())
@@ -148,7 +175,7 @@ def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, i
     with a pair scorer, the pairs it re-read are held to the stacked model's; a model whose new accept threshold
     is not certified keeps its thresholds, as ``_apply`` does)."""
     from .queue import model_state
-    from .rescore import reread_pairs, result_pairs
+    from .rescore import reread_in_result, result_pairs
 
     rows = result_pairs(con, matches)
     inf = float("inf")
@@ -161,8 +188,8 @@ def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, i
         old2 = (pa["old_review"], inf if pa["old_accept"] is None else pa["old_accept"])
         new2 = old2 if pa["accept"] is None else (pa["review"], pa["accept"])
         top_m = model_state(ctx, cal.target).top_m
-        reread = reread_pairs(con, ctx, [r[:4] for r in rows], top_m,
-                              f"calibrate --matches: which pairs of {matches!r} the pair scorer re-read")
+        reread = reread_in_result(con, ctx, rows, top_m,
+                                  f"calibrate --matches: which pairs of {matches!r} the pair scorer re-read")
 
     def band(stage1: tuple[float, float], stacked: tuple[float, float]) -> int:
         return sum((lo <= r[4] < hi) for r in rows for lo, hi in [stacked if r[:4] in reread else stage1])

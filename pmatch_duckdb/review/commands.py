@@ -143,6 +143,9 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
         was = f"{pa['old_accept']:.4f}" if pa["old_accept"] is not None else "none"
         click.echo("pair scorer (the reviewed pairs scored again: the thresholds above from stage 1 alone, these from "
                    "the stacked model)")
+        if cal.scores_as_shown:
+            click.echo(f"  {cal.scores_as_shown} reviewed pairs could not be scored again (a table or offer gone): "
+                       "their scores as shown, each for the model that scored it")
         click.echo(f"  accept >= {pa['accept']:.4f} (was {was}): precision {pa['accept_precision']:.3f} on "
                    f"{pa['accept_reviewed']} reviewed pairs above it, 95% lower bound {pa['accept_lower_bound']:.3f}"
                    if pa["accept"] is not None else f"  accept: none certified (was {was}; kept)")

@@ -161,16 +161,16 @@ def _finite_or_none(x: float) -> float | None:
 
 def _mark_reread(con: duckdb.DuckDBPyConnection, ctx, matches: str, data: list[dict],  # noqa: ANN001
                  state: ModelState) -> None:
-    """Set ``_state`` = the stacked model's thresholds on the rows of ``data`` the pair scorer re-read: each
-    source's ``state.top_m`` best of the match result by stage 1's score (``match_products`` keeps those
-    first, so with ``m <= k`` they are all in it), which means scoring the result's pairs again by stage 1."""
+    """Set ``_state`` = the stacked model's thresholds on the rows of ``data`` the pair scorer re-read: as the
+    result's ``scored_by`` says; in a result saved without that column, each source's ``state.top_m`` best of
+    the match result by stage 1's score (``match_products`` keeps those first, so with ``m <= k`` they are all in
+    it), which means scoring the result's pairs again by stage 1."""
     from ..api import context_of
-    from .rescore import reread_pairs, result_pairs
+    from .rescore import reread_in_result, result_pairs
 
-    rows = [r[:4] for r in result_pairs(con, matches)]
-    reread = reread_pairs(con, ctx or context_of(con), rows, state.top_m,
-                          f"pm_queue_review: the matcher has a pair scorer, so which pairs of {matches!r} it re-read "
-                          "(and whose thresholds they are near) needs stage 1's scores")
+    reread = reread_in_result(con, ctx or context_of(con), result_pairs(con, matches), state.top_m,
+                              f"pm_queue_review: the matcher has a pair scorer, so which pairs of {matches!r} it "
+                              "re-read (and whose thresholds they are near) needs stage 1's scores")
     for r in data:
         if (r["source_table"], r["source_id"], r["target_table"], r["target_id"]) in reread:
             r["_state"] = state.pair
@@ -187,7 +187,7 @@ def _read_matches(con: duckdb.DuckDBPyConnection, matches: str) -> pa.Table:
     if not need <= cols:
         raise PmatchError(f"pm_queue_review: {matches!r} needs the columns of a match_products result "
                           f"({', '.join(sorted(need))}); it has {', '.join(sorted(cols))}")
-    opt = ", ".join(o if o in cols else f"NULL AS {o}" for o in (*_OPTIONAL, "scored_by"))
+    opt = ", ".join(o if o in cols else f"NULL AS {o}" for o in _OPTIONAL)
     # only what can be queued leaves DuckDB: review / accept pairs, and pairs whose ids carry a verdict
     # (rechecks; table names and dedup order are checked exactly afterwards)
     labelled = ("OR (CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR)) IN (SELECT source_id, target_id FROM "
@@ -337,12 +337,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
 
         state = model_state(ctx or context_of(con), data[0]["target_table"] if data else matches)
     if state.pair is not None and data:
-        if all(r["scored_by"] is not None for r in data):  # the result says which model scored each pair
-            for r in data:
-                if r["scored_by"] == "pair_scorer":
-                    r["_state"] = state.pair
-        elif state.top_m > 0:  # a result saved before match_products had scored_by: find the re-read pairs
-            _mark_reread(con, ctx, matches, data, state)
+        _mark_reread(con, ctx, matches, data, state)
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)

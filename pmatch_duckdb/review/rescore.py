@@ -1,10 +1,11 @@
 """Scoring reviewed or queued pairs again by one stage of the active matcher.
 
 A matcher with a pair scorer shows two scales in one ``match_products`` result: the pairs its scorer re-read
-carry the stacked model's score, the others stage 1's, and neither the result nor ``pm_labels`` says which.
-The review queue (which thresholds a pair is near) and ``pmatch calibrate`` (each model's thresholds from its
-own scores) score the pairs again with ``score_pairs``' code (``udfs.matching.score_table_pairs``, which also runs
-inside the queue's UDF, where the ``score_pairs`` macro does not exist), with the scorer off or on.
+carry the stacked model's score, the others stage 1's. The result's ``scored_by`` column says which, but a result
+saved before that column existed does not; and ``pmatch calibrate`` needs each model's own score of every
+reviewed pair (each model's thresholds from its own scores), not only the one shown. Those callers score the
+pairs again with ``score_pairs``' code (``udfs.matching.score_table_pairs``, which also runs inside the queue's
+UDF, where the ``score_pairs`` macro does not exist), with the scorer off or on.
 """
 
 from __future__ import annotations
@@ -36,13 +37,26 @@ def score_again(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str,
     return out
 
 
-def result_pairs(con: duckdb.DuckDBPyConnection, matches: str) -> list[tuple[str, str, str, str, float]]:
+def result_pairs(con: duckdb.DuckDBPyConnection, matches: str
+                 ) -> list[tuple[str, str, str, str, float, str | None]]:
     """The scored pairs of a saved ``match_products`` result: (source table, source id, target table, target id,
-    score)."""
+    score, scored_by — None in a result saved before ``match_products`` had that column)."""
     from ..sqlident import quote_qualified
 
+    q = quote_qualified(matches)
+    cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
+    by = "scored_by" if "scored_by" in cols else "NULL"
     return con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, CAST(target_id AS VARCHAR), "
-                       f"score FROM {quote_qualified(matches)} WHERE score IS NOT NULL").fetchall()
+                       f"score, {by} FROM {q} WHERE score IS NOT NULL").fetchall()
+
+
+def reread_in_result(con: duckdb.DuckDBPyConnection, ctx, rows: list[tuple], top_m: int,  # noqa: ANN001
+                     why: str) -> set[tuple[str, str, str, str]]:
+    """The pairs of ``rows`` (:func:`result_pairs`: all of a result) that the pair scorer re-read: as the result's
+    ``scored_by`` says, or, in a result saved without it, found by :func:`reread_pairs`."""
+    if rows and all(r[5] is not None for r in rows):
+        return {tuple(r[:4]) for r in rows if r[5] == "pair_scorer"}
+    return reread_pairs(con, ctx, [r[:4] for r in rows], top_m, why)
 
 
 def reread_pairs(con: duckdb.DuckDBPyConnection, ctx, rows: list[tuple[str, str, str, str]], top_m: int,  # noqa: ANN001
