@@ -38,6 +38,7 @@ import dataclasses
 import shutil
 import sys
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -85,9 +86,27 @@ def rechecks(con, name: str, version: str, home: Path, source: str, target: str,
             f"{old - away} towards it); not asked again {skipped}")
 
 
+def queue_cost(con, matches: str, rounds: int) -> str:  # noqa: ANN001
+    """Wall seconds of ``pm_queue_review`` on ``matches`` as saved (with ``scored_by``) and on a copy without that
+    column (a result saved before it existed: with a pair scorer the queue then scores the result again by stage 1
+    to find the pairs it re-read), interleaved rounds after one warm-up of each; a line with the best of each."""
+    con.execute(f"CREATE OR REPLACE TABLE {matches}_old AS SELECT * EXCLUDE (scored_by) FROM {matches}")
+    best = {"with": float("inf"), "without": float("inf")}
+    for r in range(rounds + 1):
+        for kind, table in (("with", matches), ("without", f"{matches}_old")):
+            t0 = time.perf_counter()
+            con.execute(f"SELECT * FROM pm_queue_review('{table}', queue := 'cost_{kind}')").fetchall()
+            if r:
+                best[kind] = min(best[kind], time.perf_counter() - t0)
+    con.execute("DELETE FROM pm_review_queue WHERE queue IN ('cost_with', 'cost_without')")
+    con.execute(f"DROP TABLE {matches}_old")
+    return (f"pm_queue_review on {matches}: {best['with']:.2f} s with scored_by, {best['without']:.2f} s without "
+            f"(best of {rounds}; ratio without / with {best['without'] / best['with']:.1f})")
+
+
 def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: int, target_precision: float,
             seed: int, accept_sample: float, work: Path, review_source: str | None = None,
-            recheck_with: str | None = None, recheck_delta: float = 0.3) -> list[str]:
+            recheck_with: str | None = None, recheck_delta: float = 0.3, queue_rounds: int = 0) -> list[str]:
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines."""
     copy = work / db.name
     shutil.copy2(db, copy)
@@ -118,6 +137,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         before, _ = sql_match(con, "src_b", target)
         m_before = retrieval_metrics(before, truth_b)
         sql_match(con, "src_a", target)  # -> table m_src_a
+        cost = queue_cost(con, "m_src_a", queue_rounds) if queue_rounds else None
         queued = con.execute(f"SELECT queued FROM pm_queue_review('m_src_a', accept_sample := {accept_sample}, "
                              f"seed := {seed})").fetchone()[0]
         rows = con.execute("SELECT source_table, source_id, target_table, target_id, score, decision, reason, matcher, "
@@ -144,6 +164,8 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         head = (f"# {ref}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} "
                 f"pairs, the first {len(rows)} reviewed ({n_match} matches); {note}; active now "
                 f"{active_version(name, work / 'home')}")
+        if cost:
+            head += "\n# " + cost
         if other:
             (_, name2, version2), = other
             head += "\n# " + rechecks(con, name2, version2, work / "home", "src_a", target, recheck_delta)
@@ -169,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recheck-with", default=None, metavar="NAME@vN",
                     help="then move to this matcher, queue the reviewed sources again and count the rechecks")
     ap.add_argument("--recheck-delta", type=float, default=0.3, help="pm_queue_review's recheck_delta")
+    ap.add_argument("--queue-cost", type=int, default=0, metavar="ROUNDS",
+                    help="also time pm_queue_review on the reviewed sources' result with and without scored_by")
     args = ap.parse_args(argv)
     con = pm.connect(args.db)
     home = context_of(con).settings.home
@@ -180,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review, args.target_precision,
                                    args.seed, args.accept_sample, work, args.review_source, args.recheck_with,
-                                   args.recheck_delta)
+                                   args.recheck_delta, args.queue_cost)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(head, flush=True)
