@@ -331,6 +331,28 @@ def test_review_page_server_side(review_demo) -> None:
     con.close()
 
 
+def test_review_page_shows_the_verdict_a_recheck_asks_about_again(review_demo) -> None:
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = _connect(review_demo)
+    st, si, tt, ti, score = con.execute("SELECT source_table, source_id, target_table, target_id, score FROM matches "
+                                        "WHERE decision = 'review' ORDER BY score LIMIT 1").fetchall()[0]
+    # a match given on a score 0.35 above today's, on the same (zero-shot) scale: the model turned against it
+    record_verdict(con, PairKey.of(st, si, tt, ti), "match", reviewer="<b>bob</b>", matcher="zero-shot",
+                   score=score + 0.35, decision="accept", scored_by="zero-shot")
+    stats = con.execute("SELECT rechecks FROM pm_queue_review('matches')").fetchall()[0]
+    first = con.execute("SELECT source_id, target_id, reason, decision FROM pm_review_queue WHERE position = 1"
+                        ).fetchall()[0]
+    con.close()
+    assert stats == (1,) and first == (str(si), str(ti), "recheck", "review")  # the model's own decision shown
+    page = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client().get("/")
+    assert page.status_code == 200 and "the model now disagrees with the verdict given before" in page.text
+    assert "before: <b>Match</b> by &lt;b&gt;bob&lt;/b&gt;" in page.text, page.text
+    assert f"shown {score + 0.35:.3f} (accept)" in page.text
+    second = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client()
+    assert "before:" not in second.get("/pair/2").text  # not a recheck
+
+
 def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path) -> None:
     """A ``pm_labels`` / ``pm_review_queue`` without ``scored_by`` (written before it existed) is read as it is and
     gains the column (NULL on the old rows) when written to; nothing of the history changes."""

@@ -151,3 +151,40 @@ def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
     assert sorted(con.execute("SELECT source_id, verdict FROM pm_labels_current").fetchall()) == sorted(
         [(q[1][0], "no_match"), (q[2][0], "match"), (q[3][0], "match")])
     con.close()
+
+
+def test_a_recheck_shows_the_earlier_verdict_in_chromium(review_demo, tmp_path: Path) -> None:
+    """A pair the model turned against since its verdict comes first, showing that verdict (as text)."""
+    from selenium.webdriver.common.by import By
+    from werkzeug.serving import make_server
+
+    from pmatch_duckdb.review import PairKey, record_verdict
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = pm.connect(review_demo.db, image_roots=[review_demo.images])
+    st, si, tt, ti, score = con.execute("SELECT source_table, source_id, target_table, target_id, score FROM matches "
+                                        "WHERE decision = 'review' ORDER BY score LIMIT 1").fetchall()[0]
+    record_verdict(con, PairKey.of(st, si, tt, ti), "match", reviewer="<b>bob</b>", matcher="zero-shot",
+                   score=score + 0.35, decision="accept", scored_by="zero-shot")
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    con.close()
+    chromium, driver_path = _browser_paths()
+    srv = make_server("127.0.0.1", 0, create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,),
+                                                              "tester")), threaded=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    drv = _driver(chromium, driver_path, tmp_path / "profile")
+    try:
+        drv.get(f"http://127.0.0.1:{srv.server_port}/")
+        assert drv.find_element(By.CSS_SELECTOR, ".reason.recheck").is_displayed()
+        earlier = drv.find_element(By.CSS_SELECTOR, ".earlier")
+        assert earlier.is_displayed()
+        assert earlier.text.startswith("before: Match by <b>bob</b>, ") and f"shown {score + 0.35:.3f} (accept)" in \
+            earlier.text, earlier.text
+        assert drv.find_element(By.CSS_SELECTOR, ".decision").text == "model: review"
+        ARTIFACTS.mkdir(exist_ok=True)
+        drv.save_screenshot(str(ARTIFACTS / "review-recheck.png"))
+    finally:
+        drv.quit()
+        srv.shutdown()
+        t.join(5)

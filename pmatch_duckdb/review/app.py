@@ -24,7 +24,7 @@ from PIL import Image
 from ..encoders.image_io import ImagePolicy
 from ..errors import PmatchError
 from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from .labels import PairKey, ensure_labels, record_verdict
+from .labels import PairKey, ensure_labels, record_verdict, verdict_before
 from .pairview import image_path, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
 from .stats import accept_precision, label_summary
@@ -115,8 +115,13 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
     def _render_pair(con: duckdb.DuckDBPyConnection, entry: dict, undone: bool = False) -> str:
         left, right = pair_view(con, entry, cfg.policy)
         ratio = entry.get("price_ratio")
+        earlier = None
+        if entry["reason"] == "recheck":  # what was answered before, which the model now turned against
+            earlier = verdict_before(con, PairKey(entry["source_table"], entry["source_id"], entry["target_table"],
+                                                  entry["target_id"]), entry["labels_before"])
         return render_template("pair.html", entry=entry, left=left, right=right, keys=KEYS, labels=LABEL,
-                               ratio=ratio, undone=undone, last=request.args.get("saved"), **_common(con))
+                               ratio=ratio, undone=undone, last=request.args.get("saved"), earlier=earlier,
+                               **_common(con))
 
     @app.get("/")
     def index():  # noqa: ANN202

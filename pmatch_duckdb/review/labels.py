@@ -164,6 +164,23 @@ def current_verdicts(con: duckdb.DuckDBPyConnection, tables: set[str] | None = N
     return out
 
 
+def verdict_before(con: duckdb.DuckDBPyConnection, pair: PairKey, label_id: int) -> dict | None:
+    """The verdict in force on ``pair`` up to ``label_id`` (a queue entry's ``labels_before``: what a recheck asks
+    about again): verdict, reviewer, when, the score and decision shown and its scale; None if there was none."""
+    if not has_labels(con):
+        return None
+    by = "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL AS scored_by"
+    rel = con.execute(
+        f"SELECT verdict, reviewer, strftime(labelled_at, '%Y-%m-%d %H:%M') AS labelled_at, score, decision, {by} "
+        "FROM pm_labels WHERE source_table = ? AND source_id = ? AND target_table = ? AND target_id = ? "
+        "AND label_id <= ? ORDER BY label_id DESC LIMIT 1", [*pair.row(), label_id])
+    cols = [d[0] for d in rel.description]
+    row = rel.fetchall()
+    if not row or row[0][0] == RETRACTED:
+        return None
+    return dict(zip(cols, row[0], strict=True))
+
+
 def max_label_id(con: duckdb.DuckDBPyConnection) -> int:
     """The highest label_id so far (0 without labels)."""
     if not has_labels(con):
