@@ -867,7 +867,7 @@ def pair_cost(con: duckdb.DuckDBPyConnection, part: str, src: str, tgt: str, mat
     cand = match(sv, view, 3, pair_top_m=0)
     _cold(matcher)
     with Timer() as t:
-        matcher.pair.pair_logits(sv, view.rows, cand.source, cand.target)
+        matcher.pair.pair_features(sv, view.rows, cand.source, cand.target)
     rate = len(cand.source) / max(t.wall, 1e-9)
     log(f"  pair scorer: {rate:.1f} pairs/s ({len(cand.source)} pairs in {t.wall:.1f}s wall, {t.cpu:.1f}s CPU); "
         f"match_products {len(src_rows.ids)} sources: scorer on {on:.1f}s vs off {off:.1f}s -> ratio {on / off:.2f} "
@@ -1131,6 +1131,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="pair scorer: fine-tuning recipe (auto: gpu where torch sees a CUDA GPU); --pair-* override it")
     ap.add_argument("--pair-kind", default=None, choices=["cross", "siamese"],
                     help="pair scorer: cross-encoder (default) or siamese bi-encoder (its own training on the recipe)")
+    ap.add_argument("--no-pair-known-products", action="store_true",
+                    help="siamese pair scorer: without known products (the labelled training offers in the bundle)")
     ap.add_argument("--pair-hard-negatives", type=int, default=None,
                     help="pair scorer: mined hard negatives per labelled source (default: train_matcher's rule)")
     ap.add_argument("--pair-max-seconds", type=float, default=None,
@@ -1154,7 +1156,8 @@ def main(argv: list[str] | None = None) -> int:
                                       ("freeze_layers", args.pair_freeze_layers), ("threads", args.pair_threads),
                                       ("max_seconds", args.pair_max_seconds), ("device", args.pair_device),
                                       ("patience", args.pair_patience), ("lr", args.pair_lr),
-                                      ("kind", args.pair_kind))
+                                      ("kind", args.pair_kind),
+                                      ("known_products", False if args.no_pair_known_products else None))
                     if v is not None})
     ctx.pair_max_train_pairs = args.pair_max_train_pairs
     ctx.pair_recipe = args.pair_recipe

@@ -272,6 +272,9 @@ text_model_option = click.option(
               help="Pair scorer: cross (a cross-encoder reading both offers, one pass per pair) or siamese (MiniLM "
                    "fine-tuned contrastively on the match groups, one pass per offer; every layer, 12 epochs on "
                    "the cpu recipe; better on WDC Products, slower to train).")
+@click.option("--no-pair-known-products", is_flag=True,
+              help="Siamese pair scorer: do not keep the labelled training offers in the bundle (known products: "
+                   "whether a pair's offers resolve to the same labelled product is stacked with its score).")
 @click.option("--pair-max-len", default=None, type=int, help="Pair scorer: word pieces per pair (cpu recipe 64, gpu 256).")
 @click.option("--pair-epochs", default=None, type=int, help="Pair scorer: fine-tuning epochs (cpu recipe 3, gpu 16).")
 @click.option("--pair-freeze-layers", default=None, type=click.IntRange(0, 6),
@@ -300,7 +303,8 @@ text_model_option = click.option(
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
               valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
-              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_recipe: str, pair_kind: str, pair_max_len: int | None,
+              no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_recipe: str, pair_kind: str,
+              no_pair_known_products: bool, pair_max_len: int | None,
               pair_epochs: int | None, pair_freeze_layers: int | None, pair_device: str, pair_patience: int | None,
               pair_hard_negatives: int | None, pair_top_m: int, pair_min_matches: int, pair_min_gain: float,
               pair_max_train_pairs: int | None, pair_max_valid_pairs: int,
@@ -316,7 +320,8 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
     try:
         # the recipe's knobs, with the ones given on the command line taking precedence
         given = {"max_len": pair_max_len, "epochs": pair_epochs, "freeze_layers": pair_freeze_layers}
-        train_knobs = {k: v for k, v in given.items() if v is not None} | {"seed": seed, "kind": pair_kind}
+        train_knobs = {k: v for k, v in given.items() if v is not None} | {"seed": seed, "kind": pair_kind,
+                                                                           "known_products": not no_pair_known_products}
         if pair_patience is not None:
             train_knobs["patience"] = pair_patience or None
         caps = {} if pair_max_train_pairs is None else {"max_train_pairs": pair_max_train_pairs or None}

@@ -23,7 +23,7 @@ from .encoders.sessions import get_session
 from .errors import ModelNotFoundError
 from .features.offer_features import offer_features
 from .home import pmatch_home
-from .pair_scorer import PairScorer, SiameseScorer, Summarizer, load_pair_scorer
+from .pair_scorer import KnownProducts, PairScorer, SiameseScorer, Summarizer, load_pair_scorer
 
 _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -167,8 +167,11 @@ def _load_pair_stage(bundle: Bundle) -> tuple[PairScorer | SiameseScorer | None,
     if "pair_summarizer.json" in files:
         d = json.loads(bundle.file("pair_summarizer.json").read_text())
         summarizer = Summarizer(d["idf"], float(d["default_idf"]))
+    known = None
+    if "pair_known_products.json" in files:
+        known = KnownProducts.from_json(json.loads(bundle.file("pair_known_products.json").read_text()))
     scorer = load_pair_scorer(bundle.file("pair_model.onnx"), files["pair_model.onnx"],
-                              bundle.file("pair_tokenizer.json"), cfg, summarizer)
+                              bundle.file("pair_tokenizer.json"), cfg, summarizer, known)
     stacked = DecisionModel.from_dict(json.loads(bundle.file("pair_decision.json").read_text()))
     return scorer, stacked
 

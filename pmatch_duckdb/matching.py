@@ -902,9 +902,9 @@ def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.nda
         if rescore is not None:
             second |= rescore
         if second.any():
-            logits = m.pair.pair_logits(src, view.rows, s[second], t[second])
+            feats = m.pair.pair_features(src, view.rows, s[second], t[second])
             score = score.copy()
-            score[second] = m.pair_decision.score(stacked_features(raw[second], logits))
+            score[second] = m.pair_decision.score(stacked_features(raw[second], feats))
             score = gtin_rule(score)
     return score, second, stage1
 

@@ -171,6 +171,70 @@ class PairTokenizer:
         return ids, mask, types
 
 
+#: known products: a pair's offers are compared with the labelled training offers by their siamese embeddings; each
+#: offer's KNOWN_NEIGHBOURS nearest, weighted by exp((cos - best cos) / KNOWN_TEMPERATURE), give it a distribution over
+#: the training match groups. Measured on WDC Products (benchmarks/README.md, "Known products").
+KNOWN_NEIGHBOURS = 10
+KNOWN_TEMPERATURE = 0.05
+
+
+class KnownProducts:
+    """The labelled training offers of a siamese pair scorer (its embeddings of them and their match groups), kept in
+    the bundle (``pair_known_products.json``): ``same_product`` says how likely two offers resolve to the same known
+    product — the probability that both offers' nearest labelled offers name the same group. Where the products
+    matched were labelled (a catalog whose products have labelled offers, WDC's seen products) that is strong
+    evidence a pair score alone does not see; for products never labelled it is noise, and the stacked model,
+    fitted on held-out pairs, weighs it accordingly."""
+
+    def __init__(self, embeddings: np.ndarray, groups: np.ndarray, neighbours: int = KNOWN_NEIGHBOURS,
+                 temperature: float = KNOWN_TEMPERATURE) -> None:
+        e = np.asarray(embeddings, dtype=np.float32)
+        self.embeddings = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        self.groups = np.asarray(groups, dtype=np.int64)
+        if len(self.groups) != len(self.embeddings):
+            raise ValueError(f"{len(self.embeddings)} known offers against {len(self.groups)} group ids")
+        self.neighbours, self.temperature = int(neighbours), float(temperature)
+
+    def group_weights(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(groups int64[n, k], weights float64[n, k] summing to 1 per row): each offer's nearest known offers."""
+        k = min(self.neighbours, len(self.groups))
+        if not len(emb) or not k:
+            return np.zeros((len(emb), 0), np.int64), np.zeros((len(emb), 0))
+        sims = np.asarray(emb, dtype=np.float32) @ self.embeddings.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        st = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+        w = np.exp((st - st.max(axis=1, keepdims=True)) / self.temperature)
+        return self.groups[top], w / w.sum(axis=1, keepdims=True)
+
+    def same_product(self, ea: np.ndarray, eb: np.ndarray) -> np.ndarray:
+        """float64[n]: for offer embeddings ``ea[i]``, ``eb[i]``, the probability that both name the same group."""
+        ga, wa = self.group_weights(ea)
+        gb, wb = self.group_weights(eb)
+        same = ga[:, :, None] == gb[:, None, :]
+        return np.einsum("ni,nj,nij->n", wa, wb, same)
+
+    def to_json(self) -> dict:
+        """The bundle file's content: embeddings as base64 float16 (row-major), groups, the two parameters."""
+        import base64
+
+        return {"format": "pmatch-known-products-1", "shape": list(self.embeddings.shape),
+                "embeddings_f16_base64": base64.b64encode(self.embeddings.astype("<f2").tobytes()).decode("ascii"),
+                "groups": self.groups.tolist(), "neighbours": self.neighbours, "temperature": self.temperature}
+
+    @classmethod
+    def from_json(cls, d: dict) -> KnownProducts:
+        import base64
+
+        if d.get("format") != "pmatch-known-products-1":
+            raise ValueError(f"known products: unknown format {d.get('format')!r} (a newer pmatch wrote this bundle?)")
+        n, dim = (int(x) for x in d["shape"])
+        e = np.frombuffer(base64.b64decode(d["embeddings_f16_base64"]), dtype="<f2")
+        if e.size != n * dim:
+            raise ValueError(f"known products: {e.size} values for shape {n} x {dim}")
+        return cls(e.reshape(n, dim).astype(np.float32), np.asarray(d["groups"], dtype=np.int64),
+                   int(d["neighbours"]), float(d["temperature"]))
+
+
 class _BundleScorer:
     """What both pair-scorer kinds read from the bundle's ``pair_model`` entry, and their onnxruntime session."""
 
@@ -217,6 +281,14 @@ class PairScorer(_BundleScorer):
         tb = serialize_rows(tgt, ut, self.opts, self.summarizer)
         return self.logits([ta[i] for i in inv_s], [tb[j] for j in inv_t])
 
+    def features(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """float64[n, 1]: what the stacked model reads from this scorer (its logit)."""
+        return self.logits(a, b).astype(np.float64)[:, None]
+
+    def pair_features(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """:meth:`features` of (source position, target position) pairs of two :class:`OfferVectors`."""
+        return self.pair_logits(src, tgt, s, t).astype(np.float64)[:, None]
+
 
 class SiameseScorer(_BundleScorer):
     """The fine-tuned bi-encoder of a matcher bundle (``pair_model.kind == "siamese"``), run with onnxruntime:
@@ -224,10 +296,11 @@ class SiameseScorer(_BundleScorer):
 
     def __init__(self, onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
                  summarizer: Summarizer | None = None, threads: int | None = None, batch_size: int = 64,
-                 cache_size: int = SIAMESE_CACHE_SIZE) -> None:
+                 cache_size: int = SIAMESE_CACHE_SIZE, known: KnownProducts | None = None) -> None:
         from tokenizers import Tokenizer
 
         super().__init__(onnx_path, sha256, config, summarizer, threads, batch_size)
+        self.known = known  # the labelled training offers, when the bundle keeps them
         self.temperature = float(config["temperature"])
         tok = Tokenizer.from_file(str(tokenizer_json))
         tok.no_padding()
@@ -313,19 +386,53 @@ class SiameseScorer(_BundleScorer):
             return np.zeros(0, dtype=np.float32)
         return (np.einsum("ij,ij->i", ea[inv_s], eb[inv_t]) / self.temperature).astype(np.float32)
 
+    def _features(self, ea: np.ndarray, eb: np.ndarray) -> np.ndarray:
+        cos = np.einsum("ij,ij->i", ea, eb).astype(np.float64) / self.temperature
+        if self.known is None:
+            return cos[:, None]
+        # clipped to [1e-4, 1 - 1e-4] first: "no shared group among the nearest" is a bounded vote, not -16
+        return np.stack([cos, logit(np.clip(self.known.same_product(ea, eb), 1e-4, 1 - 1e-4))], axis=1)
+
+    def features(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """float64[n, 1 or 2]: what the stacked model reads from this scorer — its logit, and with known products
+        the logit of :meth:`KnownProducts.same_product`."""
+        if len(a) != len(b):
+            raise ValueError(f"{len(a)} left texts against {len(b)} right texts")
+        if not len(a):
+            return np.zeros((0, 1 if self.known is None else 2))
+        uniq = list(dict.fromkeys([*a, *b]))
+        pos = {t: i for i, t in enumerate(uniq)}
+        e = self.embed(uniq)
+        return self._features(e[[pos[t] for t in a]], e[[pos[t] for t in b]])
+
+    def pair_features(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """:meth:`features` of (source position, target position) pairs of two :class:`OfferVectors`."""
+        if not len(s):
+            return np.zeros((0, 1 if self.known is None else 2))
+        us, inv_s = np.unique(s, return_inverse=True)
+        ut, inv_t = np.unique(t, return_inverse=True)
+        ea = self.embed(serialize_rows(src, us, self.opts, self.summarizer))
+        eb = self.embed(serialize_rows(tgt, ut, self.opts, self.summarizer))
+        return self._features(ea[inv_s], eb[inv_t])
+
 
 #: the pair-scorer kinds a bundle may hold (``pair_model.kind``)
 PAIR_KINDS = ("cross", "siamese")
 
 
 def load_pair_scorer(onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
-                     summarizer: Summarizer | None = None) -> PairScorer | SiameseScorer:
-    """The scorer of ``config["kind"]`` (``"cross"`` when absent: bundles written before the siamese kind)."""
+                     summarizer: Summarizer | None = None, known: KnownProducts | None = None
+                     ) -> PairScorer | SiameseScorer:
+    """The scorer of ``config["kind"]`` (``"cross"`` when absent: bundles written before the siamese kind);
+    ``known``: a siamese scorer's known products."""
     kind = config.get("kind", "cross")
     if kind not in PAIR_KINDS:
         raise ValueError(f"pair model kind {kind!r} is not one of {PAIR_KINDS} (a newer pmatch wrote this bundle?)")
-    cls = SiameseScorer if kind == "siamese" else PairScorer
-    return cls(onnx_path, sha256, tokenizer_json, config, summarizer)
+    if kind == "siamese":
+        return SiameseScorer(onnx_path, sha256, tokenizer_json, config, summarizer, known=known)
+    if known is not None:
+        raise ValueError("known products need a siamese pair scorer")
+    return PairScorer(onnx_path, sha256, tokenizer_json, config, summarizer)
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -334,12 +441,16 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def stacked_features(stage1_raw: np.ndarray, pair_logit: np.ndarray) -> np.ndarray:
-    """The stacked decision model's input: [stage-1 logit, pair-scorer logit]."""
-    return np.stack([logit(stage1_raw), np.asarray(pair_logit, dtype=np.float64)], axis=1)
+def stacked_features(stage1_raw: np.ndarray, pair: np.ndarray) -> np.ndarray:
+    """The stacked decision model's input: [stage-1 logit, the pair scorer's features] (``pair``: its logits, or
+    the columns its ``features`` give: the logit, and with known products their logit)."""
+    pair = np.asarray(pair, dtype=np.float64)
+    return np.column_stack([logit(stage1_raw), pair.reshape(len(pair), -1)])
 
 
 STACKED_FEATURES = ("stage1_logit", "pair_model_logit")
+#: the stacked model's inputs with known products (a siamese scorer's labelled training offers)
+STACKED_FEATURES_KNOWN = (*STACKED_FEATURES, "known_product_logit")
 
 
 def top_m_mask(s: np.ndarray, score: np.ndarray, m: int) -> np.ndarray:

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pmatch_duckdb.pair_scorer import PairScorer, SerializeOptions, Summarizer, serialize_offer, top_m_mask
+from pmatch_duckdb.pair_scorer import (
+    PairScorer,
+    SerializeOptions,
+    Summarizer,
+    logit,
+    serialize_offer,
+    top_m_mask,
+)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -346,10 +354,13 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
     base = ["train", str(tmp_path / "shop.duckdb"), "--offers", "feed", "--home", str(home)]
     for extra in ([], ["--pair-recipe", "gpu", "--pair-epochs", "4", "--pair-patience", "0"],
                   ["--pair-max-len", "96", "--pair-max-train-pairs", "0", "--seed", "3"],
-                  ["--pair-kind", "siamese", "--pair-epochs", "5"]):
+                  ["--pair-kind", "siamese", "--pair-epochs", "5"],
+                  ["--pair-kind", "siamese", "--no-pair-known-products"]):
         res = CliRunner().invoke(cli, base + extra)
         assert res.exit_code == 0, res.output
-    cpu, gpu, given, siamese = seen
+    cpu, gpu, given, siamese, unknown = seen
+    assert siamese.train.known_products and not unknown.train.known_products and unknown.train.kind == "siamese"
+    seen.pop()
     assert cpu.train.kind == "cross" and siamese.train.kind == "siamese" and siamese.recipe == "cpu"
     assert (siamese.train.epochs, siamese.train.freeze_layers, siamese.train.lr) == (5, 0, 1e-4)
     assert cpu == PairOptions() and cpu.recipe == "cpu"
@@ -458,6 +469,62 @@ def test_siamese_training_separates_siblings_and_onnx_equals_torch(tmp_path: Pat
     with pytest.raises(ValueError, match="kind 'triple'"):
         load_pair_scorer(tmp_path / "pair_model.onnx", sha256_file(tmp_path / "pair_model.onnx"),
                          tmp_path / "pair_tokenizer.json", {**cfg_json, "kind": "triple"})
+    # features: its logit; with known products (the training offers, by the same model) also theirs
+    np.testing.assert_allclose(scorer.features(a, b)[:, 0], first, atol=1e-5)
+    assert scorer.features(a, b).shape == (3, 1) and scorer.features([], []).shape == (0, 1)
+    from pmatch_duckdb.pair_scorer import KnownProducts
+
+    known = KnownProducts(scorer.embed(texts), groups)
+    with_known = load_pair_scorer(*onnx, cfg_json, known=known)
+    f = with_known.features(a, b)
+    np.testing.assert_allclose(f[:, 0], first, atol=1e-5)
+    np.testing.assert_allclose(f[:, 1], logit(np.clip(known.same_product(scorer.embed(a), scorer.embed(b)), 1e-4,
+                                                      1 - 1e-4)), atol=1e-6)
+    assert f[0, 1] > f[1, 1]  # the same product (a match) against siblings
+    with pytest.raises(ValueError, match="need a siamese"):
+        load_pair_scorer(*onnx, {**cfg_json, "kind": "cross"}, known=known)
+
+
+def test_known_products_say_whether_two_offers_resolve_to_the_same_labelled_product(tmp_path: Path):
+    """KnownProducts: each offer's nearest labelled offers give it a distribution over their match groups, and a
+    pair's same-product probability is the chance both name one group; the bundle's JSON keeps it (float16)."""
+    from pmatch_duckdb.pair_scorer import (
+        STACKED_FEATURES,
+        STACKED_FEATURES_KNOWN,
+        KnownProducts,
+        stacked_features,
+    )
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    groups = np.repeat(np.arange(4), 3)
+    known = KnownProducts(centres[groups] + 0.05 * rng.normal(size=(12, 16)), groups, neighbours=5, temperature=0.05)
+
+    def near(g: int) -> np.ndarray:
+        v = centres[g] + 0.05 * rng.normal(size=16)
+        return (v / np.linalg.norm(v))[None, :]
+
+    same = known.same_product(np.vstack([near(0), near(2)]), np.vstack([near(0), near(2)]))
+    other = known.same_product(np.vstack([near(0), near(1)]), np.vstack([near(3), near(2)]))
+    assert np.all(same > 0.95) and np.all(other < 0.05), (same, other)
+    g, w = known.group_weights(np.vstack([near(1)] * 3))
+    assert g.shape == w.shape == (3, 5) and np.allclose(w.sum(axis=1), 1.0) and set(g[0, :3].tolist()) == {1}
+    assert KnownProducts(known.embeddings[:2], groups[:2]).group_weights(near(0))[0].shape == (1, 2)  # k <= known
+    back = KnownProducts.from_json(json.loads(json.dumps(known.to_json())))
+    np.testing.assert_allclose(back.embeddings, known.embeddings, atol=2e-3)
+    assert back.groups.tolist() == groups.tolist() and (back.neighbours, back.temperature) == (5, 0.05)
+    np.testing.assert_allclose(back.same_product(near(0), near(0)), known.same_product(near(0), near(0)), atol=0.05)
+    with pytest.raises(ValueError, match="unknown format"):
+        KnownProducts.from_json({**known.to_json(), "format": "v9"})
+    with pytest.raises(ValueError, match="values for shape"):
+        KnownProducts.from_json({**known.to_json(), "shape": [13, 16]})
+    with pytest.raises(ValueError, match="group ids"):
+        KnownProducts(known.embeddings, groups[:5])
+    # the stacked model's input: stage 1's logit, then the scorer's columns (its logit; the known-product logit)
+    x1, x2 = stacked_features(np.array([0.5, 0.9]), np.array([1.0, 2.0])), \
+        stacked_features(np.array([0.5, 0.9]), np.array([[1.0, -3.0], [2.0, 4.0]]))
+    assert x1.shape == (2, len(STACKED_FEATURES)) and x2.shape == (2, len(STACKED_FEATURES_KNOWN))
+    np.testing.assert_allclose(x2[:, 0], x1[:, 0]) and np.testing.assert_allclose(x2[:, 2], [-3.0, 4.0])
 
 
 def test_siamese_kind_takes_its_own_training_on_top_of_the_recipe():

@@ -350,6 +350,16 @@ def test_siamese_scorer_trains_in_the_matcher_and_reads_the_edition(editions):
     man = m.bundle.manifest["pair_model"]
     assert man["kind"] == "siamese" and man["temperature"] == 0.1 and man["onnx_max_abs_diff"] <= 1e-4
     assert man["train"]["kind"] == "siamese" and man["train"]["epochs_run"] == 10 and "valid_pair_model" in res.metrics
+    # known products: the labelled training offers (none of the validation pairs' offers) kept in the bundle, hashed
+    # like every file, and stacked as a third input
+    from pmatch_duckdb.pair_scorer import STACKED_FEATURES_KNOWN
+
+    assert "pair_known_products.json" in m.bundle.manifest["files"] and m.pair.known is not None
+    kp = man["known_products"]
+    assert kp["offers"] == len(m.pair.known.groups) > 0 and kp["groups"] == len(set(m.pair.known.groups.tolist()))
+    assert tuple(m.pair_decision.features) == STACKED_FEATURES_KNOWN and len(m.pair_decision.coef) == 3
+    assert man["valid"]["average_precision_known_products"] is not None
+    assert any("known products: " in line for line in log), log
     on = _scored(con, thome, "siamese")
     off = _scored(con, thome, "siamese", pair_top_m=0)
     acc_on, acc_off = _accuracy(on, 2), _accuracy(off, 2)

@@ -67,6 +67,9 @@ class PairTrainConfig:
     #: siamese: match groups per batch (each batch a group and its nearest groups) and the loss temperature
     batch_groups: int = 32
     temperature: float = 0.07
+    #: siamese: keep the labelled training offers' embeddings and match groups in the bundle, and stack whether a
+    #: pair's offers resolve to the same known product (:class:`pmatch_duckdb.pair_scorer.KnownProducts`)
+    known_products: bool = True
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -469,7 +472,8 @@ def export_cross_encoder(model, out_dir: Path, tokenizer_json: Path, max_len: in
 
 
 #: what the pair stage writes into a matcher bundle
-PAIR_FILES = ("pair_model.onnx", "pair_tokenizer.json", "pair_decision.json", "pair_summarizer.json")
+PAIR_FILES = ("pair_model.onnx", "pair_tokenizer.json", "pair_decision.json", "pair_summarizer.json",
+              "pair_known_products.json")
 
 
 @dataclass
@@ -525,7 +529,15 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     whether stage 1 alone accepts it (at match time such a re-read pair stays accepted unless the stacked model
     rejects it; what that veto does on the validation pairs is logged and recorded)."""
     from ..decision import average_precision, out_of_fold_raw, train_decision
-    from ..pair_scorer import STACKED_FEATURES, Summarizer, load_pair_scorer, serialize_rows, stacked_features
+    from ..pair_scorer import (
+        STACKED_FEATURES,
+        STACKED_FEATURES_KNOWN,
+        KnownProducts,
+        Summarizer,
+        load_pair_scorer,
+        serialize_rows,
+        stacked_features,
+    )
 
     fit_set = train.concat(hard) if len(hard) else train
     n_pos, v_pos = int(fit_set.y.sum()), int(valid.y.sum())
@@ -547,9 +559,11 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     va_b = serialize_rows(rows, valid.tgt, opts, summarizer)
     # the validation pairs also pick the epoch (one choice among cfg.epochs; the stacked model below is still
     # fitted and judged out-of-fold on them)
+    known_offers = known_texts = known_groups = None
     if cfg.kind == "siamese":
-        model, info, diff = _fit_siamese(rows, fit_set, (va_a, va_b, valid.y), out_dir, cfg, opts, summarizer,
-                                         max_train_pairs, n_pos, len(hard), log)
+        model, info, diff, known_offers, known_texts, known_groups = _fit_siamese(
+            rows, fit_set, (va_a, va_b, valid.y), out_dir, cfg, opts, summarizer, max_train_pairs, n_pos, len(hard),
+            log)
     else:
         n_candidates = len(fit_set)
         fit_set = fit_set.take(subsample_negatives(fit_set.y, cfg.neg_ratio, cfg.seed))
@@ -581,19 +595,37 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         config["temperature"] = cfg.temperature
     scorer = load_pair_scorer(out_dir / "pair_model.onnx", sha256_file(out_dir / "pair_model.onnx"),
                               out_dir / "pair_tokenizer.json", config, summarizer)
-    logits = scorer.logits(va_a, va_b)
-    x_va = stacked_features(valid.raw, logits)
+    if known_texts is not None and cfg.known_products:
+        # the labelled training offers as the exported model embeds them at match time; an offer that is also in a
+        # validation pair is left out, or its own label would score the validation pairs the stacked model learns from
+        import json
+
+        keep = ~np.isin(known_offers, np.concatenate([valid.src, valid.tgt]))
+        known_texts = [t for t, k in zip(known_texts, keep.tolist(), strict=True) if k]
+        known_groups = known_groups[keep]
+        scorer.known = KnownProducts(scorer.embed(known_texts), known_groups)
+        (out_dir / "pair_known_products.json").write_text(json.dumps(scorer.known.to_json()))
+        config["known_products"] = {"offers": len(known_groups), "groups": int(len(np.unique(known_groups))),
+                                    "neighbours": scorer.known.neighbours, "temperature": scorer.known.temperature}
+        log(f"pair model (siamese): known products: {len(known_groups):,} labelled offers in "
+            f"{config['known_products']['groups']:,} match groups kept in the bundle")
+    feats = scorer.features(va_a, va_b)
+    logits = feats[:, 0]
+    x_va = stacked_features(valid.raw, feats)
     folds = np.array([int(comp[s]) % 5 for s in valid.src])
     empty = np.zeros((0, x_va.shape[1]))
     stacked = train_decision(x_va, valid.y, empty, np.zeros(0), target_precision, max_recall_loss,
-                             kind="logistic", folds=folds, features=STACKED_FEATURES)
+                             kind="logistic", folds=folds,
+                             features=STACKED_FEATURES_KNOWN if feats.shape[1] == 2 else STACKED_FEATURES)
     import json
 
     (out_dir / "pair_decision.json").write_text(json.dumps(stacked.to_dict(), indent=1))
     ap_pair = average_precision(logits.astype(np.float64), valid.y)
+    ap_known = average_precision(feats[:, 1], valid.y) if feats.shape[1] == 2 else None
     ap_stacked = stacked.info["held_out_average_precision"]["logistic"]
     log(f"pair model: validation average precision stage 1 {ap_stage1:.3f}, {cfg.kind} scorer alone {ap_pair:.3f}, "
-        f"stacked (out-of-fold) {ap_stacked:.3f}; "
+        + (f"known products alone {ap_known:.3f}, " if ap_known is not None else "")
+        + f"stacked (out-of-fold) {ap_stacked:.3f}; "
         f"accept ≥ {stacked.accept_threshold:.4f}; {time.perf_counter() - t0:.0f}s")
     veto = None
     if stage1_accepts is not None and stage1_accepts.any():
@@ -615,7 +647,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         return None
     return {**config, "train": {**cfg.to_dict(), **info}, "onnx_max_abs_diff": diff,
             "valid": {"pairs": int(len(valid)), "matches": v_pos, "average_precision_stage1": ap_stage1,
-                      "average_precision_pair_model": ap_pair,
+                      "average_precision_pair_model": ap_pair, "average_precision_known_products": ap_known,
                       "average_precision_stacked_oof": stacked.info["held_out_average_precision"]["logistic"],
                       "stacked_coef": [float(c) for c in stacked.coef], "stage1_accept_veto": veto},
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -624,7 +656,8 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
 def _fit_siamese(rows, fit_set: PairSet, valid: tuple, out_dir: Path, cfg: PairTrainConfig, opts,
                  summarizer, max_offers: int | None, n_pos: int, n_hard: int, log: Callable[[str], None]):
     """The siamese kind of :func:`fit_pair_stage`: the distinct offers of ``fit_set`` (at most ``max_offers``,
-    whole match groups), grouped by its matches; fine-tune, export. Returns ``(model, info, onnx_diff)``."""
+    whole match groups), grouped by its matches; fine-tune, export. Returns ``(model, info, onnx_diff, the offers
+    (row positions), their serialised texts, their match groups)``."""
     from ..pair_scorer import serialize_rows
     from .siamese import export_siamese_encoder, match_groups, train_siamese_encoder
 
@@ -648,7 +681,7 @@ def _fit_siamese(rows, fit_set: PairSet, valid: tuple, out_dir: Path, cfg: PairT
     tok_json = minilm_dir() / "tokenizer.json"
     model, info = train_siamese_encoder(texts, groups, tok_json, cfg, tiny_config=cfg.tiny_bert, log=log, valid=valid)
     diff = export_siamese_encoder(model, out_dir, tok_json, cfg.max_len, [*valid[0][:32], *valid[1][:32]])
-    return model, info, diff
+    return model, info, diff, offers, texts, groups
 
 
 @dataclass
