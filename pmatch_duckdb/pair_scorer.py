@@ -206,10 +206,17 @@ class KnownProducts:
         w = np.exp((st - st.max(axis=1, keepdims=True)) / self.temperature)
         return self.groups[top], w / w.sum(axis=1, keepdims=True)
 
-    def same_product(self, ea: np.ndarray, eb: np.ndarray) -> np.ndarray:
-        """float64[n]: for offer embeddings ``ea[i]``, ``eb[i]``, the probability that both name the same group."""
+    def same_product(self, ea: np.ndarray, eb: np.ndarray, ia: np.ndarray | None = None,
+                     ib: np.ndarray | None = None) -> np.ndarray:
+        """float64[n]: for offer embeddings ``ea[i]``, ``eb[i]`` (or, given the index arrays, ``ea[ia[i]]``,
+        ``eb[ib[i]]``: each distinct offer compared with the known ones once), the probability that both name the
+        same group."""
         ga, wa = self.group_weights(ea)
         gb, wb = self.group_weights(eb)
+        if ia is not None:
+            ga, wa = ga[ia], wa[ia]
+        if ib is not None:
+            gb, wb = gb[ib], wb[ib]
         same = ga[:, :, None] == gb[:, None, :]
         return np.einsum("ni,nj,nij->n", wa, wb, same)
 
@@ -386,12 +393,14 @@ class SiameseScorer(_BundleScorer):
             return np.zeros(0, dtype=np.float32)
         return (np.einsum("ij,ij->i", ea[inv_s], eb[inv_t]) / self.temperature).astype(np.float32)
 
-    def _features(self, ea: np.ndarray, eb: np.ndarray) -> np.ndarray:
-        cos = np.einsum("ij,ij->i", ea, eb).astype(np.float64) / self.temperature
+    def _features(self, ea: np.ndarray, ia: np.ndarray, eb: np.ndarray, ib: np.ndarray) -> np.ndarray:
+        """Pair i is (``ea[ia[i]]``, ``eb[ib[i]]``)."""
+        cos = np.einsum("ij,ij->i", ea[ia], eb[ib]).astype(np.float64) / self.temperature
         if self.known is None:
             return cos[:, None]
         # clipped to [1e-4, 1 - 1e-4] first: "no shared group among the nearest" is a bounded vote, not -16
-        return np.stack([cos, logit(np.clip(self.known.same_product(ea, eb), 1e-4, 1 - 1e-4))], axis=1)
+        same = self.known.same_product(ea, eb, ia, ib)
+        return np.stack([cos, logit(np.clip(same, 1e-4, 1 - 1e-4))], axis=1)
 
     def features(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """float64[n, 1 or 2]: what the stacked model reads from this scorer — its logit, and with known products
@@ -403,7 +412,7 @@ class SiameseScorer(_BundleScorer):
         uniq = list(dict.fromkeys([*a, *b]))
         pos = {t: i for i, t in enumerate(uniq)}
         e = self.embed(uniq)
-        return self._features(e[[pos[t] for t in a]], e[[pos[t] for t in b]])
+        return self._features(e, np.array([pos[t] for t in a]), e, np.array([pos[t] for t in b]))
 
     def pair_features(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
         """:meth:`features` of (source position, target position) pairs of two :class:`OfferVectors`."""
@@ -413,7 +422,7 @@ class SiameseScorer(_BundleScorer):
         ut, inv_t = np.unique(t, return_inverse=True)
         ea = self.embed(serialize_rows(src, us, self.opts, self.summarizer))
         eb = self.embed(serialize_rows(tgt, ut, self.opts, self.summarizer))
-        return self._features(ea[inv_s], eb[inv_t])
+        return self._features(ea, inv_s, eb, inv_t)
 
 
 #: the pair-scorer kinds a bundle may hold (``pair_model.kind``)

@@ -507,6 +507,9 @@ def test_known_products_say_whether_two_offers_resolve_to_the_same_labelled_prod
     same = known.same_product(np.vstack([near(0), near(2)]), np.vstack([near(0), near(2)]))
     other = known.same_product(np.vstack([near(0), near(1)]), np.vstack([near(3), near(2)]))
     assert np.all(same > 0.95) and np.all(other < 0.05), (same, other)
+    offers = np.vstack([near(g) for g in (0, 1, 2, 0)])
+    ia, ib = np.array([0, 1, 3, 3]), np.array([3, 2, 0, 1])  # each distinct offer compared with the known once
+    np.testing.assert_allclose(known.same_product(offers, offers, ia, ib), known.same_product(offers[ia], offers[ib]))
     g, w = known.group_weights(np.vstack([near(1)] * 3))
     assert g.shape == w.shape == (3, 5) and np.allclose(w.sum(axis=1), 1.0) and set(g[0, :3].tolist()) == {1}
     assert KnownProducts(known.embeddings[:2], groups[:2]).group_weights(near(0))[0].shape == (1, 2)  # k <= known
