@@ -176,6 +176,7 @@ class PairTokenizer:
 #: the training match groups. Measured on WDC Products (benchmarks/README.md, "Known products").
 KNOWN_NEIGHBOURS = 10
 KNOWN_TEMPERATURE = 0.05
+SELF_COSINE = 0.9999  # a known offer this close is the offer itself (float16-stored embeddings: self ≥ 0.99999)
 
 
 class KnownProducts:
@@ -196,15 +197,23 @@ class KnownProducts:
         self.neighbours, self.temperature = int(neighbours), float(temperature)
 
     def group_weights(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(groups int64[n, k], weights float64[n, k] summing to 1 per row): each offer's nearest known offers."""
+        """(groups int64[n, k], weights float64[n, k] summing to 1 per row): each offer's nearest known offers.
+
+        A known offer with the offer's own embedding (cosine ≥ :data:`SELF_COSINE`: the offer itself, when the
+        table matched is the one labelled) is not its neighbour: the stacked model learnt the feature on
+        validation offers, which are never among the known ones, and an offer's own group says nothing about
+        another offer (an offer in no labelled match is a group of its own)."""
         k = min(self.neighbours, len(self.groups))
         if not len(emb) or not k:
             return np.zeros((len(emb), 0), np.int64), np.zeros((len(emb), 0))
         sims = np.asarray(emb, dtype=np.float32) @ self.embeddings.T
+        sims[sims >= SELF_COSINE] = -np.inf
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         st = np.take_along_axis(sims, top, axis=1).astype(np.float64)
-        w = np.exp((st - st.max(axis=1, keepdims=True)) / self.temperature)
-        return self.groups[top], w / w.sum(axis=1, keepdims=True)
+        best = st.max(axis=1, keepdims=True)
+        w = np.exp((st - np.where(np.isfinite(best), best, 0.0)) / self.temperature)  # exp(-inf) = 0: self
+        total = w.sum(axis=1, keepdims=True)
+        return self.groups[top], np.divide(w, total, out=np.zeros_like(w), where=total > 0)
 
     def same_product(self, ea: np.ndarray, eb: np.ndarray, ia: np.ndarray | None = None,
                      ib: np.ndarray | None = None) -> np.ndarray:

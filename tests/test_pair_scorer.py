@@ -513,6 +513,13 @@ def test_known_products_say_whether_two_offers_resolve_to_the_same_labelled_prod
     g, w = known.group_weights(np.vstack([near(1)] * 3))
     assert g.shape == w.shape == (3, 5) and np.allclose(w.sum(axis=1), 1.0) and set(g[0, :3].tolist()) == {1}
     assert KnownProducts(known.embeddings[:2], groups[:2]).group_weights(near(0))[0].shape == (1, 2)  # k <= known
+    # a known offer is not its own neighbour: its label would vouch for itself (and a lone one has none)
+    g_self, w_self = known.group_weights(known.embeddings[:1])
+    assert (g_self == 0).sum() == 2 and w_self[g_self == 0].sum() == pytest.approx(1.0, abs=1e-4), (g_self, w_self)
+    assert known.same_product(known.embeddings[:1], known.embeddings[1:2]) > 0.95  # two labelled offers of group 0
+    alone = KnownProducts(known.embeddings[:1], groups[:1])
+    assert alone.group_weights(known.embeddings[:1])[1].sum() == 0.0
+    assert alone.same_product(known.embeddings[:1], known.embeddings[:1]) == 0.0
     back = KnownProducts.from_json(json.loads(json.dumps(known.to_json())))
     np.testing.assert_allclose(back.embeddings, known.embeddings, atol=2e-3)
     assert back.groups.tolist() == groups.tolist() and (back.neighbours, back.temperature) == (5, 0.05)
