@@ -357,6 +357,10 @@ def test_siamese_scorer_trains_in_the_matcher_and_reads_the_edition(editions):
     assert "pair_known_products.json" in m.bundle.manifest["files"] and m.pair.known is not None
     kp = man["known_products"]
     assert kp["offers"] == len(m.pair.known.groups) > 0 and kp["groups"] == len(set(m.pair.known.groups.tolist()))
+    assert kp["validation_dropout"] == 0.3  # (the bundle keeps every group; a share is left out only for stacking)
+    left_out = [line for line in log if "groups left out while stacking" in line]
+    assert len(left_out) == 1 and 0 < int(left_out[0].split("(")[-1].split(" of the groups")[0].replace(",", "")) \
+        < kp["groups"], left_out
     assert tuple(m.pair_decision.features) == STACKED_FEATURES_KNOWN and len(m.pair_decision.coef) == 3
     assert man["valid"]["average_precision_known_products"] is not None
     assert any("known products: " in line for line in log), log
