@@ -177,6 +177,7 @@ class PairTokenizer:
 KNOWN_NEIGHBOURS = 10
 KNOWN_TEMPERATURE = 0.05
 SELF_COSINE = 0.9999  # a known offer this close is the offer itself (float16-stored embeddings: self ≥ 0.99999)
+KNOWN_CHUNK = 4096  # offers compared with the known ones at once (4,096 x 20,000 known: 330 MB of similarities)
 
 
 class KnownProducts:
@@ -206,10 +207,14 @@ class KnownProducts:
         k = min(self.neighbours, len(self.groups))
         if not len(emb) or not k:
             return np.zeros((len(emb), 0), np.int64), np.zeros((len(emb), 0))
-        sims = np.asarray(emb, dtype=np.float32) @ self.embeddings.T
-        sims[sims >= SELF_COSINE] = -np.inf
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        st = np.take_along_axis(sims, top, axis=1).astype(np.float64)
+        emb = np.asarray(emb, dtype=np.float32)
+        top = np.zeros((len(emb), k), dtype=np.int64)
+        st = np.zeros((len(emb), k))
+        for a in range(0, len(emb), KNOWN_CHUNK):  # bounded memory: KNOWN_CHUNK rows of similarities at a time
+            sims = emb[a:a + KNOWN_CHUNK] @ self.embeddings.T
+            sims[sims >= SELF_COSINE] = -np.inf
+            top[a:a + KNOWN_CHUNK] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            st[a:a + KNOWN_CHUNK] = np.take_along_axis(sims, top[a:a + KNOWN_CHUNK], axis=1)
         best = st.max(axis=1, keepdims=True)
         w = np.exp((st - np.where(np.isfinite(best), best, 0.0)) / self.temperature)  # exp(-inf) = 0: self
         total = w.sum(axis=1, keepdims=True)
