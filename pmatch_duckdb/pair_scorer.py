@@ -468,7 +468,7 @@ def stacked_features(stage1_raw: np.ndarray, pair: np.ndarray) -> np.ndarray:
     """The stacked decision model's input: [stage-1 logit, the pair scorer's features] (``pair``: its logits, or
     the columns its ``features`` give: the logit, and with known products their logit)."""
     pair = np.asarray(pair, dtype=np.float64)
-    return np.column_stack([logit(stage1_raw), pair.reshape(len(pair), -1)])
+    return np.column_stack([logit(stage1_raw), pair[:, None] if pair.ndim == 1 else pair])
 
 
 STACKED_FEATURES = ("stage1_logit", "pair_model_logit")

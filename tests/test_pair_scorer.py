@@ -534,6 +534,8 @@ def test_known_products_say_whether_two_offers_resolve_to_the_same_labelled_prod
     x1, x2 = stacked_features(np.array([0.5, 0.9]), np.array([1.0, 2.0])), \
         stacked_features(np.array([0.5, 0.9]), np.array([[1.0, -3.0], [2.0, 4.0]]))
     assert x1.shape == (2, len(STACKED_FEATURES)) and x2.shape == (2, len(STACKED_FEATURES_KNOWN))
+    assert stacked_features(np.zeros(0), np.zeros(0)).shape == (0, 2)
+    assert stacked_features(np.zeros(0), np.zeros((0, 2))).shape == (0, 3)
     np.testing.assert_allclose(x2[:, 0], x1[:, 0]) and np.testing.assert_allclose(x2[:, 2], [-3.0, 4.0])
 
 
