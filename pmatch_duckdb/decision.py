@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fusion import decide_by_thresholds
 from .pair_features import PAIR_FEATURES
 from .token_diff import TokenDiffModel
 
@@ -272,8 +273,7 @@ class DecisionModel:
 
     def decide(self, score: np.ndarray) -> list[str]:
         """accept / review / reject."""
-        return ["accept" if s >= self.accept_threshold else "review" if s >= self.review_threshold else "reject"
-                for s in score]
+        return decide_by_thresholds(score, self.accept_threshold, self.review_threshold)
 
     def to_dict(self) -> dict:
         """JSON form."""

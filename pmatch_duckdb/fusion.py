@@ -76,5 +76,10 @@ def apply_gtin_evidence(score: np.ndarray, gtin: np.ndarray, match_floor: float,
 
 def decide(score: np.ndarray, cfg: FusionConfig) -> list[str]:
     """``accept`` / ``review`` / ``reject`` from the thresholds."""
-    return ["accept" if s >= cfg.accept_threshold else "review" if s >= cfg.review_threshold else "reject"
-            for s in score]
+    return decide_by_thresholds(score, cfg.accept_threshold, cfg.review_threshold)
+
+
+def decide_by_thresholds(score, accept: float, review: float) -> list[str]:  # noqa: ANN001 - any iterable of floats
+    """``accept`` at or above ``accept``, ``review`` at or above ``review``, else ``reject`` — the rule of every
+    model's thresholds (zero-shot, a trained matcher's decision models, the review queue's)."""
+    return ["accept" if s >= accept else "review" if s >= review else "reject" for s in score]

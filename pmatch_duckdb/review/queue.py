@@ -33,6 +33,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import PmatchError
+from ..fusion import decide_by_thresholds
 from ..sqlident import quote_qualified
 from .labels import (
     PairKey,
@@ -101,9 +102,7 @@ class ModelState:
         """The decision its thresholds give ``score`` — without what ``match_products`` applies on top: the GTIN
         rule, human verdicts, and, for a re-read pair, stage 1's accept kept unless the stacked model rejects (a
         saved result does not hold the model's own decision where a verdict overrode it)."""
-        if score >= self.accept_threshold:
-            return "accept"
-        return "review" if score >= self.review_threshold else "reject"
+        return decide_by_thresholds((score,), self.accept_threshold, self.review_threshold)[0]
 
     @property
     def boundary(self) -> float:
