@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import shutil
 from dataclasses import asdict, dataclass
 
@@ -32,8 +31,8 @@ import numpy as np
 from ..decision import choose_thresholds, wilson_lower
 from ..errors import PmatchError
 from ..staging import new_staging_dir
-from .labels import has_column, has_labels, table_key
-from .queue import ModelState, model_state
+from .labels import has_labels, scored_by_sql, table_key
+from .queue import ModelState, finite_or_none, model_state
 from .rescore import score_again
 
 
@@ -70,19 +69,14 @@ class Calibration:
         return asdict(self)
 
 
-def _finite(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
 def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
                    ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int, list[str | None]]:
     """(pairs as (source table, source id, target table, target id), scores shown, 1 = match / 0 = no_match,
     verdicts ignored because another model scored them, which model scored each (``pm_labels.scored_by``))."""
     if not has_labels(con):
         return [], np.zeros(0), np.zeros(0), 0, []
-    by = "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL"
     rows = con.execute(
-        f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {by} "
+        f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {scored_by_sql(con)} "
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
@@ -143,12 +137,12 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
     accept, review, prec, lb, n_above = _pick(s, y, target_precision, max_recall_loss)
     cal = Calibration(
         matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
-        old_accept=_finite(state.accept_threshold), old_review=state.review_threshold, accept=accept,
+        old_accept=finite_or_none(state.accept_threshold), old_review=state.review_threshold, accept=accept,
         review=review, target_precision=target_precision, accept_precision=prec, accept_lower_bound=lb,
         accept_reviewed=n_above, scores_as_shown=as_shown)
     if state.pair is not None and stacked is not None:
         p_acc, p_rev, p_prec, p_lb, p_n = _pick(stacked, y, target_precision, max_recall_loss)
-        cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": _finite(state.pair.accept_threshold),
+        cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": finite_or_none(state.pair.accept_threshold),
                     "old_review": state.pair.review_threshold, "accept_precision": p_prec,
                     "accept_lower_bound": p_lb, "accept_reviewed": p_n}
     certified = cal.accept is not None or (cal.pair is not None and cal.pair["accept"] is not None)
@@ -167,7 +161,7 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
     above = s >= accept
     n_above, m_above = int(above.sum()), int(y[above].sum())
     lb = float(wilson_lower(np.array([m_above]), np.array([n_above]))[0]) if n_above else None
-    return _finite(accept), float(review), (m_above / n_above) if n_above else None, lb, n_above
+    return finite_or_none(accept), float(review), (m_above / n_above) if n_above else None, lb, n_above
 
 
 def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, int]:  # noqa: ANN001

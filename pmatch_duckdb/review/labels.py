@@ -90,6 +90,12 @@ def ensure_labels(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ALTER TABLE pm_labels ADD COLUMN IF NOT EXISTS scored_by VARCHAR")
 
 
+def scored_by_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """``pm_labels.scored_by`` in a SELECT list, or NULL where the table predates that column (readers do not
+    alter the table; writers do, in :func:`ensure_labels`)."""
+    return "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL AS scored_by"
+
+
 def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
     """Does ``table`` of the current database and schema have ``column``?"""
     return bool(con.execute(
@@ -154,9 +160,8 @@ def current_verdicts(con: duckdb.DuckDBPyConnection, tables: set[str] | None = N
     keys)."""
     if not has_labels(con):
         return {}
-    scored_by = "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL"
     rows = con.execute("SELECT source_table, source_id, target_table, target_id, verdict, score, label_id, matcher, "
-                       f"decision, {scored_by} FROM pm_labels_current").fetchall()
+                       f"decision, {scored_by_sql(con)} FROM pm_labels_current").fetchall()
     out = {}
     for st, si, tt, ti, v, s, lid, m, d, by in rows:
         if tables is None or (st in tables and tt in tables):
@@ -169,9 +174,9 @@ def verdict_before(con: duckdb.DuckDBPyConnection, pair: PairKey, label_id: int)
     about again): verdict, reviewer, when, the score and decision shown and its scale; None if there was none."""
     if not has_labels(con):
         return None
-    by = "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL AS scored_by"
     rel = con.execute(
-        f"SELECT verdict, reviewer, strftime(labelled_at, '%Y-%m-%d %H:%M') AS labelled_at, score, decision, {by} "
+        "SELECT verdict, reviewer, strftime(labelled_at, '%Y-%m-%d %H:%M') AS labelled_at, score, decision, "
+        f"{scored_by_sql(con)} "
         "FROM pm_labels WHERE source_table = ? AND source_id = ? AND target_table = ? AND target_id = ? "
         "AND label_id <= ? ORDER BY label_id DESC LIMIT 1", [*pair.row(), label_id])
     cols = [d[0] for d in rel.description]

@@ -154,8 +154,9 @@ def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchConte
     return ModelState("zero-shot", cfg.review_threshold, cfg.accept_threshold)
 
 
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def finite_or_none(x: float | None) -> float | None:
+    """A threshold as stored and reported: None for "none" (an infinite or missing threshold)."""
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def _mark_reread(con: duckdb.DuckDBPyConnection, ctx, matches: str, data: list[dict],  # noqa: ANN001
@@ -354,7 +355,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         **{c: [it[c] for it in ordered] for c in ("score", *_OPTIONAL, "decision", "reason")},
         "matcher": [state.matcher] * len(ordered),
         "scored_by": [it["scored_by"] for it in ordered],
-        "accept_threshold": pa.array([_finite_or_none((it.get("_state") or state).accept_threshold) for it in ordered],
+        "accept_threshold": pa.array([finite_or_none((it.get("_state") or state).accept_threshold) for it in ordered],
                                      type=pa.float64()),
         "review_threshold": [(it.get("_state") or state).review_threshold for it in ordered],
         "labels_before": [before] * len(ordered),
