@@ -621,8 +621,6 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         log(f"pair model (siamese): known products: {len(known_groups):,} labelled offers in {len(ug):,} match groups "
             f"kept in the bundle ({len(dropped):,} of the groups left out while stacking on the validation pairs)")
     feats = scorer.features(va_a, va_b)
-    if known_texts is not None and cfg.known_products:
-        scorer.known = full
     logits = feats[:, 0]
     x_va = stacked_features(valid.raw, feats)
     folds = np.array([int(comp[s]) % 5 for s in valid.src])
