@@ -569,6 +569,9 @@ class Candidates:
     price_ratio: np.ndarray
     decision: list[str]
     scored_by: np.ndarray  # int8 index into decision.SCORED_BY: the model whose score this is
+    #: stage 1's own score of each pair (``score_given`` only; ``score`` where the pair scorer did not re-read it):
+    #: ``pmatch calibrate`` needs both models' scores of every reviewed pair
+    stage1_score: np.ndarray | None = None
 
 
 def lexical_width(k: int, exclude_self: bool = False, lexical_k: int | None = None) -> int:
@@ -974,7 +977,7 @@ def score_given(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarra
                       price_ratio=sig.price_ratio[at],
                       decision=_decide(view, score[at], second[at], sig.gtin[at] if sig.gtin is not None else None,
                                        stage1[at]),
-                      scored_by=scored_by_codes(view, second[at]))
+                      scored_by=scored_by_codes(view, second[at]), stage1_score=np.asarray(stage1, np.float64)[at])
 
 
 def match_offers(offers: list[Offer], view: TargetView, settings: Settings, k: int, exclude_self: bool = False,

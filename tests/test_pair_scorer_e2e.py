@@ -372,9 +372,10 @@ def test_siamese_scorer_trains_in_the_matcher_and_reads_the_edition(editions):
 
 def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
     """`pmatch calibrate` with a pair-scored matcher: the scores shown to reviewers mix two models' scales (re-read
-    pairs carry the stacked model's score), so the reviewed pairs are scored again through score_pairs, by stage 1
-    alone and re-read, and each model's thresholds come from its own scores; a model whose reviews certify no
-    accept threshold keeps its own. The scores recorded here are meaningless on purpose (all 0.5)."""
+    pairs carry the stacked model's score), so the reviewed pairs are scored again through score_pairs, re-read (the
+    same pass gives stage 1's own score, checked against a pass with the scorer off), and each model's thresholds
+    come from its own scores; a model whose reviews certify no accept threshold keeps its own. The scores recorded
+    here are meaningless on purpose (all 0.5)."""
     from pmatch_duckdb.decision import choose_thresholds
     from pmatch_duckdb.matchers import activate, active_matcher, deactivate
     from pmatch_duckdb.review.calibrate import calibrate
@@ -403,6 +404,15 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
         assert res.exit_code == 0, res.output
         assert "pair scorer (the reviewed pairs scored again" in res.output and "nothing written (dry run)" in res.output
         assert "review band of m_cal: " in res.output
+        from pmatch_duckdb.api import context_of
+        from pmatch_duckdb.review.rescore import score_again, score_again_both
+
+        keys = [("feed_test", s, "catalog", t) for s, t, *_ in on]
+        both = score_again_both(con, context_of(con), keys, "test")
+        np.testing.assert_allclose(both[0], score_again(con, context_of(con), keys, 0, "test"), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(both[0], [r[2] for r in off], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(both[1], [r[2] for r in on], rtol=0, atol=1e-6)
+        assert np.abs(both[0] - both[1]).max() > 0.01  # two models' scores, not one twice
         cal = calibrate(con, "catalog", target_precision=0.8)
         want1 = choose_thresholds(np.array([r[2] for r in off]), y, 0.8, 0.02)
         want2 = choose_thresholds(np.array([r[2] for r in on]), y, 0.8, 0.02)
@@ -421,7 +431,6 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
             assert m.decision.accept_threshold == pytest.approx(cal.accept)
         assert m.bundle.manifest["calibration"]["pair_scorer"]["accept"] == pytest.approx(cal.pair["accept"])
         # --matches' review band: each pair held to the band of the model that scored it, before and after
-        from pmatch_duckdb.api import context_of
         from pmatch_duckdb.review.calibrate import review_band_counts
 
         rows = con.execute("SELECT source_id, target_id, score FROM m_cal").fetchall()

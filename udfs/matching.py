@@ -277,8 +277,9 @@ def _target_view_for(ctx: PmatchContext, target: str):
 
 
 def score_table_pairs(ctx: PmatchContext, con: duckdb.DuckDBPyConnection, source: str, target: str,
-                      pairs: list[tuple[str, str]], pair_top_m: int | None) -> list[float | None]:
-    """``score_pairs``' score of each (source id, target id) of two tables, called from Python: the review
+                      pairs: list[tuple[str, str]], pair_top_m: int | None) -> list[tuple[float | None, float | None]]:
+    """``score_pairs``' score and stage 1's own score of each (source id, target id) of two tables (the same number
+    where the pair scorer did not re-read the pair), called from Python: the review
     commands score pairs again, also from inside ``_pm_queue_review``, where the ``score_pairs`` macro does not
     exist (TEMP macros belong to the connection that installed them; a UDF runs SQL on a cursor). ``con``: a
     connection or cursor to read ``source`` with; ``pair_top_m``: 0 = stage 1 alone, else every pair re-read by
@@ -292,7 +293,7 @@ def score_table_pairs(ctx: PmatchContext, con: duckdb.DuckDBPyConnection, source
         row_of.setdefault(k, r)
     items = [{"pair_no": i + 1, "source_key": a, "target_key": b, "source_row": row_of.get(a),
               "copies": copies.get(a, 0)} for i, (a, b) in enumerate(pairs)]
-    return [r["score"] for r in _score_pairs(ctx, source, target, items, pair_top_m)]
+    return [(r["score"], r["_stage1"]) for r in _score_pairs(ctx, source, target, items, pair_top_m)]
 
 
 _SETTING = object()  # _score_pairs: pair_top_m from the connection's settings
@@ -301,7 +302,8 @@ _SETTING = object()  # _score_pairs: pair_top_m from the connection's settings
 def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, items: list[dict],
                  pair_top_m: int | None | object = _SETTING) -> list[dict]:
     """``score_pairs``: score the given pairs (one dict per item, in order) with match_products' scoring
-    (``pair_top_m``: the connection's setting unless given)."""
+    (``pair_top_m``: the connection's setting unless given). ``_stage1`` in each dict is stage 1's own score, for
+    callers in Python; the UDF's struct conversion takes only ``_SCORED``'s fields."""
     if source is None or target is None:
         raise PmatchError("score_pairs: source and target table names must not be NULL")
     if not items:
@@ -332,7 +334,7 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
         if note:
             out[i] = {"pair_no": it["pair_no"], "rank": None, "score": None, "text_score": None,
                       "image_score": None, "lexical_score": None, "identifier_match": None, "price_ratio": None,
-                      "decision": None, "human_verdict": None, "scored_by": None, "note": note}
+                      "decision": None, "human_verdict": None, "scored_by": None, "note": note, "_stage1": None}
         else:
             todo.append(i)
     if todo:
@@ -358,5 +360,6 @@ def _score_pairs(ctx: PmatchContext, source: str | None, target: str | None, ite
                       "text_score": _nan_none(cand.text_score[j]), "image_score": _nan_none(cand.image_score[j]),
                       "lexical_score": float(cand.lexical_score[j]), "identifier_match": bool(cand.id_match[j]),
                       "price_ratio": _nan_none(cand.price_ratio[j]), "decision": decisions[j],
-                      "human_verdict": human[j], "scored_by": SCORED_BY[cand.scored_by[j]], "note": None}
+                      "human_verdict": human[j], "scored_by": SCORED_BY[cand.scored_by[j]], "note": None,
+                      "_stage1": _nan_none(cand.stage1_score[j])}
     return out

@@ -8,8 +8,8 @@ review threshold keeps all but ``max_recall_loss`` of the reviewed matches above
 Only verdicts given on scores of the model in force count (``pm_labels.matcher``): another model's
 scores are on another scale. A matcher with a pair scorer shows two scales itself (re-read pairs carry the stacked
 model's score, the others stage 1's; ``pm_labels.scored_by`` says which, but only for verdicts given since it
-exists): its reviewed pairs are scored again through ``score_pairs``, once by stage 1 alone and once re-read, and
-each model's thresholds are picked from its own scores (where a reviewed pair's table is gone, its shown score
+exists): its reviewed pairs are scored again through ``score_pairs``, re-read by the pair scorer (which also gives
+stage 1's own score of each), and each model's thresholds are picked from its own scores (where a reviewed pair's table is gone, its shown score
 stands in for the model ``scored_by`` names). Caveat: the queue asks about the whole review band but only a sample of
 the auto-accepted pairs, so reviewed pairs under-represent the high scores; as those are mostly
 matches, the precision estimate is on the cautious side.
@@ -33,7 +33,7 @@ from ..errors import PmatchError
 from ..staging import new_staging_dir
 from .labels import has_labels, scored_by_sql, table_key
 from .queue import ModelState, finite_or_none, model_state
-from .rescore import score_again
+from .rescore import score_again_both
 
 
 class CalibrationError(PmatchError):
@@ -88,8 +88,8 @@ def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
 
 def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]], shown: np.ndarray,  # noqa: ANN001
                      scored_by: list[str | None]) -> tuple[np.ndarray, np.ndarray, int]:
-    """(stage-1 scores, stacked scores, pairs taken as shown) of reviewed pairs, through ``score_pairs`` with the
-    active matcher's pair scorer off and on; NaN where a model has no score for a pair.
+    """(stage-1 scores, stacked scores, pairs taken as shown) of reviewed pairs, through ``score_pairs`` with every
+    pair re-read by the active matcher's pair scorer (one pass gives both); NaN where a model has no score for a pair.
 
     Where the pairs of one (source table, target table) cannot be scored again (a table dropped since the
     review, an offer deleted), their shown scores stand in, each for the model that scored it
@@ -104,7 +104,7 @@ def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]], shown: np
     for idx in groups.values():
         sub = [pairs[i] for i in idx]
         try:
-            stage1[idx], stacked[idx] = score_again(con, ctx, sub, 0, why), score_again(con, ctx, sub, None, why)
+            stage1[idx], stacked[idx] = score_again_both(con, ctx, sub, why)
         except PmatchError as e:
             unknown = sum(scored_by[i] not in ("stage1", "pair_scorer") for i in idx)
             if unknown:
@@ -195,7 +195,7 @@ def _apply(ctx, target: str, state: ModelState, cal: Calibration) -> str:  # noq
     source = {"kind": "pm_labels", "reviewed_pairs": cal.reviewed, "matches": cal.matches,
               "target_precision": cal.target_precision, "accept_lower_bound": cal.accept_lower_bound,
               "previous": {"accept": cal.old_accept, "review": cal.old_review},
-              **({"pair_scorer": {**cal.pair, "rescored": "score_pairs, stage 1 alone and re-read"}} if cal.pair else {}),
+              **({"pair_scorer": {**cal.pair, "rescored": "score_pairs, re-read (stage 1's own score from the same pass)"}} if cal.pair else {}),
               "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if state.matcher == "zero-shot":
         from ..sqlident import index_name_for

@@ -176,6 +176,12 @@ def _mark_reread(con: duckdb.DuckDBPyConnection, ctx, matches: str, data: list[d
             r["_state"] = state.pair
 
 
+def scorer_of(row: dict, state: ModelState) -> ModelState:
+    """The model that scored a queued row: the stacked model where :func:`_mark_reread` set ``_state``, else
+    ``state`` (stage 1 or the zero-shot scorer)."""
+    return row.get("_state") or state
+
+
 def _read_matches(con: duckdb.DuckDBPyConnection, matches: str) -> pa.Table:
     q = quote_qualified(matches)
     try:
@@ -208,7 +214,7 @@ def order_boundary(items: list[dict], state: ModelState) -> list[dict]:
     """Nearest the boundary first, spread across source offers (see the module docstring); an item's boundary is
     that of the model that scored it (``it["_state"]``, default ``state``)."""
     for it in items:
-        st = it.get("_state") or state
+        st = scorer_of(it, state)
         it["_u"] = abs(it["score"] - st.boundary) / st.half_band
     items.sort(key=lambda it: (it["_u"], it["source_id"], it["target_id"]))
     seen: dict[tuple[str, str], int] = {}
@@ -290,7 +296,7 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
             continue
         seen.add(key)
         r["key"] = key
-        st = r.get("_state") or state
+        st = scorer_of(r, state)
         r["scored_by"] = st.scored_by
         v = verdicts.get(key)
         if v is not None:
@@ -355,9 +361,9 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         **{c: [it[c] for it in ordered] for c in ("score", *_OPTIONAL, "decision", "reason")},
         "matcher": [state.matcher] * len(ordered),
         "scored_by": [it["scored_by"] for it in ordered],
-        "accept_threshold": pa.array([finite_or_none((it.get("_state") or state).accept_threshold) for it in ordered],
+        "accept_threshold": pa.array([finite_or_none(scorer_of(it, state).accept_threshold) for it in ordered],
                                      type=pa.float64()),
-        "review_threshold": [(it.get("_state") or state).review_threshold for it in ordered],
+        "review_threshold": [scorer_of(it, state).review_threshold for it in ordered],
         "labels_before": [before] * len(ordered),
     }).cast(pa.schema([
         ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),

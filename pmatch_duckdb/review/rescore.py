@@ -20,11 +20,24 @@ def score_again(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str,
                 top_m: int | None, why: str) -> np.ndarray:
     """``score_pairs``' score of each ``(source table, source id, target table, target id)`` with ``pair_top_m``
     ``top_m`` (0: stage 1 alone; None: every pair re-read; the connection's setting is left alone); NaN where it
-    gives none. ``con``: a connection or cursor to read the source tables with. A table that cannot be read is an error naming it and ``why`` the
-    pairs had to be scored again."""
+    gives none. ``con``: a connection or cursor to read the source tables with. A table that cannot be read is an
+    error naming it and ``why`` the pairs had to be scored again."""
+    return _scores(con, ctx, pairs, top_m, why)[0]
+
+
+def score_again_both(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str, str, str]],  # noqa: ANN001
+                     why: str) -> tuple[np.ndarray, np.ndarray]:
+    """(stage 1's score, the stacked model's score) of each pair, every pair re-read by the pair scorer: one pass
+    gives both (stage 1's is what the re-read starts from). Errors as :func:`score_again`."""
+    score, stage1 = _scores(con, ctx, pairs, None, why)
+    return stage1, score
+
+
+def _scores(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str, str, str]],  # noqa: ANN001
+            top_m: int | None, why: str) -> tuple[np.ndarray, np.ndarray]:
     from ..udfs.matching import score_table_pairs  # (the UDF layer imports the review package)
 
-    out = np.full(len(pairs), np.nan)
+    score, stage1 = np.full(len(pairs), np.nan), np.full(len(pairs), np.nan)
     groups: dict[tuple[str, str], list[int]] = {}
     for i, (st, _, tt, _) in enumerate(pairs):
         groups.setdefault((st, tt), []).append(i)
@@ -33,8 +46,9 @@ def score_again(con: duckdb.DuckDBPyConnection, ctx, pairs: list[tuple[str, str,
             got = score_table_pairs(ctx, con, st, tt, [(pairs[i][1], pairs[i][3]) for i in idx], top_m)
         except (duckdb.Error, PmatchError) as e:
             raise PmatchError(f"{why}: scoring {len(idx)} pairs of {st} -> {tt} again failed: {e}") from None
-        out[idx] = [np.nan if g is None else g for g in got]
-    return out
+        score[idx] = [np.nan if a is None else a for a, _ in got]
+        stage1[idx] = [np.nan if b is None else b for _, b in got]
+    return score, stage1
 
 
 def result_pairs(con: duckdb.DuckDBPyConnection, matches: str
