@@ -1129,10 +1129,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="pair scorer: fine-tune on at most this many pairs (0: all; default: the recipe's, cpu 3000)")
     ap.add_argument("--pair-recipe", default="auto", choices=["auto", "cpu", "gpu"],
                     help="pair scorer: fine-tuning recipe (auto: gpu where torch sees a CUDA GPU); --pair-* override it")
-    ap.add_argument("--pair-kind", default=None, choices=["cross", "siamese"],
-                    help="pair scorer: cross-encoder (default) or siamese bi-encoder (its own training on the recipe)")
+    ap.add_argument("--pair-kind", default=None, choices=["cross", "siamese", "known"],
+                    help="pair scorer: cross-encoder (default), siamese bi-encoder (its own training on the recipe) "
+                         "or known (known products by stage 1's vectors, no transformer)")
     ap.add_argument("--no-pair-known-products", action="store_true",
-                    help="siamese pair scorer: without known products (the labelled training offers in the bundle)")
+                    help="without known products (the labelled training offers in the bundle; no known fallback)")
     ap.add_argument("--pair-hard-negatives", type=int, default=None,
                     help="pair scorer: mined hard negatives per labelled source (default: train_matcher's rule)")
     ap.add_argument("--pair-max-seconds", type=float, default=None,

@@ -268,13 +268,16 @@ text_model_option = click.option(
               help="Pair scorer: fine-tuning recipe. cpu: 4 of 6 layers frozen, max length 64, 3 epochs (minutes on "
                    "2 cores); gpu: every layer, max length 256, augmentation, up to 16 epochs; auto: gpu where "
                    "--pair-device resolves to a CUDA GPU. The --pair-* options below override the recipe.")
-@click.option("--pair-kind", type=click.Choice(["cross", "siamese"]), default="cross", show_default=True,
-              help="Pair scorer: cross (a cross-encoder reading both offers, one pass per pair) or siamese (MiniLM "
+@click.option("--pair-kind", type=click.Choice(["cross", "siamese", "known"]), default="cross", show_default=True,
+              help="Pair scorer: cross (a cross-encoder reading both offers, one pass per pair), siamese (MiniLM "
                    "fine-tuned contrastively on the match groups, one pass per offer; every layer, 12 epochs on "
-                   "the cpu recipe; better on WDC Products, slower to train).")
+                   "the cpu recipe; better on WDC Products, slower to train) or known (no transformer: whether both "
+                   "offers resolve to the same labelled product by stage 1's vectors; seconds to train). A cross or "
+                   "siamese scorer the gate drops falls back to known where that passes the gate.")
 @click.option("--no-pair-known-products", is_flag=True,
-              help="Siamese pair scorer: do not keep the labelled training offers in the bundle (known products: "
-                   "whether a pair's offers resolve to the same labelled product is stacked with its score).")
+              help="Do not keep the labelled training offers in the bundle (known products: whether a pair's offers "
+                   "resolve to the same labelled product, stacked with the pair score), and no fallback to the "
+                   "known kind.")
 @click.option("--pair-max-len", default=None, type=int, help="Pair scorer: word pieces per pair (cpu recipe 64, gpu 256).")
 @click.option("--pair-epochs", default=None, type=int, help="Pair scorer: fine-tuning epochs (cpu recipe 3, gpu 16).")
 @click.option("--pair-freeze-layers", default=None, type=click.IntRange(0, 6),

@@ -23,7 +23,14 @@ from .encoders.sessions import get_session
 from .errors import ModelNotFoundError
 from .features.offer_features import offer_features
 from .home import pmatch_home
-from .pair_scorer import KnownProducts, PairScorer, SiameseScorer, Summarizer, load_pair_scorer
+from .pair_scorer import (
+    KnownProducts,
+    KnownProductsScorer,
+    PairScorer,
+    SiameseScorer,
+    Summarizer,
+    load_pair_scorer,
+)
 
 _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -108,7 +115,7 @@ class Matcher:
     decision: DecisionModel
     # optional second stage (a bundle without it loads as before): the pair scorer (cross-encoder or siamese) and
     # the stacked decision model over [stage-1 logit, pair-scorer logit] (pair_scorer.py)
-    pair: PairScorer | SiameseScorer | None = None
+    pair: PairScorer | SiameseScorer | KnownProductsScorer | None = None
     pair_decision: DecisionModel | None = None
 
     @property
@@ -157,12 +164,20 @@ def load_matcher(name: str, version: str, home: str | os.PathLike[str] | None = 
     return m
 
 
-def _load_pair_stage(bundle: Bundle) -> tuple[PairScorer | SiameseScorer | None, DecisionModel | None]:
+def _load_pair_stage(bundle: Bundle
+                     ) -> tuple[PairScorer | SiameseScorer | KnownProductsScorer | None, DecisionModel | None]:
     """The pair-scorer stage of a (verified) bundle, or (None, None) when it has none."""
     files = bundle.manifest["files"]
+    cfg = bundle.manifest.get("pair_model") or {}
+    if cfg.get("kind") == "known":  # no transformer: known products by stage 1's fused vectors
+        if "pair_known_products.json" not in files or "pair_decision.json" not in files:
+            raise ValueError(f"matcher bundle {bundle.path}: a 'known' pair stage needs pair_known_products.json and "
+                             "pair_decision.json")
+        known = KnownProducts.from_json(json.loads(bundle.file("pair_known_products.json").read_text()))
+        stacked = DecisionModel.from_dict(json.loads(bundle.file("pair_decision.json").read_text()))
+        return KnownProductsScorer(cfg, known), stacked
     if "pair_model.onnx" not in files:
         return None, None
-    cfg = bundle.manifest.get("pair_model", {})
     summarizer = None
     if "pair_summarizer.json" in files:
         d = json.loads(bundle.file("pair_summarizer.json").read_text())

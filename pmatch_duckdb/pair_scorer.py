@@ -25,6 +25,10 @@ A bundle's pair scorer is of one of two kinds (``pair_model.kind`` in the manife
   candidates share the source and candidates recur across sources, it costs less, and ever less than the
   cross-encoder as ``m`` grows (benchmarks/README.md, "A siamese pair scorer" and "The siamese scorer, second
   pass").
+* ``"known"`` (:class:`KnownProductsScorer`): no transformer; whether both offers resolve to the same labelled
+  training product, judged by stage 1's own fused vectors (:class:`KnownProducts`). Trained in seconds; what
+  ``pmatch train`` falls back to where a transformer scorer does not earn its place (benchmarks/README.md, "Known
+  products by stage 1's vectors").
 """
 
 from __future__ import annotations
@@ -171,7 +175,7 @@ class PairTokenizer:
         return ids, mask, types
 
 
-#: known products: a pair's offers are compared with the labelled training offers by their siamese embeddings; each
+#: known products: a pair's offers are compared with the labelled training offers by their embeddings; each
 #: offer's KNOWN_NEIGHBOURS nearest, weighted by exp((cos - best cos) / KNOWN_TEMPERATURE), give it a distribution over
 #: the training match groups. Measured on WDC Products (benchmarks/README.md, "Known products").
 KNOWN_NEIGHBOURS = 10
@@ -181,8 +185,9 @@ KNOWN_CHUNK = 4096  # offers compared with the known ones at once (4,096 x 20,00
 
 
 class KnownProducts:
-    """The labelled training offers of a siamese pair scorer (its embeddings of them and their match groups), kept in
-    the bundle (``pair_known_products.json``): ``same_product`` says how likely two offers resolve to the same known
+    """The labelled training offers of a pair stage (their embeddings — by a siamese scorer, or stage 1's fused vectors
+    for the ``known`` kind — and their match groups), kept in the bundle (``pair_known_products.json``):
+    ``same_product`` says how likely two offers resolve to the same known
     product — the probability that both offers' nearest labelled offers name the same group. Where the products
     matched were labelled (a catalog whose products have labelled offers, WDC's seen products) that is strong
     evidence a pair score alone does not see; for products never labelled it is noise, and the stacked model,
@@ -439,8 +444,45 @@ class SiameseScorer(_BundleScorer):
         return self._features(ea, inv_s, eb, inv_t)
 
 
-#: the pair-scorer kinds a bundle may hold (``pair_model.kind``)
-PAIR_KINDS = ("cross", "siamese")
+class KnownProductsScorer:
+    """The pair stage without a transformer (``pair_model.kind == "known"``): whether a pair's two offers resolve to
+    the same known product (:class:`KnownProducts`), the known offers embedded by stage 1 itself — the matcher's
+    fused vectors (its trained projection), which every trained matcher has. Nothing to fine-tune and no ONNX model
+    of its own: the bundle keeps the labelled training offers' fused vectors and match groups
+    (``pair_known_products.json``) and the stacked model reads [stage-1 logit, known-product logit]. Same
+    interface as :class:`PairScorer` where match time reads it (``top_m``, ``pair_features``)."""
+
+    def __init__(self, config: dict, known: KnownProducts) -> None:
+        self.config = config
+        self.known = known
+        self.top_m = int(config.get("top_m", DEFAULT_TOP_M))
+        self.max_len = 0  # reads no text
+
+    def clear_cache(self) -> None:
+        """Nothing is cached (a fused vector comes with its offer); here for the scorers' common interface."""
+
+    def vector_features(self, ea: np.ndarray, eb: np.ndarray, ia: np.ndarray | None = None,
+                        ib: np.ndarray | None = None) -> np.ndarray:
+        """float64[n, 1]: the logit of :meth:`KnownProducts.same_product` for fused vectors (pair i is ``ea[i]``,
+        ``eb[i]``, or ``ea[ia[i]]``, ``eb[ib[i]]`` given the index arrays); an offer without a vector (NaN) has
+        no neighbours' vote: probability 0 clipped, as for "no shared group"."""
+        ea = np.nan_to_num(np.asarray(ea, dtype=np.float32), nan=0.0)
+        eb = np.nan_to_num(np.asarray(eb, dtype=np.float32), nan=0.0)
+        same = self.known.same_product(ea, eb, ia, ib)
+        return logit(np.clip(same, 1e-4, 1 - 1e-4))[:, None]
+
+    def pair_features(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """:meth:`vector_features` of (source position, target position) pairs of two :class:`OfferVectors` (their
+        ``fused`` vectors: stage 1's)."""
+        if not len(s):
+            return np.zeros((0, 1))
+        us, inv_s = np.unique(s, return_inverse=True)
+        ut, inv_t = np.unique(t, return_inverse=True)
+        return self.vector_features(src.fused[us], tgt.fused[ut], inv_s, inv_t)
+
+
+#: the pair-scorer kinds a bundle may hold (``pair_model.kind``): two transformers, and known products alone
+PAIR_KINDS = ("cross", "siamese", "known")
 
 
 def load_pair_scorer(onnx_path: Path, sha256: str, tokenizer_json: Path, config: dict,
@@ -449,8 +491,8 @@ def load_pair_scorer(onnx_path: Path, sha256: str, tokenizer_json: Path, config:
     """The scorer of ``config["kind"]`` (``"cross"`` when absent: bundles written before the siamese kind);
     ``known``: a siamese scorer's known products."""
     kind = config.get("kind", "cross")
-    if kind not in PAIR_KINDS:
-        raise ValueError(f"pair model kind {kind!r} is not one of {PAIR_KINDS} (a newer pmatch wrote this bundle?)")
+    if kind not in PAIR_KINDS or kind == "known":  # "known" has no ONNX model: load_known_scorer
+        raise ValueError(f"pair model kind {kind!r} is not one of {PAIR_KINDS[:2]} (a newer pmatch wrote this bundle?)")
     if kind == "siamese":
         return SiameseScorer(onnx_path, sha256, tokenizer_json, config, summarizer, known=known)
     if known is not None:
@@ -474,6 +516,8 @@ def stacked_features(stage1_raw: np.ndarray, pair: np.ndarray) -> np.ndarray:
 STACKED_FEATURES = ("stage1_logit", "pair_model_logit")
 #: the stacked model's inputs with known products (a siamese scorer's labelled training offers)
 STACKED_FEATURES_KNOWN = (*STACKED_FEATURES, "known_product_logit")
+#: the stacked model's inputs of the ``known`` kind (known products by stage 1's fused vectors, no transformer)
+STACKED_FEATURES_KNOWN_ONLY = ("stage1_logit", "known_product_logit")
 
 
 def top_m_mask(s: np.ndarray, score: np.ndarray, m: int) -> np.ndarray:

@@ -355,10 +355,13 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
     for extra in ([], ["--pair-recipe", "gpu", "--pair-epochs", "4", "--pair-patience", "0"],
                   ["--pair-max-len", "96", "--pair-max-train-pairs", "0", "--seed", "3"],
                   ["--pair-kind", "siamese", "--pair-epochs", "5"],
+                  ["--pair-kind", "known"],
                   ["--pair-kind", "siamese", "--no-pair-known-products"]):
         res = CliRunner().invoke(cli, base + extra)
         assert res.exit_code == 0, res.output
-    cpu, gpu, given, siamese, unknown = seen
+    cpu, gpu, given, siamese, known, unknown = seen
+    assert known.train.kind == "known" and known.train.known_products
+    seen.remove(known)
     assert siamese.train.known_products and not unknown.train.known_products and unknown.train.kind == "siamese"
     seen.pop()
     assert cpu.train.kind == "cross" and siamese.train.kind == "siamese" and siamese.recipe == "cpu"

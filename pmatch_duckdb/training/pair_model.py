@@ -68,7 +68,9 @@ class PairTrainConfig:
     batch_groups: int = 32
     temperature: float = 0.07
     #: siamese: keep the labelled training offers' embeddings and match groups in the bundle, and stack whether a
-    #: pair's offers resolve to the same known product (:class:`pmatch_duckdb.pair_scorer.KnownProducts`)
+    #: pair's offers resolve to the same known product (:class:`pmatch_duckdb.pair_scorer.KnownProducts`); a
+    #: transformer kind the gate drops falls back to the ``known`` kind (known products by stage 1's fused vectors,
+    #: no transformer) where that passes the gate. False: neither.
     known_products: bool = True
     #: the share of match groups left out of the known products while the stacked model learns from the validation
     #: pairs (the bundle keeps them all): at match time some products are unknown, and a stacked model that only saw
@@ -526,23 +528,18 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
                    min_positives: int = 50, min_gain: float | None = None, max_train_pairs: int | None = None,
                    stage1_accepts: np.ndarray | None = None, log: Callable[[str], None] = print) -> dict | None:
     """Train the pair scorer of ``cfg.kind`` (the cross-encoder on ``train`` + ``hard`` (hard negatives); the siamese
-    bi-encoder on their offers, grouped by their matches), export it into ``out_dir`` and fit the stacked decision model on ``valid`` (out-of-fold by label component). Returns the manifest's
-    ``pair_model`` entry, or None (nothing written) when there are too few labels or, with ``min_gain``, when the
-    stacked model's held-out average precision does not beat stage 1's by ``min_gain``. ``max_train_pairs``: fine-tune
-    on at most this many pairs (after sampling non-matches to ``cfg.neg_ratio`` per match; whole label groups) —
-    the siamese kind on at most this many offers (whole match groups). ``stage1_accepts``: per ``valid`` pair,
-    whether stage 1 alone accepts it (at match time such a re-read pair stays accepted unless the stacked model
-    rejects it; what that veto does on the validation pairs is logged and recorded)."""
-    from ..decision import average_precision, out_of_fold_raw, train_decision
-    from ..pair_scorer import (
-        STACKED_FEATURES,
-        STACKED_FEATURES_KNOWN,
-        KnownProducts,
-        Summarizer,
-        load_pair_scorer,
-        serialize_rows,
-        stacked_features,
-    )
+    bi-encoder on their offers, grouped by their matches; ``known``: no transformer, known products by stage 1's fused
+    vectors), export it into ``out_dir`` and fit the stacked decision model on ``valid`` (out-of-fold by label
+    component). Returns the manifest's ``pair_model`` entry, or None (nothing written) when there are too few labels
+    or, with ``min_gain``, when the stacked model's held-out average precision does not beat stage 1's by
+    ``min_gain``. A transformer that does not pass that gate is replaced by the ``known`` kind where that passes it
+    (``cfg.known_products``; seconds of work). ``max_train_pairs``: fine-tune on at most this many pairs (after
+    sampling non-matches to ``cfg.neg_ratio`` per match; whole label groups) — the siamese kind on at most this many
+    offers (whole match groups). ``stage1_accepts``: per ``valid`` pair, whether stage 1 alone accepts it (at match
+    time such a re-read pair stays accepted unless the stacked model rejects it; what that veto does on the
+    validation pairs is logged and recorded)."""
+    from ..decision import average_precision
+    from ..pair_scorer import Summarizer, load_pair_scorer, serialize_rows
 
     fit_set = train.concat(hard) if len(hard) else train
     n_pos, v_pos = int(fit_set.y.sum()), int(valid.y.sum())
@@ -557,6 +554,9 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         log(f"pair model skipped: stage 1's validation average precision {ap_stage1:.4f} leaves less than "
             f"min_gain {min_gain} to gain (pair_options.min_gain / --pair-min-gain)")
         return None
+    gate = _Gate(valid, comp, ap_stage1, target_precision, max_recall_loss, min_gain, stage1_accepts, log)
+    if cfg.kind == "known":
+        return _fit_known(rows, fit_set, valid, out_dir, cfg, top_m, gate, log)
     t0 = time.perf_counter()
     summarizer = Summarizer.fit(rows.descriptions) if opts.summarize else None
     tok_json = minilm_dir() / "tokenizer.json"
@@ -565,6 +565,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     # the validation pairs also pick the epoch (one choice among cfg.epochs; the stacked model below is still
     # fitted and judged out-of-fold on them)
     known_offers = known_texts = known_groups = None
+    labelled = fit_set  # all of it: the fallback's known products (the cross-encoder fine-tunes on a sample)
     if cfg.kind == "siamese":
         model, info, diff, known_offers, known_texts, known_groups = _fit_siamese(
             rows, fit_set, (va_a, va_b, valid.y), out_dir, cfg, opts, summarizer, max_train_pairs, n_pos, len(hard),
@@ -603,65 +604,165 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     if known_texts is not None and cfg.known_products:
         # the labelled training offers as the exported model embeds them at match time; an offer that is also in a
         # validation pair is left out, or its own label would score the validation pairs the stacked model learns from
-        import json
-
         keep = ~np.isin(known_offers, np.concatenate([valid.src, valid.tgt]))
         known_texts = [t for t, k in zip(known_texts, keep.tolist(), strict=True) if k]
-        known_groups = known_groups[keep]
-        full = KnownProducts(scorer.embed(known_texts), known_groups)
-        (out_dir / "pair_known_products.json").write_text(json.dumps(full.to_json()))
-        # the stacked model learns the feature with a share of the groups unknown, as some products are at match time
-        ug = np.unique(known_groups)
-        dropped = ug[np.random.default_rng(cfg.seed).random(len(ug)) < cfg.known_dropout]
-        seen = ~np.isin(known_groups, dropped)
-        scorer.known = KnownProducts(full.embeddings[seen], known_groups[seen], full.neighbours, full.temperature)
-        config["known_products"] = {"offers": len(known_groups), "groups": int(len(ug)),
-                                    "neighbours": full.neighbours, "temperature": full.temperature,
-                                    "validation_dropout": cfg.known_dropout}
-        log(f"pair model (siamese): known products: {len(known_groups):,} labelled offers in {len(ug):,} match groups "
-            f"kept in the bundle ({len(dropped):,} of the groups left out while stacking on the validation pairs)")
+        scorer.known, config["known_products"] = _known_products(
+            scorer.embed(known_texts), known_groups[keep], cfg, out_dir, "siamese", log)
     feats = scorer.features(va_a, va_b)
-    logits = feats[:, 0]
-    x_va = stacked_features(valid.raw, feats)
-    folds = np.array([int(comp[s]) % 5 for s in valid.src])
-    empty = np.zeros((0, x_va.shape[1]))
-    stacked = train_decision(x_va, valid.y, empty, np.zeros(0), target_precision, max_recall_loss,
-                             kind="logistic", folds=folds,
-                             features=STACKED_FEATURES_KNOWN if feats.shape[1] == 2 else STACKED_FEATURES)
-    import json
-
-    (out_dir / "pair_decision.json").write_text(json.dumps(stacked.to_dict(), indent=1))
-    ap_pair = average_precision(logits.astype(np.float64), valid.y)
-    ap_known = average_precision(feats[:, 1], valid.y) if feats.shape[1] == 2 else None
-    ap_stacked = stacked.info["held_out_average_precision"]["logistic"]
-    log(f"pair model: validation average precision stage 1 {ap_stage1:.3f}, {cfg.kind} scorer alone {ap_pair:.3f}, "
-        + (f"known products alone {ap_known:.3f}, " if ap_known is not None else "")
-        + f"stacked (out-of-fold) {ap_stacked:.3f}; "
-        f"accept ≥ {stacked.accept_threshold:.4f}; {time.perf_counter() - t0:.0f}s")
-    veto = None
-    if stage1_accepts is not None and stage1_accepts.any():
-        # a pair of a fold too small for an out-of-fold model (NaN) counts as not vetoed
-        oof = stacked.calibrate(np.nan_to_num(out_of_fold_raw("logistic", x_va, valid.y, folds), nan=1.0))
-        vetoed = stage1_accepts & (oof < stacked.review_threshold)
-        veto = {"stage1_accepted": int(stage1_accepts.sum()), "stage1_accepted_matches": int(valid.y[stage1_accepts].sum()),
-                "vetoed": int(vetoed.sum()), "vetoed_matches": int(valid.y[vetoed].sum())}
-        log(f"pair model: stage 1 accepts {veto['stage1_accepted']} validation pairs ({veto['stage1_accepted_matches']} "
-            f"matches); they stay accepted at match time unless the stacked model rejects them, which (out of fold) it "
-            f"does for {veto['vetoed']} ({veto['vetoed_matches']} of them matches)")
-    if min_gain is not None and ap_stacked - ap_stage1 < min_gain:
-        # The scorer multiplies match_products' cost (~25x CPU at m = 3 on Abt-Buy); a bundle only carries it
-        # where it earns that on held-out pairs.
+    ap_pair = average_precision(feats[:, 0].astype(np.float64), valid.y)
+    entry = gate.stack(feats, out_dir, f"{cfg.kind} scorer alone {ap_pair:.3f}", t0)
+    if entry is None:
         for f in PAIR_FILES:
             (out_dir / f).unlink(missing_ok=True)
-        log(f"pair model dropped: stacked held-out average precision {ap_stacked:.3f} is not ≥ stage 1's "
-            f"{ap_stage1:.3f} + {min_gain} (pair_options.min_gain / --pair-min-gain); the matcher keeps stage 1 only")
+        if cfg.known_products and min_gain is not None:
+            log("pair model: trying known products by stage 1's vectors instead (the 'known' kind: no transformer)")
+            return _fit_known(rows, labelled, valid, out_dir, cfg, top_m, gate, log, instead_of=cfg.kind)
+        log("pair model: the matcher keeps stage 1 only")
         return None
-    return {**config, "train": {**cfg.to_dict(), **info}, "onnx_max_abs_diff": diff,
-            "valid": {"pairs": int(len(valid)), "matches": v_pos, "average_precision_stage1": ap_stage1,
-                      "average_precision_pair_model": ap_pair, "average_precision_known_products": ap_known,
-                      "average_precision_stacked_oof": stacked.info["held_out_average_precision"]["logistic"],
-                      "stacked_coef": [float(c) for c in stacked.coef], "stage1_accept_veto": veto},
+    entry["average_precision_pair_model"] = ap_pair
+    return {**config, "train": {**cfg.to_dict(), **info}, "onnx_max_abs_diff": diff, "valid": entry,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+#: the ``known`` kind keeps at most this many labelled offers (whole match groups): each is a 256-float vector in
+#: the bundle (~0.7 kB as base64 float16) and every re-read offer is compared with all of them
+KNOWN_MAX_OFFERS = 20_000
+
+
+def _fit_known(rows, fit_set: PairSet, valid: PairSet, out_dir: Path, cfg: PairTrainConfig, top_m: int,
+               gate: _Gate, log: Callable[[str], None], instead_of: str | None = None) -> dict | None:
+    """The ``known`` kind of :func:`fit_pair_stage`: the offers of ``fit_set`` grouped by its matches (those in a
+    validation pair left out), their stage-1 fused vectors (``rows.fused``) as known products, the stacked model
+    over [stage-1 logit, known-product logit], gated like a transformer scorer."""
+    from ..decision import average_precision
+    from ..pair_scorer import KnownProductsScorer
+    from .siamese import match_groups
+
+    t0 = time.perf_counter()
+    offers, inv = np.unique(np.concatenate([fit_set.src, fit_set.tgt]), return_inverse=True)
+    n = len(fit_set)
+    pos = fit_set.y > 0
+    groups = match_groups(len(offers), inv[:n][pos], inv[n:][pos])
+    keep = ~np.isin(offers, np.concatenate([valid.src, valid.tgt]))
+    offers, groups = offers[keep], groups[keep]
+    if len(offers) > KNOWN_MAX_OFFERS:
+        sample = whole_groups_sample(groups, KNOWN_MAX_OFFERS, cfg.seed)
+        log(f"pair model (known): keeping {int(sample.sum()):,} of {len(offers):,} labelled offers (whole match "
+            "groups; KNOWN_MAX_OFFERS)")
+        offers, groups = offers[sample], groups[sample]
+    if not len(offers):
+        log("pair model (known) skipped: no labelled training offer outside the validation pairs")
+        return None
+    config = {"kind": "known", "top_m": int(top_m), "init": "stage 1's fused vectors (no transformer)"}
+    known, config["known_products"] = _known_products(rows.fused[offers], groups, cfg, out_dir, "stage 1", log)
+    scorer = KnownProductsScorer(config, known)
+    feats = scorer.vector_features(rows.fused[valid.src], rows.fused[valid.tgt])
+    entry = gate.stack(feats, out_dir, "", t0, known_only=True)
+    if entry is None:
+        for f in PAIR_FILES:
+            (out_dir / f).unlink(missing_ok=True)
+        return None
+    entry["average_precision_known_products"] = average_precision(feats[:, 0], valid.y)
+    if instead_of:
+        config["instead_of"] = instead_of  # the transformer kind asked for, dropped by the gate
+    return {**config, "train": {"kind": "known", "known_products": True, "known_dropout": cfg.known_dropout,
+                                "seed": cfg.seed}, "valid": entry, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _known_products(emb: np.ndarray, groups: np.ndarray, cfg: PairTrainConfig, out_dir: Path, space: str,
+                    log: Callable[[str], None]):
+    """Write the known products (``emb``: the labelled offers' embeddings in ``space``, their match ``groups``)
+    into ``out_dir`` and return (the known products the stacked model learns from — a share ``cfg.known_dropout``
+    of the groups left out, as some products are unknown at match time — and the manifest's ``known_products``)."""
+    import json
+
+    from ..pair_scorer import KnownProducts
+
+    full = KnownProducts(emb, groups)
+    (out_dir / "pair_known_products.json").write_text(json.dumps(full.to_json()))
+    ug = np.unique(groups)
+    dropped = ug[np.random.default_rng(cfg.seed).random(len(ug)) < cfg.known_dropout]
+    seen = ~np.isin(groups, dropped)
+    log(f"pair model ({'known' if space == 'stage 1' else space}): known products: {len(groups):,} labelled offers in "
+        f"{len(ug):,} match groups, by {space}'s vectors, kept in the bundle ({len(dropped):,} of the groups left out "
+        "while stacking on the validation pairs)")
+    return (KnownProducts(full.embeddings[seen], groups[seen], full.neighbours, full.temperature),
+            {"offers": len(groups), "groups": int(len(ug)), "neighbours": full.neighbours,
+             "temperature": full.temperature, "validation_dropout": cfg.known_dropout, "space": space})
+
+
+@dataclass
+class _Gate:
+    """The stacked model of a pair stage, fitted on the validation pairs, and the gate it must pass (its held-out
+    average precision ≥ stage 1's + ``min_gain``)."""
+
+    valid: PairSet
+    comp: np.ndarray
+    ap_stage1: float
+    target_precision: float
+    max_recall_loss: float
+    min_gain: float | None
+    stage1_accepts: np.ndarray | None
+    log: Callable[[str], None]
+
+    def stack(self, feats: np.ndarray, out_dir: Path, alone: str, t0: float, known_only: bool = False) -> dict | None:
+        """Fit the stacked model on [stage-1 logit, ``feats``] (out-of-fold by label component), write
+        ``pair_decision.json``; the manifest's ``valid`` entry, or None where the gate drops it. ``feats``: the
+        scorer's columns (its logit, then with known products their logit; ``known_only``: the known-product logit
+        alone); ``alone``: what the log says of the scorer alone."""
+        import json
+
+        from ..decision import average_precision, out_of_fold_raw, train_decision
+        from ..pair_scorer import (
+            STACKED_FEATURES,
+            STACKED_FEATURES_KNOWN,
+            STACKED_FEATURES_KNOWN_ONLY,
+            stacked_features,
+        )
+
+        valid, log = self.valid, self.log
+        x_va = stacked_features(valid.raw, feats)
+        # five folds by label component, dealt in turn over the components present: component labels are their
+        # smallest member's position, which can share one residue mod 5 (e.g. five offers per product in a row), and
+        # a single fold leaves no out-of-fold score to judge or calibrate with
+        folds = np.unique(self.comp[valid.src], return_inverse=True)[1].reshape(-1) % 5
+        names = (STACKED_FEATURES_KNOWN_ONLY if known_only
+                 else STACKED_FEATURES_KNOWN if feats.shape[1] == 2 else STACKED_FEATURES)
+        stacked = train_decision(x_va, valid.y, np.zeros((0, x_va.shape[1])), np.zeros(0), self.target_precision,
+                                 self.max_recall_loss, kind="logistic", folds=folds, features=names)
+        (out_dir / "pair_decision.json").write_text(json.dumps(stacked.to_dict(), indent=1))
+        k = names.index("known_product_logit") - 1 if "known_product_logit" in names else None
+        ap_known = average_precision(feats[:, k], valid.y) if k is not None else None
+        ap_stacked = stacked.info["held_out_average_precision"]["logistic"]
+        what = "known products" if known_only else "pair model"
+        log(f"{what}: validation average precision stage 1 {self.ap_stage1:.3f}, "
+            + (f"{alone}, " if alone else "")
+            + (f"known products alone {ap_known:.3f}, " if ap_known is not None else "")
+            + f"stacked (out-of-fold) {ap_stacked:.3f}; "
+            f"accept ≥ {stacked.accept_threshold:.4f}; {time.perf_counter() - t0:.0f}s")
+        veto = None
+        if self.stage1_accepts is not None and self.stage1_accepts.any():
+            # a pair of a fold too small for an out-of-fold model (NaN) counts as not vetoed
+            acc = self.stage1_accepts
+            oof = stacked.calibrate(np.nan_to_num(out_of_fold_raw("logistic", x_va, valid.y, folds), nan=1.0))
+            vetoed = acc & (oof < stacked.review_threshold)
+            veto = {"stage1_accepted": int(acc.sum()), "stage1_accepted_matches": int(valid.y[acc].sum()),
+                    "vetoed": int(vetoed.sum()), "vetoed_matches": int(valid.y[vetoed].sum())}
+            log(f"{what}: stage 1 accepts {veto['stage1_accepted']} validation pairs "
+                f"({veto['stage1_accepted_matches']} matches); they stay accepted at match time unless the stacked "
+                f"model rejects them, which (out of fold) it does for {veto['vetoed']} ({veto['vetoed_matches']} of "
+                "them matches)")
+        if self.min_gain is not None and ap_stacked - self.ap_stage1 < self.min_gain:
+            # The scorer multiplies match_products' cost (~25x CPU at m = 3 on Abt-Buy); a bundle only carries it
+            # where it earns that on held-out pairs.
+            log(f"{what} dropped: stacked held-out average precision {ap_stacked:.3f} is not ≥ stage 1's "
+                f"{self.ap_stage1:.3f} + {self.min_gain} (pair_options.min_gain / --pair-min-gain)"
+                + ("; the matcher keeps stage 1 only" if known_only else ""))
+            return None
+        return {"pairs": int(len(valid)), "matches": int(valid.y.sum()), "average_precision_stage1": self.ap_stage1,
+                "average_precision_pair_model": None, "average_precision_known_products": ap_known,
+                "average_precision_stacked_oof": ap_stacked, "stacked_coef": [float(c) for c in stacked.coef],
+                "stage1_accept_veto": veto}
 
 
 def _fit_siamese(rows, fit_set: PairSet, valid: tuple, out_dir: Path, cfg: PairTrainConfig, opts,
@@ -847,7 +948,7 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
         log(f"pair model skipped: {n_labelled} labelled training matches (needs ≥ {opts.min_positives})")
         return None
     share = text_pair_share(rows, train_split[2]["src"], train_split[2]["tgt"])
-    if share < MIN_TEXT_PAIR_SHARE:
+    if share < MIN_TEXT_PAIR_SHARE and opts.train.kind != "known":  # (the known kind reads stage 1's vectors)
         # e.g. store photos against a catalog: minutes of fine-tuning on "COL title VAL" vs the catalog's text,
         # which the gate below would only drop (measured on grocery: stacked held-out AP 0.000, R@1 0.551 -> 0.257
         # when forced)

@@ -234,7 +234,9 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     projection's hard negatives (closed-world labels; the decision model still sees only its own pairs).
     ``pair_model``: also train the pair scorer (a cross-encoder re-reading each source's top candidates,
     stacked onto the decision model; ``training/pair_model.py``) where there are enough labelled matches
-    (``pair_options.min_positives``); ``pair_options`` holds its knobs. ``token_diff``: also learn the
+    (``pair_options.min_positives``), kept only where it beats stage 1 on held-out pairs; one that does not is
+    replaced by the ``known`` kind (known products by stage 1's fused vectors, no transformer) where that does;
+    ``pair_options`` holds its knobs. ``token_diff``: also learn the
     word-difference model (``token_diff.py``: which words one title has and the other lacks), a feature of
     the decision model, where each label fold has enough matches and non-matches. ``source_margins``: give
     the decision model the margin features (``pair_features.MARGIN_FEATURES``: how a pair's identifier and

@@ -1,0 +1,225 @@
+"""The ``known`` pair stage end to end: no transformer, whether a pair's two offers resolve to the same labelled
+product by stage 1's own fused vectors. Trained inside ``train_matcher`` on a generated catalog whose products are
+named two ways (catalog offers with disjoint words, bridged by labelled offers), scored through ``score_pairs``,
+the bundle's files and manifest, the fallback from a transformer the gate drops, and the stacking folds."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+
+import pmatch_duckdb as pm
+from pmatch_duckdb.decision import average_precision
+from pmatch_duckdb.matchers import activate, deactivate, load_matcher
+
+pytest.importorskip("torch")
+from pmatch_duckdb.training.pair_model import PairOptions, PairTrainConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow
+KINDS = ["camera", "phone", "tablet", "speaker"]
+N_SEEN, N_NEW = 60, 20
+
+
+def _catalog(seed: int = 0):
+    """Products with six made-up words each, named two ways (words 0-2 / words 3-5). The catalog holds both
+    namings of every product; the labelled feed (train) holds one offer of each naming and a bridge offer named
+    both ways, the validation feed new offers of the same products against the other naming. The test feed holds a
+    new offer of each product named the first way; the ``N_NEW`` last products were never labelled."""
+    rng = random.Random(seed)
+
+    def word() -> str:
+        return "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
+
+    cat, feed, feed_te, labels, valid, test = [], [], [], [], [], []
+    for p in range(N_SEEN + N_NEW):
+        bag, kind = [word() for _ in range(6)], rng.choice(KINDS)
+
+        def title(words: list[str], kind: str = kind) -> str:
+            return f"{' '.join(words)} {kind}"
+
+        cat += [(f"C{p}a", title(bag[0:3])), (f"C{p}b", title(bag[3:6]))]
+        feed_te.append((f"T{p}", title([bag[2], bag[0]])))
+        if p >= N_SEEN:
+            continue
+        feed += [(f"F{p}a", title([bag[1], bag[2], bag[0]])), (f"F{p}b", title([bag[4], bag[5], bag[3]])),
+                 (f"F{p}m", title([bag[0], bag[3]])), (f"V{p}a", title([bag[1], bag[0]])),
+                 (f"V{p}b", title([bag[5], bag[4]]))]
+        labels += [(f"F{p}a", f"C{p}a", 1), (f"F{p}b", f"C{p}b", 1), (f"F{p}m", f"C{p}a", 1), (f"F{p}m", f"C{p}b", 1)]
+        valid += [(f"V{p}a", f"C{p}b", 1), (f"V{p}b", f"C{p}a", 1)]
+    for p in range(N_SEEN):
+        q, r = (p + 1) % N_SEEN, (p + 7) % N_SEEN
+        labels += [(f"F{p}a", f"C{q}a", 0), (f"F{p}b", f"C{r}b", 0), (f"F{p}m", f"C{r}b", 0)]
+        valid += [(f"V{p}a", f"C{q}b", 0), (f"V{p}b", f"C{r}a", 0)]
+    for p in range(N_SEEN + N_NEW):  # each test offer against its product named the other way, and another product
+        q = (p + 1) % N_SEEN if p < N_SEEN else N_SEEN + (p + 1 - N_SEEN) % N_NEW
+        test += [(f"T{p}", f"C{p}b"), (f"T{p}", f"C{q}b")]
+    return cat, feed, feed_te, labels, valid, test
+
+
+@pytest.fixture(scope="module")
+def named_two_ways(tmp_path_factory, home):
+    root = tmp_path_factory.mktemp("known")
+    thome = root / "home"
+    (thome / "models").mkdir(parents=True)
+    for b in ("minilm-l6-v2", "efficientnet-lite0"):
+        (thome / "models" / b).symlink_to(home / "models" / b)
+    cat, feed, feed_te, labels, valid, test = _catalog()
+    con = pm.connect(root / "shop.duckdb", home=thome, image_roots=[root])
+    for name, rows in (("catalog", cat), ("feed", feed), ("feed_test", feed_te)):
+        con.execute(f"CREATE TABLE {name} (id VARCHAR, title VARCHAR)")
+        con.executemany(f"INSERT INTO {name} VALUES (?, ?)", rows)
+    for name, rows in (("labels", labels), ("valid", valid)):
+        con.execute(f"CREATE TABLE {name} (left_id VARCHAR, right_id VARCHAR, label INTEGER)")
+        con.executemany(f"INSERT INTO {name} VALUES (?, ?, ?)", rows)
+    con.execute("CREATE TABLE test_pairs (source_id VARCHAR, target_id VARCHAR)")
+    con.executemany("INSERT INTO test_pairs VALUES (?, ?)", test)
+    from pmatch_duckdb.training import train_matcher
+
+    opts = PairOptions(PairTrainConfig(kind="known", threads=1), top_m=2, hard_negatives=0, min_positives=50,
+                       min_gain=None)
+    log: list[str] = []
+    res = train_matcher(con, ["feed", "catalog"], pairs="labels", valid_pairs="valid", name="known",
+                        pair_options=opts, activate=False, progress=False, log=log.append)
+    yield con, thome, res, log
+    con.close()
+
+
+def _score_pairs(con, thome, **settings) -> list[tuple]:
+    activate("known", "v1", thome)
+    pm.install(con, home=thome, image_roots=[thome], matcher="known", **settings)
+    try:
+        return con.execute("SELECT source_id, target_id, score, scored_by "
+                           "FROM score_pairs('feed_test', 'catalog', 'test_pairs')").fetchall()
+    finally:
+        deactivate("known", thome)
+
+
+def test_the_known_kind_trains_in_seconds_and_its_bundle_holds_no_transformer(named_two_ways):
+    con, thome, res, log = named_two_ways
+    from pmatch_duckdb.pair_scorer import STACKED_FEATURES_KNOWN_ONLY, KnownProductsScorer
+
+    assert not any("fine-tuning" in m for m in log), log
+    kept = [m for m in log if m.startswith("pair model (known): known products: ")]
+    assert len(kept) == 1 and kept[0].split(": ")[2].startswith(
+        f"{3 * N_SEEN} labelled offers in {N_SEEN} match groups, by stage 1's vectors"), kept
+    m = load_matcher("known", "v1", thome)
+    assert isinstance(m.pair, KnownProductsScorer) and m.pair.top_m == 2
+    files = m.bundle.manifest["files"]
+    assert "pair_known_products.json" in files and "pair_decision.json" in files
+    assert not any(f in files for f in ("pair_model.onnx", "pair_tokenizer.json"))
+    man = m.bundle.manifest["pair_model"]
+    assert man["kind"] == "known" and man["known_products"]["space"] == "stage 1"
+    # the validation offers are not among the known ones (V… offers are in validation pairs only)
+    assert man["known_products"]["offers"] == len(m.pair.known.groups) == 3 * N_SEEN
+    assert tuple(m.pair_decision.features) == STACKED_FEATURES_KNOWN_ONLY and len(m.pair_decision.coef) == 2
+    assert m.pair_decision.coef[1] > 0  # the stacked model trusts "same known product"
+    assert man["valid"]["average_precision_known_products"] > 0.8
+    assert man["valid"]["average_precision_stacked_oof"] > 0.8  # out-of-fold scores exist (five folds)
+    assert "valid_pair_model" in res.metrics
+
+
+def test_known_products_say_same_product_for_labelled_products_only(named_two_ways):
+    """The feature, computed independently from the bundle's known offers and the offers' fused vectors (SQL
+    ``pm_embed_offer`` under the matcher), separates each test offer's product from another product where the
+    products were labelled, and says nothing where they were not; ``score_pairs`` re-reads every given pair."""
+    con, thome, _, _ = named_two_ways
+    from pmatch_duckdb.pair_scorer import KnownProducts
+
+    m = load_matcher("known", "v1", thome)
+    import json
+
+    known = KnownProducts.from_json(json.loads(m.bundle.file("pair_known_products.json").read_text()))
+    activate("known", "v1", thome)
+    pm.install(con, home=thome, image_roots=[thome], matcher="known")
+    try:
+        vec = dict(con.execute("SELECT id, pm_embed_offer(title) FROM (SELECT * FROM feed_test UNION ALL "
+                               "SELECT * FROM catalog)").fetchall())
+    finally:
+        deactivate("known", thome)
+    pairs = con.execute("SELECT source_id, target_id FROM test_pairs").fetchall()
+    same = known.same_product(np.array([vec[a] for a, _ in pairs]), np.array([vec[b] for _, b in pairs]))
+    y = np.array([i % 2 == 0 for i in range(len(pairs))], dtype=np.float64)
+    seen = np.arange(len(pairs)) < 2 * N_SEEN
+    assert average_precision(same[seen], y[seen]) > 0.9
+    assert same[seen & (y == 1)].mean() - same[~seen & (y == 1)].mean() > 0.5  # never labelled: no vote
+    np.testing.assert_allclose(m.pair.vector_features(np.array([vec[a] for a, _ in pairs]),
+                                                      np.array([vec[b] for _, b in pairs]))[:, 0],
+                               np.log(np.clip(same, 1e-4, 1 - 1e-4) / (1 - np.clip(same, 1e-4, 1 - 1e-4))),
+                               atol=1e-3)
+    on = _score_pairs(con, thome)
+    off = _score_pairs(con, thome, pair_top_m=0)
+    assert {r[3] for r in on} == {"pair_scorer"} and {r[3] for r in off} == {"stage1"}
+    assert [r[:2] for r in on] == pairs and all(r[2] is not None for r in on)
+
+    def acc(rows: list[tuple], part: np.ndarray) -> float:
+        s = np.array([r[2] for r in rows])
+        return float(np.mean([(s[i] > s[i + 1]) + 0.5 * (s[i] == s[i + 1]) for i in np.flatnonzero(part)[::2]]))
+
+    assert acc(on, seen) >= 0.95 and acc(on, seen) >= acc(off, seen) - 0.02, (acc(on, seen), acc(off, seen))
+
+
+def test_a_transformer_the_gate_drops_falls_back_to_known_products(named_two_ways, monkeypatch):
+    """A transformer scorer the gate drops is replaced by the known kind where that passes the same gate (here the
+    gate is made to drop every transformer and pass anything else: stage 1 is perfect on these validation pairs,
+    so no real gain is possible); with ``known_products`` off nothing is tried and stage 1 stays alone. (Where the
+    known kind does not pass either: test_pair_scorer_e2e's gated test.)"""
+    con, thome, _, _ = named_two_ways
+    from pmatch_duckdb.training import pair_model, train_matcher
+
+    real = pair_model._Gate.stack
+
+    def transformers_fail(self, feats, out_dir, alone, t0, known_only=False):  # noqa: ANN001, ANN202
+        entry = real(self, feats, out_dir, alone, t0, known_only)
+        if not known_only:
+            self.log("pair model dropped (by the test)")
+            return None
+        return entry
+
+    monkeypatch.setattr(pair_model._Gate, "stack", transformers_fail)
+    tiny = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 64}
+    base = PairOptions(PairTrainConfig(max_len=32, epochs=1, threads=1, tiny_bert=tiny, patience=None),
+                       top_m=2, hard_negatives=0, min_positives=50, min_gain=-1.0)
+    for fallback in (True, False):
+        opts = dataclasses.replace(base, train=dataclasses.replace(base.train, known_products=fallback))
+        log: list[str] = []
+        out = train_matcher(con, ["feed", "catalog"], pairs="labels", valid_pairs="valid", name=f"fb{fallback}",
+                            pair_options=opts, activate=False, progress=False, log=log.append)
+        assert "pair model dropped (by the test)" in log and any("fine-tuning on" in m for m in log), log
+        tried = [m for m in log if "trying known products by stage 1's vectors instead" in m]
+        assert len(tried) == (1 if fallback else 0), log
+        m = load_matcher(f"fb{fallback}", "v1", thome)
+        files = m.bundle.manifest["files"]
+        assert "pair_model.onnx" not in files and "pair_tokenizer.json" not in files  # the transformer is gone
+        if fallback:
+            man = m.bundle.manifest["pair_model"]
+            assert man["kind"] == "known" and man["instead_of"] == "cross" and "valid_pair_model" in out.metrics
+            assert m.pair is not None and m.pair.known is not None and "pair_known_products.json" in files
+        else:
+            assert "pair model: the matcher keeps stage 1 only" in log and m.pair is None
+            assert not any(f.startswith("pair_") for f in files) and "valid_pair_model" not in out.metrics
+
+
+def test_stacking_folds_spread_over_components_that_share_a_residue():
+    """Component labels (smallest member) can all be ≡ 0 mod 5 (five offers per product in a row): the stacked
+    model's five folds are still five, so it gets out-of-fold scores to be judged and calibrated on."""
+    from pmatch_duckdb.training.pair_model import PairSet, _Gate
+
+    rng = np.random.default_rng(0)
+    n = 200
+    comp = np.repeat(np.arange(0, 5 * n, 5), 5)  # offer i's component: 5 * (i // 5)
+    src = np.arange(0, 5 * n, 5)  # one validation pair per component
+    y = (rng.random(n) < 0.5).astype(np.float64)
+    raw = np.clip(0.5 + 0.3 * (y - 0.5) + 0.2 * rng.standard_normal(n), 0.01, 0.99)
+    feats = (2 * y - 1 + rng.standard_normal(n))[:, None]
+    gate = _Gate(PairSet(src, src + 1, y, raw), comp, average_precision(raw, y), 0.99, 0.02, None, None,
+                 lambda m: None)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        entry = gate.stack(feats, Path(d), "", 0.0, known_only=True)
+    assert entry is not None and entry["average_precision_stacked_oof"] > average_precision(raw, y)
