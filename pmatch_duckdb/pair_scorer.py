@@ -466,9 +466,10 @@ class KnownProductsScorer:
         """float64[n, 1]: the logit of :meth:`KnownProducts.same_product` for fused vectors (pair i is ``ea[i]``,
         ``eb[i]``, or ``ea[ia[i]]``, ``eb[ib[i]]`` given the index arrays); an offer without a vector (NaN) has
         no neighbours' vote: probability 0 clipped, as for "no shared group"."""
-        ea = np.nan_to_num(np.asarray(ea, dtype=np.float32), nan=0.0)
-        eb = np.nan_to_num(np.asarray(eb, dtype=np.float32), nan=0.0)
+        ea, ok_a = _unit_rows(ea)
+        eb, ok_b = _unit_rows(eb)
         same = self.known.same_product(ea, eb, ia, ib)
+        same[~(ok_a if ia is None else ok_a[ia]) | ~(ok_b if ib is None else ok_b[ib])] = 0.0
         return logit(np.clip(same, 1e-4, 1 - 1e-4))[:, None]
 
     def pair_features(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -479,6 +480,16 @@ class KnownProductsScorer:
         us, inv_s = np.unique(s, return_inverse=True)
         ut, inv_t = np.unique(t, return_inverse=True)
         return self.vector_features(src.fused[us], tgt.fused[ut], inv_s, inv_t)
+
+
+def _unit_rows(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows scaled to unit length, whether a row had a vector: finite and not zero; the others become zeros)."""
+    e = np.asarray(e, dtype=np.float32)
+    norm = np.linalg.norm(e, axis=1) if e.ndim == 2 and len(e) else np.zeros(len(e), dtype=np.float32)
+    ok = np.isfinite(norm) & (norm > 0)
+    out = np.zeros_like(e)
+    out[ok] = e[ok] / norm[ok, None]
+    return out, ok
 
 
 #: the pair-scorer kinds a bundle may hold (``pair_model.kind``): two transformers, and known products alone

@@ -542,6 +542,35 @@ def test_known_products_say_whether_two_offers_resolve_to_the_same_labelled_prod
     np.testing.assert_allclose(x2[:, 0], x1[:, 0]) and np.testing.assert_allclose(x2[:, 2], [-3.0, 4.0])
 
 
+def test_the_known_kind_reads_fused_vectors_and_an_offer_without_one_gets_no_vote():
+    """KnownProductsScorer: its feature of (source, target) position pairs is the known-product logit of their fused
+    vectors (scaled to unit length), each distinct offer compared once; an offer without a vector (NaN) votes for no
+    group (the clipped floor, finite); the loader refuses a pair kind it does not know, and the known kind through the ONNX loader."""
+    from types import SimpleNamespace
+
+    from pmatch_duckdb.pair_scorer import KnownProducts, KnownProductsScorer, load_pair_scorer, logit
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 8))
+    groups = np.repeat(np.arange(3), 2)
+    known = KnownProducts(centres[groups] + 0.05 * rng.normal(size=(6, 8)), groups, neighbours=3)
+    sc = KnownProductsScorer({"kind": "known", "top_m": 4}, known)
+    assert sc.top_m == 4 and sc.max_len == 0
+    src = SimpleNamespace(fused=np.vstack([centres[0], centres[1], np.full(8, np.nan)]).astype(np.float32))
+    tgt = SimpleNamespace(fused=np.vstack([centres[0] + 0.01, centres[2]]).astype(np.float32))
+    s, t = np.array([0, 0, 1, 2, 0]), np.array([0, 1, 0, 0, 0])
+    got = sc.pair_features(src, tgt, s, t)
+    unit = np.vstack([c / np.linalg.norm(c) for c in src.fused]), np.vstack([c / np.linalg.norm(c) for c in tgt.fused])
+    want = logit(np.clip(known.same_product(unit[0][s], unit[1][t]), 1e-4, 1 - 1e-4))  # (row 3: NaN, checked below)
+    assert got.shape == (5, 1) and np.all(np.isfinite(got))
+    np.testing.assert_allclose(got[[0, 1, 2, 4], 0], want[[0, 1, 2, 4]], atol=1e-6)
+    assert got[0, 0] > 5 and got[1, 0] < -5 and got[2, 0] < -5, got  # same product / another / another
+    assert got[3, 0] == pytest.approx(logit(np.array([1e-4]))[0])  # no vector: no vote
+    assert sc.pair_features(src, tgt, np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0, 1)
+    with pytest.raises(ValueError, match="not one of"):
+        load_pair_scorer(Path("x.onnx"), "0" * 64, Path("t.json"), {"kind": "known"})
+
+
 def test_siamese_kind_takes_its_own_training_on_top_of_the_recipe():
     o = PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese"})
     assert o.train.kind == "siamese" and o.train.freeze_layers == 0 and o.train.epochs == 12 and o.recipe == "cpu"
