@@ -517,7 +517,11 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                 valid_split=(x_va, y_va, valid_pairs_pos), target_precision=target_precision,
                 max_recall_loss=max_recall_loss, log=log)
             if pair_entry is not None:
-                metrics["valid_pair_model"] = pair_entry["valid"]
+                # which kind the bundle keeps (the known kind may stand in for a transformer the gate dropped)
+                metrics["valid_pair_model"] = {"kind": pair_entry["kind"],
+                                               **({"instead_of": pair_entry["instead_of"]}
+                                                  if "instead_of" in pair_entry else {}),
+                                               **pair_entry["valid"]}
         (tmp / "decision.json").write_text(json.dumps(decision.to_dict(), indent=1))
         write_manifest(tmp, {
             "name": name, "version": version, "modality": "matcher", "dim": dim, "kind": "pmatch-matcher",
