@@ -205,6 +205,23 @@ def test_a_transformer_the_gate_drops_falls_back_to_known_products(named_two_way
             assert not any(f.startswith("pair_") for f in files) and "valid_pair_model" not in out.metrics
 
 
+def test_without_validation_pairs_the_known_kind_is_not_a_fallback_and_asked_for_it_warns(named_two_ways):
+    """No ``valid_pairs``: validation holds out whole label groups, so no validation pair is of a known product. The
+    known kind asked for is still fitted, with a warning saying why it cannot be judged and what to give instead."""
+    con, thome, _, _ = named_two_ways
+    from pmatch_duckdb.training import train_matcher
+
+    log: list[str] = []
+    train_matcher(con, ["feed", "catalog"], pairs="labels", name="heldout",
+                  pair_options=PairOptions(PairTrainConfig(kind="known", threads=1), top_m=2, hard_negatives=0,
+                                           min_positives=20, min_gain=None),
+                  activate=False, progress=False, log=log.append)
+    warned = [m for m in log if m.startswith("pair model (known): warning: the validation pairs are of label groups "
+                                             "held out from training")]
+    assert len(warned) == 1 and "--valid-pairs" in warned[0], log
+    assert any(m.startswith("pair model (known): known products: ") for m in log), log
+
+
 def test_stacking_folds_spread_over_components_that_share_a_residue():
     """Component labels (smallest member) can all be ≡ 0 mod 5 (five offers per product in a row): the stacked
     model's five folds are still five, so it gets out-of-fold scores to be judged and calibrated on."""

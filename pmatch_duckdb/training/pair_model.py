@@ -526,7 +526,8 @@ def candidate_set(rows, view, tgt_pos: np.ndarray, decision, sources: np.ndarray
 def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np.ndarray, out_dir: Path,
                    cfg: PairTrainConfig, opts, top_m: int, target_precision: float, max_recall_loss: float,
                    min_positives: int = 50, min_gain: float | None = None, max_train_pairs: int | None = None,
-                   stage1_accepts: np.ndarray | None = None, log: Callable[[str], None] = print) -> dict | None:
+                   stage1_accepts: np.ndarray | None = None, log: Callable[[str], None] = print,
+                   valid_groups_held_out: bool = False) -> dict | None:
     """Train the pair scorer of ``cfg.kind`` (the cross-encoder on ``train`` + ``hard`` (hard negatives); the siamese
     bi-encoder on their offers, grouped by their matches; ``known``: no transformer, known products by stage 1's fused
     vectors), export it into ``out_dir`` and fit the stacked decision model on ``valid`` (out-of-fold by label
@@ -537,7 +538,9 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     sampling non-matches to ``cfg.neg_ratio`` per match; whole label groups) — the siamese kind on at most this many
     offers (whole match groups). ``stage1_accepts``: per ``valid`` pair, whether stage 1 alone accepts it (at match
     time such a re-read pair stays accepted unless the stacked model rejects it; what that veto does on the
-    validation pairs is logged and recorded)."""
+    validation pairs is logged and recorded). ``valid_groups_held_out``: the validation pairs are of label groups
+    held out from training (no validation pairs given), so none of their products is a known one: the fallback is
+    not tried, and the known kind asked for is fitted with a warning."""
     from ..decision import average_precision
     from ..pair_scorer import Summarizer, load_pair_scorer, serialize_rows
 
@@ -556,6 +559,8 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         return None
     gate = _Gate(valid, comp, ap_stage1, target_precision, max_recall_loss, min_gain, stage1_accepts, log)
     if cfg.kind == "known":
+        if valid_groups_held_out:
+            log(f"pair model (known): warning: {KNOWN_HELD_OUT}")
         return _fit_known(rows, fit_set, valid, out_dir, cfg, top_m, gate, log)
     t0 = time.perf_counter()
     summarizer = Summarizer.fit(rows.descriptions) if opts.summarize else None
@@ -614,7 +619,9 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     if entry is None:
         for f in PAIR_FILES:
             (out_dir / f).unlink(missing_ok=True)
-        if cfg.known_products and min_gain is not None:
+        if cfg.known_products and min_gain is not None and valid_groups_held_out:
+            log(f"pair model: known products not tried instead: {KNOWN_HELD_OUT}")
+        elif cfg.known_products and min_gain is not None:
             log("pair model: trying known products by stage 1's vectors instead (the 'known' kind: no transformer)")
             return _fit_known(rows, labelled, valid, out_dir, cfg, top_m, gate, log, instead_of=cfg.kind)
         log("pair model: the matcher keeps stage 1 only")
@@ -623,6 +630,11 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     return {**config, "train": {**cfg.to_dict(), **info}, "onnx_max_abs_diff": diff, "valid": entry,
             "seconds": round(time.perf_counter() - t0, 1)}
 
+
+#: why known products cannot be judged on validation pairs of held-out label groups (the default split)
+KNOWN_HELD_OUT = ("the validation pairs are of label groups held out from training (no --valid-pairs given), so none "
+                  "of their products is a known one and they cannot show what the feature is worth; where products "
+                  "recur at match time, give --valid-pairs of new offers of labelled products")
 
 #: the ``known`` kind keeps at most this many labelled offers (whole match groups): each is a 256-float vector in
 #: the bundle (~0.7 kB as base64 float16) and every re-read offer is compared with all of them
@@ -921,10 +933,11 @@ def text_pair_share(rows, src: np.ndarray, tgt: np.ndarray) -> float:
 def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: bool, view, tgt_pos: np.ndarray,
                comp: np.ndarray, truth_pairs: set[tuple[int, int]], exclude_self: bool,
                train_split: tuple, valid_split: tuple, target_precision: float, max_recall_loss: float,
-               log: Callable[[str], None] = print) -> dict | None:
+               log: Callable[[str], None] = print, valid_groups_held_out: bool = False) -> dict | None:
     """The pair stage of ``train_matcher``: pick its pairs from the decision model's splits, then
-    :func:`fit_pair_stage`. ``*_split``: ``(features, labels, {"src", "tgt"} global positions)`` as the
-    decision model saw them (labelled pairs in the open world, each source's candidates in the closed)."""
+    :func:`fit_pair_stage` (``valid_groups_held_out``: see there). ``*_split``: ``(features, labels, {"src", "tgt"}
+    global positions)`` as the decision model saw them (labelled pairs in the open world, each source's candidates
+    in the closed)."""
     from ..pair_scorer import top_m_mask
 
     def as_set(split: tuple, top: int | None) -> PairSet:
@@ -982,7 +995,8 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
                            opts=opts.serialize, top_m=opts.top_m, target_precision=target_precision,
                            max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
                            min_gain=opts.min_gain, max_train_pairs=opts.max_train_pairs,
-                           stage1_accepts=decision.calibrate(valid.raw) >= decision.accept_threshold, log=log)
+                           stage1_accepts=decision.calibrate(valid.raw) >= decision.accept_threshold, log=log,
+                           valid_groups_held_out=valid_groups_held_out)
     if entry is not None:
         entry["pair_caps"] = {"max_train_pairs": opts.max_train_pairs, "max_valid_pairs": opts.max_valid_pairs}
         entry["hard_negatives"] = n_hard
