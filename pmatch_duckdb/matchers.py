@@ -113,8 +113,8 @@ class Matcher:
 
     bundle: Bundle
     decision: DecisionModel
-    # optional second stage (a bundle without it loads as before): the pair scorer (cross-encoder or siamese) and
-    # the stacked decision model over [stage-1 logit, pair-scorer logit] (pair_scorer.py)
+    # optional second stage (a bundle without it loads as before): the pair scorer (cross-encoder, siamese, or known
+    # products by stage 1's vectors) and the stacked decision model over [stage-1 logit, its columns] (pair_scorer.py)
     pair: PairScorer | SiameseScorer | KnownProductsScorer | None = None
     pair_decision: DecisionModel | None = None
 

@@ -13,7 +13,7 @@ Pairs outside the top ``m`` keep their stage-1 score. Offers are serialised Ditt
 (:func:`serialize_offer`): ``COL title VAL ... COL brand VAL ... COL price VAL ... COL id VAL ...
 COL description VAL ...``; the pair is tokenised as a BERT sentence pair (``[CLS] a [SEP] b [SEP]``).
 
-A bundle's pair scorer is of one of two kinds (``pair_model.kind`` in the manifest):
+A bundle's pair scorer is of one of three kinds (``pair_model.kind`` in the manifest):
 
 * ``"cross"`` (:class:`PairScorer`, the default): the cross-encoder above, one transformer pass per pair;
 * ``"siamese"`` (:class:`SiameseScorer`): a MiniLM encoder fine-tuned with a supervised contrastive loss on the
@@ -502,7 +502,7 @@ def load_pair_scorer(onnx_path: Path, sha256: str, tokenizer_json: Path, config:
     """The scorer of ``config["kind"]`` (``"cross"`` when absent: bundles written before the siamese kind);
     ``known``: a siamese scorer's known products."""
     kind = config.get("kind", "cross")
-    if kind not in PAIR_KINDS or kind == "known":  # "known" has no ONNX model: load_known_scorer
+    if kind not in PAIR_KINDS or kind == "known":  # "known" has no ONNX model: matchers._load_pair_stage builds it
         raise ValueError(f"pair model kind {kind!r} is not one of {PAIR_KINDS[:2]} (a newer pmatch wrote this bundle?)")
     if kind == "siamese":
         return SiameseScorer(onnx_path, sha256, tokenizer_json, config, summarizer, known=known)
