@@ -865,6 +865,9 @@ def _concat_candidates(parts: list[Candidates], batch: int) -> Candidates:
         vals = [getattr(c, f.name) for c in parts]
         if f.name == "source":
             vals = [v + i * batch for i, v in enumerate(vals)]
+        if any(v is None for v in vals):  # an optional field (stage1_score: score_given's only) no batch has
+            out[f.name] = None
+            continue
         out[f.name] = sum(vals, []) if f.name == "decision" else np.concatenate(vals)
     return Candidates(**out)
 
