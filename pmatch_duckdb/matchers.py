@@ -187,6 +187,9 @@ def _load_pair_stage(bundle: Bundle
         known = KnownProducts.from_json(json.loads(bundle.file("pair_known_products.json").read_text()))
     scorer = load_pair_scorer(bundle.file("pair_model.onnx"), files["pair_model.onnx"],
                               bundle.file("pair_tokenizer.json"), cfg, summarizer, known)
+    if "pair_known_stage1.json" in files and isinstance(scorer, SiameseScorer):  # its second memory
+        scorer.known_stage1 = KnownProductsScorer(cfg, KnownProducts.from_json(
+            json.loads(bundle.file("pair_known_stage1.json").read_text())))
     stacked = DecisionModel.from_dict(json.loads(bundle.file("pair_decision.json").read_text()))
     return scorer, stacked
 

@@ -327,6 +327,9 @@ class SiameseScorer(_BundleScorer):
 
         super().__init__(onnx_path, sha256, config, summarizer, threads, batch_size)
         self.known = known  # the labelled training offers, when the bundle keeps them
+        # the same offers by stage 1's fused vectors (pair_known_stage1.json), when the bundle keeps them: a second
+        # memory that errs elsewhere (benchmarks/README.md, "Known products by stage 1's vectors": both spaces)
+        self.known_stage1: KnownProductsScorer | None = None
         self.temperature = float(config["temperature"])
         tok = Tokenizer.from_file(str(tokenizer_json))
         tok.no_padding()
@@ -434,14 +437,19 @@ class SiameseScorer(_BundleScorer):
         return self._features(e, np.array([pos[t] for t in a]), e, np.array([pos[t] for t in b]))
 
     def pair_features(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """:meth:`features` of (source position, target position) pairs of two :class:`OfferVectors`."""
+        """:meth:`features` of (source position, target position) pairs of two :class:`OfferVectors`, and with
+        ``known_stage1`` (known products by stage 1's fused vectors too) its column after them."""
+        n_cols = (1 if self.known is None else 2) + (self.known_stage1 is not None)
         if not len(s):
-            return np.zeros((0, 1 if self.known is None else 2))
+            return np.zeros((0, n_cols))
         us, inv_s = np.unique(s, return_inverse=True)
         ut, inv_t = np.unique(t, return_inverse=True)
         ea = self.embed(serialize_rows(src, us, self.opts, self.summarizer))
         eb = self.embed(serialize_rows(tgt, ut, self.opts, self.summarizer))
-        return self._features(ea, inv_s, eb, inv_t)
+        out = self._features(ea, inv_s, eb, inv_t)
+        if self.known_stage1 is not None:
+            out = np.hstack([out, self.known_stage1.pair_features(src, tgt, s, t)])
+        return out
 
 
 class KnownProductsScorer:
@@ -529,6 +537,8 @@ STACKED_FEATURES = ("stage1_logit", "pair_model_logit")
 STACKED_FEATURES_KNOWN = (*STACKED_FEATURES, "known_product_logit")
 #: the stacked model's inputs of the ``known`` kind (known products by stage 1's fused vectors, no transformer)
 STACKED_FEATURES_KNOWN_ONLY = ("stage1_logit", "known_product_logit")
+#: the siamese kind's with known products in both spaces (its own embeddings, then stage 1's fused vectors)
+STACKED_FEATURES_KNOWN_BOTH = (*STACKED_FEATURES_KNOWN, "known_product_stage1_logit")
 
 
 def top_m_mask(s: np.ndarray, score: np.ndarray, m: int) -> np.ndarray:

@@ -359,17 +359,25 @@ def test_siamese_scorer_trains_in_the_matcher_and_reads_the_edition(editions):
     assert man["train"]["kind"] == "siamese" and man["train"]["epochs_run"] == 10 and "valid_pair_model" in res.metrics
     # known products: the labelled training offers (none of the validation pairs' offers) kept in the bundle, hashed
     # like every file, and stacked as a third input
-    from pmatch_duckdb.pair_scorer import STACKED_FEATURES_KNOWN
+    from pmatch_duckdb.pair_scorer import STACKED_FEATURES_KNOWN_BOTH
 
     assert "pair_known_products.json" in m.bundle.manifest["files"] and m.pair.known is not None
     kp = man["known_products"]
     assert kp["offers"] == len(m.pair.known.groups) > 0 and kp["groups"] == len(set(m.pair.known.groups.tolist()))
     assert kp["validation_dropout"] == 0.3  # (the bundle keeps every group; a share is left out only for stacking)
-    left_out = [line for line in log if "groups left out while stacking" in line]
+    left_out = [line for line in log if "groups left out while stacking" in line and "by siamese's vectors" in line]
     assert len(left_out) == 1 and 0 < int(left_out[0].split("(")[-1].split(" of the groups")[0].replace(",", "")) \
         < kp["groups"], left_out
-    assert tuple(m.pair_decision.features) == STACKED_FEATURES_KNOWN and len(m.pair_decision.coef) == 3
+    # ... and the same offers by stage 1's fused vectors, a second memory and a fourth stacked input
+    assert tuple(m.pair_decision.features) == STACKED_FEATURES_KNOWN_BOTH and len(m.pair_decision.coef) == 4
+    assert "pair_known_stage1.json" in m.bundle.manifest["files"] and m.pair.known_stage1 is not None
+    assert man["known_products_stage1"]["offers"] == kp["offers"] and man["known_products_stage1"]["space"] == "stage 1"
+    np.testing.assert_array_equal(m.pair.known_stage1.known.groups, m.pair.known.groups)
+    assert m.pair.known_stage1.known.embeddings.shape[1] != m.pair.known.embeddings.shape[1]  # fused: another space
+    assert any("by stage 1's vectors" in line and line.startswith("pair model (siamese): known products: ")
+               for line in log), log
     assert man["valid"]["average_precision_known_products"] is not None
+    assert man["valid"]["average_precision_known_products_stage1"] is not None
     assert any("known products: " in line for line in log), log
     on = _scored(con, thome, "siamese")
     off = _scored(con, thome, "siamese", pair_top_m=0)

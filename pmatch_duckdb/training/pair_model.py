@@ -480,7 +480,7 @@ def export_cross_encoder(model, out_dir: Path, tokenizer_json: Path, max_len: in
 
 #: what the pair stage writes into a matcher bundle
 PAIR_FILES = ("pair_model.onnx", "pair_tokenizer.json", "pair_decision.json", "pair_summarizer.json",
-              "pair_known_products.json")
+              "pair_known_products.json", "pair_known_stage1.json")
 
 
 @dataclass
@@ -613,7 +613,17 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         known_texts = [t for t, k in zip(known_texts, keep.tolist(), strict=True) if k]
         scorer.known, config["known_products"] = _known_products(
             scorer.embed(known_texts), known_groups[keep], cfg, out_dir, "siamese", log)
+        # the same offers by stage 1's fused vectors: a second memory (the same groups left out while stacking)
+        from ..pair_scorer import KnownProductsScorer
+
+        known1, config["known_products_stage1"] = _known_products(
+            rows.fused[known_offers[keep]], known_groups[keep], cfg, out_dir, "stage 1", log,
+            file="pair_known_stage1.json")
+        scorer.known_stage1 = KnownProductsScorer(config, known1)
     feats = scorer.features(va_a, va_b)
+    known1 = getattr(scorer, "known_stage1", None)  # (the siamese kind's second memory)
+    if known1 is not None:
+        feats = np.hstack([feats, known1.vector_features(rows.fused[valid.src], rows.fused[valid.tgt])])
     ap_pair = average_precision(feats[:, 0].astype(np.float64), valid.y)
     entry = gate.stack(feats, out_dir, f"{cfg.kind} scorer alone {ap_pair:.3f}", t0)
     if entry is None:
@@ -666,7 +676,8 @@ def _fit_known(rows, fit_set: PairSet, valid: PairSet, out_dir: Path, cfg: PairT
         log("pair model (known) skipped: no labelled training offer outside the validation pairs")
         return None
     config = {"kind": "known", "top_m": int(top_m), "init": "stage 1's fused vectors (no transformer)"}
-    known, config["known_products"] = _known_products(rows.fused[offers], groups, cfg, out_dir, "stage 1", log)
+    known, config["known_products"] = _known_products(rows.fused[offers], groups, cfg, out_dir, "stage 1", log,
+                                                      kind="known")
     scorer = KnownProductsScorer(config, known)
     feats = scorer.vector_features(rows.fused[valid.src], rows.fused[valid.tgt])
     entry = gate.stack(feats, out_dir, "", t0, known_only=True)
@@ -682,7 +693,7 @@ def _fit_known(rows, fit_set: PairSet, valid: PairSet, out_dir: Path, cfg: PairT
 
 
 def _known_products(emb: np.ndarray, groups: np.ndarray, cfg: PairTrainConfig, out_dir: Path, space: str,
-                    log: Callable[[str], None]):
+                    log: Callable[[str], None], file: str = "pair_known_products.json", kind: str = "siamese"):
     """Write the known products (``emb``: the labelled offers' embeddings in ``space``, their match ``groups``)
     into ``out_dir`` and return (the known products the stacked model learns from — a share ``cfg.known_dropout``
     of the groups left out, as some products are unknown at match time — and the manifest's ``known_products``)."""
@@ -691,11 +702,11 @@ def _known_products(emb: np.ndarray, groups: np.ndarray, cfg: PairTrainConfig, o
     from ..pair_scorer import KnownProducts
 
     full = KnownProducts(emb, groups)
-    (out_dir / "pair_known_products.json").write_text(json.dumps(full.to_json()))
+    (out_dir / file).write_text(json.dumps(full.to_json()))
     ug = np.unique(groups)
     dropped = ug[np.random.default_rng(cfg.seed).random(len(ug)) < cfg.known_dropout]
     seen = ~np.isin(groups, dropped)
-    log(f"pair model ({'known' if space == 'stage 1' else space}): known products: {len(groups):,} labelled offers in "
+    log(f"pair model ({kind}): known products: {len(groups):,} labelled offers in "
         f"{len(ug):,} match groups, by {space}'s vectors, kept in the bundle ({len(dropped):,} of the groups left out "
         "while stacking on the validation pairs)")
     return (KnownProducts(full.embeddings[seen], groups[seen], full.neighbours, full.temperature),
@@ -728,6 +739,7 @@ class _Gate:
         from ..pair_scorer import (
             STACKED_FEATURES,
             STACKED_FEATURES_KNOWN,
+            STACKED_FEATURES_KNOWN_BOTH,
             STACKED_FEATURES_KNOWN_ONLY,
             stacked_features,
         )
@@ -738,18 +750,20 @@ class _Gate:
         # smallest member's position, which can share one residue mod 5 (e.g. five offers per product in a row), and
         # a single fold leaves no out-of-fold score to judge or calibrate with
         folds = np.unique(self.comp[valid.src], return_inverse=True)[1].reshape(-1) % 5
-        names = (STACKED_FEATURES_KNOWN_ONLY if known_only
-                 else STACKED_FEATURES_KNOWN if feats.shape[1] == 2 else STACKED_FEATURES)
+        names = (STACKED_FEATURES_KNOWN_ONLY if known_only else
+                 {1: STACKED_FEATURES, 2: STACKED_FEATURES_KNOWN, 3: STACKED_FEATURES_KNOWN_BOTH}[feats.shape[1]])
         stacked = train_decision(x_va, valid.y, np.zeros((0, x_va.shape[1])), np.zeros(0), self.target_precision,
                                  self.max_recall_loss, kind="logistic", folds=folds, features=names)
         (out_dir / "pair_decision.json").write_text(json.dumps(stacked.to_dict(), indent=1))
         k = names.index("known_product_logit") - 1 if "known_product_logit" in names else None
         ap_known = average_precision(feats[:, k], valid.y) if k is not None else None
+        ap_known1 = (average_precision(feats[:, 2], valid.y) if "known_product_stage1_logit" in names else None)
         ap_stacked = stacked.info["held_out_average_precision"]["logistic"]
         what = "known products" if known_only else "pair model"
         log(f"{what}: validation average precision stage 1 {self.ap_stage1:.3f}, "
             + (f"{alone}, " if alone else "")
             + (f"known products alone {ap_known:.3f}, " if ap_known is not None else "")
+            + (f"by stage 1's vectors {ap_known1:.3f}, " if ap_known1 is not None else "")
             + f"stacked (out-of-fold) {ap_stacked:.3f}; "
             f"accept ≥ {stacked.accept_threshold:.4f}; {time.perf_counter() - t0:.0f}s")
         veto = None
@@ -773,6 +787,7 @@ class _Gate:
             return None
         return {"pairs": int(len(valid)), "matches": int(valid.y.sum()), "average_precision_stage1": self.ap_stage1,
                 "average_precision_pair_model": None, "average_precision_known_products": ap_known,
+                **({"average_precision_known_products_stage1": ap_known1} if ap_known1 is not None else {}),
                 "average_precision_stacked_oof": ap_stacked, "stacked_coef": [float(c) for c in stacked.coef],
                 "stage1_accept_veto": veto}
 
