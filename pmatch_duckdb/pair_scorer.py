@@ -420,9 +420,7 @@ class SiameseScorer(_BundleScorer):
         cos = np.einsum("ij,ij->i", ea[ia], eb[ib]).astype(np.float64) / self.temperature
         if self.known is None:
             return cos[:, None]
-        # clipped to [1e-4, 1 - 1e-4] first: "no shared group among the nearest" is a bounded vote, not -16
-        same = self.known.same_product(ea, eb, ia, ib)
-        return np.stack([cos, logit(np.clip(same, 1e-4, 1 - 1e-4))], axis=1)
+        return np.stack([cos, known_logit(self.known.same_product(ea, eb, ia, ib))], axis=1)
 
     def features(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         """float64[n, 1 or 2]: what the stacked model reads from this scorer — its logit, and with known products
@@ -478,7 +476,7 @@ class KnownProductsScorer:
         eb, ok_b = _unit_rows(eb)
         same = self.known.same_product(ea, eb, ia, ib)
         same[~(ok_a if ia is None else ok_a[ia]) | ~(ok_b if ib is None else ok_b[ib])] = 0.0
-        return logit(np.clip(same, 1e-4, 1 - 1e-4))[:, None]
+        return known_logit(same)[:, None]
 
     def pair_features(self, src, tgt, s: np.ndarray, t: np.ndarray) -> np.ndarray:
         """:meth:`vector_features` of (source position, target position) pairs of two :class:`OfferVectors` (their
@@ -517,6 +515,12 @@ def load_pair_scorer(onnx_path: Path, sha256: str, tokenizer_json: Path, config:
     if known is not None:
         raise ValueError("known products need a siamese pair scorer")
     return PairScorer(onnx_path, sha256, tokenizer_json, config, summarizer)
+
+
+def known_logit(same: np.ndarray) -> np.ndarray:
+    """The stacked input of a same-known-product probability (every kind's): clipped to [1e-4, 1 - 1e-4] first, so
+    "no shared group among the nearest" is a bounded vote, not -16."""
+    return logit(np.clip(same, 1e-4, 1 - 1e-4))
 
 
 def logit(p: np.ndarray) -> np.ndarray:

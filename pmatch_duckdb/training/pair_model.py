@@ -627,18 +627,27 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     ap_pair = average_precision(feats[:, 0].astype(np.float64), valid.y)
     entry = gate.stack(feats, out_dir, f"{cfg.kind} scorer alone {ap_pair:.3f}", t0)
     if entry is None:
-        for f in PAIR_FILES:
-            (out_dir / f).unlink(missing_ok=True)
-        if cfg.known_products and min_gain is not None and valid_groups_held_out:
+        if cfg.known_products and min_gain is not None:
+            if not valid_groups_held_out:
+                log("pair model: trying known products by stage 1's vectors instead (the 'known' kind: no "
+                    "transformer)")
+                return _fit_known(rows, labelled, valid, out_dir, cfg, top_m, gate, log, instead_of=cfg.kind)
             log(f"pair model: known products not tried instead: {KNOWN_HELD_OUT}")
-        elif cfg.known_products and min_gain is not None:
-            log("pair model: trying known products by stage 1's vectors instead (the 'known' kind: no transformer)")
-            return _fit_known(rows, labelled, valid, out_dir, cfg, top_m, gate, log, instead_of=cfg.kind)
         log("pair model: the matcher keeps stage 1 only")
         return None
     entry["average_precision_pair_model"] = ap_pair
     return {**config, "train": {**cfg.to_dict(), **info}, "onnx_max_abs_diff": diff, "valid": entry,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def labelled_offer_groups(ps: PairSet) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct offers of ``ps``, as row positions; their match groups: components of its matches, an offer in
+    no match a group of its own) — what the siamese kind trains on and what known products remember."""
+    from .siamese import match_groups
+
+    offers, inv = np.unique(np.concatenate([ps.src, ps.tgt]), return_inverse=True)
+    n, pos = len(ps), ps.y > 0
+    return offers, match_groups(len(offers), inv[:n][pos], inv[n:][pos])
 
 
 #: why known products cannot be judged on validation pairs of held-out label groups (the default split)
@@ -656,15 +665,10 @@ def _fit_known(rows, fit_set: PairSet, valid: PairSet, out_dir: Path, cfg: PairT
     """The ``known`` kind of :func:`fit_pair_stage`: the offers of ``fit_set`` grouped by its matches (those in a
     validation pair left out), their stage-1 fused vectors (``rows.fused``) as known products, the stacked model
     over [stage-1 logit, known-product logit], gated like a transformer scorer."""
-    from ..decision import average_precision
     from ..pair_scorer import KnownProductsScorer
-    from .siamese import match_groups
 
     t0 = time.perf_counter()
-    offers, inv = np.unique(np.concatenate([fit_set.src, fit_set.tgt]), return_inverse=True)
-    n = len(fit_set)
-    pos = fit_set.y > 0
-    groups = match_groups(len(offers), inv[:n][pos], inv[n:][pos])
+    offers, groups = labelled_offer_groups(fit_set)
     keep = ~np.isin(offers, np.concatenate([valid.src, valid.tgt]))
     offers, groups = offers[keep], groups[keep]
     if len(offers) > KNOWN_MAX_OFFERS:
@@ -682,10 +686,7 @@ def _fit_known(rows, fit_set: PairSet, valid: PairSet, out_dir: Path, cfg: PairT
     feats = scorer.vector_features(rows.fused[valid.src], rows.fused[valid.tgt])
     entry = gate.stack(feats, out_dir, "", t0, known_only=True)
     if entry is None:
-        for f in PAIR_FILES:
-            (out_dir / f).unlink(missing_ok=True)
         return None
-    entry["average_precision_known_products"] = average_precision(feats[:, 0], valid.y)
     if instead_of:
         config["instead_of"] = instead_of  # the transformer kind asked for, dropped by the gate
     return {**config, "train": {"kind": "known", "known_products": True, "known_dropout": cfg.known_dropout,
@@ -730,7 +731,8 @@ class _Gate:
 
     def stack(self, feats: np.ndarray, out_dir: Path, alone: str, t0: float, known_only: bool = False) -> dict | None:
         """Fit the stacked model on [stage-1 logit, ``feats``] (out-of-fold by label component), write
-        ``pair_decision.json``; the manifest's ``valid`` entry, or None where the gate drops it. ``feats``: the
+        ``pair_decision.json``; the manifest's ``valid`` entry, or None where the gate drops it (every file the stage
+        wrote into ``out_dir`` then removed: :data:`PAIR_FILES`). ``feats``: the
         scorer's columns (its logit, then with known products their logit; ``known_only``: the known-product logit
         alone); ``alone``: what the log says of the scorer alone."""
         import json
@@ -755,9 +757,10 @@ class _Gate:
         stacked = train_decision(x_va, valid.y, np.zeros((0, x_va.shape[1])), np.zeros(0), self.target_precision,
                                  self.max_recall_loss, kind="logistic", folds=folds, features=names)
         (out_dir / "pair_decision.json").write_text(json.dumps(stacked.to_dict(), indent=1))
-        k = names.index("known_product_logit") - 1 if "known_product_logit" in names else None
-        ap_known = average_precision(feats[:, k], valid.y) if k is not None else None
-        ap_known1 = (average_precision(feats[:, 2], valid.y) if "known_product_stage1_logit" in names else None)
+        def ap_of(name: str) -> float | None:  # a column of feats by its stacked-input name (names[0]: stage 1)
+            return average_precision(feats[:, names.index(name) - 1], valid.y) if name in names else None
+
+        ap_known, ap_known1 = ap_of("known_product_logit"), ap_of("known_product_stage1_logit")
         ap_stacked = stacked.info["held_out_average_precision"]["logistic"]
         what = "known products" if known_only else "pair model"
         log(f"{what}: validation average precision stage 1 {self.ap_stage1:.3f}, "
@@ -781,6 +784,8 @@ class _Gate:
         if self.min_gain is not None and ap_stacked - self.ap_stage1 < self.min_gain:
             # The scorer multiplies match_products' cost (~25x CPU at m = 3 on Abt-Buy); a bundle only carries it
             # where it earns that on held-out pairs.
+            for f in PAIR_FILES:
+                (out_dir / f).unlink(missing_ok=True)
             log(f"{what} dropped: stacked held-out average precision {ap_stacked:.3f} is not ≥ stage 1's "
                 f"{self.ap_stage1:.3f} + {self.min_gain} (pair_options.min_gain / --pair-min-gain)"
                 + ("; the matcher keeps stage 1 only" if known_only else ""))
@@ -798,12 +803,10 @@ def _fit_siamese(rows, fit_set: PairSet, valid: tuple, out_dir: Path, cfg: PairT
     whole match groups), grouped by its matches; fine-tune, export. Returns ``(model, info, onnx_diff, the offers
     (row positions), their serialised texts, their match groups)``."""
     from ..pair_scorer import serialize_rows
-    from .siamese import export_siamese_encoder, match_groups, train_siamese_encoder
+    from .siamese import export_siamese_encoder, train_siamese_encoder
 
-    offers, inv = np.unique(np.concatenate([fit_set.src, fit_set.tgt]), return_inverse=True)
+    offers, groups = labelled_offer_groups(fit_set)
     n = len(fit_set)
-    pos = fit_set.y > 0
-    groups = match_groups(len(offers), inv[:n][pos], inv[n:][pos])
     if max_offers is None or max_offers > SIAMESE_MAX_OFFERS:
         # the nearest-group batching compares every group with every other each epoch (quadratic)
         max_offers = SIAMESE_MAX_OFFERS
