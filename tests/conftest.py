@@ -27,6 +27,20 @@ def home() -> Path:
     return h
 
 
+@pytest.fixture(scope="session")
+def linked_home(home: Path):
+    """``linked_home(root)``: a fresh pmatch home ``root / "home"`` whose models folder links the default encoder
+    bundles of ``home`` (nothing rebuilt), so a test's trained matchers stay out of the shared home."""
+    def make(root: Path) -> Path:
+        thome = root / "home"
+        (thome / "models").mkdir(parents=True)
+        for b in ("minilm-l6-v2", "efficientnet-lite0"):
+            (thome / "models" / b).symlink_to(home / "models" / b)
+        return thome
+
+    return make
+
+
 @pytest.fixture()
 def image_dir(tmp_path: Path) -> Path:
     """An empty directory to use as the only allowed image root."""

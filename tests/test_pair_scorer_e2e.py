@@ -68,12 +68,9 @@ MAX_LEN = 56
 
 
 @pytest.fixture(scope="module")
-def editions(tmp_path_factory, home):
+def editions(tmp_path_factory, linked_home):
     root = tmp_path_factory.mktemp("pairs")
-    thome = root / "home"
-    (thome / "models").mkdir(parents=True)
-    for b in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / b).symlink_to(home / "models" / b)
+    thome = linked_home(root)
     cat_tr, feed_tr, truth_tr = _products(N_TRAIN, seed=1)
     cat_te, feed_te, truth_te = _products(N_TEST, seed=2)
     con = pm.connect(root / "shop.duckdb", home=thome, image_roots=[root])

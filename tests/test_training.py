@@ -43,13 +43,10 @@ def _offers(n: int, seed: int):
 
 
 @pytest.fixture(scope="module")
-def text_catalog(tmp_path_factory, home):
+def text_catalog(tmp_path_factory, linked_home):
     """A text-only catalog and feed with known truth, in a fresh pmatch home that links the default encoders."""
     root = tmp_path_factory.mktemp("train")
-    thome = root / "home"
-    (thome / "models").mkdir(parents=True)
-    for b in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / b).symlink_to(home / "models" / b)
+    thome = linked_home(root)
     catalog, feed, truth = _offers(300, seed=3)
     con = pm.connect(root / "shop.duckdb", home=thome, image_roots=[root])
     for name, rows in (("catalog", catalog), ("feed", feed)):
