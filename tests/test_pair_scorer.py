@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.pair_scorer import (
     PairScorer,
     SerializeOptions,
@@ -436,6 +437,10 @@ def test_siamese_training_separates_siblings_and_onnx_equals_torch(tmp_path: Pat
     assert same > sibling + 0.2, (same, sibling)
     diff = export_siamese_encoder(model, tmp_path, tok, 16, texts)
     assert diff <= 1e-4
+    # freezing every layer leaves the siamese encoder (no head) nothing to train: a clear error, not torch's
+    with pytest.raises(PmatchError, match=r"nothing to fine-tune: freeze_layers=2 freezes every one of its "
+                                          r"encoder's 2 layers"):
+        train_siamese_encoder(texts, groups, tok, dataclasses.replace(cfg, freeze_layers=2, epochs=1))
     cfg_json = {"kind": "siamese", "max_len": 16, "temperature": 0.1, "serialize": SerializeOptions().to_dict()}
     scorer = load_pair_scorer(tmp_path / "pair_model.onnx", sha256_file(tmp_path / "pair_model.onnx"),
                               tmp_path / "pair_tokenizer.json", cfg_json)

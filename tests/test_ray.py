@@ -372,3 +372,67 @@ def test_cli_lexical_shards_needs_ray(tmp_path: Path) -> None:
     assert not (tmp_path / "x.duckdb").exists()
     r = CliRunner().invoke(cli, ["match", str(tmp_path / "x.duckdb"), "a", "b", "--ray", "--lexical-shards", "-1"])
     assert r.exit_code == 2 and "lexical-shards" in r.output, r.output
+
+
+TINY_BERT = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+@pytest.fixture(scope="module")
+def named_shop(tmp_path_factory: pytest.TempPathFactory, linked_home):
+    """The known-products catalog (tests/named_two_ways.py) in a fresh pmatch home, its test feed also as Parquet:
+    for matchers trained with a pair scorer (the shared home keeps the zero-shot matcher the other tests use)."""
+    from named_two_ways import create_tables
+
+    root = tmp_path_factory.mktemp("raytrained")
+    thome = linked_home(root)
+    con = pm.connect(root / "shop.duckdb", home=thome, image_roots=[root])
+    create_tables(con)
+    feed = root / "feed_test.parquet"
+    con.execute("COPY feed_test TO ? (FORMAT parquet)", [str(feed)])
+    yield {"root": root, "home": thome, "con": con, "feed": feed}
+    con.close()
+
+
+@pytest.mark.parametrize("kind", ["known", "cross", "siamese"])
+def test_cluster_matching_with_a_trained_pair_scorer_equals_match_products(named_shop, local_ray, kind: str) -> None:
+    """A matcher trained with each pair kind (a small BERT for the transformers; the known kind has none) re-scores
+    the top candidates on the Ray path exactly as match_products does: same candidates, scores, decisions and
+    ``scored_by`` (each source's top m by stage 1 re-scored, the rest stage 1's)."""
+    pytest.importorskip("torch")
+    from pmatch_duckdb.matchers import deactivate, load_matcher
+    from pmatch_duckdb.pair_scorer import KnownProductsScorer, PairScorer, SiameseScorer
+    from pmatch_duckdb.settings import Settings
+    from pmatch_duckdb.training import train_matcher
+    from pmatch_duckdb.training.pair_model import PairOptions, PairTrainConfig
+
+    con, thome, root = named_shop["con"], named_shop["home"], named_shop["root"]
+    train = {"kind": kind, "threads": 1} if kind == "known" else {
+        "kind": kind, "max_len": 32, "epochs": 2, "lr": 1e-3, "threads": 1, "tiny_bert": TINY_BERT, "patience": None,
+        "freeze_layers": 0}
+    opts = PairOptions(PairTrainConfig(**train), top_m=3, hard_negatives=0, min_positives=50, min_gain=None)
+    train_matcher(con, ["feed", "catalog"], pairs="labels", valid_pairs="valid", name=kind, pair_options=opts,
+                  activate=True, progress=False, log=lambda m: None)
+    try:
+        pair = load_matcher(kind, "v1", thome).pair
+        assert type(pair) is {"known": KnownProductsScorer, "cross": PairScorer,
+                              "siamese": SiameseScorer}[kind] and pair.top_m == 3
+        pm.install(con, home=thome, image_roots=[root], matcher=kind)
+        pm.index(con, "catalog", progress=False)  # the index is made for the active matcher
+        out = root / f"{kind}.parquet"
+        match_dataset(str(named_shop["feed"]), root / "shop.pmatch", "catalog", out, k=5,
+                      settings=Settings.create(home=thome, image_roots=[root], matcher=kind), progress=False,
+                      batch_size=16, source_table="feed_test")
+        want_sql = "SELECT * FROM match_products('feed_test', 'catalog', k := 5)"
+        _assert_same_matches(_match_rows(con, want_sql), _match_rows(con, "SELECT * FROM read_parquet(?)", [str(out)]))
+        by = "SELECT CAST(source_id AS VARCHAR), rank, scored_by FROM ({}) ORDER BY 1, 2"
+        want = con.execute(by.format(want_sql)).fetchall()
+        assert want == con.execute(by.format("SELECT * FROM read_parquet(?)"), [str(out)]).fetchall()
+        per_source: dict[str, list[str]] = {}
+        for src_id, _, scorer in want:
+            per_source.setdefault(src_id, []).append(scorer)
+        assert len(per_source) == con.execute("SELECT count(*) FROM feed_test").fetchall()[0][0]
+        assert all(b.count("pair_scorer") == min(3, len(b)) and b.count("stage1") == len(b) - min(3, len(b))
+                   for b in per_source.values()), per_source  # each source's top 3 by stage 1, re-scored
+    finally:
+        deactivate(kind, thome)

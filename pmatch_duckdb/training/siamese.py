@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import PmatchError
 from .pair_model import (
     ONNX_TOLERANCE,
     EpochKeeper,
@@ -154,6 +155,10 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
         for p in mod.parameters():
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # no classification head here: freezing every layer leaves nothing to fine-tune
+        raise PmatchError(f"the siamese pair scorer has nothing to fine-tune: freeze_layers={cfg.freeze_layers} "
+                          f"freezes every one of its encoder's {len(model.bert.encoder.layer)} layers "
+                          f"(--pair-freeze-layers; the siamese recipes freeze none)")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     tok = _tokenizer(tokenizer_json, cfg.max_len)
     texts = list(texts)
