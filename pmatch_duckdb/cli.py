@@ -246,6 +246,12 @@ text_model_option = click.option(
 @click.option("--pairs", default=None, help="Labels table: left_id, right_id[, label].")
 @click.option("--group-column", default=None, help="Or: a column of the offer tables naming each offer's product.")
 @click.option("--valid-pairs", default=None, help="Validation labels (default: 20% of label groups).")
+@click.option("--valid-split", type=click.Choice(["auto", "groups", "offers", "latest"]), default="auto",
+              show_default=True,
+              help="Without --valid-pairs, validate on the pairs of 20% of the label groups, or of a random 20% of "
+                   "the offers, or (--pairs pm_labels) of the offers reviewed last; the last two keep products "
+                   "that are also in training, which the known-products stage needs. auto: offers for review "
+                   "verdicts with enough matches for the pair stage, else groups.")
 @click.option("--name", default="default", show_default=True, help="Matcher name.")
 @click.option("--dim", default=256, show_default=True, help="Output dimension of the projection.")
 @click.option("--epochs", default=None, type=int, help="Default: about 300 optimiser steps.")
@@ -304,7 +310,7 @@ text_model_option = click.option(
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
 def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_column: str | None,
-              valid_pairs: str | None, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
+              valid_pairs: str | None, valid_split: str, name: str, dim: int, epochs: int | None, batch_size: int, seed: int,
               target_precision: float, decision_model: str, no_cross_fit: bool, mine_negatives: int,
               no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_recipe: str, pair_kind: str,
               no_pair_known_products: bool, pair_max_len: int | None,
@@ -336,6 +342,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
     try:
         con = _open(database, home, image_roots, name)
         r = train_matcher(con, list(offers), pairs=pairs, group_column=group_column, valid_pairs=valid_pairs,
+                          valid_split=valid_split,
                           name=name, dim=dim, epochs=epochs, batch_size=batch_size, seed=seed,
                           target_precision=target_precision, decision_model=decision_model,
                           cross_fit=not no_cross_fit, mine_negatives=mine_negatives, activate=not no_activate,

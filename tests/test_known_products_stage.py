@@ -168,7 +168,7 @@ def test_without_validation_pairs_the_known_kind_is_not_a_fallback_and_asked_for
                   activate=False, progress=False, log=log.append)
     warned = [m for m in log if m.startswith("pair model (known): warning: the validation pairs are of label groups "
                                              "held out from training")]
-    assert len(warned) == 1 and "--valid-pairs" in warned[0], log
+    assert len(warned) == 1 and "--valid-pairs" in warned[0] and "--valid-split offers" in warned[0], log
     assert any(m.startswith("pair model (known): known products: ") for m in log), log
 
 
@@ -192,3 +192,96 @@ def test_stacking_folds_spread_over_components_that_share_a_residue():
     with tempfile.TemporaryDirectory() as d:
         entry = gate.stack(feats, Path(d), "", 0.0, known_only=True)
     assert entry is not None and entry["average_precision_stacked_oof"] > average_precision(raw, y)
+
+
+def _verdicts(con) -> None:  # noqa: ANN001
+    """``pm_labels`` as a review would have left it: the labelled feed's verdicts first, the validation offers'
+    (new offers of the same products) last."""
+    from pmatch_duckdb.review.labels import ensure_labels
+
+    ensure_labels(con)
+    if con.execute("SELECT count(*) FROM pm_labels").fetchall()[0][0]:
+        return
+    rows = con.execute("SELECT left_id, right_id, label FROM labels UNION ALL BY NAME "
+                       "SELECT left_id, right_id, label FROM valid").fetchall()  # in insertion order
+    con.executemany("INSERT INTO pm_labels (source_table, source_id, target_table, target_id, verdict) "
+                    "VALUES ('feed', ?, 'catalog', ?, ?)", [(a, b, "match" if y else "no_match") for a, b, y in rows])
+
+
+def test_verdicts_validate_on_new_offers_so_known_products_can_be_judged(named_two_ways):
+    """Training on review verdicts (``pm_labels``): by default (``valid_split="auto"`` → ``"offers"``) the validation
+    pairs are every verdict on a random sample of offers, and with ``"latest"`` on the offers reviewed last — new
+    offers of products reviewed before, either way — so the known kind is judged (no held-out-groups warning) and
+    kept where it helps (here on the latest offers, named in words their products' other offers lack); a group split
+    cannot judge it."""
+    con, thome, _, _ = named_two_ways
+    from pmatch_duckdb.pair_scorer import KnownProductsScorer
+    from pmatch_duckdb.training import train_matcher
+
+    _verdicts(con)
+    opts = PairOptions(PairTrainConfig(kind="known", threads=1), top_m=2, hard_negatives=0, min_positives=50,
+                       min_gain=0.0)
+    logs = {}
+    for split in ("auto", "latest", "groups"):
+        logs[split] = log = []
+        train_matcher(con, ["feed", "catalog"], pairs="pm_labels", valid_split=split, name=f"verdicts_{split}",
+                      pair_options=opts, activate=False, progress=False, log=log.append)
+    for split, resolved, how in (("auto", "offers", "a random sample of offers"),
+                                 ("latest", "latest", "the offers reviewed last")):
+        said = [m for m in logs[split] if m.startswith("validation: the ")]
+        assert len(said) == 1 and how in said[0], logs[split]
+        assert 0.15 * 660 <= int(said[0].split()[2]) <= 0.25 * 660, said  # valid_fraction 0.2 of the 660 verdicts
+        assert not any("held out from training" in m for m in logs[split]), logs[split]
+        assert any(m.startswith("known products: validation average precision") for m in logs[split]), logs[split]
+        m = load_matcher(f"verdicts_{split}", "v1", thome)
+        assert m.bundle.manifest["training"]["valid_split"] == resolved
+        if split == "auto":  # random offers: most validation pairs share words, stage 1 alone gets them right
+            continue
+        assert isinstance(m.pair, KnownProductsScorer), logs[split]  # kept: it beats stage 1 on the new offers
+        known = m.bundle.manifest["pair_model"]
+        assert known["valid"]["average_precision_known_products"] > 0.8
+        # the memory keeps the training offers that are also in validation pairs (a labelled catalog offer is known
+        # at match time): all the labelled offers but the new ones
+        assert known["known_products"]["offers"] > 3 * N_SEEN
+    assert any("held out from training" in m and "--valid-split" in m for m in logs["groups"]), logs["groups"]
+    # auto with fewer matches than the pair stage needs: whole label groups, as for other labels
+    few = train_matcher(con, ["feed", "catalog"], pairs="pm_labels", name="verdicts_few", pair_options=dataclasses.replace(
+        opts, min_positives=10_000), activate=False, progress=False, log=lambda m: None)
+    assert load_matcher("verdicts_few", few.version, thome).bundle.manifest["training"]["valid_split"] == "groups"
+    with pytest.raises(pm.PmatchError, match="valid_split='latest' holds out the offers reviewed last"):
+        train_matcher(con, ["feed", "catalog"], pairs="labels", valid_split="latest", progress=False,
+                      activate=False, log=lambda m: None)  # a plain pairs table has no order
+    with pytest.raises(pm.PmatchError, match="give it or valid_pairs, not both"):
+        train_matcher(con, ["feed", "catalog"], pairs="labels", valid_pairs="valid", valid_split="offers",
+                      progress=False, activate=False, log=lambda m: None)
+    with pytest.raises(pm.PmatchError, match="valid_split must be one of 'auto', 'groups', 'offers', 'latest'"):
+        train_matcher(con, ["feed", "catalog"], pairs="pm_labels", valid_split="newest", progress=False,
+                      activate=False, log=lambda m: None)
+
+
+@pytest.mark.parametrize("by", ["offers", "latest"])
+def test_new_offers_split_holds_out_every_pair_of_some_offers(by: str):
+    """Each validation pair has an offer no training pair has; about the fraction asked for is held out; ``offers``
+    does not depend on the labels' order, ``latest`` holds out the offers labelled last."""
+    import random
+
+    from pmatch_duckdb.training.train import _new_offers_split, _OfferKeys
+
+    rng = np.random.default_rng(1)
+    ids = [f"o{i}" for i in range(300)]
+    keys = _OfferKeys(ids, [0] * len(ids), ["t"])
+    labels = [(ids[a], ids[b], int(rng.random() < 0.3)) for a, b in rng.integers(0, 300, (800, 2)) if a != b]
+    labels += [("o1", "not-an-offer", 1)]  # an offer not trained on: its pair is dropped later, the split is unmoved
+    train, valid = _new_offers_split(labels, keys, 1, 0.2, by)
+    assert sorted(train + valid) == sorted(labels) and 0.15 <= len(valid) / len(labels) <= 0.3
+    in_train = {o for a, b, _ in train for o in (a, b)}
+    assert all(a not in in_train or b not in in_train for a, b, _ in valid)
+    assert train == [lab for lab in labels if lab in train]  # the labels' order kept
+    shuffled = random.Random(0).sample(labels, len(labels))
+    _, valid2 = _new_offers_split(shuffled, keys, 1, 0.2, by)
+    if by == "offers":
+        assert sorted(valid2) == sorted(valid)  # the same offers held out
+        assert _new_offers_split(labels, keys, 1, 0.2, by, seed=1)[1] != valid  # another seed, other offers
+    else:
+        assert sorted(valid2) != sorted(valid)
+        assert np.mean([labels.index(v) for v in valid]) > np.mean([labels.index(t) for t in train])

@@ -378,6 +378,32 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
     assert res.exit_code == 2 and "--pair-kind" in res.output and len(seen) == 4
 
 
+def test_train_cli_passes_the_validation_split(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):
+    """`pmatch train --valid-split`: auto by default, the choice given reaches train_matcher, others are refused."""
+    from click.testing import CliRunner
+
+    import pmatch_duckdb.training as training
+    from pmatch_duckdb.cli import main as cli
+
+    seen: list[str] = []
+
+    class _Result:
+        metrics: dict = {}
+
+    def fake_train(con, tables, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append(kw["valid_split"])
+        return _Result()
+
+    monkeypatch.setattr(training, "train_matcher", fake_train)
+    base = ["train", str(tmp_path / "shop.duckdb"), "--offers", "feed", "--pairs", "pm_labels", "--home", str(home)]
+    for extra in ([], ["--valid-split", "offers"], ["--valid-split", "latest"], ["--valid-split", "groups"]):
+        res = CliRunner().invoke(cli, base + extra)
+        assert res.exit_code == 0, res.output
+    assert seen == ["auto", "offers", "latest", "groups"]
+    res = CliRunner().invoke(cli, [*base, "--valid-split", "newest"])
+    assert res.exit_code == 2 and "--valid-split" in res.output and len(seen) == 4
+
+
 # ------------------------------------------------------------------------------------ the siamese kind
 
 

@@ -196,12 +196,12 @@ def max_label_id(con: duckdb.DuckDBPyConnection) -> int:
 def labels_as_pairs(con: duckdb.DuckDBPyConnection, table: str = "pm_labels"
                     ) -> list[tuple[tuple[str, str], tuple[str, str], int]]:
     """Training pairs from a labels table: ``((source_table, source_id), (target_table, target_id), 1 | 0)``
-    for the current ``match`` / ``no_match`` verdicts; ``unsure`` and retracted verdicts are left out."""
+    for the current ``match`` / ``no_match`` verdicts, oldest first; ``unsure`` and retracted verdicts are left out."""
     from ..sqlident import quote_qualified
 
     q = quote_qualified(table)
     rows = con.execute(
         f"SELECT source_table, source_id, target_table, target_id, verdict FROM {q} "
         "QUALIFY row_number() OVER (PARTITION BY source_table, source_id, target_table, target_id "
-        "ORDER BY label_id DESC) = 1").fetchall()
+        "ORDER BY label_id DESC) = 1 ORDER BY label_id").fetchall()
     return [((st, a), (tt, b), int(v == "match")) for st, a, tt, b, v in rows if v in ("match", "no_match")]

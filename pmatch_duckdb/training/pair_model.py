@@ -527,7 +527,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
                    cfg: PairTrainConfig, opts, top_m: int, target_precision: float, max_recall_loss: float,
                    min_positives: int = 50, min_gain: float | None = None, max_train_pairs: int | None = None,
                    stage1_accepts: np.ndarray | None = None, log: Callable[[str], None] = print,
-                   valid_groups_held_out: bool = False) -> dict | None:
+                   valid_groups_held_out: bool = False, valid_offers_known: bool = False) -> dict | None:
     """Train the pair scorer of ``cfg.kind`` (the cross-encoder on ``train`` + ``hard`` (hard negatives); the siamese
     bi-encoder on their offers, grouped by their matches; ``known``: no transformer, known products by stage 1's fused
     vectors), export it into ``out_dir`` and fit the stacked decision model on ``valid`` (out-of-fold by label
@@ -540,7 +540,10 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     time such a re-read pair stays accepted unless the stacked model rejects it; what that veto does on the
     validation pairs is logged and recorded). ``valid_groups_held_out``: the validation pairs are of label groups
     held out from training (no validation pairs given), so none of their products is a known one: the fallback is
-    not tried, and the known kind asked for is fitted with a warning."""
+    not tried, and the known kind asked for is fitted with a warning. ``valid_offers_known``: each validation pair
+    has an offer new to training (``valid_split="latest"``) beside one that may be a training offer; the memories of
+    known products then keep the training offers that are also in validation pairs, as a labelled catalog offer is
+    known at match time (otherwise such offers are left out: see :func:`_memory_offers`)."""
     from ..decision import average_precision
     from ..pair_scorer import Summarizer, load_pair_scorer, serialize_rows
 
@@ -561,7 +564,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     if cfg.kind == "known":
         if valid_groups_held_out:
             log(f"pair model (known): warning: {KNOWN_HELD_OUT}")
-        return _fit_known(rows, fit_set, valid, out_dir, cfg, top_m, gate, log)
+        return _fit_known(rows, fit_set, valid, out_dir, cfg, top_m, gate, log, valid_offers_known=valid_offers_known)
     t0 = time.perf_counter()
     summarizer = Summarizer.fit(rows.descriptions) if opts.summarize else None
     tok_json = minilm_dir() / "tokenizer.json"
@@ -607,9 +610,8 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     scorer = load_pair_scorer(out_dir / "pair_model.onnx", sha256_file(out_dir / "pair_model.onnx"),
                               out_dir / "pair_tokenizer.json", config, summarizer)
     if known_texts is not None and cfg.known_products:
-        # the labelled training offers as the exported model embeds them at match time; an offer that is also in a
-        # validation pair is left out, or its own label would score the validation pairs the stacked model learns from
-        keep = ~np.isin(known_offers, np.concatenate([valid.src, valid.tgt]))
+        # the labelled training offers as the exported model embeds them at match time
+        keep = _memory_offers(known_offers, valid, valid_offers_known)
         known_texts = [t for t, k in zip(known_texts, keep.tolist(), strict=True) if k]
         scorer.known, config["known_products"] = _known_products(
             scorer.embed(known_texts), known_groups[keep], cfg, out_dir, "siamese", log)
@@ -631,7 +633,8 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
             if not valid_groups_held_out:
                 log("pair model: trying known products by stage 1's vectors instead (the 'known' kind: no "
                     "transformer)")
-                return _fit_known(rows, labelled, valid, out_dir, cfg, top_m, gate, log, instead_of=cfg.kind)
+                return _fit_known(rows, labelled, valid, out_dir, cfg, top_m, gate, log, instead_of=cfg.kind,
+                                  valid_offers_known=valid_offers_known)
             log(f"pair model: known products not tried instead: {KNOWN_HELD_OUT}")
         log("pair model: the matcher keeps stage 1 only")
         return None
@@ -651,25 +654,38 @@ def labelled_offer_groups(ps: PairSet) -> tuple[np.ndarray, np.ndarray]:
 
 
 #: why known products cannot be judged on validation pairs of held-out label groups (the default split)
-KNOWN_HELD_OUT = ("the validation pairs are of label groups held out from training (no --valid-pairs given), so none "
+KNOWN_HELD_OUT = ("the validation pairs are of label groups held out from training (--valid-split groups), so none "
                   "of their products is a known one and they cannot show what the feature is worth; where products "
-                  "recur at match time, give --valid-pairs of new offers of labelled products")
+                  "recur at match time, give --valid-pairs of new offers of labelled products, or --valid-split "
+                  "offers")
 
 #: the ``known`` kind keeps at most this many labelled offers (whole match groups): each is a 256-float vector in
 #: the bundle (~0.7 kB as base64 float16) and every re-read offer is compared with all of them
 KNOWN_MAX_OFFERS = 20_000
 
 
+def _memory_offers(offers: np.ndarray, valid: PairSet, valid_offers_known: bool) -> np.ndarray:
+    """Which labelled training ``offers`` (row positions) a memory of known products keeps while the stacked model
+    learns from ``valid``. Given validation pairs: not those also in a validation pair, or a pair's own offers'
+    labels would score it (two training offers joined by training matches) where at match time the source is new.
+    The latest split (``valid_offers_known``): all of them — every validation pair has a new offer, and its other
+    offer, labelled before, is known at match time too."""
+    if valid_offers_known:
+        return np.ones(len(offers), dtype=bool)
+    return ~np.isin(offers, np.concatenate([valid.src, valid.tgt]))
+
+
 def _fit_known(rows, fit_set: PairSet, valid: PairSet, out_dir: Path, cfg: PairTrainConfig, top_m: int,
-               gate: _Gate, log: Callable[[str], None], instead_of: str | None = None) -> dict | None:
-    """The ``known`` kind of :func:`fit_pair_stage`: the offers of ``fit_set`` grouped by its matches (those in a
-    validation pair left out), their stage-1 fused vectors (``rows.fused``) as known products, the stacked model
+               gate: _Gate, log: Callable[[str], None], instead_of: str | None = None,
+               valid_offers_known: bool = False) -> dict | None:
+    """The ``known`` kind of :func:`fit_pair_stage`: the offers of ``fit_set`` grouped by its matches (those
+    :func:`_memory_offers` keeps), their stage-1 fused vectors (``rows.fused``) as known products, the stacked model
     over [stage-1 logit, known-product logit], gated like a transformer scorer."""
     from ..pair_scorer import KnownProductsScorer
 
     t0 = time.perf_counter()
     offers, groups = labelled_offer_groups(fit_set)
-    keep = ~np.isin(offers, np.concatenate([valid.src, valid.tgt]))
+    keep = _memory_offers(offers, valid, valid_offers_known)
     offers, groups = offers[keep], groups[keep]
     if len(offers) > KNOWN_MAX_OFFERS:
         sample = whole_groups_sample(groups, KNOWN_MAX_OFFERS, cfg.seed)
@@ -951,9 +967,10 @@ def text_pair_share(rows, src: np.ndarray, tgt: np.ndarray) -> float:
 def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: bool, view, tgt_pos: np.ndarray,
                comp: np.ndarray, truth_pairs: set[tuple[int, int]], exclude_self: bool,
                train_split: tuple, valid_split: tuple, target_precision: float, max_recall_loss: float,
-               log: Callable[[str], None] = print, valid_groups_held_out: bool = False) -> dict | None:
+               log: Callable[[str], None] = print, valid_groups_held_out: bool = False,
+               valid_offers_known: bool = False) -> dict | None:
     """The pair stage of ``train_matcher``: pick its pairs from the decision model's splits, then
-    :func:`fit_pair_stage` (``valid_groups_held_out``: see there). ``*_split``: ``(features, labels, {"src", "tgt"}
+    :func:`fit_pair_stage` (``valid_groups_held_out``, ``valid_offers_known``: see there). ``*_split``: ``(features, labels, {"src", "tgt"}
     global positions)`` as the decision model saw them (labelled pairs in the open world, each source's candidates
     in the closed)."""
     from ..pair_scorer import top_m_mask
@@ -1014,7 +1031,7 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
                            max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
                            min_gain=opts.min_gain, max_train_pairs=opts.max_train_pairs,
                            stage1_accepts=decision.calibrate(valid.raw) >= decision.accept_threshold, log=log,
-                           valid_groups_held_out=valid_groups_held_out)
+                           valid_groups_held_out=valid_groups_held_out, valid_offers_known=valid_offers_known)
     if entry is not None:
         entry["pair_caps"] = {"max_train_pairs": opts.max_train_pairs, "max_valid_pairs": opts.max_valid_pairs}
         entry["hard_negatives"] = n_hard

@@ -102,6 +102,7 @@ class _OfferKeys:
     label names the table (``left_table`` / ``right_table`` columns)."""
 
     def __init__(self, ids: list[str], side: list[int], tables: list[str]) -> None:
+        self.ids, self.side = ids, side
         self.pos = {(sd, i): p for p, (sd, i) in enumerate(zip(side, ids, strict=True))}
         self.sides: dict[str, list[int]] = {}
         for sd, i in self.pos:
@@ -209,6 +210,50 @@ def _index_pairs(pairs, keys: _OfferKeys, n_tables: int) -> tuple[np.ndarray, np
     return np.array(p, dtype=np.int64).reshape(-1, 2), np.array(ng, dtype=np.int64).reshape(-1, 2)
 
 
+#: how train_matcher picks validation pairs without valid_pairs (see its docstring)
+VALID_SPLITS = ("auto", "groups", "offers", "latest")
+
+
+def _is_verdicts_table(con, table: str) -> bool:  # noqa: ANN001
+    """Whether ``table`` holds review verdicts in ``pm_labels``' shape (their order: ``label_id``)."""
+    cur = con.cursor()
+    try:
+        cols = {d[0].lower() for d in cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0").description}
+        cur.fetchall()
+    finally:
+        cur.close()
+    return {"verdict", "source_id", "target_id", "label_id"} <= cols
+
+
+def _new_offers_split(labels: list, keys: _OfferKeys, n_tables: int, fraction: float, by: str,
+                      seed: int = 0) -> tuple[list, list]:
+    """``labels`` → (training, validation) labels, validation holding every pair of some offers, so each validation
+    pair has an offer that no training pair has — as a new offer at match time has — of a product labelled before
+    (known) or not (new), in the mix the labels bring them.
+
+    Each offer gets a time, a pair the later of its two offers' times, and the pairs of the latest times (about
+    ``fraction`` of them) are held out. ``by="offers"``: an offer's time is a hash of its id and ``seed`` (a random
+    sample of offers, whatever the labels' order); ``by="latest"``: its first label's position in ``labels`` (review
+    verdicts, oldest first: the offers reviewed last). Linking two tables only source offers are held out (a
+    target's time is -1): those are the new ones at match time, the targets an indexed catalog."""
+    def hashed(o: int) -> int:
+        return zlib.crc32(f"{seed}:offer:{keys.side[o]}:{keys.ids[o]}".encode())
+
+    resolved = [(keys.resolve(a, 0), keys.resolve(b, n_tables - 1)) for a, b, _ in labels]
+    time_of: dict[int | None, float] = {None: -1.0}  # an offer not trained on (its pair is dropped anyway)
+    for n, pair in enumerate(resolved):
+        for o in pair:
+            if o not in time_of:
+                # linking two tables, the sources are the new offers at match time (the targets: an indexed catalog)
+                time_of[o] = -1.0 if n_tables == 2 and keys.side[o] == 1 else n if by == "latest" else hashed(o)
+    times = np.array([max(time_of[i], time_of[j]) for i, j in resolved], dtype=np.float64)
+    if not len(times):
+        return labels, []
+    cut = np.sort(times)[min(len(times) - 1, int(round((1 - fraction) * len(times))))]
+    return ([lab for lab, t in zip(labels, times, strict=True) if t < cut],
+            [lab for lab, t in zip(labels, times, strict=True) if t >= cut])
+
+
 def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs: str | None = None,
                   group_column: str | None = None, valid_pairs: str | None = None, name: str | None = None,
                   dim: int = 256, epochs: int | None = None, batch_size: int = 1024, seed: int = 0,
@@ -216,7 +261,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                   spec: dict | None = None, activate: bool = True, progress: bool = True,
                   decision_model: str = "logistic", cross_fit: bool = True, mine_negatives: int = 0,
                   pair_model: bool = True, pair_options: PairOptions | None = None, token_diff: bool = True,
-                  source_margins: bool | None = None,
+                  source_margins: bool | None = None, valid_split: str = "auto",
                   log: Callable[[str], None] = print) -> TrainResult:
     """Train a matcher version (projection + decision model) and, by default, activate it.
 
@@ -224,7 +269,12 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     may number their rows 1..n). Labels from ``pairs`` (``left_id`` from the first table, ``right_id``
     from the second, unless ``left_table`` / ``right_table`` columns say otherwise; an id found in one
     table only is that table's) or ``group_column``. Validation: ``valid_pairs`` if given, else ``valid_fraction`` of the
-    label groups (never a pair across the split). Deterministic for a seed.
+    label groups (``valid_split="groups"``: never a pair across the split), or the pairs of some offers (about
+    ``valid_fraction`` of the pairs; :func:`_new_offers_split`): ``"offers"`` a random sample of offers,
+    ``"latest"`` the offers reviewed last (``pairs`` a ``pm_labels`` table). Their products may have been labelled
+    before, as at match time, so the known-products stage can be judged. ``"auto"`` (default): ``offers`` for
+    review verdicts (``pm_labels``) with enough matches for the pair stage (``pair_options.min_positives``), else
+    ``groups``. Deterministic for a seed.
 
     ``decision_model``: ``logistic``, ``gbdt`` (boosted trees; needs scikit-learn, the train extra) or
     ``auto`` (the better of the two by held-out average precision). ``cross_fit``: train the decision
@@ -252,6 +302,16 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         raise TrainingError("train on one offer table (dedup) or two (source, target)")
     if (pairs is None) == (group_column is None):
         raise TrainingError("give exactly one of pairs=<table> or group_column=<column>")
+    if valid_split not in VALID_SPLITS:
+        raise TrainingError(f"valid_split must be one of {', '.join(map(repr, VALID_SPLITS))}, got {valid_split!r}")
+    verdicts = bool(pairs) and not valid_pairs and _is_verdicts_table(con, pairs)
+    if valid_split in ("offers", "latest") and valid_pairs:
+        raise TrainingError(f"valid_split={valid_split!r} picks validation pairs out of the labels: give it or "
+                            "valid_pairs, not both")
+    if valid_split == "latest" and not verdicts:
+        raise TrainingError("valid_split='latest' holds out the offers reviewed last: it needs pairs=<a table of "
+                            "review verdicts> (pm_labels' columns, label_id giving their order)"
+                            + (f"; {pairs!r} has no label_id / verdict column" if pairs else ""))
     name = name or ctx.settings.matcher
     spec = {**DEFAULT_SPEC, **(spec or {})}
     rows, side = _load_offers(con, ctx, tables, progress)
@@ -260,10 +320,23 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     pos, neg = _index_pairs(labels, keys, len(tables))
     if len(pos) < 10:
         raise TrainingError(f"only {len(pos)} positive pairs refer to offers in {tables}; need at least 10")
+    if valid_split == "auto":
+        # review verdicts with enough matches for the pair stage: new offers of known products in validation, so its
+        # known products can be judged; fewer (no pair stage) or other labels: whole label groups, as before
+        enough = pair_model and len(pos) >= (pair_options or PairOptions).min_positives
+        valid_split = "offers" if verdicts and enough else "groups"
+    valid_labels = None
+    if valid_split in ("offers", "latest"):
+        labels, valid_labels = _new_offers_split(labels, keys, len(tables), valid_fraction, valid_split, seed)
+        pos, neg = _index_pairs(labels, keys, len(tables))
+        log(f"validation: the {len(valid_labels)} labelled pairs of "
+            f"{'the offers reviewed last' if valid_split == 'latest' else 'a random sample of offers'}, whose products "
+            f"may also be in training (valid_split={valid_split!r})")
     comp = _components(len(rows.ids), pos)
     vpos_given = np.zeros((0, 2), dtype=np.int64)
-    if valid_pairs:
-        vpos, vneg = _index_pairs(_read_pairs(con, valid_pairs), keys, len(tables))
+    if valid_pairs or valid_labels is not None:
+        vpos, vneg = _index_pairs(valid_labels if valid_labels is not None else _read_pairs(con, valid_pairs), keys,
+                                  len(tables))
         tpos, tneg = pos, neg
         vpos_given = vpos
         comp = _components(len(rows.ids), np.vstack([pos, vpos]))  # one labelling for both splits
@@ -515,7 +588,9 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                 truth_pairs=truth_pairs, exclude_self=len(tables) == 1,
                 train_split=train_split,
                 valid_split=(x_va, y_va, valid_pairs_pos), target_precision=target_precision,
-                max_recall_loss=max_recall_loss, log=log, valid_groups_held_out=not valid_pairs)
+                max_recall_loss=max_recall_loss, log=log,
+                valid_groups_held_out=not valid_pairs and valid_split == "groups",
+                valid_offers_known=valid_labels is not None)
             if pair_entry is not None:
                 # which kind the bundle keeps (the known kind may stand in for a transformer the gate dropped)
                 metrics["valid_pair_model"] = {"kind": pair_entry["kind"],
@@ -529,6 +604,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
             "encoders": encoder_identity(ctx.settings), "feature_spec": spec, "feature_dim": feature_dim,
             "temperature": temperature,
             "training": {"offers": tables, "pairs": pairs, "group_column": group_column, "valid_pairs": valid_pairs,
+                         "valid_split": None if valid_pairs else valid_split,
                          "data_sha256": _data_hash(rows, labels), "positive_pairs": int(len(tpos)),
                          "negative_pairs": int(len(tneg)), "mined_negatives": int(len(pneg) - len(tneg)),
                          "seed": seed, "batch_size": batch_size,
