@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -333,24 +334,31 @@ def test_pair_stage_mines_no_hard_negatives_from_one_labelled_table(monkeypatch:
         assert calls["train"] == n  # closed world: each source's top_m + mined candidates (here one each)
 
 
-def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):
-    """`pmatch train --pair-recipe`: the recipe's knobs reach train_matcher, --pair-* options given override them
-    (0 keeps its meaning: every epoch / every pair), and --pair-device cuda without a GPU is a usage error."""
+def _train_cli(monkeypatch: pytest.MonkeyPatch, arg: str) -> tuple[Callable[[list[str]], object], list]:
+    """``pmatch train``'s CLI with train_matcher replaced by a recorder: (invoke(args) → the click result, the list
+    of the ``arg`` keyword each call passed)."""
     from click.testing import CliRunner
 
     import pmatch_duckdb.training as training
     from pmatch_duckdb.cli import main as cli
 
-    seen: list[PairOptions] = []
+    seen: list = []
 
     class _Result:
         metrics: dict = {}
 
     def fake_train(con, tables, **kw):  # noqa: ANN001, ANN003, ANN202
-        seen.append(kw["pair_options"])
+        seen.append(kw[arg])
         return _Result()
 
     monkeypatch.setattr(training, "train_matcher", fake_train)
+    return (lambda args: CliRunner().invoke(cli, args)), seen
+
+
+def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):
+    """`pmatch train --pair-recipe`: the recipe's knobs reach train_matcher, --pair-* options given override them
+    (0 keeps its meaning: every epoch / every pair), and --pair-device cuda without a GPU is a usage error."""
+    invoke, seen = _train_cli(monkeypatch, "pair_options")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     base = ["train", str(tmp_path / "shop.duckdb"), "--offers", "feed", "--home", str(home)]
     for extra in ([], ["--pair-recipe", "gpu", "--pair-epochs", "4", "--pair-patience", "0"],
@@ -358,7 +366,7 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
                   ["--pair-kind", "siamese", "--pair-epochs", "5"],
                   ["--pair-kind", "known"],
                   ["--pair-kind", "siamese", "--no-pair-known-products"]):
-        res = CliRunner().invoke(cli, base + extra)
+        res = invoke(base + extra)
         assert res.exit_code == 0, res.output
     cpu, gpu, given, siamese, known, unknown = seen
     assert known.train.kind == "known" and known.train.known_products
@@ -372,35 +380,21 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
     assert gpu.serialize.desc_tokens == 128 and gpu.train.augment and gpu.max_train_pairs is None
     assert given.recipe == "cpu" and (given.train.max_len, given.train.seed, given.train.epochs) == (96, 3, 3)
     assert given.max_train_pairs is None and given.train.freeze_layers == 4
-    res = CliRunner().invoke(cli, [*base, "--pair-device", "cuda"])
+    res = invoke([*base, "--pair-device", "cuda"])
     assert res.exit_code == 2 and "sees no CUDA GPU" in res.output and len(seen) == 4
-    res = CliRunner().invoke(cli, [*base, "--pair-kind", "triple"])
+    res = invoke([*base, "--pair-kind", "triple"])
     assert res.exit_code == 2 and "--pair-kind" in res.output and len(seen) == 4
 
 
 def test_train_cli_passes_the_validation_split(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):
     """`pmatch train --valid-split`: auto by default, the choice given reaches train_matcher, others are refused."""
-    from click.testing import CliRunner
-
-    import pmatch_duckdb.training as training
-    from pmatch_duckdb.cli import main as cli
-
-    seen: list[str] = []
-
-    class _Result:
-        metrics: dict = {}
-
-    def fake_train(con, tables, **kw):  # noqa: ANN001, ANN003, ANN202
-        seen.append(kw["valid_split"])
-        return _Result()
-
-    monkeypatch.setattr(training, "train_matcher", fake_train)
+    invoke, seen = _train_cli(monkeypatch, "valid_split")
     base = ["train", str(tmp_path / "shop.duckdb"), "--offers", "feed", "--pairs", "pm_labels", "--home", str(home)]
     for extra in ([], ["--valid-split", "offers"], ["--valid-split", "latest"], ["--valid-split", "groups"]):
-        res = CliRunner().invoke(cli, base + extra)
+        res = invoke(base + extra)
         assert res.exit_code == 0, res.output
     assert seen == ["auto", "offers", "latest", "groups"]
-    res = CliRunner().invoke(cli, [*base, "--valid-split", "newest"])
+    res = invoke([*base, "--valid-split", "newest"])
     assert res.exit_code == 2 and "--valid-split" in res.output and len(seen) == 4
 
 
