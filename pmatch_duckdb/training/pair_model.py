@@ -541,7 +541,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     validation pairs is logged and recorded). ``valid_groups_held_out``: the validation pairs are of label groups
     held out from training (no validation pairs given), so none of their products is a known one: the fallback is
     not tried, and the known kind asked for is fitted with a warning. ``valid_offers_known``: each validation pair
-    has an offer new to training (``valid_split="latest"``) beside one that may be a training offer; the memories of
+    has an offer new to training (``valid_split`` ``offers`` or ``latest``) beside one that may be a training offer; the memories of
     known products then keep the training offers that are also in validation pairs, as a labelled catalog offer is
     known at match time (otherwise such offers are left out: see :func:`_memory_offers`)."""
     from ..decision import average_precision
@@ -668,8 +668,8 @@ def _memory_offers(offers: np.ndarray, valid: PairSet, valid_offers_known: bool)
     """Which labelled training ``offers`` (row positions) a memory of known products keeps while the stacked model
     learns from ``valid``. Given validation pairs: not those also in a validation pair, or a pair's own offers'
     labels would score it (two training offers joined by training matches) where at match time the source is new.
-    The latest split (``valid_offers_known``): all of them — every validation pair has a new offer, and its other
-    offer, labelled before, is known at match time too."""
+    Validation on new offers (``valid_offers_known``; ``valid_split`` ``offers`` / ``latest``): all of them — every
+    validation pair has an offer new to training, and its other offer, labelled before, is known at match time too."""
     if valid_offers_known:
         return np.ones(len(offers), dtype=bool)
     return ~np.isin(offers, np.concatenate([valid.src, valid.tgt]))
