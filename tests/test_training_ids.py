@@ -78,3 +78,11 @@ def test_labels_naming_tables_and_group_column(numbered):
         t = json.loads((r.path / "manifest.json").read_text())["training"]
         assert t["positive_pairs"] >= 0.7 * n, (r.name, t)
         assert r.metrics["valid"]["vector_recall@10_trained"] > 0.5, (r.name, r.metrics["valid"])
+
+
+def test_a_labels_table_that_is_not_there_is_a_clear_error(numbered):
+    """A misspelt --pairs / --valid-pairs table: an error naming it (was DuckDB's traceback through the CLI)."""
+    con, _ = numbered
+    for kw in ({"pairs": "lables"}, {"pairs": "labels", "valid_pairs": "lables"}):
+        with pytest.raises(pm.PmatchError, match="labels table 'lables' not found in the database"):
+            train_matcher(con, ["feed", "catalog"], activate=False, progress=False, log=lambda _: None, **kw)

@@ -129,11 +129,21 @@ class _OfferKeys:
         return self.pos[(sides[0] if len(sides) == 1 else preferred_side, ref)]
 
 
+def _label_columns(cur, table: str) -> set[str]:  # noqa: ANN001
+    """The lower-cased column names of the labels table ``table``; a clear error where there is no such table."""
+    try:
+        rel = cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0")
+    except duckdb.CatalogException:
+        raise TrainingError(f"labels table {table!r} not found in the database") from None
+    cols = {d[0].lower() for d in rel.description}
+    cur.fetchall()
+    return cols
+
+
 def _read_pairs(con, table: str) -> list[tuple[OfferRef, OfferRef, int]]:
     cur = con.cursor()
     try:
-        cols = {d[0].lower() for d in cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0").description}
-        cur.fetchall()
+        cols = _label_columns(cur, table)
         if {"verdict", "source_id", "target_id"} <= cols:  # a pm_labels table: human verdicts (unsure ignored)
             from ..review.labels import labels_as_pairs
 
@@ -218,11 +228,9 @@ def _is_verdicts_table(con, table: str) -> bool:  # noqa: ANN001
     """Whether ``table`` holds review verdicts in ``pm_labels``' shape (their order: ``label_id``)."""
     cur = con.cursor()
     try:
-        cols = {d[0].lower() for d in cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0").description}
-        cur.fetchall()
+        return {"verdict", "source_id", "target_id", "label_id"} <= _label_columns(cur, table)
     finally:
         cur.close()
-    return {"verdict", "source_id", "target_id", "label_id"} <= cols
 
 
 def _new_offers_split(labels: list, keys: _OfferKeys, n_tables: int, fraction: float, by: str,
