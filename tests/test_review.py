@@ -279,15 +279,21 @@ def test_calibrate_from_reviews_zero_shot(review_demo) -> None:
     assert cal.accept is not None and cal.accept_lower_bound >= 0.8 and cal.accept_precision >= cal.accept_lower_bound
     assert cal.review <= cal.accept
     con.close()
-    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--matches", "matches",
-                                    "--target-precision", "0.8", "--image-root", str(review_demo.images)])
-    assert res.exit_code == 0, res.output
-    assert "written to index catalog" in res.output and "95% lower bound" in res.output
-    con = _connect(review_demo)
     from pmatch_duckdb.sqlident import index_name_for
     from pmatch_duckdb.store import OfferIndex
 
     root = review_demo.db.with_suffix(".pmatch")
+    before = OfferIndex(root, index_name_for("catalog")).fusion()
+    args = ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision", "0.8", "--image-root",
+            str(review_demo.images)]
+    res = CliRunner().invoke(main, [*args, "--matches", "matchez"])  # misspelt: refused before anything is written
+    assert res.exit_code == 1 and "--matches: no table or view 'matchez'" in res.output, res.output
+    f = OfferIndex(root, index_name_for("catalog")).fusion()
+    assert (f.accept_threshold, f.review_threshold) == (before.accept_threshold, before.review_threshold)
+    res = CliRunner().invoke(main, [*args, "--matches", "matches"])
+    assert res.exit_code == 0, res.output
+    assert "written to index catalog" in res.output and "95% lower bound" in res.output
+    con = _connect(review_demo)
     f = OfferIndex(root, index_name_for("catalog")).fusion()
     assert (f.accept_threshold, f.review_threshold) == pytest.approx((cal.accept, cal.review))
     # match_products decides with the new thresholds (on pairs without a human verdict)

@@ -122,6 +122,12 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
     try:
         extra = {"matcher": matcher} if matcher else {}
         con = connect(database, home=home, image_roots=list(image_roots) or None, **extra)
+        if matches:  # before calibrating: a misspelt --matches must not leave the thresholds applied and then fail
+            try:
+                con.execute(f"SELECT * FROM {quote_qualified(matches)} LIMIT 0").fetchall()
+            except duckdb.CatalogException:
+                raise PmatchError(f"--matches: no table or view {matches!r} in {database} (save a match_products "
+                                  "result first)") from None
         cal = calibrate(con, target, target_precision, max_recall_loss, apply=not dry_run)
         band = review_band_counts(con, context_of(con), matches, cal) if matches else None
         con.close()
