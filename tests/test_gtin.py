@@ -97,13 +97,10 @@ def test_decision_model_records_whether_it_saw_gtins():
 
 
 @pytest.fixture()
-def shop(home, tmp_path):
+def shop(linked_home, tmp_path):
     """A catalog with gtin/mpn columns and a raw feed whose codes are named ean/part_no (mapped by a view);
     a pmatch home of its own (linking the default encoders) so a trained matcher stays in the test."""
-    thome = tmp_path / "home"
-    (thome / "models").mkdir(parents=True)
-    for b in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / b).symlink_to(home / "models" / b)
+    thome = linked_home(tmp_path)
     con = pm.connect(tmp_path / "shop.duckdb", home=thome, image_roots=[tmp_path])
     g = [ean13(f"40063813{i:04d}") for i in range(6)]
     con.execute("CREATE TABLE catalog (id INTEGER, title VARCHAR, brand VARCHAR, price DOUBLE, gtin VARCHAR, "

@@ -125,16 +125,13 @@ CLI_CALLS = [
 
 @pytest.mark.parametrize("name", [h for h in HOSTILE if "\x00" not in h and h],
                          ids=[_id(h) for h in HOSTILE if "\x00" not in h and h])
-def test_hostile_names_into_every_cli_command(home, tmp_path, record, name):
+def test_hostile_names_into_every_cli_command(linked_home, tmp_path, record, name):
     db = tmp_path / "c.duckdb"
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE sentinel AS SELECT 1 AS x")
     con.execute("CREATE TABLE good AS SELECT i AS id, 'usb cable ' || i AS title FROM range(3) r(i)")
     con.close()
-    thome = tmp_path / "home"
-    (thome / "models").mkdir(parents=True)
-    for b in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / b).symlink_to(home / "models" / b)
+    thome = linked_home(tmp_path)
     runner = CliRunner()
     for args in CLI_CALLS:
         argv = [a.format(db=db, name=name, home=thome) for a in args]

@@ -66,7 +66,7 @@ def _shop(rng: np.random.Generator, n: int, tag: str) -> tuple[list, list, list,
     return feed, catalog, labels, probes
 
 
-def test_margins_tell_a_sibling_from_a_match_that_look_alike(tmp_path, home):
+def test_margins_tell_a_sibling_from_a_match_that_look_alike(tmp_path, linked_home):
     """Trained with the margin features, a sibling beaten by an exact model number scores below every match that
     looks like it (its pair features are the same); trained without them, the two kinds mix. Two tables: on by
     default; the manifest says so; dedup of one table leaves them off."""
@@ -79,10 +79,7 @@ def test_margins_tell_a_sibling_from_a_match_that_look_alike(tmp_path, home):
     from pmatch_duckdb.matchers import load_matcher
     from pmatch_duckdb.training import train_matcher
 
-    thome = tmp_path / "home"
-    (thome / "models").mkdir(parents=True)
-    for bname in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / bname).symlink_to(home / "models" / bname)
+    thome = linked_home(tmp_path)
     con = pm.connect(tmp_path / "shop.duckdb", home=thome)
     rng = np.random.default_rng(7)
     feed, catalog, labels, _ = _shop(rng, 240, "")
@@ -122,7 +119,7 @@ def test_margins_tell_a_sibling_from_a_match_that_look_alike(tmp_path, home):
     con.close()
 
 
-def test_labelled_pairs_are_featurised_among_their_sources_candidates(tmp_path, home, monkeypatch):
+def test_labelled_pairs_are_featurised_among_their_sources_candidates(tmp_path, linked_home, monkeypatch):
     """Open world (labels with non-matches): the decision model's training rows are computed as score_pairs
     computes them, each source's labelled pairs among its match candidates: rank, gap and margins vary. Without
     source margins each pair stands alone (rank 1, margins absent), as before."""
@@ -133,10 +130,7 @@ def test_labelled_pairs_are_featurised_among_their_sources_candidates(tmp_path, 
     import pmatch_duckdb.training.train as train_mod
     from pmatch_duckdb.pair_features import PAIR_FEATURES as PF
 
-    thome = tmp_path / "home"
-    (thome / "models").mkdir(parents=True)
-    for bname in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / bname).symlink_to(home / "models" / bname)
+    thome = linked_home(tmp_path)
     con = pm.connect(tmp_path / "shop.duckdb", home=thome)
     feed, catalog, labels, probes = _shop(np.random.default_rng(8), 200, "")
     for name, rows in (("feed", feed), ("catalog", catalog)):
@@ -164,7 +158,7 @@ def test_labelled_pairs_are_featurised_among_their_sources_candidates(tmp_path, 
     con.close()
 
 
-def test_cli_source_margins_option(tmp_path, home):
+def test_cli_source_margins_option(tmp_path, linked_home):
     """``pmatch train --source-margins off`` trains without them; the manifest records the choice."""
     import json
 
@@ -177,10 +171,7 @@ def test_cli_source_margins_option(tmp_path, home):
     from pmatch_duckdb.cli import main as cli
     from pmatch_duckdb.matchers import load_matcher
 
-    thome = tmp_path / "home"
-    (thome / "models").mkdir(parents=True)
-    for bname in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / bname).symlink_to(home / "models" / bname)
+    thome = linked_home(tmp_path)
     db = tmp_path / "shop.duckdb"
     con = pm.connect(db, home=thome)
     feed, catalog, labels, _ = _shop(np.random.default_rng(9), 120, "")

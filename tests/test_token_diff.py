@@ -138,7 +138,7 @@ def test_decision_json_round_trip_and_a_missing_model_is_a_clear_error():
     assert DecisionModel.from_dict(json.loads(json.dumps(old.to_dict()))).token_diff is None
 
 
-def test_trained_matcher_uses_it_in_sql(tmp_path: Path, home):
+def test_trained_matcher_uses_it_in_sql(tmp_path: Path, linked_home):
     """train_matcher learns it (out-of-fold for its training pairs), the bundle holds it, and match_products /
     score_pairs in SQL score with it; ``token_diff=False`` leaves it out."""
     pytest.importorskip("torch")
@@ -147,10 +147,7 @@ def test_trained_matcher_uses_it_in_sql(tmp_path: Path, home):
     from pmatch_duckdb.matchers import load_matcher
     from pmatch_duckdb.training import train_matcher
 
-    thome = tmp_path / "home"
-    (thome / "models").mkdir(parents=True)
-    for bname in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / bname).symlink_to(home / "models" / bname)
+    thome = linked_home(tmp_path)
     rng = np.random.default_rng(5)
     catalog, feed, labels = [], [], []
     for i in range(160):

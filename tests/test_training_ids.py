@@ -19,14 +19,11 @@ COLOURS = ["red", "blue", "green", "black", "white", "yellow", "orange", "pink",
 
 
 @pytest.fixture(scope="module")
-def numbered(tmp_path_factory, home):
+def numbered(tmp_path_factory, linked_home):
     """feed and catalog both numbered 1..n; feed offer i is catalog offer perm[i] (so feed 5 and catalog 5
     are, as a rule, different products)."""
     root = tmp_path_factory.mktemp("train_ids")
-    thome = root / "home"
-    (thome / "models").mkdir(parents=True)
-    for b in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / b).symlink_to(home / "models" / b)
+    thome = linked_home(root)
     rng = np.random.default_rng(7)
     combos = sorted({(b, k, c) for b, k, c in zip(rng.choice(BRANDS, 2000), rng.choice(KINDS, 2000),
                                                    rng.choice(COLOURS, 2000), strict=True)})[:200]

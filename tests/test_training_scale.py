@@ -137,7 +137,7 @@ def test_pair_signals_gather_vectors_in_chunks():
     np.testing.assert_allclose(sig.fused, np.einsum("ij,ij->i", vec[s], vec[tt]), rtol=1e-6)
 
 
-def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, home):
+def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, linked_home):
     """The lexical channel and the title + description cosine do not depend on the projection: train_matcher
     (cross-fitted: two fold projections, the final one, validation) queries the lexical top-k once per source
     and makes each offer's full-text TF-IDF row once, not once per decision-data pass."""
@@ -173,10 +173,7 @@ def test_training_runs_the_lexical_top_k_once_per_source(monkeypatch, tmp_path, 
     from pmatch_duckdb.demo.grouped import hashed_text_vectors
 
     monkeypatch.setattr(ov, "embed_prepared", lambda texts, settings, threads=None: hashed_text_vectors(texts.texts))
-    thome = tmp_path / "home"  # matchers trained here stay out of the suite's shared home
-    (thome / "models").mkdir(parents=True)
-    for b in ("minilm-l6-v2", "efficientnet-lite0"):
-        (thome / "models" / b).symlink_to(home / "models" / b)
+    thome = linked_home(tmp_path)  # matchers trained here stay out of the suite's shared home
     con = pm.connect(home=thome, image_roots=[tmp_path], index_dir=tmp_path / "idx")
     con.register("g", grouped_offers(1_500, seed=5))
     con.execute("CREATE TABLE offers AS SELECT * FROM g")
