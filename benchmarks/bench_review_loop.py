@@ -12,7 +12,8 @@ view, the target table, ``gt_test``), for each matcher version asked for:
    queued pairs get the verdict the ground truth gives (a reviewer who is always right), recorded with
    ``record_verdict`` as the review page does;
 3. ``calibrate`` (what ``pmatch calibrate`` runs) picks thresholds from those verdicts and activates a new
-   matcher version if one is certified;
+   matcher version if one is certified — or, with ``--retrain``, ``train_matcher(pairs="pm_labels")`` (what
+   ``pmatch train --pairs pm_labels`` runs, with its defaults) trains a new matcher on them;
 4. ``match_products`` over B before and after: accept precision / recall, the review band, and the recall of
    accept-or-review (what is not auto-rejected);
 5. with ``--recheck-with NAME@vN``: the user moves to another matcher (retrained, or with a pair scorer) and queues
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import sys
 import tempfile
@@ -106,7 +108,8 @@ def queue_cost(con, matches: str, rounds: int) -> str:  # noqa: ANN001
 
 def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: int, target_precision: float,
             seed: int, accept_sample: float, work: Path, review_source: str | None = None,
-            recheck_with: str | None = None, recheck_delta: float = 0.3, queue_rounds: int = 0) -> list[str]:
+            recheck_with: str | None = None, recheck_delta: float = 0.3, queue_rounds: int = 0,
+            retrain: bool = False) -> list[str]:
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines."""
     copy = work / db.name
     shutil.copy2(db, copy)
@@ -147,6 +150,9 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
             record_verdict(con, PairKey(st, si, tt, ti), verdict, reviewer="ground truth", matcher=matcher,
                            score=score, decision=dec, queue=queue, reason=reason, scored_by=scored_by)
         n_match = sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows)
+        if retrain:
+            return _retrained(con, ref, work / "home", target, truth, truth_b, m_before, rows, n_match, queued,
+                              target_precision)
         try:
             cal = calibrate(con, target, target_precision)
             note = (f"stage 1 accept {cal.accept if cal.accept is None else round(cal.accept, 4)} "
@@ -174,6 +180,30 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         con.close()
 
 
+def _retrained(con, ref: str, home: Path, target: str, truth: dict, truth_b: dict, m_before: dict,  # noqa: ANN001
+               rows: list, n_match: int, queued: int, target_precision: float) -> list[str]:
+    """Step 3 with ``--retrain``: instead of calibrating, ``pmatch train --pairs pm_labels`` (the defaults; the
+    reviewed sources' offers and the target) and the held-out sources matched by the new matcher; table lines."""
+    from pmatch_duckdb.training import train_matcher
+
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    res = train_matcher(con, ["src_a", target], pairs="pm_labels", name="verdicts", target_precision=target_precision,
+                        progress=False, log=lines.append)
+    secs = time.perf_counter() - t0
+    pm.install(con, dataclasses.replace(context_of(con).settings, matcher="verdicts"))
+    pm.index(con, target, progress=False)  # re-projected for the new matcher
+    after, _ = sql_match(con, "src_b", target)
+    m_after = retrieval_metrics(after, truth_b)
+    said = [ln for ln in lines if ln.startswith(("validation:", "decision model", "no score threshold", "pair model"))]
+    head = (f"# {ref}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} pairs, "
+            f"the first {len(rows)} reviewed ({n_match} matches); retrained on them as 'verdicts' {res.version} in "
+            f"{secs:.0f} s (valid_split {json.loads((res.path / 'manifest.json').read_text())['training']['valid_split']}): "
+            + " | ".join(said))
+    return [head, _line(f"{ref}, held out, before", m_before),
+            _line(f"trained on the {len(rows)} verdicts, held out", m_after)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", type=Path, required=True)
@@ -191,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recheck-with", default=None, metavar="NAME@vN",
                     help="then move to this matcher, queue the reviewed sources again and count the rechecks")
     ap.add_argument("--recheck-delta", type=float, default=0.3, help="pm_queue_review's recheck_delta")
+    ap.add_argument("--retrain", action="store_true",
+                    help="instead of calibrating, train a matcher on the verdicts (pmatch train --pairs pm_labels)")
     ap.add_argument("--queue-cost", type=int, default=0, metavar="ROUNDS",
                     help="also time pm_queue_review on the reviewed sources' result with and without scored_by")
     args = ap.parse_args(argv)
@@ -204,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review, args.target_precision,
                                    args.seed, args.accept_sample, work, args.review_source, args.recheck_with,
-                                   args.recheck_delta, args.queue_cost)
+                                   args.recheck_delta, args.queue_cost, args.retrain)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(head, flush=True)

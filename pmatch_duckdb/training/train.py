@@ -281,8 +281,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     ``valid_fraction`` of the pairs; :func:`_new_offers_split`): ``"offers"`` a random sample of offers,
     ``"latest"`` the offers reviewed last (``pairs`` a ``pm_labels`` table). Their products may have been labelled
     before, as at match time, so the known-products stage can be judged. ``"auto"`` (default): ``offers`` for
-    review verdicts (``pm_labels``) with enough matches for the pair stage (``pair_options.min_positives``), else
-    ``groups``. Deterministic for a seed.
+    review verdicts (``pm_labels``) with enough matches for the pair stage (``pair_options.min_positives`` in the
+    training split), else ``groups``. Deterministic for a seed.
 
     ``decision_model``: ``logistic``, ``gbdt`` (boosted trees; needs scikit-learn, the train extra) or
     ``auto`` (the better of the two by held-out average precision). ``cross_fit``: train the decision
@@ -331,7 +331,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     if valid_split == "auto":
         # review verdicts with enough matches for the pair stage: new offers of known products in validation, so its
         # known products can be judged; fewer (no pair stage) or other labels: whole label groups, as before
-        enough = pair_model and len(pos) >= (pair_options or PairOptions).min_positives
+        # (the pair stage counts the training split's matches: about 1 - valid_fraction of them)
+        enough = pair_model and (1 - valid_fraction) * len(pos) >= (pair_options or PairOptions).min_positives
         valid_split = "offers" if verdicts and enough else "groups"
     valid_labels = None
     if valid_split in ("offers", "latest"):
