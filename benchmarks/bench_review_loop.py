@@ -109,7 +109,7 @@ def queue_cost(con, matches: str, rounds: int) -> str:  # noqa: ANN001
 def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: int, target_precision: float,
             seed: int, accept_sample: float, work: Path, review_source: str | None = None,
             recheck_with: str | None = None, recheck_delta: float = 0.3, queue_rounds: int = 0,
-            retrain: bool = False) -> list[str]:
+            retrain: bool = False, round2: int = 0) -> list[str]:
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines."""
     copy = work / db.name
     shutil.copy2(db, copy)
@@ -143,16 +143,11 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         cost = queue_cost(con, "m_src_a", queue_rounds) if queue_rounds else None
         queued = con.execute(f"SELECT queued FROM pm_queue_review('m_src_a', accept_sample := {accept_sample}, "
                              f"seed := {seed})").fetchone()[0]
-        rows = con.execute("SELECT source_table, source_id, target_table, target_id, score, decision, reason, matcher, "
-                           "queue, scored_by FROM pm_review_queue ORDER BY position LIMIT ?", [n_review]).fetchall()
-        for st, si, tt, ti, score, dec, reason, matcher, queue, scored_by in rows:
-            verdict = "match" if ti in truth.get(si, ()) else "no_match"
-            record_verdict(con, PairKey(st, si, tt, ti), verdict, reviewer="ground truth", matcher=matcher,
-                           score=score, decision=dec, queue=queue, reason=reason, scored_by=scored_by)
+        rows = _review(con, truth, "default", n_review)
         n_match = sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows)
         if retrain:
-            return _retrained(con, ref, work / "home", target, truth, truth_b, m_before, rows, n_match, queued,
-                              target_precision)
+            return _retrained(con, ref, target, truth, truth_b, m_before, rows, n_match, queued, target_precision,
+                              round2, accept_sample, seed)
         try:
             cal = calibrate(con, target, target_precision)
             note = (f"stage 1 accept {cal.accept if cal.accept is None else round(cal.accept, 4)} "
@@ -180,10 +175,13 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         con.close()
 
 
-def _retrained(con, ref: str, home: Path, target: str, truth: dict, truth_b: dict, m_before: dict,  # noqa: ANN001
-               rows: list, n_match: int, queued: int, target_precision: float) -> list[str]:
+def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before: dict, rows: list,  # noqa: ANN001
+               n_match: int, queued: int, target_precision: float, round2: int, accept_sample: float,
+               seed: int) -> list[str]:
     """Step 3 with ``--retrain``: instead of calibrating, ``pmatch train --pairs pm_labels`` (the defaults; the
-    reviewed sources' offers and the target) and the held-out sources matched by the new matcher; table lines."""
+    reviewed sources' offers and the target) and the held-out sources matched by the new matcher; with ``round2``,
+    the reviewed sources queued again by it, that many of the queue reviewed, ``calibrate``, and the held-out
+    sources matched again; table lines."""
     from pmatch_duckdb.training import train_matcher
 
     lines: list[str] = []
@@ -200,8 +198,39 @@ def _retrained(con, ref: str, home: Path, target: str, truth: dict, truth_b: dic
             f"the first {len(rows)} reviewed ({n_match} matches); retrained on them as 'verdicts' {res.version} in "
             f"{secs:.0f} s (valid_split {json.loads((res.path / 'manifest.json').read_text())['training']['valid_split']}): "
             + " | ".join(said))
-    return [head, _line(f"{ref}, held out, before", m_before),
-            _line(f"trained on the {len(rows)} verdicts, held out", m_after)]
+    out = [head, _line(f"{ref}, held out, before", m_before),
+           _line(f"trained on the {len(rows)} verdicts, held out", m_after)]
+    if round2:  # the reviewed sources queued again by the new matcher, reviewed, calibrated
+        sql_match(con, "src_a", target)  # -> m_src_a, scored by 'verdicts'
+        queued2 = con.execute(f"SELECT queued FROM pm_queue_review('m_src_a', queue := 'round2', "
+                              f"accept_sample := {accept_sample}, seed := {seed})").fetchone()[0]
+        rows2 = _review(con, truth, "round2", round2)
+        try:
+            cal = calibrate(con, target, target_precision)
+            note = (f"accept {cal.accept if cal.accept is None else round(cal.accept, 4)} (lower bound "
+                    f"{cal.accept_lower_bound if cal.accept_lower_bound is None else round(cal.accept_lower_bound, 3)}"
+                    f" on {cal.reviewed} reviewed pairs, {cal.matches} matches); {cal.applied or 'nothing written'}")
+        except CalibrationError as e:
+            note = f"calibrate: {e}"
+        pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
+        m_cal = retrieval_metrics(sql_match(con, "src_b", target)[0], truth_b)
+        out[0] += (f"\n# round 2: queue {queued2} pairs, the first {len(rows2)} reviewed "
+                   f"({sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows2)} matches); calibrate: {note}")
+        out.append(_line(f"… + calibrated on round 2's {len(rows2)} verdicts, held out", m_cal))
+    return out
+
+
+def _review(con, truth: dict, queue: str, n: int) -> list[tuple]:  # noqa: ANN001
+    """The first ``n`` pairs of review queue ``queue`` answered by the ground truth ``truth`` (source id → its
+    matching target ids), recorded as the review page records them; the rows answered."""
+    rows = con.execute("SELECT source_table, source_id, target_table, target_id, score, decision, reason, matcher, "
+                       "queue, scored_by FROM pm_review_queue WHERE queue = ? ORDER BY position LIMIT ?",
+                       [queue, n]).fetchall()
+    for st, si, tt, ti, score, dec, reason, matcher, q, scored_by in rows:
+        verdict = "match" if ti in truth.get(si, ()) else "no_match"
+        record_verdict(con, PairKey(st, si, tt, ti), verdict, reviewer="ground truth", matcher=matcher,
+                       score=score, decision=dec, queue=q, reason=reason, scored_by=scored_by)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recheck-delta", type=float, default=0.3, help="pm_queue_review's recheck_delta")
     ap.add_argument("--retrain", action="store_true",
                     help="instead of calibrating, train a matcher on the verdicts (pmatch train --pairs pm_labels)")
+    ap.add_argument("--round2", type=int, default=0, metavar="N",
+                    help="with --retrain: queue the reviewed sources again with the new matcher, review N of the "
+                         "queue and calibrate")
     ap.add_argument("--queue-cost", type=int, default=0, metavar="ROUNDS",
                     help="also time pm_queue_review on the reviewed sources' result with and without scored_by")
     args = ap.parse_args(argv)
@@ -236,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review, args.target_precision,
                                    args.seed, args.accept_sample, work, args.review_source, args.recheck_with,
-                                   args.recheck_delta, args.queue_cost, args.retrain)
+                                   args.recheck_delta, args.queue_cost, args.retrain, args.round2)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print(head, flush=True)
