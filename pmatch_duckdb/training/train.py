@@ -328,15 +328,19 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     pos, neg = _index_pairs(labels, keys, len(tables))
     if len(pos) < 10:
         raise TrainingError(f"only {len(pos)} positive pairs refer to offers in {tables}; need at least 10")
-    if valid_split == "auto":
-        # review verdicts with enough matches for the pair stage: new offers of known products in validation, so its
-        # known products can be judged; fewer (no pair stage) or other labels: whole label groups, as before
-        # (the pair stage counts the training split's matches: about 1 - valid_fraction of them)
-        enough = pair_model and (1 - valid_fraction) * len(pos) >= (pair_options or PairOptions).min_positives
-        valid_split = "offers" if verdicts and enough else "groups"
     valid_labels = None
-    if valid_split in ("offers", "latest"):
+    if valid_split == "auto":
+        # review verdicts whose training split has the matches the pair stage needs: new offers of known products in
+        # validation, so its known products can be judged; fewer (no pair stage) or other labels: whole label
+        # groups, as before
+        valid_split = "groups"
+        if verdicts and pair_model:
+            split = _new_offers_split(labels, keys, len(tables), valid_fraction, "offers", seed)
+            if len(_index_pairs(split[0], keys, len(tables))[0]) >= (pair_options or PairOptions).min_positives:
+                valid_split, (labels, valid_labels) = "offers", split
+    elif valid_split in ("offers", "latest"):
         labels, valid_labels = _new_offers_split(labels, keys, len(tables), valid_fraction, valid_split, seed)
+    if valid_labels is not None:
         pos, neg = _index_pairs(labels, keys, len(tables))
         log(f"validation: the {len(valid_labels)} labelled pairs of "
             f"{'the offers reviewed last' if valid_split == 'latest' else 'a random sample of offers'}, whose products "
