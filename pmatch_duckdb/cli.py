@@ -187,6 +187,10 @@ def _list_matchers(home: str | None) -> None:
                 acc = th.get("accept")
                 tr = b.manifest.get("training", {})
                 kind = tr.get("decision_model", "logistic") + (", cross-fitted" if tr.get("cross_fit") else "")
+                pm_ = b.manifest.get("pair_model")
+                if pm_:  # which pair scorer re-reads the top candidates (the known kind may stand in for another)
+                    instead = f", instead of {pm_['instead_of']}" if pm_.get("instead_of") else ""
+                    kind += f", pair scorer {pm_.get('kind', 'cross')} (top {pm_.get('top_m', '?')}{instead})"
                 click.echo(f"matcher {name} {v}{' (active)' if v == active else ''}: dim {b.dim}, decision {kind}, "
                            f"accept ≥ {f'{acc:.4f}' if acc is not None else 'none (target precision not certifiable)'}, "
                            f"review ≥ {th.get('review', 0):.4f}, valid best F1 {met.get('best_f1', float('nan')):.3f}, "

@@ -150,6 +150,13 @@ def test_a_transformer_the_gate_drops_falls_back_to_known_products(named_two_way
             assert out.metrics["valid_pair_model"]["kind"] == "known"  # what `pmatch train` prints
             assert out.metrics["valid_pair_model"]["instead_of"] == "cross"
             assert m.pair is not None and m.pair.known is not None and "pair_known_products.json" in files
+            from click.testing import CliRunner
+
+            from pmatch_duckdb.cli import main as cli
+
+            listed = CliRunner().invoke(cli, ["models", "list", "--home", str(thome)]).output
+            line = next(ln for ln in listed.splitlines() if ln.startswith("matcher fbTrue v1"))
+            assert "pair scorer known (top 2, instead of cross)" in line, listed  # what pmatch models list says
         else:
             assert "pair model: the matcher keeps stage 1 only" in log and m.pair is None
             assert not any(f.startswith("pair_") for f in files) and "valid_pair_model" not in out.metrics
