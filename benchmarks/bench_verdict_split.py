@@ -10,7 +10,7 @@ review verdicts into a ``pm_labels``-shaped table, in one of these orders:
 For each order and each ``--valid-split`` (``groups``: 20 % of the label groups held out, the default for labels
 that are not review verdicts; ``offers``: every verdict on a random 20 % of the offers; ``latest``: every verdict
 on the offers reviewed last), ``train_matcher(con, "wdc_offers", pairs=<verdicts>, valid_split=...)`` trains with
-the ``known`` pair kind asked for and the real gate (``min_gain`` 0.005): the known products are kept only where the
+the ``known`` pair kind asked for (``--pair-kind``) and the real gate (``min_gain`` 0.005): the known products are kept only where the
 validation pairs show a gain. (The default ``cross`` kind would first fine-tune for ~15 minutes; on WDC the gate
 drops it and tries the same ``known`` fit instead, where the split lets it — benchmarks/README.md, "Known products by
 stage 1's vectors".) Each matcher then scores both gold standards (0 % / 50 % unseen products) through
@@ -20,7 +20,7 @@ stage 1's vectors".) Each matcher then scores both gold standards (0 % / 50 % un
 Usage::
 
     python benchmarks/bench_verdict_split.py --data ../shared/data --workdir /tmp/bvs \
-        [--orders shuffled0,shuffled1,ordered] [--splits groups,offers,latest]
+        [--orders shuffled0,shuffled1,ordered] [--splits groups,offers,latest] [--pair-kind known|cross|siamese]
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--orders", default="shuffled0,shuffled1,ordered")
     ap.add_argument("--splits", default="groups,offers,latest")
+    ap.add_argument("--pair-kind", default="known", choices=["known", "cross", "siamese"],
+                    help="the pair kind asked for (cross: pmatch train's default, which falls back to known where the "
+                         "gate drops it)")
     args = ap.parse_args()
     from pmatch_duckdb.training import train_matcher
     from pmatch_duckdb.training.pair_model import PairOptions
@@ -93,17 +96,20 @@ def main() -> None:
     for order in args.orders.split(","):
         table = verdicts_table(con, order)
         for split in args.splits.split(","):
-            name = f"bvs-{order}-{split}"
+            name = f"bvs-{order}-{split}" + ("" if args.pair_kind == "known" else f"-{args.pair_kind}")
             lines: list[str] = []
             t0 = time.perf_counter()
             train_matcher(con, "wdc_offers", pairs=table, valid_split=split, name=name,
-                          pair_options=PairOptions.from_recipe("cpu", "cpu", train={"kind": "known"}),
+                          pair_options=PairOptions.from_recipe("cpu", "cpu", train={"kind": args.pair_kind}),
                           progress=False, log=lines.append)
             secs = time.perf_counter() - t0
             # "4127 offers; train 1567 positive / 6019 negative pairs, valid 433 / 1481; labelled pairs only"
             n_valid = next((ln.split(", valid ")[1].split(";")[0] for ln in lines if " offers; train " in ln), "?")
             judged = next((ln for ln in lines if ln.startswith("known products: validation average precision")), "")
             kept = "kept" if judged and not any(ln.startswith("known products dropped") for ln in lines) else "dropped"
+            if args.pair_kind != "known":  # what became of the transformer, in the training log's words
+                kept += "; " + "; ".join(ln.split(": ", 1)[1][:90] for ln in lines
+                                         if ln.startswith(("pair model dropped", "pair model: trying known")))
             if judged:
                 st1 = float(judged.split("stage 1 ")[1].split(",")[0])
                 stk = float(judged.split("stacked (out-of-fold) ")[1].split(";")[0])
