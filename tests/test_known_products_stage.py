@@ -251,6 +251,8 @@ def test_verdicts_validate_on_new_offers_so_known_products_can_be_judged(named_t
         # at match time): all the labelled offers but the new ones
         assert known["known_products"]["offers"] > 3 * N_SEEN
     assert any("held out from training" in m and "--valid-split" in m for m in logs["groups"]), logs["groups"]
+    hashes = {load_matcher(f"verdicts_{s}", "v1", thome).bundle.manifest["training"]["data_sha256"] for s in logs}
+    assert len(hashes) == 1  # the data hash covers every label given, whichever split validated
     # auto with fewer matches than the pair stage needs: whole label groups, as for other labels
     few = train_matcher(con, ["feed", "catalog"], pairs="pm_labels", name="verdicts_few", pair_options=dataclasses.replace(
         opts, min_positives=10_000), activate=False, progress=False, log=lambda m: None)

@@ -328,20 +328,20 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     pos, neg = _index_pairs(labels, keys, len(tables))
     if len(pos) < 10:
         raise TrainingError(f"only {len(pos)} positive pairs refer to offers in {tables}; need at least 10")
-    valid_labels = None
+    valid_labels = None  # (labels: all of them, as the manifest's data hash covers them)
     if valid_split == "auto":
         # review verdicts whose training split has the matches the pair stage needs: new offers of known products in
         # validation, so its known products can be judged; fewer (no pair stage) or other labels: whole label
         # groups, as before
         valid_split = "groups"
         if verdicts and pair_model:
-            split = _new_offers_split(labels, keys, len(tables), valid_fraction, "offers", seed)
-            if len(_index_pairs(split[0], keys, len(tables))[0]) >= (pair_options or PairOptions).min_positives:
-                valid_split, (labels, valid_labels) = "offers", split
+            fit_labels, held = _new_offers_split(labels, keys, len(tables), valid_fraction, "offers", seed)
+            if len(_index_pairs(fit_labels, keys, len(tables))[0]) >= (pair_options or PairOptions).min_positives:
+                valid_split, valid_labels = "offers", held
     elif valid_split in ("offers", "latest"):
-        labels, valid_labels = _new_offers_split(labels, keys, len(tables), valid_fraction, valid_split, seed)
+        fit_labels, valid_labels = _new_offers_split(labels, keys, len(tables), valid_fraction, valid_split, seed)
     if valid_labels is not None:
-        pos, neg = _index_pairs(labels, keys, len(tables))
+        pos, neg = _index_pairs(fit_labels, keys, len(tables))
         log(f"validation: the {len(valid_labels)} labelled pairs of "
             f"{'the offers reviewed last' if valid_split == 'latest' else 'a random sample of offers'}, whose products "
             f"may also be in training (valid_split={valid_split!r})")
