@@ -527,7 +527,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
                    cfg: PairTrainConfig, opts, top_m: int, target_precision: float, max_recall_loss: float,
                    min_positives: int = 50, min_gain: float | None = None, max_train_pairs: int | None = None,
                    stage1_accepts: np.ndarray | None = None, log: Callable[[str], None] = print,
-                   valid_groups_held_out: bool = False, valid_offers_known: bool = False) -> dict | None:
+                   validation: str = "pairs") -> dict | None:
     """Train the pair scorer of ``cfg.kind`` (the cross-encoder on ``train`` + ``hard`` (hard negatives); the siamese
     bi-encoder on their offers, grouped by their matches; ``known``: no transformer, known products by stage 1's fused
     vectors), export it into ``out_dir`` and fit the stacked decision model on ``valid`` (out-of-fold by label
@@ -538,15 +538,16 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     sampling non-matches to ``cfg.neg_ratio`` per match; whole label groups) — the siamese kind on at most this many
     offers (whole match groups). ``stage1_accepts``: per ``valid`` pair, whether stage 1 alone accepts it (at match
     time such a re-read pair stays accepted unless the stacked model rejects it; what that veto does on the
-    validation pairs is logged and recorded). ``valid_groups_held_out``: the validation pairs are of label groups
-    held out from training (no validation pairs given), so none of their products is a known one: the fallback is
-    not tried, and the known kind asked for is fitted with a warning. ``valid_offers_known``: each validation pair
-    has an offer new to training (``valid_split`` ``offers`` or ``latest``) beside one that may be a training offer; the memories of
-    known products then keep the training offers that are also in validation pairs, as a labelled catalog offer is
-    known at match time (otherwise such offers are left out: see :func:`_memory_offers`)."""
+    validation pairs is logged and recorded). ``validation``: how ``valid`` was chosen (``VALIDATIONS``) —
+    ``"pairs"``: given; ``"groups"``: label groups held out from training, so none of their products is a known one:
+    the fallback is not tried, and the known kind asked for is fitted with a warning; ``"offers"``: every pair of
+    some offers new to training (``valid_split`` ``offers`` / ``latest``), whose other offer may be a training offer,
+    as a labelled catalog offer is at match time (see :func:`_memory_offers`)."""
     from ..decision import average_precision
     from ..pair_scorer import Summarizer, load_pair_scorer, serialize_rows
 
+    if validation not in VALIDATIONS:
+        raise ValueError(f"validation must be one of {VALIDATIONS}, got {validation!r}")
     fit_set = train.concat(hard) if len(hard) else train
     n_pos, v_pos = int(fit_set.y.sum()), int(valid.y.sum())
     if n_pos < min_positives or v_pos < 20 or len(valid) - v_pos < 20:
@@ -562,9 +563,9 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
         return None
     gate = _Gate(valid, comp, ap_stage1, target_precision, max_recall_loss, min_gain, stage1_accepts, log)
     if cfg.kind == "known":
-        if valid_groups_held_out:
+        if validation == "groups":
             log(f"pair model (known): warning: {KNOWN_HELD_OUT}")
-        return _fit_known(rows, fit_set, valid, out_dir, cfg, top_m, gate, log, valid_offers_known=valid_offers_known)
+        return _fit_known(rows, fit_set, valid, out_dir, cfg, top_m, gate, log, validation=validation)
     t0 = time.perf_counter()
     summarizer = Summarizer.fit(rows.descriptions) if opts.summarize else None
     tok_json = minilm_dir() / "tokenizer.json"
@@ -611,7 +612,7 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
                               out_dir / "pair_tokenizer.json", config, summarizer)
     if known_texts is not None and cfg.known_products:
         # the labelled training offers as the exported model embeds them at match time
-        keep = _memory_offers(known_offers, valid, valid_offers_known)
+        keep = _memory_offers(known_offers, valid, validation)
         known_texts = [t for t, k in zip(known_texts, keep.tolist(), strict=True) if k]
         scorer.known, config["known_products"] = _known_products(
             scorer.embed(known_texts), known_groups[keep], cfg, out_dir, "siamese", log)
@@ -630,11 +631,11 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     entry = gate.stack(feats, out_dir, f"{cfg.kind} scorer alone {ap_pair:.3f}", t0)
     if entry is None:
         if cfg.known_products and min_gain is not None:
-            if not valid_groups_held_out:
+            if validation != "groups":
                 log("pair model: trying known products by stage 1's vectors instead (the 'known' kind: no "
                     "transformer)")
                 return _fit_known(rows, labelled, valid, out_dir, cfg, top_m, gate, log, instead_of=cfg.kind,
-                                  valid_offers_known=valid_offers_known)
+                                  validation=validation)
             log(f"pair model: known products not tried instead: {KNOWN_HELD_OUT}")
         log("pair model: the matcher keeps stage 1 only")
         return None
@@ -653,6 +654,9 @@ def labelled_offer_groups(ps: PairSet) -> tuple[np.ndarray, np.ndarray]:
     return offers, match_groups(len(offers), inv[:n][pos], inv[n:][pos])
 
 
+#: how a pair stage's validation pairs were chosen (fit_pair_stage's ``validation``)
+VALIDATIONS = ("pairs", "groups", "offers")
+
 #: why known products cannot be judged on validation pairs of held-out label groups (the default split)
 KNOWN_HELD_OUT = ("the validation pairs are of label groups held out from training (--valid-split groups), so none "
                   "of their products is a known one and they cannot show what the feature is worth; where products "
@@ -664,20 +668,20 @@ KNOWN_HELD_OUT = ("the validation pairs are of label groups held out from traini
 KNOWN_MAX_OFFERS = 20_000
 
 
-def _memory_offers(offers: np.ndarray, valid: PairSet, valid_offers_known: bool) -> np.ndarray:
+def _memory_offers(offers: np.ndarray, valid: PairSet, validation: str) -> np.ndarray:
     """Which labelled training ``offers`` (row positions) a memory of known products keeps while the stacked model
-    learns from ``valid``. Given validation pairs: not those also in a validation pair, or a pair's own offers'
-    labels would score it (two training offers joined by training matches) where at match time the source is new.
-    Validation on new offers (``valid_offers_known``; ``valid_split`` ``offers`` / ``latest``): all of them — every
-    validation pair has an offer new to training, and its other offer, labelled before, is known at match time too."""
-    if valid_offers_known:
+    learns from ``valid`` (chosen as ``validation`` says). Given validation pairs: not those also in a validation
+    pair, or a pair's own offers' labels would score it (two training offers joined by training matches) where at
+    match time the source is new. Validation on new offers (``"offers"``): all of them — every validation pair has
+    an offer new to training, and its other offer, labelled before, is known at match time too."""
+    if validation == "offers":
         return np.ones(len(offers), dtype=bool)
     return ~np.isin(offers, np.concatenate([valid.src, valid.tgt]))
 
 
 def _fit_known(rows, fit_set: PairSet, valid: PairSet, out_dir: Path, cfg: PairTrainConfig, top_m: int,
                gate: _Gate, log: Callable[[str], None], instead_of: str | None = None,
-               valid_offers_known: bool = False) -> dict | None:
+               validation: str = "pairs") -> dict | None:
     """The ``known`` kind of :func:`fit_pair_stage`: the offers of ``fit_set`` grouped by its matches (those
     :func:`_memory_offers` keeps), their stage-1 fused vectors (``rows.fused``) as known products, the stacked model
     over [stage-1 logit, known-product logit], gated like a transformer scorer."""
@@ -685,7 +689,7 @@ def _fit_known(rows, fit_set: PairSet, valid: PairSet, out_dir: Path, cfg: PairT
 
     t0 = time.perf_counter()
     offers, groups = labelled_offer_groups(fit_set)
-    keep = _memory_offers(offers, valid, valid_offers_known)
+    keep = _memory_offers(offers, valid, validation)
     offers, groups = offers[keep], groups[keep]
     if len(offers) > KNOWN_MAX_OFFERS:
         sample = whole_groups_sample(groups, KNOWN_MAX_OFFERS, cfg.seed)
@@ -967,10 +971,9 @@ def text_pair_share(rows, src: np.ndarray, tgt: np.ndarray) -> float:
 def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: bool, view, tgt_pos: np.ndarray,
                comp: np.ndarray, truth_pairs: set[tuple[int, int]], exclude_self: bool,
                train_split: tuple, valid_split: tuple, target_precision: float, max_recall_loss: float,
-               log: Callable[[str], None] = print, valid_groups_held_out: bool = False,
-               valid_offers_known: bool = False) -> dict | None:
+               log: Callable[[str], None] = print, validation: str = "pairs") -> dict | None:
     """The pair stage of ``train_matcher``: pick its pairs from the decision model's splits, then
-    :func:`fit_pair_stage` (``valid_groups_held_out``, ``valid_offers_known``: see there). ``*_split``: ``(features, labels, {"src", "tgt"}
+    :func:`fit_pair_stage` (``validation``: see there). ``*_split``: ``(features, labels, {"src", "tgt"}
     global positions)`` as the decision model saw them (labelled pairs in the open world, each source's candidates
     in the closed)."""
     from ..pair_scorer import top_m_mask
@@ -1031,7 +1034,7 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
                            max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
                            min_gain=opts.min_gain, max_train_pairs=opts.max_train_pairs,
                            stage1_accepts=decision.calibrate(valid.raw) >= decision.accept_threshold, log=log,
-                           valid_groups_held_out=valid_groups_held_out, valid_offers_known=valid_offers_known)
+                           validation=validation)
     if entry is not None:
         entry["pair_caps"] = {"max_train_pairs": opts.max_train_pairs, "max_valid_pairs": opts.max_valid_pairs}
         entry["hard_negatives"] = n_hard

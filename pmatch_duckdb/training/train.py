@@ -602,8 +602,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
                 train_split=train_split,
                 valid_split=(x_va, y_va, valid_pairs_pos), target_precision=target_precision,
                 max_recall_loss=max_recall_loss, log=log,
-                valid_groups_held_out=not valid_pairs and valid_split == "groups",
-                valid_offers_known=valid_labels is not None)
+                validation="pairs" if valid_pairs else "offers" if valid_labels is not None else "groups")
             if pair_entry is not None:
                 # which kind the bundle keeps (the known kind may stand in for a transformer the gate dropped)
                 metrics["valid_pair_model"] = {"kind": pair_entry["kind"],
