@@ -85,6 +85,7 @@ def server(hostile_shop):  # noqa: ANN001, ANN201
 
 
 def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -93,7 +94,9 @@ def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
     drv = _driver(chromium, driver_path, tmp_path / "profile")
     try:
         drv.get(base + "/")
-        wait = WebDriverWait(drv, 30)
+        # a key press loads the next page: an element found on the old one can go stale while the wait reads it
+        # (one CI run failed so); that is the page not yet there, so the wait polls again
+        wait = WebDriverWait(drv, 30, ignored_exceptions=(StaleElementReferenceException,))
 
         def position() -> str:
             return drv.find_element(By.CSS_SELECTOR, ".pos").text
