@@ -131,13 +131,12 @@ class _OfferKeys:
 
 def _label_columns(cur, table: str) -> set[str]:  # noqa: ANN001
     """The lower-cased column names of the labels table ``table``; a clear error where there is no such table."""
+    from ..offers import OfferTableError, table_columns
+
     try:
-        rel = cur.execute(f"SELECT * FROM {quote_qualified(table)} LIMIT 0")
-    except duckdb.CatalogException:
+        return set(table_columns(cur, table))
+    except OfferTableError:  # (its message says "table or view"; this one says which table it was meant to be)
         raise TrainingError(f"labels table {table!r} not found in the database") from None
-    cols = {d[0].lower() for d in rel.description}
-    cur.fetchall()
-    return cols
 
 
 def _read_pairs(con, table: str) -> list[tuple[OfferRef, OfferRef, int]]:
@@ -329,22 +328,20 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     if len(pos) < 10:
         raise TrainingError(f"only {len(pos)} positive pairs refer to offers in {tables}; need at least 10")
     valid_labels = None  # (labels: all of them, as the manifest's data hash covers them)
+    # auto: review verdicts get new offers of known products in validation, so the pair stage's known products can
+    # be judged, where that split leaves the pair stage the matches it needs; fewer (no pair stage) or other labels:
+    # whole label groups, as before
+    want = "offers" if valid_split == "auto" and verdicts and pair_model else valid_split
+    if want in ("offers", "latest"):
+        fit_labels, held = _new_offers_split(labels, keys, len(tables), valid_fraction, want, seed)
+        fit_pos, fit_neg = _index_pairs(fit_labels, keys, len(tables))
+        if valid_split != "auto" or len(fit_pos) >= (pair_options or PairOptions).min_positives:
+            valid_split, valid_labels, pos, neg = want, held, fit_pos, fit_neg
+            log(f"validation: the {len(valid_labels)} labelled pairs of "
+                f"{'the offers reviewed last' if want == 'latest' else 'a random sample of offers'}, whose products "
+                f"may also be in training (valid_split={want!r})")
     if valid_split == "auto":
-        # review verdicts whose training split has the matches the pair stage needs: new offers of known products in
-        # validation, so its known products can be judged; fewer (no pair stage) or other labels: whole label
-        # groups, as before
         valid_split = "groups"
-        if verdicts and pair_model:
-            fit_labels, held = _new_offers_split(labels, keys, len(tables), valid_fraction, "offers", seed)
-            if len(_index_pairs(fit_labels, keys, len(tables))[0]) >= (pair_options or PairOptions).min_positives:
-                valid_split, valid_labels = "offers", held
-    elif valid_split in ("offers", "latest"):
-        fit_labels, valid_labels = _new_offers_split(labels, keys, len(tables), valid_fraction, valid_split, seed)
-    if valid_labels is not None:
-        pos, neg = _index_pairs(fit_labels, keys, len(tables))
-        log(f"validation: the {len(valid_labels)} labelled pairs of "
-            f"{'the offers reviewed last' if valid_split == 'latest' else 'a random sample of offers'}, whose products "
-            f"may also be in training (valid_split={valid_split!r})")
     comp = _components(len(rows.ids), pos)
     vpos_given = np.zeros((0, 2), dtype=np.int64)
     if valid_pairs or valid_labels is not None:
