@@ -123,9 +123,11 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
         extra = {"matcher": matcher} if matcher else {}
         con = connect(database, home=home, image_roots=list(image_roots) or None, **extra)
         if matches:  # before calibrating: a misspelt --matches must not leave the thresholds applied and then fail
+            from ..offers import OfferTableError, table_columns
+
             try:
-                con.execute(f"SELECT * FROM {quote_qualified(matches)} LIMIT 0").fetchall()
-            except duckdb.CatalogException:
+                table_columns(con, matches)
+            except OfferTableError:
                 raise PmatchError(f"--matches: no table or view {matches!r} in {database} (save a match_products "
                                   "result first)") from None
         cal = calibrate(con, target, target_precision, max_recall_loss, apply=not dry_run)
