@@ -2,16 +2,24 @@
 -- verdict per pair wins; view pm_labels_current) and the queue in pm_review_queue: both are ordinary
 -- tables of your database, readable by plain SQL and dbt without pmatch installed.
 
--- pm_queue_review(matches [, queue := 'default', accept_sample := 0.05, recheck_delta := 0.3, seed := 0]):
+-- pm_queue_review(matches [, queue := 'default', accept_sample := 0.05, recheck_delta := 0.3, seed := 0,
+--                  certify := NULL, certify_above := NULL, certify_size := NULL]):
 -- queue the pairs of a saved match_products result for review (replaces the queue of that name).
 -- Order: pairs nearest the decision boundary first, spread across source offers; a random
 -- `accept_sample` share of the auto-accepted pairs interleaved (to measure auto-accept precision);
 -- pairs already labelled are skipped unless the model turned against the verdict (then first): its score
 -- moved by >= recheck_delta away from it, or, across score scales (pm_labels.scored_by), its decision now
 -- contradicts the verdict where the decision shown did not.
--- Returns one row: queue, queued, boundary, accept_samples, rechecks, skipped_labelled.
+-- certify := 0.99: first (after rechecks) a uniform random sample of the pairs scoring >= certify_above, sized
+-- (certify_size; default: enough for the 95% lower bound to reach the target with one no-match among them, 446
+-- at 0.99) so that reviewing it lets pmatch calibrate certify that precision. certify_above by default: a trained
+-- matcher's lowest score above which its calibrated scores average 1 - (1 - certify) / 5; zero-shot: the accept
+-- threshold in force (or give it).
+-- Returns one row: queue, queued, boundary, accept_samples, rechecks, skipped_labelled, certify_samples,
+-- certify_above.
 CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept_sample := 0.05,
-                                             recheck_delta := 0.3, seed := 0) AS TABLE
+                                             recheck_delta := 0.3, seed := 0, certify := NULL,
+                                             certify_above := NULL, certify_size := NULL) AS TABLE
     SELECT r.* FROM (SELECT CASE
         WHEN typeof(matches) <> 'VARCHAR'
             THEN error('pm_queue_review expects the matches table name as VARCHAR, got ' || typeof(matches))
@@ -19,5 +27,12 @@ CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept
         WHEN TRY_CAST(accept_sample AS DOUBLE) IS NULL OR TRY_CAST(recheck_delta AS DOUBLE) IS NULL
             OR TRY_CAST(seed AS BIGINT) IS NULL
             THEN error('pm_queue_review: accept_sample and recheck_delta must be numbers and seed an integer')
+        WHEN (certify IS NOT NULL AND TRY_CAST(certify AS DOUBLE) IS NULL)
+            OR (certify_above IS NOT NULL AND TRY_CAST(certify_above AS DOUBLE) IS NULL)
+            OR (certify_size IS NOT NULL AND (TRY_CAST(certify_size AS BIGINT) IS NULL
+                OR TRY_CAST(certify_size AS DOUBLE) <> TRY_CAST(certify_size AS BIGINT)))
+            THEN error('pm_queue_review: certify and certify_above must be numbers and certify_size an integer')
         ELSE _pm_queue_review(matches::VARCHAR, queue::VARCHAR, TRY_CAST(accept_sample AS DOUBLE),
-                              TRY_CAST(recheck_delta AS DOUBLE), TRY_CAST(seed AS BIGINT)) END AS r);
+                              TRY_CAST(recheck_delta AS DOUBLE), TRY_CAST(seed AS BIGINT),
+                              TRY_CAST(certify AS DOUBLE), TRY_CAST(certify_above AS DOUBLE),
+                              TRY_CAST(certify_size AS BIGINT)) END AS r);

@@ -95,7 +95,7 @@ def test_queue_order_boundary_spread_samples_and_rechecks() -> None:
                 # moved 0.55 down, against it: recheck first
                 PairKey.of("feed", "L3", "cat", "z"): Verdict("match", 0.75, 3, "zero-shot", "review")}
     ordered, counts = build_queue(rows, verdicts, state, accept_sample=0.05, seed=1)
-    assert counts == {"boundary": 16, "accept_samples": 2, "rechecks": 2, "skipped_labelled": 1}
+    assert counts == {"boundary": 16, "accept_samples": 2, "rechecks": 2, "skipped_labelled": 1, "certify_samples": 0}
     assert [it["source_id"] for it in ordered[:2]] == ["L3", "L2"]
     # the reviewer is shown the model's own decision, not the verdict's override of it
     assert [(it["decision"], it["scored_by"]) for it in ordered[:2]] == [("reject", "zero-shot"), ("accept", "zero-shot")]
@@ -203,7 +203,8 @@ def test_pm_queue_review_sql(review_demo) -> None:
                                      "count(*) FILTER (WHERE decision = 'accept') FROM matches").fetchall()[0]
     assert n_review > 5 and n_accept > 0
     row = con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()[0]
-    assert row == ("default", n_review + math.ceil(0.05 * n_accept), n_review, math.ceil(0.05 * n_accept), 0, 0)
+    assert row == ("default", n_review + math.ceil(0.05 * n_accept), n_review, math.ceil(0.05 * n_accept), 0, 0, 0,
+                   None)
     q = con.execute("SELECT position, decision, reason, matcher, score FROM pm_review_queue "
                     "WHERE queue = 'default' ORDER BY position").fetchall()
     assert [r[0] for r in q] == list(range(1, len(q) + 1))
@@ -430,6 +431,16 @@ def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkey
     con.close()
     res = CliRunner().invoke(main, ["review", str(review_demo.db), "--host", "0.0.0.0"])
     assert "warning: binding 0.0.0.0" in res.output
+    # a certification sample: said what it is and what reviewing it can certify
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--queue", "c1",
+                                    "--certify", "0.99", "--certify-above", "0.85", "--image-root",
+                                    str(review_demo.images)])
+    assert res.exit_code == 0, res.output
+    assert "random pairs scoring >= 0.8500, first in the queue" in res.output
+    assert "once 268 of them are matches without a no-match, or 446 with one" in res.output
+    assert "unlabelled pairs score that high here" in res.output  # a 20-product shop holds far fewer
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--certify", "0.99"])
+    assert res.exit_code == 1 and "give --matches too" in res.output
 
 
 def test_review_page_offer_gone(review_demo) -> None:
@@ -460,3 +471,142 @@ def test_dedup_queue_entries_are_answered_by_their_labels() -> None:
     record_verdict(con, PairKey(e["source_table"], e["source_id"], e["target_table"], e["target_id"]), "match")
     record_verdict(con, PairKey.of("feed", "d", "feed", "c"), "no_match")  # given the other way round
     assert progress(con, "default") == (2, 2) and next_entry(con, "default") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# the certification sample (pm_queue_review(certify := ...), review/certify.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_reviews_needed_is_the_fewest_that_reach_the_bound() -> None:
+    import numpy as np
+
+    from pmatch_duckdb.decision import wilson_lower
+    from pmatch_duckdb.review.certify import reviews_needed
+
+    assert reviews_needed(0.99, 0) == 268 and reviews_needed(0.99, 1) == 446  # the figures the docs quote
+    for target in (0.9, 0.95, 0.98, 0.99, 0.995):
+        for errors in (0, 1, 3):
+            n = reviews_needed(target, errors)
+            assert wilson_lower(np.array([n - errors]), np.array([n]))[0] >= target
+            assert wilson_lower(np.array([n - 1 - errors]), np.array([n - 1]))[0] < target
+    for bad in (1.0, 0.3, "x", None):
+        with pytest.raises(PmatchError, match="target precision"):
+            reviews_needed(bad)
+
+
+def test_calibrated_threshold_is_where_the_scores_above_average_the_goal() -> None:
+    import numpy as np
+
+    from pmatch_duckdb.review.certify import calibrated_threshold
+
+    s = np.array([1.0, 1.0, 0.99, 0.98, 0.9, 0.5, np.nan])
+    assert calibrated_threshold(s, 0.99) == 0.98  # mean of the top four 0.9925; with 0.9 it is 0.974
+    assert calibrated_threshold(s, 0.999) == 1.0
+    assert calibrated_threshold(np.array([0.97, 0.96]), 0.99) is None
+    assert calibrated_threshold(np.array([1.0, 0.99, 0.99, 0.5]), 0.995) == 1.0  # never between equal scores
+
+
+def test_the_certification_sample_is_random_above_its_floor_and_first() -> None:
+    state = ModelState("default/v1", 0.3, math.inf, scale="stage1")  # nothing auto-accepted
+    rows = [_row(f"S{i}", "t", 0.5 + 0.5 * i / 400, "review") for i in range(400)]
+    rows.append(_row("R", "t", 0.97, "reject"))  # above the floor whatever the decision
+    rows.append(_row("L", "t", 0.99, "review"))  # labelled: not drawn
+    verdicts = {PairKey.of("feed", "L", "cat", "t"): Verdict("match", 0.99, 1, "stage1", "review")}
+    ordered, counts = build_queue(rows, verdicts, state, certify=(0.9, 40), seed=3)
+    drawn = [it for it in ordered if it["reason"] == "certify_sample"]
+    assert counts["certify_samples"] == 40 and ordered[:40] == drawn
+    assert all(it["score"] >= 0.9 for it in drawn) and "L" not in {it["source_id"] for it in drawn}
+    # a sample, not the top 40: spread over the 81 eligible pairs' range
+    scores = sorted(it["score"] for it in drawn)
+    assert scores[0] < 0.92 and scores[-1] > 0.98
+    # the rest queued as usual (the rejected one, where not drawn, not at all)
+    assert counts["boundary"] == 400 - sum(it["source_id"] != "R" for it in drawn)
+    assert counts["skipped_labelled"] == 1
+    again, _ = build_queue(rows, verdicts, state, certify=(0.9, 40), seed=3)
+    assert [it["key"] for it in again] == [it["key"] for it in ordered]
+    other, _ = build_queue(rows, verdicts, state, certify=(0.9, 40), seed=4)
+    assert {it["key"] for it in other[:40]} != {it["key"] for it in drawn}
+    everything, c = build_queue(rows, verdicts, state, certify=(0.9, 1000))  # more asked than there are: all
+    assert c["certify_samples"] == 81 and c["boundary"] == 400 - 80
+
+
+def _synthetic_result(con, n: int = 2000) -> dict:  # noqa: ANN001
+    """A saved result of ``n`` pairs (scores 0.3..1, nothing auto-accepted) and its truth: below 0.9 every 15th
+    pair is a non-match, above it every 200th."""
+    truth = {}
+    rows = []
+    for i in range(n):
+        s = 0.3 + 0.7 * i / (n - 1)
+        truth[("feed_x", f"s{i}", "catalog", f"t{i}")] = i % (200 if s >= 0.9 else 15) != 0 and s >= 0.45
+        rows.append((f"s{i}", f"t{i}", s, "review" if s >= 0.55 else "reject"))
+    con.execute("CREATE TABLE big AS SELECT 'feed_x' AS source_table, 'catalog' AS target_table, * FROM "
+                "(VALUES " + ", ".join(f"('{a}', '{b}', {s}, '{d}')" for a, b, s, d in rows) +
+                ") v(source_id, target_id, score, decision)")
+    return truth
+
+
+def _answer(con, truth: dict, queue: str, n: int) -> None:  # noqa: ANN001
+    rows = con.execute("SELECT source_table, source_id, target_table, target_id, score, decision, reason, matcher "
+                       "FROM pm_review_queue WHERE queue = ? ORDER BY position LIMIT ?", [queue, n]).fetchall()
+    for st, si, tt, ti, s, d, r, m in rows:
+        record_verdict(con, PairKey(st, si, tt, ti), "match" if truth[(st, si, tt, ti)] else "no_match", score=s,
+                       decision=d, reason=r, matcher=m, queue=queue)
+
+
+def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_cannot(review_demo) -> None:
+    """Same review budget, same result: the boundary queue's reviews certify no accept threshold at 0.95, the
+    certification sample's do, and calibrate reports how far the sample has got."""
+    from pmatch_duckdb.review.calibrate import calibrate
+    from pmatch_duckdb.review.certify import reviews_needed
+    from pmatch_duckdb.review.queue import queue_review
+
+    budget = reviews_needed(0.95, 1)
+    con = _connect(review_demo)
+    truth = _synthetic_result(con)
+    queue_review(con, "big", "plain", accept_sample=0)
+    _answer(con, truth, "plain", budget)
+    plain = calibrate(con, "catalog", target_precision=0.95, apply=False)
+    assert plain.accept is None and plain.certify is None
+    con.execute("DELETE FROM pm_labels")
+    st = queue_review(con, "big", "cert", accept_sample=0, certify=0.95, certify_above=0.9)
+    assert (st.certify_samples, st.certify_above) == (budget, 0.9)
+    _answer(con, truth, "cert", budget // 2)
+    half = calibrate(con, "catalog", target_precision=0.95, apply=False)
+    assert half.certify["reviewed"] == budget // 2 and half.certify["queued"] == budget
+    _answer(con, truth, "cert", budget)
+    cal = calibrate(con, "catalog", target_precision=0.95, apply=False)
+    assert cal.accept is not None and cal.accept >= 0.9 and cal.accept_lower_bound >= 0.95
+    got = cal.certify
+    assert (got["above"], got["queued"], got["reviewed"]) == (0.9, budget, budget)
+    assert got["lower_bound"] >= 0.95 and got["matches"] >= budget - 1
+    # the queue table says which pairs were the sample and above what
+    assert con.execute("SELECT count(*), min(certify_above), max(certify_above), min(score) >= 0.9 FROM "
+                       "pm_review_queue WHERE queue = 'cert' AND reason = 'certify_sample'").fetchall()[0] == \
+        (budget, 0.9, 0.9, True)
+    con.close()
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main
+
+    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision",
+                                    "0.95", "--dry-run", "--image-root", str(review_demo.images)])
+    assert res.exit_code == 0, res.output
+    assert f"certification sample: {budget} of {budget} sampled pairs above 0.9000 reviewed" in res.output
+    assert "reaches 0.95" in res.output
+
+
+def test_certify_arguments_are_checked(review_demo) -> None:
+    con = _connect(review_demo)
+    row = con.execute("SELECT certify_samples, certify_above FROM pm_queue_review('matches', certify := 0.9)"
+                      ).fetchall()[0]
+    assert row[0] > 0 and row[1] == pytest.approx(0.80)  # zero-shot: the accept threshold in force
+    for call, msg in (
+            ("certify := 1.5", "target precision must be in"),
+            ("certify := 'high'", "certify and certify_above must be numbers"),
+            ("certify_above := 0.9", "need certify"),
+            ("certify := 0.9, certify_size := 0", "certify_size must be at least 1"),
+            ("certify := 0.9, certify_size := 2.5", "certify_size an integer")):
+        with pytest.raises(duckdb.Error, match=msg):
+            con.execute(f"SELECT * FROM pm_queue_review('matches', {call})").fetchall()
+    con.close()

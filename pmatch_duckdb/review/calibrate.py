@@ -12,7 +12,9 @@ exists): its reviewed pairs are scored again through ``score_pairs``, re-read by
 stage 1's own score of each), and each model's thresholds are picked from its own scores (where a reviewed pair's table is gone, its shown score
 stands in for the model ``scored_by`` names). Caveat: the queue asks about the whole review band but only a sample of
 the auto-accepted pairs, so reviewed pairs under-represent the high scores; as those are mostly
-matches, the precision estimate is on the cautious side.
+matches, the precision estimate is on the cautious side. Where nothing is auto-accepted yet, few reviewed pairs lie
+where an accept threshold could go: a certification sample (``pm_queue_review(certify := 0.99)``, ``certify.py``)
+puts a uniform random sample of the top pairs first in the queue, and calibrate reports how far its review has got.
 
 Where the new thresholds go: the active trained matcher gets a new version (a copy whose decision.json
 and manifest carry the new thresholds and where they came from; ``pmatch models rollback`` undoes it);
@@ -31,6 +33,7 @@ import numpy as np
 from ..decision import choose_thresholds, wilson_lower
 from ..errors import PmatchError
 from ..staging import new_staging_dir
+from .certify import certify_status
 from .labels import has_labels, scored_by_sql, table_key
 from .queue import ModelState, finite_or_none, model_state
 from .rescore import score_again_both
@@ -64,6 +67,9 @@ class Calibration:
     #: a matcher with a pair scorer: the stacked model's thresholds, picked from the reviewed pairs re-read by it
     #: (the fields above are then stage 1's, from the same pairs scored by stage 1 alone)
     pair: dict | None = None
+    #: the certification sample queued for this matcher and target (``pm_queue_review(certify := ...)``), how far its
+    #: review has got (:class:`certify.CertifyStatus` as a dict); None where none was queued
+    certify: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -145,6 +151,8 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
         cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": finite_or_none(state.pair.accept_threshold),
                     "old_review": state.pair.review_threshold, "accept_precision": p_prec,
                     "accept_lower_bound": p_lb, "accept_reviewed": p_n}
+    status = certify_status(con, matcher=state.matcher, target=target)
+    cal.certify = status.as_dict() if status is not None else None
     certified = cal.accept is not None or (cal.pair is not None and cal.pair["accept"] is not None)
     if apply and certified:
         cal.applied = _apply(ctx, target, state, cal)

@@ -46,6 +46,14 @@ def _check_queue_exists(database: str, queue: str) -> None:
               help="First (re)queue this saved match_products result (= SELECT * FROM pm_queue_review(...)).")
 @click.option("--accept-sample", default=0.05, show_default=True,
               help="With --matches: share of auto-accepted pairs mixed in to measure auto-accept precision.")
+@click.option("--certify", type=float, default=None, metavar="PRECISION",
+              help="With --matches: first queue a random sample of the top pairs sized so that reviewing it can "
+                   "certify this precision (e.g. 0.99) for pmatch calibrate.")
+@click.option("--certify-above", type=float, default=None, metavar="SCORE",
+              help="With --certify: sample the pairs scoring at least this (default: where a trained matcher's "
+                   "calibrated scores expect precision 1 - (1 - PRECISION) / 5; zero-shot: the accept threshold).")
+@click.option("--certify-size", type=int, default=None, metavar="N",
+              help="With --certify: pairs to sample (default: enough to certify with one no-match among them).")
 @click.option("--port", default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; anything but loopback exposes the page (and your data) to the network.")
@@ -53,7 +61,8 @@ def _check_queue_exists(database: str, queue: str) -> None:
 @click.option("--image-root", "image_roots", multiple=True,
               help="Folder the offers' images lie under (repeatable; default: cwd). Nothing outside is served.")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
-def review_cmd(database: str, queue: str, matches: str | None, accept_sample: float, port: int, host: str,
+def review_cmd(database: str, queue: str, matches: str | None, accept_sample: float, certify: float | None,
+               certify_above: float | None, certify_size: int | None, port: int, host: str,
                reviewer: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
     """Label queued candidate pairs in the browser: one pair per screen, keys M / N / U, Z to undo.
     Verdicts land in the pm_labels table of DATABASE; the page binds 127.0.0.1:8765 by default."""
@@ -62,13 +71,17 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
     except ImportError as e:
         raise click.ClickException(f"the review page needs the review extra ({e}): "
                                    "pip install 'pmatch-duckdb[review]'") from None
+    if not matches and (certify is not None or certify_above is not None or certify_size is not None):
+        raise click.ClickException("--certify, --certify-above and --certify-size queue a sample of a match result: "
+                                   "give --matches too")
     if matches:
         from .queue import queue_review
 
         try:
             con = _open(database, home, image_roots)
             try:
-                st = queue_review(con, matches, queue, accept_sample=accept_sample)
+                st = queue_review(con, matches, queue, accept_sample=accept_sample, certify=certify,
+                                  certify_above=certify_above, certify_size=certify_size)
             finally:
                 con.close()
         except PmatchError as e:
@@ -76,6 +89,8 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
         click.echo(f"queued {st.queued} pairs in queue {queue!r}: {st.boundary} near the decision boundary, "
                    f"{st.accept_samples} sampled auto-accepts, {st.rechecks} rechecks "
                    f"({st.skipped_labelled} already labelled, not asked again)")
+        if certify is not None:
+            click.echo(_certify_line(st.certify_samples, st.certify_above, certify))
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -86,6 +101,20 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
     _check_queue_exists(database, queue)
     click.echo(f"review page: http://{host}:{port}/  (Ctrl+C to stop; the database is not held open between pages)")
     serve(database, queue=queue, image_roots=list(image_roots) or None, host=host, port=port, reviewer=reviewer)
+
+
+def _certify_line(drawn: int, above: float, target: float) -> str:
+    """What a queued certification sample can do, in one line."""
+    from .certify import reviews_needed
+
+    n0, n1 = reviews_needed(target, 0), reviews_needed(target, 1)
+    line = (f"certification sample: {drawn} random pairs scoring >= {above:.4f}, first in the queue. Precision >= "
+            f"{target} is certified (95% lower bound) once {n0} of them are matches without a no-match, or {n1} with "
+            "one; then run pmatch calibrate.")
+    if drawn < n0:
+        line += (f" Only {drawn} unlabelled pairs score that high here: with earlier reviews above it calibrate may "
+                 "still certify, else lower --certify-above or match more offers.")
+    return line
 
 
 @click.command("calibrate")
@@ -158,6 +187,10 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
                    f"{pa['accept_reviewed']} reviewed pairs above it, 95% lower bound {pa['accept_lower_bound']:.3f}"
                    if pa["accept"] is not None else f"  accept: none certified (was {was}; kept)")
         click.echo(f"  review >= {pa['review']:.4f} (was {pa['old_review']:.4f})")
+    if cal.certify is not None:
+        from .certify import CertifyStatus, describe
+
+        click.echo(describe(CertifyStatus(**cal.certify), target_precision))
     if band is not None:
         click.echo(f"review band of {matches}: {band[0]} pairs before, {band[1]} with the new thresholds")
     click.echo(f"written to {cal.applied}" if cal.applied else "nothing written" + (" (dry run)" if dry_run else ""))

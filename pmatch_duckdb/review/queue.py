@@ -12,6 +12,9 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
   stacked model's thresholds, the others against stage 1's (two scales, one result);
 * ``accept_sample``: a deterministic random sample (``accept_sample``, default 5%, at least one) of
   the auto-accepted pairs, spread evenly through the queue — the measured precision of auto-accept;
+* ``certify_sample`` (only when asked for, ``certify``): a uniform random sample of the pairs scoring at least
+  ``certify_above``, sized so that reviewing it can certify that precision (see ``certify.py``); first in the queue
+  after the rechecks, in random order;
 * ``recheck``: pairs already labelled where the model turned against the verdict since it was given; first in the
   queue. On the scale the reviewer saw (``pm_labels.scored_by``: zero-shot similarity, a trained matcher's stage 1,
   or its pair scorer's stacked model), that is a score moved by at least ``recheck_delta`` away from the verdict
@@ -30,6 +33,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from ..errors import PmatchError
@@ -69,6 +73,7 @@ CREATE TABLE IF NOT EXISTS pm_review_queue (
     accept_threshold DOUBLE,
     review_threshold DOUBLE,
     labels_before    BIGINT,   -- verdicts with a larger label_id answer this queue entry
+    certify_above    DOUBLE,   -- certify_sample: the score floor it was drawn above (certify.py)
     queued_at        TIMESTAMPTZ DEFAULT current_timestamp,
     PRIMARY KEY (queue, position)
 )
@@ -126,6 +131,8 @@ class QueueStats:
     accept_samples: int
     rechecks: int
     skipped_labelled: int
+    certify_samples: int = 0
+    certify_above: float | None = None  # the score floor of the certification sample (None: none asked for)
 
     def as_row(self) -> dict:
         return dict(self.__dict__)
@@ -182,7 +189,9 @@ def scorer_of(row: dict, state: ModelState) -> ModelState:
     return row.get("_state") or state
 
 
-def _read_matches(con: duckdb.DuckDBPyConnection, matches: str) -> pa.Table:
+def _read_matches(con: duckdb.DuckDBPyConnection, matches: str, min_score: float | None = None) -> pa.Table:
+    """The rows of ``matches`` that can be queued: review / accept pairs, pairs with a verdict, and (``min_score``,
+    a certification sample's floor) every pair scoring at least that."""
     q = quote_qualified(matches)
     try:
         cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
@@ -202,7 +211,8 @@ def _read_matches(con: duckdb.DuckDBPyConnection, matches: str) -> pa.Table:
     return con.sql(
         f"SELECT source_table, CAST(source_id AS VARCHAR) AS source_id, target_table, "
         f"CAST(target_id AS VARCHAR) AS target_id, CAST(score AS DOUBLE) AS score, decision, {opt} FROM {q} "
-        f"WHERE score IS NOT NULL AND (decision IN ('review', 'accept') {labelled})").to_arrow_table()
+        f"WHERE score IS NOT NULL AND (decision IN ('review', 'accept') {labelled}"
+        f"{'' if min_score is None else ' OR score >= ' + repr(float(min_score))})").to_arrow_table()
 
 
 def _stable_unit(seed: int, key: PairKey) -> float:
@@ -282,14 +292,18 @@ def recheck_priority(v: Verdict, score: float, st: ModelState, recheck_delta: fl
 
 
 def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
-                recheck_delta: float = 0.3, seed: int = 0) -> tuple[list[dict], dict]:
+                recheck_delta: float = 0.3, seed: int = 0, certify: tuple[float, int] | None = None
+                ) -> tuple[list[dict], dict]:
     """The ordered queue entries for the rows of a match result (pure: no database). ``verdicts``: the verdicts in
     force, as :func:`labels.current_verdicts` returns them (plain ``(verdict, score, label_id)`` tuples are taken for
-    verdicts of unknown scale); a row's ``_state`` is the model that scored it (default ``state``)."""
-    boundary, accepts, recheck, skipped = [], [], [], 0
+    verdicts of unknown scale); a row's ``_state`` is the model that scored it (default ``state``). ``certify``:
+    (score floor, sample size) of a certification sample, drawn from the unlabelled rows scoring at least the floor
+    (whatever their decision); the rest of them are queued as usual."""
+    boundary, accepts, recheck, pool, skipped = [], [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
-        if not verdicts and r["decision"] not in ("review", "accept"):
+        eligible = certify is not None and r["score"] >= certify[0]
+        if not verdicts and r["decision"] not in ("review", "accept") and not eligible:
             continue
         key = PairKey.of(r["source_table"], r["source_id"], r["target_table"], r["target_id"])
         if key in seen:
@@ -309,45 +323,79 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
             else:
                 skipped += 1
             continue
-        if r["decision"] == "review":
-            r["reason"] = "boundary"
-            boundary.append(r)
-        elif r["decision"] == "accept":
-            r["reason"] = "accept_sample"
-            accepts.append(r)
+        if eligible:
+            pool.append(r)
+        else:
+            _queue_as_usual(r, boundary, accepts)
+    drawn: list[dict] = []
+    if pool:
+        pool.sort(key=lambda it: _stable_unit(seed + 1, it["key"]))  # another draw than the accept sample's
+        drawn, rest = pool[:max(0, certify[1])], pool[max(0, certify[1]):]
+        for r in drawn:
+            r["reason"] = "certify_sample"
+        for r in rest:
+            _queue_as_usual(r, boundary, accepts)
     n_sample = 0 if accept_sample <= 0 or not accepts else max(1, math.ceil(accept_sample * len(accepts)))
     accepts.sort(key=lambda it: _stable_unit(seed, it["key"]))
     sample = accepts[:n_sample]
     recheck.sort(key=lambda it: -it["_recheck"])
-    ordered = recheck + interleave(order_boundary(boundary, state), sample)
+    ordered = recheck + drawn + interleave(order_boundary(boundary, state), sample)
     return ordered, {"boundary": len(boundary), "accept_samples": len(sample), "rechecks": len(recheck),
-                     "skipped_labelled": skipped}
+                     "skipped_labelled": skipped, "certify_samples": len(drawn)}
+
+
+def _queue_as_usual(r: dict, boundary: list[dict], accepts: list[dict]) -> None:
+    """A row no other rule took: the boundary list if the model sent it to review, the accepts (to sample from) if it
+    accepted it; a rejected row is not queued."""
+    if r["decision"] == "review":
+        r["reason"] = "boundary"
+        boundary.append(r)
+    elif r["decision"] == "accept":
+        r["reason"] = "accept_sample"
+        accepts.append(r)
 
 
 def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "default", *,
                  state: ModelState | None = None, accept_sample: float = 0.05, recheck_delta: float = 0.3,
-                 seed: int = 0, ctx=None) -> QueueStats:  # noqa: ANN001 - ctx: a PmatchContext
+                 seed: int = 0, certify: float | None = None, certify_above: float | None = None,
+                 certify_size: int | None = None, ctx=None) -> QueueStats:  # noqa: ANN001 - ctx: a PmatchContext
     """Write the review queue ``queue`` for the saved match result ``matches`` into ``pm_review_queue``.
 
     ``state``: thresholds and name of the model that scored ``matches`` (default: read from the
     pmatch installation ``ctx`` or that of ``con``: the active matcher, else the target index's
-    zero-shot thresholds).
+    zero-shot thresholds). ``certify``: a target precision (e.g. 0.99) to queue a certification sample for, drawn
+    above ``certify_above`` (default: see ``certify.py``), ``certify_size`` pairs (default: enough to certify it
+    with one no-match among them).
     """
+    from . import certify as cert
+
     if not queue or not isinstance(queue, str):
         raise PmatchError("pm_queue_review: the queue name must be a non-empty string")
     if not 0 <= accept_sample <= 1:
         raise PmatchError(f"pm_queue_review: accept_sample must be in [0, 1], got {accept_sample}")
-    data = _read_matches(con, matches).to_pylist()
+    if certify is None and (certify_above is not None or certify_size is not None):
+        raise PmatchError("pm_queue_review: certify_above and certify_size need certify (the target precision)")
+    if certify is not None:
+        certify = cert.check_target(certify)
+        if certify_size is not None and int(certify_size) < 1:
+            raise PmatchError(f"pm_queue_review: certify_size must be at least 1, got {certify_size}")
+        if certify_above is not None and not math.isfinite(float(certify_above)):
+            raise PmatchError(f"pm_queue_review: certify_above must be a finite score, got {certify_above}")
+    data = _read_matches(con, matches, certify_above if certify is not None else None).to_pylist()
     if state is None:
         from ..api import context_of
 
         state = model_state(ctx or context_of(con), data[0]["target_table"] if data else matches)
     if state.pair is not None and data:
         _mark_reread(con, ctx, matches, data, state)
+    plan = None
+    if certify is not None:
+        above = _certify_floor(data, state, certify) if certify_above is None else float(certify_above)
+        plan = (above, int(certify_size) if certify_size is not None else cert.reviews_needed(certify, 1))
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)
-    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed)
+    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan)
     before = max_label_id(con)
     out = pa.table({
         "queue": [queue] * len(ordered),
@@ -365,16 +413,20 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
                                      type=pa.float64()),
         "review_threshold": [scorer_of(it, state).review_threshold for it in ordered],
         "labels_before": [before] * len(ordered),
+        "certify_above": pa.array([plan[0] if it["reason"] == "certify_sample" else None for it in ordered],
+                                  type=pa.float64()),
     }).cast(pa.schema([
         ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),
         ("source_id", pa.string()), ("target_ref", pa.string()), ("target_table", pa.string()),
         ("target_id", pa.string()), ("score", pa.float64()), ("text_score", pa.float64()),
         ("image_score", pa.float64()), ("lexical_score", pa.float64()), ("identifier_match", pa.bool_()),
         ("price_ratio", pa.float64()), ("decision", pa.string()), ("reason", pa.string()), ("matcher", pa.string()),
-        ("scored_by", pa.string()), ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64())]))
+        ("scored_by", pa.string()), ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64()),
+        ("certify_above", pa.float64())]))
     con.execute(QUEUE_DDL)
-    if not has_column(con, "pm_review_queue", "scored_by"):  # a queue table written by an earlier version
-        con.execute("ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS scored_by VARCHAR")
+    for col, typ in (("scored_by", "VARCHAR"), ("certify_above", "DOUBLE")):  # a queue table of an earlier version
+        if not has_column(con, "pm_review_queue", col):
+            con.execute(f"ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS {col} {typ}")
     con.register("_pm_new_queue", out)
     try:
         con.execute("BEGIN TRANSACTION")
@@ -387,7 +439,27 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             raise
     finally:
         con.unregister("_pm_new_queue")
-    return QueueStats(queue, len(ordered), **counts)
+    return QueueStats(queue, len(ordered), **counts, certify_above=plan[0] if plan else None)
+
+
+def _certify_floor(rows: list[dict], state: ModelState, target: float) -> float:
+    """The default score floor of a certification sample (``certify.py``): from the scores as calibrated
+    probabilities for a trained matcher; the accept threshold in force for zero-shot similarities."""
+    from . import certify as cert
+
+    if state.scored_by == "zero-shot":
+        if math.isfinite(state.accept_threshold):
+            return state.accept_threshold
+        raise PmatchError("pm_queue_review: zero-shot scores are similarities, not probabilities, and no accept "
+                          "threshold is set: give certify_above (the score to sample above)")
+    goal = cert.expected_precision_goal(target)
+    floor = cert.calibrated_threshold(np.array([r["score"] for r in rows], dtype=np.float64), goal)
+    if floor is None:
+        raise PmatchError(
+            f"pm_queue_review: no pairs of this result score high enough for the model to expect precision {goal:.4f} "
+            f"above them (the default floor for certify := {target}): the model does not expect to reach {target} "
+            "anywhere here. Give certify_above (the score to sample above) or a lower certify")
+    return floor
 
 
 _ANSWERED = """EXISTS (SELECT 1 FROM pm_labels_current l WHERE l.source_table = q.source_table

@@ -1,0 +1,127 @@
+"""The certification sample: how many random pairs above a score people must review to certify a precision.
+
+``pmatch calibrate`` certifies an accept threshold where the reviewed pairs above it have a one-sided 95% Wilson
+lower bound on precision >= the target. The boundary queue rarely reaches the top of the review band (it asks about
+the pairs nearest the boundary first), and where nothing is auto-accepted there is no accept sample either: so at
+0.99 calibrate usually finds too few reviewed pairs up there (the bound needs 268 matches without an error). The
+certification sample fills that gap by design: a uniform random sample of the result's pairs scoring at least
+``above``, sized so that the bound reaches the target with at most ``errors`` no-matches among them, queued first in
+random order (any reviewed prefix is itself a uniform sample). Its verdicts are ordinary reviewed pairs to
+``calibrate`` (``pm_labels.reason = 'certify_sample'``), which also reports how far the sample has got.
+
+``above`` by default: for a trained matcher (scores are calibrated probabilities) the lowest score at which the
+result's pairs above it average at least :func:`expected_precision_goal` of the target; zero-shot similarities are no
+probabilities, so there it is the accept threshold in force, or must be given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import duckdb
+import numpy as np
+
+from ..decision import wilson_lower
+from ..errors import PmatchError
+from .labels import has_column, has_labels, table_key
+
+#: the share of the allowed error rate (1 - target) the default ``above`` expects: 1/5, e.g. an expected precision of
+#: 0.998 for a 0.99 target, so a sample sized for one error usually holds at most one
+EXPECTED_ERROR_SHARE = 0.2
+
+
+def check_target(target: float) -> float:
+    """``target`` as a float in (0.5, 1), or a clear error."""
+    try:
+        t = float(target)
+    except (TypeError, ValueError):
+        raise PmatchError(f"certify: the target precision must be a number in (0.5, 1), got {target!r}") from None
+    if not 0.5 < t < 1:
+        raise PmatchError(f"certify: the target precision must be in (0.5, 1), got {t}")
+    return t
+
+
+def reviews_needed(target: float, errors: int = 1) -> int:
+    """The fewest reviewed pairs whose 95% Wilson lower bound on precision reaches ``target`` with ``errors``
+    no-matches among them (0.99: 268 without an error, 446 with one)."""
+    target = check_target(target)
+    lo, hi = errors + 1, errors + 2
+    while wilson_lower(np.array([hi - errors]), np.array([hi]))[0] < target:
+        lo, hi = hi, hi * 2
+    while lo < hi:  # the bound with a fixed number of errors rises with n
+        mid = (lo + hi) // 2
+        if wilson_lower(np.array([mid - errors]), np.array([mid]))[0] >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def expected_precision_goal(target: float) -> float:
+    """The precision the default ``above`` expects of the pairs above it (see :data:`EXPECTED_ERROR_SHARE`)."""
+    return 1 - (1 - check_target(target)) * EXPECTED_ERROR_SHARE
+
+
+def calibrated_threshold(scores: np.ndarray, goal: float) -> float | None:
+    """The lowest score at which the ``scores`` at or above it average at least ``goal`` (scores read as
+    calibrated probabilities of a match), cutting only between distinct scores; None where even the top does not."""
+    s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])[::-1]
+    if not len(s):
+        return None
+    mean = np.cumsum(s) / np.arange(1, len(s) + 1)
+    last_of_value = np.r_[s[1:] != s[:-1], True]
+    ok = np.flatnonzero((mean >= goal) & last_of_value)
+    return float(s[ok[-1]]) if len(ok) else None
+
+
+@dataclass
+class CertifyStatus:
+    """How far the certification sample of one matcher and target has got (what ``pmatch calibrate`` reports)."""
+
+    above: float  # the sample's score floor (the lowest of its queues')
+    queued: int  # sampled pairs, over all queues
+    reviewed: int  # match + no_match verdicts on them
+    matches: int
+    unsure: int
+    lower_bound: float | None  # one-sided 95% Wilson lower bound of the precision above ``above``
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def certify_status(con: duckdb.DuckDBPyConnection, matcher: str, target: str) -> CertifyStatus | None:
+    """The certification samples queued for ``matcher``'s scores against ``target`` and their current verdicts
+    (None where none was queued)."""
+    if not has_column(con, "pm_review_queue", "certify_above"):
+        return None
+    key = table_key(target)
+    got = con.execute(
+        "SELECT min(certify_above), count(DISTINCT (source_table, source_id, target_table, target_id)) "
+        "FROM pm_review_queue WHERE reason = 'certify_sample' AND matcher = ? AND (target_table = ? OR "
+        "source_table = ?)", [matcher, key, key]).fetchall()[0]
+    if not got[1]:
+        return None
+    m = n = u = 0
+    if has_labels(con):
+        m, n, u = con.execute(
+            "SELECT count(*) FILTER (WHERE verdict = 'match'), count(*) FILTER (WHERE verdict IN ('match', "
+            "'no_match')), count(*) FILTER (WHERE verdict = 'unsure') FROM pm_labels_current l WHERE EXISTS ("
+            "SELECT 1 FROM pm_review_queue q WHERE q.reason = 'certify_sample' AND q.matcher = ? AND "
+            "q.source_table = l.source_table AND q.source_id = l.source_id AND q.target_table = l.target_table AND "
+            "q.target_id = l.target_id AND (q.target_table = ? OR q.source_table = ?)) AND l.matcher = ?",
+            [matcher, key, key, matcher]).fetchall()[0]
+    lb = float(wilson_lower(np.array([m]), np.array([n]))[0]) if n else None
+    return CertifyStatus(float(got[0]), int(got[1]), int(n), int(m), int(u), lb)
+
+
+def describe(st: CertifyStatus, target: float) -> str:
+    """One line on a certification sample: reviewed so far, its bound, and what is left."""
+    done = f"{st.reviewed} of {st.queued} sampled pairs above {st.above:.4f} reviewed ({st.matches} matches"
+    done += f", {st.unsure} unsure)" if st.unsure else ")"
+    if not st.reviewed:
+        return f"certification sample: {done}"
+    verdict = "reaches" if st.lower_bound >= target else "is below"
+    left = st.queued - st.reviewed - st.unsure
+    more = f"; {left} sampled pairs left to review" if left > 0 and st.lower_bound < target else ""
+    return (f"certification sample: {done}: precision {st.matches / st.reviewed:.3f}, 95% lower bound "
+            f"{st.lower_bound:.3f} {verdict} {target}{more}")
