@@ -23,13 +23,16 @@ view, the target table, ``gt_test``), for each matcher version asked for:
    reviewer who is always right every recheck is work for nothing; a recheck earns its place where a person may
    have erred and the model now says so.
 
+With ``--certify P`` each matcher runs twice on the same review budget: the plain queue, then the queue with a
+certification sample first (``pm_queue_review(certify := P)``), each calibrated at ``--target-precision``.
+
 Each matcher runs on a scratch copy of the database and its index folder, with its version linked into a scratch
 pmatch home (as in ``bench_pair_cost.py``): nothing of the user's changes.
 
 Usage::
 
     python benchmarks/bench_review_loop.py --db W/abt-buy-full.duckdb --matcher NAME@v1,NAME@v2 \
-        --source abt_test --target buy_all --review 200 [--recheck-with NAME@v2]
+        --source abt_test --target buy_all --review 200 [--recheck-with NAME@v2] [--certify 0.99]
 """
 
 from __future__ import annotations
@@ -109,8 +112,10 @@ def queue_cost(con, matches: str, rounds: int) -> str:  # noqa: ANN001
 def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: int, target_precision: float,
             seed: int, accept_sample: float, work: Path, review_source: str | None = None,
             recheck_with: str | None = None, recheck_delta: float = 0.3, queue_rounds: int = 0,
-            retrain: bool = False, round2: int = 0) -> list[str]:
-    """One matcher version through the loop on a scratch copy of ``db``; returns table lines."""
+            retrain: bool = False, round2: int = 0, certify: float | None = None,
+            certify_above: float | None = None) -> list[str]:
+    """One matcher version through the loop on a scratch copy of ``db``; returns table lines. ``certify``: the
+    queue puts a certification sample first (``pm_queue_review(certify := ...)``)."""
     copy = work / db.name
     shutil.copy2(db, copy)
     if db.with_suffix(".pmatch").is_dir():
@@ -141,16 +146,26 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         m_before = retrieval_metrics(before, truth_b)
         sql_match(con, "src_a", target)  # -> table m_src_a
         cost = queue_cost(con, "m_src_a", queue_rounds) if queue_rounds else None
-        queued = con.execute(f"SELECT queued FROM pm_queue_review('m_src_a', accept_sample := {accept_sample}, "
-                             f"seed := {seed})").fetchone()[0]
+        cert = "" if certify is None or retrain else f", certify := {certify}" + (
+            "" if certify_above is None else f", certify_above := {certify_above}")
+        queued, n_cert, floor = con.execute(
+            f"SELECT queued, certify_samples, certify_above FROM pm_queue_review('m_src_a', accept_sample := "
+            f"{accept_sample}, seed := {seed}{cert})").fetchone()
         rows = _review(con, truth, "default", n_review)
         n_match = sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows)
         if retrain:
             return _retrained(con, ref, target, truth, truth_b, m_before, rows, n_match, queued, target_precision,
-                              round2, accept_sample, seed)
+                              round2, accept_sample, seed, certify, certify_above)
         try:
             cal = calibrate(con, target, target_precision)
-            note = (f"stage 1 accept {cal.accept if cal.accept is None else round(cal.accept, 4)} "
+            if cal.certify is not None:
+                c = cal.certify
+                note_c = (f"certification sample {n_cert} pairs >= {floor:.4f}, {c['reviewed']} reviewed "
+                          f"({c['matches']} matches, lower bound "
+                          f"{'-' if c['lower_bound'] is None else round(c['lower_bound'], 3)}); ")
+            else:
+                note_c = ""
+            note = note_c + (f"stage 1 accept {cal.accept if cal.accept is None else round(cal.accept, 4)} "
                     f"(lower bound {cal.accept_lower_bound if cal.accept_lower_bound is None else round(cal.accept_lower_bound, 3)})")
             if cal.pair is not None:
                 pa = cal.pair
@@ -162,7 +177,8 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
         after, _ = sql_match(con, "src_b", target)
         m_after = retrieval_metrics(after, truth_b)
-        head = (f"# {ref}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} "
+        arm = "" if certify is None else f" [certify {certify}]"
+        head = (f"# {ref}{arm}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} "
                 f"pairs, the first {len(rows)} reviewed ({n_match} matches); {note}; active now "
                 f"{active_version(name, work / 'home')}")
         if cost:
@@ -170,18 +186,20 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         if other:
             (_, name2, version2), = other
             head += "\n# " + rechecks(con, name2, version2, work / "home", "src_a", target, recheck_delta)
-        return [head, _line(f"{ref}, held out, before", m_before), _line(f"{ref}, held out, after", m_after)]
+        return [head, _line(f"{ref}, held out, before", m_before), _line(f"{ref}{arm}, held out, after", m_after)]
     finally:
         con.close()
 
 
 def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before: dict, rows: list,  # noqa: ANN001
                n_match: int, queued: int, target_precision: float, round2: int, accept_sample: float,
-               seed: int) -> list[str]:
+               seed: int, certify: float | None = None, certify_above: float | None = None) -> list[str]:
     """Step 3 with ``--retrain``: instead of calibrating, ``pmatch train --pairs pm_labels`` (the defaults; the
     reviewed sources' offers and the target) and the held-out sources matched by the new matcher; with ``round2``,
     the reviewed sources queued again by it, that many of the queue reviewed, ``calibrate``, and the held-out
-    sources matched again; table lines."""
+    sources matched again; table lines. With ``certify`` round 2 is a new batch instead: the held-out sources queued
+    with a certification sample first, ``round2`` of it reviewed, calibrated, and the held-out sources matched again
+    (their accept band's precision reported on all of it and on the pairs nobody reviewed)."""
     from pmatch_duckdb.training import train_matcher
 
     lines: list[str] = []
@@ -200,23 +218,45 @@ def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before:
             + " | ".join(said))
     out = [head, _line(f"{ref}, held out, before", m_before),
            _line(f"trained on the {len(rows)} verdicts, held out", m_after)]
-    if round2:  # the reviewed sources queued again by the new matcher, reviewed, calibrated
-        sql_match(con, "src_a", target)  # -> m_src_a, scored by 'verdicts'
-        queued2 = con.execute(f"SELECT queued FROM pm_queue_review('m_src_a', queue := 'round2', "
-                              f"accept_sample := {accept_sample}, seed := {seed})").fetchone()[0]
+    if round2:  # the reviewed sources queued again by the new matcher (or, certify, half the held-out ones), reviewed
+        part, held, truth_h = "src_a", "src_b", truth_b
+        if certify is not None:  # a new batch: B1 queued with the sample and reviewed, B2 (nobody reviews) measured
+            part, held = "src_b1", "src_b2"
+            half = {s_: zlib.crc32(f"b{seed}:{s_}".encode()) % 2 for s_ in truth_b}
+            for name, h in (("src_b1", 0), ("src_b2", 1)):
+                ids = ", ".join("'" + s_.replace("'", "''") + "'" for s_ in truth_b if half[s_] == h)
+                con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM src_b WHERE CAST(id AS VARCHAR) IN ({ids})")
+            truth_h = {s_: v for s_, v in truth_b.items() if half[s_] == 1}
+            m_trained_h = retrieval_metrics(sql_match(con, held, target)[0], truth_h)
+        sql_match(con, part, target)  # -> m_<part>, scored by 'verdicts'
+        cert = "" if certify is None else f", certify := {certify}" + (
+            "" if certify_above is None else f", certify_above := {certify_above}")
+        queued2, n_cert, floor = con.execute(
+            f"SELECT queued, certify_samples, certify_above FROM pm_queue_review('m_{part}', queue := 'round2', "
+            f"accept_sample := {accept_sample}, seed := {seed}{cert})").fetchone()
         rows2 = _review(con, truth, "round2", round2)
         try:
             cal = calibrate(con, target, target_precision)
             note = (f"accept {cal.accept if cal.accept is None else round(cal.accept, 4)} (lower bound "
                     f"{cal.accept_lower_bound if cal.accept_lower_bound is None else round(cal.accept_lower_bound, 3)}"
                     f" on {cal.reviewed} reviewed pairs, {cal.matches} matches); {cal.applied or 'nothing written'}")
+            if cal.certify is not None:
+                c = cal.certify
+                note += (f"; certification sample {c['reviewed']} of {c['queued']} reviewed, {c['matches']} matches, "
+                         f"lower bound {'-' if c['lower_bound'] is None else round(c['lower_bound'], 3)}")
         except CalibrationError as e:
             note = f"calibrate: {e}"
         pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
-        m_cal = retrieval_metrics(sql_match(con, "src_b", target)[0], truth_b)
+        m_cal = retrieval_metrics(sql_match(con, held, target)[0], truth_h)
         out[0] += (f"\n# round 2: queue {queued2} pairs, the first {len(rows2)} reviewed "
                    f"({sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows2)} matches); calibrate: {note}")
-        out.append(_line(f"… + calibrated on round 2's {len(rows2)} verdicts, held out", m_cal))
+        if certify is None:
+            out.append(_line(f"… + calibrated on round 2's {len(rows2)} verdicts, held out", m_cal))
+        else:
+            out[0] += (f"\n# round 2 is a new batch: {len(truth_b) - len(truth_h)} of the held-out sources queued with "
+                       f"a certification sample ({n_cert} pairs >= {floor:.4f}); the other {len(truth_h)} measured")
+            out += [_line("trained on the verdicts, held-out half B2", m_trained_h),
+                    _line(f"… + calibrated on B1's {len(rows2)} verdicts (certification sample first), B2", m_cal)]
     return out
 
 
@@ -255,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round2", type=int, default=0, metavar="N",
                     help="with --retrain: queue the reviewed sources again with the new matcher, review N of the "
                          "queue and calibrate")
+    ap.add_argument("--certify", type=float, default=None, metavar="PRECISION",
+                    help="run each matcher twice with the same review budget: the plain queue, and the queue with a "
+                         "certification sample first (pm_queue_review(certify := PRECISION)); calibrate at "
+                         "--target-precision after each. With --retrain --round2 N: round 2 is the held-out "
+                         "sources queued with the sample, N of it reviewed")
+    ap.add_argument("--certify-above", type=float, default=None, metavar="SCORE",
+                    help="with --certify: the sample's score floor (default: pm_queue_review's)")
     ap.add_argument("--queue-cost", type=int, default=0, metavar="ROUNDS",
                     help="also time pm_queue_review on the reviewed sources' result with and without scored_by")
     args = ap.parse_args(argv)
@@ -263,17 +310,22 @@ def main(argv: list[str] | None = None) -> int:
     con.close()
     out = ["| matcher, split | accept P / R | review band | accept or review R | R@1 |", "|---|---|---|---|---|"]
     heads = []
+    if args.certify is not None and args.retrain and not args.round2:
+        ap.error("--certify with --retrain certifies in round 2: give --round2 N")
+    arms = [None, args.certify] if args.certify is not None and not args.retrain else [args.certify]
     for ref in args.matcher.split(","):
-        work = Path(tempfile.mkdtemp(prefix="pmatch-review-loop-"))
-        try:
-            head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review, args.target_precision,
-                                   args.seed, args.accept_sample, work, args.review_source, args.recheck_with,
-                                   args.recheck_delta, args.queue_cost, args.retrain, args.round2)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        print(head, flush=True)
-        heads.append(head)
-        out += lines
+        for arm in arms:
+            work = Path(tempfile.mkdtemp(prefix="pmatch-review-loop-"))
+            try:
+                head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review,
+                                       args.target_precision, args.seed, args.accept_sample, work, args.review_source,
+                                       args.recheck_with, args.recheck_delta, args.queue_cost, args.retrain,
+                                       args.round2, arm, args.certify_above)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            print(head, flush=True)
+            heads.append(head)
+            out += lines if arm is None or arm is arms[0] else lines[1:]  # "before" is the same in both arms
     print("\n".join(out))
     return 0
 

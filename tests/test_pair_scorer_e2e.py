@@ -459,6 +459,22 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
         # a result saved before match_products had scored_by: the re-read pairs found by scoring it again
         con.execute("CREATE OR REPLACE TABLE m_cal_old AS SELECT * EXCLUDE (scored_by) FROM m_cal")
         assert review_band_counts(con, context_of(con), "m_cal_old", cal) == got
+        # a certification sample of this result: drawn on the score shown (each pair's own model's, both calibrated
+        # probabilities), each queue row with the thresholds of the model that scored it
+        con.execute("DELETE FROM pm_labels")
+        m = active_matcher("pairs", thome)
+        for above, size in ((0.3, None), (0.0, 100000)):  # reviews_needed(0.8, 1) = 20; then all of them
+            n, floor = con.execute(
+                "SELECT certify_samples, certify_above FROM pm_queue_review('m_cal', queue := 'cert', certify := 0.8, "
+                "certify_above := ?, certify_size := ?)", [above, size]).fetchall()[0]
+            want = con.execute("SELECT count(*) FROM m_cal WHERE score >= ?", [above]).fetchall()[0][0]
+            assert floor == above and n == min(want, size or 20) > 0
+            drawn = con.execute("SELECT source_id, target_id, scored_by, review_threshold, score FROM pm_review_queue "
+                                "WHERE queue = 'cert' AND reason = 'certify_sample'").fetchall()
+            for s, t, by, rev, sc in drawn:
+                assert sc >= above and by == ("pair_scorer" if (s, t) in reread else "stage1")
+                assert rev == pytest.approx((m.pair_decision if by == "pair_scorer" else m.decision).review_threshold)
+        assert {d[2] for d in drawn} == {"pair_scorer", "stage1"}  # every pair, whatever its decision
     finally:
         con.execute("DELETE FROM pm_labels")
         deactivate("pairs", thome)

@@ -580,6 +580,12 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
     got = cal.certify
     assert (got["above"], got["queued"], got["reviewed"]) == (0.9, budget, budget)
     assert got["lower_bound"] >= 0.95 and got["matches"] >= budget - 1
+    # the sample (all above 0.9) does not move the review threshold: no other verdicts, so it stays as it was
+    # (taken from the sample it would be its matches' 2% quantile, above 0.9)
+    assert cal.review == pytest.approx(cal.old_review) and cal.old_review < 0.6
+    _answer(con, truth, "cert", budget + 300)  # and 300 boundary pairs: the review threshold comes from those
+    mixed = calibrate(con, "catalog", target_precision=0.95, apply=False)
+    assert mixed.accept is not None and 0.45 <= mixed.review < 0.9 and mixed.review != pytest.approx(cal.old_review)
     # the queue table says which pairs were the sample and above what
     assert con.execute("SELECT count(*), min(certify_above), max(certify_above), min(score) >= 0.9 FROM "
                        "pm_review_queue WHERE queue = 'cert' AND reason = 'certify_sample'").fetchall()[0] == \
@@ -601,6 +607,9 @@ def test_certify_arguments_are_checked(review_demo) -> None:
     row = con.execute("SELECT certify_samples, certify_above FROM pm_queue_review('matches', certify := 0.9)"
                       ).fetchall()[0]
     assert row[0] > 0 and row[1] == pytest.approx(0.80)  # zero-shot: the accept threshold in force
+    first = con.execute("SELECT reason, score >= 0.80 FROM pm_review_queue WHERE queue = 'default' AND position = 1"
+                        ).fetchall()[0]
+    assert first == ("certify_sample", True)
     for call, msg in (
             ("certify := 1.5", "target precision must be in"),
             ("certify := 'high'", "certify and certify_above must be numbers"),
@@ -610,3 +619,7 @@ def test_certify_arguments_are_checked(review_demo) -> None:
         with pytest.raises(duckdb.Error, match=msg):
             con.execute(f"SELECT * FROM pm_queue_review('matches', {call})").fetchall()
     con.close()
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    page = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client().get("/")
+    assert page.status_code == 200 and "certification sample — a random top-scoring pair" in page.text

@@ -90,7 +90,10 @@ def test_evaluate_against_labels(shop):
 
 
 def test_review_queue(shop):
-    queued, queue, verdicts = run_example(shop, "review_queue.sql")
+    queued, certify, queue, verdicts = run_example(shop, "review_queue.sql")
     assert min(queued[0]["queued"], 20) == len(queue) > 0
+    # the certification sample: above the zero-shot accept threshold, no more than the 87 that 0.95 needs
+    assert certify[0]["queue"] == "feed_certify" and certify[0]["certify_above"] == 0.8
+    assert 0 < certify[0]["certify_samples"] <= 87 and certify[0]["queued"] >= certify[0]["certify_samples"]
     assert [q["position"] for q in queue] == sorted(q["position"] for q in queue)
     assert verdicts == [{"verdict": "match", "pairs": 1}]

@@ -76,20 +76,24 @@ class Calibration:
 
 
 def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
-                   ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int, list[str | None]]:
+                   ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int, list[str | None],
+                              np.ndarray]:
     """(pairs as (source table, source id, target table, target id), scores shown, 1 = match / 0 = no_match,
-    verdicts ignored because another model scored them, which model scored each (``pm_labels.scored_by``))."""
+    verdicts ignored because another model scored them, which model scored each (``pm_labels.scored_by``), True
+    where the pair was a certification sample's (``pm_labels.reason``))."""
     if not has_labels(con):
-        return [], np.zeros(0), np.zeros(0), 0, []
+        return [], np.zeros(0), np.zeros(0), 0, [], np.zeros(0, dtype=bool)
     rows = con.execute(
-        f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {scored_by_sql(con)} "
+        f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {scored_by_sql(con)}, "
+        "coalesce(reason = 'certify_sample', false) "
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
     keep = [r for r in rows if r[6] == matcher]
     s = np.array([r[4] for r in keep], dtype=np.float64)
     y = np.array([r[5] == "match" for r in keep], dtype=np.float64)
-    return [tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep), [r[7] for r in keep]
+    return ([tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep), [r[7] for r in keep],
+            np.array([bool(r[8]) for r in keep], dtype=bool))
 
 
 def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]], shown: np.ndarray,  # noqa: ANN001
@@ -131,7 +135,7 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
 
     ctx = ctx or context_of(con)
     state = model_state(ctx, target)
-    pairs, s, y, ignored, scored_by = reviewed_pairs(con, target, state.matcher)
+    pairs, s, y, ignored, scored_by, sampled = reviewed_pairs(con, target, state.matcher)
     if int(y.sum()) < min_matches:
         raise CalibrationError(
             f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
@@ -140,14 +144,15 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
     stacked, as_shown = None, 0
     if state.pair is not None:  # two scales in the scores shown: each model's own scores of every reviewed pair
         s, stacked, as_shown = rescore_reviewed(con, ctx, pairs, s, scored_by)
-    accept, review, prec, lb, n_above = _pick(s, y, target_precision, max_recall_loss)
+    accept, review, prec, lb, n_above = _pick(s, y, target_precision, max_recall_loss, ~sampled, state.review_threshold)
     cal = Calibration(
         matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
         old_accept=finite_or_none(state.accept_threshold), old_review=state.review_threshold, accept=accept,
         review=review, target_precision=target_precision, accept_precision=prec, accept_lower_bound=lb,
         accept_reviewed=n_above, scores_as_shown=as_shown)
     if state.pair is not None and stacked is not None:
-        p_acc, p_rev, p_prec, p_lb, p_n = _pick(stacked, y, target_precision, max_recall_loss)
+        p_acc, p_rev, p_prec, p_lb, p_n = _pick(stacked, y, target_precision, max_recall_loss, ~sampled,
+                                                state.pair.review_threshold)
         cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": finite_or_none(state.pair.accept_threshold),
                     "old_review": state.pair.review_threshold, "accept_precision": p_prec,
                     "accept_lower_bound": p_lb, "accept_reviewed": p_n}
@@ -159,13 +164,19 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
     return cal
 
 
-def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss: float
-          ) -> tuple[float | None, float, float | None, float | None, int]:
+def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss: float, for_review: np.ndarray,
+          old_review: float) -> tuple[float | None, float, float | None, float | None, int]:
     """(accept or None, review, precision and its 95% lower bound above accept, reviewed pairs above it), from the
-    pairs with a score (NaN: the model has none for the pair)."""
+    pairs with a score (NaN: the model has none for the pair). The review threshold comes from the pairs
+    ``for_review`` only (``old_review`` where they hold no match): a certification sample is drawn from the top
+    scores alone, so its matches would pull the "all but max_recall_loss of the matches" cut upwards."""
     scored = np.isfinite(s)
-    s, y = s[scored], y[scored]
+    s, y, for_review = s[scored], y[scored], for_review[scored]
     accept, review, _ = choose_thresholds(s, y, target_precision, max_recall_loss)
+    if not for_review.all():
+        review = (choose_thresholds(s[for_review], y[for_review], target_precision, max_recall_loss)[1]
+                  if y[for_review].any() else old_review)
+        review = min(review, accept)
     above = s >= accept
     n_above, m_above = int(above.sum()), int(y[above].sum())
     lb = float(wilson_lower(np.array([m_above]), np.array([n_above]))[0]) if n_above else None

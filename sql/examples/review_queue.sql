@@ -8,6 +8,11 @@ SELECT * FROM match_products('supplier_feed', 'catalog', k := 3);
 -- queue the pairs nearest the decision boundary first (plus a sample of auto-accepted ones)
 SELECT * FROM pm_queue_review('feed_matches', queue := 'feed');
 
+-- another queue that starts with a certification sample: random pairs above the accept threshold, enough of them
+-- (certify_samples) for `pmatch calibrate` to certify precision >= 0.95 once they are reviewed
+SELECT queue, queued, certify_samples, certify_above
+FROM pm_queue_review('feed_matches', queue := 'feed_certify', certify := 0.95);
+
 -- the queue with both offers side by side
 SELECT q.position, q.reason, q.decision, round(q.score, 3) AS score, s.title AS feed_title, c.title AS catalog_title
 FROM pm_review_queue AS q
