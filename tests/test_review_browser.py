@@ -191,3 +191,48 @@ def test_a_recheck_shows_the_earlier_verdict_in_chromium(review_demo, tmp_path: 
         drv.quit()
         srv.shutdown()
         t.join(5)
+
+
+def test_a_certification_sample_and_its_progress_in_chromium(review_demo, tmp_path: Path) -> None:
+    """A queue with a certification sample: its pairs come first, labelled as such; the summary shows how far the
+    sample has got, with its lower bound drawn like the auto-accept interval."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from werkzeug.serving import make_server
+
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = pm.connect(review_demo.db, image_roots=[review_demo.images])
+    n = con.execute("SELECT certify_samples FROM pm_queue_review('matches', queue := 'cert', certify := 0.9, "
+                    "accept_sample := 1.0)").fetchall()[0][0]
+    con.close()
+    assert n >= 3
+    chromium, driver_path = _browser_paths()
+    srv = make_server("127.0.0.1", 0, create_app(ReviewConfig(review_demo.db, "cert", (review_demo.images,),
+                                                              "tester")), threaded=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    drv = _driver(chromium, driver_path, tmp_path / "profile")
+    try:
+        drv.get(f"http://127.0.0.1:{srv.server_port}/")
+        wait = WebDriverWait(drv, 30, ignored_exceptions=(StaleElementReferenceException,))
+        for key, nxt in (("m", "pair 2 of"), ("n", "pair 3 of")):
+            assert drv.find_element(By.CSS_SELECTOR, ".reason.certify_sample").text.startswith("certification sample")
+            drv.find_element(By.TAG_NAME, "body").send_keys(key)
+            wait.until(lambda d, nxt=nxt: d.find_elements(By.CSS_SELECTOR, ".pos")
+                       and nxt in d.find_element(By.CSS_SELECTOR, ".pos").text)
+        drv.find_element(By.TAG_NAME, "body").send_keys("s")
+        wait.until(lambda d: "Labels so far" in d.page_source)
+        card = drv.find_element(By.CSS_SELECTOR, ".certify")
+        assert card.text.startswith("Certification sample\n2 of ") and "1 match, 1 no match" in card.text, card.text
+        assert "Precision above 0.8000: 50.0%" in card.text and "99% needs 268 matches" in card.text
+        # the sample's bar is drawn too (the script sets every interval bar on the page)
+        left = drv.find_element(By.CSS_SELECTOR, ".certify .ci-range").value_of_css_property("left")
+        assert left not in ("", "auto", "0px"), left
+        ARTIFACTS.mkdir(exist_ok=True)
+        drv.save_screenshot(str(ARTIFACTS / "review-certify.png"))
+    finally:
+        drv.quit()
+        srv.shutdown()
+        t.join(5)

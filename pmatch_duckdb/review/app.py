@@ -24,6 +24,7 @@ from PIL import Image
 from ..encoders.image_io import ImagePolicy
 from ..errors import PmatchError
 from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from .certify import queue_certify_status, reviews_needed
 from .labels import PairKey, ensure_labels, record_verdict, verdict_before
 from .pairview import image_path, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
@@ -192,12 +193,14 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
         with _db(cfg) as con:
             _check_queue(con)
             prec = accept_precision(con)
+            cert = queue_certify_status(con, cfg.queue)
             rows = label_summary(con)
             recent = con.execute(
                 "SELECT label_id, source_table, source_id, target_table, target_id, verdict, reviewer, "
                 "strftime(labelled_at, '%Y-%m-%d %H:%M:%S'), round(score, 3), decision, reason, note FROM pm_labels "
                 "ORDER BY label_id DESC LIMIT 15").fetchall()
-            return render_template("summary.html", prec=prec, rows=rows, recent=recent,
+            return render_template("summary.html", prec=prec, cert=cert, needed=(reviews_needed(0.99, 0),
+                                   reviews_needed(0.99, 1)), rows=rows, recent=recent,
                                    finished=request.args.get("finished") == "1", last=request.args.get("saved"),
                                    **_common(con))
 

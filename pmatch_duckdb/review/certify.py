@@ -90,28 +90,37 @@ class CertifyStatus:
 
 
 def certify_status(con: duckdb.DuckDBPyConnection, matcher: str, target: str) -> CertifyStatus | None:
-    """The certification samples queued for ``matcher``'s scores against ``target`` and their current verdicts
-    (None where none was queued)."""
+    """The certification samples queued for ``matcher``'s scores against ``target`` (any queue) and their current
+    verdicts given on that matcher's scores (None where none was queued)."""
+    key = table_key(target)
+    return _status(con, "q.matcher = ? AND (q.target_table = ? OR q.source_table = ?)", [matcher, key, key])
+
+
+def queue_certify_status(con: duckdb.DuckDBPyConnection, queue: str) -> CertifyStatus | None:
+    """The certification sample of review queue ``queue`` and its current verdicts given on the scores of the
+    matcher that queued it (None where the queue holds none)."""
+    return _status(con, "q.queue = ?", [queue])
+
+
+def _status(con: duckdb.DuckDBPyConnection, where: str, params: list) -> CertifyStatus | None:
     if not has_column(con, "pm_review_queue", "certify_above"):
         return None
-    key = table_key(target)
-    got = con.execute(
-        "SELECT min(certify_above), count(DISTINCT (source_table, source_id, target_table, target_id)) "
-        "FROM pm_review_queue WHERE reason = 'certify_sample' AND matcher = ? AND (target_table = ? OR "
-        "source_table = ?)", [matcher, key, key]).fetchall()[0]
-    if not got[1]:
+    sample = f"FROM pm_review_queue q WHERE q.reason = 'certify_sample' AND {where}"
+    above, queued = con.execute(
+        f"SELECT min(q.certify_above), count(DISTINCT (q.source_table, q.source_id, q.target_table, q.target_id)) "
+        f"{sample}", params).fetchall()[0]
+    if not queued:
         return None
     m = n = u = 0
     if has_labels(con):
         m, n, u = con.execute(
             "SELECT count(*) FILTER (WHERE verdict = 'match'), count(*) FILTER (WHERE verdict IN ('match', "
             "'no_match')), count(*) FILTER (WHERE verdict = 'unsure') FROM pm_labels_current l WHERE EXISTS ("
-            "SELECT 1 FROM pm_review_queue q WHERE q.reason = 'certify_sample' AND q.matcher = ? AND "
-            "q.source_table = l.source_table AND q.source_id = l.source_id AND q.target_table = l.target_table AND "
-            "q.target_id = l.target_id AND (q.target_table = ? OR q.source_table = ?)) AND l.matcher = ?",
-            [matcher, key, key, matcher]).fetchall()[0]
+            f"SELECT 1 {sample} AND q.source_table = l.source_table AND q.source_id = l.source_id AND "
+            "q.target_table = l.target_table AND q.target_id = l.target_id AND q.matcher = l.matcher)",
+            params).fetchall()[0]
     lb = float(wilson_lower(np.array([m]), np.array([n]))[0]) if n else None
-    return CertifyStatus(float(got[0]), int(got[1]), int(n), int(m), int(u), lb)
+    return CertifyStatus(float(above), int(queued), int(n), int(m), int(u), lb)
 
 
 def describe(st: CertifyStatus, target: float) -> str:

@@ -52,11 +52,11 @@
     }
   });
 
-  var ci = document.querySelector(".ci");
-  if (ci) {
+  // every interval bar on the page (auto-accept precision; the certification sample's lower bound)
+  document.querySelectorAll(".ci").forEach(function (ci) {
     var lo = parseFloat(ci.dataset.low), hi = parseFloat(ci.dataset.high), p = parseFloat(ci.dataset.point);
     var r = ci.querySelector(".ci-range");
     r.style.left = (100 * lo) + "%"; r.style.width = (100 * (hi - lo)) + "%";
     ci.querySelector(".ci-point").style.left = (100 * p) + "%";
-  }
+  });
 })();
