@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 import pmatch_duckdb as pm
@@ -583,18 +584,40 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
     # the sample (all above 0.9) does not move the review threshold: no other verdicts, so it stays as it was
     # (taken from the sample it would be its matches' 2% quantile, above 0.9)
     assert cal.review == pytest.approx(cal.old_review) and cal.old_review < 0.6
-    _answer(con, truth, "cert", budget + 300)  # and 300 boundary pairs: the review threshold comes from those
+    # and 300 boundary pairs, the queue's window around the boundary (0.675): the band under the window is unreviewed,
+    # so the review threshold rises no higher than its lowest unanswered pair (the quantile rule alone: ~0.63)
+    _answer(con, truth, "cert", budget + 300)
+    lowest = con.execute("SELECT min(score) FROM pm_review_queue q WHERE queue = 'cert' AND reason = 'boundary' AND "
+                         "NOT EXISTS (SELECT 1 FROM pm_labels_current l WHERE l.source_id = q.source_id)").fetchall()[0][0]
     mixed = calibrate(con, "catalog", target_precision=0.95, apply=False)
-    assert mixed.accept is not None and 0.45 <= mixed.review < 0.9 and mixed.review != pytest.approx(cal.old_review)
-    # the queue table says which pairs were the sample and above what
-    assert con.execute("SELECT count(*), min(certify_above), max(certify_above), min(score) >= 0.9 FROM "
-                       "pm_review_queue WHERE queue = 'cert' AND reason = 'certify_sample'").fetchall()[0] == \
-        (budget, 0.9, 0.9, True)
+    assert mixed.accept is not None and mixed.review == pytest.approx(lowest, abs=1e-12) and lowest < 0.56
+    assert mixed.review_held
     con.close()
     from click.testing import CliRunner
 
     from pmatch_duckdb.cli import main
 
+    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision",
+                                    "0.95", "--dry-run", "--image-root", str(review_demo.images)])
+    assert res.exit_code == 0 and "(held at the lowest queued band pair nobody has answered yet" in res.output, \
+        res.output
+    con = _connect(review_demo)
+    # the whole queue answered: the review threshold is the "all but 2 % of the reviewed matches" cut of the reviewed
+    # pairs other than the sample
+    _answer(con, truth, "cert", 10**6)
+    full = calibrate(con, "catalog", target_precision=0.95, apply=False)
+    from pmatch_duckdb.decision import choose_thresholds
+
+    rows = con.execute("SELECT score, verdict = 'match' FROM pm_labels_current WHERE reason <> 'certify_sample'"
+                       ).fetchall()
+    want = choose_thresholds(np.array([r[0] for r in rows]), np.array([r[1] for r in rows], dtype=float), 0.95, 0.02)
+    assert full.review == pytest.approx(min(want[1], full.accept)) and full.review > lowest + 0.005
+    assert not full.review_held
+    # the queue table says which pairs were the sample and above what
+    assert con.execute("SELECT count(*), min(certify_above), max(certify_above), min(score) >= 0.9 FROM "
+                       "pm_review_queue WHERE queue = 'cert' AND reason = 'certify_sample'").fetchall()[0] == \
+        (budget, 0.9, 0.9, True)
+    con.close()
     res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision",
                                     "0.95", "--dry-run", "--image-root", str(review_demo.images)])
     assert res.exit_code == 0, res.output

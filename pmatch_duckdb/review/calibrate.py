@@ -3,7 +3,8 @@
 Reviewed pairs are exactly the held-out data thresholds need: people answered them, the model never
 trained on their verdicts. The accept threshold is the lowest score whose reviewed pairs above it have
 a one-sided 95% Wilson lower bound on precision ≥ the target (the rule training uses, decision.py); the
-review threshold keeps all but ``max_recall_loss`` of the reviewed matches above it.
+review threshold keeps all but ``max_recall_loss`` of the reviewed matches above it, and rises no higher than the
+lowest queued boundary pair nobody has answered (:func:`unreviewed_floor`).
 
 Only verdicts given on scores of the model in force count (``pm_labels.matcher``): another model's
 scores are on another scale. A matcher with a pair scorer shows two scales itself (re-read pairs carry the stacked
@@ -34,7 +35,7 @@ from ..decision import choose_thresholds, wilson_lower
 from ..errors import PmatchError
 from ..staging import new_staging_dir
 from .certify import certify_status
-from .labels import has_labels, scored_by_sql, table_key
+from .labels import has_column, has_labels, scored_by_sql, table_key
 from .queue import ModelState, finite_or_none, model_state
 from .rescore import score_again_both
 
@@ -70,6 +71,8 @@ class Calibration:
     #: the certification sample queued for this matcher and target (``pm_queue_review(certify := ...)``), how far its
     #: review has got (:class:`certify.CertifyStatus` as a dict); None where none was queued
     certify: dict | None = None
+    #: the review threshold would have risen higher but was held at the lowest queued band pair nobody has answered
+    review_held: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +97,28 @@ def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
     y = np.array([r[5] == "match" for r in keep], dtype=np.float64)
     return ([tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep), [r[7] for r in keep],
             np.array([bool(r[8]) for r in keep], dtype=bool))
+
+
+def unreviewed_floor(con, target: str, matcher: str) -> dict[str, float]:  # noqa: ANN001
+    """Per score scale (``stage1``, which includes zero-shot, and ``pair_scorer``), the lowest score of a pair queued as
+    ``boundary`` for ``matcher``'s scores against ``target`` that nobody has answered ``match`` or ``no_match``; a scale
+    whose queued boundary pairs are all answered (or that has none queued) is left out.
+
+    Below that score the review band was reviewed completely, so only up to there can calibrate tell how many
+    matches a higher review threshold would auto-reject; above it the reviews are the queue's window around the
+    boundary, which says nothing about the matches under the window."""
+    if not has_column(con, "pm_review_queue", "reason") or not has_labels(con):
+        return {}
+    key = table_key(target)
+    scale = "coalesce(q.scored_by, 'stage1')" if has_column(con, "pm_review_queue", "scored_by") else "'stage1'"
+    rows = con.execute(
+        f"SELECT CASE WHEN {scale} = 'pair_scorer' THEN 'pair_scorer' ELSE 'stage1' END AS scale, min(q.score) "
+        "FROM pm_review_queue q WHERE q.reason = 'boundary' AND q.matcher = ? AND q.score IS NOT NULL "
+        "AND (q.target_table = ? OR q.source_table = ?) AND NOT EXISTS (SELECT 1 FROM pm_labels_current l WHERE "
+        "l.source_table = q.source_table AND l.source_id = q.source_id AND l.target_table = q.target_table AND "
+        "l.target_id = q.target_id AND l.verdict IN ('match', 'no_match')) GROUP BY ALL",
+        [matcher, key, key]).fetchall()
+    return {sc: float(v) for sc, v in rows}
 
 
 def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]], shown: np.ndarray,  # noqa: ANN001
@@ -144,18 +169,20 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
     stacked, as_shown = None, 0
     if state.pair is not None:  # two scales in the scores shown: each model's own scores of every reviewed pair
         s, stacked, as_shown = rescore_reviewed(con, ctx, pairs, s, scored_by)
-    accept, review, prec, lb, n_above = _pick(s, y, target_precision, max_recall_loss, ~sampled, state.review_threshold)
+    floor = unreviewed_floor(con, target, state.matcher)
+    accept, review, prec, lb, n_above, held = _pick(s, y, target_precision, max_recall_loss, ~sampled,
+                                                    state.review_threshold, floor.get("stage1"))
     cal = Calibration(
         matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
         old_accept=finite_or_none(state.accept_threshold), old_review=state.review_threshold, accept=accept,
         review=review, target_precision=target_precision, accept_precision=prec, accept_lower_bound=lb,
-        accept_reviewed=n_above, scores_as_shown=as_shown)
+        accept_reviewed=n_above, scores_as_shown=as_shown, review_held=held)
     if state.pair is not None and stacked is not None:
-        p_acc, p_rev, p_prec, p_lb, p_n = _pick(stacked, y, target_precision, max_recall_loss, ~sampled,
-                                                state.pair.review_threshold)
+        p_acc, p_rev, p_prec, p_lb, p_n, p_held = _pick(stacked, y, target_precision, max_recall_loss, ~sampled,
+                                                        state.pair.review_threshold, floor.get("pair_scorer"))
         cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": finite_or_none(state.pair.accept_threshold),
                     "old_review": state.pair.review_threshold, "accept_precision": p_prec,
-                    "accept_lower_bound": p_lb, "accept_reviewed": p_n}
+                    "accept_lower_bound": p_lb, "accept_reviewed": p_n, "review_held": p_held}
     status = certify_status(con, matcher=state.matcher, target=target)
     cal.certify = status.as_dict() if status is not None else None
     certified = cal.accept is not None or (cal.pair is not None and cal.pair["accept"] is not None)
@@ -165,11 +192,16 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
 
 
 def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss: float, for_review: np.ndarray,
-          old_review: float) -> tuple[float | None, float, float | None, float | None, int]:
-    """(accept or None, review, precision and its 95% lower bound above accept, reviewed pairs above it), from the
+          old_review: float, unreviewed: float | None = None
+          ) -> tuple[float | None, float, float | None, float | None, int, bool]:
+    """(accept or None, review, precision and its 95% lower bound above accept, reviewed pairs above it, whether the
+    review threshold was held down by ``unreviewed``), from the
     pairs with a score (NaN: the model has none for the pair). The review threshold comes from the pairs
     ``for_review`` only (``old_review`` where they hold no match): a certification sample is drawn from the top
-    scores alone, so its matches would pull the "all but max_recall_loss of the matches" cut upwards."""
+    scores alone, so its matches would pull the "all but max_recall_loss of the matches" cut upwards. It rises no
+    higher than ``unreviewed`` (:func:`unreviewed_floor`) and not above ``old_review`` on reviews that do not
+    reach down to it: nobody has looked at the band's pairs above that, so how many matches a higher review threshold
+    would auto-reject is not known."""
     scored = np.isfinite(s)
     s, y, for_review = s[scored], y[scored], for_review[scored]
     accept, review, _ = choose_thresholds(s, y, target_precision, max_recall_loss)
@@ -177,10 +209,13 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
         review = (choose_thresholds(s[for_review], y[for_review], target_precision, max_recall_loss)[1]
                   if y[for_review].any() else old_review)
         review = min(review, accept)
+    held = unreviewed is not None and review > max(unreviewed, old_review)
+    if held:
+        review = max(unreviewed, old_review)
     above = s >= accept
     n_above, m_above = int(above.sum()), int(y[above].sum())
     lb = float(wilson_lower(np.array([m_above]), np.array([n_above]))[0]) if n_above else None
-    return finite_or_none(accept), float(review), (m_above / n_above) if n_above else None, lb, n_above
+    return finite_or_none(accept), float(review), (m_above / n_above) if n_above else None, lb, n_above, held
 
 
 def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, int]:  # noqa: ANN001

@@ -103,6 +103,9 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
     serve(database, queue=queue, image_roots=list(image_roots) or None, host=host, port=port, reviewer=reviewer)
 
 
+_HELD = " (held at the lowest queued band pair nobody has answered yet: answer the rest of the queue to let it rise)"
+
+
 def _certify_line(drawn: int, above: float, target: float) -> str:
     """What a queued certification sample can do, in one line."""
     from .certify import reviews_needed
@@ -174,7 +177,7 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
     else:
         click.echo(f"accept >= {cal.accept:.4f} (was {old_acc}): precision {cal.accept_precision:.3f} on "
                    f"{cal.accept_reviewed} reviewed pairs above it, 95% lower bound {cal.accept_lower_bound:.3f}")
-        click.echo(f"review >= {cal.review:.4f} (was {cal.old_review:.4f})")
+        click.echo(f"review >= {cal.review:.4f} (was {cal.old_review:.4f})" + (_HELD if cal.review_held else ""))
     if cal.pair is not None:  # the matcher's pair scorer: its stacked model, from the reviewed pairs it re-read
         pa = cal.pair
         was = f"{pa['old_accept']:.4f}" if pa["old_accept"] is not None else "none"
@@ -186,7 +189,7 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
         click.echo(f"  accept >= {pa['accept']:.4f} (was {was}): precision {pa['accept_precision']:.3f} on "
                    f"{pa['accept_reviewed']} reviewed pairs above it, 95% lower bound {pa['accept_lower_bound']:.3f}"
                    if pa["accept"] is not None else f"  accept: none certified (was {was}; kept)")
-        click.echo(f"  review >= {pa['review']:.4f} (was {pa['old_review']:.4f})")
+        click.echo(f"  review >= {pa['review']:.4f} (was {pa['old_review']:.4f})" + (_HELD if pa["review_held"] else ""))
     if cal.certify is not None:
         from .certify import CertifyStatus, describe
 
