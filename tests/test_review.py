@@ -372,6 +372,10 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     con.execute("ALTER TABLE pm_labels DROP COLUMN scored_by")  # as an earlier version created it
     con.execute(QUEUE_DDL)
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN scored_by")
+    con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_above")
+    from pmatch_duckdb.review.certify import certify_status, queue_certify_status
+
+    assert certify_status(con, "default/v2", "cat") is None and queue_certify_status(con, "default") is None
     con.execute("INSERT INTO pm_labels (source_table, source_id, target_table, target_id, verdict, matcher, score, "
                 "decision) VALUES ('feed', 'L', 'cat', 'x', 'match', 'default/v1', 0.9, 'accept')")
     assert current_verdicts(con)[PairKey("feed", "L", "cat", "x")] == Verdict("match", 0.9, 1, "default/v1", "accept")
@@ -382,6 +386,7 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     assert (stats.boundary, stats.rechecks) == (1, 1)  # the verdict's scale is unknown: now 'reject' contradicts it
     assert con.execute("SELECT source_id, reason, decision, scored_by FROM pm_review_queue ORDER BY position"
                        ).fetchall() == [("L", "recheck", "reject", "stage1"), ("A", "boundary", "review", "stage1")]
+    assert con.execute("SELECT count(*) FROM pm_review_queue WHERE certify_above IS NULL").fetchall()[0][0] == 2
     record_verdict(con, PairKey("feed", "A", "cat", "y"), "no_match", matcher="default/v2", score=0.6,
                    decision="review", scored_by="stage1")
     assert con.execute("SELECT source_id, scored_by FROM pm_labels_current ORDER BY label_id").fetchall() == [

@@ -7,6 +7,7 @@ The screenshot is written to test-artifacts/review-browser.png (not committed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -69,19 +70,28 @@ def hostile_shop(review_demo):  # noqa: ANN001, ANN201
     return review_demo
 
 
-@pytest.fixture()
-def server(hostile_shop):  # noqa: ANN001, ANN201
+@contextlib.contextmanager
+def _page(shop, queue: str = "default"):  # noqa: ANN001, ANN202
+    """The review page of ``shop``'s queue ``queue`` served on a free loopback port: its base URL."""
     from werkzeug.serving import make_server
 
     from pmatch_duckdb.review.app import ReviewConfig, create_app
 
-    cfg = ReviewConfig(hostile_shop.db, "default", (hostile_shop.images,), "tester")
-    srv = make_server("127.0.0.1", 0, create_app(cfg), threaded=True)
+    srv = make_server("127.0.0.1", 0, create_app(ReviewConfig(shop.db, queue, (shop.images,), "tester")),
+                      threaded=True)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{srv.server_port}", hostile_shop
-    srv.shutdown()
-    t.join(5)
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
+        t.join(5)
+
+
+@pytest.fixture()
+def server(hostile_shop):  # noqa: ANN001, ANN201
+    with _page(hostile_shop) as base:
+        yield base, hostile_shop
 
 
 def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
@@ -158,11 +168,7 @@ def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
 
 def test_a_recheck_shows_the_earlier_verdict_in_chromium(review_demo, tmp_path: Path) -> None:
     """A pair the model turned against since its verdict comes first, showing that verdict (as text)."""
-    from selenium.webdriver.common.by import By
-    from werkzeug.serving import make_server
-
     from pmatch_duckdb.review import PairKey, record_verdict
-    from pmatch_duckdb.review.app import ReviewConfig, create_app
 
     con = pm.connect(review_demo.db, image_roots=[review_demo.images])
     st, si, tt, ti, score = con.execute("SELECT source_table, source_id, target_table, target_id, score FROM matches "
@@ -172,13 +178,15 @@ def test_a_recheck_shows_the_earlier_verdict_in_chromium(review_demo, tmp_path: 
     con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
     con.close()
     chromium, driver_path = _browser_paths()
-    srv = make_server("127.0.0.1", 0, create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,),
-                                                              "tester")), threaded=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    drv = _driver(chromium, driver_path, tmp_path / "profile")
+    with _page(review_demo) as base:
+        _check_recheck_page(base, score, _driver(chromium, driver_path, tmp_path / "profile"))
+
+
+def _check_recheck_page(base: str, score: float, drv) -> None:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+
     try:
-        drv.get(f"http://127.0.0.1:{srv.server_port}/")
+        drv.get(base + "/")
         assert drv.find_element(By.CSS_SELECTOR, ".reason.recheck").is_displayed()
         earlier = drv.find_element(By.CSS_SELECTOR, ".earlier")
         assert earlier.is_displayed()
@@ -189,33 +197,28 @@ def test_a_recheck_shows_the_earlier_verdict_in_chromium(review_demo, tmp_path: 
         drv.save_screenshot(str(ARTIFACTS / "review-recheck.png"))
     finally:
         drv.quit()
-        srv.shutdown()
-        t.join(5)
 
 
 def test_a_certification_sample_and_its_progress_in_chromium(review_demo, tmp_path: Path) -> None:
     """A queue with a certification sample: its pairs come first, labelled as such; the summary shows how far the
     sample has got, with its lower bound drawn like the auto-accept interval."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-    from werkzeug.serving import make_server
-
-    from pmatch_duckdb.review.app import ReviewConfig, create_app
-
     con = pm.connect(review_demo.db, image_roots=[review_demo.images])
     n = con.execute("SELECT certify_samples FROM pm_queue_review('matches', queue := 'cert', certify := 0.9, "
                     "accept_sample := 1.0)").fetchall()[0][0]
     con.close()
     assert n >= 3
     chromium, driver_path = _browser_paths()
-    srv = make_server("127.0.0.1", 0, create_app(ReviewConfig(review_demo.db, "cert", (review_demo.images,),
-                                                              "tester")), threaded=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    drv = _driver(chromium, driver_path, tmp_path / "profile")
+    with _page(review_demo, "cert") as base:
+        _check_certify_pages(base, _driver(chromium, driver_path, tmp_path / "profile"))
+
+
+def _check_certify_pages(base: str, drv) -> None:  # noqa: ANN001
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     try:
-        drv.get(f"http://127.0.0.1:{srv.server_port}/")
+        drv.get(base + "/")
         wait = WebDriverWait(drv, 30, ignored_exceptions=(StaleElementReferenceException,))
         for key, nxt in (("m", "pair 2 of"), ("n", "pair 3 of")):
             assert drv.find_element(By.CSS_SELECTOR, ".reason.certify_sample").text.startswith("certification sample")
@@ -234,5 +237,3 @@ def test_a_certification_sample_and_its_progress_in_chromium(review_demo, tmp_pa
         drv.save_screenshot(str(ARTIFACTS / "review-certify.png"))
     finally:
         drv.quit()
-        srv.shutdown()
-        t.join(5)

@@ -199,9 +199,9 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
     pairs with a score (NaN: the model has none for the pair). The review threshold comes from the pairs
     ``for_review`` only (``old_review`` where they hold no match): a certification sample is drawn from the top
     scores alone, so its matches would pull the "all but max_recall_loss of the matches" cut upwards. It rises no
-    higher than ``unreviewed`` (:func:`unreviewed_floor`) and not above ``old_review`` on reviews that do not
-    reach down to it: nobody has looked at the band's pairs above that, so how many matches a higher review threshold
-    would auto-reject is not known."""
+    higher than ``unreviewed`` (:func:`unreviewed_floor`; or ``old_review`` where that is higher): nobody has looked
+    at the queued band pairs from there up, so how many matches a higher review threshold would auto-reject is not
+    known."""
     scored = np.isfinite(s)
     s, y, for_review = s[scored], y[scored], for_review[scored]
     accept, review, _ = choose_thresholds(s, y, target_precision, max_recall_loss)

@@ -90,7 +90,7 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
                    f"{st.accept_samples} sampled auto-accepts, {st.rechecks} rechecks "
                    f"({st.skipped_labelled} already labelled, not asked again)")
         if certify is not None:
-            click.echo(_certify_line(st.certify_samples, st.certify_above, certify))
+            click.echo(_certify_line(st.certify_samples, certify_size, st.certify_above, certify))
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -106,17 +106,19 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
 _HELD = " (held at the lowest queued band pair nobody has answered yet: answer the rest of the queue to let it rise)"
 
 
-def _certify_line(drawn: int, above: float, target: float) -> str:
-    """What a queued certification sample can do, in one line."""
+def _certify_line(drawn: int, asked: int | None, above: float, target: float) -> str:
+    """What a queued certification sample can do, in one line (``asked``: --certify-size, None for the default)."""
     from .certify import reviews_needed
 
     n0, n1 = reviews_needed(target, 0), reviews_needed(target, 1)
     line = (f"certification sample: {drawn} random pairs scoring >= {above:.4f}, first in the queue. Precision >= "
             f"{target} is certified (95% lower bound) once {n0} of them are matches without a no-match, or {n1} with "
             "one; then run pmatch calibrate.")
-    if drawn < n0:
+    if drawn < n0 and drawn < (asked or n1):
         line += (f" Only {drawn} unlabelled pairs score that high here: with earlier reviews above it calibrate may "
                  "still certify, else lower --certify-above or match more offers.")
+    elif drawn < n0:
+        line += f" {drawn} alone cannot reach it: with earlier reviews above it calibrate may still certify."
     return line
 
 
