@@ -632,6 +632,9 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
 
 def test_certify_arguments_are_checked(review_demo) -> None:
     con = _connect(review_demo)
+    con.execute("CREATE TABLE empty AS SELECT * FROM matches WHERE false")
+    assert con.execute("SELECT queued, certify_samples, certify_above FROM pm_queue_review('empty', queue := 'e', "
+                       "certify := 0.9)").fetchall() == [(0, 0, None)]
     row = con.execute("SELECT certify_samples, certify_above FROM pm_queue_review('matches', certify := 0.9)"
                       ).fetchall()[0]
     assert row[0] > 0 and row[1] == pytest.approx(0.80)  # zero-shot: the accept threshold in force
@@ -651,3 +654,17 @@ def test_certify_arguments_are_checked(review_demo) -> None:
 
     page = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client().get("/")
     assert page.status_code == 200 and "certification sample — a random top-scoring pair" in page.text
+
+
+def test_the_default_certification_floor_and_when_there_is_none() -> None:
+    from pmatch_duckdb.review.queue import _certify_floor
+
+    rows = [_row(f"S{i}", "t", s, "review") for i, s in enumerate((1.0, 0.999, 0.99, 0.97, 0.9))]
+    trained = ModelState("default/v1", 0.3, math.inf, scale="stage1")
+    assert _certify_floor(rows, trained, 0.99) == 0.999  # the top two average 0.9995 >= 0.998; with 0.99: 0.9963
+    assert _certify_floor(rows, trained, 0.95) == 0.99  # goal 0.99: the top three average 0.9963, four 0.9898
+    with pytest.raises(PmatchError, match="does not expect to reach 0.99 anywhere here"):
+        _certify_floor([_row("S", "t", 0.97, "review")], trained, 0.99)
+    assert _certify_floor(rows, ModelState("zero-shot", 0.55, 0.80), 0.99) == 0.80  # the accept threshold in force
+    with pytest.raises(PmatchError, match="give certify_above"):
+        _certify_floor(rows, ModelState("zero-shot", 0.55, math.inf), 0.99)

@@ -90,7 +90,8 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
                    f"{st.accept_samples} sampled auto-accepts, {st.rechecks} rechecks "
                    f"({st.skipped_labelled} already labelled, not asked again)")
         if certify is not None:
-            click.echo(_certify_line(st.certify_samples, certify_size, st.certify_above, certify))
+            click.echo(_certify_line(st.certify_samples, certify_size, st.certify_above, certify)
+                       if st.certify_above is not None else f"certification sample: {matches!r} holds no pairs to draw")
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -389,7 +389,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     if state.pair is not None and data:
         _mark_reread(con, ctx, matches, data, state)
     plan = None
-    if certify is not None:
+    if certify is not None and data:  # (an empty result: nothing to draw; certify_above stays NULL)
         above = _certify_floor(data, state, certify) if certify_above is None else float(certify_above)
         plan = (above, int(certify_size) if certify_size is not None else cert.reviews_needed(certify, 1))
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
