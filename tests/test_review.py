@@ -373,6 +373,7 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     con.execute(QUEUE_DDL)
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN scored_by")
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_above")
+    con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_target")
     from pmatch_duckdb.review.certify import certify_status, queue_certify_status
 
     assert certify_status(con, "default/v2", "cat") is None and queue_certify_status(con, "default") is None
@@ -386,7 +387,8 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     assert (stats.boundary, stats.rechecks) == (1, 1)  # the verdict's scale is unknown: now 'reject' contradicts it
     assert con.execute("SELECT source_id, reason, decision, scored_by FROM pm_review_queue ORDER BY position"
                        ).fetchall() == [("L", "recheck", "reject", "stage1"), ("A", "boundary", "review", "stage1")]
-    assert con.execute("SELECT count(*) FROM pm_review_queue WHERE certify_above IS NULL").fetchall()[0][0] == 2
+    assert con.execute("SELECT count(*) FROM pm_review_queue WHERE certify_above IS NULL AND certify_target IS NULL"
+                       ).fetchall()[0][0] == 2
     record_verdict(con, PairKey("feed", "A", "cat", "y"), "no_match", matcher="default/v2", score=0.6,
                    decision="review", scored_by="stage1")
     assert con.execute("SELECT source_id, scored_by FROM pm_labels_current ORDER BY label_id").fetchall() == [
@@ -584,7 +586,7 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
     cal = calibrate(con, "catalog", target_precision=0.95, apply=False)
     assert cal.accept is not None and cal.accept >= 0.9 and cal.accept_lower_bound >= 0.95
     got = cal.certify
-    assert (got["above"], got["queued"], got["reviewed"]) == (0.9, budget, budget)
+    assert (got["above"], got["target"], got["queued"], got["reviewed"]) == (0.9, 0.95, budget, budget)
     assert got["lower_bound"] >= 0.95 and got["matches"] >= budget - 1
     # the sample (all above 0.9) does not move the review threshold: no other verdicts, so it stays as it was
     # (taken from the sample it would be its matches' 2% quantile, above 0.9)

@@ -199,8 +199,9 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
                 "SELECT label_id, source_table, source_id, target_table, target_id, verdict, reviewer, "
                 "strftime(labelled_at, '%Y-%m-%d %H:%M:%S'), round(score, 3), decision, reason, note FROM pm_labels "
                 "ORDER BY label_id DESC LIMIT 15").fetchall()
-            return render_template("summary.html", prec=prec, cert=cert, needed=(reviews_needed(0.99, 0),
-                                   reviews_needed(0.99, 1)), rows=rows, recent=recent,
+            goal = cert.target if cert is not None and cert.target is not None else 0.99
+            return render_template("summary.html", prec=prec, cert=cert, goal=goal,
+                                   needed=(reviews_needed(goal, 0), reviews_needed(goal, 1)), rows=rows, recent=recent,
                                    finished=request.args.get("finished") == "1", last=request.args.get("saved"),
                                    **_common(con))
 

@@ -79,6 +79,7 @@ class CertifyStatus:
     """How far the certification sample of one matcher and target has got (what ``pmatch calibrate`` reports)."""
 
     above: float  # the sample's score floor (the lowest of its queues')
+    target: float | None  # the precision it was sized to certify (the highest of its queues'; None: not recorded)
     queued: int  # sampled pairs, over all queues
     reviewed: int  # match + no_match verdicts on them
     matches: int
@@ -105,10 +106,11 @@ def queue_certify_status(con: duckdb.DuckDBPyConnection, queue: str) -> CertifyS
 def _status(con: duckdb.DuckDBPyConnection, where: str, params: list) -> CertifyStatus | None:
     if not has_column(con, "pm_review_queue", "certify_above"):
         return None
+    target = "max(q.certify_target)" if has_column(con, "pm_review_queue", "certify_target") else "NULL"
     sample = f"FROM pm_review_queue q WHERE q.reason = 'certify_sample' AND {where}"
-    above, queued = con.execute(
-        f"SELECT min(q.certify_above), count(DISTINCT (q.source_table, q.source_id, q.target_table, q.target_id)) "
-        f"{sample}", params).fetchall()[0]
+    above, goal, queued = con.execute(
+        f"SELECT min(q.certify_above), {target}, count(DISTINCT (q.source_table, q.source_id, q.target_table, "
+        f"q.target_id)) {sample}", params).fetchall()[0]
     if not queued:
         return None
     m = n = u = 0
@@ -120,7 +122,7 @@ def _status(con: duckdb.DuckDBPyConnection, where: str, params: list) -> Certify
             "q.target_table = l.target_table AND q.target_id = l.target_id AND q.matcher = l.matcher)",
             params).fetchall()[0]
     lb = float(wilson_lower(np.array([m]), np.array([n]))[0]) if n else None
-    return CertifyStatus(float(above), int(queued), int(n), int(m), int(u), lb)
+    return CertifyStatus(float(above), None if goal is None else float(goal), int(queued), int(n), int(m), int(u), lb)
 
 
 def describe(st: CertifyStatus, target: float) -> str:

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS pm_review_queue (
     review_threshold DOUBLE,
     labels_before    BIGINT,   -- verdicts with a larger label_id answer this queue entry
     certify_above    DOUBLE,   -- certify_sample: the score floor it was drawn above (certify.py)
+    certify_target   DOUBLE,   -- certify_sample: the precision it was sized to certify
     queued_at        TIMESTAMPTZ DEFAULT current_timestamp,
     PRIMARY KEY (queue, position)
 )
@@ -415,6 +416,8 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         "labels_before": [before] * len(ordered),
         "certify_above": pa.array([plan[0] if it["reason"] == "certify_sample" else None for it in ordered],
                                   type=pa.float64()),
+        "certify_target": pa.array([certify if it["reason"] == "certify_sample" else None for it in ordered],
+                                   type=pa.float64()),
     }).cast(pa.schema([
         ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),
         ("source_id", pa.string()), ("target_ref", pa.string()), ("target_table", pa.string()),
@@ -422,9 +425,9 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         ("image_score", pa.float64()), ("lexical_score", pa.float64()), ("identifier_match", pa.bool_()),
         ("price_ratio", pa.float64()), ("decision", pa.string()), ("reason", pa.string()), ("matcher", pa.string()),
         ("scored_by", pa.string()), ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64()),
-        ("certify_above", pa.float64())]))
+        ("certify_above", pa.float64()), ("certify_target", pa.float64())]))
     con.execute(QUEUE_DDL)
-    for col, typ in (("scored_by", "VARCHAR"), ("certify_above", "DOUBLE")):  # a queue table of an earlier version
+    for col, typ in (("scored_by", "VARCHAR"), ("certify_above", "DOUBLE"), ("certify_target", "DOUBLE")):  # a queue table of an earlier version
         if not has_column(con, "pm_review_queue", col):
             con.execute(f"ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS {col} {typ}")
     con.register("_pm_new_queue", out)
