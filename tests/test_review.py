@@ -659,14 +659,15 @@ def test_certify_arguments_are_checked(review_demo) -> None:
 
 
 def test_the_default_certification_floor_and_when_there_is_none() -> None:
-    from pmatch_duckdb.review.queue import _certify_floor
+    import numpy as np
 
-    rows = [_row(f"S{i}", "t", s, "review") for i, s in enumerate((1.0, 0.999, 0.99, 0.97, 0.9))]
-    trained = ModelState("default/v1", 0.3, math.inf, scale="stage1")
-    assert _certify_floor(rows, trained, 0.99) == 0.999  # the top two average 0.9995 >= 0.998; with 0.99: 0.9963
-    assert _certify_floor(rows, trained, 0.95) == 0.99  # goal 0.99: the top three average 0.9963, four 0.9898
+    from pmatch_duckdb.review.certify import default_floor
+
+    s = np.array([1.0, 0.999, 0.99, 0.97, 0.9])
+    assert default_floor(s, False, math.inf, 0.99) == 0.999  # the top two average 0.9995 >= 0.998; with 0.99: 0.9963
+    assert default_floor(s, False, math.inf, 0.95) == 0.99  # goal 0.99: the top three average 0.9963, four 0.9898
     with pytest.raises(PmatchError, match="does not expect to reach 0.99 anywhere here"):
-        _certify_floor([_row("S", "t", 0.97, "review")], trained, 0.99)
-    assert _certify_floor(rows, ModelState("zero-shot", 0.55, 0.80), 0.99) == 0.80  # the accept threshold in force
+        default_floor(np.array([0.97]), False, math.inf, 0.99)
+    assert default_floor(s, True, 0.80, 0.99) == 0.80  # zero-shot: the accept threshold in force
     with pytest.raises(PmatchError, match="give certify_above"):
-        _certify_floor(rows, ModelState("zero-shot", 0.55, math.inf), 0.99)
+        default_floor(s, True, math.inf, 0.99)

@@ -16,6 +16,7 @@ probabilities, so there it is the accept threshold in force, or must be given.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import duckdb
@@ -72,6 +73,25 @@ def calibrated_threshold(scores: np.ndarray, goal: float) -> float | None:
     last_of_value = np.r_[s[1:] != s[:-1], True]
     ok = np.flatnonzero((mean >= goal) & last_of_value)
     return float(s[ok[-1]]) if len(ok) else None
+
+
+def default_floor(scores: np.ndarray, zero_shot: bool, accept_threshold: float, target: float) -> float:
+    """The default ``above`` of a sample from a result's ``scores`` (see the module docstring): for a trained matcher's
+    calibrated probabilities :func:`calibrated_threshold` at :func:`expected_precision_goal`; for zero-shot
+    similarities the ``accept_threshold`` in force. A clear error where there is none."""
+    if zero_shot:
+        if math.isfinite(accept_threshold):
+            return float(accept_threshold)
+        raise PmatchError("pm_queue_review: zero-shot scores are similarities, not probabilities, and no accept "
+                          "threshold is set: give certify_above (the score to sample above)")
+    goal = expected_precision_goal(target)
+    floor = calibrated_threshold(scores, goal)
+    if floor is None:
+        raise PmatchError(
+            f"pm_queue_review: no pairs of this result score high enough for the model to expect precision {goal:.4f} "
+            f"above them (the default floor for certify := {target}): the model does not expect to reach {target} "
+            "anywhere here. Give certify_above (the score to sample above) or a lower certify")
+    return floor
 
 
 @dataclass

@@ -391,7 +391,9 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         _mark_reread(con, ctx, matches, data, state)
     plan = None
     if certify is not None and data:  # (an empty result: nothing to draw; certify_above stays NULL)
-        above = _certify_floor(data, state, certify) if certify_above is None else float(certify_above)
+        above = (cert.default_floor(np.array([r["score"] for r in data], dtype=np.float64),
+                                    state.scored_by == "zero-shot", state.accept_threshold, certify)
+                 if certify_above is None else float(certify_above))
         plan = (above, int(certify_size) if certify_size is not None else cert.reviews_needed(certify, 1))
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
@@ -443,26 +445,6 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     finally:
         con.unregister("_pm_new_queue")
     return QueueStats(queue, len(ordered), **counts, certify_above=plan[0] if plan else None)
-
-
-def _certify_floor(rows: list[dict], state: ModelState, target: float) -> float:
-    """The default score floor of a certification sample (``certify.py``): from the scores as calibrated
-    probabilities for a trained matcher; the accept threshold in force for zero-shot similarities."""
-    from . import certify as cert
-
-    if state.scored_by == "zero-shot":
-        if math.isfinite(state.accept_threshold):
-            return state.accept_threshold
-        raise PmatchError("pm_queue_review: zero-shot scores are similarities, not probabilities, and no accept "
-                          "threshold is set: give certify_above (the score to sample above)")
-    goal = cert.expected_precision_goal(target)
-    floor = cert.calibrated_threshold(np.array([r["score"] for r in rows], dtype=np.float64), goal)
-    if floor is None:
-        raise PmatchError(
-            f"pm_queue_review: no pairs of this result score high enough for the model to expect precision {goal:.4f} "
-            f"above them (the default floor for certify := {target}): the model does not expect to reach {target} "
-            "anywhere here. Give certify_above (the score to sample above) or a lower certify")
-    return floor
 
 
 _ANSWERED = """EXISTS (SELECT 1 FROM pm_labels_current l WHERE l.source_table = q.source_table
