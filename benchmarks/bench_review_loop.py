@@ -136,12 +136,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
             con.execute(f"CREATE OR REPLACE VIEW src_a AS SELECT * FROM {review_source}")
             con.execute(f"CREATE OR REPLACE VIEW src_b AS SELECT * FROM {source}")
         else:
-            half = {s: zlib.crc32(f"{seed}:{s}".encode()) % 2 for s in truth}
-            for part, h in (("src_a", 0), ("src_b", 1)):
-                ids = ", ".join("'" + s.replace("'", "''") + "'" for s in truth if half[s] == h)
-                con.execute(f"CREATE OR REPLACE VIEW {part} AS SELECT * FROM {source} "
-                            f"WHERE CAST(id AS VARCHAR) IN ({ids})")
-            truth_b = {s: v for s, v in truth.items() if half[s] == 1}
+            truth_b = _split_views(con, source, truth, f"{seed}:", ("src_a", "src_b"))
         before, _ = sql_match(con, "src_b", target)
         m_before = retrieval_metrics(before, truth_b)
         sql_match(con, "src_a", target)  # -> table m_src_a
@@ -191,6 +186,16 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         con.close()
 
 
+def _split_views(con, source: str, truth: dict, salt: str, names: tuple[str, str]) -> dict:  # noqa: ANN001
+    """Views ``names`` over ``source``: its sources in ``truth`` split in two by a hash of ``salt`` and the id; the
+    second half's truth."""
+    half = {s: zlib.crc32(f"{salt}{s}".encode()) % 2 for s in truth}
+    for name, h in zip(names, (0, 1), strict=True):
+        ids = ", ".join("'" + s.replace("'", "''") + "'" for s in truth if half[s] == h)
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {source} WHERE CAST(id AS VARCHAR) IN ({ids})")
+    return {s: v for s, v in truth.items() if half[s] == 1}
+
+
 def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before: dict, rows: list,  # noqa: ANN001
                n_match: int, queued: int, target_precision: float, round2: int, accept_sample: float,
                seed: int, certify: float | None = None, certify_above: float | None = None) -> list[str]:
@@ -222,11 +227,7 @@ def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before:
         part, held, truth_h = "src_a", "src_b", truth_b
         if certify is not None:  # a new batch: B1 queued with the sample and reviewed, B2 (nobody reviews) measured
             part, held = "src_b1", "src_b2"
-            half = {s_: zlib.crc32(f"b{seed}:{s_}".encode()) % 2 for s_ in truth_b}
-            for name, h in (("src_b1", 0), ("src_b2", 1)):
-                ids = ", ".join("'" + s_.replace("'", "''") + "'" for s_ in truth_b if half[s_] == h)
-                con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM src_b WHERE CAST(id AS VARCHAR) IN ({ids})")
-            truth_h = {s_: v for s_, v in truth_b.items() if half[s_] == 1}
+            truth_h = _split_views(con, "src_b", truth_b, f"b{seed}:", ("src_b1", "src_b2"))
             m_trained_h = retrieval_metrics(sql_match(con, held, target)[0], truth_h)
         sql_match(con, part, target)  # -> m_<part>, scored by 'verdicts'
         cert = "" if certify is None else f", certify := {certify}" + (
