@@ -26,6 +26,10 @@ view, the target table, ``gt_test``), for each matcher version asked for:
 With ``--certify P`` each matcher runs twice on the same review budget: the plain queue, then the queue with a
 certification sample first (``pm_queue_review(certify := P)``), each calibrated at ``--target-precision``.
 
+With ``--audit-rejects N`` each matcher runs twice: the plain queue, then the queue with a reject audit of ``N``
+auto-rejected pairs (``pm_queue_review(audit_rejects := N)``); the head line says what calibrate estimated the review
+threshold auto-rejects, against the ground truth's count on the reviewed sources' result.
+
 Each matcher runs on a scratch copy of the database and its index folder, with its version linked into a scratch
 pmatch home (as in ``bench_pair_cost.py``): nothing of the user's changes.
 
@@ -113,7 +117,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
             seed: int, accept_sample: float, work: Path, review_source: str | None = None,
             recheck_with: str | None = None, recheck_delta: float = 0.3, queue_rounds: int = 0,
             retrain: bool = False, round2: int = 0, certify: float | None = None,
-            certify_above: float | None = None) -> list[str]:
+            certify_above: float | None = None, audit_rejects: int = 0) -> list[str]:
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines. ``certify``: the
     queue puts a certification sample first (``pm_queue_review(certify := ...)``)."""
     copy = work / db.name
@@ -143,6 +147,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         cost = queue_cost(con, "m_src_a", queue_rounds) if queue_rounds else None
         cert = "" if certify is None or retrain else f", certify := {certify}" + (
             "" if certify_above is None else f", certify_above := {certify_above}")
+        cert += f", audit_rejects := {audit_rejects}" if audit_rejects else ""
         queued, n_cert, floor = con.execute(
             f"SELECT queued, certify_samples, certify_above FROM pm_queue_review('m_src_a', accept_sample := "
             f"{accept_sample}, seed := {seed}{cert})").fetchone()
@@ -167,12 +172,14 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
                 note += (f"; stacked accept {pa['accept'] if pa['accept'] is None else round(pa['accept'], 4)} "
                          f"(lower bound {pa['accept_lower_bound'] if pa['accept_lower_bound'] is None else round(pa['accept_lower_bound'], 3)})")
             note += f"; {cal.applied or 'nothing written'}"
+            note += "; " + _loss_note(con, cal, truth)
         except CalibrationError as e:
             note = f"calibrate: {e}"
         pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
         after, _ = sql_match(con, "src_b", target)
         m_after = retrieval_metrics(after, truth_b)
         arm = "" if certify is None else f" [certify {certify}]"
+        arm += f" [audit {audit_rejects}]" if audit_rejects else ""
         head = (f"# {ref}{arm}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} "
                 f"pairs, the first {len(rows)} reviewed ({n_match} matches); {note}; active now "
                 f"{active_version(name, work / 'home')}")
@@ -261,6 +268,28 @@ def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before:
     return out
 
 
+def _loss_note(con, cal, truth: dict) -> str:  # noqa: ANN001
+    """What calibrate says the review threshold auto-rejects, against the ground truth on the reviewed sources'
+    result (``m_src_a``): the share of its matches scoring below the old and the new review threshold (stage 1's
+    scale; the pair scorer's re-read pairs are on another, so this is for matchers without one)."""
+    rows = con.execute("SELECT source_id, target_id, score FROM m_src_a").fetchall()
+    hit = [s for si, ti, s in rows if ti in truth.get(si, ())]
+    frac = (lambda t: sum(s < t for s in hit) / len(hit)) if hit else (lambda t: float("nan"))
+    said = "not known" if cal.recall_loss is None else (
+        f"{cal.recall_loss:.3f}" + ("" if cal.recall_loss_upper is None else f", upper {cal.recall_loss_upper:.3f}")
+        + f" ({cal.recall_loss_from})")
+    out = (f"review {cal.old_review:.4f} -> {cal.review:.4f}, auto-rejected matches: calibrate says {said}, the "
+           f"result's truth {frac(cal.old_review):.3f} -> {frac(cal.review):.3f} of {len(hit)}")
+    if cal.review_kept:
+        out += f" (kept: {cal.review_kept.split(':')[0]})"
+    if cal.reject_audit is not None and cal.reject_audit["estimate"] is not None:
+        ra = cal.reject_audit
+        truth_rej = sum(s < ra["review_threshold"] for s in hit)
+        out += (f"; audit {ra['answered']} of {ra['rejected']} rejects: estimate {ra['estimate']:.0f} (upper "
+                f"{ra['upper']:.0f}) rejected matches, truth {truth_rej}")
+    return out
+
+
 def _review(con, truth: dict, queue: str, n: int) -> list[tuple]:  # noqa: ANN001
     """The first ``n`` pairs of review queue ``queue`` answered by the ground truth ``truth`` (source id → its
     matching target ids), recorded as the review page records them; the rows answered."""
@@ -303,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                          "sources queued with the sample, N of it reviewed")
     ap.add_argument("--certify-above", type=float, default=None, metavar="SCORE",
                     help="with --certify: the sample's score floor (default: pm_queue_review's)")
+    ap.add_argument("--audit-rejects", type=int, default=0, metavar="N",
+                    help="run each matcher twice: the plain queue, and the queue with a reject audit of N pairs "
+                         "(pm_queue_review(audit_rejects := N))")
     ap.add_argument("--queue-cost", type=int, default=0, metavar="ROUNDS",
                     help="also time pm_queue_review on the reviewed sources' result with and without scored_by")
     args = ap.parse_args(argv)
@@ -313,20 +345,24 @@ def main(argv: list[str] | None = None) -> int:
     heads = []
     if args.certify is not None and args.retrain and not args.round2:
         ap.error("--certify with --retrain certifies in round 2: give --round2 N")
+    if args.audit_rejects and (args.certify is not None or args.retrain):
+        ap.error("--audit-rejects runs its own two arms: not with --certify or --retrain")
     arms = [None, args.certify] if args.certify is not None and not args.retrain else [args.certify]
+    audits = [0, args.audit_rejects] if args.audit_rejects else [0]
+    arms = [(arm, 0) for arm in arms] if len(audits) == 1 else [(None, a) for a in audits]
     for ref in args.matcher.split(","):
-        for arm in arms:
+        for arm, audit in arms:
             work = Path(tempfile.mkdtemp(prefix="pmatch-review-loop-"))
             try:
                 head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review,
                                        args.target_precision, args.seed, args.accept_sample, work, args.review_source,
                                        args.recheck_with, args.recheck_delta, args.queue_cost, args.retrain,
-                                       args.round2, arm, args.certify_above)
+                                       args.round2, arm, args.certify_above, audit)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             print(head, flush=True)
             heads.append(head)
-            out += lines if arm is None or arm is arms[0] else lines[1:]  # "before" is the same in both arms
+            out += lines if (arm, audit) == arms[0] else lines[1:]  # "before" is the same in both arms
     print("\n".join(out))
     return 0
 

@@ -171,6 +171,8 @@ def choose_thresholds(score: np.ndarray, y: np.ndarray, target_precision: float 
     reject = float(s[allowed[0]]) if len(allowed) and pos else 0.0
     reject = min(reject, accept)
     info = {"accept_recall": float(tp[ok[-1]] / pos) if len(ok) and pos else 0.0,
+            # the share of the matches below the review threshold (pmatch calibrate's budget starts from it)
+            "review_recall_loss": float(t[s < reject].sum() / pos) if pos else 0.0,
             "accept_lower_bound": float(lb[ok[-1]]) if len(ok) else None,
             "validation_pairs": int(len(s)), "validation_matches": int(pos),
             "target_precision": target_precision, "max_recall_loss": max_recall_loss, "confidence": confidence}

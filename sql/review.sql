@@ -3,7 +3,7 @@
 -- tables of your database, readable by plain SQL and dbt without pmatch installed.
 
 -- pm_queue_review(matches [, queue := 'default', accept_sample := 0.05, recheck_delta := 0.3, seed := 0,
---                  certify := NULL, certify_above := NULL, certify_size := NULL]):
+--                  certify := NULL, certify_above := NULL, certify_size := NULL, audit_rejects := 0]):
 -- queue the pairs of a saved match_products result for review (replaces the queue of that name).
 -- Order: pairs nearest the decision boundary first, spread across source offers; a random
 -- `accept_sample` share of the auto-accepted pairs interleaved (to measure auto-accept precision);
@@ -15,11 +15,15 @@
 -- at 0.99) so that reviewing it lets pmatch calibrate certify that precision. certify_above by default: a trained
 -- matcher's lowest score above which its calibrated scores average 1 - (1 - certify) / 5; zero-shot: the accept
 -- threshold in force (or give it).
+-- audit_rejects := 200: also that many auto-rejected pairs, a random sample stratified where missed matches are
+-- (rejected rank-1 candidates, ranks 2-3, the rest by score), spread through the queue: pmatch calibrate estimates
+-- from their verdicts how many matches the model already auto-rejects, and keeps max_recall_loss of all matches.
 -- Returns one row: queue, queued, boundary, accept_samples, rechecks, skipped_labelled, certify_samples,
--- certify_above.
+-- certify_above, reject_samples.
 CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept_sample := 0.05,
                                              recheck_delta := 0.3, seed := 0, certify := NULL,
-                                             certify_above := NULL, certify_size := NULL) AS TABLE
+                                             certify_above := NULL, certify_size := NULL,
+                                             audit_rejects := 0) AS TABLE
     SELECT r.* FROM (SELECT CASE
         WHEN typeof(matches) <> 'VARCHAR'
             THEN error('pm_queue_review expects the matches table name as VARCHAR, got ' || typeof(matches))
@@ -32,7 +36,10 @@ CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept
             OR (certify_size IS NOT NULL AND (TRY_CAST(certify_size AS BIGINT) IS NULL
                 OR TRY_CAST(certify_size AS DOUBLE) <> TRY_CAST(certify_size AS BIGINT)))
             THEN error('pm_queue_review: certify and certify_above must be numbers and certify_size an integer')
+        WHEN TRY_CAST(audit_rejects AS BIGINT) IS NULL
+            OR TRY_CAST(audit_rejects AS DOUBLE) <> TRY_CAST(audit_rejects AS BIGINT)
+            THEN error('pm_queue_review: audit_rejects must be a whole number, got ' || audit_rejects::VARCHAR)
         ELSE _pm_queue_review(matches::VARCHAR, queue::VARCHAR, TRY_CAST(accept_sample AS DOUBLE),
                               TRY_CAST(recheck_delta AS DOUBLE), TRY_CAST(seed AS BIGINT),
                               TRY_CAST(certify AS DOUBLE), TRY_CAST(certify_above AS DOUBLE),
-                              TRY_CAST(certify_size AS BIGINT)) END AS r);
+                              TRY_CAST(certify_size AS BIGINT), TRY_CAST(audit_rejects AS BIGINT)) END AS r);

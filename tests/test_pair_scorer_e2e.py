@@ -484,10 +484,12 @@ def test_calibrate_takes_the_scores_as_shown_where_a_reviewed_table_is_gone(edit
     """Reviews of a feed dropped since: its pairs cannot be scored again, so each verdict's shown score stands in
     for the model that scored it (pm_labels.scored_by); a verdict that does not say which model scored it makes
     that an error naming the table."""
+    from pmatch_duckdb.api import context_of
     from pmatch_duckdb.decision import choose_thresholds
     from pmatch_duckdb.matchers import activate, deactivate
-    from pmatch_duckdb.review.calibrate import CalibrationError, calibrate
+    from pmatch_duckdb.review.calibrate import CalibrationError, _pick, calibrate
     from pmatch_duckdb.review.labels import PairKey, record_verdict
+    from pmatch_duckdb.review.queue import model_state
 
     con, thome, _, _, truth_te, _ = editions
     truth = {(s, c) for s, c, _ in truth_te}
@@ -507,12 +509,15 @@ def test_calibrate_takes_the_scores_as_shown_where_a_reviewed_table_is_gone(edit
         cal = calibrate(con, "catalog", target_precision=0.8, apply=False)
         assert cal.scores_as_shown == len(rows) == cal.reviewed
         y = np.array(y)
-        for by, (acc, rev) in (("stage1", (cal.accept, cal.review)), ("pair_scorer", (cal.pair["accept"],
-                                                                                       cal.pair["review"]))):
+        state = model_state(context_of(con), "catalog")
+        for by, (acc, rev), st in (("stage1", (cal.accept, cal.review), state),
+                                   ("pair_scorer", (cal.pair["accept"], cal.pair["review"]), state.pair)):
             mine = np.array([r[3] == by for r in rows])
-            want = choose_thresholds(np.array([r[2] for r in rows])[mine], y[mine], 0.8, 0.02)
-            assert rev == pytest.approx(want[1]), by
-            assert (acc is None and not np.isfinite(want[0])) or acc == pytest.approx(want[0]), by
+            shown = np.array([r[2] for r in rows])[mine]
+            want = _pick(shown, y[mine], 0.8, 0.02, np.ones(int(mine.sum()), dtype=bool), st)
+            assert rev == pytest.approx(want.review), by
+            assert acc == want.accept and (acc is None or acc == pytest.approx(choose_thresholds(shown, y[mine], 0.8,
+                                                                                                   0.02)[0])), by
         assert {r[3] for r in rows} == {"stage1", "pair_scorer"}  # (both models' thresholds came from some pairs)
         # one verdict of unknown scale on the dropped table: its score cannot stand in
         con.execute("UPDATE pm_labels SET scored_by = NULL WHERE label_id = (SELECT max(label_id) FROM pm_labels)")

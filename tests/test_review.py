@@ -96,7 +96,8 @@ def test_queue_order_boundary_spread_samples_and_rechecks() -> None:
                 # moved 0.55 down, against it: recheck first
                 PairKey.of("feed", "L3", "cat", "z"): Verdict("match", 0.75, 3, "zero-shot", "review")}
     ordered, counts = build_queue(rows, verdicts, state, accept_sample=0.05, seed=1)
-    assert counts == {"boundary": 16, "accept_samples": 2, "rechecks": 2, "skipped_labelled": 1, "certify_samples": 0}
+    assert counts == {"boundary": 16, "accept_samples": 2, "rechecks": 2, "skipped_labelled": 1, "certify_samples": 0,
+                      "reject_samples": 0}
     assert [it["source_id"] for it in ordered[:2]] == ["L3", "L2"]
     # the reviewer is shown the model's own decision, not the verdict's override of it
     assert [(it["decision"], it["scored_by"]) for it in ordered[:2]] == [("reject", "zero-shot"), ("accept", "zero-shot")]
@@ -205,7 +206,7 @@ def test_pm_queue_review_sql(review_demo) -> None:
     assert n_review > 5 and n_accept > 0
     row = con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()[0]
     assert row == ("default", n_review + math.ceil(0.05 * n_accept), n_review, math.ceil(0.05 * n_accept), 0, 0, 0,
-                   None)
+                   None, 0)
     q = con.execute("SELECT position, decision, reason, matcher, score FROM pm_review_queue "
                     "WHERE queue = 'default' ORDER BY position").fetchall()
     assert [r[0] for r in q] == list(range(1, len(q) + 1))
@@ -572,6 +573,20 @@ def _plain_review_cut(con) -> float:  # noqa: ANN001
                              0.02)[1]
 
 
+def _record_recall_loss(con, target: str, loss: float) -> None:  # noqa: ANN001
+    """Write into ``target``'s index what an earlier calibration records: the share of the matches its zero-shot
+    review threshold auto-rejects (without one, calibrate never raises that threshold)."""
+    import json
+
+    from pmatch_duckdb.api import context_of
+    from pmatch_duckdb.sqlident import index_name_for
+    from pmatch_duckdb.store import META_KEY, OfferIndex
+
+    idx = OfferIndex(context_of(con).index_root, index_name_for(target))
+    meta = {**idx.metadata(), "calibration": {"recall_loss": loss, "recall_loss_from": "a test"}}
+    idx.table().to_lance().update_schema_metadata({META_KEY.decode(): json.dumps(meta)})
+
+
 def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_cannot(review_demo) -> None:
     """Same review budget, same result: the boundary queue's reviews certify no accept threshold at 0.95, the
     certification sample's do, and calibrate reports how far the sample has got."""
@@ -601,6 +616,10 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
     # the sample (all above 0.9) does not move the review threshold: no other verdicts, so it stays as it was
     # (taken from the sample it would be its matches' 2% quantile, above 0.9)
     assert cal.review == pytest.approx(cal.old_review) and cal.old_review < 0.6
+    # nor do the reviews below: nobody measured what the zero-shot review threshold already auto-rejects (an earlier
+    # calibration records it; see test_a_reject_audit_... for measuring it)
+    assert cal.review_kept.startswith("the matches it already auto-rejects were never measured")
+    _record_recall_loss(con, "catalog", 0.0)
     # and 300 boundary pairs, the queue's window around the boundary (0.675): the band under the window is unreviewed,
     # so the review threshold rises no higher than its lowest unanswered pair (the quantile rule alone: 0.624)
     _answer(con, truth, "cert", budget + 300)

@@ -237,3 +237,42 @@ def _check_certify_pages(base: str, drv) -> None:  # noqa: ANN001
         drv.save_screenshot(str(ARTIFACTS / "review-certify.png"))
     finally:
         drv.quit()
+
+
+def test_a_reject_audit_on_the_page_in_chromium(review_demo, tmp_path: Path) -> None:
+    """A queue with a reject audit: an audited pair is labelled as a check of an auto-rejected pair, and the summary
+    shows the audit per score stratum and, once every stratum has an answer, its estimate."""
+    from selenium.webdriver.common.by import By
+
+    from pmatch_duckdb.review.labels import PairKey, record_verdict
+
+    con = pm.connect(review_demo.db, image_roots=[review_demo.images])
+    n = con.execute("SELECT reject_samples FROM pm_queue_review('matches', queue := 'audit', audit_rejects := 10)"
+                    ).fetchall()[0][0]
+    rows = con.execute("SELECT position, source_table, source_id, target_table, target_id, score, stratum, "
+                       "stratum_pairs FROM pm_review_queue WHERE queue = 'audit' AND reason = 'reject_sample' "
+                       "ORDER BY stratum, position").fetchall()
+    assert n == len(rows) == 10
+    # the first pair of stratum 1 answered "match", the rest of the audit "no_match"
+    for i, (_, st, si, tt, ti, score, _, _) in enumerate(rows):
+        record_verdict(con, PairKey(st, si, tt, ti), "match" if i == 0 else "no_match", score=score,
+                       decision="reject", reason="reject_sample", queue="audit", matcher="zero-shot")
+    con.close()
+    s1 = [r for r in rows if r[6] == 1]
+    estimate = s1[0][7] / len(s1)  # the one match stands for its stratum's pairs over the answered ones
+    chromium, driver_path = _browser_paths()
+    drv = _driver(chromium, driver_path, tmp_path / "profile")
+    with _page(review_demo, "audit") as base:
+        try:
+            drv.get(f"{base}/pair/{rows[0][0]}")
+            assert drv.find_element(By.CSS_SELECTOR, ".reason.reject_sample").text == \
+                "random check of an auto-rejected pair"
+            drv.get(base + "/summary")
+            card = drv.find_element(By.CSS_SELECTOR, ".audit")
+            assert card.text.startswith("Reject audit\n10 of 10 random auto-rejected pairs answered"), card.text
+            assert f"About {estimate:.0f} match" in card.text and "among the auto-rejected pairs" in card.text, card.text
+            assert len(card.find_elements(By.CSS_SELECTOR, "tr")) == 1 + len({r[6] for r in rows})
+            ARTIFACTS.mkdir(exist_ok=True)
+            drv.save_screenshot(str(ARTIFACTS / "review-audit.png"))
+        finally:
+            drv.quit()

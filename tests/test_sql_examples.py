@@ -90,7 +90,10 @@ def test_evaluate_against_labels(shop):
 
 
 def test_review_queue(shop):
-    queued, certify, queue, verdicts = run_example(shop, "review_queue.sql")
+    queued, certify, audit, queue, verdicts = run_example(shop, "review_queue.sql")
+    # up to 20 auto-rejected pairs on top of the boundary queue (fewer where fewer are rejected)
+    assert audit[0]["queue"] == "feed_audit" and 0 < audit[0]["reject_samples"] <= 20
+    assert audit[0]["queued"] == queued[0]["queued"] + audit[0]["reject_samples"]  # same result, same boundary pairs
     assert min(queued[0]["queued"], 20) == len(queue) > 0
     # the certification sample: above the zero-shot accept threshold, no more than the 87 that 0.95 needs
     assert certify[0]["queue"] == "feed_certify" and certify[0]["certify_above"] == 0.8

@@ -13,7 +13,8 @@ from pmatch_duckdb.review.queue import queue_review
 from .arrow_util import Registrar, as_pylist
 
 _ROW = {"queue": T.VARCHAR, "queued": T.BIGINT, "boundary": T.BIGINT, "accept_samples": T.BIGINT,
-        "rechecks": T.BIGINT, "skipped_labelled": T.BIGINT, "certify_samples": T.BIGINT, "certify_above": T.DOUBLE}
+        "rechecks": T.BIGINT, "skipped_labelled": T.BIGINT, "certify_samples": T.BIGINT, "certify_above": T.DOUBLE,
+        "reject_samples": T.BIGINT}
 _ARROW = {T.VARCHAR: pa.string(), T.BIGINT: pa.int64(), T.DOUBLE: pa.float64()}
 _ROW_ARROW = pa.struct([(k, _ARROW[t]) for k, t in _ROW.items()])
 
@@ -23,23 +24,23 @@ def register_review_udfs(reg: Registrar, ctx: PmatchContext) -> None:
 
     def pm_queue_review(matches: pa.ChunkedArray, queues: pa.ChunkedArray, samples: pa.ChunkedArray,
                         deltas: pa.ChunkedArray, seeds: pa.ChunkedArray, certify: pa.ChunkedArray,
-                        above: pa.ChunkedArray, size: pa.ChunkedArray) -> pa.Array:
+                        above: pa.ChunkedArray, size: pa.ChunkedArray, audit: pa.ChunkedArray) -> pa.Array:
         out = []
-        for m, q, s, d, sd, c, a, n in zip(as_pylist(matches), as_pylist(queues), as_pylist(samples),
-                                           as_pylist(deltas), as_pylist(seeds), as_pylist(certify), as_pylist(above),
-                                           as_pylist(size), strict=True):
+        for m, q, s, d, sd, c, a, n, r in zip(as_pylist(matches), as_pylist(queues), as_pylist(samples),
+                                              as_pylist(deltas), as_pylist(seeds), as_pylist(certify),
+                                              as_pylist(above), as_pylist(size), as_pylist(audit), strict=True):
             if m is None:
                 raise PmatchError("pm_queue_review: the match result table name is NULL")
             cur = ctx.con.cursor()  # never run SQL on the calling connection inside a UDF
             try:
                 stats = queue_review(cur, m, q or "default", accept_sample=0.05 if s is None else float(s),
                                      recheck_delta=0.3 if d is None else float(d), seed=int(sd or 0), certify=c,
-                                     certify_above=a, certify_size=n, ctx=ctx)
+                                     certify_above=a, certify_size=n, audit_rejects=int(r or 0), ctx=ctx)
             finally:
                 cur.close()
             out.append(stats.as_row())
         return pa.array(out, type=_ROW_ARROW)
 
     reg.add("_pm_queue_review", pm_queue_review,
-            [T.VARCHAR, T.VARCHAR, T.DOUBLE, T.DOUBLE, T.BIGINT, T.DOUBLE, T.DOUBLE, T.BIGINT],
+            [T.VARCHAR, T.VARCHAR, T.DOUBLE, T.DOUBLE, T.BIGINT, T.DOUBLE, T.DOUBLE, T.BIGINT, T.BIGINT],
             duckdb.struct_type(_ROW), side_effects=True, null_handling="special")

@@ -24,8 +24,9 @@ from PIL import Image
 from ..encoders.image_io import ImagePolicy
 from ..errors import PmatchError
 from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
-from .labels import PairKey, ensure_labels, record_verdict, verdict_before
+from .labels import PairKey, ensure_labels, has_labels, record_verdict, verdict_before
 from .pairview import image_path, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
 from .stats import accept_precision, label_summary
@@ -194,13 +195,14 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
             _check_queue(con)
             prec = accept_precision(con)
             cert = queue_certify_status(con, cfg.queue)
+            audit = queue_audit(con, cfg.queue) if has_labels(con) else None
             rows = label_summary(con)
             recent = con.execute(
                 "SELECT label_id, source_table, source_id, target_table, target_id, verdict, reviewer, "
                 "strftime(labelled_at, '%Y-%m-%d %H:%M:%S'), round(score, 3), decision, reason, note FROM pm_labels "
                 "ORDER BY label_id DESC LIMIT 15").fetchall()
             goal = cert.target if cert is not None and cert.target is not None else 0.99
-            return render_template("summary.html", prec=prec, cert=cert, goal=goal,
+            return render_template("summary.html", prec=prec, cert=cert, goal=goal, audit=audit,
                                    needed=(reviews_needed(goal, 0), reviews_needed(goal, 1)), rows=rows, recent=recent,
                                    finished=request.args.get("finished") == "1", last=request.args.get("saved"),
                                    **_common(con))

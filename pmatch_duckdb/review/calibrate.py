@@ -2,9 +2,14 @@
 
 Reviewed pairs are exactly the held-out data thresholds need: people answered them, the model never
 trained on their verdicts. The accept threshold is the lowest score whose reviewed pairs above it have
-a one-sided 95% Wilson lower bound on precision ≥ the target (the rule training uses, decision.py); the
-review threshold keeps all but ``max_recall_loss`` of the reviewed matches above it, and rises no higher than the
-lowest queued boundary pair nobody has answered (:func:`unreviewed_floor`).
+a one-sided 95% Wilson lower bound on precision ≥ the target (the rule training uses, decision.py). The review
+threshold auto-rejects at most ``max_recall_loss`` of *all* matches: the review band is reviewed in full, but the
+pairs under the review threshold never are, so what they already cost comes from a reject audit
+(``pm_queue_review(audit_rejects := N)``, ``audit.py``: then the cut is taken over the whole result, each sampled pair
+weighted by how many it stands for, and may fall below the old threshold), else from the share recorded with the
+thresholds (training's validation pairs, or an earlier calibration); where neither exists (zero-shot defaults) the
+review threshold stays. It rises no higher than the lowest queued boundary pair nobody has answered
+(:func:`unreviewed_floor`).
 
 Only verdicts given on scores of the model in force count (``pm_labels.matcher``): another model's
 scores are on another scale. A matcher with a pair scorer shows two scales itself (re-read pairs carry the stacked
@@ -34,6 +39,7 @@ import numpy as np
 from ..decision import choose_thresholds, wilson_lower
 from ..errors import PmatchError
 from ..staging import new_staging_dir
+from .audit import AuditWeights, audit_weights, latest_audit
 from .certify import certify_status
 from .labels import has_column, has_labels, scored_by_sql, table_key
 from .queue import ModelState, finite_or_none, model_state
@@ -73,6 +79,15 @@ class Calibration:
     certify: dict | None = None
     #: the review threshold would have risen higher but was held at the lowest queued band pair nobody has answered
     review_held: bool = False
+    #: estimated share of all matches auto-rejected at the new review threshold (None: not known), from what, and (a
+    #: reject audit's) its 95 % upper bound
+    recall_loss: float | None = None
+    recall_loss_from: str | None = None
+    recall_loss_upper: float | None = None
+    #: why the review threshold stayed where it was, where the rule kept it (None: it was picked)
+    review_kept: str | None = None
+    #: the reject audit the review threshold was picked with (:class:`audit.RejectAudit` as a dict), or None
+    reject_audit: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,15 +95,15 @@ class Calibration:
 
 def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
                    ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int, list[str | None],
-                              np.ndarray]:
+                              np.ndarray, list[str | None]]:
     """(pairs as (source table, source id, target table, target id), scores shown, 1 = match / 0 = no_match,
     verdicts ignored because another model scored them, which model scored each (``pm_labels.scored_by``), True
-    where the pair was a certification sample's (``pm_labels.reason``))."""
+    where the pair was a certification sample's (``pm_labels.reason``), the queue each verdict was given in)."""
     if not has_labels(con):
-        return [], np.zeros(0), np.zeros(0), 0, [], np.zeros(0, dtype=bool)
+        return [], np.zeros(0), np.zeros(0), 0, [], np.zeros(0, dtype=bool), []
     rows = con.execute(
         f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {scored_by_sql(con)}, "
-        "coalesce(reason = 'certify_sample', false) "
+        "coalesce(reason = 'certify_sample', false), queue "
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
@@ -96,7 +111,7 @@ def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
     s = np.array([r[4] for r in keep], dtype=np.float64)
     y = np.array([r[5] == "match" for r in keep], dtype=np.float64)
     return ([tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep), [r[7] for r in keep],
-            np.array([bool(r[8]) for r in keep], dtype=bool))
+            np.array([bool(r[8]) for r in keep], dtype=bool), [r[9] for r in keep])
 
 
 def unreviewed_floor(con, target: str, matcher: str) -> dict[str, float]:  # noqa: ANN001
@@ -160,7 +175,7 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
 
     ctx = ctx or context_of(con)
     state = model_state(ctx, target)
-    pairs, s, y, ignored, scored_by, sampled = reviewed_pairs(con, target, state.matcher)
+    pairs, s, y, ignored, scored_by, sampled, queues = reviewed_pairs(con, target, state.matcher)
     if int(y.sum()) < min_matches:
         raise CalibrationError(
             f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
@@ -170,52 +185,151 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
     if state.pair is not None:  # two scales in the scores shown: each model's own scores of every reviewed pair
         s, stacked, as_shown = rescore_reviewed(con, ctx, pairs, s, scored_by)
     floor = unreviewed_floor(con, target, state.matcher)
-    accept, review, prec, lb, n_above, held = _pick(s, y, target_precision, max_recall_loss, ~sampled,
-                                                    state.review_threshold, floor.get("stage1"))
+    audit = latest_audit(con, state.matcher, target)
+    # each reviewed pair's weight: how many pairs of the audited result it stands for
+    aw = audit_weights(con, audit.queue, pairs, queues) if audit is not None and audit.complete else None
+    picked = _pick(s, y, target_precision, max_recall_loss, ~sampled, state, floor.get("stage1"), aw)
     cal = Calibration(
         matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
-        old_accept=finite_or_none(state.accept_threshold), old_review=state.review_threshold, accept=accept,
-        review=review, target_precision=target_precision, accept_precision=prec, accept_lower_bound=lb,
-        accept_reviewed=n_above, scores_as_shown=as_shown, review_held=held)
+        old_accept=finite_or_none(state.accept_threshold), old_review=state.review_threshold, accept=picked.accept,
+        review=picked.review, target_precision=target_precision, accept_precision=picked.precision,
+        accept_lower_bound=picked.lower_bound, accept_reviewed=picked.n_above, scores_as_shown=as_shown,
+        review_held=picked.held, recall_loss=picked.recall_loss, recall_loss_from=picked.recall_loss_from,
+        recall_loss_upper=picked.recall_loss_upper,
+        review_kept=picked.kept, reject_audit=audit.as_dict() if audit is not None else None)
     if state.pair is not None and stacked is not None:
-        p_acc, p_rev, p_prec, p_lb, p_n, p_held = _pick(stacked, y, target_precision, max_recall_loss, ~sampled,
-                                                        state.pair.review_threshold, floor.get("pair_scorer"))
-        cal.pair = {"accept": p_acc, "review": p_rev, "old_accept": finite_or_none(state.pair.accept_threshold),
-                    "old_review": state.pair.review_threshold, "accept_precision": p_prec,
-                    "accept_lower_bound": p_lb, "accept_reviewed": p_n, "review_held": p_held}
+        pp = _pick(stacked, y, target_precision, max_recall_loss, ~sampled, state.pair, floor.get("pair_scorer"), aw)
+        cal.pair = {"accept": pp.accept, "review": pp.review, "old_accept": finite_or_none(state.pair.accept_threshold),
+                    "old_review": state.pair.review_threshold, "accept_precision": pp.precision,
+                    "accept_lower_bound": pp.lower_bound, "accept_reviewed": pp.n_above, "review_held": pp.held,
+                    "recall_loss": pp.recall_loss, "recall_loss_from": pp.recall_loss_from,
+                    "recall_loss_upper": pp.recall_loss_upper,
+                    "review_kept": pp.kept}
     status = certify_status(con, matcher=state.matcher, target=target)
     cal.certify = status.as_dict() if status is not None else None
-    certified = cal.accept is not None or (cal.pair is not None and cal.pair["accept"] is not None)
+    certified = new_thresholds(cal.as_dict()) is not None or (
+        cal.pair is not None and new_thresholds(cal.pair) is not None)
     if apply and certified:
         cal.applied = _apply(ctx, target, state, cal)
     return cal
 
 
+@dataclass
+class _Picked:
+    accept: float | None  # None: no threshold certifies the target
+    review: float
+    precision: float | None  # of the reviewed pairs above accept
+    lower_bound: float | None
+    n_above: int
+    held: bool  # held down by the lowest unanswered queued band pair
+    recall_loss: float | None
+    recall_loss_from: str | None
+    kept: str | None  # why the review threshold stayed (None: picked)
+    recall_loss_upper: float | None = None  # 95 % upper bound of recall_loss (a reject audit's)
+
+
+def weighted_cut(s: np.ndarray, y: np.ndarray, w: np.ndarray, budget: float) -> float | None:
+    """The highest score ``t`` among ``s`` such that the weighted matches scoring below ``t`` are at most ``budget``
+    of all weighted matches (None: no match)."""
+    order = np.argsort(-s, kind="stable")
+    s, m = s[order], (y * w)[order]
+    total = m.sum()
+    if total <= 0:
+        return None
+    lost = total - np.cumsum(m)
+    last_of_value = np.r_[s[1:] != s[:-1], True]
+    ok = np.flatnonzero((lost <= budget * total + 1e-12) & last_of_value)
+    return float(s[ok[0]])
+
+
 def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss: float, for_review: np.ndarray,
-          old_review: float, unreviewed: float | None = None
-          ) -> tuple[float | None, float, float | None, float | None, int, bool]:
-    """(accept or None, review, precision and its 95% lower bound above accept, reviewed pairs above it, whether the
-    review threshold was held down by ``unreviewed``), from the
-    pairs with a score (NaN: the model has none for the pair). The review threshold comes from the pairs
-    ``for_review`` only (``old_review`` where they hold no match): a certification sample is drawn from the top
-    scores alone, so its matches would pull the "all but max_recall_loss of the matches" cut upwards. It rises no
-    higher than ``unreviewed`` (:func:`unreviewed_floor`; or ``old_review`` where that is higher): nobody has looked
-    at the queued band pairs from there up, so how many matches a higher review threshold would auto-reject is not
-    known."""
+          state: ModelState, unreviewed: float | None = None, audit: AuditWeights | None = None) -> _Picked:
+    """The thresholds of one model (``state``: its thresholds in force and recorded recall loss) from the reviewed
+    pairs with a score (NaN: the model has none for the pair).
+
+    Accept: the usual rule on every reviewed pair. Review: from the pairs ``for_review`` only (a certification sample
+    is drawn from the top scores alone, so its matches would pull the cut upwards), so that at most
+    ``max_recall_loss`` of all matches score below it:
+
+    * ``audit`` given (a complete reject audit, :mod:`audit`): the weighted matches of the whole result, the
+      rejected ones included. Where their estimate says
+      more than ``max_recall_loss`` is lost already, the cut over them lowers the threshold; where even the upper
+      bound says less, the band may lose what is left of the budget after that bound; in between it stays;
+    * else from ``state.recall_loss`` (the share already below the old threshold): the matches above it may lose
+      ``1 - (1 - max_recall_loss) / (1 - recall_loss)`` of themselves; nothing where that share is unknown or spent.
+
+    It rises no higher than ``unreviewed`` (:func:`unreviewed_floor`; or the old threshold where that is higher):
+    nobody has looked at the queued band pairs from there up, so how many matches a higher review threshold would
+    auto-reject is not known."""
     scored = np.isfinite(s)
     s, y, for_review = s[scored], y[scored], for_review[scored]
-    accept, review, _ = choose_thresholds(s, y, target_precision, max_recall_loss)
-    if not for_review.all():
-        review = (choose_thresholds(s[for_review], y[for_review], target_precision, max_recall_loss)[1]
-                  if y[for_review].any() else old_review)
-        review = min(review, accept)
-    held = unreviewed is not None and review > max(unreviewed, old_review)
+    old = state.review_threshold
+    accept, _, _ = choose_thresholds(s, y, target_precision, max_recall_loss)
+    rs, ry = s[for_review], y[for_review]
+    aw = audit.take(scored).take(for_review) if audit is not None else None
+    rw = aw.w if aw is not None else np.ones(len(rs))
+    kept, loss_from = None, state.recall_loss_from
+    total = float((ry * rw).sum())
+    audited = aw is not None and total > 0
+
+    def loss_at(t: float) -> tuple[float | None, float | None]:
+        """(estimate, 95 % upper bound) of the share of all matches scoring below ``t``."""
+        if audited:
+            below, extra = float((ry * rw)[rs < t].sum()), aw.excess_below(rs, ry, t)
+            return below / total, (below + extra) / (total + extra)
+        if state.recall_loss is None:
+            return None, None
+        up = rs >= old
+        lost = float((ry * rw)[up & (rs < t)].sum() / (ry * rw)[up].sum()) if (ry * rw)[up].sum() else 0.0
+        return state.recall_loss + (1 - state.recall_loss) * lost, None
+
+    if audited:
+        loss_from = "the reject audit"
+        est, upper = loss_at(old)
+        if est > max_recall_loss:  # more is lost already than the budget allows: lower it (more pairs to review)
+            review = weighted_cut(rs, ry, rw, max_recall_loss)
+        elif upper <= max_recall_loss:  # even the bound leaves room: the band may lose what is left
+            up = rs >= old
+            budget = 1 - (1 - max_recall_loss) / (1 - upper)
+            review = weighted_cut(rs[up], ry[up], rw[up], budget) if budget > 0 else None
+            review = old if review is None else max(review, old)
+        else:
+            review, kept = old, (f"the reject audit puts the matches auto-rejected already at about {est:.1%}, but "
+                                 f"cannot rule out {upper:.1%} (95 % upper bound) against max_recall_loss "
+                                 f"{max_recall_loss:.1%}: audit more rejects to let it rise")
+    elif state.recall_loss is None:
+        review, kept = old, ("the matches it already auto-rejects were never measured: queue a reject audit "
+                             "(pm_queue_review(audit_rejects := 200), pmatch review --audit-rejects 200)")
+    else:
+        budget = 1 - (1 - max_recall_loss) / (1 - state.recall_loss)
+        up = rs >= old
+        review = weighted_cut(rs[up], ry[up], rw[up], budget) if budget > 0 else None
+        if review is None:
+            kept = (f"{state.recall_loss:.1%} of the matches are auto-rejected already ({state.recall_loss_from}), "
+                    f"against max_recall_loss {max_recall_loss:.1%}" if budget <= 0 else None)
+        review = old if review is None else max(review, old)
+    review = min(review, accept)
+    held = unreviewed is not None and review > max(unreviewed, old)
     if held:
-        review = max(unreviewed, old_review)
+        review = max(unreviewed, old)
     above = s >= accept
     n_above, m_above = int(above.sum()), int(y[above].sum())
     lb = float(wilson_lower(np.array([m_above]), np.array([n_above]))[0]) if n_above else None
-    return finite_or_none(accept), float(review), (m_above / n_above) if n_above else None, lb, n_above, held
+    loss, loss_upper = loss_at(review)
+    return _Picked(finite_or_none(accept), float(review), (m_above / n_above) if n_above else None, lb, n_above, held,
+                   loss, loss_from, kept, loss_upper)
+
+
+def new_thresholds(part: dict) -> tuple[float, float] | None:
+    """(accept, review) to write for one model's part of a calibration (a ``Calibration`` as a dict, or its ``pair``
+    dict), or None to keep the model's thresholds: a certified accept threshold brings its review threshold; without
+    one, a review threshold a reject audit lowered is written alone (it only sends more pairs to review)."""
+    inf = float("inf")
+    if part["accept"] is not None:
+        return part["accept"], part["review"]
+    if part.get("recall_loss_from") == "the reject audit" and part["review"] < part["old_review"]:
+        return (inf if part["old_accept"] is None else part["old_accept"]), part["review"]
+    return None
 
 
 def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, int]:  # noqa: ANN001
@@ -228,13 +342,13 @@ def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, i
     rows = result_pairs(con, matches)
     inf = float("inf")
     old1 = (cal.old_review, inf if cal.old_accept is None else cal.old_accept)
-    new1 = old1 if cal.accept is None else (cal.review, cal.accept)
+    new1 = _band_of(new_thresholds(cal.as_dict()), old1)
     reread: set = set()
     old2 = new2 = old1
     if cal.pair is not None:
         pa = cal.pair
         old2 = (pa["old_review"], inf if pa["old_accept"] is None else pa["old_accept"])
-        new2 = old2 if pa["accept"] is None else (pa["review"], pa["accept"])
+        new2 = _band_of(new_thresholds(pa), old2)
         top_m = model_state(ctx, cal.target).top_m
         reread = reread_in_result(con, ctx, rows, top_m,
                                   f"calibrate --matches: which pairs of {matches!r} the pair scorer re-read")
@@ -245,9 +359,15 @@ def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, i
     return band(old1, old2), band(new1, new2)
 
 
+def _band_of(new: tuple[float, float] | None, old: tuple[float, float]) -> tuple[float, float]:
+    return old if new is None else (new[1], new[0])
+
+
 def _apply(ctx, target: str, state: ModelState, cal: Calibration) -> str:  # noqa: ANN001
     source = {"kind": "pm_labels", "reviewed_pairs": cal.reviewed, "matches": cal.matches,
               "target_precision": cal.target_precision, "accept_lower_bound": cal.accept_lower_bound,
+              "recall_loss": cal.recall_loss, "recall_loss_from": cal.recall_loss_from,
+              "recall_loss_upper": cal.recall_loss_upper,
               "previous": {"accept": cal.old_accept, "review": cal.old_review},
               **({"pair_scorer": {**cal.pair, "rescored": "score_pairs, re-read (stage 1's own score from the same pass)"}} if cal.pair else {}),
               "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -257,7 +377,9 @@ def _apply(ctx, target: str, state: ModelState, cal: Calibration) -> str:  # noq
 
         idx = OfferIndex(ctx.index_root, index_name_for(target))
         meta = idx.metadata()
-        meta["fusion"] = {**meta.get("fusion", {}), "accept_threshold": cal.accept, "review_threshold": cal.review}
+        accept, review = new_thresholds(cal.as_dict())
+        meta["fusion"] = {**meta.get("fusion", {}), "accept_threshold": accept,
+                          "review_threshold": review}
         meta["calibration"] = source
         idx.table().to_lance().update_schema_metadata({META_KEY.decode(): json.dumps(meta)})
         return f"index {idx.name} (zero-shot thresholds)"
@@ -280,9 +402,8 @@ def _new_matcher_version(ctx, state: ModelState, cal: Calibration, source: dict)
                 shutil.copy2(p, tmp / p.name)
         # each model takes the thresholds its own scores certified; one whose reviews certify none keeps its own
         thresholds = {}
-        for fname, got in (("decision.json", None if cal.accept is None else (cal.accept, cal.review)),
-                           ("pair_decision.json", None if cal.pair is None or cal.pair["accept"] is None
-                            else (cal.pair["accept"], cal.pair["review"]))):
+        for fname, got in (("decision.json", new_thresholds(cal.as_dict())),
+                           ("pair_decision.json", None if cal.pair is None else new_thresholds(cal.pair))):
             model = json.loads((old / fname).read_text()) if (old / fname).is_file() else None
             if model is None:
                 continue

@@ -54,6 +54,9 @@ def _check_queue_exists(database: str, queue: str) -> None:
                    "calibrated scores expect precision 1 - (1 - PRECISION) / 5; zero-shot: the accept threshold).")
 @click.option("--certify-size", type=int, default=None, metavar="N",
               help="With --certify: pairs to sample (default: enough to certify with one no-match among them).")
+@click.option("--audit-rejects", type=click.IntRange(min=0), default=0, metavar="N",
+              help="With --matches: also queue N auto-rejected pairs (a random sample, most from just under the review "
+                   "threshold), so that pmatch calibrate can estimate how many matches are auto-rejected.")
 @click.option("--port", default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; anything but loopback exposes the page (and your data) to the network.")
@@ -62,7 +65,7 @@ def _check_queue_exists(database: str, queue: str) -> None:
               help="Folder the offers' images lie under (repeatable; default: cwd). Nothing outside is served.")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
 def review_cmd(database: str, queue: str, matches: str | None, accept_sample: float, certify: float | None,
-               certify_above: float | None, certify_size: int | None, port: int, host: str,
+               certify_above: float | None, certify_size: int | None, audit_rejects: int, port: int, host: str,
                reviewer: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
     """Label queued candidate pairs in the browser: one pair per screen, keys M / N / U, Z to undo.
     Verdicts land in the pm_labels table of DATABASE; the page binds 127.0.0.1:8765 by default."""
@@ -71,9 +74,10 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
     except ImportError as e:
         raise click.ClickException(f"the review page needs the review extra ({e}): "
                                    "pip install 'pmatch-duckdb[review]'") from None
-    if not matches and (certify is not None or certify_above is not None or certify_size is not None):
-        raise click.ClickException("--certify, --certify-above and --certify-size queue a sample of a match result: "
-                                   "give --matches too")
+    if not matches and (certify is not None or certify_above is not None or certify_size is not None
+                        or audit_rejects):
+        raise click.ClickException("--certify, --certify-above, --certify-size and --audit-rejects queue a sample of a "
+                                   "match result: give --matches too")
     if matches:
         from .queue import queue_review
 
@@ -81,13 +85,15 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
             con = _open(database, home, image_roots)
             try:
                 st = queue_review(con, matches, queue, accept_sample=accept_sample, certify=certify,
-                                  certify_above=certify_above, certify_size=certify_size)
+                                  certify_above=certify_above, certify_size=certify_size,
+                                  audit_rejects=audit_rejects)
             finally:
                 con.close()
         except PmatchError as e:
             raise click.ClickException(str(e)) from None
         click.echo(f"queued {st.queued} pairs in queue {queue!r}: {st.boundary} near the decision boundary, "
-                   f"{st.accept_samples} sampled auto-accepts, {st.rechecks} rechecks "
+                   f"{st.accept_samples} sampled auto-accepts, "
+                   f"{f'{st.reject_samples} sampled auto-rejects, ' if audit_rejects else ''}{st.rechecks} rechecks "
                    f"({st.skipped_labelled} already labelled, not asked again)")
         if certify is not None:
             click.echo(_certify_line(st.certify_samples, certify_size, st.certify_above, certify)
@@ -105,6 +111,17 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
 
 
 _HELD = " (held at the lowest queued band pair nobody has answered yet: answer the rest of the queue to let it rise)"
+
+
+def _loss_line(loss: float | None, source: str | None, kept: str | None, budget: float,
+               upper: float | None = None) -> str:
+    """What the review threshold auto-rejects, in one line."""
+    if kept:
+        return f"the review threshold stays: {kept}"
+    if loss is None:
+        return "matches auto-rejected below it: not known"
+    bound = "" if upper is None else f", 95 % upper bound {upper:.1%}"
+    return f"matches auto-rejected below it: about {loss:.1%} of all matches{bound} (max {budget:.1%}; from {source})"
 
 
 def _certify_line(drawn: int, asked: int | None, above: float, target: float) -> str:
@@ -129,7 +146,8 @@ def _certify_line(drawn: int, asked: int | None, above: float, target: float) ->
 @click.option("--target-precision", default=0.99, show_default=True,
               help="Auto-accept only above the lowest score whose reviewed precision has a 95% lower bound >= this.")
 @click.option("--max-recall-loss", default=0.02, show_default=True,
-              help="Share of the reviewed matches allowed below the review threshold (auto-rejected).")
+              help="Share of all matches allowed below the review threshold (auto-rejected): what the threshold in "
+                   "force already rejects counts (measured by a reject audit, see pmatch review --audit-rejects).")
 @click.option("--matches", default=None, help="A saved match_products result: report its review band before/after.")
 @click.option("--dry-run", is_flag=True, help="Report the thresholds without writing them.")
 @click.option("--matcher", default=None, help="Trained matcher name (its active version; default 'default').")
@@ -145,7 +163,7 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
     from ..api import context_of
     from ..connection import connect
     from ..sqlident import check_index_name, index_name_for, quote_qualified
-    from .calibrate import calibrate, review_band_counts
+    from .calibrate import calibrate, new_thresholds, review_band_counts
 
     try:  # names first: a hostile table name is refused before the database is opened
         quote_qualified(target)
@@ -174,13 +192,22 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
                + (f"; {cal.ignored_other_model} verdicts on another model's scores left out" if cal.ignored_other_model
                   else ""))
     old_acc = f"{cal.old_accept:.4f}" if cal.old_accept is not None else "none"
-    if cal.accept is None:
+    if cal.accept is None and new_thresholds(cal.as_dict()) is not None:  # a review threshold the audit lowered
+        click.echo(f"no accept threshold certifies precision >= {target_precision} (95% Wilson lower bound) on these "
+                   f"reviews: accept stays {old_acc}")
+        click.echo(f"review >= {cal.review:.4f} (was {cal.old_review:.4f}): lowered, the reject audit found more "
+                   "matches auto-rejected than --max-recall-loss allows")
+        click.echo("  " + _loss_line(cal.recall_loss, cal.recall_loss_from, cal.review_kept, max_recall_loss,
+                                      cal.recall_loss_upper))
+    elif cal.accept is None:
         click.echo(f"no threshold certifies precision >= {target_precision} (95% Wilson lower bound) on these reviews: "
                    "thresholds unchanged. Review more pairs or lower --target-precision.")
     else:
         click.echo(f"accept >= {cal.accept:.4f} (was {old_acc}): precision {cal.accept_precision:.3f} on "
                    f"{cal.accept_reviewed} reviewed pairs above it, 95% lower bound {cal.accept_lower_bound:.3f}")
         click.echo(f"review >= {cal.review:.4f} (was {cal.old_review:.4f})" + (_HELD if cal.review_held else ""))
+        click.echo("  " + _loss_line(cal.recall_loss, cal.recall_loss_from, cal.review_kept, max_recall_loss,
+                                      cal.recall_loss_upper))
     if cal.pair is not None:  # the matcher's pair scorer: its stacked model, from the reviewed pairs it re-read
         pa = cal.pair
         was = f"{pa['old_accept']:.4f}" if pa["old_accept"] is not None else "none"
@@ -193,6 +220,15 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
                    f"{pa['accept_reviewed']} reviewed pairs above it, 95% lower bound {pa['accept_lower_bound']:.3f}"
                    if pa["accept"] is not None else f"  accept: none certified (was {was}; kept)")
         click.echo(f"  review >= {pa['review']:.4f} (was {pa['old_review']:.4f})" + (_HELD if pa["review_held"] else ""))
+        click.echo("    " + _loss_line(pa["recall_loss"], pa["recall_loss_from"], pa["review_kept"], max_recall_loss,
+                                        pa["recall_loss_upper"]))
+    if cal.reject_audit is not None:
+        from .audit import RejectAudit, Stratum
+        from .audit import describe as describe_audit
+
+        ra = cal.reject_audit
+        click.echo(describe_audit(RejectAudit(ra["queue"], [Stratum(**st) for st in ra["strata"]],
+                                              ra["review_threshold"])))
     if cal.certify is not None:
         from .certify import CertifyStatus, describe
 

@@ -15,6 +15,10 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
 * ``certify_sample`` (only when asked for, ``certify``): a uniform random sample of the pairs scoring at least
   ``certify_above``, sized so that reviewing it can certify that precision (see ``certify.py``); first in the queue
   after the rechecks, in random order;
+* ``reject_sample`` (only when asked for, ``audit_rejects``): a stratified random sample of the auto-rejected pairs,
+  spread through the queue with the accept sample — how many matches the model already auto-rejects (``audit.py``).
+  Both samples record their stratum and its size (``stratum``, ``stratum_pairs``), so their verdicts estimate the
+  matches of the whole result;
 * ``recheck``: pairs already labelled where the model turned against the verdict since it was given; first in the
   queue. On the scale the reviewer saw (``pm_labels.scored_by``: zero-shot similarity, a trained matcher's stage 1,
   or its pair scorer's stacked model), that is a score moved by at least ``recheck_delta`` away from the verdict
@@ -75,6 +79,8 @@ CREATE TABLE IF NOT EXISTS pm_review_queue (
     labels_before    BIGINT,   -- verdicts with a larger label_id answer this queue entry
     certify_above    DOUBLE,   -- certify_sample: the score floor it was drawn above (certify.py)
     certify_target   DOUBLE,   -- certify_sample: the precision it was sized to certify
+    stratum          INTEGER,  -- accept_sample (0) / reject_sample (1 = just under the review threshold): its stratum
+    stratum_pairs    BIGINT,   -- how many unlabelled pairs of the result that stratum holds (audit.py)
     queued_at        TIMESTAMPTZ DEFAULT current_timestamp,
     PRIMARY KEY (queue, position)
 )
@@ -97,6 +103,10 @@ class ModelState:
     top_m: int = 0
     #: the scale its scores are on (decision.SCORED_BY); None: ``zero-shot`` for the zero-shot model, else ``stage1``
     scale: str | None = None
+    #: the share of all matches its review threshold auto-rejects, as last measured, and where that figure comes
+    #: from (:func:`recorded_recall_loss`); None: never measured (zero-shot defaults)
+    recall_loss: float | None = None
+    recall_loss_from: str | None = None
 
     @property
     def scored_by(self) -> str:
@@ -134,6 +144,7 @@ class QueueStats:
     skipped_labelled: int
     certify_samples: int = 0
     certify_above: float | None = None  # the score floor of the certification sample (None: none asked for)
+    reject_samples: int = 0
 
     def as_row(self) -> dict:
         return dict(self.__dict__)
@@ -152,14 +163,35 @@ def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchConte
         pair, top_m = None, 0
         if m.pair is not None and m.pair_decision is not None:
             pair = ModelState(name, float(m.pair_decision.review_threshold), float(m.pair_decision.accept_threshold),
-                              scale="pair_scorer")
+                              scale="pair_scorer", **recorded_recall_loss(m.pair_decision.info, "pair_scorer"))
             top_m = m.pair.top_m if ctx.settings.pair_top_m is None else ctx.settings.pair_top_m
-        return ModelState(name, float(m.decision.review_threshold), float(m.decision.accept_threshold), pair, top_m)
+        return ModelState(name, float(m.decision.review_threshold), float(m.decision.accept_threshold), pair, top_m,
+                          **recorded_recall_loss(m.decision.info))
     idx = OfferIndex(ctx.index_root, index_name_for(target))
     from ..fusion import FusionConfig
 
     cfg = idx.fusion() if idx.exists() else FusionConfig()
-    return ModelState("zero-shot", cfg.review_threshold, cfg.accept_threshold)
+    meta = idx.metadata() if idx.exists() else {}
+    return ModelState("zero-shot", cfg.review_threshold, cfg.accept_threshold,
+                      **recorded_recall_loss({"calibration": meta.get("calibration")}))
+
+
+def recorded_recall_loss(info: dict, part: str | None = None) -> dict:
+    """``recall_loss`` / ``recall_loss_from`` of a model from the record its thresholds carry (a decision model's
+    ``info``; ``part``: ``pair_scorer`` for the stacked model's share of a calibration record): what the last
+    ``pmatch calibrate`` estimated, else the share of training's validation matches below the review threshold,
+    else training's bound on it (``max_recall_loss``, in bundles trained before the share itself was recorded)."""
+    cal = (info or {}).get("calibration") or {}
+    cal = cal.get(part) or {} if part else cal
+    if cal.get("recall_loss") is not None:
+        return {"recall_loss": float(cal["recall_loss"]), "recall_loss_from": cal.get("recall_loss_from") or
+                "an earlier calibration"}
+    if info.get("review_recall_loss") is not None:
+        return {"recall_loss": float(info["review_recall_loss"]), "recall_loss_from": "training's validation pairs"}
+    if info.get("max_recall_loss") is not None:
+        return {"recall_loss": float(info["max_recall_loss"]),
+                "recall_loss_from": "training's bound max_recall_loss (its validation share was not recorded)"}
+    return {}
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -190,9 +222,11 @@ def scorer_of(row: dict, state: ModelState) -> ModelState:
     return row.get("_state") or state
 
 
-def _read_matches(con: duckdb.DuckDBPyConnection, matches: str, min_score: float | None = None) -> pa.Table:
-    """The rows of ``matches`` that can be queued: review / accept pairs, pairs with a verdict, and (``min_score``,
-    a certification sample's floor) every pair scoring at least that."""
+def _read_matches(con: duckdb.DuckDBPyConnection, matches: str, min_score: float | None = None,
+                  rejects: bool = False) -> pa.Table:
+    """The rows of ``matches`` that can be queued: review / accept pairs, pairs with a verdict, (``min_score``,
+    a certification sample's floor) every pair scoring at least that, and (``rejects``, for a reject audit) the
+    rejected pairs."""
     q = quote_qualified(matches)
     try:
         cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
@@ -204,15 +238,17 @@ def _read_matches(con: duckdb.DuckDBPyConnection, matches: str, min_score: float
         raise PmatchError(f"pm_queue_review: {matches!r} needs the columns of a match_products result "
                           f"({', '.join(sorted(need))}); it has {', '.join(sorted(cols))}")
     opt = ", ".join(o if o in cols else f"NULL AS {o}" for o in _OPTIONAL)
+    opt += ", TRY_CAST(rank AS BIGINT) AS _rank" if "rank" in cols else ", NULL AS _rank"  # (the reject audit's strata)
     # only what can be queued leaves DuckDB: review / accept pairs, and pairs whose ids carry a verdict
     # (rechecks; table names and dedup order are checked exactly afterwards)
     labelled = ("OR (CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR)) IN (SELECT source_id, target_id FROM "
                 "pm_labels_current UNION ALL SELECT target_id, source_id FROM pm_labels_current)"
                 if has_labels(con) else "")
+    decisions = "'review', 'accept', 'reject'" if rejects else "'review', 'accept'"
     return con.sql(
         f"SELECT source_table, CAST(source_id AS VARCHAR) AS source_id, target_table, "
         f"CAST(target_id AS VARCHAR) AS target_id, CAST(score AS DOUBLE) AS score, decision, {opt} FROM {q} "
-        f"WHERE score IS NOT NULL AND (decision IN ('review', 'accept') {labelled}"
+        f"WHERE score IS NOT NULL AND (decision IN ({decisions}) {labelled}"
         f"{'' if min_score is None else ' OR score >= ' + repr(float(min_score))})").to_arrow_table()
 
 
@@ -293,18 +329,21 @@ def recheck_priority(v: Verdict, score: float, st: ModelState, recheck_delta: fl
 
 
 def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
-                recheck_delta: float = 0.3, seed: int = 0, certify: tuple[float, int] | None = None
-                ) -> tuple[list[dict], dict]:
+                recheck_delta: float = 0.3, seed: int = 0, certify: tuple[float, int] | None = None,
+                audit_rejects: int = 0) -> tuple[list[dict], dict]:
     """The ordered queue entries for the rows of a match result (pure: no database). ``verdicts``: the verdicts in
     force, as :func:`labels.current_verdicts` returns them (plain ``(verdict, score, label_id)`` tuples are taken for
     verdicts of unknown scale); a row's ``_state`` is the model that scored it (default ``state``). ``certify``:
     (score floor, sample size) of a certification sample, drawn from the unlabelled rows scoring at least the floor
-    (whatever their decision); the rest of them are queued as usual."""
-    boundary, accepts, recheck, pool, skipped = [], [], [], [], 0
+    (whatever their decision); the rest of them are queued as usual. ``audit_rejects``: how many of the unlabelled
+    rejected rows to queue as a reject audit (``audit.py``)."""
+    from .audit import draw
+
+    boundary, accepts, recheck, pool, rejects, skipped = [], [], [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
         eligible = certify is not None and r["score"] >= certify[0]
-        if not verdicts and r["decision"] not in ("review", "accept") and not eligible:
+        if not verdicts and r["decision"] not in ("review", "accept") and not eligible and not audit_rejects:
             continue
         key = PairKey.of(r["source_table"], r["source_id"], r["target_table"], r["target_id"])
         if key in seen:
@@ -327,7 +366,7 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
         if eligible:
             pool.append(r)
         else:
-            _queue_as_usual(r, boundary, accepts)
+            _queue_as_usual(r, boundary, accepts, rejects)
     drawn: list[dict] = []
     if pool:
         pool.sort(key=lambda it: _stable_unit(seed + 1, it["key"]))  # another draw than the accept sample's
@@ -335,38 +374,44 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
         for r in drawn:
             r["reason"] = "certify_sample"
         for r in rest:
-            _queue_as_usual(r, boundary, accepts)
+            _queue_as_usual(r, boundary, accepts, rejects)
     n_sample = 0 if accept_sample <= 0 or not accepts else max(1, math.ceil(accept_sample * len(accepts)))
     accepts.sort(key=lambda it: _stable_unit(seed, it["key"]))
     sample = accepts[:n_sample]
+    for r in sample:  # one stratum: the accept band, as many pairs as were there to draw from
+        r["stratum"], r["stratum_pairs"] = 0, len(accepts)
+    audit = draw(rejects, audit_rejects, lambda r, i: _stable_unit(seed + 2 + i, r["key"]))
     recheck.sort(key=lambda it: -it["_recheck"])
-    ordered = recheck + drawn + interleave(order_boundary(boundary, state), sample)
+    ordered = recheck + drawn + interleave(order_boundary(boundary, state), interleave(sample, audit))
     return ordered, {"boundary": len(boundary), "accept_samples": len(sample), "rechecks": len(recheck),
-                     "skipped_labelled": skipped, "certify_samples": len(drawn)}
+                     "skipped_labelled": skipped, "certify_samples": len(drawn), "reject_samples": len(audit)}
 
 
-def _queue_as_usual(r: dict, boundary: list[dict], accepts: list[dict]) -> None:
+def _queue_as_usual(r: dict, boundary: list[dict], accepts: list[dict], rejects: list[dict]) -> None:
     """A row no other rule took: the boundary list if the model sent it to review, the accepts (to sample from) if it
-    accepted it; a rejected row is not queued."""
+    accepted it, the rejects (for a reject audit to draw from) if it rejected it."""
     if r["decision"] == "review":
         r["reason"] = "boundary"
         boundary.append(r)
     elif r["decision"] == "accept":
         r["reason"] = "accept_sample"
         accepts.append(r)
+    elif r["decision"] == "reject":
+        rejects.append(r)
 
 
 def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "default", *,
                  state: ModelState | None = None, accept_sample: float = 0.05, recheck_delta: float = 0.3,
                  seed: int = 0, certify: float | None = None, certify_above: float | None = None,
-                 certify_size: int | None = None, ctx=None) -> QueueStats:  # noqa: ANN001 - ctx: a PmatchContext
+                 certify_size: int | None = None, audit_rejects: int = 0, ctx=None) -> QueueStats:  # noqa: ANN001 - ctx: a PmatchContext
     """Write the review queue ``queue`` for the saved match result ``matches`` into ``pm_review_queue``.
 
     ``state``: thresholds and name of the model that scored ``matches`` (default: read from the
     pmatch installation ``ctx`` or that of ``con``: the active matcher, else the target index's
     zero-shot thresholds). ``certify``: a target precision (e.g. 0.99) to queue a certification sample for, drawn
     above ``certify_above`` (default: see ``certify.py``), ``certify_size`` pairs (default: enough to certify it
-    with one no-match among them).
+    with one no-match among them). ``audit_rejects``: how many auto-rejected pairs to queue as a reject audit
+    (``audit.py``; 0: none).
     """
     from . import certify as cert
 
@@ -374,6 +419,8 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         raise PmatchError("pm_queue_review: the queue name must be a non-empty string")
     if not 0 <= accept_sample <= 1:
         raise PmatchError(f"pm_queue_review: accept_sample must be in [0, 1], got {accept_sample}")
+    if audit_rejects is None or int(audit_rejects) != audit_rejects or audit_rejects < 0:
+        raise PmatchError(f"pm_queue_review: audit_rejects must be a whole number >= 0, got {audit_rejects}")
     if certify is None and (certify_above is not None or certify_size is not None):
         raise PmatchError("pm_queue_review: certify_above and certify_size need certify (the target precision)")
     if certify is not None:
@@ -382,7 +429,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             raise PmatchError(f"pm_queue_review: certify_size must be at least 1, got {certify_size}")
         if certify_above is not None and not math.isfinite(float(certify_above)):
             raise PmatchError(f"pm_queue_review: certify_above must be a finite score, got {certify_above}")
-    data = _read_matches(con, matches, certify_above if certify is not None else None).to_pylist()
+    data = _read_matches(con, matches, certify_above if certify is not None else None, audit_rejects > 0).to_pylist()
     if state is None:
         from ..api import context_of
 
@@ -398,7 +445,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)
-    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan)
+    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, int(audit_rejects))
     before = max_label_id(con)
     out = pa.table({
         "queue": [queue] * len(ordered),
@@ -420,6 +467,8 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
                                   type=pa.float64()),
         "certify_target": pa.array([certify if it["reason"] == "certify_sample" else None for it in ordered],
                                    type=pa.float64()),
+        "stratum": pa.array([it.get("stratum") for it in ordered], type=pa.int32()),
+        "stratum_pairs": pa.array([it.get("stratum_pairs") for it in ordered], type=pa.int64()),
     }).cast(pa.schema([
         ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),
         ("source_id", pa.string()), ("target_ref", pa.string()), ("target_table", pa.string()),
@@ -427,9 +476,11 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         ("image_score", pa.float64()), ("lexical_score", pa.float64()), ("identifier_match", pa.bool_()),
         ("price_ratio", pa.float64()), ("decision", pa.string()), ("reason", pa.string()), ("matcher", pa.string()),
         ("scored_by", pa.string()), ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64()),
-        ("certify_above", pa.float64()), ("certify_target", pa.float64())]))
+        ("certify_above", pa.float64()), ("certify_target", pa.float64()), ("stratum", pa.int32()),
+        ("stratum_pairs", pa.int64())]))
     con.execute(QUEUE_DDL)
-    for col, typ in (("scored_by", "VARCHAR"), ("certify_above", "DOUBLE"), ("certify_target", "DOUBLE")):  # a queue table of an earlier version
+    for col, typ in (("scored_by", "VARCHAR"), ("certify_above", "DOUBLE"), ("certify_target", "DOUBLE"),
+                     ("stratum", "INTEGER"), ("stratum_pairs", "BIGINT")):  # a queue table of an earlier version
         if not has_column(con, "pm_review_queue", col):
             con.execute(f"ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS {col} {typ}")
     con.register("_pm_new_queue", out)

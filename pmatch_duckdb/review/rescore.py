@@ -61,7 +61,7 @@ def result_pairs(con: duckdb.DuckDBPyConnection, matches: str
     cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
     by = "scored_by" if "scored_by" in cols else "NULL"
     return con.execute(f"SELECT source_table, CAST(source_id AS VARCHAR), target_table, CAST(target_id AS VARCHAR), "
-                       f"score, {by} FROM {q} WHERE score IS NOT NULL").fetchall()
+                       f"CAST(score AS DOUBLE), {by} FROM {q} WHERE score IS NOT NULL").fetchall()
 
 
 def reread_in_result(con: duckdb.DuckDBPyConnection, ctx, rows: list[tuple], top_m: int,  # noqa: ANN001

@@ -13,6 +13,11 @@ SELECT * FROM pm_queue_review('feed_matches', queue := 'feed');
 SELECT queue, queued, certify_samples, certify_above
 FROM pm_queue_review('feed_matches', queue := 'feed_certify', certify := 0.95);
 
+-- a queue that also checks 20 auto-rejected pairs (a random sample, stratified where missed matches are), so that
+-- `pmatch calibrate` can estimate how many matches the review threshold already auto-rejects
+SELECT queue, queued, reject_samples
+FROM pm_queue_review('feed_matches', queue := 'feed_audit', audit_rejects := 20);
+
 -- the queue with both offers side by side
 SELECT q.position, q.reason, q.decision, round(q.score, 3) AS score, s.title AS feed_title, c.title AS catalog_title
 FROM pm_review_queue AS q

@@ -1,0 +1,268 @@
+"""The reject audit: how many matches the model already auto-rejects, measured from a sample of its rejects.
+
+``max_recall_loss`` (2 %) promises a share of *all* matches, and the pairs under the review threshold are never
+queued, so reviews of the band alone cannot tell how much of that share is spent. On Abt-Buy full (zero-shot,
+default thresholds) 41 of the 717 matches among the train sources' top 10 candidates already score below the review
+threshold (5.7 %), spread over 0.23-0.55 among 5,296 rejected pairs: ``calibrate`` raising the review threshold
+from there would lose more still.
+
+``pm_queue_review(audit_rejects := N)`` queues ``N`` of the result's rejected, unlabelled pairs, a random sample in
+five strata with the same number from each (a stratum smaller than its share is taken whole). Where the result has
+``match_products``' ``rank`` column the strata follow it, because that is where missed matches are: a source's best
+candidate (rank 1) that was rejected anyway (on Abt-Buy 14 of 28 were matches), ranks 2-3 (7 of 303), and the other
+rejects by score, the top quarter, the next quarter, the bottom half (13 of 4,499 together). Without ranks: five
+score strata of growing size from the top (a sixteenth, a sixteenth, an eighth, a quarter, a half).
+
+Each queued pair records its stratum and how many pairs that stratum holds, so a reviewed pair stands for
+``stratum pairs / answered pairs of its stratum`` pairs (Horvitz-Thompson): the estimate of the matches below the
+review threshold is unbiased for any answered share of each stratum (the queue shows each stratum's pairs in random
+order). Its 95 % upper bound is the normal approximation of the stratified estimate (each stratum's share taken
+as (matches + 0.5) / (answered + 1), so a stratum without a match still counts; finite-population corrected, so a
+stratum taken whole adds no doubt). The accept sample records its stratum the same way (stratum 0), so one queue's
+verdicts estimate the matches of the whole result: the accept band (sampled), the review band (reviewed in full)
+and the rejects (sampled).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+#: strata of the rejects, from the top: shares of the rejected pairs each holds
+STRATA = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+REASON = "reject_sample"
+Z95 = 1.6449  # one-sided 95 %
+
+
+def strata_sizes(n_pairs: int) -> list[int]:
+    """How many of ``n_pairs`` rejected pairs (ranked by score, highest first) fall in each stratum; every pair in
+    exactly one (the last takes what rounding leaves)."""
+    sizes = [int(math.floor(f * n_pairs)) for f in STRATA[:-1]]
+    return [*sizes, n_pairs - sum(sizes)]
+
+
+def allocate(sizes: list[int], n: int) -> list[int]:
+    """The same number drawn from each stratum (``n`` in all), a stratum smaller than its share taken whole and the
+    rest shared among the others."""
+    take = [0] * len(sizes)
+    left, open_ = n, [i for i, s in enumerate(sizes) if s > 0]
+    while left > 0 and open_:
+        share = max(1, left // len(open_))
+        for i in list(open_):
+            k = min(share, sizes[i] - take[i], left)
+            take[i] += k
+            left -= k
+            if take[i] == sizes[i]:
+                open_.remove(i)
+            if left == 0:
+                break
+    return take
+
+
+def split(rows: list[dict], unit: Callable[[dict, int], float]) -> list[list[dict]]:
+    """The five strata of ``rows`` (rejected pairs with ``score`` and ``_rank``, None where the result has no
+    ``rank``), most likely matches first (see the module docstring); ties in score broken by ``unit(row, 0)``."""
+    by_score = sorted(rows, key=lambda r: (-r["score"], unit(r, 0)))
+    if all(r.get("_rank") is None for r in rows):
+        sizes, out, start = strata_sizes(len(by_score)), [], 0
+        for size in sizes:
+            out.append(by_score[start:start + size])
+            start += size
+        return out
+    first = [r for r in by_score if r.get("_rank") == 1]
+    near = [r for r in by_score if r.get("_rank") in (2, 3)]
+    rest = [r for r in by_score if r.get("_rank") not in (1, 2, 3)]
+    q = len(rest) // 4
+    return [first, near, rest[:q], rest[q:2 * q], rest[2 * q:]]
+
+
+def draw(rows: list[dict], n: int, unit: Callable[[dict, int], float]) -> list[dict]:
+    """Mark and return the reject audit: ``n`` of ``rows`` (rejected, unlabelled pairs, each with a ``score`` and
+    a ``_rank``), stratified (:func:`split`), in random order; each drawn row gets ``reason``, ``stratum`` (1: the
+    likeliest matches) and ``stratum_pairs``. ``unit(row, i)``: the row's deterministic random number in [0, 1) of
+    draw ``i`` (0: ties and the draw within a stratum, 1: the order of the drawn rows)."""
+    if n <= 0 or not rows:
+        return []
+    strata = split(rows, unit)
+    out = []
+    for k, (stratum, take) in enumerate(zip(strata, allocate([len(x) for x in strata], n), strict=True), start=1):
+        stratum.sort(key=lambda r: unit(r, 0))
+        for r in stratum[:take]:
+            r.update(reason=REASON, stratum=k, stratum_pairs=len(stratum))
+            out.append(r)
+    out.sort(key=lambda r: unit(r, 1))
+    return out
+
+
+@dataclass
+class Stratum:
+    """One stratum of a queue's accept sample (``stratum`` 0) or reject audit, as far as it is answered."""
+
+    stratum: int
+    pairs: int  # pairs of the result in it (unlabelled when queued)
+    queued: int
+    answered: int  # verdicts match / no_match
+    matches: int
+
+    @property
+    def weight(self) -> float | None:
+        """How many of the stratum's pairs one answered pair stands for (None: none answered)."""
+        return self.pairs / self.answered if self.answered else None
+
+    def estimate(self) -> float | None:
+        return None if not self.answered else self.pairs * self.matches / self.answered
+
+    def variance(self) -> float | None:
+        """Variance of :meth:`estimate` (its share taken as (matches + 0.5) / (answered + 1), so that a stratum without
+        a match still counts; finite-population corrected: a stratum answered whole has none)."""
+        if not self.answered:
+            return None
+        p = (self.matches + 0.5) / (self.answered + 1)
+        fpc = max(0.0, 1 - self.answered / self.pairs) if self.pairs else 0.0
+        return self.pairs ** 2 * p * (1 - p) / self.answered * fpc
+
+
+@dataclass
+class RejectAudit:
+    """How far a queue's reject audit has got, and what it says."""
+
+    queue: str
+    strata: list[Stratum]
+    review_threshold: float  # of the scale the audited scores are on (stage 1 / zero-shot)
+
+    @property
+    def rejected(self) -> int:
+        return sum(s.pairs for s in self.strata)
+
+    @property
+    def queued(self) -> int:
+        return sum(s.queued for s in self.strata)
+
+    @property
+    def answered(self) -> int:
+        return sum(s.answered for s in self.strata)
+
+    @property
+    def matches(self) -> int:
+        return sum(s.matches for s in self.strata)
+
+    @property
+    def complete(self) -> bool:
+        """Every stratum has an answer: only then does the audit estimate the matches of every rejected pair."""
+        return bool(self.strata) and all(s.answered for s in self.strata)
+
+    def estimate(self) -> float | None:
+        """Estimated matches among the rejected pairs (None until every stratum has an answer)."""
+        return sum(s.estimate() for s in self.strata) if self.complete else None
+
+    def upper(self) -> float | None:
+        """Approximate one-sided 95 % upper bound of the matches among the rejected pairs (module docstring)."""
+        if not self.complete:
+            return None
+        return min(self.estimate() + Z95 * math.sqrt(sum(s.variance() for s in self.strata)), float(self.rejected))
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rejected": self.rejected, "queued": self.queued, "answered": self.answered,
+                "matches": self.matches, "estimate": self.estimate(), "upper": self.upper()}
+
+
+def _strata(con, queue: str, reasons: tuple[str, ...]) -> dict[int, Stratum]:  # noqa: ANN001
+    marks = ", ".join("?" for _ in reasons)
+    rows = con.execute(
+        "SELECT coalesce(q.stratum, 0), max(q.stratum_pairs), count(*), count(l.verdict) FILTER (WHERE l.verdict IN "
+        "('match', 'no_match')), count(*) FILTER (WHERE l.verdict = 'match') FROM pm_review_queue q "
+        "LEFT JOIN pm_labels_current l ON l.source_table = q.source_table AND l.source_id = q.source_id AND "
+        "l.target_table = q.target_table AND l.target_id = q.target_id AND l.label_id > q.labels_before "
+        f"WHERE q.queue = ? AND q.reason IN ({marks}) AND q.stratum_pairs IS NOT NULL GROUP BY ALL ORDER BY 1",
+        [queue, *reasons]).fetchall()
+    return {int(k): Stratum(int(k), int(n), int(qd), int(a), int(m)) for k, n, qd, a, m in rows}
+
+
+def latest_audit(con, matcher: str, target: str) -> RejectAudit | None:  # noqa: ANN001
+    """The reject audit of the most recently queued queue of ``matcher``'s scores against ``target`` that has one
+    (None where none has)."""
+    from .labels import has_column, has_labels, table_key
+
+    if not has_column(con, "pm_review_queue", "stratum") or not has_labels(con):
+        return None
+    key = table_key(target)
+    row = con.execute(
+        f"SELECT queue, min(review_threshold) FROM pm_review_queue WHERE reason = '{REASON}' AND matcher = ? AND "
+        "(target_table = ? OR source_table = ?) GROUP BY queue ORDER BY max(queued_at) DESC, queue LIMIT 1",
+        [matcher, key, key]).fetchall()
+    if not row:
+        return None
+    queue, review = row[0]
+    return RejectAudit(queue, list(_strata(con, queue, (REASON,)).values()), float(review))
+
+
+def queue_audit(con, queue: str) -> RejectAudit | None:  # noqa: ANN001
+    """The reject audit of ``queue`` (None where it has none), as the review page's summary shows it."""
+    from .labels import has_column
+
+    if not has_column(con, "pm_review_queue", "stratum"):
+        return None
+    row = con.execute(f"SELECT min(review_threshold) FROM pm_review_queue WHERE queue = ? AND reason = '{REASON}'",
+                      [queue]).fetchall()
+    if row[0][0] is None:
+        return None
+    return RejectAudit(queue, list(_strata(con, queue, (REASON,)).values()), float(row[0][0]))
+
+
+@dataclass
+class AuditWeights:
+    """The reviewed pairs as a reject audit sees them: how many pairs of the audited result each stands for (``w``,
+    1 outside the samples), its stratum (``stratum``: 0 outside the reject audit) and the audit's strata."""
+
+    w: np.ndarray
+    stratum: np.ndarray
+    strata: dict[int, Stratum]
+
+    def take(self, keep: np.ndarray) -> AuditWeights:
+        return AuditWeights(self.w[keep], self.stratum[keep], self.strata)
+
+    def excess_below(self, s: np.ndarray, y: np.ndarray, t: float) -> float:
+        """The 95 % upper bound less the estimate of the audited matches scoring below ``t`` (``s``, ``y``: the
+        scores and verdicts of the same pairs): what the audit cannot rule out on top of its estimate."""
+        var = 0.0
+        for k, st in self.strata.items():
+            if k == 0 or not st.answered:
+                continue
+            m = int(((self.stratum == k) & (y > 0) & (s < t)).sum())
+            var += Stratum(k, st.pairs, st.queued, st.answered, m).variance()
+        return Z95 * math.sqrt(var)
+
+
+def audit_weights(con, queue: str, pairs: list[tuple[str, str, str, str]],  # noqa: ANN001
+                  queues: list[str | None]) -> AuditWeights:
+    """:class:`AuditWeights` of reviewed ``pairs`` (keys as pm_labels has them; ``queues``: the queue each verdict was
+    given in) against ``queue``'s accept sample and reject audit: a verdict given in that queue on one of its sampled
+    pairs stands for its stratum's pairs over the answered ones; any other pair for itself (a band pair is reviewed
+    in full)."""
+    strata = _strata(con, queue, ("accept_sample", REASON))
+    rows = con.execute(
+        "SELECT q.source_table, q.source_id, q.target_table, q.target_id, coalesce(q.stratum, 0) "
+        "FROM pm_review_queue q JOIN pm_labels_current l ON l.source_table = q.source_table AND "
+        "l.source_id = q.source_id AND l.target_table = q.target_table AND l.target_id = q.target_id AND "
+        "l.label_id > q.labels_before AND l.verdict IN ('match', 'no_match') "
+        f"WHERE q.queue = ? AND q.reason IN ('accept_sample', '{REASON}') AND q.stratum_pairs IS NOT NULL",
+        [queue]).fetchall()
+    of = {tuple(r[:4]): int(r[4]) for r in rows if strata[int(r[4])].weight is not None}
+    k = np.array([of.get(p, -1) if q == queue else -1 for p, q in zip(pairs, queues, strict=True)], dtype=np.int64)
+    w = np.array([strata[i].weight if i >= 0 else 1.0 for i in k])
+    # stratum 0 (the accept sample) is weighted but not part of the reject audit's bound
+    return AuditWeights(w, np.where(k > 0, k, 0), strata)
+
+
+def describe(audit: RejectAudit) -> str:
+    """``pmatch calibrate``'s line about the reject audit."""
+    head = (f"reject audit (queue {audit.queue!r}): {audit.answered} of {audit.queued} sampled pairs answered, from "
+            f"{audit.rejected} auto-rejected (below {audit.review_threshold:.4f}); {audit.matches} matches")
+    if not audit.complete:
+        empty = [s.stratum for s in audit.strata if not s.answered]
+        return head + f"; no estimate until every score stratum has an answer (none yet in {empty})"
+    return head + (f": about {audit.estimate():.0f} matches among the rejected pairs (95 % upper bound "
+                   f"{audit.upper():.0f})")
