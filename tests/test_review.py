@@ -607,6 +607,8 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
     _answer(con, truth, "cert", budget // 2)
     half = calibrate(con, "catalog", target_precision=0.95, apply=False)
     assert half.certify["reviewed"] == budget // 2 and half.certify["queued"] == budget
+    # without a target, calibrate judges by the one the sample was drawn for (not 0.99)
+    assert calibrate(con, "catalog", apply=False).target_precision == 0.95
     _answer(con, truth, "cert", budget)
     cal = calibrate(con, "catalog", target_precision=0.95, apply=False)
     assert cal.accept is not None and cal.accept >= 0.9 and cal.accept_lower_bound >= 0.95

@@ -167,14 +167,18 @@ def rescore_reviewed(con, ctx, pairs: list[tuple[str, str, str, str]], shown: np
     return stage1, stacked, as_shown
 
 
-def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss: float = 0.02,  # noqa: ANN001
+def calibrate(con, target: str, target_precision: float | None = None, max_recall_loss: float = 0.02,  # noqa: ANN001
               apply: bool = True, min_matches: int = 5, ctx=None) -> Calibration:  # noqa: ANN001
     """Pick thresholds for matching against ``target`` from the reviewed pairs; write them unless ``apply``
-    is False or no accept threshold reaches ``target_precision`` (then nothing changes)."""
+    is False or nothing certified changes (see :func:`new_thresholds`). ``target_precision`` by default: the
+    target a queued certification sample was drawn for (``certify_target``), else 0.99."""
     from ..api import context_of
 
     ctx = ctx or context_of(con)
     state = model_state(ctx, target)
+    status = certify_status(con, matcher=state.matcher, target=target)
+    if target_precision is None:
+        target_precision = status.target if status is not None and status.target is not None else 0.99
     pairs, s, y, ignored, scored_by, sampled, queues = reviewed_pairs(con, target, state.matcher)
     if int(y.sum()) < min_matches:
         raise CalibrationError(
@@ -205,7 +209,6 @@ def calibrate(con, target: str, target_precision: float = 0.99, max_recall_loss:
                     "recall_loss": pp.recall_loss, "recall_loss_from": pp.recall_loss_from,
                     "recall_loss_upper": pp.recall_loss_upper,
                     "review_kept": pp.kept}
-    status = certify_status(con, matcher=state.matcher, target=target)
     cal.certify = status.as_dict() if status is not None else None
     certified = new_thresholds(cal.as_dict()) is not None or (
         cal.pair is not None and new_thresholds(cal.pair) is not None)

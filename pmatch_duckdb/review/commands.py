@@ -143,8 +143,9 @@ def _certify_line(drawn: int, asked: int | None, above: float, target: float) ->
 @click.command("calibrate")
 @click.argument("database", type=click.Path(dir_okay=False, exists=True))
 @click.option("--target", default="catalog", show_default=True, help="The target offer table matches are made against.")
-@click.option("--target-precision", default=0.99, show_default=True,
-              help="Auto-accept only above the lowest score whose reviewed precision has a 95% lower bound >= this.")
+@click.option("--target-precision", type=float, default=None,
+              help="Auto-accept only above the lowest score whose reviewed precision has a 95% lower bound >= this "
+                   "(default: the target a queued certification sample was drawn for, else 0.99).")
 @click.option("--max-recall-loss", default=0.02, show_default=True,
               help="Share of all matches allowed below the review threshold (auto-rejected): what the threshold in "
                    "force already rejects counts (measured by a reject audit, see pmatch review --audit-rejects).")
@@ -153,7 +154,8 @@ def _certify_line(drawn: int, asked: int | None, above: float, target: float) ->
 @click.option("--matcher", default=None, help="Trained matcher name (its active version; default 'default').")
 @click.option("--image-root", "image_roots", multiple=True, help="Allowed image folder (repeatable).")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
-def calibrate_cmd(database: str, target: str, target_precision: float, max_recall_loss: float, matches: str | None,
+def calibrate_cmd(database: str, target: str, target_precision: float | None, max_recall_loss: float,
+                  matches: str | None,
                   dry_run: bool, matcher: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
     """Re-pick the accept / review thresholds from the pairs people reviewed (pm_labels)."""
     import json
@@ -184,6 +186,7 @@ def calibrate_cmd(database: str, target: str, target_precision: float, max_recal
                 raise PmatchError(f"--matches: no table or view {matches!r} in {database} (save a match_products "
                                   "result first)") from None
         cal = calibrate(con, target, target_precision, max_recall_loss, apply=not dry_run)
+        target_precision = cal.target_precision
         band = review_band_counts(con, context_of(con), matches, cal) if matches else None
         con.close()
     except (PmatchError, duckdb.Error) as e:
