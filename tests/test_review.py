@@ -450,6 +450,14 @@ def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkey
     assert "unlabelled pairs score that high here" in res.output  # a 20-product shop holds far fewer
     res = CliRunner().invoke(main, ["review", str(review_demo.db), "--certify", "0.99"])
     assert res.exit_code == 1 and "give --matches too" in res.output
+    # a reject audit: counted in the queue line; it needs --matches and a whole number >= 0
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--queue", "a1",
+                                    "--audit-rejects", "5", "--image-root", str(review_demo.images)])
+    assert res.exit_code == 0 and "5 sampled auto-rejects" in res.output, res.output
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--audit-rejects", "5"])
+    assert res.exit_code == 1 and "give --matches too" in res.output
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--audit-rejects", "-1"])
+    assert res.exit_code == 2 and "--audit-rejects" in res.output
 
 
 def test_review_page_offer_gone(review_demo) -> None:
