@@ -174,8 +174,8 @@ def test_audit_rejects_arguments(review_demo) -> None:
 def test_with_an_audit_the_review_threshold_falls_rises_or_stays_by_its_estimate_and_bound() -> None:
     """1,000 band pairs (all matches) above the old threshold 0.55; 100 of 1,000 rejected pairs audited (each stands
     for 10). No match among them: even the upper bound leaves room, so the band gives up what is left; one: the
-    estimate (1 %) is within 2 % but the bound (2.8 %) is not, so it stays; five (about 5 %): it falls below three of
-    them, as far as the budget needs."""
+    estimate (1 %) is within 2 % but the bound (2.8 %) is not, so it stays; five (about 5 %): it falls among them,
+    as far as the budget needs."""
     from pmatch_duckdb.review.audit import AuditWeights, Stratum
 
     band = np.linspace(0.55, 1.0, 1000)
@@ -196,8 +196,9 @@ def test_with_an_audit_the_review_threshold_falls_rises_or_stays_by_its_estimate
     one = picked(1)
     assert one.review == 0.55 and "cannot rule out 2.8%" in one.kept and one.recall_loss == pytest.approx(10 / 1010)
     five = picked(5)
-    assert five.review == pytest.approx(rej[2]) and five.kept is None  # two of five left below: 20 of 1,050 matches
-    assert five.recall_loss == pytest.approx(20 / 1050) and five.recall_loss_upper > five.recall_loss
+    # lowered among the five (each spread over the scores around it by the fit), to where about 2 % are left below
+    assert rej[10] < five.review < rej[2] and five.kept is None
+    assert 0.01 < five.recall_loss <= 0.02 + 1e-9 and five.recall_loss_upper > five.recall_loss
 
 
 def test_the_recall_loss_a_model_records() -> None:

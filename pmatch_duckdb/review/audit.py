@@ -224,6 +224,23 @@ class AuditWeights:
     def take(self, keep: np.ndarray) -> AuditWeights:
         return AuditWeights(self.w[keep], self.stratum[keep], self.strata)
 
+    def smoothed(self, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``y`` with each sampled reject's verdict replaced by its fitted probability of being a match (a weighted
+        logistic regression on its score and whether it is in stratum 1 or 2; strata answered whole keep their
+        verdicts). The fit keeps the weighted sum of matches, but spreads each sampled match, which stands for up to
+        dozens of pairs, over the scores around it: a threshold cut by it does not sit just under one sampled
+        match, where the matches nobody sampled go uncounted."""
+        from ..decision import _sigmoid, fit_logistic
+
+        sel = (self.stratum > 0) & (self.w > 1)
+        if sel.sum() < 3 or not y[sel].any() or y[sel].all():
+            return y
+        x = np.c_[s[sel], self.stratum[sel] == 1, self.stratum[sel] == 2].astype(np.float64)
+        coef, b, mean, scale = fit_logistic(x, y[sel], l2=1.0, sample_weight=self.w[sel])
+        out = y.astype(np.float64).copy()
+        out[sel] = _sigmoid(((x - mean) / scale) @ coef + b)
+        return out
+
     def excess_below(self, s: np.ndarray, y: np.ndarray, t: float) -> float:
         """The 95 % upper bound less the estimate of the audited matches scoring below ``t`` (``s``, ``y``: the
         scores and verdicts of the same pairs): what the audit cannot rule out on top of its estimate."""

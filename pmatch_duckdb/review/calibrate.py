@@ -274,11 +274,12 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
     kept, loss_from = None, state.recall_loss_from
     total = float((ry * rw).sum())
     audited = aw is not None and total > 0
+    ys = aw.smoothed(rs, ry) if audited else ry  # the audit's matches spread over the scores around them
 
     def loss_at(t: float) -> tuple[float | None, float | None]:
         """(estimate, 95 % upper bound) of the share of all matches scoring below ``t``."""
         if audited:
-            below, extra = float((ry * rw)[rs < t].sum()), aw.excess_below(rs, ry, t)
+            below, extra = float((ys * rw)[rs < t].sum()), aw.excess_below(rs, ry, t)
             return below / total, (below + extra) / (total + extra)
         if state.recall_loss is None:
             return None, None
@@ -290,7 +291,7 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
         loss_from = "the reject audit"
         est, upper = loss_at(old)
         if est > max_recall_loss:  # more is lost already than the budget allows: lower it (more pairs to review)
-            review = weighted_cut(rs, ry, rw, max_recall_loss)
+            review = weighted_cut(rs, ys, rw, max_recall_loss)
         elif upper <= max_recall_loss:  # even the bound leaves room: the band may lose what is left
             up = rs >= old
             budget = 1 - (1 - max_recall_loss) / (1 - upper)
