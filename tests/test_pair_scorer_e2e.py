@@ -475,6 +475,21 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
                 assert sc >= above and by == ("pair_scorer" if (s, t) in reread else "stage1")
                 assert rev == pytest.approx((m.pair_decision if by == "pair_scorer" else m.decision).review_threshold)
         assert {d[2] for d in drawn} == {"pair_scorer", "stage1"}  # every pair, whatever its decision
+        # a reject audit of this result, answered with the whole queue: each model's review threshold is picked over
+        # the audited result's weighted matches, on its own scores of the reviewed pairs
+        truth = {(s, c) for s, c, _ in truth_te}
+        n = con.execute("SELECT reject_samples FROM pm_queue_review('m_cal', queue := 'aud', accept_sample := 1.0, "
+                        "audit_rejects := 10)").fetchall()[0][0]
+        queued = con.execute("SELECT source_table, source_id, target_table, target_id, score, decision, reason, "
+                             "scored_by, matcher FROM pm_review_queue WHERE queue = 'aud'").fetchall()
+        assert n == sum(r[6] == "reject_sample" for r in queued) > 0
+        for st, si, tt, ti, sc, dec, reason, by, mv in queued:
+            record_verdict(con, PairKey(st, si, tt, ti), "match" if (si, ti) in truth else "no_match", score=sc,
+                           decision=dec, reason=reason, queue="aud", matcher=mv, scored_by=by)
+        aud = calibrate(con, "catalog", target_precision=0.8, apply=False)
+        assert aud.reject_audit["queue"] == "aud" and aud.reject_audit["answered"] == n
+        assert aud.recall_loss_from == aud.pair["recall_loss_from"] == "the reject audit"
+        assert aud.recall_loss is not None and aud.pair["recall_loss"] is not None
     finally:
         con.execute("DELETE FROM pm_labels")
         deactivate("pairs", thome)
