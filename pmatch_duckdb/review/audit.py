@@ -190,13 +190,10 @@ def latest_audit(con, matcher: str, target: str) -> RejectAudit | None:  # noqa:
         return None
     key = table_key(target)
     row = con.execute(
-        f"SELECT queue, min(review_threshold) FROM pm_review_queue WHERE reason = '{REASON}' AND matcher = ? AND "
+        f"SELECT queue FROM pm_review_queue WHERE reason = '{REASON}' AND matcher = ? AND "
         "(target_table = ? OR source_table = ?) GROUP BY queue ORDER BY max(queued_at) DESC, queue LIMIT 1",
         [matcher, key, key]).fetchall()
-    if not row:
-        return None
-    queue, review = row[0]
-    return RejectAudit(queue, list(_strata(con, queue, (REASON,)).values()), float(review))
+    return queue_audit(con, row[0][0]) if row else None
 
 
 def queue_audit(con, queue: str) -> RejectAudit | None:  # noqa: ANN001
