@@ -43,6 +43,7 @@ import pyarrow as pa
 from ..errors import PmatchError
 from ..fusion import decide_by_thresholds
 from ..sqlident import quote_qualified
+from .audit import draw
 from .labels import (
     PairKey,
     Verdict,
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS pm_review_queue (
     labels_before    BIGINT,   -- verdicts with a larger label_id answer this queue entry
     certify_above    DOUBLE,   -- certify_sample: the score floor it was drawn above (certify.py)
     certify_target   DOUBLE,   -- certify_sample: the precision it was sized to certify
-    stratum          INTEGER,  -- accept_sample (0) / reject_sample (1 = just under the review threshold): its stratum
+    stratum          INTEGER,  -- accept_sample (0) / reject_sample (1-5, 1 = likeliest matches): its stratum
     stratum_pairs    BIGINT,   -- how many unlabelled pairs of the result that stratum holds (audit.py)
     queued_at        TIMESTAMPTZ DEFAULT current_timestamp,
     PRIMARY KEY (queue, position)
@@ -337,8 +338,6 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
     (score floor, sample size) of a certification sample, drawn from the unlabelled rows scoring at least the floor
     (whatever their decision); the rest of them are queued as usual. ``audit_rejects``: how many of the unlabelled
     rejected rows to queue as a reject audit (``audit.py``)."""
-    from .audit import draw
-
     boundary, accepts, recheck, pool, rejects, skipped = [], [], [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
