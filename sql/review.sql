@@ -36,10 +36,10 @@ CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept
             OR (certify_size IS NOT NULL AND (TRY_CAST(certify_size AS BIGINT) IS NULL
                 OR TRY_CAST(certify_size AS DOUBLE) <> TRY_CAST(certify_size AS BIGINT)))
             THEN error('pm_queue_review: certify and certify_above must be numbers and certify_size an integer')
-        WHEN TRY_CAST(audit_rejects AS BIGINT) IS NULL
-            OR TRY_CAST(audit_rejects AS DOUBLE) <> TRY_CAST(audit_rejects AS BIGINT)
+        WHEN audit_rejects IS NOT NULL AND (TRY_CAST(audit_rejects AS BIGINT) IS NULL
+            OR TRY_CAST(audit_rejects AS DOUBLE) <> TRY_CAST(audit_rejects AS BIGINT))
             THEN error('pm_queue_review: audit_rejects must be a whole number, got ' || audit_rejects::VARCHAR)
         ELSE _pm_queue_review(matches::VARCHAR, queue::VARCHAR, TRY_CAST(accept_sample AS DOUBLE),
                               TRY_CAST(recheck_delta AS DOUBLE), TRY_CAST(seed AS BIGINT),
                               TRY_CAST(certify AS DOUBLE), TRY_CAST(certify_above AS DOUBLE),
-                              TRY_CAST(certify_size AS BIGINT), TRY_CAST(audit_rejects AS BIGINT)) END AS r);
+                              TRY_CAST(certify_size AS BIGINT), coalesce(TRY_CAST(audit_rejects AS BIGINT), 0)) END AS r);

@@ -168,6 +168,11 @@ def test_audit_rejects_arguments(review_demo) -> None:
     for bad in ("-1", "2.5", "'x'"):
         with pytest.raises(duckdb.Error, match="audit_rejects must be a whole number"):
             con.execute(f"SELECT * FROM pm_queue_review('big', audit_rejects := {bad})")
+    # NULL: no audit (as the other optional arguments), and the queue is written
+    row = con.execute("SELECT queue, reject_samples, queued FROM pm_queue_review('big', queue := 'n', "
+                      "accept_sample := 0, audit_rejects := NULL)").fetchall()[0]
+    assert row[:2] == ("n", 0) and row[2] == con.execute("SELECT count(*) FROM pm_review_queue WHERE queue = 'n'"
+                                                         ).fetchall()[0][0] > 0
     con.close()
 
 
