@@ -26,7 +26,7 @@ from ..errors import PmatchError
 from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
-from .labels import PairKey, ensure_labels, has_labels, record_verdict, verdict_before
+from .labels import ANSWERS_ENTRY, PairKey, ensure_labels, has_labels, record_verdict, verdict_before
 from .pairview import image_path, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
 from .stats import accept_precision, label_summary
@@ -175,9 +175,7 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
             _check_queue(con)
             last = con.execute(
                 "SELECT l.source_table, l.source_id, l.target_table, l.target_id, q.position, l.verdict "
-                "FROM pm_labels_current l JOIN pm_review_queue q ON q.queue = l.queue AND "
-                "q.source_table = l.source_table AND q.source_id = l.source_id AND q.target_table = l.target_table "
-                "AND q.target_id = l.target_id AND l.label_id > q.labels_before "
+                f"FROM pm_labels_current l JOIN pm_review_queue q ON q.queue = l.queue AND {ANSWERS_ENTRY} "
                 "WHERE l.queue = ? AND l.reviewer IS NOT DISTINCT FROM ? ORDER BY l.label_id DESC LIMIT 1",
                 [cfg.queue, cfg.reviewer]).fetchall()
             if not last:

@@ -31,6 +31,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..decision import _sigmoid, fit_logistic
+from .labels import ANSWERS_ENTRY, has_column, has_labels, table_key
+
 #: strata of the rejects, from the top: shares of the rejected pairs each holds
 STRATA = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
 REASON = "reject_sample"
@@ -174,8 +177,7 @@ def _strata(con, queue: str, reasons: tuple[str, ...]) -> dict[int, Stratum]:  #
     rows = con.execute(
         "SELECT coalesce(q.stratum, 0), max(q.stratum_pairs), count(*), count(l.verdict) FILTER (WHERE l.verdict IN "
         "('match', 'no_match')), count(*) FILTER (WHERE l.verdict = 'match') FROM pm_review_queue q "
-        "LEFT JOIN pm_labels_current l ON l.source_table = q.source_table AND l.source_id = q.source_id AND "
-        "l.target_table = q.target_table AND l.target_id = q.target_id AND l.label_id > q.labels_before "
+        f"LEFT JOIN pm_labels_current l ON {ANSWERS_ENTRY} "
         f"WHERE q.queue = ? AND q.reason IN ({marks}) AND q.stratum_pairs IS NOT NULL GROUP BY ALL ORDER BY 1",
         [queue, *reasons]).fetchall()
     return {int(k): Stratum(int(k), int(n), int(qd), int(a), int(m)) for k, n, qd, a, m in rows}
@@ -184,8 +186,6 @@ def _strata(con, queue: str, reasons: tuple[str, ...]) -> dict[int, Stratum]:  #
 def latest_audit(con, matcher: str, target: str) -> RejectAudit | None:  # noqa: ANN001
     """The reject audit of the most recently queued queue of ``matcher``'s scores against ``target`` that has one
     (None where none has)."""
-    from .labels import has_column, has_labels, table_key
-
     if not has_column(con, "pm_review_queue", "stratum") or not has_labels(con):
         return None
     key = table_key(target)
@@ -198,8 +198,6 @@ def latest_audit(con, matcher: str, target: str) -> RejectAudit | None:  # noqa:
 
 def queue_audit(con, queue: str) -> RejectAudit | None:  # noqa: ANN001
     """The reject audit of ``queue`` (None where it has none), as the review page's summary shows it."""
-    from .labels import has_column
-
     if not has_column(con, "pm_review_queue", "stratum"):
         return None
     row = con.execute(f"SELECT min(review_threshold) FROM pm_review_queue WHERE queue = ? AND reason = '{REASON}'",
@@ -227,8 +225,6 @@ class AuditWeights:
         verdicts). The fit keeps the weighted sum of matches, but spreads each sampled match, which stands for up to
         dozens of pairs, over the scores around it: a threshold cut by it does not sit just under one sampled
         match, where the matches nobody sampled go uncounted."""
-        from ..decision import _sigmoid, fit_logistic
-
         sel = (self.stratum > 0) & (self.w > 1)
         if sel.sum() < 3 or not y[sel].any() or y[sel].all():
             return y
@@ -259,9 +255,7 @@ def audit_weights(con, queue: str, pairs: list[tuple[str, str, str, str]],  # no
     strata = _strata(con, queue, ("accept_sample", REASON))
     rows = con.execute(
         "SELECT q.source_table, q.source_id, q.target_table, q.target_id, coalesce(q.stratum, 0) "
-        "FROM pm_review_queue q JOIN pm_labels_current l ON l.source_table = q.source_table AND "
-        "l.source_id = q.source_id AND l.target_table = q.target_table AND l.target_id = q.target_id AND "
-        "l.label_id > q.labels_before AND l.verdict IN ('match', 'no_match') "
+        f"FROM pm_review_queue q JOIN pm_labels_current l ON {ANSWERS_ENTRY} AND l.verdict IN ('match', 'no_match') "
         f"WHERE q.queue = ? AND q.reason IN ('accept_sample', '{REASON}') AND q.stratum_pairs IS NOT NULL",
         [queue]).fetchall()
     of = {tuple(r[:4]): int(r[4]) for r in rows if strata[int(r[4])].weight is not None}

@@ -54,6 +54,12 @@ QUALIFY row_number() OVER (PARTITION BY source_table, source_id, target_table, t
 """
 
 
+#: SQL condition: verdict ``l`` (a row of pm_labels_current) answers queue entry ``q`` (a row of pm_review_queue):
+#: the same pair, given after the entry was queued
+ANSWERS_ENTRY = ("l.source_table = q.source_table AND l.source_id = q.source_id AND l.target_table = q.target_table "
+                 "AND l.target_id = q.target_id AND l.label_id > q.labels_before")
+
+
 @functools.lru_cache(maxsize=1024)
 def table_key(name: str) -> str:
     """How pm_labels names a table: unqualified and lower-cased."""

@@ -45,6 +45,7 @@ from ..fusion import decide_by_thresholds
 from ..sqlident import quote_qualified
 from .audit import draw
 from .labels import (
+    ANSWERS_ENTRY,
     PairKey,
     Verdict,
     current_verdicts,
@@ -497,9 +498,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     return QueueStats(queue, len(ordered), **counts, certify_above=plan[0] if plan else None)
 
 
-_ANSWERED = """EXISTS (SELECT 1 FROM pm_labels_current l WHERE l.source_table = q.source_table
-    AND l.source_id = q.source_id AND l.target_table = q.target_table AND l.target_id = q.target_id
-    AND l.label_id > q.labels_before)"""
+_ANSWERED = f"EXISTS (SELECT 1 FROM pm_labels_current l WHERE {ANSWERS_ENTRY})"
 
 
 def next_entry(con: duckdb.DuckDBPyConnection, queue: str) -> dict | None:
