@@ -282,6 +282,13 @@ def _loss_note(con, cal, truth: dict) -> str:  # noqa: ANN001
            f"result's truth {frac(cal.old_review):.3f} -> {frac(cal.review):.3f} of {len(hit)}")
     if cal.review_kept:
         out += f" (kept: {cal.review_kept.split(':')[0]})"
+    rej = con.execute("SELECT source_id, target_id, rank FROM m_src_a WHERE decision = 'reject'").fetchall()
+    groups = {"1": (1,), "2-3": (2, 3)}
+    by_rank = [(g, sum(r[2] in ranks and r[1] in truth.get(r[0], ()) for r in rej), sum(r[2] in ranks for r in rej))
+               for g, ranks in groups.items()]
+    rest = [r for r in rej if r[2] not in (1, 2, 3)]
+    by_rank.append(("4+", sum(r[1] in truth.get(r[0], ()) for r in rest), len(rest)))
+    out += "; rejected matches by rank " + ", ".join(f"{g}: {m} of {n}" for g, m, n in by_rank)
     if cal.reject_audit is not None and cal.reject_audit["estimate"] is not None:
         ra = cal.reject_audit
         truth_rej = sum(s < ra["review_threshold"] for s in hit)

@@ -9,7 +9,7 @@ from there would lose more still.
 ``pm_queue_review(audit_rejects := N)`` queues ``N`` of the result's rejected, unlabelled pairs, a random sample in
 five strata with the same number from each (a stratum smaller than its share is taken whole). Where the result has
 ``match_products``' ``rank`` column the strata follow it, because that is where missed matches are: a source's best
-candidate (rank 1) that was rejected anyway (on Abt-Buy 14 of 28 were matches), ranks 2-3 (7 of 303), and the other
+candidate (rank 1) that was rejected anyway (on Abt-Buy 14 of 28 were matches), ranks 2-3 (14 of 769), and the other
 rejects by score, the top quarter, the next quarter, the bottom half (13 of 4,499 together). Without ranks: five
 score strata of growing size from the top (a sixteenth, a sixteenth, an eighth, a quarter, a half).
 
