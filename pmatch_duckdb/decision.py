@@ -173,6 +173,9 @@ def choose_thresholds(score: np.ndarray, y: np.ndarray, target_precision: float 
     info = {"accept_recall": float(tp[ok[-1]] / pos) if len(ok) and pos else 0.0,
             # the share of the matches below the review threshold (pmatch calibrate's budget starts from it)
             "review_recall_loss": float(t[s < reject].sum() / pos) if pos else 0.0,
+            # its one-sided upper bound (as a reject audit's: calibrate spends only what the bound leaves)
+            "review_recall_loss_upper": (float(1 - wilson_lower(np.array([pos - t[s < reject].sum()]), np.array([pos]),
+                                                                confidence)[0]) if pos else None),
             "accept_lower_bound": float(lb[ok[-1]]) if len(ok) else None,
             "validation_pairs": int(len(s)), "validation_matches": int(pos),
             "target_precision": target_precision, "max_recall_loss": max_recall_loss, "confidence": confidence}

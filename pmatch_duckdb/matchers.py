@@ -194,6 +194,30 @@ def _load_pair_stage(bundle: Bundle
     return scorer, stacked
 
 
+def same_scores(name: str, version: str, home: str | os.PathLike[str] | None = None) -> list[str]:
+    """The versions of ``name`` whose scores are ``version``'s, oldest first: ``pmatch calibrate`` writes a copy of
+    the version in force that differs only in its thresholds (its manifest names the version it copies, ``parent``,
+    and the reviews it came from, ``calibration``), so a verdict given on one of them holds for all. A version
+    trained anew starts a line of its own. Reads the manifests only (loading verifies them)."""
+
+    def origin(v: str) -> str:
+        seen = {v}
+        while True:
+            f = matcher_dir(name, home) / v / "manifest.json"
+            try:
+                m = json.loads(f.read_text())
+            except (OSError, ValueError):
+                return v
+            parent = m.get("parent") if isinstance(m, dict) and m.get("calibration") else None
+            if not isinstance(parent, str) or not _VERSION.match(parent) or parent in seen:
+                return v
+            seen.add(parent)
+            v = parent
+
+    root = origin(version)
+    return [v for v in versions(name, home) if v == version or origin(v) == root]
+
+
 def active_matcher(name: str, home: str | os.PathLike[str] | None = None) -> Matcher | None:
     """The active version of ``name``, loaded; None when no trained version is active."""
     v = active_version(name, home)

@@ -10,6 +10,7 @@ import json
 import random
 import shutil
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -425,12 +426,21 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
         np.testing.assert_allclose(both[0], [r[2] for r in off], rtol=0, atol=1e-6)
         np.testing.assert_allclose(both[1], [r[2] for r in on], rtol=0, atol=1e-6)
         assert np.abs(both[0] - both[1]).max() > 0.01  # two models' scores, not one twice
+        from pmatch_duckdb.review.calibrate import _pick
+        from pmatch_duckdb.review.queue import model_state
+
+        st = model_state(context_of(con), "catalog")
         cal = calibrate(con, "catalog", target_precision=0.8)
         want1 = choose_thresholds(np.array([r[2] for r in off]), y, 0.8, 0.02)
         want2 = choose_thresholds(np.array([r[2] for r in on]), y, 0.8, 0.02)
         assert cal.pair is not None and cal.reviewed == len(on) == 4 * N_TEST
-        assert cal.pair["accept"] == pytest.approx(want2[0]) and cal.pair["review"] == pytest.approx(want2[1])
-        assert cal.review == pytest.approx(want1[1])
+        assert cal.pair["accept"] == pytest.approx(want2[0]) and cal.pair["review"] == pytest.approx(
+            _pick(np.array([r[2] for r in on]), y, 0.8, 0.02, np.ones(len(y), dtype=bool), st.pair).review)
+        # each review threshold by the rule on its own model's scores (what training recorded below it counted
+        # first, by its upper bound: st.recall_loss_upper)
+        assert st.recall_loss_upper is not None and st.recall_loss_upper > st.recall_loss
+        assert cal.review == pytest.approx(
+            _pick(np.array([r[2] for r in off]), y, 0.8, 0.02, np.ones(len(y), dtype=bool), st).review)
         assert (cal.accept is None) == (not np.isfinite(want1[0]))
         assert cal.pair["accept_lower_bound"] >= 0.8 and cal.applied and "copy of v1" in cal.applied
         m = active_matcher("pairs", thome)
@@ -476,8 +486,12 @@ def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
                 assert rev == pytest.approx((m.pair_decision if by == "pair_scorer" else m.decision).review_threshold)
         assert {d[2] for d in drawn} == {"pair_scorer", "stage1"}  # every pair, whatever its decision
         # a reject audit of this result, answered with the whole queue: each model's review threshold is picked over
-        # the audited result's weighted matches, on its own scores of the reviewed pairs
+        # the audited result's weighted matches, on its own scores of the reviewed pairs. m_cal was decided by v1's
+        # thresholds, and calibrate moved them: an audit of it would stand for another set of pairs
         truth = {(s, c) for s, c, _ in truth_te}
+        with pytest.raises(duckdb.Error, match="decided by another review threshold than the one in force"):
+            con.execute("SELECT * FROM pm_queue_review('m_cal', queue := 'aud', audit_rejects := 10)").fetchall()
+        con.execute("CREATE OR REPLACE TABLE m_cal AS SELECT * FROM match_products('feed_test', 'catalog', k := 4)")
         n = con.execute("SELECT reject_samples FROM pm_queue_review('m_cal', queue := 'aud', accept_sample := 1.0, "
                         "audit_rejects := 10)").fetchall()[0][0]
         queued = con.execute("SELECT source_table, source_id, target_table, target_id, score, decision, reason, "

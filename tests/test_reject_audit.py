@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_review import _answer, _connect, _plain_review_cut, _synthetic_result
 
+from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.review.audit import allocate, draw, split, strata_sizes
 from pmatch_duckdb.review.calibrate import _pick, calibrate, weighted_cut
 from pmatch_duckdb.review.labels import PairKey, record_verdict
@@ -91,6 +92,20 @@ def test_the_review_threshold_rises_only_by_what_is_left_of_the_recall_budget() 
     unknown = _pick(s, y, 0.99, 0.02, every, state(None))
     assert unknown.review == 0.5 and "never measured" in unknown.kept and unknown.recall_loss is None
 
+    # where the share's upper bound is recorded, the band spends only what the bound leaves (as with an audit)
+    def bounded(loss: float, upper: float) -> ModelState:
+        return ModelState("m/v1", 0.5, float("inf"), recall_loss=loss, recall_loss_upper=upper,
+                          recall_loss_from="training's validation pairs")
+
+    low = _pick(s, y, 0.99, 0.02, every, bounded(0.002, 0.01))  # the bound leaves one of 101, as 1 % did above
+    assert low.review == pytest.approx(0.505) and low.recall_loss_upper == pytest.approx(0.01 + 0.99 / 101)
+    wide = _pick(s, y, 0.99, 0.02, every, bounded(0.002, 0.015))  # the point leaves 1.8 %, the bound under one match
+    assert wide.review == 0.5 and wide.kept is None
+    over = _pick(s, y, 0.99, 0.02, every, bounded(0.012, 0.03))
+    assert over.review == 0.5 and over.kept == ("1.2% of the matches are auto-rejected already (training's "
+                                                "validation pairs; 95 % upper bound 3.0%), against max_recall_loss "
+                                                "2.0%")
+
 
 def test_a_reject_audit_measures_what_the_review_threshold_already_rejects(review_demo) -> None:
     """The generated result: 714 pairs below the zero-shot review threshold 0.55, a quarter of its matches among
@@ -151,11 +166,33 @@ def test_a_reject_audit_measures_what_the_review_threshold_already_rejects(revie
     from pmatch_duckdb.review.queue import model_state
 
     now = model_state(context_of(con), "catalog")
-    assert (now.accept_threshold, now.recall_loss_from) == (0.8, "the reject audit")
-    assert 0.44 < now.review_threshold < 0.52
+    assert (now.accept_threshold, now.recall_loss_from) == (0.8, "an earlier calibration (the reject audit)")
+    assert 0.44 < now.review_threshold < 0.52 and now.recall_loss_upper > now.recall_loss
     band = con.execute("SELECT count(*) FROM big WHERE score::DOUBLE >= ? AND score < 0.8",
                        [now.review_threshold]).fetchall()
     assert f"{band[0][0]} with the new thresholds" in res.output, res.output
+    # the audit sampled what 0.55 rejected: under the lowered threshold it measures another set, so it is not used
+    # again; the loss recorded with the threshold is (its upper bound leaves nothing, so the threshold stays)
+    again = calibrate(con, "catalog", target_precision=0.95, apply=False)
+    assert "sampled the pairs below review threshold 0.5500, and the threshold in force is" in again.reject_audit_stale
+    assert again.review == now.review_threshold and again.recall_loss_from.startswith("an earlier calibration")
+    assert again.review_kept.startswith(f"{now.recall_loss:.1%} of the matches are auto-rejected already")
+    con.close()
+    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision",
+                                    "0.95", "--dry-run", "--image-root", str(review_demo.images)])
+    assert res.exit_code == 0 and "  not used: the latest reject audit (queue 'audit') sampled" in res.output, \
+        res.output
+    con = _connect(review_demo)
+    # and a new audit needs a result decided by the thresholds in force: 'big' was decided by 0.55
+    with pytest.raises(PmatchError, match=r"audit_rejects: \d+ unlabelled pairs of the result were decided by another "
+                                          r"review threshold than the one in force \(0\.4"):
+        queue_review(con, "big", "audit2", accept_sample=0, audit_rejects=50)
+    assert queue_review(con, "big", "plain2", accept_sample=0).reject_samples == 0  # without an audit, as before
+    con.execute("CREATE TABLE big2 AS SELECT * REPLACE (CASE WHEN score::DOUBLE >= 0.8 THEN 'accept' WHEN "
+                "score::DOUBLE >= ? THEN 'review' ELSE 'reject' END AS decision) FROM big", [now.review_threshold])
+    assert queue_review(con, "big2", "audit2", accept_sample=0, audit_rejects=50).reject_samples == 50
+    fresh = calibrate(con, "catalog", target_precision=0.95, apply=False)
+    assert fresh.reject_audit["queue"] == "audit2" and fresh.reject_audit_stale is None
     con.close()
 
 
@@ -209,7 +246,7 @@ def test_with_an_audit_the_review_threshold_falls_rises_or_stays_by_its_estimate
 def test_the_recall_loss_a_model_records() -> None:
     """Training records the share of its validation matches below the review threshold; calibrate's record wins
     over it; bundles from before count training's bound; zero-shot defaults record nothing."""
-    from pmatch_duckdb.decision import choose_thresholds
+    from pmatch_duckdb.decision import choose_thresholds, wilson_lower
     from pmatch_duckdb.review.queue import recorded_recall_loss
 
     s = np.linspace(0, 1, 200)
@@ -217,12 +254,20 @@ def test_the_recall_loss_a_model_records() -> None:
     _, review, info = choose_thresholds(s, y, 0.99, 0.02)
     assert info["review_recall_loss"] == pytest.approx(y[s < review].sum() / y.sum()) and 0 < \
         info["review_recall_loss"] <= 0.02
+    lost, pos = y[s < review].sum(), y.sum()
+    assert info["review_recall_loss_upper"] == pytest.approx(1 - wilson_lower(np.array([pos - lost]),
+                                                                              np.array([pos]))[0])
+    assert info["review_recall_loss"] < info["review_recall_loss_upper"] < 0.06
     assert recorded_recall_loss(info) == {"recall_loss": info["review_recall_loss"],
-                                          "recall_loss_from": "training's validation pairs"}
+                                          "recall_loss_from": "training's validation pairs",
+                                          "recall_loss_upper": info["review_recall_loss_upper"]}
     assert recorded_recall_loss({"max_recall_loss": 0.02})["recall_loss"] == 0.02
-    cal = {"recall_loss": 0.011, "recall_loss_from": "the reject audit", "pair_scorer": {"recall_loss": 0.004}}
+    cal = {"recall_loss": 0.011, "recall_loss_from": "the reject audit", "recall_loss_upper": 0.019,
+           "pair_scorer": {"recall_loss": 0.004}}
     assert recorded_recall_loss({**info, "calibration": cal}) == {"recall_loss": 0.011,
-                                                                  "recall_loss_from": "the reject audit"}
+                                                                  "recall_loss_from": "an earlier calibration (the "
+                                                                                      "reject audit)",
+                                                                  "recall_loss_upper": 0.019}
     assert recorded_recall_loss({"calibration": cal}, "pair_scorer") == {"recall_loss": 0.004,
                                                                          "recall_loss_from": "an earlier calibration"}
     assert recorded_recall_loss({"calibration": None}) == {} and recorded_recall_loss({}) == {}

@@ -623,6 +623,11 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
     got = cal.certify
     assert (got["above"], got["target"], got["queued"], got["reviewed"]) == (0.9, 0.95, budget, budget)
     assert got["lower_bound"] >= 0.95 and got["matches"] >= budget - 1
+    # the sample of a model whose scores other names share (calibrated copies): counted under any of them
+    from pmatch_duckdb.review.certify import certify_status
+
+    assert certify_status(con, ("m/v1", "zero-shot"), "catalog").as_dict() == got
+    assert certify_status(con, ("m/v1", "m/v2"), "catalog") is None
     # the sample (all above 0.9) does not move the review threshold: no other verdicts, so it stays as it was
     # (taken from the sample it would be its matches' 2% quantile, above 0.9)
     assert cal.review == pytest.approx(cal.old_review) and cal.old_review < 0.6
@@ -705,3 +710,31 @@ def test_the_default_certification_floor_and_when_there_is_none() -> None:
     assert default_floor(s, True, 0.80, 0.99) == 0.80  # zero-shot: the accept threshold in force
     with pytest.raises(PmatchError, match="give certify_above"):
         default_floor(s, True, math.inf, 0.99)
+
+
+def test_calibrated_copies_share_their_scores_with_the_version_they_copy(tmp_path: Path) -> None:
+    """``pmatch calibrate`` writes a copy of the version in force with new thresholds (manifest: ``parent`` and
+    ``calibration``): verdicts given on any version of that line are on the same scores; a version trained anew starts
+    its own line."""
+    import json
+
+    from pmatch_duckdb.matchers import matcher_dir, same_scores
+
+    def version(v: str, **manifest: object) -> None:
+        d = matcher_dir("m", tmp_path) / v
+        d.mkdir(parents=True)
+        (d / "manifest.json").write_text(json.dumps({"version": v, **manifest}))
+
+    cal = {"kind": "pm_labels"}
+    version("v1")
+    version("v2", parent="v1", calibration=cal)
+    version("v3", parent="v2")  # a parent without a calibration record: not a calibrated copy
+    version("v4", parent="v3", calibration=cal)
+    version("v5", parent="v2", calibration=cal)
+    version("v6", parent="v6", calibration=cal)  # a loop ends where it started
+    version("v7", parent="../v1", calibration=cal)  # not a version name
+    (matcher_dir("m", tmp_path) / "v8").mkdir()  # no manifest
+    assert same_scores("m", "v5", tmp_path) == same_scores("m", "v1", tmp_path) == ["v1", "v2", "v5"]
+    assert same_scores("m", "v4", tmp_path) == ["v3", "v4"]
+    assert same_scores("m", "v6", tmp_path) == ["v6"] and same_scores("m", "v7", tmp_path) == ["v7"]
+    assert same_scores("m", "v8", tmp_path) == ["v8"]

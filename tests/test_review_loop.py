@@ -96,4 +96,22 @@ def test_review_retrain_shrinks_the_review_band(tmp_path: Path, home: Path) -> N
     m = active_matcher("default", mhome)
     assert (m.decision.accept_threshold, m.decision.review_threshold) == pytest.approx((cal.accept, cal.review))
     assert m.bundle.manifest["parent"] == "v1" and m.bundle.manifest["calibration"]["kind"] == "pm_labels"
+
+    # a third round on v2's scores: v2 is v1 with new thresholds, the same scores, so the verdicts given on v1's
+    # scores in round 2 still count (only round 1's, on zero-shot scores, are another model's)
+    con.execute("CREATE TABLE matches_v2 AS SELECT * FROM match_products('supplier_feed', 'catalog', k := 5)")
+    con.execute("SELECT * FROM pm_queue_review('matches_v2', queue := 'round3', accept_sample := 1.0)").fetchall()
+    new = 0
+    for s_t, si, tt, ti, score, dec, reason, matcher in con.execute(
+            "SELECT source_table, source_id, target_table, target_id, score, decision, reason, matcher "
+            "FROM pm_review_queue WHERE queue = 'round3'").fetchall():
+        assert matcher == "default/v2"
+        if not _reviewed_half(si):
+            record_verdict(con, PairKey(s_t, si, tt, ti), "match" if (si, ti) in truth else "no_match", score=score,
+                           decision=dec, reason=reason, matcher=matcher, queue="round3", reviewer="simulated")
+            new += 1
+    again = calibrate(con, "catalog", target_precision=0.75, apply=False)
+    assert again.matcher == "default/v2" and again.same_scores == ["default/v1", "default/v2"]
+    assert again.reviewed == cal.reviewed + new and again.ignored_other_model == cal.ignored_other_model
+    assert again.old_review == pytest.approx(cal.review)
     con.close()

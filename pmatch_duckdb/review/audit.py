@@ -183,16 +183,16 @@ def _strata(con, queue: str, reasons: tuple[str, ...]) -> dict[int, Stratum]:  #
     return {int(k): Stratum(int(k), int(n), int(qd), int(a), int(m)) for k, n, qd, a, m in rows}
 
 
-def latest_audit(con, matcher: str, target: str) -> RejectAudit | None:  # noqa: ANN001
-    """The reject audit of the most recently queued queue of ``matcher``'s scores against ``target`` that has one
-    (None where none has)."""
+def latest_audit(con, matcher: str | tuple[str, ...], target: str) -> RejectAudit | None:  # noqa: ANN001
+    """The reject audit of the most recently queued queue of ``matcher``'s scores (a name, or the names whose scores
+    are the same, ``ModelState.verdicts_from``) against ``target`` that has one (None where none has)."""
     if not has_column(con, "pm_review_queue", "stratum") or not has_labels(con):
         return None
-    key = table_key(target)
+    key, same = table_key(target), (matcher,) if isinstance(matcher, str) else tuple(matcher)
     row = con.execute(
-        f"SELECT queue FROM pm_review_queue WHERE reason = '{REASON}' AND matcher = ? AND "
-        "(target_table = ? OR source_table = ?) GROUP BY queue ORDER BY max(queued_at) DESC, queue LIMIT 1",
-        [matcher, key, key]).fetchall()
+        f"SELECT queue FROM pm_review_queue WHERE reason = '{REASON}' AND matcher IN ({', '.join('?' for _ in same)}) "
+        "AND (target_table = ? OR source_table = ?) GROUP BY queue ORDER BY max(queued_at) DESC, queue LIMIT 1",
+        [*same, key, key]).fetchall()
     return queue_audit(con, row[0][0]) if row else None
 
 
@@ -205,6 +205,25 @@ def queue_audit(con, queue: str) -> RejectAudit | None:  # noqa: ANN001
     if row[0][0] is None:
         return None
     return RejectAudit(queue, list(_strata(con, queue, (REASON,)).values()), float(row[0][0]))
+
+
+def audit_stale(con, audit: RejectAudit, state) -> str | None:  # noqa: ANN001 - state: a queue.ModelState
+    """Why ``audit`` no longer measures what ``state``'s review threshold rejects (None: it does). Its strata are the
+    pairs under the review threshold in force when it was queued; once that threshold moved (``pmatch calibrate``
+    lowered or raised it), part of what the sampled pairs stand for is in the review band now, or rejected pairs
+    are in no stratum, and the estimate is of another set."""
+    scale = "coalesce(scored_by, 'stage1')" if has_column(con, "pm_review_queue", "scored_by") else "'stage1'"
+    rows = con.execute(f"SELECT DISTINCT {scale} = 'pair_scorer', review_threshold FROM pm_review_queue "
+                       f"WHERE queue = ? AND reason = '{REASON}'", [audit.queue]).fetchall()
+    for stacked, drawn in rows:
+        model = state.pair if stacked and state.pair is not None else state
+        if drawn is None or not math.isclose(float(drawn), model.review_threshold, rel_tol=0, abs_tol=1e-9):
+            was = "an unrecorded one" if drawn is None else f"{float(drawn):.4f}"
+            return (f"the latest reject audit (queue {audit.queue!r}) sampled the pairs below review threshold "
+                    f"{was}, and the threshold in force is {model.review_threshold:.4f}: it no longer "
+                    "measures what is auto-rejected. Queue a new one on a result matched with the thresholds in "
+                    "force (pm_queue_review(audit_rejects := 200))")
+    return None
 
 
 @dataclass

@@ -39,7 +39,7 @@ import numpy as np
 from ..decision import choose_thresholds, wilson_lower
 from ..errors import PmatchError
 from ..staging import new_staging_dir
-from .audit import AuditWeights, audit_weights, latest_audit
+from .audit import AuditWeights, audit_stale, audit_weights, latest_audit
 from .certify import certify_status
 from .labels import has_column, has_labels, scored_by_sql, table_key
 from .queue import ModelState, finite_or_none, model_state
@@ -88,16 +88,22 @@ class Calibration:
     review_kept: str | None = None
     #: the reject audit the review threshold was picked with (:class:`audit.RejectAudit` as a dict), or None
     reject_audit: dict | None = None
+    #: why the latest reject audit was not used (it was drawn below another review threshold), or None
+    reject_audit_stale: str | None = None
+    #: the matcher versions whose verdicts counted: ``matcher`` and the versions with the same scores (``pmatch
+    #: calibrate``'s copies and the version they copy)
+    same_scores: list[str] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
+def reviewed_pairs(con, target: str, matcher: str | tuple[str, ...]  # noqa: ANN001
                    ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int, list[str | None],
                               np.ndarray, list[str | None]]:
     """(pairs as (source table, source id, target table, target id), scores shown, 1 = match / 0 = no_match,
-    verdicts ignored because another model scored them, which model scored each (``pm_labels.scored_by``), True
+    verdicts ignored because another model scored them (``matcher``: the names whose scores count,
+    ``ModelState.verdicts_from``), which model scored each (``pm_labels.scored_by``), True
     where the pair was a certification sample's (``pm_labels.reason``), the queue each verdict was given in)."""
     if not has_labels(con):
         return [], np.zeros(0), np.zeros(0), 0, [], np.zeros(0, dtype=bool), []
@@ -107,14 +113,15 @@ def reviewed_pairs(con, target: str, matcher: str  # noqa: ANN001
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
-    keep = [r for r in rows if r[6] == matcher]
+    same = (matcher,) if isinstance(matcher, str) else tuple(matcher)
+    keep = [r for r in rows if r[6] in same]
     s = np.array([r[4] for r in keep], dtype=np.float64)
     y = np.array([r[5] == "match" for r in keep], dtype=np.float64)
     return ([tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep), [r[7] for r in keep],
             np.array([bool(r[8]) for r in keep], dtype=bool), [r[9] for r in keep])
 
 
-def unreviewed_floor(con, target: str, matcher: str) -> dict[str, float]:  # noqa: ANN001
+def unreviewed_floor(con, target: str, matcher: str | tuple[str, ...]) -> dict[str, float]:  # noqa: ANN001
     """Per score scale (``stage1``, which includes zero-shot, and ``pair_scorer``), the lowest score of a pair queued as
     ``boundary`` for ``matcher``'s scores against ``target`` that nobody has answered ``match`` or ``no_match``; a scale
     whose queued boundary pairs are all answered (or that has none queued) is left out.
@@ -124,15 +131,16 @@ def unreviewed_floor(con, target: str, matcher: str) -> dict[str, float]:  # noq
     boundary, which says nothing about the matches under the window."""
     if not has_column(con, "pm_review_queue", "reason") or not has_labels(con):
         return {}
-    key = table_key(target)
+    key, same = table_key(target), (matcher,) if isinstance(matcher, str) else tuple(matcher)
     scale = "coalesce(q.scored_by, 'stage1')" if has_column(con, "pm_review_queue", "scored_by") else "'stage1'"
     rows = con.execute(
         f"SELECT CASE WHEN {scale} = 'pair_scorer' THEN 'pair_scorer' ELSE 'stage1' END AS scale, min(q.score) "
-        "FROM pm_review_queue q WHERE q.reason = 'boundary' AND q.matcher = ? AND q.score IS NOT NULL "
+        f"FROM pm_review_queue q WHERE q.reason = 'boundary' AND q.matcher IN ({', '.join('?' for _ in same)}) "
+        "AND q.score IS NOT NULL "
         "AND (q.target_table = ? OR q.source_table = ?) AND NOT EXISTS (SELECT 1 FROM pm_labels_current l WHERE "
         "l.source_table = q.source_table AND l.source_id = q.source_id AND l.target_table = q.target_table AND "
         "l.target_id = q.target_id AND l.verdict IN ('match', 'no_match')) GROUP BY ALL",
-        [matcher, key, key]).fetchall()
+        [*same, key, key]).fetchall()
     return {sc: float(v) for sc, v in rows}
 
 
@@ -176,10 +184,10 @@ def calibrate(con, target: str, target_precision: float | None = None, max_recal
 
     ctx = ctx or context_of(con)
     state = model_state(ctx, target)
-    status = certify_status(con, matcher=state.matcher, target=target)
+    status = certify_status(con, matcher=state.verdicts_from, target=target)
     if target_precision is None:
         target_precision = status.target if status is not None and status.target is not None else 0.99
-    pairs, s, y, ignored, scored_by, sampled, queues = reviewed_pairs(con, target, state.matcher)
+    pairs, s, y, ignored, scored_by, sampled, queues = reviewed_pairs(con, target, state.verdicts_from)
     if int(y.sum()) < min_matches:
         raise CalibrationError(
             f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
@@ -188,10 +196,11 @@ def calibrate(con, target: str, target_precision: float | None = None, max_recal
     stacked, as_shown = None, 0
     if state.pair is not None:  # two scales in the scores shown: each model's own scores of every reviewed pair
         s, stacked, as_shown = rescore_reviewed(con, ctx, pairs, s, scored_by)
-    floor = unreviewed_floor(con, target, state.matcher)
-    audit = latest_audit(con, state.matcher, target)
+    floor = unreviewed_floor(con, target, state.verdicts_from)
+    audit = latest_audit(con, state.verdicts_from, target)
+    stale = audit_stale(con, audit, state) if audit is not None else None
     # each reviewed pair's weight: how many pairs of the audited result it stands for
-    aw = audit_weights(con, audit.queue, pairs, queues) if audit is not None and audit.complete else None
+    aw = audit_weights(con, audit.queue, pairs, queues) if audit is not None and audit.complete and not stale else None
     picked = _pick(s, y, target_precision, max_recall_loss, ~sampled, state, floor.get("stage1"), aw)
     cal = Calibration(
         matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
@@ -200,7 +209,8 @@ def calibrate(con, target: str, target_precision: float | None = None, max_recal
         accept_lower_bound=picked.lower_bound, accept_reviewed=picked.n_above, scores_as_shown=as_shown,
         review_held=picked.held, recall_loss=picked.recall_loss, recall_loss_from=picked.recall_loss_from,
         recall_loss_upper=picked.recall_loss_upper,
-        review_kept=picked.kept, reject_audit=audit.as_dict() if audit is not None else None)
+        review_kept=picked.kept, reject_audit=audit.as_dict() if audit is not None else None,
+        reject_audit_stale=stale, same_scores=list(state.verdicts_from))
     if state.pair is not None and stacked is not None:
         pp = _pick(stacked, y, target_precision, max_recall_loss, ~sampled, state.pair, floor.get("pair_scorer"), aw)
         cal.pair = {"accept": pp.accept, "review": pp.review, "old_accept": finite_or_none(state.pair.accept_threshold),
@@ -258,8 +268,10 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
       rejected ones included. Where their estimate says
       more than ``max_recall_loss`` is lost already, the cut over them lowers the threshold; where even the upper
       bound says less, the band may lose what is left of the budget after that bound; in between it stays;
-    * else from ``state.recall_loss`` (the share already below the old threshold): the matches above it may lose
-      ``1 - (1 - max_recall_loss) / (1 - recall_loss)`` of themselves; nothing where that share is unknown or spent.
+    * else from ``state.recall_loss`` (the share already below the old threshold; its upper bound
+      ``state.recall_loss_upper`` where one is recorded, as the audit's bound is used above): the matches above it may
+      lose ``1 - (1 - max_recall_loss) / (1 - recall_loss)`` of themselves; nothing where that share is unknown or
+      spent.
 
     It rises no higher than ``unreviewed`` (:func:`unreviewed_floor`; or the old threshold where that is higher):
     nobody has looked at the queued band pairs from there up, so how many matches a higher review threshold would
@@ -285,7 +297,8 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
             return None, None
         up = rs >= old
         lost = float((ry * rw)[up & (rs < t)].sum() / (ry * rw)[up].sum()) if (ry * rw)[up].sum() else 0.0
-        return state.recall_loss + (1 - state.recall_loss) * lost, None
+        hi = state.recall_loss_upper
+        return state.recall_loss + (1 - state.recall_loss) * lost, None if hi is None else hi + (1 - hi) * lost
 
     if audited:
         loss_from = "the reject audit"
@@ -304,13 +317,16 @@ def _pick(s: np.ndarray, y: np.ndarray, target_precision: float, max_recall_loss
     elif state.recall_loss is None:
         review, kept = old, ("the matches it already auto-rejects were never measured: queue a reject audit "
                              "(pm_queue_review(audit_rejects := 200), pmatch review --audit-rejects 200)")
-    else:
-        budget = 1 - (1 - max_recall_loss) / (1 - state.recall_loss)
+    else:  # as with an audit, the band may lose only what the recorded share's upper bound leaves, where recorded
+        spent = state.recall_loss if state.recall_loss_upper is None else state.recall_loss_upper
+        budget = 1 - (1 - max_recall_loss) / (1 - spent)
         up = rs >= old
         review = weighted_cut(rs[up], ry[up], rw[up], budget) if budget > 0 else None
-        if review is None:
-            kept = (f"{state.recall_loss:.1%} of the matches are auto-rejected already ({state.recall_loss_from}), "
-                    f"against max_recall_loss {max_recall_loss:.1%}" if budget <= 0 else None)
+        if review is None and budget <= 0:
+            kept = f"{state.recall_loss:.1%} of the matches are auto-rejected already ({state.recall_loss_from}"
+            kept += (f"; 95 % upper bound {state.recall_loss_upper:.1%}" if state.recall_loss_upper is not None
+                     else "")
+            kept += f"), against max_recall_loss {max_recall_loss:.1%}"
         review = old if review is None else max(review, old)
     review = min(review, accept)
     held = unreviewed is not None and review > max(unreviewed, old)

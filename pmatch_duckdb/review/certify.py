@@ -110,11 +110,15 @@ class CertifyStatus:
         return asdict(self)
 
 
-def certify_status(con: duckdb.DuckDBPyConnection, matcher: str, target: str) -> CertifyStatus | None:
+def certify_status(con: duckdb.DuckDBPyConnection, matcher: str | tuple[str, ...], target: str
+                   ) -> CertifyStatus | None:
     """The certification samples queued for ``matcher``'s scores against ``target`` (any queue) and their current
-    verdicts given on that matcher's scores (None where none was queued)."""
-    key = table_key(target)
-    return _status(con, "q.matcher = ? AND (q.target_table = ? OR q.source_table = ?)", [matcher, key, key])
+    verdicts given on that matcher's scores (None where none was queued). ``matcher``: a name, or the names whose
+    scores are the same (``ModelState.verdicts_from``: a calibrated copy scores as the version it copies)."""
+    key, same = table_key(target), (matcher,) if isinstance(matcher, str) else tuple(matcher)
+    names = ", ".join("?" for _ in same)
+    return _status(con, f"q.matcher IN ({names}) AND (q.target_table = ? OR q.source_table = ?)", [*same, key, key],
+                   verdict_on=(f"l.matcher IN ({names})", list(same)))
 
 
 def queue_certify_status(con: duckdb.DuckDBPyConnection, queue: str) -> CertifyStatus | None:
@@ -123,7 +127,9 @@ def queue_certify_status(con: duckdb.DuckDBPyConnection, queue: str) -> CertifyS
     return _status(con, "q.queue = ?", [queue])
 
 
-def _status(con: duckdb.DuckDBPyConnection, where: str, params: list) -> CertifyStatus | None:
+def _status(con: duckdb.DuckDBPyConnection, where: str, params: list,
+            verdict_on: tuple[str, list] = ("q.matcher = l.matcher", [])) -> CertifyStatus | None:
+    """``verdict_on``: (condition, its parameters) that a verdict ``l`` was given on the right scores."""
     if not has_column(con, "pm_review_queue", "certify_above"):
         return None
     target = "max(q.certify_target)" if has_column(con, "pm_review_queue", "certify_target") else "NULL"
@@ -139,8 +145,8 @@ def _status(con: duckdb.DuckDBPyConnection, where: str, params: list) -> Certify
             "SELECT count(*) FILTER (WHERE verdict = 'match'), count(*) FILTER (WHERE verdict IN ('match', "
             "'no_match')), count(*) FILTER (WHERE verdict = 'unsure') FROM pm_labels_current l WHERE EXISTS ("
             f"SELECT 1 {sample} AND q.source_table = l.source_table AND q.source_id = l.source_id AND "
-            "q.target_table = l.target_table AND q.target_id = l.target_id AND q.matcher = l.matcher)",
-            params).fetchall()[0]
+            f"q.target_table = l.target_table AND q.target_id = l.target_id AND {verdict_on[0]})",
+            [*params, *verdict_on[1]]).fetchall()[0]
     lb = float(wilson_lower(np.array([m]), np.array([n]))[0]) if n else None
     return CertifyStatus(float(above), None if goal is None else float(goal), int(queued), int(n), int(m), int(u), lb)
 

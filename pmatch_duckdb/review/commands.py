@@ -191,7 +191,9 @@ def calibrate_cmd(database: str, target: str, target_precision: float | None, ma
         con.close()
     except (PmatchError, duckdb.Error) as e:
         raise click.ClickException(str(e)) from None
+    same = [m for m in cal.same_scores or [] if m != cal.matcher]
     click.echo(f"{cal.reviewed} reviewed pairs ({cal.matches} matches) scored by {cal.matcher}"
+               + (f" (or by {', '.join(same)}: the same scores, other thresholds)" if same else "")
                + (f"; {cal.ignored_other_model} verdicts on another model's scores left out" if cal.ignored_other_model
                   else ""))
     old_acc = f"{cal.old_accept:.4f}" if cal.old_accept is not None else "none"
@@ -232,6 +234,8 @@ def calibrate_cmd(database: str, target: str, target_precision: float | None, ma
         ra = cal.reject_audit
         click.echo(describe_audit(RejectAudit(ra["queue"], [Stratum(**st) for st in ra["strata"]],
                                               ra["review_threshold"])))
+        if cal.reject_audit_stale:
+            click.echo(f"  not used: {cal.reject_audit_stale}")
     if cal.certify is not None:
         from .certify import CertifyStatus, describe
 

@@ -109,6 +109,16 @@ class ModelState:
     #: from (:func:`recorded_recall_loss`); None: never measured (zero-shot defaults)
     recall_loss: float | None = None
     recall_loss_from: str | None = None
+    #: its 95 % upper bound where one was recorded (training's validation share, a reject audit)
+    recall_loss_upper: float | None = None
+    #: the matcher names whose scores are this model's (``matchers.same_scores``: the versions ``pmatch calibrate``
+    #: wrote as copies with new thresholds); empty: ``matcher`` alone
+    same_scores: tuple[str, ...] = ()
+
+    @property
+    def verdicts_from(self) -> tuple[str, ...]:
+        """The ``pm_labels.matcher`` / ``pm_review_queue.matcher`` values whose scores are this model's."""
+        return self.same_scores or (self.matcher,)
 
     @property
     def scored_by(self) -> str:
@@ -154,7 +164,7 @@ class QueueStats:
 
 def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchContext
     """Thresholds and name of the model in force for matching against ``target``."""
-    from ..matchers import active_matcher
+    from ..matchers import active_matcher, same_scores
     from ..sqlident import index_name_for
     from ..store import OfferIndex
 
@@ -162,13 +172,15 @@ def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchConte
     if m is not None:
         ident = m.identity
         name = f"{ident['name']}/{ident['version']}"
+        lineage = tuple(f"{ident['name']}/{v}" for v in same_scores(ident["name"], ident["version"], ctx.settings.home))
         pair, top_m = None, 0
         if m.pair is not None and m.pair_decision is not None:
             pair = ModelState(name, float(m.pair_decision.review_threshold), float(m.pair_decision.accept_threshold),
-                              scale="pair_scorer", **recorded_recall_loss(m.pair_decision.info, "pair_scorer"))
+                              scale="pair_scorer", same_scores=lineage,
+                              **recorded_recall_loss(m.pair_decision.info, "pair_scorer"))
             top_m = m.pair.top_m if ctx.settings.pair_top_m is None else ctx.settings.pair_top_m
         return ModelState(name, float(m.decision.review_threshold), float(m.decision.accept_threshold), pair, top_m,
-                          **recorded_recall_loss(m.decision.info))
+                          same_scores=lineage, **recorded_recall_loss(m.decision.info))
     idx = OfferIndex(ctx.index_root, index_name_for(target))
     from ..fusion import FusionConfig
 
@@ -178,18 +190,28 @@ def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchConte
                       **recorded_recall_loss({"calibration": meta.get("calibration")}))
 
 
+EARLIER = "an earlier calibration"
+
+
 def recorded_recall_loss(info: dict, part: str | None = None) -> dict:
-    """``recall_loss`` / ``recall_loss_from`` of a model from the record its thresholds carry (a decision model's
-    ``info``; ``part``: ``pair_scorer`` for the stacked model's share of a calibration record): what the last
-    ``pmatch calibrate`` estimated, else the share of training's validation matches below the review threshold,
-    else training's bound on it (``max_recall_loss``, in bundles trained before the share itself was recorded)."""
+    """``recall_loss`` / ``recall_loss_from`` (and ``recall_loss_upper``, its 95 % upper bound, where recorded) of a
+    model from the record its thresholds carry (a decision model's ``info``; ``part``: ``pair_scorer`` for the
+    stacked model's share of a calibration record): what the last ``pmatch calibrate`` estimated, else the share of
+    training's validation matches below the review threshold, else training's bound on it (``max_recall_loss``, in
+    bundles trained before the share itself was recorded)."""
     cal = (info or {}).get("calibration") or {}
     cal = cal.get(part) or {} if part else cal
+
+    def upper(x: object) -> dict:
+        return {"recall_loss_upper": float(x)} if x is not None else {}
+
     if cal.get("recall_loss") is not None:
-        return {"recall_loss": float(cal["recall_loss"]), "recall_loss_from": cal.get("recall_loss_from") or
-                "an earlier calibration"}
+        src = cal.get("recall_loss_from")
+        return {"recall_loss": float(cal["recall_loss"]), "recall_loss_from": src if src and src.startswith(
+                    EARLIER) else f"{EARLIER} ({src})" if src else EARLIER, **upper(cal.get("recall_loss_upper"))}
     if info.get("review_recall_loss") is not None:
-        return {"recall_loss": float(info["review_recall_loss"]), "recall_loss_from": "training's validation pairs"}
+        return {"recall_loss": float(info["review_recall_loss"]), "recall_loss_from": "training's validation pairs",
+                **upper(info.get("review_recall_loss_upper"))}
     if info.get("max_recall_loss") is not None:
         return {"recall_loss": float(info["max_recall_loss"]),
                 "recall_loss_from": "training's bound max_recall_loss (its validation share was not recorded)"}
@@ -380,11 +402,30 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
     sample = accepts[:n_sample]
     for r in sample:  # one stratum: the accept band, as many pairs as were there to draw from
         r["stratum"], r["stratum_pairs"] = 0, len(accepts)
+    if audit_rejects:
+        _check_decided_by(state, rejects, boundary)
     audit = draw(rejects, audit_rejects, lambda r, i: _stable_unit(seed + 2 + i, r["key"]))
     recheck.sort(key=lambda it: -it["_recheck"])
     ordered = recheck + drawn + interleave(order_boundary(boundary, state), interleave(sample, audit))
     return ordered, {"boundary": len(boundary), "accept_samples": len(sample), "rechecks": len(recheck),
                      "skipped_labelled": skipped, "certify_samples": len(drawn), "reject_samples": len(audit)}
+
+
+def _check_decided_by(state: ModelState, rejects: list[dict], band: list[dict]) -> None:
+    """A reject audit samples the result's rejected pairs and records the review threshold in force as where they
+    end (``audit.audit_stale`` compares it with the threshold of a later calibration): refuse a result whose
+    unlabelled pairs were decided by another review threshold (matched before ``pmatch calibrate`` moved it), as the
+    sample would then stand for another set of pairs than the one recorded. (A reject scoring exactly the threshold
+    is one different GTINs capped there, ``matching.gtin_rule``.)"""
+    off = [r for r in rejects if r["score"] > scorer_of(r, state).review_threshold]
+    off += [r for r in band if r["score"] < scorer_of(r, state).review_threshold]
+    if off:
+        r = off[0]
+        raise PmatchError(
+            f"pm_queue_review: audit_rejects: {len(off)} unlabelled pairs of the result were decided by another review "
+            f"threshold than the one in force ({scorer_of(r, state).review_threshold:.4f}; e.g. "
+            f"({r['source_id']!r}, {r['target_id']!r}) scoring {r['score']:.4f} was sent to {r['decision']}). Match "
+            "again with the thresholds in force (match_products), save the result, and audit that")
 
 
 def _queue_as_usual(r: dict, boundary: list[dict], accepts: list[dict], rejects: list[dict]) -> None:
