@@ -23,6 +23,11 @@ view, the target table, ``gt_test``), for each matcher version asked for:
    reviewer who is always right every recheck is work for nothing; a recheck earns its place where a person may
    have erred and the model now says so.
 
+With ``--round2 N`` (without ``--retrain``) a second round follows the first calibration: the reviewed sources
+matched again by the version calibrate activated, queued, ``N`` more reviewed, and calibrated again, by the rule in
+force (both rounds' verdicts count: calibrate's copies share the scores of the version they copy) and, in a rolled
+back dry run, by the rule before 2026-12-06 (round 2's verdicts only); the held-out sources judged at both.
+
 With ``--certify P`` each matcher runs twice on the same review budget: the plain queue, then the queue with a
 certification sample first (``pm_queue_review(certify := P)``), each calibrated at ``--target-precision``.
 
@@ -178,6 +183,8 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
         after, _ = sql_match(con, "src_b", target)
         m_after = retrieval_metrics(after, truth_b)
+        more = _calibrate_round2(con, target, truth, truth_b, round2, accept_sample, seed, target_precision, name,
+                                 work / "home") if round2 else []
         arm = "" if certify is None else f" [certify {certify}]"
         arm += f" [audit {audit_rejects}]" if audit_rejects else ""
         head = (f"# {ref}{arm}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} "
@@ -188,9 +195,72 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         if other:
             (_, name2, version2), = other
             head += "\n# " + rechecks(con, name2, version2, work / "home", "src_a", target, recheck_delta)
-        return [head, _line(f"{ref}, held out, before", m_before), _line(f"{ref}{arm}, held out, after", m_after)]
+        if more:
+            head += "\n" + more[0]
+        return [head, _line(f"{ref}, held out, before", m_before), _line(f"{ref}{arm}, held out, after", m_after),
+                *more[1:]]
     finally:
         con.close()
+
+
+def _calibrate_round2(con, target: str, truth: dict, truth_b: dict, n: int, accept_sample: float,  # noqa: ANN001
+                      seed: int, target_precision: float, name: str, home: Path) -> list[str]:
+    """``--round2 N`` without ``--retrain``: a second review round after the first calibration. The reviewed
+    sources matched again by the version now active (a calibrated copy where calibrate wrote one), queued
+    (``round2``; pairs answered in round 1 are not asked again), ``n`` of it reviewed, and calibrated again: by the
+    rule in force (the verdicts of both rounds count, calibrate's copies sharing their scores) and, in a dry run on
+    the same database with round 1 taken out in a transaction that is rolled back, by the rule before 2026-12-06
+    (only the verdicts given on the active version's own scores). The held-out sources' result (the same scores for
+    every version of the line) judged at each rule's thresholds; for a matcher without a pair scorer (stage 1's
+    scale only). Returns a head line and two table lines."""
+    from pmatch_duckdb.fusion import decide_by_thresholds
+
+    v_round2 = active_version(name, home)
+    sql_match(con, "src_a", target)  # -> m_src_a, scored by the version in force
+    queued2 = con.execute(f"SELECT queued FROM pm_queue_review('m_src_a', queue := 'round2', accept_sample := "
+                          f"{accept_sample}, seed := {seed})").fetchone()[0]
+    rows2 = _review(con, truth, "round2", n)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM pm_labels WHERE queue = 'default'")
+        con.execute("DELETE FROM pm_review_queue WHERE queue = 'default'")
+        try:
+            old = calibrate(con, target, target_precision, apply=False)
+        except CalibrationError as e:
+            old = e
+    finally:
+        con.execute("ROLLBACK")
+    try:
+        new = calibrate(con, target, target_precision)
+    except CalibrationError as e:
+        new = e
+    pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
+    held, _ = sql_match(con, "src_b", target)
+
+    def judged(cal) -> dict:  # noqa: ANN001
+        acc = float("inf") if cal.accept is None else cal.accept
+        rev = cal.review if cal.accept is not None else cal.old_review
+        return retrieval_metrics({s: [(t, sc, d) for (t, sc, _), d in zip(lst, decide_by_thresholds(
+            [sc for _, sc, _ in lst], acc, rev), strict=True)] for s, lst in held.items()}, truth_b)
+
+    def said(cal) -> str:  # noqa: ANN001
+        if isinstance(cal, CalibrationError):
+            return f"calibrate: {cal}"
+        acc = "none" if cal.accept is None else f"{cal.accept:.4f}"
+        lb = "-" if cal.accept_lower_bound is None else f"{cal.accept_lower_bound:.3f}"
+        return (f"{cal.reviewed} reviewed pairs counted ({cal.matches} matches; {cal.ignored_other_model} left out as "
+                f"another model's): accept {acc} (lower bound {lb}), review {cal.review:.4f}")
+
+    head = (f"# round 2 on {v_round2}: queue {queued2} pairs, the first {len(rows2)} reviewed "
+            f"({sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows2)} matches). Calibrated by the rule in force: "
+            f"{said(new)}; active now {active_version(name, home)}. By the rule before (round 2's verdicts only): "
+            f"{said(old)}")
+    lines = [head]
+    for label, cal in (("round 2 calibrated, both rounds' verdicts (rule in force)", new),
+                       ("round 2 calibrated, round 2's verdicts only (rule before)", old)):
+        if not isinstance(cal, CalibrationError):
+            lines.append(_line(f"… {label}, held out", judged(cal)))
+    return lines
 
 
 def _split_views(con, source: str, truth: dict, salt: str, names: tuple[str, str]) -> dict:  # noqa: ANN001
@@ -330,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrain", action="store_true",
                     help="instead of calibrating, train a matcher on the verdicts (pmatch train --pairs pm_labels)")
     ap.add_argument("--round2", type=int, default=0, metavar="N",
-                    help="with --retrain: queue the reviewed sources again with the new matcher, review N of the "
-                         "queue and calibrate")
+                    help="queue the reviewed sources again with the new matcher (--retrain) or the calibrated one, "
+                         "review N of the queue and calibrate")
     ap.add_argument("--certify", type=float, default=None, metavar="PRECISION",
                     help="run each matcher twice with the same review budget: the plain queue, and the queue with a "
                          "certification sample first (pm_queue_review(certify := PRECISION)); calibrate at "

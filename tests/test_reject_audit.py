@@ -9,10 +9,10 @@ import pytest
 from test_review import _answer, _connect, _plain_review_cut, _synthetic_result
 
 from pmatch_duckdb.errors import PmatchError
-from pmatch_duckdb.review.audit import allocate, draw, split, strata_sizes
+from pmatch_duckdb.review.audit import _unit, allocate, draw_rejects, strata_sizes
 from pmatch_duckdb.review.calibrate import _pick, calibrate, weighted_cut
 from pmatch_duckdb.review.labels import PairKey, record_verdict
-from pmatch_duckdb.review.queue import ModelState, _stable_unit, queue_review
+from pmatch_duckdb.review.queue import ModelState, queue_review
 
 
 def test_strata_grow_from_the_top_and_each_gets_the_same_share() -> None:
@@ -25,41 +25,80 @@ def test_strata_grow_from_the_top_and_each_gets_the_same_share() -> None:
     assert allocate([3, 3, 6, 12, 24], 500) == [3, 3, 6, 12, 24]
 
 
+def _result(rows: list[dict]) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A match result of rejected pairs in an in-memory database, and the SELECT the queue draws its audit from."""
+    from pmatch_duckdb.review.queue import _rows_sql
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE res (source_table VARCHAR, source_id VARCHAR, target_table VARCHAR, target_id VARCHAR, "
+                "score DOUBLE, decision VARCHAR, rank INTEGER)")
+    con.executemany("INSERT INTO res VALUES (?, ?, ?, ?, ?, 'reject', ?)",
+                    [[r.get("st", "feed"), r["sid"], r.get("tt", "cat"), r["tid"], r["score"], r.get("rank")]
+                     for r in rows])
+    cols = {"source_table", "source_id", "target_table", "target_id", "score", "decision"}
+    return con, _rows_sql("res", cols | ({"rank"} if any("rank" in r for r in rows) else set()), "decision = 'reject'")
+
+
 def _rows(n: int) -> list[dict]:
-    return [{"score": 0.5 - 0.4 * i / n, "key": PairKey("feed", f"s{i}", "cat", f"t{i}")} for i in range(n)]
+    return [{"score": 0.5 - 0.4 * i / n, "sid": f"s{i}", "tid": f"t{i}"} for i in range(n)]
 
 
 def test_the_draw_is_stratified_by_score_deterministic_and_in_random_order() -> None:
-    def unit(seed: int):  # noqa: ANN202
-        return lambda r, i: _stable_unit(seed + i, r["key"])
-
-    rows = _rows(1000)
-    got = draw(rows, 50, unit(0))
+    """Drawn in DuckDB (only the drawn rows leave it): five score strata, the same number from each, within a stratum
+    the pairs with the lowest SHA-256 units of the seed, then in the order of another seed's units."""
+    con, sql = _result(_rows(1000))
+    got = draw_rejects(con, sql, 50, 0, set())
     assert len(got) == 50 and {r["reason"] for r in got} == {"reject_sample"}
     by = {k: [r for r in got if r["stratum"] == k] for k in range(1, 6)}
     assert [len(v) for v in by.values()] == [10] * 5
     assert [v[0]["stratum_pairs"] for v in by.values()] == strata_sizes(1000)
-    ranks = {r["key"].source_id: i for i, r in enumerate(rows)}  # rows are by score, highest first
-    assert all(ranks[r["key"].source_id] < 62 for r in by[1]) and all(ranks[r["key"].source_id] >= 500 for r in by[5])
+    ranks = {f"s{i}": i for i in range(1000)}  # by score, highest first
+    bounds = [0, *np.cumsum(strata_sizes(1000)).tolist()]
+    for k, v in by.items():  # each stratum's draw: the pairs of its score range with the lowest units of seed 0
+        members = [PairKey("feed", f"s{i}", "cat", f"t{i}") for i in range(bounds[k - 1], bounds[k])]
+        assert {r["key"] for r in v} == set(sorted(members, key=lambda m: _unit(0, m))[:10])
     assert max(ranks[r["key"].source_id] for r in by[5]) > 900  # spread over the stratum, not its top
-    assert [r["stratum"] for r in got] != sorted(r["stratum"] for r in got)  # not in stratum order
-    again = draw(_rows(1000), 50, unit(0))
-    assert [r["key"] for r in again] == [r["key"] for r in got]
-    assert {r["key"] for r in draw(_rows(1000), 50, unit(7))} != {r["key"] for r in got}
-    assert draw(_rows(3), 10, unit(0)) and all(r["stratum_pairs"] >= 1 for r in draw(_rows(3), 10, unit(0)))
-    assert draw(_rows(1000), 0, unit(0)) == [] and draw([], 5, unit(0)) == []
+    assert [_unit(1, r["key"]) for r in got] == sorted(_unit(1, r["key"]) for r in got)  # in random order
+    assert [r["stratum"] for r in got] != sorted(r["stratum"] for r in got)
+    assert [r["key"] for r in draw_rejects(con, sql, 50, 0, set())] == [r["key"] for r in got]
+    assert {r["key"] for r in draw_rejects(con, sql, 50, 7, set())} != {r["key"] for r in got}
+    # the queue's row fields come along, ids as the result has them
+    assert {"source_table", "source_id", "target_table", "target_id", "score", "decision", "_rank"} <= set(got[0])
+    # pairs left out (labelled, or queued otherwise) are in no stratum
+    out = {r["key"] for r in got[:5]}
+    again = draw_rejects(con, sql, 1000, 0, out)
+    assert len(again) == 995 and not out & {r["key"] for r in again}
+    assert sum(r["stratum_pairs"] for r in again if r["key"] == again[0]["key"]) < 1000
+    small, small_sql = _result(_rows(3))
+    assert len(draw_rejects(small, small_sql, 10, 0, set())) == 3
+    assert draw_rejects(con, sql, 0, 0, set()) == [] and draw_rejects(con, sql + " AND false", 5, 0, set()) == []
+    # no scratch tables left behind
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE '_pm_audit%'").fetchall() == [(0,)]
+
+
+def test_a_pair_listed_both_ways_is_one_pair() -> None:
+    """Dedup results (one table on both sides) may list a pair in both orders: it is one pair of the population, keyed
+    as pm_labels keys it (smaller id first), and a labelled pair is left out whichever order the result has it in."""
+    rows = [{"st": "shop", "tt": "Shop", "sid": f"a{i}", "tid": f"b{i}", "score": 0.4} for i in range(20)]
+    rows += [{"st": "shop", "tt": "Shop", "sid": f"b{i}", "tid": f"a{i}", "score": 0.3} for i in range(20)]
+    con, sql = _result(rows)
+    got = draw_rejects(con, sql, 100, 0, {PairKey.of("shop", "b3", "shop", "a3")})
+    assert len(got) == 19 and sum(r["stratum_pairs"] for r in got) / 19 < 20
+    assert {r["key"] for r in got} == {PairKey("shop", f"a{i}", "shop", f"b{i}") for i in range(20) if i != 3}
+    assert {r["score"] for r in got} == {0.4}  # the listing with the higher score
 
 
 def test_with_ranks_the_strata_follow_them() -> None:
     """A rejected rank-1 candidate (the source's best) is the likeliest missed match: its own stratum, then ranks 2-3,
     then the other rejects by score (quarter, quarter, half); a stratum smaller than its share is taken whole."""
-    rows = [{"score": 0.5 - 0.001 * i, "_rank": 1 + i % 10, "key": PairKey("feed", f"s{i}", "cat", f"t{i}")}
-            for i in range(400)]
-    strata = split(rows, lambda r, i: _stable_unit(i, r["key"]))
-    assert [len(x) for x in strata] == [40, 80, 70, 70, 140]
-    assert {r["_rank"] for r in strata[0]} == {1} and {r["_rank"] for r in strata[1]} == {2, 3}
-    assert min(r["score"] for r in strata[2]) > max(r["score"] for r in strata[3]) > max(r["score"] for r in strata[4])
-    got = draw(rows, 250, lambda r, i: _stable_unit(i, r["key"]))
+    rows = [{"score": 0.5 - 0.001 * i, "rank": 1 + i % 10, "sid": f"s{i}", "tid": f"t{i}"} for i in range(400)]
+    con, sql = _result(rows)
+    got = draw_rejects(con, sql, 400, 0, set())
+    strata = {k: [r for r in got if r["stratum"] == k] for k in range(1, 6)}
+    assert [len(x) for x in strata.values()] == [40, 80, 70, 70, 140]
+    assert {r["_rank"] for r in strata[1]} == {1} and {r["_rank"] for r in strata[2]} == {2, 3}
+    assert min(r["score"] for r in strata[3]) > max(r["score"] for r in strata[4]) > max(r["score"] for r in strata[5])
+    got = draw_rejects(con, sql, 250, 0, set())
     per = [sum(r["stratum"] == k for r in got) for k in range(1, 6)]
     assert per[0] == 40 and sum(per) == 250 and max(per[1:]) - min(per[1:]) <= 1
     assert {r["stratum_pairs"] for r in got if r["stratum"] == 1} == {40}

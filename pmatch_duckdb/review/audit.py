@@ -7,7 +7,8 @@ threshold (5.7 %), spread over 0.23-0.55 among 5,296 rejected pairs: ``calibrate
 from there would lose more still.
 
 ``pm_queue_review(audit_rejects := N)`` queues ``N`` of the result's rejected, unlabelled pairs, a random sample in
-five strata with the same number from each (a stratum smaller than its share is taken whole). Where the result has
+five strata with the same number from each (a stratum smaller than its share is taken whole), drawn in DuckDB
+(:func:`draw_rejects`): the rejected rows, nine in ten of a top-10 result, never leave it. Where the result has
 ``match_products``' ``rank`` column the strata follow it, because that is where missed matches are: a source's best
 candidate (rank 1) that was rejected anyway (on Abt-Buy 14 of 28 were matches), ranks 2-3 (14 of 769), and the other
 rejects by score, the top quarter, the next quarter, the bottom half (13 of 4,499 together). Without ranks: five
@@ -25,14 +26,16 @@ and the rejects (sampled).
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable
+import secrets
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from ..decision import _sigmoid, fit_logistic
-from .labels import ANSWERS_ENTRY, has_column, has_labels, table_key
+from .labels import ANSWERS_ENTRY, PairKey, has_column, has_labels, table_key
 
 #: strata of the rejects, from the top: shares of the rejected pairs each holds
 STRATA = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
@@ -65,39 +68,80 @@ def allocate(sizes: list[int], n: int) -> list[int]:
     return take
 
 
-def split(rows: list[dict], unit: Callable[[dict, int], float]) -> list[list[dict]]:
-    """The five strata of ``rows`` (rejected pairs with ``score`` and ``_rank``, None where the result has no
-    ``rank``), most likely matches first (see the module docstring); ties in score broken by ``unit(row, 0)``."""
-    by_score = sorted(rows, key=lambda r: (-r["score"], unit(r, 0)))
-    if all(r.get("_rank") is None for r in rows):
-        sizes, out, start = strata_sizes(len(by_score)), [], 0
-        for size in sizes:
-            out.append(by_score[start:start + size])
-            start += size
-        return out
-    first = [r for r in by_score if r.get("_rank") == 1]
-    near = [r for r in by_score if r.get("_rank") in (2, 3)]
-    rest = [r for r in by_score if r.get("_rank") not in (1, 2, 3)]
-    q = len(rest) // 4
-    return [first, near, rest[:q], rest[q:2 * q], rest[2 * q:]]
+def draw_rejects(con, rows_sql: str, n: int, seed: int, exclude: set[PairKey]) -> list[dict]:  # noqa: ANN001
+    """The reject audit: ``n`` of the rejected pairs of ``rows_sql`` (a SELECT of a match result's rows decided
+    ``reject``, with ``source_table``, ``source_id``, ``target_table``, ``target_id`` as text, ``score`` as DOUBLE and
+    ``_rank``, NULL where the result has no ``rank``), stratified (see the module docstring), as queue rows: each with
+    ``key`` (the pair as pm_labels has it), ``reason``, ``stratum`` (1: the likeliest matches) and ``stratum_pairs``,
+    in random order.
 
-
-def draw(rows: list[dict], n: int, unit: Callable[[dict, int], float]) -> list[dict]:
-    """Mark and return the reject audit: ``n`` of ``rows`` (rejected, unlabelled pairs, each with a ``score`` and
-    a ``_rank``), stratified (:func:`split`), in random order; each drawn row gets ``reason``, ``stratum`` (1: the
-    likeliest matches) and ``stratum_pairs``. ``unit(row, i)``: the row's deterministic random number in [0, 1) of
-    draw ``i`` (0: ties and the draw within a stratum, 1: the order of the drawn rows)."""
-    if n <= 0 or not rows:
+    The population is every pair of the result decided ``reject`` and not in ``exclude`` (the pairs labelled, and the
+    ones queued otherwise), each pair once (dedup: either order); the strata, the draw within them and their order
+    are computed in DuckDB, so a result of millions of rows never leaves it: only the drawn rows do. Deterministic
+    per ``seed``: a pair's place in the draw is the first 64 bits of a SHA-256 of the seed and the pair."""
+    if n <= 0:
         return []
-    strata = split(rows, unit)
+    tabs = con.execute(f"SELECT DISTINCT source_table, target_table FROM ({rows_sql})").fetchall()
+    if not tabs:
+        return []
+    tag = secrets.token_hex(6)
+    names = {"tabs": f"_pm_audit_tabs_{tag}", "excl": f"_pm_audit_excl_{tag}", "pop": f"_pm_audit_pop_{tag}"}
+    con.register(names["tabs"], pa.table({"source_ref": [a for a, _ in tabs], "target_ref": [b for _, b in tabs],
+                                          "st": [table_key(a) for a, _ in tabs], "tt": [table_key(b) for _, b in tabs]}))
+    keys = sorted(exclude, key=lambda k: k.row())
+    con.register(names["excl"], pa.table({c: pa.array([getattr(k, c) for k in keys], type=pa.string())
+                                          for c in ("source_table", "source_id", "target_table", "target_id")}))
+    try:
+        con.execute(
+            f"CREATE TEMP TABLE {names['pop']} AS WITH r AS (SELECT x.*, m.st, m.tt FROM ({rows_sql}) x "
+            f"JOIN {names['tabs']} m ON x.source_table = m.source_ref AND x.target_table = m.target_ref "
+            "WHERE x.source_id IS NOT NULL AND x.target_id IS NOT NULL), "
+            "k AS (SELECT *, CASE WHEN st = tt AND target_id < source_id THEN target_id ELSE source_id END AS _ksid, "
+            "CASE WHEN st = tt AND target_id < source_id THEN source_id ELSE target_id END AS _ktid FROM r), "
+            "u AS (SELECT * FROM k QUALIFY row_number() OVER (PARTITION BY st, _ksid, tt, _ktid "
+            "ORDER BY score DESC, source_id, target_id) = 1) "
+            "SELECT u.*, ('0x' || left(sha256(concat_ws(chr(9), ?, st, _ksid, tt, _ktid)), 16))::UBIGINT AS _u0 FROM u "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {names['excl']} e WHERE e.source_table = u.st AND e.source_id = u._ksid "
+            "AND e.target_table = u.tt AND e.target_id = u._ktid)", [str(seed)])
+        total, ranked, rest = con.execute(
+            f"SELECT count(*), count(_rank), count(*) FILTER (WHERE _rank IS NULL OR _rank NOT IN (1, 2, 3)) "
+            f"FROM {names['pop']}").fetchall()[0]
+        if ranked:  # a source's best candidate, ranks 2-3, then the rest by score: top quarter, next, bottom half
+            q = rest // 4
+            stratum = (f"CASE WHEN _rank = 1 THEN 1 WHEN _rank IN (2, 3) THEN 2 WHEN _i <= {q} THEN 3 "
+                       f"WHEN _i <= {2 * q} THEN 4 ELSE 5 END")
+            idx = "row_number() OVER (PARTITION BY coalesce(_rank IN (1, 2, 3), false) ORDER BY score DESC, _u0)"
+        else:  # five score strata of growing size from the top
+            bounds = np.cumsum(strata_sizes(total))[:-1].tolist()
+            stratum = "CASE " + " ".join(f"WHEN _i <= {b} THEN {k}" for k, b in enumerate(bounds, start=1)) + " ELSE 5 END"
+            idx = "row_number() OVER (ORDER BY score DESC, _u0)"
+        strata = f"SELECT * EXCLUDE (_i), {stratum} AS _stratum FROM (SELECT *, {idx} AS _i FROM {names['pop']})"
+        sizes = dict(con.execute(f"SELECT _stratum, count(*) FROM ({strata}) GROUP BY 1").fetchall())
+        sizes = [int(sizes.get(k, 0)) for k in range(1, len(STRATA) + 1)]
+        take = allocate(sizes, n)
+        rel = con.execute(
+            f"SELECT * FROM ({strata}) QUALIFY row_number() OVER (PARTITION BY _stratum ORDER BY _u0) <= "
+            f"[{', '.join(map(str, take))}][_stratum]")
+        cols = [d[0] for d in rel.description]
+        drawn = [dict(zip(cols, row, strict=True)) for row in rel.fetchall()]
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {names['pop']}")
+        con.unregister(names["tabs"])
+        con.unregister(names["excl"])
     out = []
-    for k, (stratum, take) in enumerate(zip(strata, allocate([len(x) for x in strata], n), strict=True), start=1):
-        stratum.sort(key=lambda r: unit(r, 0))
-        for r in stratum[:take]:
-            r.update(reason=REASON, stratum=k, stratum_pairs=len(stratum))
-            out.append(r)
-    out.sort(key=lambda r: unit(r, 1))
+    for r in drawn:
+        key = PairKey(r.pop("st"), r.pop("_ksid"), r.pop("tt"), r.pop("_ktid"))
+        k = int(r.pop("_stratum"))
+        r.pop("_u0")
+        out.append({**r, "key": key, "reason": REASON, "stratum": k, "stratum_pairs": sizes[k - 1],
+                    "_order": _unit(seed + 1, key)})
+    out.sort(key=lambda r: r.pop("_order"))  # in random order: another draw than the one within the strata
     return out
+
+
+def _unit(seed: int, key: PairKey) -> int:
+    """The first 64 bits of the SHA-256 of ``seed`` and ``key``, as ``draw_rejects`` computes them in SQL."""
+    return int(hashlib.sha256("\t".join([str(seed), *key.row()]).encode()).hexdigest()[:16], 16)
 
 
 @dataclass

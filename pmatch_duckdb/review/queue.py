@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -43,7 +44,7 @@ import pyarrow as pa
 from ..errors import PmatchError
 from ..fusion import decide_by_thresholds
 from ..sqlident import quote_qualified
-from .audit import draw
+from .audit import draw_rejects
 from .labels import (
     ANSWERS_ENTRY,
     PairKey,
@@ -223,19 +224,24 @@ def finite_or_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _mark_reread(con: duckdb.DuckDBPyConnection, ctx, matches: str, data: list[dict],  # noqa: ANN001
-                 state: ModelState) -> None:
-    """Set ``_state`` = the stacked model's thresholds on the rows of ``data`` the pair scorer re-read: as the
-    result's ``scored_by`` says; in a result saved without that column, each source's ``state.top_m`` best of
-    the match result by stage 1's score (``match_products`` keeps those first, so with ``m <= k`` they are all in
-    it), which means scoring the result's pairs again by stage 1."""
+def _reread(con: duckdb.DuckDBPyConnection, ctx, matches: str, state: ModelState) -> set:  # noqa: ANN001
+    """The pairs of ``matches`` the matcher's pair scorer re-read (empty without one), as (source table, source id,
+    target table, target id) as the result has them: as its ``scored_by`` says; in a result saved without that
+    column, each source's ``state.top_m`` best of the match result by stage 1's score (``match_products`` keeps those
+    first, so with ``m <= k`` they are all in it), which means scoring the result's pairs again by stage 1."""
+    if state.pair is None:
+        return set()
     from ..api import context_of
     from .rescore import reread_in_result, result_pairs
 
-    reread = reread_in_result(con, ctx or context_of(con), result_pairs(con, matches), state.top_m,
-                              f"pm_queue_review: the matcher has a pair scorer, so which pairs of {matches!r} it "
-                              "re-read (and whose thresholds they are near) needs stage 1's scores")
-    for r in data:
+    return reread_in_result(con, ctx or context_of(con), result_pairs(con, matches), state.top_m,
+                            f"pm_queue_review: the matcher has a pair scorer, so which pairs of {matches!r} it "
+                            "re-read (and whose thresholds they are near) needs stage 1's scores")
+
+
+def _mark_reread(rows: list[dict], reread: set, state: ModelState) -> None:
+    """Set ``_state`` = the stacked model's thresholds on the ``rows`` the pair scorer re-read (:func:`_reread`)."""
+    for r in rows:
         if (r["source_table"], r["source_id"], r["target_table"], r["target_id"]) in reread:
             r["_state"] = state.pair
 
@@ -246,11 +252,8 @@ def scorer_of(row: dict, state: ModelState) -> ModelState:
     return row.get("_state") or state
 
 
-def _read_matches(con: duckdb.DuckDBPyConnection, matches: str, min_score: float | None = None,
-                  rejects: bool = False) -> pa.Table:
-    """The rows of ``matches`` that can be queued: review / accept pairs, pairs with a verdict, (``min_score``,
-    a certification sample's floor) every pair scoring at least that, and (``rejects``, for a reject audit) the
-    rejected pairs."""
+def _result_columns(con: duckdb.DuckDBPyConnection, matches: str) -> tuple[str, set[str]]:
+    """(the quoted name of ``matches``, its lower-cased column names); a clear error where it is no match result."""
     q = quote_qualified(matches)
     try:
         cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
@@ -261,19 +264,30 @@ def _read_matches(con: duckdb.DuckDBPyConnection, matches: str, min_score: float
     if not need <= cols:
         raise PmatchError(f"pm_queue_review: {matches!r} needs the columns of a match_products result "
                           f"({', '.join(sorted(need))}); it has {', '.join(sorted(cols))}")
+    return q, cols
+
+
+def _rows_sql(q: str, cols: set[str], where: str) -> str:
+    """A SELECT of the rows of result ``q`` (columns ``cols``) matching ``where``, columns as the queue reads them."""
     opt = ", ".join(o if o in cols else f"NULL AS {o}" for o in _OPTIONAL)
-    opt += ", TRY_CAST(rank AS BIGINT) AS _rank" if "rank" in cols else ", NULL AS _rank"  # (the reject audit's strata)
+    opt += ", TRY_CAST(rank AS BIGINT) AS _rank" if "rank" in cols else ", NULL::BIGINT AS _rank"
+    return (f"SELECT source_table, CAST(source_id AS VARCHAR) AS source_id, target_table, "
+            f"CAST(target_id AS VARCHAR) AS target_id, CAST(score AS DOUBLE) AS score, decision, {opt} FROM {q} "
+            f"WHERE score IS NOT NULL AND ({where})")
+
+
+def _read_matches(con: duckdb.DuckDBPyConnection, matches: str, min_score: float | None = None) -> pa.Table:
+    """The rows of ``matches`` that can be queued: review / accept pairs, pairs with a verdict, and (``min_score``,
+    a certification sample's floor) every pair scoring at least that. (Its rejected pairs stay in DuckDB: a reject
+    audit draws from them there, ``audit.draw_rejects``.)"""
+    q, cols = _result_columns(con, matches)
     # only what can be queued leaves DuckDB: review / accept pairs, and pairs whose ids carry a verdict
     # (rechecks; table names and dedup order are checked exactly afterwards)
     labelled = ("OR (CAST(source_id AS VARCHAR), CAST(target_id AS VARCHAR)) IN (SELECT source_id, target_id FROM "
                 "pm_labels_current UNION ALL SELECT target_id, source_id FROM pm_labels_current)"
                 if has_labels(con) else "")
-    decisions = "'review', 'accept', 'reject'" if rejects else "'review', 'accept'"
-    return con.sql(
-        f"SELECT source_table, CAST(source_id AS VARCHAR) AS source_id, target_table, "
-        f"CAST(target_id AS VARCHAR) AS target_id, CAST(score AS DOUBLE) AS score, decision, {opt} FROM {q} "
-        f"WHERE score IS NOT NULL AND (decision IN ({decisions}) {labelled}"
-        f"{'' if min_score is None else ' OR score >= ' + repr(float(min_score))})").to_arrow_table()
+    floor = "" if min_score is None else " OR score >= " + repr(float(min_score))
+    return con.sql(_rows_sql(q, cols, f"decision IN ('review', 'accept') {labelled}{floor}")).to_arrow_table()
 
 
 def _stable_unit(seed: int, key: PairKey) -> float:
@@ -354,18 +368,19 @@ def recheck_priority(v: Verdict, score: float, st: ModelState, recheck_delta: fl
 
 def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
                 recheck_delta: float = 0.3, seed: int = 0, certify: tuple[float, int] | None = None,
-                audit_rejects: int = 0) -> tuple[list[dict], dict]:
+                audit: Callable[[set[PairKey]], list[dict]] | None = None) -> tuple[list[dict], dict]:
     """The ordered queue entries for the rows of a match result (pure: no database). ``verdicts``: the verdicts in
     force, as :func:`labels.current_verdicts` returns them (plain ``(verdict, score, label_id)`` tuples are taken for
     verdicts of unknown scale); a row's ``_state`` is the model that scored it (default ``state``). ``certify``:
     (score floor, sample size) of a certification sample, drawn from the unlabelled rows scoring at least the floor
-    (whatever their decision); the rest of them are queued as usual. ``audit_rejects``: how many of the unlabelled
-    rejected rows to queue as a reject audit (``audit.py``)."""
+    (whatever their decision); the rest of them are queued as usual. ``audit``: where a reject audit is asked for,
+    what draws it (``audit.draw_rejects`` over the result's rejected pairs, which stay in the database), given the
+    pairs it must leave out: the labelled ones and those queued otherwise."""
     boundary, accepts, recheck, pool, rejects, skipped = [], [], [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
         eligible = certify is not None and r["score"] >= certify[0]
-        if not verdicts and r["decision"] not in ("review", "accept") and not eligible and not audit_rejects:
+        if not verdicts and r["decision"] not in ("review", "accept") and not eligible:
             continue
         key = PairKey.of(r["source_table"], r["source_id"], r["target_table"], r["target_id"])
         if key in seen:
@@ -402,21 +417,25 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
     sample = accepts[:n_sample]
     for r in sample:  # one stratum: the accept band, as many pairs as were there to draw from
         r["stratum"], r["stratum_pairs"] = 0, len(accepts)
-    if audit_rejects:
-        _check_decided_by(state, rejects, boundary)
-    audit = draw(rejects, audit_rejects, lambda r, i: _stable_unit(seed + 2 + i, r["key"]))
+    drawn_rejects = []
+    if audit is not None:
+        _check_decided_by(state, boundary)
+        drawn_rejects = audit((seen - {r["key"] for r in rejects}) | set(verdicts))
+        for r in drawn_rejects:
+            r["scored_by"] = scorer_of(r, state).scored_by
     recheck.sort(key=lambda it: -it["_recheck"])
-    ordered = recheck + drawn + interleave(order_boundary(boundary, state), interleave(sample, audit))
+    ordered = recheck + drawn + interleave(order_boundary(boundary, state), interleave(sample, drawn_rejects))
     return ordered, {"boundary": len(boundary), "accept_samples": len(sample), "rechecks": len(recheck),
-                     "skipped_labelled": skipped, "certify_samples": len(drawn), "reject_samples": len(audit)}
+                     "skipped_labelled": skipped, "certify_samples": len(drawn), "reject_samples": len(drawn_rejects)}
 
 
-def _check_decided_by(state: ModelState, rejects: list[dict], band: list[dict]) -> None:
+def _check_decided_by(state: ModelState, band: list[dict], rejects: list[dict] = ()) -> None:
     """A reject audit samples the result's rejected pairs and records the review threshold in force as where they
     end (``audit.audit_stale`` compares it with the threshold of a later calibration): refuse a result whose
     unlabelled pairs were decided by another review threshold (matched before ``pmatch calibrate`` moved it), as the
-    sample would then stand for another set of pairs than the one recorded. (A reject scoring exactly the threshold
-    is one different GTINs capped there, ``matching.gtin_rule``.)"""
+    sample would then stand for another set of pairs than the one recorded. ``band``: the unlabelled pairs sent to
+    review; ``rejects``: unlabelled rejected pairs scoring above some review threshold (:func:`_rejects_above`). (A
+    reject scoring exactly the threshold is one with different GTINs, capped there, ``matching.gtin_rule``.)"""
     off = [r for r in rejects if r["score"] > scorer_of(r, state).review_threshold]
     off += [r for r in band if r["score"] < scorer_of(r, state).review_threshold]
     if off:
@@ -426,6 +445,20 @@ def _check_decided_by(state: ModelState, rejects: list[dict], band: list[dict]) 
             f"threshold than the one in force ({scorer_of(r, state).review_threshold:.4f}; e.g. "
             f"({r['source_id']!r}, {r['target_id']!r}) scoring {r['score']:.4f} was sent to {r['decision']}). Match "
             "again with the thresholds in force (match_products), save the result, and audit that")
+
+
+def _rejects_above(con: duckdb.DuckDBPyConnection, q: str, cols: set[str], state: ModelState, verdicts: dict,
+                   reread: set) -> list[dict]:
+    """The unlabelled rejected pairs of result ``q`` scoring above the lowest review threshold of ``state``'s
+    models, each marked with the model that scored it: the ones :func:`_check_decided_by` looks at (in a result
+    decided by the thresholds in force, none, or the pairs between the two models' thresholds)."""
+    low = min([state.review_threshold, *([state.pair.review_threshold] if state.pair is not None else [])])
+    rows = con.sql(_rows_sql(q, cols, f"decision = 'reject' AND CAST(score AS DOUBLE) > {float(low)!r}")
+                   ).to_arrow_table().to_pylist()
+    rows = [r for r in rows if PairKey.of(r["source_table"], r["source_id"], r["target_table"], r["target_id"])
+            not in verdicts]
+    _mark_reread(rows, reread, state)
+    return rows
 
 
 def _queue_as_usual(r: dict, boundary: list[dict], accepts: list[dict], rejects: list[dict]) -> None:
@@ -470,13 +503,13 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             raise PmatchError(f"pm_queue_review: certify_size must be at least 1, got {certify_size}")
         if certify_above is not None and not math.isfinite(float(certify_above)):
             raise PmatchError(f"pm_queue_review: certify_above must be a finite score, got {certify_above}")
-    data = _read_matches(con, matches, certify_above if certify is not None else None, audit_rejects > 0).to_pylist()
+    data = _read_matches(con, matches, certify_above if certify is not None else None).to_pylist()
     if state is None:
         from ..api import context_of
 
         state = model_state(ctx or context_of(con), data[0]["target_table"] if data else matches)
-    if state.pair is not None and data:
-        _mark_reread(con, ctx, matches, data, state)
+    reread = _reread(con, ctx, matches, state) if data or audit_rejects else set()
+    _mark_reread(data, reread, state)
     plan = None
     if certify is not None and data:  # (an empty result: nothing to draw; certify_above stays NULL)
         above = (cert.default_floor(np.array([r["score"] for r in data], dtype=np.float64),
@@ -486,7 +519,18 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)
-    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, int(audit_rejects))
+    audit = None
+    if audit_rejects:
+        q, cols = _result_columns(con, matches)
+        _check_decided_by(state, [], _rejects_above(con, q, cols, state, verdicts, reread))
+
+        def audit(exclude: set[PairKey]) -> list[dict]:
+            drawn = draw_rejects(con, _rows_sql(q, cols, "decision = 'reject'"), int(audit_rejects), seed + 2,
+                                 exclude)
+            _mark_reread(drawn, reread, state)
+            return drawn
+
+    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, audit)
     before = max_label_id(con)
     out = pa.table({
         "queue": [queue] * len(ordered),
