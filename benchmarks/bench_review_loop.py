@@ -211,8 +211,8 @@ def _calibrate_round2(con, target: str, truth: dict, truth_b: dict, n: int, acce
     rule in force (the verdicts of both rounds count, calibrate's copies sharing their scores) and, in a dry run on
     the same database with round 1 taken out in a transaction that is rolled back, by the rule before 2026-12-06
     (only the verdicts given on the active version's own scores). The held-out sources' result (the same scores for
-    every version of the line) judged at each rule's thresholds; for a matcher without a pair scorer (stage 1's
-    scale only). Returns a head line and two table lines."""
+    every version of the line) matched by stage 1 alone (``pair_top_m`` 0: one scale) and judged at each rule's
+    stage-1 thresholds. Returns a head line and two table lines."""
     from pmatch_duckdb.fusion import decide_by_thresholds
 
     v_round2 = active_version(name, home)
@@ -234,8 +234,10 @@ def _calibrate_round2(con, target: str, truth: dict, truth_b: dict, n: int, acce
         new = calibrate(con, target, target_precision)
     except CalibrationError as e:
         new = e
-    pm.install(con, dataclasses.replace(context_of(con).settings))  # the version calibrate activated
+    # the version calibrate activated, stage 1 alone: each rule's stage-1 thresholds judged on stage 1's scores
+    pm.install(con, dataclasses.replace(context_of(con).settings, pair_top_m=0))
     held, _ = sql_match(con, "src_b", target)
+    pm.install(con, dataclasses.replace(context_of(con).settings, pair_top_m=None))
 
     def judged(cal) -> dict:  # noqa: ANN001
         acc = float("inf") if cal.accept is None else cal.accept
@@ -248,18 +250,23 @@ def _calibrate_round2(con, target: str, truth: dict, truth_b: dict, n: int, acce
             return f"calibrate: {cal}"
         acc = "none" if cal.accept is None else f"{cal.accept:.4f}"
         lb = "-" if cal.accept_lower_bound is None else f"{cal.accept_lower_bound:.3f}"
-        return (f"{cal.reviewed} reviewed pairs counted ({cal.matches} matches; {cal.ignored_other_model} left out as "
-                f"another model's): accept {acc} (lower bound {lb}), review {cal.review:.4f}")
+        out = (f"{cal.reviewed} reviewed pairs counted ({cal.matches} matches; {cal.ignored_other_model} left out as "
+               f"another model's): stage 1 accept {acc} (lower bound {lb}), review {cal.review:.4f}")
+        if cal.pair is not None:
+            pa = cal.pair
+            out += (f"; stacked accept {'none' if pa['accept'] is None else round(pa['accept'], 4)}, review "
+                    f"{pa['review']:.4f}")
+        return out
 
     head = (f"# round 2 on {v_round2}: queue {queued2} pairs, the first {len(rows2)} reviewed "
             f"({sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows2)} matches). Calibrated by the rule in force: "
             f"{said(new)}; active now {active_version(name, home)}. By the rule before (round 2's verdicts only): "
             f"{said(old)}")
     lines = [head]
-    for label, cal in (("round 2 calibrated, both rounds' verdicts (rule in force)", new),
-                       ("round 2 calibrated, round 2's verdicts only (rule before)", old)):
+    for label, cal in (("both rounds' verdicts (rule in force)", new), ("round 2's verdicts only (rule before)", old)):
         if not isinstance(cal, CalibrationError):
-            lines.append(_line(f"… {label}, held out", judged(cal)))
+            lines.append(_line(f"… round 2 calibrated on {label}: stage 1 alone at its thresholds, held out",
+                               judged(cal)))
     return lines
 
 

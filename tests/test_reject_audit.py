@@ -6,7 +6,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pytest
-from test_review import _answer, _connect, _plain_review_cut, _synthetic_result
+from test_review import _answer, _calibrate_cli, _connect, _plain_review_cut, _synthetic_result
 
 from pmatch_duckdb.errors import PmatchError
 from pmatch_duckdb.review.audit import _unit, allocate, draw_rejects, strata_sizes
@@ -184,22 +184,15 @@ def test_a_reject_audit_measures_what_the_review_threshold_already_rejects(revie
     assert cal.recall_loss == pytest.approx(0.02, abs=0.005) and lost(cal.review) < 0.05
     assert _plain_review_cut(con) > cal.review + 0.02  # the audit's matches counted once each
     con.close()
-    from click.testing import CliRunner
-
-    from pmatch_duckdb.cli import main
-
-    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision",
-                                    "0.95", "--dry-run", "--image-root", str(review_demo.images)])
-    assert res.exit_code == 0, res.output
-    assert "reject audit (queue 'audit'): 100 of 100 sampled pairs answered, from 713 auto-rejected" in res.output
-    assert "review >= 0.4" in res.output and "(max 2.0%; from the reject audit)" in res.output, res.output
+    out = _calibrate_cli(review_demo)
+    assert "reject audit (queue 'audit'): 100 of 100 sampled pairs answered, from 713 auto-rejected" in out
+    assert "review >= 0.4" in out and "(max 2.0%; from the reject audit)" in out, out
     # an audit lowers the review threshold even where no accept threshold is certified (it only sends more pairs to
     # review): at 0.99 nothing is, and the lowered review threshold is written alone
-    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--matches", "big",
-                                    "--image-root", str(review_demo.images)])
-    assert res.exit_code == 0 and "no accept threshold certifies precision >= 0.99" in res.output, res.output
-    assert "accept stays 0.8000" in res.output and "lowered, the reject audit found more matches" in res.output
-    assert "written to index catalog (zero-shot thresholds)" in res.output, res.output
+    out = _calibrate_cli(review_demo, "--matches", "big")
+    assert "no accept threshold certifies precision >= 0.99" in out, out
+    assert "accept stays 0.8000" in out and "lowered, the reject audit found more matches" in out
+    assert "written to index catalog (zero-shot thresholds)" in out, out
     con = _connect(review_demo)
     from pmatch_duckdb.api import context_of
     from pmatch_duckdb.review.queue import model_state
@@ -209,7 +202,7 @@ def test_a_reject_audit_measures_what_the_review_threshold_already_rejects(revie
     assert 0.44 < now.review_threshold < 0.52 and now.recall_loss_upper > now.recall_loss
     band = con.execute("SELECT count(*) FROM big WHERE score::DOUBLE >= ? AND score < 0.8",
                        [now.review_threshold]).fetchall()
-    assert f"{band[0][0]} with the new thresholds" in res.output, res.output
+    assert f"{band[0][0]} with the new thresholds" in out, out
     # the audit sampled what 0.55 rejected: under the lowered threshold it measures another set, so it is not used
     # again; the loss recorded with the threshold is (its upper bound leaves nothing, so the threshold stays)
     again = calibrate(con, "catalog", target_precision=0.95, apply=False)
@@ -217,10 +210,8 @@ def test_a_reject_audit_measures_what_the_review_threshold_already_rejects(revie
     assert again.review == now.review_threshold and again.recall_loss_from.startswith("an earlier calibration")
     assert again.review_kept.startswith(f"{now.recall_loss:.1%} of the matches are auto-rejected already")
     con.close()
-    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision",
-                                    "0.95", "--dry-run", "--image-root", str(review_demo.images)])
-    assert res.exit_code == 0 and "  not used: the latest reject audit (queue 'audit') sampled" in res.output, \
-        res.output
+    out = _calibrate_cli(review_demo)
+    assert "  not used: the latest reject audit (queue 'audit') sampled" in out, out
     con = _connect(review_demo)
     # and a new audit needs a result decided by the thresholds in force: 'big' was decided by 0.55
     with pytest.raises(PmatchError, match=r"audit_rejects: \d+ unlabelled pairs of the result were decided by another "
@@ -300,6 +291,11 @@ def test_the_recall_loss_a_model_records() -> None:
     assert recorded_recall_loss(info) == {"recall_loss": info["review_recall_loss"],
                                           "recall_loss_from": "training's validation pairs",
                                           "recall_loss_upper": info["review_recall_loss_upper"]}
+    # a bundle trained before the bound was recorded: derived from the validation matches it counted
+    old = {k: v for k, v in info.items() if k != "review_recall_loss_upper"}
+    assert recorded_recall_loss(old)["recall_loss_upper"] == pytest.approx(info["review_recall_loss_upper"])
+    assert recorded_recall_loss({"review_recall_loss": 0.01}) == {"recall_loss": 0.01,
+                                                                  "recall_loss_from": "training's validation pairs"}
     assert recorded_recall_loss({"max_recall_loss": 0.02})["recall_loss"] == 0.02
     cal = {"recall_loss": 0.011, "recall_loss_from": "the reject audit", "recall_loss_upper": 0.019,
            "pair_scorer": {"recall_loss": 0.004}}

@@ -199,6 +199,20 @@ def _connect(demo):  # noqa: ANN001, ANN202
     return pm.connect(demo.db, image_roots=[demo.images])
 
 
+def _calibrate_cli(demo, *args: str) -> str:  # noqa: ANN001
+    """``pmatch calibrate`` on the demo shop against ``catalog`` (``args``: more options; a dry run at 0.95 unless
+    they say otherwise); its output, after checking it succeeded."""
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main
+
+    args = args or ("--target-precision", "0.95", "--dry-run")
+    res = CliRunner().invoke(main, ["calibrate", str(demo.db), "--target", "catalog", *args, "--image-root",
+                                    str(demo.images)])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
 def test_pm_queue_review_sql(review_demo) -> None:
     con = _connect(review_demo)
     n_review, n_accept = con.execute("SELECT count(*) FILTER (WHERE decision = 'review'), "
@@ -644,14 +658,8 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
     assert mixed.accept is not None and mixed.review == pytest.approx(lowest, abs=1e-12) and lowest < 0.56
     assert mixed.review_held and _plain_review_cut(con) > lowest + 0.05
     con.close()
-    from click.testing import CliRunner
-
-    from pmatch_duckdb.cli import main
-
-    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision",
-                                    "0.95", "--dry-run", "--image-root", str(review_demo.images)])
-    assert res.exit_code == 0 and "(held at the lowest queued band pair nobody has answered yet" in res.output, \
-        res.output
+    out = _calibrate_cli(review_demo)
+    assert "(held at the lowest queued band pair nobody has answered yet" in out, out
     con = _connect(review_demo)
     # the whole queue answered: the review threshold is the "all but 2 % of the reviewed matches" cut of the reviewed
     # pairs other than the sample
@@ -664,11 +672,9 @@ def test_a_certification_sample_lets_calibrate_certify_what_the_boundary_queue_c
                        "pm_review_queue WHERE queue = 'cert' AND reason = 'certify_sample'").fetchall()[0] == \
         (budget, 0.9, 0.9, True)
     con.close()
-    res = CliRunner().invoke(main, ["calibrate", str(review_demo.db), "--target", "catalog", "--target-precision",
-                                    "0.95", "--dry-run", "--image-root", str(review_demo.images)])
-    assert res.exit_code == 0, res.output
-    assert f"certification sample: {budget} of {budget} sampled pairs above 0.9000 reviewed" in res.output
-    assert "reaches 0.95" in res.output
+    out = _calibrate_cli(review_demo)
+    assert f"certification sample: {budget} of {budget} sampled pairs above 0.9000 reviewed" in out
+    assert "reaches 0.95" in out
 
 
 def test_certify_arguments_are_checked(review_demo) -> None:

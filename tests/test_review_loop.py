@@ -115,3 +115,12 @@ def test_review_retrain_shrinks_the_review_band(tmp_path: Path, home: Path) -> N
     assert again.reviewed == cal.reviewed + new and again.ignored_other_model == cal.ignored_other_model
     assert again.old_review == pytest.approx(cal.review)
     con.close()
+    from click.testing import CliRunner
+
+    from pmatch_duckdb.cli import main
+
+    res = CliRunner().invoke(main, ["calibrate", str(tmp_path / "shop.duckdb"), "--target", "catalog",
+                                    "--target-precision", "0.75", "--dry-run", "--home", str(mhome)])
+    assert res.exit_code == 0, res.output
+    assert (f"{again.reviewed} reviewed pairs ({again.matches} matches) scored by default/v2 (or by default/v1: the "
+            "same scores, other thresholds)") in res.output, res.output

@@ -41,6 +41,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from ..decision import wilson_lower
 from ..errors import PmatchError
 from ..fusion import decide_by_thresholds
 from ..sqlident import quote_qualified
@@ -211,8 +212,11 @@ def recorded_recall_loss(info: dict, part: str | None = None) -> dict:
         return {"recall_loss": float(cal["recall_loss"]), "recall_loss_from": src if src and src.startswith(
                     EARLIER) else f"{EARLIER} ({src})" if src else EARLIER, **upper(cal.get("recall_loss_upper"))}
     if info.get("review_recall_loss") is not None:
-        return {"recall_loss": float(info["review_recall_loss"]), "recall_loss_from": "training's validation pairs",
-                **upper(info.get("review_recall_loss_upper"))}
+        loss, pos = float(info["review_recall_loss"]), info.get("validation_matches")
+        hi = info.get("review_recall_loss_upper")
+        if hi is None and isinstance(pos, int) and pos > 0:  # a bundle trained before the bound was recorded
+            hi = 1 - float(wilson_lower(np.array([pos - round(loss * pos)]), np.array([pos]))[0])
+        return {"recall_loss": loss, "recall_loss_from": "training's validation pairs", **upper(hi)}
     if info.get("max_recall_loss") is not None:
         return {"recall_loss": float(info["max_recall_loss"]),
                 "recall_loss_from": "training's bound max_recall_loss (its validation share was not recorded)"}
@@ -369,7 +373,8 @@ def recheck_priority(v: Verdict, score: float, st: ModelState, recheck_delta: fl
 def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
                 recheck_delta: float = 0.3, seed: int = 0, certify: tuple[float, int] | None = None,
                 audit: Callable[[set[PairKey]], list[dict]] | None = None) -> tuple[list[dict], dict]:
-    """The ordered queue entries for the rows of a match result (pure: no database). ``verdicts``: the verdicts in
+    """The ordered queue entries for the rows of a match result (no database, but for what ``audit`` reads).
+    ``verdicts``: the verdicts in
     force, as :func:`labels.current_verdicts` returns them (plain ``(verdict, score, label_id)`` tuples are taken for
     verdicts of unknown scale); a row's ``_state`` is the model that scored it (default ``state``). ``certify``:
     (score floor, sample size) of a certification sample, drawn from the unlabelled rows scoring at least the floor
@@ -463,7 +468,8 @@ def _rejects_above(con: duckdb.DuckDBPyConnection, q: str, cols: set[str], state
 
 def _queue_as_usual(r: dict, boundary: list[dict], accepts: list[dict], rejects: list[dict]) -> None:
     """A row no other rule took: the boundary list if the model sent it to review, the accepts (to sample from) if it
-    accepted it, the rejects (for a reject audit to draw from) if it rejected it."""
+    accepted it, the rejects if it rejected it (not queued as such: a reject audit draws from all of the result's
+    rejected pairs in the database, these among them)."""
     if r["decision"] == "review":
         r["reason"] = "boundary"
         boundary.append(r)
