@@ -171,6 +171,18 @@ def test_a_reject_audit_measures_what_the_review_threshold_already_rejects(revie
     _answer(con, truth, "audit", 10**6)
     cal = calibrate(con, "catalog", target_precision=0.95, apply=False)
     a = cal.reject_audit
+    # a sampled pair answered again in another queue still answers the audit's entry: it keeps its stratum's weight
+    st_, si, tt, ti, k, sc = con.execute("SELECT source_table, source_id, target_table, target_id, stratum, score FROM "
+                                         "pm_review_queue WHERE queue = 'audit' AND reason = 'reject_sample' AND "
+                                         "stratum = 5 LIMIT 1").fetchall()[0]
+    record_verdict(con, PairKey(st_, si, tt, ti), "match" if truth[(st_, si, tt, ti)] else "no_match", score=sc,
+                   queue="elsewhere", matcher="zero-shot")
+    from pmatch_duckdb.review.audit import audit_weights
+
+    aw = audit_weights(con, "audit", [(st_, si, tt, ti), rejected[-1]])
+    assert aw.w[0] == pytest.approx(aw.strata[5].weight) and aw.strata[5].weight > 10 and aw.stratum.tolist() == [5, 0] and aw.w[1] == 1
+    again = calibrate(con, "catalog", target_precision=0.95, apply=False)
+    assert again.review == cal.review and again.reject_audit == a
     true_below = sum(truth[k] for k in rejected[:-1])
     assert a["answered"] == 100 and 0.7 * true_below < a["estimate"] < 1.3 * true_below <= 1.3 * a["upper"]
     assert a["upper"] >= true_below

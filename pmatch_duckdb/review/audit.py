@@ -309,12 +309,11 @@ class AuditWeights:
         return Z95 * math.sqrt(var)
 
 
-def audit_weights(con, queue: str, pairs: list[tuple[str, str, str, str]],  # noqa: ANN001
-                  queues: list[str | None]) -> AuditWeights:
-    """:class:`AuditWeights` of reviewed ``pairs`` (keys as pm_labels has them; ``queues``: the queue each verdict was
-    given in) against ``queue``'s accept sample and reject audit: a verdict given in that queue on one of its sampled
-    pairs stands for its stratum's pairs over the answered ones; any other pair for itself (a band pair is reviewed
-    in full)."""
+def audit_weights(con, queue: str, pairs: list[tuple[str, str, str, str]]) -> AuditWeights:  # noqa: ANN001
+    """:class:`AuditWeights` of reviewed ``pairs`` (keys as pm_labels has them) against ``queue``'s accept sample and
+    reject audit: a verdict that answers one of its sampled entries (given after the queue was written, in whichever
+    queue: as its strata count them) stands for its stratum's pairs over the answered ones; any other pair for itself
+    (a band pair is reviewed in full)."""
     strata = _strata(con, queue, ("accept_sample", REASON))
     rows = con.execute(
         "SELECT q.source_table, q.source_id, q.target_table, q.target_id, coalesce(q.stratum, 0) "
@@ -322,7 +321,7 @@ def audit_weights(con, queue: str, pairs: list[tuple[str, str, str, str]],  # no
         f"WHERE q.queue = ? AND q.reason IN ('accept_sample', '{REASON}') AND q.stratum_pairs IS NOT NULL",
         [queue]).fetchall()
     of = {tuple(r[:4]): int(r[4]) for r in rows if strata[int(r[4])].weight is not None}
-    k = np.array([of.get(p, -1) if q == queue else -1 for p, q in zip(pairs, queues, strict=True)], dtype=np.int64)
+    k = np.array([of.get(p, -1) for p in pairs], dtype=np.int64)
     w = np.array([strata[i].weight if i >= 0 else 1.0 for i in k])
     # stratum 0 (the accept sample) is weighted but not part of the reject audit's bound
     return AuditWeights(w, np.where(k > 0, k, 0), strata)

@@ -100,16 +100,16 @@ class Calibration:
 
 def reviewed_pairs(con, target: str, matcher: str | tuple[str, ...]  # noqa: ANN001
                    ) -> tuple[list[tuple[str, str, str, str]], np.ndarray, np.ndarray, int, list[str | None],
-                              np.ndarray, list[str | None]]:
+                              np.ndarray]:
     """(pairs as (source table, source id, target table, target id), scores shown, 1 = match / 0 = no_match,
     verdicts ignored because another model scored them (``matcher``: the names whose scores count,
     ``ModelState.verdicts_from``), which model scored each (``pm_labels.scored_by``), True
-    where the pair was a certification sample's (``pm_labels.reason``), the queue each verdict was given in)."""
+    where the pair was a certification sample's (``pm_labels.reason``))."""
     if not has_labels(con):
-        return [], np.zeros(0), np.zeros(0), 0, [], np.zeros(0, dtype=bool), []
+        return [], np.zeros(0), np.zeros(0), 0, [], np.zeros(0, dtype=bool)
     rows = con.execute(
         f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {scored_by_sql(con)}, "
-        "coalesce(reason = 'certify_sample', false), queue "
+        "coalesce(reason = 'certify_sample', false) "
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
@@ -118,7 +118,7 @@ def reviewed_pairs(con, target: str, matcher: str | tuple[str, ...]  # noqa: ANN
     s = np.array([r[4] for r in keep], dtype=np.float64)
     y = np.array([r[5] == "match" for r in keep], dtype=np.float64)
     return ([tuple(r[:4]) for r in keep], s, y, len(rows) - len(keep), [r[7] for r in keep],
-            np.array([bool(r[8]) for r in keep], dtype=bool), [r[9] for r in keep])
+            np.array([bool(r[8]) for r in keep], dtype=bool))
 
 
 def unreviewed_floor(con, target: str, matcher: str | tuple[str, ...]) -> dict[str, float]:  # noqa: ANN001
@@ -187,7 +187,7 @@ def calibrate(con, target: str, target_precision: float | None = None, max_recal
     status = certify_status(con, matcher=state.verdicts_from, target=target)
     if target_precision is None:
         target_precision = status.target if status is not None and status.target is not None else 0.99
-    pairs, s, y, ignored, scored_by, sampled, queues = reviewed_pairs(con, target, state.verdicts_from)
+    pairs, s, y, ignored, scored_by, sampled = reviewed_pairs(con, target, state.verdicts_from)
     if int(y.sum()) < min_matches:
         raise CalibrationError(
             f"calibrate: {len(y)} reviewed pairs ({int(y.sum())} matches) scored by {state.matcher} against "
@@ -200,7 +200,7 @@ def calibrate(con, target: str, target_precision: float | None = None, max_recal
     audit = latest_audit(con, state.verdicts_from, target)
     stale = audit_stale(con, audit, state) if audit is not None else None
     # each reviewed pair's weight: how many pairs of the audited result it stands for
-    aw = audit_weights(con, audit.queue, pairs, queues) if audit is not None and audit.complete and not stale else None
+    aw = audit_weights(con, audit.queue, pairs) if audit is not None and audit.complete and not stale else None
     picked = _pick(s, y, target_precision, max_recall_loss, ~sampled, state, floor.get("stage1"), aw)
     cal = Calibration(
         matcher=state.matcher, target=target, reviewed=len(y), matches=int(y.sum()), ignored_other_model=ignored,
