@@ -356,22 +356,35 @@ def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, i
     """Pairs of the saved result ``matches`` in the review band before and after ``cal`` (each model's band;
     with a pair scorer, the pairs it re-read are held to the stacked model's; a model whose new accept threshold
     is not certified keeps its thresholds, as ``_apply`` does)."""
+    from ..sqlident import quote_qualified
     from .queue import model_state
     from .rescore import reread_in_result, result_pairs
 
-    rows = result_pairs(con, matches)
     inf = float("inf")
     old1 = (cal.old_review, inf if cal.old_accept is None else cal.old_accept)
     new1 = _band_of(new_thresholds(cal.as_dict()), old1)
-    reread: set = set()
     old2 = new2 = old1
     if cal.pair is not None:
         pa = cal.pair
         old2 = (pa["old_review"], inf if pa["old_accept"] is None else pa["old_accept"])
         new2 = _band_of(new_thresholds(pa), old2)
-        top_m = model_state(ctx, cal.target).top_m
-        reread = reread_in_result(con, ctx, rows, top_m,
-                                  f"calibrate --matches: which pairs of {matches!r} the pair scorer re-read")
+    q = quote_qualified(matches)
+    cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
+    whole = "scored_by" in cols and not con.execute(
+        f"SELECT count(*) FROM {q} WHERE score IS NOT NULL AND scored_by IS NULL").fetchall()[0][0]
+    if cal.pair is None or whole:  # counted in DuckDB: the scale of each pair is in the result (or there is one)
+        stacked = "scored_by = 'pair_scorer'" if cal.pair is not None else "false"
+        inside = (f"CASE WHEN {stacked} THEN sc >= ? AND sc < ? ELSE sc >= ? AND sc < ? END")
+        got = con.execute(
+            f"SELECT count(*) FILTER (WHERE {inside}), count(*) FILTER (WHERE {inside}) FROM (SELECT *, "
+            f"CAST(score AS DOUBLE) AS sc FROM {q} WHERE score IS NOT NULL)", [*old2, *old1, *new2, *new1]
+        ).fetchall()[0]
+        return int(got[0]), int(got[1])
+    # a result saved before match_products had scored_by: which pairs the pair scorer re-read is found by scoring
+    # the result again, in Python
+    rows = result_pairs(con, matches)
+    reread = reread_in_result(con, ctx, rows, model_state(ctx, cal.target).top_m,
+                              f"calibrate --matches: which pairs of {matches!r} the pair scorer re-read")
 
     def band(stage1: tuple[float, float], stacked: tuple[float, float]) -> int:
         return sum((lo <= r[4] < hi) for r in rows for lo, hi in [stacked if r[:4] in reread else stage1])
