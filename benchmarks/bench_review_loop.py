@@ -240,7 +240,8 @@ def _calibrate_round2(con, target: str, truth: dict, truth_b: dict, n: int, acce
     pm.install(con, dataclasses.replace(context_of(con).settings, pair_top_m=None))
 
     def judged(cal) -> dict:  # noqa: ANN001
-        acc = float("inf") if cal.accept is None else cal.accept
+        """The held-out result at the thresholds ``cal`` leaves in force (where it certifies nothing: the old ones)."""
+        acc = cal.accept if cal.accept is not None else (float("inf") if cal.old_accept is None else cal.old_accept)
         rev = cal.review if cal.accept is not None else cal.old_review
         return retrieval_metrics({s: [(t, sc, d) for (t, sc, _), d in zip(lst, decide_by_thresholds(
             [sc for _, sc, _ in lst], acc, rev), strict=True)] for s, lst in held.items()}, truth_b)
