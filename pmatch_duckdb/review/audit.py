@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..decision import _sigmoid, fit_logistic
-from .labels import ANSWERS_ENTRY, PairKey, has_column, has_labels, table_key
+from .labels import ANSWERS_ENTRY, PairKey, has_column, has_labels, matcher_in, table_key
 
 #: strata of the rejects, from the top: shares of the rejected pairs each holds
 STRATA = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
@@ -232,11 +232,11 @@ def latest_audit(con, matcher: str | tuple[str, ...], target: str) -> RejectAudi
     are the same, ``ModelState.verdicts_from``) against ``target`` that has one (None where none has)."""
     if not has_column(con, "pm_review_queue", "stratum") or not has_labels(con):
         return None
-    key, same = table_key(target), (matcher,) if isinstance(matcher, str) else tuple(matcher)
+    key, (by_matcher, names) = table_key(target), matcher_in("matcher", matcher)
     row = con.execute(
-        f"SELECT queue FROM pm_review_queue WHERE reason = '{REASON}' AND matcher IN ({', '.join('?' for _ in same)}) "
+        f"SELECT queue FROM pm_review_queue WHERE reason = '{REASON}' AND {by_matcher} "
         "AND (target_table = ? OR source_table = ?) GROUP BY queue ORDER BY max(queued_at) DESC, queue LIMIT 1",
-        [*same, key, key]).fetchall()
+        [*names, key, key]).fetchall()
     return queue_audit(con, row[0][0]) if row else None
 
 

@@ -41,7 +41,7 @@ from ..errors import PmatchError
 from ..staging import new_staging_dir
 from .audit import AuditWeights, audit_stale, audit_weights, latest_audit
 from .certify import certify_status
-from .labels import has_column, has_labels, scored_by_sql, table_key
+from .labels import has_column, has_labels, matcher_in, scored_by_sql, table_key
 from .queue import ModelState, finite_or_none, model_state
 from .rescore import score_again_both
 
@@ -113,7 +113,7 @@ def reviewed_pairs(con, target: str, matcher: str | tuple[str, ...]  # noqa: ANN
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
-    same = (matcher,) if isinstance(matcher, str) else tuple(matcher)
+    same = set(matcher_in("", matcher)[1])
     keep = [r for r in rows if r[6] in same]
     s = np.array([r[4] for r in keep], dtype=np.float64)
     y = np.array([r[5] == "match" for r in keep], dtype=np.float64)
@@ -131,16 +131,16 @@ def unreviewed_floor(con, target: str, matcher: str | tuple[str, ...]) -> dict[s
     boundary, which says nothing about the matches under the window."""
     if not has_column(con, "pm_review_queue", "reason") or not has_labels(con):
         return {}
-    key, same = table_key(target), (matcher,) if isinstance(matcher, str) else tuple(matcher)
+    key, (by_matcher, names) = table_key(target), matcher_in("q.matcher", matcher)
     scale = "coalesce(q.scored_by, 'stage1')" if has_column(con, "pm_review_queue", "scored_by") else "'stage1'"
     rows = con.execute(
         f"SELECT CASE WHEN {scale} = 'pair_scorer' THEN 'pair_scorer' ELSE 'stage1' END AS scale, min(q.score) "
-        f"FROM pm_review_queue q WHERE q.reason = 'boundary' AND q.matcher IN ({', '.join('?' for _ in same)}) "
+        f"FROM pm_review_queue q WHERE q.reason = 'boundary' AND {by_matcher} "
         "AND q.score IS NOT NULL "
         "AND (q.target_table = ? OR q.source_table = ?) AND NOT EXISTS (SELECT 1 FROM pm_labels_current l WHERE "
         "l.source_table = q.source_table AND l.source_id = q.source_id AND l.target_table = q.target_table AND "
         "l.target_id = q.target_id AND l.verdict IN ('match', 'no_match')) GROUP BY ALL",
-        [*same, key, key]).fetchall()
+        [*names, key, key]).fetchall()
     return {sc: float(v) for sc, v in rows}
 
 

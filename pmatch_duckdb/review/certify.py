@@ -24,7 +24,7 @@ import numpy as np
 
 from ..decision import wilson_lower
 from ..errors import PmatchError
-from .labels import has_column, has_labels, table_key
+from .labels import has_column, has_labels, matcher_in, table_key
 
 #: the share of the allowed error rate (1 - target) the default ``above`` expects: 1/5, e.g. an expected precision of
 #: 0.998 for a 0.99 target, so a sample sized for one error usually holds at most one
@@ -115,10 +115,10 @@ def certify_status(con: duckdb.DuckDBPyConnection, matcher: str | tuple[str, ...
     """The certification samples queued for ``matcher``'s scores against ``target`` (any queue) and their current
     verdicts given on that matcher's scores (None where none was queued). ``matcher``: a name, or the names whose
     scores are the same (``ModelState.verdicts_from``: a calibrated copy scores as the version it copies)."""
-    key, same = table_key(target), (matcher,) if isinstance(matcher, str) else tuple(matcher)
-    names = ", ".join("?" for _ in same)
-    return _status(con, f"q.matcher IN ({names}) AND (q.target_table = ? OR q.source_table = ?)", [*same, key, key],
-                   verdict_on=(f"l.matcher IN ({names})", list(same)))
+    key = table_key(target)
+    by_queue, names = matcher_in("q.matcher", matcher)
+    return _status(con, f"{by_queue} AND (q.target_table = ? OR q.source_table = ?)", [*names, key, key],
+                   verdict_on=matcher_in("l.matcher", matcher))
 
 
 def queue_certify_status(con: duckdb.DuckDBPyConnection, queue: str) -> CertifyStatus | None:

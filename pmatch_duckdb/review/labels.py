@@ -102,6 +102,14 @@ def scored_by_sql(con: duckdb.DuckDBPyConnection) -> str:
     return "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL AS scored_by"
 
 
+def matcher_in(column: str, matcher: str | tuple[str, ...]) -> tuple[str, list[str]]:
+    """(``column IN (?, ...)``, its parameters) for a matcher name (``pm_labels.matcher``, ``pm_review_queue.matcher``)
+    or the names whose scores are one model's (``queue.ModelState.verdicts_from``: calibrate's copies and the version
+    they copy)."""
+    names = [matcher] if isinstance(matcher, str) else list(matcher)
+    return f"{column} IN ({', '.join('?' for _ in names)})", names
+
+
 def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
     """Does ``table`` of the current database and schema have ``column``?"""
     return bool(con.execute(
