@@ -9,9 +9,9 @@ import pytest
 from test_review import _answer, _calibrate_cli, _connect, _plain_review_cut, _synthetic_result
 
 from pmatch_duckdb.errors import PmatchError
-from pmatch_duckdb.review.audit import _unit, allocate, draw_rejects, strata_sizes
+from pmatch_duckdb.review.audit import allocate, draw_rejects, strata_sizes
 from pmatch_duckdb.review.calibrate import _pick, calibrate, weighted_cut
-from pmatch_duckdb.review.labels import PairKey, record_verdict
+from pmatch_duckdb.review.labels import PairKey, pair_unit, record_verdict
 from pmatch_duckdb.review.queue import ModelState, queue_review
 
 
@@ -56,9 +56,9 @@ def test_the_draw_is_stratified_by_score_deterministic_and_in_random_order() -> 
     bounds = [0, *np.cumsum(strata_sizes(1000)).tolist()]
     for k, v in by.items():  # each stratum's draw: the pairs of its score range with the lowest units of seed 0
         members = [PairKey("feed", f"s{i}", "cat", f"t{i}") for i in range(bounds[k - 1], bounds[k])]
-        assert {r["key"] for r in v} == set(sorted(members, key=lambda m: _unit(0, m))[:10])
+        assert {r["key"] for r in v} == set(sorted(members, key=lambda m: pair_unit(0, m))[:10])
     assert max(ranks[r["key"].source_id] for r in by[5]) > 900  # spread over the stratum, not its top
-    assert [_unit(1, r["key"]) for r in got] == sorted(_unit(1, r["key"]) for r in got)  # in random order
+    assert [pair_unit(1, r["key"]) for r in got] == sorted(pair_unit(1, r["key"]) for r in got)  # in random order
     assert [r["stratum"] for r in got] != sorted(r["stratum"] for r in got)
     assert [r["key"] for r in draw_rejects(con, sql, 50, 0, set())] == [r["key"] for r in got]
     assert {r["key"] for r in draw_rejects(con, sql, 50, 7, set())} != {r["key"] for r in got}

@@ -26,7 +26,6 @@ and the rejects (sampled).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 from dataclasses import asdict, dataclass
@@ -35,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..decision import _sigmoid, fit_logistic
-from .labels import ANSWERS_ENTRY, PairKey, has_column, has_labels, matcher_in, table_key
+from .labels import ANSWERS_ENTRY, PairKey, has_column, has_labels, matcher_in, pair_unit, table_key
 
 #: strata of the rejects, from the top: shares of the rejected pairs each holds
 STRATA = (1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
@@ -103,21 +102,22 @@ def draw_rejects(con, rows_sql: str, n: int, seed: int, exclude: set[PairKey]) -
             "SELECT u.*, ('0x' || left(sha256(concat_ws(chr(9), ?, st, _ksid, tt, _ktid)), 16))::UBIGINT AS _u0 FROM u "
             f"WHERE NOT EXISTS (SELECT 1 FROM {names['excl']} e WHERE e.source_table = u.st AND e.source_id = u._ksid "
             "AND e.target_table = u.tt AND e.target_id = u._ktid)", [str(seed)])
-        total, ranked, rest = con.execute(
-            f"SELECT count(*), count(_rank), count(*) FILTER (WHERE _rank IS NULL OR _rank NOT IN (1, 2, 3)) "
+        total, ranked, first, near = con.execute(
+            f"SELECT count(*), count(_rank), count(*) FILTER (WHERE _rank = 1), count(*) FILTER (WHERE _rank IN (2, 3)) "
             f"FROM {names['pop']}").fetchall()[0]
         if ranked:  # a source's best candidate, ranks 2-3, then the rest by score: top quarter, next, bottom half
-            q = rest // 4
+            q = (total - first - near) // 4
+            sizes = [first, near, q, q, total - first - near - 2 * q]
             stratum = (f"CASE WHEN _rank = 1 THEN 1 WHEN _rank IN (2, 3) THEN 2 WHEN _i <= {q} THEN 3 "
                        f"WHEN _i <= {2 * q} THEN 4 ELSE 5 END")
             idx = "row_number() OVER (PARTITION BY coalesce(_rank IN (1, 2, 3), false) ORDER BY score DESC, _u0)"
         else:  # five score strata of growing size from the top
-            bounds = np.cumsum(strata_sizes(total))[:-1].tolist()
+            sizes = strata_sizes(total)
+            bounds = np.cumsum(sizes)[:-1].tolist()
             stratum = "CASE " + " ".join(f"WHEN _i <= {b} THEN {k}" for k, b in enumerate(bounds, start=1)) + " ELSE 5 END"
             idx = "row_number() OVER (ORDER BY score DESC, _u0)"
         strata = f"SELECT * EXCLUDE (_i), {stratum} AS _stratum FROM (SELECT *, {idx} AS _i FROM {names['pop']})"
-        sizes = dict(con.execute(f"SELECT _stratum, count(*) FROM ({strata}) GROUP BY 1").fetchall())
-        sizes = [int(sizes.get(k, 0)) for k in range(1, len(STRATA) + 1)]
+        sizes = [int(x) for x in sizes]
         take = allocate(sizes, n)
         rel = con.execute(
             f"SELECT * FROM ({strata}) QUALIFY row_number() OVER (PARTITION BY _stratum ORDER BY _u0) <= "
@@ -134,14 +134,9 @@ def draw_rejects(con, rows_sql: str, n: int, seed: int, exclude: set[PairKey]) -
         k = int(r.pop("_stratum"))
         r.pop("_u0")
         out.append({**r, "key": key, "reason": REASON, "stratum": k, "stratum_pairs": sizes[k - 1],
-                    "_order": _unit(seed + 1, key)})
+                    "_order": pair_unit(seed + 1, key)})
     out.sort(key=lambda r: r.pop("_order"))  # in random order: another draw than the one within the strata
     return out
-
-
-def _unit(seed: int, key: PairKey) -> int:
-    """The first 64 bits of the SHA-256 of ``seed`` and ``key``, as ``draw_rejects`` computes them in SQL."""
-    return int(hashlib.sha256("\t".join([str(seed), *key.row()]).encode()).hexdigest()[:16], 16)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from ..errors import PmatchError
 from ..staging import new_staging_dir
 from .audit import AuditWeights, audit_stale, audit_weights, latest_audit
 from .certify import certify_status
-from .labels import has_column, has_labels, matcher_in, scored_by_sql, table_key
+from .labels import has_column, has_labels, matcher_in, matcher_names, scored_by_sql, table_key
 from .queue import ModelState, finite_or_none, model_state
 from .rescore import score_again_both
 
@@ -113,7 +113,7 @@ def reviewed_pairs(con, target: str, matcher: str | tuple[str, ...]  # noqa: ANN
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
-    same = set(matcher_in("", matcher)[1])
+    same = set(matcher_names(matcher))
     keep = [r for r in rows if r[6] in same]
     s = np.array([r[4] for r in keep], dtype=np.float64)
     y = np.array([r[5] == "match" for r in keep], dtype=np.float64)

@@ -14,6 +14,7 @@ smaller id first, so (a, b) and (b, a) are one pair.
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -102,12 +103,22 @@ def scored_by_sql(con: duckdb.DuckDBPyConnection) -> str:
     return "scored_by" if has_column(con, "pm_labels", "scored_by") else "NULL AS scored_by"
 
 
+def matcher_names(matcher: str | tuple[str, ...]) -> list[str]:
+    """A matcher name (``pm_labels.matcher``, ``pm_review_queue.matcher``) or the names whose scores are one model's
+    (``queue.ModelState.verdicts_from``: calibrate's copies and the version they copy), as a list."""
+    return [matcher] if isinstance(matcher, str) else list(matcher)
+
+
 def matcher_in(column: str, matcher: str | tuple[str, ...]) -> tuple[str, list[str]]:
-    """(``column IN (?, ...)``, its parameters) for a matcher name (``pm_labels.matcher``, ``pm_review_queue.matcher``)
-    or the names whose scores are one model's (``queue.ModelState.verdicts_from``: calibrate's copies and the version
-    they copy)."""
-    names = [matcher] if isinstance(matcher, str) else list(matcher)
+    """(``column IN (?, ...)``, its parameters) for :func:`matcher_names` of ``matcher``."""
+    names = matcher_names(matcher)
     return f"{column} IN ({', '.join('?' for _ in names)})", names
+
+
+def pair_unit(seed: int, key: PairKey) -> int:
+    """A pair's deterministic random number of draw ``seed``: the first 64 bits of the SHA-256 of the seed and the
+    pair (``audit.draw_rejects`` computes the same in SQL), for the queue's samples."""
+    return int(hashlib.sha256("\t".join([str(seed), *key.row()]).encode()).hexdigest()[:16], 16)
 
 
 def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:

@@ -31,7 +31,6 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from .labels import (
     has_column,
     has_labels,
     max_label_id,
+    pair_unit,
     table_key,
 )
 
@@ -294,11 +294,6 @@ def _read_matches(con: duckdb.DuckDBPyConnection, matches: str, min_score: float
     return con.sql(_rows_sql(q, cols, f"decision IN ('review', 'accept') {labelled}{floor}")).to_arrow_table()
 
 
-def _stable_unit(seed: int, key: PairKey) -> float:
-    h = hashlib.sha256(f"{seed}\t{key.source_table}\t{key.source_id}\t{key.target_table}\t{key.target_id}".encode())
-    return int.from_bytes(h.digest()[:8], "big") / 2**64
-
-
 def order_boundary(items: list[dict], state: ModelState) -> list[dict]:
     """Nearest the boundary first, spread across source offers (see the module docstring); an item's boundary is
     that of the model that scored it (``it["_state"]``, default ``state``)."""
@@ -411,14 +406,14 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
             _queue_as_usual(r, boundary, accepts, rejects)
     drawn: list[dict] = []
     if pool:
-        pool.sort(key=lambda it: _stable_unit(seed + 1, it["key"]))  # another draw than the accept sample's
+        pool.sort(key=lambda it: pair_unit(seed + 1, it["key"]))  # another draw than the accept sample's
         drawn, rest = pool[:max(0, certify[1])], pool[max(0, certify[1]):]
         for r in drawn:
             r["reason"] = "certify_sample"
         for r in rest:
             _queue_as_usual(r, boundary, accepts, rejects)
     n_sample = 0 if accept_sample <= 0 or not accepts else max(1, math.ceil(accept_sample * len(accepts)))
-    accepts.sort(key=lambda it: _stable_unit(seed, it["key"]))
+    accepts.sort(key=lambda it: pair_unit(seed, it["key"]))
     sample = accepts[:n_sample]
     for r in sample:  # one stratum: the accept band, as many pairs as were there to draw from
         r["stratum"], r["stratum_pairs"] = 0, len(accepts)
