@@ -438,11 +438,13 @@ class Ctx:
     pair_hard_negatives: int | None = None  # PairOptions.hard_negatives (None: its auto rule)
     dump_scores: Path | None = None  # pair parts: each variant's scores per split (for bench_pair_gpu.py stack)
     pair_top_m_extra: list[int] = dataclasses.field(default_factory=list)  # full tables: rows at these m too
+    text_model: str | None = None  # text encoder bundle (None: the default, minilm-l6-v2)
 
 
 def open_db(ctx: Ctx, part: str, matcher: str, image_roots: list[Path] | None = None) -> duckdb.DuckDBPyConnection:
     """One database per part; ``matcher`` is the name match_products uses (deactivated first: zero-shot)."""
-    con = pm.connect(ctx.workdir / f"{part}.duckdb", home=ctx.home, image_roots=image_roots, matcher=matcher)
+    con = pm.connect(ctx.workdir / f"{part}.duckdb", home=ctx.home, image_roots=image_roots, matcher=matcher,
+                     **({"text_model": ctx.text_model} if ctx.text_model else {}))
     home = context_of(con).settings.home
     for label, _, spec, _ in VARIANTS:
         if spec is not None:
@@ -463,7 +465,7 @@ def variants(ctx: Ctx, has: set[str]) -> list[tuple[str, FusionConfig | None, di
             continue
         if ctx.quick and label not in ("zero-shot fusion", MAIN):
             continue
-        if ctx.variants and not any(v in label for v in ctx.variants):
+        if ctx.variants and not any(label == v[1:] if v.startswith("=") else v in label for v in ctx.variants):
             continue
         out.append((label, cfg, spec))
     return out
@@ -1115,8 +1117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write all rows and details as JSON here")
     ap.add_argument("--dump-scores", type=Path, default=None,
                     help="pair parts: write each variant's valid/test scores here (DIR/PART/VARIANT/SPLIT.npz)")
-    ap.add_argument("--variants", default="", help="comma-separated substrings: run only variants whose label "
-                    "contains one (e.g. 'cross-fit,gbdt'); Splink rows are not filtered")
+    ap.add_argument("--variants", default="", help="comma-separated substrings (a comma followed by a space is part of a label; "
+                         "'=label': exactly that label): run only variants whose label contains one "
+                         "(e.g. 'cross-fit,gbdt' or '=trained, no pair model'); Splink rows are not filtered")
     ap.add_argument("--pair-max-len", type=int, default=None, help="pair scorer: word pieces per pair")
     ap.add_argument("--pair-epochs", type=int, default=None, help="pair scorer: fine-tuning epochs")
     ap.add_argument("--pair-freeze-layers", type=int, default=None, help="pair scorer: frozen lower layers")
@@ -1142,6 +1145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair-top-m-extra", default="",
                     help="full-table parts: also match with the trained pair scorer re-reading each of these "
                          "comma-separated numbers of candidates per source (same matcher; default m is the bundle's)")
+    ap.add_argument("--text-model", default=None,
+                    help="text encoder bundle to index and match with (default: minilm-l6-v2; e.g. one written by "
+                         "`pmatch models export-text`)")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
@@ -1152,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(data=args.data.resolve(), workdir=workdir, plots=Path(args.plots) if args.plots else None,  # Path("") is "."
               home=args.home, seed=args.seed, quick=args.quick, grocery_per_class=args.grocery_per_class,
-              epochs=args.epochs, variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+              epochs=args.epochs, variants=[v.strip() for v in re.split(r",(?! )", args.variants) if v.strip()],
               pair={k: v for k, v in (("max_len", args.pair_max_len), ("epochs", args.pair_epochs),
                                       ("freeze_layers", args.pair_freeze_layers), ("threads", args.pair_threads),
                                       ("max_seconds", args.pair_max_seconds), ("device", args.pair_device),
@@ -1162,6 +1168,7 @@ def main(argv: list[str] | None = None) -> int:
                     if v is not None})
     ctx.pair_max_train_pairs = args.pair_max_train_pairs
     ctx.pair_recipe = args.pair_recipe
+    ctx.text_model = args.text_model
     ctx.pair_hard_negatives = args.pair_hard_negatives
     ctx.dump_scores = args.dump_scores
     try:
