@@ -76,7 +76,7 @@ def test_review_retrain_shrinks_the_review_band(tmp_path: Path, home: Path) -> N
 
     # a second round on the retrained model's scores (the half not trained on), then thresholds from those
     # reviews: a new matcher version carrying them (the trained one stays, for rollback)
-    from pmatch_duckdb.matchers import active_matcher, active_version
+    from pmatch_duckdb.matchers import active_matcher, active_version, matchers_dir
     from pmatch_duckdb.review.calibrate import calibrate
 
     st = con.execute("SELECT * FROM pm_queue_review('matches_after', queue := 'round2', accept_sample := 1.0)"
@@ -96,6 +96,12 @@ def test_review_retrain_shrinks_the_review_band(tmp_path: Path, home: Path) -> N
     m = active_matcher("default", mhome)
     assert (m.decision.accept_threshold, m.decision.review_threshold) == pytest.approx((cal.accept, cal.review))
     assert m.bundle.manifest["parent"] == "v1" and m.bundle.manifest["calibration"]["kind"] == "pm_labels"
+    # calibrating again on the same verdicts certifies the thresholds v2 has: no identical copy v3 is written
+    same = calibrate(con, "catalog", target_precision=0.75)
+    assert (same.accept, same.review) == (cal.accept, cal.review), (same, cal)
+    assert same.unchanged and same.applied is None
+    assert active_version("default", mhome) == "v2" and not (matchers_dir(mhome) / "default" / "v3").exists()
+    assert (matchers_dir(mhome) / "default" / "v2").is_dir()
 
     # a third round on v2's scores: v2 is v1 with new thresholds, the same scores, so the verdicts given on v1's
     # scores in round 2 still count (only round 1's, on zero-shot scores, are another model's)

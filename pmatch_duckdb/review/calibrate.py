@@ -67,7 +67,9 @@ class Calibration:
     accept_precision: float | None  # on the reviewed pairs scoring >= accept
     accept_lower_bound: float | None  # one-sided 95% Wilson lower bound of that precision
     accept_reviewed: int
-    applied: str | None = None  # where the thresholds were written (None: dry run / nothing certified)
+    applied: str | None = None  # where the thresholds were written (None: dry run / nothing certified / unchanged)
+    #: the certified thresholds are the ones in force already: nothing is written (no new matcher version)
+    unchanged: bool = False
     #: a matcher with a pair scorer: reviewed pairs whose tables could not be read any more, so their scores were
     #: taken as shown, each for the model that scored it (``pm_labels.scored_by``), instead of scored again
     scores_as_shown: int = 0
@@ -222,9 +224,23 @@ def calibrate(con, target: str, target_precision: float | None = None, max_recal
     cal.certify = status.as_dict() if status is not None else None
     certified = new_thresholds(cal.as_dict()) is not None or (
         cal.pair is not None and new_thresholds(cal.pair) is not None)
-    if apply and certified:
+    cal.unchanged = certified and not _changes_thresholds(cal)
+    if apply and certified and not cal.unchanged:
         cal.applied = _apply(ctx, target, state, cal)
     return cal
+
+
+def _changes_thresholds(cal: Calibration) -> bool:
+    """Whether writing ``cal`` would change a threshold in force (a calibration that certifies exactly the
+    thresholds in force writes no new matcher version: rerunning calibrate on the same verdicts, or on a few more
+    that move nothing, must not pile up identical copies)."""
+    inf = float("inf")
+    parts = [(new_thresholds(cal.as_dict()), (inf if cal.old_accept is None else cal.old_accept, cal.old_review))]
+    if cal.pair is not None:
+        pa = cal.pair
+        parts.append((new_thresholds(pa), (inf if pa["old_accept"] is None else pa["old_accept"], pa["old_review"])))
+    return any(new is not None and (float(new[0]), float(new[1])) != (float(old[0]), float(old[1]))
+               for new, old in parts)
 
 
 @dataclass

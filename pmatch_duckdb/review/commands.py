@@ -242,5 +242,10 @@ def calibrate_cmd(database: str, target: str, target_precision: float | None, ma
         click.echo(describe(CertifyStatus(**cal.certify), target_precision))
     if band is not None:
         click.echo(f"review band of {matches}: {band[0]} pairs before, {band[1]} with the new thresholds")
-    click.echo(f"written to {cal.applied}" if cal.applied else "nothing written" + (" (dry run)" if dry_run else ""))
+    if cal.applied:
+        click.echo(f"written to {cal.applied}")
+    elif cal.unchanged:
+        click.echo(f"nothing written: these are the thresholds {cal.matcher} has in force already")
+    else:
+        click.echo("nothing written" + (" (dry run)" if dry_run else ""))
     click.echo(json.dumps(cal.as_dict(), default=float))
