@@ -1145,6 +1145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair-top-m-extra", default="",
                     help="full-table parts: also match with the trained pair scorer re-reading each of these "
                          "comma-separated numbers of candidates per source (same matcher; default m is the bundle's)")
+    ap.add_argument("--pair-base", default=None,
+                    help="siamese pair scorer: a local model folder to fine-tune instead of MiniLM-L6 (with "
+                         "--pair-kind siamese)")
     ap.add_argument("--text-model", default=None,
                     help="text encoder bundle to index and match with (default: minilm-l6-v2; e.g. one written by "
                          "`pmatch models export-text`)")
@@ -1163,7 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
                                       ("freeze_layers", args.pair_freeze_layers), ("threads", args.pair_threads),
                                       ("max_seconds", args.pair_max_seconds), ("device", args.pair_device),
                                       ("patience", args.pair_patience), ("lr", args.pair_lr),
-                                      ("kind", args.pair_kind),
+                                      ("kind", args.pair_kind), ("base", args.pair_base),
                                       ("known_products", False if args.no_pair_known_products else None))
                     if v is not None})
     ctx.pair_max_train_pairs = args.pair_max_train_pairs

@@ -331,6 +331,9 @@ class SiameseScorer(_BundleScorer):
         # memory that errs elsewhere (benchmarks/README.md, "Known products by stage 1's vectors": both spaces)
         self.known_stage1: KnownProductsScorer | None = None
         self.temperature = float(config["temperature"])
+        # a base other than MiniLM (pair_base.py): its own padding id, and no token_type_ids for RoBERTa-style models
+        self.pad_id = int(config.get("pad_id", 0))
+        self.inputs = {i.name for i in self.session.get_inputs()}
         tok = Tokenizer.from_file(str(tokenizer_json))
         tok.no_padding()
         tok.enable_truncation(self.max_len)
@@ -381,12 +384,12 @@ class SiameseScorer(_BundleScorer):
         for s in range(0, n, self.batch_size):
             idx = order[s:s + self.batch_size]
             width = max(len(encs[i].ids) for i in idx)
-            ids = np.zeros((len(idx), width), dtype=np.int64)
+            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
             mask = np.zeros_like(ids)
             for r, i in enumerate(idx):
                 ids[r, :len(encs[i].ids)], mask[r, :len(encs[i].ids)] = encs[i].ids, 1
-            v = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask,
-                                                 "token_type_ids": np.zeros_like(ids)})[0]
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            v = self.session.run(["embedding"], {k: a for k, a in feed.items() if k in self.inputs})[0]
             if out is None:
                 out = np.zeros((n, v.shape[1]), dtype=np.float32)
             out[idx] = v

@@ -386,6 +386,28 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
     assert res.exit_code == 2 and "--pair-kind" in res.output and len(seen) == 4
 
 
+def test_train_cli_pair_base_is_checked_before_training(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):
+    """`pmatch train --pair-base FOLDER`: reaches train_matcher with the siamese kind; without it, or with a folder
+    that cannot be used, a usage error naming --pair-base before anything trains."""
+    from test_text_export import make_model, make_tokenizer
+
+    invoke, seen = _train_cli(monkeypatch, "pair_options")
+    folder = tmp_path / "mpnet"
+    tok = make_tokenizer("mpnet")
+    make_model("mpnet", len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    base = ["train", str(tmp_path / "shop.duckdb"), "--offers", "feed", "--home", str(home)]
+    res = invoke([*base, "--pair-kind", "siamese", "--pair-base", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert seen[0].train.base == str(folder) and seen[0].train.kind == "siamese"
+    for extra, msg in ((["--pair-base", str(folder)], "give it with --pair-kind siamese"),
+                       (["--pair-kind", "siamese", "--pair-base", str(tmp_path / "nowhere")], "does not exist"),
+                       (["--pair-kind", "siamese", "--pair-base", str(tmp_path)], "no config.json")):
+        res = invoke(base + extra)
+        assert res.exit_code == 2 and "--pair-base" in res.output and msg in res.output, res.output
+    assert len(seen) == 1
+
+
 def test_train_cli_passes_the_validation_split(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):
     """`pmatch train --valid-split`: auto by default, the choice given reaches train_matcher, others are refused."""
     invoke, seen = _train_cli(monkeypatch, "valid_split")
@@ -424,6 +446,28 @@ def test_supcon_loss_prefers_separated_groups_and_needs_a_positive():
     assert supcon_loss(good, torch.tensor([0, 1, 2, 3]), 0.1) is None  # groups of one: negatives only
 
 
+def _siblings() -> tuple[list[str], np.ndarray, list[str], list[str]]:
+    """Three offers of each of six products (three names in two editions), their product ids, and three test pairs
+    (a[i], b[i]): the same product, then two siblings (same name, the other edition)."""
+    texts, groups = [], []
+    for g, (name, ed) in enumerate([(n, e) for n in ("acme widget", "zenko drone", "orbis camera")
+                                    for e in ("pro", "lite")]):
+        texts += [f"COL title VAL {name} {ed}", f"COL title VAL {ed} {name} new", f"COL title VAL the {name} {ed}"]
+        groups += [g] * 3
+    a = ["COL title VAL acme widget pro", "COL title VAL zenko drone lite", "COL title VAL orbis camera pro"]
+    b = ["COL title VAL pro acme widget new", "COL title VAL zenko drone pro", "COL title VAL the orbis camera lite"]
+    return texts, np.array(groups), a, b
+
+
+def _same_and_sibling(e: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """Mean cosine of two offers of one product, and of two siblings (``groups`` // 2: one name)."""
+    n = len(groups)
+    same = np.mean([e[i] @ e[j] for i in range(n) for j in range(n) if i != j and groups[i] == groups[j]])
+    sibling = np.mean([e[i] @ e[j] for i in range(n) for j in range(n)
+                       if groups[i] // 2 == groups[j] // 2 and groups[i] != groups[j]])
+    return float(same), float(sibling)
+
+
 def test_siamese_training_separates_siblings_and_onnx_equals_torch(tmp_path: Path):
     """Offers of one product (same group) end up closer than a sibling that differs in one word; the exported
     graph gives torch's embeddings and the scorer's logit is their cosine over the temperature."""
@@ -432,14 +476,7 @@ def test_siamese_training_separates_siblings_and_onnx_equals_torch(tmp_path: Pat
     from pmatch_duckdb.training.siamese import export_siamese_encoder, torch_embeddings, train_siamese_encoder
 
     tok = minilm_dir() / "tokenizer.json"
-    texts, groups = [], []
-    for g, (name, ed) in enumerate([(n, e) for n in ("acme widget", "zenko drone", "orbis camera")
-                                    for e in ("pro", "lite")]):
-        texts += [f"COL title VAL {name} {ed}", f"COL title VAL {ed} {name} new", f"COL title VAL the {name} {ed}"]
-        groups += [g] * 3
-    groups = np.array(groups)
-    a = ["COL title VAL acme widget pro", "COL title VAL zenko drone lite", "COL title VAL orbis camera pro"]
-    b = ["COL title VAL pro acme widget new", "COL title VAL zenko drone pro", "COL title VAL the orbis camera lite"]
+    texts, groups, a, b = _siblings()
     va = (a, b, np.array([1.0, 0.0, 0.0]))
     cfg = PairTrainConfig(kind="siamese", max_len=16, epochs=12, lr=3e-3, threads=1, freeze_layers=0,
                           batch_groups=6, temperature=0.1, patience=None, tiny_bert=TINY)
@@ -449,11 +486,7 @@ def test_siamese_training_separates_siblings_and_onnx_equals_torch(tmp_path: Pat
     # with validation pairs every epoch is scored, and patience stops after epochs without a gain
     _, vinfo = train_siamese_encoder(texts, groups, tok, dataclasses.replace(cfg, epochs=6, patience=1), valid=va)
     assert len(vinfo["valid_ap_history"]) == vinfo["epochs_run"] <= 6 and vinfo["best_epoch"] >= 1
-    e = torch_embeddings(model, tok, 16, texts)
-    same = np.mean([e[i] @ e[j] for i in range(len(texts)) for j in range(len(texts))
-                    if i != j and groups[i] == groups[j]])
-    sibling = np.mean([e[i] @ e[j] for i in range(len(texts)) for j in range(len(texts))
-                       if groups[i] // 2 == groups[j] // 2 and groups[i] != groups[j]])
+    same, sibling = _same_and_sibling(torch_embeddings(model, tok, 16, texts), groups)
     assert same > sibling + 0.2, (same, sibling)
     diff = export_siamese_encoder(model, tmp_path, tok, 16, texts)
     assert diff <= 1e-4
@@ -594,6 +627,64 @@ def test_the_known_kind_reads_fused_vectors_and_an_offer_without_one_gets_no_vot
     assert sc.pair_features(src, tgt, np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0, 1)
     with pytest.raises(ValueError, match="not one of"):
         load_pair_scorer(Path("x.onnx"), "0" * 64, Path("t.json"), {"kind": "known"})
+
+
+def test_siamese_fine_tunes_a_local_mpnet_folder(tmp_path: Path):
+    """``--pair-base``: the siamese scorer starts from a local model folder, here a small random MPNet built in the
+    test (no token type ids, its own WordPiece tokenizer, padding id 1); it learns the siblings apart, the exported
+    graph takes only the inputs MPNet has and equals torch, and the scorer pads with the base's id. A folder that
+    cannot be used is refused by name before anything trains."""
+    from test_text_export import CORPUS, make_model, make_tokenizer
+
+    from pmatch_duckdb.bundles import sha256_file
+    from pmatch_duckdb.pair_scorer import load_pair_scorer
+    from pmatch_duckdb.training.pair_base import PairBaseError, read_pair_base, write_base_tokenizer
+    from pmatch_duckdb.training.siamese import export_siamese_encoder, torch_embeddings, train_siamese_encoder
+
+    texts, groups, a, b = _siblings()
+    folder = tmp_path / "mpnet"
+    hf_tok = make_tokenizer("mpnet", corpus=[*CORPUS, *texts, *a, *b])
+    make_model("mpnet", len(hf_tok), seed=0).save_pretrained(folder)
+    hf_tok.save_pretrained(folder)
+    base = read_pair_base(folder)
+    assert (base.model_type, base.token_types, base.folder) == ("mpnet", False, folder)
+    assert base.record["weights_sha256"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
+    assert base.description.startswith("MPNetModel from ")
+    tok = tmp_path / "base_tokenizer.json"
+    pad = write_base_tokenizer(base, tok, 16)
+    assert pad == 1 == hf_tok.pad_token_id
+    cfg = PairTrainConfig(kind="siamese", max_len=16, epochs=12, lr=3e-3, threads=1, freeze_layers=0,
+                          batch_groups=6, temperature=0.1, patience=None)
+    model, info = train_siamese_encoder(texts, groups, tok, cfg, base=base, pad_id=pad)
+    assert type(model.bert).__name__ == "MPNetModel" and not model.token_types
+    assert info["loss_history"][-1] < 0.5 * info["loss_history"][0]
+    same, sibling = _same_and_sibling(torch_embeddings(model, tok, 16, texts, pad), groups)
+    assert same > sibling + 0.2, (same, sibling)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    assert export_siamese_encoder(model, out, tok, 16, texts, pad) <= 1e-4
+    scorer = load_pair_scorer(out / "pair_model.onnx", sha256_file(out / "pair_model.onnx"), out / "pair_tokenizer.json",
+                              {"kind": "siamese", "max_len": 16, "temperature": 0.1, "pad_id": pad,
+                               "serialize": SerializeOptions().to_dict()})
+    assert scorer.inputs == {"input_ids", "attention_mask"} and scorer.pad_id == 1
+    scorer.batch_size = 2  # batches of uneven length: padded with the base's id
+    ea, eb = torch_embeddings(model, tok, 16, a, pad), torch_embeddings(model, tok, 16, b, pad)
+    np.testing.assert_allclose(scorer.logits(a, b), np.einsum("ij,ij->i", ea, eb) / 0.1, atol=1e-3)
+    # refused, naming why: no folder, an architecture export-text does not read, no weights, another kind
+    with pytest.raises(PairBaseError, match="does not exist"):
+        read_pair_base(tmp_path / "nowhere")
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2Model"]}))
+    with pytest.raises(PairBaseError, match="gpt2"):
+        read_pair_base(gpt)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((folder / "config.json").read_bytes())
+    with pytest.raises(PairBaseError, match="no weights"):
+        read_pair_base(bare)
+    with pytest.raises(ValueError, match="needs the siamese kind, not 'cross'"):
+        PairOptions.from_recipe("cpu", "cpu", train={"kind": "cross", "base": str(folder)})
 
 
 def test_siamese_kind_takes_its_own_training_on_top_of_the_recipe():

@@ -383,6 +383,51 @@ def test_siamese_scorer_trains_in_the_matcher_and_reads_the_edition(editions):
     assert acc_off <= 0.6 and acc_on >= 0.8, (acc_on, acc_off)
 
 
+def test_siamese_scorer_from_a_local_mpnet_folder_in_the_matcher(editions, tmp_path):
+    """``--pair-base`` end to end: the siamese kind fine-tunes a local MPNet folder (small, random, built here with a
+    WordPiece vocabulary of the catalog's words) inside train_matcher; the bundle carries that model's tokenizer, its
+    padding id and where it came from (folder, architecture, weights' SHA-256), the exported graph has no token type
+    ids, and through score_pairs it tells the editions apart where stage 1 is a coin toss."""
+    from test_text_export import CORPUS, make_model, make_tokenizer
+
+    from pmatch_duckdb.bundles import sha256_file
+    from pmatch_duckdb.pair_scorer import SiameseScorer
+    from pmatch_duckdb.training import train_matcher
+
+    con, thome, _, _, _, _ = editions
+    words = [f"{t} {d}" for t, d in con.execute(
+        "SELECT title, description FROM catalog UNION ALL SELECT title, description FROM feed "
+        "UNION ALL SELECT title, description FROM feed_test").fetchall()]
+    folder = tmp_path / "mpnet"
+    hf_tok = make_tokenizer("mpnet", corpus=[*CORPUS, *words, "col title val description brand price"])
+    make_model("mpnet", len(hf_tok), seed=0).save_pretrained(folder)
+    hf_tok.save_pretrained(folder)
+    opts = PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese", "base": str(folder), "max_len": MAX_LEN,
+                                                         "epochs": 10, "lr": 2e-3, "threads": 1, "batch_groups": 16,
+                                                         "temperature": 0.1, "patience": None,
+                                                         "known_products": False},
+                                   top_m=2, hard_negatives=0, min_positives=50, min_gain=None)
+    log: list[str] = []
+    train_matcher(con, ["feed", "catalog"], pairs="labels", name="siamese-mpnet", pair_options=opts,
+                  activate=False, progress=False, log=log.append)
+    assert any(m.startswith("pair model (siamese): starting from MPNetModel from ") for m in log), log
+    m = load_matcher("siamese-mpnet", "v1", thome)
+    assert isinstance(m.pair, SiameseScorer) and m.pair.inputs == {"input_ids", "attention_mask"}
+    man = m.bundle.manifest["pair_model"]
+    assert man["kind"] == "siamese" and man["pad_id"] == 1 == m.pair.pad_id and man["onnx_max_abs_diff"] <= 1e-4
+    assert man["base"]["model_type"] == "mpnet" and man["base"]["folder"] == str(folder.resolve())
+    assert man["base"]["weights_sha256"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
+    assert man["init"] == f"MPNetModel from {str(folder.resolve())!r}, mean pooling"
+    # the bundle's tokenizer is the base's (its vocabulary), hashed like every file
+    bundle_tok = json.loads((m.bundle.path / "pair_tokenizer.json").read_text())
+    assert "pair_tokenizer.json" in m.bundle.manifest["files"]
+    assert len(bundle_tok["model"]["vocab"]) == len(hf_tok) != 30522
+    on = _scored(con, thome, "siamese-mpnet")
+    off = _scored(con, thome, "siamese-mpnet", pair_top_m=0)
+    acc_on, acc_off = _accuracy(on, 2), _accuracy(off, 2)
+    assert acc_off <= 0.6 and acc_on >= 0.8, (acc_on, acc_off)
+
+
 def test_calibrate_scores_the_reviewed_pairs_again_by_each_model(editions):
     """`pmatch calibrate` with a pair-scored matcher: the scores shown to reviewers mix two models' scales (re-read
     pairs carry the stacked model's score), so the reviewed pairs are scored again through score_pairs, re-read (the

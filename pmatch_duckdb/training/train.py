@@ -319,6 +319,13 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         raise TrainingError("valid_split='latest' holds out the offers reviewed last: it needs pairs=<a table of "
                             "review verdicts> (pm_labels' columns, label_id giving their order)"
                             + (f"; {pairs!r} has no label_id / verdict column" if pairs else ""))
+    if pair_model and pair_options is not None and pair_options.train.base is not None:
+        from .pair_base import PairBaseError, read_pair_base
+
+        try:  # before stage 1 trains: a wrong folder fails now, not after minutes
+            read_pair_base(pair_options.train.base)
+        except PairBaseError as e:
+            raise TrainingError(str(e)) from None
     name = name or ctx.settings.matcher
     spec = {**DEFAULT_SPEC, **(spec or {})}
     rows, side = _load_offers(con, ctx, tables, progress)

