@@ -234,13 +234,15 @@ def _changes_thresholds(cal: Calibration) -> bool:
     """Whether writing ``cal`` would change a threshold in force (a calibration that certifies exactly the
     thresholds in force writes no new matcher version: rerunning calibrate on the same verdicts, or on a few more
     that move nothing, must not pile up identical copies)."""
-    inf = float("inf")
-    parts = [(new_thresholds(cal.as_dict()), (inf if cal.old_accept is None else cal.old_accept, cal.old_review))]
-    if cal.pair is not None:
-        pa = cal.pair
-        parts.append((new_thresholds(pa), (inf if pa["old_accept"] is None else pa["old_accept"], pa["old_review"])))
-    return any(new is not None and (float(new[0]), float(new[1])) != (float(old[0]), float(old[1]))
-               for new, old in parts)
+    parts = [cal.as_dict(), *([cal.pair] if cal.pair is not None else [])]
+    return any((new := new_thresholds(p)) is not None and tuple(map(float, new)) != tuple(map(float, _in_force(p)))
+               for p in parts)
+
+
+def _in_force(part: dict) -> tuple[float, float]:
+    """(accept, review) one model had in force, from its part of a calibration (a ``Calibration`` as a dict, or its
+    ``pair`` dict); accept is inf where it had none."""
+    return (float("inf") if part["old_accept"] is None else part["old_accept"]), part["old_review"]
 
 
 @dataclass
@@ -360,11 +362,10 @@ def new_thresholds(part: dict) -> tuple[float, float] | None:
     """(accept, review) to write for one model's part of a calibration (a ``Calibration`` as a dict, or its ``pair``
     dict), or None to keep the model's thresholds: a certified accept threshold brings its review threshold; without
     one, a review threshold a reject audit lowered is written alone (it only sends more pairs to review)."""
-    inf = float("inf")
     if part["accept"] is not None:
         return part["accept"], part["review"]
     if part.get("recall_loss_from") == "the reject audit" and part["review"] < part["old_review"]:
-        return (inf if part["old_accept"] is None else part["old_accept"]), part["review"]
+        return _in_force(part)[0], part["review"]
     return None
 
 
@@ -376,14 +377,13 @@ def review_band_counts(con, ctx, matches: str, cal: Calibration) -> tuple[int, i
     from .queue import model_state
     from .rescore import reread_in_result, result_pairs
 
-    inf = float("inf")
-    old1 = (cal.old_review, inf if cal.old_accept is None else cal.old_accept)
-    new1 = _band_of(new_thresholds(cal.as_dict()), old1)
+    whole_cal = cal.as_dict()
+    old1 = _in_force(whole_cal)[::-1]  # bands are (review, accept)
+    new1 = _band_of(new_thresholds(whole_cal), old1)
     old2 = new2 = old1
     if cal.pair is not None:
-        pa = cal.pair
-        old2 = (pa["old_review"], inf if pa["old_accept"] is None else pa["old_accept"])
-        new2 = _band_of(new_thresholds(pa), old2)
+        old2 = _in_force(cal.pair)[::-1]
+        new2 = _band_of(new_thresholds(cal.pair), old2)
     q = quote_qualified(matches)
     cols = {d[0].lower() for d in con.execute(f"SELECT * FROM {q} LIMIT 0").description}
     whole = "scored_by" in cols and not con.execute(

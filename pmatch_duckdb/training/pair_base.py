@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import PmatchError
 
@@ -33,7 +34,9 @@ class PairBaseError(PmatchError):
 class PairBase:
     """Where the siamese scorer's transformer and tokenizer come from."""
 
-    folder: Path | None  # None: the packaged MiniLM-L6
+    folder: Path | None  # the transformer folder (config.json, weights, tokenizer); None: the packaged MiniLM-L6
+    #: what :func:`~pmatch_duckdb.build.text_hf.read_model_folder` read there (a ``ModelSpec``; None for MiniLM)
+    spec: Any = None
     model_type: str = "bert"
     #: the model takes ``token_type_ids`` (BERT); RoBERTa-style models and DistilBERT have none
     token_types: bool = True
@@ -68,16 +71,16 @@ def read_pair_base(path: str | os.PathLike[str] | None) -> PairBase:
     token_types = ARCHITECTURES[spec.model_type][1]
     record = {"folder": str(Path(path).resolve()), "model_type": spec.model_type, "architecture": spec.architecture,
               "weights_sha256": {w.name: sha256_file(w) for w in weights}}
-    return PairBase(spec.transformer, spec.model_type, token_types,
+    return PairBase(spec.transformer, spec, spec.model_type, token_types,
                     f"{ARCHITECTURES[spec.model_type][0]} from {str(Path(path).resolve())!r}, mean pooling", record)
 
 
 def load_base_model(base: PairBase):  # noqa: ANN201
     """The base's transformers encoder (local files only, no code from the folder, eager attention)."""
-    from ..build.text_hf import ExportError, load_transformer, read_model_folder
+    from ..build.text_hf import ExportError, load_transformer
 
     try:
-        return load_transformer(read_model_folder(base.folder)).train()
+        return load_transformer(base.spec).train()
     except ExportError as e:
         raise PairBaseError(f"pair scorer base: {e}") from None
 
@@ -85,11 +88,10 @@ def load_base_model(base: PairBase):  # noqa: ANN201
 def write_base_tokenizer(base: PairBase, dest: Path, max_len: int) -> int:
     """Write the base's fast tokenizer as a ``tokenizers`` JSON to ``dest`` (truncating at ``max_len``, no padding;
     lower-cased first where the sentence-transformers folder says so) and return its padding id."""
-    from ..build.text_hf import ExportError, load_tokenizer, read_model_folder, write_tokenizer
+    from ..build.text_hf import ExportError, load_tokenizer, write_tokenizer
 
     try:
-        spec = read_model_folder(base.folder)
-        pre = write_tokenizer(load_tokenizer(spec), dest, max_len, spec.do_lower_case)
+        pre = write_tokenizer(load_tokenizer(base.spec), dest, max_len, base.spec.do_lower_case)
     except ExportError as e:
         raise PairBaseError(f"pair scorer base: {e}") from None
     return int(pre["pad_id"])
