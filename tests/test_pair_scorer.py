@@ -629,7 +629,7 @@ def test_the_known_kind_reads_fused_vectors_and_an_offer_without_one_gets_no_vot
         load_pair_scorer(Path("x.onnx"), "0" * 64, Path("t.json"), {"kind": "known"})
 
 
-def test_siamese_fine_tunes_a_local_mpnet_folder(tmp_path: Path):
+def test_siamese_fine_tunes_a_local_mpnet_folder(tmp_path: Path, capfd: pytest.CaptureFixture[str]):
     """``--pair-base``: the siamese scorer starts from a local model folder, here a small random MPNet built in the
     test (no token type ids, its own WordPiece tokenizer, padding id 1); it learns the siblings apart, the exported
     graph takes only the inputs MPNet has and equals torch, and the scorer pads with the base's id. A folder that
@@ -638,7 +638,12 @@ def test_siamese_fine_tunes_a_local_mpnet_folder(tmp_path: Path):
 
     from pmatch_duckdb.bundles import sha256_file
     from pmatch_duckdb.pair_scorer import load_pair_scorer
-    from pmatch_duckdb.training.pair_base import PairBaseError, read_pair_base, write_base_tokenizer
+    from pmatch_duckdb.training.pair_base import (
+        PairBaseError,
+        load_base_model,
+        read_pair_base,
+        write_base_tokenizer,
+    )
     from pmatch_duckdb.training.siamese import export_siamese_encoder, torch_embeddings, train_siamese_encoder
 
     texts, groups, a, b = _siblings()
@@ -650,6 +655,11 @@ def test_siamese_fine_tunes_a_local_mpnet_folder(tmp_path: Path):
     assert (base.model_type, base.token_types, base.folder) == ("mpnet", False, folder)
     assert base.record["weights_sha256"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
     assert base.description.startswith("MPNetModel from ")
+    # loaded without its pooler, quietly: transformers' load report and weight bar stay out of `pmatch train`'s output
+    capfd.readouterr()
+    assert type(load_base_model(base)).__name__ == "MPNetModel"
+    got = capfd.readouterr()
+    assert "UNEXPECTED" not in got.out + got.err and "Loading weights" not in got.err, got
     tok = tmp_path / "base_tokenizer.json"
     pad = write_base_tokenizer(base, tok, 16)
     assert pad == 1 == hf_tok.pad_token_id

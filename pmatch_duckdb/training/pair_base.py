@@ -78,9 +78,11 @@ def read_pair_base(path: str | os.PathLike[str] | None) -> PairBase:
 def load_base_model(base: PairBase):  # noqa: ANN201
     """The base's transformers encoder (local files only, no code from the folder, eager attention)."""
     from ..build.text_hf import ExportError, load_transformer
+    from .pair_model import quiet_transformers
 
     try:
-        return load_transformer(base.spec).train()
+        with quiet_transformers():
+            return load_transformer(base.spec).train()
     except ExportError as e:
         raise PairBaseError(f"pair scorer base: {e}") from None
 

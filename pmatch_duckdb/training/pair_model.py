@@ -92,6 +92,24 @@ def minilm_dir() -> Path:
     return source_dir()
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Load a checkpoint without transformers' load report and weight-loading bar: the pair scorers drop the
+    checkpoint's pooler on purpose, and the report (a warning listing those "UNEXPECTED" keys) and the bar would
+    land in `pmatch train`'s output."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 class CrossEncoder:  # built lazily as a torch.nn.Module subclass (torch is optional)
     """Factory for the torch cross-encoder module: BERT + dropout + Linear(hidden, 1) on ``[CLS]``."""
 
@@ -106,20 +124,9 @@ class CrossEncoder:  # built lazily as a torch.nn.Module subclass (torch is opti
         if tiny_config is not None:
             bert = BertModel(BertConfig(**tiny_config, attn_implementation="eager"), add_pooling_layer=False)
         else:
-            from transformers.utils import logging as hf_logging
-
-            # the checkpoint's pooler is dropped on purpose: keep transformers' load report (a warning listing
-            # those "UNEXPECTED" keys) and its weight-loading bar out of `pmatch train`'s output
-            level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
-            try:
+            with quiet_transformers():
                 bert = BertModel.from_pretrained(str(bert_dir or minilm_dir()), attn_implementation="eager",
                                                  add_pooling_layer=False)
-            finally:
-                hf_logging.set_verbosity(level)
-                if bars:
-                    hf_logging.enable_progress_bar()
 
         class _CrossEncoder(torch.nn.Module):
             def __init__(self, bert: torch.nn.Module) -> None:
