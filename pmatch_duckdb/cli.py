@@ -288,7 +288,8 @@ text_model_option = click.option(
               help="Siamese pair scorer: fine-tune this local model folder (sentence-transformers or Hugging Face; "
                    "BERT, RoBERTa, XLM-R, MPNet, DistilBERT; local files only) instead of the packaged MiniLM-L6. "
                    "A bigger encoder reads more but trains slower: on 2 CPU cores a 110 M-parameter one takes about "
-                   "an hour on WDC Products' 1,500 training offers; use a GPU (--pair-device cuda).")
+                   "100 minutes for the siamese recipe's 12 epochs on WDC Products' 1,500 training offers; use a "
+                   "GPU (--pair-device cuda).")
 @click.option("--no-pair-known-products", is_flag=True,
               help="Do not keep the labelled training offers in the bundle (known products: whether a pair's offers "
                    "resolve to the same labelled product, stacked with the pair score), and no fallback to the "

@@ -653,7 +653,7 @@ def test_siamese_fine_tunes_a_local_mpnet_folder(tmp_path: Path, capfd: pytest.C
     hf_tok.save_pretrained(folder)
     base = read_pair_base(folder)
     assert (base.model_type, base.token_types, base.folder) == ("mpnet", False, folder)
-    assert base.record["weights_sha256"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
+    assert base.record()["weights_sha256"] == {"model.safetensors": sha256_file(folder / "model.safetensors")}
     assert base.description.startswith("MPNetModel from ")
     # loaded without its pooler, quietly: transformers' load report and weight bar stay out of `pmatch train`'s output
     capfd.readouterr()

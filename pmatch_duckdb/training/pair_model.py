@@ -620,8 +620,8 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     if cfg.kind == "siamese":
         config["temperature"] = cfg.temperature
         config["pad_id"] = int(info.get("pad_id", 0))
-        if base is not None and base.record is not None and not cfg.tiny_bert:
-            config["base"] = base.record
+        if base is not None and base.folder is not None and not cfg.tiny_bert:
+            config["base"] = base.record()
     scorer = load_pair_scorer(out_dir / "pair_model.onnx", sha256_file(out_dir / "pair_model.onnx"),
                               out_dir / "pair_tokenizer.json", config, summarizer)
     if known_texts is not None and cfg.known_products:
