@@ -296,8 +296,10 @@ text_model_option = click.option(
                    "known kind.")
 @click.option("--pair-max-len", default=None, type=int, help="Pair scorer: word pieces per pair (cpu recipe 64, gpu 256).")
 @click.option("--pair-epochs", default=None, type=int, help="Pair scorer: fine-tuning epochs (cpu recipe 3, gpu 16).")
-@click.option("--pair-freeze-layers", default=None, type=click.IntRange(0, 6),
-              help="Pair scorer: frozen lower layers (of 6) and embeddings (cpu recipe 4, gpu 0).")
+@click.option("--pair-freeze-layers", default=None, type=click.IntRange(0),
+              help="Pair scorer: frozen lower layers and the embeddings, run once per pair (cross) or offer "
+                   "(siamese) and their output stored, so each epoch runs only the layers above (cross cpu recipe "
+                   "4 of MiniLM's 6, gpu 0; siamese 0; with --pair-base on a CPU, e.g. 6 of 12).")
 @click.option("--pair-device", default="auto", show_default=True,
               help="Pair scorer: where torch fine-tunes it (auto: a CUDA GPU when torch sees one; cpu, cuda, cuda:N).")
 @click.option("--pair-patience", default=None, type=click.IntRange(0),

@@ -386,6 +386,65 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
     assert res.exit_code == 2 and "--pair-kind" in res.output and len(seen) == 4
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta", "mpnet", "distilbert"])
+def test_siamese_frozen_layers_run_once_and_train_the_same_model(kind: str, tmp_path: Path):
+    """With frozen lower layers the siamese recipe runs them once per offer and trains the upper layers on their
+    stored output (each architecture through its own forward, MPNet's relative position bias included): the
+    embeddings equal the whole encoder's, and training on stored states gives the model that training through every
+    layer gives (dropout off, so both runs draw the same numbers). The frozen parameters do not move."""
+    import torch
+    from test_text_export import CORPUS, make_model, make_tokenizer
+
+    from pmatch_duckdb.training.pair_base import read_pair_base, write_base_tokenizer
+    from pmatch_duckdb.training.siamese import (
+        SiameseEncoder,
+        _embed_stored,
+        _tokenizer,
+        embed_texts,
+        encoder_layers,
+        lower_states,
+        train_siamese_encoder,
+    )
+
+    texts, groups, a, b = _siblings()
+    folder = tmp_path / kind
+    hf_tok = make_tokenizer(kind, corpus=[*CORPUS, *texts, *a, *b])
+    model = make_model(kind, len(hf_tok), seed=1, **({} if kind == "distilbert" else {"num_hidden_layers": 3}))
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, 0.0)
+    model.save_pretrained(folder)
+    hf_tok.save_pretrained(folder)
+    base = read_pair_base(folder)
+    tok_json = tmp_path / "tok.json"
+    pad = write_base_tokenizer(base, tok_json, 16)
+    enc = SiameseEncoder.build(base=base)
+    n_layers = len(encoder_layers(enc.bert))
+    tok = _tokenizer(tok_json, 16, pad)
+    whole = embed_texts(enc, tok, [*texts, *a, *b])
+    for n_frozen in range(n_layers):
+        got = _embed_stored(enc, lower_states(enc, tok, [*texts, *a, *b], n_frozen, "cpu"), n_frozen, "cpu")
+        np.testing.assert_allclose(got, whole, atol=1e-5, err_msg=f"{kind}, {n_frozen} layers stored")
+    assert len(encoder_layers(enc.bert)) == n_layers and type(enc.bert.embeddings).__name__ != "_Given"
+
+    cfg = PairTrainConfig(kind="siamese", max_len=16, epochs=4, lr=3e-3, threads=1, freeze_layers=1,
+                          batch_groups=3, temperature=0.1, patience=None)
+    va = (a, b, np.array([1.0, 0.0, 0.0]))
+    stored, info = train_siamese_encoder(texts, groups, tok_json, cfg, valid=va, base=base, pad_id=pad)
+    through, info2 = train_siamese_encoder(texts, groups, tok_json, dataclasses.replace(cfg, precompute=False),
+                                           valid=va, base=base, pad_id=pad)
+    assert (info["precomputed_frozen_layers"], info2["precomputed_frozen_layers"]) == (True, False)
+    assert info["frozen_layers"] == 1 and info["steps"] == info2["steps"] > 0
+    np.testing.assert_allclose(info["loss_history"], info2["loss_history"], rtol=1e-4)
+    np.testing.assert_allclose(embed_texts(stored, tok, texts), embed_texts(through, tok, texts), atol=1e-4)
+    before = SiameseEncoder.build(base=base).bert.state_dict()
+    after = stored.bert.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    upper = {id(p) for layer in encoder_layers(stored.bert)[1:] for p in layer.parameters()}
+    upper_names = {name for name, p in stored.bert.named_parameters() if id(p) in upper}
+    assert moved and moved <= upper_names, sorted(moved - upper_names)
+
+
 def test_train_cli_pair_base_is_checked_before_training(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):
     """`pmatch train --pair-base FOLDER`: reaches train_matcher with the siamese kind; without it, or with a folder
     that cannot be used, a usage error naming --pair-base before anything trains."""

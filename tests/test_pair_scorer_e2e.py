@@ -22,6 +22,7 @@ from pmatch_duckdb.matchers import load_matcher
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from pmatch_duckdb.training.pair_model import PairOptions, PairTrainConfig  # noqa: E402
+from pmatch_duckdb.training.train import TrainingError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TINY = {"vocab_size": 30522, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -408,6 +409,12 @@ def test_siamese_scorer_from_a_local_mpnet_folder_in_the_matcher(editions, tmp_p
                                                          "known_products": False},
                                    top_m=2, hard_negatives=0, min_positives=50, min_gain=None)
     log: list[str] = []
+    # freezing every layer leaves nothing to fine-tune: refused, naming the count, before stage 1 trains
+    frozen = dataclasses.replace(opts, train=dataclasses.replace(opts.train, freeze_layers=2))
+    with pytest.raises(TrainingError, match="freezes every one of the 2 layers of MPNetModel"):
+        train_matcher(con, ["feed", "catalog"], pairs="labels", name="siamese-mpnet", pair_options=frozen,
+                      activate=False, progress=False, log=log.append)
+    assert log == [] and not (thome / "matchers" / "siamese-mpnet").exists()
     train_matcher(con, ["feed", "catalog"], pairs="labels", name="siamese-mpnet", pair_options=opts,
                   activate=False, progress=False, log=log.append)
     assert any(m.startswith("pair model (siamese): starting from MPNetModel from ") for m in log), log

