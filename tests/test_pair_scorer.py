@@ -459,12 +459,19 @@ def test_train_cli_pair_base_is_checked_before_training(monkeypatch: pytest.Monk
     res = invoke([*base, "--pair-kind", "siamese", "--pair-base", str(folder)])
     assert res.exit_code == 0, res.output
     assert seen[0].train.base == str(folder) and seen[0].train.kind == "siamese"
+    # the cpu recipe freezes the lower half of the base's layers (stored once); the command line or the gpu recipe
+    # says otherwise
+    assert seen[0].train.freeze_layers == 1 and seen[0].recipe == "cpu"
+    res = invoke([*base, "--pair-kind", "siamese", "--pair-base", str(folder), "--pair-freeze-layers", "0"])
+    assert res.exit_code == 0 and seen[1].train.freeze_layers == 0, res.output
+    gpu = PairOptions.from_recipe("gpu", "cpu", train={"kind": "siamese", "base": str(folder)})
+    assert gpu.train.freeze_layers == 0 and PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese"}).train.freeze_layers == 0
     for extra, msg in ((["--pair-base", str(folder)], "give it with --pair-kind siamese"),
                        (["--pair-kind", "siamese", "--pair-base", str(tmp_path / "nowhere")], "does not exist"),
                        (["--pair-kind", "siamese", "--pair-base", str(tmp_path)], "no config.json")):
         res = invoke(base + extra)
         assert res.exit_code == 2 and "--pair-base" in res.output and msg in res.output, res.output
-    assert len(seen) == 1
+    assert len(seen) == 2
 
 
 def test_train_cli_passes_the_validation_split(monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path):

@@ -418,6 +418,9 @@ def test_siamese_scorer_from_a_local_mpnet_folder_in_the_matcher(editions, tmp_p
     train_matcher(con, ["feed", "catalog"], pairs="labels", name="siamese-mpnet", pair_options=opts,
                   activate=False, progress=False, log=log.append)
     assert any(m.startswith("pair model (siamese): starting from MPNetModel from ") for m in log), log
+    # the cpu recipe froze the lower half of the base (1 of its 2 layers) and trained on their stored output
+    assert any(m.startswith("pair model (siamese): the embeddings and the lower 1 of 2 layers (frozen) ran once")
+               for m in log), log
     m = load_matcher("siamese-mpnet", "v1", thome)
     assert isinstance(m.pair, SiameseScorer) and m.pair.inputs == {"input_ids", "attention_mask"}
     man = m.bundle.manifest["pair_model"]

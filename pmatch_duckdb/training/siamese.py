@@ -285,8 +285,9 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
     if pre:
         states, va_states = (lower_states(model, tok, t, n_frozen, device) for t in (texts, va_texts))
         if log:
-            log(f"pair model (siamese): the embeddings and {n_frozen} frozen layers run once for {len(texts):,} "
-                f"training + {len(va_texts):,} validation offers ({time.perf_counter() - t0:.0f}s, {device})")
+            log(f"pair model (siamese): the embeddings and the lower {n_frozen} of {len(layers)} layers (frozen) ran "
+                f"once for {len(texts):,} training + {len(va_texts):,} validation offers; each epoch runs the "
+                f"{len(layers) - n_frozen} above ({time.perf_counter() - t0:.0f}s, {device})")
 
     def embed_all(which: list, stored: list) -> np.ndarray:
         return _embed_stored(model, stored, n_frozen, device) if pre else embed_texts(model, tok, which, device)
