@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pair_scorer import DEFAULT_TOP_M, PAIR_KINDS, PairTokenizer, SerializeOptions
+from .layers import only_layers
 
 ONNX_TOLERANCE = 1e-4
 
@@ -178,32 +179,18 @@ def augment_pair(a: str, b: str, rng: random.Random) -> tuple[str, str]:
     return (f(a), b) if rng.random() < 0.5 else (a, f(b))
 
 
-def _attention_mask(model, hidden, mask):  # noqa: ANN001, ANN202
-    """The encoder's attention mask in the form its layers take: what BertModel.forward builds for an encoder,
-    through transformers' public masking function (BertModel's private helper changed its signature in 5.25)."""
-    from transformers.masking_utils import create_bidirectional_mask
-
-    return create_bidirectional_mask(config=model.bert.config, inputs_embeds=hidden, attention_mask=mask)
-
-
 def frozen_states(model, ids, mask, types, n_frozen: int):  # noqa: ANN001, ANN201
     """Output of the embeddings and the lower ``n_frozen`` layers (no gradients: they are not trained)."""
     import torch
 
-    with torch.no_grad():
-        h = model.bert.embeddings(input_ids=ids, token_type_ids=types)
-        am = _attention_mask(model, h, mask)
-        for layer in model.bert.encoder.layer[:n_frozen]:
-            h = layer(h, am)
-    return h
+    with torch.no_grad(), only_layers(model.bert, slice(0, n_frozen)):
+        return model.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
 
 
 def upper_logits(model, hidden, mask, n_frozen: int):  # noqa: ANN001, ANN201
     """Logits from the stored output of the frozen layers: the upper layers, dropout, head on the pooled state."""
-    am = _attention_mask(model, hidden, mask)
-    h = hidden
-    for layer in model.bert.encoder.layer[n_frozen:]:
-        h = layer(h, am)
+    with only_layers(model.bert, slice(n_frozen, None), hidden=hidden):
+        h = model.bert(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
     return model.head(model.dropout(model.pool(h, mask))).squeeze(-1)
 
 

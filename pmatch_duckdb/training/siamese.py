@@ -16,13 +16,13 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import PmatchError
+from .layers import encoder_layers, layer_box, only_layers
 from .pair_base import PairBase
 from .pair_model import (
     ONNX_TOLERANCE,
@@ -74,39 +74,6 @@ def mean_pool_normalize(h, mask):  # noqa: ANN001, ANN201
 
     m = mask.unsqueeze(-1).to(h.dtype)
     return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
-
-
-def _layer_box(bert):  # noqa: ANN001, ANN202
-    """The module holding an encoder's ``layer`` list (DistilBERT keeps it under ``transformer``)."""
-    return bert.encoder if hasattr(bert, "encoder") else bert.transformer
-
-
-def encoder_layers(bert) -> list:  # noqa: ANN001
-    """The transformer layers of an encoder (DistilBERT keeps them under ``transformer``, the others ``encoder``)."""
-    return list(_layer_box(bert).layer)
-
-
-@contextmanager
-def only_layers(bert, layers: slice, hidden=None) -> Iterator[None]:  # noqa: ANN001
-    """For the block, ``bert`` runs only its transformer layers ``layers``; with ``hidden`` (stored output of the
-    layers below) its embeddings module hands back ``hidden`` instead of embedding the input. The encoder's own
-    forward does the rest — the attention mask in its own form, MPNet's relative position bias (from the sequence
-    length alone) — so one code path serves every architecture :mod:`.pair_base` reads. Same parameters,
-    swapped back afterwards."""
-    import torch
-
-    class _Given(torch.nn.Module):
-        def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            return hidden
-
-    box, kept, emb = _layer_box(bert), _layer_box(bert).layer, bert.embeddings
-    box.layer = torch.nn.ModuleList(list(kept)[layers])
-    if hidden is not None:
-        bert.embeddings = _Given()
-    try:
-        yield
-    finally:
-        box.layer, bert.embeddings = kept, emb
 
 
 def lower_states(model, tok, texts: Sequence[str], n_frozen: int, device: str) -> list:  # noqa: ANN001
@@ -257,7 +224,7 @@ def _train_siamese(texts, groups, tokenizer_json, cfg, bert_dir, tiny_config, lo
     # frozen: the embeddings, the lower layers and what the encoder shares between its layers (MPNet's relative
     # position bias), so that stored lower states stay what those layers compute
     in_layers = {id(p) for layer in layers for p in layer.parameters()}
-    shared = [p for p in _layer_box(model.bert).parameters() if id(p) not in in_layers]
+    shared = [p for p in layer_box(model.bert).parameters() if id(p) not in in_layers]
     for p in [*model.bert.embeddings.parameters(), *shared, *(q for la in layers[:n_frozen] for q in la.parameters())] \
             if n_frozen > 0 else []:
         p.requires_grad_(False)
