@@ -899,7 +899,7 @@ class PairOptions:
             raise ValueError(f"pair model kind must be one of {PAIR_KINDS}, not {kind!r}")
         if (train or {}).get("base") is not None and kind != "siamese":
             raise ValueError(f"a pair scorer base (another encoder to fine-tune) needs the siamese kind, not {kind!r}: "
-                             "the cross-encoder's cpu recipe trains on MiniLM's stored lower-layer states")
+                             "the cross-encoder's module, pair tokenizer and export are MiniLM's (BERT)")
         t = {**r.get("train", {}), **(SIAMESE_RECIPES[name] if kind == "siamese" else {}), **(train or {}),
              "device": device}
         if kind == "siamese" and name == "cpu" and t.get("base") is not None and "freeze_layers" not in (train or {}):
