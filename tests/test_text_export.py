@@ -1,9 +1,9 @@
 """Bring your own text encoder: ``pmatch models export-text`` on local sentence-transformers / HF folders.
 
 Nothing can be downloaded, so every model is made here: tiny randomly initialised BERT, XLM-RoBERTa and
-MPNet encoders (transformers configs) with tokenizers trained in the test by the ``tokenizers`` library
-(WordPiece for BERT and MPNet, SentencePiece-style Unigram for XLM-R, each wrapped in its transformers
-tokenizer class), saved as sentence-transformers folders (mean, CLS, Dense, legacy pooling configs,
+MPNet encoders (transformers configs) with vocabularies built from the test corpus (WordPiece for BERT and
+MPNet, SentencePiece-style Unigram for XLM-R; byte-level BPE trained for RoBERTa), each wrapped in its
+transformers tokenizer class), saved as sentence-transformers folders (mean, CLS, Dense, legacy pooling configs,
 prompts) and as plain Hugging Face folders. Each is exported and compared with sentence-transformers'
 own ``encode`` (the reference a user of these models knows) through the SQL functions; the run time is
 checked with torch and transformers unimportable; and a tiny XLM-R fine-tuned in the test on a generated
@@ -52,24 +52,37 @@ MAX_POS = 64
 # --------------------------------------------------------------------------------------------- model makers
 
 def wordpiece_vocab(special: list[str], corpus: list[str] = CORPUS, size: int = 400) -> dict[str, int]:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A WordPiece vocabulary for ``corpus``: the special tokens, every character alone and as a ``##`` piece,
+    then whole words by frequency (ties alphabetical) up to ``size``. Built, not trained: the ``tokenizers``
+    WordPieceTrainer breaks ties in hash order, so its vocabulary (and every model trained on it) changed from
+    run to run."""
+    from collections import Counter
 
-    tok = Tokenizer(models.WordPiece(unk_token=special[1]))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=size, special_tokens=special))
-    return tok.get_vocab()
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in corpus for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    tokens = [*special, *chars, *(f"##{c}" for c in chars)]
+    tokens += sorted((w for w in words if len(w) > 1), key=lambda w: (-words[w], w))[:max(0, size - len(tokens))]
+    return {t: i for i, t in enumerate(dict.fromkeys(tokens))}
 
 
 def unigram_vocab(corpus: list[str] = CORPUS, size: int = 300) -> list[tuple[str, float]]:
-    """A SentencePiece-style Unigram vocabulary in XLM-R's id order (<s>, <pad>, </s>, <unk>, ...)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A SentencePiece-style Unigram vocabulary in XLM-R's id order (<s>, <pad>, </s>, <unk>, ...): every
+    character, then whole ``▁``-words by frequency up to ``size``, each scored by its log frequency. Built, not
+    trained, for the reason :func:`wordpiece_vocab` gives (the UnigramTrainer's output changed from run to run)."""
+    from collections import Counter
 
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.train_from_iterator(corpus, trainers.UnigramTrainer(
-        vocab_size=size, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>"))
-    return [(piece, score) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+    from tokenizers import pre_tokenizers
+
+    words = Counter(w for text in corpus for w, _ in pre_tokenizers.Metaspace().pre_tokenize_str(text))
+    chars = Counter(c for w, n in words.items() for c in w for _ in range(n))
+    total = sum(words.values()) + sum(chars.values())
+    pieces = [(c, chars[c]) for c in sorted(chars)]
+    pieces += sorted(((w, n) for w, n in words.items() if len(w) > 1), key=lambda p: (-p[1], p[0]))[
+        :max(0, size - 4 - len(pieces))]
+    return [(sp, 0.0) for sp in ("<s>", "<pad>", "</s>", "<unk>")] + [(p, float(np.log(n / total))) for p, n in pieces]
 
 
 def make_tokenizer(kind: str, max_len: int = MAX_POS, corpus: list[str] = CORPUS):
