@@ -439,6 +439,8 @@ class Ctx:
     dump_scores: Path | None = None  # pair parts: each variant's scores per split (for bench_pair_gpu.py stack)
     pair_top_m_extra: list[int] = dataclasses.field(default_factory=list)  # full tables: rows at these m too
     text_model: str | None = None  # text encoder bundle (None: the default, minilm-l6-v2)
+    #: pairs table -> [(label, mask over its pairs)]: extra rows for parts of a test set (WDC: seen / unseen products)
+    subsets: dict[str, list[tuple[str, np.ndarray]]] = dataclasses.field(default_factory=dict)
 
 
 def open_db(ctx: Ctx, part: str, matcher: str, image_roots: list[Path] | None = None) -> duckdb.DuckDBPyConnection:
@@ -632,6 +634,15 @@ def _pair_rows(con: duckdb.DuckDBPyConnection, ctx: Ctx, part: str, offers: list
         if label == MAIN:
             save_plots(ctx.plots, part if len(tests) == 1 else f"{part}-{key}", test[0], test[1],
                        int(test[1].sum()), accept, review, f"{sub} test (trained)")
+        for sub_label, mask in ctx.subsets.get(f"{_pt(part)}_{key}", []):  # the same scores and thresholds
+            ms = labelled_metrics(valid, (test[0][mask], test[1][mask]), accept,
+                                  None if dec is None else [d for d, keep in zip(dec, mask, strict=True) if keep])
+            rows.append(Row(f"{sub}: {sub_label}", label, f1_accept=ms["f1_accept"], f1_valid=ms["f1_valid"],
+                            best_f1=ms["best_f1"], r_p99=ms["r_p99"], train_s=train_s,
+                            reference=f"{int(mask.sum())} of its pairs ({int(test[1][mask].sum())} matches)",
+                            extra=ms))
+            log(f"    {sub_label}: {int(mask.sum())} pairs, F1@valid-best {ms['f1_valid']:.3f}, best test F1 "
+                f"{ms['best_f1']:.3f}")
     return rows
 
 
@@ -704,11 +715,27 @@ def load_wdc(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, list[tup
     return splits
 
 
+def wdc_seen_sides(folder: Path) -> dict[str, np.ndarray]:
+    """Per split key, for each pair in file order: how many of its two products (cluster ids) have an offer in
+    ``train_medium`` (0, 1 or 2). The 50 % unseen gold standard's pairs of two unseen products are where
+    known products cannot help and the scorer has to generalise."""
+    def clusters(fname: str) -> list[tuple[Any, Any]]:
+        with gzip.open(folder / fname, "rt", encoding="utf-8") as fh:
+            return [(r["cluster_id_left"], r["cluster_id_right"]) for r in map(json.loads, fh)]
+
+    seen = {c for pair in clusters(WDC_FILES["train"]) for c in pair}
+    return {key: np.array([(a in seen) + (b in seen) for a, b in clusters(WDC_FILES[key])])
+            for key in ("gs000", "gs050")}
+
+
 def part_wdc(ctx: Ctx, part: str) -> list[Row]:
-    """WDC Products: train_medium / valid_medium / gold standards 0 % and 50 % unseen."""
+    """WDC Products: train_medium / valid_medium / gold standards 0 % and 50 % unseen; the 50 % one also split
+    into its pairs of two products seen in training and of two unseen ones."""
     con = open_db(ctx, part, matcher_name(part, MAIN))
     try:
         splits = load_wdc(con, ctx.data / "wdc-products")
+        sides = wdc_seen_sides(ctx.data / "wdc-products")["gs050"]
+        ctx.subsets[f"{_pt(part)}_gs050"] = [("both products seen", sides == 2), ("neither product seen", sides == 0)]
         idx_s = index_tables(con, ["wdc_offers"])
         log(f"  indexing (embedding) {idx_s:.1f}s")
         rows = run_pair_part(con, ctx, part, ["wdc_offers"], splits,
