@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..pair_scorer import DEFAULT_TOP_M, PAIR_KINDS, PairTokenizer, SerializeOptions
-from .layers import only_layers
+from .layers import only_layers, padded_states, store_states
 
 ONNX_TOLERANCE = 1e-4
 
@@ -231,33 +231,14 @@ def resolve_device(name: str) -> str:
 
 
 def _stored_states(model, tok, a: Sequence[str], b: Sequence[str], n_frozen: int, device: str) -> list:  # noqa: ANN001
-    """Each pair's output of the frozen layers (eval mode), stored unpadded: pads do not change the real
-    tokens' states under the attention mask, so batches are re-padded from these."""
+    """Each pair's output of the frozen layers (eval mode), stored unpadded (:func:`~.layers.store_states`)."""
     import torch
 
-    order = np.argsort([len(x) + len(z) for x, z in zip(a, b, strict=True)], kind="stable")
-    states: list = [None] * len(a)
-    for s in range(0, len(a), 64):
-        idx = order[s:s + 64]
+    def run(idx: np.ndarray) -> tuple:
         ids, mask, types = (torch.from_numpy(v).to(device) for v in tok([a[i] for i in idx], [b[i] for i in idx]))
-        h = frozen_states(model, ids, mask, types, n_frozen)
-        lens = mask.sum(1).tolist()
-        for j, i in enumerate(idx):
-            states[i] = h[j, :lens[j]].clone()
-    return states
+        return frozen_states(model, ids, mask, types, n_frozen), mask.sum(1).tolist()
 
-
-def padded_states(states: list, idx: Sequence[int], device: str):  # noqa: ANN202
-    """A batch of stored frozen-layer states, zero-padded to its longest pair, and its attention mask."""
-    import torch
-
-    width = max(len(states[i]) for i in idx)
-    hid = torch.zeros((len(idx), width, states[idx[0]].shape[1]), device=device)
-    mask = torch.zeros((len(idx), width), dtype=torch.int64, device=device)
-    for j, i in enumerate(idx):
-        hid[j, :len(states[i])] = states[i]
-        mask[j, :len(states[i])] = 1
-    return hid, mask
+    return store_states([len(x) + len(z) for x, z in zip(a, b, strict=True)], run)
 
 
 def _valid_ap(model, batches: Callable[[], Iterator], y: np.ndarray) -> float:  # noqa: ANN001

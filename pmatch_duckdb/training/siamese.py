@@ -22,14 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PmatchError
-from .layers import encoder_layers, layer_box, only_layers
+from .layers import encoder_layers, layer_box, only_layers, padded_states, store_states
 from .pair_base import PairBase
 from .pair_model import (
     ONNX_TOLERANCE,
     EpochKeeper,
     PairTrainConfig,
     minilm_dir,
-    padded_states,
     resolve_device,
     torch_threads,
 )
@@ -78,24 +77,19 @@ def mean_pool_normalize(h, mask):  # noqa: ANN001, ANN201
 
 def lower_states(model, tok, texts: Sequence[str], n_frozen: int, device: str) -> list:  # noqa: ANN001
     """Each text's output of the embeddings and the lower ``n_frozen`` layers (eval mode, no gradients), stored
-    unpadded: under the attention mask the pads change no real token's state, so batches are re-padded from
-    these (:func:`~.pair_model.padded_states`)."""
+    unpadded (:func:`~.layers.store_states`; :func:`upper_embed` re-pads a batch from these)."""
     import torch
 
+    def run(idx: np.ndarray) -> tuple:
+        encs = tok.encode_batch([texts[i] for i in idx])
+        ids = torch.tensor([e.ids for e in encs], dtype=torch.int64, device=device)
+        mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.int64, device=device)
+        extra = {"token_type_ids": torch.zeros_like(ids)} if model.token_types else {}
+        return model.bert(input_ids=ids, attention_mask=mask, **extra).last_hidden_state, mask.sum(1).tolist()
+
     model.eval()
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    states: list = [None] * len(texts)
     with torch.no_grad(), only_layers(model.bert, slice(0, n_frozen)):
-        for s in range(0, len(texts), 64):
-            idx = order[s:s + 64]
-            encs = tok.encode_batch([texts[i] for i in idx])
-            ids = torch.tensor([e.ids for e in encs], dtype=torch.int64, device=device)
-            mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.int64, device=device)
-            extra = {"token_type_ids": torch.zeros_like(ids)} if model.token_types else {}
-            h = model.bert(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
-            for j, i in enumerate(idx):
-                states[i] = h[j, :int(mask[j].sum())].clone()
-    return states
+        return store_states([len(t) for t in texts], run)
 
 
 def upper_embed(model, states: list, idx: Sequence[int], n_frozen: int, device: str):  # noqa: ANN001, ANN201
