@@ -715,8 +715,8 @@ def load_wdc(con: duckdb.DuckDBPyConnection, folder: Path) -> dict[str, list[tup
     return splits
 
 
-def wdc_seen_sides(folder: Path) -> dict[str, np.ndarray]:
-    """Per split key, for each pair in file order: how many of its two products (cluster ids) have an offer in
+def wdc_seen_sides(folder: Path, key: str) -> np.ndarray:
+    """For each pair of split ``key``, in file order: how many of its two products (cluster ids) have an offer in
     ``train_medium`` (0, 1 or 2). The 50 % unseen gold standard's pairs of two unseen products are where
     known products cannot help and the scorer has to generalise."""
     def clusters(fname: str) -> list[tuple[Any, Any]]:
@@ -724,8 +724,7 @@ def wdc_seen_sides(folder: Path) -> dict[str, np.ndarray]:
             return [(r["cluster_id_left"], r["cluster_id_right"]) for r in map(json.loads, fh)]
 
     seen = {c for pair in clusters(WDC_FILES["train"]) for c in pair}
-    return {key: np.array([(a in seen) + (b in seen) for a, b in clusters(WDC_FILES[key])])
-            for key in ("gs000", "gs050")}
+    return np.array([(a in seen) + (b in seen) for a, b in clusters(WDC_FILES[key])])
 
 
 def part_wdc(ctx: Ctx, part: str) -> list[Row]:
@@ -734,7 +733,7 @@ def part_wdc(ctx: Ctx, part: str) -> list[Row]:
     con = open_db(ctx, part, matcher_name(part, MAIN))
     try:
         splits = load_wdc(con, ctx.data / "wdc-products")
-        sides = wdc_seen_sides(ctx.data / "wdc-products")["gs050"]
+        sides = wdc_seen_sides(ctx.data / "wdc-products", "gs050")
         ctx.subsets[f"{_pt(part)}_gs050"] = [("both products seen", sides == 2), ("neither product seen", sides == 0)]
         idx_s = index_tables(con, ["wdc_offers"])
         log(f"  indexing (embedding) {idx_s:.1f}s")
