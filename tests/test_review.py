@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -352,6 +353,37 @@ def test_review_page_server_side(review_demo) -> None:
                        ).fetchall() == [("match", "ann", "same <b>item</b>", "zero-shot", "zero-shot"),
                                         ("retracted", "ann", "undo of match", "zero-shot", "zero-shot")]
     con.close()
+    _check_other_candidates(review_demo, c)
+
+
+def _check_other_candidates(review_demo, c) -> None:  # noqa: ANN001 - the demo, a Flask test client
+    """Each pair page says where the result ranks the pair among its offer's candidates and lists the others, with
+    their titles and a verdict already given on one of them."""
+    import re
+
+    con = duckdb.connect(str(review_demo.db))
+    pos, sid, alt = con.execute("SELECT position, source_id, alternatives FROM pm_review_queue WHERE queue = 'default' "
+                                "AND json_array_length(alternatives -> 'others') >= 2 ORDER BY position LIMIT 1"
+                                ).fetchall()[0]
+    alt = json.loads(alt)
+    rank, n = con.execute("SELECT rank, count(*) OVER () FROM matches WHERE source_id = ? AND target_id = "
+                          "(SELECT target_id FROM pm_review_queue WHERE queue = 'default' AND position = ?)",
+                          [sid, pos]).fetchall()[0]
+    assert (alt["rank"], alt["of"]) == (rank, con.execute("SELECT count(*) FROM matches WHERE source_id = ?",
+                                                           [sid]).fetchall()[0][0])
+    first = alt["others"][0]
+    title = con.execute("SELECT title FROM catalog WHERE id = ?", [first["id"]]).fetchall()[0][0]
+    record_verdict(con, PairKey.of("supplier_feed", sid, "catalog", alt["others"][1]["id"]), "no_match")
+    con.close()
+    page = c.get(f"/pair/{pos}").text
+    chip = re.search(r'<span class="rank[^"]*"[^>]*>([^<]*)</span>', page).group(1)
+    assert chip == (f"the offer's best of {alt['of']} candidates" if rank == 1 else
+                    f"candidate {rank} of {alt['of']}: the result ranks another first")
+    others = page.split('<div class="others">', 1)[1].split("</div>", 1)[0]
+    assert re.sub(r"<[^>]+>", "", others).count(f"{first['score']:.3f}") >= 1
+    assert all(w in re.sub(r"<[^>]+>", "", others) for w in title.split()[:3])
+    assert others.count("<li") == len(alt["others"])
+    assert '<span class="verdict no_match"' in others and others.count('class="verdict') == 1
 
 
 def test_review_page_shows_the_verdict_a_recheck_asks_about_again(review_demo) -> None:
@@ -389,6 +421,10 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN scored_by")
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_above")
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_target")
+    con.execute("ALTER TABLE pm_review_queue DROP COLUMN alternatives")
+    from pmatch_duckdb.review.pairview import other_candidates
+
+    assert other_candidates(con, {"alternatives": None}) is None  # an entry queued before it was recorded
     from pmatch_duckdb.review.certify import certify_status, queue_certify_status
 
     assert certify_status(con, "default/v2", "cat") is None and queue_certify_status(con, "default") is None
@@ -404,6 +440,9 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
                        ).fetchall() == [("L", "recheck", "reject", "stage1"), ("A", "boundary", "review", "stage1")]
     assert con.execute("SELECT count(*) FROM pm_review_queue WHERE certify_above IS NULL AND certify_target IS NULL"
                        ).fetchall()[0][0] == 2
+    assert [(s, json.loads(a)) for s, a in con.execute("SELECT source_id, alternatives FROM pm_review_queue "
+                                                       "ORDER BY position").fetchall()] == [
+        ("L", {"rank": 1, "of": 1, "others": []}), ("A", {"rank": 1, "of": 1, "others": []})]
     record_verdict(con, PairKey("feed", "A", "cat", "y"), "no_match", matcher="default/v2", score=0.6,
                    decision="review", scored_by="stage1")
     assert con.execute("SELECT source_id, scored_by FROM pm_labels_current ORDER BY label_id").fetchall() == [
@@ -502,6 +541,48 @@ def test_dedup_queue_entries_are_answered_by_their_labels() -> None:
     record_verdict(con, PairKey(e["source_table"], e["source_id"], e["target_table"], e["target_id"]), "match")
     record_verdict(con, PairKey.of("feed", "d", "feed", "c"), "no_match")  # given the other way round
     assert progress(con, "default") == (2, 2) and next_entry(con, "default") is None
+
+
+def test_each_queued_pair_records_its_place_among_its_offers_candidates() -> None:
+    """``pm_review_queue.alternatives``: the pair's rank among its offer's candidates in the result (the result's
+    ``rank`` column where it has one, else the score), how many there are, and the best others — both directions in
+    a one-table result, table names matched as pm_labels keys them, a pair listed both ways once."""
+    from pmatch_duckdb.review.alternatives import ALTERNATIVES
+    from pmatch_duckdb.review.queue import queue_review
+
+    con = duckdb.connect()
+    # two tables; the result's rank disagrees with the scores (a re-read candidate on the pair scorer's scale)
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES "
+                "('feed', 'A', 'cat', 'x', 0.70, 'review', 2), ('feed', 'A', 'cat', 'y', 0.60, 'review', 1), "
+                "('feed', 'A', 'cat', 'z', 0.10, 'reject', 3), ('feed', 'B', 'cat', 'x', 0.65, 'review', 1), "
+                "('other', 'A', 'cat', 'w', 0.99, 'accept', 1)) "
+                "t(source_table, source_id, target_table, target_id, score, decision, rank)")
+    queue_review(con, "m", state=ModelState("zero-shot", 0.55, 0.8), accept_sample=0)
+    got = {(s, t): json.loads(a) for s, t, a in con.execute(
+        "SELECT source_id, target_id, alternatives FROM pm_review_queue WHERE source_table = 'feed'").fetchall()}
+    assert got[("A", "x")] == {"rank": 2, "of": 3, "others": [{"id": "y", "score": 0.6, "decision": "review"},
+                                                               {"id": "z", "score": 0.1, "decision": "reject"}]}
+    assert got[("A", "y")]["rank"] == 1 and [o["id"] for o in got[("A", "y")]["others"]] == ["x", "z"]
+    assert got[("B", "x")] == {"rank": 1, "of": 1, "others": []}  # 'other'.A's candidate w is another offer's
+    # without a rank column: by score
+    con.execute("CREATE TABLE m2 AS SELECT * EXCLUDE (rank) FROM m")
+    queue_review(con, "m2", queue="q2", state=ModelState("zero-shot", 0.55, 0.8), accept_sample=0)
+    assert json.loads(con.execute("SELECT alternatives FROM pm_review_queue WHERE queue = 'q2' AND source_id = 'A' "
+                                  "AND target_id = 'x'").fetchall()[0][0])["rank"] == 1
+    # one table (dedup): the offer's pairs on either side, spelled two ways, listed both ways
+    rows = [("feed", "a", "FEED", "b", 0.70, "review"), ("FEED", "b", "feed", "a", 0.72, "review"),
+            ("feed", "c", "feed", "a", 0.90, "accept"), ("feed", "a", "feed", "d", 0.20, "reject"),
+            *[("feed", "a", "feed", f"e{i}", 0.05 - i / 100, "reject") for i in range(ALTERNATIVES)]]
+    con.execute("CREATE TABLE d (source_table VARCHAR, source_id VARCHAR, target_table VARCHAR, target_id VARCHAR, "
+                "score DOUBLE, decision VARCHAR)")
+    con.executemany("INSERT INTO d VALUES (?, ?, ?, ?, ?, ?)", rows)
+    queue_review(con, "d", queue="dd", state=ModelState("zero-shot", 0.55, 0.8), accept_sample=0)
+    (sid, tid, alt), = con.execute("SELECT source_id, target_id, alternatives FROM pm_review_queue "
+                                   "WHERE queue = 'dd' AND reason = 'boundary'").fetchall()
+    alt = json.loads(alt)
+    assert (sid, tid) == ("a", "b") and alt["rank"] == 2 and alt["of"] == 3 + ALTERNATIVES
+    assert [o["id"] for o in alt["others"]] == ["c", "d", "e0", "e1"][:ALTERNATIVES]
+    assert alt["others"][0] == {"id": "c", "score": 0.9, "decision": "accept"}
 
 
 # ----------------------------------------------------------------------------------------------

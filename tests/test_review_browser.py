@@ -8,6 +8,7 @@ The screenshot is written to test-artifacts/review-browser.png (not committed).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import duckdb
 import pytest
 
 import pmatch_duckdb as pm
+from pmatch_duckdb.review import PairKey, record_verdict
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HOSTILE = '<script>window.__pwned = 1</script><b>Evil</b> & "quotes" FG-3415'
@@ -164,6 +166,44 @@ def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
     assert sorted(con.execute("SELECT source_id, verdict FROM pm_labels_current").fetchall()) == sorted(
         [(q[1][0], "no_match"), (q[2][0], "match"), (q[3][0], "match")])
     con.close()
+
+
+def test_the_offers_other_candidates_in_chromium(review_demo, tmp_path: Path) -> None:
+    """A pair the result ranks below another candidate of the same offer says so, and lists the offer's other
+    candidates (titles, scores, a verdict already given on one), within the window's height."""
+    from selenium.webdriver.common.by import By
+
+    con = pm.connect(review_demo.db, image_roots=[review_demo.images])
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    pos, sid, alt = con.execute(
+        "SELECT position, source_id, alternatives FROM pm_review_queue WHERE queue = 'default' "
+        "AND (alternatives ->> 'rank')::INT > 1 AND json_array_length(alternatives -> 'others') >= 2 "
+        "ORDER BY position LIMIT 1").fetchall()[0]
+    alt = json.loads(alt)
+    record_verdict(con, PairKey.of("supplier_feed", sid, "catalog", alt["others"][0]["id"]), "match")
+    con.close()
+    chromium, driver_path = _browser_paths()
+    drv = _driver(chromium, driver_path, tmp_path / "profile")
+    try:
+        with _page(review_demo) as base:
+            drv.get(f"{base}/pair/{pos}")
+            chip = drv.find_element(By.CSS_SELECTOR, ".pairbar .rank.notfirst")
+            assert chip.text == f"candidate {alt['rank']} of {alt['of']}: the result ranks another first"
+            items = drv.find_elements(By.CSS_SELECTOR, ".offer.t .others li")
+            assert len(items) == len(alt["others"]) and all(i.is_displayed() for i in items)
+            # in view without scrolling, inside the catalog side's box
+            assert drv.execute_script(
+                "const box = document.querySelector('.offer.t').getBoundingClientRect();"
+                "return [...document.querySelectorAll('.offer.t .others li')].every("
+                "li => li.getBoundingClientRect().bottom <= Math.min(box.bottom, window.innerHeight))")
+            assert items[0].find_element(By.CSS_SELECTOR, ".verdict.match").text == "Match"
+            assert f"{alt['others'][0]['score']:.3f}" in items[0].text
+            # the page still fits the window: the catalog side scrolls inside itself if it must
+            assert drv.execute_script("return document.documentElement.scrollHeight <= window.innerHeight + 1")
+            ARTIFACTS.mkdir(exist_ok=True)
+            drv.save_screenshot(str(ARTIFACTS / "review-candidates.png"))
+    finally:
+        drv.quit()
 
 
 def test_a_recheck_shows_the_earlier_verdict_in_chromium(review_demo, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
 from .labels import ANSWERS_ENTRY, PairKey, ensure_labels, has_labels, record_verdict, verdict_before
-from .pairview import image_path, pair_view
+from .pairview import image_path, other_candidates, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
 from .stats import accept_precision, label_summary
 
@@ -123,7 +123,7 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
                                                   entry["target_id"]), entry["labels_before"])
         return render_template("pair.html", entry=entry, left=left, right=right, keys=KEYS, labels=LABEL,
                                ratio=ratio, undone=undone, last=request.args.get("saved"), earlier=earlier,
-                               **_common(con))
+                               context=other_candidates(con, entry), **_common(con))
 
     @app.get("/")
     def index():  # noqa: ANN202

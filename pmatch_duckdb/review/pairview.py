@@ -12,6 +12,8 @@ from ..encoders.image_io import ImagePolicy
 from ..features.lexical import identifiers
 from ..offers import OPTIONAL, OfferTableError, offer_from_mapping, table_columns
 from ..sqlident import quote_ident, quote_qualified
+from .alternatives import recorded_context
+from .labels import PairKey, has_labels
 
 DESCRIPTION_CHARS = 320
 
@@ -152,3 +154,55 @@ def image_path(con: duckdb.DuckDBPyConnection, entry: dict, side: str, n: int) -
         return None
     imgs = offer_from_mapping(row).images or []
     return imgs[n] if 0 <= n < len(imgs) else None
+
+
+@dataclass
+class Candidate:
+    """Another candidate of the offer on screen: its title with the identifiers it shares with that offer (or not)
+    marked, its score and decision in the result, and its current verdict with that offer (None: not labelled)."""
+
+    id: str
+    score: float
+    decision: str | None
+    found: bool
+    title: list[Segment] = field(default_factory=list)
+    verdict: str | None = None
+
+
+@dataclass
+class CandidateContext:
+    """The pair on screen among its offer's candidates in the match result: ``rank`` of ``of`` (1 = the result's
+    best), and the best other candidates."""
+
+    rank: int
+    of: int
+    others: list[Candidate] = field(default_factory=list)
+
+
+def other_candidates(con: duckdb.DuckDBPyConnection, entry: dict) -> CandidateContext | None:
+    """The entry's place among its offer's candidates as recorded when it was queued (``alternatives.py``), each
+    other candidate read from the target table now. None for a queue written before that was recorded."""
+    d = recorded_context(entry.get("alternatives"))
+    if d is None:
+        return None
+    row = read_offer(con, entry["source_ref"], entry["source_id"])
+    offer = offer_from_mapping(row) if row else None
+    others = []
+    for o in d.get("others", []):
+        crow = read_offer(con, entry["target_ref"], str(o["id"]))
+        cand = offer_from_mapping(crow) if crow else None
+        marks = identifier_marks(offer, cand)[1] if offer and cand else {}
+        others.append(Candidate(str(o["id"]), float(o["score"]), o.get("decision"), cand is not None,
+                                _segments(cand.title, {i: m for i, m in marks.items() if m != "only"})
+                                if cand else []))
+    if others and has_labels(con):
+        by_key = {PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], c.id): c
+                  for c in others}
+        for st, si, tt, ti, verdict in con.execute(
+                "SELECT source_table, source_id, target_table, target_id, verdict FROM pm_labels_current "
+                "WHERE source_table = ? AND target_table = ? AND ? IN (source_id, target_id)",
+                [entry["source_table"], entry["target_table"], entry["source_id"]]).fetchall():
+            c = by_key.get(PairKey(st, si, tt, ti))
+            if c is not None:
+                c.verdict = verdict
+    return CandidateContext(int(d["rank"]), int(d["of"]), others)

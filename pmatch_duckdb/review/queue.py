@@ -27,6 +27,9 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
   re-read then and not now) scores do not compare, so decisions do: the model's decision now (from its score and
   the thresholds of the model that scored it) contradicts the verdict (``reject`` for ``match``, ``accept`` for
   ``no_match``) where the decision shown did not. Other labelled pairs are not asked again.
+
+Each entry also records its place among its offer's candidates in the result and the best other candidates
+(``alternatives``, :mod:`.alternatives`), which the page lists beside the pair.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ..decision import wilson_lower
 from ..errors import PmatchError
 from ..fusion import decide_by_thresholds
 from ..sqlident import quote_qualified
+from .alternatives import candidate_context
 from .audit import draw_rejects
 from .labels import (
     ANSWERS_ENTRY,
@@ -85,6 +89,8 @@ CREATE TABLE IF NOT EXISTS pm_review_queue (
     certify_target   DOUBLE,   -- certify_sample: the precision it was sized to certify
     stratum          INTEGER,  -- accept_sample (0) / reject_sample (1-5, 1 = likeliest matches): its stratum
     stratum_pairs    BIGINT,   -- how many unlabelled pairs of the result that stratum holds (audit.py)
+    alternatives     VARCHAR,  -- JSON: the pair's rank among its offer's candidates in the result, and the best
+                               -- others (alternatives.py)
     queued_at        TIMESTAMPTZ DEFAULT current_timestamp,
     PRIMARY KEY (queue, position)
 )
@@ -532,6 +538,8 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             return drawn
 
     ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, audit)
+    q, cols = _result_columns(con, matches)
+    context = candidate_context(con, q, "rank" in cols, ordered)
     before = max_label_id(con)
     out = pa.table({
         "queue": [queue] * len(ordered),
@@ -555,6 +563,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
                                    type=pa.float64()),
         "stratum": pa.array([it.get("stratum") for it in ordered], type=pa.int32()),
         "stratum_pairs": pa.array([it.get("stratum_pairs") for it in ordered], type=pa.int64()),
+        "alternatives": pa.array(context, type=pa.string()),
     }).cast(pa.schema([
         ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),
         ("source_id", pa.string()), ("target_ref", pa.string()), ("target_table", pa.string()),
@@ -563,10 +572,11 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         ("price_ratio", pa.float64()), ("decision", pa.string()), ("reason", pa.string()), ("matcher", pa.string()),
         ("scored_by", pa.string()), ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64()),
         ("certify_above", pa.float64()), ("certify_target", pa.float64()), ("stratum", pa.int32()),
-        ("stratum_pairs", pa.int64())]))
+        ("stratum_pairs", pa.int64()), ("alternatives", pa.string())]))
     con.execute(QUEUE_DDL)
     for col, typ in (("scored_by", "VARCHAR"), ("certify_above", "DOUBLE"), ("certify_target", "DOUBLE"),
-                     ("stratum", "INTEGER"), ("stratum_pairs", "BIGINT")):  # a queue table of an earlier version
+                     ("stratum", "INTEGER"), ("stratum_pairs", "BIGINT"),
+                     ("alternatives", "VARCHAR")):  # a queue table of an earlier version
         if not has_column(con, "pm_review_queue", col):
             con.execute(f"ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS {col} {typ}")
     con.register("_pm_new_queue", out)
