@@ -43,9 +43,10 @@ from pmatch_duckdb.review.labels import ensure_labels  # noqa: E402
 from pmatch_duckdb.sqlident import quote_ident  # noqa: E402
 
 
-def verdicts_table(con, order: str) -> str:  # noqa: ANN001
-    """``pm_labels``-shaped table of WDC's train + valid pairs as verdicts in ``order``; its name."""
-    name = f"verdicts_{order}"
+def verdicts_table(con, order: str, first: int | None = None) -> str:  # noqa: ANN001
+    """``pm_labels``-shaped table of WDC's train + valid pairs as verdicts in ``order`` (only the ``first`` of them:
+    an early review round); its name."""
+    name = f"verdicts_{order}" + (f"_first{first}" if first else "")
     if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchall()[0][0]:
         return name
     rows = con.execute("SELECT left_id, right_id, label FROM wdc_train UNION ALL "
@@ -54,6 +55,7 @@ def verdicts_table(con, order: str) -> str:  # noqa: ANN001
         random.Random(int(order[len("shuffled"):] or 0)).shuffle(rows)
     elif order != "ordered":
         raise SystemExit(f"unknown order {order!r}: shuffled<S> or ordered")
+    rows = rows[:first] if first else rows
     ensure_labels(con)
     q = quote_ident(name)
     con.execute(f"CREATE TABLE {q} AS SELECT * FROM pm_labels LIMIT 0")
@@ -72,6 +74,10 @@ def main() -> None:
     ap.add_argument("--pair-kind", default="known", choices=["known", "cross", "siamese"],
                     help="the pair kind asked for (cross: pmatch train's default, which falls back to known where the "
                          "gate drops it)")
+    ap.add_argument("--verdicts", type=int, default=None,
+                    help="only the first N verdicts of each order (an early review round; default: all 9,500)")
+    ap.add_argument("--pair-min-matches", type=int, default=None,
+                    help="PairOptions.min_positives (pmatch train --pair-min-matches; default: the product's)")
     args = ap.parse_args()
     from pmatch_duckdb.training import train_matcher
     from pmatch_duckdb.training.pair_model import PairOptions
@@ -89,22 +95,29 @@ def main() -> None:
         load_wdc(con, args.data / "wdc-products")
         index_tables(con, ["wdc_offers"])
     gold = {k: con.execute(f"SELECT left_id, right_id, label FROM wdc_{k}").fetchall() for k in ("gs000", "gs050")}
-    print(f"# bench_verdict_split {time.strftime('%Y-%m-%dT%H:%M:%S')}  orders={args.orders}  splits={args.splits}")
-    print("| order | valid_split | validation matches / non-matches | known products (stacked vs stage 1 valid AP) | "
+    print(f"# bench_verdict_split {time.strftime('%Y-%m-%dT%H:%M:%S')}  orders={args.orders}  splits={args.splits}"
+          f"  verdicts={args.verdicts or 'all'}  pair_kind={args.pair_kind}  pair_min_matches="
+          f"{args.pair_min_matches or 'default'}")
+    print("| order | valid_split | training matches | validation matches / non-matches | known products (stacked vs stage 1 valid AP) | "
           "0 % unseen AP / best F1 | 50 % unseen AP / best F1 | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for order in args.orders.split(","):
-        table = verdicts_table(con, order)
+        table = verdicts_table(con, order, args.verdicts)
         for split in args.splits.split(","):
-            name = f"bvs-{order}-{split}" + ("" if args.pair_kind == "known" else f"-{args.pair_kind}")
+            name = (f"bvs-{order}-{split}" + ("" if args.pair_kind == "known" else f"-{args.pair_kind}")
+                    + (f"-first{args.verdicts}" if args.verdicts else "")
+                    + (f"-min{args.pair_min_matches}" if args.pair_min_matches is not None else ""))
+            extra = {} if args.pair_min_matches is None else {"min_positives": args.pair_min_matches}
             lines: list[str] = []
             t0 = time.perf_counter()
             train_matcher(con, "wdc_offers", pairs=table, valid_split=split, name=name,
-                          pair_options=PairOptions.from_recipe("cpu", "cpu", train={"kind": args.pair_kind}),
+                          pair_options=PairOptions.from_recipe("cpu", "cpu", train={"kind": args.pair_kind}, **extra),
                           progress=False, log=lines.append)
             secs = time.perf_counter() - t0
             # "4127 offers; train 1567 positive / 6019 negative pairs, valid 433 / 1481; labelled pairs only"
-            n_valid = next((ln.split(", valid ")[1].split(";")[0] for ln in lines if " offers; train " in ln), "?")
+            sizes = next((ln for ln in lines if " offers; train " in ln), "")
+            n_train = sizes.split("; train ")[1].split(" positive")[0] if sizes else "?"
+            n_valid = sizes.split(", valid ")[1].split(";")[0] if sizes else "?"
             judged = next((ln for ln in lines if ln.startswith("known products: validation average precision")), "")
             kept = "kept" if judged and not any(ln.startswith("known products dropped") for ln in lines) else "dropped"
             if args.pair_kind != "known":  # what became of the transformer, in the training log's words
@@ -115,12 +128,13 @@ def main() -> None:
                 stk = float(judged.split("stacked (out-of-fold) ")[1].split(";")[0])
                 known = f"{kept} ({stk:.3f} vs {st1:.3f})"
             else:
-                known = "not judged"
+                known = next((ln.split(": ", 1)[1][:60] for ln in lines if ln.startswith("pair model skipped")),
+                             "not judged")
             cells = []
             for key in ("gs000", "gs050"):
                 s, y = sql_score_pairs(con, "wdc_offers", "wdc_offers", f"wdc_{key}", gold[key], name)
                 cells.append(f"{average_precision(s, y):.3f} / {summarize(s, y, int(y.sum()))['best_f1']:.3f}")
-            print(f"| {order} | {split} | {n_valid} | {known} | {cells[0]} | {cells[1]} | {secs:.0f} |", flush=True)
+            print(f"| {order} | {split} | {n_train} | {n_valid} | {known} | {cells[0]} | {cells[1]} | {secs:.0f} |", flush=True)
     con.close()
 
 

@@ -310,8 +310,9 @@ text_model_option = click.option(
               help="Pair scorer: mined hard negatives per labelled source (default: 2; 0 for labelled pairs of one "
                    "table, whose unlabelled candidates are often the same product).")
 @click.option("--pair-top-m", default=3, show_default=True, help="Pair scorer: candidates per source it re-reads.")
-@click.option("--pair-min-matches", default=400, show_default=True,
-              help="Labelled matches needed before a pair scorer is trained.")
+@click.option("--pair-min-matches", default=None, type=click.IntRange(0),
+              help="Labelled training matches needed before the pair stage is tried (default: 400; 200 for "
+                   "--pair-kind siamese).")
 @click.option("--pair-min-gain", default=0.005, show_default=True,
               help="Keep the pair scorer only if it raises held-out average precision by this much (-1: always).")
 @click.option("--pair-max-train-pairs", default=None, type=click.IntRange(0),
@@ -328,7 +329,7 @@ def train_cmd(database: str, offers: tuple[str, ...], pairs: str | None, group_c
               no_token_diff: bool, source_margins: str, no_pair_model: bool, pair_recipe: str, pair_kind: str,
               pair_base: str | None, no_pair_known_products: bool, pair_max_len: int | None,
               pair_epochs: int | None, pair_freeze_layers: int | None, pair_device: str, pair_patience: int | None,
-              pair_hard_negatives: int | None, pair_top_m: int, pair_min_matches: int, pair_min_gain: float,
+              pair_hard_negatives: int | None, pair_top_m: int, pair_min_matches: int | None, pair_min_gain: float,
               pair_max_train_pairs: int | None, pair_max_valid_pairs: int,
               no_activate: bool, image_roots: tuple[str, ...], home: str | None) -> None:
     """Train a matcher (projection + decision model) from labels in DATABASE. Needs the train extra."""

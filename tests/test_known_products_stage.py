@@ -133,15 +133,25 @@ def test_a_transformer_the_gate_drops_falls_back_to_known_products(named_two_way
             "intermediate_size": 64, "max_position_embeddings": 64}
     base = PairOptions(PairTrainConfig(max_len=32, epochs=1, threads=1, tiny_bert=tiny, patience=None),
                        top_m=2, hard_negatives=0, min_positives=50, min_gain=-1.0)
-    for fallback in (True, False):
-        opts = dataclasses.replace(base, train=dataclasses.replace(base.train, known_products=fallback))
+    for fallback, floor in ((True, None), (False, None), (True, 10_000)):
+        # floor: the known kind's MIN_MATCHES, with no min_positives given (the transformer's floor then its own)
+        opts = dataclasses.replace(base, train=dataclasses.replace(base.train, known_products=fallback),
+                                   min_positives=None if floor else base.min_positives)
+        if floor:
+            monkeypatch.setattr(pair_model, "MIN_MATCHES", {"cross": 50, "known": floor})
+            assert opts.matches_needed() == 50 and opts.matches_needed("known") == floor
         log: list[str] = []
-        out = train_matcher(con, ["feed", "catalog"], pairs="labels", valid_pairs="valid", name=f"fb{fallback}",
+        name = f"fb{fallback}{floor or ''}"
+        out = train_matcher(con, ["feed", "catalog"], pairs="labels", valid_pairs="valid", name=name,
                             pair_options=opts, activate=False, progress=False, log=log.append)
         assert "pair model dropped (by the test)" in log and any("fine-tuning on" in m for m in log), log
         tried = [m for m in log if "trying known products by stage 1's vectors instead" in m]
-        assert len(tried) == (1 if fallback else 0), log
-        m = load_matcher(f"fb{fallback}", "v1", thome)
+        assert len(tried) == (1 if fallback and not floor else 0), log
+        if floor:  # too few matches for known products: said, and stage 1 stays alone
+            assert any(m.startswith("pair model: known products not tried instead: ") and m.endswith(
+                f"training matches (they need ≥ {floor})") for m in log), log
+            fallback = False
+        m = load_matcher(name, "v1", thome)
         files = m.bundle.manifest["files"]
         assert "pair_model.onnx" not in files and "pair_tokenizer.json" not in files  # the transformer is gone
         if fallback:

@@ -380,6 +380,7 @@ def test_train_cli_builds_pair_options_from_the_recipe(monkeypatch: pytest.Monke
     assert gpu.serialize.desc_tokens == 128 and gpu.train.augment and gpu.max_train_pairs is None
     assert given.recipe == "cpu" and (given.train.max_len, given.train.seed, given.train.epochs) == (96, 3, 3)
     assert given.max_train_pairs is None and given.train.freeze_layers == 4
+    assert siamese.min_positives is None and siamese.matches_needed() == 200  # no --pair-min-matches: the kind's
     res = invoke([*base, "--pair-device", "cuda"])
     assert res.exit_code == 2 and "sees no CUDA GPU" in res.output and len(seen) == 4
     res = invoke([*base, "--pair-kind", "triple"])
@@ -773,6 +774,17 @@ def test_siamese_kind_takes_its_own_training_on_top_of_the_recipe():
     assert PairOptions.from_recipe("cpu", "cpu").train.kind == "cross"
     with pytest.raises(ValueError, match="kind must be one of"):
         PairOptions.from_recipe("cpu", "cpu", train={"kind": "triple"})
+
+
+def test_labelled_matches_each_kind_needs():
+    """The siamese kind is tried from 200 labelled training matches, the cross-encoder and known products from 400
+    (benchmarks/README.md, "Pair stages below 400 matches"); a min_positives given counts for every kind."""
+    assert PairOptions().matches_needed() == 400
+    assert PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese"}).matches_needed() == 200
+    assert PairOptions.from_recipe("cpu", "cpu", train={"kind": "known"}).matches_needed() == 400
+    assert PairOptions().matches_needed("siamese") == 200
+    given = PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese"}, min_positives=30)
+    assert given.matches_needed() == 30 and given.matches_needed("known") == 30
 
 
 def test_pair_training_uses_every_core_and_puts_torchs_threads_back():

@@ -505,6 +505,7 @@ def candidate_set(rows, view, tgt_pos: np.ndarray, decision, sources: np.ndarray
 def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np.ndarray, out_dir: Path,
                    cfg: PairTrainConfig, opts, top_m: int, target_precision: float, max_recall_loss: float,
                    min_positives: int = 50, min_gain: float | None = None, max_train_pairs: int | None = None,
+                   known_min_positives: int | None = None,
                    stage1_accepts: np.ndarray | None = None, log: Callable[[str], None] = print,
                    validation: str = "pairs") -> dict | None:
     """Train the pair scorer of ``cfg.kind`` (the cross-encoder on ``train`` + ``hard`` (hard negatives); the siamese
@@ -513,7 +514,8 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     component). Returns the manifest's ``pair_model`` entry, or None (nothing written) when there are too few labels
     or, with ``min_gain``, when the stacked model's held-out average precision does not beat stage 1's by
     ``min_gain``. A transformer that does not pass that gate is replaced by the ``known`` kind where that passes it
-    (``cfg.known_products``; seconds of work). ``max_train_pairs``: fine-tune on at most this many pairs (after
+    (``cfg.known_products``; seconds of work) and there are ``known_min_positives`` training matches (None: no
+    floor). ``max_train_pairs``: fine-tune on at most this many pairs (after
     sampling non-matches to ``cfg.neg_ratio`` per match; whole label groups) — the siamese kind on at most this many
     offers (whole match groups). ``stage1_accepts``: per ``valid`` pair, whether stage 1 alone accepts it (at match
     time such a re-read pair stays accepted unless the stacked model rejects it; what that veto does on the
@@ -613,7 +615,10 @@ def fit_pair_stage(rows, train: PairSet, valid: PairSet, hard: PairSet, comp: np
     ap_pair = average_precision(feats[:, 0].astype(np.float64), valid.y)
     entry = gate.stack(feats, out_dir, f"{cfg.kind} scorer alone {ap_pair:.3f}", t0)
     if entry is None:
-        if cfg.known_products and min_gain is not None:
+        if cfg.known_products and min_gain is not None and n_pos < (known_min_positives or 0):
+            log(f"pair model: known products not tried instead: {n_pos} training matches (they need ≥ "
+                f"{known_min_positives})")
+        elif cfg.known_products and min_gain is not None:
             if validation != "groups":
                 log("pair model: trying known products by stage 1's vectors instead (the 'known' kind: no "
                     "transformer)")
@@ -838,6 +843,14 @@ def _fit_siamese(rows, fit_set: PairSet, valid: tuple, out_dir: Path, cfg: PairT
     return model, info, diff, offers, texts, groups
 
 
+#: labelled training matches before a pair stage of each kind is tried (``PairOptions.min_positives`` overrides):
+#: the cross-encoder 400. The siamese kind 200: on four WDC Products review rounds of 195-286 training matches the
+#: gate kept it in three, which gained 0.017-0.073 average precision and 0.011-0.047 best F1 on both gold standards,
+#: and dropped it in the fourth (benchmarks/README.md, "Pair stages below 400 matches"). Known products 400: on six
+#: rounds of 195-387 the gate kept them in four, and in three of those their best F1 on the 50 % unseen set fell
+MIN_MATCHES = {"cross": 400, "siamese": 200, "known": 400}
+
+
 @dataclass
 class PairOptions:
     """``train_matcher``'s pair-scorer options: fine-tuning knobs, serialisation (the Ditto levers), the
@@ -852,7 +865,9 @@ class PairOptions:
     #: candidates are often its other offers: "negatives" that are matches (WDC Products: cross-encoder validation AP
     #: 0.442 with them, 0.560 without; benchmarks/README.md, "Pair scorer: best epoch on validation")
     hard_negatives: int | None = None
-    min_positives: int = 400
+    #: labelled training matches needed before the pair stage is tried at all; None: :data:`MIN_MATCHES` of the kind
+    #: (:meth:`matches_needed`)
+    min_positives: int | None = None
     #: keep the scorer only if the stacked model's out-of-fold validation average precision beats stage 1's by
     #: this much (None: always keep it)
     min_gain: float | None = 0.005
@@ -864,6 +879,13 @@ class PairOptions:
     max_valid_pairs: int | None = 3_000
     #: the recipe these options came from (:data:`PAIR_RECIPES`; recorded in the bundle's manifest)
     recipe: str = "cpu"
+
+    def matches_needed(self, kind: str | None = None) -> int:
+        """Labelled training matches the pair stage of ``kind`` (default: the kind asked for) needs: ``min_positives``
+        where given, else :data:`MIN_MATCHES`."""
+        if self.min_positives is not None:
+            return int(self.min_positives)
+        return MIN_MATCHES[kind or self.train.kind]
 
     @classmethod
     def from_recipe(cls, recipe: str = "auto", device: str = "auto", *, train: dict | None = None,
@@ -1000,8 +1022,9 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
         return out
 
     n_labelled = int(np.sum(train_split[1]))
-    if n_labelled < opts.min_positives:
-        log(f"pair model skipped: {n_labelled} labelled training matches (needs ≥ {opts.min_positives})")
+    if n_labelled < opts.matches_needed():
+        log(f"pair model skipped: {n_labelled} labelled training matches (the {opts.train.kind} kind needs ≥ "
+            f"{opts.matches_needed()}; pair_options.min_positives / --pair-min-matches)")
         return None
     share = text_pair_share(rows, train_split[2]["src"], train_split[2]["tgt"])
     if share < MIN_TEXT_PAIR_SHARE and opts.train.kind != "known":  # (the known kind reads stage 1's vectors)
@@ -1036,7 +1059,8 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
     log(f"pair model: the {opts.recipe} recipe (PAIR_RECIPES; --pair-recipe), training on {resolve_device(opts.train.device)}")
     entry = fit_pair_stage(rows, train, hard=hard, valid=valid, comp=comp, out_dir=out_dir, cfg=opts.train,
                            opts=opts.serialize, top_m=opts.top_m, target_precision=target_precision,
-                           max_recall_loss=max_recall_loss, min_positives=opts.min_positives,
+                           max_recall_loss=max_recall_loss, min_positives=opts.matches_needed(),
+                           known_min_positives=opts.matches_needed("known"),
                            min_gain=opts.min_gain, max_train_pairs=opts.max_train_pairs,
                            stage1_accepts=decision.calibrate(valid.raw) >= decision.accept_threshold, log=log,
                            validation=validation)

@@ -280,8 +280,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     ``valid_fraction`` of the pairs; :func:`_new_offers_split`): ``"offers"`` a random sample of offers,
     ``"latest"`` the offers reviewed last (``pairs`` a ``pm_labels`` table). Their products may have been labelled
     before, as at match time, so the known-products stage can be judged. ``"auto"`` (default): ``offers`` for
-    review verdicts (``pm_labels``) with enough matches for the pair stage (``pair_options.min_positives`` in the
-    training split), else ``groups``. Deterministic for a seed.
+    review verdicts (``pm_labels``) with enough matches for the pair stage (``pair_options.matches_needed()`` in
+    the training split), else ``groups``. Deterministic for a seed.
 
     ``decision_model``: ``logistic``, ``gbdt`` (boosted trees; needs scikit-learn, the train extra) or
     ``auto`` (the better of the two by held-out average precision). ``cross_fit``: train the decision
@@ -291,7 +291,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     projection's hard negatives (closed-world labels; the decision model still sees only its own pairs).
     ``pair_model``: also train the pair scorer (a cross-encoder re-reading each source's top candidates,
     stacked onto the decision model; ``training/pair_model.py``) where there are enough labelled matches
-    (``pair_options.min_positives``), kept only where it beats stage 1 on held-out pairs; one that does not is
+    (``pair_options.matches_needed()``: 400 for the cross-encoder and known products, 200 for the siamese kind),
+    kept only where it beats stage 1 on held-out pairs; one that does not is
     replaced by the ``known`` kind (known products by stage 1's fused vectors, no transformer) where that does;
     ``pair_options`` holds its knobs. ``token_diff``: also learn the
     word-difference model (``token_diff.py``: which words one title has and the other lacks), a feature of
@@ -342,7 +343,7 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
     if want in ("offers", "latest"):
         fit_labels, held = _new_offers_split(labels, keys, len(tables), valid_fraction, want, seed)
         fit_pos, fit_neg = _index_pairs(fit_labels, keys, len(tables))
-        if valid_split != "auto" or len(fit_pos) >= (pair_options or PairOptions).min_positives:
+        if valid_split != "auto" or len(fit_pos) >= (pair_options or PairOptions()).matches_needed():
             valid_split, valid_labels, pos, neg = want, held, fit_pos, fit_neg
             log(f"validation: the {len(valid_labels)} labelled pairs of "
                 f"{'the offers reviewed last' if want == 'latest' else 'a random sample of offers'}, whose products "
@@ -588,9 +589,9 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         export_projection_onnx(w, tmp / "projection.onnx")
         pair_entry = None
         popts = pair_options or PairOptions.from_recipe()  # "auto": the gpu recipe where torch sees a GPU
-        if pair_model and len(tpos) < popts.min_positives:
-            log(f"pair model skipped: {len(tpos)} labelled training matches (needs ≥ {popts.min_positives}; "
-                "pair_options.min_positives / --pair-min-matches)")
+        if pair_model and len(tpos) < popts.matches_needed():
+            log(f"pair model skipped: {len(tpos)} labelled training matches (the {popts.train.kind} kind needs ≥ "
+                f"{popts.matches_needed()}; pair_options.min_positives / --pair-min-matches)")
         elif pair_model:
             from .pair_model import pair_stage
 
