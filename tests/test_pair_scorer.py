@@ -785,6 +785,13 @@ def test_labelled_matches_each_kind_needs():
     assert PairOptions().matches_needed("siamese") == 200
     given = PairOptions.from_recipe("cpu", "cpu", train={"kind": "siamese"}, min_positives=30)
     assert given.matches_needed() == 30 and given.matches_needed("known") == 30
+    from pmatch_duckdb.training.pair_model import too_few_matches
+
+    assert too_few_matches(PairOptions(), 400) is None
+    assert too_few_matches(PairOptions(), 318).endswith("(the cross kind needs ≥ 400; pair_options.min_positives / "
+                                                        "--pair-min-matches; --pair-kind siamese is tried from 200)")
+    assert "siamese is tried" not in too_few_matches(PairOptions(), 199)  # no kind would be tried with these
+    assert "siamese is tried" not in too_few_matches(given, 20)  # a floor the user set counts for every kind
 
 
 def test_pair_training_uses_every_core_and_puts_torchs_threads_back():

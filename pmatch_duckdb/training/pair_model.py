@@ -1021,10 +1021,9 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
                 "matches; whole label groups; pair_options.max_valid_pairs)")
         return out
 
-    n_labelled = int(np.sum(train_split[1]))
-    if n_labelled < opts.matches_needed():
-        log(f"pair model skipped: {n_labelled} labelled training matches (the {opts.train.kind} kind needs ≥ "
-            f"{opts.matches_needed()}; pair_options.min_positives / --pair-min-matches)")
+    too_few = too_few_matches(opts, int(np.sum(train_split[1])))
+    if too_few:
+        log(too_few)
         return None
     share = text_pair_share(rows, train_split[2]["src"], train_split[2]["tgt"])
     if share < MIN_TEXT_PAIR_SHARE and opts.train.kind != "known":  # (the known kind reads stage 1's vectors)
@@ -1069,6 +1068,19 @@ def pair_stage(out_dir: Path, opts: PairOptions, *, rows, decision, open_world: 
         entry["hard_negatives"] = n_hard
         entry["recipe"] = opts.recipe
     return entry
+
+
+def too_few_matches(opts: PairOptions, n: int) -> str | None:
+    """The training log's line where ``n`` labelled training matches are too few for the pair stage ``opts`` asks
+    for (None: enough), naming the kind that would be tried with them, if one would."""
+    need = opts.matches_needed()
+    if n >= need:
+        return None
+    hint = ""
+    if opts.min_positives is None and opts.train.kind != "siamese" and n >= MIN_MATCHES["siamese"]:
+        hint = f"; --pair-kind siamese is tried from {MIN_MATCHES['siamese']}"
+    return (f"pair model skipped: {n} labelled training matches (the {opts.train.kind} kind needs ≥ {need}; "
+            f"pair_options.min_positives / --pair-min-matches{hint})")
 
 
 def hard_negatives_for(opts: PairOptions, open_world: bool, exclude_self: bool) -> int:

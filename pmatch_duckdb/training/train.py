@@ -51,7 +51,7 @@ from ..store import OfferIndex
 from ..token_diff import FEATURE as TOKEN_DIFF
 from ..token_diff import MIN_LABELS as TOKEN_DIFF_MIN_LABELS
 from ..token_diff import fit_out_of_fold, pair_words
-from .pair_model import PairOptions
+from .pair_model import PairOptions, too_few_matches
 from .projection import export_projection_onnx, train_projection
 
 #: the word-difference model is learnt only where at least this share of the training pairs have two titles
@@ -589,9 +589,8 @@ def train_matcher(con: duckdb.DuckDBPyConnection, offers: list[str] | str, pairs
         export_projection_onnx(w, tmp / "projection.onnx")
         pair_entry = None
         popts = pair_options or PairOptions.from_recipe()  # "auto": the gpu recipe where torch sees a GPU
-        if pair_model and len(tpos) < popts.matches_needed():
-            log(f"pair model skipped: {len(tpos)} labelled training matches (the {popts.train.kind} kind needs ≥ "
-                f"{popts.matches_needed()}; pair_options.min_positives / --pair-min-matches)")
+        if pair_model and too_few_matches(popts, len(tpos)):
+            log(too_few_matches(popts, len(tpos)))
         elif pair_model:
             from .pair_model import pair_stage
 
