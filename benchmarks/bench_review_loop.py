@@ -42,6 +42,8 @@ Usage::
 
     python benchmarks/bench_review_loop.py --db W/abt-buy-full.duckdb --matcher NAME@v1,NAME@v2 \
         --source abt_test --target buy_all --review 200 [--recheck-with NAME@v2] [--certify 0.99]
+    python benchmarks/bench_review_loop.py --db W/abt-buy-full.duckdb --matcher zero-shot --review 1000 \
+        --accept-sample 1.0 --review-source abt_train --retrain [--pair-kind siamese]
 """
 
 from __future__ import annotations
@@ -122,9 +124,10 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
             seed: int, accept_sample: float, work: Path, review_source: str | None = None,
             recheck_with: str | None = None, recheck_delta: float = 0.3, queue_rounds: int = 0,
             retrain: bool = False, round2: int = 0, certify: float | None = None,
-            certify_above: float | None = None, audit_rejects: int = 0) -> list[str]:
+            certify_above: float | None = None, audit_rejects: int = 0, pair_kind: str | None = None) -> list[str]:
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines. ``certify``: the
-    queue puts a certification sample first (``pm_queue_review(certify := ...)``)."""
+    queue puts a certification sample first (``pm_queue_review(certify := ...)``). ``pair_kind``: the pair kind
+    ``--retrain`` asks for (default: ``pmatch train``'s)."""
     copy = work / db.name
     shutil.copy2(db, copy)
     if db.with_suffix(".pmatch").is_dir():
@@ -160,7 +163,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         n_match = sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows)
         if retrain:
             return _retrained(con, ref, target, truth, truth_b, m_before, rows, n_match, queued, target_precision,
-                              round2, accept_sample, seed, certify, certify_above)
+                              round2, accept_sample, seed, certify, certify_above, pair_kind)
         try:
             cal = calibrate(con, target, target_precision)
             if cal.certify is not None:
@@ -283,7 +286,8 @@ def _split_views(con, source: str, truth: dict, salt: str, names: tuple[str, str
 
 def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before: dict, rows: list,  # noqa: ANN001
                n_match: int, queued: int, target_precision: float, round2: int, accept_sample: float,
-               seed: int, certify: float | None = None, certify_above: float | None = None) -> list[str]:
+               seed: int, certify: float | None = None, certify_above: float | None = None,
+               pair_kind: str | None = None) -> list[str]:
     """Step 3 with ``--retrain``: instead of calibrating, ``pmatch train --pairs pm_labels`` (the defaults; the
     reviewed sources' offers and the target) and the held-out sources matched by the new matcher; with ``round2``,
     the reviewed sources queued again by it, that many of the queue reviewed, ``calibrate``, and the held-out
@@ -294,8 +298,11 @@ def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before:
 
     lines: list[str] = []
     t0 = time.perf_counter()
+    from pmatch_duckdb.training.pair_model import PairOptions
+
+    popts = PairOptions.from_recipe(train={"kind": pair_kind}) if pair_kind else None
     res = train_matcher(con, ["src_a", target], pairs="pm_labels", name="verdicts", target_precision=target_precision,
-                        progress=False, log=lines.append)
+                        pair_options=popts, progress=False, log=lines.append)
     secs = time.perf_counter() - t0
     pm.install(con, dataclasses.replace(context_of(con).settings, matcher="verdicts"))
     pm.index(con, target, progress=False)  # re-projected for the new matcher
@@ -405,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recheck-with", default=None, metavar="NAME@vN",
                     help="then move to this matcher, queue the reviewed sources again and count the rechecks")
     ap.add_argument("--recheck-delta", type=float, default=0.3, help="pm_queue_review's recheck_delta")
+    ap.add_argument("--pair-kind", default=None, choices=["cross", "siamese", "known"],
+                    help="with --retrain: the pair kind train_matcher asks for (default: pmatch train's)")
     ap.add_argument("--retrain", action="store_true",
                     help="instead of calibrating, train a matcher on the verdicts (pmatch train --pairs pm_labels)")
     ap.add_argument("--round2", type=int, default=0, metavar="N",
@@ -442,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                 head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review,
                                        args.target_precision, args.seed, args.accept_sample, work, args.review_source,
                                        args.recheck_with, args.recheck_delta, args.queue_cost, args.retrain,
-                                       args.round2, arm, args.certify_above, audit)
+                                       args.round2, arm, args.certify_above, audit, args.pair_kind)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             print(head, flush=True)
