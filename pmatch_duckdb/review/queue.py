@@ -527,8 +527,8 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)
     audit = None
+    q, cols = _result_columns(con, matches)
     if audit_rejects:
-        q, cols = _result_columns(con, matches)
         _check_decided_by(state, [], _rejects_above(con, q, cols, state, verdicts, reread))
 
         def audit(exclude: set[PairKey]) -> list[dict]:
@@ -538,7 +538,6 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             return drawn
 
     ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, audit)
-    q, cols = _result_columns(con, matches)
     context = candidate_context(con, q, "rank" in cols, ordered)
     before = max_label_id(con)
     out = pa.table({
