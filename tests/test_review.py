@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.parse
 from pathlib import Path
 
 import duckdb
@@ -354,6 +355,36 @@ def test_review_page_server_side(review_demo) -> None:
                                         ("retracted", "ann", "undo of match", "zero-shot", "zero-shot")]
     con.close()
     _check_other_candidates(review_demo, c)
+    _check_pick(review_demo, c, token)
+
+
+def _check_pick(review_demo, c, token: str) -> None:  # noqa: ANN001 - the demo, a Flask test client
+    """The page's pick: the pair shown is no match, a listed other candidate is the offer's match; undone as one."""
+    con = duckdb.connect(str(review_demo.db))
+    pos, sid, tid, alt = con.execute(
+        "SELECT position, source_id, target_id, alternatives FROM pm_review_queue WHERE queue = 'default' "
+        "AND json_array_length(alternatives -> 'others') >= 1 ORDER BY position DESC LIMIT 1").fetchall()[0]
+    con.close()
+    cid = json.loads(alt)["others"][0]["id"]
+    page = c.get(f"/pair/{pos}").text
+    assert f'form="pick" name="candidate" value="{cid}"' in page and 'action="/pick"' in page
+    assert c.post("/pick", data={"position": pos, "candidate": cid, "token": "forged"}).status_code == 403
+    bad = c.post("/pick", data={"position": pos, "candidate": "no-such-id", "token": token})
+    assert bad.status_code == 400 and "&#39;no-such-id&#39; is not among the other candidates" in bad.text
+    r = c.post("/pick", data={"position": pos, "candidate": cid, "token": token, "note": "same model"})
+    assert r.status_code == 302 and f"Match: {sid} ↔ {cid}" in urllib.parse.unquote_plus(r.headers["Location"])
+    con = duckdb.connect(str(review_demo.db))
+    got = con.execute("SELECT target_id, verdict, reviewer, note, with_label IS NOT NULL FROM pm_labels_current "
+                      "WHERE source_id = ? ORDER BY label_id DESC LIMIT 2", [sid]).fetchall()
+    con.close()
+    assert got == [(cid, "match", "ann", f"picked instead of {tid}: same model", True),
+                   (tid, "no_match", "ann", "same model", False)]
+    r = c.post("/undo", data={"token": token})
+    assert r.headers["Location"].endswith(f"/pair/{pos}?undone=1")
+    con = duckdb.connect(str(review_demo.db))
+    assert not con.execute("SELECT count(*) FROM pm_labels_current WHERE source_id = ? AND target_id IN (?, ?)",
+                           [sid, tid, cid]).fetchall()[0][0]
+    con.close()
 
 
 def _check_other_candidates(review_demo, c) -> None:  # noqa: ANN001 - the demo, a Flask test client
@@ -417,6 +448,7 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
     con.execute(LABELS_DDL)
     con.execute("ALTER TABLE pm_labels DROP COLUMN scored_by")  # as an earlier version created it
+    con.execute("ALTER TABLE pm_labels DROP COLUMN with_label")
     con.execute(QUEUE_DDL)
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN scored_by")
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_above")
@@ -445,8 +477,8 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
         ("L", {"rank": 1, "of": 1, "others": []}), ("A", {"rank": 1, "of": 1, "others": []})]
     record_verdict(con, PairKey("feed", "A", "cat", "y"), "no_match", matcher="default/v2", score=0.6,
                    decision="review", scored_by="stage1")
-    assert con.execute("SELECT source_id, scored_by FROM pm_labels_current ORDER BY label_id").fetchall() == [
-        ("L", None), ("A", "stage1")]
+    assert con.execute("SELECT source_id, scored_by, with_label FROM pm_labels_current ORDER BY label_id"
+                       ).fetchall() == [("L", None, None), ("A", "stage1", None)]
     with pytest.raises(PmatchError, match="scored_by must be one of"):
         record_verdict(con, PairKey("feed", "A", "cat", "y"), "match", scored_by="stage 1")
     con.close()
@@ -583,6 +615,74 @@ def test_each_queued_pair_records_its_place_among_its_offers_candidates() -> Non
     assert (sid, tid) == ("a", "b") and alt["rank"] == 2 and alt["of"] == 3 + ALTERNATIVES
     assert [o["id"] for o in alt["others"]] == ["c", "d", "e0", "e1"][:ALTERNATIVES]
     assert alt["others"][0] == {"id": "c", "score": 0.9, "decision": "accept"}
+
+
+def test_a_pick_answers_the_shown_pair_and_names_the_offers_match_and_is_undone_as_one() -> None:
+    """A pick: the shown pair is no match, one of its offer's other candidates is the match. Two verdicts in one
+    answer (the second names the first); a picked pair waiting in the queue is answered with that entry's reason and
+    shown score; undo takes back both; only a recorded candidate can be picked; dedup pairs keep their order."""
+    from pmatch_duckdb.review.answers import PICKED, answer_entry, pick_candidate, undo_last
+    from pmatch_duckdb.review.queue import entry_at, next_entry, progress, queue_review
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES "
+                "('feed', 'A', 'cat', 'x', 0.70, 'review', 1), ('feed', 'A', 'cat', 'y', 0.60, 'review', 2), "
+                "('feed', 'A', 'cat', 'z', 0.10, 'reject', 3), ('feed', 'B', 'cat', 'x', 0.65, 'review', 1)) "
+                "t(source_table, source_id, target_table, target_id, score, decision, rank)")
+    queue_review(con, "m", state=ModelState("zero-shot", 0.55, 0.8), accept_sample=0)
+    pos = dict(con.execute("SELECT source_id || target_id, position FROM pm_review_queue").fetchall())
+    ax, ay = entry_at(con, "default", pos["Ax"]), entry_at(con, "default", pos["Ay"])
+    before = progress(con, "default")
+    assert before == (0, 3)
+    # z is not queued (auto-rejected): the pick labels it with what the list showed
+    done = pick_candidate(con, ax, "z", queue="default", reviewer="ann", note="z is the one")
+    assert done.said({"match": "Match", "no_match": "No match"}) == "No match: A ↔ x; Match: A ↔ z"
+    rows = con.execute("SELECT label_id, source_id, target_id, verdict, reviewer, score, decision, reason, note, "
+                       "scored_by, with_label FROM pm_labels ORDER BY label_id").fetchall()
+    first = rows[0][0]
+    assert rows == [(first, "A", "x", "no_match", "ann", 0.70, "review", "boundary", "z is the one", "zero-shot", None),
+                    (first + 1, "A", "z", "match", "ann", 0.10, "reject", PICKED, "picked instead of x: z is the one",
+                     "zero-shot", first)]
+    assert progress(con, "default") == (1, 3)
+    # calibrate counts the answered entry, not the found match: alone, found matches would overstate precision
+    from pmatch_duckdb.review.calibrate import reviewed_pairs
+
+    assert reviewed_pairs(con, "cat", "zero-shot")[0] == [("feed", "A", "cat", "x")]
+    assert undo_last(con, "default", "ann") == pos["Ax"]
+    assert progress(con, "default") == (0, 3) and not current_verdicts(con)
+    # y waits in the queue: picking it answers its entry too, with that entry's reason and score
+    pick_candidate(con, ax, "y", queue="default", reviewer="ann")
+    assert con.execute("SELECT target_id, verdict, score, reason, scored_by FROM pm_labels_current ORDER BY label_id"
+                       ).fetchall() == [("x", "no_match", 0.70, "boundary", "zero-shot"),
+                                        ("y", "match", 0.60, "boundary", "zero-shot")]
+    assert progress(con, "default") == (2, 3) and next_entry(con, "default")["source_id"] == "B"
+    # the last answer found through the picked pair's entry is still undone as a whole, back to the shown pair
+    assert undo_last(con, "default", "ann") == pos["Ax"] and progress(con, "default") == (0, 3)
+    # another reviewer's answers are not theirs to undo; one verdict alone is undone alone
+    answer_entry(con, ay, "match", queue="default", reviewer="bob")
+    assert undo_last(con, "default", "ann") is None and undo_last(con, "default", "bob") == pos["Ay"]
+    # only a recorded other candidate
+    with pytest.raises(PmatchError, match=r"'w' is not among the other candidates recorded for queue entry .*'y', 'z'"):
+        pick_candidate(con, ax, "w", queue="default")
+    with pytest.raises(PmatchError, match="is the pair shown"):
+        pick_candidate(con, {**ax, "alternatives": json.dumps({"rank": 1, "of": 2, "others": [
+            {"id": "x", "score": 0.7, "decision": "review"}]})}, "x", queue="default")
+    n = con.execute("SELECT count(*) FROM pm_labels").fetchall()[0][0]
+    # a failed second insert leaves neither verdict
+    with pytest.raises(duckdb.ConversionException):
+        pick_candidate(con, {**ax, "alternatives": json.dumps({"rank": 1, "of": 2, "others": [
+            {"id": "q", "score": "high", "decision": "review"}]})}, "q", queue="default")
+    assert con.execute("SELECT count(*) FROM pm_labels").fetchall()[0][0] == n
+    # dedup: the picked offer sorts before the shown offer's id, and is keyed that way round
+    con.execute("CREATE TABLE d AS SELECT * FROM (VALUES ('feed', 'b', 'feed', 'c', 0.70, 'review'), "
+                "('feed', 'a', 'feed', 'b', 0.20, 'reject')) t(source_table, source_id, target_table, target_id, "
+                "score, decision)")
+    queue_review(con, "d", queue="dd", state=ModelState("zero-shot", 0.55, 0.8), accept_sample=0)
+    (p,), = con.execute("SELECT position FROM pm_review_queue WHERE queue = 'dd'").fetchall()
+    pick_candidate(con, entry_at(con, "dd", p), "a", queue="dd")
+    assert con.execute("SELECT source_id, target_id, verdict FROM pm_labels_current WHERE queue = 'dd' "
+                       "ORDER BY label_id").fetchall() == [("b", "c", "no_match"), ("a", "b", "match")]
+    con.close()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -170,13 +170,18 @@ def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
 
 def test_the_offers_other_candidates_in_chromium(review_demo, tmp_path: Path) -> None:
     """A pair the result ranks below another candidate of the same offer says so, and lists the offer's other
-    candidates (titles, scores, a verdict already given on one), within the window's height."""
+    candidates (titles, scores, a verdict already given on one), within the window's height; Shift+2 picks the
+    second as the offer's match, and Z undoes both verdicts."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
 
     con = pm.connect(review_demo.db, image_roots=[review_demo.images])
     con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
-    pos, sid, alt = con.execute(
-        "SELECT position, source_id, alternatives FROM pm_review_queue WHERE queue = 'default' "
+    pos, sid, tid, alt = con.execute(
+        "SELECT position, source_id, target_id, alternatives FROM pm_review_queue WHERE queue = 'default' "
         "AND (alternatives ->> 'rank')::INT > 1 AND json_array_length(alternatives -> 'others') >= 2 "
         "ORDER BY position LIMIT 1").fetchall()[0]
     alt = json.loads(alt)
@@ -200,8 +205,25 @@ def test_the_offers_other_candidates_in_chromium(review_demo, tmp_path: Path) ->
             assert f"{alt['others'][0]['score']:.3f}" in items[0].text
             # the page still fits the window: the catalog side scrolls inside itself if it must
             assert drv.execute_script("return document.documentElement.scrollHeight <= window.innerHeight + 1")
+            # each listed candidate can be picked as the offer's match (Shift+N)
+            picks = drv.find_elements(By.CSS_SELECTOR, ".offer.t .others li button.pick")
+            assert [b.text for b in picks] == [f"the match ⇧{i + 1}" for i in range(len(alt["others"][:4]))]
             ARTIFACTS.mkdir(exist_ok=True)
             drv.save_screenshot(str(ARTIFACTS / "review-candidates.png"))
+            ActionChains(drv).key_down(Keys.SHIFT).send_keys("2").key_up(Keys.SHIFT).perform()
+            wait = WebDriverWait(drv, 30, ignored_exceptions=(StaleElementReferenceException,))
+            wait.until(lambda d: "/pair/" not in d.current_url and d.find_elements(By.CSS_SELECTOR, ".pos"))
+            con = duckdb.connect(str(review_demo.db))
+            got = con.execute("SELECT target_id, verdict, with_label IS NOT NULL FROM pm_labels_current "
+                              "WHERE source_id = ? ORDER BY label_id DESC LIMIT 2", [sid]).fetchall()
+            con.close()
+            assert got == [(alt["others"][1]["id"], "match", True), (tid, "no_match", False)]
+            drv.find_element(By.TAG_NAME, "body").send_keys("z")  # undo: both verdicts, back to the pair
+            wait.until(lambda d: d.current_url.endswith(f"/pair/{pos}?undone=1"))
+            con = duckdb.connect(str(review_demo.db))
+            assert not con.execute("SELECT count(*) FROM pm_labels_current WHERE source_id = ? AND target_id IN "
+                                   "(?, ?)", [sid, tid, alt["others"][1]["id"]]).fetchall()[0][0]
+            con.close()
     finally:
         drv.quit()
 

@@ -24,9 +24,10 @@ from PIL import Image
 from ..encoders.image_io import ImagePolicy
 from ..errors import PmatchError
 from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from .answers import answer_entry, pick_candidate, undo_last
 from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
-from .labels import ANSWERS_ENTRY, PairKey, ensure_labels, has_labels, record_verdict, verdict_before
+from .labels import PairKey, ensure_labels, has_labels, verdict_before
 from .pairview import image_path, other_candidates, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
 from .stats import accept_precision, label_summary
@@ -147,44 +148,48 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
         if not hmac.compare_digest(request.form.get("token", ""), token):
             abort(403, "stale or foreign form: reload the page")
 
+    def _form_entry(con: duckdb.DuckDBPyConnection) -> dict:
+        """The queue entry the posted form answers."""
+        try:
+            position = int(request.form.get("position", ""))
+        except ValueError:
+            abort(400, "position must be a number")
+        entry = entry_at(con, cfg.queue, position)
+        if entry is None:
+            abort(404)
+        return entry
+
     @app.post("/label")
     def label():  # noqa: ANN202
         _check_token()
         verdict = request.form.get("verdict", "")
         if verdict not in KEYS:
             abort(400, f"unknown verdict {verdict!r}")
-        try:
-            position = int(request.form.get("position", ""))
-        except ValueError:
-            abort(400, "position must be a number")
         note = (request.form.get("note") or "").strip() or None
         with _db(cfg) as con:
-            entry = entry_at(con, cfg.queue, position)
-            if entry is None:
-                abort(404)
-            key = PairKey(entry["source_table"], entry["source_id"], entry["target_table"], entry["target_id"])
-            record_verdict(con, key, verdict, reviewer=cfg.reviewer, matcher=entry["matcher"], score=entry["score"],
-                           decision=entry["decision"], queue=cfg.queue, reason=entry["reason"], note=note,
-                           scored_by=entry.get("scored_by"))
-        return redirect(url_for("index", saved=f"{LABEL[verdict]}: {entry['source_id']} ↔ {entry['target_id']}"))
+            entry = _form_entry(con)
+            done = answer_entry(con, entry, verdict, queue=cfg.queue, reviewer=cfg.reviewer, note=note)
+        return redirect(url_for("index", saved=done.said(LABEL)))
+
+    @app.post("/pick")
+    def pick():  # noqa: ANN202
+        _check_token()
+        candidate = request.form.get("candidate", "")
+        note = (request.form.get("note") or "").strip() or None
+        with _db(cfg) as con:
+            _check_queue(con)
+            entry = _form_entry(con)
+            done = pick_candidate(con, entry, candidate, queue=cfg.queue, reviewer=cfg.reviewer, note=note)
+        return redirect(url_for("index", saved=done.said(LABEL)))
 
     @app.post("/undo")
     def undo():  # noqa: ANN202
         _check_token()
         with _db(cfg) as con:
             _check_queue(con)
-            last = con.execute(
-                "SELECT l.source_table, l.source_id, l.target_table, l.target_id, q.position, l.verdict "
-                f"FROM pm_labels_current l JOIN pm_review_queue q ON q.queue = l.queue AND {ANSWERS_ENTRY} "
-                "WHERE l.queue = ? AND l.reviewer IS NOT DISTINCT FROM ? ORDER BY l.label_id DESC LIMIT 1",
-                [cfg.queue, cfg.reviewer]).fetchall()
-            if not last:
-                return redirect(url_for("index", saved="Nothing to undo"))
-            st, si, tt, ti, position, verdict = last[0]
-            entry = entry_at(con, cfg.queue, position)
-            record_verdict(con, PairKey(st, si, tt, ti), "retracted", reviewer=cfg.reviewer, matcher=entry["matcher"],
-                           score=entry["score"], decision=entry["decision"], queue=cfg.queue, reason=entry["reason"],
-                           note=f"undo of {verdict}", scored_by=entry.get("scored_by"))
+            position = undo_last(con, cfg.queue, cfg.reviewer)
+        if position is None:
+            return redirect(url_for("index", saved="Nothing to undo"))
         return redirect(url_for("pair", position=position, undone=1))
 
     @app.get("/summary")

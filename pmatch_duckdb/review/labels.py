@@ -26,6 +26,8 @@ from ..sqlident import index_name_for
 
 VERDICTS = ("match", "no_match", "unsure")
 RETRACTED = "retracted"
+#: pm_labels.reason of a pair picked as an offer's match among its other candidates that no queue entry waited for
+PICKED = "picked"
 
 LABELS_DDL = f"""
 CREATE SEQUENCE IF NOT EXISTS pm_labels_seq;
@@ -44,7 +46,9 @@ CREATE TABLE IF NOT EXISTS pm_labels (
     queue        VARCHAR,   -- review queue the pair came from
     reason       VARCHAR,   -- why it was queued: boundary / accept_sample / recheck
     note         VARCHAR,
-    scored_by    VARCHAR    -- which model's score was shown: zero-shot / stage1 / pair_scorer (NULL: not known)
+    scored_by    VARCHAR,   -- which model's score was shown: zero-shot / stage1 / pair_scorer (NULL: not known)
+    with_label   BIGINT     -- given in one answer with that label (a pick: the match chosen among the offer's
+                            -- other candidates names the no_match given to the pair shown); undone together
 );
 -- the verdict in force per pair (latest row; a retracted verdict is no verdict)
 CREATE OR REPLACE VIEW pm_labels_current AS
@@ -90,11 +94,14 @@ class PairKey:
 
 def ensure_labels(con: duckdb.DuckDBPyConnection) -> None:
     """Create ``pm_labels``, its sequence and the ``pm_labels_current`` view if missing; a ``pm_labels`` written by an
-    earlier version gains the ``scored_by`` column (NULL on its rows: not known)."""
+    earlier version gains the ``scored_by`` and ``with_label`` columns (NULL on its rows: not known / a verdict of
+    its own)."""
     if not has_labels(con):
         con.execute(LABELS_DDL)
-    elif not has_column(con, "pm_labels", "scored_by"):
-        con.execute("ALTER TABLE pm_labels ADD COLUMN IF NOT EXISTS scored_by VARCHAR")
+        return
+    for column, kind in (("scored_by", "VARCHAR"), ("with_label", "BIGINT")):
+        if not has_column(con, "pm_labels", column):
+            con.execute(f"ALTER TABLE pm_labels ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 def scored_by_sql(con: duckdb.DuckDBPyConnection) -> str:
@@ -138,21 +145,24 @@ def has_labels(con: duckdb.DuckDBPyConnection) -> bool:
 def record_verdict(con: duckdb.DuckDBPyConnection, pair: PairKey, verdict: str, *, reviewer: str | None = None,
                    matcher: str | None = None, score: float | None = None, decision: str | None = None,
                    queue: str | None = None, reason: str | None = None, note: str | None = None,
-                   scored_by: str | None = None) -> int:
-    """Append one verdict (one transaction) and return its ``label_id``. ``scored_by``: which model's score was shown
-    (one of :data:`SCORED_BY`; the queue row says)."""
+                   scored_by: str | None = None, with_label: int | None = None, own: bool = True) -> int:
+    """Append one verdict and return its ``label_id``. ``scored_by``: which model's score was shown (one of
+    :data:`SCORED_BY`; the queue row says); ``with_label``: the label this one was given together with (a pick).
+    ``own``: in a transaction of its own (False: inside the caller's, which ensured the table)."""
     if verdict not in (*VERDICTS, RETRACTED):
         raise PmatchError(f"verdict must be one of {', '.join(VERDICTS)}; got {verdict!r}")
     if scored_by is not None and scored_by not in SCORED_BY:
         raise PmatchError(f"scored_by must be one of {', '.join(SCORED_BY)} or NULL; got {scored_by!r}")
+    insert = ("INSERT INTO pm_labels (source_table, source_id, target_table, target_id, verdict, reviewer, matcher, "
+              "score, decision, queue, reason, note, scored_by, with_label) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label_id")
+    values = [*pair.row(), verdict, reviewer, matcher, score, decision, queue, reason, note, scored_by, with_label]
+    if not own:
+        return int(con.execute(insert, values).fetchall()[0][0])
     ensure_labels(con)
     con.execute("BEGIN TRANSACTION")
     try:
-        row = con.execute(
-            "INSERT INTO pm_labels (source_table, source_id, target_table, target_id, verdict, reviewer, matcher, "
-            "score, decision, queue, reason, note, scored_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "RETURNING label_id",
-            [*pair.row(), verdict, reviewer, matcher, score, decision, queue, reason, note, scored_by]).fetchall()
+        row = con.execute(insert, values).fetchall()
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -9,6 +9,9 @@
   function submit(form, button) {
     if (busy || !form) return;
     busy = true;
+    var note = answer && answer.querySelector("input.note");
+    var carry = form.querySelector('input[name="note"]');
+    if (note && carry && form !== answer) carry.value = note.value;  // a pick keeps the note typed
     document.querySelectorAll("button.v").forEach(function (b) { b.disabled = true; });
     if (button) {  // keep the verdict: disabled buttons are not submitted
       var h = document.createElement("input");
@@ -17,7 +20,7 @@
     }
     form.submit();
   }
-  document.querySelectorAll("form button.v").forEach(function (b) {
+  document.querySelectorAll("button.v").forEach(function (b) {  // pick buttons sit outside their form (form=)
     b.addEventListener("click", function (e) { e.preventDefault(); submit(b.form, b.name ? b : null); });
   });
 
@@ -36,6 +39,12 @@
     var typing = t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA");
     if (e.key === "Escape") { closeZoom(); if (typing) t.blur(); return; }
     if (typing) return;
+    var pickForm = document.getElementById("pick");
+    if (e.shiftKey && /^Digit[1-4]$/.test(e.code || "")) {  // Shift+1..4: that other candidate is the match
+      var pb = document.querySelector('button.pick[data-key="' + e.code.slice(5) + '"]');
+      if (pb && pickForm) { e.preventDefault(); submit(pickForm, pb); }
+      return;
+    }
     var k = e.key.toLowerCase();
     var map = {"m": "match", "1": "match", "n": "no_match", "2": "no_match", "u": "unsure", "3": "unsure", " ": "unsure"};
     if (map[k] && answer) {

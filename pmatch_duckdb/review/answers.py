@@ -1,0 +1,131 @@
+"""Answering queue entries: one verdict on the pair shown, a pick (the shown pair is not the offer's match, one of
+its other candidates is: two verdicts in one transaction), and undoing the last answer as a whole.
+
+A pick is what a reviewer does when the page's list of the offer's other candidates (``alternatives.py``) holds
+its match: on Abt-Buy's zero-shot queue 98 % of the non-matching boundary entries have it listed. Without a pick
+that match is found only if the queue happens to hold it too; with one it is labelled from the page the reviewer
+already has open. The picked pair's verdict names the shown pair's (``pm_labels.with_label``), so an undo takes
+back both, and where the picked pair is itself waiting in the queue its verdict carries that entry's reason: a
+sample answered by a pick still counts for its audit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from ..errors import PmatchError
+from .alternatives import recorded_context
+from .labels import ANSWERS_ENTRY, PICKED, PairKey, ensure_labels, record_verdict
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one answer recorded: ``(pair, verdict)`` per label, the shown pair's first."""
+
+    labels: tuple[tuple[PairKey, str], ...]
+
+    def said(self, names: dict[str, str]) -> str:
+        """One line for the page (``names``: verdict → its label)."""
+        return "; ".join(f"{names.get(v, v)}: {k.source_id} ↔ {k.target_id}" for k, v in self.labels)
+
+
+def entry_key(entry: dict) -> PairKey:
+    """The pm_labels key of a queue entry."""
+    return PairKey(entry["source_table"], entry["source_id"], entry["target_table"], entry["target_id"])
+
+
+def _shown(entry: dict) -> dict:
+    """record_verdict's keywords for the pair an entry shows: what the reviewer saw and why it was queued."""
+    return {"matcher": entry["matcher"], "score": entry["score"], "decision": entry["decision"],
+            "reason": entry["reason"], "scored_by": entry.get("scored_by")}
+
+
+def answer_entry(con: duckdb.DuckDBPyConnection, entry: dict, verdict: str, *, queue: str,
+                 reviewer: str | None = None, note: str | None = None) -> Answer:
+    """Record ``verdict`` on the pair queue entry ``entry`` shows."""
+    key = entry_key(entry)
+    record_verdict(con, key, verdict, reviewer=reviewer, queue=queue, note=note, **_shown(entry))
+    return Answer(((key, verdict),))
+
+
+def _waiting_entry(con: duckdb.DuckDBPyConnection, queue: str, key: PairKey) -> dict | None:
+    """The unanswered entry of ``queue`` for ``key``, if one waits."""
+    rel = con.execute(f"SELECT * FROM pm_review_queue q WHERE queue = ? AND source_table = ? AND source_id = ? "
+                      f"AND target_table = ? AND target_id = ? AND NOT EXISTS (SELECT 1 FROM pm_labels_current l "
+                      f"WHERE {ANSWERS_ENTRY}) ORDER BY position LIMIT 1", [queue, *key.row()])
+    cols = [d[0] for d in rel.description]
+    rows = rel.fetchall()
+    return dict(zip(cols, rows[0], strict=True)) if rows else None
+
+
+def pick_candidate(con: duckdb.DuckDBPyConnection, entry: dict, candidate_id: str, *, queue: str,
+                   reviewer: str | None = None, note: str | None = None) -> Answer:
+    """The shown pair is no match; the offer's match is ``candidate_id``, one of the other candidates recorded with
+    the entry. Both verdicts in one transaction, the pick's naming the shown one's (``with_label``). The pick
+    records the candidate's score and decision as the list showed them; its scale is not known (``scored_by``
+    NULL) unless the pair waits in the queue, whose entry then supplies what it shows and its reason."""
+    ctx = recorded_context(entry.get("alternatives"))
+    listed = {str(o["id"]): o for o in (ctx or {}).get("others", [])}
+    cand = listed.get(str(candidate_id))
+    if cand is None:
+        raise PmatchError(f"{candidate_id!r} is not among the other candidates recorded for queue entry "
+                          f"{entry['position']} (offer {entry['source_id']!r}); those are: "
+                          f"{', '.join(repr(i) for i in listed) or 'none'}")
+    shown = entry_key(entry)
+    picked = PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], candidate_id)
+    if picked == shown:
+        raise PmatchError(f"{candidate_id!r} is the pair shown by queue entry {entry['position']}; answer it instead")
+    waiting = _waiting_entry(con, queue, picked)
+    # the candidate's score is on the entry's scale for a zero-shot result; with a trained matcher it may be stage
+    # 1's or its pair scorer's (the result does not say): NULL, and the decision shown tells rechecks what it was
+    scale = "zero-shot" if entry.get("scored_by") == "zero-shot" else None
+    how = _shown(waiting) if waiting else {"matcher": entry["matcher"], "score": cand.get("score"),
+                                            "decision": cand.get("decision"), "reason": PICKED, "scored_by": scale}
+    said = f"picked instead of {shown.target_id if shown.source_id == entry['source_id'] else shown.source_id}"
+    ensure_labels(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        first = record_verdict(con, shown, "no_match", reviewer=reviewer, queue=queue, note=note, own=False,
+                               **_shown(entry))
+        record_verdict(con, picked, "match", reviewer=reviewer, queue=queue, own=False, with_label=first,
+                       note=f"{said}: {note}" if note else said, **how)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return Answer(((shown, "no_match"), (picked, "match")))
+
+
+def undo_last(con: duckdb.DuckDBPyConnection, queue: str, reviewer: str | None) -> int | None:
+    """Retract ``reviewer``'s last answer in ``queue``, every verdict of it (a pick's two), and return the position
+    of the entry it answered (None: nothing to undo)."""
+    ensure_labels(con)
+    last = con.execute(
+        f"SELECT l.label_id, l.with_label FROM pm_labels_current l JOIN pm_review_queue q "
+        f"ON q.queue = l.queue AND {ANSWERS_ENTRY} WHERE l.queue = ? AND l.reviewer IS NOT DISTINCT FROM ? "
+        "ORDER BY l.label_id DESC LIMIT 1", [queue, reviewer]).fetchall()
+    if not last:
+        return None
+    anchor = last[0][1] if last[0][1] is not None else last[0][0]
+    # the answer's verdicts still in force (one retracted or overwritten since stays as it is)
+    group = con.execute("SELECT * FROM pm_labels_current WHERE label_id = ? OR with_label = ? ORDER BY label_id",
+                        [anchor, anchor])
+    cols = [d[0] for d in group.description]
+    rows = [dict(zip(cols, r, strict=True)) for r in group.fetchall()]
+    position = con.execute(
+        f"SELECT q.position FROM pm_labels l JOIN pm_review_queue q ON q.queue = l.queue AND {ANSWERS_ENTRY} "
+        "WHERE l.label_id = ? ORDER BY q.position LIMIT 1", [anchor]).fetchall()
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for r in rows:
+            record_verdict(con, PairKey(r["source_table"], r["source_id"], r["target_table"], r["target_id"]),
+                           "retracted", reviewer=reviewer, matcher=r["matcher"], score=r["score"],
+                           decision=r["decision"], queue=queue, reason=r["reason"], note=f"undo of {r['verdict']}",
+                           scored_by=r["scored_by"], own=False)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return int(position[0][0]) if position else None
