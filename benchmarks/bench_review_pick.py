@@ -8,9 +8,10 @@ review page serves it (``next_entry``: the first entry nobody has answered), in 
 * ``pairs``: each page answered match / no match (the page before picks);
 * ``picks``: a page whose pair is no match, where the offer's true match is among the other candidates the page
   lists, is answered with a pick (``pick_candidate``: two verdicts); otherwise as ``pairs``;
-* ``picks, one match per source`` (SIMULATED, not in the product): as ``picks``, and entries of an offer that
-  already has a match verdict are passed over without a page — what a queue mode for results known to link at
-  most one match per source would save (both ground truths here have at most one match per source).
+* ``picks, one match per source``: as ``picks``, on the same result queued with ``pm_queue_review(one_match :=
+  true)`` (both ground truths here have at most one match per source): a match, answered or picked, records
+  no_match for the offer's other unanswered boundary entries and the other candidates the page listed, so those
+  entries take no page.
 
 After each budget of pages: the verdicts given, the true matches labelled, and the links the reviewed result ends
 with — a pair is linked where the reviewer said match, or the model auto-accepted it and nobody said no match —
@@ -59,69 +60,47 @@ def _links(result: list[tuple], verdicts: dict) -> set[tuple[str, str]]:
     return out
 
 
-def _measure(con, result: list[tuple], truth: dict, pages: int, skipped: int) -> dict:  # noqa: ANN001
+def _measure(con, result: list[tuple], truth: dict, pages: int) -> dict:  # noqa: ANN001
     verdicts = current_verdicts(con)
     said = [(k, v.verdict) for k, v in verdicts.items() if v.verdict in ("match", "no_match")]
     true_pairs = {(s, t) for s, ts in truth.items() for t in ts}
     links = _links(result, verdicts)
     tp = len(links & true_pairs)
-    return {"pages": pages, "passed_over": skipped, "verdicts": len(said),
+    return {"pages": pages, "verdicts": len(said),
             "matches_labelled": sum(v == "match" and k.target_id in truth.get(k.source_id, ()) for k, v in said),
             "links": len(links), "precision": tp / len(links) if links else float("nan"),
             "recall": tp / len(true_pairs) if true_pairs else float("nan")}
 
 
-def run_arm(con, arm: str, truth: dict, result: list[tuple], budgets: list[int | None]) -> list[dict]:  # noqa: ANN001
-    """Work through queue 'default' as ``arm`` says; a measurement at each budget (None: the queue's end)."""
+def run_arm(con, arm: str, queue: str, truth: dict, result: list[tuple],  # noqa: ANN001
+            budgets: list[int | None]) -> list[dict]:
+    """Work through ``queue`` as ``arm`` says; a measurement at each budget (None: the queue's end)."""
     con.execute("DELETE FROM pm_labels")
-    rows, pages, skipped = [], 0, 0
+    rows, pages = [], 0
     todo = sorted(budgets, key=lambda b: float("inf") if b is None else b)
-    passed: set[int] = set()  # positions passed over (arm 3): not answered, so next_entry would serve them again
-    matched: set[str] = set()
     while todo:
-        e = _next(con, passed)
+        e = next_entry(con, queue)
         if e is None or (todo[0] is not None and pages >= todo[0]):
             rows.append({"arm": arm, "budget": "all" if todo[0] is None else todo[0],
-                         **_measure(con, result, truth, pages, skipped)})
+                         **_measure(con, result, truth, pages)})
             todo.pop(0)
             if e is None:
                 for b in todo:  # the queue ended before the larger budgets
                     rows.append({**rows[-1], "budget": "all" if b is None else b})
                 break
             continue
-        left, right = e["source_id"], e["target_id"]
-        if arm.endswith("one match per source") and left in matched:
-            passed.add(e["position"])
-            skipped += 1
-            continue
         pages += 1
-        true = truth.get(left, set())
-        if right in true:
-            answer_entry(con, e, "match", queue="default", reviewer="ground truth")
-            matched.add(left)
+        true = truth.get(e["source_id"], set())
+        if e["target_id"] in true:
+            answer_entry(con, e, "match", queue=queue, reviewer="ground truth")
             continue
         listed = [str(o["id"]) for o in json.loads(e["alternatives"] or "{}").get("others", [])]
         pick = next((c for c in listed if c in true), None) if arm != "pairs" else None
         if pick is not None:
-            pick_candidate(con, e, pick, queue="default", reviewer="ground truth")
-            matched.add(left)
+            pick_candidate(con, e, pick, queue=queue, reviewer="ground truth")
         else:
-            answer_entry(con, e, "no_match", queue="default", reviewer="ground truth")
+            answer_entry(con, e, "no_match", queue=queue, reviewer="ground truth")
     return rows
-
-
-def _next(con, passed: set[int]) -> dict | None:  # noqa: ANN001
-    """``next_entry`` past the positions passed over."""
-    if not passed:
-        return next_entry(con, "default")
-    from pmatch_duckdb.review.labels import ANSWERS_ENTRY
-
-    rel = con.execute(f"SELECT * FROM pm_review_queue q WHERE queue = 'default' AND NOT EXISTS (SELECT 1 FROM "
-                      f"pm_labels_current l WHERE {ANSWERS_ENTRY}) AND position NOT IN (SELECT unnest(?)) "
-                      "ORDER BY position LIMIT 1", [sorted(passed)])
-    cols = [d[0] for d in rel.description]
-    r = rel.fetchall()
-    return dict(zip(cols, r[0], strict=True)) if r else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,17 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         truth = split_truth(con, args.source, args.gt)
         sql_match(con, args.source, args.target)
         queued, boundary = con.execute(f"SELECT queued, boundary FROM pm_queue_review('m_{args.source}')").fetchone()
+        con.execute(f"SELECT * FROM pm_queue_review('m_{args.source}', queue := 'one', one_match := true)").fetchall()
         result = [tuple(map(str, r[:4])) + (r[4],) for r in con.execute(
             f"SELECT source_table, source_id, target_table, target_id, decision FROM m_{args.source}").fetchall()]
         print(f"# bench_review_pick {time.strftime('%Y-%m-%dT%H:%M:%S')}  db={args.db}  matcher={args.matcher}  "
               f"match_products('{args.source}' ({len(truth)} offers, {sum(map(len, truth.values()))} true pairs), "
               f"'{args.target}')  queue {queued} entries ({boundary} boundary)", flush=True)
-        print("| arm | pages | passed over | verdicts | true matches labelled | links | link precision | "
-              "link recall |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| arm | pages (budget) | verdicts | true matches labelled | links | link precision | link recall |")
+        print("|---|---|---|---|---|---|---|")
         for arm in ARMS:
-            for r in run_arm(con, arm, truth, result, budgets):
-                print(f"| {arm} | {r['pages']} (budget {r['budget']}) | {r['passed_over']} | {r['verdicts']} | "
+            for r in run_arm(con, arm, "one" if "one match" in arm else "default", truth, result, budgets):
+                print(f"| {arm} | {r['pages']} ({r['budget']}) | {r['verdicts']} | "
                       f"{r['matches_labelled']} | {r['links']} | {r['precision']:.3f} | {r['recall']:.3f} |",
                       flush=True)
         con.close()

@@ -3,7 +3,8 @@
 -- tables of your database, readable by plain SQL and dbt without pmatch installed.
 
 -- pm_queue_review(matches [, queue := 'default', accept_sample := 0.05, recheck_delta := 0.3, seed := 0,
---                  certify := NULL, certify_above := NULL, certify_size := NULL, audit_rejects := 0]):
+--                  certify := NULL, certify_above := NULL, certify_size := NULL, audit_rejects := 0,
+--                  one_match := false]):
 -- queue the pairs of a saved match_products result for review (replaces the queue of that name).
 -- Order: pairs nearest the decision boundary first, spread across source offers; a random
 -- `accept_sample` share of the auto-accepted pairs interleaved (to measure auto-accept precision);
@@ -18,12 +19,16 @@
 -- audit_rejects := 200: also that many auto-rejected pairs, a random sample stratified where missed matches are
 -- (rejected rank-1 candidates, ranks 2-3, the rest by score), spread through the queue: pmatch calibrate estimates
 -- from their verdicts how many matches the model already auto-rejects, and keeps max_recall_loss of all matches.
+-- one_match := true: the result links each source offer to at most one target product (a supplier feed against a
+-- catalog; not a one-table dedup result), so a match given on the review page, answered or picked among the
+-- offer's other candidates, records no_match for the offer's other unanswered boundary pairs and the other
+-- candidates the page listed (samples and rechecks stay for a person; one undo takes the whole answer back).
 -- Returns one row: queue, queued, boundary, accept_samples, rechecks, skipped_labelled, certify_samples,
 -- certify_above, reject_samples.
 CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept_sample := 0.05,
                                              recheck_delta := 0.3, seed := 0, certify := NULL,
                                              certify_above := NULL, certify_size := NULL,
-                                             audit_rejects := 0) AS TABLE
+                                             audit_rejects := 0, one_match := false) AS TABLE
     SELECT r.* FROM (SELECT CASE
         WHEN typeof(matches) <> 'VARCHAR'
             THEN error('pm_queue_review expects the matches table name as VARCHAR, got ' || typeof(matches))
@@ -39,7 +44,10 @@ CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept
         WHEN audit_rejects IS NOT NULL AND (TRY_CAST(audit_rejects AS BIGINT) IS NULL
             OR TRY_CAST(audit_rejects AS DOUBLE) <> TRY_CAST(audit_rejects AS BIGINT))
             THEN error('pm_queue_review: audit_rejects must be a whole number, got ' || audit_rejects::VARCHAR)
+        WHEN one_match IS NULL OR typeof(one_match) <> 'BOOLEAN'
+            THEN error('pm_queue_review: one_match must be true or false, got ' || coalesce(one_match::VARCHAR, 'NULL'))
         ELSE _pm_queue_review(matches::VARCHAR, queue::VARCHAR, TRY_CAST(accept_sample AS DOUBLE),
                               TRY_CAST(recheck_delta AS DOUBLE), TRY_CAST(seed AS BIGINT),
                               TRY_CAST(certify AS DOUBLE), TRY_CAST(certify_above AS DOUBLE),
-                              TRY_CAST(certify_size AS BIGINT), coalesce(TRY_CAST(audit_rejects AS BIGINT), 0)) END AS r);
+                              TRY_CAST(certify_size AS BIGINT), coalesce(TRY_CAST(audit_rejects AS BIGINT), 0),
+                              TRY_CAST(one_match AS BOOLEAN)) END AS r);

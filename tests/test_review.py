@@ -239,6 +239,12 @@ def test_pm_queue_review_sql(review_demo) -> None:
         con.execute("SELECT * FROM pm_queue_review('catalog')")
     with pytest.raises(duckdb.Error, match="invalid table name"):
         con.execute("SELECT * FROM pm_queue_review('matches; DROP TABLE catalog')")
+    con.execute("SELECT * FROM pm_queue_review('matches', queue := 'om', one_match := true)").fetchall()
+    assert con.execute("SELECT bool_and(one_match), bool_or(one_match) FROM pm_review_queue GROUP BY queue "
+                       "ORDER BY queue").fetchall() == [(False, False), (False, False), (True, True)]
+    for bad in ("'yes'", "NULL", "1"):
+        with pytest.raises(duckdb.Error, match="one_match must be true or false"):
+            con.execute(f"SELECT * FROM pm_queue_review('matches', one_match := {bad})")
     con.close()
 
 
@@ -541,6 +547,18 @@ def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkey
     assert res.exit_code == 0 and "5 sampled auto-rejects" in res.output, res.output
     res = CliRunner().invoke(main, ["review", str(review_demo.db), "--audit-rejects", "5"])
     assert res.exit_code == 1 and "give --matches too" in res.output
+    # one match per supplier offer
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--queue", "o1",
+                                    "--one-match", "--image-root", str(review_demo.images)])
+    assert res.exit_code == 0 and "one match per supplier offer" in res.output, res.output
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    page = create_app(ReviewConfig(review_demo.db, "o1", (review_demo.images,), "ann")).test_client().get("/")
+    assert page.status_code == 200 and '<span class="onematch"' in page.text
+    plain = create_app(ReviewConfig(review_demo.db, "q1", (review_demo.images,), "ann")).test_client().get("/")
+    assert plain.status_code == 200 and '<span class="onematch"' not in plain.text
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--one-match"])
+    assert res.exit_code == 1 and "give --matches too" in res.output
     res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--audit-rejects", "-1"])
     assert res.exit_code == 2 and "--audit-rejects" in res.output
 
@@ -682,6 +700,58 @@ def test_a_pick_answers_the_shown_pair_and_names_the_offers_match_and_is_undone_
     pick_candidate(con, entry_at(con, "dd", p), "a", queue="dd")
     assert con.execute("SELECT source_id, target_id, verdict FROM pm_labels_current WHERE queue = 'dd' "
                        "ORDER BY label_id").fetchall() == [("b", "c", "no_match"), ("a", "b", "match")]
+    con.close()
+
+
+def test_a_one_match_queue_answers_the_offers_other_candidates_with_its_match() -> None:
+    """``one_match``: a match (answered or picked) records no_match for the offer's other unanswered boundary
+    entries and its listed other candidates, in one answer undone as one; samples waiting in the queue, pairs with a
+    verdict and other offers are left alone; calibrate counts the implied verdicts of queued pairs only; refused for a
+    one-table result."""
+    from pmatch_duckdb.review.answers import answer_entry, pick_candidate, undo_last
+    from pmatch_duckdb.review.calibrate import reviewed_pairs
+    from pmatch_duckdb.review.labels import IMPLIED
+    from pmatch_duckdb.review.queue import entry_at, progress, queue_review
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES "
+                "('feed', 'A', 'cat', 'x', 0.70, 'review', 1), ('feed', 'A', 'cat', 'y', 0.60, 'review', 2), "
+                "('feed', 'A', 'cat', 'v', 0.58, 'review', 3), ('feed', 'A', 'cat', 'z', 0.10, 'reject', 4), "
+                "('feed', 'A', 'cat', 'w', 0.90, 'accept', 5), ('feed', 'B', 'cat', 'x', 0.65, 'review', 1), "
+                "('feed', 'B', 'cat', 'y', 0.62, 'review', 2)) "
+                "t(source_table, source_id, target_table, target_id, score, decision, rank)")
+    record_verdict(con, PairKey("feed", "A", "cat", "v"), "unsure")  # a verdict already given: not queued, kept
+    st = queue_review(con, "m", state=ModelState("zero-shot", 0.55, 0.8), accept_sample=1.0, one_match=True)
+    assert (st.boundary, st.accept_samples) == (4, 1)
+    pos = dict(con.execute("SELECT source_id || target_id, position FROM pm_review_queue").fetchall())
+    assert con.execute("SELECT bool_and(one_match) FROM pm_review_queue").fetchall()[0][0] is True
+    done = answer_entry(con, entry_at(con, "default", pos["Ax"]), "match", queue="default", reviewer="ann")
+    assert done.said({"match": "Match", "no_match": "No match"}) == (
+        "Match: A ↔ x; No match: A ↔ y; 1 other candidate of the offer: No match")
+    got = con.execute("SELECT target_id, verdict, reason, with_label IS NULL, note FROM pm_labels_current "
+                      "WHERE source_id = 'A' ORDER BY label_id").fetchall()
+    assert got == [("v", "unsure", None, True, None), ("x", "match", "boundary", True, None),
+                   ("y", "no_match", "boundary", False, "one match per source: the offer's match is x"),
+                   ("z", "no_match", IMPLIED, False, "one match per source: the offer's match is x")]
+    # w, an auto-accept sampled into the queue, waits for a person; offer B is untouched
+    assert progress(con, "default") == (2, 5)
+    assert {r[0] for r in con.execute("SELECT source_id || target_id FROM pm_review_queue q WHERE NOT EXISTS "
+                                      "(SELECT 1 FROM pm_labels_current l WHERE l.source_id = q.source_id AND "
+                                      "l.target_id = q.target_id AND l.label_id > q.labels_before)").fetchall()} == {
+        "Aw", "Bx", "By"}
+    # calibrate counts the queued pairs' verdicts, not the implied one of a candidate no entry waited for
+    assert sorted(reviewed_pairs(con, "cat", "zero-shot")[0]) == [("feed", "A", "cat", "x"), ("feed", "A", "cat", "y")]
+    assert undo_last(con, "default", "ann") == pos["Ax"]
+    assert con.execute("SELECT target_id, verdict FROM pm_labels_current").fetchall() == [("v", "unsure")]
+    # a pick in a one-match queue: the shown pair no, the picked yes, the rest no
+    pick_candidate(con, entry_at(con, "default", pos["Bx"]), "y", queue="default", reviewer="ann")
+    assert con.execute("SELECT target_id, verdict, reason FROM pm_labels_current WHERE source_id = 'B' "
+                       "ORDER BY label_id").fetchall() == [("x", "no_match", "boundary"), ("y", "match", "boundary")]
+    # refused for one table
+    con.execute("CREATE TABLE d AS SELECT * FROM (VALUES ('feed', 'a', 'feed', 'b', 0.70, 'review')) "
+                "t(source_table, source_id, target_table, target_id, score, decision)")
+    with pytest.raises(PmatchError, match="one_match is for a result linking two tables"):
+        queue_review(con, "d", queue="dd", state=ModelState("zero-shot", 0.55, 0.8), one_match=True)
     con.close()
 
 

@@ -7,6 +7,12 @@ that match is found only if the queue happens to hold it too; with one it is lab
 already has open. The picked pair's verdict names the shown pair's (``pm_labels.with_label``), so an undo takes
 back both, and where the picked pair is itself waiting in the queue its verdict carries that entry's reason: a
 sample answered by a pick still counts for its audit.
+
+A queue made with ``one_match`` (``pm_queue_review(one_match := true)``: results that link each supplier offer to
+at most one catalog product) takes a match, answered or picked, as the offer's only one: in the same answer the
+offer's other unanswered boundary entries of the queue and the other candidates the page listed are recorded
+``no_match`` (named by ``with_label`` too, so undone with it). Samples and rechecks waiting in the queue are left
+for a person, and so is any pair that already has a verdict.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import duckdb
 
 from ..errors import PmatchError
 from .alternatives import recorded_context
-from .labels import ANSWERS_ENTRY, PICKED, PairKey, ensure_labels, record_verdict
+from .labels import ANSWERS_ENTRY, IMPLIED, PICKED, PairKey, ensure_labels, record_verdict
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,10 @@ class Answer:
 
     def said(self, names: dict[str, str]) -> str:
         """One line for the page (``names``: verdict → its label)."""
-        return "; ".join(f"{names.get(v, v)}: {k.source_id} ↔ {k.target_id}" for k, v in self.labels)
+        head = "; ".join(f"{names.get(v, v)}: {k.source_id} ↔ {k.target_id}" for k, v in self.labels[:2])
+        rest = len(self.labels) - 2
+        return head + (f"; {rest} other candidate{'s' if rest > 1 else ''} of the offer: "
+                       f"{names.get('no_match', 'no_match')}" if rest > 0 else "")
 
 
 def entry_key(entry: dict) -> PairKey:
@@ -44,10 +53,62 @@ def _shown(entry: dict) -> dict:
 
 def answer_entry(con: duckdb.DuckDBPyConnection, entry: dict, verdict: str, *, queue: str,
                  reviewer: str | None = None, note: str | None = None) -> Answer:
-    """Record ``verdict`` on the pair queue entry ``entry`` shows."""
+    """Record ``verdict`` on the pair queue entry ``entry`` shows (in a ``one_match`` queue a match also answers the
+    offer's other candidates: see the module docstring)."""
     key = entry_key(entry)
-    record_verdict(con, key, verdict, reviewer=reviewer, queue=queue, note=note, **_shown(entry))
-    return Answer(((key, verdict),))
+    if verdict != "match" or not entry.get("one_match"):
+        record_verdict(con, key, verdict, reviewer=reviewer, queue=queue, note=note, **_shown(entry))
+        return Answer(((key, verdict),))
+    ensure_labels(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        first = record_verdict(con, key, verdict, reviewer=reviewer, queue=queue, note=note, own=False,
+                               **_shown(entry))
+        rest = _imply_rest(con, entry, queue, first, reviewer, {key}, key)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return Answer(((key, verdict), *rest))
+
+
+def _imply_rest(con: duckdb.DuckDBPyConnection, entry: dict, queue: str, anchor: int, reviewer: str | None,
+                done: set[PairKey], match: PairKey) -> list[tuple[PairKey, str]]:
+    """In a ``one_match`` queue, inside the caller's transaction: ``no_match`` for the offer's other unanswered
+    boundary entries and the other candidates listed with ``entry`` that have no verdict and wait for no sample or
+    recheck; ``done``: the pairs this answer already labels. Each names ``anchor``."""
+    said = f"one match per source: the offer's match is {match.target_id if match.source_id == entry['source_id'] else match.source_id}"
+    out: list[tuple[PairKey, str]] = []
+    rel = con.execute(
+        f"SELECT * FROM pm_review_queue q WHERE queue = ? AND source_table = ? AND source_id = ? AND target_table = ? "
+        f"AND NOT EXISTS (SELECT 1 FROM pm_labels_current l WHERE {ANSWERS_ENTRY}) ORDER BY position",
+        [queue, entry["source_table"], entry["source_id"], entry["target_table"]])
+    cols = [d[0] for d in rel.description]
+    waiting = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
+    held = {entry_key(w) for w in waiting if w["reason"] != "boundary"}  # for a person
+    for w in waiting:
+        k = entry_key(w)
+        if w["reason"] == "boundary" and k not in done:
+            record_verdict(con, k, "no_match", reviewer=reviewer, queue=queue, note=said, own=False,
+                           with_label=anchor, **_shown(w))
+            done.add(k)
+            out.append((k, "no_match"))
+    listed = (recorded_context(entry.get("alternatives")) or {}).get("others", [])
+    keys = {PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], o["id"]): o for o in listed}
+    labelled = {PairKey(*r) for r in con.execute(
+        "SELECT source_table, source_id, target_table, target_id FROM pm_labels_current WHERE source_table = ? "
+        "AND target_table = ? AND ? IN (source_id, target_id)",
+        [entry["source_table"], entry["target_table"], entry["source_id"]]).fetchall()}
+    for k, o in keys.items():
+        if k in done or k in held or k in labelled:
+            continue
+        scale = "zero-shot" if entry.get("scored_by") == "zero-shot" else None
+        record_verdict(con, k, "no_match", reviewer=reviewer, queue=queue, note=said, own=False, with_label=anchor,
+                       matcher=entry["matcher"], score=o.get("score"), decision=o.get("decision"), reason=IMPLIED,
+                       scored_by=scale)
+        done.add(k)
+        out.append((k, "no_match"))
+    return out
 
 
 def _waiting_entry(con: duckdb.DuckDBPyConnection, queue: str, key: PairKey) -> dict | None:
@@ -91,11 +152,13 @@ def pick_candidate(con: duckdb.DuckDBPyConnection, entry: dict, candidate_id: st
                                **_shown(entry))
         record_verdict(con, picked, "match", reviewer=reviewer, queue=queue, own=False, with_label=first,
                        note=f"{said}: {note}" if note else said, **how)
+        rest = (_imply_rest(con, entry, queue, first, reviewer, {shown, picked}, picked)
+                if entry.get("one_match") else [])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return Answer(((shown, "no_match"), (picked, "match")))
+    return Answer(((shown, "no_match"), (picked, "match"), *rest))
 
 
 def undo_last(con: duckdb.DuckDBPyConnection, queue: str, reviewer: str | None) -> int | None:

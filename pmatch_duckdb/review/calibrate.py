@@ -41,7 +41,16 @@ from ..errors import PmatchError
 from ..staging import new_staging_dir
 from .audit import AuditWeights, audit_stale, audit_weights, latest_audit
 from .certify import certify_status
-from .labels import PICKED, has_column, has_labels, matcher_in, matcher_names, scored_by_sql, table_key
+from .labels import (
+    IMPLIED,
+    PICKED,
+    has_column,
+    has_labels,
+    matcher_in,
+    matcher_names,
+    scored_by_sql,
+    table_key,
+)
 from .queue import ModelState, finite_or_none, model_state
 from .rescore import score_again_both
 
@@ -113,9 +122,10 @@ def reviewed_pairs(con, target: str, matcher: str | tuple[str, ...]  # noqa: ANN
         f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {scored_by_sql(con)}, "
         "coalesce(reason = 'certify_sample', false) "
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
-        # a pick no queue entry waited for is a match a reviewer found among an offer's candidates, not a sample of
-        # the scores: counted, such found matches alone would overstate the precision of any score range
-        f"AND reason IS DISTINCT FROM '{PICKED}' "
+        # a pick no queue entry waited for is a match a reviewer found among an offer's candidates, and a one-match
+        # queue's implied no_match for such a candidate its sibling: neither is a sample of the scores (found
+        # matches alone would overstate the precision of a score range, their siblings alone understate it)
+        f"AND coalesce(reason NOT IN ('{PICKED}', '{IMPLIED}'), true) "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
     same = set(matcher_names(matcher))

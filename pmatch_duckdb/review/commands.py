@@ -57,6 +57,9 @@ def _check_queue_exists(database: str, queue: str) -> None:
 @click.option("--audit-rejects", type=click.IntRange(min=0), default=0, metavar="N",
               help="With --matches: also queue N auto-rejected pairs (a random sample, most from just under the review "
                    "threshold), so that pmatch calibrate can estimate how many matches are auto-rejected.")
+@click.option("--one-match", is_flag=True, default=False,
+              help="With --matches: each supplier offer has at most one match in the other table, so a match given "
+                   "on the page answers the offer's other candidates no match (one undo takes it all back).")
 @click.option("--port", default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; anything but loopback exposes the page (and your data) to the network.")
@@ -65,7 +68,8 @@ def _check_queue_exists(database: str, queue: str) -> None:
               help="Folder the offers' images lie under (repeatable; default: cwd). Nothing outside is served.")
 @click.option("--home", default=None, help="pmatch home (default $PMATCH_HOME).")
 def review_cmd(database: str, queue: str, matches: str | None, accept_sample: float, certify: float | None,
-               certify_above: float | None, certify_size: int | None, audit_rejects: int, port: int, host: str,
+               certify_above: float | None, certify_size: int | None, audit_rejects: int, one_match: bool, port: int,
+               host: str,
                reviewer: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
     """Label queued candidate pairs in the browser: one pair per screen, keys M / N / U, Z to undo.
     Verdicts land in the pm_labels table of DATABASE; the page binds 127.0.0.1:8765 by default."""
@@ -75,9 +79,9 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
         raise click.ClickException(f"the review page needs the review extra ({e}): "
                                    "pip install 'pmatch-duckdb[review]'") from None
     if not matches and (certify is not None or certify_above is not None or certify_size is not None
-                        or audit_rejects):
-        raise click.ClickException("--certify, --certify-above, --certify-size and --audit-rejects queue a sample of a "
-                                   "match result: give --matches too")
+                        or audit_rejects or one_match):
+        raise click.ClickException("--certify, --certify-above, --certify-size, --audit-rejects and --one-match "
+                                   "queue a match result: give --matches too")
     if matches:
         from .queue import queue_review
 
@@ -86,7 +90,7 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
             try:
                 st = queue_review(con, matches, queue, accept_sample=accept_sample, certify=certify,
                                   certify_above=certify_above, certify_size=certify_size,
-                                  audit_rejects=audit_rejects)
+                                  audit_rejects=audit_rejects, one_match=one_match)
             finally:
                 con.close()
         except PmatchError as e:
@@ -94,7 +98,9 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
         click.echo(f"queued {st.queued} pairs in queue {queue!r}: {st.boundary} near the decision boundary, "
                    f"{st.accept_samples} sampled auto-accepts, "
                    f"{f'{st.reject_samples} sampled auto-rejects, ' if audit_rejects else ''}{st.rechecks} rechecks "
-                   f"({st.skipped_labelled} already labelled, not asked again)")
+                   f"({st.skipped_labelled} already labelled, not asked again)"
+                   + ("; one match per supplier offer: a match answers the offer's other candidates no match"
+                      if one_match else ""))
         if certify is not None:
             click.echo(_certify_line(st.certify_samples, certify_size, st.certify_above, certify)
                        if st.certify_above is not None else f"certification sample: {matches!r} holds no pairs to draw")

@@ -28,6 +28,8 @@ VERDICTS = ("match", "no_match", "unsure")
 RETRACTED = "retracted"
 #: pm_labels.reason of a pair picked as an offer's match among its other candidates that no queue entry waited for
 PICKED = "picked"
+#: pm_labels.reason of a no_match a one-match queue's match implied for a listed candidate no queue entry waited for
+IMPLIED = "one_match"
 
 LABELS_DDL = f"""
 CREATE SEQUENCE IF NOT EXISTS pm_labels_seq;

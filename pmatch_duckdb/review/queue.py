@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS pm_review_queue (
     stratum_pairs    BIGINT,   -- how many unlabelled pairs of the result that stratum holds (audit.py)
     alternatives     VARCHAR,  -- JSON: the pair's rank among its offer's candidates in the result, and the best
                                -- others (alternatives.py)
+    one_match        BOOLEAN,  -- the queue takes a match as its source offer's only one (answers.py)
     queued_at        TIMESTAMPTZ DEFAULT current_timestamp,
     PRIMARY KEY (queue, position)
 )
@@ -484,7 +485,8 @@ def _queue_as_usual(r: dict, boundary: list[dict], accepts: list[dict], rejects:
 def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "default", *,
                  state: ModelState | None = None, accept_sample: float = 0.05, recheck_delta: float = 0.3,
                  seed: int = 0, certify: float | None = None, certify_above: float | None = None,
-                 certify_size: int | None = None, audit_rejects: int = 0, ctx=None) -> QueueStats:  # noqa: ANN001 - ctx: a PmatchContext
+                 certify_size: int | None = None, audit_rejects: int = 0, one_match: bool = False,
+                 ctx=None) -> QueueStats:  # noqa: ANN001 - ctx: a PmatchContext
     """Write the review queue ``queue`` for the saved match result ``matches`` into ``pm_review_queue``.
 
     ``state``: thresholds and name of the model that scored ``matches`` (default: read from the
@@ -492,7 +494,8 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     zero-shot thresholds). ``certify``: a target precision (e.g. 0.99) to queue a certification sample for, drawn
     above ``certify_above`` (default: see ``certify.py``), ``certify_size`` pairs (default: enough to certify it
     with one no-match among them). ``audit_rejects``: how many auto-rejected pairs to queue as a reject audit
-    (``audit.py``; 0: none).
+    (``audit.py``; 0: none). ``one_match``: the result links each source offer to at most one target product, so
+    a match given on the page answers the offer's other candidates no_match (``answers.py``; two tables only).
     """
     from . import certify as cert
 
@@ -523,6 +526,9 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
                                     state.scored_by == "zero-shot", state.accept_threshold, certify)
                  if certify_above is None else float(certify_above))
         plan = (above, int(certify_size) if certify_size is not None else cert.reviews_needed(certify, 1))
+    if one_match and any(table_key(r["source_table"]) == table_key(r["target_table"]) for r in data):
+        raise PmatchError("pm_queue_review: one_match is for a result linking two tables; in a one-table (dedup) "
+                          "result an offer can have several duplicates")
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)
@@ -563,6 +569,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         "stratum": pa.array([it.get("stratum") for it in ordered], type=pa.int32()),
         "stratum_pairs": pa.array([it.get("stratum_pairs") for it in ordered], type=pa.int64()),
         "alternatives": pa.array(context, type=pa.string()),
+        "one_match": pa.array([bool(one_match)] * len(ordered), type=pa.bool_()),
     }).cast(pa.schema([
         ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),
         ("source_id", pa.string()), ("target_ref", pa.string()), ("target_table", pa.string()),
@@ -571,11 +578,11 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         ("price_ratio", pa.float64()), ("decision", pa.string()), ("reason", pa.string()), ("matcher", pa.string()),
         ("scored_by", pa.string()), ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64()),
         ("certify_above", pa.float64()), ("certify_target", pa.float64()), ("stratum", pa.int32()),
-        ("stratum_pairs", pa.int64()), ("alternatives", pa.string())]))
+        ("stratum_pairs", pa.int64()), ("alternatives", pa.string()), ("one_match", pa.bool_())]))
     con.execute(QUEUE_DDL)
     for col, typ in (("scored_by", "VARCHAR"), ("certify_above", "DOUBLE"), ("certify_target", "DOUBLE"),
                      ("stratum", "INTEGER"), ("stratum_pairs", "BIGINT"),
-                     ("alternatives", "VARCHAR")):  # a queue table of an earlier version
+                     ("alternatives", "VARCHAR"), ("one_match", "BOOLEAN")):  # a queue table of an earlier version
         if not has_column(con, "pm_review_queue", col):
             con.execute(f"ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS {col} {typ}")
     con.register("_pm_new_queue", out)
