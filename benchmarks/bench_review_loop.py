@@ -124,10 +124,12 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
             seed: int, accept_sample: float, work: Path, review_source: str | None = None,
             recheck_with: str | None = None, recheck_delta: float = 0.3, queue_rounds: int = 0,
             retrain: bool = False, round2: int = 0, certify: float | None = None,
-            certify_above: float | None = None, audit_rejects: int = 0, pair_kind: str | None = None) -> list[str]:
+            certify_above: float | None = None, audit_rejects: int = 0, pair_kind: str | None = None,
+            answer: str = "pairs") -> list[str]:
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines. ``certify``: the
     queue puts a certification sample first (``pm_queue_review(certify := ...)``). ``pair_kind``: the pair kind
-    ``--retrain`` asks for (default: ``pmatch train``'s)."""
+    ``--retrain`` asks for (default: ``pmatch train``'s). ``answer``: how the reviewer answers (``pairs``: match /
+    no match on each entry; ``picks``: with picks; ``one-match``: with picks on a ``one_match`` queue)."""
     copy = work / db.name
     shutil.copy2(db, copy)
     if db.with_suffix(".pmatch").is_dir():
@@ -156,14 +158,19 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         cert = "" if certify is None or retrain else f", certify := {certify}" + (
             "" if certify_above is None else f", certify_above := {certify_above}")
         cert += f", audit_rejects := {audit_rejects}" if audit_rejects else ""
+        cert += ", one_match := true" if answer == "one-match" else ""
         queued, n_cert, floor = con.execute(
             f"SELECT queued, certify_samples, certify_above FROM pm_queue_review('m_src_a', accept_sample := "
             f"{accept_sample}, seed := {seed}{cert})").fetchone()
-        rows = _review(con, truth, "default", n_review)
-        n_match = sum(ti in truth.get(si, ()) for _, si, _, ti, *_ in rows)
+        rows = (_review(con, truth, "default", n_review) if answer == "pairs"
+                else _review_picking(con, truth, "default", n_review))
+        n_verdicts, n_match = _labelled(con, truth)
+        if answer != "pairs":
+            print(f"# {answer}: {len(rows)} pages gave {n_verdicts} verdicts, {n_match} of them true matches",
+                  flush=True)
         if retrain:
             return _retrained(con, ref, target, truth, truth_b, m_before, rows, n_match, queued, target_precision,
-                              round2, accept_sample, seed, certify, certify_above, pair_kind)
+                              round2, accept_sample, seed, certify, certify_above, pair_kind, answer, n_verdicts)
         try:
             cal = calibrate(con, target, target_precision)
             if cal.certify is not None:
@@ -191,7 +198,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         arm = "" if certify is None else f" [certify {certify}]"
         arm += f" [audit {audit_rejects}]" if audit_rejects else ""
         head = (f"# {ref}{arm}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} "
-                f"pairs, the first {len(rows)} reviewed ({n_match} matches); {note}; active now "
+                f"pairs, the first {len(rows)} reviewed ({n_match} matches{_how(answer, n_verdicts)}); {note}; active now "
                 f"{active_version(name, work / 'home')}")
         if cost:
             head += "\n# " + cost
@@ -287,7 +294,7 @@ def _split_views(con, source: str, truth: dict, salt: str, names: tuple[str, str
 def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before: dict, rows: list,  # noqa: ANN001
                n_match: int, queued: int, target_precision: float, round2: int, accept_sample: float,
                seed: int, certify: float | None = None, certify_above: float | None = None,
-               pair_kind: str | None = None) -> list[str]:
+               pair_kind: str | None = None, answer: str = "pairs", n_verdicts: int = 0) -> list[str]:
     """Step 3 with ``--retrain``: instead of calibrating, ``pmatch train --pairs pm_labels`` (the defaults; the
     reviewed sources' offers and the target) and the held-out sources matched by the new matcher; with ``round2``,
     the reviewed sources queued again by it, that many of the queue reviewed, ``calibrate``, and the held-out
@@ -310,11 +317,13 @@ def _retrained(con, ref: str, target: str, truth: dict, truth_b: dict, m_before:
     m_after = retrieval_metrics(after, truth_b)
     said = [ln for ln in lines if ln.startswith(("validation:", "decision model", "no score threshold", "pair model"))]
     head = (f"# {ref}: {len(truth) - len(truth_b)} reviewed sources, {len(truth_b)} held out; queue {queued} pairs, "
-            f"the first {len(rows)} reviewed ({n_match} matches); retrained on them as 'verdicts' {res.version} in "
+            f"the first {len(rows)} reviewed ({n_match} matches{_how(answer, n_verdicts)}); retrained on them as "
+            f"'verdicts' {res.version} in "
             f"{secs:.0f} s (valid_split {json.loads((res.path / 'manifest.json').read_text())['training']['valid_split']}): "
             + " | ".join(said))
     out = [head, _line(f"{ref}, held out, before", m_before),
-           _line(f"trained on the {len(rows)} verdicts, held out", m_after)]
+           _line(f"trained on the {len(rows)} verdicts, held out" if answer == "pairs" else
+                 f"trained on {len(rows)} pages ({answer}: {n_verdicts} verdicts), held out", m_after)]
     if round2:  # the reviewed sources queued again by the new matcher (or, certify, half the held-out ones), reviewed
         part, held, truth_h = "src_a", "src_b", truth_b
         if certify is not None:  # a new batch: B1 queued with the sample and reviewed, B2 (nobody reviews) measured
@@ -382,6 +391,38 @@ def _loss_note(con, cal, truth: dict) -> str:  # noqa: ANN001
     return out
 
 
+def _review_picking(con, truth: dict, queue: str, n: int) -> list[tuple]:  # noqa: ANN001
+    """As :func:`_review`, the way the page serves the queue (``next_entry``: the first entry nobody answered) and
+    with picks: a non-matching pair whose offer's true match is among the listed other candidates is answered by
+    picking it (in a ``one_match`` queue a match also answers the offer's other candidates); the entries shown."""
+    from pmatch_duckdb.review import answer_entry, next_entry, pick_candidate
+
+    shown = []
+    while len(shown) < n and (e := next_entry(con, queue)) is not None:
+        shown.append(tuple(e[c] for c in ("source_table", "source_id", "target_table", "target_id", "score",
+                                          "decision", "reason", "matcher", "queue", "scored_by")))
+        true = truth.get(e["source_id"], set())
+        listed = [str(o["id"]) for o in json.loads(e["alternatives"] or "{}").get("others", [])]
+        pick = next((c for c in listed if c in true), None)
+        if e["target_id"] in true:
+            answer_entry(con, e, "match", queue=queue, reviewer="ground truth")
+        elif pick is not None:
+            pick_candidate(con, e, pick, queue=queue, reviewer="ground truth")
+        else:
+            answer_entry(con, e, "no_match", queue=queue, reviewer="ground truth")
+    return shown
+
+
+def _how(answer: str, n_verdicts: int) -> str:
+    return "" if answer == "pairs" else f"; answered with {answer}: {n_verdicts} verdicts"
+
+
+def _labelled(con, truth: dict) -> tuple[int, int]:  # noqa: ANN001
+    """(match / no_match verdicts in force, true matches among them)."""
+    said = [(k, v.verdict) for k, v in current_verdicts(con).items() if v.verdict in ("match", "no_match")]
+    return len(said), sum(v == "match" and k.target_id in truth.get(k.source_id, ()) for k, v in said)
+
+
 def _review(con, truth: dict, queue: str, n: int) -> list[tuple]:  # noqa: ANN001
     """The first ``n`` pairs of review queue ``queue`` answered by the ground truth ``truth`` (source id → its
     matching target ids), recorded as the review page records them; the rows answered."""
@@ -429,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audit-rejects", type=int, default=0, metavar="N",
                     help="run each matcher twice: the plain queue, and the queue with a reject audit of N pairs "
                          "(pm_queue_review(audit_rejects := N))")
+    ap.add_argument("--answer", default="pairs", choices=["pairs", "picks", "one-match"],
+                    help="how the reviewer answers the first round: match / no match on each page; with picks of "
+                         "the offer's listed true match; with picks on a one_match queue (--review counts pages)")
     ap.add_argument("--queue-cost", type=int, default=0, metavar="ROUNDS",
                     help="also time pm_queue_review on the reviewed sources' result with and without scored_by")
     args = ap.parse_args(argv)
@@ -451,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                 head, *lines = run_one(args.db, home, ref, args.source, args.target, args.review,
                                        args.target_precision, args.seed, args.accept_sample, work, args.review_source,
                                        args.recheck_with, args.recheck_delta, args.queue_cost, args.retrain,
-                                       args.round2, arm, args.certify_above, audit, args.pair_kind)
+                                       args.round2, arm, args.certify_above, audit, args.pair_kind, args.answer)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             print(head, flush=True)

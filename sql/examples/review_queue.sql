@@ -18,6 +18,10 @@ FROM pm_queue_review('feed_matches', queue := 'feed_certify', certify := 0.95);
 SELECT queue, queued, reject_samples
 FROM pm_queue_review('feed_matches', queue := 'feed_audit', audit_rejects := 20);
 
+-- the same queue for a feed where each offer is at most one catalog product: a match given on the review page
+-- (pmatch review shop.duckdb --queue feed_one) also answers the offer's other candidates no match
+SELECT queue, queued FROM pm_queue_review('feed_matches', queue := 'feed_one', one_match := true);
+
 -- the queue with both offers side by side
 SELECT q.position, q.reason, q.decision, round(q.score, 3) AS score, s.title AS feed_title, c.title AS catalog_title
 FROM pm_review_queue AS q
