@@ -77,7 +77,8 @@ def _imply_rest(con: duckdb.DuckDBPyConnection, entry: dict, queue: str, anchor:
     """In a ``one_match`` queue, inside the caller's transaction: ``no_match`` for the offer's other unanswered
     boundary entries and the other candidates listed with ``entry`` that have no verdict and wait for no sample or
     recheck; ``done``: the pairs this answer already labels. Each names ``anchor``."""
-    said = f"one match per source: the offer's match is {match.target_id if match.source_id == entry['source_id'] else match.source_id}"
+    other = match.target_id if match.source_id == entry["source_id"] else match.source_id
+    said = f"one match per source: the offer's match is {other}"
     out: list[tuple[PairKey, str]] = []
     rel = con.execute(
         f"SELECT * FROM pm_review_queue q WHERE queue = ? AND source_table = ? AND source_id = ? AND target_table = ? "
