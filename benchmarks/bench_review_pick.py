@@ -11,7 +11,9 @@ review page serves it (``next_entry``: the first entry nobody has answered), in 
 * ``picks, one match per source``: as ``picks``, on the same result queued with ``pm_queue_review(one_match :=
   true)`` (both ground truths here have at most one match per source): a match, answered or picked, records
   no_match for the offer's other unanswered boundary entries and the other candidates the page listed, so those
-  entries take no page.
+  entries take no page;
+* ``picks and none of these, one match per source``: as the last, and a non-matching pair whose offer's true match
+  is not listed is answered "none of these" (``reject_listed``: the pair and every listed candidate no_match).
 
 After each budget of pages: the verdicts given, the true matches labelled, and the links the reviewed result ends
 with — a pair is linked where the reviewer said match, or the model auto-accepted it and nobody said no match —
@@ -43,10 +45,16 @@ from bench_top_m import split_truth  # noqa: E402
 import pmatch_duckdb as pm  # noqa: E402
 from pmatch_duckdb.home import pmatch_home  # noqa: E402
 from pmatch_duckdb.matchers import activate  # noqa: E402
-from pmatch_duckdb.review import answer_entry, current_verdicts, next_entry, pick_candidate  # noqa: E402
+from pmatch_duckdb.review import (  # noqa: E402
+    answer_entry,
+    current_verdicts,
+    next_entry,
+    pick_candidate,
+    reject_listed,
+)
 from pmatch_duckdb.review.labels import PairKey  # noqa: E402
 
-ARMS = ("pairs", "picks", "picks, one match per source")
+ARMS = ("pairs", "picks", "picks, one match per source", "picks and none of these, one match per source")
 
 
 def _links(result: list[tuple], verdicts: dict) -> set[tuple[str, str]]:
@@ -98,6 +106,8 @@ def run_arm(con, arm: str, queue: str, truth: dict, result: list[tuple],  # noqa
         pick = next((c for c in listed if c in true), None) if arm != "pairs" else None
         if pick is not None:
             pick_candidate(con, e, pick, queue=queue, reviewer="ground truth")
+        elif "none of these" in arm and listed:  # the offer's true match, if any, is none of those on the page
+            reject_listed(con, e, queue=queue, reviewer="ground truth")
         else:
             answer_entry(con, e, "no_match", queue=queue, reviewer="ground truth")
     return rows

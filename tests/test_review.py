@@ -391,6 +391,18 @@ def _check_pick(review_demo, c, token: str) -> None:  # noqa: ANN001 - the demo,
     assert not con.execute("SELECT count(*) FROM pm_labels_current WHERE source_id = ? AND target_id IN (?, ?)",
                            [sid, tid, cid]).fetchall()[0][0]
     con.close()
+    # none of these: the pair and its listed candidates
+    assert 'action="/none"' in page and 'data-key="x"' in page
+    assert c.post("/none", data={"position": pos, "token": "forged"}).status_code == 403
+    r = c.post("/none", data={"position": pos, "token": token})
+    assert r.status_code == 302 and f"No match: {sid} ↔ {tid}" in urllib.parse.unquote_plus(r.headers["Location"])
+    con = duckdb.connect(str(review_demo.db))
+    n = con.execute("SELECT count(*) FROM pm_labels_current WHERE verdict = 'no_match' AND source_id = ? "
+                    "AND label_id >= (SELECT max(label_id) FROM pm_labels WHERE target_id = ? AND source_id = ?)",
+                    [sid, tid, sid]).fetchall()[0][0]
+    con.close()
+    assert n >= 2  # the pair and at least one listed candidate
+    assert c.post("/undo", data={"token": token}).headers["Location"].endswith(f"/pair/{pos}?undone=1")
 
 
 def _check_other_candidates(review_demo, c) -> None:  # noqa: ANN001 - the demo, a Flask test client
@@ -700,6 +712,40 @@ def test_a_pick_answers_the_shown_pair_and_names_the_offers_match_and_is_undone_
     pick_candidate(con, entry_at(con, "dd", p), "a", queue="dd")
     assert con.execute("SELECT source_id, target_id, verdict FROM pm_labels_current WHERE queue = 'dd' "
                        "ORDER BY label_id").fetchall() == [("b", "c", "no_match"), ("a", "b", "match")]
+    con.close()
+
+
+def test_none_of_these_answers_the_pair_and_its_listed_candidates_no_match() -> None:
+    """"None of these": no_match for the pair shown and each listed candidate without a verdict; a listed pair waiting
+    as a boundary entry is answered with its entry's reason, one waiting as a sample is left for a person; calibrate
+    counts the queued pairs only; one undo."""
+    from pmatch_duckdb.review.answers import reject_listed, undo_last
+    from pmatch_duckdb.review.calibrate import reviewed_pairs
+    from pmatch_duckdb.review.labels import LISTED
+    from pmatch_duckdb.review.queue import entry_at, progress, queue_review
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES "
+                "('feed', 'A', 'cat', 'x', 0.70, 'review', 1), ('feed', 'A', 'cat', 'y', 0.60, 'review', 2), "
+                "('feed', 'A', 'cat', 'v', 0.58, 'review', 3), ('feed', 'A', 'cat', 'z', 0.10, 'reject', 4), "
+                "('feed', 'A', 'cat', 'w', 0.90, 'accept', 5), ('feed', 'A', 'cat', 'u', 0.05, 'reject', 6)) "
+                "t(source_table, source_id, target_table, target_id, score, decision, rank)")
+    record_verdict(con, PairKey("feed", "A", "cat", "v"), "match")  # given before: not queued, kept
+    queue_review(con, "m", state=ModelState("zero-shot", 0.55, 0.8), accept_sample=1.0)
+    pos = dict(con.execute("SELECT source_id || target_id, position FROM pm_review_queue").fetchall())
+    done = reject_listed(con, entry_at(con, "default", pos["Ax"]), queue="default", reviewer="ann", note="odd")
+    assert [(k.target_id, v) for k, v in done.labels] == [("x", "no_match"), ("y", "no_match"), ("z", "no_match")]
+    got = con.execute("SELECT target_id, verdict, reason, score, with_label IS NULL, note FROM pm_labels_current "
+                      "ORDER BY label_id").fetchall()
+    said = "none of the offer's listed candidates (at entry 1): odd"
+    assert pos["Ax"] == 1 and got == [
+        ("v", "match", None, None, True, None), ("x", "no_match", "boundary", 0.70, True, "odd"),
+        ("y", "no_match", "boundary", 0.60, False, said), ("z", "no_match", LISTED, 0.10, False, said)]
+    # w waits as an accept sample (for a person); u was not listed (four others are recorded)
+    assert progress(con, "default") == (2, 3)
+    assert sorted(reviewed_pairs(con, "cat", "zero-shot")[0]) == [("feed", "A", "cat", "x"), ("feed", "A", "cat", "y")]
+    assert undo_last(con, "default", "ann") == pos["Ax"]
+    assert con.execute("SELECT target_id FROM pm_labels_current").fetchall() == [("v",)]
     con.close()
 
 

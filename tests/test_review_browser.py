@@ -171,7 +171,7 @@ def test_keyboard_labelling_in_chromium(server, tmp_path: Path) -> None:
 def test_the_offers_other_candidates_in_chromium(review_demo, tmp_path: Path) -> None:
     """A pair the result ranks below another candidate of the same offer says so, and lists the offer's other
     candidates (titles, scores, a verdict already given on one), within the window's height; Shift+2 picks the
-    second as the offer's match, and Z undoes both verdicts."""
+    second as the offer's match, Z undoes both verdicts, and X says none of them is."""
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -224,6 +224,15 @@ def test_the_offers_other_candidates_in_chromium(review_demo, tmp_path: Path) ->
             assert not con.execute("SELECT count(*) FROM pm_labels_current WHERE source_id = ? AND target_id IN "
                                    "(?, ?)", [sid, tid, alt["others"][1]["id"]]).fetchall()[0][0]
             con.close()
+            # X: none of these — the pair and every listed candidate without a verdict (the first has one)
+            drv.find_element(By.TAG_NAME, "body").send_keys("x")
+            wait.until(lambda d: "/pair/" not in d.current_url and d.find_elements(By.CSS_SELECTOR, ".pos"))
+            con = duckdb.connect(str(review_demo.db))
+            said = dict(con.execute("SELECT target_id, verdict FROM pm_labels_current WHERE source_id = ?",
+                                    [sid]).fetchall())
+            con.close()
+            assert said == {tid: "no_match", alt["others"][0]["id"]: "match",
+                            **{o["id"]: "no_match" for o in alt["others"][1:]}}
     finally:
         drv.quit()
 

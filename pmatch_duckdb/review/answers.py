@@ -8,6 +8,10 @@ already has open. The picked pair's verdict names the shown pair's (``pm_labels.
 back both, and where the picked pair is itself waiting in the queue its verdict carries that entry's reason: a
 sample answered by a pick still counts for its audit.
 
+"None of these" (:func:`reject_listed`) is the other answer the list allows: the pair shown and every listed
+candidate are no match. It leaves the listed pairs that wait in the queue as samples or rechecks, and those with a
+verdict, alone.
+
 A queue made with ``one_match`` (``pm_queue_review(one_match := true)``: results that link each supplier offer to
 at most one catalog product) takes a match, answered or picked, as the offer's only one: in the same answer the
 offer's other unanswered boundary entries of the queue and the other candidates the page listed are recorded
@@ -23,7 +27,7 @@ import duckdb
 
 from ..errors import PmatchError
 from .alternatives import recorded_context
-from .labels import ANSWERS_ENTRY, IMPLIED, PICKED, PairKey, ensure_labels, record_verdict
+from .labels import ANSWERS_ENTRY, IMPLIED, LISTED, PICKED, PairKey, ensure_labels, record_verdict
 
 
 @dataclass(frozen=True)
@@ -80,36 +84,85 @@ def _imply_rest(con: duckdb.DuckDBPyConnection, entry: dict, queue: str, anchor:
     other = match.target_id if match.source_id == entry["source_id"] else match.source_id
     said = f"one match per source: the offer's match is {other}"
     out: list[tuple[PairKey, str]] = []
-    rel = con.execute(
-        f"SELECT * FROM pm_review_queue q WHERE queue = ? AND source_table = ? AND source_id = ? AND target_table = ? "
-        f"AND NOT EXISTS (SELECT 1 FROM pm_labels_current l WHERE {ANSWERS_ENTRY}) ORDER BY position",
-        [queue, entry["source_table"], entry["source_id"], entry["target_table"]])
-    cols = [d[0] for d in rel.description]
-    waiting = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
-    held = {entry_key(w) for w in waiting if w["reason"] != "boundary"}  # for a person
-    for w in waiting:
-        k = entry_key(w)
+    waiting = _waiting_of_offer(con, queue, entry)
+    held = {k for k, w in waiting.items() if w["reason"] != "boundary"}  # for a person
+    for k, w in waiting.items():
         if w["reason"] == "boundary" and k not in done:
             record_verdict(con, k, "no_match", reviewer=reviewer, queue=queue, note=said, own=False,
                            with_label=anchor, **_shown(w))
             done.add(k)
             out.append((k, "no_match"))
     listed = (recorded_context(entry.get("alternatives")) or {}).get("others", [])
-    keys = {PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], o["id"]): o for o in listed}
-    labelled = {PairKey(*r) for r in con.execute(
-        "SELECT source_table, source_id, target_table, target_id FROM pm_labels_current WHERE source_table = ? "
-        "AND target_table = ? AND ? IN (source_id, target_id)",
-        [entry["source_table"], entry["target_table"], entry["source_id"]]).fetchall()}
-    for k, o in keys.items():
+    labelled = _labelled_of_offer(con, entry)
+    for o in listed:
+        k = PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], o["id"])
         if k in done or k in held or k in labelled:
             continue
-        scale = "zero-shot" if entry.get("scored_by") == "zero-shot" else None
         record_verdict(con, k, "no_match", reviewer=reviewer, queue=queue, note=said, own=False, with_label=anchor,
-                       matcher=entry["matcher"], score=o.get("score"), decision=o.get("decision"), reason=IMPLIED,
-                       scored_by=scale)
+                       **_listed(entry, o, IMPLIED))
         done.add(k)
         out.append((k, "no_match"))
     return out
+
+
+def reject_listed(con: duckdb.DuckDBPyConnection, entry: dict, *, queue: str, reviewer: str | None = None,
+                  note: str | None = None) -> Answer:
+    """"None of these": ``no_match`` for the pair ``entry`` shows and for each other candidate recorded with it (those
+    the page lists) that has no verdict and waits for no sample or recheck, in one answer (``with_label`` names the
+    first; one undo). A listed pair waiting as a boundary entry is answered with that entry's reason and score;
+    the others are recorded with the list's score and decision, reason ``listed``."""
+    shown = entry_key(entry)
+    listed = (recorded_context(entry.get("alternatives")) or {}).get("others", [])
+    ensure_labels(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        first = record_verdict(con, shown, "no_match", reviewer=reviewer, queue=queue, note=note, own=False,
+                               **_shown(entry))
+        out = [(shown, "no_match")]
+        waiting = _waiting_of_offer(con, queue, entry)
+        labelled = _labelled_of_offer(con, entry)
+        said = f"none of the offer's listed candidates (at entry {entry['position']})"
+        for o in listed:
+            k = PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], o["id"])
+            w = waiting.get(k)
+            if k == shown or k in labelled or (w is not None and w["reason"] != "boundary"):
+                continue
+            how = _shown(w) if w is not None else _listed(entry, o, LISTED)
+            record_verdict(con, k, "no_match", reviewer=reviewer, queue=queue, own=False, with_label=first,
+                           note=f"{said}: {note}" if note else said, **how)
+            out.append((k, "no_match"))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return Answer(tuple(out))
+
+
+def _listed(entry: dict, o: dict, reason: str) -> dict:
+    """record_verdict's keywords for a candidate as the list showed it: its score and decision in the result. The
+    score's scale is the entry's for a zero-shot result; with a trained matcher it may be stage 1's or its pair
+    scorer's (the result does not say): NULL, and the decision shown tells rechecks what it was."""
+    return {"matcher": entry["matcher"], "score": o.get("score"), "decision": o.get("decision"), "reason": reason,
+            "scored_by": "zero-shot" if entry.get("scored_by") == "zero-shot" else None}
+
+
+def _waiting_of_offer(con: duckdb.DuckDBPyConnection, queue: str, entry: dict) -> dict[PairKey, dict]:
+    """The unanswered entries of ``queue`` whose left offer is ``entry``'s, by pair."""
+    rel = con.execute(
+        f"SELECT * FROM pm_review_queue q WHERE queue = ? AND source_table = ? AND source_id = ? AND target_table = ? "
+        f"AND NOT EXISTS (SELECT 1 FROM pm_labels_current l WHERE {ANSWERS_ENTRY}) ORDER BY position",
+        [queue, entry["source_table"], entry["source_id"], entry["target_table"]])
+    cols = [d[0] for d in rel.description]
+    rows = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
+    return {entry_key(w): w for w in rows}
+
+
+def _labelled_of_offer(con: duckdb.DuckDBPyConnection, entry: dict) -> set[PairKey]:
+    """The pairs of ``entry``'s left offer (either side, in a one-table result) that have a verdict in force."""
+    return {PairKey(*r) for r in con.execute(
+        "SELECT source_table, source_id, target_table, target_id FROM pm_labels_current WHERE source_table = ? "
+        "AND target_table = ? AND ? IN (source_id, target_id)",
+        [entry["source_table"], entry["target_table"], entry["source_id"]]).fetchall()}
 
 
 def _waiting_entry(con: duckdb.DuckDBPyConnection, queue: str, key: PairKey) -> dict | None:
@@ -140,11 +193,7 @@ def pick_candidate(con: duckdb.DuckDBPyConnection, entry: dict, candidate_id: st
     if picked == shown:
         raise PmatchError(f"{candidate_id!r} is the pair shown by queue entry {entry['position']}; answer it instead")
     waiting = _waiting_entry(con, queue, picked)
-    # the candidate's score is on the entry's scale for a zero-shot result; with a trained matcher it may be stage
-    # 1's or its pair scorer's (the result does not say): NULL, and the decision shown tells rechecks what it was
-    scale = "zero-shot" if entry.get("scored_by") == "zero-shot" else None
-    how = _shown(waiting) if waiting else {"matcher": entry["matcher"], "score": cand.get("score"),
-                                            "decision": cand.get("decision"), "reason": PICKED, "scored_by": scale}
+    how = _shown(waiting) if waiting else _listed(entry, cand, PICKED)
     said = f"picked instead of {shown.target_id if shown.source_id == entry['source_id'] else shown.source_id}"
     ensure_labels(con)
     con.execute("BEGIN TRANSACTION")

@@ -24,7 +24,7 @@ from PIL import Image
 from ..encoders.image_io import ImagePolicy
 from ..errors import PmatchError
 from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from .answers import answer_entry, pick_candidate, undo_last
+from .answers import answer_entry, pick_candidate, reject_listed, undo_last
 from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
 from .labels import PairKey, ensure_labels, has_labels, verdict_before
@@ -180,6 +180,16 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
             _check_queue(con)
             entry = _form_entry(con)
             done = pick_candidate(con, entry, candidate, queue=cfg.queue, reviewer=cfg.reviewer, note=note)
+        return redirect(url_for("index", saved=done.said(LABEL)))
+
+    @app.post("/none")
+    def none_of_these():  # noqa: ANN202
+        _check_token()
+        note = (request.form.get("note") or "").strip() or None
+        with _db(cfg) as con:
+            _check_queue(con)
+            entry = _form_entry(con)
+            done = reject_listed(con, entry, queue=cfg.queue, reviewer=cfg.reviewer, note=note)
         return redirect(url_for("index", saved=done.said(LABEL)))
 
     @app.post("/undo")

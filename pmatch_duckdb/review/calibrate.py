@@ -41,16 +41,7 @@ from ..errors import PmatchError
 from ..staging import new_staging_dir
 from .audit import AuditWeights, audit_stale, audit_weights, latest_audit
 from .certify import certify_status
-from .labels import (
-    IMPLIED,
-    PICKED,
-    has_column,
-    has_labels,
-    matcher_in,
-    matcher_names,
-    scored_by_sql,
-    table_key,
-)
+from .labels import FOUND, has_column, has_labels, matcher_in, matcher_names, scored_by_sql, table_key
 from .queue import ModelState, finite_or_none, model_state
 from .rescore import score_again_both
 
@@ -122,10 +113,10 @@ def reviewed_pairs(con, target: str, matcher: str | tuple[str, ...]  # noqa: ANN
         f"SELECT source_table, source_id, target_table, target_id, score, verdict, matcher, {scored_by_sql(con)}, "
         "coalesce(reason = 'certify_sample', false) "
         "FROM pm_labels_current WHERE verdict IN ('match', 'no_match') AND score IS NOT NULL "
-        # a pick no queue entry waited for is a match a reviewer found among an offer's candidates, and a one-match
-        # queue's implied no_match for such a candidate its sibling: neither is a sample of the scores (found
-        # matches alone would overstate the precision of a score range, their siblings alone understate it)
-        f"AND coalesce(reason NOT IN ('{PICKED}', '{IMPLIED}'), true) "
+        # verdicts given from an offer's list of other candidates on pairs no queue entry waited for (a pick, a
+        # one-match queue's implied no_match, "none of these") are no sample of the scores: found matches alone
+        # would overstate the precision of a score range, their siblings alone understate it
+        f"AND coalesce(reason NOT IN ({', '.join(repr(r) for r in FOUND)}), true) "
         "AND (target_table = ? OR source_table = ?) ORDER BY label_id", [table_key(target), table_key(target)]
     ).fetchall()
     same = set(matcher_names(matcher))

@@ -30,6 +30,10 @@ RETRACTED = "retracted"
 PICKED = "picked"
 #: pm_labels.reason of a no_match a one-match queue's match implied for a listed candidate no queue entry waited for
 IMPLIED = "one_match"
+#: pm_labels.reason of a no_match given to a listed candidate ("none of these") that no queue entry waited for
+LISTED = "listed"
+#: reasons of verdicts that are no sample of the scores (calibrate leaves them out)
+FOUND = (PICKED, IMPLIED, LISTED)
 
 LABELS_DDL = f"""
 CREATE SEQUENCE IF NOT EXISTS pm_labels_seq;
@@ -46,11 +50,12 @@ CREATE TABLE IF NOT EXISTS pm_labels (
     score        DOUBLE,    -- the score shown
     decision     VARCHAR,   -- the model's decision shown (accept / review / reject)
     queue        VARCHAR,   -- review queue the pair came from
-    reason       VARCHAR,   -- why it was queued: boundary / accept_sample / recheck
+    reason       VARCHAR,   -- why it was queued: boundary / accept_sample / recheck / ...; picked / one_match /
+                            -- listed: given from an offer's list of candidates, no entry waited for it (answers.py)
     note         VARCHAR,
     scored_by    VARCHAR,   -- which model's score was shown: zero-shot / stage1 / pair_scorer (NULL: not known)
-    with_label   BIGINT     -- given in one answer with that label (a pick: the match chosen among the offer's
-                            -- other candidates names the no_match given to the pair shown); undone together
+    with_label   BIGINT     -- given in one answer with that label (a pick, a one-match queue's match, none of
+                            -- these: each further verdict names the answer's first); undone together
 );
 -- the verdict in force per pair (latest row; a retracted verdict is no verdict)
 CREATE OR REPLACE VIEW pm_labels_current AS

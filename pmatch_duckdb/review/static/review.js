@@ -50,6 +50,9 @@
     if (map[k] && answer) {
       e.preventDefault();
       submit(answer, answer.querySelector('button[value="' + map[k] + '"]'));
+    } else if (k === "x" && document.getElementById("none")) {  // none of these: the pair and the listed ones
+      e.preventDefault();
+      submit(document.getElementById("none"), null);
     } else if ((k === "z" || k === "backspace") && undo) {
       e.preventDefault();
       submit(undo, null);
