@@ -71,7 +71,8 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
                certify_above: float | None, certify_size: int | None, audit_rejects: int, one_match: bool, port: int,
                host: str,
                reviewer: str | None, image_roots: tuple[str, ...], home: str | None) -> None:
-    """Label queued candidate pairs in the browser: one pair per screen, keys M / N / U, Z to undo.
+    """Label queued candidate pairs in the browser: one pair per screen, keys M / N / U, X (none of the listed
+    candidates either), Shift+1..4 (that listed candidate is the match), Z to undo.
     Verdicts land in the pm_labels table of DATABASE; the page binds 127.0.0.1:8765 by default."""
     try:
         from .app import serve
