@@ -13,7 +13,7 @@ import contextlib
 import getpass
 import hmac
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from PIL import Image
 from ..encoders.image_io import ImagePolicy
 from ..errors import PmatchError
 from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from .answers import answer_entry, pick_candidate, reject_listed, undo_last
+from .answers import Answer, answer_entry, pick_candidate, reject_listed, undo_last
 from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
 from .labels import PairKey, ensure_labels, has_labels, verdict_before
@@ -159,38 +159,34 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
             abort(404)
         return entry
 
+    def _answer(record: Callable[[duckdb.DuckDBPyConnection, dict, str | None], Answer]) -> Response:
+        """One answer to the posted form's queue entry (``record(con, entry, note)``), then the next pair."""
+        _check_token()
+        note = (request.form.get("note") or "").strip() or None
+        with _db(cfg) as con:
+            _check_queue(con)
+            done = record(con, _form_entry(con), note)
+        return redirect(url_for("index", saved=done.said(LABEL)))
+
     @app.post("/label")
     def label():  # noqa: ANN202
-        _check_token()
+        _check_token()  # before saying anything about the form
         verdict = request.form.get("verdict", "")
         if verdict not in KEYS:
             abort(400, f"unknown verdict {verdict!r}")
-        note = (request.form.get("note") or "").strip() or None
-        with _db(cfg) as con:
-            entry = _form_entry(con)
-            done = answer_entry(con, entry, verdict, queue=cfg.queue, reviewer=cfg.reviewer, note=note)
-        return redirect(url_for("index", saved=done.said(LABEL)))
+        return _answer(lambda con, entry, note: answer_entry(con, entry, verdict, queue=cfg.queue,
+                                                             reviewer=cfg.reviewer, note=note))
 
     @app.post("/pick")
     def pick():  # noqa: ANN202
-        _check_token()
         candidate = request.form.get("candidate", "")
-        note = (request.form.get("note") or "").strip() or None
-        with _db(cfg) as con:
-            _check_queue(con)
-            entry = _form_entry(con)
-            done = pick_candidate(con, entry, candidate, queue=cfg.queue, reviewer=cfg.reviewer, note=note)
-        return redirect(url_for("index", saved=done.said(LABEL)))
+        return _answer(lambda con, entry, note: pick_candidate(con, entry, candidate, queue=cfg.queue,
+                                                               reviewer=cfg.reviewer, note=note))
 
     @app.post("/none")
     def none_of_these():  # noqa: ANN202
-        _check_token()
-        note = (request.form.get("note") or "").strip() or None
-        with _db(cfg) as con:
-            _check_queue(con)
-            entry = _form_entry(con)
-            done = reject_listed(con, entry, queue=cfg.queue, reviewer=cfg.reviewer, note=note)
-        return redirect(url_for("index", saved=done.said(LABEL)))
+        return _answer(lambda con, entry, note: reject_listed(con, entry, queue=cfg.queue, reviewer=cfg.reviewer,
+                                                              note=note))
 
     @app.post("/undo")
     def undo():  # noqa: ANN202
