@@ -129,7 +129,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
     """One matcher version through the loop on a scratch copy of ``db``; returns table lines. ``certify``: the
     queue puts a certification sample first (``pm_queue_review(certify := ...)``). ``pair_kind``: the pair kind
     ``--retrain`` asks for (default: ``pmatch train``'s). ``answer``: how the reviewer answers (``pairs``: match /
-    no match on each entry; ``picks``: with picks; ``one-match``: with picks on a ``one_match`` queue)."""
+    no match on each entry; ``picks``: with picks; ``one-match``: with picks and "none of these" on a ``one_match`` queue)."""
     copy = work / db.name
     shutil.copy2(db, copy)
     if db.with_suffix(".pmatch").is_dir():
@@ -163,7 +163,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
             f"SELECT queued, certify_samples, certify_above FROM pm_queue_review('m_src_a', accept_sample := "
             f"{accept_sample}, seed := {seed}{cert})").fetchone()
         rows = (_review(con, truth, "default", n_review) if answer == "pairs"
-                else _review_picking(con, truth, "default", n_review))
+                else _review_picking(con, truth, "default", n_review, none_of_these=answer == "one-match"))
         n_verdicts, n_match = _labelled(con, truth)
         if answer != "pairs":
             print(f"# {answer}: {len(rows)} pages gave {n_verdicts} verdicts, {n_match} of them true matches",
@@ -391,11 +391,12 @@ def _loss_note(con, cal, truth: dict) -> str:  # noqa: ANN001
     return out
 
 
-def _review_picking(con, truth: dict, queue: str, n: int) -> list[tuple]:  # noqa: ANN001
+def _review_picking(con, truth: dict, queue: str, n: int, none_of_these: bool = False) -> list[tuple]:  # noqa: ANN001
     """As :func:`_review`, the way the page serves the queue (``next_entry``: the first entry nobody answered) and
     with picks: a non-matching pair whose offer's true match is among the listed other candidates is answered by
-    picking it (in a ``one_match`` queue a match also answers the offer's other candidates); the entries shown."""
-    from pmatch_duckdb.review import answer_entry, next_entry, pick_candidate
+    picking it (in a ``one_match`` queue a match also answers the offer's other candidates); with
+    ``none_of_these``, one whose true match is not listed is answered "none of these"; the entries shown."""
+    from pmatch_duckdb.review import answer_entry, next_entry, pick_candidate, reject_listed
 
     shown = []
     while len(shown) < n and (e := next_entry(con, queue)) is not None:
@@ -408,6 +409,8 @@ def _review_picking(con, truth: dict, queue: str, n: int) -> list[tuple]:  # noq
             answer_entry(con, e, "match", queue=queue, reviewer="ground truth")
         elif pick is not None:
             pick_candidate(con, e, pick, queue=queue, reviewer="ground truth")
+        elif none_of_these and listed:
+            reject_listed(con, e, queue=queue, reviewer="ground truth")
         else:
             answer_entry(con, e, "no_match", queue=queue, reviewer="ground truth")
     return shown
@@ -472,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(pm_queue_review(audit_rejects := N))")
     ap.add_argument("--answer", default="pairs", choices=["pairs", "picks", "one-match"],
                     help="how the reviewer answers the first round: match / no match on each page; with picks of "
-                         "the offer's listed true match; with picks on a one_match queue (--review counts pages)")
+                         "the offer's listed true match; with picks and 'none of these' on a one_match queue "
+                         "(--review counts pages)")
     ap.add_argument("--queue-cost", type=int, default=0, metavar="ROUNDS",
                     help="also time pm_queue_review on the reviewed sources' result with and without scored_by")
     args = ap.parse_args(argv)
