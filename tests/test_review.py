@@ -746,6 +746,17 @@ def test_none_of_these_answers_the_pair_and_its_listed_candidates_no_match() -> 
     assert sorted(reviewed_pairs(con, "cat", "zero-shot")[0]) == [("feed", "A", "cat", "x"), ("feed", "A", "cat", "y")]
     assert undo_last(con, "default", "ann") == pos["Ax"]
     assert con.execute("SELECT target_id FROM pm_labels_current").fetchall() == [("v",)]
+    # one table (dedup): a listed pair keyed the other way round is still found waiting in the queue
+    con.execute("CREATE TABLE d AS SELECT * FROM (VALUES ('feed', 'b', 'feed', 'c', 0.70, 'review'), "
+                "('feed', 'b', 'feed', 'a', 0.65, 'review'), ('feed', 'b', 'feed', 'd', 0.95, 'accept'), "
+                "('feed', 'b', 'feed', 'e', 0.10, 'reject')) t(source_table, source_id, target_table, target_id, "
+                "score, decision)")
+    queue_review(con, "d", queue="dd", state=ModelState("zero-shot", 0.55, 0.8), accept_sample=1.0)
+    (p,), = con.execute("SELECT position FROM pm_review_queue WHERE queue = 'dd' AND target_id = 'c'").fetchall()
+    reject_listed(con, entry_at(con, "dd", p), queue="dd")
+    assert con.execute("SELECT source_id, target_id, reason FROM pm_labels_current WHERE queue = 'dd' "
+                       "ORDER BY label_id").fetchall() == [("b", "c", "boundary"), ("a", "b", "boundary"),
+                                                          ("b", "e", LISTED)]  # b-d waits as an accept sample
     con.close()
 
 

@@ -147,11 +147,13 @@ def _listed(entry: dict, o: dict, reason: str) -> dict:
 
 
 def _waiting_of_offer(con: duckdb.DuckDBPyConnection, queue: str, entry: dict) -> dict[PairKey, dict]:
-    """The unanswered entries of ``queue`` whose left offer is ``entry``'s, by pair."""
+    """The unanswered entries of ``queue`` for pairs of ``entry``'s left offer (on either side, in a one-table
+    result, where a pair is keyed with the smaller id first), by pair."""
     rel = con.execute(
-        f"SELECT * FROM pm_review_queue q WHERE queue = ? AND source_table = ? AND source_id = ? AND target_table = ? "
+        f"SELECT * FROM pm_review_queue q WHERE queue = ? AND source_table = ? AND target_table = ? "
+        f"AND (source_id = ? OR (source_table = target_table AND target_id = ?)) "
         f"AND NOT EXISTS (SELECT 1 FROM pm_labels_current l WHERE {ANSWERS_ENTRY}) ORDER BY position",
-        [queue, entry["source_table"], entry["source_id"], entry["target_table"]])
+        [queue, entry["source_table"], entry["target_table"], entry["source_id"], entry["source_id"]])
     cols = [d[0] for d in rel.description]
     rows = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
     return {entry_key(w): w for w in rows}
@@ -163,16 +165,6 @@ def _labelled_of_offer(con: duckdb.DuckDBPyConnection, entry: dict) -> set[PairK
         "SELECT source_table, source_id, target_table, target_id FROM pm_labels_current WHERE source_table = ? "
         "AND target_table = ? AND ? IN (source_id, target_id)",
         [entry["source_table"], entry["target_table"], entry["source_id"]]).fetchall()}
-
-
-def _waiting_entry(con: duckdb.DuckDBPyConnection, queue: str, key: PairKey) -> dict | None:
-    """The unanswered entry of ``queue`` for ``key``, if one waits."""
-    rel = con.execute(f"SELECT * FROM pm_review_queue q WHERE queue = ? AND source_table = ? AND source_id = ? "
-                      f"AND target_table = ? AND target_id = ? AND NOT EXISTS (SELECT 1 FROM pm_labels_current l "
-                      f"WHERE {ANSWERS_ENTRY}) ORDER BY position LIMIT 1", [queue, *key.row()])
-    cols = [d[0] for d in rel.description]
-    rows = rel.fetchall()
-    return dict(zip(cols, rows[0], strict=True)) if rows else None
 
 
 def pick_candidate(con: duckdb.DuckDBPyConnection, entry: dict, candidate_id: str, *, queue: str,
@@ -192,9 +184,9 @@ def pick_candidate(con: duckdb.DuckDBPyConnection, entry: dict, candidate_id: st
     picked = PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], candidate_id)
     if picked == shown:
         raise PmatchError(f"{candidate_id!r} is the pair shown by queue entry {entry['position']}; answer it instead")
-    waiting = _waiting_entry(con, queue, picked)
+    waiting = _waiting_of_offer(con, queue, entry).get(picked)
     how = _shown(waiting) if waiting else _listed(entry, cand, PICKED)
-    said = f"picked instead of {shown.target_id if shown.source_id == entry['source_id'] else shown.source_id}"
+    said = f"picked instead of {entry['target_id']}"
     ensure_labels(con)
     con.execute("BEGIN TRANSACTION")
     try:
