@@ -472,6 +472,7 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_above")
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_target")
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN alternatives")
+    con.execute("ALTER TABLE pm_review_queue DROP COLUMN one_match")
     from pmatch_duckdb.review.pairview import other_candidates
 
     assert other_candidates(con, {"alternatives": None}) is None  # an entry queued before it was recorded
@@ -488,8 +489,8 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     assert (stats.boundary, stats.rechecks) == (1, 1)  # the verdict's scale is unknown: now 'reject' contradicts it
     assert con.execute("SELECT source_id, reason, decision, scored_by FROM pm_review_queue ORDER BY position"
                        ).fetchall() == [("L", "recheck", "reject", "stage1"), ("A", "boundary", "review", "stage1")]
-    assert con.execute("SELECT count(*) FROM pm_review_queue WHERE certify_above IS NULL AND certify_target IS NULL"
-                       ).fetchall()[0][0] == 2
+    assert con.execute("SELECT count(*) FROM pm_review_queue WHERE certify_above IS NULL AND certify_target IS NULL "
+                       "AND one_match = false").fetchall()[0][0] == 2
     assert [(s, json.loads(a)) for s, a in con.execute("SELECT source_id, alternatives FROM pm_review_queue "
                                                        "ORDER BY position").fetchall()] == [
         ("L", {"rank": 1, "of": 1, "others": []}), ("A", {"rank": 1, "of": 1, "others": []})]
