@@ -27,7 +27,16 @@ import duckdb
 
 from ..errors import PmatchError
 from .alternatives import recorded_context
-from .labels import ANSWERS_ENTRY, IMPLIED, LISTED, PICKED, PairKey, ensure_labels, record_verdict
+from .labels import (
+    ANSWERS_ENTRY,
+    IMPLIED,
+    LISTED,
+    PICKED,
+    PairKey,
+    ensure_labels,
+    offer_verdicts,
+    record_verdict,
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ def _imply_rest(con: duckdb.DuckDBPyConnection, entry: dict, queue: str, anchor:
             done.add(k)
             out.append((k, "no_match"))
     listed = (recorded_context(entry.get("alternatives")) or {}).get("others", [])
-    labelled = _labelled_of_offer(con, entry)
+    labelled = offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
     for o in listed:
         k = PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], o["id"])
         if k in done or k in held or k in labelled:
@@ -120,7 +129,7 @@ def reject_listed(con: duckdb.DuckDBPyConnection, entry: dict, *, queue: str, re
                                **_shown(entry))
         out = [(shown, "no_match")]
         waiting = _waiting_of_offer(con, queue, entry)
-        labelled = _labelled_of_offer(con, entry)
+        labelled = offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
         said = f"none of the offer's listed candidates (at entry {entry['position']})"
         for o in listed:
             k = PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], o["id"])
@@ -157,14 +166,6 @@ def _waiting_of_offer(con: duckdb.DuckDBPyConnection, queue: str, entry: dict) -
     cols = [d[0] for d in rel.description]
     rows = [dict(zip(cols, r, strict=True)) for r in rel.fetchall()]
     return {entry_key(w): w for w in rows}
-
-
-def _labelled_of_offer(con: duckdb.DuckDBPyConnection, entry: dict) -> set[PairKey]:
-    """The pairs of ``entry``'s left offer (either side, in a one-table result) that have a verdict in force."""
-    return {PairKey(*r) for r in con.execute(
-        "SELECT source_table, source_id, target_table, target_id FROM pm_labels_current WHERE source_table = ? "
-        "AND target_table = ? AND ? IN (source_id, target_id)",
-        [entry["source_table"], entry["target_table"], entry["source_id"]]).fetchall()}
 
 
 def pick_candidate(con: duckdb.DuckDBPyConnection, entry: dict, candidate_id: str, *, queue: str,

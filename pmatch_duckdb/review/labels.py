@@ -211,6 +211,16 @@ def current_verdicts(con: duckdb.DuckDBPyConnection, tables: set[str] | None = N
     return out
 
 
+def offer_verdicts(con: duckdb.DuckDBPyConnection, source_table: str, target_table: str,
+                   offer_id: str) -> dict[PairKey, str]:
+    """The verdicts in force on the pairs of one offer (``source_table`` / ``target_table`` as pm_labels names them;
+    in a one-table result the offer may be on either side), by pair."""
+    return {PairKey(st, si, tt, ti): v for st, si, tt, ti, v in con.execute(
+        "SELECT source_table, source_id, target_table, target_id, verdict FROM pm_labels_current "
+        "WHERE source_table = ? AND target_table = ? AND ? IN (source_id, target_id)",
+        [source_table, target_table, offer_id]).fetchall()}
+
+
 def verdict_before(con: duckdb.DuckDBPyConnection, pair: PairKey, label_id: int) -> dict | None:
     """The verdict in force on ``pair`` up to ``label_id`` (a queue entry's ``labels_before``: what a recheck asks
     about again): verdict, reviewer, when, the score and decision shown and its scale; None if there was none."""

@@ -13,7 +13,7 @@ from ..features.lexical import identifiers
 from ..offers import OPTIONAL, OfferTableError, offer_from_mapping, table_columns
 from ..sqlident import quote_ident, quote_qualified
 from .alternatives import recorded_context
-from .labels import PairKey, has_labels
+from .labels import PairKey, has_labels, offer_verdicts
 
 DESCRIPTION_CHARS = 320
 
@@ -196,13 +196,7 @@ def other_candidates(con: duckdb.DuckDBPyConnection, entry: dict) -> CandidateCo
                                 _segments(cand.title, {i: m for i, m in marks.items() if m != "only"})
                                 if cand else []))
     if others and has_labels(con):
-        by_key = {PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], c.id): c
-                  for c in others}
-        for st, si, tt, ti, verdict in con.execute(
-                "SELECT source_table, source_id, target_table, target_id, verdict FROM pm_labels_current "
-                "WHERE source_table = ? AND target_table = ? AND ? IN (source_id, target_id)",
-                [entry["source_table"], entry["target_table"], entry["source_id"]]).fetchall():
-            c = by_key.get(PairKey(st, si, tt, ti))
-            if c is not None:
-                c.verdict = verdict
+        said = offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
+        for c in others:
+            c.verdict = said.get(PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], c.id))
     return CandidateContext(int(d["rank"]), int(d["of"]), others)
