@@ -36,6 +36,7 @@ from .labels import (
     ensure_labels,
     offer_verdicts,
     record_verdict,
+    transaction,
 )
 
 
@@ -73,15 +74,10 @@ def answer_entry(con: duckdb.DuckDBPyConnection, entry: dict, verdict: str, *, q
         record_verdict(con, key, verdict, reviewer=reviewer, queue=queue, note=note, **_shown(entry))
         return Answer(((key, verdict),))
     ensure_labels(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         first = record_verdict(con, key, verdict, reviewer=reviewer, queue=queue, note=note, own=False,
                                **_shown(entry))
         rest = _imply_rest(con, entry, queue, first, reviewer, {key}, key)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return Answer(((key, verdict), *rest))
 
 
@@ -123,8 +119,7 @@ def reject_listed(con: duckdb.DuckDBPyConnection, entry: dict, *, queue: str, re
     shown = entry_key(entry)
     listed = (recorded_context(entry.get("alternatives")) or {}).get("others", [])
     ensure_labels(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         first = record_verdict(con, shown, "no_match", reviewer=reviewer, queue=queue, note=note, own=False,
                                **_shown(entry))
         out = [(shown, "no_match")]
@@ -140,10 +135,6 @@ def reject_listed(con: duckdb.DuckDBPyConnection, entry: dict, *, queue: str, re
             record_verdict(con, k, "no_match", reviewer=reviewer, queue=queue, own=False, with_label=first,
                            note=f"{said}: {note}" if note else said, **how)
             out.append((k, "no_match"))
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return Answer(tuple(out))
 
 
@@ -189,18 +180,13 @@ def pick_candidate(con: duckdb.DuckDBPyConnection, entry: dict, candidate_id: st
     how = _shown(waiting) if waiting else _listed(entry, cand, PICKED)
     said = f"picked instead of {entry['target_id']}"
     ensure_labels(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         first = record_verdict(con, shown, "no_match", reviewer=reviewer, queue=queue, note=note, own=False,
                                **_shown(entry))
         record_verdict(con, picked, "match", reviewer=reviewer, queue=queue, own=False, with_label=first,
                        note=f"{said}: {note}" if note else said, **how)
         rest = (_imply_rest(con, entry, queue, first, reviewer, {shown, picked}, picked)
                 if entry.get("one_match") else [])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return Answer(((shown, "no_match"), (picked, "match"), *rest))
 
 
@@ -223,15 +209,10 @@ def undo_last(con: duckdb.DuckDBPyConnection, queue: str, reviewer: str | None) 
     position = con.execute(
         f"SELECT q.position FROM pm_labels l JOIN pm_review_queue q ON q.queue = l.queue AND {ANSWERS_ENTRY} "
         "WHERE l.label_id = ? ORDER BY q.position LIMIT 1", [anchor]).fetchall()
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         for r in rows:
             record_verdict(con, PairKey(r["source_table"], r["source_id"], r["target_table"], r["target_id"]),
                            "retracted", reviewer=reviewer, matcher=r["matcher"], score=r["score"],
                            decision=r["decision"], queue=queue, reason=r["reason"], note=f"undo of {r['verdict']}",
                            scored_by=r["scored_by"], own=False)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return int(position[0][0]) if position else None

@@ -13,8 +13,10 @@ smaller id first, so (a, b) and (b, a) are one pair.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -149,6 +151,18 @@ def has_labels(con: duckdb.DuckDBPyConnection) -> bool:
         "AND database_name = current_database()").fetchall()[0][0])
 
 
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One DuckDB transaction: committed when the block ends, rolled back if it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
 def record_verdict(con: duckdb.DuckDBPyConnection, pair: PairKey, verdict: str, *, reviewer: str | None = None,
                    matcher: str | None = None, score: float | None = None, decision: str | None = None,
                    queue: str | None = None, reason: str | None = None, note: str | None = None,
@@ -167,13 +181,8 @@ def record_verdict(con: duckdb.DuckDBPyConnection, pair: PairKey, verdict: str, 
     if not own:
         return int(con.execute(insert, values).fetchall()[0][0])
     ensure_labels(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         row = con.execute(insert, values).fetchall()
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return int(row[0][0])
 
 

@@ -60,6 +60,7 @@ from .labels import (
     max_label_id,
     pair_unit,
     table_key,
+    transaction,
 )
 
 QUEUE_DDL = """
@@ -587,14 +588,9 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             con.execute(f"ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS {col} {typ}")
     con.register("_pm_new_queue", out)
     try:
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute("DELETE FROM pm_review_queue WHERE queue = ?", [queue])
             con.execute("INSERT INTO pm_review_queue BY NAME SELECT * FROM _pm_new_queue")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     finally:
         con.unregister("_pm_new_queue")
     return QueueStats(queue, len(ordered), **counts, certify_above=plan[0] if plan else None)
