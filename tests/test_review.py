@@ -433,6 +433,41 @@ def _check_other_candidates(review_demo, c) -> None:  # noqa: ANN001 - the demo,
     assert all(w in re.sub(r"<[^>]+>", "", others) for w in title.split()[:3])
     assert others.count("<li") == len(alt["others"])
     assert '<span class="verdict no_match"' in others and others.count('class="verdict') == 1
+    # each listed candidate shows its brand, price and first image, served by its place in the list only
+    con = duckdb.connect(str(review_demo.db))
+    facts = [con.execute("SELECT brand, price, images FROM catalog WHERE id = ?", [o["id"]]).fetchall()[0]
+             for o in alt["others"]]
+    con.close()
+    text = re.sub(r"<[^>]+>", "", others)
+    for k, (brand, price, images) in enumerate(facts, 1):
+        assert (brand or "") in text and (price is None or f"{price:.2f}" in text)
+        if images:
+            assert f'src="/img/{pos}/c{k}/0"' in others
+            img = c.get(f"/img/{pos}/c{k}/0")
+            assert img.status_code == 200 and img.mimetype.startswith("image/")
+            assert img.data == c.application.config["PMATCH_REVIEW"].policy.resolve(images[0])[0].read_bytes()
+    assert c.get(f"/img/{pos}/c{len(facts) + 1}/0").status_code == 404  # no such place in the list
+    assert c.get(f"/img/{pos}/c0/0").status_code == 404 and c.get(f"/img/{pos}/cx/0").status_code == 404
+
+
+def test_a_listed_candidates_image_outside_the_roots_is_refused(review_demo) -> None:
+    """A listed candidate's first image is shown only from inside the image roots: one outside them shows the
+    reason instead, and its image route answers 403 (a missing file 404), as for the pair's own images."""
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+
+    con = _connect(review_demo)
+    con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()
+    pos, alt = con.execute("SELECT position, alternatives FROM pm_review_queue WHERE queue = 'default' "
+                           "AND json_array_length(alternatives -> 'others') >= 2 ORDER BY position LIMIT 1").fetchall()[0]
+    first, second = (o["id"] for o in json.loads(alt)["others"][:2])
+    con.execute("UPDATE catalog SET images = ['/etc/passwd'] WHERE id = ?", [first])
+    con.execute("UPDATE catalog SET images = [?] WHERE id = ?", [str(review_demo.images / "gone.jpg"), second])
+    con.close()
+    c = create_app(ReviewConfig(review_demo.db, "default", (review_demo.images,), "ann")).test_client()
+    others = c.get(f"/pair/{pos}").text.split('<div class="others">', 1)[1].split("</div>", 1)[0]
+    assert 'title="image refused: outside allowed roots"' in others and f"/img/{pos}/c1/0" not in others
+    assert c.get(f"/img/{pos}/c1/0").status_code == 403
+    assert c.get(f"/img/{pos}/c2/0").status_code == 404
 
 
 def test_review_page_shows_the_verdict_a_recheck_asks_about_again(review_demo) -> None:

@@ -196,6 +196,14 @@ def test_the_offers_other_candidates_in_chromium(review_demo, tmp_path: Path) ->
             assert chip.text == f"candidate {alt['rank']} of {alt['of']}: the result ranks another first"
             items = drv.find_elements(By.CSS_SELECTOR, ".offer.t .others li")
             assert len(items) == len(alt["others"]) and all(i.is_displayed() for i in items)
+            # each listed candidate's first image, loaded (it zooms like the pair's own: below)
+            thumbs = drv.find_elements(By.CSS_SELECTOR, ".offer.t .others li button.thumb img")
+            assert len(thumbs) == len(alt["others"])  # the demo's products all have images
+            WebDriverWait(drv, 20).until(lambda d: d.execute_script(
+                "return [...document.querySelectorAll('.others li button.thumb img')].every("
+                "i => i.complete && i.naturalWidth > 0)"))
+            ARTIFACTS.mkdir(exist_ok=True)
+            drv.save_screenshot(str(ARTIFACTS / "review-candidates.png"))
             # in view without scrolling, inside the catalog side's box
             assert drv.execute_script(
                 "const box = document.querySelector('.offer.t').getBoundingClientRect();"
@@ -208,8 +216,12 @@ def test_the_offers_other_candidates_in_chromium(review_demo, tmp_path: Path) ->
             # each listed candidate can be picked as the offer's match (Shift+N)
             picks = drv.find_elements(By.CSS_SELECTOR, ".offer.t .others li button.pick")
             assert [b.text for b in picks] == [f"the match ⇧{i + 1}" for i in range(len(alt["others"][:4]))]
-            ARTIFACTS.mkdir(exist_ok=True)
-            drv.save_screenshot(str(ARTIFACTS / "review-candidates.png"))
+            drv.find_elements(By.CSS_SELECTOR, ".offer.t .others li button.thumb")[1].click()
+            zoom = drv.find_element(By.ID, "zoom")
+            assert zoom.is_displayed() and zoom.find_element(By.TAG_NAME, "img").get_attribute("src").endswith(
+                f"/img/{pos}/c2/0")
+            drv.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+            assert not zoom.is_displayed()
             ActionChains(drv).key_down(Keys.SHIFT).send_keys("2").key_up(Keys.SHIFT).perform()
             wait = WebDriverWait(drv, 30, ignored_exceptions=(StaleElementReferenceException,))
             wait.until(lambda d: "/pair/" not in d.current_url and d.find_elements(By.CSS_SELECTOR, ".pos"))

@@ -124,7 +124,7 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
                                                   entry["target_id"]), entry["labels_before"])
         return render_template("pair.html", entry=entry, left=left, right=right, keys=KEYS, labels=LABEL,
                                ratio=ratio, undone=undone, last=request.args.get("saved"), earlier=earlier,
-                               context=other_candidates(con, entry), **_common(con))
+                               context=other_candidates(con, entry, cfg.policy), **_common(con))
 
     @app.get("/")
     def index():  # noqa: ANN202
@@ -218,8 +218,8 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
 
     @app.get("/img/<int:position>/<side>/<int:n>")
     def image(position: int, side: str, n: int):  # noqa: ANN202
-        if side not in ("s", "t"):
-            abort(404)
+        """The n-th image of the supplier offer (``s``), the catalog product (``t``) or the k-th listed other
+        candidate (``c1`` … ``c4``) of the queue entry at ``position``."""
         with _db(cfg) as con:
             entry = entry_at(con, cfg.queue, position)
             path = image_path(con, entry, side, n) if entry else None

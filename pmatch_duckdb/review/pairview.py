@@ -16,6 +16,7 @@ from .alternatives import recorded_context
 from .labels import PairKey, has_labels, offer_verdicts
 
 DESCRIPTION_CHARS = 320
+PRICE_DIFFERS = 0.7  # the page marks a price ratio (min / max) below this, as it does the pair's own
 
 
 @dataclass
@@ -147,8 +148,18 @@ def pair_view(con: duckdb.DuckDBPyConnection, entry: dict, policy: ImagePolicy) 
 
 
 def image_path(con: duckdb.DuckDBPyConnection, entry: dict, side: str, n: int) -> str | None:
-    """The n-th image path of one side's offer (None if there is none)."""
-    ref, oid = (entry["source_ref"], entry["source_id"]) if side == "s" else (entry["target_ref"], entry["target_id"])
+    """The n-th image path of one side's offer (None if there is none). ``side``: ``s`` (the supplier offer),
+    ``t`` (the catalog product) or ``c1`` … ``c4`` (the entry's k-th listed other candidate, as recorded when it
+    was queued: the browser names a place in the list, never an id or a path)."""
+    if side in ("s", "t"):
+        ref, oid = ((entry["source_ref"], entry["source_id"]) if side == "s"
+                    else (entry["target_ref"], entry["target_id"]))
+    else:
+        m = re.fullmatch(r"c([1-9][0-9]?)", side)
+        listed = (recorded_context(entry.get("alternatives")) or {}).get("others", []) if m else []
+        if not m or int(m.group(1)) > len(listed):
+            return None
+        ref, oid = entry["target_ref"], str(listed[int(m.group(1)) - 1]["id"])
     row = read_offer(con, ref, oid)
     if row is None:
         return None
@@ -159,7 +170,8 @@ def image_path(con: duckdb.DuckDBPyConnection, entry: dict, side: str, n: int) -
 @dataclass
 class Candidate:
     """Another candidate of the offer on screen: its title with the identifiers it shares with that offer (or not)
-    marked, its score and decision in the result, and its current verdict with that offer (None: not labelled)."""
+    marked, its brand, price and first image (for a pick judged at a glance), its score and decision in the
+    result, and its current verdict with that offer (None: not labelled)."""
 
     id: str
     score: float
@@ -167,6 +179,11 @@ class Candidate:
     found: bool
     title: list[Segment] = field(default_factory=list)
     verdict: str | None = None
+    brand: str | None = None
+    price: float | None = None
+    currency: str | None = None
+    image: ImageRef | None = None  # the first image, or None (no images); refused ones carry the reason
+    price_differs: bool = False  # its price and the supplier offer's are further apart than the page's 0.7 ratio
 
 
 @dataclass
@@ -179,9 +196,26 @@ class CandidateContext:
     others: list[Candidate] = field(default_factory=list)
 
 
-def other_candidates(con: duckdb.DuckDBPyConnection, entry: dict) -> CandidateContext | None:
+def _ratio(a: float | None, b: float | None) -> float:
+    """min / max of two prices; 1.0 where either is missing or not positive (nothing to compare)."""
+    if not a or not b or a <= 0 or b <= 0:
+        return 1.0
+    return min(a, b) / max(a, b)
+
+
+def _first_image(offer, policy: ImagePolicy | None) -> ImageRef | None:  # noqa: ANN001 - an Offer
+    """The offer's first image, checked against the image roots (None: no images, or no policy given)."""
+    if policy is None or not offer.images:
+        return None
+    p = offer.images[0]
+    return ImageRef(0, p.rsplit("/", 1)[-1], policy.resolve(p)[1])
+
+
+def other_candidates(con: duckdb.DuckDBPyConnection, entry: dict,
+                     policy: ImagePolicy | None = None) -> CandidateContext | None:
     """The entry's place among its offer's candidates as recorded when it was queued (``alternatives.py``), each
-    other candidate read from the target table now. None for a queue written before that was recorded."""
+    other candidate read from the target table now (with its first image checked against ``policy``'s roots when
+    one is given). None for a queue written before that was recorded."""
     d = recorded_context(entry.get("alternatives"))
     if d is None:
         return None
@@ -192,9 +226,14 @@ def other_candidates(con: duckdb.DuckDBPyConnection, entry: dict) -> CandidateCo
         crow = read_offer(con, entry["target_ref"], str(o["id"]))
         cand = offer_from_mapping(crow) if crow else None
         marks = identifier_marks(offer, cand)[1] if offer and cand else {}
-        others.append(Candidate(str(o["id"]), float(o["score"]), o.get("decision"), cand is not None,
-                                _segments(cand.title, {i: m for i, m in marks.items() if m != "only"})
-                                if cand else []))
+        if cand is None:
+            others.append(Candidate(str(o["id"]), float(o["score"]), o.get("decision"), False))
+            continue
+        others.append(Candidate(str(o["id"]), float(o["score"]), o.get("decision"), True,
+                                _segments(cand.title, {i: m for i, m in marks.items() if m != "only"}),
+                                brand=cand.brand, price=cand.price, currency=cand.currency,
+                                image=_first_image(cand, policy),
+                                price_differs=_ratio(offer.price if offer else None, cand.price) < PRICE_DIFFERS))
     if others and has_labels(con):
         said = offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
         for c in others:
