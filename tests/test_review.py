@@ -222,7 +222,7 @@ def test_pm_queue_review_sql(review_demo) -> None:
     assert n_review > 5 and n_accept > 0
     row = con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()[0]
     assert row == ("default", n_review + math.ceil(0.05 * n_accept), n_review, math.ceil(0.05 * n_accept), 0, 0, 0,
-                   None, 0)
+                   None, 0, None)
     q = con.execute("SELECT position, decision, reason, matcher, score FROM pm_review_queue "
                     "WHERE queue = 'default' ORDER BY position").fetchall()
     assert [r[0] for r in q] == list(range(1, len(q) + 1))
@@ -605,6 +605,24 @@ def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkey
     assert page.status_code == 200 and '<span class="onematch"' in page.text
     plain = create_app(ReviewConfig(review_demo.db, "q1", (review_demo.images,), "ann")).test_client().get("/")
     assert plain.status_code == 200 and '<span class="onematch"' not in plain.text
+    assert "warning" not in res.output, res.output
+    # the statement is checked: an offer already matched to another product is flagged on its page, and one
+    # matched to two products makes the CLI warn (naming it)
+    con = duckdb.connect(str(review_demo.db))
+    sid, tid = con.execute("SELECT source_id, target_id FROM pm_review_queue WHERE queue = 'o1' AND position = 1"
+                           ).fetchall()[0]
+    others = [r[0] for r in con.execute("SELECT id FROM catalog WHERE id <> ? ORDER BY id LIMIT 2", [tid]).fetchall()]
+    record_verdict(con, PairKey.of("supplier_feed", sid, "catalog", others[0]), "match")
+    con.close()
+    page = create_app(ReviewConfig(review_demo.db, "o1", (review_demo.images,), "ann")).test_client().get("/pair/1")
+    assert '<span class="onematch conflict"' in page.text and f"already matched: {others[0]}<" in page.text
+    con = duckdb.connect(str(review_demo.db))
+    record_verdict(con, PairKey.of("supplier_feed", sid, "catalog", others[1]), "match")
+    con.close()
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--queue", "o2",
+                                    "--one-match", "--image-root", str(review_demo.images)])
+    assert res.exit_code == 0 and "warning: --one-match, yet " in res.output, res.output
+    assert f"{sid} -> {', '.join(sorted(others))}" in res.output
     res = CliRunner().invoke(main, ["review", str(review_demo.db), "--one-match"])
     assert res.exit_code == 1 and "give --matches too" in res.output
     res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--audit-rejects", "-1"])
@@ -796,6 +814,41 @@ def test_none_of_these_answers_the_pair_and_its_listed_candidates_no_match() -> 
     con.close()
 
 
+def test_one_match_is_checked_against_the_verdicts() -> None:
+    """``one_match_conflicts``: the source offers people already said match for two or more target products (on
+    pairs in the result or not; two auto-accepts are not a conflict); NULL in the SQL row without one_match."""
+    from pmatch_duckdb.review.queue import queue_review
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES "
+                "('feed', 'A', 'cat', 'w', 0.90, 'accept'), ('feed', 'A', 'cat', 'x', 0.60, 'review'), "
+                "('feed', 'B', 'cat', 'y', 0.85, 'review'), "
+                "('feed', 'C', 'cat', 'r', 0.95, 'accept'), ('feed', 'C', 'cat', 's', 0.60, 'review'), "
+                "('feed', 'E', 'cat', 'e1', 0.91, 'accept'), ('feed', 'E', 'cat', 'e2', 0.90, 'accept'), "
+                "('feed', 'F', 'cat', 'f', 0.60, 'review')) "
+                "t(source_table, source_id, target_table, target_id, score, decision)")
+    state = ModelState("zero-shot", 0.55, 0.8)
+    record_verdict(con, PairKey("feed", "A", "cat", "w"), "match")
+    record_verdict(con, PairKey("feed", "A", "cat", "x"), "match")
+    record_verdict(con, PairKey("feed", "B", "cat", "q"), "match")  # a pair the result does not hold
+    record_verdict(con, PairKey("feed", "B", "cat", "y"), "match")
+    record_verdict(con, PairKey("feed", "C", "cat", "r"), "match")
+    record_verdict(con, PairKey("feed", "C", "cat", "s"), "match")
+    record_verdict(con, PairKey("feed", "C", "cat", "s"), "no_match")  # changed its mind: one match in force
+    record_verdict(con, PairKey("feed", "F", "cat", "f"), "match")
+    record_verdict(con, PairKey("other", "F", "cat", "g"), "match")  # another source table: not F's
+    st = queue_review(con, "m", state=state, one_match=True)
+    assert st.one_match_conflicts == 2 and st.conflict_examples == (("A", ["w", "x"]), ("B", ["q", "y"]))
+    assert queue_review(con, "m", queue="plain", state=state).one_match_conflicts is None
+    con.close()
+    with pm.connect() as c:
+        c.execute("CREATE TABLE m AS SELECT * FROM (VALUES ('feed', 'A', 'cat', 'w', 0.90, 'accept'), "
+                  "('feed', 'A', 'cat', 'x', 0.85, 'accept')) t(source_table, source_id, target_table, target_id, "
+                  "score, decision)")
+        assert c.execute("SELECT one_match_conflicts FROM pm_queue_review('m', one_match := true)").fetchall() == [(0,)]
+        assert c.execute("SELECT one_match_conflicts FROM pm_queue_review('m', queue := 'p')").fetchall() == [(None,)]
+
+
 def test_a_one_match_queue_answers_the_offers_other_candidates_with_its_match() -> None:
     """``one_match``: a match (answered or picked) records no_match for the offer's other unanswered boundary
     entries and its listed other candidates, in one answer undone as one; samples waiting in the queue, pairs with a
@@ -840,6 +893,7 @@ def test_a_one_match_queue_answers_the_offers_other_candidates_with_its_match() 
     pick_candidate(con, entry_at(con, "default", pos["Bx"]), "y", queue="default", reviewer="ann")
     assert con.execute("SELECT target_id, verdict, reason FROM pm_labels_current WHERE source_id = 'B' "
                        "ORDER BY label_id").fetchall() == [("x", "no_match", "boundary"), ("y", "match", "boundary")]
+    assert (st.one_match_conflicts, st.conflict_examples) == (0, ())
     # refused for one table
     con.execute("CREATE TABLE d AS SELECT * FROM (VALUES ('feed', 'a', 'feed', 'b', 0.70, 'review')) "
                 "t(source_table, source_id, target_table, target_id, score, decision)")

@@ -27,7 +27,7 @@ from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from .answers import Answer, answer_entry, pick_candidate, reject_listed, undo_last
 from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
-from .labels import PairKey, ensure_labels, has_labels, verdict_before
+from .labels import PairKey, ensure_labels, has_labels, offer_verdicts, verdict_before
 from .pairview import image_path, other_candidates, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
 from .stats import accept_precision, label_summary
@@ -122,9 +122,13 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
         if entry["reason"] == "recheck":  # what was answered before, which the model now turned against
             earlier = verdict_before(con, PairKey(entry["source_table"], entry["source_id"], entry["target_table"],
                                                   entry["target_id"]), entry["labels_before"])
+        matched = []  # one match per offer: the offer's matches already given on other products
+        if entry.get("one_match") and has_labels(con):
+            said = offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
+            matched = sorted(k.target_id for k, v in said.items() if v == "match" and k.target_id != entry["target_id"])
         return render_template("pair.html", entry=entry, left=left, right=right, keys=KEYS, labels=LABEL,
                                ratio=ratio, undone=undone, last=request.args.get("saved"), earlier=earlier,
-                               context=other_candidates(con, entry, cfg.policy), **_common(con))
+                               context=other_candidates(con, entry, cfg.policy), matched=matched, **_common(con))
 
     @app.get("/")
     def index():  # noqa: ANN202

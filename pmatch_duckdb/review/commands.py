@@ -102,6 +102,13 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
                    f"({st.skipped_labelled} already labelled, not asked again)"
                    + ("; one match per supplier offer: a match answers the offer's other candidates no match"
                       if one_match else ""))
+        if st.one_match_conflicts:
+            eg = "; ".join(f"{sid} -> {', '.join(t[:3])}{', ...' if len(t) > 3 else ''}"
+                           for sid, t in st.conflict_examples)
+            click.echo(f"warning: --one-match, yet {st.one_match_conflicts} supplier offers already link to two or "
+                       f"more catalog products by your verdicts, e.g. {eg}. If an "
+                       "offer can be several products, queue without --one-match: a match given on the page would "
+                       "answer its other candidates no_match", err=True)
         if certify is not None:
             click.echo(_certify_line(st.certify_samples, certify_size, st.certify_above, certify)
                        if st.certify_above is not None else f"certification sample: {matches!r} holds no pairs to draw")

@@ -167,9 +167,14 @@ class QueueStats:
     certify_samples: int = 0
     certify_above: float | None = None  # the score floor of the certification sample (None: none asked for)
     reject_samples: int = 0
+    #: asked for one_match: the source offers people already said match for two or more target products
+    #: (:func:`offers_linked_twice`); None: one_match not asked for
+    one_match_conflicts: int | None = None
+    #: a few of them, ``(source_id, [target_id, ...])``, for the CLI's warning (not a column of the SQL row)
+    conflict_examples: tuple = ()
 
     def as_row(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "conflict_examples"}
 
 
 def model_state(ctx, target: str) -> ModelState:  # noqa: ANN001 - a PmatchContext
@@ -533,6 +538,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     tables = {table_key(r[c]) for r in data for c in ("source_table", "target_table")}
     ensure_labels(con)
     verdicts = current_verdicts(con, tables)
+    conflicts = offers_linked_twice(data, verdicts) if one_match else None
     audit = None
     q, cols = _result_columns(con, matches)
     if audit_rejects:
@@ -593,7 +599,22 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             con.execute("INSERT INTO pm_review_queue BY NAME SELECT * FROM _pm_new_queue")
     finally:
         con.unregister("_pm_new_queue")
-    return QueueStats(queue, len(ordered), **counts, certify_above=plan[0] if plan else None)
+    return QueueStats(queue, len(ordered), **counts, certify_above=plan[0] if plan else None,
+                      one_match_conflicts=None if conflicts is None else len(conflicts),
+                      conflict_examples=tuple(conflicts[:3]) if conflicts else ())
+
+
+def offers_linked_twice(data: list[dict], verdicts: dict[PairKey, Verdict]) -> list[tuple[str, list[str]]]:
+    """The source offers people already said match for two or more target products, each with those targets
+    (sorted), among the table pairs of a two-table result: a check of ``one_match``, the user's statement that an
+    offer is at most one product. Auto-accepts do not count: two of them on one offer are the model's guesses, one
+    of them wrong if the statement holds, which is what a one-match review settles."""
+    tables = {(table_key(r["source_table"]), table_key(r["target_table"])) for r in data}
+    links: dict[tuple[str, str], set[str]] = {}
+    for key, v in verdicts.items():
+        if v.verdict == "match" and (key.source_table, key.target_table) in tables:
+            links.setdefault((key.source_table, key.source_id), set()).add(key.target_id)
+    return sorted((sid, sorted(t)) for (_, sid), t in links.items() if len(t) > 1)
 
 
 _ANSWERED = f"EXISTS (SELECT 1 FROM pm_labels_current l WHERE {ANSWERS_ENTRY})"

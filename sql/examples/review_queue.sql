@@ -19,8 +19,9 @@ SELECT queue, queued, reject_samples
 FROM pm_queue_review('feed_matches', queue := 'feed_audit', audit_rejects := 20);
 
 -- the same queue for a feed where each offer is at most one catalog product: a match given on the review page
--- (pmatch review shop.duckdb --queue feed_one) also answers the offer's other candidates no match
-SELECT queue, queued FROM pm_queue_review('feed_matches', queue := 'feed_one', one_match := true);
+-- (pmatch review shop.duckdb --queue feed_one) also answers the offer's other candidates no match;
+-- one_match_conflicts: offers already labelled a match with two or more catalog products (then it does not hold)
+SELECT queue, queued, one_match_conflicts FROM pm_queue_review('feed_matches', queue := 'feed_one', one_match := true);
 
 -- the queue with both offers side by side
 SELECT q.position, q.reason, q.decision, round(q.score, 3) AS score, s.title AS feed_title, c.title AS catalog_title
