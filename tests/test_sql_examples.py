@@ -91,7 +91,7 @@ def test_evaluate_against_labels(shop):
 
 def test_review_queue(shop):
     queued, certify, audit, one, queue, verdicts = run_example(shop, "review_queue.sql")
-    assert one == [{"queue": "feed_one", "queued": queued[0]["queued"]}]
+    assert one == [{"queue": "feed_one", "queued": queued[0]["queued"], "one_match_conflicts": 0}]
     # up to 20 auto-rejected pairs on top of the boundary queue (fewer where fewer are rejected)
     assert audit[0]["queue"] == "feed_audit" and 0 < audit[0]["reject_samples"] <= 20
     assert audit[0]["queued"] == queued[0]["queued"] + audit[0]["reject_samples"]  # same result, same boundary pairs
