@@ -14,6 +14,9 @@ review page serves it (``next_entry``: the first entry nobody has answered), in 
   entries take no page;
 * ``picks and none of these, one match per source``: as the last, and a non-matching pair whose offer's true match
   is not listed is answered "none of these" (``reject_listed``: the pair and every listed candidate no_match).
+  A one-match queue starts with one page per offer the result auto-accepts for two products (``accept_conflict``);
+* ``..., no conflict pages``: as the last, on the same queue without those pages (a one-match queue as it was
+  before they existed), side by side.
 
 After each budget of pages: the verdicts given, the true matches labelled, and the links the reviewed result ends
 with — a pair is linked where the reviewer said match, or the model auto-accepted it and nobody said no match —
@@ -54,7 +57,8 @@ from pmatch_duckdb.review import (  # noqa: E402
 )
 from pmatch_duckdb.review.labels import PairKey  # noqa: E402
 
-ARMS = ("pairs", "picks", "picks, one match per source", "picks and none of these, one match per source")
+ARMS = ("pairs", "picks", "picks, one match per source", "picks and none of these, one match per source",
+        "picks and none of these, one match per source, no conflict pages")
 
 
 def _links(result: list[tuple], verdicts: dict) -> set[tuple[str, str]]:
@@ -141,16 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         truth = split_truth(con, args.source, args.gt)
         sql_match(con, args.source, args.target)
         queued, boundary = con.execute(f"SELECT queued, boundary FROM pm_queue_review('m_{args.source}')").fetchone()
-        con.execute(f"SELECT * FROM pm_queue_review('m_{args.source}', queue := 'one', one_match := true)").fetchall()
+        conflicts = con.execute(f"SELECT accept_conflicts FROM pm_queue_review('m_{args.source}', queue := 'one', "
+                                "one_match := true)").fetchone()[0]
+        con.execute("INSERT INTO pm_review_queue SELECT * REPLACE ('one0' AS queue) FROM pm_review_queue "
+                    "WHERE queue = 'one' AND reason <> 'accept_conflict'")
         result = [tuple(map(str, r[:4])) + (r[4],) for r in con.execute(
             f"SELECT source_table, source_id, target_table, target_id, decision FROM m_{args.source}").fetchall()]
         print(f"# bench_review_pick {time.strftime('%Y-%m-%dT%H:%M:%S')}  db={args.db}  matcher={args.matcher}  "
               f"match_products('{args.source}' ({len(truth)} offers, {sum(map(len, truth.values()))} true pairs), "
-              f"'{args.target}')  queue {queued} entries ({boundary} boundary)", flush=True)
+              f"'{args.target}')  queue {queued} entries ({boundary} boundary); one-match queue: {conflicts} "
+              "accept-conflict pages", flush=True)
         print("| arm | pages (budget) | verdicts | true matches labelled | links | link precision | link recall |")
         print("|---|---|---|---|---|---|---|")
         for arm in ARMS:
-            for r in run_arm(con, arm, "one" if "one match" in arm else "default", truth, result, budgets):
+            queue = ("one0" if "no conflict" in arm else "one") if "one match" in arm else "default"
+            for r in run_arm(con, arm, queue, truth, result, budgets):
                 print(f"| {arm} | {r['pages']} ({r['budget']}) | {r['verdicts']} | "
                       f"{r['matches_labelled']} | {r['links']} | {r['precision']:.3f} | {r['recall']:.3f} |",
                       flush=True)

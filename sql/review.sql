@@ -22,13 +22,15 @@
 -- one_match := true: the result links each source offer to at most one target product (a supplier feed against a
 -- catalog; not a one-table dedup result), so a match given on the review page, answered or picked among the
 -- offer's other candidates, records no_match for the offer's other unanswered boundary pairs and the other
--- candidates the page listed (samples and rechecks stay for a person; one undo takes the whole answer back).
+-- candidates the page listed (samples and rechecks stay for a person; one undo takes the whole answer back). Such a
+-- queue also holds one page per offer the result auto-accepts for two or more products (or for one, where a person
+-- said match for another): accept_conflicts, reason accept_conflict (at least one of those links is wrong).
 -- It is a statement about the data, so it is checked: one_match_conflicts counts the source offers people already
 -- said match for two or more target products (pm_labels); where it is not 0, an offer can be several products and
 -- one_match would answer true matches no_match. (Two auto-accepts on one offer are the model's guesses, not a
 -- conflict: the review settles them.)
 -- Returns one row: queue, queued, boundary, accept_samples, rechecks, skipped_labelled, certify_samples,
--- certify_above, reject_samples, one_match_conflicts (NULL without one_match).
+-- certify_above, reject_samples, accept_conflicts, one_match_conflicts (NULL without one_match).
 CREATE OR REPLACE TEMP MACRO pm_queue_review(matches, queue := 'default', accept_sample := 0.05,
                                              recheck_delta := 0.3, seed := 0, certify := NULL,
                                              certify_above := NULL, certify_size := NULL,

@@ -99,7 +99,7 @@ def test_queue_order_boundary_spread_samples_and_rechecks() -> None:
                 PairKey.of("feed", "L3", "cat", "z"): Verdict("match", 0.75, 3, "zero-shot", "review")}
     ordered, counts = build_queue(rows, verdicts, state, accept_sample=0.05, seed=1)
     assert counts == {"boundary": 16, "accept_samples": 2, "rechecks": 2, "skipped_labelled": 1, "certify_samples": 0,
-                      "reject_samples": 0}
+                      "reject_samples": 0, "accept_conflicts": 0}
     assert [it["source_id"] for it in ordered[:2]] == ["L3", "L2"]
     # the reviewer is shown the model's own decision, not the verdict's override of it
     assert [(it["decision"], it["scored_by"]) for it in ordered[:2]] == [("reject", "zero-shot"), ("accept", "zero-shot")]
@@ -222,7 +222,7 @@ def test_pm_queue_review_sql(review_demo) -> None:
     assert n_review > 5 and n_accept > 0
     row = con.execute("SELECT * FROM pm_queue_review('matches')").fetchall()[0]
     assert row == ("default", n_review + math.ceil(0.05 * n_accept), n_review, math.ceil(0.05 * n_accept), 0, 0, 0,
-                   None, 0, None)
+                   None, 0, 0, None)
     q = con.execute("SELECT position, decision, reason, matcher, score FROM pm_review_queue "
                     "WHERE queue = 'default' ORDER BY position").fetchall()
     assert [r[0] for r in q] == list(range(1, len(q) + 1))
@@ -603,6 +603,13 @@ def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkey
 
     page = create_app(ReviewConfig(review_demo.db, "o1", (review_demo.images,), "ann")).test_client().get("/")
     assert page.status_code == 200 and '<span class="onematch"' in page.text
+    # the demo's result auto-accepts one offer for two products (o1's accept sample drew one of them: that page
+    # settles it); without the sample, the offer's second accept comes first
+    res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--queue", "o3",
+                                    "--one-match", "--accept-sample", "0", "--image-root", str(review_demo.images)])
+    assert res.exit_code == 0 and "and 1 offers auto-accepted for two products are queued first" in res.output
+    first = create_app(ReviewConfig(review_demo.db, "o3", (review_demo.images,), "ann")).test_client().get("/")
+    assert '<span class="reason accept_conflict">two auto-accepted products for one supplier offer' in first.text
     plain = create_app(ReviewConfig(review_demo.db, "q1", (review_demo.images,), "ann")).test_client().get("/")
     assert plain.status_code == 200 and '<span class="onematch"' not in plain.text
     assert "warning" not in res.output, res.output
@@ -847,6 +854,50 @@ def test_one_match_is_checked_against_the_verdicts() -> None:
                   "score, decision)")
         assert c.execute("SELECT one_match_conflicts FROM pm_queue_review('m', one_match := true)").fetchall() == [(0,)]
         assert c.execute("SELECT one_match_conflicts FROM pm_queue_review('m', queue := 'p')").fetchall() == [(None,)]
+
+
+def test_a_one_match_queue_holds_one_page_per_offer_auto_accepted_twice() -> None:
+    """``accept_conflict``: in a one-match queue, an offer auto-accepted for two products (or for one while a person
+    said match for another) gets one page, its second-best accept (its best where a match verdict stands), first
+    after the certification sample; not where the accept sample drew one of them, nor in a plain queue. A match
+    given on another page of the offer settles it; calibrate leaves its verdicts out."""
+    from pmatch_duckdb.review.answers import answer_entry
+    from pmatch_duckdb.review.calibrate import reviewed_pairs
+    from pmatch_duckdb.review.labels import CONFLICT
+    from pmatch_duckdb.review.queue import entry_at, queue_review
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE m AS SELECT * FROM (VALUES "
+                "('feed', 'A', 'cat', 'a1', 0.95, 'accept'), ('feed', 'A', 'cat', 'a2', 0.90, 'accept'), "
+                "('feed', 'A', 'cat', 'a3', 0.85, 'accept'), ('feed', 'A', 'cat', 'a4', 0.60, 'review'), "
+                "('feed', 'B', 'cat', 'b1', 0.97, 'accept'), ('feed', 'B', 'cat', 'b2', 0.70, 'review'), "
+                "('feed', 'C', 'cat', 'c1', 0.88, 'accept'), ('feed', 'C', 'cat', 'c2', 0.30, 'reject'), "
+                "('feed', 'D', 'cat', 'd1', 0.99, 'accept'), ('feed', 'D', 'cat', 'd2', 0.98, 'accept'), "
+                "('feed', 'E', 'cat', 'e1', 0.93, 'accept'), ('feed', 'E', 'cat', 'e2', 0.92, 'accept')) "
+                "t(source_table, source_id, target_table, target_id, score, decision)")
+    record_verdict(con, PairKey("feed", "C", "cat", "c2"), "match")  # a person's match + an accept: a conflict
+    record_verdict(con, PairKey("feed", "D", "cat", "d1"), "no_match")  # said no to: one accept left
+    state = ModelState("zero-shot", 0.55, 0.8)
+    st = queue_review(con, "m", state=state, accept_sample=0.0, one_match=True)
+    got = con.execute("SELECT position, source_id, target_id, reason FROM pm_review_queue ORDER BY position"
+                      ).fetchall()
+    assert st.accept_conflicts == 3 and got[:3] == [(1, "E", "e2", CONFLICT), (2, "A", "a2", CONFLICT),
+                                                    (3, "C", "c1", CONFLICT)], got
+    assert {r[3] for r in got[3:]} == {"boundary"}
+    assert queue_review(con, "m", queue="plain", state=state, accept_sample=0.0).accept_conflicts == 0
+    # the accept sample drew one of E's accepts: that page settles it, no second one
+    drawn = queue_review(con, "m", queue="all", state=state, accept_sample=1.0, one_match=True)
+    assert drawn.accept_conflicts == 0
+    # a match answered on A's boundary pair settles A's conflict page (and lists a1, a2, a3 no_match)
+    a4 = entry_at(con, "default", next(p for p, s, t, _ in got if t == "a4"))
+    answer_entry(con, a4, "match", queue="default", reviewer="ann")
+    said = dict(con.execute("SELECT target_id, reason FROM pm_labels_current WHERE source_id = 'A' AND "
+                            "verdict = 'no_match'").fetchall())
+    assert said["a2"] == CONFLICT and set(said) == {"a1", "a2", "a3"}
+    answer_entry(con, entry_at(con, "default", 3), "no_match", queue="default", reviewer="ann")
+    assert ("feed", "C", "cat", "c1") not in reviewed_pairs(con, "cat", "zero-shot")[0]  # not a sample of scores
+    assert ("feed", "A", "cat", "a4") in reviewed_pairs(con, "cat", "zero-shot")[0]
+    con.close()
 
 
 def test_a_one_match_queue_answers_the_offers_other_candidates_with_its_match() -> None:

@@ -14,7 +14,8 @@ from .arrow_util import Registrar, as_pylist
 
 _ROW = {"queue": T.VARCHAR, "queued": T.BIGINT, "boundary": T.BIGINT, "accept_samples": T.BIGINT,
         "rechecks": T.BIGINT, "skipped_labelled": T.BIGINT, "certify_samples": T.BIGINT, "certify_above": T.DOUBLE,
-        "reject_samples": T.BIGINT, "one_match_conflicts": T.BIGINT}
+        "reject_samples": T.BIGINT, "accept_conflicts": T.BIGINT,
+        "one_match_conflicts": T.BIGINT}
 _ARROW = {T.VARCHAR: pa.string(), T.BIGINT: pa.int64(), T.DOUBLE: pa.float64()}
 _ROW_ARROW = pa.struct([(k, _ARROW[t]) for k, t in _ROW.items()])
 

@@ -15,8 +15,9 @@ verdict, alone.
 A queue made with ``one_match`` (``pm_queue_review(one_match := true)``: results that link each supplier offer to
 at most one catalog product) takes a match, answered or picked, as the offer's only one: in the same answer the
 offer's other unanswered boundary entries of the queue and the other candidates the page listed are recorded
-``no_match`` (named by ``with_label`` too, so undone with it). Samples and rechecks waiting in the queue are left
-for a person, and so is any pair that already has a verdict.
+``no_match`` (named by ``with_label`` too, so undone with it), and so are the offer's waiting ``accept_conflict``
+entries (they are queued only because the offer is one product). Samples and rechecks waiting in the queue are
+left for a person, and so is any pair that already has a verdict.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..errors import PmatchError
 from .alternatives import recorded_context
 from .labels import (
     ANSWERS_ENTRY,
+    CONFLICT,
     IMPLIED,
     LISTED,
     PICKED,
@@ -38,6 +40,10 @@ from .labels import (
     record_verdict,
     transaction,
 )
+
+#: reasons of waiting entries an answer on the offer's list also settles (the others, samples and rechecks, are each
+#: for a person to judge on their own page)
+SETTLED = ("boundary", CONFLICT)
 
 
 @dataclass(frozen=True)
@@ -90,9 +96,9 @@ def _imply_rest(con: duckdb.DuckDBPyConnection, entry: dict, queue: str, anchor:
     said = f"one match per source: the offer's match is {other}"
     out: list[tuple[PairKey, str]] = []
     waiting = _waiting_of_offer(con, queue, entry)
-    held = {k for k, w in waiting.items() if w["reason"] != "boundary"}  # for a person
+    held = {k for k, w in waiting.items() if w["reason"] not in SETTLED}  # for a person
     for k, w in waiting.items():
-        if w["reason"] == "boundary" and k not in done:
+        if w["reason"] in SETTLED and k not in done:
             record_verdict(con, k, "no_match", reviewer=reviewer, queue=queue, note=said, own=False,
                            with_label=anchor, **_shown(w))
             done.add(k)
@@ -129,7 +135,7 @@ def reject_listed(con: duckdb.DuckDBPyConnection, entry: dict, *, queue: str, re
         for o in listed:
             k = PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], o["id"])
             w = waiting.get(k)
-            if k == shown or k in labelled or (w is not None and w["reason"] != "boundary"):
+            if k == shown or k in labelled or (w is not None and w["reason"] not in SETTLED):
                 continue
             how = _shown(w) if w is not None else _listed(entry, o, LISTED)
             record_verdict(con, k, "no_match", reviewer=reviewer, queue=queue, own=False, with_label=first,

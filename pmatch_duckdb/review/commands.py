@@ -100,7 +100,8 @@ def review_cmd(database: str, queue: str, matches: str | None, accept_sample: fl
                    f"{st.accept_samples} sampled auto-accepts, "
                    f"{f'{st.reject_samples} sampled auto-rejects, ' if audit_rejects else ''}{st.rechecks} rechecks "
                    f"({st.skipped_labelled} already labelled, not asked again)"
-                   + ("; one match per supplier offer: a match answers the offer's other candidates no match"
+                   + ("; one match per supplier offer: a match answers the offer's other candidates no match, and "
+                      f"{st.accept_conflicts} offers auto-accepted for two products are queued first"
                       if one_match else ""))
         if st.one_match_conflicts:
             eg = "; ".join(f"{sid} -> {', '.join(t[:3])}{', ...' if len(t) > 3 else ''}"

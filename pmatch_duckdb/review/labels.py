@@ -34,8 +34,11 @@ PICKED = "picked"
 IMPLIED = "one_match"
 #: pm_labels.reason of a no_match given to a listed candidate ("none of these") that no queue entry waited for
 LISTED = "listed"
-#: reasons of verdicts that are no sample of the scores (calibrate leaves them out)
-FOUND = (PICKED, IMPLIED, LISTED)
+#: pm_review_queue / pm_labels.reason of a one-match queue's page for an offer auto-accepted for two products
+CONFLICT = "accept_conflict"
+#: reasons of verdicts that are no sample of the scores (calibrate leaves them out): pairs found from a list, and
+#: accepts queued because their offer has another (more often wrong than others at their score)
+FOUND = (PICKED, IMPLIED, LISTED, CONFLICT)
 
 LABELS_DDL = f"""
 CREATE SEQUENCE IF NOT EXISTS pm_labels_seq;

@@ -19,6 +19,11 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
   spread through the queue with the accept sample — how many matches the model already auto-rejects (``audit.py``).
   Both samples record their stratum and its size (``stratum``, ``stratum_pairs``), so their verdicts estimate the
   matches of the whole result;
+* ``accept_conflict`` (only in a ``one_match`` queue): a source offer the result auto-accepts for two or more
+  target products, or auto-accepts for one while a person said match for another, holds at least one wrong link if
+  the offer is one product. One page per such offer, after the certification sample: its second-best unlabelled
+  accept (the best is then among the candidates the page lists, to pick), or its best one where a match verdict
+  stands. An offer one of whose accepts the accept sample already drew gets no second page;
 * ``recheck``: pairs already labelled where the model turned against the verdict since it was given; first in the
   queue. On the scale the reviewer saw (``pm_labels.scored_by``: zero-shot similarity, a trained matcher's stage 1,
   or its pair scorer's stacked model), that is a score moved by at least ``recheck_delta`` away from the verdict
@@ -167,6 +172,7 @@ class QueueStats:
     certify_samples: int = 0
     certify_above: float | None = None  # the score floor of the certification sample (None: none asked for)
     reject_samples: int = 0
+    accept_conflicts: int = 0  # one_match: offers queued for their conflicting auto-accepts
     #: asked for one_match: the source offers people already said match for two or more target products
     #: (:func:`offers_linked_twice`); None: one_match not asked for
     one_match_conflicts: int | None = None
@@ -380,7 +386,8 @@ def recheck_priority(v: Verdict, score: float, st: ModelState, recheck_delta: fl
 
 def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
                 recheck_delta: float = 0.3, seed: int = 0, certify: tuple[float, int] | None = None,
-                audit: Callable[[set[PairKey]], list[dict]] | None = None) -> tuple[list[dict], dict]:
+                audit: Callable[[set[PairKey]], list[dict]] | None = None,
+                one_match: bool = False) -> tuple[list[dict], dict]:
     """The ordered queue entries for the rows of a match result (no database, but for what ``audit`` reads).
     ``verdicts``: the verdicts in
     force, as :func:`labels.current_verdicts` returns them (plain ``(verdict, score, label_id)`` tuples are taken for
@@ -388,7 +395,8 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
     (score floor, sample size) of a certification sample, drawn from the unlabelled rows scoring at least the floor
     (whatever their decision); the rest of them are queued as usual. ``audit``: where a reject audit is asked for,
     what draws it (``audit.draw_rejects`` over the result's rejected pairs, which stay in the database), given the
-    pairs it must leave out: the labelled ones and those queued otherwise."""
+    pairs it must leave out: the labelled ones and those queued otherwise. ``one_match``: also queue the offers'
+    conflicting auto-accepts (``accept_conflict``, see the module docstring)."""
     boundary, accepts, recheck, pool, rejects, skipped = [], [], [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
@@ -436,10 +444,39 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
         drawn_rejects = audit((seen - {r["key"] for r in rejects}) | set(verdicts))
         for r in drawn_rejects:
             r["scored_by"] = scorer_of(r, state).scored_by
+    conflicts = accept_conflicts(accepts, sample, verdicts) if one_match else []
     recheck.sort(key=lambda it: -it["_recheck"])
-    ordered = recheck + drawn + interleave(order_boundary(boundary, state), interleave(sample, drawn_rejects))
+    ordered = recheck + drawn + conflicts + interleave(order_boundary(boundary, state), interleave(sample, drawn_rejects))
     return ordered, {"boundary": len(boundary), "accept_samples": len(sample), "rechecks": len(recheck),
-                     "skipped_labelled": skipped, "certify_samples": len(drawn), "reject_samples": len(drawn_rejects)}
+                     "skipped_labelled": skipped, "certify_samples": len(drawn), "reject_samples": len(drawn_rejects),
+                     "accept_conflicts": len(conflicts)}
+
+
+def accept_conflicts(accepts: list[dict], sampled: list[dict], verdicts: dict) -> list[dict]:
+    """One page per source offer whose unlabelled auto-accepts (``accepts``), with the matches people gave it
+    (``verdicts``, the same tables), link it to two or more target products: its second-best accept, or its best
+    where a match verdict stands (the page lists the other). Offers one of whose accepts the accept sample
+    (``sampled``) drew are left to that page. Best-scored conflict first. Each returned row has reason
+    ``accept_conflict``."""
+    by_offer: dict[tuple[str, str], list[dict]] = {}
+    for r in accepts:
+        by_offer.setdefault((r["key"].source_table, r["key"].source_id), []).append(r)
+    in_sample = {(r["key"].source_table, r["key"].source_id) for r in sampled}
+    tables = {(r["key"].source_table, r["key"].target_table) for r in accepts}
+    matched: dict[tuple[str, str], int] = {}
+    for key, v in verdicts.items():
+        said = v.verdict if isinstance(v, Verdict) else v[0]
+        if said == "match" and (key.source_table, key.target_table) in tables:
+            matched[(key.source_table, key.source_id)] = matched.get((key.source_table, key.source_id), 0) + 1
+    out = []
+    for offer, rows in by_offer.items():
+        if offer in in_sample or len(rows) + matched.get(offer, 0) < 2:
+            continue
+        rows.sort(key=lambda it: (-it["score"], it["key"].target_id))
+        out.append(rows[0] if matched.get(offer) else rows[1])
+    for r in out:
+        r["reason"] = "accept_conflict"
+    return sorted(out, key=lambda it: (-it["score"], it["key"].source_id))
 
 
 def _check_decided_by(state: ModelState, band: list[dict], rejects: list[dict] = ()) -> None:
@@ -550,7 +587,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             _mark_reread(drawn, reread, state)
             return drawn
 
-    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, audit)
+    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, audit, one_match)
     context = candidate_context(con, q, "rank" in cols, ordered)
     before = max_label_id(con)
     out = pa.table({
