@@ -158,12 +158,16 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
         cert = "" if certify is None or retrain else f", certify := {certify}" + (
             "" if certify_above is None else f", certify_above := {certify_above}")
         cert += f", audit_rejects := {audit_rejects}" if audit_rejects else ""
-        cert += ", one_match := true" if answer == "one-match" else ""
+        one = answer.startswith("one-match")
+        cert += ", one_match := true" if one else ""
         queued, n_cert, floor = con.execute(
             f"SELECT queued, certify_samples, certify_above FROM pm_queue_review('m_src_a', accept_sample := "
             f"{accept_sample}, seed := {seed}{cert})").fetchone()
+        if answer == "one-match-no-conflict-pages":  # the one-match queue as it was before those pages existed
+            queued -= len(con.execute("DELETE FROM pm_review_queue WHERE queue = 'default' AND reason = "
+                                      "'accept_conflict' RETURNING position").fetchall())
         rows = (_review(con, truth, "default", n_review) if answer == "pairs"
-                else _review_picking(con, truth, "default", n_review, none_of_these=answer == "one-match"))
+                else _review_picking(con, truth, "default", n_review, none_of_these=one))
         n_verdicts, n_match = _labelled(con, truth)
         if answer != "pairs":
             print(f"# {answer}: {len(rows)} pages gave {n_verdicts} verdicts, {n_match} of them true matches",
@@ -473,10 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audit-rejects", type=int, default=0, metavar="N",
                     help="run each matcher twice: the plain queue, and the queue with a reject audit of N pairs "
                          "(pm_queue_review(audit_rejects := N))")
-    ap.add_argument("--answer", default="pairs", choices=["pairs", "picks", "one-match"],
+    ap.add_argument("--answer", default="pairs",
+                    choices=["pairs", "picks", "one-match", "one-match-no-conflict-pages"],
                     help="how the reviewer answers the first round: match / no match on each page; with picks of "
                          "the offer's listed true match; with picks and 'none of these' on a one_match queue "
-                         "(--review counts pages)")
+                         "(--review counts pages); the same on that queue without its accept_conflict pages")
     ap.add_argument("--queue-cost", type=int, default=0, metavar="ROUNDS",
                     help="also time pm_queue_review on the reviewed sources' result with and without scored_by")
     args = ap.parse_args(argv)

@@ -355,6 +355,9 @@ def test_a_reject_audit_on_the_page_in_chromium(review_demo, tmp_path: Path) -> 
             assert card.text.startswith("Reject audit\n10 of 10 random auto-rejected pairs answered"), card.text
             assert f"About {estimate:.0f} match" in card.text and "among the auto-rejected pairs" in card.text, card.text
             assert len(card.find_elements(By.CSS_SELECTOR, "tr")) == 1 + len({r[6] for r in rows})
+            # the labels say why each pair was queued in words; the stored reason is the cell's title
+            cell = drv.find_element(By.XPATH, "//h2[text()='Labels so far']/following-sibling::table//td[1]")
+            assert (cell.text, cell.get_attribute("title")) == ("check of auto-rejects", "reject_sample")
             ARTIFACTS.mkdir(exist_ok=True)
             drv.save_screenshot(str(ARTIFACTS / "review-audit.png"))
         finally:

@@ -27,7 +27,7 @@ from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from .answers import Answer, answer_entry, pick_candidate, reject_listed, undo_last
 from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
-from .labels import PairKey, ensure_labels, has_labels, offer_verdicts, verdict_before
+from .labels import REASON_NAMES, PairKey, ensure_labels, has_labels, offer_verdicts, verdict_before
 from .pairview import image_path, other_candidates, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
 from .stats import accept_precision, label_summary
@@ -218,6 +218,7 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
             return render_template("summary.html", prec=prec, cert=cert, goal=goal, audit=audit,
                                    needed=(reviews_needed(goal, 0), reviews_needed(goal, 1)), rows=rows, recent=recent,
                                    finished=request.args.get("finished") == "1", last=request.args.get("saved"),
+                                   reasons=REASON_NAMES,
                                    **_common(con))
 
     @app.get("/img/<int:position>/<side>/<int:n>")

@@ -36,6 +36,14 @@ IMPLIED = "one_match"
 LISTED = "listed"
 #: pm_review_queue / pm_labels.reason of a one-match queue's page for an offer auto-accepted for two products
 CONFLICT = "accept_conflict"
+#: what each pm_labels / pm_review_queue reason means, in a few words (the summary page's "queued as")
+REASON_NAMES = {
+    "boundary": "near the decision boundary", "accept_sample": "check of auto-accepts",
+    "certify_sample": "certification sample", "reject_sample": "check of auto-rejects", "recheck": "recheck",
+    PICKED: "picked from the offer's list", IMPLIED: "implied: the offer's one match is another",
+    LISTED: "none of these: listed", CONFLICT: "one of two auto-accepts of an offer",
+    "other": "given outside a queue",
+}
 #: reasons of verdicts that are no sample of the scores (calibrate leaves them out): pairs found from a list, and
 #: accepts queued because their offer has another (more often wrong than others at their score)
 FOUND = (PICKED, IMPLIED, LISTED, CONFLICT)
