@@ -432,7 +432,10 @@ def _check_other_candidates(review_demo, c) -> None:  # noqa: ANN001 - the demo,
     assert re.sub(r"<[^>]+>", "", others).count(f"{first['score']:.3f}") >= 1
     assert all(w in re.sub(r"<[^>]+>", "", others) for w in title.split()[:3])
     assert others.count("<li") == len(alt["others"])
-    assert '<span class="verdict no_match"' in others and others.count('class="verdict') == 1
+    assert '<span class="verdict no_match"' in others and others.count('class="verdict no_match"') == 1
+    # a listed pair the result auto-accepts, with no verdict, says so
+    assert others.count('class="verdict auto"') == sum(o["decision"] == "accept" for o in alt["others"][:1] +
+                                                        alt["others"][2:])
     # each listed candidate shows its brand, price and first image, served by its place in the list only
     con = duckdb.connect(str(review_demo.db))
     facts = [con.execute("SELECT brand, price, images FROM catalog WHERE id = ?", [o["id"]]).fetchall()[0]
@@ -610,6 +613,8 @@ def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkey
     assert res.exit_code == 0 and "and 1 offers auto-accepted for two products are queued first" in res.output
     first = create_app(ReviewConfig(review_demo.db, "o3", (review_demo.images,), "ann")).test_client().get("/")
     assert '<span class="reason accept_conflict">two auto-accepted products for one supplier offer' in first.text
+    rival = first.text.split('<div class="others">', 1)[1].split("</li>", 1)[0]  # the best accept, listed first
+    assert 'class="verdict auto"' in rival
     plain = create_app(ReviewConfig(review_demo.db, "q1", (review_demo.images,), "ann")).test_client().get("/")
     assert plain.status_code == 200 and '<span class="onematch"' not in plain.text
     assert "warning" not in res.output, res.output
