@@ -122,13 +122,15 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
         if entry["reason"] == "recheck":  # what was answered before, which the model now turned against
             earlier = verdict_before(con, PairKey(entry["source_table"], entry["source_id"], entry["target_table"],
                                                   entry["target_id"]), entry["labels_before"])
-        matched = []  # one match per offer: the offer's matches already given on other products
-        if entry.get("one_match") and has_labels(con):
-            said = offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
-            matched = sorted(k.target_id for k, v in said.items() if v == "match" and k.target_id != entry["target_id"])
+        said = (offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
+                if has_labels(con) else {})
+        # one match per offer: the offer's matches already given on other products
+        matched = sorted(k.target_id for k, v in said.items() if v == "match" and k.target_id != entry["target_id"]
+                         ) if entry.get("one_match") else []
         return render_template("pair.html", entry=entry, left=left, right=right, keys=KEYS, labels=LABEL,
                                ratio=ratio, undone=undone, last=request.args.get("saved"), earlier=earlier,
-                               context=other_candidates(con, entry, cfg.policy), matched=matched, **_common(con))
+                               context=other_candidates(con, entry, cfg.policy, said), matched=matched,
+                               **_common(con))
 
     @app.get("/")
     def index():  # noqa: ANN202

@@ -211,11 +211,12 @@ def _first_image(offer, policy: ImagePolicy | None) -> ImageRef | None:  # noqa:
     return ImageRef(0, p.rsplit("/", 1)[-1], policy.resolve(p)[1])
 
 
-def other_candidates(con: duckdb.DuckDBPyConnection, entry: dict,
-                     policy: ImagePolicy | None = None) -> CandidateContext | None:
+def other_candidates(con: duckdb.DuckDBPyConnection, entry: dict, policy: ImagePolicy | None = None,
+                     said: dict[PairKey, str] | None = None) -> CandidateContext | None:
     """The entry's place among its offer's candidates as recorded when it was queued (``alternatives.py``), each
     other candidate read from the target table now (with its first image checked against ``policy``'s roots when
-    one is given). None for a queue written before that was recorded."""
+    one is given). ``said``: the verdicts in force on the offer's pairs (:func:`labels.offer_verdicts`), where the
+    caller has read them already. None for a queue written before that was recorded."""
     d = recorded_context(entry.get("alternatives"))
     if d is None:
         return None
@@ -234,8 +235,9 @@ def other_candidates(con: duckdb.DuckDBPyConnection, entry: dict,
                                 brand=cand.brand, price=cand.price, currency=cand.currency,
                                 image=_first_image(cand, policy),
                                 price_differs=_ratio(offer.price if offer else None, cand.price) < PRICE_DIFFERS))
-    if others and has_labels(con):
-        said = offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
+    if others and (said is not None or has_labels(con)):
+        if said is None:
+            said = offer_verdicts(con, entry["source_table"], entry["target_table"], entry["source_id"])
         for c in others:
             c.verdict = said.get(PairKey.of(entry["source_table"], entry["source_id"], entry["target_table"], c.id))
     return CandidateContext(int(d["rank"]), int(d["of"]), others)

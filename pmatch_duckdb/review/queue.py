@@ -56,6 +56,7 @@ from .alternatives import candidate_context
 from .audit import draw_rejects
 from .labels import (
     ANSWERS_ENTRY,
+    CONFLICT,
     PairKey,
     Verdict,
     current_verdicts,
@@ -462,21 +463,27 @@ def accept_conflicts(accepts: list[dict], sampled: list[dict], verdicts: dict) -
     for r in accepts:
         by_offer.setdefault((r["key"].source_table, r["key"].source_id), []).append(r)
     in_sample = {(r["key"].source_table, r["key"].source_id) for r in sampled}
-    tables = {(r["key"].source_table, r["key"].target_table) for r in accepts}
-    matched: dict[tuple[str, str], int] = {}
-    for key, v in verdicts.items():
-        said = v.verdict if isinstance(v, Verdict) else v[0]
-        if said == "match" and (key.source_table, key.target_table) in tables:
-            matched[(key.source_table, key.source_id)] = matched.get((key.source_table, key.source_id), 0) + 1
+    matched = matched_targets(verdicts, {(r["key"].source_table, r["key"].target_table) for r in accepts})
     out = []
     for offer, rows in by_offer.items():
-        if offer in in_sample or len(rows) + matched.get(offer, 0) < 2:
+        if offer in in_sample or len(rows) + len(matched.get(offer, ())) < 2:
             continue
         rows.sort(key=lambda it: (-it["score"], it["key"].target_id))
         out.append(rows[0] if matched.get(offer) else rows[1])
     for r in out:
-        r["reason"] = "accept_conflict"
+        r["reason"] = CONFLICT
     return sorted(out, key=lambda it: (-it["score"], it["key"].source_id))
+
+
+def matched_targets(verdicts: dict, tables: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
+    """(source table, source id) -> the target ids people said ``match`` for, over the pairs of the (source table,
+    target table) pairs ``tables`` (table keys). ``verdicts`` as :func:`build_queue` takes them."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for key, v in verdicts.items():
+        said = v.verdict if isinstance(v, Verdict) else v[0]
+        if said == "match" and (key.source_table, key.target_table) in tables:
+            out.setdefault((key.source_table, key.source_id), set()).add(key.target_id)
+    return out
 
 
 def _check_decided_by(state: ModelState, band: list[dict], rejects: list[dict] = ()) -> None:
@@ -646,11 +653,7 @@ def offers_linked_twice(data: list[dict], verdicts: dict[PairKey, Verdict]) -> l
     (sorted), among the table pairs of a two-table result: a check of ``one_match``, the user's statement that an
     offer is at most one product. Auto-accepts do not count: two of them on one offer are the model's guesses, one
     of them wrong if the statement holds, which is what a one-match review settles."""
-    tables = {(table_key(r["source_table"]), table_key(r["target_table"])) for r in data}
-    links: dict[tuple[str, str], set[str]] = {}
-    for key, v in verdicts.items():
-        if v.verdict == "match" and (key.source_table, key.target_table) in tables:
-            links.setdefault((key.source_table, key.source_id), set()).add(key.target_id)
+    links = matched_targets(verdicts, {(table_key(r["source_table"]), table_key(r["target_table"])) for r in data})
     return sorted((sid, sorted(t)) for (_, sid), t in links.items() if len(t) > 1)
 
 
