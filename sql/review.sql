@@ -24,7 +24,9 @@
 -- offer's other candidates, records no_match for the offer's other unanswered boundary pairs and the other
 -- candidates the page listed (samples and rechecks stay for a person; one undo takes the whole answer back). Such a
 -- queue also holds one page per offer the result auto-accepts for two or more products (or for one, where a person
--- said match for another): accept_conflicts, reason accept_conflict (at least one of those links is wrong).
+-- said match for another): accept_conflicts, reason accept_conflict (at least one of those links is wrong). In a
+-- one-table (dedup) result such pages come without asking: the weakest auto-accepted link on the path between two
+-- offers of one cluster that the result rejects as a pair, or a person said differ.
 -- It is a statement about the data, so it is checked: one_match_conflicts counts the source offers people already
 -- said match for two or more target products (pm_labels); where it is not 0, an offer can be several products and
 -- one_match would answer true matches no_match. (Two auto-accepts on one offer are the model's guesses, not a

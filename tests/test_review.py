@@ -905,6 +905,38 @@ def test_a_one_match_queue_holds_one_page_per_offer_auto_accepted_twice() -> Non
     con.close()
 
 
+def test_a_one_table_queue_holds_the_links_that_chain_offers_known_to_differ() -> None:
+    """Deduplication: accepted links (and matches people gave) that put two offers the result rejects as a pair, or a
+    person said differ, in one cluster: the weakest unlabelled accept on the path between them gets one page
+    (``accept_conflict``), weakest first; none where only people's matches link them, none for links the accept
+    sample drew; a cluster of two, or a pair apart in different clusters, is no conflict."""
+    from pmatch_duckdb.review.labels import CONFLICT
+    from pmatch_duckdb.review.queue import queue_review
+
+    con = duckdb.connect()
+    rows = [("a", "b", 0.90, "accept"), ("b", "c", 0.85, "accept"), ("c", "d", 0.95, "accept"),
+            ("a", "c", 0.20, "reject"),  # the model says a and c differ, yet a-b-c chains them
+            ("f", "g", 0.88, "accept"), ("h", "i", 0.70, "review"), ("i", "j", 0.30, "reject"),
+            ("k", "l", 0.93, "accept"), ("x", "y", 0.91, "accept"), ("y", "z", 0.20, "reject")]
+    con.execute("CREATE TABLE m (source_table VARCHAR, source_id VARCHAR, target_table VARCHAR, target_id VARCHAR, "
+                "score DOUBLE, decision VARCHAR)")
+    con.executemany("INSERT INTO m VALUES ('feed', ?, 'feed', ?, ?, ?)", rows)
+    record_verdict(con, PairKey.of("feed", "a", "feed", "d"), "no_match")  # same path: the same weakest link
+    record_verdict(con, PairKey.of("feed", "e", "feed", "f"), "match")  # a person's link e-f, then f-g accepted,
+    record_verdict(con, PairKey.of("feed", "e", "feed", "g"), "no_match")  # and e, g said to differ
+    record_verdict(con, PairKey.of("feed", "h", "feed", "k"), "match")  # people's links only: h-k-... not asked
+    record_verdict(con, PairKey.of("feed", "k", "feed", "m"), "match")
+    record_verdict(con, PairKey.of("feed", "h", "feed", "m"), "no_match")
+    state = ModelState("zero-shot", 0.55, 0.8)
+    st = queue_review(con, "m", state=state, accept_sample=0.0)
+    got = con.execute("SELECT source_id, target_id, reason FROM pm_review_queue ORDER BY position").fetchall()
+    assert st.accept_conflicts == 2 and got[:2] == [("b", "c", CONFLICT), ("f", "g", CONFLICT)], got
+    # y-z is rejected but x, y, z are no cluster of three (x-y alone); k-l is accepted, h-k-m people's own: no page
+    assert {(s_, t) for s_, t, r in got if r == CONFLICT} == {("b", "c"), ("f", "g")}
+    assert queue_review(con, "m", queue="all", state=state, accept_sample=1.0).accept_conflicts == 0  # sampled
+    con.close()
+
+
 def test_a_one_match_queue_answers_the_offers_other_candidates_with_its_match() -> None:
     """``one_match``: a match (answered or picked) records no_match for the offer's other unanswered boundary
     entries and its listed other candidates, in one answer undone as one; samples waiting in the queue, pairs with a

@@ -19,11 +19,13 @@ the ``pm_review_queue`` table (one transaction; re-queueing a name replaces that
   spread through the queue with the accept sample — how many matches the model already auto-rejects (``audit.py``).
   Both samples record their stratum and its size (``stratum``, ``stratum_pairs``), so their verdicts estimate the
   matches of the whole result;
-* ``accept_conflict`` (only in a ``one_match`` queue): a source offer the result auto-accepts for two or more
-  target products, or auto-accepts for one while a person said match for another, holds at least one wrong link if
-  the offer is one product. One page per such offer, after the certification sample: its second-best unlabelled
-  accept (the best is then among the candidates the page lists, to pick), or its best one where a match verdict
-  stands. An offer one of whose accepts the accept sample already drew gets no second page;
+* ``accept_conflict`` (:mod:`.conflicts`), after the certification sample: auto-accepted links that contradict
+  another decision. In a ``one_match`` queue, a source offer the result auto-accepts for two or more target
+  products, or for one while a person said match for another: one page, its second-best unlabelled accept (the
+  best is then among the candidates the page lists, to pick), or its best one where a match verdict stands. In a
+  one-table result, always: two offers of one cluster of accepted links that the result rejects as a pair (or a
+  person said differ): one page for the weakest unlabelled accept on the path between them. A link the accept
+  sample already drew gets no second page;
 * ``recheck``: pairs already labelled where the model turned against the verdict since it was given; first in the
   queue. On the scale the reviewer saw (``pm_labels.scored_by``: zero-shot similarity, a trained matcher's stage 1,
   or its pair scorer's stacked model), that is a score moved by at least ``recheck_delta`` away from the verdict
@@ -54,9 +56,9 @@ from ..fusion import decide_by_thresholds
 from ..sqlident import quote_qualified
 from .alternatives import candidate_context
 from .audit import draw_rejects
+from .conflicts import Offer, accept_conflicts, cluster_conflicts, offers_linked_twice
 from .labels import (
     ANSWERS_ENTRY,
-    CONFLICT,
     PairKey,
     Verdict,
     current_verdicts,
@@ -387,8 +389,8 @@ def recheck_priority(v: Verdict, score: float, st: ModelState, recheck_delta: fl
 
 def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
                 recheck_delta: float = 0.3, seed: int = 0, certify: tuple[float, int] | None = None,
-                audit: Callable[[set[PairKey]], list[dict]] | None = None,
-                one_match: bool = False) -> tuple[list[dict], dict]:
+                audit: Callable[[set[PairKey]], list[dict]] | None = None, one_match: bool = False,
+                rejected_among: Callable[[set[Offer]], set[PairKey]] | None = None) -> tuple[list[dict], dict]:
     """The ordered queue entries for the rows of a match result (no database, but for what ``audit`` reads).
     ``verdicts``: the verdicts in
     force, as :func:`labels.current_verdicts` returns them (plain ``(verdict, score, label_id)`` tuples are taken for
@@ -397,7 +399,9 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
     (whatever their decision); the rest of them are queued as usual. ``audit``: where a reject audit is asked for,
     what draws it (``audit.draw_rejects`` over the result's rejected pairs, which stay in the database), given the
     pairs it must leave out: the labelled ones and those queued otherwise. ``one_match``: also queue the offers'
-    conflicting auto-accepts (``accept_conflict``, see the module docstring)."""
+    conflicting auto-accepts; in a one-table result the links holding a cluster together against a pair known to
+    differ are queued always (``accept_conflict``, :mod:`.conflicts`; ``rejected_among``: the result's rejected
+    pairs among given offers, None: only verdicts say which pairs differ)."""
     boundary, accepts, recheck, pool, rejects, skipped = [], [], [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
@@ -445,45 +449,13 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
         drawn_rejects = audit((seen - {r["key"] for r in rejects}) | set(verdicts))
         for r in drawn_rejects:
             r["scored_by"] = scorer_of(r, state).scored_by
-    conflicts = accept_conflicts(accepts, sample, verdicts) if one_match else []
+    conflicts = ((accept_conflicts(accepts, sample, verdicts) if one_match else [])
+                 + cluster_conflicts(accepts, sample, verdicts, rejected_among))
     recheck.sort(key=lambda it: -it["_recheck"])
     ordered = recheck + drawn + conflicts + interleave(order_boundary(boundary, state), interleave(sample, drawn_rejects))
     return ordered, {"boundary": len(boundary), "accept_samples": len(sample), "rechecks": len(recheck),
                      "skipped_labelled": skipped, "certify_samples": len(drawn), "reject_samples": len(drawn_rejects),
                      "accept_conflicts": len(conflicts)}
-
-
-def accept_conflicts(accepts: list[dict], sampled: list[dict], verdicts: dict) -> list[dict]:
-    """One page per source offer whose unlabelled auto-accepts (``accepts``), with the matches people gave it
-    (``verdicts``, the same tables), link it to two or more target products: its second-best accept, or its best
-    where a match verdict stands (the page lists the other). Offers one of whose accepts the accept sample
-    (``sampled``) drew are left to that page. Best-scored conflict first. Each returned row has reason
-    ``accept_conflict``."""
-    by_offer: dict[tuple[str, str], list[dict]] = {}
-    for r in accepts:
-        by_offer.setdefault((r["key"].source_table, r["key"].source_id), []).append(r)
-    in_sample = {(r["key"].source_table, r["key"].source_id) for r in sampled}
-    matched = matched_targets(verdicts, {(r["key"].source_table, r["key"].target_table) for r in accepts})
-    out = []
-    for offer, rows in by_offer.items():
-        if offer in in_sample or len(rows) + len(matched.get(offer, ())) < 2:
-            continue
-        rows.sort(key=lambda it: (-it["score"], it["key"].target_id))
-        out.append(rows[0] if matched.get(offer) else rows[1])
-    for r in out:
-        r["reason"] = CONFLICT
-    return sorted(out, key=lambda it: (-it["score"], it["key"].source_id))
-
-
-def matched_targets(verdicts: dict, tables: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
-    """(source table, source id) -> the target ids people said ``match`` for, over the pairs of the (source table,
-    target table) pairs ``tables`` (table keys). ``verdicts`` as :func:`build_queue` takes them."""
-    out: dict[tuple[str, str], set[str]] = {}
-    for key, v in verdicts.items():
-        said = v.verdict if isinstance(v, Verdict) else v[0]
-        if said == "match" and (key.source_table, key.target_table) in tables:
-            out.setdefault((key.source_table, key.source_id), set()).add(key.target_id)
-    return out
 
 
 def _check_decided_by(state: ModelState, band: list[dict], rejects: list[dict] = ()) -> None:
@@ -594,7 +566,18 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             _mark_reread(drawn, reread, state)
             return drawn
 
-    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, audit, one_match)
+    def rejected_among(offers: set[Offer]) -> set[PairKey]:  # one table: the result's rejects inside clusters
+        con.register("_pm_cluster_ids", pa.table({"id": pa.array(sorted({i for _, i in offers}), pa.string())}))
+        try:
+            inside = "CAST({} AS VARCHAR) IN (SELECT id FROM _pm_cluster_ids)"
+            rows = con.sql(_rows_sql(q, cols, f"decision = 'reject' AND {inside.format('source_id')} AND "
+                                              f"{inside.format('target_id')}")).fetchall()
+        finally:
+            con.unregister("_pm_cluster_ids")
+        return {PairKey.of(*r[:4]) for r in rows}
+
+    ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, audit, one_match,
+                                  rejected_among)
     context = candidate_context(con, q, "rank" in cols, ordered)
     before = max_label_id(con)
     out = pa.table({
@@ -646,15 +629,6 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
     return QueueStats(queue, len(ordered), **counts, certify_above=plan[0] if plan else None,
                       one_match_conflicts=None if conflicts is None else len(conflicts),
                       conflict_examples=tuple(conflicts[:3]) if conflicts else ())
-
-
-def offers_linked_twice(data: list[dict], verdicts: dict[PairKey, Verdict]) -> list[tuple[str, list[str]]]:
-    """The source offers people already said match for two or more target products, each with those targets
-    (sorted), among the table pairs of a two-table result: a check of ``one_match``, the user's statement that an
-    offer is at most one product. Auto-accepts do not count: two of them on one offer are the model's guesses, one
-    of them wrong if the statement holds, which is what a one-match review settles."""
-    links = matched_targets(verdicts, {(table_key(r["source_table"]), table_key(r["target_table"])) for r in data})
-    return sorted((sid, sorted(t)) for (_, sid), t in links.items() if len(t) > 1)
 
 
 _ANSWERED = f"EXISTS (SELECT 1 FROM pm_labels_current l WHERE {ANSWERS_ENTRY})"
