@@ -7,6 +7,8 @@ page (``accept_conflict``) for the weakest auto-accepted link on the path betwee
 the result rejects as a pair. A reviewer who is always right works through the queue in the page's order
 (``next_entry``), answering each page match / no match, or, with picks, picking the offer's true duplicate where the
 page lists it; once on that queue and once on the same queue without its conflict pages, each from no verdicts.
+A last arm builds the queue again every 200 pages (``pm_queue_review`` once more: the verdicts given so far, no_match
+inside a cluster among them, make more conflicts known), as a team reviewing in rounds would.
 
 After each budget of pages: the links the reviewed result ends with (a pair a person said match, or one the model
 auto-accepted that nobody said no to; each pair once), their precision / recall against every true pair, and the
@@ -40,7 +42,9 @@ from pmatch_duckdb.review import answer_entry, current_verdicts, next_entry, pic
 from pmatch_duckdb.review.labels import PairKey  # noqa: E402
 
 K = 10
-ARMS = (("pairs", "q"), ("pairs, no conflict pages", "q0"), ("picks", "q"), ("picks, no conflict pages", "q0"))
+ARMS = (("pairs", "q"), ("pairs, no conflict pages", "q0"), ("picks", "q"), ("picks, no conflict pages", "q0"),
+        ("pairs, queued again every 200 pages", "q"))
+REQUEUE = 200
 
 
 def _pairs_of(groups: list[set[str]]) -> set[tuple[str, str]]:
@@ -72,9 +76,14 @@ def run_arm(con, arm: str, queue: str, same: dict[str, str], truth: set[tuple[st
             result: list[tuple[str, str, str]], budgets: list[int | None]) -> list[dict]:
     """Work through ``queue`` as ``arm`` says (``same``: offer id → its entity); a measurement at each budget."""
     con.execute("DELETE FROM pm_labels")
-    rows, pages = [], 0
+    if "again" in arm:  # from the queue as first built
+        con.execute(f"SELECT * FROM pm_queue_review('m', queue := '{queue}')").fetchall()
+    rows, pages, queued_at = [], 0, 0
     todo = sorted(budgets, key=lambda b: float("inf") if b is None else b)
     while todo:
+        if "again" in arm and pages - queued_at >= REQUEUE:  # the verdicts so far make more conflicts known
+            con.execute(f"SELECT * FROM pm_queue_review('m', queue := '{queue}')").fetchall()
+            queued_at = pages
         e = next_entry(con, queue)
         if e is None or (todo[0] is not None and pages >= todo[0]):
             rows.append({"arm": arm, "budget": "all" if todo[0] is None else todo[0],

@@ -473,6 +473,30 @@ def test_a_listed_candidates_image_outside_the_roots_is_refused(review_demo) -> 
     assert c.get(f"/img/{pos}/c2/0").status_code == 404
 
 
+def test_a_finished_one_table_queue_says_to_queue_the_next_round(review_demo) -> None:
+    """Deduplication goes in rounds (no_match verdicts inside clusters make conflicts known): the summary of a
+    finished one-table queue says how to queue the next round; a two-table queue's does not."""
+    from pmatch_duckdb.review.answers import answer_entry
+    from pmatch_duckdb.review.app import ReviewConfig, create_app
+    from pmatch_duckdb.review.queue import next_entry
+
+    con = _connect(review_demo)
+    con.execute("CREATE TABLE d AS SELECT * FROM match_products('catalog', 'catalog', k := 3)")
+    con.execute("SELECT * FROM pm_queue_review('d', queue := 'dd')").fetchall()
+    con.execute("SELECT * FROM pm_queue_review('matches', queue := 'two')").fetchall()
+    for q in ("dd", "two"):
+        while (e := next_entry(con, q)) is not None:
+            answer_entry(con, e, "no_match", queue=q, reviewer="ann")
+    con.close()
+    for q, says in (("dd", True), ("two", False)):
+        page = create_app(ReviewConfig(review_demo.db, q, (review_demo.images,), "ann")).test_client().get("/")
+        assert page.status_code == 302 and "finished=1" in page.headers["Location"]
+        summary = create_app(ReviewConfig(review_demo.db, q, (review_demo.images,), "ann")).test_client().get(
+            "/summary?finished=1").text
+        assert "is done" in summary and ("Deduplication goes in rounds" in summary) is says
+        assert (f"pm_queue_review('RESULT', queue := '{q}')" in summary) is says
+
+
 def test_review_page_shows_the_verdict_a_recheck_asks_about_again(review_demo) -> None:
     from pmatch_duckdb.review.app import ReviewConfig, create_app
 

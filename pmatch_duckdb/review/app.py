@@ -217,11 +217,12 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
                 "strftime(labelled_at, '%Y-%m-%d %H:%M:%S'), round(score, 3), decision, reason, note FROM pm_labels "
                 "ORDER BY label_id DESC LIMIT 15").fetchall()
             goal = cert.target if cert is not None and cert.target is not None else 0.99
+            one_table = con.execute("SELECT coalesce(bool_or(source_table = target_table), false) FROM pm_review_queue "
+                                    "WHERE queue = ?", [cfg.queue]).fetchall()[0][0]
             return render_template("summary.html", prec=prec, cert=cert, goal=goal, audit=audit,
                                    needed=(reviews_needed(goal, 0), reviews_needed(goal, 1)), rows=rows, recent=recent,
                                    finished=request.args.get("finished") == "1", last=request.args.get("saved"),
-                                   reasons=REASON_NAMES,
-                                   **_common(con))
+                                   reasons=REASON_NAMES, one_table=one_table, **_common(con))
 
     @app.get("/img/<int:position>/<side>/<int:n>")
     def image(position: int, side: str, n: int):  # noqa: ANN202
