@@ -961,6 +961,24 @@ def test_a_one_table_queue_holds_the_links_that_chain_offers_known_to_differ() -
     con.close()
 
 
+def test_cluster_conflicts_examine_a_bounded_number_of_pairs_per_cluster() -> None:
+    """A chained cluster (400 links in a row, 399 rejected pairs inside it) is examined for at most PER_CLUSTER pairs
+    known to differ in one queue build: people's no_match first, then the result's rejects from the lowest score."""
+    from pmatch_duckdb.review.conflicts import PER_CLUSTER, cluster_conflicts
+
+    def key(i: int, j: int) -> PairKey:
+        return PairKey.of("t", f"{i:04d}", "t", f"{j:04d}")
+
+    accepts = [{"key": key(i, i + 1), "score": 0.9 + (i % 7) / 100} for i in range(400)]
+    rejects = {key(i, i + 2): 0.1 + i / 10_000 for i in range(399)}
+    said = {key(300, 305): Verdict("no_match", 0.5, 1)}
+    out = cluster_conflicts(accepts, [], said, lambda members: rejects)
+    assert 0 < len(out) <= PER_CLUSTER
+    firsts = sorted(int(r["key"].source_id) for r in out)
+    assert any(300 <= i < 305 for i in firsts)  # the person's no_match: examined first
+    assert all(i < PER_CLUSTER + 1 or 300 <= i < 305 for i in firsts)  # then the lowest-scored rejects (0-2, 1-3, ...)
+
+
 def test_a_one_match_queue_answers_the_offers_other_candidates_with_its_match() -> None:
     """``one_match``: a match (answered or picked) records no_match for the offer's other unanswered boundary
     entries and its listed other candidates, in one answer undone as one; samples waiting in the queue, pairs with a

@@ -69,23 +69,30 @@ def accept_conflicts(accepts: list[dict], sampled: list[dict], verdicts: dict) -
     return sorted(out, key=lambda it: (-it["score"], it["key"].source_id))
 
 
+#: pairs known to differ examined per cluster in one queue build (each costs a breadth-first search of the cluster;
+#: a chained cluster of thousands of offers holds far more): the rest wait for the next round
+PER_CLUSTER = 50
+
+
 def cluster_conflicts(accepts: list[dict], sampled: list[dict], verdicts: dict,
-                      rejected_among: Callable[[set[Offer]], set[PairKey]] | None = None) -> list[dict]:
+                      rejected_among: Callable[[set[Offer]], dict[PairKey, float]] | None = None) -> list[dict]:
     """One table: the links that hold clusters together against a pair known to differ. The accepted graph is the
     unlabelled auto-accepts (``accepts``) and the matches people gave (``verdicts``); two offers of one connected
     component that a person said differ, or that the result rejects as a pair (``rejected_among``: the rejected
-    pairs among the given offers, read from the result; None: verdicts only), are joined by a path of links one of
-    which is wrong (or the rejection is). For each such pair, the weakest unlabelled auto-accept on the shortest path
-    between them is queued (reason ``accept_conflict``), once; none where that link was drawn by the accept sample
-    (its page asks about it) or the path holds only matches people gave. Weakest first."""
+    pairs among the given offers with their scores, read from the result; None: verdicts only), are joined by a path
+    of links one of which is wrong (or the rejection is). For each such pair, the weakest unlabelled auto-accept on
+    the shortest path between them is queued (reason ``accept_conflict``), once; none where that link was drawn by
+    the accept sample (its page asks about it) or the path holds only matches people gave. At most
+    :data:`PER_CLUSTER` pairs per cluster are examined, people's no_match first, then the result's rejects from the
+    lowest score. Weakest link first."""
     edges: dict[PairKey, dict | None] = {r["key"]: r for r in accepts if r["key"].source_table == r["key"].target_table}
-    apart: set[PairKey] = set()
+    apart: dict[PairKey, float] = {}  # pair known to differ -> how surely (lower first; people's verdicts -inf)
     for key, v in verdicts.items():
         if key.source_table == key.target_table:
             if _said(v) == "match":
                 edges[key] = None  # a person's match: a link, never asked about here
             elif _said(v) == "no_match":
-                apart.add(key)
+                apart[key] = float("-inf")
     ds, adj = DisjointSet(), {}
     for key in edges:
         a, b = (key.source_table, key.source_id), (key.target_table, key.target_id)
@@ -99,13 +106,17 @@ def cluster_conflicts(accepts: list[dict], sampled: list[dict], verdicts: dict,
     if not members:
         return []
     if rejected_among is not None:
-        apart |= rejected_among(members)
+        apart = {**rejected_among(members), **apart}
     in_sample = {r["key"] for r in sampled}
     out: dict[PairKey, dict] = {}
-    for key in sorted(apart, key=lambda k: (k.source_id, k.target_id)):
+    examined: dict[Offer, int] = {}
+    for key in sorted(apart, key=lambda k: (apart[k], k.source_id, k.target_id)):
         x, y = (key.source_table, key.source_id), (key.target_table, key.target_id)
         if x not in members or y not in members or ds.find(x) != ds.find(y) or key in edges:
             continue
+        if examined.get(ds.find(x), 0) >= PER_CLUSTER:
+            continue
+        examined[ds.find(x)] = examined.get(ds.find(x), 0) + 1
         links = [edges[e] for e in _path(adj, x, y) if edges[e] is not None]
         if not links:
             continue

@@ -390,7 +390,8 @@ def recheck_priority(v: Verdict, score: float, st: ModelState, recheck_delta: fl
 def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_sample: float = 0.05,
                 recheck_delta: float = 0.3, seed: int = 0, certify: tuple[float, int] | None = None,
                 audit: Callable[[set[PairKey]], list[dict]] | None = None, one_match: bool = False,
-                rejected_among: Callable[[set[Offer]], set[PairKey]] | None = None) -> tuple[list[dict], dict]:
+                rejected_among: Callable[[set[Offer]], dict[PairKey, float]] | None = None
+                ) -> tuple[list[dict], dict]:
     """The ordered queue entries for the rows of a match result (no database, but for what ``audit`` reads).
     ``verdicts``: the verdicts in
     force, as :func:`labels.current_verdicts` returns them (plain ``(verdict, score, label_id)`` tuples are taken for
@@ -401,7 +402,7 @@ def build_queue(rows: list[dict], verdicts: dict, state: ModelState, accept_samp
     pairs it must leave out: the labelled ones and those queued otherwise. ``one_match``: also queue the offers'
     conflicting auto-accepts; in a one-table result the links holding a cluster together against a pair known to
     differ are queued always (``accept_conflict``, :mod:`.conflicts`; ``rejected_among``: the result's rejected
-    pairs among given offers, None: only verdicts say which pairs differ)."""
+    pairs among given offers with their scores, None: only verdicts say which pairs differ)."""
     boundary, accepts, recheck, pool, rejects, skipped = [], [], [], [], [], 0
     seen: set[PairKey] = set()
     for r in rows:
@@ -566,7 +567,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
             _mark_reread(drawn, reread, state)
             return drawn
 
-    def rejected_among(offers: set[Offer]) -> set[PairKey]:  # one table: the result's rejects inside clusters
+    def rejected_among(offers: set[Offer]) -> dict[PairKey, float]:  # one table: the result's rejects in clusters
         con.register("_pm_cluster_ids", pa.table({"id": pa.array(sorted({i for _, i in offers}), pa.string())}))
         try:
             inside = "CAST({} AS VARCHAR) IN (SELECT id FROM _pm_cluster_ids)"
@@ -574,7 +575,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
                                               f"{inside.format('target_id')}")).fetchall()
         finally:
             con.unregister("_pm_cluster_ids")
-        return {PairKey.of(*r[:4]) for r in rows}
+        return {PairKey.of(*r[:4]): float(r[4]) for r in rows}
 
     ordered, counts = build_queue(data, verdicts, state, accept_sample, recheck_delta, seed, plan, audit, one_match,
                                   rejected_among)
