@@ -494,7 +494,13 @@ def test_a_finished_one_table_queue_says_to_queue_the_next_round(review_demo) ->
         summary = create_app(ReviewConfig(review_demo.db, q, (review_demo.images,), "ann")).test_client().get(
             "/summary?finished=1").text
         assert "is done" in summary and ("Deduplication goes in rounds" in summary) is says
-        assert (f"pm_queue_review('RESULT', queue := '{q}')" in summary) is says
+        assert (f"pm_queue_review('d', queue := '{q}')" in summary) is says  # the result it was queued from
+    con = duckdb.connect(str(review_demo.db))
+    con.execute("ALTER TABLE pm_review_queue DROP COLUMN matches")  # a queue written before it was recorded
+    con.close()
+    summary = create_app(ReviewConfig(review_demo.db, "dd", (review_demo.images,), "ann")).test_client().get(
+        "/summary?finished=1").text
+    assert "pm_queue_review('RESULT', queue := 'dd')" in summary
 
 
 def test_review_page_shows_the_verdict_a_recheck_asks_about_again(review_demo) -> None:
@@ -535,6 +541,7 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN certify_target")
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN alternatives")
     con.execute("ALTER TABLE pm_review_queue DROP COLUMN one_match")
+    con.execute("ALTER TABLE pm_review_queue DROP COLUMN matches")
     from pmatch_duckdb.review.pairview import other_candidates
 
     assert other_candidates(con, {"alternatives": None}) is None  # an entry queued before it was recorded
@@ -552,7 +559,7 @@ def test_labels_and_queue_written_by_an_earlier_version_gain_scored_by(tmp_path)
     assert con.execute("SELECT source_id, reason, decision, scored_by FROM pm_review_queue ORDER BY position"
                        ).fetchall() == [("L", "recheck", "reject", "stage1"), ("A", "boundary", "review", "stage1")]
     assert con.execute("SELECT count(*) FROM pm_review_queue WHERE certify_above IS NULL AND certify_target IS NULL "
-                       "AND one_match = false").fetchall()[0][0] == 2
+                       "AND one_match = false AND matches = 'm'").fetchall()[0][0] == 2
     assert [(s, json.loads(a)) for s, a in con.execute("SELECT source_id, alternatives FROM pm_review_queue "
                                                        "ORDER BY position").fetchall()] == [
         ("L", {"rank": 1, "of": 1, "others": []}), ("A", {"rank": 1, "of": 1, "others": []})]

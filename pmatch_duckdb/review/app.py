@@ -27,7 +27,15 @@ from ..settings import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from .answers import Answer, answer_entry, pick_candidate, reject_listed, undo_last
 from .audit import queue_audit
 from .certify import queue_certify_status, reviews_needed
-from .labels import REASON_NAMES, PairKey, ensure_labels, has_labels, offer_verdicts, verdict_before
+from .labels import (
+    REASON_NAMES,
+    PairKey,
+    ensure_labels,
+    has_column,
+    has_labels,
+    offer_verdicts,
+    verdict_before,
+)
 from .pairview import image_path, other_candidates, pair_view
 from .queue import entry_at, has_queue_table, next_entry, progress
 from .stats import accept_precision, label_summary
@@ -217,12 +225,15 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
                 "strftime(labelled_at, '%Y-%m-%d %H:%M:%S'), round(score, 3), decision, reason, note FROM pm_labels "
                 "ORDER BY label_id DESC LIMIT 15").fetchall()
             goal = cert.target if cert is not None and cert.target is not None else 0.99
-            one_table = con.execute("SELECT coalesce(bool_or(source_table = target_table), false) FROM pm_review_queue "
-                                    "WHERE queue = ?", [cfg.queue]).fetchall()[0][0]
+            result = ", any_value(matches)" if has_column(con, "pm_review_queue", "matches") else ", NULL"
+            one_table, result = con.execute(
+                f"SELECT coalesce(bool_or(source_table = target_table), false){result} FROM pm_review_queue "
+                "WHERE queue = ?", [cfg.queue]).fetchall()[0]
             return render_template("summary.html", prec=prec, cert=cert, goal=goal, audit=audit,
                                    needed=(reviews_needed(goal, 0), reviews_needed(goal, 1)), rows=rows, recent=recent,
                                    finished=request.args.get("finished") == "1", last=request.args.get("saved"),
-                                   reasons=REASON_NAMES, one_table=one_table, **_common(con))
+                                   reasons=REASON_NAMES, one_table=one_table, result=result or "RESULT",
+                                   **_common(con))
 
     @app.get("/img/<int:position>/<side>/<int:n>")
     def image(position: int, side: str, n: int):  # noqa: ANN202

@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS pm_review_queue (
     alternatives     VARCHAR,  -- JSON: the pair's rank among its offer's candidates in the result, and the best
                                -- others (alternatives.py)
     one_match        BOOLEAN,  -- the queue takes a match as its source offer's only one (answers.py)
+    matches          VARCHAR,  -- the match result it was queued from, as named to pm_queue_review
     queued_at        TIMESTAMPTZ DEFAULT current_timestamp,
     PRIMARY KEY (queue, position)
 )
@@ -605,6 +606,7 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         "stratum_pairs": pa.array([it.get("stratum_pairs") for it in ordered], type=pa.int64()),
         "alternatives": pa.array(context, type=pa.string()),
         "one_match": pa.array([bool(one_match)] * len(ordered), type=pa.bool_()),
+        "matches": pa.array([matches] * len(ordered), type=pa.string()),
     }).cast(pa.schema([
         ("queue", pa.string()), ("position", pa.int32()), ("source_ref", pa.string()), ("source_table", pa.string()),
         ("source_id", pa.string()), ("target_ref", pa.string()), ("target_table", pa.string()),
@@ -613,11 +615,13 @@ def queue_review(con: duckdb.DuckDBPyConnection, matches: str, queue: str = "def
         ("price_ratio", pa.float64()), ("decision", pa.string()), ("reason", pa.string()), ("matcher", pa.string()),
         ("scored_by", pa.string()), ("accept_threshold", pa.float64()), ("review_threshold", pa.float64()), ("labels_before", pa.int64()),
         ("certify_above", pa.float64()), ("certify_target", pa.float64()), ("stratum", pa.int32()),
-        ("stratum_pairs", pa.int64()), ("alternatives", pa.string()), ("one_match", pa.bool_())]))
+        ("stratum_pairs", pa.int64()), ("alternatives", pa.string()), ("one_match", pa.bool_()),
+        ("matches", pa.string())]))
     con.execute(QUEUE_DDL)
     for col, typ in (("scored_by", "VARCHAR"), ("certify_above", "DOUBLE"), ("certify_target", "DOUBLE"),
                      ("stratum", "INTEGER"), ("stratum_pairs", "BIGINT"),
-                     ("alternatives", "VARCHAR"), ("one_match", "BOOLEAN")):  # a queue table of an earlier version
+                     ("alternatives", "VARCHAR"), ("one_match", "BOOLEAN"),
+                     ("matches", "VARCHAR")):  # a queue table of an earlier version
         if not has_column(con, "pm_review_queue", col):
             con.execute(f"ALTER TABLE pm_review_queue ADD COLUMN IF NOT EXISTS {col} {typ}")
     con.register("_pm_new_queue", out)
