@@ -49,6 +49,16 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def scratch_db(db: Path, work: Path) -> Path:
+    """A copy of the database ``db`` in ``work``, with its index folder (``DB.pmatch``) where it has one: a
+    benchmark's verdicts, queues and tables never touch the original. Returns the copy's path."""
+    copy = work / db.name
+    shutil.copy2(db, copy)
+    if db.with_suffix(".pmatch").is_dir():
+        shutil.copytree(db.with_suffix(".pmatch"), copy.with_suffix(".pmatch"))
+    return copy
+
+
 def scratch_home(home: Path, refs: list[str], into: Path) -> list[tuple[str, str, str]]:
     """Each ``NAME[@vN]``'s version under its own name and version in a scratch home ``into`` (hard links
     where the file system allows; a bundle's manifest names itself), the models folder linked. Returns

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pair_cost import scratch_home  # noqa: E402
+from bench_pair_cost import scratch_db, scratch_home  # noqa: E402
 
 import pmatch_duckdb as pm  # noqa: E402
 from pmatch_duckdb.clusters import DisjointSet  # noqa: E402
@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="pmatch-clusters-"))
     try:
-        copy = work / args.db.name
-        shutil.copy2(args.db, copy)
+        copy = scratch_db(args.db, work)
         scratch_home(args.home, [], work / "home")
         con = pm.connect(copy, home=work / "home", matcher="none")
         con.execute("CREATE TABLE offers AS SELECT ('L' || id) AS id, title, description, brand, price, currency "

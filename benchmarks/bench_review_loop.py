@@ -60,7 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pair_cost import scratch_home  # noqa: E402
+from bench_pair_cost import scratch_db, scratch_home  # noqa: E402
 from bench_quality import retrieval_metrics, sql_match  # noqa: E402
 from bench_top_m import split_truth  # noqa: E402
 
@@ -130,10 +130,7 @@ def run_one(db: Path, home: Path, ref: str, source: str, target: str, n_review: 
     queue puts a certification sample first (``pm_queue_review(certify := ...)``). ``pair_kind``: the pair kind
     ``--retrain`` asks for (default: ``pmatch train``'s). ``answer``: how the reviewer answers (``pairs``: match /
     no match on each entry; ``picks``: with picks; ``one-match``: with picks and "none of these" on a ``one_match`` queue)."""
-    copy = work / db.name
-    shutil.copy2(db, copy)
-    if db.with_suffix(".pmatch").is_dir():
-        shutil.copytree(db.with_suffix(".pmatch"), copy.with_suffix(".pmatch"))
+    copy = scratch_db(db, work)
     if ref == "zero-shot":  # no trained matcher: the target index's zero-shot fusion and thresholds
         other = scratch_home(home, [recheck_with] if recheck_with else [], work / "home")
         name = "none"  # a matcher name with no versions in the scratch home

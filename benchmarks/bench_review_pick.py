@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pair_cost import scratch_home  # noqa: E402
+from bench_pair_cost import scratch_db, scratch_home  # noqa: E402
 from bench_quality import sql_match  # noqa: E402
 from bench_top_m import split_truth  # noqa: E402
 
@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="pmatch-pick-"))
     try:
-        copy = work / args.db.name
-        shutil.copy2(args.db, copy)
-        if args.db.with_suffix(".pmatch").is_dir():
-            shutil.copytree(args.db.with_suffix(".pmatch"), copy.with_suffix(".pmatch"))
+        copy = scratch_db(args.db, work)
         if args.matcher == "zero-shot":
             scratch_home(args.home, [], work / "home")
             name = "none"
