@@ -34,11 +34,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pair_cost import scratch_db, scratch_home  # noqa: E402
+from bench_review_pick import walk_queue  # noqa: E402
 
 import pmatch_duckdb as pm  # noqa: E402
 from pmatch_duckdb.clusters import DisjointSet  # noqa: E402
 from pmatch_duckdb.home import pmatch_home  # noqa: E402
-from pmatch_duckdb.review import answer_entry, current_verdicts, next_entry, pick_candidate  # noqa: E402
+from pmatch_duckdb.review import answer_entry, current_verdicts, pick_candidate  # noqa: E402
 from pmatch_duckdb.review.labels import PairKey  # noqa: E402
 
 K = 10
@@ -75,29 +76,18 @@ def _measure(con, result: list[tuple[str, str, str]], truth: set[tuple[str, str]
 def run_arm(con, arm: str, queue: str, same: dict[str, str], truth: set[tuple[str, str]],  # noqa: ANN001
             result: list[tuple[str, str, str]], budgets: list[int | None]) -> list[dict]:
     """Work through ``queue`` as ``arm`` says (``same``: offer id → its entity); a measurement at each budget."""
-    con.execute("DELETE FROM pm_labels")
-    if "again" in arm:  # from the queue as first built
-        con.execute(f"SELECT * FROM pm_queue_review('m', queue := '{queue}')").fetchall()
-    rows, pages, queued_at = [], 0, 0
-    todo = sorted(budgets, key=lambda b: float("inf") if b is None else b)
-    while todo:
-        if "again" in arm and pages - queued_at >= REQUEUE:  # the verdicts so far make more conflicts known
+    queued_at = [0]
+
+    def again(pages: int) -> None:  # the rounds arm: the verdicts so far make more conflicts known
+        if pages - queued_at[0] >= REQUEUE:
             con.execute(f"SELECT * FROM pm_queue_review('m', queue := '{queue}')").fetchall()
-            queued_at = pages
-        e = next_entry(con, queue)
-        if e is None or (todo[0] is not None and pages >= todo[0]):
-            rows.append({"arm": arm, "budget": "all" if todo[0] is None else todo[0],
-                         **_measure(con, result, truth, pages)})
-            todo.pop(0)
-            if e is None:
-                rows += [{**rows[-1], "budget": "all" if b is None else b} for b in todo]
-                break
-            continue
-        pages += 1
+            queued_at[0] = pages
+
+    def answer(e: dict) -> None:
         a, b = e["source_id"], e["target_id"]
         if same[a] == same[b]:
             answer_entry(con, e, "match", queue=queue, reviewer="ground truth")
-            continue
+            return
         # the page lists the candidates of its left offer (the entry's source id)
         listed = [str(o["id"]) for o in json.loads(e["alternatives"] or "{}").get("others", [])]
         pick = next((c for c in listed if same[c] == same[a]), None) if arm.startswith("picks") else None
@@ -105,7 +95,13 @@ def run_arm(con, arm: str, queue: str, same: dict[str, str], truth: set[tuple[st
             pick_candidate(con, e, pick, queue=queue, reviewer="ground truth")
         else:
             answer_entry(con, e, "no_match", queue=queue, reviewer="ground truth")
-    return rows
+
+    if "again" in arm:  # from the queue as first built
+        con.execute("DELETE FROM pm_labels")
+        con.execute(f"SELECT * FROM pm_queue_review('m', queue := '{queue}')").fetchall()
+    return [{"arm": arm, **r} for r in walk_queue(con, queue, budgets, answer,
+                                                   lambda pages: _measure(con, result, truth, pages),
+                                                   again if "again" in arm else None)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,28 +85,40 @@ def _measure(con, result: list[tuple], truth: dict, pages: int) -> dict:  # noqa
             "recall": tp / len(true_pairs) if true_pairs else float("nan")}
 
 
-def run_arm(con, arm: str, queue: str, truth: dict, result: list[tuple],  # noqa: ANN001
-            budgets: list[int | None]) -> list[dict]:
-    """Work through ``queue`` as ``arm`` says; a measurement at each budget (None: the queue's end)."""
+def walk_queue(con, queue: str, budgets: list[int | None], answer: Callable[[dict], None],  # noqa: ANN001
+               measure: Callable[[int], dict], before: Callable[[int], None] | None = None) -> list[dict]:
+    """Answer ``queue`` in the page's order (``next_entry``: the first entry nobody answered) with
+    ``answer(entry)``, one page each, from no verdicts; ``measure(pages)`` at each budget of pages (None: the queue's
+    end; a queue that ends first gives its last measurement for the larger budgets). ``before(pages)``, if given,
+    runs before each page is fetched. One row per budget, with its ``budget``."""
     con.execute("DELETE FROM pm_labels")
     rows, pages = [], 0
     todo = sorted(budgets, key=lambda b: float("inf") if b is None else b)
     while todo:
+        if before is not None:
+            before(pages)
         e = next_entry(con, queue)
         if e is None or (todo[0] is not None and pages >= todo[0]):
-            rows.append({"arm": arm, "budget": "all" if todo[0] is None else todo[0],
-                         **_measure(con, result, truth, pages)})
+            rows.append({"budget": "all" if todo[0] is None else todo[0], **measure(pages)})
             todo.pop(0)
             if e is None:
-                for b in todo:  # the queue ended before the larger budgets
-                    rows.append({**rows[-1], "budget": "all" if b is None else b})
+                rows += [{**rows[-1], "budget": "all" if b is None else b} for b in todo]
                 break
             continue
         pages += 1
+        answer(e)
+    return rows
+
+
+def run_arm(con, arm: str, queue: str, truth: dict, result: list[tuple],  # noqa: ANN001
+            budgets: list[int | None]) -> list[dict]:
+    """Work through ``queue`` as ``arm`` says; a measurement at each budget (None: the queue's end)."""
+
+    def answer(e: dict) -> None:
         true = truth.get(e["source_id"], set())
         if e["target_id"] in true:
             answer_entry(con, e, "match", queue=queue, reviewer="ground truth")
-            continue
+            return
         listed = [str(o["id"]) for o in json.loads(e["alternatives"] or "{}").get("others", [])]
         pick = next((c for c in listed if c in true), None) if arm != "pairs" else None
         if pick is not None:
@@ -114,7 +127,9 @@ def run_arm(con, arm: str, queue: str, truth: dict, result: list[tuple],  # noqa
             reject_listed(con, e, queue=queue, reviewer="ground truth")
         else:
             answer_entry(con, e, "no_match", queue=queue, reviewer="ground truth")
-    return rows
+
+    return [{"arm": arm, **r} for r in walk_queue(con, queue, budgets, answer,
+                                                   lambda pages: _measure(con, result, truth, pages))]
 
 
 def main(argv: list[str] | None = None) -> int:
