@@ -96,9 +96,16 @@ from pmatch_duckdb.api import context_of
 from pmatch_duckdb.clusters import DisjointSet
 from pmatch_duckdb.evaluation import plot_curves, recall_at_k, summarize
 from pmatch_duckdb.features.offer_features import DEFAULT_SPEC
-from pmatch_duckdb.fusion import FusionConfig, pair_score
+from pmatch_duckdb.fusion import FusionConfig
 from pmatch_duckdb.matchers import Matcher, deactivate, load_matcher
-from pmatch_duckdb.matching import OfferVectors, TargetView, decision_features, match, pair_signals
+from pmatch_duckdb.matching import (
+    OfferVectors,
+    TargetView,
+    decision_features,
+    match,
+    pair_signals,
+    zero_shot_score,
+)
 from pmatch_duckdb.offer_vectors import fuse_vectors
 from pmatch_duckdb.offers import read_offers
 from pmatch_duckdb.sqlident import index_name_for
@@ -119,11 +126,13 @@ TEST_SHARE = 30  # % of ground-truth components in the full-table test split
 
 # ablation variants: (label, zero-shot FusionConfig or None, trained spec or None, needs)
 ZERO_SHOT = FusionConfig()
-TEXT_ONLY = FusionConfig(image_weight=0.0, lexical_weight=0.0, identifier_bonus=0.0)
-IMAGE_ONLY = FusionConfig(text_weight=0.0, lexical_weight=0.0, identifier_bonus=0.0)
+TEXT_ONLY = FusionConfig(image_weight=0.0, lexical_weight=0.0, identifier_bonus=0.0, conflict_penalty=0.0)
+IMAGE_ONLY = FusionConfig(text_weight=0.0, lexical_weight=0.0, identifier_bonus=0.0, conflict_penalty=0.0)
 OFF = {"text": False, "image": False, "numeric": False, "lexical": False}
 VARIANTS: list[tuple[str, FusionConfig | None, dict | None, str]] = [
     ("zero-shot fusion", ZERO_SHOT, None, ""),
+    # without lowering the score of titles that say two products (pair_features.conflict_evidence)
+    ("zero-shot fusion, no conflict penalty", FusionConfig(conflict_penalty=0.0), None, ""),
     ("zero-shot text-only", TEXT_ONLY, None, "text"),
     ("zero-shot image-only", IMAGE_ONLY, None, "image"),
     ("trained, projection: text block", None, {**OFF, "text": True}, "text"),
@@ -275,7 +284,7 @@ def score_pairs(src_rows: OfferVectors, tgt_rows: OfferVectors, pairs: list[tupl
     """Scores and labels of labelled (source id, target id) pairs, computed as ``train_matcher`` does.
 
     Trained: the decision model over ``decision_features`` (one source row per pair, target view over
-    the whole target table). Zero-shot: ``fusion.pair_score``. Pairs with an unknown id are an error.
+    the whole target table). Zero-shot: ``matching.zero_shot_score``. Pairs with an unknown id are an error.
     """
     src = with_fused(src_rows, cfg, matcher)
     view = TargetView.from_vectors(with_fused(tgt_rows, cfg, matcher), cfg, matcher)
@@ -289,7 +298,7 @@ def score_pairs(src_rows: OfferVectors, tgt_rows: OfferVectors, pairs: list[tupl
     if matcher is not None:
         score = matcher.decision.score(decision_features(one, view, s_local, t_idx, sig, matcher.decision.features))
     else:
-        score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin)
+        score = zero_shot_score(one, view, s_local, t_idx, sig)
     return np.nan_to_num(np.asarray(score, dtype=np.float64), nan=0.0), y
 
 

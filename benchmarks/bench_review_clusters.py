@@ -38,6 +38,7 @@ from bench_review_pick import walk_queue  # noqa: E402
 
 import pmatch_duckdb as pm  # noqa: E402
 from pmatch_duckdb.clusters import DisjointSet  # noqa: E402
+from pmatch_duckdb.fusion import FusionConfig  # noqa: E402
 from pmatch_duckdb.home import pmatch_home  # noqa: E402
 from pmatch_duckdb.review import answer_entry, current_verdicts, pick_candidate  # noqa: E402
 from pmatch_duckdb.review.labels import PairKey  # noqa: E402
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", type=Path, required=True, help="bench_quality.py's abt-buy-full database")
     ap.add_argument("--home", type=Path, default=pmatch_home(), help="the pmatch home holding the models")
     ap.add_argument("--budgets", default="100,200,400,all", help="pages answered before each measurement")
+    ap.add_argument("--conflict-penalty", type=float, default=FusionConfig().conflict_penalty,
+                    help="the zero-shot score's penalty for titles that say two products (0: off)")
+    ap.add_argument("--arms", default=None, help="comma-separated arm numbers to run (1-5; default: all)")
     args = ap.parse_args(argv)
     budgets = [None if b == "all" else int(b) for b in args.budgets.split(",")]
     t0 = time.perf_counter()
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         con = pm.connect(copy, home=work / "home", matcher="none")
         con.execute("CREATE TABLE offers AS SELECT ('L' || id) AS id, title, description, brand, price, currency "
                     "FROM abt UNION ALL SELECT * FROM buy_all")
-        pm.index(con, "offers", progress=False)
+        pm.index(con, "offers", progress=False, fusion=FusionConfig(conflict_penalty=args.conflict_penalty))
         con.execute(f"CREATE TABLE m AS SELECT * FROM match_products('offers', 'offers', k := {K})")
         ds = DisjointSet()
         ids = [r[0] for r in con.execute("SELECT id FROM offers").fetchall()]
@@ -139,14 +143,16 @@ def main(argv: list[str] | None = None) -> int:
                   .fetchall()]
         print(f"# bench_review_clusters {time.strftime('%Y-%m-%dT%H:%M:%S')}  db={args.db}  zero-shot "
               f"match_products('offers', 'offers', k := {K}): {len(ids)} offers, {len(truth)} true pairs; queue "
-              f"{st[0]} entries ({st[1]} boundary, {st[2]} conflict pages)", flush=True)
+              f"{st[0]} entries ({st[1]} boundary, {st[2]} conflict pages); conflict penalty {args.conflict_penalty}",
+              flush=True)
         print("| arm | pages (budget) | links | link precision / recall | cluster pair precision / recall | "
               "largest cluster |")
         print("|---|---|---|---|---|---|")
         base = _measure(con, result, truth, 0)
         print(f"| no review | 0 | {base['links']} | {base['lp']:.3f} / {base['lr']:.3f} | {base['cp']:.3f} / "
               f"{base['cr']:.3f} | {base['largest']} |", flush=True)
-        for arm, queue in ARMS:
+        arms = ARMS if args.arms is None else [ARMS[int(i) - 1] for i in args.arms.split(",")]
+        for arm, queue in arms:
             for r in run_arm(con, arm, queue, same, truth, result, budgets):
                 print(f"| {arm} | {r['pages']} ({r['budget']}) | {r['links']} | {r['lp']:.3f} / {r['lr']:.3f} | "
                       f"{r['cp']:.3f} / {r['cr']:.3f} | {r['largest']} |", flush=True)

@@ -8,7 +8,7 @@ import duckdb
 
 from .clusters import assign_entities
 from .context import PmatchContext
-from .errors import PmatchError
+from .errors import ConfigError, PmatchError
 from .fusion import FusionConfig
 from .matchers import active_matcher
 from .matching import forget_views
@@ -63,9 +63,18 @@ def index_table(ctx: PmatchContext, table: str, index_name: str | None = None, r
 
 
 def index(con: duckdb.DuckDBPyConnection, table: str, name: str | None = None, rebuild: bool = False,
-          progress: bool = True) -> RefreshStats:
-    """Build/refresh the index of ``table`` (default index name: the table's name). See :class:`RefreshStats`."""
-    return index_table(context_of(con), table, name, rebuild=rebuild, progress=progress)
+          progress: bool = True, fusion: FusionConfig | None = None) -> RefreshStats:
+    """Build/refresh the index of ``table`` (default index name: the table's name). See :class:`RefreshStats`.
+
+    ``fusion``: the zero-shot weights and thresholds the index is built with (default ``FusionConfig()``). An
+    existing index keeps its own: its rows were fused with them, so other settings need ``rebuild=True``."""
+    ctx = context_of(con)
+    if fusion is not None and not rebuild:
+        existing = OfferIndex(ctx.index_root, check_index_name(name if name is not None else index_name_for(table)))
+        if existing.exists() and existing.fusion() != fusion:
+            raise ConfigError(f"index {existing.name!r} was built with other fusion settings ({existing.fusion()}); "
+                              f"pass rebuild=True to build it again with {fusion}")
+    return index_table(ctx, table, name, rebuild=rebuild, progress=progress, fusion=fusion)
 
 
 def match(con: duckdb.DuckDBPyConnection, source: str, target: str, k: int = 10) -> duckdb.DuckDBPyRelation:

@@ -4,7 +4,9 @@ Until a trained projection exists, the offer vector is the L2-normalised concate
 weighted text and (mean-pooled) image embeddings, and a candidate pair's ``score`` is a weighted
 mean of the available similarities (lexical, text, image) plus a bonus for a shared product
 identifier; equal valid GTINs (the offer tables' ``gtin`` columns) lift it to at least
-``gtin_match_score``, different valid GTINs cap it at ``gtin_conflict_score``. Defaults were chosen on ../shared/data (Abt-Buy: see benchmarks/README.md).
+``gtin_match_score``, different valid GTINs cap it at ``gtin_conflict_score``; titles that say two products (model
+numbers that differ, colours or quantities with none in common: ``pair_features.conflict_evidence``) lower it by
+``conflict_penalty``. Defaults were chosen on ../shared/data (Abt-Buy: see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class FusionConfig:
     gtin_conflict_score: float = 0.05  # different valid GTINs: near-certain non-match (below review)
     accept_threshold: float = 0.80
     review_threshold: float = 0.55
+    # titles that say two products: a sibling (KXTG9341T / KXTG9342T) scores like its twin on words and text, and
+    # one catalog is full of them (benchmarks/README.md, "Zero-shot: titles that say two products")
+    conflict_penalty: float = 0.2
 
     def to_dict(self) -> dict:
         """JSON-able form (stored in the index metadata)."""
@@ -33,8 +38,14 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FusionConfig:
-        """Inverse of :meth:`to_dict`, ignoring unknown keys."""
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """Inverse of :meth:`to_dict`, ignoring unknown keys. A setting the record lacks takes the value that its
+        index was scored with (``LEGACY``), not today's default: an index keeps its scores, and the thresholds
+        ``pmatch calibrate`` chose on them, until it is rebuilt."""
+        return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in cls.__dataclass_fields__}})
+
+
+#: settings added after indexes were first recorded, with the value that reproduces an older index's scores
+LEGACY: dict[str, float] = {"conflict_penalty": 0.0}
 
 
 def fuse(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image_ok: np.ndarray,
@@ -54,16 +65,20 @@ def fuse(text: np.ndarray, text_ok: np.ndarray, image: np.ndarray, image_ok: np.
 
 
 def pair_score(lexical: np.ndarray, text: np.ndarray, image: np.ndarray, id_match: np.ndarray,
-               cfg: FusionConfig, gtin: np.ndarray | None = None) -> np.ndarray:
+               cfg: FusionConfig, gtin: np.ndarray | None = None, conflict: np.ndarray | None = None) -> np.ndarray:
     """Zero-shot match score in [0, 1]; ``text``/``image`` are NaN where a side lacks that modality;
-    ``gtin``: 1 equal valid GTINs, -1 different ones, 0 unknown (see :func:`apply_gtin_evidence`)."""
+    ``gtin``: 1 equal valid GTINs, -1 different ones, 0 unknown (see :func:`apply_gtin_evidence`);
+    ``conflict``: the titles say two products (``pair_features.conflict_evidence``), minus ``conflict_penalty``."""
     num = cfg.lexical_weight * np.clip(lexical, 0, 1)
     den = np.full(len(lexical), cfg.lexical_weight, dtype=np.float64)
     for sim, w in ((text, cfg.text_weight), (image, cfg.image_weight)):
         ok = ~np.isnan(sim)
         num = num + np.where(ok, w * np.clip(np.nan_to_num(sim), 0, 1), 0.0)
         den = den + np.where(ok, w, 0.0)
-    score = np.clip(num / den + cfg.identifier_bonus * id_match, 0.0, 1.0)
+    evidence = cfg.identifier_bonus * id_match
+    if conflict is not None and cfg.conflict_penalty:
+        evidence = evidence - cfg.conflict_penalty * conflict
+    score = np.clip(num / den + evidence, 0.0, 1.0)
     return score if gtin is None else apply_gtin_evidence(score, gtin, cfg.gtin_match_score, cfg.gtin_conflict_score)
 
 

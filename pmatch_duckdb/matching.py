@@ -46,6 +46,7 @@ from .pair_features import (
     MARGIN_FEATURES,
     PAIR_FEATURES,
     PairTexts,
+    conflict_evidence,
     pair_features_at,
     source_margins,
 )
@@ -70,8 +71,10 @@ TEXT_IN_MEMORY_MAX_BYTES = 2 << 30
 SCORING_COLUMNS = ("id", "content_hash", "title", "brand", "lexical_text", "identifiers", "description",
                    "desc_identifiers", "price", "text_vec", "image_vec", "vector", "gtin", "mpn")
 # what the zero-shot score reads of a candidate row (pair_signals + pair_score: vectors, identifiers, GTIN, price);
-# the other scoring columns (titles, descriptions, hashes) feed a trained matcher's decision features only
+# the other scoring columns (descriptions, hashes) feed a trained matcher's decision features only
 _ZERO_SHOT_COLUMNS = ("identifiers", "mpn", "gtin", "price", "text_vec", "image_vec")
+# and, where the index's settings lower the score of titles that say two products (``zero_shot_score``), these
+_CONFLICT_COLUMNS = ("title", "brand", "desc_identifiers")
 _LOOKUP_COLUMNS = ("id", "lexical_text", "identifiers", "gtin", "mpn")  # what the candidate indexes are built from
 
 
@@ -219,6 +222,8 @@ class TargetView:
             cols = list(SCORING_COLUMNS)
         else:  # zero-shot: neither the offer vector (pair_signals derives its cosine) nor the texts are read
             cols = list(_ZERO_SHOT_COLUMNS) + ([] if isinstance(self.tfidf, CharTfidf) else ["lexical_text"])
+            if self.fusion.conflict_penalty:
+                cols += [c for c in _CONFLICT_COLUMNS if c in names]
         if self.text is not None:  # held in memory (_read_text_vectors)
             cols.remove("text_vec")
         if "n_images_ok" not in names or "image_vec" not in names:  # an index without the photo count
@@ -872,6 +877,19 @@ def _concat_candidates(parts: list[Candidates], batch: int) -> Candidates:
     return Candidates(**out)
 
 
+def zero_shot_score(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, sig: PairSignals) -> np.ndarray:
+    """The zero-shot score of (source, target) position pairs: ``fusion.pair_score`` with the target index's
+    settings, lowered where the titles say two products (``conflict_evidence``; an index recorded before the
+    penalty has ``conflict_penalty`` 0 and keeps its scores)."""
+    cfg = view.fusion
+    conflict = None
+    if cfg.conflict_penalty and len(s):
+        tr = view.rows
+        conflict = conflict_evidence(PairTexts(src.idents, src.titles, src.brands, src.desc_idents),
+                                     PairTexts(tr.idents, tr.titles, tr.brands, tr.desc_idents), s, t)
+    return pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin, conflict)
+
+
 def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.ndarray, sig: PairSignals,
                    pair_top_m: int | None = None, rescore: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -888,7 +906,7 @@ def score_pairs_of(src: OfferVectors, view: TargetView, s: np.ndarray, t: np.nda
     second = np.zeros(len(s), dtype=bool)
     m, cfg = view.matcher, view.fusion
     if m is None:
-        score = pair_score(sig.lexical, sig.text, sig.image, sig.id_match.astype(np.float64), cfg, sig.gtin)
+        score = zero_shot_score(src, view, s, t, sig)
         return score, second, score
     dm = m.decision
     raw = dm.raw(decision_features(src, view, s, t, sig, dm.features, token_diff=dm.token_diff))

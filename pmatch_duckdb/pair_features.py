@@ -319,6 +319,71 @@ def _text_features(out: np.ndarray, a: _Tokens, b: _Tokens, ra: np.ndarray, rb: 
     out[:, 22], out[:, 23], out[:, 24] = _best_id_pairs(a.full, b.full, ra, rb, vocab.ids)
 
 
+def conflict_evidence(src: PairTexts, tgt: PairTexts, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per pair ``(src offer s[i], tgt offer t[i])``: whether the titles say they are two products, any of
+    :func:`conflict_kinds`' evidence. The zero-shot score subtracts ``FusionConfig.conflict_penalty`` where this is
+    true (:func:`pmatch_duckdb.fusion.pair_score`)."""
+    kinds = conflict_kinds(src, tgt, s, t)
+    return kinds["model number"] | kinds["colour"] | kinds["quantity"]
+
+
+CONFLICT_KINDS = ("model number", "colour", "quantity")
+
+
+def conflict_kinds(src: PairTexts, tgt: PairTexts, s: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
+    """Per pair ``(src offer s[i], tgt offer t[i])`` and kind of evidence (:data:`CONFLICT_KINDS`): whether the
+    titles say they are two products by it:
+
+    * model number: both titles (brand + title, MPN) name identifiers, none of either side's occurs anywhere on the
+      other side (title or description), and no two of ≥ 5 characters contain one another (``KXTG9341T`` /
+      ``KXTG9342T`` is another model; ``DSCW150`` / ``DSCW150B`` a variant spelling);
+    * colour: both titles name colours, none in common (a colour variant is another SKU);
+    * quantity: a unit both titles name with no value in common (another capacity, size or pack), values a
+      rounding apart (:data:`QUANTITY_ROUNDING`) counting as one.
+
+    The trained decision model reads these as separate features (``full_id_conflict``, ``id_partial``,
+    ``colour_conflict``, ``unit_conflict`` without the rounding); the review page names them."""
+    s, t = np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
+    n = len(s)
+    out = {k: np.zeros(n, dtype=bool) for k in CONFLICT_KINDS}
+    if not n:
+        return out
+    with_desc = src.desc_idents is not None and tgt.desc_idents is not None
+    vocab = _Vocab()
+    a, b = _Tokens(src, s, vocab, with_desc), _Tokens(tgt, t, vocab, with_desc)
+    ra, rb = a.row[s], b.row[t]
+    a_full = a.full if a.full is not None else a.ids  # title identifiers + the description's
+    b_full = b.full if b.full is not None else b.ids
+    for c in range(0, n, _CHUNK):
+        x, y = ra[c:c + _CHUNK], rb[c:c + _CHUNK]
+        la, lb = a.ids.len[x], b.ids.len[y]
+        ids = ((la > 0) & (lb > 0) & (_common(a.ids, b_full, x, y)[0] == 0) & (_common(b.ids, a_full, y, x)[0] == 0))
+        ids &= ~_any_partial(a.ids, b.ids, x, y, ids, vocab.ids)
+        colours = (a.colours.len[x] > 0) & (b.colours.len[y] > 0) & (_common(a.colours, b.colours, x, y)[0] == 0)
+        _, pair, code = _common(a.quantities, b.quantities, x, y)
+        unit = np.array([vocab.unit_of[q] for q in code.tolist()], dtype=np.int64)
+        n_agree = np.bincount(np.unique(pair * _WIDTH + unit) // _WIDTH, minlength=len(x))
+        units = _common(a.units, b.units, x, y)[0] > n_agree
+        for i in np.flatnonzero(units):  # few pairs: values a rounding apart agree after all
+            units[i] = _quantities_differ(src.titles[s[c + i]], tgt.titles[t[c + i]])
+        for k, v in zip(CONFLICT_KINDS, (ids, colours, units), strict=True):
+            out[k][c:c + _CHUNK] = v
+    return out
+
+
+QUANTITY_ROUNDING = 0.06  # values this close (relative) agree: listings round (14.7 / 14 megapixels, 24.7 / 25 cu. ft.)
+
+
+def _quantities_differ(a: str | None, b: str | None) -> bool:
+    """A unit both titles name with no two values within :data:`QUANTITY_ROUNDING` of each other."""
+    qa, qb = quantities(a), quantities(b)
+    for unit in {u for u, _ in qa} & {u for u, _ in qb}:
+        va, vb = [v for u, v in qa if u == unit], [v for u, v in qb if u == unit]
+        if not any(abs(x - y) <= QUANTITY_ROUNDING * max(abs(x), abs(y)) for x in va for y in vb):
+            return True
+    return False
+
+
 def _cross(a: _Codes, b: _Codes, ra: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (code of a[ra[i]], code of b[rb[i]]) combination: (pair number, code x, code y), pairs ascending."""
     la, lb = a.len[ra], b.len[rb]

@@ -362,6 +362,31 @@ def test_review_page_server_side(review_demo) -> None:
     con.close()
     _check_other_candidates(review_demo, c)
     _check_pick(review_demo, c, token)
+    _check_titles_differ(review_demo, c)
+
+
+def _check_titles_differ(review_demo, c) -> None:  # noqa: ANN001 - the demo, a Flask test client
+    """The page's bar names what the two titles say differently (the evidence a zero-shot score is lowered for)."""
+    import re
+
+    con = duckdb.connect(str(review_demo.db))
+    pos, sid, tid = con.execute("SELECT position, source_id, target_id FROM pm_review_queue WHERE queue = 'default' "
+                                "ORDER BY position LIMIT 1").fetchall()[0]
+
+    def shown(source_title: str, target_title: str) -> str:
+        con.execute("UPDATE supplier_feed SET title = ? WHERE id = ?", [source_title, sid])
+        con.execute("UPDATE catalog SET title = ? WHERE id = ?", [target_title, tid])
+        page = c.get(f"/pair/{pos}").text
+        chip = re.search(r'<span class="twoproducts"[^>]*>([^<]*)</span>', page)
+        return chip.group(1) if chip else ""
+
+    try:
+        assert shown("Acme KX-TG9341T phone, black, 16 GB", "Acme KX-TG9342T phone, silver, 32GB") == (
+            "titles differ: model number, colour, quantity")
+        assert shown("Acme KX-TG9341T phone, black", "Acme KXTG9341T phone - Black") == ""
+        assert shown("Acme phone 16 GB", "Acme phone 16GB, white") == ""  # one side names no colour
+    finally:
+        con.close()
 
 
 def _check_pick(review_demo, c, token: str) -> None:  # noqa: ANN001 - the demo, a Flask test client
@@ -637,8 +662,13 @@ def test_pmatch_review_command_queues_and_serves_on_loopback(review_demo, monkey
 
     page = create_app(ReviewConfig(review_demo.db, "o1", (review_demo.images,), "ann")).test_client().get("/")
     assert page.status_code == 200 and '<span class="onematch"' in page.text
-    # the demo's result auto-accepts one offer for two products (o1's accept sample drew one of them: that page
-    # settles it); without the sample, the offer's second accept comes first
+    # a result that auto-accepts one offer for two products (the demo's zero-shot result no longer does since its
+    # sibling products score lower; its rank-2 candidate is accepted here): the offer's second accept comes first
+    con = duckdb.connect(str(review_demo.db))
+    con.execute("UPDATE matches SET decision = 'accept' WHERE rank = 2 AND source_id = (SELECT min(source_id) FROM "
+                "matches WHERE rank = 1 AND decision = 'accept' AND source_id IN (SELECT source_id FROM matches "
+                "WHERE rank = 2 AND decision <> 'accept'))")
+    con.close()
     res = CliRunner().invoke(main, ["review", str(review_demo.db), "--matches", "matches", "--queue", "o3",
                                     "--one-match", "--accept-sample", "0", "--image-root", str(review_demo.images)])
     assert res.exit_code == 0 and "and 1 offers auto-accepted for two products are queued first" in res.output

@@ -137,9 +137,12 @@ def test_on_disk_view_reads_vectors_of_candidate_rows_only(shop, monkeypatch):
     reads.clear()
     cand = M.match(src, view, 5, exclude_self=True)
     vec_reads = [(how, n) for how, n, cols in reads if cols & VECTOR_COLUMNS]
-    # zero-shot: the candidate rows' texts are not read (the score uses vectors, identifiers, GTIN and price)
-    assert not any(cols & {"title", "description", "lexical_text", "content_hash"} for how, n, cols in reads
-                   if cols & VECTOR_COLUMNS), reads
+    # zero-shot: of the candidate rows' texts only what the conflict penalty reads (title, brand and the
+    # description's identifiers); the score uses vectors, identifiers, GTIN and price
+    assert view.fusion.conflict_penalty > 0
+    assert all(cols & {"title", "brand", "desc_identifiers"} == {"title", "brand", "desc_identifiers"}
+               and not cols & {"description", "lexical_text", "content_hash"} for how, n, cols in reads
+               if cols & VECTOR_COLUMNS), reads
     assert all(how == "take" for how, _ in vec_reads), reads
     assert not [r for r in reads if r[0] == "to_arrow"]
     assert len(cand.source) == 200 * 5
@@ -148,6 +151,14 @@ def test_on_disk_view_reads_vectors_of_candidate_rows_only(shop, monkeypatch):
             for a in range(0, 200, 40)]
     assert [n for _, n in vec_reads] == want
     assert max(want) < N
+    # an index recorded without the penalty reads no title at all
+    import dataclasses
+
+    view.fusion = dataclasses.replace(view.fusion, conflict_penalty=0.0)
+    reads.clear()
+    M.match(src, view, 5, exclude_self=True)
+    assert reads and not any(cols & {"title", "brand", "desc_identifiers"} for how, n, cols in reads
+                             if cols & VECTOR_COLUMNS), reads
 
 
 def test_on_disk_view_holds_text_vectors_that_fit(shop, monkeypatch):

@@ -124,7 +124,7 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
         ensure_labels(con)
 
     def _render_pair(con: duckdb.DuckDBPyConnection, entry: dict, undone: bool = False) -> str:
-        left, right = pair_view(con, entry, cfg.policy)
+        left, right, two = pair_view(con, entry, cfg.policy)
         ratio = entry.get("price_ratio")
         earlier = None
         if entry["reason"] == "recheck":  # what was answered before, which the model now turned against
@@ -137,7 +137,7 @@ def create_app(cfg: ReviewConfig, trusted_hosts: list[str] | None = LOOPBACK_HOS
                          ) if entry.get("one_match") else []
         return render_template("pair.html", entry=entry, left=left, right=right, keys=KEYS, labels=LABEL,
                                ratio=ratio, undone=undone, last=request.args.get("saved"), earlier=earlier,
-                               context=other_candidates(con, entry, cfg.policy, said), matched=matched,
+                               context=other_candidates(con, entry, cfg.policy, said), matched=matched, two=two,
                                **_common(con))
 
     @app.get("/")

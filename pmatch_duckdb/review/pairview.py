@@ -7,10 +7,14 @@ import re
 from dataclasses import dataclass, field
 
 import duckdb
+import numpy as np
 
 from ..encoders.image_io import ImagePolicy
+from ..features.codes import mpn_identifiers
 from ..features.lexical import identifiers
+from ..offer_vectors import description_input, lexical_input
 from ..offers import OPTIONAL, OfferTableError, offer_from_mapping, table_columns
+from ..pair_features import CONFLICT_KINDS, PairTexts, conflict_kinds
 from ..sqlident import quote_ident, quote_qualified
 from .alternatives import recorded_context
 from .labels import PairKey, has_labels, offer_verdicts
@@ -119,8 +123,24 @@ def identifier_marks(a, b) -> tuple[dict[str, str], dict[str, str]]:  # noqa: AN
     return out[0], out[1]
 
 
-def pair_view(con: duckdb.DuckDBPyConnection, entry: dict, policy: ImagePolicy) -> tuple[OfferView, OfferView]:
-    """Both sides of a queue entry, ready for the template."""
+def two_products(a, b) -> list[str]:  # noqa: ANN001 - two Offers
+    """What in the two offers' titles says they are two products (:data:`~pmatch_duckdb.pair_features.CONFLICT_KINDS`:
+    another model number, colour or quantity), from what the index reads of them (brand + title and MPN, the start
+    of the description): the evidence the zero-shot score is lowered for."""
+    texts = []
+    for o in (a, b):
+        idents = list(dict.fromkeys(identifiers(lexical_input(o)) + mpn_identifiers(o.mpn)))
+        desc = [x for x in identifiers(description_input(o)) if x not in idents]
+        texts.append(PairTexts([idents], [o.title], [o.brand], [desc]))
+    at = np.zeros(1, dtype=np.int64)
+    kinds = conflict_kinds(texts[0], texts[1], at, at)
+    return [k for k in CONFLICT_KINDS if kinds[k][0]]
+
+
+def pair_view(con: duckdb.DuckDBPyConnection, entry: dict, policy: ImagePolicy
+              ) -> tuple[OfferView, OfferView, list[str]]:
+    """Both sides of a queue entry, ready for the template, and :func:`two_products` of them (empty where a side
+    cannot be read)."""
     rows = [read_offer(con, entry["source_ref"], entry["source_id"]),
             read_offer(con, entry["target_ref"], entry["target_id"])]
     offers = [offer_from_mapping(r) if r else None for r in rows]
@@ -144,7 +164,7 @@ def pair_view(con: duckdb.DuckDBPyConnection, entry: dict, policy: ImagePolicy) 
             currency=o.currency, description=_segments(desc[:DESCRIPTION_CHARS], shown) if desc else None,
             description_more=bool(desc and len(desc) > DESCRIPTION_CHARS), images=imgs,
             identifiers=sorted(mk.items(), key=lambda t: (t[1] != "agree", t[0]))))
-    return views[0], views[1]
+    return views[0], views[1], two_products(*offers) if all(offers) else []
 
 
 def image_path(con: duckdb.DuckDBPyConnection, entry: dict, side: str, n: int) -> str | None:
