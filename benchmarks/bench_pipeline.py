@@ -601,6 +601,7 @@ def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: in
     M.TargetView.candidates = timed("fetch candidate rows (Lance take)", M.TargetView.candidates)
     M.pair_signals = timed("pair features", M.pair_signals)
     M.pair_score = timed("decision (score)", M.pair_score)
+    M.conflict_evidence = timed("conflict evidence (zero-shot penalty)", M.conflict_evidence)
     M.decide = timed("decision (score)", M.decide)
     t, c = time.perf_counter(), time.process_time()
     src = timed("source vectors (reused from the index)", M.source_vectors)(offers, ctx.settings, view.fusion,
@@ -610,7 +611,7 @@ def child_match(n: int, n_src: int, workdir: Path, home: Path, lexical_check: in
     for d in (stages, cpu):
         d["candidate union + identifiers (rest of match)"] = d["match() total"] - sum(
             d.get(k, 0) for k in ("vector search", "lexical candidates", "fetch candidate rows (Lance take)",
-                                  "pair features", "decision (score)"))
+                                  "pair features", "decision (score)", "conflict evidence (zero-shot penalty)"))
     out = {"n": n, "sources": len(offers), "seconds": total, "offers_per_s": len(offers) / total,
            "cpu_seconds": total_cpu, "offers_per_cpu_s": len(offers) / total_cpu, "stages": stages, "cpu": cpu,
            "pairs": int(len(cand.source)), "index_s": t_index, "view_s": t_view, "view_cpu_s": c_view,

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .features.lexical import normalize
 
@@ -186,6 +188,17 @@ class _Codes:
         self.ptr = np.r_[0, np.cumsum(self.len)].astype(np.int64)
         self.codes = np.fromiter((c for x in sets for c in x), dtype=np.int64, count=int(self.ptr[-1]))
 
+    @classmethod
+    def sparse(cls, n: int, entries: dict[int, set[int]]) -> _Codes:
+        """``n`` sets, those not in ``entries`` empty (built without a Python step per empty set)."""
+        out = cls.__new__(cls)
+        out.len = np.zeros(n, dtype=np.int64)
+        rows = sorted(entries)
+        out.len[rows] = [len(entries[r]) for r in rows]
+        out.ptr = np.r_[0, np.cumsum(out.len)].astype(np.int64)
+        out.codes = np.fromiter((c for r in rows for c in entries[r]), dtype=np.int64, count=int(out.ptr[-1]))
+        return out
+
     def expand(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pair number, code) of every code of ``rows[i]``'s set, pairs ascending."""
         lens = self.len[rows]
@@ -216,7 +229,7 @@ class _Vocab:
 
     def unit_value(self, unit: str, value: float) -> int:
         """Code of a quantity; ``unit_of[code]`` is its unit's code."""
-        code = self.word("q", f"{unit}={value}")
+        code = self.word("q", (unit, value))
         self.unit_of[code] = self.word("u", unit)
         return code
 
@@ -226,6 +239,17 @@ class _Vocab:
             c = self.id_code[x] = len(self.ids)
             self.ids.append(x)
         return c
+
+    def idents(self, xs: list[str]) -> list[int]:
+        """:meth:`ident` of each of ``xs``."""
+        code, ids, out = self.id_code, self.ids, []
+        for x in xs:
+            c = code.get(x)
+            if c is None:
+                c = code[x] = len(ids)
+                ids.append(x)
+            out.append(c)
+        return out
 
 
 class _Tokens:
@@ -254,6 +278,78 @@ class _Tokens:
         if with_desc:
             self.full = _Codes([[vocab.ident(x) for x in dict.fromkeys([*d, *texts.desc_idents[i]])]
                                 for d, i in zip(ids, uniq, strict=True)])
+
+
+class _EvidenceSets:
+    """What :func:`conflict_kinds` reads of one side's offers (those at ``positions``), as code sets: identifiers,
+    colours and quantities only (``_Tokens`` codes every word too, which this does not need: on a 100,000-offer
+    target the conflict evidence ran at 0.7x the speed of the rest of ``match_products`` with ``_Tokens``)."""
+
+    def __init__(self, texts: PairTexts, positions: np.ndarray, vocab: _Vocab, with_desc: bool) -> None:
+        uniq = np.unique(positions).tolist()
+        self.row = np.zeros(uniq[-1] + 1 if uniq else 0, dtype=np.int64)
+        self.row[uniq] = np.arange(len(uniq))
+        n = len(uniq)
+        ids = {k: set(vocab.idents(texts.idents[i])) for k, i in enumerate(uniq) if texts.idents[i]}
+        self.ids = _Codes.sparse(n, ids)
+        self.full = None
+        if with_desc:
+            self.full = _Codes.sparse(n, {**ids, **{k: ids.get(k, set()) | set(vocab.idents(texts.desc_idents[i]))
+                                                    for k, i in enumerate(uniq) if texts.desc_idents[i]}})
+        titles = [texts.titles[i] or "" for i in uniq]
+        named, measured = _title_hits(titles)
+        colours: dict[int, set[int]] = {}
+        for k, words in named.items():
+            brand = texts.brands[uniq[k]]
+            if brand:  # the brand's own words are not colours (Black & Decker, Orange)
+                words = words.difference(_brand_words(brand))
+            colours[k] = {vocab.word("c", COLOURS[w]) for w in words}
+        units: dict[int, set[int]] = {}
+        qtys: dict[int, set[int]] = {}
+        for k in measured:
+            q = quantities(titles[k])
+            units[k] = {vocab.word("u", u) for u, _ in q}
+            qtys[k] = {vocab.unit_value(u, v) for u, v in q}
+        self.colours, self.units = _Codes.sparse(n, colours), _Codes.sparse(n, units)
+        self.quantities = _Codes.sparse(n, qtys)
+
+
+_COLOUR_VALUES = pa.array(sorted(COLOURS), pa.string())
+# a superset of the titles ``quantities`` finds something in (RE2 has no look-arounds): a number before a unit
+_MAYBE_QUANTITY = (r"\d\s*-?\s*(gb|tb|mb|mhz|ghz|mm|cm|oz|mah|watt|w|va|mp|megapixel|hour|hr|ml|kg|lb|v|cu|pack|pk|pcs|"
+                   r"speed|in)")
+
+
+def _title_hits(titles: list[str]) -> tuple[dict[int, set[str]], list[int]]:
+    """Vectorised (Arrow) over the titles: the colour words each names (``{title number: words}``, those naming one)
+    and which titles may name a quantity (the numbers of those to read with :func:`quantities`). Per-title Python
+    was 0.47 s of 2.8 s for 1,000 sources against a 100,000-offer index; most titles name neither."""
+    if not titles:
+        return {}, []
+    low = pc.utf8_lower(pa.array(titles, pa.string()))
+    words = pc.split_pattern_regex(low, r"[^0-9a-z]+")
+    flat = pc.list_flatten(words)
+    hit = np.flatnonzero(pc.is_in(flat, value_set=_COLOUR_VALUES).to_numpy(zero_copy_only=False))
+    named: dict[int, set[str]] = {}
+    if len(hit):
+        parent = pc.list_parent_indices(words).to_numpy()[hit].tolist()
+        for k, w in zip(parent, flat.take(pa.array(hit)).to_pylist(), strict=True):
+            named.setdefault(k, set()).add(w)
+    maybe = pc.match_substring_regex(low, _MAYBE_QUANTITY).to_numpy(zero_copy_only=False)
+    return named, np.flatnonzero(maybe).tolist()
+
+
+_BRAND_WORDS: dict[str, frozenset[str]] = {}
+
+
+def _brand_words(brand: str) -> frozenset[str]:
+    """A brand's normalised words (memoised: a catalog has few brands; bounded all the same)."""
+    got = _BRAND_WORDS.get(brand)
+    if got is None:
+        if len(_BRAND_WORDS) > 100_000:
+            _BRAND_WORDS.clear()
+        got = _BRAND_WORDS[brand] = frozenset(normalize(brand).split())
+    return got
 
 
 def _common(a: _Codes, b: _Codes, ra: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -350,7 +446,7 @@ def conflict_kinds(src: PairTexts, tgt: PairTexts, s: np.ndarray, t: np.ndarray)
         return out
     with_desc = src.desc_idents is not None and tgt.desc_idents is not None
     vocab = _Vocab()
-    a, b = _Tokens(src, s, vocab, with_desc), _Tokens(tgt, t, vocab, with_desc)
+    a, b = _EvidenceSets(src, s, vocab, with_desc), _EvidenceSets(tgt, t, vocab, with_desc)
     ra, rb = a.row[s], b.row[t]
     a_full = a.full if a.full is not None else a.ids  # title identifiers + the description's
     b_full = b.full if b.full is not None else b.ids
