@@ -220,7 +220,7 @@ class TargetView:
         names = self.dataset.schema.names
         if self.matcher is not None:
             cols = list(SCORING_COLUMNS)
-        else:  # zero-shot: neither the offer vector (pair_signals derives its cosine) nor the texts are read
+        else:  # zero-shot: neither the offer vector (pair_signals derives its cosine) nor the descriptions are read
             cols = list(_ZERO_SHOT_COLUMNS) + ([] if isinstance(self.tfidf, CharTfidf) else ["lexical_text"])
             if self.fusion.conflict_penalty:
                 cols += [c for c in _CONFLICT_COLUMNS if c in names]
