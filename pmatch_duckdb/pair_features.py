@@ -268,12 +268,7 @@ class _Tokens:
         self.numbers = _Codes([{vocab.word("n", w) for w in _NUM.findall(x)} for x in titles])
         self.brand = np.array([vocab.word("b", x) if x else -1 for x in brands], dtype=np.int64)
         self.brand_tokens = _Codes([{vocab.word("w", w) for w in x.split()} for x in brands])
-        qty = [quantities(x) for x in titles]
-        self.units = _Codes([{vocab.word("u", u) for u, _ in q} for q in qty])
-        self.quantities = _Codes([{vocab.unit_value(u, v) for u, v in q} for q in qty])
-        # the brand's own words are not colours (Black & Decker, Orange)
-        self.colours = _Codes([{vocab.word("c", COLOURS[w]) for w in set(x).difference(b.split()) if w in COLOURS}
-                               for b, x in zip(brands, words, strict=True)])
+        self.colours, self.units, self.quantities = _title_sets(titles, [texts.brands[i] for i in uniq], vocab)
         self.full = None
         if with_desc:
             self.full = _Codes([[vocab.ident(x) for x in dict.fromkeys([*d, *texts.desc_idents[i]])]
@@ -296,38 +291,31 @@ class _EvidenceSets:
         if with_desc:
             self.full = _Codes.sparse(n, {**ids, **{k: ids.get(k, set()) | set(vocab.idents(texts.desc_idents[i]))
                                                     for k, i in enumerate(uniq) if texts.desc_idents[i]}})
-        titles = [texts.titles[i] or "" for i in uniq]
-        named, measured = _title_hits(titles)
-        colours: dict[int, set[int]] = {}
-        for k, words in named.items():
-            brand = texts.brands[uniq[k]]
-            if brand:  # the brand's own words are not colours (Black & Decker, Orange)
-                words = words.difference(_brand_words(brand))
-            colours[k] = {vocab.word("c", COLOURS[w]) for w in words}
-        units: dict[int, set[int]] = {}
-        qtys: dict[int, set[int]] = {}
-        for k in measured:
-            q = quantities(titles[k])
-            units[k] = {vocab.word("u", u) for u, _ in q}
-            qtys[k] = {vocab.unit_value(u, v) for u, v in q}
-        self.colours, self.units = _Codes.sparse(n, colours), _Codes.sparse(n, units)
-        self.quantities = _Codes.sparse(n, qtys)
+        self.colours, self.units, self.quantities = _title_sets([texts.titles[i] or "" for i in uniq],
+                                                                [texts.brands[i] for i in uniq], vocab)
 
 
 _COLOUR_VALUES = pa.array(sorted(COLOURS), pa.string())
-# a superset of the titles ``quantities`` finds something in (RE2 has no look-arounds): a number before a unit
-_MAYBE_QUANTITY = (r"\d\s*-?\s*(gb|tb|mb|mhz|ghz|mm|cm|oz|mah|watt|w|va|mp|megapixel|hour|hr|ml|kg|lb|v|cu|pack|pk|pcs|"
-                   r"speed|in)")
+# a superset of the titles ``_QUANTITY`` finds something in (RE2 has no look-arounds; Python's \d and \s are Unicode's
+# digits and spaces): a number before a unit
+_SPACE = r"[\s\p{Z}\x{1c}-\x{1f}\x{85}]*"
+_MAYBE_QUANTITY = (rf"\p{{Nd}}{_SPACE}-?{_SPACE}(gb|tb|mb|mhz|ghz|mm|cm|oz|mah|watt|w|va|mp|megapixel|hour|hr|ml|kg|"
+                   r"lb|v|cu|pack|pk|pcs|speed|in)")
 
 
-def _title_hits(titles: list[str]) -> tuple[dict[int, set[str]], list[int]]:
-    """Vectorised (Arrow) over the titles: the colour words each names (``{title number: words}``, those naming one)
-    and which titles may name a quantity (the numbers of those to read with :func:`quantities`). Per-title Python
-    was 0.47 s of 2.8 s for 1,000 sources against a 100,000-offer index; most titles name neither."""
-    if not titles:
-        return {}, []
-    low = pc.utf8_lower(pa.array(titles, pa.string()))
-    words = pc.split_pattern_regex(low, r"[^0-9a-z]+")
+def _title_sets(titles: list[str], brands: list[str | None], vocab: _Vocab) -> tuple[_Codes, _Codes, _Codes]:
+    """Per title: its colours (the colour words among its normalised words that are not its brand's: Black &
+    Decker, Orange), the units it names a quantity in and those quantities (:func:`quantities`), as code sets.
+
+    The words are found by Arrow over all the titles at once (NFKD, non-ASCII dropped, lower-cased, split on what is
+    not a letter or digit: :func:`normalize`), and only the titles that may name a quantity are read by the
+    Python regex; per-title Python was 0.47 s of 2.8 s for 1,000 sources against a 100,000-offer index."""
+    n = len(titles)
+    if not n:
+        return _Codes([]), _Codes([]), _Codes([])
+    raw = pa.array(titles, pa.string())
+    folded = pc.ascii_lower(pc.replace_substring_regex(pc.utf8_normalize(raw, form="NFKD"), r"[^\x00-\x7f]", ""))
+    words = pc.split_pattern_regex(folded, r"[^0-9a-z]+")
     flat = pc.list_flatten(words)
     hit = np.flatnonzero(pc.is_in(flat, value_set=_COLOUR_VALUES).to_numpy(zero_copy_only=False))
     named: dict[int, set[str]] = {}
@@ -335,8 +323,19 @@ def _title_hits(titles: list[str]) -> tuple[dict[int, set[str]], list[int]]:
         parent = pc.list_parent_indices(words).to_numpy()[hit].tolist()
         for k, w in zip(parent, flat.take(pa.array(hit)).to_pylist(), strict=True):
             named.setdefault(k, set()).add(w)
-    maybe = pc.match_substring_regex(low, _MAYBE_QUANTITY).to_numpy(zero_copy_only=False)
-    return named, np.flatnonzero(maybe).tolist()
+    colours: dict[int, set[int]] = {}
+    for k, ws in named.items():
+        if brands[k]:
+            ws = ws.difference(_brand_words(brands[k]))
+        colours[k] = {vocab.word("c", COLOURS[w]) for w in ws}
+    units: dict[int, set[int]] = {}
+    qtys: dict[int, set[int]] = {}
+    maybe = pc.match_substring_regex(pc.utf8_lower(raw), _MAYBE_QUANTITY).to_numpy(zero_copy_only=False)
+    for k in np.flatnonzero(maybe).tolist():
+        q = quantities(titles[k])
+        units[k] = {vocab.word("u", u) for u, _ in q}
+        qtys[k] = {vocab.unit_value(u, v) for u, v in q}
+    return _Codes.sparse(n, colours), _Codes.sparse(n, units), _Codes.sparse(n, qtys)
 
 
 _BRAND_WORDS: dict[str, frozenset[str]] = {}
@@ -392,16 +391,7 @@ def _text_features(out: np.ndarray, a: _Tokens, b: _Tokens, ra: np.ndarray, rb: 
     in_a = _common(b.brand_tokens, a.tokens, rb, ra)[0] == b.brand_tokens.len[rb]
     out[:, 10] = np.where(both, ba == bb, np.where(ba >= 0, in_b, (bb >= 0) & in_a))
     out[:, 11] = both & (ba != bb)
-    same_colour = _common(a.colours, b.colours, ra, rb)[0] > 0
-    out[:, 27] = same_colour
-    out[:, 28] = (a.colours.len[ra] > 0) & (b.colours.len[rb] > 0) & ~same_colour
-    n_units = _common(a.units, b.units, ra, rb)[0]  # units both titles name
-    _, pair, code = _common(a.quantities, b.quantities, ra, rb)
-    unit = np.array([vocab.unit_of[c] for c in code.tolist()], dtype=np.int64)
-    agreeing = np.unique(pair * _WIDTH + unit) // _WIDTH  # one entry per (pair, unit with a value in common)
-    n_agree = np.bincount(agreeing, minlength=len(ra))
-    out[:, 29] = n_agree > 0
-    out[:, 30] = n_units > n_agree
+    out[:, 27], out[:, 28], out[:, 29], out[:, 30] = _colour_and_unit_agreement(a, b, ra, rb, vocab)
     if a.full is None or b.full is None:
         return
     n_both, pair, code = _common(a.full, b.full, ra, rb)
@@ -455,11 +445,7 @@ def conflict_kinds(src: PairTexts, tgt: PairTexts, s: np.ndarray, t: np.ndarray)
         la, lb = a.ids.len[x], b.ids.len[y]
         ids = ((la > 0) & (lb > 0) & (_common(a.ids, b_full, x, y)[0] == 0) & (_common(b.ids, a_full, y, x)[0] == 0))
         ids &= ~_any_partial(a.ids, b.ids, x, y, ids, vocab.ids)
-        colours = (a.colours.len[x] > 0) & (b.colours.len[y] > 0) & (_common(a.colours, b.colours, x, y)[0] == 0)
-        _, pair, code = _common(a.quantities, b.quantities, x, y)
-        unit = np.array([vocab.unit_of[q] for q in code.tolist()], dtype=np.int64)
-        n_agree = np.bincount(np.unique(pair * _WIDTH + unit) // _WIDTH, minlength=len(x))
-        units = _common(a.units, b.units, x, y)[0] > n_agree
+        _, colours, _, units = _colour_and_unit_agreement(a, b, x, y, vocab)
         for i in np.flatnonzero(units):  # few pairs: values a rounding apart agree after all
             units[i] = _quantities_differ(src.titles[s[c + i]], tgt.titles[t[c + i]])
         for k, v in zip(CONFLICT_KINDS, (ids, colours, units), strict=True):
@@ -478,6 +464,20 @@ def _quantities_differ(a: str | None, b: str | None) -> bool:
         if not any(abs(x - y) <= QUANTITY_ROUNDING * max(abs(x), abs(y)) for x in va for y in vb):
             return True
     return False
+
+
+def _colour_and_unit_agreement(a: _Tokens | _EvidenceSets, b: _Tokens | _EvidenceSets, ra: np.ndarray,
+                               rb: np.ndarray, vocab: _Vocab) -> tuple[np.ndarray, ...]:
+    """Per pair ``(ra[i], rb[i])``: a colour in common; both name colours, none in common; a unit both name with a
+    value in common; a unit both name with no value in common."""
+    same_colour = _common(a.colours, b.colours, ra, rb)[0] > 0
+    colour_conflict = (a.colours.len[ra] > 0) & (b.colours.len[rb] > 0) & ~same_colour
+    n_units = _common(a.units, b.units, ra, rb)[0]  # units both titles name
+    _, pair, code = _common(a.quantities, b.quantities, ra, rb)
+    unit = np.array([vocab.unit_of[c] for c in code.tolist()], dtype=np.int64)
+    agreeing = np.unique(pair * _WIDTH + unit) // _WIDTH  # one entry per (pair, unit with a value in common)
+    n_agree = np.bincount(agreeing, minlength=len(ra))
+    return same_colour, colour_conflict, n_agree > 0, n_units > n_agree
 
 
 def _cross(a: _Codes, b: _Codes, ra: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
