@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -332,10 +333,17 @@ def _title_sets(titles: list[str], brands: list[str | None], vocab: _Vocab) -> t
     qtys: dict[int, set[int]] = {}
     maybe = pc.match_substring_regex(pc.utf8_lower(raw), _MAYBE_QUANTITY).to_numpy(zero_copy_only=False)
     for k in np.flatnonzero(maybe).tolist():
-        q = quantities(titles[k])
+        q = _title_quantities(titles[k])
         units[k] = {vocab.word("u", u) for u, _ in q}
         qtys[k] = {vocab.unit_value(u, v) for u, v in q}
     return _Codes.sparse(n, colours), _Codes.sparse(n, units), _Codes.sparse(n, qtys)
+
+
+@lru_cache(maxsize=1 << 16)
+def _title_quantities(title: str) -> frozenset[tuple[str, float]]:
+    """:func:`quantities` of a title, remembered: a catalog's offers come back as candidates of source after source
+    and call after call, and the regex is most of what their titles cost."""
+    return frozenset(quantities(title))
 
 
 _BRAND_WORDS: dict[str, frozenset[str]] = {}
