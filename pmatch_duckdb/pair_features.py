@@ -253,36 +253,14 @@ class _Vocab:
         return out
 
 
-class _Tokens:
-    """One side's offers (those at ``positions``) as code sets; ``row[p]``: offer ``p``'s row in them."""
-
-    def __init__(self, texts: PairTexts, positions: np.ndarray, vocab: _Vocab, with_desc: bool) -> None:
-        uniq = np.unique(positions).tolist()
-        self.row = np.zeros(uniq[-1] + 1 if uniq else 0, dtype=np.int64)
-        self.row[uniq] = np.arange(len(uniq))
-        ids = [list(dict.fromkeys(texts.idents[i])) for i in uniq]
-        titles = [texts.titles[i] or "" for i in uniq]
-        brands = [normalize(texts.brands[i] or "") for i in uniq]
-        self.ids = _Codes([[vocab.ident(x) for x in d] for d in ids])
-        words = [normalize(x).split() for x in titles]
-        self.tokens = _Codes([{vocab.word("w", w) for w in x} for x in words])
-        self.numbers = _Codes([{vocab.word("n", w) for w in _NUM.findall(x)} for x in titles])
-        self.brand = np.array([vocab.word("b", x) if x else -1 for x in brands], dtype=np.int64)
-        self.brand_tokens = _Codes([{vocab.word("w", w) for w in x.split()} for x in brands])
-        self.colours, self.units, self.quantities = _title_sets(titles, [texts.brands[i] for i in uniq], vocab)
-        self.full = None
-        if with_desc:
-            self.full = _Codes([[vocab.ident(x) for x in dict.fromkeys([*d, *texts.desc_idents[i]])]
-                                for d, i in zip(ids, uniq, strict=True)])
-
-
 class _EvidenceSets:
-    """What :func:`conflict_kinds` reads of one side's offers (those at ``positions``), as code sets: identifiers,
-    colours and quantities only (``_Tokens`` codes every word too, which this does not need: on a 100,000-offer
-    target the conflict evidence ran at 0.7x the speed of the rest of ``match_products`` with ``_Tokens``)."""
+    """What :func:`conflict_kinds` reads of one side's offers (those at ``positions``), as code sets: identifiers
+    (of brand + title, and with the description's in ``full``), colours and quantities; ``row[p]``: offer ``p``'s
+    row in them. (Coding every word too, as :class:`_Tokens` does, made the conflict evidence run at 0.7x the speed
+    of the rest of ``match_products`` against a 100,000-offer index.)"""
 
     def __init__(self, texts: PairTexts, positions: np.ndarray, vocab: _Vocab, with_desc: bool) -> None:
-        uniq = np.unique(positions).tolist()
+        self.uniq = uniq = np.unique(positions).tolist()
         self.row = np.zeros(uniq[-1] + 1 if uniq else 0, dtype=np.int64)
         self.row[uniq] = np.arange(len(uniq))
         n = len(uniq)
@@ -294,6 +272,20 @@ class _EvidenceSets:
                                                     for k, i in enumerate(uniq) if texts.desc_idents[i]}})
         self.colours, self.units, self.quantities = _title_sets([texts.titles[i] or "" for i in uniq],
                                                                 [texts.brands[i] for i in uniq], vocab)
+
+
+class _Tokens(_EvidenceSets):
+    """One side's offers as the pair features read them: :class:`_EvidenceSets`' identifier, colour and quantity
+    sets, and every word, number and brand of the titles."""
+
+    def __init__(self, texts: PairTexts, positions: np.ndarray, vocab: _Vocab, with_desc: bool) -> None:
+        super().__init__(texts, positions, vocab, with_desc)
+        titles = [texts.titles[i] or "" for i in self.uniq]
+        brands = [normalize(texts.brands[i] or "") for i in self.uniq]
+        self.tokens = _Codes([{vocab.word("w", w) for w in normalize(x).split()} for x in titles])
+        self.numbers = _Codes([{vocab.word("n", w) for w in _NUM.findall(x)} for x in titles])
+        self.brand = np.array([vocab.word("b", x) if x else -1 for x in brands], dtype=np.int64)
+        self.brand_tokens = _Codes([{vocab.word("w", w) for w in x.split()} for x in brands])
 
 
 _COLOUR_VALUES = pa.array(sorted(COLOURS), pa.string())
