@@ -234,15 +234,8 @@ class _Vocab:
         self.unit_of[code] = self.word("u", unit)
         return code
 
-    def ident(self, x: str) -> int:
-        c = self.id_code.get(x)
-        if c is None:
-            c = self.id_code[x] = len(self.ids)
-            self.ids.append(x)
-        return c
-
     def idents(self, xs: list[str]) -> list[int]:
-        """:meth:`ident` of each of ``xs``."""
+        """The code of each identifier of ``xs`` (``ids[code]`` is the identifier)."""
         code, ids, out = self.id_code, self.ids, []
         for x in xs:
             c = code.get(x)
@@ -458,7 +451,7 @@ QUANTITY_ROUNDING = 0.06  # values this close (relative) agree: listings round (
 
 def _quantities_differ(a: str | None, b: str | None) -> bool:
     """A unit both titles name with no two values within :data:`QUANTITY_ROUNDING` of each other."""
-    qa, qb = quantities(a), quantities(b)
+    qa, qb = _title_quantities(a or ""), _title_quantities(b or "")  # read already by _title_sets
     for unit in {u for u, _ in qa} & {u for u, _ in qb}:
         va, vb = [v for u, v in qa if u == unit], [v for u, v in qb if u == unit]
         if not any(abs(x - y) <= QUANTITY_ROUNDING * max(abs(x), abs(y)) for x in va for y in vb):
